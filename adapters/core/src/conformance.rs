@@ -1,0 +1,1080 @@
+//! The conformance suite: one test per semantic of the contract, written once against
+//! [`Adapter`] and run on every adapter through [`conformance_tests!`](crate::conformance_tests).
+//!
+//! Each test declares its own uniquely named topic (`conformance.<test>.<random>`), so tests can
+//! run in parallel against one shared broker. Timing uses real time with tolerances: a message
+//! must never arrive *before* its time, and must arrive within [`RECEIVE_TIMEOUT`] after it.
+//!
+//! ```ignore
+//! // in an adapter's tests/conformance.rs
+//! topiq_adapter::conformance_tests!(async { MyAdapter::connect(test_config()).await.unwrap() });
+//! ```
+
+// Test code: a failed expectation is a panic with a message saying what the adapter did wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::{
+    Adapter, ConsumeOptions, Delivery, DlqFilter, DlqQuery, DlqSelection, Error, Failure,
+    FailureKind, MessageId, NewMessage, Subscription, SubscriptionKey, SubscriptionSpec, Timestamp,
+    TopicName, TopicSpec, TraceContext, TriggerName,
+};
+
+/// How long a test waits for a delivery that must come.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a test watches for a delivery that must not come.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(600);
+
+/// The visibility timeout of the tests that exercise leases.
+pub const SHORT_VISIBILITY: Duration = Duration::from_millis(1500);
+
+/// Instantiates every conformance test for an adapter.
+///
+/// `$factory` is an expression evaluating to a future that yields a fresh adapter; it is
+/// evaluated once per test. The tests run on a multi-threaded tokio runtime.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@tests $factory;
+            publish_delivers_the_envelope_with_id_data_and_trace,
+            every_trigger_on_a_topic_receives_every_message,
+            consumers_of_one_trigger_share_its_messages,
+            acked_message_is_not_delivered_again,
+            nacked_message_returns_after_its_delay_as_the_next_attempt,
+            nack_on_the_last_attempt_dead_letters,
+            dead_letter_record_holds_attempts_error_and_payload,
+            delayed_message_is_not_delivered_before_its_time,
+            deliver_at_in_the_past_is_delivered_at_once,
+            unsettled_message_is_redelivered_after_the_visibility_timeout,
+            extending_the_lease_prevents_redelivery,
+            lease_expiry_on_the_last_attempt_dead_letters,
+            a_crashed_consumers_message_goes_to_another_consumer,
+            same_idempotency_key_returns_the_first_id_and_publishes_once,
+            redrive_delivers_only_to_the_failing_trigger,
+            redrive_by_id_leaves_the_other_records,
+            purge_removes_the_selected_records,
+            dlq_list_pages_and_filters,
+            batch_publish_returns_a_receipt_per_message,
+            oversized_payload_is_refused_and_nothing_is_sent,
+            undeclared_topics_and_triggers_are_refused,
+            consumer_holds_at_most_prefetch_unsettled,
+            released_message_returns_without_spending_an_attempt,
+            poison_message_does_not_block_the_messages_behind_it,
+            close_ends_consumers_and_refuses_publishes,
+            stats_count_waiting_in_flight_and_dead_lettered,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let adapter = $factory.await;
+                $crate::conformance::$name(adapter).await;
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A unique topic for one test.
+fn unique_topic(test: &str) -> TopicName {
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(10)
+        .collect();
+    TopicName::new(format!("conformance.{test}.{suffix}")).unwrap()
+}
+
+fn trigger(name: &str) -> TriggerName {
+    TriggerName::new(name).unwrap()
+}
+
+/// Declares a topic and, on it, one subscription per trigger name with `policy` applied.
+async fn setup<A: Adapter>(
+    adapter: &A,
+    test: &str,
+    triggers: &[&str],
+    policy: impl Fn(&mut SubscriptionSpec),
+) -> TopicName {
+    let topic = unique_topic(test);
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare_topic");
+    for name in triggers {
+        let mut spec = SubscriptionSpec::new(SubscriptionKey::new(topic.clone(), trigger(name)));
+        policy(&mut spec);
+        adapter
+            .declare_subscription(spec)
+            .await
+            .expect("declare_subscription");
+    }
+    topic
+}
+
+fn no_policy(_: &mut SubscriptionSpec) {}
+
+async fn consume<A: Adapter>(
+    adapter: &A,
+    topic: &TopicName,
+    name: &str,
+    prefetch: u32,
+) -> Subscription {
+    adapter
+        .consume(
+            &SubscriptionKey::new(topic.clone(), trigger(name)),
+            ConsumeOptions { prefetch },
+        )
+        .await
+        .expect("consume")
+}
+
+async fn publish<A: Adapter>(adapter: &A, topic: &TopicName, data: Value) -> MessageId {
+    let receipt = adapter
+        .publish(topic, NewMessage::new(data))
+        .await
+        .expect("publish");
+    assert!(
+        !receipt.duplicate,
+        "a message without key is never a duplicate"
+    );
+    receipt.message_id
+}
+
+/// The next delivery; panics if none comes within [`RECEIVE_TIMEOUT`].
+async fn receive(subscription: &mut Subscription) -> Delivery {
+    match timeout(RECEIVE_TIMEOUT, subscription.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(err))) => panic!("the subscription yielded an error: {err}"),
+        Ok(None) => panic!("the subscription ended while a delivery was expected"),
+        Err(_) => panic!(
+            "no delivery on {} within {RECEIVE_TIMEOUT:?}",
+            subscription.key()
+        ),
+    }
+}
+
+/// Panics if a delivery arrives within `period`.
+async fn expect_nothing(subscription: &mut Subscription, period: Duration) {
+    if let Ok(item) = timeout(period, subscription.next()).await {
+        match item {
+            Some(Ok(delivery)) => panic!(
+                "unexpected delivery on {}: {:?}",
+                subscription.key(),
+                delivery.envelope()
+            ),
+            Some(Err(err)) => panic!("the subscription yielded an error: {err}"),
+            None => panic!("the subscription ended"),
+        }
+    }
+}
+
+async fn dlq_count<A: Adapter>(adapter: &A, topic: &TopicName, name: Option<&str>) -> u64 {
+    let name = name.map(trigger);
+    adapter
+        .dlq_count(topic, name.as_ref())
+        .await
+        .expect("dlq_count")
+}
+
+/// Waits until the DLQ of the trigger holds `expected` records (dead-lettering may be
+/// asynchronous on a broker).
+async fn wait_for_dlq_count<A: Adapter>(adapter: &A, topic: &TopicName, name: &str, expected: u64) {
+    let deadline = Instant::now() + RECEIVE_TIMEOUT;
+    loop {
+        let count = dlq_count(adapter, topic, Some(name)).await;
+        if count == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DLQ of {topic}/{name} holds {count} records, expected {expected}"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn failure(message: &str) -> Failure {
+    Failure::new(FailureKind::RetriesExhausted, message)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery and envelope
+
+/// Semantic 3: the handler sees the id of the receipt, the topic, the data, attempt 1 of the
+/// trigger's limit, the enqueue time, the trace context and the idempotency key.
+pub async fn publish_delivers_the_envelope_with_id_data_and_trace<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "envelope", &["t"], |spec| spec.max_attempts = 3).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let before = Timestamp::now();
+    let data = json!({"to": "a@example.com", "n": [1, 2.5, null], "nested": {"ok": true}});
+    let trace = TraceContext {
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        baggage: Some("tenant=acme".into()),
+    };
+    let receipt = adapter
+        .publish(
+            &topic,
+            NewMessage::new(data.clone())
+                .idempotency_key("envelope-key")
+                .trace(trace.clone()),
+        )
+        .await
+        .expect("publish");
+    assert!(!receipt.duplicate);
+
+    let delivery = receive(&mut sub).await;
+    let envelope = delivery.envelope().clone();
+    assert_eq!(envelope.id, receipt.message_id);
+    assert_eq!(envelope.topic, topic);
+    assert_eq!(*envelope.data, data);
+    assert_eq!((envelope.attempt, envelope.max_attempts), (1, 3));
+    assert!(
+        envelope.enqueued_at >= before - Duration::from_secs(1)
+            && envelope.enqueued_at <= Timestamp::now() + Duration::from_secs(1),
+        "enqueued_at {} is not the time of the publish",
+        envelope.enqueued_at
+    );
+    assert_eq!(envelope.traceparent, trace.traceparent);
+    assert_eq!(envelope.baggage, trace.baggage);
+    assert_eq!(envelope.idempotency_key.as_deref(), Some("envelope-key"));
+    delivery.ack().await.expect("ack");
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 2: fan-out. Every trigger on a topic receives every message.
+pub async fn every_trigger_on_a_topic_receives_every_message<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "fanout", &["a", "b"], no_policy).await;
+    let mut ids = HashSet::new();
+    for n in 0..20 {
+        ids.insert(publish(&adapter, &topic, json!({"n": n})).await);
+    }
+    for name in ["a", "b"] {
+        let mut sub = consume(&adapter, &topic, name, 10).await;
+        let mut seen = HashSet::new();
+        while seen.len() < ids.len() {
+            let delivery = receive(&mut sub).await;
+            seen.insert(delivery.envelope().id.clone());
+            delivery.ack().await.expect("ack");
+        }
+        assert_eq!(seen, ids, "trigger {name} did not receive every message");
+        expect_nothing(&mut sub, QUIET_PERIOD).await;
+    }
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 2: competing consumers. Two consumers of one trigger share its messages; each
+/// message is handled by one of them, and both get work.
+pub async fn consumers_of_one_trigger_share_its_messages<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "compete", &["t"], no_policy).await;
+    let first = consume(&adapter, &topic, "t", 1).await;
+    let second = consume(&adapter, &topic, "t", 1).await;
+    let mut ids = HashSet::new();
+    for n in 0..40 {
+        ids.insert(publish(&adapter, &topic, json!({"n": n})).await);
+    }
+    let handled = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(usize, MessageId)>::new()));
+    let mut workers = Vec::new();
+    for (index, mut sub) in [first, second].into_iter().enumerate() {
+        let handled = handled.clone();
+        let total = ids.len();
+        workers.push(tokio::spawn(async move {
+            loop {
+                if handled.lock().unwrap().len() >= total {
+                    return;
+                }
+                let Ok(Some(Ok(delivery))) = timeout(Duration::from_millis(500), sub.next()).await
+                else {
+                    continue;
+                };
+                // A handler that takes a moment, so the other consumer gets its share.
+                sleep(Duration::from_millis(10)).await;
+                handled
+                    .lock()
+                    .unwrap()
+                    .push((index, delivery.envelope().id.clone()));
+                delivery.ack().await.expect("ack");
+            }
+        }));
+    }
+    timeout(RECEIVE_TIMEOUT * 3, futures::future::join_all(workers))
+        .await
+        .expect("the consumers did not handle every message in time");
+    let handled = handled.lock().unwrap().clone();
+    let unique: HashSet<_> = handled.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(unique, ids, "some messages were not handled");
+    assert_eq!(handled.len(), ids.len(), "some messages were handled twice");
+    for index in 0..2 {
+        assert!(
+            handled.iter().any(|(consumer, _)| *consumer == index),
+            "consumer {index} got no message: consumers do not compete"
+        );
+    }
+    adapter.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settlement and attempts
+
+/// Semantic 1: an acknowledged message is done: not delivered again, even after the visibility
+/// timeout.
+pub async fn acked_message_is_not_delivered_again<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "ack", &["t"], |spec| {
+        spec.visibility_timeout = SHORT_VISIBILITY
+    })
+    .await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    publish(&adapter, &topic, json!("once")).await;
+    receive(&mut sub).await.ack().await.expect("ack");
+    expect_nothing(&mut sub, SHORT_VISIBILITY + QUIET_PERIOD).await;
+    let stats = adapter
+        .stats(&SubscriptionKey::new(topic.clone(), trigger("t")))
+        .await
+        .expect("stats");
+    assert_eq!((stats.waiting, stats.in_flight), (0, 0));
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 4: a nack returns the message after the requested delay, as the next attempt.
+pub async fn nacked_message_returns_after_its_delay_as_the_next_attempt<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "nack", &["t"], |spec| spec.max_attempts = 3).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let id = publish(&adapter, &topic, json!("retry me")).await;
+    let first = receive(&mut sub).await;
+    assert_eq!(first.envelope().attempt, 1);
+    let delay = Duration::from_millis(800);
+    let nacked_at = Instant::now();
+    first.nack(delay).await.expect("nack");
+    let second = receive(&mut sub).await;
+    let waited = nacked_at.elapsed();
+    assert!(
+        waited >= delay,
+        "redelivered after {waited:?}, before the nack delay of {delay:?}"
+    );
+    assert_eq!(second.envelope().id, id);
+    assert_eq!(second.envelope().attempt, 2);
+    second.nack(Duration::ZERO).await.expect("nack");
+    let third = receive(&mut sub).await;
+    assert_eq!(third.envelope().attempt, 3);
+    assert!(third.envelope().is_last_attempt());
+    third.ack().await.expect("ack");
+    adapter.close().await.expect("close");
+}
+
+/// Semantics 4 and 5: a nack on the last attempt dead-letters instead of retrying.
+pub async fn nack_on_the_last_attempt_dead_letters<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "nacklast", &["t"], |spec| spec.max_attempts = 2).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let id = publish(&adapter, &topic, json!("fails")).await;
+    receive(&mut sub)
+        .await
+        .nack(Duration::ZERO)
+        .await
+        .expect("nack 1");
+    let last = receive(&mut sub).await;
+    assert_eq!(last.envelope().attempt, 2);
+    last.nack(Duration::ZERO).await.expect("nack 2");
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    wait_for_dlq_count(&adapter, &topic, "t", 1).await;
+    let page = adapter
+        .dlq_list(DlqQuery::new(topic.clone()))
+        .await
+        .expect("dlq_list");
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].id, id);
+    assert_eq!(page.records[0].attempts, 2);
+    assert_eq!(page.records[0].error.kind, FailureKind::RetriesExhausted);
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 5 and the DLQ record: id, topic, trigger, data, attempts, failure times, error,
+/// trace and enqueue time are kept; the trigger's count goes up, other triggers' stays 0.
+pub async fn dead_letter_record_holds_attempts_error_and_payload<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "dlrecord", &["failing", "other"], |spec| {
+        spec.max_attempts = 5
+    })
+    .await;
+    let mut sub = consume(&adapter, &topic, "failing", 1).await;
+    let data = json!({"order": 42});
+    let trace = TraceContext {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        baggage: None,
+    };
+    let receipt = adapter
+        .publish(&topic, NewMessage::new(data.clone()).trace(trace.clone()))
+        .await
+        .expect("publish");
+    receive(&mut sub)
+        .await
+        .nack(Duration::ZERO)
+        .await
+        .expect("nack");
+    let second = receive(&mut sub).await;
+    let enqueued_at = second.envelope().enqueued_at;
+    let before = Timestamp::now();
+    second
+        .dead_letter(Failure::new(FailureKind::NonRetryable, "card declined"))
+        .await
+        .expect("dead_letter");
+    wait_for_dlq_count(&adapter, &topic, "failing", 1).await;
+    assert_eq!(dlq_count(&adapter, &topic, Some("other")).await, 0);
+    assert_eq!(dlq_count(&adapter, &topic, None).await, 1);
+    let mut query = DlqQuery::new(topic.clone());
+    query.trigger = Some(trigger("failing"));
+    let page = adapter.dlq_list(query).await.expect("dlq_list");
+    let record = &page.records[0];
+    assert_eq!(record.id, receipt.message_id);
+    assert_eq!(record.topic, topic);
+    assert_eq!(record.trigger, trigger("failing"));
+    assert_eq!(*record.data, data);
+    assert_eq!(record.attempts, 2);
+    assert_eq!(
+        record.error,
+        Failure::new(FailureKind::NonRetryable, "card declined")
+    );
+    assert_eq!(record.traceparent, trace.traceparent);
+    assert_eq!(record.enqueued_at, enqueued_at);
+    assert!(record.last_failed_at >= before - Duration::from_secs(1));
+    assert!(record.first_failed_at <= record.last_failed_at);
+    assert_eq!(page.next_cursor, None);
+    adapter.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delays
+
+/// Semantic 7: a delayed message is not delivered before its time, and is delivered after.
+pub async fn delayed_message_is_not_delivered_before_its_time<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "delay", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let delay = Duration::from_millis(1200);
+    let published_at = Instant::now();
+    adapter
+        .publish(&topic, NewMessage::new(json!("later")).delay(delay))
+        .await
+        .expect("publish");
+    let now_id = publish(&adapter, &topic, json!("now")).await;
+    let first = receive(&mut sub).await;
+    assert_eq!(
+        first.envelope().id,
+        now_id,
+        "the delayed message overtook the undelayed one"
+    );
+    first.ack().await.expect("ack");
+    let later = receive(&mut sub).await;
+    let waited = published_at.elapsed();
+    assert!(
+        waited >= delay - Duration::from_millis(10),
+        "delivered after {waited:?}, before its delay of {delay:?}"
+    );
+    assert_eq!(*later.envelope().data, json!("later"));
+    assert_eq!(later.envelope().attempt, 1);
+    later.ack().await.expect("ack");
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 7: `run_at` in the past means now.
+pub async fn deliver_at_in_the_past_is_delivered_at_once<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "pastrunat", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("overdue"))
+                .deliver_at(Timestamp::now() - Duration::from_secs(60)),
+        )
+        .await
+        .expect("publish");
+    let started = Instant::now();
+    let delivery = receive(&mut sub).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an overdue message waited {:?}",
+        started.elapsed()
+    );
+    delivery.ack().await.expect("ack");
+    adapter.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases
+
+/// Semantic 8: a delivery neither settled nor extended within the visibility timeout is
+/// delivered again as the next attempt, and the late ack of the first delivery is refused.
+pub async fn unsettled_message_is_redelivered_after_the_visibility_timeout<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "visibility", &["t"], |spec| {
+        spec.visibility_timeout = SHORT_VISIBILITY
+    })
+    .await;
+    let mut sub = consume(&adapter, &topic, "t", 2).await;
+    let id = publish(&adapter, &topic, json!("slow")).await;
+    let first = receive(&mut sub).await;
+    let delivered_at = Instant::now();
+    let second = receive(&mut sub).await;
+    let waited = delivered_at.elapsed();
+    assert!(
+        waited >= SHORT_VISIBILITY - Duration::from_millis(50),
+        "redelivered after {waited:?}, before the visibility timeout"
+    );
+    assert_eq!(second.envelope().id, id);
+    assert_eq!(second.envelope().attempt, 2);
+    let late = first.ack().await;
+    assert!(
+        matches!(late, Err(Error::LeaseExpired { .. })),
+        "a late ack must be refused with LeaseExpired, got {late:?}"
+    );
+    second.ack().await.expect("ack of the live delivery");
+    expect_nothing(&mut sub, SHORT_VISIBILITY + QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantics 8 and 15: a handler that keeps extending its lease is not delivered twice.
+pub async fn extending_the_lease_prevents_redelivery<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "extend", &["t"], |spec| {
+        spec.visibility_timeout = SHORT_VISIBILITY
+    })
+    .await;
+    let mut sub = consume(&adapter, &topic, "t", 2).await;
+    publish(&adapter, &topic, json!("long job")).await;
+    let delivery = receive(&mut sub).await;
+    let until = Instant::now() + SHORT_VISIBILITY * 3;
+    while Instant::now() < until {
+        if let Ok(Some(item)) = timeout(SHORT_VISIBILITY / 3, sub.next()).await {
+            panic!("redelivered while the lease was being extended: {item:?}");
+        }
+        delivery.extend_lease().await.expect("extend_lease");
+    }
+    delivery.ack().await.expect("ack after a long run");
+    expect_nothing(&mut sub, SHORT_VISIBILITY + QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantics 5 and 8: a lease that runs out on the last attempt sends the message to the DLQ.
+pub async fn lease_expiry_on_the_last_attempt_dead_letters<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "leaselast", &["t"], |spec| {
+        spec.visibility_timeout = SHORT_VISIBILITY;
+        spec.max_attempts = 1;
+    })
+    .await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    publish(&adapter, &topic, json!("hangs")).await;
+    let hung = receive(&mut sub).await;
+    sleep(SHORT_VISIBILITY).await;
+    wait_for_dlq_count(&adapter, &topic, "t", 1).await;
+    let page = adapter
+        .dlq_list(DlqQuery::new(topic.clone()))
+        .await
+        .expect("dlq_list");
+    assert_eq!(page.records[0].error.kind, FailureKind::LeaseExpired);
+    assert!(matches!(hung.ack().await, Err(Error::LeaseExpired { .. })));
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 1: a consumer that dies mid-handler loses nothing: once its lease runs out, the
+/// message goes to another consumer of the trigger.
+pub async fn a_crashed_consumers_message_goes_to_another_consumer<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "crash", &["t"], |spec| {
+        spec.visibility_timeout = SHORT_VISIBILITY
+    })
+    .await;
+    let mut crashing = consume(&adapter, &topic, "t", 1).await;
+    let id = publish(&adapter, &topic, json!("survives")).await;
+    let delivery = receive(&mut crashing).await;
+    drop(delivery);
+    drop(crashing);
+    let mut survivor = consume(&adapter, &topic, "t", 1).await;
+    let again = receive(&mut survivor).await;
+    assert_eq!(again.envelope().id, id);
+    assert_eq!(again.envelope().attempt, 2);
+    again.ack().await.expect("ack");
+    adapter.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+
+/// Semantic 6: the same idempotency key inside the window returns the first id, publishes
+/// nothing; another key publishes.
+pub async fn same_idempotency_key_returns_the_first_id_and_publishes_once<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "idempotent", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 10).await;
+    let first = adapter
+        .publish(&topic, NewMessage::new(json!(1)).idempotency_key("order-7"))
+        .await
+        .expect("publish");
+    let again = adapter
+        .publish(&topic, NewMessage::new(json!(2)).idempotency_key("order-7"))
+        .await
+        .expect("publish duplicate");
+    assert!(!first.duplicate);
+    assert!(
+        again.duplicate,
+        "the second publish was not reported as duplicate"
+    );
+    assert_eq!(again.message_id, first.message_id);
+    let other = adapter
+        .publish(&topic, NewMessage::new(json!(3)).idempotency_key("order-8"))
+        .await
+        .expect("publish other key");
+    assert!(!other.duplicate);
+    assert_ne!(other.message_id, first.message_id);
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let delivery = receive(&mut sub).await;
+        seen.push((*delivery.envelope().data).clone());
+        delivery.ack().await.expect("ack");
+    }
+    seen.sort_by_key(|value| value.as_i64());
+    assert_eq!(seen, vec![json!(1), json!(3)]);
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// DLQ operations
+
+/// Dead-letters the next delivery of `sub` with `message` and returns its id.
+async fn fail_next(subscription: &mut Subscription, message: &str) -> MessageId {
+    let delivery = receive(subscription).await;
+    let id = delivery.envelope().id.clone();
+    delivery
+        .dead_letter(failure(message))
+        .await
+        .expect("dead_letter");
+    id
+}
+
+/// Semantic 5: redrive sends a record back to the trigger that failed, attempts reset, and to
+/// no other trigger of the topic.
+pub async fn redrive_delivers_only_to_the_failing_trigger<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "redrive", &["failing", "healthy"], no_policy).await;
+    let mut failing = consume(&adapter, &topic, "failing", 1).await;
+    let mut healthy = consume(&adapter, &topic, "healthy", 1).await;
+    let id = publish(&adapter, &topic, json!({"job": 1})).await;
+    assert_eq!(fail_next(&mut failing, "boom").await, id);
+    receive(&mut healthy).await.ack().await.expect("ack");
+    wait_for_dlq_count(&adapter, &topic, "failing", 1).await;
+
+    let redriven = adapter
+        .dlq_redrive(&topic, None, DlqSelection::All)
+        .await
+        .expect("dlq_redrive");
+    assert_eq!(redriven, 1);
+    let again = receive(&mut failing).await;
+    assert_eq!(again.envelope().id, id);
+    assert_eq!(again.envelope().attempt, 1, "redrive must reset attempts");
+    assert_eq!(*again.envelope().data, json!({"job": 1}));
+    again.ack().await.expect("ack");
+    expect_nothing(&mut healthy, QUIET_PERIOD).await;
+    assert_eq!(dlq_count(&adapter, &topic, None).await, 0);
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 5: redrive by id touches only the chosen records.
+pub async fn redrive_by_id_leaves_the_other_records<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "redriveid", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    publish(&adapter, &topic, json!("a")).await;
+    publish(&adapter, &topic, json!("b")).await;
+    let first = fail_next(&mut sub, "a failed").await;
+    let second = fail_next(&mut sub, "b failed").await;
+    wait_for_dlq_count(&adapter, &topic, "t", 2).await;
+    let t = trigger("t");
+    let redriven = adapter
+        .dlq_redrive(&topic, Some(&t), DlqSelection::Ids(vec![second.clone()]))
+        .await
+        .expect("dlq_redrive");
+    assert_eq!(redriven, 1);
+    let again = receive(&mut sub).await;
+    assert_eq!(again.envelope().id, second);
+    again.ack().await.expect("ack");
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    let page = adapter
+        .dlq_list(DlqQuery::new(topic.clone()))
+        .await
+        .expect("dlq_list");
+    let left: Vec<_> = page.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(left, vec![first]);
+    let unknown = adapter
+        .dlq_redrive(
+            &topic,
+            Some(&t),
+            DlqSelection::Ids(vec![MessageId::from_string("no-such-id")]),
+        )
+        .await
+        .expect("redrive of an unknown id");
+    assert_eq!(unknown, 0);
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 5: purge deletes the selected records and nothing else, and delivers nothing.
+pub async fn purge_removes_the_selected_records<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "purge", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    for n in 0..3 {
+        publish(&adapter, &topic, json!(n)).await;
+    }
+    let first = fail_next(&mut sub, "x").await;
+    fail_next(&mut sub, "y").await;
+    fail_next(&mut sub, "z").await;
+    wait_for_dlq_count(&adapter, &topic, "t", 3).await;
+    let t = trigger("t");
+    let purged = adapter
+        .dlq_purge(&topic, Some(&t), DlqSelection::Ids(vec![first]))
+        .await
+        .expect("dlq_purge");
+    assert_eq!(purged, 1);
+    assert_eq!(dlq_count(&adapter, &topic, Some("t")).await, 2);
+    let purged = adapter
+        .dlq_purge(&topic, None, DlqSelection::All)
+        .await
+        .expect("dlq_purge all");
+    assert_eq!(purged, 2);
+    assert_eq!(dlq_count(&adapter, &topic, Some("t")).await, 0);
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// DLQ listing: pages in failure order with a cursor, filters by error text and time, and by
+/// trigger.
+pub async fn dlq_list_pages_and_filters<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "dlqlist", &["a", "b"], no_policy).await;
+    let mut a = consume(&adapter, &topic, "a", 1).await;
+    let mut b = consume(&adapter, &topic, "b", 1).await;
+    for n in 0..5 {
+        publish(&adapter, &topic, json!(n)).await;
+    }
+    let mut failed_on_a = Vec::new();
+    for n in 0..5 {
+        let reason = if n % 2 == 0 {
+            "timeout talking to smtp"
+        } else {
+            "bad address"
+        };
+        failed_on_a.push(fail_next(&mut a, reason).await);
+    }
+    let between = Timestamp::now();
+    // One more record, on trigger b, after `between`.
+    let on_b = fail_next(&mut b, "bad address").await;
+    for _ in 1..5 {
+        receive(&mut b).await.ack().await.expect("ack");
+    }
+    wait_for_dlq_count(&adapter, &topic, "a", 5).await;
+    wait_for_dlq_count(&adapter, &topic, "b", 1).await;
+
+    let mut query = DlqQuery::new(topic.clone());
+    query.trigger = Some(trigger("a"));
+    query.limit = 2;
+    let mut listed = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = adapter.dlq_list(query.clone()).await.expect("dlq_list");
+        pages += 1;
+        assert!(page.records.len() <= 2);
+        listed.extend(page.records.iter().map(|r| r.id.clone()));
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+        assert!(pages < 10, "the cursor does not advance");
+    }
+    assert_eq!(
+        listed, failed_on_a,
+        "paging must list each record once, in failure order"
+    );
+    assert_eq!(pages, 3);
+
+    let mut query = DlqQuery::new(topic.clone());
+    query.filter = DlqFilter {
+        error_contains: Some("smtp".into()),
+        ..DlqFilter::default()
+    };
+    let page = adapter.dlq_list(query).await.expect("dlq_list by error");
+    let ids: Vec<_> = page.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            failed_on_a[0].clone(),
+            failed_on_a[2].clone(),
+            failed_on_a[4].clone()
+        ]
+    );
+
+    let mut query = DlqQuery::new(topic.clone());
+    query.filter.since = Some(between);
+    let page = adapter.dlq_list(query).await.expect("dlq_list since");
+    let ids: Vec<_> = page.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids, vec![on_b.clone()]);
+
+    let mut query = DlqQuery::new(topic.clone());
+    query.filter.until = Some(between);
+    let page = adapter.dlq_list(query).await.expect("dlq_list until");
+    assert_eq!(page.records.len(), 5);
+    adapter.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches, limits, bad input
+
+/// Semantic 9 (publish side): a batch gets one receipt per message, in order, each message
+/// delivered; a bad message fails alone.
+pub async fn batch_publish_returns_a_receipt_per_message<A: Adapter>(adapter: A) {
+    let topic = unique_topic("batch");
+    let mut spec = TopicSpec::new(topic.clone());
+    spec.max_message_bytes = 1024;
+    adapter.declare_topic(spec).await.expect("declare_topic");
+    adapter
+        .declare_subscription(SubscriptionSpec::new(SubscriptionKey::new(
+            topic.clone(),
+            trigger("t"),
+        )))
+        .await
+        .expect("declare_subscription");
+    let mut sub = consume(&adapter, &topic, "t", 20).await;
+    let mut messages: Vec<_> = (0..10).map(|n| NewMessage::new(json!({"n": n}))).collect();
+    messages.insert(4, NewMessage::new(json!("x".repeat(2000))));
+    let results = adapter
+        .publish_batch(&topic, messages)
+        .await
+        .expect("publish_batch");
+    assert_eq!(results.len(), 11);
+    assert!(
+        matches!(results[4], Err(Error::PayloadTooLarge { .. })),
+        "the oversized message must fail alone: {:?}",
+        results[4]
+    );
+    let ids: Vec<MessageId> = results
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != 4)
+        .map(|(_, result)| result.as_ref().expect("receipt").message_id.clone())
+        .collect();
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        10,
+        "ids must be distinct"
+    );
+    let mut delivered = HashMap::new();
+    for _ in 0..10 {
+        let delivery = receive(&mut sub).await;
+        delivered.insert(
+            delivery.envelope().id.clone(),
+            delivery.envelope().data.clone(),
+        );
+        delivery.ack().await.expect("ack");
+    }
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(
+            delivered.get(id).map(|data| (**data).clone()),
+            Some(json!({"n": n}))
+        );
+    }
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 10: data over `max_message_bytes` is refused with its size and the limit, and
+/// nothing is delivered.
+pub async fn oversized_payload_is_refused_and_nothing_is_sent<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "oversized", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let data = json!("x".repeat(crate::DEFAULT_MAX_MESSAGE_BYTES));
+    let err = adapter
+        .publish(&topic, NewMessage::new(data))
+        .await
+        .expect_err("an oversized message must be refused");
+    match err {
+        Error::PayloadTooLarge { size, limit, .. } => {
+            assert_eq!(size, crate::DEFAULT_MAX_MESSAGE_BYTES + 2);
+            assert_eq!(limit, crate::DEFAULT_MAX_MESSAGE_BYTES);
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    let fits = json!("x".repeat(crate::DEFAULT_MAX_MESSAGE_BYTES - 2));
+    publish(&adapter, &topic, fits).await;
+    let delivery = receive(&mut sub).await;
+    assert_eq!(
+        delivery.envelope().data.as_str().map(str::len),
+        Some(crate::DEFAULT_MAX_MESSAGE_BYTES - 2)
+    );
+    delivery.ack().await.expect("ack");
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 10 and 13: invalid names never reach the broker; an undeclared topic or trigger is
+/// an error from the call, not a silent success.
+pub async fn undeclared_topics_and_triggers_are_refused<A: Adapter>(adapter: A) {
+    assert!(matches!(
+        TopicName::new("orders.*"),
+        Err(Error::InvalidTopic { .. })
+    ));
+    let topic = setup(&adapter, "undeclared", &["t"], no_policy).await;
+    let missing = unique_topic("never-declared");
+    let err = adapter
+        .publish(&missing, NewMessage::new(json!(1)))
+        .await
+        .expect_err("publish to an undeclared topic");
+    assert!(matches!(err, Error::UnknownTopic { .. }), "{err:?}");
+    let err = adapter
+        .consume(
+            &SubscriptionKey::new(topic.clone(), trigger("nobody")),
+            ConsumeOptions::default(),
+        )
+        .await
+        .expect_err("consume of an undeclared trigger");
+    assert!(matches!(err, Error::UnknownSubscription { .. }), "{err:?}");
+    let err = adapter
+        .declare_subscription(SubscriptionSpec::new(SubscriptionKey::new(
+            missing.clone(),
+            trigger("t"),
+        )))
+        .await
+        .expect_err("subscription to an undeclared topic");
+    assert!(matches!(err, Error::UnknownTopic { .. }), "{err:?}");
+    let mut zero = SubscriptionSpec::new(SubscriptionKey::new(topic.clone(), trigger("z")));
+    zero.max_attempts = 0;
+    let err = adapter
+        .declare_subscription(zero)
+        .await
+        .expect_err("max_attempts 0");
+    assert!(matches!(
+        err,
+        Error::InvalidArgument {
+            argument: "max_attempts",
+            ..
+        }
+    ));
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 9: a consumer never holds more than `prefetch` unsettled deliveries; settling one
+/// lets the next in.
+pub async fn consumer_holds_at_most_prefetch_unsettled<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "prefetch", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 2).await;
+    for n in 0..5 {
+        publish(&adapter, &topic, json!(n)).await;
+    }
+    let first = receive(&mut sub).await;
+    let second = receive(&mut sub).await;
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    first.ack().await.expect("ack");
+    let third = receive(&mut sub).await;
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    for delivery in [second, third] {
+        delivery.ack().await.expect("ack");
+    }
+    for _ in 0..2 {
+        receive(&mut sub).await.ack().await.expect("ack");
+    }
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 12: a message released at shutdown comes back at once with the same attempt.
+pub async fn released_message_returns_without_spending_an_attempt<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "release", &["t"], |spec| spec.max_attempts = 1).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let id = publish(&adapter, &topic, json!("unhandled")).await;
+    let delivery = receive(&mut sub).await;
+    delivery.release().await.expect("release");
+    let again = receive(&mut sub).await;
+    assert_eq!(again.envelope().id, id);
+    assert_eq!(
+        again.envelope().attempt,
+        1,
+        "release must not spend an attempt"
+    );
+    again.ack().await.expect("ack");
+    assert_eq!(dlq_count(&adapter, &topic, Some("t")).await, 0);
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 10: a message that fails every time ends in the DLQ and the ones behind it are
+/// handled meanwhile.
+pub async fn poison_message_does_not_block_the_messages_behind_it<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "poison", &["t"], |spec| spec.max_attempts = 3).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let poison = publish(&adapter, &topic, json!({"poison": true})).await;
+    let mut healthy = HashSet::new();
+    for n in 0..20 {
+        healthy.insert(publish(&adapter, &topic, json!({"n": n})).await);
+    }
+    let mut handled = HashSet::new();
+    while handled.len() < healthy.len() || dlq_count(&adapter, &topic, Some("t")).await == 0 {
+        let delivery = receive(&mut sub).await;
+        if delivery.envelope().id == poison {
+            delivery
+                .nack(Duration::from_millis(100))
+                .await
+                .expect("nack");
+        } else {
+            handled.insert(delivery.envelope().id.clone());
+            delivery.ack().await.expect("ack");
+        }
+    }
+    assert_eq!(handled, healthy);
+    wait_for_dlq_count(&adapter, &topic, "t", 1).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 12 and 13: after close every consumer stream ends and calls fail with `Closed`.
+pub async fn close_ends_consumers_and_refuses_publishes<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "close", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    publish(&adapter, &topic, json!("before close")).await;
+    receive(&mut sub).await.ack().await.expect("ack");
+    adapter.health().await.expect("healthy before close");
+    adapter.close().await.expect("close");
+    match timeout(RECEIVE_TIMEOUT, sub.next()).await {
+        Ok(None) => {}
+        Ok(Some(item)) => panic!("the subscription yielded after close: {item:?}"),
+        Err(_) => panic!("the subscription did not end after close"),
+    }
+    let err = adapter
+        .publish(&topic, NewMessage::new(json!("after close")))
+        .await
+        .expect_err("publish after close");
+    assert!(matches!(err, Error::Closed), "{err:?}");
+    assert!(
+        adapter.health().await.is_err(),
+        "a closed adapter is not healthy"
+    );
+}
+
+/// `stats` counts what waits, what is in flight and what is dead-lettered.
+pub async fn stats_count_waiting_in_flight_and_dead_lettered<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "stats", &["t"], no_policy).await;
+    let key = SubscriptionKey::new(topic.clone(), trigger("t"));
+    for n in 0..4 {
+        publish(&adapter, &topic, json!(n)).await;
+    }
+    adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("later")).delay(Duration::from_secs(60)),
+        )
+        .await
+        .expect("publish delayed");
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    fail_next(&mut sub, "nope").await;
+    let held = receive(&mut sub).await;
+    wait_for_dlq_count(&adapter, &topic, "t", 1).await;
+    let stats = adapter.stats(&key).await.expect("stats");
+    assert_eq!(stats.in_flight, 1, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    assert_eq!(stats.delayed, 1, "{stats:?}");
+    assert_eq!(stats.waiting, 3, "two ready and one delayed: {stats:?}");
+    held.ack().await.expect("ack");
+    adapter.close().await.expect("close");
+}

@@ -1,0 +1,142 @@
+//! A delivered message and the one-time settlement of it.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::message::Envelope;
+
+/// Why a message ended in the dead-letter queue, as stored in its record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The last error, as the handler reported it.
+    pub message: String,
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+}
+
+impl Failure {
+    /// A failure of `kind` with `message`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind,
+        }
+    }
+}
+
+/// The kinds of failure that send a message to the dead-letter queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The handler failed on every attempt.
+    RetriesExhausted,
+    /// The handler returned an error marked non-retryable.
+    NonRetryable,
+    /// The handler did not finish within its timeout on the last attempt.
+    Timeout,
+    /// The handler panicked on the last attempt.
+    Panicked,
+    /// Nobody settled the message within the visibility timeout on its last attempt
+    /// (the consumer crashed or hung).
+    LeaseExpired,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureKind::RetriesExhausted => "retries_exhausted",
+            FailureKind::NonRetryable => "non_retryable",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Panicked => "panicked",
+            FailureKind::LeaseExpired => "lease_expired",
+        })
+    }
+}
+
+/// The adapter's side of a [`Delivery`]: settles one delivery on its broker.
+///
+/// Implemented by each adapter; the runtime only sees [`Delivery`]. The consuming methods take
+/// `Box<Self>` so a delivery is settled once and only once.
+pub trait Acker: Send + Sync + 'static {
+    /// Removes the message for this trigger: the handler succeeded (or the condition was false).
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// Delivers the message again after `delay`, as the next attempt. On the last attempt the
+    /// adapter dead-letters it instead, with [`FailureKind::RetriesExhausted`].
+    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>>;
+
+    /// Stores the message in the dead-letter queue of this trigger with `failure`, then removes
+    /// it from the trigger's queue: a crash between the two duplicates, never loses.
+    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>>;
+
+    /// Gives the message back unhandled (at shutdown) so it is delivered again at once, without
+    /// spending an attempt.
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// Restarts the visibility timeout of this delivery.
+    fn extend_lease(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A message delivered to one trigger, owning the means to settle it.
+///
+/// Settling consumes the delivery ([`ack`](Self::ack), [`nack`](Self::nack),
+/// [`dead_letter`](Self::dead_letter), [`release`](Self::release)), so a message cannot be
+/// settled twice. A delivery dropped unsettled stays leased until its visibility timeout runs
+/// out and is then delivered again, as after a crash.
+pub struct Delivery {
+    envelope: Envelope,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// Pairs an envelope with the adapter's acker for it.
+    pub fn new(envelope: Envelope, acker: Box<dyn Acker>) -> Self {
+        Self { envelope, acker }
+    }
+
+    /// The message as the handler sees it.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Acknowledges: the message is done for this trigger.
+    ///
+    /// Fails with [`Error::LeaseExpired`](crate::Error::LeaseExpired) when the lease ran out
+    /// first (the message was or will be delivered again).
+    pub async fn ack(self) -> Result<()> {
+        self.acker.ack().await
+    }
+
+    /// Asks for another attempt after `delay`; on the last attempt the message is dead-lettered.
+    pub async fn nack(self, delay: Duration) -> Result<()> {
+        self.acker.nack(delay).await
+    }
+
+    /// Moves the message to this trigger's dead-letter queue with `failure`.
+    pub async fn dead_letter(self, failure: Failure) -> Result<()> {
+        self.acker.dead_letter(failure).await
+    }
+
+    /// Gives the message back without spending an attempt (graceful shutdown).
+    pub async fn release(self) -> Result<()> {
+        self.acker.release().await
+    }
+
+    /// Restarts the visibility timeout, for handlers that run long.
+    pub async fn extend_lease(&self) -> Result<()> {
+        self.acker.extend_lease().await
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}

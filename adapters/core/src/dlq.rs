@@ -1,0 +1,125 @@
+//! Dead-letter records and the queries over them.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::delivery::Failure;
+use crate::names::{MessageId, TopicName, TriggerName};
+
+/// The most records one [`DlqQuery`] returns.
+pub const MAX_DLQ_PAGE: usize = 1000;
+
+/// A message that failed for good on one trigger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The message's id.
+    pub id: MessageId,
+    /// Its topic.
+    pub topic: TopicName,
+    /// The trigger it failed on (a redrive goes back to this trigger only).
+    pub trigger: TriggerName,
+    /// The payload.
+    pub data: Arc<Value>,
+    /// The attempts made before it was dead-lettered.
+    pub attempts: u32,
+    /// When it was first dead-lettered on this trigger (kept across redrives).
+    pub first_failed_at: Timestamp,
+    /// When it was last dead-lettered.
+    pub last_failed_at: Timestamp,
+    /// The last error.
+    pub error: Failure,
+    /// W3C `traceparent` of the original publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C `baggage` of the original publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<String>,
+    /// The idempotency key of the original publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// When the message was first enqueued.
+    pub enqueued_at: Timestamp,
+}
+
+/// Narrows a DLQ listing; every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DlqFilter {
+    /// Only records whose error message contains this text (case-sensitive).
+    pub error_contains: Option<String>,
+    /// Only records last failed at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only records last failed before this time.
+    pub until: Option<Timestamp>,
+}
+
+impl DlqFilter {
+    /// True when `record` passes every condition of the filter.
+    pub fn matches(&self, record: &DeadLetter) -> bool {
+        self.error_contains
+            .as_deref()
+            .is_none_or(|text| record.error.message.contains(text))
+            && self
+                .since
+                .is_none_or(|since| record.last_failed_at >= since)
+            && self.until.is_none_or(|until| record.last_failed_at < until)
+    }
+}
+
+/// One page of a DLQ listing, oldest dead-lettered first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DlqQuery {
+    /// The topic.
+    pub topic: TopicName,
+    /// One trigger's records, or those of every trigger on the topic.
+    pub trigger: Option<TriggerName>,
+    /// Conditions on the records.
+    pub filter: DlqFilter,
+    /// At most this many records (1 to [`MAX_DLQ_PAGE`]).
+    pub limit: usize,
+    /// Where the previous page stopped (its `next_cursor`); `None` starts at the oldest.
+    pub cursor: Option<String>,
+}
+
+impl DlqQuery {
+    /// The first page of up to 100 records of `topic`, every trigger, no filter.
+    pub fn new(topic: TopicName) -> Self {
+        Self {
+            topic,
+            trigger: None,
+            filter: DlqFilter::default(),
+            limit: 100,
+            cursor: None,
+        }
+    }
+}
+
+/// A page of DLQ records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DlqPage {
+    /// The records, oldest dead-lettered first.
+    pub records: Vec<DeadLetter>,
+    /// Pass as `cursor` for the next page; `None` when this was the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Which records a redrive or purge touches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DlqSelection {
+    /// Every record of the topic (or of the trigger, when one is named).
+    All,
+    /// The records of these message ids (on every named trigger they failed on).
+    Ids(Vec<MessageId>),
+}
+
+impl DlqSelection {
+    /// True when `id` is selected.
+    pub fn contains(&self, id: &MessageId) -> bool {
+        match self {
+            DlqSelection::All => true,
+            DlqSelection::Ids(ids) => ids.contains(id),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! What goes in (a [`NewMessage`]), what comes back from a publish (a [`PublishReceipt`]) and
+//! what a handler sees (an [`Envelope`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::names::{MessageId, TopicName};
+
+/// The longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// The default `max_message_bytes` of a topic: 128 KiB of serialized data.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+/// A message to publish: its data and the options of this one publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewMessage {
+    /// The payload: any JSON value.
+    pub data: Value,
+    /// Publishes with the same key inside the topic's idempotency window return the first
+    /// message's id and publish nothing.
+    pub idempotency_key: Option<String>,
+    /// The message is not delivered before this time.
+    pub deliver_at: Option<Timestamp>,
+    /// W3C trace context to carry to the handler.
+    pub trace: TraceContext,
+}
+
+impl NewMessage {
+    /// A message carrying `data`, delivered at once, without idempotency key or trace.
+    pub fn new(data: Value) -> Self {
+        Self {
+            data,
+            idempotency_key: None,
+            deliver_at: None,
+            trace: TraceContext::default(),
+        }
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Delays delivery by `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.deliver_at = Some(Timestamp::now() + delay);
+        self
+    }
+
+    /// Delivers no earlier than `at`.
+    pub fn deliver_at(mut self, at: Timestamp) -> Self {
+        self.deliver_at = Some(at);
+        self
+    }
+
+    /// Attaches W3C trace context.
+    pub fn trace(mut self, trace: TraceContext) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Checks what an adapter must refuse before sending anything: data over `limit`
+    /// serialized bytes, an empty or oversized idempotency key. Returns the serialized size.
+    pub fn validate(&self, topic: &TopicName, limit: usize) -> Result<usize> {
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        {
+            return Err(Error::InvalidArgument {
+                argument: "idempotency_key",
+                reason: format!(
+                    "must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes long, got {}",
+                    key.len()
+                ),
+            });
+        }
+        let size = serialized_len(&self.data);
+        if size > limit {
+            return Err(Error::PayloadTooLarge {
+                topic: topic.clone(),
+                size,
+                limit,
+            });
+        }
+        Ok(size)
+    }
+}
+
+/// The number of bytes `value` takes as compact JSON, computed without allocating it.
+pub fn serialized_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a `Value` into an infallible writer cannot fail: its keys are always strings.
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// W3C trace context carried from the publisher to the handler.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// The `traceparent` header of the publishing span.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The `baggage` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<String>,
+}
+
+/// What a successful publish returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishReceipt {
+    /// The message's id; for a duplicate, the id of the first message with that key.
+    pub message_id: MessageId,
+    /// True when the idempotency key was seen inside the window and nothing was published.
+    pub duplicate: bool,
+}
+
+/// A message as delivered to a trigger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The id assigned at publish; the same on every attempt and after a redrive.
+    pub id: MessageId,
+    /// The topic it was published to.
+    pub topic: TopicName,
+    /// The payload (shared, not copied, between the triggers of one process).
+    pub data: Arc<Value>,
+    /// This delivery's attempt, starting at 1.
+    pub attempt: u32,
+    /// The trigger's attempt limit: the last attempt is `attempt == max_attempts`.
+    pub max_attempts: u32,
+    /// When the message was accepted by the broker.
+    pub enqueued_at: Timestamp,
+    /// W3C `traceparent` of the publisher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C `baggage` of the publisher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<String>,
+    /// The idempotency key it was published with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl Envelope {
+    /// True on the trigger's last attempt: a failure now goes to the dead-letter queue.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn serialized_len_matches_serde_json() {
+        let value = json!({"to": "a@example.com", "n": [1, 2, 3], "nested": {"ü": true}});
+        let expected = serde_json::to_vec(&value).expect("serializes").len();
+        assert_eq!(serialized_len(&value), expected);
+    }
+
+    #[test]
+    fn oversized_data_is_refused_with_its_size() {
+        let topic = TopicName::new("t").expect("valid");
+        let message = NewMessage::new(json!("x".repeat(100)));
+        let err = message.validate(&topic, 50).expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                Error::PayloadTooLarge {
+                    size: 102,
+                    limit: 50,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(message.validate(&topic, 102).expect("fits"), 102);
+    }
+
+    #[test]
+    fn empty_idempotency_key_is_refused() {
+        let topic = TopicName::new("t").expect("valid");
+        let err = NewMessage::new(json!(1))
+            .idempotency_key("")
+            .validate(&topic, 100)
+            .expect_err("empty key");
+        assert_eq!(err.code(), "invalid_argument");
+    }
+}

@@ -1,0 +1,144 @@
+//! What the runtime declares on an adapter at start: topics, subscriptions, and how a consumer
+//! pulls; and what an adapter declares it can do.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::message::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::names::{SubscriptionKey, TopicName};
+
+/// The default idempotency window (the same as JetStream's default duplicate window).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
+
+/// The default visibility timeout (the same as JetStream's default `ack_wait`).
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default attempt limit: the first attempt and three retries.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
+/// A topic and its topic-wide options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic.
+    pub name: TopicName,
+    /// Largest serialized `data` accepted by a publish.
+    pub max_message_bytes: usize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Messages waiting longer than this are discarded; `None` keeps them until handled.
+    pub retention: Option<Duration>,
+    /// Dead-letter records older than this are discarded; `None` keeps them until redriven or
+    /// purged.
+    pub dlq_retention: Option<Duration>,
+}
+
+impl TopicSpec {
+    /// A topic with the default options.
+    pub fn new(name: TopicName) -> Self {
+        Self {
+            name,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            retention: None,
+            dlq_retention: None,
+        }
+    }
+
+    /// Checks the options against each other and against what `capabilities` allow.
+    pub fn validate(&self, capabilities: &Capabilities) -> Result<()> {
+        if self.max_message_bytes == 0 || self.max_message_bytes > capabilities.max_message_bytes {
+            return Err(Error::InvalidArgument {
+                argument: "max_message_bytes",
+                reason: format!(
+                    "must be between 1 and {} for this adapter, got {}",
+                    capabilities.max_message_bytes, self.max_message_bytes
+                ),
+            });
+        }
+        if self.idempotency_window.is_zero() {
+            return Err(Error::InvalidArgument {
+                argument: "idempotency_window",
+                reason: "must be longer than zero".into(),
+            });
+        }
+        if (self.retention.is_some() || self.dlq_retention.is_some()) && !capabilities.retention {
+            return Err(Error::Unsupported {
+                adapter: capabilities.adapter,
+                option: "retention",
+                hint: "remove `retention` / `dlq_retention` for this topic",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One trigger's durable subscription and its delivery policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// The topic and trigger.
+    pub key: SubscriptionKey,
+    /// The attempt limit (at least 1): after it the message is dead-lettered.
+    pub max_attempts: u32,
+    /// A delivery not settled and not extended within this time is delivered again.
+    pub visibility_timeout: Duration,
+}
+
+impl SubscriptionSpec {
+    /// A subscription with the default delivery policy.
+    pub fn new(key: SubscriptionKey) -> Self {
+        Self {
+            key,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+        }
+    }
+
+    /// Checks the policy's ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_attempts == 0 {
+            return Err(Error::InvalidArgument {
+                argument: "max_attempts",
+                reason: "must be at least 1 (the first attempt)".into(),
+            });
+        }
+        if self.visibility_timeout < Duration::from_millis(100) {
+            return Err(Error::InvalidArgument {
+                argument: "visibility_timeout",
+                reason: format!("must be at least 100ms, got {:?}", self.visibility_timeout),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How one consumer pulls from a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsumeOptions {
+    /// At most this many deliveries are handed to this consumer and left unsettled at once
+    /// (the runtime sets it to the trigger's concurrency times its batch size).
+    pub prefetch: u32,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        Self { prefetch: 1 }
+    }
+}
+
+/// What an adapter can honour, checked by the runtime at config time so an option the broker
+/// cannot keep is a startup error, never a silent no-op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The adapter's class name, for error messages.
+    pub adapter: &'static str,
+    /// Acknowledged messages survive a restart of the application process.
+    pub durable: bool,
+    /// `deliver_at` / delays on publish.
+    pub delayed_delivery: bool,
+    /// The longest delay accepted, if bounded.
+    pub max_delay: Option<Duration>,
+    /// `retention` and `dlq_retention` on topics.
+    pub retention: bool,
+    /// The largest `max_message_bytes` a topic may set.
+    pub max_message_bytes: usize,
+}

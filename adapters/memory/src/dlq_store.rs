@@ -1,0 +1,109 @@
+//! The dead-letter records of one topic, every trigger, in the order they failed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use topiq_adapter::{
+    DeadLetter, DlqFilter, DlqPage, DlqSelection, Error, Result, Timestamp, TriggerName,
+};
+
+/// Records keyed by an increasing sequence number, which is also the listing cursor.
+#[derive(Default)]
+pub(crate) struct DeadLetterStore {
+    records: BTreeMap<u64, DeadLetter>,
+    per_trigger: HashMap<TriggerName, u64>,
+    next_seq: u64,
+}
+
+impl DeadLetterStore {
+    pub(crate) fn insert(&mut self, record: DeadLetter) {
+        self.next_seq += 1;
+        *self.per_trigger.entry(record.trigger.clone()).or_default() += 1;
+        self.records.insert(self.next_seq, record);
+    }
+
+    /// Drops records last failed longer than `retention` ago.
+    pub(crate) fn expire(&mut self, retention: Option<Duration>, now: Timestamp) {
+        let Some(retention) = retention else { return };
+        let Ok(cutoff) = now.checked_sub(retention) else {
+            return;
+        };
+        let expired: Vec<u64> = self
+            .records
+            .iter()
+            .filter(|(_, record)| record.last_failed_at < cutoff)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            self.remove(seq);
+        }
+    }
+
+    pub(crate) fn count(&self, trigger: Option<&TriggerName>) -> u64 {
+        match trigger {
+            Some(trigger) => self.per_trigger.get(trigger).copied().unwrap_or(0),
+            None => self.records.len() as u64,
+        }
+    }
+
+    pub(crate) fn list(
+        &self,
+        trigger: Option<&TriggerName>,
+        filter: &DlqFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<DlqPage> {
+        let after = match cursor {
+            None => 0,
+            Some(cursor) => cursor.parse::<u64>().map_err(|_| Error::InvalidArgument {
+                argument: "cursor",
+                reason: format!(
+                    "{cursor:?} is not a cursor returned by a previous listing of this adapter"
+                ),
+            })?,
+        };
+        let mut matching = self
+            .records
+            .range(after.saturating_add(1)..)
+            .filter(|(_, record)| selects(record, trigger) && filter.matches(record));
+        let mut records = Vec::new();
+        let mut last_seq = after;
+        for (seq, record) in matching.by_ref().take(limit) {
+            records.push(record.clone());
+            last_seq = *seq;
+        }
+        let next_cursor = matching.next().map(|_| last_seq.to_string());
+        Ok(DlqPage {
+            records,
+            next_cursor,
+        })
+    }
+
+    /// Copies of the selected records with their sequence numbers, oldest first.
+    pub(crate) fn select(
+        &self,
+        trigger: Option<&TriggerName>,
+        selection: &DlqSelection,
+    ) -> Vec<(u64, DeadLetter)> {
+        self.records
+            .iter()
+            .filter(|(_, record)| selects(record, trigger) && selection.contains(&record.id))
+            .map(|(seq, record)| (*seq, record.clone()))
+            .collect()
+    }
+
+    /// Removes one record; false when it was already gone.
+    pub(crate) fn remove(&mut self, seq: u64) -> bool {
+        let Some(record) = self.records.remove(&seq) else {
+            return false;
+        };
+        if let Some(count) = self.per_trigger.get_mut(&record.trigger) {
+            *count = count.saturating_sub(1);
+        }
+        true
+    }
+}
+
+fn selects(record: &DeadLetter, trigger: Option<&TriggerName>) -> bool {
+    trigger.is_none_or(|trigger| &record.trigger == trigger)
+}

@@ -1,0 +1,239 @@
+//! `modules::queue::BuiltinQueueAdapter`: topiq's in-memory adapter.
+//!
+//! The default for development and tests. It keeps the whole contract of
+//! [`topiq_adapter::Adapter`] the way the real brokers do (leases and visibility timeout,
+//! attempt counting, delays, the idempotency window, per-trigger dead-letter queues), so a test
+//! that passes on it means the same on JetStream and RabbitMQ.
+//!
+//! **Messages live as long as the process.** Nothing is written to disk: a restart loses every
+//! waiting message and dead-letter record. Use JetStream or RabbitMQ where that matters.
+//!
+//! | contract | here |
+//! |---|---|
+//! | topic | a record holding its options, idempotency window, DLQ and trigger queues |
+//! | subscription | one queue per trigger; every publish pushes a shared copy into each |
+//! | publish | validated, deduplicated, pushed under each trigger queue's own lock (no global lock) |
+//! | delay / `deliver_at` | a timer heap per queue, applied lazily; waiting consumers sleep until the earliest timer |
+//! | consume | takes from the queue while the consumer holds fewer than `prefetch` unsettled deliveries |
+//! | lease | deadline = delivery + visibility timeout; expiry puts the message back as the next attempt, or dead-letters it after the last |
+//! | nack | back after the delay as the next attempt; dead-lettered when it was the last |
+//! | release | back at the head of the queue, same attempt |
+//! | DLQ | one ordered store per topic; the cursor is the record's sequence number |
+//! | redrive | the record goes back into the queue of the trigger it failed on, attempt 1 |
+//! | close | every consumer stream ends; later calls return [`Error::Closed`] |
+
+mod dedup;
+mod dlq_store;
+mod queue;
+mod topic;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use topiq_adapter::{
+    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE,
+    NewMessage, PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec,
+    SubscriptionStats, TopicName, TopicSpec, TriggerName,
+};
+
+use crate::queue::ConsumerSlot;
+use crate::topic::{Topic, read};
+
+/// The adapter's class name in `config.yaml`.
+pub const CLASS_NAME: &str = "modules::queue::BuiltinQueueAdapter";
+
+/// The largest `max_message_bytes` a topic may set on this adapter (64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// topiq's in-memory adapter. Cheap to clone: clones share the same topics and queues.
+#[derive(Clone, Default)]
+pub struct BuiltinQueueAdapter {
+    topics: Arc<RwLock<HashMap<TopicName, Arc<Topic>>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl BuiltinQueueAdapter {
+    /// An empty adapter: no topics, no subscriptions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn topic(&self, name: &TopicName) -> Result<Arc<Topic>> {
+        self.ensure_open()?;
+        read(&self.topics)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.clone(),
+            })
+    }
+
+    /// The topic, with expired leases of its queues applied so DLQ reads are current.
+    fn topic_for_dlq(&self, name: &TopicName, trigger: Option<&TriggerName>) -> Result<Arc<Topic>> {
+        let topic = self.topic(name)?;
+        match trigger {
+            Some(trigger) => topic.require_queue(trigger)?.run_timers(),
+            None => topic.queues().iter().for_each(|queue| queue.run_timers()),
+        }
+        Ok(topic)
+    }
+}
+
+impl Adapter for BuiltinQueueAdapter {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            adapter: "BuiltinQueueAdapter",
+            durable: false,
+            delayed_delivery: true,
+            max_delay: None,
+            retention: true,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+        }
+    }
+
+    async fn declare_topic(&self, spec: TopicSpec) -> Result<()> {
+        self.ensure_open()?;
+        spec.validate(&Adapter::capabilities(self))?;
+        let existing = read(&self.topics).get(&spec.name).cloned();
+        if let Some(topic) = existing {
+            topic.update(spec);
+            return Ok(());
+        }
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        match topics.get(&spec.name) {
+            Some(topic) => topic.update(spec),
+            None => {
+                let name = spec.name.clone();
+                topics.insert(name, Arc::new(Topic::new(spec, Arc::clone(&self.closed))));
+            }
+        }
+        Ok(())
+    }
+
+    async fn declare_subscription(&self, spec: SubscriptionSpec) -> Result<()> {
+        spec.validate()?;
+        self.topic(&spec.key.topic)?.declare_subscription(spec);
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
+        self.topic(topic)?.publish(message)
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<PublishReceipt>>> {
+        let topic = self.topic(topic)?;
+        Ok(messages
+            .into_iter()
+            .map(|message| topic.publish(message))
+            .collect())
+    }
+
+    async fn consume(
+        &self,
+        key: &SubscriptionKey,
+        options: ConsumeOptions,
+    ) -> Result<Subscription> {
+        if options.prefetch == 0 {
+            return Err(Error::InvalidArgument {
+                argument: "prefetch",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
+        let slot = Arc::new(ConsumerSlot::default());
+        let deliveries = futures::stream::unfold((queue, slot), move |(queue, slot)| async move {
+            let delivery = queue.next_delivery(&slot, options.prefetch).await?;
+            Some((Ok(delivery), (queue, slot)))
+        });
+        Ok(Subscription::new(key.clone(), Box::pin(deliveries)))
+    }
+
+    async fn dlq_count(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<u64> {
+        let topic = self.topic_for_dlq(topic, trigger)?;
+        Ok(topic.shared.dlq().count(trigger))
+    }
+
+    async fn dlq_list(&self, query: DlqQuery) -> Result<DlqPage> {
+        if query.limit == 0 || query.limit > MAX_DLQ_PAGE {
+            return Err(Error::InvalidArgument {
+                argument: "limit",
+                reason: format!("must be between 1 and {MAX_DLQ_PAGE}, got {}", query.limit),
+            });
+        }
+        let topic = self.topic_for_dlq(&query.topic, query.trigger.as_ref())?;
+        topic.shared.dlq().list(
+            query.trigger.as_ref(),
+            &query.filter,
+            query.limit,
+            query.cursor.as_deref(),
+        )
+    }
+
+    async fn dlq_redrive(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        let topic = self.topic_for_dlq(topic, trigger)?;
+        let selected = topic.shared.dlq().select(trigger, &selection);
+        let mut redriven = 0;
+        // Copy first, remove after: a record is never in neither place.
+        for (seq, record) in selected {
+            topic.redrive(&record)?;
+            if topic.shared.dlq().remove(seq) {
+                redriven += 1;
+            }
+        }
+        Ok(redriven)
+    }
+
+    async fn dlq_purge(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        let topic = self.topic_for_dlq(topic, trigger)?;
+        let mut dlq = topic.shared.dlq();
+        let selected = dlq.select(trigger, &selection);
+        Ok(selected
+            .into_iter()
+            .filter(|(seq, _)| dlq.remove(*seq))
+            .count() as u64)
+    }
+
+    async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
+        let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
+        debug_assert_eq!(queue.key(), key);
+        Ok(queue.stats())
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.ensure_open()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let topics: Vec<Arc<Topic>> = read(&self.topics).values().cloned().collect();
+        for topic in topics {
+            for queue in topic.queues() {
+                queue.wake_all();
+            }
+        }
+        Ok(())
+    }
+}

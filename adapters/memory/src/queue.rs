@@ -1,0 +1,549 @@
+//! One trigger's queue: ready, delayed and leased messages, and the consumers that take from it.
+//!
+//! Each queue has its own lock, held only for a push, a pop or a settlement, so publishers and
+//! consumers of different triggers never contend. Timers are lazy: due delays and expired
+//! leases are applied by whoever touches the queue next, and a waiting consumer sleeps until
+//! the earliest of them, so nothing polls.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+use topiq_adapter::{
+    Acker, DeadLetter, Delivery, Envelope, Error, Failure, FailureKind, MessageId, Result,
+    SubscriptionKey, SubscriptionSpec, SubscriptionStats, Timestamp, TopicName, TriggerName,
+};
+
+use crate::topic::{TopicShared, lock};
+
+/// A published message, shared by every trigger queue it was fanned out to.
+pub(crate) struct StoredMessage {
+    pub(crate) id: MessageId,
+    pub(crate) topic: TopicName,
+    pub(crate) data: Arc<Value>,
+    pub(crate) enqueued_at: Timestamp,
+    /// When this copy entered the queue, for retention.
+    pub(crate) accepted_at: Instant,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) baggage: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// A message waiting in one trigger's queue, with its attempt count there.
+pub(crate) struct Pending {
+    message: Arc<StoredMessage>,
+    /// The attempt its next delivery will be.
+    attempt: u32,
+    first_failed_at: Option<Timestamp>,
+}
+
+impl Pending {
+    pub(crate) fn first(message: Arc<StoredMessage>) -> Self {
+        Self {
+            message,
+            attempt: 1,
+            first_failed_at: None,
+        }
+    }
+
+    pub(crate) fn redriven(message: Arc<StoredMessage>, first_failed_at: Timestamp) -> Self {
+        Self {
+            message,
+            attempt: 1,
+            first_failed_at: Some(first_failed_at),
+        }
+    }
+
+    fn next_attempt(self) -> Self {
+        Self {
+            attempt: self.attempt + 1,
+            ..self
+        }
+    }
+
+    fn into_dead_letter(self, trigger: &TriggerName, failure: Failure) -> DeadLetter {
+        let now = Timestamp::now();
+        let message = &self.message;
+        DeadLetter {
+            id: message.id.clone(),
+            topic: message.topic.clone(),
+            trigger: trigger.clone(),
+            data: Arc::clone(&message.data),
+            attempts: self.attempt,
+            first_failed_at: self.first_failed_at.unwrap_or(now),
+            last_failed_at: now,
+            error: failure,
+            traceparent: message.traceparent.clone(),
+            baggage: message.baggage.clone(),
+            idempotency_key: message.idempotency_key.clone(),
+            enqueued_at: message.enqueued_at,
+        }
+    }
+}
+
+/// A message waiting for its delay or backoff to run out; the heap pops the earliest.
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    pending: Pending,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.due, other.seq).cmp(&(self.due, self.seq))
+    }
+}
+
+/// How many deliveries one consumer holds unsettled.
+#[derive(Default)]
+pub(crate) struct ConsumerSlot {
+    unsettled: AtomicU32,
+}
+
+/// A delivered message whose lease has not run out.
+struct Leased {
+    pending: Pending,
+    deadline: Instant,
+    consumer: Arc<ConsumerSlot>,
+}
+
+impl Leased {
+    fn release_slot(&self) {
+        self.consumer.unsettled.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How a delivery is settled.
+enum Settlement {
+    Ack,
+    Nack(Duration),
+    DeadLetter(Failure),
+    Release,
+}
+
+struct QueueState {
+    ready: VecDeque<Pending>,
+    delayed: BinaryHeap<Delayed>,
+    in_flight: HashMap<u64, Leased>,
+    /// (deadline, token) in deadline order; entries of settled or extended leases are skipped.
+    leases: VecDeque<(Instant, u64)>,
+    max_attempts: u32,
+    visibility_timeout: Duration,
+    retention: Option<Duration>,
+    next_token: u64,
+    next_seq: u64,
+}
+
+impl QueueState {
+    fn push_delayed(&mut self, pending: Pending, due: Instant) {
+        self.next_seq += 1;
+        self.delayed.push(Delayed {
+            due,
+            seq: self.next_seq,
+            pending,
+        });
+    }
+
+    /// Applies due delays and expired leases; returns the messages to dead-letter and whether
+    /// anything changed that a waiting consumer should see.
+    fn advance(&mut self, now: Instant, trigger: &TriggerName) -> (Vec<DeadLetter>, bool) {
+        let mut changed = false;
+        while self.delayed.peek().is_some_and(|d| d.due <= now) {
+            if let Some(delayed) = self.delayed.pop() {
+                self.ready.push_back(delayed.pending);
+                changed = true;
+            }
+        }
+        let mut dead = Vec::new();
+        while let Some(&(deadline, token)) = self.leases.front() {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop_front();
+            let still_leased = self
+                .in_flight
+                .get(&token)
+                .is_some_and(|leased| leased.deadline <= now);
+            if !still_leased {
+                continue;
+            }
+            let Some(leased) = self.in_flight.remove(&token) else {
+                continue;
+            };
+            leased.release_slot();
+            changed = true;
+            if leased.pending.attempt >= self.max_attempts {
+                let failure = Failure::new(
+                    FailureKind::LeaseExpired,
+                    format!(
+                        "not settled within the visibility timeout of {:?} on attempt {} of {}",
+                        self.visibility_timeout, leased.pending.attempt, self.max_attempts
+                    ),
+                );
+                dead.push(leased.pending.into_dead_letter(trigger, failure));
+            } else {
+                self.ready.push_front(leased.pending.next_attempt());
+            }
+        }
+        (dead, changed)
+    }
+
+    /// Drops lease entries at the front that no longer match a live lease, so the deque stays
+    /// as short as the oldest unsettled lease.
+    fn compact_leases(&mut self) {
+        while let Some(&(deadline, token)) = self.leases.front() {
+            let live = self
+                .in_flight
+                .get(&token)
+                .is_some_and(|leased| leased.deadline == deadline);
+            if live {
+                break;
+            }
+            self.leases.pop_front();
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let delayed = self.delayed.peek().map(|d| d.due);
+        let lease = self.leases.front().map(|(deadline, _)| *deadline);
+        match (delayed, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// What a consumer found when it looked at the queue.
+enum Taken {
+    Delivery(Delivery),
+    /// Nothing to take now; wait for a wake-up or until this instant.
+    Wait(Option<Instant>),
+}
+
+/// One trigger's queue.
+pub(crate) struct TriggerQueue {
+    key: SubscriptionKey,
+    topic: Arc<TopicShared>,
+    state: Mutex<QueueState>,
+    wake: Notify,
+}
+
+impl TriggerQueue {
+    pub(crate) fn new(
+        spec: SubscriptionSpec,
+        retention: Option<Duration>,
+        topic: Arc<TopicShared>,
+    ) -> Self {
+        Self {
+            key: spec.key,
+            topic,
+            state: Mutex::new(QueueState {
+                ready: VecDeque::new(),
+                delayed: BinaryHeap::new(),
+                in_flight: HashMap::new(),
+                leases: VecDeque::new(),
+                max_attempts: spec.max_attempts,
+                visibility_timeout: spec.visibility_timeout,
+                retention,
+                next_token: 0,
+                next_seq: 0,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> &SubscriptionKey {
+        &self.key
+    }
+
+    pub(crate) fn trigger(&self) -> &TriggerName {
+        &self.key.trigger
+    }
+
+    pub(crate) fn set_policy(&self, max_attempts: u32, visibility_timeout: Duration) {
+        let mut state = lock(&self.state);
+        state.max_attempts = max_attempts;
+        state.visibility_timeout = visibility_timeout;
+    }
+
+    pub(crate) fn set_retention(&self, retention: Option<Duration>) {
+        lock(&self.state).retention = retention;
+    }
+
+    /// Adds a message, ready now or at `due`.
+    pub(crate) fn enqueue(&self, pending: Pending, due: Option<Instant>) {
+        {
+            let mut state = lock(&self.state);
+            match due {
+                Some(due) => state.push_delayed(pending, due),
+                None => state.ready.push_back(pending),
+            }
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// Wakes every consumer of this queue, so they notice the adapter closed.
+    pub(crate) fn wake_all(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Runs the timers and dead-letters what they expired.
+    fn advance_now(&self, state: &mut QueueState) -> Vec<DeadLetter> {
+        let (dead, changed) = state.advance(Instant::now(), &self.key.trigger);
+        if changed {
+            self.wake.notify_waiters();
+        }
+        dead
+    }
+
+    fn take(self: &Arc<Self>, slot: &Arc<ConsumerSlot>, prefetch: u32) -> Taken {
+        let now = Instant::now();
+        let (taken, dead) = {
+            let mut state = lock(&self.state);
+            let dead = self.advance_now(&mut state);
+            let taken = if slot.unsettled.load(Ordering::Acquire) < prefetch {
+                self.lease_next(&mut state, slot, now)
+            } else {
+                None
+            };
+            let taken = match taken {
+                Some(delivery) => Taken::Delivery(delivery),
+                None => Taken::Wait(state.next_wake()),
+            };
+            (taken, dead)
+        };
+        self.topic.store_dead_letters(dead);
+        taken
+    }
+
+    fn lease_next(
+        self: &Arc<Self>,
+        state: &mut QueueState,
+        slot: &Arc<ConsumerSlot>,
+        now: Instant,
+    ) -> Option<Delivery> {
+        loop {
+            let pending = state.ready.pop_front()?;
+            let expired = state
+                .retention
+                .is_some_and(|retention| pending.message.accepted_at + retention <= now);
+            if expired {
+                continue;
+            }
+            state.next_token += 1;
+            let token = state.next_token;
+            let deadline = now + state.visibility_timeout;
+            let message = &pending.message;
+            let envelope = Envelope {
+                id: message.id.clone(),
+                topic: message.topic.clone(),
+                data: Arc::clone(&message.data),
+                attempt: pending.attempt,
+                max_attempts: state.max_attempts,
+                enqueued_at: message.enqueued_at,
+                traceparent: message.traceparent.clone(),
+                baggage: message.baggage.clone(),
+                idempotency_key: message.idempotency_key.clone(),
+            };
+            let acker = MemoryAcker {
+                queue: Arc::clone(self),
+                token,
+                id: message.id.clone(),
+            };
+            slot.unsettled.fetch_add(1, Ordering::AcqRel);
+            state.in_flight.insert(
+                token,
+                Leased {
+                    pending,
+                    deadline,
+                    consumer: Arc::clone(slot),
+                },
+            );
+            state.leases.push_back((deadline, token));
+            return Some(Delivery::new(envelope, Box::new(acker)));
+        }
+    }
+
+    /// Waits for the next delivery this consumer may take; `None` once the adapter is closed.
+    pub(crate) async fn next_delivery(
+        self: &Arc<Self>,
+        slot: &Arc<ConsumerSlot>,
+        prefetch: u32,
+    ) -> Option<Delivery> {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.topic.is_closed() {
+                return None;
+            }
+            match self.take(slot, prefetch) {
+                Taken::Delivery(delivery) => return Some(delivery),
+                Taken::Wait(Some(at)) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = sleep_until(at) => {}
+                    }
+                }
+                Taken::Wait(None) => notified.await,
+            }
+        }
+    }
+
+    fn settle(&self, token: u64, id: &MessageId, settlement: Settlement) -> Result<()> {
+        if self.topic.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (result, dead) = {
+            let mut state = lock(&self.state);
+            let mut dead = self.advance_now(&mut state);
+            let result = match state.in_flight.remove(&token) {
+                None => Err(Error::LeaseExpired { id: id.clone() }),
+                Some(leased) => {
+                    leased.release_slot();
+                    let pending = leased.pending;
+                    match settlement {
+                        Settlement::Ack => {}
+                        Settlement::Nack(_) if pending.attempt >= state.max_attempts => {
+                            let failure = Failure::new(
+                                FailureKind::RetriesExhausted,
+                                format!(
+                                    "nacked on the last attempt ({} of {})",
+                                    pending.attempt, state.max_attempts
+                                ),
+                            );
+                            dead.push(pending.into_dead_letter(&self.key.trigger, failure));
+                        }
+                        Settlement::Nack(delay) if delay.is_zero() => {
+                            state.ready.push_back(pending.next_attempt());
+                        }
+                        Settlement::Nack(delay) => {
+                            state.push_delayed(pending.next_attempt(), Instant::now() + delay);
+                        }
+                        Settlement::DeadLetter(failure) => {
+                            dead.push(pending.into_dead_letter(&self.key.trigger, failure));
+                        }
+                        Settlement::Release => state.ready.push_front(pending),
+                    }
+                    state.compact_leases();
+                    Ok(())
+                }
+            };
+            (result, dead)
+        };
+        self.topic.store_dead_letters(dead);
+        // A slot was freed or a message came back: consumers may take again.
+        self.wake.notify_waiters();
+        result
+    }
+
+    fn extend_lease(&self, token: u64, id: &MessageId) -> Result<()> {
+        if self.topic.is_closed() {
+            return Err(Error::Closed);
+        }
+        let dead;
+        let result = {
+            let mut state = lock(&self.state);
+            dead = self.advance_now(&mut state);
+            let deadline = Instant::now() + state.visibility_timeout;
+            match state.in_flight.get_mut(&token) {
+                None => Err(Error::LeaseExpired { id: id.clone() }),
+                Some(leased) => {
+                    leased.deadline = deadline;
+                    state.leases.push_back((deadline, token));
+                    state.compact_leases();
+                    Ok(())
+                }
+            }
+        };
+        self.topic.store_dead_letters(dead);
+        result
+    }
+
+    pub(crate) fn stats(&self) -> SubscriptionStats {
+        let (waiting, delayed, in_flight, dead) = {
+            let mut state = lock(&self.state);
+            let dead = self.advance_now(&mut state);
+            (
+                (state.ready.len() + state.delayed.len()) as u64,
+                state.delayed.len() as u64,
+                state.in_flight.len() as u64,
+                dead,
+            )
+        };
+        self.topic.store_dead_letters(dead);
+        SubscriptionStats {
+            waiting,
+            delayed,
+            in_flight,
+            dead_lettered: self.topic.dlq().count(Some(&self.key.trigger)),
+        }
+    }
+
+    /// Applies expired leases, so DLQ reads see what they dead-lettered.
+    pub(crate) fn run_timers(&self) {
+        let dead = {
+            let mut state = lock(&self.state);
+            self.advance_now(&mut state)
+        };
+        self.topic.store_dead_letters(dead);
+    }
+}
+
+/// Settles one delivery of the in-memory adapter.
+struct MemoryAcker {
+    queue: Arc<TriggerQueue>,
+    token: u64,
+    id: MessageId,
+}
+
+impl MemoryAcker {
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
+        let result = self.queue.settle(self.token, &self.id, settlement);
+        Box::pin(std::future::ready(result))
+    }
+}
+
+impl Acker for MemoryAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        self.settle(Settlement::Ack)
+    }
+
+    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>> {
+        self.settle(Settlement::Nack(delay))
+    }
+
+    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
+        self.settle(Settlement::DeadLetter(failure))
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        self.settle(Settlement::Release)
+    }
+
+    fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(
+            self.queue.extend_lease(self.token, &self.id),
+        ))
+    }
+}

@@ -1,0 +1,196 @@
+//! One topic: its options, its idempotency window, its DLQ and the trigger queues it fans out to.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use topiq_adapter::{
+    DeadLetter, Error, MessageId, NewMessage, PublishReceipt, Result, SubscriptionKey,
+    SubscriptionSpec, Timestamp, TopicName, TopicSpec, TriggerName,
+};
+
+use crate::dedup::DedupWindow;
+use crate::dlq_store::DeadLetterStore;
+use crate::queue::{Pending, StoredMessage, TriggerQueue};
+
+/// Locks a mutex; a panic while it was held left data that is still consistent for these
+/// structures (every update is a single push, pop or insert), so poisoning is ignored.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a topic's queues share with it: its DLQ and whether the adapter is closed.
+pub(crate) struct TopicShared {
+    pub(crate) name: TopicName,
+    pub(crate) spec: RwLock<TopicSpec>,
+    pub(crate) dlq: Mutex<DeadLetterStore>,
+    pub(crate) closed: Arc<AtomicBool>,
+}
+
+impl TopicShared {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn store_dead_letters(&self, records: Vec<DeadLetter>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut dlq = lock(&self.dlq);
+        for record in records {
+            dlq.insert(record);
+        }
+    }
+
+    pub(crate) fn dlq(&self) -> MutexGuard<'_, DeadLetterStore> {
+        let retention = read(&self.spec).dlq_retention;
+        let mut dlq = lock(&self.dlq);
+        dlq.expire(retention, Timestamp::now());
+        dlq
+    }
+}
+
+/// A declared topic.
+pub(crate) struct Topic {
+    pub(crate) shared: Arc<TopicShared>,
+    queues: RwLock<Vec<Arc<TriggerQueue>>>,
+    dedup: Mutex<DedupWindow>,
+}
+
+impl Topic {
+    pub(crate) fn new(spec: TopicSpec, closed: Arc<AtomicBool>) -> Self {
+        Self {
+            shared: Arc::new(TopicShared {
+                name: spec.name.clone(),
+                spec: RwLock::new(spec),
+                dlq: Mutex::new(DeadLetterStore::default()),
+                closed,
+            }),
+            queues: RwLock::new(Vec::new()),
+            dedup: Mutex::new(DedupWindow::default()),
+        }
+    }
+
+    pub(crate) fn update(&self, spec: TopicSpec) {
+        let retention = spec.retention;
+        *self
+            .shared
+            .spec
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = spec;
+        for queue in read(&self.queues).iter() {
+            queue.set_retention(retention);
+        }
+    }
+
+    pub(crate) fn declare_subscription(&self, spec: SubscriptionSpec) {
+        if let Some(queue) = self.queue(&spec.key.trigger) {
+            queue.set_policy(spec.max_attempts, spec.visibility_timeout);
+            return;
+        }
+        let retention = read(&self.shared.spec).retention;
+        let queue = Arc::new(TriggerQueue::new(spec, retention, Arc::clone(&self.shared)));
+        let mut queues = self.queues.write().unwrap_or_else(PoisonError::into_inner);
+        // Another caller may have declared it between the read above and this write.
+        if !queues.iter().any(|q| q.trigger() == queue.trigger()) {
+            queues.push(queue);
+        }
+    }
+
+    pub(crate) fn queue(&self, trigger: &TriggerName) -> Option<Arc<TriggerQueue>> {
+        read(&self.queues)
+            .iter()
+            .find(|queue| queue.trigger() == trigger)
+            .cloned()
+    }
+
+    pub(crate) fn require_queue(&self, trigger: &TriggerName) -> Result<Arc<TriggerQueue>> {
+        self.queue(trigger)
+            .ok_or_else(|| Error::UnknownSubscription {
+                key: SubscriptionKey::new(self.shared.name.clone(), trigger.clone()),
+            })
+    }
+
+    pub(crate) fn queues(&self) -> Vec<Arc<TriggerQueue>> {
+        read(&self.queues).clone()
+    }
+
+    /// Validates, deduplicates and fans one message out to every trigger queue.
+    pub(crate) fn publish(&self, message: NewMessage) -> Result<PublishReceipt> {
+        let (limit, window) = {
+            let spec = read(&self.shared.spec);
+            (spec.max_message_bytes, spec.idempotency_window)
+        };
+        message.validate(&self.shared.name, limit)?;
+        let Some(key) = message.idempotency_key.clone() else {
+            let id = self.fan_out(message);
+            return Ok(PublishReceipt {
+                message_id: id,
+                duplicate: false,
+            });
+        };
+        // The window stays locked until the message is in every queue, so a concurrent
+        // publish with the same key sees either nothing or the finished first publish.
+        let now = Instant::now();
+        let mut dedup = lock(&self.dedup);
+        if let Some(first) = dedup.lookup(&key, now) {
+            return Ok(PublishReceipt {
+                message_id: first,
+                duplicate: true,
+            });
+        }
+        let id = self.fan_out(message);
+        dedup.remember(key, id.clone(), now + window);
+        Ok(PublishReceipt {
+            message_id: id,
+            duplicate: false,
+        })
+    }
+
+    fn fan_out(&self, message: NewMessage) -> MessageId {
+        let id = MessageId::generate();
+        let due = message.deliver_at.and_then(due_instant);
+        let stored = Arc::new(StoredMessage {
+            id: id.clone(),
+            topic: self.shared.name.clone(),
+            data: Arc::new(message.data),
+            enqueued_at: Timestamp::now(),
+            accepted_at: Instant::now(),
+            traceparent: message.trace.traceparent,
+            baggage: message.trace.baggage,
+            idempotency_key: message.idempotency_key,
+        });
+        for queue in read(&self.queues).iter() {
+            queue.enqueue(Pending::first(Arc::clone(&stored)), due);
+        }
+        id
+    }
+
+    /// Puts redriven records back into the queue of the trigger each failed on.
+    pub(crate) fn redrive(&self, record: &DeadLetter) -> Result<()> {
+        let queue = self.require_queue(&record.trigger)?;
+        let stored = Arc::new(StoredMessage {
+            id: record.id.clone(),
+            topic: record.topic.clone(),
+            data: Arc::clone(&record.data),
+            enqueued_at: record.enqueued_at,
+            accepted_at: Instant::now(),
+            traceparent: record.traceparent.clone(),
+            baggage: record.baggage.clone(),
+            idempotency_key: record.idempotency_key.clone(),
+        });
+        queue.enqueue(Pending::redriven(stored, record.first_failed_at), None);
+        Ok(())
+    }
+}
+
+/// The monotonic instant matching a wall-clock `deliver_at`; `None` when it is already due.
+fn due_instant(deliver_at: Timestamp) -> Option<Instant> {
+    let wait = Duration::try_from(deliver_at.duration_since(Timestamp::now())).ok()?;
+    (!wait.is_zero()).then(|| Instant::now() + wait)
+}
