@@ -28,13 +28,11 @@ impl DeadLetterStore {
         let Ok(cutoff) = now.checked_sub(retention) else {
             return;
         };
-        let expired: Vec<u64> = self
-            .records
-            .iter()
-            .filter(|(_, record)| record.last_failed_at < cutoff)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in expired {
+        // Records are stored in the order they failed, so the expired ones are at the front.
+        while let Some((&seq, record)) = self.records.first_key_value() {
+            if record.last_failed_at >= cutoff {
+                break;
+            }
             self.remove(seq);
         }
     }
@@ -106,4 +104,52 @@ impl DeadLetterStore {
 
 fn selects(record: &DeadLetter, trigger: Option<&TriggerName>) -> bool {
     trigger.is_none_or(|trigger| &record.trigger == trigger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use topiq_adapter::{Failure, FailureKind, MessageId, TopicName};
+
+    fn record(trigger: &str, failed_at: Timestamp) -> DeadLetter {
+        DeadLetter {
+            id: MessageId::generate(),
+            topic: TopicName::new("t").unwrap(),
+            trigger: TriggerName::new(trigger).unwrap(),
+            data: Arc::new(serde_json::json!(null)),
+            attempts: 1,
+            first_failed_at: failed_at,
+            last_failed_at: failed_at,
+            error: Failure::new(FailureKind::NonRetryable, "x"),
+            traceparent: None,
+            baggage: None,
+            idempotency_key: None,
+            enqueued_at: failed_at,
+        }
+    }
+
+    #[test]
+    fn retention_drops_records_older_than_it_and_keeps_counts_right() {
+        let now = Timestamp::now();
+        let mut store = DeadLetterStore::default();
+        store.insert(record("a", now - Duration::from_secs(120)));
+        store.insert(record("b", now - Duration::from_secs(90)));
+        store.insert(record("a", now - Duration::from_secs(10)));
+        store.expire(Some(Duration::from_secs(60)), now);
+        assert_eq!(store.count(None), 1);
+        assert_eq!(store.count(Some(&TriggerName::new("a").unwrap())), 1);
+        assert_eq!(store.count(Some(&TriggerName::new("b").unwrap())), 0);
+        store.expire(None, now + Duration::from_secs(3600));
+        assert_eq!(store.count(None), 1, "no retention keeps everything");
+    }
+
+    #[test]
+    fn a_foreign_cursor_is_a_clear_error() {
+        let store = DeadLetterStore::default();
+        let err = store
+            .list(None, &DlqFilter::default(), 10, Some("abc"))
+            .unwrap_err();
+        assert!(err.to_string().contains("cursor"), "{err}");
+    }
 }
