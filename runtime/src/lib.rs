@@ -1,9 +1,69 @@
-//! topiq's queue module.
+//! topiq's queue module: `config.yaml` in, triggers running, `queue.*` calls out.
 //!
-//! This crate grows into the runtime of `config.yaml` (config loading, triggers, retries, the
-//! `queue.*` calls); today it holds the registry that turns an adapter class name from the
-//! config into a running adapter, and the `topiq` binary.
+//! ```no_run
+//! use topiq::{Config, Functions, HandlerError, Message, QueueModule, shutdown_signal};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut functions = Functions::with_builtins();
+//! functions.register("emails.send", |message: Message| async move {
+//!     let to = message.data()["to"].as_str().unwrap_or_default().to_owned();
+//!     if to.is_empty() {
+//!         return Err(HandlerError::non_retryable("no recipient"));
+//!     }
+//!     Ok(())
+//! });
+//! let module = QueueModule::new(Config::load("config.yaml")?, functions).await?;
+//! module.run_until(shutdown_signal()).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces, each in its own module: [`config`] (loading and validation), [`function`]
+//! (the registry handlers go into), [`condition`] (CEL filters), [`retry`] (backoff), the
+//! trigger loop (condition → handler under timeout and lease extension → settlement), and
+//! [`calls`] (the JSON call surface).
 
+pub mod calls;
+pub mod condition;
+pub mod config;
+pub mod function;
+mod module;
 pub mod registry;
+pub mod retry;
+mod stats;
+mod trigger;
 
+pub use calls::{BatchItem, CallError, DlqRequest, EnqueueRequest, EnqueueResult, TriggerStats};
+pub use config::{Config, ConfigError};
+pub use function::{BatchHandler, Functions, Handler, HandlerError, Message};
+pub use module::{QueueModule, StartError, Workers};
 pub use registry::{AdapterClass, RegistryError};
+pub use stats::TriggerCounts;
+
+/// Completes on Ctrl-C or SIGTERM: pass it to [`QueueModule::run_until`].
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

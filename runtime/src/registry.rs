@@ -57,6 +57,25 @@ impl AdapterClass {
         }
     }
 
+    /// Checks the adapter's `config:` map; the error says which option is wrong.
+    pub fn check_options(self, options: &serde_json::Value) -> Result<(), String> {
+        match self {
+            AdapterClass::Builtin => match options {
+                serde_json::Value::Null => Ok(()),
+                serde_json::Value::Object(map) if map.is_empty() => Ok(()),
+                serde_json::Value::Object(map) => Err(format!(
+                    "{} takes no options, got {}; write `config: {{}}`",
+                    self.name(),
+                    map.keys()
+                        .map(|key| format!("`{key}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                _ => Err("must be a map of options, such as `config: {}`".into()),
+            },
+        }
+    }
+
     /// What adapters of this class can honour.
     pub fn capabilities(self) -> Capabilities {
         match self {

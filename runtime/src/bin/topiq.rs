@@ -1,9 +1,11 @@
 //! The `topiq` binary: thin; argument parsing here, the work in the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use topiq::AdapterClass;
+use topiq::{AdapterClass, Config, Functions, QueueModule, shutdown_signal};
+use tracing_subscriber::EnvFilter;
 
 /// topiq: a YAML-configured queue module.
 #[derive(Parser)]
@@ -15,14 +17,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the adapter classes `config.yaml` can name, with what each can honour.
+    /// Run the queue module of a config file until Ctrl-C or SIGTERM.
+    ///
+    /// The binary registers the built-in functions builtin.log (logs each message) and
+    /// builtin.fail (always fails, to watch retries and the DLQ).
+    ///
+    /// Example: TOPIQ_ENV=production topiq run --config config.yaml
+    Run {
+        /// The config file; `config.<TOPIQ_ENV>.yaml` beside it is merged when TOPIQ_ENV is set.
+        #[arg(long, default_value = "config.yaml", env = "TOPIQ_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary; exit 1 with the file:line error otherwise.
+    ///
+    /// Example: topiq check --config config.yaml
+    Check {
+        /// The config file.
+        #[arg(long, default_value = "config.yaml", env = "TOPIQ_CONFIG")]
+        config: PathBuf,
+        /// Function names the application registers, besides the built-in ones (repeatable).
+        #[arg(long = "function", value_name = "NAME")]
+        functions: Vec<String>,
+    },
+    /// List the adapter classes a config can name, with what each can honour.
     ///
     /// Example: topiq adapters
     Adapters,
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
     match Cli::parse().command {
+        Command::Run { config } => run(config),
+        Command::Check { config, functions } => check(config, functions),
         Command::Adapters => {
             for class in AdapterClass::ALL {
                 let capabilities = class.capabilities();
@@ -35,7 +66,94 @@ fn main() -> ExitCode {
                     capabilities.max_message_bytes
                 );
             }
+            ExitCode::SUCCESS
         }
+    }
+}
+
+fn run(config: PathBuf) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("topiq: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let config = match Config::load(&config) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match QueueModule::new(config, Functions::with_builtins()).await {
+            Ok(module) => {
+                module.run_until(shutdown_signal()).await;
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn check(path: PathBuf, application_functions: Vec<String>) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let builtins = Functions::with_builtins();
+    let known = builtins.names();
+    for trigger in &config.triggers {
+        let name = trigger.function.as_str();
+        if !known.contains(&name) && !application_functions.iter().any(|f| f == name) {
+            eprintln!(
+                "{}: triggers.{}.function: unknown function {name:?}; the topiq binary has {}; pass --function {name} if your application registers it",
+                trigger.function_location,
+                trigger.name,
+                known.join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("{}: ok", path.display());
+    println!("adapter: {}", config.adapter.class.name());
+    println!("topics:");
+    for spec in config.topics.values() {
+        println!(
+            "  {} (max_message_bytes {}, idempotency window {:?})",
+            spec.name, spec.max_message_bytes, spec.idempotency_window
+        );
+    }
+    println!("triggers:");
+    for trigger in &config.triggers {
+        let condition = trigger
+            .condition
+            .as_ref()
+            .map(|condition| format!(" if {}", condition.source()))
+            .unwrap_or_default();
+        let dead_letter = trigger
+            .dead_letter_topic
+            .as_ref()
+            .map(|topic| format!(", dead letters to {topic}"))
+            .unwrap_or_default();
+        println!(
+            "  {}: {} -> {}{condition} (attempts {}, concurrency {}{dead_letter})",
+            trigger.name, trigger.topic, trigger.function, trigger.retry.max_attempts, trigger.concurrency
+        );
+    }
+    let mut functions: Vec<&str> = config.triggers.iter().map(|t| t.function.as_str()).collect();
+    functions.sort_unstable();
+    functions.dedup();
+    println!("functions: {}", functions.join(", "));
+    for warning in &config.warnings {
+        println!("warning: {warning}");
     }
     ExitCode::SUCCESS
 }

@@ -1,0 +1,616 @@
+//! The `queue.*` call surface: every call takes and returns JSON, callable by name
+//! ([`QueueModule::call`]) or through typed methods.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use topiq_adapter::{
+    DeadLetter, DlqFilter, DlqQuery, DlqSelection, MAX_DLQ_PAGE, MessageId, NewMessage,
+    PublishReceipt, SubscriptionKey, Timestamp, TopicName, TraceContext, TriggerName,
+};
+
+use crate::config::parse_duration;
+use crate::module::QueueModule;
+use crate::stats::TriggerCounts;
+
+/// The calls [`QueueModule::call`] knows.
+pub const CALLS: &[&str] = &[
+    "queue.enqueue",
+    "queue.enqueue_batch",
+    "queue.dlq_count",
+    "queue.dlq_list",
+    "queue.redrive_dlq",
+    "queue.dlq_purge",
+    "queue.stats",
+];
+
+/// The most messages in one `queue.enqueue_batch`.
+pub const MAX_BATCH: usize = 100;
+
+/// A call that failed; [`CallError::to_json`] is its `{"error": {"code", "message"}}` form.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No call has that name.
+    #[error("unknown call {name:?}; known calls: {}", CALLS.join(", "))]
+    UnknownCall {
+        /// The name asked for.
+        name: String,
+    },
+    /// An argument is missing, unknown or malformed.
+    #[error("{message}")]
+    InvalidArgument {
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// The adapter refused the call (bad topic, payload too large, broker down...).
+    #[error(transparent)]
+    Adapter(#[from] topiq_adapter::Error),
+}
+
+impl CallError {
+    fn invalid(message: impl Into<String>) -> Self {
+        CallError::InvalidArgument {
+            message: message.into(),
+        }
+    }
+
+    /// The stable error code: `invalid_topic`, `payload_too_large`, `invalid_argument`,
+    /// `unknown_topic`, `unknown_trigger`, `unknown_call`, `broker_unavailable`, ...
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::UnknownCall { .. } => "unknown_call",
+            CallError::InvalidArgument { .. } => "invalid_argument",
+            CallError::Adapter(err) => err.code(),
+        }
+    }
+
+    /// `{"error": {"code": ..., "message": ...}}`.
+    pub fn to_json(&self) -> Value {
+        json!({"error": {"code": self.code(), "message": self.to_string()}})
+    }
+}
+
+fn parse_args<T: for<'de> Deserialize<'de>>(call: &str, args: Value) -> Result<T, CallError> {
+    serde_json::from_value(args)
+        .map_err(|err| CallError::invalid(format!("{call}: {err}")))
+}
+
+fn topic(name: &str) -> Result<TopicName, CallError> {
+    Ok(TopicName::new(name)?)
+}
+
+fn trigger(name: Option<&str>) -> Result<Option<TriggerName>, CallError> {
+    name.map(TriggerName::new).transpose().map_err(Into::into)
+}
+
+/// Arguments of `queue.enqueue`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    /// The topic.
+    pub topic: String,
+    /// The payload: any JSON value.
+    pub data: Value,
+    /// Enqueues with the same key inside the topic's window return the first message's id.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Deliver no sooner than this from now: `"5s"`, `"250ms"`.
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// Deliver no sooner than this time (RFC 3339).
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// W3C `traceparent` to carry (the tracing layer fills it from the current span).
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// W3C `baggage` to carry.
+    #[serde(default)]
+    pub baggage: Option<String>,
+}
+
+/// The result of `queue.enqueue` and of each `queue.enqueue_batch` item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnqueueResult {
+    /// The message's id (the first message's, for a duplicate).
+    pub message_id: MessageId,
+    /// True when the idempotency key was seen inside the window and nothing was enqueued.
+    pub duplicate: bool,
+}
+
+impl EnqueueResult {
+    /// `{"message_id": ..., "duplicate": ...}`.
+    pub fn to_json(&self) -> Value {
+        json!({ "message_id": self.message_id, "duplicate": self.duplicate })
+    }
+}
+
+impl From<PublishReceipt> for EnqueueResult {
+    fn from(receipt: PublishReceipt) -> Self {
+        Self {
+            message_id: receipt.message_id,
+            duplicate: receipt.duplicate,
+        }
+    }
+}
+
+/// One message of `queue.enqueue_batch`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    /// The payload.
+    pub data: Value,
+    /// As in `queue.enqueue`.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// As in `queue.enqueue`.
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// As in `queue.enqueue`.
+    #[serde(default)]
+    pub run_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBatchRequest {
+    topic: String,
+    messages: Vec<BatchItem>,
+}
+
+/// Which DLQ records a call is about.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqRequest {
+    /// The topic.
+    pub topic: String,
+    /// One trigger, or every trigger on the topic.
+    #[serde(default)]
+    pub trigger: Option<String>,
+    /// Only these message ids.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// Only records whose error contains this text.
+    #[serde(default)]
+    pub error_contains: Option<String>,
+    /// Only records last failed at or after this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only records last failed before this time (RFC 3339).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Listing: records per page (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Listing: the `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Redrive: count what would be redriven, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Redrive: at most this many messages per second.
+    #[serde(default)]
+    pub rate_per_sec: Option<u32>,
+}
+
+impl DlqRequest {
+    fn filter(&self) -> Result<DlqFilter, CallError> {
+        Ok(DlqFilter {
+            error_contains: self.error_contains.clone(),
+            since: self.since.as_deref().map(|at| timestamp("since", at)).transpose()?,
+            until: self.until.as_deref().map(|at| timestamp("until", at)).transpose()?,
+        })
+    }
+
+    fn has_filter(&self) -> bool {
+        self.error_contains.is_some() || self.since.is_some() || self.until.is_some()
+    }
+
+    fn ids(&self) -> Option<Vec<MessageId>> {
+        self.ids
+            .as_ref()
+            .map(|ids| ids.iter().map(MessageId::from_string).collect())
+    }
+}
+
+fn timestamp(argument: &str, text: &str) -> Result<Timestamp, CallError> {
+    text.parse::<Timestamp>().map_err(|err| {
+        CallError::invalid(format!(
+            "{argument}: {text:?} is not an RFC 3339 time such as \"2026-11-23T10:00:00Z\" ({err})"
+        ))
+    })
+}
+
+/// Per-trigger figures of `queue.stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TriggerStats {
+    /// The topic.
+    pub topic: TopicName,
+    /// The trigger.
+    pub trigger: TriggerName,
+    /// Messages waiting (delayed ones included), from the broker.
+    pub waiting: u64,
+    /// Messages delivered and not settled, from the broker.
+    pub in_flight: u64,
+    /// Records in the trigger's DLQ, from the broker.
+    pub dlq: u64,
+    /// This process's handler outcomes since it started.
+    #[serde(flatten)]
+    pub counts: TriggerCounts,
+}
+
+impl QueueModule {
+    /// Runs the call `name` with JSON `args`; the result is the call's JSON result.
+    pub async fn call(&self, name: &str, args: Value) -> Result<Value, CallError> {
+        match name {
+            "queue.enqueue" => {
+                let result = self.enqueue(parse_args(name, args)?).await?;
+                Ok(result.to_json())
+            }
+            "queue.enqueue_batch" => {
+                let request: EnqueueBatchRequest = parse_args(name, args)?;
+                let results = self.enqueue_batch(&request.topic, request.messages).await?;
+                let results: Vec<Value> = results
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(receipt) => receipt.to_json(),
+                        Err(err) => err.to_json(),
+                    })
+                    .collect();
+                Ok(json!({ "results": results }))
+            }
+            "queue.dlq_count" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                Ok(json!({ "count": self.dlq_count(&request).await? }))
+            }
+            "queue.dlq_list" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                let (messages, next_cursor) = self.dlq_list(&request).await?;
+                Ok(json!({ "messages": messages, "next_cursor": next_cursor }))
+            }
+            "queue.redrive_dlq" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                let count = self.redrive_dlq(&request).await?;
+                Ok(if request.dry_run {
+                    json!({ "would_redrive": count })
+                } else {
+                    json!({ "redriven": count })
+                })
+            }
+            "queue.dlq_purge" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                Ok(json!({ "purged": self.dlq_purge(&request).await? }))
+            }
+            "queue.stats" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct StatsRequest {
+                    #[serde(default)]
+                    topic: Option<String>,
+                }
+                let request: StatsRequest = parse_args(name, args)?;
+                let triggers = self.stats(request.topic.as_deref()).await?;
+                Ok(json!({ "triggers": triggers }))
+            }
+            _ => Err(CallError::UnknownCall {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    fn new_message(
+        &self,
+        data: Value,
+        idempotency_key: Option<String>,
+        delay: Option<&str>,
+        run_at: Option<&str>,
+    ) -> Result<NewMessage, CallError> {
+        let mut message = NewMessage::new(data);
+        message.idempotency_key = idempotency_key;
+        match (delay, run_at) {
+            (Some(_), Some(_)) => {
+                return Err(CallError::invalid(
+                    "give either `delay` or `run_at`, not both",
+                ));
+            }
+            (Some(delay), None) => {
+                let delay = parse_duration(delay)
+                    .map_err(|reason| CallError::invalid(format!("delay: {reason}")))?;
+                message = message.delay(delay);
+            }
+            (None, Some(run_at)) => {
+                message = message.deliver_at(timestamp("run_at", run_at)?);
+            }
+            (None, None) => {}
+        }
+        if let (Some(at), Some(max_delay)) = (
+            message.deliver_at,
+            self.adapter().capabilities().max_delay,
+        ) {
+            let wait = at.duration_since(Timestamp::now());
+            if Duration::try_from(wait).is_ok_and(|wait| wait > max_delay) {
+                return Err(CallError::invalid(format!(
+                    "the delay is longer than {} allows ({max_delay:?})",
+                    self.adapter().capabilities().adapter
+                )));
+            }
+        }
+        Ok(message)
+    }
+
+    /// `queue.enqueue`.
+    pub async fn enqueue(&self, request: EnqueueRequest) -> Result<EnqueueResult, CallError> {
+        let topic = topic(&request.topic)?;
+        let message = self
+            .new_message(
+                request.data,
+                request.idempotency_key,
+                request.delay.as_deref(),
+                request.run_at.as_deref(),
+            )?
+            .trace(TraceContext {
+                traceparent: request.traceparent,
+                baggage: request.baggage,
+            });
+        Ok(self.publish(&topic, message).await?.into())
+    }
+
+    /// `queue.enqueue_batch`: one result per message, in order.
+    pub async fn enqueue_batch(
+        &self,
+        topic_name: &str,
+        items: Vec<BatchItem>,
+    ) -> Result<Vec<Result<EnqueueResult, CallError>>, CallError> {
+        let topic = topic(topic_name)?;
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(CallError::invalid(format!(
+                "messages: give 1 to {MAX_BATCH} messages, got {}",
+                items.len()
+            )));
+        }
+        if self.topic(&topic).is_none() {
+            return Err(topiq_adapter::Error::UnknownTopic { topic }.into());
+        }
+        let mut results: Vec<Option<Result<EnqueueResult, CallError>>> = Vec::new();
+        let mut messages = Vec::new();
+        let mut slots = Vec::new();
+        for item in items {
+            match self.new_message(
+                item.data,
+                item.idempotency_key,
+                item.delay.as_deref(),
+                item.run_at.as_deref(),
+            ) {
+                Ok(message) => {
+                    slots.push(results.len());
+                    results.push(None);
+                    messages.push(message);
+                }
+                Err(err) => results.push(Some(Err(err))),
+            }
+        }
+        if !messages.is_empty() {
+            let published = self.adapter().publish_batch(&topic, messages).await?;
+            for (slot, result) in slots.into_iter().zip(published) {
+                results[slot] = Some(result.map(Into::into).map_err(Into::into));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(CallError::invalid("the adapter returned no result for this message"))
+                })
+            })
+            .collect())
+    }
+
+    fn dlq_target(
+        &self,
+        request: &DlqRequest,
+    ) -> Result<(TopicName, Option<TriggerName>), CallError> {
+        let topic = topic(&request.topic)?;
+        if self.topic(&topic).is_none() {
+            return Err(topiq_adapter::Error::UnknownTopic { topic }.into());
+        }
+        let trigger = trigger(request.trigger.as_deref())?;
+        if let Some(name) = &trigger {
+            let known = self
+                .triggers()
+                .iter()
+                .any(|t| t.key.topic == topic && &t.key.trigger == name);
+            if !known {
+                return Err(topiq_adapter::Error::UnknownSubscription {
+                    key: SubscriptionKey::new(topic, name.clone()),
+                }
+                .into());
+            }
+        }
+        Ok((topic, trigger))
+    }
+
+    /// `queue.dlq_count`.
+    pub async fn dlq_count(&self, request: &DlqRequest) -> Result<u64, CallError> {
+        let (topic, trigger) = self.dlq_target(request)?;
+        Ok(self.adapter().dlq_count(&topic, trigger.as_ref()).await?)
+    }
+
+    /// `queue.dlq_list`: one page of records and the cursor of the next.
+    pub async fn dlq_list(
+        &self,
+        request: &DlqRequest,
+    ) -> Result<(Vec<DeadLetter>, Option<String>), CallError> {
+        let (topic, trigger) = self.dlq_target(request)?;
+        let limit = request.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_DLQ_PAGE {
+            return Err(CallError::invalid(format!(
+                "limit: must be between 1 and {MAX_DLQ_PAGE}, got {limit}"
+            )));
+        }
+        let ids: Option<HashSet<MessageId>> = request.ids().map(|ids| ids.into_iter().collect());
+        let page = self
+            .adapter()
+            .dlq_list(DlqQuery {
+                topic,
+                trigger,
+                filter: request.filter()?,
+                limit,
+                cursor: request.cursor.clone(),
+            })
+            .await?;
+        let records = match ids {
+            None => page.records,
+            Some(ids) => page
+                .records
+                .into_iter()
+                .filter(|record| ids.contains(&record.id))
+                .collect(),
+        };
+        Ok((records, page.next_cursor))
+    }
+
+    /// Every record id matching the request's filter and ids.
+    async fn matching_ids(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        request: &DlqRequest,
+    ) -> Result<Vec<MessageId>, CallError> {
+        let wanted: Option<HashSet<MessageId>> =
+            request.ids().map(|ids| ids.into_iter().collect());
+        let mut query = DlqQuery {
+            topic: topic.clone(),
+            trigger: trigger.cloned(),
+            filter: request.filter()?,
+            limit: MAX_DLQ_PAGE,
+            cursor: None,
+        };
+        let mut ids = Vec::new();
+        let mut seen = HashSet::new();
+        loop {
+            let page = self.adapter().dlq_list(query.clone()).await?;
+            for record in page.records {
+                let selected = wanted.as_ref().is_none_or(|wanted| wanted.contains(&record.id));
+                if selected && seen.insert(record.id.clone()) {
+                    ids.push(record.id);
+                }
+            }
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    /// `queue.redrive_dlq`: sends the selected records back to the trigger each failed on,
+    /// with attempts reset; with `dry_run`, only counts them. Logged with its counts.
+    pub async fn redrive_dlq(&self, request: &DlqRequest) -> Result<u64, CallError> {
+        let (topic, trigger) = self.dlq_target(request)?;
+        if request.rate_per_sec == Some(0) {
+            return Err(CallError::invalid("rate_per_sec: must be at least 1"));
+        }
+        let everything =
+            request.ids.is_none() && !request.has_filter() && request.rate_per_sec.is_none();
+        if everything && !request.dry_run {
+            let redriven = self
+                .adapter()
+                .dlq_redrive(&topic, trigger.as_ref(), DlqSelection::All)
+                .await?;
+            log_dlq_operation("redrive", &topic, trigger.as_ref(), "all", redriven);
+            return Ok(redriven);
+        }
+        let ids = self.matching_ids(&topic, trigger.as_ref(), request).await?;
+        if request.dry_run {
+            return Ok(ids.len() as u64);
+        }
+        let chunk = request.rate_per_sec.map_or(100, |rate| rate as usize);
+        let total = ids.len();
+        let mut redriven = 0;
+        for (index, chunk_ids) in ids.chunks(chunk).enumerate() {
+            let started = tokio::time::Instant::now();
+            redriven += self
+                .adapter()
+                .dlq_redrive(
+                    &topic,
+                    trigger.as_ref(),
+                    DlqSelection::Ids(chunk_ids.to_vec()),
+                )
+                .await?;
+            tracing::info!(%topic, done = redriven, total, "redrive progress");
+            let more = (index + 1) * chunk < total;
+            if request.rate_per_sec.is_some() && more {
+                tokio::time::sleep_until(started + Duration::from_secs(1)).await;
+            }
+        }
+        log_dlq_operation("redrive", &topic, trigger.as_ref(), "selected", redriven);
+        Ok(redriven)
+    }
+
+    /// `queue.dlq_purge`: deletes the selected records (all, or `ids`). Logged with its count.
+    pub async fn dlq_purge(&self, request: &DlqRequest) -> Result<u64, CallError> {
+        let (topic, trigger) = self.dlq_target(request)?;
+        let (selection, label) = match (request.ids(), request.has_filter()) {
+            (None, false) => (DlqSelection::All, "all"),
+            _ => (
+                DlqSelection::Ids(self.matching_ids(&topic, trigger.as_ref(), request).await?),
+                "selected",
+            ),
+        };
+        let purged = self
+            .adapter()
+            .dlq_purge(&topic, trigger.as_ref(), selection)
+            .await?;
+        log_dlq_operation("purge", &topic, trigger.as_ref(), label, purged);
+        Ok(purged)
+    }
+
+    /// `queue.stats`: per trigger (of one topic, or all), the broker's counts and this
+    /// process's outcomes.
+    pub async fn stats(&self, topic_name: Option<&str>) -> Result<Vec<TriggerStats>, CallError> {
+        let topic = topic_name.map(topic).transpose()?;
+        if let Some(topic) = &topic
+            && self.topic(topic).is_none()
+        {
+            return Err(topiq_adapter::Error::UnknownTopic {
+                topic: topic.clone(),
+            }
+            .into());
+        }
+        let mut rows = Vec::new();
+        for trigger in self.triggers() {
+            if topic.as_ref().is_some_and(|topic| topic != &trigger.key.topic) {
+                continue;
+            }
+            let broker = self.adapter().stats(&trigger.key).await?;
+            rows.push(TriggerStats {
+                topic: trigger.key.topic.clone(),
+                trigger: trigger.key.trigger.clone(),
+                waiting: broker.waiting,
+                in_flight: broker.in_flight,
+                dlq: broker.dead_lettered,
+                counts: trigger.counters.snapshot(),
+            });
+        }
+        Ok(rows)
+    }
+}
+
+fn log_dlq_operation(
+    operation: &str,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    selection: &str,
+    count: u64,
+) {
+    tracing::info!(
+        operation,
+        %topic,
+        trigger = trigger.map_or("(all)", |trigger| trigger.as_str()),
+        selection,
+        count,
+        requested_by = "queue call",
+        "dlq {operation}"
+    );
+}

@@ -1,0 +1,62 @@
+//! Durations written as humantime strings: `500ms`, `30s`, `5m`, `1h 30m`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+/// A duration from the config, parsed from a humantime string such as `30s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = ConfigDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"500ms\", \"30s\" or \"5m\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<ConfigDuration, E> {
+                parse_duration(text).map(ConfigDuration).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, number: u64) -> Result<ConfigDuration, E> {
+                Err(E::custom(format!(
+                    "a bare number ({number}) has no unit: write \"{number}ms\" or \"{number}s\""
+                )))
+            }
+
+            fn visit_i64<E: de::Error>(self, number: i64) -> Result<ConfigDuration, E> {
+                self.visit_u64(number.unsigned_abs())
+            }
+        }
+
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h 30m`; the error says what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|err| {
+        format!(
+            "{text:?} is not a duration ({err}); write a number with a unit, such as \"500ms\", \"30s\" or \"5m\""
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_required_and_understood() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("five").unwrap_err().contains("\"30s\""));
+    }
+}

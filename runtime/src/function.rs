@@ -1,0 +1,258 @@
+//! Functions: the application's named handlers that triggers call.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use topiq_adapter::{Envelope, TriggerName};
+
+/// A message as a handler receives it: the [`Envelope`] (`id`, `topic`, `data`, `attempt`,
+/// `max_attempts`, `enqueued_at`, trace context, idempotency key) and the trigger that runs.
+#[derive(Clone, Debug)]
+pub struct Message {
+    envelope: Envelope,
+    trigger: TriggerName,
+}
+
+impl Message {
+    pub(crate) fn new(envelope: Envelope, trigger: TriggerName) -> Self {
+        Self { envelope, trigger }
+    }
+
+    /// The trigger whose function is running.
+    pub fn trigger(&self) -> &TriggerName {
+        &self.trigger
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &Value {
+        &self.envelope.data
+    }
+
+    /// The payload as `T`; a payload of the wrong shape is a non-retryable error (retrying
+    /// cannot fix it).
+    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        T::deserialize(self.data()).map_err(|err| {
+            HandlerError::non_retryable(format!("the message data has the wrong shape: {err}"))
+        })
+    }
+
+    /// The whole envelope.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+impl Deref for Message {
+    type Target = Envelope;
+
+    fn deref(&self) -> &Envelope {
+        &self.envelope
+    }
+}
+
+/// A handler's failure, and what the runtime should do next.
+///
+/// Any `std::error::Error` converts into a retryable `HandlerError`, so `?` works in
+/// handlers; use [`HandlerError::non_retryable`] for failures a retry cannot fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerError {
+    message: String,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl HandlerError {
+    /// A failure worth retrying (a timeout, a 503): retried after the trigger's backoff.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    /// A failure no retry can fix (bad input): the message goes straight to the DLQ.
+    pub fn non_retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    /// Retries after `delay` instead of the trigger's backoff (such as an HTTP `Retry-After`).
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// The error message, as stored in the DLQ record.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the runtime retries it.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The requested retry delay, if any.
+    pub fn requested_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for HandlerError {
+    fn from(err: E) -> Self {
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        HandlerError::retryable(message)
+    }
+}
+
+/// A function that handles one message at a time.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `message`; `Ok` acknowledges it.
+    fn call(&self, message: Message) -> BoxFuture<'static, Result<(), HandlerError>>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn call(&self, message: Message) -> BoxFuture<'static, Result<(), HandlerError>> {
+        Box::pin(self(message))
+    }
+}
+
+/// A function that handles up to `batch_size` messages per call and reports an outcome per
+/// message, in the order it received them.
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Handles `messages`; returns one result per message.
+    fn call(&self, messages: Vec<Message>) -> BoxFuture<'static, Vec<Result<(), HandlerError>>>;
+}
+
+impl<F, Fut> BatchHandler for F
+where
+    F: Fn(Vec<Message>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<(), HandlerError>>> + Send + 'static,
+{
+    fn call(&self, messages: Vec<Message>) -> BoxFuture<'static, Vec<Result<(), HandlerError>>> {
+        Box::pin(self(messages))
+    }
+}
+
+/// A registered function.
+#[derive(Clone)]
+pub(crate) enum Function {
+    Single(Arc<dyn Handler>),
+    Batch(Arc<dyn BatchHandler>),
+}
+
+/// The application's functions by name, looked up by triggers at startup.
+#[derive(Clone, Default)]
+pub struct Functions {
+    functions: HashMap<String, Function>,
+    duplicates: Vec<String>,
+}
+
+/// The built-in function that logs each message and succeeds.
+pub const BUILTIN_LOG: &str = "builtin.log";
+
+/// The built-in function that always fails (retryable), to watch retries and the DLQ.
+pub const BUILTIN_FAIL: &str = "builtin.fail";
+
+impl Functions {
+    /// No functions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `builtin.log` and `builtin.fail`.
+    pub fn with_builtins() -> Self {
+        let mut functions = Self::new();
+        functions
+            .register(BUILTIN_LOG, |message: Message| async move {
+                tracing::info!(
+                    trigger = %message.trigger(),
+                    topic = %message.topic,
+                    id = %message.id,
+                    attempt = message.attempt,
+                    data = %message.data(),
+                    "builtin.log"
+                );
+                Ok(())
+            })
+            .register(BUILTIN_FAIL, |message: Message| async move {
+                Err(HandlerError::retryable(format!(
+                    "builtin.fail fails every message (attempt {} of {})",
+                    message.attempt, message.max_attempts
+                )))
+            });
+        functions
+    }
+
+    /// Registers `handler` as `name`. Registering a name twice is reported when the module
+    /// starts.
+    pub fn register(&mut self, name: impl Into<String>, handler: impl Handler) -> &mut Self {
+        self.insert(name.into(), Function::Single(Arc::new(handler)))
+    }
+
+    /// Registers a batch function as `name`, for triggers with `batch_size`.
+    pub fn register_batch(
+        &mut self,
+        name: impl Into<String>,
+        handler: impl BatchHandler,
+    ) -> &mut Self {
+        self.insert(name.into(), Function::Batch(Arc::new(handler)))
+    }
+
+    fn insert(&mut self, name: String, function: Function) -> &mut Self {
+        if self.functions.insert(name.clone(), function).is_some() {
+            self.duplicates.push(name);
+        }
+        self
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Function> {
+        self.functions.get(name)
+    }
+
+    pub(crate) fn duplicates(&self) -> &[String] {
+        &self.duplicates
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.functions.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+impl fmt::Debug for Functions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Functions")
+            .field("names", &self.names())
+            .finish()
+    }
+}

@@ -1,0 +1,259 @@
+//! The queue module: a validated config, its adapter and functions, started.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use topiq_adapter::{
+    NewMessage, PublishReceipt, SharedAdapter, SubscriptionKey, SubscriptionSpec, TopicName,
+    TopicSpec,
+};
+
+use crate::config::{Config, ConfigError, ConfigLocation};
+use crate::function::{Function, Functions};
+use crate::stats::TriggerCounters;
+use crate::trigger::{Lifecycle, Trigger};
+
+/// Why the module could not start; nothing was left half-started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The config is invalid (including a trigger naming an unregistered function).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker refused to create a topic or a subscription, or could not be reached.
+    #[error("cannot set up {what} on the broker: {source}")]
+    Broker {
+        /// The topic or subscription.
+        what: String,
+        /// The adapter's error.
+        #[source]
+        source: topiq_adapter::Error,
+    },
+}
+
+/// The queue module: enqueue and DLQ calls, and the triggers once [`QueueModule::start_workers`]
+/// runs them. Cheap to clone.
+#[derive(Clone)]
+pub struct QueueModule {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    adapter: SharedAdapter,
+    topics: BTreeMap<TopicName, TopicSpec>,
+    triggers: Vec<Arc<Trigger>>,
+}
+
+impl QueueModule {
+    /// Checks the config against `functions`, connects the adapter, and declares every topic
+    /// and trigger subscription. No trigger runs until [`start_workers`](Self::start_workers).
+    pub async fn new(config: Config, functions: Functions) -> Result<Self, StartError> {
+        if let Some(name) = functions.duplicates().first() {
+            return Err(ConfigError::invalid(
+                ConfigLocation {
+                    file: "(application)".into(),
+                    line: 0,
+                    column: 0,
+                },
+                "functions",
+                format!("the function {name:?} was registered twice; register each name once"),
+            )
+            .into());
+        }
+        let mut resolved = Vec::with_capacity(config.triggers.len());
+        for settings in &config.triggers {
+            let key = format!("triggers.{}.function", settings.name);
+            let function = functions.get(&settings.function).ok_or_else(|| {
+                ConfigError::invalid(
+                    settings.function_location.clone(),
+                    key.clone(),
+                    format!(
+                        "unknown function {:?}; registered: {}. Register it with Functions::register",
+                        settings.function,
+                        functions.names().join(", ")
+                    ),
+                )
+            })?;
+            match (function, settings.batch_size > 1) {
+                (Function::Single(_), true) => {
+                    return Err(ConfigError::invalid(
+                        settings.function_location.clone(),
+                        key,
+                        format!(
+                            "the trigger has batch_size {} but {:?} handles one message at a time; register it with Functions::register_batch or remove batch_size",
+                            settings.batch_size, settings.function
+                        ),
+                    )
+                    .into());
+                }
+                (Function::Batch(_), false) => {
+                    return Err(ConfigError::invalid(
+                        settings.function_location.clone(),
+                        key,
+                        format!(
+                            "{:?} is a batch function; give the trigger a batch_size above 1",
+                            settings.function
+                        ),
+                    )
+                    .into());
+                }
+                _ => {}
+            }
+            resolved.push((settings.clone(), function.clone()));
+        }
+
+        let adapter = config.adapter.class.build();
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        for spec in config.topics.values() {
+            adapter
+                .declare_topic(spec.clone())
+                .await
+                .map_err(|source| StartError::Broker {
+                    what: format!("topic {}", spec.name),
+                    source,
+                })?;
+        }
+        let mut triggers = Vec::with_capacity(resolved.len());
+        for (settings, function) in resolved {
+            let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());
+            let mut spec = SubscriptionSpec::new(key.clone());
+            spec.max_attempts = settings.retry.max_attempts;
+            spec.visibility_timeout = settings.visibility_timeout;
+            adapter
+                .declare_subscription(spec)
+                .await
+                .map_err(|source| StartError::Broker {
+                    what: format!("trigger {key}"),
+                    source,
+                })?;
+            triggers.push(Arc::new(Trigger {
+                settings,
+                key,
+                function,
+                adapter: Arc::clone(&adapter),
+                counters: TriggerCounters::default(),
+            }));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                topics: config.topics.clone(),
+                config,
+                adapter,
+                triggers,
+            }),
+        })
+    }
+
+    /// The config it runs.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The adapter, for calls the module does not wrap.
+    pub fn adapter(&self) -> &SharedAdapter {
+        &self.inner.adapter
+    }
+
+    pub(crate) fn topic(&self, name: &TopicName) -> Option<&TopicSpec> {
+        self.inner.topics.get(name)
+    }
+
+    pub(crate) fn triggers(&self) -> &[Arc<Trigger>] {
+        &self.inner.triggers
+    }
+
+    /// Publishes `message` to `topic` (declared in the config) and returns once the broker
+    /// accepted it.
+    pub async fn publish(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<PublishReceipt, topiq_adapter::Error> {
+        if self.topic(topic).is_none() {
+            return Err(topiq_adapter::Error::UnknownTopic {
+                topic: topic.clone(),
+            });
+        }
+        self.inner.adapter.publish(topic, message).await
+    }
+
+    /// Starts every trigger: each pulls its deliveries and calls its function.
+    pub fn start_workers(&self) -> Workers {
+        let lifecycle = Lifecycle {
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            calls: TaskTracker::new(),
+        };
+        let loops = self
+            .inner
+            .triggers
+            .iter()
+            .map(|trigger| tokio::spawn(Arc::clone(trigger).run(lifecycle.clone())))
+            .collect();
+        tracing::info!(
+            adapter = self.inner.config.adapter.class.name(),
+            triggers = self.inner.triggers.len(),
+            "topiq queue module running"
+        );
+        Workers {
+            lifecycle,
+            loops,
+            grace: self.inner.config.shutdown_grace,
+        }
+    }
+
+    /// Runs the triggers until `shutdown` completes, then stops gracefully and closes the
+    /// adapter. Use with [`shutdown_signal`](crate::shutdown_signal) in a binary.
+    pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
+        let workers = self.start_workers();
+        shutdown.await;
+        tracing::info!("shutting down");
+        workers.shutdown().await;
+        self.close().await;
+    }
+
+    /// Closes the adapter: no more calls are accepted.
+    pub async fn close(&self) {
+        if let Err(err) = self.inner.adapter.close().await {
+            tracing::warn!(error = %err, "closing the adapter failed");
+        }
+    }
+}
+
+/// The running triggers of a module.
+pub struct Workers {
+    lifecycle: Lifecycle,
+    loops: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Workers {
+    /// Graceful stop: no new deliveries are taken; running calls get the grace period to
+    /// finish; calls still running then are abandoned and their messages released for
+    /// redelivery without spending an attempt.
+    pub async fn shutdown(self) {
+        self.lifecycle.stop.cancel();
+        for handle in self.loops {
+            if let Err(err) = handle.await {
+                tracing::error!(error = %err, "a trigger loop ended abnormally");
+            }
+        }
+        self.lifecycle.calls.close();
+        if tokio::time::timeout(self.grace, self.lifecycle.calls.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "handlers still running after the grace period; releasing their messages");
+            self.lifecycle.abort.cancel();
+            self.lifecycle.calls.wait().await;
+        }
+    }
+}

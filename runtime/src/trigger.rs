@@ -1,0 +1,434 @@
+//! Running a trigger: pull deliveries, filter by condition, call the function with its timeout
+//! while extending the lease, then settle: ack, retry after the backoff, or dead-letter.
+//!
+//! The layers around a handler call, outermost first:
+//! 1. concurrency: a permit per call, taken *before* a delivery is pulled, so nothing waits in
+//!    our hands while its lease runs;
+//! 2. condition: false (or an error) acknowledges without a call;
+//! 3. shutdown: past the grace period the call is abandoned and the message released, without
+//!    spending an attempt;
+//! 4. lease: extended every half visibility timeout while the call runs;
+//! 5. timeout and panic capture: both become retryable failures;
+//! 6. settlement: see [`settle_failure`].
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use topiq_adapter::{
+    ConsumeOptions, Delivery, Envelope, Failure, FailureKind, NewMessage, SharedAdapter,
+    Subscription, SubscriptionKey, Timestamp, TraceContext,
+};
+
+use crate::config::TriggerSettings;
+use crate::function::{Function, HandlerError, Message};
+use crate::stats::TriggerCounters;
+
+/// One trigger of a running module.
+pub(crate) struct Trigger {
+    pub(crate) settings: TriggerSettings,
+    pub(crate) key: SubscriptionKey,
+    pub(crate) function: Function,
+    pub(crate) adapter: SharedAdapter,
+    pub(crate) counters: TriggerCounters,
+}
+
+/// Signals shared by every trigger of a module.
+#[derive(Clone)]
+pub(crate) struct Lifecycle {
+    /// Stop pulling new deliveries.
+    pub(crate) stop: CancellationToken,
+    /// The grace period is over: abandon running calls and release their messages.
+    pub(crate) abort: CancellationToken,
+    /// Every running call.
+    pub(crate) calls: TaskTracker,
+}
+
+/// Why a call did not produce a result.
+enum CallFailure {
+    Handler(HandlerError),
+    Timeout(Duration),
+    Panicked(String),
+}
+
+impl CallFailure {
+    fn retryable(&self) -> bool {
+        match self {
+            CallFailure::Handler(err) => err.is_retryable(),
+            CallFailure::Timeout(_) | CallFailure::Panicked(_) => true,
+        }
+    }
+
+    fn into_failure(self, last_attempt: bool) -> Failure {
+        match self {
+            CallFailure::Handler(err) if !err.is_retryable() => {
+                Failure::new(FailureKind::NonRetryable, err.message())
+            }
+            CallFailure::Handler(err) => Failure::new(
+                if last_attempt {
+                    FailureKind::RetriesExhausted
+                } else {
+                    FailureKind::RetriesExhausted
+                },
+                err.message(),
+            ),
+            CallFailure::Timeout(limit) => Failure::new(
+                FailureKind::Timeout,
+                format!("the handler did not finish within its timeout of {limit:?}"),
+            ),
+            CallFailure::Panicked(message) => {
+                Failure::new(FailureKind::Panicked, format!("the handler panicked: {message}"))
+            }
+        }
+    }
+
+    fn requested_delay(&self) -> Option<Duration> {
+        match self {
+            CallFailure::Handler(err) => err.requested_delay(),
+            _ => None,
+        }
+    }
+}
+
+impl Trigger {
+    /// Pulls and handles deliveries until `lifecycle.stop`.
+    pub(crate) async fn run(self: Arc<Self>, lifecycle: Lifecycle) {
+        let Some(mut subscription) = self.subscribe(&lifecycle.stop).await else {
+            return;
+        };
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency as usize));
+        loop {
+            let permit = tokio::select! {
+                () = lifecycle.stop.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let first = tokio::select! {
+                () = lifecycle.stop.cancelled() => break,
+                next = subscription.next() => next,
+            };
+            let delivery = match first {
+                None => break,
+                Some(Ok(delivery)) => delivery,
+                Some(Err(err)) => {
+                    tracing::error!(trigger = %self.key, error = %err, "the subscription failed; retrying in 1s");
+                    sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let trigger = Arc::clone(&self);
+            let abort = lifecycle.abort.clone();
+            if self.settings.batch_size > 1 {
+                let batch = self.fill_batch(delivery, &mut subscription);
+                lifecycle
+                    .calls
+                    .spawn(async move { trigger.handle_batch(batch, permit, abort).await });
+            } else {
+                lifecycle
+                    .calls
+                    .spawn(async move { trigger.handle(delivery, permit, abort).await });
+            }
+        }
+    }
+
+    async fn subscribe(&self, stop: &CancellationToken) -> Option<Subscription> {
+        let prefetch = self.settings.concurrency * self.settings.batch_size;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self
+                .adapter
+                .consume(&self.key, ConsumeOptions { prefetch })
+                .await
+            {
+                Ok(subscription) => return Some(subscription),
+                Err(err) => {
+                    tracing::error!(trigger = %self.key, error = %err, retry_in = ?wait, "cannot subscribe");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Adds to `first` the deliveries that are ready now, up to `batch_size`.
+    fn fill_batch(&self, first: Delivery, subscription: &mut Subscription) -> Vec<Delivery> {
+        let mut batch = vec![first];
+        while batch.len() < self.settings.batch_size as usize {
+            match subscription.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                _ => break,
+            }
+        }
+        batch
+    }
+
+    /// True when the condition lets the message through; a false or failing condition
+    /// acknowledges it for this trigger.
+    async fn passes_condition(&self, delivery: &Delivery) -> bool {
+        let Some(condition) = &self.settings.condition else {
+            return true;
+        };
+        match condition.evaluate(delivery.envelope()) {
+            Ok(passes) => passes,
+            Err(err) => {
+                tracing::warn!(
+                    trigger = %self.key,
+                    id = %delivery.envelope().id,
+                    condition = condition.source(),
+                    error = %err,
+                    "the condition failed; treated as false"
+                );
+                false
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+        abort: CancellationToken,
+    ) {
+        if !self.passes_condition(&delivery).await {
+            self.counters.filtered();
+            self.ack(delivery).await;
+            drop(permit);
+            return;
+        }
+        let message = Message::new(delivery.envelope().clone(), self.settings.name.clone());
+        let Function::Single(handler) = &self.function else {
+            return;
+        };
+        let call = handler.call(message);
+        let outcome = self.supervise(call, std::slice::from_ref(&delivery), &abort).await;
+        match outcome {
+            None => release(delivery).await,
+            Some(Ok(())) => {
+                self.counters.succeeded();
+                self.ack(delivery).await;
+            }
+            Some(Err(failure)) => self.settle_failure(delivery, failure).await,
+        }
+        drop(permit);
+    }
+
+    async fn handle_batch(
+        self: Arc<Self>,
+        batch: Vec<Delivery>,
+        permit: OwnedSemaphorePermit,
+        abort: CancellationToken,
+    ) {
+        let mut passing = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            if self.passes_condition(&delivery).await {
+                passing.push(delivery);
+            } else {
+                self.counters.filtered();
+                self.ack(delivery).await;
+            }
+        }
+        if passing.is_empty() {
+            return;
+        }
+        let Function::Batch(handler) = &self.function else {
+            return;
+        };
+        let messages = passing
+            .iter()
+            .map(|delivery| Message::new(delivery.envelope().clone(), self.settings.name.clone()))
+            .collect();
+        let expected = passing.len();
+        let call = handler.call(messages).map(Ok).boxed();
+        match self.supervise(call, &passing, &abort).await {
+            None => {
+                for delivery in passing {
+                    release(delivery).await;
+                }
+            }
+            Some(Ok(results)) if results.len() == expected => {
+                for (delivery, result) in passing.into_iter().zip(results) {
+                    match result {
+                        Ok(()) => {
+                            self.counters.succeeded();
+                            self.ack(delivery).await;
+                        }
+                        Err(err) => {
+                            self.settle_failure(delivery, CallFailure::Handler(err))
+                                .await;
+                        }
+                    }
+                }
+            }
+            Some(Ok(results)) => {
+                let message = format!(
+                    "the batch function returned {} results for {expected} messages",
+                    results.len()
+                );
+                for delivery in passing {
+                    self.settle_failure(
+                        delivery,
+                        CallFailure::Handler(HandlerError::retryable(message.clone())),
+                    )
+                    .await;
+                }
+            }
+            Some(Err(failure)) => {
+                let shared = match failure {
+                    CallFailure::Handler(err) => err,
+                    CallFailure::Timeout(limit) => HandlerError::retryable(format!(
+                        "the batch function did not finish within its timeout of {limit:?}"
+                    )),
+                    CallFailure::Panicked(message) => {
+                        HandlerError::retryable(format!("the batch function panicked: {message}"))
+                    }
+                };
+                for delivery in passing {
+                    self.settle_failure(delivery, CallFailure::Handler(shared.clone()))
+                        .await;
+                }
+            }
+        }
+        drop(permit);
+    }
+
+    /// Runs `call` under the timeout, extending the leases of `deliveries` every half
+    /// visibility timeout; `None` when the shutdown grace period ran out first.
+    async fn supervise<T>(
+        &self,
+        call: futures::future::BoxFuture<'static, Result<T, HandlerError>>,
+        deliveries: &[Delivery],
+        abort: &CancellationToken,
+    ) -> Option<Result<T, CallFailure>>
+    where
+        T: Send + 'static,
+    {
+        let timeout = self.settings.timeout;
+        let extend_every = self.settings.visibility_timeout / 2;
+        let deadline = Instant::now() + timeout;
+        let mut next_extension = Instant::now() + extend_every;
+        let call = AssertUnwindSafe(call).catch_unwind();
+        tokio::pin!(call);
+        let timer = sleep_until(deadline.min(next_extension));
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut call => {
+                    return Some(match result {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(err)) => Err(CallFailure::Handler(err)),
+                        Err(panic) => Err(CallFailure::Panicked(panic_message(panic.as_ref()))),
+                    });
+                }
+                () = abort.cancelled() => return None,
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Some(Err(CallFailure::Timeout(timeout)));
+                    }
+                    for delivery in deliveries {
+                        if let Err(err) = delivery.extend_lease().await {
+                            tracing::warn!(trigger = %self.key, id = %delivery.envelope().id, error = %err, "cannot extend the lease");
+                        }
+                    }
+                    next_extension = now + extend_every;
+                    timer.as_mut().reset(deadline.min(next_extension));
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: Delivery) {
+        let id = delivery.envelope().id.clone();
+        if let Err(err) = delivery.ack().await {
+            tracing::warn!(trigger = %self.key, %id, error = %err, "the ack was not applied; the message will be delivered again");
+        }
+    }
+
+    /// After a failed call: retry after the backoff, or dead-letter when the error is not
+    /// retryable or this was the last attempt. A dead-lettered message is first published to
+    /// `dead_letter_topic` (when set); if that publish fails the message is retried instead,
+    /// so nothing is lost.
+    async fn settle_failure(&self, delivery: Delivery, failure: CallFailure) {
+        self.counters.failed();
+        let envelope = delivery.envelope();
+        let last_attempt = envelope.attempt >= envelope.max_attempts;
+        let retry_delay = failure
+            .requested_delay()
+            .unwrap_or_else(|| self.settings.retry.delay_after(envelope.attempt));
+        if failure.retryable() && !last_attempt {
+            tracing::debug!(trigger = %self.key, id = %envelope.id, attempt = envelope.attempt, delay = ?retry_delay, "retrying");
+            self.counters.retried();
+            self.settle(delivery.nack(retry_delay).await, "nack");
+            return;
+        }
+        let failure = failure.into_failure(last_attempt);
+        if let Some(topic) = &self.settings.dead_letter_topic {
+            let record = dead_letter_message(envelope, &self.settings.name, &failure);
+            if let Err(err) = self.adapter.publish(topic, record).await {
+                tracing::error!(trigger = %self.key, id = %envelope.id, dead_letter_topic = %topic, error = %err, delay = ?retry_delay, "cannot publish to the dead-letter topic; the message is retried instead");
+                self.settle(delivery.nack(retry_delay).await, "nack");
+                return;
+            }
+        }
+        tracing::warn!(trigger = %self.key, id = %envelope.id, attempts = envelope.attempt, kind = %failure.kind, error = %failure.message, "dead-lettered");
+        self.counters.dead_lettered();
+        self.settle(delivery.dead_letter(failure).await, "dead_letter");
+    }
+
+    fn settle(&self, result: topiq_adapter::Result<()>, operation: &str) {
+        if let Err(err) = result {
+            tracing::warn!(trigger = %self.key, operation, error = %err, "the settlement was not applied; the message will be delivered again");
+        }
+    }
+}
+
+async fn release(delivery: Delivery) {
+    let id = delivery.envelope().id.clone();
+    if let Err(err) = delivery.release().await {
+        tracing::warn!(%id, error = %err, "cannot release the message; it is delivered again after its lease");
+    }
+}
+
+/// The message published to a `dead_letter_topic`: the failed message and why it failed.
+fn dead_letter_message(
+    envelope: &Envelope,
+    trigger: &topiq_adapter::TriggerName,
+    failure: &Failure,
+) -> NewMessage {
+    NewMessage::new(json!({
+        "id": envelope.id,
+        "topic": envelope.topic,
+        "trigger": trigger,
+        "data": envelope.data,
+        "attempts": envelope.attempt,
+        "failed_at": Timestamp::now(),
+        "error": failure,
+        "enqueued_at": envelope.enqueued_at,
+    }))
+    .trace(TraceContext {
+        traceparent: envelope.traceparent.clone(),
+        baggage: envelope.baggage.clone(),
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
