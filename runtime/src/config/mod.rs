@@ -1,8 +1,9 @@
 //! `config.yaml`: loading, environment expansion, per-environment overrides and validation.
 //!
 //! The file has the iii queue module's shape (see the README); [`Config::load`] reads it,
-//! expands `${VAR}`, `${VAR:-default}` and iii's `${VAR:default}` from the environment (as
-//! docker compose does: `$$` is a literal `$`), replaces whole sections with those of
+//! expands `${VAR}`, `${VAR:-default}` and iii's `${VAR:default}` from the environment in
+//! unquoted values (a variable that is unset and has no default is an error; `$$` is a
+//! literal `$`), replaces whole sections with those of
 //! `config.<TOPIQ_ENV>.yaml` when `TOPIQ_ENV` is set, and checks every rule. Any mistake is one
 //! [`ConfigError`] naming the file, line and key; the value of an environment variable never
 //! appears in it.
@@ -121,24 +122,35 @@ impl Config {
         environment: Option<&str>,
     ) -> Result<Self, ConfigError> {
         let path = path.as_ref();
+        let variables = process_environment();
         let base = SourceFile::read(path)?;
-        let mut sections = base.parse()?.into_sections(&base.name);
+        let mut sections = base.parse(&variables)?.into_sections(&base.name);
         if let Some(environment) = environment {
             let override_path = override_path(path, environment);
             let overrides = SourceFile::read(&override_path)?;
-            let replacement = overrides.parse()?.into_sections(&overrides.name);
+            let replacement = overrides.parse(&variables)?.into_sections(&overrides.name);
             sections = replacement.over(sections);
         }
         validate(sections)
     }
 
-    /// Parses and validates config text; `file` names it in errors.
+    /// Parses and validates config text, expanding `${VAR}` from the process environment;
+    /// `file` names it in errors.
     pub fn from_yaml(text: &str, file: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_with_variables(text, file, &process_environment())
+    }
+
+    /// Parses and validates config text, expanding `${VAR}` from `variables` only.
+    pub fn from_yaml_with_variables(
+        text: &str,
+        file: &str,
+        variables: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let source = SourceFile {
             name: file.to_owned(),
             text: text.to_owned(),
         };
-        validate(source.parse()?.into_sections(file))
+        validate(source.parse(variables)?.into_sections(file))
     }
 
     /// The trigger called `name`.
@@ -177,11 +189,11 @@ impl SourceFile {
         })
     }
 
-    fn parse(&self) -> Result<RawFile, ConfigError> {
+    fn parse(&self, variables: &HashMap<String, String>) -> Result<RawFile, ConfigError> {
         let text = rewrite_iii_defaults(&self.text);
         let mut options = serde_saphyr::Options::default();
-        options.property_syntax = PropertySyntax::DockerCompose;
-        let options = options.with_properties(environment());
+        options.property_syntax = PropertySyntax::Braced;
+        let options = options.with_properties(variables.clone());
         let mut failed_at = None;
         serde_saphyr::with_deserializer_from_str_with_options(&text, options, |deserializer| {
             serde_path_to_error::deserialize(deserializer).map_err(|err| {
@@ -192,14 +204,21 @@ impl SourceFile {
         .map_err(|err| {
             let key = match failed_at.as_deref() {
                 None | Some(".") | Some("") => "(top level)".to_owned(),
-                Some(path) => path.to_owned(),
+                // `Spanned<T>` adds a `value` level that is not in the file.
+                Some(path) => path.strip_suffix(".value").unwrap_or(path).to_owned(),
             };
             let location = err.location().map(|at| at.line()).unwrap_or(0);
             let column = err.location().map(|at| at.column()).unwrap_or(0);
             let message = UserMessageFormatter.format_message(&err).into_owned();
             let mut render = serde_saphyr::RenderOptions::default();
             render.source_name = Some(&self.name);
-            let snippet = err.render_with_options(render);
+            // The rendered error repeats the message on its first line; keep the source lines.
+            let rendered = err.render_with_options(render);
+            let snippet = rendered
+                .lines()
+                .skip_while(|line| !line.trim_start().starts_with("-->"))
+                .collect::<Vec<_>>()
+                .join("\n");
             ConfigError::Invalid {
                 location: ConfigLocation {
                     file: self.name.clone(),
@@ -208,7 +227,7 @@ impl SourceFile {
                 },
                 key,
                 message,
-                snippet: Some(snippet),
+                snippet: (!snippet.is_empty()).then_some(snippet),
             }
         })
     }
@@ -216,7 +235,7 @@ impl SourceFile {
 
 /// The process environment, as the properties `${VAR}` expands from (variables whose name or
 /// value is not UTF-8 cannot be referenced).
-fn environment() -> HashMap<String, String> {
+fn process_environment() -> HashMap<String, String> {
     std::env::vars_os()
         .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
         .collect()
@@ -359,6 +378,13 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         options,
         location: options_location,
     };
+    if let Some(path) = quoted_reference(&adapter.options, "modules[0].config.adapter.config") {
+        return Err(ConfigError::invalid(
+            adapter.location.clone(),
+            path,
+            "`${...}` is expanded only in unquoted values; remove the quotes around it",
+        ));
+    }
     adapter
         .class
         .check_options(&adapter.options)
@@ -433,6 +459,22 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
             .map_or(DEFAULT_SHUTDOWN_GRACE, |grace| grace.0),
         warnings,
     })
+}
+
+/// The key path of the first string in `value` that still holds a `${...}` reference (it was
+/// quoted, so it was not expanded).
+fn quoted_reference(value: &serde_json::Value, path: &str) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) if text.contains("${") => Some(path.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| quoted_reference(item, &format!("{path}[{index}]"))),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .find_map(|(key, item)| quoted_reference(item, &format!("{path}.{key}"))),
+        _ => None,
+    }
 }
 
 fn validate_trigger(

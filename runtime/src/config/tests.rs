@@ -1,0 +1,326 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+
+const FILE: &str = "config.yaml";
+
+/// A valid config with `trigger_config` lines inserted in the trigger's `config:` (6 spaces
+/// of indent), so errors land on known lines: the trigger config starts at line 10.
+fn with_trigger_config(trigger_config: &str) -> String {
+    format!(
+        "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+triggers:
+  send-email:
+    type: queue
+    function: emails.send
+    config:
+      topic: emails.send
+{trigger_config}"
+    )
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml_with_variables(text, FILE, &HashMap::new())
+}
+
+fn load_with(text: &str, variables: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let variables = variables
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    Config::from_yaml_with_variables(text, FILE, &variables)
+}
+
+/// Asserts the error names the file, the line and the key, and mentions `needle`.
+fn assert_error(result: Result<Config, ConfigError>, line: u64, key: &str, needle: &str) {
+    let err = result.expect_err("the config must be refused");
+    let location = err.location().expect("a location");
+    assert_eq!(location.file, FILE, "{err}");
+    assert_eq!(location.line, line, "{err}");
+    assert_eq!(err.key(), Some(key), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{FILE}:{line}:")),
+        "the message must start with file:line: {text}"
+    );
+    assert!(text.contains(key), "the message must name the key: {text}");
+    assert!(text.contains(needle), "expected {needle:?} in: {text}");
+}
+
+#[test]
+fn the_shipped_config_yaml_is_valid() {
+    let text = include_str!("../../../config.yaml");
+    let config = load(text).expect("config.yaml must load");
+    assert_eq!(config.adapter.class, AdapterClass::Builtin);
+    let send = config.trigger("send-email").expect("send-email");
+    assert_eq!(send.retry.max_attempts, 3);
+    assert_eq!(send.retry.backoff, Backoff::Fixed(Duration::from_millis(200)));
+    assert_eq!(send.dead_letter_topic.as_ref().map(|t| t.as_str()), Some("emails.failed"));
+    assert!(config.topics.keys().any(|topic| topic.as_str() == "emails.failed"));
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_line() {
+    assert_error(
+        load(&with_trigger_config("      concurency: 4\n")),
+        12,
+        "triggers.send-email.config.concurency",
+        "concurency",
+    );
+}
+
+#[test]
+fn a_wrong_type_is_refused_with_its_line() {
+    assert_error(
+        load(&with_trigger_config("      concurrency: many\n")),
+        12,
+        "triggers.send-email.config.concurrency",
+        "u32",
+    );
+}
+
+#[test]
+fn an_out_of_range_concurrency_names_the_range() {
+    assert_error(
+        load(&with_trigger_config("      concurrency: 500\n")),
+        12,
+        "triggers.send-email.config.concurrency",
+        "between 1 and 100",
+    );
+}
+
+#[test]
+fn an_unknown_adapter_class_lists_the_known_ones() {
+    let text = with_trigger_config("").replace(
+        "modules::queue::BuiltinQueueAdapter",
+        "modules::queue::KafkaAdapter",
+    );
+    assert_error(
+        load(&text),
+        5,
+        "modules[0].config.adapter.class",
+        "known classes: modules::queue::BuiltinQueueAdapter",
+    );
+}
+
+#[test]
+fn a_bad_condition_is_refused_at_startup() {
+    assert_error(
+        load(&with_trigger_config("      condition: 'data.priority =='\n")),
+        12,
+        "triggers.send-email.config.condition",
+        "CEL",
+    );
+    assert_error(
+        load(&with_trigger_config("      condition: 'payload.x == 1'\n")),
+        12,
+        "triggers.send-email.config.condition",
+        "`payload`",
+    );
+}
+
+#[test]
+fn a_bad_topic_name_is_refused_with_its_rule() {
+    let text = with_trigger_config("").replace("topic: emails.send", "topic: emails.*");
+    assert_error(load(&text), 11, "triggers.send-email.config.topic", "wildcards");
+}
+
+#[test]
+fn a_bad_duration_says_how_to_write_one() {
+    assert_error(
+        load(&with_trigger_config("      visibility_timeout: soon\n")),
+        12,
+        "triggers.send-email.config.visibility_timeout",
+        "\"30s\"",
+    );
+    assert_error(
+        load(&with_trigger_config("      timeout: 30\n")),
+        12,
+        "triggers.send-email.config.timeout",
+        "no unit",
+    );
+}
+
+#[test]
+fn a_missing_variable_without_default_is_named() {
+    let text = with_trigger_config("").replace(
+        "class: modules::queue::BuiltinQueueAdapter",
+        "class: ${TOPIQ_TEST_ADAPTER}",
+    );
+    assert_error(
+        load(&text),
+        5,
+        "modules[0].config.adapter",
+        "TOPIQ_TEST_ADAPTER",
+    );
+}
+
+#[test]
+fn a_quoted_reference_is_refused_instead_of_kept_literally() {
+    let text = with_trigger_config("").replace(
+        "        class: modules::queue::BuiltinQueueAdapter\n",
+        "        class: modules::queue::BuiltinQueueAdapter\n        config:\n          url: \"nats://${HOST}:4222\"\n",
+    );
+    let err = load_with(&text, &[("HOST", "example")]).expect_err("quoted");
+    assert_eq!(err.key(), Some("modules[0].config.adapter.config.url"));
+    assert!(err.to_string().contains("unquoted"), "{err}");
+}
+
+#[test]
+fn variables_expand_with_compose_and_iii_defaults() {
+    let text = with_trigger_config(
+        "      concurrency: ${WORKERS:-3}\n      batch_size: ${BATCH:2}\n",
+    )
+    .replace("topic: emails.send", "topic: ${TOPIC}")
+    .replace("function: emails.send", "function: emails.send");
+    let config = load_with(&text, &[("TOPIC", "orders.created")]).expect("valid");
+    let trigger = config.trigger("send-email").expect("trigger");
+    assert_eq!(trigger.topic.as_str(), "orders.created");
+    assert_eq!(trigger.concurrency, 3);
+    assert_eq!(trigger.batch_size, 2);
+}
+
+#[test]
+fn a_secret_from_the_environment_never_appears_in_an_error() {
+    let text = with_trigger_config("      concurrency: ${SECRET_TOKEN}\n");
+    let err = load_with(&text, &[("SECRET_TOKEN", "hunter2-s3cr3t")]).expect_err("not a number");
+    let text = err.to_string();
+    assert!(!text.contains("hunter2-s3cr3t"), "the secret leaked: {text}");
+    assert!(text.contains("config.yaml:12:"), "{text}");
+}
+
+#[test]
+fn retry_and_iii_retry_keys_together_are_refused() {
+    let text = with_trigger_config(
+        "      retry:
+        backoff: fixed
+        delay: 1s
+      metadata:
+        infrastructure:
+          queue:
+            max_retries: 2
+",
+    );
+    assert_error(load(&text), 13, "triggers.send-email.config.retry", "not both");
+}
+
+#[test]
+fn each_backoff_kind_builds_its_policy() {
+    let exponential = with_trigger_config(
+        "      retry:
+        backoff: exponential
+        initial: 100ms
+        factor: 3
+        max: 1s
+        max_attempts: 6
+",
+    );
+    let config = load(&exponential).expect("valid");
+    let retry = &config.trigger("send-email").expect("trigger").retry;
+    assert_eq!(retry.max_attempts, 6);
+    assert_eq!(
+        retry.backoff,
+        Backoff::Exponential {
+            initial: Duration::from_millis(100),
+            factor: 3.0,
+            max: Duration::from_secs(1)
+        }
+    );
+    let custom = with_trigger_config(
+        "      retry:
+        backoff: custom
+        delays: [1s, 5s]
+",
+    );
+    let config = load(&custom).expect("valid");
+    assert_eq!(
+        config.trigger("send-email").expect("trigger").retry.backoff,
+        Backoff::Custom(vec![Duration::from_secs(1), Duration::from_secs(5)])
+    );
+    let stray = with_trigger_config(
+        "      retry:
+        backoff: fixed
+        delays: [1s]
+",
+    );
+    assert_error(load(&stray), 13, "triggers.send-email.config.retry", "`delays`");
+}
+
+#[test]
+fn max_retries_means_one_more_attempt() {
+    let text = with_trigger_config(
+        "      metadata:
+        infrastructure:
+          queue:
+            max_retries: 3
+            retry_delay_ms: 2000
+",
+    );
+    let config = load(&text).expect("valid");
+    let retry = &config.trigger("send-email").expect("trigger").retry;
+    assert_eq!(retry.max_attempts, 4);
+    assert_eq!(retry.backoff, Backoff::Fixed(Duration::from_secs(2)));
+}
+
+#[test]
+fn a_dead_letter_topic_equal_to_the_topic_is_refused() {
+    let text = with_trigger_config(
+        "      metadata:
+        infrastructure:
+          queue:
+            dead_letter_topic: emails.send
+",
+    );
+    let err = load(&text).expect_err("loop");
+    assert!(err.to_string().contains("own topic"), "{err}");
+}
+
+#[test]
+fn a_handler_timeout_longer_than_the_visibility_timeout_warns() {
+    let text = with_trigger_config("      timeout: 2m\n      visibility_timeout: 30s\n");
+    let config = load(&text).expect("valid");
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("visibility timeout"));
+}
+
+#[test]
+fn adapter_options_the_adapter_does_not_take_are_refused() {
+    let text = with_trigger_config("").replace(
+        "        class: modules::queue::BuiltinQueueAdapter\n",
+        "        class: modules::queue::BuiltinQueueAdapter\n        config:\n          url: nats://x\n",
+    );
+    let err = load(&text).expect_err("memory takes no options");
+    assert!(err.to_string().contains("`url`"), "{err}");
+}
+
+#[test]
+fn the_environment_file_replaces_whole_sections() {
+    let folder = std::env::temp_dir().join(format!("topiq-config-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("temp dir");
+    let base = folder.join("config.yaml");
+    std::fs::write(&base, with_trigger_config("")).expect("write base");
+    std::fs::write(
+        folder.join("config.staging.yaml"),
+        "triggers:\n  other:\n    type: queue\n    function: builtin.log\n    config:\n      topic: other.topic\n",
+    )
+    .expect("write override");
+    let config = Config::load_for_environment(&base, Some("staging")).expect("merged");
+    let names: Vec<_> = config.triggers.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["other"], "the override's triggers replace the base's");
+    assert_eq!(config.adapter.class, AdapterClass::Builtin, "modules kept from the base");
+    let missing = Config::load_for_environment(&base, Some("production")).expect_err("no file");
+    assert!(missing.to_string().contains("config.production.yaml"), "{missing}");
+    std::fs::remove_dir_all(&folder).ok();
+}
+
+#[test]
+fn iii_default_syntax_is_rewritten_without_moving_lines() {
+    let text = "a: ${X:default}\nb: ${Y:-kept}\nc: ${Z}\nd: $${LITERAL}\n";
+    let rewritten = rewrite_iii_defaults(text);
+    assert_eq!(rewritten, "a: ${X:-default}\nb: ${Y:-kept}\nc: ${Z}\nd: $${LITERAL}\n");
+}
