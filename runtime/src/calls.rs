@@ -74,8 +74,7 @@ impl CallError {
 }
 
 fn parse_args<T: for<'de> Deserialize<'de>>(call: &str, args: Value) -> Result<T, CallError> {
-    serde_json::from_value(args)
-        .map_err(|err| CallError::invalid(format!("{call}: {err}")))
+    serde_json::from_value(args).map_err(|err| CallError::invalid(format!("{call}: {err}")))
 }
 
 fn topic(name: &str) -> Result<TopicName, CallError> {
@@ -199,8 +198,16 @@ impl DlqRequest {
     fn filter(&self) -> Result<DlqFilter, CallError> {
         Ok(DlqFilter {
             error_contains: self.error_contains.clone(),
-            since: self.since.as_deref().map(|at| timestamp("since", at)).transpose()?,
-            until: self.until.as_deref().map(|at| timestamp("until", at)).transpose()?,
+            since: self
+                .since
+                .as_deref()
+                .map(|at| timestamp("since", at))
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(|at| timestamp("until", at))
+                .transpose()?,
         })
     }
 
@@ -325,10 +332,9 @@ impl QueueModule {
             }
             (None, None) => {}
         }
-        if let (Some(at), Some(max_delay)) = (
-            message.deliver_at,
-            self.adapter().capabilities().max_delay,
-        ) {
+        if let (Some(at), Some(max_delay)) =
+            (message.deliver_at, self.adapter().capabilities().max_delay)
+        {
             let wait = at.duration_since(Timestamp::now());
             if Duration::try_from(wait).is_ok_and(|wait| wait > max_delay) {
                 return Err(CallError::invalid(format!(
@@ -401,7 +407,9 @@ impl QueueModule {
             .into_iter()
             .map(|result| {
                 result.unwrap_or_else(|| {
-                    Err(CallError::invalid("the adapter returned no result for this message"))
+                    Err(CallError::invalid(
+                        "the adapter returned no result for this message",
+                    ))
                 })
             })
             .collect())
@@ -478,8 +486,7 @@ impl QueueModule {
         trigger: Option<&TriggerName>,
         request: &DlqRequest,
     ) -> Result<Vec<MessageId>, CallError> {
-        let wanted: Option<HashSet<MessageId>> =
-            request.ids().map(|ids| ids.into_iter().collect());
+        let wanted: Option<HashSet<MessageId>> = request.ids().map(|ids| ids.into_iter().collect());
         let mut query = DlqQuery {
             topic: topic.clone(),
             trigger: trigger.cloned(),
@@ -492,7 +499,9 @@ impl QueueModule {
         loop {
             let page = self.adapter().dlq_list(query.clone()).await?;
             for record in page.records {
-                let selected = wanted.as_ref().is_none_or(|wanted| wanted.contains(&record.id));
+                let selected = wanted
+                    .as_ref()
+                    .is_none_or(|wanted| wanted.contains(&record.id));
                 if selected && seen.insert(record.id.clone()) {
                     ids.push(record.id);
                 }
@@ -580,7 +589,10 @@ impl QueueModule {
         }
         let mut rows = Vec::new();
         for trigger in self.triggers() {
-            if topic.as_ref().is_some_and(|topic| topic != &trigger.key.topic) {
+            if topic
+                .as_ref()
+                .is_some_and(|topic| topic != &trigger.key.topic)
+            {
                 continue;
             }
             let broker = self.adapter().stats(&trigger.key).await?;

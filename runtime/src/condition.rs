@@ -40,9 +40,8 @@ impl fmt::Debug for Condition {
 impl Condition {
     /// Compiles `source`; the error says what is wrong with it.
     pub fn compile(source: &str) -> Result<Self, String> {
-        let program = Program::compile(source).map_err(|err| {
-            format!("the condition is not a valid CEL expression: {err}")
-        })?;
+        let program = Program::compile(source)
+            .map_err(|err| format!("the condition is not a valid CEL expression: {err}"))?;
         let references = program.references();
         if let Some(unknown) = references
             .variables()
@@ -83,9 +82,7 @@ impl Condition {
         );
         match self.program.execute(&context) {
             Ok(CelValue::Bool(passes)) => Ok(passes),
-            Ok(other) => Err(format!(
-                "the condition returned {other:?}, not a boolean"
-            )),
+            Ok(other) => Err(format!("the condition returned {other:?}, not a boolean")),
             Err(err) => Err(format!("the condition failed: {err}")),
         }
     }
@@ -136,17 +133,30 @@ mod tests {
 
     #[test]
     fn conditions_see_data_topic_and_attempt() {
-        let condition =
-            Condition::compile(r#"data.priority == "high" && topic == "emails.send" && attempt == 1"#)
-                .unwrap();
-        assert!(condition.evaluate(&envelope(json!({"priority": "high"}))).unwrap());
-        assert!(!condition.evaluate(&envelope(json!({"priority": "low"}))).unwrap());
+        let condition = Condition::compile(
+            r#"data.priority == "high" && topic == "emails.send" && attempt == 1"#,
+        )
+        .unwrap();
+        assert!(
+            condition
+                .evaluate(&envelope(json!({"priority": "high"})))
+                .unwrap()
+        );
+        assert!(
+            !condition
+                .evaluate(&envelope(json!({"priority": "low"})))
+                .unwrap()
+        );
     }
 
     #[test]
     fn json_integers_compare_with_cel_ints_and_doubles() {
         let condition = Condition::compile("data.count + 1 > 5 && data.price < 9.5").unwrap();
-        assert!(condition.evaluate(&envelope(json!({"count": 5, "price": 9.0}))).unwrap());
+        assert!(
+            condition
+                .evaluate(&envelope(json!({"count": 5, "price": 9.0})))
+                .unwrap()
+        );
     }
 
     #[test]
@@ -158,13 +168,19 @@ mod tests {
     #[test]
     fn non_boolean_results_are_errors() {
         let condition = Condition::compile("data.count").unwrap();
-        let err = condition.evaluate(&envelope(json!({"count": 1}))).unwrap_err();
+        let err = condition
+            .evaluate(&envelope(json!({"count": 1})))
+            .unwrap_err();
         assert!(err.contains("not a boolean"), "{err}");
     }
 
     #[test]
     fn syntax_errors_and_unknown_variables_fail_to_compile() {
-        assert!(Condition::compile("data.priority ==").unwrap_err().contains("CEL"));
+        assert!(
+            Condition::compile("data.priority ==")
+                .unwrap_err()
+                .contains("CEL")
+        );
         let err = Condition::compile("payload.priority == 1").unwrap_err();
         assert!(err.contains("`payload`"), "{err}");
     }

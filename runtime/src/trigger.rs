@@ -65,26 +65,20 @@ impl CallFailure {
         }
     }
 
-    fn into_failure(self, last_attempt: bool) -> Failure {
+    fn into_failure(self) -> Failure {
         match self {
             CallFailure::Handler(err) if !err.is_retryable() => {
                 Failure::new(FailureKind::NonRetryable, err.message())
             }
-            CallFailure::Handler(err) => Failure::new(
-                if last_attempt {
-                    FailureKind::RetriesExhausted
-                } else {
-                    FailureKind::RetriesExhausted
-                },
-                err.message(),
-            ),
+            CallFailure::Handler(err) => Failure::new(FailureKind::RetriesExhausted, err.message()),
             CallFailure::Timeout(limit) => Failure::new(
                 FailureKind::Timeout,
                 format!("the handler did not finish within its timeout of {limit:?}"),
             ),
-            CallFailure::Panicked(message) => {
-                Failure::new(FailureKind::Panicked, format!("the handler panicked: {message}"))
-            }
+            CallFailure::Panicked(message) => Failure::new(
+                FailureKind::Panicked,
+                format!("the handler panicked: {message}"),
+            ),
         }
     }
 
@@ -211,7 +205,9 @@ impl Trigger {
             return;
         };
         let call = handler.call(message);
-        let outcome = self.supervise(call, std::slice::from_ref(&delivery), &abort).await;
+        let outcome = self
+            .supervise(call, std::slice::from_ref(&delivery), &abort)
+            .await;
         match outcome {
             None => release(delivery).await,
             Some(Ok(())) => {
@@ -373,7 +369,7 @@ impl Trigger {
             self.settle(delivery.nack(retry_delay).await, "nack");
             return;
         }
-        let failure = failure.into_failure(last_attempt);
+        let failure = failure.into_failure();
         if let Some(topic) = &self.settings.dead_letter_topic {
             let record = dead_letter_message(envelope, &self.settings.name, &failure);
             if let Err(err) = self.adapter.publish(topic, record).await {

@@ -145,10 +145,18 @@ fn check(path: PathBuf, application_functions: Vec<String>) -> ExitCode {
             .unwrap_or_default();
         println!(
             "  {}: {} -> {}{condition} (attempts {}, concurrency {}{dead_letter})",
-            trigger.name, trigger.topic, trigger.function, trigger.retry.max_attempts, trigger.concurrency
+            trigger.name,
+            trigger.topic,
+            trigger.function,
+            trigger.retry.max_attempts,
+            trigger.concurrency
         );
     }
-    let mut functions: Vec<&str> = config.triggers.iter().map(|t| t.function.as_str()).collect();
+    let mut functions: Vec<&str> = config
+        .triggers
+        .iter()
+        .map(|t| t.function.as_str())
+        .collect();
     functions.sort_unstable();
     functions.dedup();
     println!("functions: {}", functions.join(", "));

@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, MessageFormatter, PropertySyntax, Spanned, UserMessageFormatter};
 use topiq_adapter::{
-    DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_VISIBILITY_TIMEOUT, TopicName,
-    TopicSpec, TriggerName,
+    DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_VISIBILITY_TIMEOUT, TopicName, TopicSpec, TriggerName,
 };
 
 pub use duration::{ConfigDuration, parse_duration};
@@ -155,7 +154,9 @@ impl Config {
 
     /// The trigger called `name`.
     pub fn trigger(&self, name: &str) -> Option<&TriggerSettings> {
-        self.triggers.iter().find(|trigger| trigger.name.as_str() == name)
+        self.triggers
+            .iter()
+            .find(|trigger| trigger.name.as_str() == name)
     }
 }
 
@@ -548,7 +549,11 @@ fn validate_trigger(
         .and_then(|metadata| metadata.infrastructure)
         .and_then(|infrastructure| infrastructure.queue);
     let (max_retries, retry_delay_ms, dead_letter_topic) = match queue_metadata {
-        Some(queue) => (queue.max_retries, queue.retry_delay_ms, queue.dead_letter_topic),
+        Some(queue) => (
+            queue.max_retries,
+            queue.retry_delay_ms,
+            queue.dead_letter_topic,
+        ),
         None => (None, None, None),
     };
     let retry = match (&config.retry, &max_retries, &retry_delay_ms) {
@@ -611,7 +616,9 @@ fn retry_policy(
             message,
         ))
     };
-    let max_attempts = raw.max_attempts.unwrap_or(RetryPolicy::default().max_attempts);
+    let max_attempts = raw
+        .max_attempts
+        .unwrap_or(RetryPolicy::default().max_attempts);
     if max_attempts == 0 {
         return fail("max_attempts must be at least 1 (the first attempt)".into());
     }
@@ -630,7 +637,9 @@ fn retry_policy(
     let backoff = match raw.backoff {
         BackoffKind::Fixed => {
             if let Some(name) = stray(&["delay"]) {
-                return fail(format!("`{name}` does not apply to `backoff: fixed` (it takes `delay`)"));
+                return fail(format!(
+                    "`{name}` does not apply to `backoff: fixed` (it takes `delay`)"
+                ));
             }
             let Some(delay) = raw.delay else {
                 return fail("`backoff: fixed` needs `delay`, such as `delay: 2s`".into());
@@ -644,7 +653,9 @@ fn retry_policy(
                 ));
             }
             let Some(initial) = raw.initial else {
-                return fail("`backoff: exponential` needs `initial`, such as `initial: 1s`".into());
+                return fail(
+                    "`backoff: exponential` needs `initial`, such as `initial: 1s`".into(),
+                );
             };
             let factor = raw.factor.unwrap_or(2.0);
             if !(factor.is_finite() && factor >= 1.0) {
@@ -666,12 +677,7 @@ fn retry_policy(
                     "`{name}` does not apply to `backoff: custom` (it takes `delays`)"
                 ));
             }
-            let delays: Vec<Duration> = raw
-                .delays
-                .iter()
-                .flatten()
-                .map(|delay| delay.0)
-                .collect();
+            let delays: Vec<Duration> = raw.delays.iter().flatten().map(|delay| delay.0).collect();
             if delays.is_empty() {
                 return fail(
                     "`backoff: custom` needs a non-empty `delays` list, such as `delays: [1s, 10s, 1m]`"

@@ -59,9 +59,20 @@ fn the_shipped_config_yaml_is_valid() {
     assert_eq!(config.adapter.class, AdapterClass::Builtin);
     let send = config.trigger("send-email").expect("send-email");
     assert_eq!(send.retry.max_attempts, 3);
-    assert_eq!(send.retry.backoff, Backoff::Fixed(Duration::from_millis(200)));
-    assert_eq!(send.dead_letter_topic.as_ref().map(|t| t.as_str()), Some("emails.failed"));
-    assert!(config.topics.keys().any(|topic| topic.as_str() == "emails.failed"));
+    assert_eq!(
+        send.retry.backoff,
+        Backoff::Fixed(Duration::from_millis(200))
+    );
+    assert_eq!(
+        send.dead_letter_topic.as_ref().map(|t| t.as_str()),
+        Some("emails.failed")
+    );
+    assert!(
+        config
+            .topics
+            .keys()
+            .any(|topic| topic.as_str() == "emails.failed")
+    );
 }
 
 #[test]
@@ -111,7 +122,9 @@ fn an_unknown_adapter_class_lists_the_known_ones() {
 #[test]
 fn a_bad_condition_is_refused_at_startup() {
     assert_error(
-        load(&with_trigger_config("      condition: 'data.priority =='\n")),
+        load(&with_trigger_config(
+            "      condition: 'data.priority =='\n",
+        )),
         12,
         "triggers.send-email.config.condition",
         "CEL",
@@ -127,7 +140,12 @@ fn a_bad_condition_is_refused_at_startup() {
 #[test]
 fn a_bad_topic_name_is_refused_with_its_rule() {
     let text = with_trigger_config("").replace("topic: emails.send", "topic: emails.*");
-    assert_error(load(&text), 11, "triggers.send-email.config.topic", "wildcards");
+    assert_error(
+        load(&text),
+        11,
+        "triggers.send-email.config.topic",
+        "wildcards",
+    );
 }
 
 #[test]
@@ -173,11 +191,9 @@ fn a_quoted_reference_is_refused_instead_of_kept_literally() {
 
 #[test]
 fn variables_expand_with_compose_and_iii_defaults() {
-    let text = with_trigger_config(
-        "      concurrency: ${WORKERS:-3}\n      batch_size: ${BATCH:2}\n",
-    )
-    .replace("topic: emails.send", "topic: ${TOPIC}")
-    .replace("function: emails.send", "function: emails.send");
+    let text =
+        with_trigger_config("      concurrency: ${WORKERS:-3}\n      batch_size: ${BATCH:2}\n")
+            .replace("topic: emails.send", "topic: ${TOPIC}");
     let config = load_with(&text, &[("TOPIC", "orders.created")]).expect("valid");
     let trigger = config.trigger("send-email").expect("trigger");
     assert_eq!(trigger.topic.as_str(), "orders.created");
@@ -190,7 +206,10 @@ fn a_secret_from_the_environment_never_appears_in_an_error() {
     let text = with_trigger_config("      concurrency: ${SECRET_TOKEN}\n");
     let err = load_with(&text, &[("SECRET_TOKEN", "hunter2-s3cr3t")]).expect_err("not a number");
     let text = err.to_string();
-    assert!(!text.contains("hunter2-s3cr3t"), "the secret leaked: {text}");
+    assert!(
+        !text.contains("hunter2-s3cr3t"),
+        "the secret leaked: {text}"
+    );
     assert!(text.contains("config.yaml:12:"), "{text}");
 }
 
@@ -206,7 +225,12 @@ fn retry_and_iii_retry_keys_together_are_refused() {
             max_retries: 2
 ",
     );
-    assert_error(load(&text), 13, "triggers.send-email.config.retry", "not both");
+    assert_error(
+        load(&text),
+        13,
+        "triggers.send-email.config.retry",
+        "not both",
+    );
 }
 
 #[test]
@@ -248,7 +272,12 @@ fn each_backoff_kind_builds_its_policy() {
         delays: [1s]
 ",
     );
-    assert_error(load(&stray), 13, "triggers.send-email.config.retry", "`delays`");
+    assert_error(
+        load(&stray),
+        13,
+        "triggers.send-email.config.retry",
+        "`delays`",
+    );
 }
 
 #[test]
@@ -311,10 +340,21 @@ fn the_environment_file_replaces_whole_sections() {
     .expect("write override");
     let config = Config::load_for_environment(&base, Some("staging")).expect("merged");
     let names: Vec<_> = config.triggers.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, vec!["other"], "the override's triggers replace the base's");
-    assert_eq!(config.adapter.class, AdapterClass::Builtin, "modules kept from the base");
+    assert_eq!(
+        names,
+        vec!["other"],
+        "the override's triggers replace the base's"
+    );
+    assert_eq!(
+        config.adapter.class,
+        AdapterClass::Builtin,
+        "modules kept from the base"
+    );
     let missing = Config::load_for_environment(&base, Some("production")).expect_err("no file");
-    assert!(missing.to_string().contains("config.production.yaml"), "{missing}");
+    assert!(
+        missing.to_string().contains("config.production.yaml"),
+        "{missing}"
+    );
     std::fs::remove_dir_all(&folder).ok();
 }
 
@@ -322,5 +362,8 @@ fn the_environment_file_replaces_whole_sections() {
 fn iii_default_syntax_is_rewritten_without_moving_lines() {
     let text = "a: ${X:default}\nb: ${Y:-kept}\nc: ${Z}\nd: $${LITERAL}\n";
     let rewritten = rewrite_iii_defaults(text);
-    assert_eq!(rewritten, "a: ${X:-default}\nb: ${Y:-kept}\nc: ${Z}\nd: $${LITERAL}\n");
+    assert_eq!(
+        rewritten,
+        "a: ${X:-default}\nb: ${Y:-kept}\nc: ${Z}\nd: $${LITERAL}\n"
+    );
 }
