@@ -1,131 +1,150 @@
-//! topiq quickstart on the in-memory adapter: publish email jobs, handle them with retries,
-//! watch one fail into the dead-letter queue, fix the cause and redrive it.
+//! topiq quickstart: runs the top-level `config.yaml` on the in-memory adapter with one
+//! application function, `emails.send`. One email goes to a domain that does not resolve: it
+//! is retried, dead-lettered (and published to `emails.failed`, where `builtin.log` picks it
+//! up), then redriven once the domain is "fixed".
 //!
-//! Run with `cargo run -p quickstart`.
+//! Run with `cargo run -p quickstart` (optionally `-- path/to/config.yaml`).
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use serde_json::json;
-use topiq_adapter::{
-    Adapter, ConsumeOptions, Delivery, DlqQuery, DlqSelection, Failure, FailureKind, NewMessage,
-    SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
-};
-use topiq_memory::BuiltinQueueAdapter;
+use serde_json::{Value, json};
+use topiq::{Config, Functions, HandlerError, Message, QueueModule};
+use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The application's handler: sending to a `.invalid` address fails until the domain is fixed.
-fn send_email(delivery: &Delivery, domain_fixed: bool) -> Result<(), String> {
-    let to = delivery.envelope().data["to"].as_str().unwrap_or_default();
-    if to.ends_with(".invalid") && !domain_fixed {
-        return Err(format!("cannot resolve the domain of {to}"));
-    }
-    Ok(())
+/// The application's handler: an address on a `.invalid` domain fails until the DNS is fixed.
+fn register_send_email(functions: &mut Functions, dns_fixed: Arc<AtomicBool>) {
+    functions.register("emails.send", move |message: Message| {
+        let dns_fixed = Arc::clone(&dns_fixed);
+        async move {
+            let to = message.data()["to"].as_str().unwrap_or_default().to_owned();
+            if to.ends_with(".invalid") && !dns_fixed.load(Ordering::SeqCst) {
+                println!(
+                    "  ✗ {to}: attempt {} of {} failed",
+                    message.attempt, message.max_attempts
+                );
+                return Err(HandlerError::retryable(format!(
+                    "cannot resolve the domain of {to}"
+                )));
+            }
+            println!("  ✓ sent to {to} (attempt {})", message.attempt);
+            Ok(())
+        }
+    });
 }
 
-/// Handles deliveries until `count` were settled: ack on success, retry with a short fixed
-/// delay, dead-letter on the last attempt.
-async fn run_worker(
-    subscription: &mut topiq_adapter::Subscription,
-    count: usize,
-    domain_fixed: bool,
-) -> Result<(), BoxError> {
-    let mut settled = 0;
-    while settled < count {
-        let Some(delivery) = subscription.next().await else {
-            break;
-        };
-        let delivery = delivery?;
-        let envelope = delivery.envelope().clone();
-        match send_email(&delivery, domain_fixed) {
-            Ok(()) => {
-                println!(
-                    "  sent     {} (attempt {})",
-                    envelope.data, envelope.attempt
-                );
-                delivery.ack().await?;
-                settled += 1;
-            }
-            Err(error) if envelope.is_last_attempt() => {
-                println!("  failed   {} for good: {error}", envelope.data);
-                delivery
-                    .dead_letter(Failure::new(FailureKind::RetriesExhausted, error))
-                    .await?;
-                settled += 1;
-            }
-            Err(error) => {
-                println!(
-                    "  retrying {} (attempt {} of {}): {error}",
-                    envelope.data, envelope.attempt, envelope.max_attempts
-                );
-                delivery.nack(Duration::from_millis(200)).await?;
-            }
+/// Polls `call` until `done` says its result is final, for up to 10 seconds.
+async fn wait_for(
+    module: &QueueModule,
+    call: &str,
+    args: Value,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value, BoxError> {
+    for _ in 0..100 {
+        let result = module.call(call, args.clone()).await?;
+        if done(&result) {
+            return Ok(result);
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+    Err(format!("{call} did not reach the expected state within 10s").into())
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let queue = BuiltinQueueAdapter::new();
-    let topic = TopicName::new("emails.send")?;
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("send-email")?);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,topiq=info")),
+        )
+        .init();
+    let path = std::env::args_os().nth(1).map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config.yaml"),
+        PathBuf::from,
+    );
+    let config = Config::load(&path)?;
+    let dns_fixed = Arc::new(AtomicBool::new(false));
+    let mut functions = Functions::with_builtins();
+    register_send_email(&mut functions, Arc::clone(&dns_fixed));
+    let module = QueueModule::new(config, functions).await?;
+    let workers = module.start_workers();
 
-    queue.declare_topic(TopicSpec::new(topic.clone())).await?;
-    let mut policy = SubscriptionSpec::new(key.clone());
-    policy.max_attempts = 3;
-    queue.declare_subscription(policy).await?;
-
-    println!("enqueue three emails (one to a domain that does not resolve):");
-    for to in ["ada@example.com", "bob@example.invalid", "cy@example.com"] {
-        let receipt = queue
-            .publish(
-                &topic,
-                NewMessage::new(json!({ "to": to })).idempotency_key(to),
+    println!("enqueue three emails, one high priority, one to a domain that does not resolve:");
+    for (to, priority) in [
+        ("ada@example.com", "high"),
+        ("bob@example.invalid", "normal"),
+        ("cy@example.com", "normal"),
+    ] {
+        let result = module
+            .call(
+                "queue.enqueue",
+                json!({"topic": "emails.send", "data": {"to": to, "priority": priority}, "idempotency_key": to}),
             )
             .await?;
-        println!("  queued   {to} as {}", receipt.message_id);
+        println!("  queued {to}: {result}");
     }
-    let duplicate = queue
-        .publish(
-            &topic,
-            NewMessage::new(json!({ "to": "ada@example.com" })).idempotency_key("ada@example.com"),
+    let again = module
+        .call(
+            "queue.enqueue",
+            json!({"topic": "emails.send", "data": {"to": "ada@example.com"}, "idempotency_key": "ada@example.com"}),
         )
         .await?;
-    println!(
-        "  the same idempotency key again returns {} (duplicate: {})",
-        duplicate.message_id, duplicate.duplicate
-    );
+    println!("  the same idempotency key again: {again}");
 
-    println!("handle them, 3 attempts each:");
-    let mut subscription = queue.consume(&key, ConsumeOptions { prefetch: 4 }).await?;
-    run_worker(&mut subscription, 3, false).await?;
-
-    let page = queue.dlq_list(DlqQuery::new(topic.clone())).await?;
-    println!(
-        "dead-letter queue of {topic}: {} record(s)",
-        page.records.len()
-    );
-    for record in &page.records {
+    let dlq = json!({"topic": "emails.send", "trigger": "send-email"});
+    wait_for(&module, "queue.dlq_count", dlq.clone(), |r| r["count"] == 1).await?;
+    let listed = module.call("queue.dlq_list", dlq.clone()).await?;
+    println!("dead-letter queue of send-email:");
+    for record in listed["messages"].as_array().into_iter().flatten() {
         println!(
-            "  {} on {} after {} attempts: {}",
-            record.id, record.trigger, record.attempts, record.error.message
+            "  {} after {} attempts: {}",
+            text(&record["data"]["to"]),
+            record["attempts"],
+            text(&record["error"]["message"])
         );
     }
 
-    println!("fix the domain and redrive:");
-    let redriven = queue
-        .dlq_redrive(&topic, Some(&key.trigger), DlqSelection::All)
-        .await?;
-    println!("  redriven {redriven}");
-    run_worker(&mut subscription, redriven as usize, true).await?;
+    println!("fix the DNS and redrive:");
+    dns_fixed.store(true, Ordering::SeqCst);
+    let redriven = module.call("queue.redrive_dlq", dlq.clone()).await?;
+    println!("  {redriven}");
+    wait_for(
+        &module,
+        "queue.stats",
+        json!({"topic": "emails.send"}),
+        |stats| {
+            stats["triggers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|row| row["trigger"] == "send-email" && row["succeeded"] == 3)
+        },
+    )
+    .await?;
 
-    let stats = queue.stats(&key).await?;
-    println!(
-        "done: waiting {}, in flight {}, dead-lettered {}",
-        stats.waiting, stats.in_flight, stats.dead_lettered
-    );
-    queue.close().await?;
+    println!("stats:");
+    let stats = module.call("queue.stats", json!({})).await?;
+    for row in stats["triggers"].as_array().into_iter().flatten() {
+        println!(
+            "  {}/{}: succeeded {}, failed {}, filtered {}, dead-lettered {}, in DLQ now {}, waiting {}",
+            text(&row["topic"]),
+            text(&row["trigger"]),
+            row["succeeded"],
+            row["failed"],
+            row["filtered"],
+            row["dead_lettered"],
+            row["dlq"],
+            row["waiting"]
+        );
+    }
+    workers.shutdown().await;
+    module.close().await;
     Ok(())
 }
