@@ -243,7 +243,7 @@ impl Workers {
         self.lifecycle.stop.cancel();
         for handle in self.loops {
             if let Err(err) = handle.await {
-                tracing::error!(error = %err, "a trigger loop ended abnormally");
+                tracing::error!(error = %err, "a trigger failed to start its workers");
             }
         }
         self.lifecycle.calls.close();

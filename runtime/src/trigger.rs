@@ -2,8 +2,8 @@
 //! while extending the lease, then settle: ack, retry after the backoff, or dead-letter.
 //!
 //! The layers around a handler call, outermost first:
-//! 1. concurrency: a permit per call, taken *before* a delivery is pulled, so nothing waits in
-//!    our hands while its lease runs;
+//! 1. concurrency: `concurrency` workers per trigger, each pulling only when idle, so nothing
+//!    waits in our hands while its lease runs (and no task is spawned per message);
 //! 2. condition: false (or an error) acknowledges without a call;
 //! 3. shutdown: past the grace period the call is abandoned and the message released, without
 //!    spending an attempt;
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Mutex;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,8 +46,14 @@ pub(crate) struct Lifecycle {
     pub(crate) stop: CancellationToken,
     /// The grace period is over: abandon running calls and release their messages.
     pub(crate) abort: CancellationToken,
-    /// Every running call.
+    /// Every trigger worker.
     pub(crate) calls: TaskTracker,
+}
+
+/// What a worker pulled.
+enum Pulled {
+    One(Delivery),
+    Batch(Vec<Delivery>),
 }
 
 /// Why a call did not produce a result.
@@ -91,44 +97,51 @@ impl CallFailure {
 }
 
 impl Trigger {
-    /// Pulls and handles deliveries until `lifecycle.stop`.
+    /// Subscribes, then runs `concurrency` workers that each pull a delivery (or a batch)
+    /// when idle and handle it, until `lifecycle.stop`.
     pub(crate) async fn run(self: Arc<Self>, lifecycle: Lifecycle) {
-        let Some(mut subscription) = self.subscribe(&lifecycle.stop).await else {
+        let Some(subscription) = self.subscribe(&lifecycle.stop).await else {
             return;
         };
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency as usize));
+        let subscription = Arc::new(Mutex::new(subscription));
+        for _ in 0..self.settings.concurrency {
+            let worker = Arc::clone(&self).work(Arc::clone(&subscription), lifecycle.clone());
+            lifecycle.calls.spawn(worker);
+        }
+    }
+
+    /// One worker: pull when idle, handle, repeat. A worker holds no delivery while it waits,
+    /// so nothing sits leased in our hands without a handler.
+    async fn work(self: Arc<Self>, subscription: Arc<Mutex<Subscription>>, lifecycle: Lifecycle) {
         loop {
-            let permit = tokio::select! {
-                () = lifecycle.stop.cancelled() => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let first = tokio::select! {
-                () = lifecycle.stop.cancelled() => break,
-                next = subscription.next() => next,
-            };
-            let delivery = match first {
-                None => break,
-                Some(Ok(delivery)) => delivery,
-                Some(Err(err)) => {
-                    tracing::error!(trigger = %self.key, error = %err, "the subscription failed; retrying in 1s");
-                    sleep(Duration::from_secs(1)).await;
-                    continue;
+            let pulled = {
+                let mut subscription = tokio::select! {
+                    () = lifecycle.stop.cancelled() => return,
+                    guard = subscription.lock() => guard,
+                };
+                let next = tokio::select! {
+                    () = lifecycle.stop.cancelled() => return,
+                    next = subscription.next() => next,
+                };
+                match next {
+                    None => return,
+                    Some(Err(err)) => Err(err),
+                    Some(Ok(delivery)) if self.settings.batch_size > 1 => {
+                        Ok(Pulled::Batch(self.fill_batch(delivery, &mut subscription)))
+                    }
+                    Some(Ok(delivery)) => Ok(Pulled::One(delivery)),
                 }
             };
-            let trigger = Arc::clone(&self);
-            let abort = lifecycle.abort.clone();
-            if self.settings.batch_size > 1 {
-                let batch = self.fill_batch(delivery, &mut subscription);
-                lifecycle
-                    .calls
-                    .spawn(async move { trigger.handle_batch(batch, permit, abort).await });
-            } else {
-                lifecycle
-                    .calls
-                    .spawn(async move { trigger.handle(delivery, permit, abort).await });
+            match pulled {
+                Ok(Pulled::One(delivery)) => self.handle(delivery, &lifecycle.abort).await,
+                Ok(Pulled::Batch(batch)) => self.handle_batch(batch, &lifecycle.abort).await,
+                Err(err) => {
+                    tracing::error!(trigger = %self.key, error = %err, "the subscription failed; retrying in 1s");
+                    tokio::select! {
+                        () = lifecycle.stop.cancelled() => return,
+                        () = sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
         }
     }
@@ -188,16 +201,10 @@ impl Trigger {
         }
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        delivery: Delivery,
-        permit: OwnedSemaphorePermit,
-        abort: CancellationToken,
-    ) {
+    async fn handle(&self, delivery: Delivery, abort: &CancellationToken) {
         if !self.passes_condition(&delivery).await {
             self.counters.filtered();
             self.ack(delivery).await;
-            drop(permit);
             return;
         }
         let message = Message::new(delivery.envelope().clone(), self.settings.name.clone());
@@ -216,15 +223,9 @@ impl Trigger {
             }
             Some(Err(failure)) => self.settle_failure(delivery, failure).await,
         }
-        drop(permit);
     }
 
-    async fn handle_batch(
-        self: Arc<Self>,
-        batch: Vec<Delivery>,
-        permit: OwnedSemaphorePermit,
-        abort: CancellationToken,
-    ) {
+    async fn handle_batch(&self, batch: Vec<Delivery>, abort: &CancellationToken) {
         let mut passing = Vec::with_capacity(batch.len());
         for delivery in batch {
             if self.passes_condition(&delivery).await {
@@ -246,7 +247,7 @@ impl Trigger {
             .collect();
         let expected = passing.len();
         let call = handler.call(messages).map(Ok).boxed();
-        match self.supervise(call, &passing, &abort).await {
+        match self.supervise(call, &passing, abort).await {
             None => {
                 for delivery in passing {
                     release(delivery).await;
@@ -295,7 +296,6 @@ impl Trigger {
                 }
             }
         }
-        drop(permit);
     }
 
     /// Runs `call` under the timeout, extending the leases of `deliveries` every half

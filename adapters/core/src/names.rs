@@ -138,7 +138,10 @@ pub struct MessageId(Arc<str>);
 impl MessageId {
     /// A fresh, time-ordered id.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().to_string().into())
+        let mut buffer = uuid::Uuid::encode_buffer();
+        Self(Arc::from(
+            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer),
+        ))
     }
 
     /// Wraps an id read back from a broker or given by a user (for a redrive by id).

@@ -309,7 +309,11 @@ impl TriggerQueue {
 
     /// Runs the timers and dead-letters what they expired.
     fn advance_now(&self, state: &mut QueueState) -> Vec<DeadLetter> {
-        let (dead, changed) = state.advance(Instant::now(), &self.key.trigger);
+        self.advance_at(state, Instant::now())
+    }
+
+    fn advance_at(&self, state: &mut QueueState, now: Instant) -> Vec<DeadLetter> {
+        let (dead, changed) = state.advance(now, &self.key.trigger);
         if changed {
             self.wake.notify_waiters();
         }
@@ -320,7 +324,7 @@ impl TriggerQueue {
         let now = Instant::now();
         let (taken, dead) = {
             let mut state = lock(&self.state);
-            let dead = self.advance_now(&mut state);
+            let dead = self.advance_at(&mut state, now);
             let taken = if slot.unsettled.load(Ordering::Acquire) < prefetch {
                 self.lease_next(&mut state, slot, now)
             } else {
