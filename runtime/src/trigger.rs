@@ -213,7 +213,7 @@ impl Trigger {
         };
         let call = handler.call(message);
         let outcome = self
-            .supervise(call, std::slice::from_ref(&delivery), &abort)
+            .supervise(call, std::slice::from_ref(&delivery), abort)
             .await;
         match outcome {
             None => release(delivery).await,
