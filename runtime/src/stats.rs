@@ -18,7 +18,7 @@ pub(crate) struct TriggerCounters {
     recent: [(AtomicU64, AtomicU64); WINDOW_SECONDS],
 }
 
-/// A snapshot of [`TriggerCounters`].
+/// One trigger's handler outcomes in this process since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TriggerCounts {
     /// Handler calls that succeeded.
