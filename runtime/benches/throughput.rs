@@ -21,6 +21,10 @@ use topiq_adapter::{
 };
 use topiq_memory::BuiltinQueueAdapter;
 
+/// The same allocator as the `topiq` binary (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROUNDS: usize = 5;
 const CONCURRENCY: u32 = 100;
 
@@ -155,7 +159,7 @@ fn main() {
         .unwrap();
     let template = message();
     println!(
-        "topiq runtime throughput: {count} messages per round, {ROUNDS} rounds, 2 worker threads, concurrency {CONCURRENCY}, a handler that does nothing"
+        "topiq runtime throughput: {count} messages per round, {ROUNDS} rounds, 2 worker threads, concurrency {CONCURRENCY}, a handler that does nothing, mimalloc"
     );
     let (mut bare, mut module) = (Vec::new(), Vec::new());
     runtime.block_on(async {

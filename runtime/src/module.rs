@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topiq_adapter::{
@@ -192,12 +191,11 @@ impl QueueModule {
             abort: CancellationToken::new(),
             calls: TaskTracker::new(),
         };
-        let loops = self
-            .inner
-            .triggers
-            .iter()
-            .map(|trigger| tokio::spawn(Arc::clone(trigger).run(lifecycle.clone())))
-            .collect();
+        for trigger in &self.inner.triggers {
+            lifecycle
+                .calls
+                .spawn(Arc::clone(trigger).run(lifecycle.clone()));
+        }
         tracing::info!(
             adapter = self.inner.config.adapter.class.name(),
             triggers = self.inner.triggers.len(),
@@ -205,7 +203,6 @@ impl QueueModule {
         );
         Workers {
             lifecycle,
-            loops,
             grace: self.inner.config.shutdown_grace,
         }
     }
@@ -231,7 +228,6 @@ impl QueueModule {
 /// The running triggers of a module.
 pub struct Workers {
     lifecycle: Lifecycle,
-    loops: Vec<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -241,11 +237,6 @@ impl Workers {
     /// redelivery without spending an attempt.
     pub async fn shutdown(self) {
         self.lifecycle.stop.cancel();
-        for handle in self.loops {
-            if let Err(err) = handle.await {
-                tracing::error!(error = %err, "a trigger failed to start its workers");
-            }
-        }
         self.lifecycle.calls.close();
         if tokio::time::timeout(self.grace, self.lifecycle.calls.wait())
             .await

@@ -15,9 +15,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
-use tokio::sync::Mutex;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,14 +47,8 @@ pub(crate) struct Lifecycle {
     pub(crate) stop: CancellationToken,
     /// The grace period is over: abandon running calls and release their messages.
     pub(crate) abort: CancellationToken,
-    /// Every trigger worker.
+    /// Every trigger's loop (which runs that trigger's calls).
     pub(crate) calls: TaskTracker,
-}
-
-/// What a worker pulled.
-enum Pulled {
-    One(Delivery),
-    Batch(Vec<Delivery>),
 }
 
 /// Why a call did not produce a result.
@@ -97,53 +92,37 @@ impl CallFailure {
 }
 
 impl Trigger {
-    /// Subscribes, then runs `concurrency` workers that each pull a delivery (or a batch)
-    /// when idle and handle it, until `lifecycle.stop`.
+    /// Subscribes, then pulls a delivery (or a batch) whenever fewer than `concurrency` calls
+    /// run, until `lifecycle.stop`; then lets the running calls finish (or be abandoned when
+    /// `lifecycle.abort` fires).
     pub(crate) async fn run(self: Arc<Self>, lifecycle: Lifecycle) {
-        let Some(subscription) = self.subscribe(&lifecycle.stop).await else {
+        let Some(mut subscription) = self.subscribe(&lifecycle.stop).await else {
             return;
         };
-        let subscription = Arc::new(Mutex::new(subscription));
-        for _ in 0..self.settings.concurrency {
-            let worker = Arc::clone(&self).work(Arc::clone(&subscription), lifecycle.clone());
-            lifecycle.calls.spawn(worker);
-        }
-    }
-
-    /// One worker: pull when idle, handle, repeat. A worker holds no delivery while it waits,
-    /// so nothing sits leased in our hands without a handler.
-    async fn work(self: Arc<Self>, subscription: Arc<Mutex<Subscription>>, lifecycle: Lifecycle) {
+        let limit = self.settings.concurrency as usize;
+        let abort = &lifecycle.abort;
+        let mut running = FuturesUnordered::new();
         loop {
-            let pulled = {
-                let mut subscription = tokio::select! {
-                    () = lifecycle.stop.cancelled() => return,
-                    guard = subscription.lock() => guard,
-                };
-                let next = tokio::select! {
-                    () = lifecycle.stop.cancelled() => return,
-                    next = subscription.next() => next,
-                };
-                match next {
-                    None => return,
-                    Some(Err(err)) => Err(err),
+            tokio::select! {
+                biased;
+                Some(()) = running.next(), if !running.is_empty() => {}
+                () = lifecycle.stop.cancelled() => break,
+                next = subscription.next(), if running.len() < limit => match next {
+                    None => break,
                     Some(Ok(delivery)) if self.settings.batch_size > 1 => {
-                        Ok(Pulled::Batch(self.fill_batch(delivery, &mut subscription)))
+                        let batch = self.fill_batch(delivery, &mut subscription);
+                        running.push(Either::Right(self.handle_batch(batch, abort)));
                     }
-                    Some(Ok(delivery)) => Ok(Pulled::One(delivery)),
-                }
-            };
-            match pulled {
-                Ok(Pulled::One(delivery)) => self.handle(delivery, &lifecycle.abort).await,
-                Ok(Pulled::Batch(batch)) => self.handle_batch(batch, &lifecycle.abort).await,
-                Err(err) => {
-                    tracing::error!(trigger = %self.key, error = %err, "the subscription failed; retrying in 1s");
-                    tokio::select! {
-                        () = lifecycle.stop.cancelled() => return,
-                        () = sleep(Duration::from_secs(1)) => {}
+                    Some(Ok(delivery)) => running.push(Either::Left(self.handle(delivery, abort))),
+                    Some(Err(err)) => {
+                        tracing::error!(trigger = %self.key, error = %err, "the subscription failed; retrying in 1s");
+                        sleep(Duration::from_secs(1)).await;
                     }
-                }
+                },
             }
         }
+        drop(subscription);
+        while running.next().await.is_some() {}
     }
 
     async fn subscribe(&self, stop: &CancellationToken) -> Option<Subscription> {
@@ -311,8 +290,9 @@ impl Trigger {
     {
         let timeout = self.settings.timeout;
         let extend_every = self.settings.visibility_timeout / 2;
-        let deadline = Instant::now() + timeout;
-        let mut next_extension = Instant::now() + extend_every;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut next_extension = started + extend_every;
         let call = AssertUnwindSafe(call).catch_unwind();
         tokio::pin!(call);
         let timer = sleep_until(deadline.min(next_extension));

@@ -153,9 +153,9 @@ impl Adapter for BuiltinQueueAdapter {
             });
         }
         let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
-        let slot = Arc::new(ConsumerSlot::default());
+        let slot = Arc::new(ConsumerSlot::new(options.prefetch));
         let deliveries = futures::stream::unfold((queue, slot), move |(queue, slot)| async move {
-            let delivery = queue.next_delivery(&slot, options.prefetch).await?;
+            let delivery = queue.next_delivery(&slot).await?;
             Some((Ok(delivery), (queue, slot)))
         });
         Ok(Subscription::new(key.clone(), Box::pin(deliveries)))

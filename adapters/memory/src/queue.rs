@@ -7,7 +7,7 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,8 +28,8 @@ pub(crate) struct StoredMessage {
     pub(crate) topic: TopicName,
     pub(crate) data: Arc<Value>,
     pub(crate) enqueued_at: Timestamp,
-    /// When this copy entered the queue, for retention.
-    pub(crate) accepted_at: Instant,
+    /// When this copy entered the queue (the publish, or the redrive), for retention.
+    pub(crate) accepted_at: Timestamp,
     pub(crate) traceparent: Option<String>,
     pub(crate) baggage: Option<String>,
     pub(crate) idempotency_key: Option<String>,
@@ -114,10 +114,23 @@ impl Ord for Delayed {
     }
 }
 
-/// How many deliveries one consumer holds unsettled.
-#[derive(Default)]
+/// How many deliveries one consumer holds unsettled, and how many it may.
 pub(crate) struct ConsumerSlot {
     unsettled: AtomicU32,
+    prefetch: u32,
+}
+
+impl ConsumerSlot {
+    pub(crate) fn new(prefetch: u32) -> Self {
+        Self {
+            unsettled: AtomicU32::new(0),
+            prefetch,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.unsettled.load(Ordering::Acquire) < self.prefetch
+    }
 }
 
 /// A delivered message whose lease has not run out.
@@ -128,8 +141,9 @@ struct Leased {
 }
 
 impl Leased {
-    fn release_slot(&self) {
-        self.consumer.unsettled.fetch_sub(1, Ordering::AcqRel);
+    /// Frees the consumer's slot; true when the consumer was full, so it may be waiting.
+    fn release_slot(&self) -> bool {
+        self.consumer.unsettled.fetch_sub(1, Ordering::AcqRel) >= self.consumer.prefetch
     }
 }
 
@@ -246,6 +260,8 @@ pub(crate) struct TriggerQueue {
     topic: Arc<TopicShared>,
     state: Mutex<QueueState>,
     wake: Notify,
+    /// Consumers parked on `wake`; publishers skip the notification when there are none.
+    parked: AtomicUsize,
 }
 
 impl TriggerQueue {
@@ -269,6 +285,7 @@ impl TriggerQueue {
                 next_seq: 0,
             }),
             wake: Notify::new(),
+            parked: AtomicUsize::new(0),
         }
     }
 
@@ -299,7 +316,11 @@ impl TriggerQueue {
                 None => state.ready.push_back(pending),
             }
         }
-        self.wake.notify_waiters();
+        // A consumer registers as parked before it looks at the queue, so either it saw this
+        // message or this load sees it parked.
+        if self.parked.load(Ordering::SeqCst) > 0 {
+            self.wake.notify_waiters();
+        }
     }
 
     /// Wakes every consumer of this queue, so they notice the adapter closed.
@@ -320,12 +341,12 @@ impl TriggerQueue {
         dead
     }
 
-    fn take(self: &Arc<Self>, slot: &Arc<ConsumerSlot>, prefetch: u32) -> Taken {
+    fn take(self: &Arc<Self>, slot: &Arc<ConsumerSlot>) -> Taken {
         let now = Instant::now();
         let (taken, dead) = {
             let mut state = lock(&self.state);
             let dead = self.advance_at(&mut state, now);
-            let taken = if slot.unsettled.load(Ordering::Acquire) < prefetch {
+            let taken = if slot.has_room() {
                 self.lease_next(&mut state, slot, now)
             } else {
                 None
@@ -348,9 +369,10 @@ impl TriggerQueue {
     ) -> Option<Delivery> {
         loop {
             let pending = state.ready.pop_front()?;
-            let expired = state
-                .retention
-                .is_some_and(|retention| pending.message.accepted_at + retention <= now);
+            let expired = state.retention.is_some_and(|retention| {
+                Duration::try_from(Timestamp::now().duration_since(pending.message.accepted_at))
+                    .is_ok_and(|age| age >= retention)
+            });
             if expired {
                 continue;
             }
@@ -392,16 +414,20 @@ impl TriggerQueue {
     pub(crate) async fn next_delivery(
         self: &Arc<Self>,
         slot: &Arc<ConsumerSlot>,
-        prefetch: u32,
     ) -> Option<Delivery> {
+        // Fast path: something is ready and this consumer has room.
+        if let Taken::Delivery(delivery) = self.take(slot) {
+            return Some(delivery);
+        }
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let _parked = Parked::new(&self.parked);
             if self.topic.is_closed() {
                 return None;
             }
-            match self.take(slot, prefetch) {
+            match self.take(slot) {
                 Taken::Delivery(delivery) => return Some(delivery),
                 Taken::Wait(Some(at)) => {
                     tokio::select! {
@@ -418,13 +444,15 @@ impl TriggerQueue {
         if self.topic.is_closed() {
             return Err(Error::Closed);
         }
+        let mut wake = false;
         let (result, dead) = {
             let mut state = lock(&self.state);
             let mut dead = self.advance_now(&mut state);
             let result = match state.in_flight.remove(&token) {
                 None => Err(Error::LeaseExpired { id: id.clone() }),
                 Some(leased) => {
-                    leased.release_slot();
+                    // A consumer that was full may be waiting for this slot.
+                    wake = leased.release_slot();
                     let pending = leased.pending;
                     match settlement {
                         Settlement::Ack => {}
@@ -440,14 +468,19 @@ impl TriggerQueue {
                         }
                         Settlement::Nack(delay) if delay.is_zero() => {
                             state.ready.push_back(pending.next_attempt());
+                            wake = true;
                         }
                         Settlement::Nack(delay) => {
                             state.push_delayed(pending.next_attempt(), Instant::now() + delay);
+                            wake = true;
                         }
                         Settlement::DeadLetter(failure) => {
                             dead.push(pending.into_dead_letter(&self.key.trigger, failure));
                         }
-                        Settlement::Release => state.ready.push_front(pending),
+                        Settlement::Release => {
+                            state.ready.push_front(pending);
+                            wake = true;
+                        }
                     }
                     state.compact_leases();
                     Ok(())
@@ -456,8 +489,9 @@ impl TriggerQueue {
             (result, dead)
         };
         self.topic.store_dead_letters(dead);
-        // A slot was freed or a message came back: consumers may take again.
-        self.wake.notify_waiters();
+        if wake {
+            self.wake.notify_waiters();
+        }
         result
     }
 
@@ -511,6 +545,22 @@ impl TriggerQueue {
             self.advance_now(&mut state)
         };
         self.topic.store_dead_letters(dead);
+    }
+}
+
+/// Counts a consumer as parked for as long as it lives.
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(parked: &'a AtomicUsize) -> Self {
+        parked.fetch_add(1, Ordering::SeqCst);
+        Self(parked)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -153,14 +153,15 @@ impl Topic {
     }
 
     fn fan_out(&self, message: NewMessage) -> MessageId {
+        let now = Timestamp::now();
         let id = MessageId::generate();
-        let due = message.deliver_at.and_then(due_instant);
+        let due = message.deliver_at.and_then(|at| due_instant(at, now));
         let stored = Arc::new(StoredMessage {
             id: id.clone(),
             topic: self.shared.name.clone(),
             data: Arc::new(message.data),
-            enqueued_at: Timestamp::now(),
-            accepted_at: Instant::now(),
+            enqueued_at: now,
+            accepted_at: now,
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
             idempotency_key: message.idempotency_key,
@@ -179,7 +180,7 @@ impl Topic {
             topic: record.topic.clone(),
             data: Arc::clone(&record.data),
             enqueued_at: record.enqueued_at,
-            accepted_at: Instant::now(),
+            accepted_at: Timestamp::now(),
             traceparent: record.traceparent.clone(),
             baggage: record.baggage.clone(),
             idempotency_key: record.idempotency_key.clone(),
@@ -190,7 +191,7 @@ impl Topic {
 }
 
 /// The monotonic instant matching a wall-clock `deliver_at`; `None` when it is already due.
-fn due_instant(deliver_at: Timestamp) -> Option<Instant> {
-    let wait = Duration::try_from(deliver_at.duration_since(Timestamp::now())).ok()?;
+fn due_instant(deliver_at: Timestamp, now: Timestamp) -> Option<Instant> {
+    let wait = Duration::try_from(deliver_at.duration_since(now)).ok()?;
     (!wait.is_zero()).then(|| Instant::now() + wait)
 }
