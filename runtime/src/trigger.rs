@@ -13,6 +13,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::Either;
@@ -288,25 +289,25 @@ impl Trigger {
     where
         T: Send + 'static,
     {
+        let call = AssertUnwindSafe(call).catch_unwind();
+        tokio::pin!(call);
+        // A call that finishes on its first poll needs no timer (the common fast handler).
+        // Time spent inside that first poll is not counted against the timeout: a handler
+        // blocking its thread cannot be interrupted anyway.
+        if let Poll::Ready(result) = futures::poll!(&mut call) {
+            return Some(call_result(result));
+        }
         let timeout = self.settings.timeout;
         let extend_every = self.settings.visibility_timeout / 2;
         let started = Instant::now();
         let deadline = started + timeout;
         let mut next_extension = started + extend_every;
-        let call = AssertUnwindSafe(call).catch_unwind();
-        tokio::pin!(call);
         let timer = sleep_until(deadline.min(next_extension));
         tokio::pin!(timer);
         loop {
             tokio::select! {
                 biased;
-                result = &mut call => {
-                    return Some(match result {
-                        Ok(Ok(value)) => Ok(value),
-                        Ok(Err(err)) => Err(CallFailure::Handler(err)),
-                        Err(panic) => Err(CallFailure::Panicked(panic_message(panic.as_ref()))),
-                    });
-                }
+                result = &mut call => return Some(call_result(result)),
                 () = abort.cancelled() => return None,
                 () = &mut timer => {
                     let now = Instant::now();
@@ -397,6 +398,17 @@ fn dead_letter_message(
         traceparent: envelope.traceparent.clone(),
         baggage: envelope.baggage.clone(),
     })
+}
+
+/// A finished call: its value, its error, or its panic.
+fn call_result<T>(
+    result: Result<Result<T, HandlerError>, Box<dyn std::any::Any + Send>>,
+) -> Result<T, CallFailure> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(CallFailure::Handler(err)),
+        Err(panic) => Err(CallFailure::Panicked(panic_message(panic.as_ref()))),
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

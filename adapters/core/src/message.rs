@@ -67,8 +67,8 @@ impl NewMessage {
     }
 
     /// Checks what an adapter must refuse before sending anything: data over `limit`
-    /// serialized bytes, an empty or oversized idempotency key. Returns the serialized size.
-    pub fn validate(&self, topic: &TopicName, limit: usize) -> Result<usize> {
+    /// serialized bytes, an empty or oversized idempotency key.
+    pub fn validate(&self, topic: &TopicName, limit: usize) -> Result<()> {
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
         {
@@ -80,6 +80,11 @@ impl NewMessage {
                 ),
             });
         }
+        // Most messages are far below the limit: a cheap upper bound settles them without
+        // serializing; only those near or over it are measured exactly.
+        if serialized_len_upper_bound(&self.data) <= limit {
+            return Ok(());
+        }
         let size = serialized_len(&self.data);
         if size > limit {
             return Err(Error::PayloadTooLarge {
@@ -88,7 +93,7 @@ impl NewMessage {
                 limit,
             });
         }
-        Ok(size)
+        Ok(())
     }
 }
 
@@ -109,6 +114,28 @@ pub fn serialized_len(value: &Value) -> usize {
     match serde_json::to_writer(&mut counter, value) {
         Ok(()) => counter.0,
         Err(_) => usize::MAX,
+    }
+}
+
+/// An upper bound of [`serialized_len`], computed without formatting anything: every string
+/// byte counted as its longest escape (`\u00XX`, 6 bytes), every number as 24 bytes.
+fn serialized_len_upper_bound(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(text) => 2 + 6 * text.len(),
+        Value::Array(items) => {
+            2 + items
+                .iter()
+                .map(|item| serialized_len_upper_bound(item) + 1)
+                .sum::<usize>()
+        }
+        Value::Object(fields) => {
+            2 + fields
+                .iter()
+                .map(|(key, item)| 2 + 6 * key.len() + 2 + serialized_len_upper_bound(item))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -178,6 +205,23 @@ mod tests {
     }
 
     #[test]
+    fn the_upper_bound_is_never_below_the_size() {
+        let values = [
+            json!(null),
+            json!(-1.5e300),
+            json!(u64::MAX),
+            json!("quote\" backslash\\ control\u{1} ü"),
+            json!({"nested": [1, {"k\n": true}], "": []}),
+        ];
+        for value in values {
+            assert!(
+                serialized_len_upper_bound(&value) >= serialized_len(&value),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
     fn oversized_data_is_refused_with_its_size() {
         let topic = TopicName::new("t").expect("valid");
         let message = NewMessage::new(json!("x".repeat(100)));
@@ -193,7 +237,19 @@ mod tests {
             ),
             "{err}"
         );
-        assert_eq!(message.validate(&topic, 102).expect("fits"), 102);
+        message.validate(&topic, 102).expect("fits exactly");
+        let err = message.validate(&topic, 101).expect_err("one byte over");
+        assert!(
+            matches!(
+                err,
+                Error::PayloadTooLarge {
+                    size: 102,
+                    limit: 101,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //! the earliest of them, so nothing polls.
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
@@ -158,7 +159,8 @@ enum Settlement {
 struct QueueState {
     ready: VecDeque<Pending>,
     delayed: BinaryHeap<Delayed>,
-    in_flight: HashMap<u64, Leased>,
+    /// Keyed by delivery token; tokens are sequential, so a fast non-keyed hash suffices.
+    in_flight: FxHashMap<u64, Leased>,
     /// (deadline, token) in deadline order; entries of settled or extended leases are skipped.
     leases: VecDeque<(Instant, u64)>,
     max_attempts: u32,
@@ -276,7 +278,7 @@ impl TriggerQueue {
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
                 delayed: BinaryHeap::new(),
-                in_flight: HashMap::new(),
+                in_flight: FxHashMap::default(),
                 leases: VecDeque::new(),
                 max_attempts: spec.max_attempts,
                 visibility_timeout: spec.visibility_timeout,

@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 use topiq::{AdapterClass, Config, Functions, QueueModule, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// topiq: a YAML-configured queue module.
 #[derive(Parser)]
 #[command(version)]
