@@ -103,12 +103,17 @@ impl Trigger {
         let limit = self.settings.concurrency as usize;
         let abort = &lifecycle.abort;
         let mut running = FuturesUnordered::new();
+        // After a subscription error, pulling pauses for a second while running calls go on.
+        let resume = sleep(Duration::ZERO);
+        tokio::pin!(resume);
+        let mut paused = false;
         loop {
             tokio::select! {
                 biased;
                 Some(()) = running.next(), if !running.is_empty() => {}
                 () = lifecycle.stop.cancelled() => break,
-                next = subscription.next(), if running.len() < limit => match next {
+                () = &mut resume, if paused => paused = false,
+                next = subscription.next(), if !paused && running.len() < limit => match next {
                     None => break,
                     Some(Ok(delivery)) if self.settings.batch_size > 1 => {
                         let batch = self.fill_batch(delivery, &mut subscription);
@@ -116,8 +121,9 @@ impl Trigger {
                     }
                     Some(Ok(delivery)) => running.push(Either::Left(self.handle(delivery, abort))),
                     Some(Err(err)) => {
-                        tracing::error!(trigger = %self.key, error = %err, "the subscription failed; retrying in 1s");
-                        sleep(Duration::from_secs(1)).await;
+                        tracing::error!(trigger = %self.key, error = %err, "the subscription failed; pulling again in 1s");
+                        paused = true;
+                        resume.as_mut().reset(Instant::now() + Duration::from_secs(1));
                     }
                 },
             }
