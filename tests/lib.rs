@@ -1,5 +1,87 @@
 //! Cross-crate integration tests of topiq; the tests live in `tests/tests/`.
 //!
 //! Each adapter runs the one conformance suite of `topiq_adapter::conformance`
-//! (`memory_conformance.rs` for the in-memory adapter; the JetStream and RabbitMQ adapters add
-//! theirs beside it).
+//! (`memory_conformance.rs`, `jetstream_conformance.rs`). This library holds the helpers they
+//! share: a real `nats-server` started for one test and stopped when it ends.
+
+// Test support: a broker that cannot start is a test failure, so it panics with the reason.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server` with JetStream on a free loopback port and a temporary store, killed and
+/// cleaned up on drop.
+///
+/// The binary is `NATS_SERVER_BIN`, or `nats-server` on the `PATH`, or `/usr/sbin/nats-server`.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    store: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// When the binary is missing or the server does not come up within 10 s: a missing broker
+    /// is a test failure, never a skip.
+    pub fn start() -> Self {
+        let port = free_port();
+        let store = std::env::temp_dir().join(format!("topiq-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&store).expect("create the server's store dir");
+        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
+            if Command::new("nats-server")
+                .arg("--version")
+                .output()
+                .is_ok()
+            {
+                "nats-server".into()
+            } else {
+                "/usr/sbin/nats-server".into()
+            }
+        });
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot start {binary} (install nats-server, or set NATS_SERVER_BIN): {err}")
+            });
+        let server = Self { child, port, store };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}

@@ -75,7 +75,9 @@ macro_rules! conformance_tests {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let adapter = $factory.await;
+                // The factory yields the adapter, or `(adapter, guard)` where the guard (a
+                // broker process) must outlive the test.
+                let (adapter, _guard) = $crate::conformance::WithGuard::split($factory.await);
                 $crate::conformance::$name(adapter).await;
             }
         )*
@@ -84,6 +86,33 @@ macro_rules! conformance_tests {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/// What a conformance factory may yield: an adapter, or an adapter with a guard that must live
+/// until the test ends (such as a broker process).
+pub trait WithGuard {
+    /// The adapter.
+    type Adapter: Adapter;
+    /// Kept alive for the test.
+    type Guard;
+    /// Splits into adapter and guard.
+    fn split(self) -> (Self::Adapter, Self::Guard);
+}
+
+impl<A: Adapter> WithGuard for A {
+    type Adapter = A;
+    type Guard = ();
+    fn split(self) -> (A, ()) {
+        (self, ())
+    }
+}
+
+impl<A: Adapter, G> WithGuard for (A, G) {
+    type Adapter = A;
+    type Guard = G;
+    fn split(self) -> (A, G) {
+        self
+    }
+}
 
 /// A unique topic for one test.
 fn unique_topic(test: &str) -> TopicName {

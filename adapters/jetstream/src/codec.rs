@@ -1,0 +1,117 @@
+//! Messages to and from the wire: JSON payload, metadata in headers.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde_json::Value;
+use topiq_adapter::{Envelope, Error, MessageId, Result, Timestamp, TopicName};
+
+use crate::layout::header;
+
+/// The metadata of a message, as carried in its headers.
+#[derive(Clone, Debug)]
+pub(crate) struct Metadata {
+    pub(crate) id: MessageId,
+    pub(crate) enqueued_at: Timestamp,
+    pub(crate) attempt_base: u32,
+    pub(crate) first_failed_at: Option<Timestamp>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) baggage: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+impl Metadata {
+    /// The headers of a copy: everything but the dedup id, which each publish sets.
+    pub(crate) fn headers(&self, msg_id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::MSG_ID, msg_id);
+        headers.insert(header::ID, self.id.as_str());
+        headers.insert(header::ENQUEUED_AT, self.enqueued_at.to_string().as_str());
+        if self.attempt_base > 0 {
+            headers.insert(header::ATTEMPT_BASE, self.attempt_base.to_string().as_str());
+        }
+        if let Some(at) = self.first_failed_at {
+            headers.insert(header::FIRST_FAILED_AT, at.to_string().as_str());
+        }
+        if let Some(value) = &self.traceparent {
+            headers.insert(header::TRACEPARENT, value.as_str());
+        }
+        if let Some(value) = &self.baggage {
+            headers.insert(header::BAGGAGE, value.as_str());
+        }
+        if let Some(value) = &self.idempotency_key {
+            headers.insert(header::IDEMPOTENCY_KEY, value.as_str());
+        }
+        headers
+    }
+
+    /// Reads the metadata back; a message without topiq's headers is refused.
+    pub(crate) fn from_headers(headers: Option<&HeaderMap>) -> Result<Self> {
+        let text = |name: &str| {
+            headers
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_owned())
+        };
+        let id = text(header::ID).ok_or_else(|| foreign("it has no Topiq-Id header"))?;
+        let enqueued_at = text(header::ENQUEUED_AT)
+            .and_then(|at| Timestamp::from_str(&at).ok())
+            .ok_or_else(|| foreign("it has no valid Topiq-Enqueued-At header"))?;
+        Ok(Self {
+            id: MessageId::from_string(id),
+            enqueued_at,
+            attempt_base: text(header::ATTEMPT_BASE)
+                .and_then(|base| base.parse().ok())
+                .unwrap_or(0),
+            first_failed_at: text(header::FIRST_FAILED_AT)
+                .and_then(|at| Timestamp::from_str(&at).ok()),
+            traceparent: text(header::TRACEPARENT),
+            baggage: text(header::BAGGAGE),
+            idempotency_key: text(header::IDEMPOTENCY_KEY),
+        })
+    }
+
+    pub(crate) fn envelope(
+        &self,
+        topic: TopicName,
+        data: Arc<Value>,
+        attempt: u32,
+        max_attempts: u32,
+    ) -> Envelope {
+        Envelope {
+            id: self.id.clone(),
+            topic,
+            data,
+            attempt,
+            max_attempts,
+            enqueued_at: self.enqueued_at,
+            traceparent: self.traceparent.clone(),
+            baggage: self.baggage.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+}
+
+fn foreign(reason: &str) -> Error {
+    Error::Broker {
+        operation: "decode",
+        source: format!("a message on a topiq subject was not published by topiq: {reason}").into(),
+    }
+}
+
+pub(crate) fn encode(data: &Value) -> Result<Bytes> {
+    serde_json::to_vec(data)
+        .map(Bytes::from)
+        .map_err(|err| Error::InvalidArgument {
+            argument: "data",
+            reason: format!("cannot be serialized as JSON: {err}"),
+        })
+}
+
+pub(crate) fn decode(payload: &[u8]) -> Result<Value> {
+    serde_json::from_slice(payload).map_err(|err| Error::Broker {
+        operation: "decode",
+        source: Box::new(err),
+    })
+}

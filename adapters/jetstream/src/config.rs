@@ -1,0 +1,240 @@
+//! The adapter's `config:` map in `config.yaml`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the stream data is kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// On disk (JetStream's default): survives a server restart.
+    #[default]
+    File,
+    /// In memory: lost when the server restarts.
+    Memory,
+}
+
+/// `modules::queue::JetStreamAdapter`'s options.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// One server, such as `nats://127.0.0.1:4222`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several servers of one cluster.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// User name, with `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password, with `user`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Token authentication.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The connection's name, shown by the server's monitoring.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Prefix of every subject and stream topiq creates, so several applications can share
+    /// one server. Letters, digits, `_` and `-`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Where streams keep their data.
+    #[serde(default)]
+    pub storage: Storage,
+    /// Stream replicas (1, or 3 on a cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long a publish waits for the server's acknowledgement before it is sent again.
+    #[serde(default = "default_publish_timeout", with = "humantime_serde_compat")]
+    pub publish_timeout: Duration,
+}
+
+fn default_prefix() -> String {
+    "topiq".into()
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            urls: Vec::new(),
+            user: None,
+            password: None,
+            token: None,
+            name: None,
+            prefix: default_prefix(),
+            storage: Storage::File,
+            replicas: 1,
+            publish_timeout: default_publish_timeout(),
+        }
+    }
+}
+
+impl fmt::Debug for JetStreamConfig {
+    /// Credentials are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|url| redact_url(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("storage", &self.storage)
+            .field("replicas", &self.replicas)
+            .field("publish_timeout", &self.publish_timeout)
+            .finish()
+    }
+}
+
+/// `nats://user:secret@host` → `nats://user:<redacted>@host`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl JetStreamConfig {
+    /// Reads the options from the adapter's `config:` value.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
+        if value.is_null() {
+            return Err("needs at least `url`, such as `url: nats://127.0.0.1:4222`".into());
+        }
+        let config: Self = serde_json::from_value(value.clone()).map_err(|err| err.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the options against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.url.is_none() && self.urls.is_empty() {
+            return Err("give `url` (one server) or `urls` (a cluster)".into());
+        }
+        if self.url.is_some() && !self.urls.is_empty() {
+            return Err("give either `url` or `urls`, not both".into());
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err("`user` and `password` go together".into());
+        }
+        if self.token.is_some() && self.user.is_some() {
+            return Err("give either `token` or `user`/`password`, not both".into());
+        }
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        {
+            return Err(format!(
+                "prefix {:?} must be letters, digits, `_` and `-`",
+                self.prefix
+            ));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(format!("replicas must be 1 to 5, got {}", self.replicas));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn servers(&self) -> Vec<String> {
+        match &self.url {
+            Some(url) => vec![url.clone()],
+            None => self.urls.clone(),
+        }
+    }
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let (number, unit) = text
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or((text, ""), |at| text.split_at(at));
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration such as \"5s\" or \"500ms\""))?;
+        match unit {
+            "ms" => Ok(Duration::from_millis(number)),
+            "s" => Ok(Duration::from_secs(number)),
+            "m" => Ok(Duration::from_secs(number * 60)),
+            _ => Err(format!(
+                "{text:?} is not a duration such as \"5s\" or \"500ms\""
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn credentials_never_reach_debug_output() {
+        let config = JetStreamConfig::from_value(&json!({
+            "url": "nats://app:hunter2@127.0.0.1:4222",
+            "token": null,
+        }))
+        .unwrap();
+        let with_password = JetStreamConfig {
+            user: Some("app".into()),
+            password: Some("s3cret".into()),
+            ..config
+        };
+        let printed = format!("{with_password:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let err =
+            JetStreamConfig::from_value(&json!({"url": "nats://x", "prefx": "a"})).unwrap_err();
+        assert!(err.contains("prefx"), "{err}");
+        let err = JetStreamConfig::from_value(&json!({})).unwrap_err();
+        assert!(err.contains("url"), "{err}");
+        let err =
+            JetStreamConfig::from_value(&json!({"url": "nats://x", "prefix": "a.b"})).unwrap_err();
+        assert!(err.contains("prefix"), "{err}");
+    }
+}

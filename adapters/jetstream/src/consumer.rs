@@ -1,0 +1,485 @@
+//! Consuming a trigger: pull loops over its two consumers, and the acker of each delivery.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use topiq_adapter::{
+    Acker, DeadLetter, Delivery, Error, Failure, FailureKind, Result, Subscription,
+    SubscriptionKey, SubscriptionSpec, Timestamp,
+};
+
+use crate::codec::{self, Metadata};
+use crate::layout::Layout;
+use crate::{Shared, broker};
+
+/// The most messages one pull request asks for.
+const MAX_PULL: usize = 256;
+/// How long a pull request waits for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Idle heartbeat of a pull request: a missing one means the request is lost.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+pub(crate) fn subscribe(
+    shared: Arc<Shared>,
+    spec: SubscriptionSpec,
+    prefetch: u32,
+) -> Subscription {
+    let (sender, receiver) = mpsc::channel(prefetch as usize);
+    let slots = Arc::new(Semaphore::new(prefetch as usize));
+    let trigger = &spec.key.trigger;
+    // The fan-out consumer reserves slots before it pulls, so it never holds more than
+    // `prefetch`. The trigger's own copies (redrives, releases) are rare: that consumer pulls
+    // one at a time and takes a slot when one arrives, so it never blocks the main pulls.
+    for (consumer, reserve) in [
+        (Layout::main_consumer(trigger), true),
+        (Layout::direct_consumer(trigger), false),
+    ] {
+        tokio::spawn(pull_loop(
+            Arc::clone(&shared),
+            spec.clone(),
+            consumer,
+            sender.clone(),
+            Arc::clone(&slots),
+            reserve,
+        ));
+    }
+    let key = spec.key.clone();
+    let deliveries = futures::stream::unfold(receiver, |mut receiver| async move {
+        let delivery = receiver.recv().await?;
+        Some((delivery, receiver))
+    });
+    Subscription::new(key, Box::pin(deliveries))
+}
+
+async fn pull_loop(
+    shared: Arc<Shared>,
+    spec: SubscriptionSpec,
+    consumer_name: String,
+    sender: mpsc::Sender<Result<Delivery>>,
+    slots: Arc<Semaphore>,
+    reserve: bool,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shared.closed.is_cancelled() || sender.is_closed() {
+            return;
+        }
+        let consumer = match get_consumer(&shared, &spec, &consumer_name).await {
+            Ok(consumer) => {
+                backoff = Duration::from_millis(100);
+                consumer
+            }
+            Err(err) => {
+                tracing::warn!(trigger = %spec.key, consumer = %consumer_name, error = %err, retry_in = ?backoff, "cannot get the consumer");
+                if wait(&shared, &sender, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        // Pull while the consumer works; on a failed pull, get the consumer again.
+        loop {
+            let mut permits = Vec::new();
+            if reserve {
+                let first = tokio::select! {
+                    () = shared.closed.cancelled() => return,
+                    () = sender.closed() => return,
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                permits.push(first);
+                while permits.len() < MAX_PULL {
+                    match Arc::clone(&slots).try_acquire_owned() {
+                        Ok(permit) => permits.push(permit),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let batch = consumer
+                .batch()
+                .max_messages(permits.len().max(1))
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(trigger = %spec.key, consumer = %consumer_name, error = %err, "pull failed");
+                    break;
+                }
+            };
+            let mut failed = false;
+            loop {
+                let next = tokio::select! {
+                    () = shared.closed.cancelled() => return,
+                    // Gone consumer: abandon the pull, so no message is routed to it.
+                    () = sender.closed() => return,
+                    next = batch.next() => next,
+                };
+                match next {
+                    None => break,
+                    Some(Ok(message)) => {
+                        let permit = match permits.pop() {
+                            Some(permit) => permit,
+                            None => tokio::select! {
+                                () = shared.closed.cancelled() => return,
+                                () = sender.closed() => return,
+                                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                                    Ok(permit) => permit,
+                                    Err(_) => return,
+                                },
+                            },
+                        };
+                        if let Some(delivery) = receive(&shared, &spec, message, permit).await
+                            && sender.send(delivery).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(trigger = %spec.key, consumer = %consumer_name, error = %err, "pull interrupted; pulling again");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        if wait(&shared, &sender, backoff).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps `period`; true when the loop should end instead.
+async fn wait(shared: &Shared, sender: &mpsc::Sender<Result<Delivery>>, period: Duration) -> bool {
+    tokio::select! {
+        () = shared.closed.cancelled() => true,
+        () = sender.closed() => true,
+        () = tokio::time::sleep(period) => false,
+    }
+}
+
+/// The trigger's consumer, created again if it was deleted.
+async fn get_consumer(
+    shared: &Shared,
+    spec: &SubscriptionSpec,
+    name: &str,
+) -> Result<jetstream::consumer::Consumer<pull::Config>> {
+    let stream = shared
+        .js
+        .get_stream_no_info(shared.layout.topic_stream(&spec.key.topic))
+        .await
+        .map_err(broker("get stream"))?;
+    let main = *name == Layout::main_consumer(&spec.key.trigger);
+    let config = Shared::consumer_config(
+        name.to_owned(),
+        if main {
+            shared.layout.topic_subject(&spec.key.topic)
+        } else {
+            shared
+                .layout
+                .direct_subject(&spec.key.topic, &spec.key.trigger)
+        },
+        spec.visibility_timeout,
+        if main {
+            jetstream::consumer::DeliverPolicy::New
+        } else {
+            jetstream::consumer::DeliverPolicy::All
+        },
+    );
+    stream
+        .get_or_create_consumer(name, config)
+        .await
+        .map_err(broker("get consumer"))
+}
+
+/// Turns a received message into a delivery; a message past its last attempt is
+/// dead-lettered here instead.
+async fn receive(
+    shared: &Arc<Shared>,
+    spec: &SubscriptionSpec,
+    message: jetstream::Message,
+    permit: OwnedSemaphorePermit,
+) -> Option<Result<Delivery>> {
+    let received_at = Instant::now();
+    let (delivered, stream_sequence) = match message.info() {
+        Ok(info) => (
+            u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            info.stream_sequence,
+        ),
+        Err(err) => {
+            return Some(Err(broker("message info")(std::io::Error::other(
+                err.to_string(),
+            ))));
+        }
+    };
+    let metadata = match Metadata::from_headers(message.headers.as_ref()) {
+        Ok(metadata) => metadata,
+        Err(err) => {
+            tracing::error!(trigger = %spec.key, error = %err, "terminating a message topiq cannot read");
+            let _ = message.ack_with(AckKind::Term).await;
+            return None;
+        }
+    };
+    let data = match codec::decode(&message.payload) {
+        Ok(data) => Arc::new(data),
+        Err(err) => {
+            tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "terminating a message whose payload is not JSON");
+            let _ = message.ack_with(AckKind::Term).await;
+            return None;
+        }
+    };
+    let attempt = metadata.attempt_base.saturating_add(delivered);
+    let envelope = metadata.envelope(spec.key.topic.clone(), data, attempt, spec.max_attempts);
+    let lease = Arc::new(Lease {
+        deadline: Mutex::new(received_at + spec.visibility_timeout),
+        permit: Mutex::new(Some(permit)),
+    });
+    tokio::spawn(free_slot_when_expired(Arc::downgrade(&lease)));
+    let acker = JetStreamAcker {
+        shared: Arc::clone(shared),
+        key: spec.key.clone(),
+        message,
+        metadata,
+        stream_sequence,
+        delivered,
+        attempt,
+        max_attempts: spec.max_attempts,
+        visibility_timeout: spec.visibility_timeout,
+        lease,
+        data: Arc::clone(&envelope.data),
+    };
+    if attempt > spec.max_attempts {
+        // The lease ran out on the last attempt and the server delivered it again.
+        let failure = Failure::new(
+            FailureKind::LeaseExpired,
+            format!(
+                "not settled within the visibility timeout of {:?} on attempt {} of {}",
+                spec.visibility_timeout,
+                attempt - 1,
+                spec.max_attempts
+            ),
+        );
+        if let Err(err) = acker.move_to_dlq(failure, attempt - 1).await {
+            tracing::error!(trigger = %spec.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+        }
+        return None;
+    }
+    Some(Ok(Delivery::new(envelope, Box::new(acker))))
+}
+
+/// Settles one JetStream delivery.
+struct JetStreamAcker {
+    shared: Arc<Shared>,
+    key: SubscriptionKey,
+    message: jetstream::Message,
+    metadata: Metadata,
+    stream_sequence: u64,
+    delivered: u32,
+    attempt: u32,
+    max_attempts: u32,
+    visibility_timeout: Duration,
+    lease: Arc<Lease>,
+    data: Arc<serde_json::Value>,
+}
+
+/// A delivery's lease and the `prefetch` slot it holds. The slot is freed when the delivery is
+/// settled or dropped, or when the lease runs out (the server then delivers the message
+/// again, and this consumer must have room to receive it).
+struct Lease {
+    deadline: Mutex<Instant>,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Lease {
+    fn deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn free_slot_when_expired(lease: std::sync::Weak<Lease>) {
+    loop {
+        let Some(current) = lease.upgrade() else {
+            return;
+        };
+        let deadline = current.deadline();
+        if Instant::now() >= deadline {
+            current
+                .permit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            return;
+        }
+        drop(current);
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+impl JetStreamAcker {
+    fn check_lease(&self) -> Result<()> {
+        self.shared.ensure_open()?;
+        if Instant::now() >= self.lease.deadline() {
+            return Err(Error::LeaseExpired {
+                id: self.metadata.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes the DLQ record (confirmed), then terminates the message (confirmed).
+    async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
+        let now = Timestamp::now();
+        let record = DeadLetter {
+            id: self.metadata.id.clone(),
+            topic: self.key.topic.clone(),
+            trigger: self.key.trigger.clone(),
+            data: Arc::clone(&self.data),
+            attempts,
+            first_failed_at: self.metadata.first_failed_at.unwrap_or(now),
+            last_failed_at: now,
+            error: failure,
+            traceparent: self.metadata.traceparent.clone(),
+            baggage: self.metadata.baggage.clone(),
+            idempotency_key: self.metadata.idempotency_key.clone(),
+            enqueued_at: self.metadata.enqueued_at,
+        };
+        let payload = serde_json::to_vec(&record).map_err(broker("encode DLQ record"))?;
+        let dedup = format!(
+            "dlq:{}:{}:{}:{}",
+            self.key.trigger, self.metadata.id, self.stream_sequence, self.delivered
+        );
+        self.shared
+            .publish_confirmed(
+                self.shared
+                    .layout
+                    .dlq_subject(&self.key.topic, &self.key.trigger),
+                self.metadata.headers(&dedup),
+                payload.into(),
+            )
+            .await?;
+        self.message
+            .double_ack_with(AckKind::Term)
+            .await
+            .map_err(|err| Error::Broker {
+                operation: "terminate after dead-lettering",
+                source: err,
+            })
+    }
+
+    async fn settle(self, settlement: Settlement) -> Result<()> {
+        self.check_lease()?;
+        match settlement {
+            Settlement::Ack => self.message.ack().await.map_err(|err| Error::Broker {
+                operation: "ack",
+                source: err,
+            }),
+            Settlement::Nack(_) if self.attempt >= self.max_attempts => {
+                let failure = Failure::new(
+                    FailureKind::RetriesExhausted,
+                    format!(
+                        "nacked on the last attempt ({} of {})",
+                        self.attempt, self.max_attempts
+                    ),
+                );
+                self.move_to_dlq(failure, self.attempt).await
+            }
+            Settlement::Nack(delay) => {
+                let kind = if delay.is_zero() {
+                    AckKind::Nak(None)
+                } else {
+                    AckKind::Nak(Some(delay))
+                };
+                self.message
+                    .ack_with(kind)
+                    .await
+                    .map_err(|err| Error::Broker {
+                        operation: "nak",
+                        source: err,
+                    })
+            }
+            Settlement::DeadLetter(failure) => self.move_to_dlq(failure, self.attempt).await,
+            Settlement::Release => {
+                let mut metadata = self.metadata.clone();
+                metadata.attempt_base = self.attempt.saturating_sub(1);
+                let dedup = format!(
+                    "release:{}:{}:{}",
+                    self.metadata.id, self.stream_sequence, self.delivered
+                );
+                let payload = codec::encode(&self.data)?;
+                self.shared
+                    .publish_confirmed(
+                        self.shared
+                            .layout
+                            .direct_subject(&self.key.topic, &self.key.trigger),
+                        metadata.headers(&dedup),
+                        payload,
+                    )
+                    .await?;
+                self.message
+                    .double_ack()
+                    .await
+                    .map_err(|err| Error::Broker {
+                        operation: "ack after release",
+                        source: err,
+                    })
+            }
+        }
+    }
+}
+
+enum Settlement {
+    Ack,
+    Nack(Duration),
+    DeadLetter(Failure),
+    Release,
+}
+
+impl Acker for JetStreamAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.settle(Settlement::Ack))
+    }
+
+    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.settle(Settlement::Nack(delay)))
+    }
+
+    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.settle(Settlement::DeadLetter(failure)))
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(self.settle(Settlement::Release))
+    }
+
+    fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.check_lease()?;
+            self.message
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(|err| Error::Broker {
+                    operation: "extend lease",
+                    source: err,
+                })?;
+            *self
+                .lease
+                .deadline
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now() + self.visibility_timeout;
+            Ok(())
+        })
+    }
+}

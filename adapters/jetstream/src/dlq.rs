@@ -1,0 +1,262 @@
+//! DLQ operations over a topic's `_DLQ` stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use topiq_adapter::{
+    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE, Result, TopicName,
+    TriggerName,
+};
+
+use crate::codec::Metadata;
+use crate::{Shared, broker};
+
+fn filter(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> String {
+    match trigger {
+        Some(trigger) => shared.layout.dlq_subject(topic, trigger),
+        None => shared.layout.dlq_wildcard(topic),
+    }
+}
+
+fn check(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<()> {
+    shared.topic(topic)?;
+    if let Some(trigger) = trigger {
+        shared.subscription(&topiq_adapter::SubscriptionKey::new(
+            topic.clone(),
+            trigger.clone(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Messages stored under `subject` (a wildcard sums its subjects).
+pub(crate) async fn subject_count(shared: &Shared, stream: &str, subject: &str) -> Result<u64> {
+    let stream = shared
+        .js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(broker("get stream"))?;
+    let mut subjects = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(broker("stream info"))?;
+    let mut total = 0;
+    while let Some(entry) = subjects.next().await {
+        let (_, count) = entry.map_err(broker("stream info"))?;
+        total += count as u64;
+    }
+    Ok(total)
+}
+
+pub(crate) async fn count(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+) -> Result<u64> {
+    check(shared, topic, trigger)?;
+    subject_count(
+        shared,
+        &shared.layout.dlq_stream(topic),
+        &filter(shared, topic, trigger),
+    )
+    .await
+}
+
+/// Up to `limit` stored records after sequence `after`, with their sequences.
+async fn read_after(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, DeadLetter)>> {
+    let stream = shared
+        .js
+        .get_stream_no_info(shared.layout.dlq_stream(topic))
+        .await
+        .map_err(broker("get stream"))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: filter(shared, topic, trigger),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(broker("read DLQ"))?;
+    let mut messages = consumer
+        .fetch()
+        .max_messages(limit)
+        .messages()
+        .await
+        .map_err(broker("read DLQ"))?;
+    let mut records = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|err| Error::Broker {
+            operation: "read DLQ",
+            source: err,
+        })?;
+        let sequence = message
+            .info()
+            .map_err(|err| Error::Broker {
+                operation: "read DLQ",
+                source: err,
+            })?
+            .stream_sequence;
+        let record: DeadLetter =
+            serde_json::from_slice(&message.payload).map_err(broker("decode DLQ record"))?;
+        records.push((sequence, record));
+    }
+    let name = consumer.cached_info().name.clone();
+    let _ = stream.delete_consumer(&name).await;
+    Ok(records)
+}
+
+/// Every stored record matching `keep`, oldest first, with its sequence.
+async fn scan(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    keep: impl Fn(&DeadLetter) -> bool,
+) -> Result<Vec<(u64, DeadLetter)>> {
+    let mut found = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = read_after(shared, topic, trigger, after, MAX_DLQ_PAGE).await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(found);
+        };
+        after = *last;
+        found.extend(page.into_iter().filter(|(_, record)| keep(record)));
+    }
+}
+
+pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
+    check(shared, &query.topic, query.trigger.as_ref())?;
+    if query.limit == 0 || query.limit > MAX_DLQ_PAGE {
+        return Err(Error::InvalidArgument {
+            argument: "limit",
+            reason: format!("must be between 1 and {MAX_DLQ_PAGE}, got {}", query.limit),
+        });
+    }
+    let mut after = match &query.cursor {
+        None => 0,
+        Some(cursor) => cursor.parse::<u64>().map_err(|_| Error::InvalidArgument {
+            argument: "cursor",
+            reason: format!("{cursor:?} is not a cursor returned by a previous listing"),
+        })?,
+    };
+    let mut records = Vec::new();
+    let mut last_returned = after;
+    loop {
+        let page = read_after(
+            shared,
+            &query.topic,
+            query.trigger.as_ref(),
+            after,
+            MAX_DLQ_PAGE,
+        )
+        .await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(DlqPage {
+                records,
+                next_cursor: None,
+            });
+        };
+        after = *last;
+        for (sequence, record) in page {
+            if !query.filter.matches(&record) {
+                continue;
+            }
+            if records.len() == query.limit {
+                // One more match exists: this page is not the last.
+                return Ok(DlqPage {
+                    records,
+                    next_cursor: Some(last_returned.to_string()),
+                });
+            }
+            last_returned = sequence;
+            records.push(record);
+        }
+    }
+}
+
+pub(crate) async fn redrive(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    selection: DlqSelection,
+) -> Result<u64> {
+    check(shared, topic, trigger)?;
+    let selected = scan(shared, topic, trigger, |record| {
+        selection.contains(&record.id)
+    })
+    .await?;
+    let stream = shared
+        .js
+        .get_stream_no_info(shared.layout.dlq_stream(topic))
+        .await
+        .map_err(broker("get stream"))?;
+    let mut redriven = 0;
+    for (sequence, record) in selected {
+        let metadata = Metadata {
+            id: record.id.clone(),
+            enqueued_at: record.enqueued_at,
+            attempt_base: 0,
+            first_failed_at: Some(record.first_failed_at),
+            traceparent: record.traceparent.clone(),
+            baggage: record.baggage.clone(),
+            idempotency_key: record.idempotency_key.clone(),
+        };
+        // A new dedup id per redrive, or the topic's duplicate window would swallow the copy.
+        let dedup = format!("redrive:{}:{sequence}", record.id);
+        shared
+            .publish_confirmed(
+                shared.layout.direct_subject(topic, &record.trigger),
+                metadata.headers(&dedup),
+                crate::codec::encode(&record.data)?,
+            )
+            .await?;
+        if stream
+            .delete_message(sequence)
+            .await
+            .map_err(broker("delete DLQ record"))?
+        {
+            redriven += 1;
+        }
+    }
+    Ok(redriven)
+}
+
+pub(crate) async fn purge(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    selection: DlqSelection,
+) -> Result<u64> {
+    check(shared, topic, trigger)?;
+    let selected = scan(shared, topic, trigger, |record| {
+        selection.contains(&record.id)
+    })
+    .await?;
+    let stream = shared
+        .js
+        .get_stream_no_info(shared.layout.dlq_stream(topic))
+        .await
+        .map_err(broker("get stream"))?;
+    let mut purged = 0;
+    for (sequence, _) in selected {
+        if stream
+            .delete_message(sequence)
+            .await
+            .map_err(broker("delete DLQ record"))?
+        {
+            purged += 1;
+        }
+    }
+    Ok(purged)
+}

@@ -1,0 +1,107 @@
+//! Where each topic, trigger and record lives on the server: stream names, subjects, headers.
+
+use topiq_adapter::{TopicName, TriggerName};
+
+/// Headers topiq sets on every message.
+pub(crate) mod header {
+    /// JetStream's deduplication id.
+    pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+    /// The message id, the same on every copy (retry, release, redrive).
+    pub(crate) const ID: &str = "Topiq-Id";
+    /// When the message was first enqueued (RFC 3339).
+    pub(crate) const ENQUEUED_AT: &str = "Topiq-Enqueued-At";
+    /// Attempts already spent before this copy was published (release, redrive).
+    pub(crate) const ATTEMPT_BASE: &str = "Topiq-Attempt-Base";
+    /// When a redriven message was first dead-lettered.
+    pub(crate) const FIRST_FAILED_AT: &str = "Topiq-First-Failed-At";
+    /// The idempotency key the message was published with.
+    pub(crate) const IDEMPOTENCY_KEY: &str = "Topiq-Idempotency-Key";
+    /// When a delayed message is due (RFC 3339).
+    pub(crate) const DELIVER_AT: &str = "Topiq-Deliver-At";
+    /// The topic a delayed message is for.
+    pub(crate) const TOPIC: &str = "Topiq-Topic";
+    /// W3C trace context.
+    pub(crate) const TRACEPARENT: &str = "traceparent";
+    /// W3C baggage.
+    pub(crate) const BAGGAGE: &str = "baggage";
+}
+
+/// Names derived from the configured subject prefix.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Stream names cannot hold `.`; two topics that differ only by `.` versus `_` map to the
+    /// same name, which `declare_topic` detects from the stream's subjects.
+    fn stream_part(topic: &TopicName) -> String {
+        topic.as_str().replace('.', "_")
+    }
+
+    /// The stream holding a topic's messages (fan-out and trigger-only copies).
+    pub(crate) fn topic_stream(&self, topic: &TopicName) -> String {
+        format!("{}_{}", self.prefix, Self::stream_part(topic))
+    }
+
+    /// The stream holding a topic's dead-letter records.
+    pub(crate) fn dlq_stream(&self, topic: &TopicName) -> String {
+        format!("{}_{}_DLQ", self.prefix, Self::stream_part(topic))
+    }
+
+    /// The stream holding delayed messages of every topic until they are due.
+    pub(crate) fn delay_stream(&self) -> String {
+        format!("{}_DELAYED", self.prefix)
+    }
+
+    /// Where a publish to `topic` goes (every trigger receives it).
+    pub(crate) fn topic_subject(&self, topic: &TopicName) -> String {
+        format!("{}.t.{topic}", self.prefix)
+    }
+
+    /// Where a copy for one trigger only goes (redrive, release).
+    pub(crate) fn direct_subject(&self, topic: &TopicName, trigger: &TriggerName) -> String {
+        format!("{}.d.{topic}.{trigger}", self.prefix)
+    }
+
+    pub(crate) fn direct_wildcard(&self, topic: &TopicName) -> String {
+        format!("{}.d.{topic}.*", self.prefix)
+    }
+
+    /// Where a trigger's dead-letter records go.
+    pub(crate) fn dlq_subject(&self, topic: &TopicName, trigger: &TriggerName) -> String {
+        format!("{}.dlq.{topic}.{trigger}", self.prefix)
+    }
+
+    pub(crate) fn dlq_wildcard(&self, topic: &TopicName) -> String {
+        format!("{}.dlq.{topic}.*", self.prefix)
+    }
+
+    /// Where a delayed message for `topic` waits.
+    pub(crate) fn delay_subject(&self, topic: &TopicName) -> String {
+        format!("{}.delayed.{topic}", self.prefix)
+    }
+
+    pub(crate) fn delay_wildcard(&self) -> String {
+        format!("{}.delayed.>", self.prefix)
+    }
+
+    /// The durable consumer of a trigger's fan-out messages.
+    pub(crate) fn main_consumer(trigger: &TriggerName) -> String {
+        trigger.as_str().to_owned()
+    }
+
+    /// The durable consumer of a trigger's own copies.
+    pub(crate) fn direct_consumer(trigger: &TriggerName) -> String {
+        format!("{trigger}_direct")
+    }
+
+    /// The durable consumer that releases delayed messages when due.
+    pub(crate) const SCHEDULER: &'static str = "scheduler";
+}

@@ -1,0 +1,611 @@
+//! `modules::queue::JetStreamAdapter`: topiq on NATS JetStream (`async-nats`).
+//!
+//! **Status: in progress.** The mapping below is implemented; fault tests, TLS/creds/nkey
+//! options and the benchmark against raw async-nats are the remaining work of its issue.
+//!
+//! | contract | JetStream |
+//! |---|---|
+//! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, `max_age` = retention |
+//! | trigger | two durable pull consumers: `<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `<trigger>_direct` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout, `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
+//! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a timed-out publish is sent again with the same id, so it cannot duplicate; a duplicate's id is read from the stored first message |
+//! | delay | the `<PREFIX>_DELAYED` work-queue stream; a `scheduler` consumer NAKs each message with its remaining delay (no polling) and forwards it when due, with `Nats-Msg-Id` = message id |
+//! | consume | pull requests sized to the free `prefetch` slots, 5 s expiry, 2 s idle heartbeats; a failed pull (missed heartbeat, deleted consumer, reconnect) recreates the consumer and pulls again |
+//! | attempt | `Topiq-Attempt-Base` header + the server's delivery count; a delivery past `max_attempts` (a lease that ran out on the last attempt) is dead-lettered on receipt |
+//! | ack / nack / extend | `+ACK` / `-NAK` with the backoff delay / `+WPI`; the lease is tracked client-side, so a late settlement is refused |
+//! | dead letter | the record is published to `<PREFIX>_<topic>_DLQ` (`<prefix>.dlq.<topic>.<trigger>`), its `PubAck` awaited, then the message is `+TERM`ed with a confirmed ack |
+//! | release | a copy with the same attempt goes to the trigger's own subject (confirmed), then the original is acked |
+//! | redrive | a copy with attempts reset goes to the trigger's own subject with a new `Nats-Msg-Id` (confirmed), then the DLQ record is deleted |
+
+mod codec;
+mod config;
+mod consumer;
+mod dlq;
+mod layout;
+mod scheduler;
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use topiq_adapter::{
+    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, MessageId,
+    NewMessage, PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec,
+    SubscriptionStats, Timestamp, TopicName, TopicSpec, TriggerName,
+};
+
+pub use config::{JetStreamConfig, Storage};
+
+use codec::Metadata;
+use layout::{Layout, header};
+
+/// The adapter's class name in `config.yaml`.
+pub const CLASS_NAME: &str = "modules::queue::JetStreamAdapter";
+
+/// Room left in `max_msg_size` for topiq's headers.
+const HEADER_ROOM: usize = 4096;
+
+/// How many times a publish whose acknowledgement timed out is sent again (same id).
+const PUBLISH_TRIES: u32 = 3;
+
+/// topiq's JetStream adapter. Cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamAdapter {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) layout: Layout,
+    pub(crate) config: JetStreamConfig,
+    topics: RwLock<HashMap<TopicName, TopicSpec>>,
+    subscriptions: RwLock<HashMap<SubscriptionKey, SubscriptionSpec>>,
+    pub(crate) closed: tokio_util::sync::CancellationToken,
+    scheduler: Mutex<Option<JoinHandle<()>>>,
+    max_payload: usize,
+}
+
+pub(crate) fn broker<E>(operation: &'static str) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |err| Error::Broker {
+        operation,
+        source: Box::new(err),
+    }
+}
+
+impl JetStreamAdapter {
+    /// Connects to the server(s) of `config`.
+    pub async fn connect(config: JetStreamConfig) -> Result<Self> {
+        config.validate().map_err(|reason| Error::InvalidArgument {
+            argument: "config",
+            reason,
+        })?;
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(name) = &config.name {
+            options = options.name(name);
+        }
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        let servers = config.servers();
+        let printable: Vec<String> = servers.iter().map(|url| config::redact_url(url)).collect();
+        let client =
+            options
+                .connect(servers.as_slice())
+                .await
+                .map_err(|err| Error::BrokerUnavailable {
+                    message: format!("cannot connect to {}", printable.join(", ")),
+                    source: Some(Box::new(err)),
+                })?;
+        let max_payload = client.server_info().max_payload;
+        let js = jetstream::new(client.clone());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                js,
+                layout: Layout::new(&config.prefix),
+                config,
+                topics: RwLock::new(HashMap::new()),
+                subscriptions: RwLock::new(HashMap::new()),
+                closed: tokio_util::sync::CancellationToken::new(),
+                scheduler: Mutex::new(None),
+                max_payload,
+            }),
+        })
+    }
+}
+
+impl Shared {
+    pub(crate) fn ensure_open(&self) -> Result<()> {
+        if self.closed.is_cancelled() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn topic(&self, name: &TopicName) -> Result<TopicSpec> {
+        self.ensure_open()?;
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.clone(),
+            })
+    }
+
+    pub(crate) fn subscription(&self, key: &SubscriptionKey) -> Result<SubscriptionSpec> {
+        self.ensure_open()?;
+        self.subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::UnknownSubscription { key: key.clone() })
+    }
+
+    /// Creates the stream, or checks an existing one: subjects, storage and retention must
+    /// match; limits are updated.
+    async fn ensure_stream(&self, wanted: stream::Config) -> Result<()> {
+        match self.js.get_stream(&wanted.name).await {
+            Ok(mut existing) => {
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(broker("stream info"))?
+                    .clone();
+                let current = info.config;
+                let mut subjects = current.subjects.clone();
+                let mut wanted_subjects = wanted.subjects.clone();
+                subjects.sort();
+                wanted_subjects.sort();
+                if subjects != wanted_subjects
+                    || current.retention != wanted.retention
+                    || current.storage != wanted.storage
+                {
+                    return Err(Error::Broker {
+                        operation: "declare stream",
+                        source: format!(
+                            "stream {} exists with other settings (subjects {:?}, retention {:?}, storage {:?}; topiq needs {:?}, {:?}, {:?}); it belongs to another topic or application: change `prefix`, or delete the stream",
+                            wanted.name,
+                            current.subjects,
+                            current.retention,
+                            current.storage,
+                            wanted.subjects,
+                            wanted.retention,
+                            wanted.storage
+                        )
+                        .into(),
+                    });
+                }
+                let changed = current.max_age != wanted.max_age
+                    || current.duplicate_window != wanted.duplicate_window
+                    || current.max_message_size != wanted.max_message_size
+                    || current.num_replicas != wanted.num_replicas;
+                if changed {
+                    let updated = stream::Config {
+                        max_age: wanted.max_age,
+                        duplicate_window: wanted.duplicate_window,
+                        max_message_size: wanted.max_message_size,
+                        num_replicas: wanted.num_replicas,
+                        ..current
+                    };
+                    self.js
+                        .update_stream(updated)
+                        .await
+                        .map_err(broker("update stream"))?;
+                }
+                Ok(())
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                self.js
+                    .create_stream(wanted)
+                    .await
+                    .map(|_| ())
+                    .map_err(broker("create stream"))
+            }
+            Err(err) => Err(Error::BrokerUnavailable {
+                message: format!("cannot read stream {}", wanted.name),
+                source: Some(Box::new(err)),
+            }),
+        }
+    }
+
+    fn stream_config(&self, name: String, subjects: Vec<String>) -> stream::Config {
+        stream::Config {
+            name,
+            subjects,
+            storage: match self.config.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.config.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Publishes and waits for the `PubAck`, sending again with the same `Nats-Msg-Id` when
+    /// the acknowledgement times out.
+    pub(crate) async fn publish_confirmed(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck> {
+        let mut last_error = None;
+        for _ in 0..PUBLISH_TRIES {
+            let sent = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await;
+            let ack = match sent {
+                Ok(future) => {
+                    tokio::time::timeout(self.config.publish_timeout, future.into_future()).await
+                }
+                Err(err) => {
+                    last_error = Some(Box::new(err) as topiq_adapter::BoxError);
+                    continue;
+                }
+            };
+            match ack {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(err)) => last_error = Some(Box::new(err)),
+                Err(elapsed) => last_error = Some(Box::new(elapsed)),
+            }
+        }
+        Err(Error::BrokerUnavailable {
+            message: format!(
+                "no acknowledgement for a publish to {subject} after {PUBLISH_TRIES} tries"
+            ),
+            source: last_error,
+        })
+    }
+
+    /// The id of the message stored at `sequence` of `stream_name` (for a duplicate publish).
+    async fn stored_id(&self, stream_name: &str, sequence: u64) -> Result<MessageId> {
+        let stream = self
+            .js
+            .get_stream_no_info(stream_name)
+            .await
+            .map_err(broker("get stream"))?;
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .map_err(|err| Error::Broker {
+                operation: "read duplicate",
+                source: format!(
+                    "the idempotency key was used within the window, but the first message (sequence {sequence}) is gone, so its id is unknown: {err}"
+                )
+                .into(),
+            })?;
+        Ok(Metadata::from_headers(Some(&message.headers))?.id)
+    }
+
+    async fn publish_one(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
+        let spec = self.topic(topic)?;
+        message.validate(topic, spec.max_message_bytes)?;
+        let payload = codec::encode(&message.data)?;
+        let id = MessageId::generate();
+        let metadata = Metadata {
+            id: id.clone(),
+            enqueued_at: Timestamp::now(),
+            attempt_base: 0,
+            first_failed_at: None,
+            traceparent: message.trace.traceparent,
+            baggage: message.trace.baggage,
+            idempotency_key: message.idempotency_key.clone(),
+        };
+        let dedup_id = message
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| id.as_str().to_owned());
+        let due = message.deliver_at.filter(|at| *at > Timestamp::now());
+        let (subject, mut headers, stream_name) = match due {
+            Some(at) => {
+                let mut headers = metadata.headers(&format!("{topic}:{dedup_id}"));
+                headers.insert(header::DELIVER_AT, at.to_string().as_str());
+                headers.insert(header::TOPIC, topic.as_str());
+                (
+                    self.layout.delay_subject(topic),
+                    headers,
+                    self.layout.delay_stream(),
+                )
+            }
+            None => (
+                self.layout.topic_subject(topic),
+                metadata.headers(&dedup_id),
+                self.layout.topic_stream(topic),
+            ),
+        };
+        headers.insert(header::ID, id.as_str());
+        let ack = self.publish_confirmed(subject, headers, payload).await?;
+        if ack.duplicate {
+            return Ok(PublishReceipt {
+                message_id: self.stored_id(&stream_name, ack.sequence).await?,
+                duplicate: true,
+            });
+        }
+        Ok(PublishReceipt {
+            message_id: id,
+            duplicate: false,
+        })
+    }
+
+    async fn start_scheduler(self: &Arc<Self>) -> Result<()> {
+        let mut scheduler = self.scheduler.lock().await;
+        if scheduler.is_some() {
+            return Ok(());
+        }
+        let mut delay = self.stream_config(
+            self.layout.delay_stream(),
+            vec![self.layout.delay_wildcard()],
+        );
+        delay.retention = stream::RetentionPolicy::WorkQueue;
+        self.ensure_stream(delay).await?;
+        let consumer = scheduler::ensure_consumer(self).await?;
+        *scheduler = Some(tokio::spawn(scheduler::run(Arc::clone(self), consumer)));
+        Ok(())
+    }
+
+    pub(crate) fn consumer_config(
+        name: String,
+        filter_subject: String,
+        ack_wait: Duration,
+        deliver_policy: jetstream::consumer::DeliverPolicy,
+    ) -> pull::Config {
+        pull::Config {
+            durable_name: Some(name),
+            filter_subject,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            deliver_policy,
+            max_deliver: -1,
+            max_ack_pending: -1,
+            ..Default::default()
+        }
+    }
+}
+
+impl Adapter for JetStreamAdapter {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            adapter: "JetStreamAdapter",
+            durable: true,
+            delayed_delivery: true,
+            max_delay: None,
+            retention: true,
+            max_message_bytes: self.shared.max_payload.saturating_sub(HEADER_ROOM),
+        }
+    }
+
+    async fn declare_topic(&self, spec: TopicSpec) -> Result<()> {
+        let shared = &self.shared;
+        shared.ensure_open()?;
+        spec.validate(&Adapter::capabilities(self))?;
+        if let Some(retention) = spec.retention
+            && spec.idempotency_window > retention
+        {
+            return Err(Error::InvalidArgument {
+                argument: "idempotency_window",
+                reason: format!(
+                    "must not be longer than the topic's retention ({retention:?}) on JetStream"
+                ),
+            });
+        }
+        let mut topic_stream = shared.stream_config(
+            shared.layout.topic_stream(&spec.name),
+            vec![
+                shared.layout.topic_subject(&spec.name),
+                shared.layout.direct_wildcard(&spec.name),
+            ],
+        );
+        topic_stream.retention = stream::RetentionPolicy::Interest;
+        topic_stream.max_age = spec.retention.unwrap_or_default();
+        topic_stream.duplicate_window = spec.idempotency_window;
+        topic_stream.max_message_size =
+            i32::try_from(spec.max_message_bytes + HEADER_ROOM).unwrap_or(i32::MAX);
+        shared.ensure_stream(topic_stream).await?;
+        let mut dlq_stream = shared.stream_config(
+            shared.layout.dlq_stream(&spec.name),
+            vec![shared.layout.dlq_wildcard(&spec.name)],
+        );
+        dlq_stream.max_age = spec.dlq_retention.unwrap_or_default();
+        shared.ensure_stream(dlq_stream).await?;
+        shared.start_scheduler().await?;
+        shared
+            .topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(spec.name.clone(), spec);
+        Ok(())
+    }
+
+    async fn declare_subscription(&self, spec: SubscriptionSpec) -> Result<()> {
+        spec.validate()?;
+        let shared = &self.shared;
+        shared.topic(&spec.key.topic)?;
+        let stream = shared
+            .js
+            .get_stream_no_info(shared.layout.topic_stream(&spec.key.topic))
+            .await
+            .map_err(broker("get stream"))?;
+        let trigger = &spec.key.trigger;
+        for (name, filter, policy) in [
+            (
+                Layout::main_consumer(trigger),
+                shared.layout.topic_subject(&spec.key.topic),
+                jetstream::consumer::DeliverPolicy::New,
+            ),
+            (
+                Layout::direct_consumer(trigger),
+                shared.layout.direct_subject(&spec.key.topic, trigger),
+                jetstream::consumer::DeliverPolicy::All,
+            ),
+        ] {
+            let config =
+                Shared::consumer_config(name.clone(), filter, spec.visibility_timeout, policy);
+            match stream.get_consumer::<pull::Config>(&name).await {
+                Ok(existing) => {
+                    if existing.cached_info().config.ack_wait != spec.visibility_timeout {
+                        stream
+                            .update_consumer(config)
+                            .await
+                            .map_err(broker("update consumer"))?;
+                    }
+                }
+                Err(_) => {
+                    stream
+                        .create_consumer(config)
+                        .await
+                        .map_err(broker("create consumer"))?;
+                }
+            }
+        }
+        shared
+            .subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(spec.key.clone(), spec);
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
+        self.shared.publish_one(topic, message).await
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<PublishReceipt>>> {
+        self.shared.topic(topic)?;
+        let publishes = messages
+            .into_iter()
+            .map(|message| self.shared.publish_one(topic, message));
+        Ok(futures::future::join_all(publishes).await)
+    }
+
+    async fn consume(
+        &self,
+        key: &SubscriptionKey,
+        options: ConsumeOptions,
+    ) -> Result<Subscription> {
+        let spec = self.shared.subscription(key)?;
+        if options.prefetch == 0 {
+            return Err(Error::InvalidArgument {
+                argument: "prefetch",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(consumer::subscribe(
+            Arc::clone(&self.shared),
+            spec,
+            options.prefetch,
+        ))
+    }
+
+    async fn dlq_count(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<u64> {
+        dlq::count(&self.shared, topic, trigger).await
+    }
+
+    async fn dlq_list(&self, query: DlqQuery) -> Result<DlqPage> {
+        dlq::list(&self.shared, query).await
+    }
+
+    async fn dlq_redrive(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        dlq::redrive(&self.shared, topic, trigger, selection).await
+    }
+
+    async fn dlq_purge(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        dlq::purge(&self.shared, topic, trigger, selection).await
+    }
+
+    async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
+        let shared = &self.shared;
+        shared.subscription(key)?;
+        let mut stream = shared
+            .js
+            .get_stream_no_info(shared.layout.topic_stream(&key.topic))
+            .await
+            .map_err(broker("get stream"))?;
+        let mut waiting = 0;
+        let mut in_flight = 0;
+        for name in [
+            Layout::main_consumer(&key.trigger),
+            Layout::direct_consumer(&key.trigger),
+        ] {
+            let info = stream
+                .consumer_info(&name)
+                .await
+                .map_err(broker("consumer info"))?;
+            waiting += info.num_pending;
+            in_flight += info.num_ack_pending as u64;
+        }
+        let delayed = dlq::subject_count(
+            shared,
+            &shared.layout.delay_stream(),
+            &shared.layout.delay_subject(&key.topic),
+        )
+        .await?;
+        let _ = &mut stream;
+        Ok(SubscriptionStats {
+            waiting: waiting + delayed,
+            delayed,
+            in_flight,
+            dead_lettered: dlq::count(shared, &key.topic, Some(&key.trigger)).await?,
+        })
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.shared.ensure_open()?;
+        let ping = tokio::time::timeout(Duration::from_secs(5), self.shared.client.flush()).await;
+        match ping {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(Error::BrokerUnavailable {
+                message: "the server does not answer".into(),
+                source: Some(Box::new(err)),
+            }),
+            Err(elapsed) => Err(Error::BrokerUnavailable {
+                message: "the server did not answer a ping within 5s".into(),
+                source: Some(Box::new(elapsed)),
+            }),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.closed.cancel();
+        if let Some(scheduler) = self.shared.scheduler.lock().await.take() {
+            scheduler.abort();
+        }
+        self.shared.client.flush().await.map_err(broker("flush"))?;
+        Ok(())
+    }
+}
