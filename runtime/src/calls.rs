@@ -102,7 +102,8 @@ pub struct EnqueueRequest {
     /// Deliver no sooner than this time (RFC 3339).
     #[serde(default)]
     pub run_at: Option<String>,
-    /// W3C `traceparent` to carry (the tracing layer fills it from the current span).
+    /// W3C `traceparent` to carry to the handler (taken from the current span once the
+    /// observability work lands; today only as given).
     #[serde(default)]
     pub traceparent: Option<String>,
     /// W3C `baggage` to carry.
@@ -325,6 +326,11 @@ impl QueueModule {
             (Some(delay), None) => {
                 let delay = parse_duration(delay)
                     .map_err(|reason| CallError::invalid(format!("delay: {reason}")))?;
+                if Timestamp::now().checked_add(delay).is_err() {
+                    return Err(CallError::invalid(
+                        "delay: too far in the future (past year 9999)",
+                    ));
+                }
                 message = message.delay(delay);
             }
             (None, Some(run_at)) => {
@@ -479,13 +485,14 @@ impl QueueModule {
         Ok((records, page.next_cursor))
     }
 
-    /// Every record id matching the request's filter and ids.
-    async fn matching_ids(
+    /// Every record matching the request's filter and ids, as (trigger, id): the same message
+    /// can be in the DLQ of several triggers, and a filter selects records, not messages.
+    async fn matching_records(
         &self,
         topic: &TopicName,
         trigger: Option<&TriggerName>,
         request: &DlqRequest,
-    ) -> Result<Vec<MessageId>, CallError> {
+    ) -> Result<Vec<(TriggerName, MessageId)>, CallError> {
         let wanted: Option<HashSet<MessageId>> = request.ids().map(|ids| ids.into_iter().collect());
         let mut query = DlqQuery {
             topic: topic.clone(),
@@ -494,7 +501,7 @@ impl QueueModule {
             limit: MAX_DLQ_PAGE,
             cursor: None,
         };
-        let mut ids = Vec::new();
+        let mut records = Vec::new();
         let mut seen = HashSet::new();
         loop {
             let page = self.adapter().dlq_list(query.clone()).await?;
@@ -502,15 +509,53 @@ impl QueueModule {
                 let selected = wanted
                     .as_ref()
                     .is_none_or(|wanted| wanted.contains(&record.id));
-                if selected && seen.insert(record.id.clone()) {
-                    ids.push(record.id);
+                let pair = (record.trigger, record.id);
+                if selected && seen.insert(pair.clone()) {
+                    records.push(pair);
                 }
             }
             match page.next_cursor {
                 Some(cursor) => query.cursor = Some(cursor),
-                None => return Ok(ids),
+                None => return Ok(records),
             }
         }
+    }
+
+    /// Applies `operation` (redrive or purge) to `records`, trigger by trigger, in chunks of
+    /// `chunk`, one chunk per second when `paced`; logs progress.
+    async fn per_trigger<F, Fut>(
+        &self,
+        topic: &TopicName,
+        records: &[(TriggerName, MessageId)],
+        chunk: usize,
+        paced: bool,
+        operation: F,
+    ) -> Result<u64, CallError>
+    where
+        F: Fn(TriggerName, Vec<MessageId>) -> Fut,
+        Fut: std::future::Future<Output = topiq_adapter::Result<u64>>,
+    {
+        let total = records.len();
+        let mut done = 0;
+        for (index, part) in records.chunks(chunk.max(1)).enumerate() {
+            let started = tokio::time::Instant::now();
+            let mut by_trigger: std::collections::BTreeMap<TriggerName, Vec<MessageId>> =
+                std::collections::BTreeMap::new();
+            for (trigger, id) in part {
+                by_trigger
+                    .entry(trigger.clone())
+                    .or_default()
+                    .push(id.clone());
+            }
+            for (trigger, ids) in by_trigger {
+                done += operation(trigger, ids).await?;
+            }
+            tracing::info!(%topic, done, total, "dlq progress");
+            if paced && (index + 1) * chunk < total {
+                tokio::time::sleep_until(started + Duration::from_secs(1)).await;
+            }
+        }
+        Ok(done)
     }
 
     /// `queue.redrive_dlq`: sends the selected records back to the trigger each failed on,
@@ -530,48 +575,59 @@ impl QueueModule {
             log_dlq_operation("redrive", &topic, trigger.as_ref(), "all", redriven);
             return Ok(redriven);
         }
-        let ids = self.matching_ids(&topic, trigger.as_ref(), request).await?;
+        let records = self
+            .matching_records(&topic, trigger.as_ref(), request)
+            .await?;
         if request.dry_run {
-            return Ok(ids.len() as u64);
+            return Ok(records.len() as u64);
         }
         let chunk = request.rate_per_sec.map_or(100, |rate| rate as usize);
-        let total = ids.len();
-        let mut redriven = 0;
-        for (index, chunk_ids) in ids.chunks(chunk).enumerate() {
-            let started = tokio::time::Instant::now();
-            redriven += self
-                .adapter()
-                .dlq_redrive(
-                    &topic,
-                    trigger.as_ref(),
-                    DlqSelection::Ids(chunk_ids.to_vec()),
-                )
-                .await?;
-            tracing::info!(%topic, done = redriven, total, "redrive progress");
-            let more = (index + 1) * chunk < total;
-            if request.rate_per_sec.is_some() && more {
-                tokio::time::sleep_until(started + Duration::from_secs(1)).await;
-            }
-        }
+        let redriven = self
+            .per_trigger(
+                &topic,
+                &records,
+                chunk,
+                request.rate_per_sec.is_some(),
+                |trigger, ids| {
+                    let topic = topic.clone();
+                    async move {
+                        self.adapter()
+                            .dlq_redrive(&topic, Some(&trigger), DlqSelection::Ids(ids))
+                            .await
+                    }
+                },
+            )
+            .await?;
         log_dlq_operation("redrive", &topic, trigger.as_ref(), "selected", redriven);
         Ok(redriven)
     }
 
-    /// `queue.dlq_purge`: deletes the selected records (all, or `ids`). Logged with its count.
+    /// `queue.dlq_purge`: deletes the selected records (all, or by ids and filter). Logged with
+    /// its count.
     pub async fn dlq_purge(&self, request: &DlqRequest) -> Result<u64, CallError> {
         let (topic, trigger) = self.dlq_target(request)?;
-        let (selection, label) = match (request.ids(), request.has_filter()) {
-            (None, false) => (DlqSelection::All, "all"),
-            _ => (
-                DlqSelection::Ids(self.matching_ids(&topic, trigger.as_ref(), request).await?),
-                "selected",
-            ),
-        };
-        let purged = self
-            .adapter()
-            .dlq_purge(&topic, trigger.as_ref(), selection)
+        if request.ids.is_none() && !request.has_filter() {
+            let purged = self
+                .adapter()
+                .dlq_purge(&topic, trigger.as_ref(), DlqSelection::All)
+                .await?;
+            log_dlq_operation("purge", &topic, trigger.as_ref(), "all", purged);
+            return Ok(purged);
+        }
+        let records = self
+            .matching_records(&topic, trigger.as_ref(), request)
             .await?;
-        log_dlq_operation("purge", &topic, trigger.as_ref(), label, purged);
+        let purged = self
+            .per_trigger(&topic, &records, MAX_DLQ_PAGE, false, |trigger, ids| {
+                let topic = topic.clone();
+                async move {
+                    self.adapter()
+                        .dlq_purge(&topic, Some(&trigger), DlqSelection::Ids(ids))
+                        .await
+                }
+            })
+            .await?;
+        log_dlq_operation("purge", &topic, trigger.as_ref(), "selected", purged);
         Ok(purged)
     }
 

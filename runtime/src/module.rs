@@ -244,7 +244,15 @@ impl Workers {
         {
             tracing::warn!(grace = ?self.grace, "handlers still running after the grace period; releasing their messages");
             self.lifecycle.abort.cancel();
-            self.lifecycle.calls.wait().await;
+            // Abandoned calls release their messages; bound the wait for those settlements.
+            if tokio::time::timeout(Duration::from_secs(5), self.lifecycle.calls.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "settlements still running 5s after the grace period; their messages are delivered again after their leases"
+                );
+            }
         }
     }
 }

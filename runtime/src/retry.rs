@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The longest wait between two attempts; longer delays (from a backoff or a handler's
+/// `retry_after`) are cut to it.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The wait before the next attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Backoff {

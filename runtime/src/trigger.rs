@@ -341,15 +341,16 @@ impl Trigger {
 
     /// After a failed call: retry after the backoff, or dead-letter when the error is not
     /// retryable or this was the last attempt. A dead-lettered message is first published to
-    /// `dead_letter_topic` (when set); if that publish fails the message is retried instead,
-    /// so nothing is lost.
+    /// `dead_letter_topic` (when set); if that publish fails, it is logged and the message
+    /// still goes to the trigger's DLQ with its real error.
     async fn settle_failure(&self, delivery: Delivery, failure: CallFailure) {
         self.counters.failed();
         let envelope = delivery.envelope();
         let last_attempt = envelope.attempt >= envelope.max_attempts;
         let retry_delay = failure
             .requested_delay()
-            .unwrap_or_else(|| self.settings.retry.delay_after(envelope.attempt));
+            .unwrap_or_else(|| self.settings.retry.delay_after(envelope.attempt))
+            .min(crate::retry::MAX_RETRY_DELAY);
         if failure.retryable() && !last_attempt {
             tracing::debug!(trigger = %self.key, id = %envelope.id, attempt = envelope.attempt, delay = ?retry_delay, "retrying");
             self.counters.retried();
@@ -360,9 +361,9 @@ impl Trigger {
         if let Some(topic) = &self.settings.dead_letter_topic {
             let record = dead_letter_message(envelope, &self.settings.name, &failure);
             if let Err(err) = self.adapter.publish(topic, record).await {
-                tracing::error!(trigger = %self.key, id = %envelope.id, dead_letter_topic = %topic, error = %err, delay = ?retry_delay, "cannot publish to the dead-letter topic; the message is retried instead");
-                self.settle(delivery.nack(retry_delay).await, "nack");
-                return;
+                // The message still goes to the trigger's DLQ with its real error, so nothing
+                // is lost; only the notification on the dead-letter topic is missing.
+                tracing::error!(trigger = %self.key, id = %envelope.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
             }
         }
         tracing::warn!(trigger = %self.key, id = %envelope.id, attempts = envelope.attempt, kind = %failure.kind, error = %failure.message, "dead-lettered");

@@ -817,3 +817,89 @@ async fn a_trigger_naming_an_unregistered_function_fails_at_startup() {
     );
     assert!(text.contains("builtin.log"), "{text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_filtered_purge_touches_only_the_matching_records_of_a_shared_message() {
+    let (events, mut received) = mpsc::unbounded_channel();
+    let mut functions = Functions::new();
+    recording(&mut functions, "smtp", events.clone(), |_| {
+        Err(HandlerError::non_retryable("SMTP refused"))
+    });
+    recording(&mut functions, "disk", events, |_| {
+        Err(HandlerError::non_retryable("disk full"))
+    });
+    let triggers = "  smtp:
+    type: queue
+    function: smtp
+    config:
+      topic: t
+  disk:
+    type: queue
+    function: disk
+    config:
+      topic: t
+";
+    let module = QueueModule::new(config(triggers), functions).await.unwrap();
+    let workers = module.start_workers();
+    enqueue(&module, "t", json!("shared")).await;
+    next(&mut received).await;
+    next(&mut received).await;
+    nothing_more(&mut received).await;
+    let dry = module
+        .call(
+            "queue.redrive_dlq",
+            json!({"topic": "t", "error_contains": "SMTP", "dry_run": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry, json!({"would_redrive": 1}));
+    let purged = module
+        .call(
+            "queue.dlq_purge",
+            json!({"topic": "t", "error_contains": "SMTP"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(purged, json!({"purged": 1}));
+    let left = module
+        .call("queue.dlq_list", json!({"topic": "t"}))
+        .await
+        .unwrap();
+    assert_eq!(left["messages"].as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left["messages"][0]["trigger"], "disk", "{left}");
+    workers.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_delays_are_refused_or_capped_never_a_panic() {
+    let (events, mut received) = mpsc::unbounded_channel();
+    let mut functions = Functions::new();
+    recording(&mut functions, "later", events, |_| {
+        Err(HandlerError::retryable("come back much later").retry_after(Duration::MAX))
+    });
+    let triggers = "  later:
+    type: queue
+    function: later
+    config:
+      topic: t
+";
+    let module = QueueModule::new(config(triggers), functions).await.unwrap();
+    let err = module
+        .call(
+            "queue.enqueue",
+            json!({"topic": "t", "data": 1, "delay": "100000years"}),
+        )
+        .await
+        .expect_err("too far");
+    assert_eq!(err.code(), "invalid_argument", "{err}");
+    let workers = module.start_workers();
+    enqueue(&module, "t", json!("retry me")).await;
+    assert_eq!(next(&mut received).await.attempt, 1);
+    nothing_more(&mut received).await;
+    let stats = module.call("queue.stats", json!({})).await.unwrap();
+    assert_eq!(
+        stats["triggers"][0]["waiting"], 1,
+        "retried later, not lost: {stats}"
+    );
+    workers.shutdown().await;
+}

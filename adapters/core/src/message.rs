@@ -48,9 +48,13 @@ impl NewMessage {
         self
     }
 
-    /// Delays delivery by `delay` from now.
+    /// Delays delivery by `delay` from now (a delay past year 9999 means "never before then").
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.deliver_at = Some(Timestamp::now() + delay);
+        self.deliver_at = Some(
+            Timestamp::now()
+                .checked_add(delay)
+                .unwrap_or(Timestamp::MAX),
+        );
         self
     }
 

@@ -1,10 +1,10 @@
 //! The dead-letter records of one topic, every trigger, in the order they failed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use topiq_adapter::{
-    DeadLetter, DlqFilter, DlqPage, DlqSelection, Error, Result, Timestamp, TriggerName,
+    DeadLetter, DlqFilter, DlqPage, DlqSelection, Error, MessageId, Result, Timestamp, TriggerName,
 };
 
 /// Records keyed by an increasing sequence number, which is also the listing cursor.
@@ -83,9 +83,15 @@ impl DeadLetterStore {
         trigger: Option<&TriggerName>,
         selection: &DlqSelection,
     ) -> Vec<(u64, DeadLetter)> {
+        let ids: Option<HashSet<&MessageId>> = match selection {
+            DlqSelection::All => None,
+            DlqSelection::Ids(ids) => Some(ids.iter().collect()),
+        };
         self.records
             .iter()
-            .filter(|(_, record)| selects(record, trigger) && selection.contains(&record.id))
+            .filter(|(_, record)| {
+                selects(record, trigger) && ids.as_ref().is_none_or(|ids| ids.contains(&record.id))
+            })
             .map(|(seq, record)| (*seq, record.clone()))
             .collect()
     }

@@ -189,12 +189,13 @@ impl Adapter for BuiltinQueueAdapter {
         selection: DlqSelection,
     ) -> Result<u64> {
         let topic = self.topic_for_dlq(topic, trigger)?;
-        let selected = topic.shared.dlq().select(trigger, &selection);
+        // The DLQ stays locked while the records move, so two concurrent redrives cannot both
+        // send one record back (lock order: DLQ, then the trigger queue).
+        let mut dlq = topic.shared.dlq();
         let mut redriven = 0;
-        // Copy first, remove after: a record is never in neither place.
-        for (seq, record) in selected {
+        for (seq, record) in dlq.select(trigger, &selection) {
             topic.redrive(&record)?;
-            if topic.shared.dlq().remove(seq) {
+            if dlq.remove(seq) {
                 redriven += 1;
             }
         }

@@ -303,6 +303,8 @@ impl TriggerQueue {
         let mut state = lock(&self.state);
         state.max_attempts = max_attempts;
         state.visibility_timeout = visibility_timeout;
+        // Leases are expired in deadline order; keep it after a change of timeout.
+        state.leases.make_contiguous().sort_unstable();
     }
 
     pub(crate) fn set_retention(&self, retention: Option<Duration>) {
@@ -418,6 +420,9 @@ impl TriggerQueue {
         slot: &Arc<ConsumerSlot>,
     ) -> Option<Delivery> {
         // Fast path: something is ready and this consumer has room.
+        if self.topic.is_closed() {
+            return None;
+        }
         if let Taken::Delivery(delivery) = self.take(slot) {
             return Some(delivery);
         }
@@ -473,7 +478,7 @@ impl TriggerQueue {
                             wake = true;
                         }
                         Settlement::Nack(delay) => {
-                            state.push_delayed(pending.next_attempt(), Instant::now() + delay);
+                            state.push_delayed(pending.next_attempt(), instant_after(delay));
                             wake = true;
                         }
                         Settlement::DeadLetter(failure) => {
@@ -548,6 +553,13 @@ impl TriggerQueue {
         };
         self.topic.store_dead_letters(dead);
     }
+}
+
+/// `now + delay`, or a century from now when that does not fit an `Instant`.
+pub(crate) fn instant_after(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Counts a consumer as parked for as long as it lives.

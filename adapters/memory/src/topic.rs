@@ -193,5 +193,5 @@ impl Topic {
 /// The monotonic instant matching a wall-clock `deliver_at`; `None` when it is already due.
 fn due_instant(deliver_at: Timestamp, now: Timestamp) -> Option<Instant> {
     let wait = Duration::try_from(deliver_at.duration_since(now)).ok()?;
-    (!wait.is_zero()).then(|| Instant::now() + wait)
+    (!wait.is_zero()).then(|| crate::queue::instant_after(wait))
 }

@@ -367,3 +367,24 @@ fn iii_default_syntax_is_rewritten_without_moving_lines() {
         "a: ${X:-default}\nb: ${Y:-kept}\nc: ${Z}\nd: $${LITERAL}\n"
     );
 }
+
+#[test]
+fn secrets_stay_out_of_topic_and_duration_errors() {
+    let text = with_trigger_config("      visibility_timeout: ${SECRET_TIMEOUT}\n")
+        .replace("topic: emails.send", "topic: ${SECRET_TOPIC}");
+    let err = load_with(
+        &text,
+        &[("SECRET_TOPIC", "hunter2 topic"), ("SECRET_TIMEOUT", "5m")],
+    )
+    .expect_err("a topic with a space");
+    assert!(
+        !err.to_string().contains("hunter2"),
+        "the secret leaked: {err}"
+    );
+    let text = with_trigger_config("      visibility_timeout: ${SECRET_TIMEOUT}\n");
+    let err = load_with(&text, &[("SECRET_TIMEOUT", "hunter2")]).expect_err("not a duration");
+    assert!(
+        !err.to_string().contains("hunter2"),
+        "the secret leaked: {err}"
+    );
+}
