@@ -107,7 +107,15 @@ impl QueueModule {
             resolved.push((settings.clone(), function.clone()));
         }
 
-        let adapter = config.adapter.class.build();
+        let adapter = config
+            .adapter
+            .class
+            .build(&config.adapter.options)
+            .await
+            .map_err(|source| StartError::Broker {
+                what: format!("the adapter {}", config.adapter.class.name()),
+                source,
+            })?;
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use topiq_adapter::{Capabilities, DynAdapter, SharedAdapter};
+use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_memory::BuiltinQueueAdapter;
 
 /// An adapter class topiq knows.
@@ -11,6 +12,8 @@ use topiq_memory::BuiltinQueueAdapter;
 pub enum AdapterClass {
     /// `modules::queue::BuiltinQueueAdapter`: in-memory, for development and tests.
     Builtin,
+    /// `modules::queue::JetStreamAdapter`: NATS JetStream.
+    JetStream,
 }
 
 /// Why an adapter could not be chosen or built.
@@ -29,12 +32,13 @@ pub enum RegistryError {
 
 impl AdapterClass {
     /// Every known class, in the order they are listed to users.
-    pub const ALL: &'static [AdapterClass] = &[AdapterClass::Builtin];
+    pub const ALL: &'static [AdapterClass] = &[AdapterClass::Builtin, AdapterClass::JetStream];
 
     /// The class name as written in `config.yaml`.
     pub fn name(self) -> &'static str {
         match self {
             AdapterClass::Builtin => topiq_memory::CLASS_NAME,
+            AdapterClass::JetStream => topiq_jetstream::CLASS_NAME,
         }
     }
 
@@ -50,10 +54,23 @@ impl AdapterClass {
             })
     }
 
-    /// Builds an adapter of this class.
-    pub fn build(self) -> SharedAdapter {
+    /// Builds (and for a broker, connects) an adapter of this class with its `config:`
+    /// options, already checked by [`check_options`](Self::check_options).
+    pub async fn build(
+        self,
+        options: &serde_json::Value,
+    ) -> Result<SharedAdapter, topiq_adapter::Error> {
         match self {
-            AdapterClass::Builtin => Arc::new(BuiltinQueueAdapter::new()),
+            AdapterClass::Builtin => Ok(Arc::new(BuiltinQueueAdapter::new())),
+            AdapterClass::JetStream => {
+                let config = JetStreamConfig::from_value(options).map_err(|reason| {
+                    topiq_adapter::Error::InvalidArgument {
+                        argument: "adapter config",
+                        reason,
+                    }
+                })?;
+                Ok(Arc::new(JetStreamAdapter::connect(config).await?))
+            }
         }
     }
 
@@ -73,6 +90,7 @@ impl AdapterClass {
                 )),
                 _ => Err("must be a map of options, such as `config: {}`".into()),
             },
+            AdapterClass::JetStream => JetStreamConfig::from_value(options).map(|_| ()),
         }
     }
 
@@ -80,6 +98,16 @@ impl AdapterClass {
     pub fn capabilities(self) -> Capabilities {
         match self {
             AdapterClass::Builtin => DynAdapter::capabilities(&BuiltinQueueAdapter::new()),
+            // Known before connecting; the server's own `max_payload` is checked when topics
+            // are declared.
+            AdapterClass::JetStream => Capabilities {
+                adapter: "JetStreamAdapter",
+                durable: true,
+                delayed_delivery: true,
+                max_delay: None,
+                retention: true,
+                max_message_bytes: 1024 * 1024 - 4096,
+            },
         }
     }
 }
@@ -111,6 +139,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_built_adapter_answers_health() {
-        AdapterClass::Builtin.build().health().await.unwrap();
+        AdapterClass::Builtin
+            .build(&serde_json::Value::Null)
+            .await
+            .unwrap()
+            .health()
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn jetstream_options_are_checked_by_name() {
+        let err = AdapterClass::JetStream
+            .check_options(&serde_json::json!({"url": "nats://127.0.0.1:4222", "replica": 3}))
+            .unwrap_err();
+        assert!(err.contains("replica"), "{err}");
     }
 }

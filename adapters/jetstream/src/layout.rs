@@ -55,6 +55,20 @@ impl Layout {
         format!("{}_{}_DLQ", self.prefix, Self::stream_part(topic))
     }
 
+    /// The stream recording, per idempotency key, the first message's id for the window.
+    pub(crate) fn ledger_stream(&self, topic: &TopicName) -> String {
+        format!("{}_{}_IDEM", self.prefix, Self::stream_part(topic))
+    }
+
+    /// The ledger entry of one (hex-encoded) idempotency key.
+    pub(crate) fn ledger_subject(&self, topic: &TopicName, hex_key: &str) -> String {
+        format!("{}.idem.{topic}.{hex_key}", self.prefix)
+    }
+
+    pub(crate) fn ledger_wildcard(&self, topic: &TopicName) -> String {
+        format!("{}.idem.{topic}.*", self.prefix)
+    }
+
     /// The stream holding delayed messages of every topic until they are due.
     pub(crate) fn delay_stream(&self) -> String {
         format!("{}_DELAYED", self.prefix)

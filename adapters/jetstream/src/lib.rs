@@ -64,6 +64,10 @@ pub(crate) struct Shared {
     pub(crate) layout: Layout,
     pub(crate) config: JetStreamConfig,
     topics: RwLock<HashMap<TopicName, TopicSpec>>,
+    /// Per topic: idempotency key → first message id, for as long as the window lasts (a
+    /// stream keeping the last message per key subject; the KV API of current clients does
+    /// not talk to nats-server 2.9).
+    ledgers: RwLock<HashMap<TopicName, jetstream::stream::Stream<()>>>,
     subscriptions: RwLock<HashMap<SubscriptionKey, SubscriptionSpec>>,
     pub(crate) closed: tokio_util::sync::CancellationToken,
     scheduler: Mutex<Option<JoinHandle<()>>>,
@@ -116,6 +120,7 @@ impl JetStreamAdapter {
                 layout: Layout::new(&config.prefix),
                 config,
                 topics: RwLock::new(HashMap::new()),
+                ledgers: RwLock::new(HashMap::new()),
                 subscriptions: RwLock::new(HashMap::new()),
                 closed: tokio_util::sync::CancellationToken::new(),
                 scheduler: Mutex::new(None),
@@ -279,24 +284,55 @@ impl Shared {
         })
     }
 
-    /// The id of the message stored at `sequence` of `stream_name` (for a duplicate publish).
-    async fn stored_id(&self, stream_name: &str, sequence: u64) -> Result<MessageId> {
-        let stream = self
-            .js
-            .get_stream_no_info(stream_name)
-            .await
-            .map_err(broker("get stream"))?;
-        let message = stream
-            .get_raw_message(sequence)
-            .await
-            .map_err(|err| Error::Broker {
-                operation: "read duplicate",
-                source: format!(
-                    "the idempotency key was used within the window, but the first message (sequence {sequence}) is gone, so its id is unknown: {err}"
-                )
-                .into(),
-            })?;
-        Ok(Metadata::from_headers(Some(&message.headers))?.id)
+    fn ledger(&self, topic: &TopicName) -> Option<jetstream::stream::Stream<()>> {
+        self.ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
+    }
+
+    /// The id of the first message published with `key` (a duplicate publish): from the
+    /// topic's idempotency ledger, else from the stored message if the stream still has it.
+    /// The first publisher writes the ledger right after its `PubAck`, so a racing duplicate
+    /// waits for it briefly.
+    async fn first_id(
+        &self,
+        topic: &TopicName,
+        key: &str,
+        stream_name: &str,
+        sequence: u64,
+    ) -> Result<MessageId> {
+        let ledger = self.ledger(topic);
+        let ledger_key = ledger_key(key);
+        for round in 0..20 {
+            if let Some(ledger) = &ledger
+                && let Ok(entry) = ledger
+                    .get_last_raw_message_by_subject(
+                        &self.layout.ledger_subject(topic, &ledger_key),
+                    )
+                    .await
+            {
+                return Ok(MessageId::from_string(
+                    String::from_utf8_lossy(&entry.payload).into_owned(),
+                ));
+            }
+            if round == 0
+                && let Ok(stream) = self.js.get_stream_no_info(stream_name).await
+                && let Ok(message) = stream.get_raw_message(sequence).await
+                && let Ok(metadata) = Metadata::from_headers(Some(&message.headers))
+            {
+                return Ok(metadata.id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Broker {
+            operation: "read duplicate",
+            source: format!(
+                "the idempotency key was used within the window, but the id of its first message is neither in the ledger nor in stream {stream_name}"
+            )
+            .into(),
+        })
     }
 
     async fn publish_one(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
@@ -337,11 +373,25 @@ impl Shared {
         };
         headers.insert(header::ID, id.as_str());
         let ack = self.publish_confirmed(subject, headers, payload).await?;
-        if ack.duplicate {
-            return Ok(PublishReceipt {
-                message_id: self.stored_id(&stream_name, ack.sequence).await?,
-                duplicate: true,
-            });
+        if let Some(key) = &message.idempotency_key {
+            if ack.duplicate {
+                return Ok(PublishReceipt {
+                    message_id: self
+                        .first_id(topic, key, &stream_name, ack.sequence)
+                        .await?,
+                    duplicate: true,
+                });
+            }
+            let recorded = self
+                .publish_confirmed(
+                    self.layout.ledger_subject(topic, &ledger_key(key)),
+                    HeaderMap::new(),
+                    Bytes::from(id.as_str().to_owned()),
+                )
+                .await;
+            if let Err(err) = recorded {
+                tracing::warn!(%topic, error = %err, "cannot record the idempotency key; a duplicate may not learn the first id once the message is consumed");
+            }
         }
         Ok(PublishReceipt {
             message_id: id,
@@ -382,6 +432,11 @@ impl Shared {
             ..Default::default()
         }
     }
+}
+
+/// Idempotency keys are any text; ledger keys are limited to subject-safe characters.
+fn ledger_key(key: &str) -> String {
+    key.bytes().map(|byte| format!("{byte:02x}")).collect()
 }
 
 impl Adapter for JetStreamAdapter {
@@ -429,6 +484,23 @@ impl Adapter for JetStreamAdapter {
         );
         dlq_stream.max_age = spec.dlq_retention.unwrap_or_default();
         shared.ensure_stream(dlq_stream).await?;
+        let mut ledger = shared.stream_config(
+            shared.layout.ledger_stream(&spec.name),
+            vec![shared.layout.ledger_wildcard(&spec.name)],
+        );
+        ledger.max_age = spec.idempotency_window;
+        ledger.max_messages_per_subject = 1;
+        shared.ensure_stream(ledger).await?;
+        let ledger = shared
+            .js
+            .get_stream_no_info(shared.layout.ledger_stream(&spec.name))
+            .await
+            .map_err(broker("get the idempotency ledger"))?;
+        shared
+            .ledgers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(spec.name.clone(), ledger);
         shared.start_scheduler().await?;
         shared
             .topics
