@@ -33,36 +33,35 @@ impl NatsServer {
         let port = free_port();
         let store = std::env::temp_dir().join(format!("topiq-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&store).expect("create the server's store dir");
-        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
-            if Command::new("nats-server")
-                .arg("--version")
-                .output()
-                .is_ok()
-            {
-                "nats-server".into()
-            } else {
-                "/usr/sbin/nats-server".into()
-            }
-        });
-        let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!("cannot start {binary} (install nats-server, or set NATS_SERVER_BIN): {err}")
-            });
+        let child = spawn(port, &store);
         let server = Self { child, port, store };
+        server.wait_until_up();
+        server
+    }
+
+    /// SIGKILLs the server: no clean shutdown, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.port, &self.store);
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not start on port {port}"
+                "nats-server did not start on port {}",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -77,6 +76,29 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.store);
     }
+}
+
+fn spawn(port: u16, store: &std::path::Path) -> Child {
+    let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            "nats-server".into()
+        } else {
+            "/usr/sbin/nats-server".into()
+        }
+    });
+    Command::new(&binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("cannot start {binary} (install nats-server, or set NATS_SERVER_BIN): {err}")
+        })
 }
 
 fn free_port() -> u16 {

@@ -1,0 +1,234 @@
+//! JetStream under failure, each test with its own nats-server it can kill.
+//!
+//! Checker: A = messages whose enqueue returned Ok, C = messages handled; A \ C must be empty.
+//! Duplicates are counted and printed, not failed: delivery is at-least-once.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use topiq_adapter::{
+    Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
+    TriggerName,
+};
+use topiq_integration_tests::NatsServer;
+use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
+
+const MESSAGES: usize = 20_000;
+const PUBLISHERS: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_when_the_server_is_killed_twice() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    let mut server = NatsServer::start();
+    println!("seed {seed}, server {}", server.url());
+    let adapter = JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(server.url()),
+        publish_timeout: Duration::from_secs(2),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect");
+    let topic = TopicName::new("faults.kill").expect("topic");
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    let mut spec = SubscriptionSpec::new(key.clone());
+    spec.visibility_timeout = Duration::from_secs(5);
+    spec.max_attempts = 100;
+    adapter
+        .declare_subscription(spec)
+        .await
+        .expect("declare trigger");
+
+    let handled = Arc::new(Mutex::new(Vec::<String>::new()));
+    let consumer = {
+        let (adapter, key, handled) = (adapter.clone(), key.clone(), Arc::clone(&handled));
+        tokio::spawn(async move {
+            let mut subscription = adapter
+                .consume(&key, ConsumeOptions { prefetch: 64 })
+                .await
+                .expect("consume");
+            while let Some(delivery) = subscription.next().await {
+                let Ok(delivery) = delivery else { continue };
+                let id = delivery.envelope().id.to_string();
+                if delivery.ack().await.is_ok() {
+                    handled.lock().expect("lock").push(id);
+                }
+            }
+        })
+    };
+
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|_| {
+            let (adapter, topic, accepted, next) = (
+                adapter.clone(),
+                topic.clone(),
+                Arc::clone(&accepted),
+                Arc::clone(&next),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n >= MESSAGES {
+                        return;
+                    }
+                    if let Ok(receipt) = adapter
+                        .publish(&topic, NewMessage::new(json!({"n": n})))
+                        .await
+                    {
+                        accepted
+                            .lock()
+                            .expect("lock")
+                            .push(receipt.message_id.to_string());
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Kill the server twice mid-stream.
+    let started = Instant::now();
+    for kill_at in [MESSAGES / 4, MESSAGES * 3 / 5] {
+        while next.load(std::sync::atomic::Ordering::SeqCst) < kill_at {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!(
+            "SIGKILL after {} publishes ({:?})",
+            kill_at,
+            started.elapsed()
+        );
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.restart();
+        println!("restarted ({:?})", started.elapsed());
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let accepted: HashSet<String> = accepted.lock().expect("lock").iter().cloned().collect();
+    println!(
+        "{} of {MESSAGES} publishes returned Ok ({:?})",
+        accepted.len(),
+        started.elapsed()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (lost, duplicates) = loop {
+        let handled = handled.lock().expect("lock").clone();
+        let seen: HashSet<&String> = handled.iter().collect();
+        let lost: Vec<&String> = accepted.iter().filter(|id| !seen.contains(id)).collect();
+        let duplicates = handled.len() - seen.len();
+        if lost.is_empty() || Instant::now() > deadline {
+            break (lost.len(), duplicates);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "lost {lost}, duplicates {duplicates} ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(
+        lost, 0,
+        "messages whose enqueue returned Ok were never handled"
+    );
+    assert!(
+        accepted.len() > MESSAGES / 2,
+        "too few publishes succeeded: {}",
+        accepted.len()
+    );
+    consumer.abort();
+    adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled() {
+    let server = NatsServer::start();
+    let adapter = JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(server.url()),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect");
+    let topic = TopicName::new("faults.poison").expect("topic");
+    let trigger = TriggerName::new("t").expect("trigger");
+    let key = SubscriptionKey::new(topic.clone(), trigger.clone());
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    let mut spec = SubscriptionSpec::new(key.clone());
+    spec.max_attempts = 3;
+    adapter
+        .declare_subscription(spec)
+        .await
+        .expect("declare trigger");
+    let poison = adapter
+        .publish(&topic, NewMessage::new(json!({"poison": true})))
+        .await
+        .expect("publish poison")
+        .message_id;
+    let behind: Vec<NewMessage> = (0..1000)
+        .map(|n| NewMessage::new(json!({"n": n})))
+        .collect();
+    let mut healthy = HashSet::new();
+    for chunk in behind.chunks(100) {
+        for result in adapter
+            .publish_batch(&topic, chunk.to_vec())
+            .await
+            .expect("publish batch")
+        {
+            healthy.insert(result.expect("publish").message_id);
+        }
+    }
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 32 })
+        .await
+        .expect("consume");
+    let mut handled = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled.len() < healthy.len()
+        || adapter
+            .dlq_count(&topic, Some(&trigger))
+            .await
+            .expect("count")
+            == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "handled {} of 1000",
+            handled.len()
+        );
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(1), subscription.next()).await
+        else {
+            continue;
+        };
+        if delivery.envelope().id == poison {
+            delivery
+                .nack(Duration::from_millis(50))
+                .await
+                .expect("nack");
+        } else {
+            handled.insert(delivery.envelope().id.clone());
+            delivery.ack().await.expect("ack");
+        }
+    }
+    assert_eq!(handled, healthy);
+    let page = adapter
+        .dlq_list(topiq_adapter::DlqQuery::new(topic.clone()))
+        .await
+        .expect("list");
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].id, poison);
+    assert_eq!(page.records[0].attempts, 3);
+    adapter.close().await.ok();
+}
