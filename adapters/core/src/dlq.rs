@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::delivery::Failure;
+use crate::error::Error;
 use crate::names::{MessageId, TopicName, TriggerName};
 
 /// The most records one [`DlqQuery`] returns.
@@ -84,6 +85,26 @@ pub struct DlqQuery {
 }
 
 impl DlqQuery {
+    /// Checks `limit` (1 to [`MAX_DLQ_PAGE`]) and returns the cursor as a sequence number
+    /// (0 for the first page), for adapters whose cursor is one.
+    pub fn validate(&self) -> Result<u64, Error> {
+        if self.limit == 0 || self.limit > MAX_DLQ_PAGE {
+            return Err(Error::InvalidArgument {
+                argument: "limit",
+                reason: format!("must be between 1 and {MAX_DLQ_PAGE}, got {}", self.limit),
+            });
+        }
+        match &self.cursor {
+            None => Ok(0),
+            Some(cursor) => cursor.parse::<u64>().map_err(|_| Error::InvalidArgument {
+                argument: "cursor",
+                reason: format!(
+                    "{cursor:?} is not a cursor returned by a previous listing of this adapter"
+                ),
+            }),
+        }
+    }
+
     /// The first page of up to 100 records of `topic`, every trigger, no filter.
     pub fn new(topic: TopicName) -> Self {
         Self {

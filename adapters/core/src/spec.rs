@@ -119,6 +119,19 @@ pub struct ConsumeOptions {
     pub prefetch: u32,
 }
 
+impl ConsumeOptions {
+    /// Checks the options' ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.prefetch == 0 {
+            return Err(Error::InvalidArgument {
+                argument: "prefetch",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for ConsumeOptions {
     fn default() -> Self {
         Self { prefetch: 1 }

@@ -137,19 +137,7 @@ async fn scan(
 
 pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
     check(shared, &query.topic, query.trigger.as_ref())?;
-    if query.limit == 0 || query.limit > MAX_DLQ_PAGE {
-        return Err(Error::InvalidArgument {
-            argument: "limit",
-            reason: format!("must be between 1 and {MAX_DLQ_PAGE}, got {}", query.limit),
-        });
-    }
-    let mut after = match &query.cursor {
-        None => 0,
-        Some(cursor) => cursor.parse::<u64>().map_err(|_| Error::InvalidArgument {
-            argument: "cursor",
-            reason: format!("{cursor:?} is not a cursor returned by a previous listing"),
-        })?,
-    };
+    let mut after = query.validate()?;
     let mut records = Vec::new();
     let mut last_returned = after;
     loop {
@@ -185,11 +173,23 @@ pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
     }
 }
 
-pub(crate) async fn redrive(
+/// What happens to a selected record before it is deleted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// Its copy is published to the failing trigger (confirmed) first.
+    Redrive,
+    /// Nothing: it is deleted.
+    Purge,
+}
+
+/// Removes the selected records one by one; a redrive's copy is confirmed before its record
+/// goes. Returns how many were removed.
+async fn remove_selected(
     shared: &Shared,
     topic: &TopicName,
     trigger: Option<&TriggerName>,
     selection: DlqSelection,
+    removal: Removal,
 ) -> Result<u64> {
     check(shared, topic, trigger)?;
     let selected = scan(shared, topic, trigger, |record| {
@@ -201,35 +201,57 @@ pub(crate) async fn redrive(
         .get_stream_no_info(shared.layout.dlq_stream(topic))
         .await
         .map_err(broker("get stream"))?;
-    let mut redriven = 0;
+    let mut removed = 0;
     for (sequence, record) in selected {
-        let metadata = Metadata {
-            id: record.id.clone(),
-            enqueued_at: record.enqueued_at,
-            attempt_base: 0,
-            first_failed_at: Some(record.first_failed_at),
-            traceparent: record.traceparent.clone(),
-            baggage: record.baggage.clone(),
-            idempotency_key: record.idempotency_key.clone(),
-        };
-        // A new dedup id per redrive, or the topic's duplicate window would swallow the copy.
-        let dedup = format!("redrive:{}:{sequence}", record.id);
-        shared
-            .publish_confirmed(
-                shared.layout.direct_subject(topic, &record.trigger),
-                metadata.headers(&dedup),
-                crate::codec::encode(&record.data)?,
-            )
-            .await?;
+        if removal == Removal::Redrive {
+            send_back(shared, topic, sequence, &record).await?;
+        }
         if stream
             .delete_message(sequence)
             .await
             .map_err(broker("delete DLQ record"))?
         {
-            redriven += 1;
+            removed += 1;
         }
     }
-    Ok(redriven)
+    Ok(removed)
+}
+
+/// Publishes a record's message to its trigger's own subject, attempts reset.
+async fn send_back(
+    shared: &Shared,
+    topic: &TopicName,
+    sequence: u64,
+    record: &DeadLetter,
+) -> Result<()> {
+    let metadata = Metadata {
+        id: record.id.clone(),
+        enqueued_at: record.enqueued_at,
+        attempt_base: 0,
+        first_failed_at: Some(record.first_failed_at),
+        traceparent: record.traceparent.clone(),
+        baggage: record.baggage.clone(),
+        idempotency_key: record.idempotency_key.clone(),
+    };
+    // A new dedup id per redrive, or the topic's duplicate window would swallow the copy.
+    let dedup = format!("redrive:{}:{sequence}", record.id);
+    shared
+        .publish_confirmed(
+            shared.layout.direct_subject(topic, &record.trigger),
+            metadata.headers(&dedup),
+            crate::codec::encode(&record.data)?,
+        )
+        .await
+        .map(|_| ())
+}
+
+pub(crate) async fn redrive(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    selection: DlqSelection,
+) -> Result<u64> {
+    remove_selected(shared, topic, trigger, selection, Removal::Redrive).await
 }
 
 pub(crate) async fn purge(
@@ -238,25 +260,5 @@ pub(crate) async fn purge(
     trigger: Option<&TriggerName>,
     selection: DlqSelection,
 ) -> Result<u64> {
-    check(shared, topic, trigger)?;
-    let selected = scan(shared, topic, trigger, |record| {
-        selection.contains(&record.id)
-    })
-    .await?;
-    let stream = shared
-        .js
-        .get_stream_no_info(shared.layout.dlq_stream(topic))
-        .await
-        .map_err(broker("get stream"))?;
-    let mut purged = 0;
-    for (sequence, _) in selected {
-        if stream
-            .delete_message(sequence)
-            .await
-            .map_err(broker("delete DLQ record"))?
-        {
-            purged += 1;
-        }
-    }
-    Ok(purged)
+    remove_selected(shared, topic, trigger, selection, Removal::Purge).await
 }

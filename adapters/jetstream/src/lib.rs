@@ -581,12 +581,7 @@ impl Adapter for JetStreamAdapter {
         options: ConsumeOptions,
     ) -> Result<Subscription> {
         let spec = self.shared.subscription(key)?;
-        if options.prefetch == 0 {
-            return Err(Error::InvalidArgument {
-                argument: "prefetch",
-                reason: "must be at least 1".into(),
-            });
-        }
+        options.validate()?;
         Ok(consumer::subscribe(
             Arc::clone(&self.shared),
             spec,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use topiq_adapter::{
-    DeadLetter, DlqFilter, DlqPage, DlqSelection, Error, MessageId, Result, Timestamp, TriggerName,
+    DeadLetter, DlqFilter, DlqPage, DlqSelection, MessageId, Timestamp, TriggerName,
 };
 
 /// Records keyed by an increasing sequence number, which is also the listing cursor.
@@ -49,17 +49,8 @@ impl DeadLetterStore {
         trigger: Option<&TriggerName>,
         filter: &DlqFilter,
         limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<DlqPage> {
-        let after = match cursor {
-            None => 0,
-            Some(cursor) => cursor.parse::<u64>().map_err(|_| Error::InvalidArgument {
-                argument: "cursor",
-                reason: format!(
-                    "{cursor:?} is not a cursor returned by a previous listing of this adapter"
-                ),
-            })?,
-        };
+        after: u64,
+    ) -> DlqPage {
         let mut matching = self
             .records
             .range(after.saturating_add(1)..)
@@ -71,10 +62,10 @@ impl DeadLetterStore {
             last_seq = *seq;
         }
         let next_cursor = matching.next().map(|_| last_seq.to_string());
-        Ok(DlqPage {
+        DlqPage {
             records,
             next_cursor,
-        })
+        }
     }
 
     /// Copies of the selected records with their sequence numbers, oldest first.
@@ -152,10 +143,9 @@ mod tests {
 
     #[test]
     fn a_foreign_cursor_is_a_clear_error() {
-        let store = DeadLetterStore::default();
-        let err = store
-            .list(None, &DlqFilter::default(), 10, Some("abc"))
-            .unwrap_err();
+        let mut query = topiq_adapter::DlqQuery::new(TopicName::new("t").unwrap());
+        query.cursor = Some("abc".into());
+        let err = query.validate().unwrap_err();
         assert!(err.to_string().contains("cursor"), "{err}");
     }
 }

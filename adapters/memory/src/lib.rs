@@ -32,9 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use topiq_adapter::{
-    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE,
-    NewMessage, PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec,
-    SubscriptionStats, TopicName, TopicSpec, TriggerName,
+    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, NewMessage,
+    PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
+    TopicName, TopicSpec, TriggerName,
 };
 
 use crate::queue::ConsumerSlot;
@@ -146,12 +146,7 @@ impl Adapter for BuiltinQueueAdapter {
         key: &SubscriptionKey,
         options: ConsumeOptions,
     ) -> Result<Subscription> {
-        if options.prefetch == 0 {
-            return Err(Error::InvalidArgument {
-                argument: "prefetch",
-                reason: "must be at least 1".into(),
-            });
-        }
+        options.validate()?;
         let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
         let slot = Arc::new(ConsumerSlot::new(options.prefetch));
         let deliveries = futures::stream::unfold((queue, slot), move |(queue, slot)| async move {
@@ -167,19 +162,14 @@ impl Adapter for BuiltinQueueAdapter {
     }
 
     async fn dlq_list(&self, query: DlqQuery) -> Result<DlqPage> {
-        if query.limit == 0 || query.limit > MAX_DLQ_PAGE {
-            return Err(Error::InvalidArgument {
-                argument: "limit",
-                reason: format!("must be between 1 and {MAX_DLQ_PAGE}, got {}", query.limit),
-            });
-        }
+        let after = query.validate()?;
         let topic = self.topic_for_dlq(&query.topic, query.trigger.as_ref())?;
-        topic.shared.dlq().list(
-            query.trigger.as_ref(),
-            &query.filter,
-            query.limit,
-            query.cursor.as_deref(),
-        )
+        let page =
+            topic
+                .shared
+                .dlq()
+                .list(query.trigger.as_ref(), &query.filter, query.limit, after);
+        Ok(page)
     }
 
     async fn dlq_redrive(
