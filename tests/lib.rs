@@ -20,6 +20,7 @@ pub struct NatsServer {
     child: Child,
     port: u16,
     store: PathBuf,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
@@ -30,11 +31,22 @@ impl NatsServer {
     /// When the binary is missing or the server does not come up within 10 s: a missing broker
     /// is a test failure, never a skip.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line arguments (such as `--user`, `--pass`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = free_port();
         let store = std::env::temp_dir().join(format!("topiq-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&store).expect("create the server's store dir");
-        let child = spawn(port, &store);
-        let server = Self { child, port, store };
+        let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        let child = spawn(port, &store, &extra);
+        let server = Self {
+            child,
+            port,
+            store,
+            extra,
+        };
         server.wait_until_up();
         server
     }
@@ -48,7 +60,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.port, &self.store);
+        self.child = spawn(self.port, &self.store, &self.extra);
         self.wait_until_up();
     }
 
@@ -78,7 +90,7 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(port: u16, store: &std::path::Path) -> Child {
+fn spawn(port: u16, store: &std::path::Path, extra: &[String]) -> Child {
     let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
         if Command::new("nats-server")
             .arg("--version")
@@ -93,6 +105,7 @@ fn spawn(port: u16, store: &std::path::Path) -> Child {
     Command::new(&binary)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

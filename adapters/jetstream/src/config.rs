@@ -1,6 +1,7 @@
 //! The adapter's `config:` map in `config.yaml`.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,6 +36,15 @@ pub struct JetStreamConfig {
     /// Token authentication.
     #[serde(default)]
     pub token: Option<String>,
+    /// A `.creds` file (JWT and NKey seed) for decentralized authentication.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// An NKey seed (`SU...`) for NKey authentication.
+    #[serde(default)]
+    pub nkey: Option<String>,
+    /// TLS to the server.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// The connection's name, shown by the server's monitoring.
     #[serde(default)]
     pub name: Option<String>,
@@ -51,6 +61,21 @@ pub struct JetStreamConfig {
     /// How long a publish waits for the server's acknowledgement before it is sent again.
     #[serde(default = "default_publish_timeout", with = "humantime_serde_compat")]
     pub publish_timeout: Duration,
+}
+
+/// TLS options.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) (PEM) to trust, besides the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), with `key`, for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM), with `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -73,6 +98,9 @@ impl Default for JetStreamConfig {
             user: None,
             password: None,
             token: None,
+            creds_file: None,
+            nkey: None,
+            tls: None,
             name: None,
             prefix: default_prefix(),
             storage: Storage::File,
@@ -98,6 +126,9 @@ impl fmt::Debug for JetStreamConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("creds_file", &self.creds_file)
+            .field("nkey", &self.nkey.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .field("name", &self.name)
             .field("prefix", &self.prefix)
             .field("storage", &self.storage)
@@ -143,8 +174,22 @@ impl JetStreamConfig {
         if self.user.is_some() != self.password.is_some() {
             return Err("`user` and `password` go together".into());
         }
-        if self.token.is_some() && self.user.is_some() {
-            return Err("give either `token` or `user`/`password`, not both".into());
+        let methods = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.creds_file.is_some(),
+            self.nkey.is_some(),
+        ];
+        if methods.into_iter().filter(|given| *given).count() > 1 {
+            return Err(
+                "give one way to authenticate: `user`/`password`, `token`, `creds_file` or `nkey`"
+                    .into(),
+            );
+        }
+        if let Some(tls) = &self.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err("tls: `cert` and `key` go together".into());
         }
         if self.prefix.is_empty()
             || !self
@@ -163,11 +208,29 @@ impl JetStreamConfig {
         Ok(())
     }
 
-    pub(crate) fn servers(&self) -> Vec<String> {
-        match &self.url {
+    /// The server URLs without credentials, and the `user:password` found in them, if any.
+    pub(crate) fn servers(&self) -> (Vec<String>, Option<(String, String)>) {
+        let urls = match &self.url {
             Some(url) => vec![url.clone()],
             None => self.urls.clone(),
-        }
+        };
+        let mut credentials = None;
+        let stripped = urls
+            .into_iter()
+            .map(|url| match url.split_once("://") {
+                Some((scheme, rest)) => match rest.split_once('@') {
+                    Some((userinfo, host)) => {
+                        if let Some((user, password)) = userinfo.split_once(':') {
+                            credentials.get_or_insert((user.to_owned(), password.to_owned()));
+                        }
+                        format!("{scheme}://{host}")
+                    }
+                    None => url,
+                },
+                None => url,
+            })
+            .collect();
+        (stripped, credentials)
     }
 }
 

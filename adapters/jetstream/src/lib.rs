@@ -38,7 +38,7 @@ use topiq_adapter::{
     SubscriptionStats, Timestamp, TopicName, TopicSpec, TriggerName,
 };
 
-pub use config::{JetStreamConfig, Storage};
+pub use config::{JetStreamConfig, Storage, TlsConfig};
 
 use codec::Metadata;
 use layout::{Layout, header};
@@ -91,7 +91,11 @@ impl JetStreamAdapter {
             argument: "config",
             reason,
         })?;
+        let (servers, url_credentials) = config.servers();
         let mut options = async_nats::ConnectOptions::new();
+        if let (Some((user, password)), None) = (url_credentials, &config.user) {
+            options = options.user_and_password(user, password);
+        }
         if let Some(name) = &config.name {
             options = options.name(name);
         }
@@ -101,7 +105,28 @@ impl JetStreamAdapter {
         if let Some(token) = &config.token {
             options = options.token(token.clone());
         }
-        let servers = config.servers();
+        if let Some(seed) = &config.nkey {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(path) = &config.creds_file {
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|err| Error::InvalidArgument {
+                        argument: "creds_file",
+                        reason: format!("cannot read {}: {err}", path.display()),
+                    })?;
+        }
+        if let Some(tls) = &config.tls {
+            options = options.require_tls(true);
+            if let Some(ca) = &tls.ca {
+                options = options.add_root_certificates(ca.clone());
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
         let printable: Vec<String> = servers.iter().map(|url| config::redact_url(url)).collect();
         let client =
             options
