@@ -1,5 +1,8 @@
 //! JetStream credentials: they work, and they never reach an error or the logs.
 
+// Test helpers panic on purpose: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
