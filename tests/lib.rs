@@ -15,12 +15,62 @@ use std::time::{Duration, Instant};
 /// A `nats-server` with JetStream on a free loopback port and a temporary store, killed and
 /// cleaned up on drop.
 ///
-/// The binary is `NATS_SERVER_BIN`, or `nats-server` on the `PATH`, or `/usr/sbin/nats-server`.
+/// [`NatsVersion`] says which binary.
 pub struct NatsServer {
     child: Child,
+    binary: String,
     port: u16,
     store: PathBuf,
     extra: Vec<String>,
+}
+
+/// Which nats-server binary a test runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatsVersion {
+    /// The machine's (Debian's 2.9): `NATS_SERVER_BIN`, `nats-server` on the `PATH`, or
+    /// `/usr/sbin/nats-server`.
+    Machine,
+    /// The current release that `deploy/local/ensure-brokers` downloads into `target/brokers`
+    /// (or `TOPIQ_NATS_SERVER_CURRENT`).
+    Current,
+}
+
+impl NatsVersion {
+    fn binary(self) -> String {
+        match self {
+            NatsVersion::Machine => std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
+                if Command::new("nats-server")
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+                {
+                    "nats-server".into()
+                } else {
+                    "/usr/sbin/nats-server".into()
+                }
+            }),
+            NatsVersion::Current => {
+                std::env::var("TOPIQ_NATS_SERVER_CURRENT").unwrap_or_else(|_| {
+                    let pinned = include_str!("../deploy/local/nats-server-current.txt");
+                    let version = pinned
+                        .lines()
+                        .find_map(|line| line.strip_prefix("nats-server-bin=="))
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .expect("a pinned version in deploy/local/nats-server-current.txt");
+                    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("../target/brokers")
+                        .join(format!("nats-server-{version}"))
+                        .join("nats-server");
+                    assert!(
+                        path.exists(),
+                        "{} is missing: run deploy/local/ensure-brokers (scripts/test does)",
+                        path.display()
+                    );
+                    path.display().to_string()
+                })
+            }
+        }
+    }
 }
 
 impl NatsServer {
@@ -31,18 +81,25 @@ impl NatsServer {
     /// When the binary is missing or the server does not come up within 10 s: a missing broker
     /// is a test failure, never a skip.
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_version(NatsVersion::Machine, &[])
     }
 
-    /// Starts a server with extra command-line arguments (such as `--user`, `--pass`).
+    /// Starts the machine's server with extra command-line arguments (such as `--user`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_version(NatsVersion::Machine, extra)
+    }
+
+    /// Starts a server of `version` with extra command-line arguments.
+    pub fn start_version(version: NatsVersion, extra: &[&str]) -> Self {
+        let binary = version.binary();
         let port = free_port();
         let store = std::env::temp_dir().join(format!("topiq-nats-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&store).expect("create the server's store dir");
         let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
-        let child = spawn(port, &store, &extra);
+        let child = spawn(&binary, port, &store, &extra);
         let server = Self {
             child,
+            binary,
             port,
             store,
             extra,
@@ -60,7 +117,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.port, &self.store, &self.extra);
+        self.child = spawn(&self.binary, self.port, &self.store, &self.extra);
         self.wait_until_up();
     }
 
@@ -90,19 +147,8 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(port: u16, store: &std::path::Path, extra: &[String]) -> Child {
-    let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
-        if Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok()
-        {
-            "nats-server".into()
-        } else {
-            "/usr/sbin/nats-server".into()
-        }
-    });
-    Command::new(&binary)
+fn spawn(binary: &str, port: u16, store: &std::path::Path, extra: &[String]) -> Child {
+    Command::new(binary)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
         .args(extra)

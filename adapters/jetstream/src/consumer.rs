@@ -32,20 +32,20 @@ pub(crate) fn subscribe(
     let (sender, receiver) = mpsc::channel(prefetch as usize);
     let slots = Arc::new(Semaphore::new(prefetch as usize));
     let trigger = &spec.key.trigger;
-    // The fan-out consumer reserves slots before it pulls, so it never holds more than
-    // `prefetch`. The trigger's own copies (redrives, releases) are rare: that consumer pulls
-    // one at a time and takes a slot when one arrives, so it never blocks the main pulls.
-    for (consumer, reserve) in [
-        (Layout::main_consumer(trigger), true),
-        (Layout::direct_consumer(trigger), false),
+    // The fan-out consumer reserves its slots before it pulls, so it never holds more than
+    // `prefetch`. The trigger's own copies (redrives, releases) are rare and have one slot of
+    // their own, so they never wait behind an idle fan-out pull (and it never waits for them).
+    let direct_slot = Arc::new(Semaphore::new(1));
+    for (consumer, slots) in [
+        (Layout::main_consumer(trigger), slots),
+        (Layout::direct_consumer(trigger), direct_slot),
     ] {
         tokio::spawn(pull_loop(
             Arc::clone(&shared),
             spec.clone(),
             consumer,
             sender.clone(),
-            Arc::clone(&slots),
-            reserve,
+            slots,
         ));
     }
     let key = spec.key.clone();
@@ -62,7 +62,6 @@ async fn pull_loop(
     consumer_name: String,
     sender: mpsc::Sender<Result<Delivery>>,
     slots: Arc<Semaphore>,
-    reserve: bool,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -85,27 +84,25 @@ async fn pull_loop(
         };
         // Pull while the consumer works; on a failed pull, get the consumer again.
         loop {
-            let mut permits = Vec::new();
-            if reserve {
-                let first = tokio::select! {
-                    () = shared.closed.cancelled() => return,
-                    () = sender.closed() => return,
-                    permit = Arc::clone(&slots).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                };
-                permits.push(first);
-                while permits.len() < MAX_PULL {
-                    match Arc::clone(&slots).try_acquire_owned() {
-                        Ok(permit) => permits.push(permit),
-                        Err(_) => break,
-                    }
+            // Reserve the slots first: never ask for more than this consumer may hold.
+            let first = tokio::select! {
+                () = shared.closed.cancelled() => return,
+                () = sender.closed() => return,
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_PULL {
+                match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
                 }
             }
             let batch = consumer
                 .batch()
-                .max_messages(permits.len().max(1))
+                .max_messages(permits.len())
                 .expires(PULL_EXPIRES)
                 .heartbeat(PULL_HEARTBEAT)
                 .messages()
