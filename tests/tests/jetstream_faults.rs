@@ -232,3 +232,103 @@ async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled
     assert_eq!(page.records[0].attempts, 3);
     adapter.close().await.ok();
 }
+
+async fn connected(server: &NatsServer) -> JetStreamAdapter {
+    JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(server.url()),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_under_the_adapter_is_recreated() {
+    let server = NatsServer::start();
+    let adapter = connected(&server).await;
+    let topic = TopicName::new("faults.deleted").expect("topic");
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    adapter
+        .declare_subscription(SubscriptionSpec::new(key.clone()))
+        .await
+        .expect("declare trigger");
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 4 })
+        .await
+        .expect("consume");
+    adapter
+        .publish(&topic, NewMessage::new(json!("before")))
+        .await
+        .expect("publish");
+    let first = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("delivered")
+        .expect("open")
+        .expect("ok");
+    first.ack().await.expect("ack");
+
+    // An operator (or a bug) deletes the trigger's consumer.
+    let client = async_nats::connect(server.url()).await.expect("raw client");
+    let js = async_nats::jetstream::new(client);
+    js.delete_consumer_from_stream("t", "topiq_faults_deleted")
+        .await
+        .expect("delete consumer");
+
+    // The pull loop notices, recreates it, and consumption goes on. (A recreated fan-out
+    // consumer starts at new messages, so publish after it is back.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut published = HashSet::new();
+    loop {
+        let receipt = adapter
+            .publish(&topic, NewMessage::new(json!("after")))
+            .await
+            .expect("publish");
+        published.insert(receipt.message_id);
+        if let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(3), subscription.next()).await
+        {
+            assert_eq!(*delivery.envelope().data, json!("after"));
+            assert!(published.contains(&delivery.envelope().id));
+            delivery.ack().await.expect("ack");
+            break;
+        }
+        assert!(Instant::now() < deadline, "consumption did not resume");
+    }
+    adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_existing_stream_is_a_clear_error_and_is_left_alone() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("raw client");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "topiq_orders".into(),
+        subjects: vec!["someone.else.orders".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("a stream of another application");
+    let adapter = connected(&server).await;
+    let err = adapter
+        .declare_topic(TopicSpec::new(TopicName::new("orders").expect("topic")))
+        .await
+        .expect_err("the name is taken");
+    let text = err.to_string() + &format!("{err:?}");
+    assert!(text.contains("topiq_orders"), "{text}");
+    assert!(
+        text.contains("prefix"),
+        "the error says how to fix it: {text}"
+    );
+    let mut stream = js.get_stream("topiq_orders").await.expect("still there");
+    let subjects = stream.info().await.expect("info").config.subjects.clone();
+    assert_eq!(
+        subjects,
+        vec!["someone.else.orders".to_owned()],
+        "left unchanged"
+    );
+}
