@@ -3,6 +3,9 @@
 //! Checker: A = messages whose enqueue returned Ok, C = messages handled; A \ C must be empty.
 //! Duplicates are counted and printed, not failed: delivery is at-least-once.
 
+// Test helpers panic on purpose: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
