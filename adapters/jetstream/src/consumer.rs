@@ -36,7 +36,12 @@ pub(crate) fn subscribe(
     // `prefetch`. The trigger's own copies (redrives, releases) are rare and have one slot of
     // their own, so they never wait behind an idle fan-out pull (and it never waits for them).
     let direct_slot = Arc::new(Semaphore::new(1));
+    let (leases, expiring) = mpsc::unbounded_channel();
+    tokio::spawn(free_slots_of_expired_leases(expiring));
+    // Two pull loops on the fan-out consumer, so the next pull is already waiting when one
+    // completes (they share the slots, so together they never exceed `prefetch`).
     for (consumer, slots) in [
+        (Layout::main_consumer(trigger), Arc::clone(&slots)),
         (Layout::main_consumer(trigger), slots),
         (Layout::direct_consumer(trigger), direct_slot),
     ] {
@@ -46,6 +51,7 @@ pub(crate) fn subscribe(
             consumer,
             sender.clone(),
             slots,
+            leases.clone(),
         ));
     }
     let key = spec.key.clone();
@@ -62,6 +68,7 @@ async fn pull_loop(
     consumer_name: String,
     sender: mpsc::Sender<Result<Delivery>>,
     slots: Arc<Semaphore>,
+    leases: LeaseQueue,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -136,7 +143,8 @@ async fn pull_loop(
                                 },
                             },
                         };
-                        if let Some(delivery) = receive(&shared, &spec, message, permit).await
+                        if let Some(delivery) =
+                            receive(&shared, &spec, message, permit, &leases).await
                             && sender.send(delivery).await.is_err()
                         {
                             return;
@@ -209,6 +217,7 @@ async fn receive(
     spec: &SubscriptionSpec,
     message: jetstream::Message,
     permit: OwnedSemaphorePermit,
+    leases: &LeaseQueue,
 ) -> Option<Result<Delivery>> {
     let received_at = Instant::now();
     let (delivered, stream_sequence) = match message.info() {
@@ -240,11 +249,12 @@ async fn receive(
     };
     let attempt = metadata.attempt_base.saturating_add(delivered);
     let envelope = metadata.envelope(spec.key.topic.clone(), data, attempt, spec.max_attempts);
+    let deadline = received_at + spec.visibility_timeout;
     let lease = Arc::new(Lease {
-        deadline: Mutex::new(received_at + spec.visibility_timeout),
+        deadline: Mutex::new(deadline),
         permit: Mutex::new(Some(permit)),
     });
-    tokio::spawn(free_slot_when_expired(Arc::downgrade(&lease)));
+    let _ = leases.send((deadline, Arc::downgrade(&lease)));
     let acker = JetStreamAcker {
         shared: Arc::clone(shared),
         key: spec.key.clone(),
@@ -256,6 +266,7 @@ async fn receive(
         max_attempts: spec.max_attempts,
         visibility_timeout: spec.visibility_timeout,
         lease,
+        leases: leases.clone(),
         data: Arc::clone(&envelope.data),
     };
     if attempt > spec.max_attempts {
@@ -289,6 +300,7 @@ struct JetStreamAcker {
     max_attempts: u32,
     visibility_timeout: Duration,
     lease: Arc<Lease>,
+    leases: LeaseQueue,
     data: Arc<serde_json::Value>,
 }
 
@@ -306,22 +318,27 @@ impl Lease {
     }
 }
 
-async fn free_slot_when_expired(lease: std::sync::Weak<Lease>) {
-    loop {
-        let Some(current) = lease.upgrade() else {
-            return;
+/// Leases to watch, in deadline order (deadlines only grow: each is the receipt or extension
+/// time plus the same visibility timeout).
+type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Lease>)>;
+
+/// One watcher per subscription: frees the slot of every lease that runs out unsettled.
+async fn free_slots_of_expired_leases(
+    mut leases: mpsc::UnboundedReceiver<(Instant, std::sync::Weak<Lease>)>,
+) {
+    while let Some((deadline, lease)) = leases.recv().await {
+        tokio::time::sleep_until(deadline).await;
+        let Some(lease) = lease.upgrade() else {
+            continue; // settled or dropped: its slot is already free
         };
-        let deadline = current.deadline();
-        if Instant::now() >= deadline {
-            current
+        // An extended lease was queued again with its new deadline.
+        if lease.deadline() <= deadline {
+            lease
                 .permit
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
-            return;
         }
-        drop(current);
-        tokio::time::sleep_until(deadline).await;
     }
 }
 
@@ -471,11 +488,13 @@ impl Acker for JetStreamAcker {
                     operation: "extend lease",
                     source: err,
                 })?;
+            let deadline = Instant::now() + self.visibility_timeout;
             *self
                 .lease
                 .deadline
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Instant::now() + self.visibility_timeout;
+                .unwrap_or_else(PoisonError::into_inner) = deadline;
+            let _ = self.leases.send((deadline, Arc::downgrade(&self.lease)));
             Ok(())
         })
     }

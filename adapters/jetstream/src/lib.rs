@@ -137,7 +137,9 @@ impl JetStreamAdapter {
                     source: Some(Box::new(err)),
                 })?;
         let max_payload = client.server_info().max_payload;
-        let js = jetstream::new(client.clone());
+        let js = jetstream::ContextBuilder::new()
+            .ack_timeout(config.publish_timeout)
+            .build(client.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
@@ -286,19 +288,17 @@ impl Shared {
                 .js
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                 .await;
+            // The acknowledgement waits at most `publish_timeout` (the context's ack timeout).
             let ack = match sent {
-                Ok(future) => {
-                    tokio::time::timeout(self.config.publish_timeout, future.into_future()).await
-                }
+                Ok(future) => future.await,
                 Err(err) => {
                     last_error = Some(Box::new(err) as topiq_adapter::BoxError);
                     continue;
                 }
             };
             match ack {
-                Ok(Ok(ack)) => return Ok(ack),
-                Ok(Err(err)) => last_error = Some(Box::new(err)),
-                Err(elapsed) => last_error = Some(Box::new(elapsed)),
+                Ok(ack) => return Ok(ack),
+                Err(err) => last_error = Some(Box::new(err)),
             }
         }
         Err(Error::BrokerUnavailable {
@@ -360,26 +360,25 @@ impl Shared {
         })
     }
 
-    async fn publish_one(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
+    /// Everything a publish sends, built before anything is sent (so bad input fails alone).
+    fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
         let spec = self.topic(topic)?;
         message.validate(topic, spec.max_message_bytes)?;
         let payload = codec::encode(&message.data)?;
         let id = MessageId::generate();
+        let now = Timestamp::now();
         let metadata = Metadata {
             id: id.clone(),
-            enqueued_at: Timestamp::now(),
+            enqueued_at: now,
             attempt_base: 0,
             first_failed_at: None,
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
             idempotency_key: message.idempotency_key.clone(),
         };
-        let dedup_id = message
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| id.as_str().to_owned());
-        let due = message.deliver_at.filter(|at| *at > Timestamp::now());
-        let (subject, mut headers, stream_name) = match due {
+        let dedup_id = message.idempotency_key.as_deref().unwrap_or(id.as_str());
+        let due = message.deliver_at.filter(|at| *at > now);
+        let (subject, headers, stream_name) = match due {
             Some(at) => {
                 let mut headers = metadata.headers(&format!("{topic}:{dedup_id}"));
                 headers.insert(header::DELIVER_AT, at.to_string().as_str());
@@ -392,24 +391,46 @@ impl Shared {
             }
             None => (
                 self.layout.topic_subject(topic),
-                metadata.headers(&dedup_id),
+                metadata.headers(dedup_id),
                 self.layout.topic_stream(topic),
             ),
         };
-        headers.insert(header::ID, id.as_str());
-        let ack = self.publish_confirmed(subject, headers, payload).await?;
-        if let Some(key) = &message.idempotency_key {
+        Ok(Prepared {
+            topic: topic.clone(),
+            id,
+            idempotency_key: message.idempotency_key,
+            subject,
+            headers,
+            payload,
+            stream_name,
+        })
+    }
+
+    /// The receipt of a prepared message the server acknowledged.
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        ack: jetstream::publish::PublishAck,
+    ) -> Result<PublishReceipt> {
+        let Prepared {
+            topic,
+            id,
+            idempotency_key,
+            stream_name,
+            ..
+        } = prepared;
+        if let Some(key) = &idempotency_key {
             if ack.duplicate {
                 return Ok(PublishReceipt {
                     message_id: self
-                        .first_id(topic, key, &stream_name, ack.sequence)
+                        .first_id(&topic, key, &stream_name, ack.sequence)
                         .await?,
                     duplicate: true,
                 });
             }
             let recorded = self
                 .publish_confirmed(
-                    self.layout.ledger_subject(topic, &ledger_key(key)),
+                    self.layout.ledger_subject(&topic, &ledger_key(key)),
                     HeaderMap::new(),
                     Bytes::from(id.as_str().to_owned()),
                 )
@@ -422,6 +443,79 @@ impl Shared {
             message_id: id,
             duplicate: false,
         })
+    }
+
+    async fn publish_one(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
+        let prepared = self.prepare(topic, message)?;
+        let ack = self
+            .publish_confirmed(
+                prepared.subject.clone(),
+                prepared.headers.clone(),
+                prepared.payload.clone(),
+            )
+            .await?;
+        self.finish(prepared, ack).await
+    }
+
+    /// Sends every message, then awaits every acknowledgement: one round trip for the batch.
+    /// A message whose send or acknowledgement failed is sent again alone (same dedup id).
+    async fn publish_many(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Vec<Result<PublishReceipt>> {
+        let mut prepared = Vec::with_capacity(messages.len());
+        let mut sent = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.prepare(topic, message) {
+                Ok(ready) => {
+                    let future = self
+                        .js
+                        .publish_with_headers(
+                            ready.subject.clone(),
+                            ready.headers.clone(),
+                            ready.payload.clone(),
+                        )
+                        .await
+                        .ok();
+                    sent.push(future);
+                    prepared.push(Ok(ready));
+                }
+                Err(err) => {
+                    sent.push(None);
+                    prepared.push(Err(err));
+                }
+            }
+        }
+        let acks = futures::future::join_all(sent.into_iter().map(|future| async move {
+            match future {
+                Some(future) => future.await.ok(),
+                None => None,
+            }
+        }))
+        .await;
+        let mut receipts = Vec::with_capacity(prepared.len());
+        for (ready, ack) in prepared.into_iter().zip(acks) {
+            let receipt = match (ready, ack) {
+                (Err(err), _) => Err(err),
+                (Ok(ready), Some(ack)) => self.finish(ready, ack).await,
+                (Ok(ready), None) => {
+                    match self
+                        .publish_confirmed(
+                            ready.subject.clone(),
+                            ready.headers.clone(),
+                            ready.payload.clone(),
+                        )
+                        .await
+                    {
+                        Ok(ack) => self.finish(ready, ack).await,
+                        Err(err) => Err(err),
+                    }
+                }
+            };
+            receipts.push(receipt);
+        }
+        receipts
     }
 
     async fn start_scheduler(self: &Arc<Self>) -> Result<()> {
@@ -457,6 +551,17 @@ impl Shared {
             ..Default::default()
         }
     }
+}
+
+/// A message ready to send.
+struct Prepared {
+    topic: TopicName,
+    id: MessageId,
+    idempotency_key: Option<String>,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    stream_name: String,
 }
 
 /// Idempotency keys are any text; ledger keys are limited to subject-safe characters.
@@ -594,10 +699,7 @@ impl Adapter for JetStreamAdapter {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<PublishReceipt>>> {
         self.shared.topic(topic)?;
-        let publishes = messages
-            .into_iter()
-            .map(|message| self.shared.publish_one(topic, message));
-        Ok(futures::future::join_all(publishes).await)
+        Ok(self.shared.publish_many(topic, messages).await)
     }
 
     async fn consume(
