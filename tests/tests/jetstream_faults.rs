@@ -277,7 +277,7 @@ async fn a_consumer_deleted_under_the_adapter_is_recreated() {
     // An operator (or a bug) deletes the trigger's consumer.
     let client = async_nats::connect(server.url()).await.expect("raw client");
     let js = async_nats::jetstream::new(client);
-    js.delete_consumer_from_stream("t", "topiq_faults_deleted")
+    js.delete_consumer_from_stream("m-t", "topiq_faults_deleted")
         .await
         .expect("delete consumer");
 
@@ -334,4 +334,42 @@ async fn a_conflicting_existing_stream_is_a_clear_error_and_is_left_alone() {
         vec!["someone.else.orders".to_owned()],
         "left unchanged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_consumer_gets_a_new_message_at_once_on_its_first_attempt() {
+    let server = NatsServer::start();
+    let adapter = connected(&server).await;
+    let topic = TopicName::new("faults.idle").expect("topic");
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    let mut spec = SubscriptionSpec::new(key.clone());
+    spec.max_attempts = 1;
+    adapter
+        .declare_subscription(spec)
+        .await
+        .expect("declare trigger");
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 8 })
+        .await
+        .expect("consume");
+    // Idle longer than any pull heartbeat would be.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let published = Instant::now();
+    adapter
+        .publish(&topic, NewMessage::new(json!("after a pause")))
+        .await
+        .expect("publish");
+    let delivery = tokio::time::timeout(Duration::from_secs(2), subscription.next())
+        .await
+        .expect("delivered within 2s of the publish")
+        .expect("open")
+        .expect("ok");
+    println!("delivered {:?} after the publish", published.elapsed());
+    assert_eq!(delivery.envelope().attempt, 1);
+    delivery.ack().await.expect("ack");
+    adapter.close().await.ok();
 }

@@ -53,7 +53,7 @@
 //! | [`dlq_redrive`](Adapter::dlq_redrive) | record back into its trigger's queue only, attempt 1 | publish to the trigger-only subject with a new `Nats-Msg-Id`, await `PubAck`, then delete the DLQ message | publish to the trigger's queue through the default exchange, confirmed, then record the offset as removed (streams never delete single messages) |
 //! | [`dlq_purge`](Adapter::dlq_purge) | records removed | `purge` by subject, or delete by sequence | offsets recorded as removed; retention (`max-age`) reclaims the space |
 //! | [`stats`](Adapter::stats) | counts from the trigger queue | consumer info `num_pending` plus the delay stream's count for waiting; `num_ack_pending` includes NAK-delayed messages | the management API (a passive declare's `message_count` excludes unacked messages), retry and delay queues included |
-//! | [`health`](Adapter::health) | Ok until closed | connection state + a `$JS.API.INFO` round trip | connection and channel status |
+//! | [`health`](Adapter::health) | Ok until closed | a ping round trip (`flush`) within 5 s | connection and channel status |
 //! | [`close`](Adapter::close) | consumers end; later calls fail with [`Error::Closed`] | drain the client | close channels, then the connection |
 //!
 //! The JetStream and RabbitMQ columns are the plan the adapters' own crates implement, checked

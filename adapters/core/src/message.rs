@@ -84,6 +84,18 @@ impl NewMessage {
                 ),
             });
         }
+        for (argument, value) in [
+            ("idempotency_key", self.idempotency_key.as_deref()),
+            ("traceparent", self.trace.traceparent.as_deref()),
+            ("baggage", self.trace.baggage.as_deref()),
+        ] {
+            if value.is_some_and(|value| value.chars().any(char::is_control)) {
+                return Err(Error::InvalidArgument {
+                    argument,
+                    reason: "must not contain control characters such as line breaks".into(),
+                });
+            }
+        }
         // Most messages are far below the limit: a cheap upper bound settles them without
         // serializing; only those near or over it are measured exactly.
         if serialized_len_upper_bound(&self.data) <= limit {

@@ -138,18 +138,21 @@ impl fmt::Debug for JetStreamConfig {
     }
 }
 
-/// `nats://user:secret@host` → `nats://user:<redacted>@host`.
+/// `nats://user:secret@host` (or `nats://token@host`) → `nats://<redacted>@host`.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:<redacted>@{host}")
-        }
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
         None => url.to_owned(),
     }
+}
+
+/// Credentials written in a server URL.
+pub(crate) enum UrlCredentials {
+    UserPassword(String, String),
+    Token(String),
 }
 
 impl JetStreamConfig {
@@ -208,8 +211,8 @@ impl JetStreamConfig {
         Ok(())
     }
 
-    /// The server URLs without credentials, and the `user:password` found in them, if any.
-    pub(crate) fn servers(&self) -> (Vec<String>, Option<(String, String)>) {
+    /// The server URLs without credentials, and the credentials found in them, if any.
+    pub(crate) fn servers(&self) -> (Vec<String>, Option<UrlCredentials>) {
         let urls = match &self.url {
             Some(url) => vec![url.clone()],
             None => self.urls.clone(),
@@ -218,11 +221,14 @@ impl JetStreamConfig {
         let stripped = urls
             .into_iter()
             .map(|url| match url.split_once("://") {
-                Some((scheme, rest)) => match rest.split_once('@') {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
                     Some((userinfo, host)) => {
-                        if let Some((user, password)) = userinfo.split_once(':') {
-                            credentials.get_or_insert((user.to_owned(), password.to_owned()));
-                        }
+                        credentials.get_or_insert_with(|| match userinfo.split_once(':') {
+                            Some((user, password)) => {
+                                UrlCredentials::UserPassword(user.to_owned(), password.to_owned())
+                            }
+                            None => UrlCredentials::Token(userinfo.to_owned()),
+                        });
                         format!("{scheme}://{host}")
                     }
                     None => url,
@@ -287,6 +293,19 @@ mod tests {
             !printed.contains("hunter2") && !printed.contains("s3cret"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        assert_eq!(
+            redact_url("nats://app:p@ss@host:4222"),
+            "nats://<redacted>@host:4222"
+        );
+        assert_eq!(
+            redact_url("nats://s3cr3t-token@host:4222"),
+            "nats://<redacted>@host:4222"
+        );
+        assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
     }
 
     #[test]

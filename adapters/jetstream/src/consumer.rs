@@ -21,8 +21,6 @@ use crate::{Shared, broker};
 const MAX_PULL: usize = 256;
 /// How long a pull request waits for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
-/// Idle heartbeat of a pull request: a missing one means the request is lost.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 pub(crate) fn subscribe(
     shared: Arc<Shared>,
@@ -111,7 +109,6 @@ async fn pull_loop(
                 .batch()
                 .max_messages(permits.len())
                 .expires(PULL_EXPIRES)
-                .heartbeat(PULL_HEARTBEAT)
                 .messages()
                 .await;
             let mut batch = match batch {
@@ -414,7 +411,9 @@ impl JetStreamAcker {
                 let kind = if delay.is_zero() {
                     AckKind::Nak(None)
                 } else {
-                    AckKind::Nak(Some(delay))
+                    // The server's delay is an int64 of nanoseconds; the runtime caps retry
+                    // delays at 30 days, well inside it.
+                    AckKind::Nak(Some(delay.min(Duration::from_secs(30 * 24 * 3600))))
                 };
                 self.message
                     .ack_with(kind)
@@ -433,6 +432,9 @@ impl JetStreamAcker {
                     self.metadata.id, self.stream_sequence, self.delivered
                 );
                 let payload = codec::encode(&self.data)?;
+                self.shared
+                    .ensure_direct_consumer(&self.key.topic, &self.key.trigger)
+                    .await?;
                 self.shared
                     .publish_confirmed(
                         self.shared
@@ -481,13 +483,8 @@ impl Acker for JetStreamAcker {
     fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.check_lease()?;
-            self.message
-                .ack_with(AckKind::Progress)
-                .await
-                .map_err(|err| Error::Broker {
-                    operation: "extend lease",
-                    source: err,
-                })?;
+            // The local deadline moves first, so the lease watcher cannot free the slot while
+            // the server is being told.
             let deadline = Instant::now() + self.visibility_timeout;
             *self
                 .lease
@@ -495,7 +492,13 @@ impl Acker for JetStreamAcker {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = deadline;
             let _ = self.leases.send((deadline, Arc::downgrade(&self.lease)));
-            Ok(())
+            self.message
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(|err| Error::Broker {
+                    operation: "extend lease",
+                    source: err,
+                })
         })
     }
 }

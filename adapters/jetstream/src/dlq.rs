@@ -233,6 +233,9 @@ async fn send_back(
         baggage: record.baggage.clone(),
         idempotency_key: record.idempotency_key.clone(),
     };
+    shared
+        .ensure_direct_consumer(topic, &record.trigger)
+        .await?;
     // A new dedup id per redrive, or the topic's duplicate window would swallow the copy.
     let dedup = format!("redrive:{}:{sequence}", record.id);
     shared

@@ -106,14 +106,15 @@ impl Layout {
         format!("{}.delayed.>", self.prefix)
     }
 
-    /// The durable consumer of a trigger's fan-out messages.
+    /// The durable consumer of a trigger's fan-out messages (`m-` and `d-` prefixes keep the
+    /// two names of every trigger apart from every other trigger's).
     pub(crate) fn main_consumer(trigger: &TriggerName) -> String {
-        trigger.as_str().to_owned()
+        format!("m-{trigger}")
     }
 
     /// The durable consumer of a trigger's own copies.
     pub(crate) fn direct_consumer(trigger: &TriggerName) -> String {
-        format!("{trigger}_direct")
+        format!("d-{trigger}")
     }
 
     /// The durable consumer that releases delayed messages when due.

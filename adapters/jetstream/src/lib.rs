@@ -6,10 +6,10 @@
 //! | contract | JetStream |
 //! |---|---|
 //! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, `max_age` = retention |
-//! | trigger | two durable pull consumers: `<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `<trigger>_direct` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout, `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
+//! | trigger | two durable pull consumers: `m-<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `d-<trigger>` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout, `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
 //! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a timed-out publish is sent again with the same id, so it cannot duplicate; a duplicate's id is read from the stored first message |
 //! | delay | the `<PREFIX>_DELAYED` work-queue stream; a `scheduler` consumer NAKs each message with its remaining delay (no polling) and forwards it when due, with `Nats-Msg-Id` = message id |
-//! | consume | pull requests sized to the free `prefetch` slots, 5 s expiry, 2 s idle heartbeats; a failed pull (missed heartbeat, deleted consumer, reconnect) recreates the consumer and pulls again |
+//! | consume | two pull requests in flight, each sized to the free `prefetch` slots, 5 s expiry (no idle heartbeat: async-nats 0.51's batch stalls on one); a failed pull (deleted consumer, reconnect) gets or recreates the consumer and pulls again |
 //! | attempt | `Topiq-Attempt-Base` header + the server's delivery count; a delivery past `max_attempts` (a lease that ran out on the last attempt) is dead-lettered on receipt |
 //! | ack / nack / extend | `+ACK` / `-NAK` with the backoff delay / `+WPI`; the lease is tracked client-side, so a late settlement is refused |
 //! | dead letter | the record is published to `<PREFIX>_<topic>_DLQ` (`<prefix>.dlq.<topic>.<trigger>`), its `PubAck` awaited, then the message is `+TERM`ed with a confirmed ack |
@@ -93,8 +93,15 @@ impl JetStreamAdapter {
         })?;
         let (servers, url_credentials) = config.servers();
         let mut options = async_nats::ConnectOptions::new();
-        if let (Some((user, password)), None) = (url_credentials, &config.user) {
-            options = options.user_and_password(user, password);
+        let configured = config.user.is_some() || config.token.is_some();
+        match url_credentials {
+            Some(config::UrlCredentials::UserPassword(user, password)) if !configured => {
+                options = options.user_and_password(user, password);
+            }
+            Some(config::UrlCredentials::Token(token)) if !configured => {
+                options = options.token(token);
+            }
+            _ => {}
         }
         if let Some(name) = &config.name {
             options = options.name(name);
@@ -138,6 +145,7 @@ impl JetStreamAdapter {
                 })?;
         let max_payload = client.server_info().max_payload;
         let js = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
             .ack_timeout(config.publish_timeout)
             .build(client.clone());
         Ok(Self {
@@ -421,12 +429,17 @@ impl Shared {
         } = prepared;
         if let Some(key) = &idempotency_key {
             if ack.duplicate {
-                return Ok(PublishReceipt {
-                    message_id: self
-                        .first_id(&topic, key, &stream_name, ack.sequence)
-                        .await?,
-                    duplicate: true,
-                });
+                let first = self
+                    .first_id(&topic, key, &stream_name, ack.sequence)
+                    .await?;
+                // A retry whose first try was stored (its acknowledgement was lost) finds
+                // itself: that is this publish, not a duplicate of another.
+                if first != id {
+                    return Ok(PublishReceipt {
+                        message_id: first,
+                        duplicate: true,
+                    });
+                }
             }
             let recorded = self
                 .publish_confirmed(
@@ -532,6 +545,43 @@ impl Shared {
         let consumer = scheduler::ensure_consumer(self).await?;
         *scheduler = Some(tokio::spawn(scheduler::run(Arc::clone(self), consumer)));
         Ok(())
+    }
+
+    /// Makes sure the trigger's own consumer exists before a copy is published to its subject:
+    /// on an interest stream, a message nobody is interested in is dropped at once.
+    pub(crate) async fn ensure_direct_consumer(
+        &self,
+        topic: &TopicName,
+        trigger: &TriggerName,
+    ) -> Result<()> {
+        let key = SubscriptionKey::new(topic.clone(), trigger.clone());
+        let ack_wait = self
+            .subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .map_or(topiq_adapter::DEFAULT_VISIBILITY_TIMEOUT, |spec| {
+                spec.visibility_timeout
+            });
+        let stream = self
+            .js
+            .get_stream_no_info(self.layout.topic_stream(topic))
+            .await
+            .map_err(broker("get stream"))?;
+        let name = Layout::direct_consumer(trigger);
+        stream
+            .get_or_create_consumer(
+                &name,
+                Shared::consumer_config(
+                    name.clone(),
+                    self.layout.direct_subject(topic, trigger),
+                    ack_wait,
+                    jetstream::consumer::DeliverPolicy::All,
+                ),
+            )
+            .await
+            .map(|_| ())
+            .map_err(broker("ensure the trigger's own consumer"))
     }
 
     pub(crate) fn consumer_config(
@@ -666,7 +716,18 @@ impl Adapter for JetStreamAdapter {
                 Shared::consumer_config(name.clone(), filter, spec.visibility_timeout, policy);
             match stream.get_consumer::<pull::Config>(&name).await {
                 Ok(existing) => {
-                    if existing.cached_info().config.ack_wait != spec.visibility_timeout {
+                    let current = &existing.cached_info().config;
+                    if current.filter_subject != config.filter_subject {
+                        return Err(Error::Broker {
+                            operation: "declare consumer",
+                            source: format!(
+                                "consumer {name} exists with filter {:?}, topiq needs {:?}; it belongs to something else: change `prefix`, or delete it",
+                                current.filter_subject, config.filter_subject
+                            )
+                            .into(),
+                        });
+                    }
+                    if current.ack_wait != spec.visibility_timeout {
                         stream
                             .update_consumer(config)
                             .await

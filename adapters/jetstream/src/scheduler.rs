@@ -13,6 +13,9 @@ use topiq_adapter::{Result, Timestamp, TopicName};
 use crate::layout::{Layout, header};
 use crate::{Shared, broker};
 
+/// The longest single NAK delay; longer waits are NAKed again when it runs out.
+const MAX_NAK_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 pub(crate) async fn ensure_consumer(
     shared: &Shared,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
@@ -47,7 +50,6 @@ pub(crate) async fn run(
             .batch()
             .max_messages(100)
             .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_secs(2))
             .messages()
             .await;
         let mut batch = match batch {
@@ -65,7 +67,11 @@ pub(crate) async fn run(
             match message {
                 Ok(message) => release_when_due(&shared, message).await,
                 Err(err) => {
-                    tracing::warn!(error = %err, "the delay scheduler's pull was interrupted");
+                    tracing::warn!(error = %err, "the delay scheduler's pull was interrupted; pulling again in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(again) = ensure_consumer(&shared).await {
+                        consumer = again;
+                    }
                     break;
                 }
             }
@@ -90,7 +96,9 @@ async fn release_when_due(shared: &Shared, message: jetstream::Message) {
     };
     let remaining = Duration::try_from(due.duration_since(Timestamp::now())).unwrap_or_default();
     if !remaining.is_zero() {
-        let _ = message.ack_with(AckKind::Nak(Some(remaining))).await;
+        // A day at most per NAK: the server's delay is an int64 of nanoseconds.
+        let wait = remaining.min(MAX_NAK_DELAY);
+        let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         return;
     }
     let mut headers = message.headers.clone().unwrap_or_default();
