@@ -19,6 +19,27 @@ use topiq_adapter::{
 use topiq_integration_tests::NatsServer;
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
+/// Declares `topic` with one trigger `t` whose policy `policy` adjusts.
+async fn declared(
+    adapter: &JetStreamAdapter,
+    topic: &str,
+    policy: impl FnOnce(&mut SubscriptionSpec),
+) -> (TopicName, SubscriptionKey) {
+    let topic = TopicName::new(topic).expect("topic");
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    let mut spec = SubscriptionSpec::new(key.clone());
+    policy(&mut spec);
+    adapter
+        .declare_subscription(spec)
+        .await
+        .expect("declare trigger");
+    (topic, key)
+}
+
 const MESSAGES: usize = 20_000;
 const PUBLISHERS: usize = 32;
 
@@ -36,19 +57,11 @@ async fn no_acknowledged_message_is_lost_when_the_server_is_killed_twice() {
     })
     .await
     .expect("connect");
-    let topic = TopicName::new("faults.kill").expect("topic");
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .expect("declare topic");
-    let mut spec = SubscriptionSpec::new(key.clone());
-    spec.visibility_timeout = Duration::from_secs(5);
-    spec.max_attempts = 100;
-    adapter
-        .declare_subscription(spec)
-        .await
-        .expect("declare trigger");
+    let (topic, key) = declared(&adapter, "faults.kill", |spec| {
+        spec.visibility_timeout = Duration::from_secs(5);
+        spec.max_attempts = 100;
+    })
+    .await;
 
     let handled = Arc::new(Mutex::new(Vec::<String>::new()));
     let consumer = {
@@ -155,25 +168,9 @@ async fn no_acknowledged_message_is_lost_when_the_server_is_killed_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled() {
     let server = NatsServer::start();
-    let adapter = JetStreamAdapter::connect(JetStreamConfig {
-        url: Some(server.url()),
-        ..JetStreamConfig::default()
-    })
-    .await
-    .expect("connect");
-    let topic = TopicName::new("faults.poison").expect("topic");
-    let trigger = TriggerName::new("t").expect("trigger");
-    let key = SubscriptionKey::new(topic.clone(), trigger.clone());
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .expect("declare topic");
-    let mut spec = SubscriptionSpec::new(key.clone());
-    spec.max_attempts = 3;
-    adapter
-        .declare_subscription(spec)
-        .await
-        .expect("declare trigger");
+    let adapter = connected(&server).await;
+    let (topic, key) = declared(&adapter, "faults.poison", |spec| spec.max_attempts = 3).await;
+    let trigger = key.trigger.clone();
     let poison = adapter
         .publish(&topic, NewMessage::new(json!({"poison": true})))
         .await
@@ -249,16 +246,7 @@ async fn connected(server: &NatsServer) -> JetStreamAdapter {
 async fn a_consumer_deleted_under_the_adapter_is_recreated() {
     let server = NatsServer::start();
     let adapter = connected(&server).await;
-    let topic = TopicName::new("faults.deleted").expect("topic");
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .expect("declare topic");
-    adapter
-        .declare_subscription(SubscriptionSpec::new(key.clone()))
-        .await
-        .expect("declare trigger");
+    let (topic, key) = declared(&adapter, "faults.deleted", |_| {}).await;
     let mut subscription = adapter
         .consume(&key, ConsumeOptions { prefetch: 4 })
         .await
@@ -340,18 +328,7 @@ async fn a_conflicting_existing_stream_is_a_clear_error_and_is_left_alone() {
 async fn an_idle_consumer_gets_a_new_message_at_once_on_its_first_attempt() {
     let server = NatsServer::start();
     let adapter = connected(&server).await;
-    let topic = TopicName::new("faults.idle").expect("topic");
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .expect("declare topic");
-    let mut spec = SubscriptionSpec::new(key.clone());
-    spec.max_attempts = 1;
-    adapter
-        .declare_subscription(spec)
-        .await
-        .expect("declare trigger");
+    let (topic, key) = declared(&adapter, "faults.idle", |spec| spec.max_attempts = 1).await;
     let mut subscription = adapter
         .consume(&key, ConsumeOptions { prefetch: 8 })
         .await
