@@ -10,6 +10,19 @@ use topiq_adapter::{Envelope, Error, MessageId, Result, Timestamp, TopicName};
 
 use crate::layout::header;
 
+/// Whether a publish is the message's first (its enqueue time is the stream's timestamp) or a
+/// copy (release, redrive, dead-letter record), which carries the original enqueue time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    First,
+    Copy,
+}
+
+/// The stream's timestamp of a message, as a [`Timestamp`].
+pub(crate) fn stored_at(time: &async_nats::datetime::DateTime) -> Timestamp {
+    Timestamp::from_nanosecond(time.unix_timestamp_nanos()).unwrap_or_else(|_| Timestamp::now())
+}
+
 /// The metadata of a message, as carried in its headers.
 #[derive(Clone, Debug)]
 pub(crate) struct Metadata {
@@ -23,12 +36,18 @@ pub(crate) struct Metadata {
 }
 
 impl Metadata {
-    /// The headers of a copy: everything but the dedup id, which each publish sets.
-    pub(crate) fn headers(&self, msg_id: &str) -> HeaderMap {
+    /// The headers of a publish with dedup id `msg_id`. Kept short on the hot path: the
+    /// message id is written only where it differs from `msg_id`, and the enqueue time only on
+    /// copies (`Stamp::Copy`); a first publish's enqueue time is the stream's own timestamp.
+    pub(crate) fn headers(&self, msg_id: &str, stamp: Stamp) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(header::MSG_ID, msg_id);
-        headers.insert(header::ID, self.id.as_str());
-        headers.insert(header::ENQUEUED_AT, self.enqueued_at.to_string().as_str());
+        if msg_id != self.id.as_str() {
+            headers.insert(header::ID, self.id.as_str());
+        }
+        if stamp == Stamp::Copy {
+            headers.insert(header::ENQUEUED_AT, self.enqueued_at.to_string().as_str());
+        }
         if self.attempt_base > 0 {
             headers.insert(header::ATTEMPT_BASE, self.attempt_base.to_string().as_str());
         }
@@ -47,17 +66,22 @@ impl Metadata {
         headers
     }
 
-    /// Reads the metadata back; a message without topiq's headers is refused.
-    pub(crate) fn from_headers(headers: Option<&HeaderMap>) -> Result<Self> {
+    /// Reads the metadata back; `stored_at` (the stream's timestamp of the message) is the
+    /// enqueue time of a first publish. A message without topiq's headers is refused.
+    pub(crate) fn from_headers(headers: Option<&HeaderMap>, stored_at: Timestamp) -> Result<Self> {
         let text = |name: &str| {
             headers
                 .and_then(|headers| headers.get(name))
                 .map(|value| value.as_str().to_owned())
         };
-        let id = text(header::ID).ok_or_else(|| foreign("it has no Topiq-Id header"))?;
-        let enqueued_at = text(header::ENQUEUED_AT)
-            .and_then(|at| Timestamp::from_str(&at).ok())
-            .ok_or_else(|| foreign("it has no valid Topiq-Enqueued-At header"))?;
+        let id = text(header::ID)
+            .or_else(|| text(header::MSG_ID))
+            .ok_or_else(|| foreign("it has neither a Topiq-Id nor a Nats-Msg-Id header"))?;
+        let enqueued_at = match text(header::ENQUEUED_AT) {
+            None => stored_at,
+            Some(at) => Timestamp::from_str(&at)
+                .map_err(|_| foreign("its Topiq-Enqueued-At header is not a time"))?,
+        };
         Ok(Self {
             id: MessageId::from_string(id),
             enqueued_at,

@@ -13,7 +13,7 @@ use topiq_adapter::{
     SubscriptionKey, SubscriptionSpec, Timestamp,
 };
 
-use crate::codec::{self, Metadata};
+use crate::codec::{self, Metadata, Stamp};
 use crate::layout::Layout;
 use crate::{Shared, broker};
 
@@ -217,10 +217,11 @@ async fn receive(
     leases: &LeaseQueue,
 ) -> Option<Result<Delivery>> {
     let received_at = Instant::now();
-    let (delivered, stream_sequence) = match message.info() {
+    let (delivered, stream_sequence, stored_at) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(u32::MAX),
             info.stream_sequence,
+            codec::stored_at(&info.published),
         ),
         Err(err) => {
             return Some(Err(broker("message info")(std::io::Error::other(
@@ -228,7 +229,7 @@ async fn receive(
             ))));
         }
     };
-    let metadata = match Metadata::from_headers(message.headers.as_ref()) {
+    let metadata = match Metadata::from_headers(message.headers.as_ref(), stored_at) {
         Ok(metadata) => metadata,
         Err(err) => {
             tracing::error!(trigger = %spec.key, error = %err, "terminating a message topiq cannot read");
@@ -377,7 +378,7 @@ impl JetStreamAcker {
                 self.shared
                     .layout
                     .dlq_subject(&self.key.topic, &self.key.trigger),
-                self.metadata.headers(&dedup),
+                self.metadata.headers(&dedup, Stamp::Copy),
                 payload.into(),
             )
             .await?;
@@ -440,7 +441,7 @@ impl JetStreamAcker {
                         self.shared
                             .layout
                             .direct_subject(&self.key.topic, &self.key.trigger),
-                        metadata.headers(&dedup),
+                        metadata.headers(&dedup, Stamp::Copy),
                         payload,
                     )
                     .await?;

@@ -241,7 +241,7 @@ async fn send_back(
     shared
         .publish_confirmed(
             shared.layout.direct_subject(topic, &record.trigger),
-            metadata.headers(&dedup),
+            metadata.headers(&dedup, crate::codec::Stamp::Copy),
             crate::codec::encode(&record.data)?,
         )
         .await

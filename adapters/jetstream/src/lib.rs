@@ -40,7 +40,7 @@ use topiq_adapter::{
 
 pub use config::{JetStreamConfig, Storage, TlsConfig};
 
-use codec::Metadata;
+use codec::{Metadata, Stamp};
 use layout::{Layout, header};
 
 /// The adapter's class name in `config.yaml`.
@@ -353,7 +353,8 @@ impl Shared {
             if round == 0
                 && let Ok(stream) = self.js.get_stream_no_info(stream_name).await
                 && let Ok(message) = stream.get_raw_message(sequence).await
-                && let Ok(metadata) = Metadata::from_headers(Some(&message.headers))
+                && let Ok(metadata) =
+                    Metadata::from_headers(Some(&message.headers), codec::stored_at(&message.time))
             {
                 return Ok(metadata.id);
             }
@@ -388,7 +389,8 @@ impl Shared {
         let due = message.deliver_at.filter(|at| *at > now);
         let (subject, headers, stream_name) = match due {
             Some(at) => {
-                let mut headers = metadata.headers(&format!("{topic}:{dedup_id}"));
+                // Forwarded later: the copy on the topic carries the enqueue time.
+                let mut headers = metadata.headers(&format!("{topic}:{dedup_id}"), Stamp::Copy);
                 headers.insert(header::DELIVER_AT, at.to_string().as_str());
                 headers.insert(header::TOPIC, topic.as_str());
                 (
@@ -399,7 +401,7 @@ impl Shared {
             }
             None => (
                 self.layout.topic_subject(topic),
-                metadata.headers(dedup_id),
+                metadata.headers(dedup_id, Stamp::First),
                 self.layout.topic_stream(topic),
             ),
         };
