@@ -18,13 +18,23 @@ pub struct Failure {
     pub kind: FailureKind,
 }
 
+/// The longest error message a DLQ record keeps, in bytes; longer ones are cut (a handler
+/// error with a whole response body must not make the record too large to store).
+pub const MAX_FAILURE_MESSAGE: usize = 4096;
+
 impl Failure {
-    /// A failure of `kind` with `message`.
+    /// A failure of `kind` with `message`, cut to [`MAX_FAILURE_MESSAGE`] bytes.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            kind,
+        let mut message = message.into();
+        if message.len() > MAX_FAILURE_MESSAGE {
+            let mut cut = MAX_FAILURE_MESSAGE - "… (cut)".len();
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("… (cut)");
         }
+        Self { message, kind }
     }
 }
 
@@ -138,5 +148,20 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("envelope", &self.envelope)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_FAILURE_MESSAGE);
+        let failure = Failure::new(FailureKind::NonRetryable, long);
+        assert!(failure.message.len() <= MAX_FAILURE_MESSAGE);
+        assert!(failure.message.ends_with("… (cut)"));
+        let short = Failure::new(FailureKind::NonRetryable, "short");
+        assert_eq!(short.message, "short");
     }
 }

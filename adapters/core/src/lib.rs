@@ -79,7 +79,7 @@ mod subscription;
 pub mod conformance;
 
 pub use adapter::{Adapter, DynAdapter, SharedAdapter, SubscriptionStats};
-pub use delivery::{Acker, Delivery, Failure, FailureKind};
+pub use delivery::{Acker, Delivery, Failure, FailureKind, MAX_FAILURE_MESSAGE};
 pub use dlq::{DeadLetter, DlqFilter, DlqPage, DlqQuery, DlqSelection, MAX_DLQ_PAGE};
 pub use error::{BoxError, Error, Result};
 pub use message::{
