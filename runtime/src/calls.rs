@@ -523,18 +523,14 @@ impl QueueModule {
 
     /// Applies `operation` (redrive or purge) to `records`, trigger by trigger, in chunks of
     /// `chunk`, one chunk per second when `paced`; logs progress.
-    async fn per_trigger<F, Fut>(
+    async fn per_trigger(
         &self,
         topic: &TopicName,
         records: &[(TriggerName, MessageId)],
         chunk: usize,
         paced: bool,
-        operation: F,
-    ) -> Result<u64, CallError>
-    where
-        F: Fn(TriggerName, Vec<MessageId>) -> Fut,
-        Fut: std::future::Future<Output = topiq_adapter::Result<u64>>,
-    {
+        operation: DlqOperation,
+    ) -> Result<u64, CallError> {
         let total = records.len();
         let mut done = 0;
         for (index, part) in records.chunks(chunk.max(1)).enumerate() {
@@ -548,7 +544,19 @@ impl QueueModule {
                     .push(id.clone());
             }
             for (trigger, ids) in by_trigger {
-                done += operation(trigger, ids).await?;
+                let selection = DlqSelection::Ids(ids);
+                done += match operation {
+                    DlqOperation::Redrive => {
+                        self.adapter()
+                            .dlq_redrive(topic, Some(&trigger), selection)
+                            .await?
+                    }
+                    DlqOperation::Purge => {
+                        self.adapter()
+                            .dlq_purge(topic, Some(&trigger), selection)
+                            .await?
+                    }
+                };
             }
             tracing::info!(%topic, done, total, "dlq progress");
             if paced && (index + 1) * chunk < total {
@@ -588,14 +596,7 @@ impl QueueModule {
                 &records,
                 chunk,
                 request.rate_per_sec.is_some(),
-                |trigger, ids| {
-                    let topic = topic.clone();
-                    async move {
-                        self.adapter()
-                            .dlq_redrive(&topic, Some(&trigger), DlqSelection::Ids(ids))
-                            .await
-                    }
-                },
+                DlqOperation::Redrive,
             )
             .await?;
         log_dlq_operation("redrive", &topic, trigger.as_ref(), "selected", redriven);
@@ -618,14 +619,7 @@ impl QueueModule {
             .matching_records(&topic, trigger.as_ref(), request)
             .await?;
         let purged = self
-            .per_trigger(&topic, &records, MAX_DLQ_PAGE, false, |trigger, ids| {
-                let topic = topic.clone();
-                async move {
-                    self.adapter()
-                        .dlq_purge(&topic, Some(&trigger), DlqSelection::Ids(ids))
-                        .await
-                }
-            })
+            .per_trigger(&topic, &records, MAX_DLQ_PAGE, false, DlqOperation::Purge)
             .await?;
         log_dlq_operation("purge", &topic, trigger.as_ref(), "selected", purged);
         Ok(purged)
@@ -663,6 +657,13 @@ impl QueueModule {
         }
         Ok(rows)
     }
+}
+
+/// What a filtered redrive or purge does to each selected record.
+#[derive(Clone, Copy)]
+enum DlqOperation {
+    Redrive,
+    Purge,
 }
 
 fn log_dlq_operation(
