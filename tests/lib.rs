@@ -139,6 +139,21 @@ impl NatsServer {
     }
 }
 
+/// A `JetStreamAdapter` connected to `server` with the default options.
+///
+/// # Panics
+///
+/// When it cannot connect.
+pub async fn jetstream_adapter(server: &NatsServer) -> topiq_jetstream::JetStreamAdapter {
+    let config = topiq_jetstream::JetStreamConfig {
+        url: Some(server.url()),
+        ..topiq_jetstream::JetStreamConfig::default()
+    };
+    topiq_jetstream::JetStreamAdapter::connect(config)
+        .await
+        .unwrap_or_else(|err| panic!("cannot connect to {}: {err}", server.url()))
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

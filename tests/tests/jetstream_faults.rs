@@ -16,7 +16,7 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
 };
-use topiq_integration_tests::NatsServer;
+use topiq_integration_tests::{NatsServer, jetstream_adapter};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
 /// Declares `topic` with one trigger `t` whose policy `policy` adjusts.
@@ -168,7 +168,7 @@ async fn no_acknowledged_message_is_lost_when_the_server_is_killed_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled() {
     let server = NatsServer::start();
-    let adapter = connected(&server).await;
+    let adapter = jetstream_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.poison", |spec| spec.max_attempts = 3).await;
     let trigger = key.trigger.clone();
     let poison = adapter
@@ -233,19 +233,10 @@ async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled
     adapter.close().await.ok();
 }
 
-async fn connected(server: &NatsServer) -> JetStreamAdapter {
-    JetStreamAdapter::connect(JetStreamConfig {
-        url: Some(server.url()),
-        ..JetStreamConfig::default()
-    })
-    .await
-    .expect("connect")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_deleted_under_the_adapter_is_recreated() {
     let server = NatsServer::start();
-    let adapter = connected(&server).await;
+    let adapter = jetstream_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.deleted", |_| {}).await;
     let mut subscription = adapter
         .consume(&key, ConsumeOptions { prefetch: 4 })
@@ -304,7 +295,7 @@ async fn a_conflicting_existing_stream_is_a_clear_error_and_is_left_alone() {
     })
     .await
     .expect("a stream of another application");
-    let adapter = connected(&server).await;
+    let adapter = jetstream_adapter(&server).await;
     let err = adapter
         .declare_topic(TopicSpec::new(TopicName::new("orders").expect("topic")))
         .await
@@ -327,7 +318,7 @@ async fn a_conflicting_existing_stream_is_a_clear_error_and_is_left_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_consumer_gets_a_new_message_at_once_on_its_first_attempt() {
     let server = NatsServer::start();
-    let adapter = connected(&server).await;
+    let adapter = jetstream_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.idle", |spec| spec.max_attempts = 1).await;
     let mut subscription = adapter
         .consume(&key, ConsumeOptions { prefetch: 8 })
