@@ -145,8 +145,8 @@ impl MessageId {
     }
 
     /// Wraps an id read back from a broker or given by a user (for a redrive by id).
-    pub fn from_string(id: impl Into<String>) -> Self {
-        Self(id.into().into())
+    pub fn from_string(id: impl AsRef<str>) -> Self {
+        Self(Arc::from(id.as_ref()))
     }
 
     /// The id as text.

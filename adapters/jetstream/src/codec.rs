@@ -69,30 +69,46 @@ impl Metadata {
     /// Reads the metadata back; `stored_at` (the stream's timestamp of the message) is the
     /// enqueue time of a first publish. A message without topiq's headers is refused.
     pub(crate) fn from_headers(headers: Option<&HeaderMap>, stored_at: Timestamp) -> Result<Self> {
-        let text = |name: &str| {
-            headers
-                .and_then(|headers| headers.get(name))
-                .map(|value| value.as_str().to_owned())
+        let Some(headers) = headers else {
+            return Err(foreign("it has no headers"));
         };
-        let id = text(header::ID)
-            .or_else(|| text(header::MSG_ID))
+        // One pass over the (few) headers instead of a hashed lookup per name.
+        let (mut id, mut msg_id, mut enqueued_at, mut attempt_base, mut first_failed_at) =
+            (None, None, None, None, None);
+        let (mut traceparent, mut baggage, mut idempotency_key) = (None, None, None);
+        for (name, values) in headers.iter() {
+            let Some(value) = values.first().map(|value| value.as_str()) else {
+                continue;
+            };
+            let slot = match name {
+                name if *name == header::ID => &mut id,
+                name if *name == header::MSG_ID => &mut msg_id,
+                name if *name == header::ENQUEUED_AT => &mut enqueued_at,
+                name if *name == header::ATTEMPT_BASE => &mut attempt_base,
+                name if *name == header::FIRST_FAILED_AT => &mut first_failed_at,
+                name if *name == header::TRACEPARENT => &mut traceparent,
+                name if *name == header::BAGGAGE => &mut baggage,
+                name if *name == header::IDEMPOTENCY_KEY => &mut idempotency_key,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        let id = id
+            .or(msg_id)
             .ok_or_else(|| foreign("it has neither a Topiq-Id nor a Nats-Msg-Id header"))?;
-        let enqueued_at = match text(header::ENQUEUED_AT) {
+        let enqueued_at = match enqueued_at {
             None => stored_at,
-            Some(at) => Timestamp::from_str(&at)
+            Some(at) => Timestamp::from_str(at)
                 .map_err(|_| foreign("its Topiq-Enqueued-At header is not a time"))?,
         };
         Ok(Self {
             id: MessageId::from_string(id),
             enqueued_at,
-            attempt_base: text(header::ATTEMPT_BASE)
-                .and_then(|base| base.parse().ok())
-                .unwrap_or(0),
-            first_failed_at: text(header::FIRST_FAILED_AT)
-                .and_then(|at| Timestamp::from_str(&at).ok()),
-            traceparent: text(header::TRACEPARENT),
-            baggage: text(header::BAGGAGE),
-            idempotency_key: text(header::IDEMPOTENCY_KEY),
+            attempt_base: attempt_base.and_then(|base| base.parse().ok()).unwrap_or(0),
+            first_failed_at: first_failed_at.and_then(|at| Timestamp::from_str(at).ok()),
+            traceparent: traceparent.map(str::to_owned),
+            baggage: baggage.map(str::to_owned),
+            idempotency_key: idempotency_key.map(str::to_owned),
         })
     }
 

@@ -27,7 +27,6 @@ pub(crate) fn subscribe(
     spec: SubscriptionSpec,
     prefetch: u32,
 ) -> Subscription {
-    let (sender, receiver) = mpsc::channel(prefetch as usize);
     let slots = Arc::new(Semaphore::new(prefetch as usize));
     let trigger = &spec.key.trigger;
     // The fan-out consumer reserves its slots before it pulls, so it never holds more than
@@ -36,140 +35,171 @@ pub(crate) fn subscribe(
     let direct_slot = Arc::new(Semaphore::new(1));
     let (leases, expiring) = mpsc::unbounded_channel();
     tokio::spawn(free_slots_of_expired_leases(expiring));
-    // Two pull loops on the fan-out consumer, so the next pull is already waiting when one
-    // completes (they share the slots, so together they never exceed `prefetch`).
-    for (consumer, slots) in [
+    // Two pullers on the fan-out consumer, so the next pull is already waiting when one
+    // completes (they share the slots, so together they never exceed `prefetch`). Each runs
+    // in a task of its own, so a redelivery after a lease ran out is received (and, past the
+    // last attempt, dead-lettered) even while the consumer is busy and not polling.
+    let (sender, receiver) = mpsc::channel(prefetch as usize);
+    for (consumer_name, slots) in [
         (Layout::main_consumer(trigger), Arc::clone(&slots)),
         (Layout::main_consumer(trigger), slots),
         (Layout::direct_consumer(trigger), direct_slot),
     ] {
-        tokio::spawn(pull_loop(
-            Arc::clone(&shared),
-            spec.clone(),
-            consumer,
-            sender.clone(),
+        let mut puller = Puller {
+            shared: Arc::clone(&shared),
+            spec: spec.clone(),
+            consumer_name,
             slots,
-            leases.clone(),
-        ));
+            leases: leases.clone(),
+            consumer: None,
+            batch: None,
+            permits: Vec::new(),
+            backoff: INITIAL_BACKOFF,
+        };
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    // Gone consumer: abandon the pull, so no message is routed to it.
+                    () = sender.closed() => return,
+                    delivery = puller.next_delivery() => delivery,
+                };
+                let Some(delivery) = delivery else { return };
+                if sender.send(delivery).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
-    let key = spec.key.clone();
     let deliveries = futures::stream::unfold(receiver, |mut receiver| async move {
         let delivery = receiver.recv().await?;
         Some((delivery, receiver))
     });
-    Subscription::new(key, Box::pin(deliveries))
+    Subscription::new(spec.key.clone(), Box::pin(deliveries))
 }
 
-async fn pull_loop(
+/// The first wait after a failed pull; it doubles up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Pulls one consumer of a trigger: reserves slots, asks for that many messages, and turns
+/// each into a delivery holding one slot.
+struct Puller {
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
     consumer_name: String,
-    sender: mpsc::Sender<Result<Delivery>>,
     slots: Arc<Semaphore>,
     leases: LeaseQueue,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if shared.closed.is_cancelled() || sender.is_closed() {
-            return;
-        }
-        let consumer = match get_consumer(&shared, &spec, &consumer_name).await {
-            Ok(consumer) => {
-                backoff = Duration::from_millis(100);
-                consumer
-            }
-            Err(err) => {
-                tracing::warn!(trigger = %spec.key, consumer = %consumer_name, error = %err, retry_in = ?backoff, "cannot get the consumer");
-                if wait(&shared, &sender, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        // Pull while the consumer works; on a failed pull, get the consumer again.
-        loop {
-            // Reserve the slots first: never ask for more than this consumer may hold.
-            let first = tokio::select! {
-                () = shared.closed.cancelled() => return,
-                () = sender.closed() => return,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-            };
-            let mut permits = vec![first];
-            while permits.len() < MAX_PULL {
-                match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => break,
-                }
-            }
-            let batch = consumer
-                .batch()
-                .max_messages(permits.len())
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::warn!(trigger = %spec.key, consumer = %consumer_name, error = %err, "pull failed");
-                    break;
-                }
-            };
-            let mut failed = false;
-            loop {
-                let next = tokio::select! {
-                    () = shared.closed.cancelled() => return,
-                    // Gone consumer: abandon the pull, so no message is routed to it.
-                    () = sender.closed() => return,
-                    next = batch.next() => next,
-                };
-                match next {
-                    None => break,
-                    Some(Ok(message)) => {
-                        let permit = match permits.pop() {
-                            Some(permit) => permit,
-                            None => tokio::select! {
-                                () = shared.closed.cancelled() => return,
-                                () = sender.closed() => return,
-                                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                                    Ok(permit) => permit,
-                                    Err(_) => return,
-                                },
-                            },
-                        };
-                        if let Some(delivery) =
-                            receive(&shared, &spec, message, permit, &leases).await
-                            && sender.send(delivery).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Some(Err(err)) => {
-                        tracing::warn!(trigger = %spec.key, consumer = %consumer_name, error = %err, "pull interrupted; pulling again");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if failed {
-                break;
-            }
-        }
-        if wait(&shared, &sender, backoff).await {
-            return;
-        }
-    }
+    consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
+    batch: Option<pull::Batch>,
+    /// The slots reserved for the messages of `batch` not received yet.
+    permits: Vec<OwnedSemaphorePermit>,
+    backoff: Duration,
 }
 
-/// Sleeps `period`; true when the loop should end instead.
-async fn wait(shared: &Shared, sender: &mpsc::Sender<Result<Delivery>>, period: Duration) -> bool {
-    tokio::select! {
-        () = shared.closed.cancelled() => true,
-        () = sender.closed() => true,
-        () = tokio::time::sleep(period) => false,
+impl Puller {
+    /// The next delivery; `None` once the adapter is closed.
+    async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.shared.closed.is_cancelled() {
+                return None;
+            }
+            let Some(batch) = self.batch.as_mut() else {
+                self.pull().await?;
+                continue;
+            };
+            let next = tokio::select! {
+                () = self.shared.closed.cancelled() => return None,
+                next = batch.next() => next,
+            };
+            match next {
+                None => {
+                    // The pull is complete (or expired): its unused slots are free again.
+                    self.batch = None;
+                    self.permits.clear();
+                }
+                Some(Ok(message)) => {
+                    let permit = match self.permits.pop() {
+                        Some(permit) => permit,
+                        None => self.acquire().await?,
+                    };
+                    if let Some(delivery) =
+                        receive(&self.shared, &self.spec, message, permit, &self.leases).await
+                    {
+                        return Some(delivery);
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, "pull interrupted; pulling again");
+                    self.fail().await?;
+                }
+            }
+        }
+    }
+
+    /// Starts the next pull: gets the consumer (created again if it was deleted), reserves
+    /// the free slots (waiting for one at least) and asks for as many messages. `None` once
+    /// the adapter is closed.
+    async fn pull(&mut self) -> Option<()> {
+        let consumer = match &self.consumer {
+            Some(consumer) => consumer.clone(),
+            None => match get_consumer(&self.shared, &self.spec, &self.consumer_name).await {
+                Ok(consumer) => {
+                    self.backoff = INITIAL_BACKOFF;
+                    self.consumer = Some(consumer.clone());
+                    consumer
+                }
+                Err(err) => {
+                    tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, retry_in = ?self.backoff, "cannot get the consumer");
+                    return self.fail().await;
+                }
+            },
+        };
+        // Reserve the slots first: never ask for more than this consumer may hold.
+        let first = self.acquire().await?;
+        self.permits.push(first);
+        while self.permits.len() < MAX_PULL {
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => self.permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        match consumer
+            .batch()
+            .max_messages(self.permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(batch) => self.batch = Some(batch),
+            Err(err) => {
+                tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, "pull failed");
+                return self.fail().await;
+            }
+        }
+        Some(())
+    }
+
+    /// One slot, waiting for it; `None` once the adapter is closed.
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            () = self.shared.closed.cancelled() => None,
+            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
+        }
+    }
+
+    /// After a failure: forgets the pull and the consumer, then waits the backoff (doubling
+    /// it). `None` once the adapter is closed.
+    async fn fail(&mut self) -> Option<()> {
+        self.batch = None;
+        self.permits.clear();
+        self.consumer = None;
+        let period = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = self.shared.closed.cancelled() => None,
+            () = tokio::time::sleep(period) => Some(()),
+        }
     }
 }
 

@@ -4,26 +4,28 @@ use topiq_adapter::{TopicName, TriggerName};
 
 /// Headers topiq sets on every message.
 pub(crate) mod header {
+    use async_nats::HeaderName;
+
     /// JetStream's deduplication id.
-    pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+    pub(crate) const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
     /// The message id, the same on every copy (retry, release, redrive).
-    pub(crate) const ID: &str = "Topiq-Id";
+    pub(crate) const ID: HeaderName = HeaderName::from_static("Topiq-Id");
     /// When the message was first enqueued (RFC 3339).
-    pub(crate) const ENQUEUED_AT: &str = "Topiq-Enqueued-At";
+    pub(crate) const ENQUEUED_AT: HeaderName = HeaderName::from_static("Topiq-Enqueued-At");
     /// Attempts already spent before this copy was published (release, redrive).
-    pub(crate) const ATTEMPT_BASE: &str = "Topiq-Attempt-Base";
+    pub(crate) const ATTEMPT_BASE: HeaderName = HeaderName::from_static("Topiq-Attempt-Base");
     /// When a redriven message was first dead-lettered.
-    pub(crate) const FIRST_FAILED_AT: &str = "Topiq-First-Failed-At";
+    pub(crate) const FIRST_FAILED_AT: HeaderName = HeaderName::from_static("Topiq-First-Failed-At");
     /// The idempotency key the message was published with.
-    pub(crate) const IDEMPOTENCY_KEY: &str = "Topiq-Idempotency-Key";
+    pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("Topiq-Idempotency-Key");
     /// When a delayed message is due (RFC 3339).
-    pub(crate) const DELIVER_AT: &str = "Topiq-Deliver-At";
+    pub(crate) const DELIVER_AT: HeaderName = HeaderName::from_static("Topiq-Deliver-At");
     /// The topic a delayed message is for.
-    pub(crate) const TOPIC: &str = "Topiq-Topic";
+    pub(crate) const TOPIC: HeaderName = HeaderName::from_static("Topiq-Topic");
     /// W3C trace context.
-    pub(crate) const TRACEPARENT: &str = "traceparent";
+    pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
     /// W3C baggage.
-    pub(crate) const BAGGAGE: &str = "baggage";
+    pub(crate) const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 }
 
 /// Names derived from the configured subject prefix.

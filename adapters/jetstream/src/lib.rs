@@ -27,8 +27,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -63,7 +63,7 @@ pub(crate) struct Shared {
     pub(crate) js: jetstream::Context,
     pub(crate) layout: Layout,
     pub(crate) config: JetStreamConfig,
-    topics: RwLock<HashMap<TopicName, TopicSpec>>,
+    topics: RwLock<HashMap<TopicName, DeclaredTopic>>,
     /// Per topic: idempotency key → first message id, for as long as the window lasts (a
     /// stream keeping the last message per key subject; the KV API of current clients does
     /// not talk to nats-server 2.9).
@@ -175,6 +175,11 @@ impl Shared {
     }
 
     pub(crate) fn topic(&self, name: &TopicName) -> Result<TopicSpec> {
+        self.ensure_open()?;
+        self.declared_topic(name).map(|topic| topic.spec)
+    }
+
+    fn declared_topic(&self, name: &TopicName) -> Result<DeclaredTopic> {
         self.ensure_open()?;
         self.topics
             .read()
@@ -290,11 +295,23 @@ impl Shared {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<jetstream::publish::PublishAck> {
+        self.publish_confirmed_with(subject.into(), || headers.clone(), payload)
+            .await
+    }
+
+    /// [`Shared::publish_confirmed`] building the headers for each try, so the hot path builds
+    /// them once and copies nothing.
+    async fn publish_confirmed_with(
+        &self,
+        subject: Subject,
+        headers: impl Fn() -> HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck> {
         let mut last_error = None;
         for _ in 0..PUBLISH_TRIES {
             let sent = self
                 .js
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .publish_with_headers(subject.clone(), headers(), payload.clone())
                 .await;
             // The acknowledgement waits at most `publish_timeout` (the context's ack timeout).
             let ack = match sent {
@@ -347,7 +364,7 @@ impl Shared {
                     .await
             {
                 return Ok(MessageId::from_string(
-                    String::from_utf8_lossy(&entry.payload).into_owned(),
+                    String::from_utf8_lossy(&entry.payload),
                 ));
             }
             if round == 0
@@ -371,11 +388,12 @@ impl Shared {
 
     /// Everything a publish sends, built before anything is sent (so bad input fails alone).
     fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
-        let spec = self.topic(topic)?;
-        message.validate(topic, spec.max_message_bytes)?;
+        let declared = self.declared_topic(topic)?;
+        message.validate(topic, declared.spec.max_message_bytes)?;
         let payload = codec::encode(&message.data)?;
         let id = MessageId::generate();
         let now = Timestamp::now();
+        let due = message.deliver_at.filter(|at| *at > now);
         let metadata = Metadata {
             id: id.clone(),
             enqueued_at: now,
@@ -383,36 +401,29 @@ impl Shared {
             first_failed_at: None,
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
-            idempotency_key: message.idempotency_key.clone(),
-        };
-        let dedup_id = message.idempotency_key.as_deref().unwrap_or(id.as_str());
-        let due = message.deliver_at.filter(|at| *at > now);
-        let (subject, headers, stream_name) = match due {
-            Some(at) => {
-                // Forwarded later: the copy on the topic carries the enqueue time.
-                let mut headers = metadata.headers(&format!("{topic}:{dedup_id}"), Stamp::Copy);
-                headers.insert(header::DELIVER_AT, at.to_string().as_str());
-                headers.insert(header::TOPIC, topic.as_str());
-                (
-                    self.layout.delay_subject(topic),
-                    headers,
-                    self.layout.delay_stream(),
-                )
-            }
-            None => (
-                self.layout.topic_subject(topic),
-                metadata.headers(dedup_id, Stamp::First),
-                self.layout.topic_stream(topic),
-            ),
-        };
-        Ok(Prepared {
-            topic: topic.clone(),
-            id,
             idempotency_key: message.idempotency_key,
-            subject,
-            headers,
-            payload,
-            stream_name,
+        };
+        Ok(match due {
+            // Forwarded later by the scheduler: the copy on the topic carries the enqueue time.
+            Some(at) => Prepared {
+                topic: topic.clone(),
+                subject: self.layout.delay_subject(topic).into(),
+                dedup_id: format!(
+                    "{topic}:{}",
+                    metadata.idempotency_key.as_deref().unwrap_or(id.as_str())
+                ),
+                metadata,
+                payload,
+                deliver_at: Some(at),
+            },
+            None => Prepared {
+                topic: topic.clone(),
+                subject: declared.subject,
+                dedup_id: String::new(),
+                metadata,
+                payload,
+                deliver_at: None,
+            },
         })
     }
 
@@ -422,14 +433,34 @@ impl Shared {
         prepared: Prepared,
         ack: jetstream::publish::PublishAck,
     ) -> Result<PublishReceipt> {
+        if prepared.metadata.idempotency_key.is_some() {
+            // Rare and large (ledger reads and writes): boxed, so every publish future stays
+            // small.
+            return Box::pin(self.finish_keyed(prepared, ack)).await;
+        }
+        Ok(PublishReceipt {
+            message_id: prepared.metadata.id,
+            duplicate: false,
+        })
+    }
+
+    /// The receipt of a keyed publish: a duplicate names the first message's id; a first
+    /// publish records its id in the topic's idempotency ledger.
+    async fn finish_keyed(
+        &self,
+        prepared: Prepared,
+        ack: jetstream::publish::PublishAck,
+    ) -> Result<PublishReceipt> {
+        let stream_name = if prepared.deliver_at.is_some() {
+            self.layout.delay_stream()
+        } else {
+            self.layout.topic_stream(&prepared.topic)
+        };
         let Prepared {
-            topic,
-            id,
-            idempotency_key,
-            stream_name,
-            ..
+            topic, metadata, ..
         } = prepared;
-        if let Some(key) = &idempotency_key {
+        let id = metadata.id;
+        if let Some(key) = &metadata.idempotency_key {
             if ack.duplicate {
                 let first = self
                     .first_id(&topic, key, &stream_name, ack.sequence)
@@ -463,9 +494,9 @@ impl Shared {
     async fn publish_one(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
         let prepared = self.prepare(topic, message)?;
         let ack = self
-            .publish_confirmed(
+            .publish_confirmed_with(
                 prepared.subject.clone(),
-                prepared.headers.clone(),
+                || prepared.headers(),
                 prepared.payload.clone(),
             )
             .await?;
@@ -488,7 +519,7 @@ impl Shared {
                         .js
                         .publish_with_headers(
                             ready.subject.clone(),
-                            ready.headers.clone(),
+                            ready.headers(),
                             ready.payload.clone(),
                         )
                         .await
@@ -516,9 +547,9 @@ impl Shared {
                 (Ok(ready), Some(ack)) => self.finish(ready, ack).await,
                 (Ok(ready), None) => {
                     match self
-                        .publish_confirmed(
+                        .publish_confirmed_with(
                             ready.subject.clone(),
-                            ready.headers.clone(),
+                            || ready.headers(),
                             ready.payload.clone(),
                         )
                         .await
@@ -605,15 +636,40 @@ impl Shared {
     }
 }
 
-/// A message ready to send.
+/// A declared topic and the subject its publishes go to (built once, shared by every publish).
+#[derive(Clone)]
+struct DeclaredTopic {
+    spec: TopicSpec,
+    subject: Subject,
+}
+
+/// One message ready to send.
 struct Prepared {
     topic: TopicName,
-    id: MessageId,
-    idempotency_key: Option<String>,
-    subject: String,
-    headers: HeaderMap,
+    subject: Subject,
+    metadata: Metadata,
+    /// The `Nats-Msg-Id` of a delayed publish; a direct one uses the idempotency key or id.
+    dedup_id: String,
     payload: Bytes,
-    stream_name: String,
+    deliver_at: Option<Timestamp>,
+}
+
+impl Prepared {
+    fn headers(&self) -> HeaderMap {
+        match self.deliver_at {
+            Some(at) => {
+                let mut headers = self.metadata.headers(&self.dedup_id, Stamp::Copy);
+                headers.insert(header::DELIVER_AT, at.to_string().as_str());
+                headers.insert(header::TOPIC, self.topic.as_str());
+                headers
+            }
+            None => {
+                let dedup_id =
+                    (self.metadata.idempotency_key.as_deref()).unwrap_or(self.metadata.id.as_str());
+                self.metadata.headers(dedup_id, Stamp::First)
+            }
+        }
+    }
 }
 
 /// Idempotency keys are any text; ledger keys are limited to subject-safe characters.
@@ -688,7 +744,13 @@ impl Adapter for JetStreamAdapter {
             .topics
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(spec.name.clone(), spec);
+            .insert(
+                spec.name.clone(),
+                DeclaredTopic {
+                    subject: shared.layout.topic_subject(&spec.name).into(),
+                    spec,
+                },
+            );
         Ok(())
     }
 

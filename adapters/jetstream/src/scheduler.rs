@@ -80,7 +80,7 @@ pub(crate) async fn run(
 }
 
 async fn release_when_due(shared: &Shared, message: jetstream::Message) {
-    let text = |name: &str| {
+    let text = |name: async_nats::HeaderName| {
         message
             .headers
             .as_ref()
