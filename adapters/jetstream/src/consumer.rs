@@ -36,16 +36,18 @@ pub(crate) fn subscribe(
     let (leases, expiring) = mpsc::unbounded_channel();
     tokio::spawn(free_slots_of_expired_leases(expiring));
     // Two pullers on the fan-out consumer, so the next pull is already waiting when one
-    // completes (they share the slots, so together they never exceed `prefetch`). Each runs
-    // in a task of its own, so a redelivery after a lease ran out is received (and, past the
-    // last attempt, dead-lettered) even while the consumer is busy and not polling.
-    let (sender, receiver) = mpsc::channel(prefetch as usize);
-    for (consumer_name, slots) in [
+    // completes (they share the slots, so together they never exceed `prefetch`). The pullers
+    // run inside the subscription's stream: a delivery reaches the consumer without a hop
+    // through another task, and nothing is pulled while the consumer is not asking for more.
+    // A lease that runs out on the last attempt is dead-lettered by the lease watcher, so
+    // that needs no pulling.
+    let pullers = [
         (Layout::main_consumer(trigger), Arc::clone(&slots)),
         (Layout::main_consumer(trigger), slots),
         (Layout::direct_consumer(trigger), direct_slot),
-    ] {
-        let mut puller = Puller {
+    ]
+    .map(|(consumer_name, slots)| {
+        let puller = Puller {
             shared: Arc::clone(&shared),
             spec: spec.clone(),
             consumer_name,
@@ -56,26 +58,16 @@ pub(crate) fn subscribe(
             permits: Vec::new(),
             backoff: INITIAL_BACKOFF,
         };
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            loop {
-                let delivery = tokio::select! {
-                    // Gone consumer: abandon the pull, so no message is routed to it.
-                    () = sender.closed() => return,
-                    delivery = puller.next_delivery() => delivery,
-                };
-                let Some(delivery) = delivery else { return };
-                if sender.send(delivery).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    let deliveries = futures::stream::unfold(receiver, |mut receiver| async move {
-        let delivery = receiver.recv().await?;
-        Some((delivery, receiver))
+        futures::stream::unfold(puller, |mut puller| async move {
+            let delivery = puller.next_delivery().await?;
+            Some((delivery, puller))
+        })
+        .boxed()
     });
-    Subscription::new(spec.key.clone(), Box::pin(deliveries))
+    Subscription::new(
+        spec.key.clone(),
+        Box::pin(futures::stream::select_all(pullers)),
+    )
 }
 
 /// The first wait after a failed pull; it doubles up to [`MAX_BACKOFF`].
@@ -277,28 +269,21 @@ async fn receive(
     };
     let attempt = metadata.attempt_base.saturating_add(delivered);
     let envelope = metadata.envelope(spec.key.topic.clone(), data, attempt, spec.max_attempts);
-    let deadline = received_at + spec.visibility_timeout;
-    let lease = Arc::new(Lease {
-        deadline: Mutex::new(deadline),
-        permit: Mutex::new(Some(permit)),
-    });
-    let _ = leases.send((deadline, Arc::downgrade(&lease)));
-    let acker = JetStreamAcker {
+    let received = Arc::new(Received {
         shared: Arc::clone(shared),
         key: spec.key.clone(),
+        data: Arc::clone(&envelope.data),
         message,
         metadata,
         stream_sequence,
-        delivered,
         attempt,
         max_attempts: spec.max_attempts,
         visibility_timeout: spec.visibility_timeout,
-        lease,
-        leases: leases.clone(),
-        data: Arc::clone(&envelope.data),
-    };
+    });
     if attempt > spec.max_attempts {
-        // The lease ran out on the last attempt and the server delivered it again.
+        // The lease ran out on the last attempt and the server delivered it again (the
+        // watcher of the process that held it did not dead-letter it: it was dropped, or the
+        // process died).
         let failure = Failure::new(
             FailureKind::LeaseExpired,
             format!(
@@ -308,80 +293,47 @@ async fn receive(
                 spec.max_attempts
             ),
         );
-        if let Err(err) = acker.move_to_dlq(failure, attempt - 1).await {
+        if let Err(err) = received.move_to_dlq(failure, attempt - 1).await {
             tracing::error!(trigger = %spec.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
         }
         return None;
     }
+    let deadline = received_at + spec.visibility_timeout;
+    let lease = Arc::new(Lease {
+        state: Mutex::new(LeaseState {
+            deadline,
+            permit: Some(permit),
+            settled: false,
+        }),
+        // On the last attempt, a lease that runs out dead-letters the message at once.
+        last_attempt: (attempt >= spec.max_attempts).then(|| Arc::clone(&received)),
+    });
+    let _ = leases.send((deadline, Arc::downgrade(&lease)));
+    let acker = JetStreamAcker {
+        received,
+        lease,
+        leases: leases.clone(),
+    };
     Some(Ok(Delivery::new(envelope, Box::new(acker))))
 }
 
-/// Settles one JetStream delivery.
-struct JetStreamAcker {
+/// A received message and what settling it needs.
+struct Received {
     shared: Arc<Shared>,
     key: SubscriptionKey,
     message: jetstream::Message,
     metadata: Metadata,
     stream_sequence: u64,
-    delivered: u32,
     attempt: u32,
     max_attempts: u32,
     visibility_timeout: Duration,
-    lease: Arc<Lease>,
-    leases: LeaseQueue,
     data: Arc<serde_json::Value>,
 }
 
-/// A delivery's lease and the `prefetch` slot it holds. The slot is freed when the delivery is
-/// settled or dropped, or when the lease runs out (the server then delivers the message
-/// again, and this consumer must have room to receive it).
-struct Lease {
-    deadline: Mutex<Instant>,
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
-}
-
-impl Lease {
-    fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Leases to watch, in deadline order (deadlines only grow: each is the receipt or extension
-/// time plus the same visibility timeout).
-type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Lease>)>;
-
-/// One watcher per subscription: frees the slot of every lease that runs out unsettled.
-async fn free_slots_of_expired_leases(
-    mut leases: mpsc::UnboundedReceiver<(Instant, std::sync::Weak<Lease>)>,
-) {
-    while let Some((deadline, lease)) = leases.recv().await {
-        tokio::time::sleep_until(deadline).await;
-        let Some(lease) = lease.upgrade() else {
-            continue; // settled or dropped: its slot is already free
-        };
-        // An extended lease was queued again with its new deadline.
-        if lease.deadline() <= deadline {
-            lease
-                .permit
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-        }
-    }
-}
-
-impl JetStreamAcker {
-    fn check_lease(&self) -> Result<()> {
-        self.shared.ensure_open()?;
-        if Instant::now() >= self.lease.deadline() {
-            return Err(Error::LeaseExpired {
-                id: self.metadata.id.clone(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Publishes the DLQ record (confirmed), then terminates the message (confirmed).
+impl Received {
+    /// Publishes the DLQ record (confirmed), then terminates the message (confirmed). The
+    /// record's dedup id is the same for every delivery of one stored message, so a record
+    /// written twice (by a lease watcher and after a redelivery) is stored once.
     async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
         let now = Timestamp::now();
         let record = DeadLetter {
@@ -400,8 +352,8 @@ impl JetStreamAcker {
         };
         let payload = serde_json::to_vec(&record).map_err(broker("encode DLQ record"))?;
         let dedup = format!(
-            "dlq:{}:{}:{}:{}",
-            self.key.trigger, self.metadata.id, self.stream_sequence, self.delivered
+            "dlq:{}:{}:{}",
+            self.key.trigger, self.metadata.id, self.stream_sequence
         );
         self.shared
             .publish_confirmed(
@@ -420,23 +372,114 @@ impl JetStreamAcker {
                 source: err,
             })
     }
+}
+
+/// A delivery's lease and the `prefetch` slot it holds. The slot is freed when the delivery is
+/// settled or dropped, or when the lease runs out (the server then delivers the message
+/// again, and this consumer must have room to receive it).
+struct Lease {
+    state: Mutex<LeaseState>,
+    /// The message, when this is its last attempt: the watcher dead-letters it if the lease
+    /// runs out.
+    last_attempt: Option<Arc<Received>>,
+}
+
+struct LeaseState {
+    deadline: Instant,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Claimed by a settlement or by the watcher; whoever claims first settles it.
+    settled: bool,
+}
+
+impl Lease {
+    fn state(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Leases to watch, in deadline order (deadlines only grow: each is the receipt or extension
+/// time plus the same visibility timeout).
+type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Lease>)>;
+
+/// One watcher per subscription: frees the slot of every lease that runs out unsettled, and
+/// dead-letters the message if that was its last attempt.
+async fn free_slots_of_expired_leases(
+    mut leases: mpsc::UnboundedReceiver<(Instant, std::sync::Weak<Lease>)>,
+) {
+    while let Some((deadline, lease)) = leases.recv().await {
+        tokio::time::sleep_until(deadline).await;
+        let Some(lease) = lease.upgrade() else {
+            continue; // settled or dropped: its slot is already free
+        };
+        let mut state = lease.state();
+        // An extended lease was queued again with its new deadline.
+        if state.settled || state.deadline > deadline {
+            continue;
+        }
+        state.permit.take();
+        let Some(received) = lease.last_attempt.clone() else {
+            continue;
+        };
+        state.settled = true;
+        drop(state);
+        tokio::spawn(async move {
+            let failure = Failure::new(
+                FailureKind::LeaseExpired,
+                format!(
+                    "not settled within the visibility timeout of {:?} on attempt {} of {}",
+                    received.visibility_timeout, received.attempt, received.max_attempts
+                ),
+            );
+            if let Err(err) = received.move_to_dlq(failure, received.attempt).await {
+                tracing::error!(trigger = %received.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+            }
+        });
+    }
+}
+
+/// Settles one JetStream delivery.
+struct JetStreamAcker {
+    received: Arc<Received>,
+    lease: Arc<Lease>,
+    leases: LeaseQueue,
+}
+
+impl JetStreamAcker {
+    fn lease_expired(&self) -> Error {
+        Error::LeaseExpired {
+            id: self.received.metadata.id.clone(),
+        }
+    }
+
+    /// Claims the delivery for a settlement: refused once the lease ran out (the server may
+    /// have delivered the message again, or the watcher dead-lettered it).
+    fn claim(&self) -> Result<()> {
+        self.received.shared.ensure_open()?;
+        let mut state = self.lease.state();
+        if state.settled || Instant::now() >= state.deadline {
+            return Err(self.lease_expired());
+        }
+        state.settled = true;
+        Ok(())
+    }
 
     async fn settle(self, settlement: Settlement) -> Result<()> {
-        self.check_lease()?;
+        self.claim()?;
+        let received = &self.received;
         match settlement {
-            Settlement::Ack => self.message.ack().await.map_err(|err| Error::Broker {
+            Settlement::Ack => received.message.ack().await.map_err(|err| Error::Broker {
                 operation: "ack",
                 source: err,
             }),
-            Settlement::Nack(_) if self.attempt >= self.max_attempts => {
+            Settlement::Nack(_) if received.attempt >= received.max_attempts => {
                 let failure = Failure::new(
                     FailureKind::RetriesExhausted,
                     format!(
                         "nacked on the last attempt ({} of {})",
-                        self.attempt, self.max_attempts
+                        received.attempt, received.max_attempts
                     ),
                 );
-                self.move_to_dlq(failure, self.attempt).await
+                received.move_to_dlq(failure, received.attempt).await
             }
             Settlement::Nack(delay) => {
                 let kind = if delay.is_zero() {
@@ -446,7 +489,8 @@ impl JetStreamAcker {
                     // delays at 30 days, well inside it.
                     AckKind::Nak(Some(delay.min(Duration::from_secs(30 * 24 * 3600))))
                 };
-                self.message
+                received
+                    .message
                     .ack_with(kind)
                     .await
                     .map_err(|err| Error::Broker {
@@ -454,28 +498,32 @@ impl JetStreamAcker {
                         source: err,
                     })
             }
-            Settlement::DeadLetter(failure) => self.move_to_dlq(failure, self.attempt).await,
+            Settlement::DeadLetter(failure) => {
+                received.move_to_dlq(failure, received.attempt).await
+            }
             Settlement::Release => {
-                let mut metadata = self.metadata.clone();
-                metadata.attempt_base = self.attempt.saturating_sub(1);
+                let mut metadata = received.metadata.clone();
+                metadata.attempt_base = received.attempt.saturating_sub(1);
                 let dedup = format!(
                     "release:{}:{}:{}",
-                    self.metadata.id, self.stream_sequence, self.delivered
+                    received.metadata.id, received.stream_sequence, received.attempt
                 );
-                let payload = codec::encode(&self.data)?;
-                self.shared
-                    .ensure_direct_consumer(&self.key.topic, &self.key.trigger)
+                let payload = codec::encode(&received.data)?;
+                let shared = &received.shared;
+                shared
+                    .ensure_direct_consumer(&received.key.topic, &received.key.trigger)
                     .await?;
-                self.shared
+                shared
                     .publish_confirmed(
-                        self.shared
+                        shared
                             .layout
-                            .direct_subject(&self.key.topic, &self.key.trigger),
+                            .direct_subject(&received.key.topic, &received.key.trigger),
                         metadata.headers(&dedup, Stamp::Copy),
                         payload,
                     )
                     .await?;
-                self.message
+                received
+                    .message
                     .double_ack()
                     .await
                     .map_err(|err| Error::Broker {
@@ -513,17 +561,20 @@ impl Acker for JetStreamAcker {
 
     fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.check_lease()?;
+            self.received.shared.ensure_open()?;
             // The local deadline moves first, so the lease watcher cannot free the slot while
             // the server is being told.
-            let deadline = Instant::now() + self.visibility_timeout;
-            *self
-                .lease
-                .deadline
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = deadline;
+            let deadline = {
+                let mut state = self.lease.state();
+                if state.settled || Instant::now() >= state.deadline {
+                    return Err(self.lease_expired());
+                }
+                state.deadline = Instant::now() + self.received.visibility_timeout;
+                state.deadline
+            };
             let _ = self.leases.send((deadline, Arc::downgrade(&self.lease)));
-            self.message
+            self.received
+                .message
                 .ack_with(AckKind::Progress)
                 .await
                 .map_err(|err| Error::Broker {

@@ -1,16 +1,13 @@
 //! `modules::queue::JetStreamAdapter`: topiq on NATS JetStream (`async-nats`).
 //!
-//! **Status: in progress.** The mapping below is implemented; fault tests, TLS/creds/nkey
-//! options and the benchmark against raw async-nats are the remaining work of its issue.
-//!
 //! | contract | JetStream |
 //! |---|---|
 //! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, `max_age` = retention |
-//! | trigger | two durable pull consumers: `m-<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `d-<trigger>` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout, `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
+//! | trigger | two durable pull consumers: `m-<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `d-<trigger>` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout + 250 ms (the client's lease starts at receipt, so the server never redelivers while it holds), `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
 //! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a timed-out publish is sent again with the same id, so it cannot duplicate; a duplicate's id is read from the stored first message |
 //! | delay | the `<PREFIX>_DELAYED` work-queue stream; a `scheduler` consumer NAKs each message with its remaining delay (no polling) and forwards it when due, with `Nats-Msg-Id` = message id |
-//! | consume | two pull requests in flight, each sized to the free `prefetch` slots, 5 s expiry (no idle heartbeat: async-nats 0.51's batch stalls on one); a failed pull (deleted consumer, reconnect) gets or recreates the consumer and pulls again |
-//! | attempt | `Topiq-Attempt-Base` header + the server's delivery count; a delivery past `max_attempts` (a lease that ran out on the last attempt) is dead-lettered on receipt |
+//! | consume | pulled inside the subscription's stream: two pull requests in flight, each sized to the free `prefetch` slots, 5 s expiry (no idle heartbeat: async-nats 0.51's batch stalls on one); a failed pull (deleted consumer, reconnect) gets or recreates the consumer and pulls again |
+//! | attempt | `Topiq-Attempt-Base` header + the server's delivery count; a lease that runs out on the last attempt is dead-lettered by the lease watcher, and a delivery past `max_attempts` that still arrives is dead-lettered on receipt |
 //! | ack / nack / extend | `+ACK` / `-NAK` with the backoff delay / `+WPI`; the lease is tracked client-side, so a late settlement is refused |
 //! | dead letter | the record is published to `<PREFIX>_<topic>_DLQ` (`<prefix>.dlq.<topic>.<trigger>`), its `PubAck` awaited, then the message is `+TERM`ed with a confirmed ack |
 //! | release | a copy with the same attempt goes to the trigger's own subject (confirmed), then the original is acked |
@@ -164,6 +161,10 @@ impl JetStreamAdapter {
         })
     }
 }
+
+/// How much longer than a delivery's lease the server waits for its ack: the client's lease
+/// starts when it receives the message, a little after the server sent it.
+const ACK_WAIT_MARGIN: Duration = Duration::from_millis(250);
 
 impl Shared {
     pub(crate) fn ensure_open(&self) -> Result<()> {
@@ -363,9 +364,9 @@ impl Shared {
                     )
                     .await
             {
-                return Ok(MessageId::from_string(
-                    String::from_utf8_lossy(&entry.payload),
-                ));
+                return Ok(MessageId::from_string(String::from_utf8_lossy(
+                    &entry.payload,
+                )));
             }
             if round == 0
                 && let Ok(stream) = self.js.get_stream_no_info(stream_name).await
@@ -617,17 +618,20 @@ impl Shared {
             .map_err(broker("ensure the trigger's own consumer"))
     }
 
+    /// A durable pull consumer whose deliveries are leased for `visibility_timeout`. The
+    /// server waits [`ACK_WAIT_MARGIN`] longer than the client's lease before it delivers
+    /// again, so a redelivery never overlaps a lease the client still honours.
     pub(crate) fn consumer_config(
         name: String,
         filter_subject: String,
-        ack_wait: Duration,
+        visibility_timeout: Duration,
         deliver_policy: jetstream::consumer::DeliverPolicy,
     ) -> pull::Config {
         pull::Config {
             durable_name: Some(name),
             filter_subject,
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait,
+            ack_wait: visibility_timeout + ACK_WAIT_MARGIN,
             deliver_policy,
             max_deliver: -1,
             max_ack_pending: -1,
@@ -791,7 +795,7 @@ impl Adapter for JetStreamAdapter {
                             .into(),
                         });
                     }
-                    if current.ack_wait != spec.visibility_timeout {
+                    if current.ack_wait != config.ack_wait {
                         stream
                             .update_consumer(config)
                             .await
