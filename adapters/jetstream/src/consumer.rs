@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::{StatusCode, Subject};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -21,6 +22,9 @@ use crate::{Shared, broker};
 const MAX_PULL: usize = 256;
 /// How long a pull request waits for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The header of an expired pull request's status that says how much of it was unfilled.
+const PENDING_MESSAGES: async_nats::HeaderName =
+    async_nats::HeaderName::from_static("Nats-Pending-Messages");
 
 pub(crate) fn subscribe(
     shared: Arc<Shared>,
@@ -35,18 +39,16 @@ pub(crate) fn subscribe(
     let direct_slot = Arc::new(Semaphore::new(1));
     let (leases, expiring) = mpsc::unbounded_channel();
     tokio::spawn(free_slots_of_expired_leases(expiring));
-    // Two pullers on the fan-out consumer, so the next pull is already waiting when one
-    // completes (they share the slots, so together they never exceed `prefetch`). The pullers
-    // run inside the subscription's stream: a delivery reaches the consumer without a hop
-    // through another task, and nothing is pulled while the consumer is not asking for more.
-    // A lease that runs out on the last attempt is dead-lettered by the lease watcher, so
-    // that needs no pulling.
+    // One puller per consumer, run inside the subscription's stream: a delivery reaches the
+    // consumer without a hop through another task, and nothing is pulled while the consumer
+    // is not asking for more. A lease that runs out on the last attempt is dead-lettered by
+    // the lease watcher, so that needs no pulling.
+    let top_up_at = (prefetch as usize / 4).max(1);
     let pullers = [
-        (Layout::main_consumer(trigger), Arc::clone(&slots)),
-        (Layout::main_consumer(trigger), slots),
-        (Layout::direct_consumer(trigger), direct_slot),
+        (Layout::main_consumer(trigger), slots, top_up_at),
+        (Layout::direct_consumer(trigger), direct_slot, 1),
     ]
-    .map(|(consumer_name, slots)| {
+    .map(|(consumer_name, slots, top_up_at)| {
         let puller = Puller {
             shared: Arc::clone(&shared),
             spec: spec.clone(),
@@ -54,8 +56,10 @@ pub(crate) fn subscribe(
             slots,
             leases: leases.clone(),
             consumer: None,
-            batch: None,
-            permits: Vec::new(),
+            inbox: None,
+            reserved: Vec::new(),
+            top_up_at,
+            silence: Box::pin(tokio::time::sleep(SILENCE)),
             backoff: INITIAL_BACKOFF,
         };
         futures::stream::unfold(puller, |mut puller| async move {
@@ -73,9 +77,14 @@ pub(crate) fn subscribe(
 /// The first wait after a failed pull; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// With pulls outstanding, this long without a message or a status means the server lost
+/// them (a restart): the puller starts over on a new reply subject.
+const SILENCE: Duration = Duration::from_secs(10);
 
-/// Pulls one consumer of a trigger: reserves slots, asks for that many messages, and turns
-/// each into a delivery holding one slot.
+/// Pulls one consumer of a trigger ahead of the consumer's demand, within its free slots:
+/// pull requests share one reply subscription, and the slots of their messages are reserved
+/// when they are sent, so the consumer never holds more than `prefetch`. A request's
+/// unfilled part comes back with its `408` status and frees its slots.
 struct Puller {
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
@@ -83,9 +92,14 @@ struct Puller {
     slots: Arc<Semaphore>,
     leases: LeaseQueue,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
-    batch: Option<pull::Batch>,
-    /// The slots reserved for the messages of `batch` not received yet.
-    permits: Vec<OwnedSemaphorePermit>,
+    /// The reply subject of every pull request, and its subscription.
+    inbox: Option<(Subject, async_nats::Subscriber)>,
+    /// One slot per message the outstanding requests may still deliver.
+    reserved: Vec<OwnedSemaphorePermit>,
+    /// With requests outstanding, ask for more once this many slots are free.
+    top_up_at: usize,
+    /// Runs out after [`SILENCE`] without a message or a status.
+    silence: std::pin::Pin<Box<tokio::time::Sleep>>,
     backoff: Duration,
 }
 
@@ -96,24 +110,42 @@ impl Puller {
             if self.shared.closed.is_cancelled() {
                 return None;
             }
-            let Some(batch) = self.batch.as_mut() else {
-                self.pull().await?;
+            if self.inbox.is_none() {
+                self.connect().await?;
+                continue;
+            }
+            if !self.top_up().await? {
+                continue;
+            }
+            let Some((_, subscriber)) = self.inbox.as_mut() else {
                 continue;
             };
             let next = tokio::select! {
                 () = self.shared.closed.cancelled() => return None,
-                next = batch.next() => next,
-            };
-            match next {
-                None => {
-                    // The pull is complete (or expired): its unused slots are free again.
-                    self.batch = None;
-                    self.permits.clear();
+                () = &mut self.silence => {
+                    tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, "no message or status from outstanding pulls; pulling again");
+                    self.start_over();
+                    continue;
                 }
-                Some(Ok(message)) => {
-                    let permit = match self.permits.pop() {
+                next = subscriber.next() => next,
+            };
+            let Some(message) = next else {
+                tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, "the pull subscription ended; pulling again");
+                self.fail().await?;
+                continue;
+            };
+            self.silence
+                .as_mut()
+                .reset(Instant::now() + SILENCE);
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    let permit = match self.reserved.pop() {
                         Some(permit) => permit,
                         None => self.acquire().await?,
+                    };
+                    let message = jetstream::Message {
+                        message,
+                        context: self.shared.js.clone(),
                     };
                     if let Some(delivery) =
                         receive(&self.shared, &self.spec, message, permit, &self.leases).await
@@ -121,55 +153,89 @@ impl Puller {
                         return Some(delivery);
                     }
                 }
-                Some(Err(err)) => {
-                    tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, "pull interrupted; pulling again");
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                Some(StatusCode::TIMEOUT) => match unfilled(&message) {
+                    // A request expired: its unfilled part frees its slots.
+                    Some(unfilled) => {
+                        let keep = self.reserved.len().saturating_sub(unfilled);
+                        self.reserved.truncate(keep);
+                    }
+                    None => self.start_over(),
+                },
+                Some(status) => {
+                    tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, %status, description = ?message.description, "pull refused; getting the consumer again");
                     self.fail().await?;
                 }
             }
         }
     }
 
-    /// Starts the next pull: gets the consumer (created again if it was deleted), reserves
-    /// the free slots (waiting for one at least) and asks for as many messages. `None` once
-    /// the adapter is closed.
-    async fn pull(&mut self) -> Option<()> {
-        let consumer = match &self.consumer {
-            Some(consumer) => consumer.clone(),
-            None => match get_consumer(&self.shared, &self.spec, &self.consumer_name).await {
-                Ok(consumer) => {
-                    self.backoff = INITIAL_BACKOFF;
-                    self.consumer = Some(consumer.clone());
-                    consumer
-                }
+    /// Gets the consumer (created again if it was deleted) and subscribes a new reply
+    /// subject. `None` once the adapter is closed.
+    async fn connect(&mut self) -> Option<()> {
+        if self.consumer.is_none() {
+            match get_consumer(&self.shared, &self.spec, &self.consumer_name).await {
+                Ok(consumer) => self.consumer = Some(consumer),
                 Err(err) => {
                     tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, retry_in = ?self.backoff, "cannot get the consumer");
                     return self.fail().await;
                 }
-            },
-        };
-        // Reserve the slots first: never ask for more than this consumer may hold.
-        let first = self.acquire().await?;
-        self.permits.push(first);
-        while self.permits.len() < MAX_PULL {
+            }
+        }
+        let subject = Subject::from(self.shared.client.new_inbox());
+        match self.shared.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => {
+                self.backoff = INITIAL_BACKOFF;
+                self.inbox = Some((subject, subscriber));
+                Some(())
+            }
+            Err(err) => {
+                tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, "cannot subscribe for pulls");
+                self.fail().await
+            }
+        }
+    }
+
+    /// Asks for more messages when enough slots are free: with nothing outstanding, waits for
+    /// one slot at least. `Some(false)` when the pull failed (try again), `None` once the
+    /// adapter is closed.
+    async fn top_up(&mut self) -> Option<bool> {
+        let mut fresh = Vec::new();
+        if self.reserved.is_empty() {
+            fresh.push(self.acquire().await?);
+        } else if self.slots.available_permits() < self.top_up_at {
+            return Some(true);
+        }
+        while fresh.len() < MAX_PULL {
             match Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(permit) => self.permits.push(permit),
+                Ok(permit) => fresh.push(permit),
                 Err(_) => break,
             }
         }
-        match consumer
-            .batch()
-            .max_messages(self.permits.len())
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-        {
-            Ok(batch) => self.batch = Some(batch),
+        if fresh.is_empty() {
+            return Some(true);
+        }
+        let (Some(consumer), Some((subject, _))) = (&self.consumer, &self.inbox) else {
+            return Some(false);
+        };
+        let request = pull::BatchConfig {
+            batch: fresh.len(),
+            expires: Some(PULL_EXPIRES),
+            ..Default::default()
+        };
+        match consumer.request_batch(request, subject.clone()).await {
+            Ok(()) => {
+                self.reserved.extend(fresh);
+                self.silence.as_mut().reset(Instant::now() + SILENCE);
+                Some(true)
+            }
             Err(err) => {
                 tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, "pull failed");
-                return self.fail().await;
+                drop(fresh);
+                self.fail().await?;
+                Some(false)
             }
         }
-        Some(())
     }
 
     /// One slot, waiting for it; `None` once the adapter is closed.
@@ -180,11 +246,17 @@ impl Puller {
         }
     }
 
-    /// After a failure: forgets the pull and the consumer, then waits the backoff (doubling
+    /// Forgets the outstanding pulls (their slots are freed) and their reply subject, so a
+    /// late message of theirs cannot arrive; the next call pulls again.
+    fn start_over(&mut self) {
+        self.inbox = None;
+        self.reserved.clear();
+    }
+
+    /// After a failure: forgets the pulls and the consumer, then waits the backoff (doubling
     /// it). `None` once the adapter is closed.
     async fn fail(&mut self) -> Option<()> {
-        self.batch = None;
-        self.permits.clear();
+        self.start_over();
         self.consumer = None;
         let period = self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -193,6 +265,17 @@ impl Puller {
             () = tokio::time::sleep(period) => Some(()),
         }
     }
+}
+
+/// The unfilled part of an expired pull request, from its `Nats-Pending-Messages` header.
+fn unfilled(message: &async_nats::Message) -> Option<usize> {
+    message
+        .headers
+        .as_ref()?
+        .get(PENDING_MESSAGES)?
+        .as_str()
+        .parse()
+        .ok()
 }
 
 /// The trigger's consumer, created again if it was deleted.
