@@ -341,3 +341,39 @@ async fn an_idle_consumer_gets_a_new_message_at_once_on_its_first_attempt() {
     delivery.ack().await.expect("ack");
     adapter.close().await.ok();
 }
+
+/// Pull requests expire after 5 s; their unfilled part must free their slots, or a consumer
+/// that waited past an expiry could not ask for new messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_waiting_past_its_pull_expiry_gets_every_new_message_at_once() {
+    let server = NatsServer::start();
+    let adapter = jetstream_adapter(&server).await;
+    let (topic, key) = declared(&adapter, "faults.expiry", |_| {}).await;
+    let prefetch = 4;
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch })
+        .await
+        .expect("consume");
+    // Waiting (and so pulling) through more than one request expiry.
+    let waited = tokio::time::timeout(Duration::from_millis(6500), subscription.next()).await;
+    assert!(waited.is_err(), "nothing was published, got {waited:?}");
+    for n in 0..prefetch {
+        adapter
+            .publish(&topic, NewMessage::new(json!(n)))
+            .await
+            .expect("publish");
+    }
+    let mut deliveries = Vec::new();
+    for _ in 0..prefetch {
+        let delivery = tokio::time::timeout(Duration::from_secs(2), subscription.next())
+            .await
+            .expect("delivered within 2 s: the expired requests freed their slots")
+            .expect("open")
+            .expect("ok");
+        deliveries.push(delivery);
+    }
+    for delivery in deliveries {
+        delivery.ack().await.expect("ack");
+    }
+    adapter.close().await.ok();
+}
