@@ -134,9 +134,7 @@ impl Puller {
                 self.fail().await?;
                 continue;
             };
-            self.silence
-                .as_mut()
-                .reset(Instant::now() + SILENCE);
+            self.silence.as_mut().reset(Instant::now() + SILENCE);
             match message.status {
                 None | Some(StatusCode::OK) => {
                     let permit = match self.reserved.pop() {
