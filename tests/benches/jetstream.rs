@@ -11,9 +11,8 @@
 //! the payload before acking. One extra row shows raw without `Nats-Msg-Id`, for scale.
 //!
 //! The machine's noise is spread over both sides: throughput and latency run in rounds that
-//! alternate which side goes first (the table shows the medians of throughput and p50/p99 over
-//! every latency sample), and one-at-a-time publishes
-//! take turns message by message.
+//! alternate which side goes first (the table shows the median throughput, and p50/p99 over
+//! every latency sample), and one-at-a-time publishes take turns message by message.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
