@@ -60,6 +60,7 @@ pub(crate) fn subscribe(
             reserved: Vec::new(),
             top_up_at,
             silence: Box::pin(tokio::time::sleep(SILENCE)),
+            last_heard: Instant::now(),
             backoff: INITIAL_BACKOFF,
         };
         futures::stream::unfold(puller, |mut puller| async move {
@@ -98,8 +99,11 @@ struct Puller {
     reserved: Vec<OwnedSemaphorePermit>,
     /// With requests outstanding, ask for more once this many slots are free.
     top_up_at: usize,
-    /// Runs out after [`SILENCE`] without a message or a status.
+    /// Runs out [`SILENCE`] after `last_heard` (checked when it fires, so a message costs no
+    /// timer update).
     silence: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the last message or status arrived, or the last request was sent.
+    last_heard: Instant,
     backoff: Duration,
 }
 
@@ -123,6 +127,12 @@ impl Puller {
             let next = tokio::select! {
                 () = self.shared.closed.cancelled() => return None,
                 () = &mut self.silence => {
+                    // Re-armed lazily: activity only records its time.
+                    let heard = self.last_heard;
+                    if heard.elapsed() < SILENCE {
+                        self.silence.as_mut().reset(heard + SILENCE);
+                        continue;
+                    }
                     tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, "no message or status from outstanding pulls; pulling again");
                     self.start_over();
                     continue;
@@ -134,7 +144,7 @@ impl Puller {
                 self.fail().await?;
                 continue;
             };
-            self.silence.as_mut().reset(Instant::now() + SILENCE);
+            self.last_heard = Instant::now();
             match message.status {
                 None | Some(StatusCode::OK) => {
                     let permit = match self.reserved.pop() {
@@ -224,7 +234,7 @@ impl Puller {
         match consumer.request_batch(request, subject.clone()).await {
             Ok(()) => {
                 self.reserved.extend(fresh);
-                self.silence.as_mut().reset(Instant::now() + SILENCE);
+                self.last_heard = Instant::now();
                 Some(true)
             }
             Err(err) => {
