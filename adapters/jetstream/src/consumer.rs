@@ -43,7 +43,7 @@ pub(crate) fn subscribe(
     // consumer without a hop through another task, and nothing is pulled while the consumer
     // is not asking for more. A lease that runs out on the last attempt is dead-lettered by
     // the lease watcher, so that needs no pulling.
-    let top_up_at = (prefetch as usize / 4).max(1);
+    let top_up_at = (prefetch as usize / 2).max(1);
     let pullers = [
         (Layout::main_consumer(trigger), slots, top_up_at),
         (Layout::direct_consumer(trigger), direct_slot, 1),
@@ -97,7 +97,7 @@ struct Puller {
     inbox: Option<(Subject, async_nats::Subscriber)>,
     /// One slot per message the outstanding requests may still deliver.
     reserved: Vec<OwnedSemaphorePermit>,
-    /// With requests outstanding, ask for more once this many slots are free.
+    /// With requests outstanding, ask for more once this many slots are free (half of them).
     top_up_at: usize,
     /// Runs out [`SILENCE`] after `last_heard` (checked when it fires, so a message costs no
     /// timer update).
