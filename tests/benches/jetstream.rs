@@ -62,8 +62,10 @@ struct Raw {
 async fn raw(url: &str, name: &str) -> Raw {
     let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client);
-    let subject = format!("raw.{name}");
-    let stream = format!("RAW_{name}");
+    // Names as long as topiq's (`tq.t.<name>`, `tq_<name>`): every subject is parsed and
+    // hashed on each publish, delivery and ack, so their length is part of the cost.
+    let subject = format!("rw.t.{name}");
+    let stream = format!("RW_{name}");
     js.create_stream(stream::Config {
         name: stream.clone(),
         subjects: vec![subject.clone()],
@@ -103,12 +105,12 @@ impl Raw {
 async fn topiq(url: &str, name: &str) -> (JetStreamAdapter, TopicName, SubscriptionKey) {
     let adapter = JetStreamAdapter::connect(JetStreamConfig {
         url: Some(url.to_owned()),
-        prefix: format!("bench{name}"),
+        prefix: "tq".to_owned(),
         ..JetStreamConfig::default()
     })
     .await
     .unwrap();
-    let topic = TopicName::new(format!("bench.{name}")).unwrap();
+    let topic = TopicName::new(name).unwrap();
     let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").unwrap());
     adapter
         .declare_topic(TopicSpec::new(topic.clone()))
