@@ -377,3 +377,105 @@ async fn a_consumer_waiting_past_its_pull_expiry_gets_every_new_message_at_once(
     }
     adapter.close().await.ok();
 }
+
+/// Stream settings per topic: a topic's entry in `streams` wins over the adapter's defaults,
+/// and a full stream refuses a publish with the server's reason instead of dropping a stored
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_topic_stream_settings_apply_and_a_full_stream_refuses_publishes() {
+    let server = NatsServer::start();
+    let config: topiq_jetstream::JetStreamConfig = serde_json::from_value(json!({
+        "url": server.url(),
+        "prefix": "settings",
+        "streams": {
+            "settings.small": {"storage": "memory", "max_bytes": 4096}
+        }
+    }))
+    .expect("config");
+    let adapter = topiq_jetstream::JetStreamAdapter::connect(config)
+        .await
+        .expect("connect");
+    let (small, key) = declared(&adapter, "settings.small", |_| {}).await;
+    declared(&adapter, "settings.plain", |_| {}).await;
+
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("raw"));
+    let small_stream = js
+        .get_stream("settings_settings_small")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    assert_eq!(
+        small_stream.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
+    assert_eq!(small_stream.max_bytes, 4096);
+    assert_eq!(
+        small_stream.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New
+    );
+    let plain_stream = js
+        .get_stream("settings_settings_plain")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    assert_eq!(
+        plain_stream.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+    assert!(
+        plain_stream.max_bytes <= 0,
+        "unlimited, got {}",
+        plain_stream.max_bytes
+    );
+
+    // ~200-byte messages: the 4 KiB stream is full after a few dozen.
+    let mut accepted = 0;
+    let refusal = loop {
+        match adapter
+            .publish(
+                &small,
+                NewMessage::new(json!({"n": accepted, "pad": "x".repeat(150)})),
+            )
+            .await
+        {
+            Ok(_) => accepted += 1,
+            Err(err) => break err,
+        }
+        assert!(accepted < 1000, "a 4 KiB stream took {accepted} messages");
+    };
+    assert!(accepted > 0, "nothing fit");
+    let mut text = refusal.to_string();
+    let mut source = std::error::Error::source(&refusal);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    println!("accepted {accepted}, then: {text}");
+    assert!(
+        text.contains("refused") && text.contains("maximum bytes"),
+        "the error names the cause: {text}"
+    );
+    // Every accepted message is still there, in order.
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 64 })
+        .await
+        .expect("consume");
+    for n in 0..accepted {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .expect("delivered")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(delivery.envelope().data["n"], json!(n));
+        delivery.ack().await.expect("ack");
+    }
+    adapter.close().await.ok();
+}

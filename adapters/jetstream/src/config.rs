@@ -1,5 +1,6 @@
 //! The adapter's `config:` map in `config.yaml`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,15 +53,45 @@ pub struct JetStreamConfig {
     /// one server. Letters, digits, `_` and `-`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// Where streams keep their data.
+    /// Where streams keep their data (every topic's, unless `streams` says otherwise).
     #[serde(default)]
     pub storage: Storage,
     /// Stream replicas (1, or 3 on a cluster).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// The most bytes a topic's stream holds; a publish to a full stream is refused (never
+    /// is an older message dropped). Unlimited when absent.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Per topic: stream settings that differ from the ones above.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamSettings>,
     /// How long a publish waits for the server's acknowledgement before it is sent again.
     #[serde(default = "default_publish_timeout", with = "humantime_serde_compat")]
     pub publish_timeout: Duration,
+}
+
+/// One topic's stream settings; each absent one is the adapter's.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Where the topic's streams keep their data.
+    #[serde(default)]
+    pub storage: Option<Storage>,
+    /// The topic's stream replicas.
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    /// The most bytes the topic's stream holds.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// The stream settings of one topic, with the adapter's defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ResolvedStream {
+    pub(crate) storage: Storage,
+    pub(crate) replicas: usize,
+    pub(crate) max_bytes: Option<u64>,
 }
 
 /// TLS options.
@@ -76,6 +107,23 @@ pub struct TlsConfig {
     /// Client key (PEM), with `cert`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+}
+
+fn check_replicas(field: &str, replicas: usize) -> Result<(), String> {
+    if replicas == 0 || replicas > 5 {
+        return Err(format!("{field} must be 1 to 5, got {replicas}"));
+    }
+    Ok(())
+}
+
+fn check_max_bytes(field: &str, max_bytes: Option<u64>) -> Result<(), String> {
+    match max_bytes {
+        Some(bytes) if bytes == 0 || i64::try_from(bytes).is_err() => Err(format!(
+            "{field} must be 1 to {}, got {bytes}; leave it out for no limit",
+            i64::MAX
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn default_prefix() -> String {
@@ -105,6 +153,8 @@ impl Default for JetStreamConfig {
             prefix: default_prefix(),
             storage: Storage::File,
             replicas: 1,
+            max_bytes: None,
+            streams: BTreeMap::new(),
             publish_timeout: default_publish_timeout(),
         }
     }
@@ -133,6 +183,8 @@ impl fmt::Debug for JetStreamConfig {
             .field("prefix", &self.prefix)
             .field("storage", &self.storage)
             .field("replicas", &self.replicas)
+            .field("max_bytes", &self.max_bytes)
+            .field("streams", &self.streams)
             .field("publish_timeout", &self.publish_timeout)
             .finish()
     }
@@ -205,10 +257,27 @@ impl JetStreamConfig {
                 self.prefix
             ));
         }
-        if self.replicas == 0 || self.replicas > 5 {
-            return Err(format!("replicas must be 1 to 5, got {}", self.replicas));
+        check_replicas("replicas", self.replicas)?;
+        check_max_bytes("max_bytes", self.max_bytes)?;
+        for (topic, settings) in &self.streams {
+            topiq_adapter::TopicName::new(topic.as_str())
+                .map_err(|err| format!("streams: {topic:?} is not a topic name: {err}"))?;
+            if let Some(replicas) = settings.replicas {
+                check_replicas(&format!("streams.{topic}.replicas"), replicas)?;
+            }
+            check_max_bytes(&format!("streams.{topic}.max_bytes"), settings.max_bytes)?;
         }
         Ok(())
+    }
+
+    /// The stream settings of `topic`: its entry in `streams` over the adapter's.
+    pub(crate) fn stream_settings(&self, topic: &str) -> ResolvedStream {
+        let own = self.streams.get(topic);
+        ResolvedStream {
+            storage: own.and_then(|own| own.storage).unwrap_or(self.storage),
+            replicas: own.and_then(|own| own.replicas).unwrap_or(self.replicas),
+            max_bytes: own.and_then(|own| own.max_bytes).or(self.max_bytes),
+        }
     }
 
     /// The server URLs without credentials, and the credentials found in them, if any.
@@ -318,5 +387,36 @@ mod tests {
         let err =
             JetStreamConfig::from_value(&json!({"url": "nats://x", "prefix": "a.b"})).unwrap_err();
         assert!(err.contains("prefix"), "{err}");
+    }
+
+    #[test]
+    fn stream_settings_are_checked_and_resolved_per_topic() {
+        for (streams, named) in [
+            (json!({"not a topic!": {}}), "not a topic!"),
+            (json!({"a.b": {"replicas": 9}}), "streams.a.b.replicas"),
+            (json!({"a.b": {"max_bytes": 0}}), "streams.a.b.max_bytes"),
+            (json!({"a.b": {"max_byte": 1}}), "max_byte"),
+        ] {
+            let err = JetStreamConfig::from_value(&json!({"url": "nats://x", "streams": streams}))
+                .unwrap_err();
+            assert!(err.contains(named), "{err}");
+        }
+        let config = JetStreamConfig::from_value(&json!({
+            "url": "nats://x",
+            "replicas": 3,
+            "max_bytes": 1000,
+            "streams": {"a.b": {"storage": "memory", "max_bytes": 10}}
+        }))
+        .unwrap();
+        let own = config.stream_settings("a.b");
+        assert_eq!(
+            (own.storage, own.replicas, own.max_bytes),
+            (Storage::Memory, 3, Some(10))
+        );
+        let other = config.stream_settings("c");
+        assert_eq!(
+            (other.storage, other.replicas, other.max_bytes),
+            (Storage::File, 3, Some(1000))
+        );
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! | contract | JetStream |
 //! |---|---|
-//! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, `max_age` = retention |
+//! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, `max_age` = retention; storage, replicas and `max_bytes` (discard `new`: a full stream refuses publishes) from the adapter's config or the topic's `streams` entry |
 //! | trigger | two durable pull consumers: `m-<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `d-<trigger>` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout + 250 ms (the client's lease starts at receipt, so the server never redelivers while it holds), `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
-//! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a timed-out publish is sent again with the same id, so it cannot duplicate; a duplicate's id is read from the stored first message |
+//! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a publish without an answer is sent again with the same id, so it cannot duplicate, while one the server refused (a full stream) fails at once with its reason; a duplicate's id is read from the stored first message |
 //! | delay | the `<PREFIX>_DELAYED` work-queue stream; a `scheduler` consumer NAKs each message with its remaining delay (no polling) and forwards it when due, with `Nats-Msg-Id` = message id |
 //! | consume | pulled inside the subscription's stream, ahead of demand within the free `prefetch` slots: pull requests (5 s expiry, no idle heartbeat) share one reply subscription, a request reserves the slots of what it asks for, and more is asked once half the slots are free (as async-nats's `messages()` does); an expired request's `408` says how much of it was unfilled, freeing those slots; a refused pull (deleted consumer, `409`) gets or recreates the consumer, and 10 s without a message or status (a server restart) starts over on a new reply subject |
 //! | attempt | `Topiq-Attempt-Base` header + the server's delivery count; a lease that runs out on the last attempt is dead-lettered by the lease watcher, and a delivery past `max_attempts` that still arrives is dead-lettered on receipt |
@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
@@ -162,6 +163,11 @@ impl JetStreamAdapter {
     }
 }
 
+/// A stream's byte limit with "unlimited" in one spelling (the server answers -1 for 0).
+fn unlimited_as_negative(max_bytes: i64) -> i64 {
+    if max_bytes <= 0 { -1 } else { max_bytes }
+}
+
 /// How much longer than a delivery's lease the server waits for its ack: the client's lease
 /// starts when it receives the message, a little after the server sent it.
 const ACK_WAIT_MARGIN: Duration = Duration::from_millis(250);
@@ -239,13 +245,18 @@ impl Shared {
                 let changed = current.max_age != wanted.max_age
                     || current.duplicate_window != wanted.duplicate_window
                     || current.max_message_size != wanted.max_message_size
-                    || current.num_replicas != wanted.num_replicas;
+                    || current.num_replicas != wanted.num_replicas
+                    || unlimited_as_negative(current.max_bytes)
+                        != unlimited_as_negative(wanted.max_bytes)
+                    || current.discard != wanted.discard;
                 if changed {
                     let updated = stream::Config {
                         max_age: wanted.max_age,
                         duplicate_window: wanted.duplicate_window,
                         max_message_size: wanted.max_message_size,
                         num_replicas: wanted.num_replicas,
+                        max_bytes: wanted.max_bytes,
+                        discard: wanted.discard,
                         ..current
                     };
                     self.js
@@ -275,15 +286,26 @@ impl Shared {
         }
     }
 
+    /// A stream with the adapter's storage and replicas.
     fn stream_config(&self, name: String, subjects: Vec<String>) -> stream::Config {
+        self.topic_stream_config(name, subjects, self.config.stream_settings(""))
+    }
+
+    /// A stream of one topic, with its settings.
+    fn topic_stream_config(
+        &self,
+        name: String,
+        subjects: Vec<String>,
+        settings: config::ResolvedStream,
+    ) -> stream::Config {
         stream::Config {
             name,
             subjects,
-            storage: match self.config.storage {
+            storage: match settings.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,
             },
-            num_replicas: self.config.replicas,
+            num_replicas: settings.replicas,
             ..Default::default()
         }
     }
@@ -324,7 +346,25 @@ impl Shared {
             };
             match ack {
                 Ok(ack) => return Ok(ack),
-                Err(err) => last_error = Some(Box::new(err)),
+                // No answer (or no JetStream yet, as right after a server restart): sent again
+                // with the same `Nats-Msg-Id`, so it cannot duplicate.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        PublishErrorKind::TimedOut
+                            | PublishErrorKind::BrokenPipe
+                            | PublishErrorKind::StreamNotFound
+                    ) =>
+                {
+                    last_error = Some(Box::new(err));
+                }
+                // The server answered no (a full stream, say): final, and said as it is.
+                Err(err) => {
+                    return Err(Error::Broker {
+                        operation: "publish",
+                        source: format!("the server refused a publish to {subject}: {err}").into(),
+                    });
+                }
             }
         }
         Err(Error::BrokerUnavailable {
@@ -707,28 +747,37 @@ impl Adapter for JetStreamAdapter {
                 ),
             });
         }
-        let mut topic_stream = shared.stream_config(
+        let settings = shared.config.stream_settings(spec.name.as_str());
+        let mut topic_stream = shared.topic_stream_config(
             shared.layout.topic_stream(&spec.name),
             vec![
                 shared.layout.topic_subject(&spec.name),
                 shared.layout.direct_wildcard(&spec.name),
             ],
+            settings,
         );
         topic_stream.retention = stream::RetentionPolicy::Interest;
+        if let Some(max_bytes) = settings.max_bytes {
+            // A full stream refuses the publish: never is a stored message dropped for it.
+            topic_stream.max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+            topic_stream.discard = stream::DiscardPolicy::New;
+        }
         topic_stream.max_age = spec.retention.unwrap_or_default();
         topic_stream.duplicate_window = spec.idempotency_window;
         topic_stream.max_message_size =
             i32::try_from(spec.max_message_bytes + HEADER_ROOM).unwrap_or(i32::MAX);
         shared.ensure_stream(topic_stream).await?;
-        let mut dlq_stream = shared.stream_config(
+        let mut dlq_stream = shared.topic_stream_config(
             shared.layout.dlq_stream(&spec.name),
             vec![shared.layout.dlq_wildcard(&spec.name)],
+            settings,
         );
         dlq_stream.max_age = spec.dlq_retention.unwrap_or_default();
         shared.ensure_stream(dlq_stream).await?;
-        let mut ledger = shared.stream_config(
+        let mut ledger = shared.topic_stream_config(
             shared.layout.ledger_stream(&spec.name),
             vec![shared.layout.ledger_wildcard(&spec.name)],
+            settings,
         );
         ledger.max_age = spec.idempotency_window;
         ledger.max_messages_per_subject = 1;
