@@ -78,9 +78,12 @@ pub(crate) fn subscribe(
 /// The first wait after a failed pull; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// With pulls outstanding, this long without a message or a status means the server lost
-/// them (a restart): the puller starts over on a new reply subject.
-const SILENCE: Duration = Duration::from_secs(10);
+/// How often the server says a waiting pull request is still alive (no message to send).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// With pulls outstanding, this long without a message, a status or a heartbeat means the
+/// server lost them (a restart, a stalled connection): the puller starts over on a new reply
+/// subject.
+const SILENCE: Duration = Duration::from_secs(6);
 
 /// Pulls one consumer of a trigger ahead of the consumer's demand, within its free slots:
 /// pull requests share one reply subscription, and the slots of their messages are reserved
@@ -161,6 +164,7 @@ impl Puller {
                         return Some(delivery);
                     }
                 }
+                // A waiting request is alive: `last_heard` moved, nothing else to do.
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 Some(StatusCode::TIMEOUT) => match unfilled(&message) {
                     // A request expired: its unfilled part frees its slots.
@@ -229,6 +233,7 @@ impl Puller {
         let request = pull::BatchConfig {
             batch: fresh.len(),
             expires: Some(PULL_EXPIRES),
+            idle_heartbeat: HEARTBEAT,
             ..Default::default()
         };
         match consumer.request_batch(request, subject.clone()).await {
