@@ -1,4 +1,5 @@
-//! Consuming a trigger: pull loops over its two consumers, and the acker of each delivery.
+//! Consuming a trigger: a puller per consumer (the fan-out one and the trigger's own), the
+//! lease watcher, and the acker of each delivery.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +27,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PENDING_MESSAGES: async_nats::HeaderName =
     async_nats::HeaderName::from_static("Nats-Pending-Messages");
 
+/// The deliveries of one trigger, at most `prefetch` unsettled (plus one of its own copies).
 pub(crate) fn subscribe(
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
@@ -40,9 +42,9 @@ pub(crate) fn subscribe(
     let (leases, expiring) = mpsc::unbounded_channel();
     tokio::spawn(free_slots_of_expired_leases(expiring));
     // One puller per consumer, run inside the subscription's stream: a delivery reaches the
-    // consumer without a hop through another task, and nothing is pulled while the consumer
-    // is not asking for more. A lease that runs out on the last attempt is dead-lettered by
-    // the lease watcher, so that needs no pulling.
+    // consumer without a hop through another task, and new pulls go out only when the
+    // consumer asks for more, never beyond its free slots. A lease that runs out on the last
+    // attempt is dead-lettered by the lease watcher, so that needs no pulling.
     let top_up_at = (prefetch as usize / 2).max(1);
     let pullers = [
         (Layout::main_consumer(trigger), slots, top_up_at),
