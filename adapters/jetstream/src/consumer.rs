@@ -367,6 +367,7 @@ async fn receive(
     };
     let attempt = metadata.attempt_base.saturating_add(delivered);
     let envelope = metadata.envelope(spec.key.topic.clone(), data, attempt, spec.max_attempts);
+    let deadline = received_at + spec.visibility_timeout;
     let received = Arc::new(Received {
         shared: Arc::clone(shared),
         key: spec.key.clone(),
@@ -377,6 +378,11 @@ async fn receive(
         attempt,
         max_attempts: spec.max_attempts,
         visibility_timeout: spec.visibility_timeout,
+        lease: Mutex::new(Lease {
+            deadline,
+            permit: Some(permit),
+            settled: false,
+        }),
     });
     if attempt > spec.max_attempts {
         // The lease ran out on the last attempt and the server delivered it again (the
@@ -396,26 +402,15 @@ async fn receive(
         }
         return None;
     }
-    let deadline = received_at + spec.visibility_timeout;
-    let lease = Arc::new(Lease {
-        state: Mutex::new(LeaseState {
-            deadline,
-            permit: Some(permit),
-            settled: false,
-        }),
-        // On the last attempt, a lease that runs out dead-letters the message at once.
-        last_attempt: (attempt >= spec.max_attempts).then(|| Arc::clone(&received)),
-    });
-    let _ = leases.send((deadline, Arc::downgrade(&lease)));
+    let _ = leases.send((deadline, Arc::downgrade(&received)));
     let acker = JetStreamAcker {
         received,
-        lease,
         leases: leases.clone(),
     };
     Some(Ok(Delivery::new(envelope, Box::new(acker))))
 }
 
-/// A received message and what settling it needs.
+/// A received message, its lease, and what settling it needs.
 struct Received {
     shared: Arc<Shared>,
     key: SubscriptionKey,
@@ -426,9 +421,14 @@ struct Received {
     max_attempts: u32,
     visibility_timeout: Duration,
     data: Arc<serde_json::Value>,
+    lease: Mutex<Lease>,
 }
 
 impl Received {
+    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Publishes the DLQ record (confirmed), then terminates the message (confirmed). The
     /// record's dedup id is the same for every delivery of one stored message, so a record
     /// written twice (by a lease watcher and after a redelivery) is stored once.
@@ -476,50 +476,39 @@ impl Received {
 /// settled or dropped, or when the lease runs out (the server then delivers the message
 /// again, and this consumer must have room to receive it).
 struct Lease {
-    state: Mutex<LeaseState>,
-    /// The message, when this is its last attempt: the watcher dead-letters it if the lease
-    /// runs out.
-    last_attempt: Option<Arc<Received>>,
-}
-
-struct LeaseState {
     deadline: Instant,
     permit: Option<OwnedSemaphorePermit>,
     /// Claimed by a settlement or by the watcher; whoever claims first settles it.
     settled: bool,
 }
 
-impl Lease {
-    fn state(&self) -> std::sync::MutexGuard<'_, LeaseState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// Leases to watch, in deadline order (deadlines only grow: each is the receipt or extension
 /// time plus the same visibility timeout).
-type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Lease>)>;
+type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Received>)>;
 
 /// One watcher per subscription: frees the slot of every lease that runs out unsettled, and
 /// dead-letters the message if that was its last attempt.
 async fn free_slots_of_expired_leases(
-    mut leases: mpsc::UnboundedReceiver<(Instant, std::sync::Weak<Lease>)>,
+    mut leases: mpsc::UnboundedReceiver<(Instant, std::sync::Weak<Received>)>,
 ) {
-    while let Some((deadline, lease)) = leases.recv().await {
+    while let Some((deadline, received)) = leases.recv().await {
         tokio::time::sleep_until(deadline).await;
-        let Some(lease) = lease.upgrade() else {
+        let Some(received) = received.upgrade() else {
             continue; // settled or dropped: its slot is already free
         };
-        let mut state = lease.state();
+        let mut lease = received.lease();
         // An extended lease was queued again with its new deadline.
-        if state.settled || state.deadline > deadline {
+        if lease.settled || lease.deadline > deadline {
             continue;
         }
-        state.permit.take();
-        let Some(received) = lease.last_attempt.clone() else {
+        lease.permit.take();
+        // On the last attempt, a lease that runs out dead-letters the message at once; a
+        // dropped delivery (no `Received` left) is delivered again and dead-lettered then.
+        if received.attempt < received.max_attempts {
             continue;
-        };
-        state.settled = true;
-        drop(state);
+        }
+        lease.settled = true;
+        drop(lease);
         tokio::spawn(async move {
             let failure = Failure::new(
                 FailureKind::LeaseExpired,
@@ -538,7 +527,6 @@ async fn free_slots_of_expired_leases(
 /// Settles one JetStream delivery.
 struct JetStreamAcker {
     received: Arc<Received>,
-    lease: Arc<Lease>,
     leases: LeaseQueue,
 }
 
@@ -553,11 +541,11 @@ impl JetStreamAcker {
     /// have delivered the message again, or the watcher dead-lettered it).
     fn claim(&self) -> Result<()> {
         self.received.shared.ensure_open()?;
-        let mut state = self.lease.state();
-        if state.settled || Instant::now() >= state.deadline {
+        let mut lease = self.received.lease();
+        if lease.settled || Instant::now() >= lease.deadline {
             return Err(self.lease_expired());
         }
-        state.settled = true;
+        lease.settled = true;
         Ok(())
     }
 
@@ -663,14 +651,14 @@ impl Acker for JetStreamAcker {
             // The local deadline moves first, so the lease watcher cannot free the slot while
             // the server is being told.
             let deadline = {
-                let mut state = self.lease.state();
-                if state.settled || Instant::now() >= state.deadline {
+                let mut lease = self.received.lease();
+                if lease.settled || Instant::now() >= lease.deadline {
                     return Err(self.lease_expired());
                 }
-                state.deadline = Instant::now() + self.received.visibility_timeout;
-                state.deadline
+                lease.deadline = Instant::now() + self.received.visibility_timeout;
+                lease.deadline
             };
-            let _ = self.leases.send((deadline, Arc::downgrade(&self.lease)));
+            let _ = self.leases.send((deadline, Arc::downgrade(&self.received)));
             self.received
                 .message
                 .ack_with(AckKind::Progress)
