@@ -86,6 +86,18 @@ async fn raw(url: &str, name: &str) -> Raw {
 }
 
 impl Raw {
+    /// The consumer's messages, pulled `WINDOW` at a time (as topiq's prefetch).
+    async fn messages(
+        consumer: jetstream::consumer::Consumer<pull::Config>,
+    ) -> jetstream::consumer::pull::Stream {
+        consumer
+            .stream()
+            .max_messages_per_batch(WINDOW)
+            .messages()
+            .await
+            .unwrap()
+    }
+
     async fn consumer(&self) -> jetstream::consumer::Consumer<pull::Config> {
         self.js
             .get_stream(&self.stream)
@@ -100,6 +112,19 @@ impl Raw {
             .await
             .unwrap()
     }
+}
+
+/// The trigger's deliveries, `WINDOW` at most unsettled (as raw's pull batch).
+async fn consume(adapter: &JetStreamAdapter, key: &SubscriptionKey) -> topiq_adapter::Subscription {
+    adapter
+        .consume(
+            key,
+            ConsumeOptions {
+                prefetch: WINDOW as u32,
+            },
+        )
+        .await
+        .unwrap()
 }
 
 async fn topiq(url: &str, name: &str) -> (JetStreamAdapter, TopicName, SubscriptionKey) {
@@ -247,12 +272,7 @@ async fn raw_end_to_end(raw: &Raw, count: usize) -> f64 {
     let consumer = raw.consumer().await;
     let started = Instant::now();
     let receiving = tokio::spawn(async move {
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(WINDOW)
-            .messages()
-            .await
-            .unwrap();
+        let mut messages = Raw::messages(consumer).await;
         for _ in 0..count {
             let message = messages.next().await.unwrap().unwrap();
             // A handler gets the payload as JSON on both sides.
@@ -271,15 +291,7 @@ async fn topiq_end_to_end(
     key: &SubscriptionKey,
     count: usize,
 ) -> f64 {
-    let mut subscription = adapter
-        .consume(
-            key,
-            ConsumeOptions {
-                prefetch: WINDOW as u32,
-            },
-        )
-        .await
-        .unwrap();
+    let mut subscription = consume(adapter, key).await;
     let started = Instant::now();
     let receiving = tokio::spawn(async move {
         for _ in 0..count {
@@ -341,12 +353,7 @@ async fn raw_latency(raw: &Raw) -> Vec<Duration> {
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = Arc::clone(&received);
     let receiving = tokio::spawn(async move {
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(WINDOW)
-            .messages()
-            .await
-            .unwrap();
+        let mut messages = Raw::messages(consumer).await;
         while let Some(Ok(message)) = messages.next().await {
             let at = Instant::now();
             let n = serde_json::from_slice::<Value>(&message.payload).unwrap()["n"]
@@ -380,15 +387,7 @@ async fn topiq_latency(
     topic: &TopicName,
     key: &SubscriptionKey,
 ) -> Vec<Duration> {
-    let mut subscription = adapter
-        .consume(
-            key,
-            ConsumeOptions {
-                prefetch: WINDOW as u32,
-            },
-        )
-        .await
-        .unwrap();
+    let mut subscription = consume(adapter, key).await;
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = Arc::clone(&received);
     let receiving = tokio::spawn(async move {

@@ -40,6 +40,20 @@ async fn declared(
     (topic, key)
 }
 
+/// The next delivery of `subscription`, which must come within `within`; `what` says what
+/// its absence would mean.
+async fn delivered(
+    subscription: &mut topiq_adapter::Subscription,
+    within: Duration,
+    what: &str,
+) -> topiq_adapter::Delivery {
+    tokio::time::timeout(within, subscription.next())
+        .await
+        .expect(what)
+        .expect("open")
+        .expect("ok")
+}
+
 const MESSAGES: usize = 20_000;
 const PUBLISHERS: usize = 32;
 
@@ -246,11 +260,7 @@ async fn a_consumer_deleted_under_the_adapter_is_recreated() {
         .publish(&topic, NewMessage::new(json!("before")))
         .await
         .expect("publish");
-    let first = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("delivered")
-        .expect("open")
-        .expect("ok");
+    let first = delivered(&mut subscription, Duration::from_secs(10), "delivered").await;
     first.ack().await.expect("ack");
 
     // An operator (or a bug) deletes the trigger's consumer.
@@ -331,11 +341,12 @@ async fn an_idle_consumer_gets_a_new_message_at_once_on_its_first_attempt() {
         .publish(&topic, NewMessage::new(json!("after a pause")))
         .await
         .expect("publish");
-    let delivery = tokio::time::timeout(Duration::from_secs(2), subscription.next())
-        .await
-        .expect("delivered within 2s of the publish")
-        .expect("open")
-        .expect("ok");
+    let delivery = delivered(
+        &mut subscription,
+        Duration::from_secs(2),
+        "delivered within 2s of the publish",
+    )
+    .await;
     println!("delivered {:?} after the publish", published.elapsed());
     assert_eq!(delivery.envelope().attempt, 1);
     delivery.ack().await.expect("ack");
@@ -365,11 +376,12 @@ async fn a_consumer_waiting_past_its_pull_expiry_gets_every_new_message_at_once(
     }
     let mut deliveries = Vec::new();
     for _ in 0..prefetch {
-        let delivery = tokio::time::timeout(Duration::from_secs(2), subscription.next())
-            .await
-            .expect("delivered within 2 s: the expired requests freed their slots")
-            .expect("open")
-            .expect("ok");
+        let delivery = delivered(
+            &mut subscription,
+            Duration::from_secs(2),
+            "delivered within 2 s: the expired requests freed their slots",
+        )
+        .await;
         deliveries.push(delivery);
     }
     for delivery in deliveries {
@@ -469,11 +481,7 @@ async fn per_topic_stream_settings_apply_and_a_full_stream_refuses_publishes() {
         .await
         .expect("consume");
     for n in 0..accepted {
-        let delivery = tokio::time::timeout(Duration::from_secs(5), subscription.next())
-            .await
-            .expect("delivered")
-            .expect("open")
-            .expect("ok");
+        let delivery = delivered(&mut subscription, Duration::from_secs(5), "delivered").await;
         assert_eq!(delivery.envelope().data["n"], json!(n));
         delivery.ack().await.expect("ack");
     }

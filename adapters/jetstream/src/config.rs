@@ -270,13 +270,25 @@ impl JetStreamConfig {
         Ok(())
     }
 
+    /// The adapter's own stream settings (for streams of no one topic, and the defaults).
+    pub(crate) fn default_stream_settings(&self) -> ResolvedStream {
+        ResolvedStream {
+            storage: self.storage,
+            replicas: self.replicas,
+            max_bytes: self.max_bytes,
+        }
+    }
+
     /// The stream settings of `topic`: its entry in `streams` over the adapter's.
     pub(crate) fn stream_settings(&self, topic: &str) -> ResolvedStream {
-        let own = self.streams.get(topic);
+        let defaults = self.default_stream_settings();
+        let Some(own) = self.streams.get(topic) else {
+            return defaults;
+        };
         ResolvedStream {
-            storage: own.and_then(|own| own.storage).unwrap_or(self.storage),
-            replicas: own.and_then(|own| own.replicas).unwrap_or(self.replicas),
-            max_bytes: own.and_then(|own| own.max_bytes).or(self.max_bytes),
+            storage: own.storage.unwrap_or(defaults.storage),
+            replicas: own.replicas.unwrap_or(defaults.replicas),
+            max_bytes: own.max_bytes.or(defaults.max_bytes),
         }
     }
 

@@ -388,18 +388,7 @@ async fn receive(
         // The lease ran out on the last attempt and the server delivered it again (the
         // watcher of the process that held it did not dead-letter it: it was dropped, or the
         // process died).
-        let failure = Failure::new(
-            FailureKind::LeaseExpired,
-            format!(
-                "not settled within the visibility timeout of {:?} on attempt {} of {}",
-                spec.visibility_timeout,
-                attempt - 1,
-                spec.max_attempts
-            ),
-        );
-        if let Err(err) = received.move_to_dlq(failure, attempt - 1).await {
-            tracing::error!(trigger = %spec.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
-        }
+        received.dead_letter_expired(attempt - 1).await;
         return None;
     }
     let _ = leases.send((deadline, Arc::downgrade(&received)));
@@ -427,6 +416,21 @@ struct Received {
 impl Received {
     fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
         self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Dead-letters a message whose lease ran out after `attempts` attempts; on failure the
+    /// server delivers it again, so the error is only logged.
+    async fn dead_letter_expired(&self, attempts: u32) {
+        let failure = Failure::new(
+            FailureKind::LeaseExpired,
+            format!(
+                "not settled within the visibility timeout of {:?} on attempt {attempts} of {}",
+                self.visibility_timeout, self.max_attempts
+            ),
+        );
+        if let Err(err) = self.move_to_dlq(failure, attempts).await {
+            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+        }
     }
 
     /// Publishes the DLQ record (confirmed), then terminates the message (confirmed). The
@@ -482,6 +486,13 @@ struct Lease {
     settled: bool,
 }
 
+impl Lease {
+    /// Neither settled nor run out: a settlement or an extension may still claim it.
+    fn is_live(&self) -> bool {
+        !self.settled && Instant::now() < self.deadline
+    }
+}
+
 /// Leases to watch, in deadline order (deadlines only grow: each is the receipt or extension
 /// time plus the same visibility timeout).
 type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Received>)>;
@@ -509,18 +520,7 @@ async fn free_slots_of_expired_leases(
         }
         lease.settled = true;
         drop(lease);
-        tokio::spawn(async move {
-            let failure = Failure::new(
-                FailureKind::LeaseExpired,
-                format!(
-                    "not settled within the visibility timeout of {:?} on attempt {} of {}",
-                    received.visibility_timeout, received.attempt, received.max_attempts
-                ),
-            );
-            if let Err(err) = received.move_to_dlq(failure, received.attempt).await {
-                tracing::error!(trigger = %received.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
-            }
-        });
+        tokio::spawn(async move { received.dead_letter_expired(received.attempt).await });
     }
 }
 
@@ -542,7 +542,7 @@ impl JetStreamAcker {
     fn claim(&self) -> Result<()> {
         self.received.shared.ensure_open()?;
         let mut lease = self.received.lease();
-        if lease.settled || Instant::now() >= lease.deadline {
+        if !lease.is_live() {
             return Err(self.lease_expired());
         }
         lease.settled = true;
@@ -652,7 +652,7 @@ impl Acker for JetStreamAcker {
             // the server is being told.
             let deadline = {
                 let mut lease = self.received.lease();
-                if lease.settled || Instant::now() >= lease.deadline {
+                if !lease.is_live() {
                     return Err(self.lease_expired());
                 }
                 lease.deadline = Instant::now() + self.received.visibility_timeout;

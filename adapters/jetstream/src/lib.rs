@@ -288,7 +288,7 @@ impl Shared {
 
     /// A stream with the adapter's storage and replicas.
     fn stream_config(&self, name: String, subjects: Vec<String>) -> stream::Config {
-        self.topic_stream_config(name, subjects, self.config.stream_settings(""))
+        self.topic_stream_config(name, subjects, self.config.default_stream_settings())
     }
 
     /// A stream of one topic, with its settings.
