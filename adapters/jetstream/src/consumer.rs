@@ -497,31 +497,66 @@ impl Lease {
 /// time plus the same visibility timeout).
 type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Received>)>;
 
+/// How often the lease watcher looks at its queue while leases are outstanding: entries of
+/// settled deliveries are dropped then, in one pass, instead of a timer or a wake-up each.
+const LEASE_SWEEP: Duration = Duration::from_millis(100);
+
 /// One watcher per subscription: frees the slot of every lease that runs out unsettled, and
-/// dead-letters the message if that was its last attempt.
+/// dead-letters the message if that was its last attempt. It sleeps while nothing is leased
+/// and otherwise wakes every [`LEASE_SWEEP`] (or at the first deadline, if sooner), so a
+/// busy subscription costs it a few wake-ups a second, not one per delivery.
 async fn free_slots_of_expired_leases(
     mut leases: mpsc::UnboundedReceiver<(Instant, std::sync::Weak<Received>)>,
 ) {
-    while let Some((deadline, received)) = leases.recv().await {
-        tokio::time::sleep_until(deadline).await;
-        let Some(received) = received.upgrade() else {
-            continue; // settled or dropped: its slot is already free
-        };
-        let mut lease = received.lease();
-        // An extended lease was queued again with its new deadline.
-        if lease.settled || lease.deadline > deadline {
-            continue;
+    let mut watched = std::collections::VecDeque::new();
+    loop {
+        if watched.is_empty() {
+            match leases.recv().await {
+                Some(lease) => watched.push_back(lease),
+                None => return,
+            }
         }
-        lease.permit.take();
-        // On the last attempt, a lease that runs out dead-letters the message at once; a
-        // dropped delivery (no `Received` left) is delivered again and dead-lettered then.
-        if received.attempt < received.max_attempts {
-            continue;
+        while let Ok(lease) = leases.try_recv() {
+            watched.push_back(lease);
         }
-        lease.settled = true;
-        drop(lease);
-        tokio::spawn(async move { received.dead_letter_expired(received.attempt).await });
+        let now = Instant::now();
+        while let Some((deadline, received)) = watched.front() {
+            // Settled or dropped: its slot is already free.
+            if received.strong_count() == 0 {
+                watched.pop_front();
+                continue;
+            }
+            if *deadline > now {
+                break;
+            }
+            if let Some((deadline, received)) = watched.pop_front()
+                && let Some(received) = received.upgrade()
+            {
+                expire(deadline, received);
+            }
+        }
+        if let Some((deadline, _)) = watched.front() {
+            tokio::time::sleep_until((*deadline).min(now + LEASE_SWEEP)).await;
+        }
     }
+}
+
+/// Frees the slot of a lease whose `deadline` passed unsettled; on the last attempt, moves the
+/// message to the DLQ at once (a dropped delivery, with no `Received` left, is delivered
+/// again and dead-lettered then).
+fn expire(deadline: Instant, received: Arc<Received>) {
+    let mut lease = received.lease();
+    // An extended lease was queued again with its new deadline.
+    if lease.settled || lease.deadline > deadline {
+        return;
+    }
+    lease.permit.take();
+    if received.attempt < received.max_attempts {
+        return;
+    }
+    lease.settled = true;
+    drop(lease);
+    tokio::spawn(async move { received.dead_letter_expired(received.attempt).await });
 }
 
 /// Settles one JetStream delivery.
