@@ -1,14 +1,14 @@
 //! Consuming a trigger: a puller per consumer (the fan-out one and the trigger's own), the
 //! lease watcher, and the acker of each delivery.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{StatusCode, Subject};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
     Acker, DeadLetter, Delivery, Error, Failure, FailureKind, Result, Subscription,
@@ -39,8 +39,7 @@ pub(crate) fn subscribe(
     // `prefetch`. The trigger's own copies (redrives, releases) are rare and have one slot of
     // their own, so they never wait behind an idle fan-out pull (and it never waits for them).
     let direct_slot = Arc::new(Semaphore::new(1));
-    let (leases, expiring) = mpsc::unbounded_channel();
-    tokio::spawn(free_slots_of_expired_leases(expiring));
+    let leases = Leases::new();
     // One puller per consumer, run inside the subscription's stream: a delivery reaches the
     // consumer without a hop through another task, and new pulls go out only when the
     // consumer asks for more, never beyond its free slots. A lease that runs out on the last
@@ -56,7 +55,7 @@ pub(crate) fn subscribe(
             spec: spec.clone(),
             consumer_name,
             slots,
-            leases: leases.clone(),
+            leases: Arc::clone(&leases),
             consumer: None,
             inbox: None,
             reserved: Vec::new(),
@@ -96,7 +95,7 @@ struct Puller {
     spec: SubscriptionSpec,
     consumer_name: String,
     slots: Arc<Semaphore>,
-    leases: LeaseQueue,
+    leases: Arc<Leases>,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
     /// The reply subject of every pull request, and its subscription.
     inbox: Option<(Subject, async_nats::Subscriber)>,
@@ -334,7 +333,7 @@ async fn receive(
     spec: &SubscriptionSpec,
     message: jetstream::Message,
     permit: OwnedSemaphorePermit,
-    leases: &LeaseQueue,
+    leases: &Arc<Leases>,
 ) -> Option<Result<Delivery>> {
     let received_at = Instant::now();
     let (delivered, stream_sequence, stored_at) = match message.info() {
@@ -368,7 +367,7 @@ async fn receive(
     let attempt = metadata.attempt_base.saturating_add(delivered);
     let envelope = metadata.envelope(spec.key.topic.clone(), data, attempt, spec.max_attempts);
     let deadline = received_at + spec.visibility_timeout;
-    let received = Arc::new(Received {
+    let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
         key: spec.key.clone(),
         data: Arc::clone(&envelope.data),
@@ -383,6 +382,8 @@ async fn receive(
             permit: Some(permit),
             settled: false,
         }),
+        leases: Arc::clone(leases),
+        lease_key,
     });
     if attempt > spec.max_attempts {
         // The lease ran out on the last attempt and the server delivered it again (the
@@ -391,11 +392,7 @@ async fn receive(
         received.dead_letter_expired(attempt - 1).await;
         return None;
     }
-    let _ = leases.send((deadline, Arc::downgrade(&received)));
-    let acker = JetStreamAcker {
-        received,
-        leases: leases.clone(),
-    };
+    let acker = JetStreamAcker { received };
     Some(Ok(Delivery::new(envelope, Box::new(acker))))
 }
 
@@ -411,6 +408,15 @@ struct Received {
     visibility_timeout: Duration,
     data: Arc<serde_json::Value>,
     lease: Mutex<Lease>,
+    /// The subscription's live leases, which this one leaves when dropped.
+    leases: Arc<Leases>,
+    lease_key: usize,
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        self.leases.remove(self.lease_key);
+    }
 }
 
 impl Received {
@@ -493,76 +499,115 @@ impl Lease {
     }
 }
 
-/// Leases to watch, in deadline order (deadlines only grow: each is the receipt or extension
-/// time plus the same visibility timeout).
-type LeaseQueue = mpsc::UnboundedSender<(Instant, std::sync::Weak<Received>)>;
+/// The live leases of one subscription, for its watcher to check: a delivery enters at
+/// receipt and leaves when its [`Received`] is dropped, so there are never more than the
+/// subscription's slots, and a busy subscription costs the watcher no work per delivery.
+struct Leases {
+    live: Mutex<slab::Slab<Weak<Received>>>,
+    /// Wakes the watcher: a first lease arrived, or the subscription is gone.
+    wake: Arc<Notify>,
+}
 
-/// How often the lease watcher looks at its queue while leases are outstanding: entries of
-/// settled deliveries are dropped then, in one pass, instead of a timer or a wake-up each.
-const LEASE_SWEEP: Duration = Duration::from_millis(100);
+impl Leases {
+    /// A registry with its watcher running; the watcher ends when the registry is dropped.
+    fn new() -> Arc<Self> {
+        let wake = Arc::new(Notify::new());
+        let leases = Arc::new(Self {
+            live: Mutex::new(slab::Slab::new()),
+            wake: Arc::clone(&wake),
+        });
+        tokio::spawn(watch_leases(Arc::downgrade(&leases), wake));
+        leases
+    }
 
-/// One watcher per subscription: frees the slot of every lease that runs out unsettled, and
-/// dead-letters the message if that was its last attempt. It sleeps while nothing is leased
-/// and otherwise wakes every [`LEASE_SWEEP`] (or at the first deadline, if sooner), so a
-/// busy subscription costs it a few wake-ups a second, not one per delivery.
-async fn free_slots_of_expired_leases(
-    mut leases: mpsc::UnboundedReceiver<(Instant, std::sync::Weak<Received>)>,
-) {
-    let mut watched = std::collections::VecDeque::new();
-    loop {
-        if watched.is_empty() {
-            match leases.recv().await {
-                Some(lease) => watched.push_back(lease),
-                None => return,
-            }
+    fn live(&self) -> std::sync::MutexGuard<'_, slab::Slab<Weak<Received>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers the delivery `make` builds from its key.
+    fn insert(&self, make: impl FnOnce(usize) -> Received) -> Arc<Received> {
+        let mut live = self.live();
+        let entry = live.vacant_entry();
+        let received = Arc::new(make(entry.key()));
+        entry.insert(Arc::downgrade(&received));
+        let first = live.len() == 1;
+        drop(live);
+        if first {
+            self.wake.notify_one();
         }
-        while let Ok(lease) = leases.try_recv() {
-            watched.push_back(lease);
-        }
+        received
+    }
+
+    fn remove(&self, key: usize) {
+        self.live().try_remove(key);
+    }
+
+    /// Expires every lease whose deadline passed unsettled; returns the earliest deadline
+    /// still to watch.
+    fn sweep(&self) -> Option<Instant> {
+        // Upgraded under the lock, looked at after it: dropping the last reference to a
+        // delivery takes the lock again.
+        let received: Vec<Arc<Received>> = self
+            .live()
+            .iter()
+            .filter_map(|(_, weak)| weak.upgrade())
+            .collect();
         let now = Instant::now();
-        while let Some((deadline, received)) = watched.front() {
-            // Settled or dropped: its slot is already free.
-            if received.strong_count() == 0 {
-                watched.pop_front();
+        let mut earliest: Option<Instant> = None;
+        for received in received {
+            let mut lease = received.lease();
+            // Settled, or expired in an earlier sweep (an expired lease cannot be extended).
+            if lease.settled || lease.permit.is_none() {
                 continue;
             }
-            if *deadline > now {
-                break;
+            if lease.deadline > now {
+                earliest = Some(earliest.map_or(lease.deadline, |at| at.min(lease.deadline)));
+                continue;
             }
-            if let Some((deadline, received)) = watched.pop_front()
-                && let Some(received) = received.upgrade()
-            {
-                expire(deadline, received);
+            lease.permit.take();
+            // On the last attempt, a lease that runs out dead-letters the message at once; a
+            // dropped delivery (no `Received` left) is delivered again and dead-lettered then.
+            if received.attempt < received.max_attempts {
+                continue;
             }
+            lease.settled = true;
+            drop(lease);
+            tokio::spawn(async move { received.dead_letter_expired(received.attempt).await });
         }
-        if let Some((deadline, _)) = watched.front() {
-            tokio::time::sleep_until((*deadline).min(now + LEASE_SWEEP)).await;
-        }
+        earliest
     }
 }
 
-/// Frees the slot of a lease whose `deadline` passed unsettled; on the last attempt, moves the
-/// message to the DLQ at once (a dropped delivery, with no `Received` left, is delivered
-/// again and dead-lettered then).
-fn expire(deadline: Instant, received: Arc<Received>) {
-    let mut lease = received.lease();
-    // An extended lease was queued again with its new deadline.
-    if lease.settled || lease.deadline > deadline {
-        return;
+impl Drop for Leases {
+    fn drop(&mut self) {
+        self.wake.notify_one();
     }
-    lease.permit.take();
-    if received.attempt < received.max_attempts {
-        return;
+}
+
+/// One watcher per subscription: frees the slot of every lease that runs out unsettled, and
+/// dead-letters the message if that was its last attempt. It sleeps until the earliest
+/// deadline (a new lease's is never earlier, an extension only moves one later), or while
+/// nothing is leased, until a delivery arrives.
+async fn watch_leases(leases: Weak<Leases>, wake: Arc<Notify>) {
+    loop {
+        let Some(next) = leases.upgrade().map(|leases| leases.sweep()) else {
+            return; // the subscription and all its deliveries are gone
+        };
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
     }
-    lease.settled = true;
-    drop(lease);
-    tokio::spawn(async move { received.dead_letter_expired(received.attempt).await });
 }
 
 /// Settles one JetStream delivery.
 struct JetStreamAcker {
     received: Arc<Received>,
-    leases: LeaseQueue,
 }
 
 impl JetStreamAcker {
@@ -588,10 +633,6 @@ impl JetStreamAcker {
         self.claim()?;
         let received = &self.received;
         match settlement {
-            Settlement::Ack => received.message.ack().await.map_err(|err| Error::Broker {
-                operation: "ack",
-                source: err,
-            }),
             Settlement::Nack(_) if received.attempt >= received.max_attempts => {
                 let failure = Failure::new(
                     FailureKind::RetriesExhausted,
@@ -656,8 +697,8 @@ impl JetStreamAcker {
     }
 }
 
+/// How a delivery is settled, other than by a plain ack.
 enum Settlement {
-    Ack,
     Nack(Duration),
     DeadLetter(Failure),
     Release,
@@ -665,7 +706,18 @@ enum Settlement {
 
 impl Acker for JetStreamAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(self.settle(Settlement::Ack))
+        // The hot path has a future of its own, a fraction of the size of `settle`'s.
+        Box::pin(async move {
+            self.claim()?;
+            self.received
+                .message
+                .ack()
+                .await
+                .map_err(|err| Error::Broker {
+                    operation: "ack",
+                    source: err,
+                })
+        })
     }
 
     fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>> {
@@ -685,15 +737,13 @@ impl Acker for JetStreamAcker {
             self.received.shared.ensure_open()?;
             // The local deadline moves first, so the lease watcher cannot free the slot while
             // the server is being told.
-            let deadline = {
+            {
                 let mut lease = self.received.lease();
                 if !lease.is_live() {
                     return Err(self.lease_expired());
                 }
                 lease.deadline = Instant::now() + self.received.visibility_timeout;
-                lease.deadline
-            };
-            let _ = self.leases.send((deadline, Arc::downgrade(&self.received)));
+            }
             self.received
                 .message
                 .ack_with(AckKind::Progress)
