@@ -318,8 +318,18 @@ struct LatencySide {
 }
 
 /// Publishes `RATE` msg/s on every side for `LATENCY_SECONDS`, the sides taking turns message
-/// by message within each millisecond, and returns each side's publish → receipt latencies.
+/// by message within each millisecond, and returns each side's publish → receipt latencies
+/// (after one warm-up message per side).
 async fn paced(sides: &[LatencySide]) -> Vec<Vec<Duration>> {
+    // One message through each side first, so neither side's measurement includes its
+    // consumer's start (getting the consumer, the first pull).
+    for side in sides {
+        (side.publish)(0).await;
+        while side.received.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        side.received.lock().unwrap().clear();
+    }
     let total = RATE * LATENCY_SECONDS;
     let mut sent_at = vec![vec![Instant::now(); total]; sides.len()];
     let mut ticker = tokio::time::interval(Duration::from_millis(1));

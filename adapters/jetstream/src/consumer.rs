@@ -503,9 +503,18 @@ impl Lease {
 /// receipt and leaves when its [`Received`] is dropped, so there are never more than the
 /// subscription's slots, and a busy subscription costs the watcher no work per delivery.
 struct Leases {
-    live: Mutex<slab::Slab<Weak<Received>>>,
-    /// Wakes the watcher: a first lease arrived, or the subscription is gone.
+    live: Mutex<LiveLeases>,
+    /// Wakes the watcher: a lease arrived while it had nothing to watch, or the subscription
+    /// is gone.
     wake: Arc<Notify>,
+}
+
+struct LiveLeases {
+    leases: slab::Slab<Weak<Received>>,
+    /// Leases registered so far: tells the watcher whether one arrived since it looked.
+    registered: u64,
+    /// The watcher waits for the next lease (it had no deadline to sleep until).
+    idle: bool,
 }
 
 impl Leases {
@@ -513,45 +522,55 @@ impl Leases {
     fn new() -> Arc<Self> {
         let wake = Arc::new(Notify::new());
         let leases = Arc::new(Self {
-            live: Mutex::new(slab::Slab::new()),
+            live: Mutex::new(LiveLeases {
+                leases: slab::Slab::new(),
+                registered: 0,
+                idle: false,
+            }),
             wake: Arc::clone(&wake),
         });
         tokio::spawn(watch_leases(Arc::downgrade(&leases), wake));
         leases
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, slab::Slab<Weak<Received>>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveLeases> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers the delivery `make` builds from its key.
+    /// Registers the delivery `make` builds from its key; wakes the watcher only if it had
+    /// nothing to watch (a new lease's deadline is never earlier than the ones it watches).
     fn insert(&self, make: impl FnOnce(usize) -> Received) -> Arc<Received> {
         let mut live = self.live();
-        let entry = live.vacant_entry();
+        let entry = live.leases.vacant_entry();
         let received = Arc::new(make(entry.key()));
         entry.insert(Arc::downgrade(&received));
-        let first = live.len() == 1;
+        live.registered += 1;
+        let wake = std::mem::take(&mut live.idle);
         drop(live);
-        if first {
+        if wake {
             self.wake.notify_one();
         }
         received
     }
 
     fn remove(&self, key: usize) {
-        self.live().try_remove(key);
+        self.live().leases.try_remove(key);
     }
 
-    /// Expires every lease whose deadline passed unsettled; returns the earliest deadline
-    /// still to watch.
-    fn sweep(&self) -> Option<Instant> {
+    /// Expires every lease whose deadline passed unsettled. Returns the earliest deadline
+    /// still to watch and how many leases had been registered when it looked.
+    fn sweep(&self) -> (Option<Instant>, u64) {
         // Upgraded under the lock, looked at after it: dropping the last reference to a
         // delivery takes the lock again.
-        let received: Vec<Arc<Received>> = self
-            .live()
-            .iter()
-            .filter_map(|(_, weak)| weak.upgrade())
-            .collect();
+        let (received, registered) = {
+            let live = self.live();
+            let received: Vec<Arc<Received>> = live
+                .leases
+                .iter()
+                .filter_map(|(_, weak)| weak.upgrade())
+                .collect();
+            (received, live.registered)
+        };
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
         for received in received {
@@ -574,7 +593,14 @@ impl Leases {
             drop(lease);
             tokio::spawn(async move { received.dead_letter_expired(received.attempt).await });
         }
-        earliest
+        (earliest, registered)
+    }
+
+    /// Marks the watcher idle, unless a lease arrived since its sweep saw `registered`.
+    fn go_idle(&self, registered: u64) -> bool {
+        let mut live = self.live();
+        live.idle = live.registered == registered;
+        live.idle
     }
 }
 
@@ -586,13 +612,19 @@ impl Drop for Leases {
 
 /// One watcher per subscription: frees the slot of every lease that runs out unsettled, and
 /// dead-letters the message if that was its last attempt. It sleeps until the earliest
-/// deadline (a new lease's is never earlier, an extension only moves one later), or while
-/// nothing is leased, until a delivery arrives.
+/// deadline (a new lease's is never earlier, an extension only moves one later), or, with
+/// nothing to watch, until a delivery arrives: a wake-up per visibility timeout, not per
+/// delivery.
 async fn watch_leases(leases: Weak<Leases>, wake: Arc<Notify>) {
     loop {
-        let Some(next) = leases.upgrade().map(|leases| leases.sweep()) else {
+        let Some(leases) = leases.upgrade() else {
             return; // the subscription and all its deliveries are gone
         };
+        let (next, registered) = leases.sweep();
+        if next.is_none() && !leases.go_idle(registered) {
+            continue; // a lease arrived meanwhile: look again
+        }
+        drop(leases);
         match next {
             Some(deadline) => {
                 tokio::select! {
