@@ -1,19 +1,20 @@
 //! Consuming a trigger: a puller per consumer (the fan-out one and the trigger's own), the
 //! lease watcher, and the acker of each delivery.
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{StatusCode, Subject};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
     Acker, DeadLetter, Delivery, Error, Failure, FailureKind, Result, Subscription,
     SubscriptionKey, SubscriptionSpec, Timestamp,
 };
+use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Metadata, Stamp};
 use crate::layout::Layout;
@@ -39,7 +40,7 @@ pub(crate) fn subscribe(
     // `prefetch`. The trigger's own copies (redrives, releases) are rare and have one slot of
     // their own, so they never wait behind an idle fan-out pull (and it never waits for them).
     let direct_slot = Arc::new(Semaphore::new(1));
-    let leases = Leases::new();
+    let leases = Leases::<Received>::new();
     // One puller per consumer, run inside the subscription's stream: a delivery reaches the
     // consumer without a hop through another task, and new pulls go out only when the
     // consumer asks for more, never beyond its free slots. A lease that runs out on the last
@@ -95,7 +96,7 @@ struct Puller {
     spec: SubscriptionSpec,
     consumer_name: String,
     slots: Arc<Semaphore>,
-    leases: Arc<Leases>,
+    leases: Arc<Leases<Received>>,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
     /// The reply subject of every pull request, and its subscription.
     inbox: Option<(Subject, async_nats::Subscriber)>,
@@ -333,9 +334,8 @@ async fn receive(
     spec: &SubscriptionSpec,
     message: jetstream::Message,
     permit: OwnedSemaphorePermit,
-    leases: &Arc<Leases>,
+    leases: &Arc<Leases<Received>>,
 ) -> Option<Result<Delivery>> {
-    let received_at = Instant::now();
     let (delivered, stream_sequence, stored_at) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(u32::MAX),
@@ -366,7 +366,6 @@ async fn receive(
     };
     let attempt = metadata.attempt_base.saturating_add(delivered);
     let envelope = metadata.envelope(spec.key.topic.clone(), data, attempt, spec.max_attempts);
-    let deadline = received_at + spec.visibility_timeout;
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
         key: spec.key.clone(),
@@ -377,11 +376,7 @@ async fn receive(
         attempt,
         max_attempts: spec.max_attempts,
         visibility_timeout: spec.visibility_timeout,
-        lease: Mutex::new(Lease {
-            deadline,
-            permit: Some(permit),
-            settled: false,
-        }),
+        lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
         leases: Arc::clone(leases),
         lease_key,
     });
@@ -409,8 +404,8 @@ struct Received {
     data: Arc<serde_json::Value>,
     lease: Mutex<Lease>,
     /// The subscription's live leases, which this one leaves when dropped.
-    leases: Arc<Leases>,
-    lease_key: usize,
+    leases: Arc<Leases<Received>>,
+    lease_key: LeaseKey,
 }
 
 impl Drop for Received {
@@ -420,10 +415,6 @@ impl Drop for Received {
 }
 
 impl Received {
-    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
-        self.lease.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Dead-letters a message whose lease ran out after `attempts` attempts; on failure the
     /// server delivers it again, so the error is only logged.
     async fn dead_letter_expired(&self, attempts: u32) {
@@ -482,158 +473,19 @@ impl Received {
     }
 }
 
-/// A delivery's lease and the `prefetch` slot it holds. The slot is freed when the delivery is
-/// settled or dropped, or when the lease runs out (the server then delivers the message
-/// again, and this consumer must have room to receive it).
-struct Lease {
-    deadline: Instant,
-    permit: Option<OwnedSemaphorePermit>,
-    /// Claimed by a settlement or by the watcher; whoever claims first settles it.
-    settled: bool,
-}
-
-impl Lease {
-    /// Neither settled nor run out: a settlement or an extension may still claim it.
-    fn is_live(&self) -> bool {
-        !self.settled && Instant::now() < self.deadline
-    }
-}
-
-/// The live leases of one subscription, for its watcher to check: a delivery enters at
-/// receipt and leaves when its [`Received`] is dropped, so there are never more than the
-/// subscription's slots, and a busy subscription costs the watcher no work per delivery.
-struct Leases {
-    live: Mutex<LiveLeases>,
-    /// Wakes the watcher: a lease arrived while it had nothing to watch, or the subscription
-    /// is gone.
-    wake: Arc<Notify>,
-}
-
-struct LiveLeases {
-    leases: slab::Slab<Weak<Received>>,
-    /// Leases registered so far: tells the watcher whether one arrived since it looked.
-    registered: u64,
-    /// The watcher waits for the next lease (it had no deadline to sleep until).
-    idle: bool,
-}
-
-impl Leases {
-    /// A registry with its watcher running; the watcher ends when the registry is dropped.
-    fn new() -> Arc<Self> {
-        let wake = Arc::new(Notify::new());
-        let leases = Arc::new(Self {
-            live: Mutex::new(LiveLeases {
-                leases: slab::Slab::new(),
-                registered: 0,
-                idle: false,
-            }),
-            wake: Arc::clone(&wake),
-        });
-        tokio::spawn(watch_leases(Arc::downgrade(&leases), wake));
-        leases
+impl Leased for Received {
+    fn lease(&self) -> &Mutex<Lease> {
+        &self.lease
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, LiveLeases> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers the delivery `make` builds from its key; wakes the watcher only if it had
-    /// nothing to watch (a new lease's deadline is never earlier than the ones it watches).
-    fn insert(&self, make: impl FnOnce(usize) -> Received) -> Arc<Received> {
-        let mut live = self.live();
-        let entry = live.leases.vacant_entry();
-        let received = Arc::new(make(entry.key()));
-        entry.insert(Arc::downgrade(&received));
-        live.registered += 1;
-        let wake = std::mem::take(&mut live.idle);
-        drop(live);
-        if wake {
-            self.wake.notify_one();
+    /// On the last attempt, a lease that runs out dead-letters the message at once; before
+    /// it, the server delivers the message again after `ack_wait`. (A dropped delivery, with
+    /// no `Received` left, is delivered again and dead-lettered then.)
+    fn expired(self: Arc<Self>) {
+        if self.attempt < self.max_attempts || !lease::lock(&self.lease).claim_expired() {
+            return;
         }
-        received
-    }
-
-    fn remove(&self, key: usize) {
-        self.live().leases.try_remove(key);
-    }
-
-    /// Expires every lease whose deadline passed unsettled. Returns the earliest deadline
-    /// still to watch and how many leases had been registered when it looked.
-    fn sweep(&self) -> (Option<Instant>, u64) {
-        // Upgraded under the lock, looked at after it: dropping the last reference to a
-        // delivery takes the lock again.
-        let (received, registered) = {
-            let live = self.live();
-            let received: Vec<Arc<Received>> = live
-                .leases
-                .iter()
-                .filter_map(|(_, weak)| weak.upgrade())
-                .collect();
-            (received, live.registered)
-        };
-        let now = Instant::now();
-        let mut earliest: Option<Instant> = None;
-        for received in received {
-            let mut lease = received.lease();
-            // Settled, or expired in an earlier sweep (an expired lease cannot be extended).
-            if lease.settled || lease.permit.is_none() {
-                continue;
-            }
-            if lease.deadline > now {
-                earliest = Some(earliest.map_or(lease.deadline, |at| at.min(lease.deadline)));
-                continue;
-            }
-            lease.permit.take();
-            // On the last attempt, a lease that runs out dead-letters the message at once; a
-            // dropped delivery (no `Received` left) is delivered again and dead-lettered then.
-            if received.attempt < received.max_attempts {
-                continue;
-            }
-            lease.settled = true;
-            drop(lease);
-            tokio::spawn(async move { received.dead_letter_expired(received.attempt).await });
-        }
-        (earliest, registered)
-    }
-
-    /// Marks the watcher idle, unless a lease arrived since its sweep saw `registered`.
-    fn go_idle(&self, registered: u64) -> bool {
-        let mut live = self.live();
-        live.idle = live.registered == registered;
-        live.idle
-    }
-}
-
-impl Drop for Leases {
-    fn drop(&mut self) {
-        self.wake.notify_one();
-    }
-}
-
-/// One watcher per subscription: frees the slot of every lease that runs out unsettled, and
-/// dead-letters the message if that was its last attempt. It sleeps until the earliest
-/// deadline (a new lease's is never earlier, an extension only moves one later), or, with
-/// nothing to watch, until a delivery arrives: a wake-up per visibility timeout, not per
-/// delivery.
-async fn watch_leases(leases: Weak<Leases>, wake: Arc<Notify>) {
-    loop {
-        let Some(leases) = leases.upgrade() else {
-            return; // the subscription and all its deliveries are gone
-        };
-        let (next, registered) = leases.sweep();
-        if next.is_none() && !leases.go_idle(registered) {
-            continue; // a lease arrived meanwhile: look again
-        }
-        drop(leases);
-        match next {
-            Some(deadline) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {}
-                    () = wake.notified() => {}
-                }
-            }
-            None => wake.notified().await,
-        }
+        tokio::spawn(async move { self.dead_letter_expired(self.attempt).await });
     }
 }
 
@@ -653,11 +505,9 @@ impl JetStreamAcker {
     /// have delivered the message again, or the watcher dead-lettered it).
     fn claim(&self) -> Result<()> {
         self.received.shared.ensure_open()?;
-        let mut lease = self.received.lease();
-        if !lease.is_live() {
+        if !lease::lock(&self.received.lease).claim() {
             return Err(self.lease_expired());
         }
-        lease.settled = true;
         Ok(())
     }
 
@@ -769,12 +619,8 @@ impl Acker for JetStreamAcker {
             self.received.shared.ensure_open()?;
             // The local deadline moves first, so the lease watcher cannot free the slot while
             // the server is being told.
-            {
-                let mut lease = self.received.lease();
-                if !lease.is_live() {
-                    return Err(self.lease_expired());
-                }
-                lease.deadline = Instant::now() + self.received.visibility_timeout;
+            if !lease::lock(&self.received.lease).extend(self.received.visibility_timeout) {
+                return Err(self.lease_expired());
             }
             self.received
                 .message
