@@ -186,3 +186,84 @@ fn free_port() -> u16 {
         .map(|address| address.port())
         .expect("a free loopback port")
 }
+
+/// A RabbitMQ virtual host of its own on the machine's broker (`rabbitmqctl`), so a test's
+/// exchanges and queues meet no other run's; deleted with everything in it on drop.
+pub struct RabbitVhost {
+    name: String,
+}
+
+/// The machine's RabbitMQ (guest/guest on loopback).
+const RABBITMQ_ADDRESS: &str = "127.0.0.1:5672";
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run rabbitmqctl {args:?}: {err} (is rabbitmq-server installed? scripts/test installs it)"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed ({}): {}{} (is RabbitMQ running? `rabbitmq-server -detached` starts it)",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl RabbitVhost {
+    /// Creates a fresh vhost that `guest` may use.
+    ///
+    /// # Panics
+    ///
+    /// When RabbitMQ is not running or `rabbitmqctl` fails: a missing broker fails the test.
+    pub fn create() -> Self {
+        let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(12)
+            .collect();
+        let name = format!("topiq-test-{suffix}");
+        rabbitmqctl(&["add_vhost", &name]);
+        let vhost = Self { name };
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &vhost.name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        vhost
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:5672/<vhost>`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{RABBITMQ_ADDRESS}/{}", self.name)
+    }
+}
+
+impl Drop for RabbitVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A `RabbitMqAdapter` on a vhost of its own (returned with it: keep it alive).
+///
+/// # Panics
+///
+/// When RabbitMQ is not running or the adapter cannot connect.
+pub async fn rabbitmq_adapter() -> (topiq_rabbitmq::RabbitMqAdapter, RabbitVhost) {
+    let vhost = RabbitVhost::create();
+    let config = topiq_rabbitmq::RabbitMqConfig {
+        url: vhost.url(),
+        ..topiq_rabbitmq::RabbitMqConfig::default()
+    };
+    let adapter = topiq_rabbitmq::RabbitMqAdapter::connect(config)
+        .await
+        .unwrap_or_else(|err| panic!("cannot connect to RabbitMQ at {RABBITMQ_ADDRESS}: {err}"));
+    (adapter, vhost)
+}

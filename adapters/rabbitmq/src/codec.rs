@@ -1,0 +1,177 @@
+//! topiq's metadata in AMQP message properties and headers.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use topiq_adapter::{Error, MessageId, Result, Timestamp};
+
+/// Header names topiq writes (AMQP header names are case-sensitive; these are lower case).
+pub(crate) mod header {
+    pub(crate) const ENQUEUED_AT: &str = "topiq-enqueued-at";
+    pub(crate) const ATTEMPT_BASE: &str = "topiq-attempt-base";
+    pub(crate) const FIRST_FAILED_AT: &str = "topiq-first-failed-at";
+    pub(crate) const IDEMPOTENCY_KEY: &str = "topiq-idempotency-key";
+    pub(crate) const TRACEPARENT: &str = "traceparent";
+    pub(crate) const BAGGAGE: &str = "baggage";
+    /// Quorum queues count deliveries here (absent on the first).
+    pub(crate) const DELIVERY_COUNT: &str = "x-delivery-count";
+    /// A stream message's offset.
+    pub(crate) const STREAM_OFFSET: &str = "x-stream-offset";
+    /// A DLQ stream entry that removes the record at this offset.
+    pub(crate) const REMOVES: &str = "topiq-removes";
+    /// A DLQ stream entry that marks where a reader's view ends.
+    pub(crate) const MARKER: &str = "topiq-marker";
+}
+
+/// What topiq carries with a message besides its data.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Metadata {
+    pub(crate) id: MessageId,
+    pub(crate) enqueued_at: Timestamp,
+    /// Attempts spent before this copy was published (a retry copy carries its attempt).
+    pub(crate) attempt_base: u32,
+    pub(crate) first_failed_at: Option<Timestamp>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) baggage: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+fn millis(at: Timestamp) -> AMQPValue {
+    AMQPValue::LongLongInt(at.as_millisecond())
+}
+
+impl Metadata {
+    /// Persistent JSON message properties carrying this metadata.
+    pub(crate) fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(header::ENQUEUED_AT.into(), millis(self.enqueued_at));
+        if self.attempt_base > 0 {
+            headers.insert(
+                header::ATTEMPT_BASE.into(),
+                AMQPValue::LongLongInt(i64::from(self.attempt_base)),
+            );
+        }
+        if let Some(at) = self.first_failed_at {
+            headers.insert(header::FIRST_FAILED_AT.into(), millis(at));
+        }
+        for (name, value) in [
+            (header::TRACEPARENT, &self.traceparent),
+            (header::BAGGAGE, &self.baggage),
+            (header::IDEMPOTENCY_KEY, &self.idempotency_key),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name.into(), text(value));
+            }
+        }
+        BasicProperties::default()
+            .with_message_id(self.id.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers)
+    }
+
+    /// Reads the metadata back; a message without topiq's id is refused.
+    pub(crate) fn from_properties(properties: &BasicProperties) -> Result<Self> {
+        let Some(id) = properties.message_id() else {
+            return Err(foreign("it has no message id"));
+        };
+        let headers = properties.headers().as_ref();
+        let get = |name: &str| headers.and_then(|headers| headers.inner().get(name));
+        let enqueued_at = get(header::ENQUEUED_AT)
+            .and_then(as_timestamp)
+            .ok_or_else(|| foreign("it has no topiq-enqueued-at header"))?;
+        Ok(Self {
+            id: MessageId::from_string(id.as_str()),
+            enqueued_at,
+            attempt_base: get(header::ATTEMPT_BASE)
+                .and_then(as_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            first_failed_at: get(header::FIRST_FAILED_AT).and_then(as_timestamp),
+            traceparent: get(header::TRACEPARENT).and_then(as_text),
+            baggage: get(header::BAGGAGE).and_then(as_text),
+            idempotency_key: get(header::IDEMPOTENCY_KEY).and_then(as_text),
+        })
+    }
+}
+
+/// A header's integer value, whatever integer type the broker used.
+pub(crate) fn as_i64(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn as_timestamp(value: &AMQPValue) -> Option<Timestamp> {
+    as_i64(value).and_then(|ms| Timestamp::from_millisecond(ms).ok())
+}
+
+pub(crate) fn as_text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// A header of `properties`.
+pub(crate) fn header_of<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(name))
+}
+
+fn foreign(reason: &str) -> Error {
+    Error::Broker {
+        operation: "read message",
+        source: format!("not a topiq message: {reason}").into(),
+    }
+}
+
+/// Queue arguments, built from pairs.
+pub(crate) fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in pairs {
+        table.insert(ShortString::from(*name), value.clone());
+    }
+    table
+}
+
+pub(crate) fn encode(data: &serde_json::Value) -> Result<Vec<u8>> {
+    serde_json::to_vec(data).map_err(|err| Error::InvalidArgument {
+        argument: "data",
+        reason: format!("cannot be serialized as JSON: {err}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn metadata_survives_the_properties() {
+        let metadata = Metadata {
+            id: MessageId::generate(),
+            enqueued_at: Timestamp::from_millisecond(1_700_000_000_123).unwrap(),
+            attempt_base: 2,
+            first_failed_at: Some(Timestamp::from_millisecond(1_700_000_001_000).unwrap()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            baggage: Some("user=42".into()),
+            idempotency_key: Some("order-1".into()),
+        };
+        let back = Metadata::from_properties(&metadata.properties()).unwrap();
+        assert_eq!(back, metadata);
+    }
+}

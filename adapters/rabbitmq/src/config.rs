@@ -1,0 +1,240 @@
+//! The adapter's `config:` map in `config.yaml`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The kind of queue each trigger gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    /// Replicated, with a delivery count (RabbitMQ's recommendation for durable work queues).
+    #[default]
+    Quorum,
+    /// Single-node classic queues: no delivery count, so a redelivery after a crash or an
+    /// expired lease is counted as one attempt more at most.
+    Classic,
+}
+
+/// `modules::queue::RabbitMQAdapter`'s options.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitMqConfig {
+    /// `amqp://` or `amqps://` URL, credentials and vhost included if wanted
+    /// (`amqp://user:pass@host:5672/vhost`); the fields below override its parts.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// The virtual host.
+    #[serde(default)]
+    pub vhost: Option<String>,
+    /// User name, with `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password, with `user`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS (with an `amqps://` URL).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The connection's name, shown in RabbitMQ's management UI.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Prefix of every exchange and queue topiq creates, so several applications can share
+    /// one vhost. Letters, digits, `_` and `-`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The trigger queues' type.
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// How long a publish waits for the broker's confirm before it fails.
+    #[serde(default = "default_publish_timeout", with = "duration")]
+    pub publish_timeout: Duration,
+    /// How long a call waits for a lost connection to come back before it fails with
+    /// `broker_unavailable`.
+    #[serde(default = "default_reconnect_wait", with = "duration")]
+    pub reconnect_wait: Duration,
+}
+
+/// TLS options.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) (PEM) to trust, besides the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), with `key`, for mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Client key (PKCS#8 PEM), with `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_url() -> String {
+    "amqp://127.0.0.1:5672/%2f".to_owned()
+}
+
+fn default_prefix() -> String {
+    "topiq".to_owned()
+}
+
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_reconnect_wait() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        Self {
+            url: default_url(),
+            vhost: None,
+            user: None,
+            password: None,
+            tls: None,
+            name: None,
+            prefix: default_prefix(),
+            queue_type: QueueType::default(),
+            publish_timeout: default_publish_timeout(),
+            reconnect_wait: default_reconnect_wait(),
+        }
+    }
+}
+
+impl RabbitMqConfig {
+    /// Checks the options; the error names the option and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            return Err(format!(
+                "url must start with amqp:// or amqps://, got {:?}",
+                redact(&self.url)
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err("user and password go together: give both or neither".into());
+        }
+        if self.prefix.is_empty()
+            || self.prefix.len() > 32
+            || !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "prefix must be 1 to 32 letters, digits, '_' or '-', got {:?}",
+                self.prefix
+            ));
+        }
+        if self.publish_timeout.is_zero() || self.reconnect_wait.is_zero() {
+            return Err("publish_timeout and reconnect_wait must be longer than zero".into());
+        }
+        if let Some(tls) = &self.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err("tls.cert and tls.key go together: give both or neither".into());
+        }
+        Ok(())
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for RabbitMqConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqConfig")
+            .field("url", &redact(&self.url))
+            .field("vhost", &self.vhost)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("queue_type", &self.queue_type)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .finish()
+    }
+}
+
+/// Durations written as `10s`, `250ms`, `2m` (humantime's syntax, as in the rest of
+/// `config.yaml`).
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|err| {
+            D::Error::custom(format!(
+                "{text:?} is not a duration ({err}): write a number and a unit, such as 250ms, 10s or 2m"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_debug_output() {
+        let config = RabbitMqConfig {
+            url: "amqp://app:s3cret@broker:5672/prod".into(),
+            user: Some("app".into()),
+            password: Some("hunter2".into()),
+            ..RabbitMqConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let bad = |config: RabbitMqConfig, word: &str| {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(word), "{err}");
+        };
+        bad(
+            RabbitMqConfig {
+                url: "http://x".into(),
+                ..RabbitMqConfig::default()
+            },
+            "url",
+        );
+        bad(
+            RabbitMqConfig {
+                user: Some("a".into()),
+                ..RabbitMqConfig::default()
+            },
+            "password",
+        );
+        bad(
+            RabbitMqConfig {
+                prefix: "a.b".into(),
+                ..RabbitMqConfig::default()
+            },
+            "prefix",
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! Consuming a trigger: a channel with `basic.qos(prefetch)` and a consumer on it, opened
+//! again whenever it closes; client-side leases; the acker of each delivery.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use topiq_adapter::{
+    Acker, DeadLetter, Delivery, Envelope, Error, Failure, FailureKind, Result, Subscription,
+    SubscriptionKey, SubscriptionSpec, Timestamp,
+};
+use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
+
+use crate::codec::{self, Metadata, header};
+use crate::{QueueType, Shared};
+
+/// The first wait after a failed subscribe; it doubles up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The deliveries of one trigger, at most `prefetch` unsettled (RabbitMQ's prefetch is a
+/// `u16`: a larger one is capped at 65,535).
+pub(crate) fn subscribe(
+    shared: Arc<Shared>,
+    spec: SubscriptionSpec,
+    prefetch: u32,
+) -> (Subscription, Arc<Leases<Received>>) {
+    let leases = Leases::<Received>::new();
+    let prefetch = prefetch.min(u32::from(u16::MAX));
+    let state = Consuming {
+        shared,
+        spec: spec.clone(),
+        prefetch,
+        slots: Arc::new(Semaphore::new(prefetch as usize)),
+        leases: Arc::clone(&leases),
+        open: None,
+        backoff: INITIAL_BACKOFF,
+    };
+    let deliveries = futures::stream::unfold(state, |mut state| async move {
+        let delivery = state.next_delivery().await?;
+        Some((delivery, state))
+    });
+    (Subscription::new(spec.key, deliveries.boxed()), leases)
+}
+
+struct Consuming {
+    shared: Arc<Shared>,
+    spec: SubscriptionSpec,
+    prefetch: u32,
+    slots: Arc<Semaphore>,
+    leases: Arc<Leases<Received>>,
+    open: Option<(Channel, lapin::Consumer)>,
+    backoff: Duration,
+}
+
+impl Drop for Consuming {
+    /// Closes the channel: RabbitMQ returns what it delivered and was not settled.
+    fn drop(&mut self) {
+        if let Some((channel, _)) = self.open.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { channel.close(200, "consumer dropped".into()).await });
+        }
+    }
+}
+
+impl Consuming {
+    /// The next delivery; `None` once the adapter is closed.
+    async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.shared.closed.is_cancelled() {
+                return None;
+            }
+            let Some((_, consumer)) = self.open.as_mut() else {
+                if let Err(err) = self.open_consumer().await {
+                    tracing::warn!(trigger = %self.spec.key, error = %err, "cannot consume; trying again");
+                    self.wait_backoff().await?;
+                }
+                continue;
+            };
+            let next = tokio::select! {
+                () = self.shared.closed.cancelled() => return None,
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    self.backoff = INITIAL_BACKOFF;
+                    let permit = match Arc::clone(&self.slots).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return None,
+                    };
+                    if let Some(delivery) =
+                        receive(&self.shared, &self.spec, delivery, permit, &self.leases).await
+                    {
+                        return Some(delivery);
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(trigger = %self.spec.key, error = %err, "the consumer failed; subscribing again");
+                    self.open = None;
+                    self.wait_backoff().await?;
+                }
+                None => {
+                    tracing::warn!(trigger = %self.spec.key, "the consumer's channel closed; subscribing again");
+                    self.open = None;
+                    self.wait_backoff().await?;
+                }
+            }
+        }
+    }
+
+    async fn open_consumer(&mut self) -> Result<()> {
+        let session = self.shared.session().await?;
+        let channel = session.channel().await?;
+        let queue = self.shared.layout.trigger_queue(&self.spec.key);
+        let prefetch = u16::try_from(self.prefetch).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(crate::session::unavailable("set the prefetch"))?;
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|err| Error::Broker {
+                operation: "consume",
+                source: format!("cannot consume {queue:?}: {err}").into(),
+            })?;
+        self.open = Some((channel, consumer));
+        Ok(())
+    }
+
+    /// Waits out the backoff (doubling it); `None` if the adapter closes meanwhile.
+    async fn wait_backoff(&mut self) -> Option<()> {
+        let period = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = self.shared.closed.cancelled() => None,
+            () = tokio::time::sleep(period) => Some(()),
+        }
+    }
+}
+
+async fn receive(
+    shared: &Arc<Shared>,
+    spec: &SubscriptionSpec,
+    delivery: lapin::message::Delivery,
+    permit: OwnedSemaphorePermit,
+    leases: &Arc<Leases<Received>>,
+) -> Option<Result<Delivery>> {
+    let metadata = match Metadata::from_properties(&delivery.properties) {
+        Ok(metadata) => metadata,
+        Err(err) => {
+            tracing::error!(trigger = %spec.key, error = %err, "dropping a message topiq cannot read");
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            return None;
+        }
+    };
+    let data: serde_json::Value = match serde_json::from_slice(&delivery.data) {
+        Ok(data) => data,
+        Err(err) => {
+            tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "dropping a message whose payload is not JSON");
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            return None;
+        }
+    };
+    // Earlier deliveries of this copy: the quorum queue's count, or (classic queues) one if
+    // the broker says it was delivered before.
+    let earlier = match shared.config.queue_type {
+        QueueType::Quorum => codec::header_of(&delivery.properties, header::DELIVERY_COUNT)
+            .and_then(codec::as_i64)
+            .and_then(|count| u32::try_from(count).ok())
+            .unwrap_or(0),
+        QueueType::Classic => u32::from(delivery.redelivered),
+    };
+    let attempt = metadata
+        .attempt_base
+        .saturating_add(earlier)
+        .saturating_add(1);
+    let data = Arc::new(data);
+    let envelope = Envelope {
+        id: metadata.id.clone(),
+        topic: spec.key.topic.clone(),
+        data: Arc::clone(&data),
+        attempt,
+        max_attempts: spec.max_attempts,
+        enqueued_at: metadata.enqueued_at,
+        traceparent: metadata.traceparent.clone(),
+        baggage: metadata.baggage.clone(),
+        idempotency_key: metadata.idempotency_key.clone(),
+    };
+    let received = leases.insert(|lease_key| Received {
+        shared: Arc::clone(shared),
+        key: spec.key.clone(),
+        acker: delivery.acker,
+        metadata,
+        data,
+        attempt,
+        max_attempts: spec.max_attempts,
+        visibility_timeout: spec.visibility_timeout,
+        lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
+        leases: Arc::clone(leases),
+        lease_key,
+    });
+    if attempt > spec.max_attempts {
+        // The lease ran out on the last attempt and the message came back (the process that
+        // held it died before dead-lettering it).
+        if lease::lock(&received.lease).claim() {
+            received.dead_letter_expired(attempt - 1).await;
+        }
+        return None;
+    }
+    Some(Ok(Delivery::new(
+        envelope,
+        Box::new(RabbitAcker { received }),
+    )))
+}
+
+/// A received message, its lease, and what settling it needs.
+pub(crate) struct Received {
+    shared: Arc<Shared>,
+    key: SubscriptionKey,
+    acker: lapin::Acker,
+    metadata: Metadata,
+    data: Arc<serde_json::Value>,
+    attempt: u32,
+    max_attempts: u32,
+    visibility_timeout: Duration,
+    lease: Mutex<Lease>,
+    leases: Arc<Leases<Received>>,
+    lease_key: LeaseKey,
+}
+
+impl Drop for Received {
+    /// A delivery dropped unsettled goes back to the queue at once (RabbitMQ would hold it
+    /// until the channel closes).
+    fn drop(&mut self) {
+        self.leases.remove(self.lease_key);
+        if lease::lock(&self.lease).claim_expired()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let acker = self.acker.clone();
+            runtime.spawn(async move { acker.reject(BasicRejectOptions { requeue: true }).await });
+        }
+    }
+}
+
+impl Leased for Received {
+    fn lease(&self) -> &Mutex<Lease> {
+        &self.lease
+    }
+
+    /// Before the last attempt, the message goes back to the queue (delivered again, counted);
+    /// on the last, it is dead-lettered at once.
+    fn expired(self: Arc<Self>) {
+        if !lease::lock(&self.lease).claim_expired() {
+            return;
+        }
+        tokio::spawn(async move {
+            if self.attempt >= self.max_attempts {
+                self.dead_letter_expired(self.attempt).await;
+            } else if let Err(err) = self
+                .acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await
+            {
+                tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot return an expired delivery; its channel's closing returns it");
+            }
+        });
+    }
+}
+
+impl Received {
+    /// Dead-letters a message whose lease ran out after `attempts` attempts; if that fails,
+    /// the message goes back to the queue, to be dead-lettered on its next receipt.
+    async fn dead_letter_expired(&self, attempts: u32) {
+        let failure = Failure::new(
+            FailureKind::LeaseExpired,
+            format!(
+                "not settled within the visibility timeout of {:?} on attempt {attempts} of {}",
+                self.visibility_timeout, self.max_attempts
+            ),
+        );
+        if let Err(err) = self.move_to_dlq(failure, attempts).await {
+            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+            let _ = self
+                .acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await;
+        }
+    }
+
+    /// Publishes the DLQ record (confirmed), then acks the message: a crash between the two
+    /// leaves a second record, never none.
+    async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
+        let now = Timestamp::now();
+        let record = DeadLetter {
+            id: self.metadata.id.clone(),
+            topic: self.key.topic.clone(),
+            trigger: self.key.trigger.clone(),
+            data: Arc::clone(&self.data),
+            attempts,
+            first_failed_at: self.metadata.first_failed_at.unwrap_or(now),
+            last_failed_at: now,
+            error: failure,
+            traceparent: self.metadata.traceparent.clone(),
+            baggage: self.metadata.baggage.clone(),
+            idempotency_key: self.metadata.idempotency_key.clone(),
+            enqueued_at: self.metadata.enqueued_at,
+        };
+        crate::dlq::append(&self.shared, &record).await?;
+        self.ack_original("ack after dead-lettering").await
+    }
+
+    async fn ack_original(&self, operation: &'static str) -> Result<()> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|err| Error::Broker {
+                operation,
+                source: Box::new(err),
+            })
+    }
+
+    /// A copy of the message whose next delivery is attempt `attempt_base + 1`.
+    fn copy(&self, attempt_base: u32) -> (Vec<u8>, lapin::BasicProperties) {
+        let mut metadata = self.metadata.clone();
+        metadata.attempt_base = attempt_base;
+        let payload = serde_json::to_vec(&*self.data).unwrap_or_default();
+        (payload, metadata.properties())
+    }
+}
+
+/// Settles one RabbitMQ delivery.
+struct RabbitAcker {
+    received: Arc<Received>,
+}
+
+impl RabbitAcker {
+    fn lease_expired(&self) -> Error {
+        Error::LeaseExpired {
+            id: self.received.metadata.id.clone(),
+        }
+    }
+
+    /// Claims the delivery for a settlement: refused once the lease ran out.
+    fn claim(&self) -> Result<()> {
+        self.received.shared.ensure_open()?;
+        if !lease::lock(&self.received.lease).claim() {
+            return Err(self.lease_expired());
+        }
+        Ok(())
+    }
+
+    async fn nack(self, delay: Duration) -> Result<()> {
+        self.claim()?;
+        let received = &self.received;
+        if received.attempt >= received.max_attempts {
+            let failure = Failure::new(
+                FailureKind::RetriesExhausted,
+                format!(
+                    "nacked on the last attempt ({} of {})",
+                    received.attempt, received.max_attempts
+                ),
+            );
+            return received.move_to_dlq(failure, received.attempt).await;
+        }
+        let (payload, properties) = received.copy(received.attempt);
+        let shared = &received.shared;
+        if delay.is_zero() {
+            shared
+                .publish_to_trigger(&received.key, &payload, properties)
+                .await?;
+        } else {
+            let queue = shared.retry_queue(&received.key, delay).await?;
+            match shared
+                .publish_confirmed("", &queue, &payload, properties)
+                .await?
+            {
+                crate::Published::Stored => {}
+                _ => {
+                    return Err(Error::Broker {
+                        operation: "nack",
+                        source: format!("the retry queue {queue:?} did not take the copy").into(),
+                    });
+                }
+            }
+        }
+        received.ack_original("ack after retry copy").await
+    }
+
+    async fn release(self) -> Result<()> {
+        self.claim()?;
+        let received = &self.received;
+        let (payload, properties) = received.copy(received.attempt.saturating_sub(1));
+        received
+            .shared
+            .publish_to_trigger(&received.key, &payload, properties)
+            .await?;
+        received.ack_original("ack after release").await
+    }
+}
+
+impl Acker for RabbitAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            self.claim()?;
+            self.received.ack_original("ack").await
+        })
+    }
+
+    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>> {
+        Box::pin(RabbitAcker::nack(*self, delay))
+    }
+
+    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            self.claim()?;
+            let attempts = self.received.attempt;
+            self.received.move_to_dlq(failure, attempts).await
+        })
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(RabbitAcker::release(*self))
+    }
+
+    fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.received.shared.ensure_open()?;
+            if lease::lock(&self.received.lease).extend(self.received.visibility_timeout) {
+                Ok(())
+            } else {
+                Err(self.lease_expired())
+            }
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! DLQ operations over a topic's dead-letter stream.
+//!
+//! A stream keeps every entry until its retention (`x-max-age`) drops it and never deletes a
+//! single one, so a removal (redrive, purge) appends a tombstone naming the record's offset.
+//! A reader first appends a marker of its own and reads from its starting offset up to that
+//! marker: AMQP does not say where a stream ends, the marker does. Every operation reads the
+//! entries from its starting offset on, so its cost grows with the stream (bounded by the
+//! DLQ retention).
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use topiq_adapter::{
+    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MessageId, Result, SubscriptionKey,
+    TopicName, TriggerName,
+};
+
+use crate::codec::{self, Metadata, header};
+use crate::{Published, Shared};
+
+/// How many stream entries a reader takes unacknowledged.
+const READ_AHEAD: u16 = 500;
+
+fn check(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<()> {
+    shared.topic(topic)?;
+    if let Some(trigger) = trigger {
+        shared.subscription(&SubscriptionKey::new(topic.clone(), trigger.clone()))?;
+    }
+    Ok(())
+}
+
+async fn append_entry(
+    shared: &Shared,
+    topic: &TopicName,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<()> {
+    let stream = shared.layout.dlq_stream(topic);
+    match shared
+        .publish_confirmed("", &stream, payload, properties)
+        .await?
+    {
+        Published::Stored => Ok(()),
+        Published::Returned | Published::Refused => Err(Error::Broker {
+            operation: "dead-letter",
+            source: format!("the DLQ stream {stream:?} did not take the entry").into(),
+        }),
+    }
+}
+
+/// Appends a record to its topic's DLQ stream, confirmed.
+pub(crate) async fn append(shared: &Shared, record: &DeadLetter) -> Result<()> {
+    let payload = serde_json::to_vec(record).map_err(|err| Error::Broker {
+        operation: "encode DLQ record",
+        source: Box::new(err),
+    })?;
+    let properties = BasicProperties::default()
+        .with_message_id(record.id.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    append_entry(shared, &record.topic, &payload, properties).await
+}
+
+fn with_header(name: &str, value: AMQPValue) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(codec::arguments(&[(name, value)]))
+}
+
+/// Appends a tombstone that removes the record at `offset`.
+async fn remove(shared: &Shared, topic: &TopicName, offset: u64) -> Result<()> {
+    let offset = AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX));
+    append_entry(shared, topic, b"", with_header(header::REMOVES, offset)).await
+}
+
+/// The records from `from` on that no tombstone removed, with their offsets, oldest first.
+async fn live_records(
+    shared: &Shared,
+    topic: &TopicName,
+    from: u64,
+) -> Result<Vec<(u64, DeadLetter)>> {
+    let marker = MessageId::generate();
+    append_entry(
+        shared,
+        topic,
+        b"",
+        with_header(
+            header::MARKER,
+            AMQPValue::LongString(marker.as_str().into()),
+        ),
+    )
+    .await?;
+    let session = shared.session().await?;
+    let channel = session.channel().await?;
+    let stream = shared.layout.dlq_stream(topic);
+    channel
+        .basic_qos(READ_AHEAD, BasicQosOptions::default())
+        .await
+        .map_err(crate::session::unavailable("set the prefetch"))?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongLongInt(i64::try_from(from).unwrap_or(i64::MAX)),
+    );
+    let mut entries = channel
+        .basic_consume(
+            stream.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .map_err(|err| Error::Broker {
+            operation: "read DLQ",
+            source: format!("cannot read the DLQ stream {stream:?}: {err}").into(),
+        })?;
+    let mut records = Vec::new();
+    let mut removed = HashSet::new();
+    let timeout = shared.config.publish_timeout;
+    loop {
+        let entry = match tokio::time::timeout(timeout, entries.next()).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation: "read DLQ (waiting for the stream's next entry)",
+                    timeout,
+                });
+            }
+            Ok(None) => {
+                return Err(Error::BrokerUnavailable {
+                    message: "the DLQ stream's reader was closed".into(),
+                    source: None,
+                });
+            }
+            Ok(Some(entry)) => entry.map_err(crate::session::unavailable("read DLQ"))?,
+        };
+        let _ = entry.acker.ack(BasicAckOptions::default()).await;
+        let properties = &entry.properties;
+        let offset = codec::header_of(properties, header::STREAM_OFFSET)
+            .and_then(codec::as_i64)
+            .and_then(|offset| u64::try_from(offset).ok());
+        if let Some(seen) = codec::header_of(properties, header::MARKER) {
+            if codec::as_text(seen).as_deref() == Some(marker.as_str()) {
+                break;
+            }
+            continue;
+        }
+        if let Some(target) = codec::header_of(properties, header::REMOVES)
+            .and_then(codec::as_i64)
+            .and_then(|offset| u64::try_from(offset).ok())
+        {
+            removed.insert(target);
+            continue;
+        }
+        let Some(offset) = offset else { continue };
+        match serde_json::from_slice::<DeadLetter>(&entry.data) {
+            Ok(record) => records.push((offset, record)),
+            Err(err) => {
+                tracing::warn!(%offset, stream = %stream, error = %err, "skipping a DLQ entry that is not a record");
+            }
+        }
+    }
+    let _ = channel.close(200, "read".into()).await;
+    records.retain(|(offset, _)| !removed.contains(offset));
+    Ok(records)
+}
+
+fn on_trigger(record: &DeadLetter, trigger: Option<&TriggerName>) -> bool {
+    trigger.is_none_or(|trigger| &record.trigger == trigger)
+}
+
+pub(crate) async fn count(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+) -> Result<u64> {
+    check(shared, topic, trigger)?;
+    let records = live_records(shared, topic, 0).await?;
+    Ok(records
+        .iter()
+        .filter(|(_, record)| on_trigger(record, trigger))
+        .count() as u64)
+}
+
+pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
+    let from = query.validate()?;
+    check(shared, &query.topic, query.trigger.as_ref())?;
+    let mut matching = live_records(shared, &query.topic, from)
+        .await?
+        .into_iter()
+        .filter(|(_, record)| {
+            on_trigger(record, query.trigger.as_ref()) && query.filter.matches(record)
+        });
+    let records: Vec<(u64, DeadLetter)> = matching.by_ref().take(query.limit).collect();
+    let next_cursor = match (matching.next(), records.last()) {
+        (Some(_), Some((last, _))) => Some((last + 1).to_string()),
+        _ => None,
+    };
+    Ok(DlqPage {
+        records: records.into_iter().map(|(_, record)| record).collect(),
+        next_cursor,
+    })
+}
+
+async fn selected(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    selection: &DlqSelection,
+) -> Result<Vec<(u64, DeadLetter)>> {
+    check(shared, topic, trigger)?;
+    let mut records = live_records(shared, topic, 0).await?;
+    records.retain(|(_, record)| on_trigger(record, trigger) && selection.contains(&record.id));
+    Ok(records)
+}
+
+/// Each selected record goes back to the trigger it failed on, attempts reset (confirmed),
+/// then its tombstone is appended: a crash between the two redrives it twice, never loses it.
+pub(crate) async fn redrive(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    selection: DlqSelection,
+) -> Result<u64> {
+    let records = selected(shared, topic, trigger, &selection).await?;
+    let mut redriven = 0;
+    for (offset, record) in records {
+        let metadata = Metadata {
+            id: record.id.clone(),
+            enqueued_at: record.enqueued_at,
+            attempt_base: 0,
+            first_failed_at: Some(record.first_failed_at),
+            traceparent: record.traceparent.clone(),
+            baggage: record.baggage.clone(),
+            idempotency_key: record.idempotency_key.clone(),
+        };
+        let payload = codec::encode(&record.data)?;
+        let key = SubscriptionKey::new(record.topic.clone(), record.trigger.clone());
+        shared
+            .publish_to_trigger(&key, &payload, metadata.properties())
+            .await?;
+        remove(shared, topic, offset).await?;
+        redriven += 1;
+    }
+    Ok(redriven)
+}
+
+pub(crate) async fn purge(
+    shared: &Shared,
+    topic: &TopicName,
+    trigger: Option<&TriggerName>,
+    selection: DlqSelection,
+) -> Result<u64> {
+    let records = selected(shared, topic, trigger, &selection).await?;
+    for (offset, _) in &records {
+        remove(shared, topic, *offset).await?;
+    }
+    Ok(records.len() as u64)
+}

@@ -1,0 +1,251 @@
+//! The connection: opened on first use, opened again (with the topology declared again)
+//! after it was lost, one attempt at a time; each call waits at most `reconnect_wait` for it.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::types::{FieldTable, LongString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionBuilder, ConnectionProperties, ExchangeKind};
+use tokio::time::Instant;
+use topiq_adapter::{Error, Result};
+
+use crate::Shared;
+use crate::config::{RabbitMqConfig, redact};
+
+/// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One open connection and its publishing channel (publisher confirms on).
+pub(crate) struct Session {
+    pub(crate) connection: Connection,
+    publisher: tokio::sync::Mutex<Channel>,
+}
+
+impl Session {
+    pub(crate) fn is_open(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// The publishing channel, opened again if a channel-level error closed it.
+    pub(crate) async fn publisher(&self) -> Result<Channel> {
+        let mut channel = self.publisher.lock().await;
+        if !channel.status().connected() {
+            *channel = confirming_channel(&self.connection).await?;
+        }
+        Ok(channel.clone())
+    }
+
+    /// A fresh channel for declarations and reads: an error there closes only it.
+    pub(crate) async fn channel(&self) -> Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(unavailable("open a channel"))
+    }
+}
+
+async fn confirming_channel(connection: &Connection) -> Result<Channel> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(unavailable("open the publishing channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable("enable publisher confirms"))?;
+    Ok(channel)
+}
+
+/// A lost connection or a refused connect: `broker_unavailable`.
+pub(crate) fn unavailable(doing: &'static str) -> impl FnOnce(lapin::Error) -> Error {
+    move |err| Error::BrokerUnavailable {
+        message: format!("RabbitMQ: cannot {doing}"),
+        source: Some(Box::new(err)),
+    }
+}
+
+/// Where and how to connect, resolved from the config once.
+pub(crate) struct Target {
+    uri: AMQPUri,
+    shown: String,
+    name: Option<String>,
+    tls: Option<crate::config::TlsConfig>,
+}
+
+impl Target {
+    pub(crate) fn new(config: &RabbitMqConfig) -> std::result::Result<Self, String> {
+        let mut uri: AMQPUri = config
+            .url
+            .parse()
+            .map_err(|err| format!("url {:?} is not an AMQP URL: {err}", redact(&config.url)))?;
+        if let Some(vhost) = &config.vhost {
+            uri.vhost.clone_from(vhost);
+        }
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            uri.authority.userinfo.username.clone_from(user);
+            uri.authority.userinfo.password.clone_from(password);
+        }
+        let shown = format!(
+            "{}:{} (vhost {:?})",
+            uri.authority.host, uri.authority.port, uri.vhost
+        );
+        Ok(Self {
+            uri,
+            shown,
+            name: config.name.clone(),
+            tls: config.tls.clone(),
+        })
+    }
+
+    /// Host, port and vhost, never credentials.
+    pub(crate) fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn tls_config(&self) -> Result<OwnedTLSConfig> {
+        let Some(tls) = &self.tls else {
+            return Ok(OwnedTLSConfig::default());
+        };
+        let read = |path: &std::path::PathBuf, what: &str| {
+            std::fs::read(path).map_err(|err| Error::InvalidArgument {
+                argument: "tls",
+                reason: format!("cannot read the {what} {}: {err}", path.display()),
+            })
+        };
+        let cert_chain = match &tls.ca {
+            Some(path) => {
+                Some(String::from_utf8_lossy(&read(path, "CA certificate")?).into_owned())
+            }
+            None => None,
+        };
+        let identity = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read(cert, "client certificate")?,
+                key: read(key, "client key")?,
+            }),
+            _ => None,
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
+
+    async fn connect(&self) -> Result<Session> {
+        let mut properties = ConnectionProperties::default();
+        if let Some(name) = &self.name {
+            properties = properties.with_connection_name(LongString::from(name.as_str()));
+        }
+        let connection = ConnectionBuilder::new()
+            .map_err(unavailable("start the client"))?
+            .with_uri(self.uri.clone())
+            .with_properties(properties)
+            .with_tls_config(self.tls_config()?)
+            .connect()
+            .await
+            .map_err(|err| Error::BrokerUnavailable {
+                message: format!("RabbitMQ: cannot connect to {}", self.shown),
+                source: Some(Box::new(err)),
+            })?;
+        let publisher = tokio::sync::Mutex::new(confirming_channel(&connection).await?);
+        Ok(Session {
+            connection,
+            publisher,
+        })
+    }
+}
+
+/// The open session, or `None` before the first connect.
+pub(crate) type Current = RwLock<Option<Arc<Session>>>;
+
+impl Shared {
+    /// The open session; connects (and declares the topology again) if there is none, trying
+    /// for up to `reconnect_wait`.
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
+        self.ensure_open()?;
+        if let Some(session) = self.current_session() {
+            return Ok(session);
+        }
+        let deadline = Instant::now() + self.config.reconnect_wait;
+        let Ok(_connecting) = tokio::time::timeout_at(deadline, self.connecting.lock()).await
+        else {
+            return Err(self.unavailable_for_now(None));
+        };
+        // Whoever held the lock may have connected meanwhile.
+        if let Some(session) = self.current_session() {
+            return Ok(session);
+        }
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            self.ensure_open()?;
+            let attempt = async {
+                let session = Arc::new(self.target.connect().await?);
+                self.declare_all(&session).await?;
+                Ok::<_, Error>(session)
+            };
+            let failure = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(session)) => {
+                    *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Arc::clone(&session));
+                    return Ok(session);
+                }
+                Ok(Err(err @ Error::InvalidArgument { .. })) => return Err(err),
+                Ok(Err(err)) => err,
+                Err(_) => return Err(self.unavailable_for_now(None)),
+            };
+            if Instant::now() + backoff >= deadline {
+                return Err(self.unavailable_for_now(Some(failure)));
+            }
+            tracing::warn!(broker = %self.target.shown(), error = %failure, "RabbitMQ connection failed; trying again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn current_session(&self) -> Option<Arc<Session>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|session| session.is_open())
+            .cloned()
+    }
+
+    fn unavailable_for_now(&self, cause: Option<Error>) -> Error {
+        Error::BrokerUnavailable {
+            message: format!(
+                "RabbitMQ at {} is not reachable (waited {:?})",
+                self.target.shown(),
+                self.config.reconnect_wait
+            ),
+            source: cause.map(|err| Box::new(err) as topiq_adapter::BoxError),
+        }
+    }
+
+    /// Declares the exchange and everything declared so far on a new session.
+    async fn declare_all(&self, session: &Session) -> Result<()> {
+        let channel = session.channel().await?;
+        channel
+            .exchange_declare(
+                self.layout.exchange().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(crate::declare_error(&self.layout.exchange()))?;
+        let queues = self.declared_queues();
+        for queue in queues {
+            queue.declare(&channel).await?;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+}
