@@ -267,3 +267,105 @@ pub async fn rabbitmq_adapter() -> (topiq_rabbitmq::RabbitMqAdapter, RabbitVhost
         .unwrap_or_else(|err| panic!("cannot connect to RabbitMQ at {RABBITMQ_ADDRESS}: {err}"));
     (adapter, vhost)
 }
+
+/// A RabbitMQ node of the test's own (free AMQP and distribution ports, temporary data
+/// directory), so a test can stop and start it without touching the machine's; stopped and
+/// removed on drop. Starts in a few seconds.
+pub struct RabbitNode {
+    node: String,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RabbitNode {
+    /// Starts the node and waits until it takes connections.
+    ///
+    /// # Panics
+    ///
+    /// When `rabbitmq-server` is missing or the node does not start within a minute.
+    pub fn start() -> Self {
+        let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(8)
+            .collect();
+        let (port, dist_port) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("topiq-rabbit-{suffix}"));
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        // rabbitmq-server runs as the `rabbitmq` user when started by root.
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status();
+        let node = format!("topiq-{suffix}@localhost");
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .current_dir(&dir)
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", path("pid"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", path("feature_flags"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("cannot run rabbitmq-server (scripts/test installs it)");
+        assert!(
+            status.success(),
+            "rabbitmq-server -detached failed: {status}"
+        );
+        let node = Self { node, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the RabbitMQ node {} did not open port {port} within a minute (log: {})",
+                node.node,
+                node.dir.join("log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `rabbitmqctl stop_app`: the node closes every connection and takes none.
+    pub fn stop_app(&self) {
+        rabbitmqctl(&["-n", &self.node, "stop_app"]);
+    }
+
+    /// `rabbitmqctl start_app`, then waits until the port answers again.
+    pub fn start_app(&self) {
+        rabbitmqctl(&["-n", &self.node, "start_app"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the node did not come back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

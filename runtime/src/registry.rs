@@ -5,6 +5,7 @@ use std::sync::Arc;
 use topiq_adapter::{Capabilities, DynAdapter, SharedAdapter};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_memory::BuiltinQueueAdapter;
+use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
 /// An adapter class topiq knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +15,8 @@ pub enum AdapterClass {
     Builtin,
     /// `modules::queue::JetStreamAdapter`: NATS JetStream.
     JetStream,
+    /// `modules::queue::RabbitMQAdapter`: RabbitMQ.
+    RabbitMq,
 }
 
 /// Why an adapter could not be chosen or built.
@@ -32,13 +35,18 @@ pub enum RegistryError {
 
 impl AdapterClass {
     /// Every known class, in the order they are listed to users.
-    pub const ALL: &'static [AdapterClass] = &[AdapterClass::Builtin, AdapterClass::JetStream];
+    pub const ALL: &'static [AdapterClass] = &[
+        AdapterClass::Builtin,
+        AdapterClass::JetStream,
+        AdapterClass::RabbitMq,
+    ];
 
     /// The class name as written in `config.yaml`.
     pub fn name(self) -> &'static str {
         match self {
             AdapterClass::Builtin => topiq_memory::CLASS_NAME,
             AdapterClass::JetStream => topiq_jetstream::CLASS_NAME,
+            AdapterClass::RabbitMq => topiq_rabbitmq::CLASS_NAME,
         }
     }
 
@@ -71,6 +79,15 @@ impl AdapterClass {
                 })?;
                 Ok(Arc::new(JetStreamAdapter::connect(config).await?))
             }
+            AdapterClass::RabbitMq => {
+                let config = RabbitMqConfig::from_value(options).map_err(|reason| {
+                    topiq_adapter::Error::InvalidArgument {
+                        argument: "adapter config",
+                        reason,
+                    }
+                })?;
+                Ok(Arc::new(RabbitMqAdapter::connect(config).await?))
+            }
         }
     }
 
@@ -91,6 +108,7 @@ impl AdapterClass {
                 _ => Err("must be a map of options, such as `config: {}`".into()),
             },
             AdapterClass::JetStream => JetStreamConfig::from_value(options).map(|_| ()),
+            AdapterClass::RabbitMq => RabbitMqConfig::from_value(options).map(|_| ()),
         }
     }
 
@@ -108,6 +126,7 @@ impl AdapterClass {
                 retention: true,
                 max_message_bytes: 1024 * 1024 - 4096,
             },
+            AdapterClass::RabbitMq => topiq_rabbitmq::CAPABILITIES,
         }
     }
 }
@@ -146,6 +165,16 @@ mod tests {
             .health()
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn rabbitmq_options_are_checked_by_name() {
+        let class = AdapterClass::from_name("modules::queue::RabbitMQAdapter").unwrap();
+        let err = class
+            .check_options(&serde_json::json!({"url": "amqp://127.0.0.1", "queue_typ": "quorum"}))
+            .unwrap_err();
+        assert!(err.contains("queue_typ"), "{err}");
+        class.check_options(&serde_json::Value::Null).unwrap();
     }
 
     #[test]

@@ -38,6 +38,11 @@ impl Lease {
         }
     }
 
+    /// When the lease runs out, unless extended.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Neither settled nor run out: a settlement or an extension may still claim it.
     pub fn is_live(&self) -> bool {
         !self.settled && Instant::now() < self.deadline

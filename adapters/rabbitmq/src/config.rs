@@ -106,6 +106,18 @@ impl Default for RabbitMqConfig {
 }
 
 impl RabbitMqConfig {
+    /// Reads the adapter's `config:` map (absent: every default, RabbitMQ on loopback) and
+    /// checks it; the error names the option.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
+        let config: Self = if value.is_null() {
+            Self::default()
+        } else {
+            serde_json::from_value(value.clone()).map_err(|err| err.to_string())?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks the options; the error names the option and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {

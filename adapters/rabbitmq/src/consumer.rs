@@ -19,6 +19,9 @@ use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 use crate::codec::{self, Metadata, header};
 use crate::{QueueType, Shared};
 
+/// How often an idle consumer checks that its channel is still open: a consumer registered
+/// on a connection that was just lost may never hear of it, and would wait forever.
+const CHANNEL_CHECK: Duration = Duration::from_secs(1);
 /// The first wait after a failed subscribe; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -40,6 +43,7 @@ pub(crate) fn subscribe(
         leases: Arc::clone(&leases),
         open: None,
         backoff: INITIAL_BACKOFF,
+        check: tokio::time::interval(CHANNEL_CHECK),
     };
     let deliveries = futures::stream::unfold(state, |mut state| async move {
         let delivery = state.next_delivery().await?;
@@ -56,6 +60,7 @@ struct Consuming {
     leases: Arc<Leases<Received>>,
     open: Option<(Channel, lapin::Consumer)>,
     backoff: Duration,
+    check: tokio::time::Interval,
 }
 
 impl Drop for Consuming {
@@ -76,7 +81,7 @@ impl Consuming {
             if self.shared.closed.is_cancelled() {
                 return None;
             }
-            let Some((_, consumer)) = self.open.as_mut() else {
+            let Some((channel, consumer)) = self.open.as_mut() else {
                 if let Err(err) = self.open_consumer().await {
                     tracing::warn!(trigger = %self.spec.key, error = %err, "cannot consume; trying again");
                     self.wait_backoff().await?;
@@ -86,6 +91,13 @@ impl Consuming {
             let next = tokio::select! {
                 () = self.shared.closed.cancelled() => return None,
                 next = consumer.next() => next,
+                _ = self.check.tick() => {
+                    if !channel.status().connected() {
+                        tracing::warn!(trigger = %self.spec.key, "the consumer's channel is gone; subscribing again");
+                        self.open = None;
+                    }
+                    continue;
+                }
             };
             match next {
                 Some(Ok(delivery)) => {
@@ -247,15 +259,23 @@ pub(crate) struct Received {
 }
 
 impl Drop for Received {
-    /// A delivery dropped unsettled goes back to the queue at once (RabbitMQ would hold it
-    /// until the channel closes).
+    /// A delivery dropped unsettled (its handler's task aborted) goes back to the queue when
+    /// its lease runs out, as on every adapter; RabbitMQ alone would hold it until the
+    /// channel closes. Returning it at once instead would race the broker's redelivery to
+    /// this same consumer against the closing of its channel, spending two attempts.
     fn drop(&mut self) {
         self.leases.remove(self.lease_key);
-        if lease::lock(&self.lease).claim_expired()
+        let mut lease = lease::lock(&self.lease);
+        let deadline = lease.deadline();
+        if lease.claim_expired()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let acker = self.acker.clone();
-            runtime.spawn(async move { acker.reject(BasicRejectOptions { requeue: true }).await });
+            runtime.spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                // Fails harmlessly if the channel closed meanwhile (which returned it).
+                let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
+            });
         }
     }
 }

@@ -59,6 +59,16 @@ const DELIVERY_LIMIT: u32 = 1000;
 /// large messages hurt a queue broker long before that).
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// What the adapter can honour (known without connecting).
+pub const CAPABILITIES: Capabilities = Capabilities {
+    adapter: "RabbitMQAdapter",
+    durable: true,
+    delayed_delivery: true,
+    max_delay: Some(layout::MAX_DELAY),
+    retention: true,
+    max_message_bytes: MAX_MESSAGE_BYTES,
+};
+
 /// topiq's RabbitMQ adapter. Cheap to clone.
 #[derive(Clone)]
 pub struct RabbitMqAdapter {
@@ -485,14 +495,7 @@ impl RabbitMqAdapter {
 
 impl Adapter for RabbitMqAdapter {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            adapter: "RabbitMQAdapter",
-            durable: true,
-            delayed_delivery: true,
-            max_delay: Some(layout::MAX_DELAY),
-            retention: true,
-            max_message_bytes: MAX_MESSAGE_BYTES,
-        }
+        CAPABILITIES
     }
 
     async fn declare_topic(&self, spec: TopicSpec) -> Result<()> {

@@ -1,0 +1,344 @@
+//! RabbitMQ under failure. The restart test runs on a RabbitMQ node of its own (it stops and
+//! starts it); the others use the machine's RabbitMQ, each in a vhost of its own.
+//!
+//! Checker: A = messages whose enqueue returned Ok, C = messages handled; A \ C must be empty.
+//! Duplicates are counted and printed, not failed: delivery is at-least-once.
+
+// Test helpers panic on purpose: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use topiq_adapter::{
+    Adapter, ConsumeOptions, DlqQuery, Error, NewMessage, SubscriptionKey, SubscriptionSpec,
+    TopicName, TopicSpec, TriggerName,
+};
+use topiq_integration_tests::{RabbitNode, rabbitmq_adapter};
+use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
+
+/// Declares `topic` with one trigger per name in `triggers`, each with `policy` applied.
+async fn declared(
+    adapter: &RabbitMqAdapter,
+    topic: &str,
+    triggers: &[&str],
+    policy: impl Fn(&mut SubscriptionSpec),
+) -> (TopicName, Vec<SubscriptionKey>) {
+    let topic = TopicName::new(topic).expect("topic");
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    let mut keys = Vec::new();
+    for trigger in triggers {
+        let key = SubscriptionKey::new(topic.clone(), TriggerName::new(*trigger).expect("trigger"));
+        let mut spec = SubscriptionSpec::new(key.clone());
+        policy(&mut spec);
+        adapter
+            .declare_subscription(spec)
+            .await
+            .expect("declare trigger");
+        keys.push(key);
+    }
+    (topic, keys)
+}
+
+const MESSAGES: usize = 20_000;
+const PUBLISHERS: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_when_rabbitmq_stops_and_starts_mid_stream() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("topiq_rabbitmq=debug"))
+        .with_test_writer()
+        .try_init();
+    let node = RabbitNode::start();
+    println!("node {}", node.url());
+    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: node.url(),
+        publish_timeout: Duration::from_secs(2),
+        reconnect_wait: Duration::from_secs(2),
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect");
+    let (topic, keys) = declared(&adapter, "faults.restart", &["t"], |spec| {
+        spec.visibility_timeout = Duration::from_secs(5);
+        spec.max_attempts = 100;
+    })
+    .await;
+
+    let handled = Arc::new(Mutex::new(Vec::<String>::new()));
+    let consumer = {
+        let (adapter, key, handled) = (adapter.clone(), keys[0].clone(), Arc::clone(&handled));
+        tokio::spawn(async move {
+            let mut subscription = adapter
+                .consume(&key, ConsumeOptions { prefetch: 64 })
+                .await
+                .expect("consume");
+            while let Some(delivery) = subscription.next().await {
+                let Ok(delivery) = delivery else { continue };
+                let id = delivery.envelope().id.to_string();
+                if delivery.ack().await.is_ok() {
+                    handled.lock().expect("lock").push(id);
+                }
+            }
+        })
+    };
+
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|_| {
+            let (adapter, topic, accepted, refused, next) = (
+                adapter.clone(),
+                topic.clone(),
+                Arc::clone(&accepted),
+                Arc::clone(&refused),
+                Arc::clone(&next),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= MESSAGES {
+                        return;
+                    }
+                    match adapter
+                        .publish(&topic, NewMessage::new(json!({"n": n})))
+                        .await
+                    {
+                        Ok(receipt) => accepted
+                            .lock()
+                            .expect("lock")
+                            .push(receipt.message_id.to_string()),
+                        Err(err) => {
+                            assert!(
+                                err.is_transient(),
+                                "an outage error must be transient: {err}"
+                            );
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let started = Instant::now();
+    while next.load(Ordering::SeqCst) < MESSAGES / 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "stop_app after {} publishes ({:?})",
+        MESSAGES / 3,
+        started.elapsed()
+    );
+    tokio::task::block_in_place(|| node.stop_app());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| node.start_app());
+    println!("start_app done ({:?})", started.elapsed());
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let accepted: HashSet<String> = accepted.lock().expect("lock").iter().cloned().collect();
+    println!(
+        "{} of {MESSAGES} publishes returned Ok, {} failed with a transient error ({:?})",
+        accepted.len(),
+        refused.load(Ordering::SeqCst),
+        started.elapsed()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (lost, duplicates) = loop {
+        let handled = handled.lock().expect("lock").clone();
+        let seen: HashSet<&String> = handled.iter().collect();
+        let lost = accepted.iter().filter(|id| !seen.contains(id)).count();
+        let duplicates = handled.len() - seen.len();
+        if lost == 0 || Instant::now() > deadline {
+            break (lost, duplicates);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "lost {lost}, duplicates {duplicates} ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(
+        lost, 0,
+        "messages whose enqueue returned Ok were never handled"
+    );
+    assert!(
+        accepted.len() > MESSAGES / 2,
+        "too few publishes succeeded: {}",
+        accepted.len()
+    );
+    consumer.abort();
+    adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_aborted_mid_handler_has_its_message_delivered_again() {
+    let (adapter, _vhost) = rabbitmq_adapter().await;
+    let (topic, keys) = declared(&adapter, "faults.abort", &["t"], |_| {}).await;
+    let id = adapter
+        .publish(&topic, NewMessage::new(json!("in the middle")))
+        .await
+        .expect("publish")
+        .message_id;
+    let (got, in_handler) = (Arc::new(tokio::sync::Notify::new()), adapter.clone());
+    let worker = {
+        let (got, key) = (Arc::clone(&got), keys[0].clone());
+        tokio::spawn(async move {
+            let mut subscription = in_handler
+                .consume(&key, ConsumeOptions { prefetch: 1 })
+                .await
+                .expect("consume");
+            let _delivery = subscription.next().await;
+            got.notify_one();
+            // The handler never finishes: the task is aborted here.
+            std::future::pending::<()>().await;
+        })
+    };
+    got.notified().await;
+    worker.abort();
+    let _ = worker.await;
+    let mut survivor = adapter
+        .consume(&keys[0], ConsumeOptions { prefetch: 1 })
+        .await
+        .expect("consume");
+    let again = tokio::time::timeout(Duration::from_secs(10), survivor.next())
+        .await
+        .expect("delivered again after the abort")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(again.envelope().id, id);
+    assert_eq!(again.envelope().attempt, 2, "the aborted attempt counts");
+    again.ack().await.expect("ack");
+    adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled() {
+    let (adapter, _vhost) = rabbitmq_adapter().await;
+    let (topic, keys) = declared(&adapter, "faults.poison", &["t"], |spec| {
+        spec.max_attempts = 3
+    })
+    .await;
+    let poison = adapter
+        .publish(&topic, NewMessage::new(json!({"poison": true})))
+        .await
+        .expect("publish poison")
+        .message_id;
+    let mut healthy = HashSet::new();
+    for chunk in 0..10 {
+        let batch = (0..100)
+            .map(|n| NewMessage::new(json!({"n": chunk * 100 + n})))
+            .collect();
+        for result in adapter.publish_batch(&topic, batch).await.expect("batch") {
+            healthy.insert(result.expect("publish").message_id);
+        }
+    }
+    let mut subscription = adapter
+        .consume(&keys[0], ConsumeOptions { prefetch: 32 })
+        .await
+        .expect("consume");
+    let (mut handled, mut poison_attempts) = (HashSet::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled.len() < healthy.len() || poison_attempts < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "handled {} of 1000",
+            handled.len()
+        );
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(1), subscription.next()).await
+        else {
+            continue;
+        };
+        if delivery.envelope().id == poison {
+            poison_attempts += 1;
+            delivery
+                .nack(Duration::from_millis(50))
+                .await
+                .expect("nack");
+        } else {
+            handled.insert(delivery.envelope().id.clone());
+            delivery.ack().await.expect("ack");
+        }
+    }
+    assert_eq!(handled, healthy);
+    let page = adapter
+        .dlq_list(DlqQuery::new(topic.clone()))
+        .await
+        .expect("list");
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].id, poison);
+    assert_eq!(page.records[0].attempts, 3);
+    adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_server_closes_does_not_stop_the_other_consumers() {
+    let (adapter, vhost) = rabbitmq_adapter().await;
+    let (topic, keys) = declared(&adapter, "faults.channel", &["a", "b"], |_| {}).await;
+    let mut a = adapter
+        .consume(&keys[0], ConsumeOptions { prefetch: 8 })
+        .await
+        .expect("consume a");
+    let mut b = adapter
+        .consume(&keys[1], ConsumeOptions { prefetch: 8 })
+        .await
+        .expect("consume b");
+    // Another application's adapter on the same vhost declares a queue topiq owns with other
+    // arguments: the broker refuses and closes that declaring channel.
+    let other = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: vhost.url(),
+        queue_type: QueueType::Classic,
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect");
+    other
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("the DLQ stream has the same arguments");
+    let err = other
+        .declare_subscription(SubscriptionSpec::new(keys[0].clone()))
+        .await
+        .expect_err("a quorum queue redeclared as classic is refused");
+    assert!(matches!(err, Error::Broker { .. }), "{err:?}");
+    let message = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(
+        message.contains("other arguments"),
+        "the error says what to do: {message}"
+    );
+    // The refusing broker closed only that channel: both consumers and both adapters go on.
+    other
+        .publish(&topic, NewMessage::new(json!("after the refusal")))
+        .await
+        .expect("the other adapter still publishes");
+    for subscription in [&mut a, &mut b] {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("still consuming")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(
+            delivery.envelope().data.as_ref(),
+            &json!("after the refusal")
+        );
+        delivery.ack().await.expect("ack");
+    }
+    other.close().await.ok();
+    adapter.close().await.ok();
+}
