@@ -343,6 +343,18 @@ impl RabbitNode {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The node's operating-system process id (for CPU accounting).
+    ///
+    /// # Panics
+    ///
+    /// When the node wrote no pid file.
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("the node's pid file")
+    }
+
     /// `rabbitmqctl stop_app`: the node closes every connection and takes none.
     pub fn stop_app(&self) {
         rabbitmqctl(&["-n", &self.node, "stop_app"]);

@@ -18,13 +18,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::{FutureExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
@@ -32,28 +34,14 @@ use topiq_adapter::{
 use topiq_integration_tests::NatsServer;
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
+use support::{
+    END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, WINDOW, bytes,
+    compare, latency, measured, payload, rate,
+};
+
 /// The allocator the `topiq` binary ships with, for both sides alike.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const WINDOW: usize = 256;
-const PIPELINED: usize = 20_000;
-const ONE_AT_A_TIME: usize = 5_000;
-const END_TO_END: usize = 20_000;
-const RATE: usize = 5_000;
-const LATENCY_SECONDS: usize = 2;
-/// Latency rounds per side; the table shows p50 and p99 over all their samples.
-const LATENCY_ROUNDS: usize = 8;
-/// Rounds per throughput measure; the table shows the median.
-const ROUNDS: usize = 7;
-
-fn payload(n: usize) -> Value {
-    json!({"n": n, "to": "someone@example.com", "subject": "Order shipped", "total": 99.95})
-}
-
-fn bytes(n: usize) -> bytes::Bytes {
-    serde_json::to_vec(&payload(n)).unwrap().into()
-}
 
 struct Raw {
     js: jetstream::Context,
@@ -148,10 +136,6 @@ async fn topiq(url: &str, name: &str) -> (JetStreamAdapter, TopicName, Subscript
         .await
         .unwrap();
     (adapter, topic, key)
-}
-
-fn rate(count: usize, elapsed: Duration) -> f64 {
-    count as f64 / elapsed.as_secs_f64()
 }
 
 /// The headers of a raw publish: a fresh `Nats-Msg-Id`, or none.
@@ -306,73 +290,6 @@ async fn topiq_end_to_end(
     rate(count, started.elapsed())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-/// One side of a latency run: how it publishes message `n`, and what its consumer received.
-struct LatencySide {
-    publish: Box<dyn Fn(usize) -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
-    received: Arc<std::sync::Mutex<Vec<(usize, Instant)>>>,
-    receiving: tokio::task::JoinHandle<()>,
-}
-
-/// Publishes `RATE` msg/s on every side for `LATENCY_SECONDS`, the sides taking turns message
-/// by message within each millisecond, and returns each side's publish → receipt latencies
-/// (after one warm-up message per side).
-async fn paced(sides: &[LatencySide]) -> Vec<Vec<Duration>> {
-    // One message through each side first, so neither side's measurement includes its
-    // consumer's start (getting the consumer, the first pull).
-    for side in sides {
-        (side.publish)(0).await;
-        while side.received.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        side.received.lock().unwrap().clear();
-    }
-    let total = RATE * LATENCY_SECONDS;
-    let mut sent_at = vec![vec![Instant::now(); total]; sides.len()];
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    let per_tick = RATE / 1000;
-    let mut n = 0;
-    let mut publishes = Vec::with_capacity(total * sides.len());
-    while n < total {
-        ticker.tick().await;
-        for _ in 0..per_tick {
-            for (side, sent_at) in sides.iter().zip(&mut sent_at) {
-                sent_at[n] = Instant::now();
-                publishes.push(tokio::spawn((side.publish)(n)));
-            }
-            n += 1;
-        }
-    }
-    for publish in publishes {
-        publish.await.unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for side in sides {
-        while side.received.lock().unwrap().len() < total && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        side.receiving.abort();
-    }
-    sides
-        .iter()
-        .zip(&sent_at)
-        .map(|(side, sent_at)| {
-            let mut latencies: Vec<Duration> = side
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(n, at)| at.duration_since(sent_at[*n]))
-                .collect();
-            latencies.sort();
-            latencies
-        })
-        .collect()
-}
-
 async fn raw_latency_side(raw: &Raw) -> LatencySide {
     let consumer = raw.consumer().await;
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -441,141 +358,6 @@ async fn topiq_latency_side(
     }
 }
 
-/// Latency samples of `LATENCY_ROUNDS` rounds per side, pooled per side (raw, topiq). In
-/// turn, each round runs one side after the other (alternating which goes first); side by
-/// side, both publish at once, each at `RATE`, so every stall of the machine lands on both.
-async fn latency(url: &str, side_by_side: bool) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut raw_samples, mut topiq_samples) = (Vec::new(), Vec::new());
-    let mode = if side_by_side {
-        "side by side"
-    } else {
-        "in turn"
-    };
-    for round in 0..LATENCY_ROUNDS {
-        let name = format!("latency{}{round}", if side_by_side { "s" } else { "t" });
-        let raw_stream = raw(url, &name).await;
-        let (adapter, topic, key) = topiq(url, &name).await;
-        let raw_side = raw_latency_side(&raw_stream).await;
-        let topiq_side = topiq_latency_side(&adapter, &topic, &key).await;
-        let raw_first = round % 2 == 0;
-        let (raw_round, topiq_round) = match (side_by_side, raw_first) {
-            (true, true) => {
-                let mut both = paced(&[raw_side, topiq_side]).await;
-                let topiq = both.pop().unwrap();
-                (both.pop().unwrap(), topiq)
-            }
-            (true, false) => {
-                let mut both = paced(&[topiq_side, raw_side]).await;
-                let raw = both.pop().unwrap();
-                (raw, both.pop().unwrap())
-            }
-            (false, true) => {
-                let raw = paced(&[raw_side]).await.pop().unwrap();
-                (raw, paced(&[topiq_side]).await.pop().unwrap())
-            }
-            (false, false) => {
-                let topiq = paced(&[topiq_side]).await.pop().unwrap();
-                (paced(&[raw_side]).await.pop().unwrap(), topiq)
-            }
-        };
-        adapter.close().await.ok();
-        println!(
-            "      {mode} round {}/{LATENCY_ROUNDS}: p50 raw {:.3} ms, topiq {:.3} ms; p99 raw {:.3} ms, topiq {:.3} ms",
-            round + 1,
-            ms(percentile(&raw_round, 0.5)),
-            ms(percentile(&topiq_round, 0.5)),
-            ms(percentile(&raw_round, 0.99)),
-            ms(percentile(&topiq_round, 0.99))
-        );
-        raw_samples.extend(raw_round);
-        topiq_samples.extend(topiq_round);
-    }
-    raw_samples.sort();
-    topiq_samples.sort();
-    (raw_samples, topiq_samples)
-}
-
-/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces): state is the first, utime the
-    // twelfth and stime the thirteenth; both in clock ticks of 1/100 s on Linux.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
-/// A measured rate and the CPU it cost per message, in the benchmark and in the server.
-struct Measured {
-    rate: f64,
-    client_us: f64,
-    server_us: f64,
-}
-
-async fn measured(
-    server: u32,
-    count: usize,
-    run: impl std::future::Future<Output = f64>,
-) -> Measured {
-    let (client_before, server_before) = (cpu_seconds(std::process::id()), cpu_seconds(server));
-    let rate = run.await;
-    let per_message = |seconds: f64| seconds * 1e6 / count as f64;
-    Measured {
-        rate,
-        client_us: per_message(cpu_seconds(std::process::id()) - client_before),
-        server_us: per_message(cpu_seconds(server) - server_before),
-    }
-}
-
-/// Medians over the rounds of one side.
-fn median(mut runs: Vec<Measured>) -> Measured {
-    let middle = |values: &mut Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    let mut rates: Vec<f64> = runs.iter().map(|run| run.rate).collect();
-    let mut clients: Vec<f64> = runs.iter().map(|run| run.client_us).collect();
-    let mut servers: Vec<f64> = runs.iter().map(|run| run.server_us).collect();
-    runs.clear();
-    Measured {
-        rate: middle(&mut rates),
-        client_us: middle(&mut clients),
-        server_us: middle(&mut servers),
-    }
-}
-
-/// Runs raw and topiq `ROUNDS` times each, alternating which goes first (the machine's
-/// noise then hits both alike), and returns the median of each side.
-async fn compare(
-    server: u32,
-    count: usize,
-    raw: impl AsyncFn(usize) -> f64,
-    topiq: impl AsyncFn(usize) -> f64,
-) -> (Measured, Measured) {
-    let (mut raw_runs, mut topiq_runs) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        if round % 2 == 0 {
-            raw_runs.push(measured(server, count, raw(round)).await);
-            topiq_runs.push(measured(server, count, topiq(round)).await);
-        } else {
-            topiq_runs.push(measured(server, count, topiq(round)).await);
-            raw_runs.push(measured(server, count, raw(round)).await);
-        }
-        println!(
-            "      round {}/{ROUNDS}: raw {:.0} msg/s, topiq {:.0} msg/s",
-            round + 1,
-            raw_runs[round].rate,
-            topiq_runs[round].rate
-        );
-    }
-    (median(raw_runs), median(topiq_runs))
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -623,96 +405,59 @@ fn main() {
 
         progress("end to end");
         // A fresh stream per round: a dropped consumer's pending pull would hold messages
-        // until their ack wait ran out.
+        // until their ack wait ran out. All are created before the clock starts (a stream's
+        // creation is not part of a message's cost).
+        let (mut raw_streams, mut topiq_streams) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            raw_streams.push(raw(&url, &format!("e2e{round}")).await);
+            topiq_streams.push(topiq(&url, &format!("e2e{round}")).await);
+        }
         let (raw_e2e, topiq_e2e_rate) = compare(
             pid,
             END_TO_END,
+            async |round| raw_end_to_end(&raw_streams[round], END_TO_END).await,
             async |round| {
-                let stream = raw(&url, &format!("e2e{round}")).await;
-                raw_end_to_end(&stream, END_TO_END).await
-            },
-            async |round| {
-                let (adapter, topic, key) = topiq(&url, &format!("e2e{round}")).await;
-                let rate = topiq_end_to_end(&adapter, &topic, &key, END_TO_END).await;
-                adapter.close().await.ok();
-                rate
+                let (adapter, topic, key) = &topiq_streams[round];
+                topiq_end_to_end(adapter, topic, key, END_TO_END).await
             },
         )
         .await;
+        for (adapter, _, _) in &topiq_streams {
+            adapter.close().await.ok();
+        }
 
         progress("latency at 5,000 msg/s, in turn");
-        // Every round's samples go into one distribution per side: a stall of the machine
-        // lands on either side alike over the rounds, instead of deciding one round's p99.
-        let (raw_turns, topiq_turns) = latency(&url, false).await;
-        progress("latency at 5,000 msg/s each, side by side");
-        let (raw_pairs, topiq_pairs) = latency(&url, true).await;
-        println!();
-        println!("| measure | raw async-nats | topiq | topiq/raw |");
-        println!("|---|---:|---:|---:|");
-        let row = |what: &str, raw: f64, topiq: f64| {
-            println!("| {what} | {raw:.0} | {topiq:.0} | {:.2} |", topiq / raw);
-        };
-        row(
-            "publish, 256 concurrent calls (msg/s)",
-            raw_conc.rate,
-            topiq_conc.rate,
-        );
-        row(
-            "publish, batches of 256 (msg/s)",
-            raw_batch.rate,
-            topiq_batch.rate,
-        );
-        row("publish, one at a time (msg/s)", raw_one, topiq_one);
-        row(
-            "end to end: publish → pull → parse → ack (msg/s)",
-            raw_e2e.rate,
-            topiq_e2e_rate.rate,
-        );
-        let latency_rows = |how: &str, raw: &[Duration], topiq: &[Duration]| {
-            for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-                let (raw, topiq) = (ms(percentile(raw, p)), ms(percentile(topiq, p)));
-                println!(
-                    "| {name} latency at 5,000 msg/s, {how} (ms) | {raw:.3} | {topiq:.3} | {:+.3} ms |",
-                    topiq - raw
-                );
+        let round = async |name: String| {
+            let raw_stream = raw(&url, &name).await;
+            let (adapter, topic, key) = topiq(&url, &name).await;
+            LatencyRound {
+                raw: raw_latency_side(&raw_stream).await,
+                topiq: topiq_latency_side(&adapter, &topic, &key).await,
+                finish: async move {
+                    adapter.close().await.ok();
+                }
+                .boxed(),
             }
         };
-        latency_rows("side by side", &raw_pairs, &topiq_pairs);
-        latency_rows("in turn", &raw_turns, &topiq_turns);
-        println!(
-            "| for scale: raw, 256 concurrent calls, no `Nats-Msg-Id` (msg/s) | {:.0} | | |",
-            raw_plain.rate
-        );
-        println!();
-        println!("CPU per message (µs), benchmark process / nats-server:");
-        println!();
-        println!("| measure | raw client | topiq client | raw server | topiq server |");
-        println!("|---|---:|---:|---:|---:|");
-        let cpu = |what: &str, raw: &Measured, topiq: &Measured| {
-            println!(
-                "| {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                raw.client_us, topiq.client_us, raw.server_us, topiq.server_us
-            );
-        };
-        cpu("publish, 256 concurrent calls", &raw_conc, &topiq_conc);
-        cpu("publish, batches of 256", &raw_batch, &topiq_batch);
-        cpu("end to end", &raw_e2e, &topiq_e2e_rate);
-        println!();
-        let throughput_met = [
-            topiq_conc.rate / raw_conc.rate,
-            topiq_batch.rate / raw_batch.rate,
-            topiq_one / raw_one,
-            topiq_e2e_rate.rate / raw_e2e.rate,
-        ]
-        .iter()
-        .all(|ratio| *ratio >= 0.9);
-        let latency_met =
-            ms(percentile(&topiq_pairs, 0.99)) - ms(percentile(&raw_pairs, 0.99)) <= 0.3;
-        println!(
-            "targets: throughput ≥ 0.9× raw → {}; p99 side by side ≤ raw + 0.3 ms → {}",
-            if throughput_met { "met" } else { "NOT met" },
-            if latency_met { "met" } else { "NOT met" }
-        );
+        // Every round's samples go into one distribution per side: a stall of the machine
+        // lands on either side alike over the rounds, instead of deciding one round's p99.
+        let in_turn = latency(false, round).await;
+        progress("latency at 5,000 msg/s each, side by side");
+        let side_by_side = latency(true, round).await;
+        Report {
+            raw_name: "raw async-nats",
+            concurrent: (raw_conc, topiq_conc),
+            batches: (raw_batch, topiq_batch),
+            one_at_a_time: (raw_one, topiq_one),
+            end_to_end: (raw_e2e, topiq_e2e_rate),
+            side_by_side,
+            in_turn,
+            for_scale: Some((
+                "raw, 256 concurrent calls, no `Nats-Msg-Id`",
+                raw_plain.rate,
+            )),
+        }
+        .print();
         topiq_publish.close().await.ok();
     });
     drop(server);

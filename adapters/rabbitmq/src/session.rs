@@ -22,7 +22,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// One open connection and its publishing channel (publisher confirms on).
 pub(crate) struct Session {
     pub(crate) connection: Connection,
-    publisher: tokio::sync::Mutex<Channel>,
+    /// Read on every publish (one `Arc` clone); replaced under `reopening` when a
+    /// channel-level error closed it.
+    publisher: RwLock<Arc<Channel>>,
+    reopening: tokio::sync::Mutex<()>,
 }
 
 impl Session {
@@ -30,13 +33,24 @@ impl Session {
         self.connection.status().connected()
     }
 
+    fn current_publisher(&self) -> Arc<Channel> {
+        Arc::clone(&self.publisher.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The publishing channel, opened again if a channel-level error closed it.
-    pub(crate) async fn publisher(&self) -> Result<Channel> {
-        let mut channel = self.publisher.lock().await;
-        if !channel.status().connected() {
-            *channel = confirming_channel(&self.connection).await?;
+    pub(crate) async fn publisher(&self) -> Result<Arc<Channel>> {
+        let channel = self.current_publisher();
+        if channel.status().connected() {
+            return Ok(channel);
         }
-        Ok(channel.clone())
+        let _reopening = self.reopening.lock().await;
+        let channel = self.current_publisher();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        let channel = Arc::new(confirming_channel(&self.connection).await?);
+        *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&channel);
+        Ok(channel)
     }
 
     /// A fresh channel for declarations and reads: an error there closes only it.
@@ -151,10 +165,11 @@ impl Target {
                 message: format!("RabbitMQ: cannot connect to {}", self.shown),
                 source: Some(Box::new(err)),
             })?;
-        let publisher = tokio::sync::Mutex::new(confirming_channel(&connection).await?);
+        let publisher = RwLock::new(Arc::new(confirming_channel(&connection).await?));
         Ok(Session {
             connection,
             publisher,
+            reopening: tokio::sync::Mutex::new(()),
         })
     }
 }

@@ -1,0 +1,335 @@
+//! What the broker benchmarks share: the payload, the rounds that alternate the sides, CPU
+//! accounting from `/proc`, the paced latency runs, and the report with its targets.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+/// In-flight publishes, and topiq's prefetch equal to raw's consumer window.
+pub const WINDOW: usize = 256;
+pub const PIPELINED: usize = 20_000;
+pub const ONE_AT_A_TIME: usize = 5_000;
+pub const END_TO_END: usize = 20_000;
+pub const RATE: usize = 5_000;
+pub const LATENCY_SECONDS: usize = 2;
+/// Latency rounds per side; the table shows p50 and p99 over all their samples.
+pub const LATENCY_ROUNDS: usize = 8;
+/// Rounds per throughput measure; the table shows the median.
+pub const ROUNDS: usize = 7;
+
+pub fn payload(n: usize) -> Value {
+    json!({"n": n, "to": "someone@example.com", "subject": "Order shipped", "total": 99.95})
+}
+
+pub fn bytes(n: usize) -> bytes::Bytes {
+    serde_json::to_vec(&payload(n)).unwrap().into()
+}
+
+pub fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// One side of a latency run: how it publishes message `n`, and what its consumer received.
+pub struct LatencySide {
+    pub publish: Box<dyn Fn(usize) -> BoxFuture<'static, ()> + Send + Sync>,
+    pub received: Arc<std::sync::Mutex<Vec<(usize, Instant)>>>,
+    pub receiving: tokio::task::JoinHandle<()>,
+}
+
+/// Publishes `RATE` msg/s on every side for `LATENCY_SECONDS`, the sides taking turns message
+/// by message within each millisecond, and returns each side's publish → receipt latencies
+/// (after one warm-up message per side).
+pub async fn paced(sides: &[LatencySide]) -> Vec<Vec<Duration>> {
+    // One message through each side first, so neither side's measurement includes its
+    // consumer's start (getting the consumer, the first pull).
+    for side in sides {
+        (side.publish)(0).await;
+        while side.received.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        side.received.lock().unwrap().clear();
+    }
+    let total = RATE * LATENCY_SECONDS;
+    let mut sent_at = vec![vec![Instant::now(); total]; sides.len()];
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let per_tick = RATE / 1000;
+    let mut n = 0;
+    let mut publishes = Vec::with_capacity(total * sides.len());
+    while n < total {
+        ticker.tick().await;
+        for _ in 0..per_tick {
+            for (side, sent_at) in sides.iter().zip(&mut sent_at) {
+                sent_at[n] = Instant::now();
+                publishes.push(tokio::spawn((side.publish)(n)));
+            }
+            n += 1;
+        }
+    }
+    for publish in publishes {
+        publish.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for side in sides {
+        while side.received.lock().unwrap().len() < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        side.receiving.abort();
+    }
+    sides
+        .iter()
+        .zip(&sent_at)
+        .map(|(side, sent_at)| {
+            let mut latencies: Vec<Duration> = side
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(n, at)| at.duration_since(sent_at[*n]))
+                .collect();
+            latencies.sort();
+            latencies
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is the first, utime the
+    // twelfth and stime the thirteenth; both in clock ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// A measured rate and the CPU it cost per message, in the benchmark and in the server.
+pub struct Measured {
+    pub rate: f64,
+    pub client_us: f64,
+    pub server_us: f64,
+}
+
+pub async fn measured(
+    server: u32,
+    count: usize,
+    run: impl std::future::Future<Output = f64>,
+) -> Measured {
+    let (client_before, server_before) = (cpu_seconds(std::process::id()), cpu_seconds(server));
+    let rate = run.await;
+    let per_message = |seconds: f64| seconds * 1e6 / count as f64;
+    Measured {
+        rate,
+        client_us: per_message(cpu_seconds(std::process::id()) - client_before),
+        server_us: per_message(cpu_seconds(server) - server_before),
+    }
+}
+
+/// Medians over the rounds of one side.
+pub fn median(mut runs: Vec<Measured>) -> Measured {
+    let middle = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let mut rates: Vec<f64> = runs.iter().map(|run| run.rate).collect();
+    let mut clients: Vec<f64> = runs.iter().map(|run| run.client_us).collect();
+    let mut servers: Vec<f64> = runs.iter().map(|run| run.server_us).collect();
+    runs.clear();
+    Measured {
+        rate: middle(&mut rates),
+        client_us: middle(&mut clients),
+        server_us: middle(&mut servers),
+    }
+}
+
+/// Runs raw and topiq `ROUNDS` times each, alternating which goes first (the machine's
+/// noise then hits both alike), and returns the median of each side.
+pub async fn compare(
+    server: u32,
+    count: usize,
+    raw: impl AsyncFn(usize) -> f64,
+    topiq: impl AsyncFn(usize) -> f64,
+) -> (Measured, Measured) {
+    let (mut raw_runs, mut topiq_runs) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            raw_runs.push(measured(server, count, raw(round)).await);
+            topiq_runs.push(measured(server, count, topiq(round)).await);
+        } else {
+            topiq_runs.push(measured(server, count, topiq(round)).await);
+            raw_runs.push(measured(server, count, raw(round)).await);
+        }
+        println!(
+            "      round {}/{ROUNDS}: raw {:.0} msg/s, topiq {:.0} msg/s",
+            round + 1,
+            raw_runs[round].rate,
+            topiq_runs[round].rate
+        );
+    }
+    (median(raw_runs), median(topiq_runs))
+}
+
+pub fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// One latency round's two sides, and what ends the round (closing the adapter).
+pub struct LatencyRound {
+    pub raw: LatencySide,
+    pub topiq: LatencySide,
+    pub finish: BoxFuture<'static, ()>,
+}
+
+/// Latency samples of `LATENCY_ROUNDS` rounds per side, pooled per side (raw, topiq);
+/// `round(name)` sets up one round on fresh names. In turn, each round runs one side after
+/// the other (alternating which goes first); side by side, both publish at once, each at
+/// `RATE`, so every stall of the machine lands on both.
+pub async fn latency<R>(side_by_side: bool, round: R) -> (Vec<Duration>, Vec<Duration>)
+where
+    R: AsyncFn(String) -> LatencyRound,
+{
+    let (mut raw_samples, mut topiq_samples) = (Vec::new(), Vec::new());
+    let mode = if side_by_side {
+        "side by side"
+    } else {
+        "in turn"
+    };
+    for n in 0..LATENCY_ROUNDS {
+        let name = format!("latency{}{n}", if side_by_side { "s" } else { "t" });
+        let LatencyRound { raw, topiq, finish } = round(name).await;
+        let raw_first = n % 2 == 0;
+        let (raw_round, topiq_round) = match (side_by_side, raw_first) {
+            (true, true) => {
+                let mut both = paced(&[raw, topiq]).await;
+                let topiq = both.pop().unwrap();
+                (both.pop().unwrap(), topiq)
+            }
+            (true, false) => {
+                let mut both = paced(&[topiq, raw]).await;
+                let raw = both.pop().unwrap();
+                (raw, both.pop().unwrap())
+            }
+            (false, true) => {
+                let raw = paced(&[raw]).await.pop().unwrap();
+                (raw, paced(&[topiq]).await.pop().unwrap())
+            }
+            (false, false) => {
+                let topiq = paced(&[topiq]).await.pop().unwrap();
+                (paced(&[raw]).await.pop().unwrap(), topiq)
+            }
+        };
+        finish.await;
+        println!(
+            "      {mode} round {}/{LATENCY_ROUNDS}: p50 raw {:.3} ms, topiq {:.3} ms; p99 raw {:.3} ms, topiq {:.3} ms",
+            n + 1,
+            ms(percentile(&raw_round, 0.5)),
+            ms(percentile(&topiq_round, 0.5)),
+            ms(percentile(&raw_round, 0.99)),
+            ms(percentile(&topiq_round, 0.99))
+        );
+        raw_samples.extend(raw_round);
+        topiq_samples.extend(topiq_round);
+    }
+    raw_samples.sort();
+    topiq_samples.sort();
+    (raw_samples, topiq_samples)
+}
+
+/// Every measure of one run, raw first in each pair.
+pub struct Report {
+    /// What the raw side is, for the table's header ("raw async-nats").
+    pub raw_name: &'static str,
+    pub concurrent: (Measured, Measured),
+    pub batches: (Measured, Measured),
+    pub one_at_a_time: (f64, f64),
+    pub end_to_end: (Measured, Measured),
+    pub side_by_side: (Vec<Duration>, Vec<Duration>),
+    pub in_turn: (Vec<Duration>, Vec<Duration>),
+    /// An extra raw row, for scale (label, rate).
+    pub for_scale: Option<(&'static str, f64)>,
+}
+
+impl Report {
+    /// Prints the table with topiq/raw ratios, the CPU table, and whether the targets are met
+    /// (throughput ≥ 0.9× raw; p99 side by side ≤ raw + 0.3 ms).
+    pub fn print(&self) {
+        println!();
+        println!("| measure | {} | topiq | topiq/raw |", self.raw_name);
+        println!("|---|---:|---:|---:|");
+        let row = |what: &str, raw: f64, topiq: f64| {
+            println!("| {what} | {raw:.0} | {topiq:.0} | {:.2} |", topiq / raw);
+        };
+        row(
+            "publish, 256 concurrent calls (msg/s)",
+            self.concurrent.0.rate,
+            self.concurrent.1.rate,
+        );
+        row(
+            "publish, batches of 256 (msg/s)",
+            self.batches.0.rate,
+            self.batches.1.rate,
+        );
+        row(
+            "publish, one at a time (msg/s)",
+            self.one_at_a_time.0,
+            self.one_at_a_time.1,
+        );
+        row(
+            "end to end: publish → consume → parse → ack (msg/s)",
+            self.end_to_end.0.rate,
+            self.end_to_end.1.rate,
+        );
+        let latency_rows = |how: &str, raw: &[Duration], topiq: &[Duration]| {
+            for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+                let (raw, topiq) = (ms(percentile(raw, p)), ms(percentile(topiq, p)));
+                println!(
+                    "| {name} latency at 5,000 msg/s, {how} (ms) | {raw:.3} | {topiq:.3} | {:+.3} ms |",
+                    topiq - raw
+                );
+            }
+        };
+        latency_rows("side by side", &self.side_by_side.0, &self.side_by_side.1);
+        latency_rows("in turn", &self.in_turn.0, &self.in_turn.1);
+        if let Some((label, rate)) = self.for_scale {
+            println!("| for scale: {label} (msg/s) | {rate:.0} | | |");
+        }
+        println!();
+        println!("CPU per message (µs), benchmark process / broker:");
+        println!();
+        println!("| measure | raw client | topiq client | raw broker | topiq broker |");
+        println!("|---|---:|---:|---:|---:|");
+        let cpu = |what: &str, (raw, topiq): &(Measured, Measured)| {
+            println!(
+                "| {what} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                raw.client_us, topiq.client_us, raw.server_us, topiq.server_us
+            );
+        };
+        cpu("publish, 256 concurrent calls", &self.concurrent);
+        cpu("publish, batches of 256", &self.batches);
+        cpu("end to end", &self.end_to_end);
+        println!();
+        let throughput_met = [
+            self.concurrent.1.rate / self.concurrent.0.rate,
+            self.batches.1.rate / self.batches.0.rate,
+            self.one_at_a_time.1 / self.one_at_a_time.0,
+            self.end_to_end.1.rate / self.end_to_end.0.rate,
+        ]
+        .iter()
+        .all(|ratio| *ratio >= 0.9);
+        let (raw, topiq) = &self.side_by_side;
+        let latency_met = ms(percentile(topiq, 0.99)) - ms(percentile(raw, 0.99)) <= 0.3;
+        println!(
+            "targets: throughput ≥ 0.9× raw → {}; p99 side by side ≤ raw + 0.3 ms → {}",
+            if throughput_met { "met" } else { "NOT met" },
+            if latency_met { "met" } else { "NOT met" }
+        );
+    }
+}
