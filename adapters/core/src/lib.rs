@@ -52,13 +52,14 @@
 //! | [`dlq_list`](Adapter::dlq_list) | ordered records from a cursor | ordered consumer / direct get from a sequence; the cursor is the stream sequence | a stream queue read from an offset (`x-stream-offset`, manual ack), skipping offsets recorded as removed; the cursor is the offset |
 //! | [`dlq_redrive`](Adapter::dlq_redrive) | record back into its trigger's queue only, attempt 1 | publish to the trigger-only subject with a new `Nats-Msg-Id`, await `PubAck`, then delete the DLQ message | publish to the trigger's queue through the default exchange, confirmed, then record the offset as removed (streams never delete single messages) |
 //! | [`dlq_purge`](Adapter::dlq_purge) | records removed | `purge` by subject, or delete by sequence | offsets recorded as removed; retention (`max-age`) reclaims the space |
-//! | [`stats`](Adapter::stats) | counts from the trigger queue | consumer info `num_pending` plus the delay stream's count for waiting; `num_ack_pending` includes NAK-delayed messages | the management API (a passive declare's `message_count` excludes unacked messages), retry and delay queues included |
+//! | [`stats`](Adapter::stats) | counts from the trigger queue | consumer info `num_pending` plus the delay stream's count for waiting; `num_ack_pending` includes NAK-delayed messages | the trigger queue's ready count plus the retry and delay bucket queues the process declared (no management plugin needed); in flight = the process's own unsettled deliveries |
 //! | [`health`](Adapter::health) | Ok until closed | a ping round trip (`flush`) within 5 s | connection and channel status |
 //! | [`close`](Adapter::close) | consumers end; later calls fail with [`Error::Closed`] | drain the client | close channels, then the connection |
 //!
-//! The JetStream and RabbitMQ columns are the plan the adapters' own crates implement, checked
+//! The JetStream and RabbitMQ columns were the plan the adapters' own crates implement, checked
 //! against the clients' and brokers' documentation and issue trackers; where an adapter refines
-//! a row, its crate docs say so.
+//! a row (JetStream's pulls, RabbitMQ's DLQ stream per topic and its idempotency queues), its
+//! crate docs and docs/adapters.md say how.
 //!
 //! # The conformance suite
 //!
