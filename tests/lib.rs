@@ -191,6 +191,7 @@ fn free_port() -> u16 {
 /// exchanges and queues meet no other run's; deleted with everything in it on drop.
 pub struct RabbitVhost {
     name: String,
+    users: Vec<String>,
 }
 
 /// The machine's RabbitMQ (guest/guest on loopback).
@@ -222,7 +223,10 @@ impl RabbitVhost {
             .collect();
         let name = format!("topiq-test-{suffix}");
         rabbitmqctl(&["add_vhost", &name]);
-        let vhost = Self { name };
+        let vhost = Self {
+            name,
+            users: Vec::new(),
+        };
         rabbitmqctl(&[
             "set_permissions",
             "-p",
@@ -235,6 +239,21 @@ impl RabbitVhost {
         vhost
     }
 
+    /// Adds a user with `password` and every permission on this vhost (deleted on drop);
+    /// returns its name.
+    pub fn add_user(&mut self, password: &str) -> String {
+        let user = format!("{}-user{}", self.name, self.users.len());
+        rabbitmqctl(&["add_user", &user, password]);
+        self.users.push(user.clone());
+        rabbitmqctl(&["set_permissions", "-p", &self.name, &user, ".*", ".*", ".*"]);
+        user
+    }
+
+    /// `amqp://127.0.0.1:5672/<vhost>`, no credentials.
+    pub fn url_without_credentials(&self) -> String {
+        format!("amqp://{RABBITMQ_ADDRESS}/{}", self.name)
+    }
+
     /// `amqp://guest:guest@127.0.0.1:5672/<vhost>`.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{RABBITMQ_ADDRESS}/{}", self.name)
@@ -243,6 +262,13 @@ impl RabbitVhost {
 
 impl Drop for RabbitVhost {
     fn drop(&mut self) {
+        for user in &self.users {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_user", user])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = Command::new("rabbitmqctl")
             .args(["delete_vhost", &self.name])
             .stdout(Stdio::null())

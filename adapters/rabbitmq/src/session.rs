@@ -82,6 +82,12 @@ pub(crate) fn unavailable(doing: &'static str) -> impl FnOnce(lapin::Error) -> E
     }
 }
 
+/// A login the broker refused (wrong credentials, or no access to the vhost): trying again
+/// cannot help.
+fn is_access_refused(err: &lapin::Error) -> bool {
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(refusal) if refusal.get_id() == 403)
+}
+
 /// Where and how to connect, resolved from the config once.
 pub(crate) struct Target {
     uri: AMQPUri,
@@ -161,9 +167,22 @@ impl Target {
             .with_tls_config(self.tls_config()?)
             .connect()
             .await
-            .map_err(|err| Error::BrokerUnavailable {
-                message: format!("RabbitMQ: cannot connect to {}", self.shown),
-                source: Some(Box::new(err)),
+            .map_err(|err| {
+                if is_access_refused(&err) {
+                    Error::InvalidArgument {
+                        argument: "credentials",
+                        reason: format!(
+                            "RabbitMQ at {} refused the login (ACCESS_REFUSED): check the user \
+                             and password (config or URL) and the user's permissions on the vhost",
+                            self.shown
+                        ),
+                    }
+                } else {
+                    Error::BrokerUnavailable {
+                        message: format!("RabbitMQ: cannot connect to {}", self.shown),
+                        source: Some(Box::new(err)),
+                    }
+                }
             })?;
         let publisher = RwLock::new(Arc::new(confirming_channel(&connection).await?));
         Ok(Session {
