@@ -17,6 +17,7 @@ use topiq_adapter::{
 use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Metadata, header};
+use crate::session::Session;
 use crate::{QueueType, Shared};
 
 /// How often an idle consumer checks that its channel is still open: a consumer registered
@@ -58,7 +59,8 @@ struct Consuming {
     prefetch: u32,
     slots: Arc<Semaphore>,
     leases: Arc<Leases<Received>>,
-    open: Option<(Channel, lapin::Consumer)>,
+    /// The consumer, its channel, and the connection they live on.
+    open: Option<(Channel, lapin::Consumer, Arc<Session>)>,
     backoff: Duration,
     check: tokio::time::Interval,
 }
@@ -66,7 +68,7 @@ struct Consuming {
 impl Drop for Consuming {
     /// Closes the channel: RabbitMQ returns what it delivered and was not settled.
     fn drop(&mut self) {
-        if let Some((channel, _)) = self.open.take()
+        if let Some((channel, _, _)) = self.open.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move { channel.close(200, "consumer dropped".into()).await });
@@ -81,7 +83,7 @@ impl Consuming {
             if self.shared.closed.is_cancelled() {
                 return None;
             }
-            let Some((channel, consumer)) = self.open.as_mut() else {
+            let Some((channel, consumer, session)) = self.open.as_mut() else {
                 if let Err(err) = self.open_consumer().await {
                     tracing::warn!(trigger = %self.spec.key, error = %err, "cannot consume; trying again");
                     self.wait_backoff().await?;
@@ -92,8 +94,10 @@ impl Consuming {
                 () = self.shared.closed.cancelled() => return None,
                 next = consumer.next() => next,
                 _ = self.check.tick() => {
-                    if !channel.status().connected() {
-                        tracing::warn!(trigger = %self.spec.key, "the consumer's channel is gone; subscribing again");
+                    // lapin does not always end a consumer whose connection died: the
+                    // connection's own state is the one to trust.
+                    if !channel.status().connected() || !session.is_open() {
+                        tracing::warn!(trigger = %self.spec.key, "the consumer's channel or connection is gone; subscribing again");
                         self.open = None;
                     }
                     continue;
@@ -127,6 +131,11 @@ impl Consuming {
     }
 
     async fn open_consumer(&mut self) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        shared.bounded("consume", self.subscribe()).await
+    }
+
+    async fn subscribe(&mut self) -> Result<()> {
         let session = self.shared.session().await?;
         let channel = session.channel().await?;
         let queue = self.shared.layout.trigger_queue(&self.spec.key);
@@ -147,7 +156,7 @@ impl Consuming {
                 operation: "consume",
                 source: format!("cannot consume {queue:?}: {err}").into(),
             })?;
-        self.open = Some((channel, consumer));
+        self.open = Some((channel, consumer, session));
         Ok(())
     }
 
@@ -162,6 +171,41 @@ impl Consuming {
     }
 }
 
+/// How a delivery goes back to the broker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Settle {
+    Ack,
+    /// Back to the queue (delivered again, counted).
+    Requeue,
+    /// Dropped (a message topiq cannot read).
+    Discard,
+}
+
+/// Acks or rejects a delivery on its channel, bounded by `timeout`: lapin's settlement can
+/// wait forever on a connection that died under it, and a consumer waiting on it would stop.
+pub(crate) async fn settle(
+    acker: &lapin::Acker,
+    how: Settle,
+    operation: &'static str,
+    timeout: Duration,
+) -> Result<()> {
+    let settling = async {
+        match how {
+            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => acker.reject(BasicRejectOptions { requeue: true }).await,
+            Settle::Discard => acker.reject(BasicRejectOptions { requeue: false }).await,
+        }
+    };
+    match tokio::time::timeout(timeout, settling).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(Error::Broker {
+            operation,
+            source: Box::new(err),
+        }),
+        Err(_) => Err(Error::Timeout { operation, timeout }),
+    }
+}
+
 async fn receive(
     shared: &Arc<Shared>,
     spec: &SubscriptionSpec,
@@ -173,10 +217,8 @@ async fn receive(
         Ok(metadata) => metadata,
         Err(err) => {
             tracing::error!(trigger = %spec.key, error = %err, "dropping a message topiq cannot read");
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            let timeout = shared.config.publish_timeout;
+            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
             return None;
         }
     };
@@ -184,10 +226,8 @@ async fn receive(
         Ok(data) => data,
         Err(err) => {
             tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "dropping a message whose payload is not JSON");
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            let timeout = shared.config.publish_timeout;
+            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
             return None;
         }
     };
@@ -270,11 +310,11 @@ impl Drop for Received {
         if lease.claim_expired()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let acker = self.acker.clone();
+            let (acker, timeout) = (self.acker.clone(), self.shared.config.publish_timeout);
             runtime.spawn(async move {
                 tokio::time::sleep_until(deadline).await;
                 // Fails harmlessly if the channel closed meanwhile (which returned it).
-                let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
+                let _ = settle(&acker, Settle::Requeue, "return", timeout).await;
             });
         }
     }
@@ -294,11 +334,7 @@ impl Leased for Received {
         tokio::spawn(async move {
             if self.attempt >= self.max_attempts {
                 self.dead_letter_expired(self.attempt).await;
-            } else if let Err(err) = self
-                .acker
-                .reject(BasicRejectOptions { requeue: true })
-                .await
-            {
+            } else if let Err(err) = self.settle(Settle::Requeue, "return").await {
                 tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot return an expired delivery; its channel's closing returns it");
             }
         });
@@ -318,10 +354,7 @@ impl Received {
         );
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
-            let _ = self
-                .acker
-                .reject(BasicRejectOptions { requeue: true })
-                .await;
+            let _ = self.settle(Settle::Requeue, "return").await;
         }
     }
 
@@ -348,14 +381,17 @@ impl Received {
     }
 
     async fn ack_original(&self, operation: &'static str) -> Result<()> {
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|err| Error::Broker {
-                operation,
-                source: Box::new(err),
-            })
+        self.settle(Settle::Ack, operation).await
+    }
+
+    async fn settle(&self, how: Settle, operation: &'static str) -> Result<()> {
+        settle(
+            &self.acker,
+            how,
+            operation,
+            self.shared.config.publish_timeout,
+        )
+        .await
     }
 
     /// A copy of the message whose next delivery is attempt `attempt_base + 1`.

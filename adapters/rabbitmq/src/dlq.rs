@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use futures::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use topiq_adapter::{
     DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MessageId, Result, SubscriptionKey,
@@ -19,6 +19,7 @@ use topiq_adapter::{
 };
 
 use crate::codec::{self, Metadata, header};
+use crate::consumer::Settle;
 use crate::{Published, Shared};
 
 /// How many stream entries a reader takes unacknowledged.
@@ -94,29 +95,34 @@ async fn live_records(
     )
     .await?;
     let session = shared.session().await?;
-    let channel = session.channel().await?;
     let stream = shared.layout.dlq_stream(topic);
-    channel
-        .basic_qos(READ_AHEAD, BasicQosOptions::default())
-        .await
-        .map_err(crate::session::unavailable("set the prefetch"))?;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongLongInt(i64::try_from(from).unwrap_or(i64::MAX)),
-    );
-    let mut entries = channel
-        .basic_consume(
-            stream.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            arguments,
-        )
-        .await
-        .map_err(|err| Error::Broker {
-            operation: "read DLQ",
-            source: format!("cannot read the DLQ stream {stream:?}: {err}").into(),
-        })?;
+    let (channel, mut entries) = shared
+        .bounded("read DLQ", async {
+            let channel = session.channel().await?;
+            channel
+                .basic_qos(READ_AHEAD, BasicQosOptions::default())
+                .await
+                .map_err(crate::session::unavailable("set the prefetch"))?;
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongLongInt(i64::try_from(from).unwrap_or(i64::MAX)),
+            );
+            let entries = channel
+                .basic_consume(
+                    stream.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    arguments,
+                )
+                .await
+                .map_err(|err| Error::Broker {
+                    operation: "read DLQ",
+                    source: format!("cannot read the DLQ stream {stream:?}: {err}").into(),
+                })?;
+            Ok((channel, entries))
+        })
+        .await?;
     let mut records = Vec::new();
     let mut removed = HashSet::new();
     let timeout = shared.config.publish_timeout;
@@ -136,7 +142,7 @@ async fn live_records(
             }
             Ok(Some(entry)) => entry.map_err(crate::session::unavailable("read DLQ"))?,
         };
-        let _ = entry.acker.ack(BasicAckOptions::default()).await;
+        crate::consumer::settle(&entry.acker, Settle::Ack, "read DLQ", timeout).await?;
         let properties = &entry.properties;
         let offset = codec::header_of(properties, header::STREAM_OFFSET)
             .and_then(codec::as_i64)

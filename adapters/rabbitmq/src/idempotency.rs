@@ -13,11 +13,12 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicRejectOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use topiq_adapter::{Error, MessageId, PublishReceipt, Result, Timestamp};
 
 use crate::codec::{self, Metadata};
+use crate::consumer::{Settle, settle};
 use crate::{Prepared, Published, QueueDecl, Shared};
 
 /// How often a later publisher looks for the first one's done entry.
@@ -125,10 +126,14 @@ async fn peek(shared: &Shared, queue: &QueueDecl) -> Result<Option<lapin::messag
         })?;
     let delivery = got.map(|got| got.delivery);
     if let Some(delivery) = &delivery {
-        let _ = delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: true })
-            .await;
+        let timeout = shared.config.publish_timeout;
+        settle(
+            &delivery.acker,
+            Settle::Requeue,
+            "read idempotency key",
+            timeout,
+        )
+        .await?;
     }
     let _ = channel.close(200, "read".into()).await;
     Ok(delivery)

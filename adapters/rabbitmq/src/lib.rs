@@ -166,6 +166,19 @@ fn millis_value(duration: Duration) -> AMQPValue {
 }
 
 impl Shared {
+    /// Runs a broker call bounded by `publish_timeout`: lapin's calls can wait forever on a
+    /// connection that died under them.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let timeout = self.config.publish_timeout;
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(Error::Timeout { operation, timeout }))
+    }
+
     pub(crate) fn ensure_open(&self) -> Result<()> {
         if self.closed.is_cancelled() {
             Err(Error::Closed)
@@ -220,9 +233,14 @@ impl Shared {
     /// Declares a queue now and again on every new connection; returns its ready count.
     pub(crate) async fn declare_queue(&self, queue: QueueDecl) -> Result<u32> {
         let session = self.session().await?;
-        let channel = session.channel().await?;
-        let count = queue.declare(&channel).await?;
-        let _ = channel.close(200, "declared".into()).await;
+        let count = self
+            .bounded("declare", async {
+                let channel = session.channel().await?;
+                let count = queue.declare(&channel).await?;
+                let _ = channel.close(200, "declared".into()).await;
+                Ok(count)
+            })
+            .await?;
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match queues.iter_mut().find(|known| known.name == queue.name) {
             Some(known) => *known = queue,
@@ -320,29 +338,29 @@ impl Shared {
     ) -> Result<Published> {
         let session = self.session().await?;
         let channel = session.publisher().await?;
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                payload,
-                properties,
-            )
-            .await
-            .map_err(session::unavailable("publish"))?;
-        let timeout = self.config.publish_timeout;
-        match tokio::time::timeout(timeout, confirm).await {
-            Err(_) => Err(Error::Timeout {
-                operation: "publish (waiting for the broker's confirm)",
-                timeout,
-            }),
-            Ok(Err(err)) => Err(session::unavailable("publish")(err)),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Published::Returned),
-            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(Published::Stored),
-            Ok(Ok(Confirmation::Nack(_))) => Ok(Published::Refused),
+        let publishing = async {
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    payload,
+                    properties,
+                )
+                .await
+                .map_err(session::unavailable("publish"))?;
+            confirm.await.map_err(session::unavailable("publish"))
+        };
+        match self
+            .bounded("publish (waiting for the broker's confirm)", publishing)
+            .await?
+        {
+            Confirmation::Ack(Some(_)) => Ok(Published::Returned),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Published::Stored),
+            Confirmation::Nack(_) => Ok(Published::Refused),
         }
     }
 
