@@ -7,10 +7,16 @@
 // Test support: a broker that cannot start is a test failure, so it panics with the reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::collections::HashSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use topiq_adapter::{Adapter, ConsumeOptions, NewMessage, SubscriptionKey, TopicName};
 
 /// A `nats-server` with JetStream on a free loopback port and a temporary store, killed and
 /// cleaned up on drop.
@@ -405,5 +411,137 @@ impl Drop for RabbitNode {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The at-least-once checker of the fault tests, fed by [`Ledger::publish_all`] and
+/// [`Ledger::consume`]: A = ids whose enqueue returned Ok, C = ids handled (acked);
+/// lost = A \ C must be empty, duplicates (C counted twice) are allowed and reported.
+#[derive(Clone, Default)]
+pub struct Ledger {
+    accepted: Arc<Mutex<Vec<String>>>,
+    handled: Arc<Mutex<Vec<String>>>,
+    refused: Arc<AtomicUsize>,
+    /// The next message number to publish (publishers take numbers from it).
+    pub next: Arc<AtomicUsize>,
+}
+
+/// What a [`Ledger`] found.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Publishes that returned Ok.
+    pub accepted: usize,
+    /// Publishes that failed (each with a transient error).
+    pub refused: usize,
+    /// Accepted messages never handled.
+    pub lost: usize,
+    /// Handlings beyond the first of a message.
+    pub duplicates: usize,
+}
+
+impl Ledger {
+    /// Publishes `total` messages `{"n": n}` to `topic` from `publishers` concurrent tasks;
+    /// an error must be transient (an outage), never a wrong input.
+    pub fn publish_all<A: Adapter + Clone>(
+        &self,
+        adapter: &A,
+        topic: &TopicName,
+        total: usize,
+        publishers: usize,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..publishers)
+            .map(|_| {
+                let (ledger, adapter, topic) = (self.clone(), adapter.clone(), topic.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let n = ledger.next.fetch_add(1, Ordering::SeqCst);
+                        if n >= total {
+                            return;
+                        }
+                        let message = NewMessage::new(serde_json::json!({"n": n}));
+                        match adapter.publish(&topic, message).await {
+                            Ok(receipt) => ledger
+                                .accepted
+                                .lock()
+                                .unwrap()
+                                .push(receipt.message_id.to_string()),
+                            Err(err) => {
+                                assert!(
+                                    err.is_transient(),
+                                    "an outage error must be transient: {err}"
+                                );
+                                ledger.refused.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Consumes `key` and acks every delivery, recording each acked id as handled.
+    pub fn consume<A: Adapter + Clone>(
+        &self,
+        adapter: &A,
+        key: &SubscriptionKey,
+        prefetch: u32,
+    ) -> tokio::task::JoinHandle<()> {
+        let (ledger, adapter, key) = (self.clone(), adapter.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut subscription = adapter
+                .consume(&key, ConsumeOptions { prefetch })
+                .await
+                .expect("consume");
+            while let Some(delivery) = subscription.next().await {
+                let Ok(delivery) = delivery else { continue };
+                let id = delivery.envelope().id.to_string();
+                if delivery.ack().await.is_ok() {
+                    ledger.handled.lock().unwrap().push(id);
+                }
+            }
+        })
+    }
+
+    /// Waits up to `within` for every accepted message to be handled, then says what was
+    /// found.
+    pub async fn settle(&self, within: Duration) -> Outcome {
+        let accepted: HashSet<String> = self.accepted.lock().unwrap().iter().cloned().collect();
+        let deadline = Instant::now() + within;
+        loop {
+            let handled = self.handled.lock().unwrap().clone();
+            let seen: HashSet<&String> = handled.iter().collect();
+            let lost = accepted.iter().filter(|id| !seen.contains(id)).count();
+            if lost == 0 || Instant::now() > deadline {
+                return Outcome {
+                    accepted: accepted.len(),
+                    refused: self.refused.load(Ordering::SeqCst),
+                    lost,
+                    duplicates: handled.len() - seen.len(),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Collects everything logged, at every level, into one buffer (for checks that a secret
+/// never reaches the logs).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -27,16 +27,14 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
-use topiq_adapter::{
-    Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
-    TriggerName,
-};
+use topiq_adapter::{Adapter, NewMessage, SubscriptionKey, TopicName};
 use topiq_integration_tests::NatsServer;
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
 use support::{
     END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, WINDOW, bytes,
-    compare, latency, measured, payload, rate,
+    compare, declare, latency, measured, payload, rate, topiq_batches, topiq_concurrent,
+    topiq_end_to_end, topiq_latency_side,
 };
 
 /// The allocator the `topiq` binary ships with, for both sides alike.
@@ -104,19 +102,6 @@ impl Raw {
     }
 }
 
-/// The trigger's deliveries, `WINDOW` at most unsettled (as raw's pull batch).
-async fn consume(adapter: &JetStreamAdapter, key: &SubscriptionKey) -> topiq_adapter::Subscription {
-    adapter
-        .consume(
-            key,
-            ConsumeOptions {
-                prefetch: WINDOW as u32,
-            },
-        )
-        .await
-        .unwrap()
-}
-
 async fn topiq(url: &str, name: &str) -> (JetStreamAdapter, TopicName, SubscriptionKey) {
     let adapter = JetStreamAdapter::connect(JetStreamConfig {
         url: Some(url.to_owned()),
@@ -125,16 +110,7 @@ async fn topiq(url: &str, name: &str) -> (JetStreamAdapter, TopicName, Subscript
     })
     .await
     .unwrap();
-    let topic = TopicName::new(name).unwrap();
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").unwrap());
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .unwrap();
-    adapter
-        .declare_subscription(SubscriptionSpec::new(key.clone()))
-        .await
-        .unwrap();
+    let (topic, key) = declare(&adapter, name).await;
     (adapter, topic, key)
 }
 
@@ -169,25 +145,6 @@ async fn raw_concurrent(raw: &Raw, count: usize, with_msg_id: bool) -> f64 {
     rate(count, started.elapsed())
 }
 
-/// The same loop as [`raw_concurrent`], each future one `publish` call.
-async fn topiq_concurrent(adapter: &JetStreamAdapter, topic: &TopicName, count: usize) -> f64 {
-    let started = Instant::now();
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    for n in 0..count {
-        if in_flight.len() >= WINDOW {
-            let receipt: topiq_adapter::Result<topiq_adapter::PublishReceipt> =
-                in_flight.next().await.unwrap();
-            receipt.unwrap();
-        }
-        let (adapter, topic) = (adapter.clone(), topic.clone());
-        in_flight.push(async move { adapter.publish(&topic, NewMessage::new(payload(n))).await });
-    }
-    while let Some(result) = in_flight.next().await {
-        result.unwrap();
-    }
-    rate(count, started.elapsed())
-}
-
 /// Sends `WINDOW` publishes, then awaits their acknowledgements, batch after batch.
 async fn raw_batches(raw: &Raw, count: usize) -> f64 {
     let started = Instant::now();
@@ -205,22 +162,6 @@ async fn raw_batches(raw: &Raw, count: usize) -> f64 {
         n += acks.len();
         for ack in futures::future::join_all(acks).await {
             ack.unwrap();
-        }
-    }
-    rate(count, started.elapsed())
-}
-
-/// `publish_batch` with `WINDOW` messages, batch after batch.
-async fn topiq_batches(adapter: &JetStreamAdapter, topic: &TopicName, count: usize) -> f64 {
-    let started = Instant::now();
-    let mut n = 0;
-    while n < count {
-        let batch: Vec<NewMessage> = (n..(n + WINDOW).min(count))
-            .map(|i| NewMessage::new(payload(i)))
-            .collect();
-        n += batch.len();
-        for receipt in adapter.publish_batch(topic, batch).await.unwrap() {
-            receipt.unwrap();
         }
     }
     rate(count, started.elapsed())
@@ -271,25 +212,6 @@ async fn raw_end_to_end(raw: &Raw, count: usize) -> f64 {
     rate(count, started.elapsed())
 }
 
-async fn topiq_end_to_end(
-    adapter: &JetStreamAdapter,
-    topic: &TopicName,
-    key: &SubscriptionKey,
-    count: usize,
-) -> f64 {
-    let mut subscription = consume(adapter, key).await;
-    let started = Instant::now();
-    let receiving = tokio::spawn(async move {
-        for _ in 0..count {
-            let delivery = subscription.next().await.unwrap().unwrap();
-            delivery.ack().await.unwrap();
-        }
-    });
-    topiq_concurrent(adapter, topic, count).await;
-    receiving.await.unwrap();
-    rate(count, started.elapsed())
-}
-
 async fn raw_latency_side(raw: &Raw) -> LatencySide {
     let consumer = raw.consumer().await;
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -312,40 +234,6 @@ async fn raw_latency_side(raw: &Raw) -> LatencySide {
             js.publish_with_headers(subject, raw_headers(true), bytes(n))
                 .await
                 .unwrap()
-                .await
-                .unwrap();
-        }
-        .boxed()
-    });
-    LatencySide {
-        publish,
-        received,
-        receiving,
-    }
-}
-
-async fn topiq_latency_side(
-    adapter: &JetStreamAdapter,
-    topic: &TopicName,
-    key: &SubscriptionKey,
-) -> LatencySide {
-    let mut subscription = consume(adapter, key).await;
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = Arc::clone(&received);
-    let receiving = tokio::spawn(async move {
-        while let Some(Ok(delivery)) = subscription.next().await {
-            let at = Instant::now();
-            let n = delivery.envelope().data["n"].as_u64().unwrap() as usize;
-            sink.lock().unwrap().push((n, at));
-            delivery.ack().await.unwrap();
-        }
-    });
-    let (adapter, topic) = (adapter.clone(), topic.clone());
-    let publish = Box::new(move |n| {
-        let (adapter, topic) = (adapter.clone(), topic.clone());
-        async move {
-            adapter
-                .publish(&topic, NewMessage::new(payload(n)))
                 .await
                 .unwrap();
         }

@@ -31,16 +31,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
-use topiq_adapter::{
-    Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
-    TriggerName,
-};
+use topiq_adapter::{Adapter, NewMessage, SubscriptionKey, TopicName};
 use topiq_integration_tests::RabbitNode;
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
 use support::{
     END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, WINDOW, bytes,
-    compare, latency, payload, rate,
+    compare, declare, latency, payload, rate, topiq_batches, topiq_concurrent, topiq_end_to_end,
+    topiq_latency_side,
 };
 
 /// The allocator the `topiq` binary ships with, for both sides alike.
@@ -179,29 +177,8 @@ async fn topiq(url: &str, name: &str) -> (RabbitMqAdapter, TopicName, Subscripti
     })
     .await
     .unwrap();
-    let topic = TopicName::new(name).unwrap();
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").unwrap());
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .unwrap();
-    adapter
-        .declare_subscription(SubscriptionSpec::new(key.clone()))
-        .await
-        .unwrap();
+    let (topic, key) = declare(&adapter, name).await;
     (adapter, topic, key)
-}
-
-async fn consume(adapter: &RabbitMqAdapter, key: &SubscriptionKey) -> topiq_adapter::Subscription {
-    adapter
-        .consume(
-            key,
-            ConsumeOptions {
-                prefetch: WINDOW as u32,
-            },
-        )
-        .await
-        .unwrap()
 }
 
 /// Keeps `WINDOW` publishes in flight, each a publish awaiting its confirm.
@@ -219,25 +196,6 @@ async fn raw_concurrent(raw: &Raw, count: usize) -> f64 {
     rate(count, started.elapsed())
 }
 
-/// The same loop as [`raw_concurrent`], each future one `publish` call.
-async fn topiq_concurrent(adapter: &RabbitMqAdapter, topic: &TopicName, count: usize) -> f64 {
-    let started = Instant::now();
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    for n in 0..count {
-        if in_flight.len() >= WINDOW {
-            let receipt: topiq_adapter::Result<topiq_adapter::PublishReceipt> =
-                in_flight.next().await.unwrap();
-            receipt.unwrap();
-        }
-        let (adapter, topic) = (adapter.clone(), topic.clone());
-        in_flight.push(async move { adapter.publish(&topic, NewMessage::new(payload(n))).await });
-    }
-    while let Some(receipt) = in_flight.next().await {
-        receipt.unwrap();
-    }
-    rate(count, started.elapsed())
-}
-
 /// `WINDOW` publishes at once (each sent and confirmed), awaited together, batch after batch:
 /// what topiq's `publish_batch` does. (Sending 256 one after the other before awaiting any
 /// confirm is slower with lapin: each send waits for its frame to be written.)
@@ -248,22 +206,6 @@ async fn raw_batches(raw: &Raw, count: usize) -> f64 {
         let batch = (n..(n + WINDOW).min(count)).map(|i| raw.publish(i));
         n += batch.len();
         futures::future::join_all(batch).await;
-    }
-    rate(count, started.elapsed())
-}
-
-/// `publish_batch` with `WINDOW` messages, batch after batch.
-async fn topiq_batches(adapter: &RabbitMqAdapter, topic: &TopicName, count: usize) -> f64 {
-    let started = Instant::now();
-    let mut n = 0;
-    while n < count {
-        let batch: Vec<NewMessage> = (n..(n + WINDOW).min(count))
-            .map(|i| NewMessage::new(payload(i)))
-            .collect();
-        n += batch.len();
-        for receipt in adapter.publish_batch(topic, batch).await.unwrap() {
-            receipt.unwrap();
-        }
     }
     rate(count, started.elapsed())
 }
@@ -305,25 +247,6 @@ async fn raw_end_to_end(raw: &Raw, count: usize) -> f64 {
     rate(count, started.elapsed())
 }
 
-async fn topiq_end_to_end(
-    adapter: &RabbitMqAdapter,
-    topic: &TopicName,
-    key: &SubscriptionKey,
-    count: usize,
-) -> f64 {
-    let mut subscription = consume(adapter, key).await;
-    let started = Instant::now();
-    let receiving = tokio::spawn(async move {
-        for _ in 0..count {
-            let delivery = subscription.next().await.unwrap().unwrap();
-            delivery.ack().await.unwrap();
-        }
-    });
-    topiq_concurrent(adapter, topic, count).await;
-    receiving.await.unwrap();
-    rate(count, started.elapsed())
-}
-
 async fn raw_latency_side(raw: &Raw) -> LatencySide {
     let mut consumer = raw.consumer().await;
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -342,40 +265,6 @@ async fn raw_latency_side(raw: &Raw) -> LatencySide {
     let publish = Box::new(move |n| {
         let raw = raw.clone();
         async move { raw.publish(n).await }.boxed()
-    });
-    LatencySide {
-        publish,
-        received,
-        receiving,
-    }
-}
-
-async fn topiq_latency_side(
-    adapter: &RabbitMqAdapter,
-    topic: &TopicName,
-    key: &SubscriptionKey,
-) -> LatencySide {
-    let mut subscription = consume(adapter, key).await;
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = Arc::clone(&received);
-    let receiving = tokio::spawn(async move {
-        while let Some(Ok(delivery)) = subscription.next().await {
-            let at = Instant::now();
-            let n = delivery.envelope().data["n"].as_u64().unwrap() as usize;
-            sink.lock().unwrap().push((n, at));
-            delivery.ack().await.unwrap();
-        }
-    });
-    let (adapter, topic) = (adapter.clone(), topic.clone());
-    let publish = Box::new(move |n| {
-        let (adapter, topic) = (adapter.clone(), topic.clone());
-        async move {
-            adapter
-                .publish(&topic, NewMessage::new(payload(n)))
-                .await
-                .unwrap();
-        }
-        .boxed()
     });
     LatencySide {
         publish,

@@ -3,32 +3,15 @@
 // Test helpers panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use topiq_adapter::Adapter;
-use topiq_integration_tests::NatsServer;
+use topiq_integration_tests::{CapturedLogs, NatsServer};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
 const PASSWORD: &str = "s3cret-Pa55word";
 
-/// Collects everything logged, at every level, into one buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
-    let logs = Captured::default();
+    let logs = CapturedLogs::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -74,7 +57,7 @@ async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
         .expect("credentials in the URL connect");
     adapter.close().await.expect("close");
 
-    let logged = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+    let logged = logs.text();
     assert!(
         !logged.is_empty(),
         "nothing was logged: the check would be empty"

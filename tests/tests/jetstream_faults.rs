@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,7 +15,7 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
 };
-use topiq_integration_tests::{NatsServer, jetstream_adapter};
+use topiq_integration_tests::{Ledger, NatsServer, jetstream_adapter};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
 /// Declares `topic` with one trigger `t` whose policy `policy` adjusts.
@@ -77,58 +76,14 @@ async fn no_acknowledged_message_is_lost_when_the_server_is_killed_twice() {
     })
     .await;
 
-    let handled = Arc::new(Mutex::new(Vec::<String>::new()));
-    let consumer = {
-        let (adapter, key, handled) = (adapter.clone(), key.clone(), Arc::clone(&handled));
-        tokio::spawn(async move {
-            let mut subscription = adapter
-                .consume(&key, ConsumeOptions { prefetch: 64 })
-                .await
-                .expect("consume");
-            while let Some(delivery) = subscription.next().await {
-                let Ok(delivery) = delivery else { continue };
-                let id = delivery.envelope().id.to_string();
-                if delivery.ack().await.is_ok() {
-                    handled.lock().expect("lock").push(id);
-                }
-            }
-        })
-    };
-
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|_| {
-            let (adapter, topic, accepted, next) = (
-                adapter.clone(),
-                topic.clone(),
-                Arc::clone(&accepted),
-                Arc::clone(&next),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    if n >= MESSAGES {
-                        return;
-                    }
-                    if let Ok(receipt) = adapter
-                        .publish(&topic, NewMessage::new(json!({"n": n})))
-                        .await
-                    {
-                        accepted
-                            .lock()
-                            .expect("lock")
-                            .push(receipt.message_id.to_string());
-                    }
-                }
-            })
-        })
-        .collect();
+    let ledger = Ledger::default();
+    let consumer = ledger.consume(&adapter, &key, 64);
+    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, PUBLISHERS);
 
     // Kill the server twice mid-stream.
     let started = Instant::now();
     for kill_at in [MESSAGES / 4, MESSAGES * 3 / 5] {
-        while next.load(std::sync::atomic::Ordering::SeqCst) < kill_at {
+        while ledger.next.load(std::sync::atomic::Ordering::SeqCst) < kill_at {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         println!(
@@ -144,36 +99,15 @@ async fn no_acknowledged_message_is_lost_when_the_server_is_killed_twice() {
     for publisher in publishers {
         publisher.await.expect("publisher");
     }
-    let accepted: HashSet<String> = accepted.lock().expect("lock").iter().cloned().collect();
-    println!(
-        "{} of {MESSAGES} publishes returned Ok ({:?})",
-        accepted.len(),
-        started.elapsed()
-    );
-
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (lost, duplicates) = loop {
-        let handled = handled.lock().expect("lock").clone();
-        let seen: HashSet<&String> = handled.iter().collect();
-        let lost: Vec<&String> = accepted.iter().filter(|id| !seen.contains(id)).collect();
-        let duplicates = handled.len() - seen.len();
-        if lost.is_empty() || Instant::now() > deadline {
-            break (lost.len(), duplicates);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    println!(
-        "lost {lost}, duplicates {duplicates} ({:?})",
-        started.elapsed()
-    );
+    let outcome = ledger.settle(Duration::from_secs(120)).await;
+    println!("{outcome:?} ({:?})", started.elapsed());
     assert_eq!(
-        lost, 0,
+        outcome.lost, 0,
         "messages whose enqueue returned Ok were never handled"
     );
     assert!(
-        accepted.len() > MESSAGES / 2,
-        "too few publishes succeeded: {}",
-        accepted.len()
+        outcome.accepted > MESSAGES / 2,
+        "too few publishes succeeded: {outcome:?}"
     );
     consumer.abort();
     adapter.close().await.ok();

@@ -5,8 +5,6 @@
 // Test helpers panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,25 +13,11 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
 };
-use topiq_integration_tests::RabbitVhost;
+use topiq_integration_tests::{CapturedLogs, RabbitVhost};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
 const PASSWORD: &str = "s3cret-Pa55word";
 const WRONG: &str = "wr0ng-Pa55word";
-
-/// Collects everything logged, at every level, into one buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The error, its sources and its `Debug` form, as one text.
 fn everything_said(err: &topiq_adapter::Error) -> String {
@@ -48,7 +32,7 @@ fn everything_said(err: &topiq_adapter::Error) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
-    let logs = Captured::default();
+    let logs = CapturedLogs::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -119,7 +103,7 @@ async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
         "the password reached the error: {said}"
     );
 
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(!logged.is_empty(), "nothing was logged at TRACE");
     assert!(!logged.contains(PASSWORD), "the password reached the logs");
     assert!(

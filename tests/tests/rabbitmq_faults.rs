@@ -8,8 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,7 +18,7 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, DlqQuery, Error, NewMessage, SubscriptionKey, SubscriptionSpec,
     TopicName, TopicSpec, TriggerName,
 };
-use topiq_integration_tests::{RabbitNode, rabbitmq_adapter};
+use topiq_integration_tests::{Ledger, RabbitNode, rabbitmq_adapter};
 use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
 
 /// Declares `topic` with one trigger per name in `triggers`, each with `policy` applied.
@@ -72,65 +72,12 @@ async fn no_acknowledged_message_is_lost_when_rabbitmq_stops_and_starts_mid_stre
     })
     .await;
 
-    let handled = Arc::new(Mutex::new(Vec::<String>::new()));
-    let consumer = {
-        let (adapter, key, handled) = (adapter.clone(), keys[0].clone(), Arc::clone(&handled));
-        tokio::spawn(async move {
-            let mut subscription = adapter
-                .consume(&key, ConsumeOptions { prefetch: 64 })
-                .await
-                .expect("consume");
-            while let Some(delivery) = subscription.next().await {
-                let Ok(delivery) = delivery else { continue };
-                let id = delivery.envelope().id.to_string();
-                if delivery.ack().await.is_ok() {
-                    handled.lock().expect("lock").push(id);
-                }
-            }
-        })
-    };
-
-    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
-    let refused = Arc::new(AtomicUsize::new(0));
-    let next = Arc::new(AtomicUsize::new(0));
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|_| {
-            let (adapter, topic, accepted, refused, next) = (
-                adapter.clone(),
-                topic.clone(),
-                Arc::clone(&accepted),
-                Arc::clone(&refused),
-                Arc::clone(&next),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= MESSAGES {
-                        return;
-                    }
-                    match adapter
-                        .publish(&topic, NewMessage::new(json!({"n": n})))
-                        .await
-                    {
-                        Ok(receipt) => accepted
-                            .lock()
-                            .expect("lock")
-                            .push(receipt.message_id.to_string()),
-                        Err(err) => {
-                            assert!(
-                                err.is_transient(),
-                                "an outage error must be transient: {err}"
-                            );
-                            refused.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let ledger = Ledger::default();
+    let consumer = ledger.consume(&adapter, &keys[0], 64);
+    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, PUBLISHERS);
 
     let started = Instant::now();
-    while next.load(Ordering::SeqCst) < MESSAGES / 3 {
+    while ledger.next.load(Ordering::SeqCst) < MESSAGES / 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!(
@@ -145,37 +92,15 @@ async fn no_acknowledged_message_is_lost_when_rabbitmq_stops_and_starts_mid_stre
     for publisher in publishers {
         publisher.await.expect("publisher");
     }
-    let accepted: HashSet<String> = accepted.lock().expect("lock").iter().cloned().collect();
-    println!(
-        "{} of {MESSAGES} publishes returned Ok, {} failed with a transient error ({:?})",
-        accepted.len(),
-        refused.load(Ordering::SeqCst),
-        started.elapsed()
-    );
-
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (lost, duplicates) = loop {
-        let handled = handled.lock().expect("lock").clone();
-        let seen: HashSet<&String> = handled.iter().collect();
-        let lost = accepted.iter().filter(|id| !seen.contains(id)).count();
-        let duplicates = handled.len() - seen.len();
-        if lost == 0 || Instant::now() > deadline {
-            break (lost, duplicates);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    println!(
-        "lost {lost}, duplicates {duplicates} ({:?})",
-        started.elapsed()
-    );
+    let outcome = ledger.settle(Duration::from_secs(120)).await;
+    println!("{outcome:?} ({:?})", started.elapsed());
     assert_eq!(
-        lost, 0,
+        outcome.lost, 0,
         "messages whose enqueue returned Ok were never handled"
     );
     assert!(
-        accepted.len() > MESSAGES / 2,
-        "too few publishes succeeded: {}",
-        accepted.len()
+        outcome.accepted > MESSAGES / 2,
+        "too few publishes succeeded: {outcome:?}"
     );
     consumer.abort();
     adapter.close().await.ok();

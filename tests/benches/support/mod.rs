@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
+use topiq_adapter::{
+    Adapter, ConsumeOptions, NewMessage, PublishReceipt, SubscriptionKey, SubscriptionSpec,
+    TopicName, TopicSpec, TriggerName,
+};
 
 /// In-flight publishes, and topiq's prefetch equal to raw's consumer window.
 pub const WINDOW: usize = 256;
@@ -331,5 +336,133 @@ impl Report {
             if throughput_met { "met" } else { "NOT met" },
             if latency_met { "met" } else { "NOT met" }
         );
+    }
+}
+
+// The topiq side, the same code on every adapter.
+
+/// Declares topic `name` with one trigger `t`.
+pub async fn declare<A: Adapter>(adapter: &A, name: &str) -> (TopicName, SubscriptionKey) {
+    let topic = TopicName::new(name).unwrap();
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").unwrap());
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .unwrap();
+    adapter
+        .declare_subscription(SubscriptionSpec::new(key.clone()))
+        .await
+        .unwrap();
+    (topic, key)
+}
+
+/// The trigger's deliveries, `WINDOW` at most unsettled (as raw's consumer window).
+pub async fn consume<A: Adapter>(
+    adapter: &A,
+    key: &SubscriptionKey,
+) -> topiq_adapter::Subscription {
+    adapter
+        .consume(
+            key,
+            ConsumeOptions {
+                prefetch: WINDOW as u32,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Keeps `WINDOW` `publish` calls in flight, the way concurrent application tasks publish
+/// (the raw sides run the same loop).
+pub async fn topiq_concurrent<A: Adapter + Clone>(
+    adapter: &A,
+    topic: &TopicName,
+    count: usize,
+) -> f64 {
+    let started = Instant::now();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    for n in 0..count {
+        if in_flight.len() >= WINDOW {
+            let receipt: topiq_adapter::Result<PublishReceipt> = in_flight.next().await.unwrap();
+            receipt.unwrap();
+        }
+        let (adapter, topic) = (adapter.clone(), topic.clone());
+        in_flight.push(async move { adapter.publish(&topic, NewMessage::new(payload(n))).await });
+    }
+    while let Some(receipt) = in_flight.next().await {
+        receipt.unwrap();
+    }
+    rate(count, started.elapsed())
+}
+
+/// `publish_batch` with `WINDOW` messages, batch after batch.
+pub async fn topiq_batches<A: Adapter>(adapter: &A, topic: &TopicName, count: usize) -> f64 {
+    let started = Instant::now();
+    let mut n = 0;
+    while n < count {
+        let batch: Vec<NewMessage> = (n..(n + WINDOW).min(count))
+            .map(|i| NewMessage::new(payload(i)))
+            .collect();
+        n += batch.len();
+        for receipt in adapter.publish_batch(topic, batch).await.unwrap() {
+            receipt.unwrap();
+        }
+    }
+    rate(count, started.elapsed())
+}
+
+/// Publishes `count` messages with [`topiq_concurrent`] while a consumer acks them (the
+/// handler gets the payload as JSON already); the rate of the whole.
+pub async fn topiq_end_to_end<A: Adapter + Clone>(
+    adapter: &A,
+    topic: &TopicName,
+    key: &SubscriptionKey,
+    count: usize,
+) -> f64 {
+    let mut subscription = consume(adapter, key).await;
+    let started = Instant::now();
+    let receiving = tokio::spawn(async move {
+        for _ in 0..count {
+            let delivery = subscription.next().await.unwrap().unwrap();
+            delivery.ack().await.unwrap();
+        }
+    });
+    topiq_concurrent(adapter, topic, count).await;
+    receiving.await.unwrap();
+    rate(count, started.elapsed())
+}
+
+/// topiq's side of a latency round: publishes `n` with `publish`, records receipts.
+pub async fn topiq_latency_side<A: Adapter + Clone>(
+    adapter: &A,
+    topic: &TopicName,
+    key: &SubscriptionKey,
+) -> LatencySide {
+    let mut subscription = consume(adapter, key).await;
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&received);
+    let receiving = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = subscription.next().await {
+            let at = Instant::now();
+            let n = delivery.envelope().data["n"].as_u64().unwrap() as usize;
+            sink.lock().unwrap().push((n, at));
+            delivery.ack().await.unwrap();
+        }
+    });
+    let (adapter, topic) = (adapter.clone(), topic.clone());
+    let publish = Box::new(move |n| {
+        let (adapter, topic) = (adapter.clone(), topic.clone());
+        async move {
+            adapter
+                .publish(&topic, NewMessage::new(payload(n)))
+                .await
+                .unwrap();
+        }
+        .boxed()
+    });
+    LatencySide {
+        publish,
+        received,
+        receiving,
     }
 }
