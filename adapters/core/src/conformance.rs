@@ -68,6 +68,7 @@ macro_rules! conformance_tests {
             released_message_returns_without_spending_an_attempt,
             poison_message_does_not_block_the_messages_behind_it,
             close_ends_consumers_and_refuses_publishes,
+            a_handler_running_when_its_subscription_is_dropped_still_settles,
             stats_count_waiting_in_flight_and_dead_lettered,
         );
     };
@@ -1056,6 +1057,35 @@ pub async fn poison_message_does_not_block_the_messages_behind_it<A: Adapter>(ad
     }
     assert_eq!(handled, healthy);
     wait_for_dlq_count(&adapter, &topic, "t", 1).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 12: at shutdown the runtime stops taking messages (drops the subscription) and lets
+/// running handlers finish: a delivery held then can still be acked, and is not delivered
+/// again; what the consumer had taken but not handed out comes back (at once, or when its
+/// lease runs out).
+pub async fn a_handler_running_when_its_subscription_is_dropped_still_settles<A: Adapter>(
+    adapter: A,
+) {
+    let topic = setup(&adapter, "drainack", &["t"], |spec| {
+        spec.visibility_timeout = SHORT_VISIBILITY
+    })
+    .await;
+    let mut sub = consume(&adapter, &topic, "t", 2).await;
+    let running = publish(&adapter, &topic, json!("running")).await;
+    let waiting = publish(&adapter, &topic, json!("waiting")).await;
+    let held = receive(&mut sub).await;
+    let held_id = held.envelope().id.clone();
+    assert!(held_id == running || held_id == waiting);
+    drop(sub);
+    held.ack()
+        .await
+        .expect("a running handler settles after its subscription was dropped");
+    let mut next = consume(&adapter, &topic, "t", 2).await;
+    let other = receive(&mut next).await;
+    assert_ne!(other.envelope().id, held_id, "the acked message came back");
+    other.ack().await.expect("ack");
+    expect_nothing(&mut next, QUIET_PERIOD).await;
     adapter.close().await.expect("close");
 }
 

@@ -144,10 +144,16 @@ impl RabbitMqConfig {
         if self.publish_timeout.is_zero() || self.reconnect_wait.is_zero() {
             return Err("publish_timeout and reconnect_wait must be longer than zero".into());
         }
-        if let Some(tls) = &self.tls
-            && tls.cert.is_some() != tls.key.is_some()
-        {
-            return Err("tls.cert and tls.key go together: give both or neither".into());
+        if let Some(tls) = &self.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err("tls.cert and tls.key go together: give both or neither".into());
+            }
+            if !self.url.starts_with("amqps://") {
+                return Err(
+                    "tls is set but url is amqp://, which connects without TLS: use amqps://"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
@@ -158,9 +164,13 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
+    // The authority ends at the first '/'; its credentials end at its last '@' (a password
+    // may hold an unencoded '@').
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
         return url.to_owned();
     };
+    let host = format!("{host}{path}");
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -247,6 +257,13 @@ mod tests {
                 ..RabbitMqConfig::default()
             },
             "prefix",
+        );
+        bad(
+            RabbitMqConfig {
+                tls: Some(TlsConfig::default()),
+                ..RabbitMqConfig::default()
+            },
+            "amqps://",
         );
     }
 }

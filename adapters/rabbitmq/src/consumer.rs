@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
@@ -23,6 +25,11 @@ use crate::{QueueType, Shared};
 /// How often an idle consumer checks that its channel is still open: a consumer registered
 /// on a connection that was just lost may never hear of it, and would wait forever.
 const CHANNEL_CHECK: Duration = Duration::from_secs(1);
+/// How long a dropped consumer's `basic.cancel` may take before its channel is let go.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a message whose settlement failed waits before it goes back to its queue, so a
+/// broken DLQ or retry queue does not turn into a redelivery loop.
+const RETURN_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// The first wait after a failed subscribe; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -60,18 +67,38 @@ struct Consuming {
     slots: Arc<Semaphore>,
     leases: Arc<Leases<Received>>,
     /// The consumer, its channel, and the connection they live on.
-    open: Option<(Channel, lapin::Consumer, Arc<Session>)>,
+    open: Option<(Arc<OpenChannel>, lapin::Consumer, Arc<Session>)>,
     backoff: Duration,
     check: tokio::time::Interval,
 }
 
-impl Drop for Consuming {
-    /// Closes the channel: RabbitMQ returns what it delivered and was not settled.
+/// A consumer's channel, shared by the consumer and every delivery it handed out: closed
+/// once the last of them is gone, so a subscription dropped at shutdown stops taking
+/// messages (`basic.cancel`) while its running handlers can still settle theirs on it.
+/// Closing the channel returns whatever it still holds unsettled.
+pub(crate) struct OpenChannel(Channel);
+
+impl Drop for OpenChannel {
     fn drop(&mut self) {
-        if let Some((channel, _, _)) = self.open.take()
+        let channel = self.0.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { channel.close(200, "consumer done".into()).await });
+        }
+    }
+}
+
+impl Drop for Consuming {
+    /// Cancels the consumer; the channel closes when the last delivery is settled or dropped.
+    fn drop(&mut self) {
+        if let Some((channel, consumer, _)) = self.open.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move { channel.close(200, "consumer dropped".into()).await });
+            let tag = consumer.tag();
+            runtime.spawn(async move {
+                let cancel = channel.0.basic_cancel(tag, BasicCancelOptions::default());
+                let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
+                drop((consumer, channel));
+            });
         }
     }
 }
@@ -96,7 +123,7 @@ impl Consuming {
                 _ = self.check.tick() => {
                     // lapin does not always end a consumer whose connection died: the
                     // connection's own state is the one to trust.
-                    if !channel.status().connected() || !session.is_open() {
+                    if !channel.0.status().connected() || !session.is_open() {
                         tracing::warn!(trigger = %self.spec.key, "the consumer's channel or connection is gone; subscribing again");
                         self.open = None;
                     }
@@ -106,12 +133,19 @@ impl Consuming {
             match next {
                 Some(Ok(delivery)) => {
                     self.backoff = INITIAL_BACKOFF;
-                    let permit = match Arc::clone(&self.slots).acquire_owned().await {
-                        Ok(permit) => permit,
-                        Err(_) => return None,
+                    let channel = Arc::clone(channel);
+                    let permit = tokio::select! {
+                        () = self.shared.closed.cancelled() => return None,
+                        permit = Arc::clone(&self.slots).acquire_owned() => permit.ok()?,
                     };
-                    if let Some(delivery) =
-                        receive(&self.shared, &self.spec, delivery, permit, &self.leases).await
+                    if let Some(delivery) = receive(
+                        &self.shared,
+                        &self.spec,
+                        (delivery, channel),
+                        permit,
+                        &self.leases,
+                    )
+                    .await
                     {
                         return Some(delivery);
                     }
@@ -156,7 +190,7 @@ impl Consuming {
                 operation: "consume",
                 source: format!("cannot consume {queue:?}: {err}").into(),
             })?;
-        self.open = Some((channel, consumer, session));
+        self.open = Some((Arc::new(OpenChannel(channel)), consumer, session));
         Ok(())
     }
 
@@ -197,7 +231,15 @@ pub(crate) async fn settle(
         }
     };
     match tokio::time::timeout(timeout, settling).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(true)) => Ok(()),
+        // lapin's answer when the delivery's channel closed: the broker returned it already.
+        Ok(Ok(false)) => Err(Error::BrokerUnavailable {
+            message: format!(
+                "RabbitMQ: cannot {operation}: the delivery's channel closed, so the broker \
+                 returned the message to its queue"
+            ),
+            source: None,
+        }),
         Ok(Err(err)) => Err(Error::Broker {
             operation,
             source: Box::new(err),
@@ -209,7 +251,7 @@ pub(crate) async fn settle(
 async fn receive(
     shared: &Arc<Shared>,
     spec: &SubscriptionSpec,
-    delivery: lapin::message::Delivery,
+    (delivery, channel): (lapin::message::Delivery, Arc<OpenChannel>),
     permit: OwnedSemaphorePermit,
     leases: &Arc<Leases<Received>>,
 ) -> Option<Result<Delivery>> {
@@ -268,6 +310,7 @@ async fn receive(
         lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
         leases: Arc::clone(leases),
         lease_key,
+        _channel: channel,
     });
     if attempt > spec.max_attempts {
         // The lease ran out on the last attempt and the message came back (the process that
@@ -296,6 +339,8 @@ pub(crate) struct Received {
     lease: Mutex<Lease>,
     leases: Arc<Leases<Received>>,
     lease_key: LeaseKey,
+    /// Keeps the delivery's channel open until it is settled or dropped.
+    _channel: Arc<OpenChannel>,
 }
 
 impl Drop for Received {
@@ -354,6 +399,7 @@ impl Received {
         );
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+            tokio::time::sleep(RETURN_AFTER_FAILURE).await;
             let _ = self.settle(Settle::Requeue, "return").await;
         }
     }
@@ -424,9 +470,30 @@ impl RabbitAcker {
         Ok(())
     }
 
+    /// Runs a claimed settlement; if it fails, the message goes back to its queue (after a
+    /// pause) instead of staying unacked on the channel with nobody to settle it.
+    async fn or_return(self, settlement: impl Future<Output = Result<()>>) -> Result<()> {
+        let result = settlement.await;
+        if result.is_err() {
+            let received = Arc::clone(&self.received);
+            tokio::spawn(async move {
+                tokio::time::sleep(RETURN_AFTER_FAILURE).await;
+                let _ = received
+                    .settle(Settle::Requeue, "return after a failed settlement")
+                    .await;
+            });
+        }
+        result
+    }
+
     async fn nack(self, delay: Duration) -> Result<()> {
         self.claim()?;
-        let received = &self.received;
+        let received = Arc::clone(&self.received);
+        self.or_return(async move { Self::nack_claimed(&received, delay).await })
+            .await
+    }
+
+    async fn nack_claimed(received: &Received, delay: Duration) -> Result<()> {
         if received.attempt >= received.max_attempts {
             let failure = Failure::new(
                 FailureKind::RetriesExhausted,
@@ -463,13 +530,16 @@ impl RabbitAcker {
 
     async fn release(self) -> Result<()> {
         self.claim()?;
-        let received = &self.received;
-        let (payload, properties) = received.copy(received.attempt.saturating_sub(1));
-        received
-            .shared
-            .publish_to_trigger(&received.key, &payload, properties)
-            .await?;
-        received.ack_original("ack after release").await
+        let received = Arc::clone(&self.received);
+        self.or_return(async move {
+            let (payload, properties) = received.copy(received.attempt.saturating_sub(1));
+            received
+                .shared
+                .publish_to_trigger(&received.key, &payload, properties)
+                .await?;
+            received.ack_original("ack after release").await
+        })
+        .await
     }
 }
 
@@ -488,8 +558,10 @@ impl Acker for RabbitAcker {
     fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             self.claim()?;
-            let attempts = self.received.attempt;
-            self.received.move_to_dlq(failure, attempts).await
+            let received = Arc::clone(&self.received);
+            let attempts = received.attempt;
+            self.or_return(async move { received.move_to_dlq(failure, attempts).await })
+                .await
         })
     }
 

@@ -168,7 +168,7 @@ async fn live_records(
             }
         }
     }
-    let _ = channel.close(200, "read".into()).await;
+    let _ = tokio::time::timeout(timeout, channel.close(200, "read".into())).await;
     records.retain(|(offset, _)| !removed.contains(offset));
     Ok(records)
 }

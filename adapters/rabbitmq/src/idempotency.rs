@@ -47,10 +47,14 @@ fn key_queue(name: String, window: Duration) -> QueueDecl {
 /// Declares a key's queue for this call only (keys are not declared again on reconnect).
 async fn declare(shared: &Shared, queue: &QueueDecl) -> Result<u32> {
     let session = shared.session().await?;
-    let channel = session.channel().await?;
-    let count = queue.declare(&channel).await?;
-    let _ = channel.close(200, "declared".into()).await;
-    Ok(count)
+    shared
+        .bounded("declare an idempotency key", async {
+            let channel = session.channel().await?;
+            let count = queue.declare(&channel).await?;
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(count)
+        })
+        .await
 }
 
 pub(crate) async fn publish_keyed(
@@ -116,27 +120,31 @@ async fn mark_done(shared: &Shared, done: &QueueDecl, id: &MessageId) -> Result<
 /// The id of the message in `queue` (returned to it at once), if there is one.
 async fn peek(shared: &Shared, queue: &QueueDecl) -> Result<Option<lapin::message::Delivery>> {
     let session = shared.session().await?;
-    let channel = session.channel().await?;
-    let got = channel
-        .basic_get(queue.name.as_str().into(), BasicGetOptions::default())
+    let timeout = shared.config.publish_timeout;
+    shared
+        .bounded("read an idempotency key", async {
+            let channel = session.channel().await?;
+            let got = channel
+                .basic_get(queue.name.as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(|err| Error::Broker {
+                    operation: "read idempotency key",
+                    source: Box::new(err),
+                })?;
+            let delivery = got.map(|got| got.delivery);
+            if let Some(delivery) = &delivery {
+                settle(
+                    &delivery.acker,
+                    Settle::Requeue,
+                    "read idempotency key",
+                    timeout,
+                )
+                .await?;
+            }
+            let _ = channel.close(200, "read".into()).await;
+            Ok(delivery)
+        })
         .await
-        .map_err(|err| Error::Broker {
-            operation: "read idempotency key",
-            source: Box::new(err),
-        })?;
-    let delivery = got.map(|got| got.delivery);
-    if let Some(delivery) = &delivery {
-        let timeout = shared.config.publish_timeout;
-        settle(
-            &delivery.acker,
-            Settle::Requeue,
-            "read idempotency key",
-            timeout,
-        )
-        .await?;
-    }
-    let _ = channel.close(200, "read".into()).await;
-    Ok(delivery)
 }
 
 /// The first message's id for a refused claim: from the done entry once it is there; if it

@@ -336,9 +336,10 @@ impl Shared {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<Published> {
+        let id = properties.message_id().clone();
         let session = self.session().await?;
-        let channel = session.publisher().await?;
         let publishing = async {
+            let channel = session.publisher().await?;
             let confirm = channel
                 .basic_publish(
                     exchange.into(),
@@ -358,8 +359,15 @@ impl Shared {
             .bounded("publish (waiting for the broker's confirm)", publishing)
             .await?
         {
-            Confirmation::Ack(Some(_)) => Ok(Published::Returned),
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Published::Stored),
+            // lapin attaches a returned message to the next confirm it completes, which under
+            // concurrent publishes may be another's: only a return of this message counts.
+            Confirmation::Ack(Some(returned))
+                if returned.delivery.properties.message_id() == &id =>
+            {
+                Ok(Published::Returned)
+            }
+            Confirmation::Ack(_) => Ok(Published::Stored),
+            Confirmation::NotRequested => Ok(Published::Stored),
             Confirmation::Nack(_) => Ok(Published::Refused),
         }
     }
@@ -456,21 +464,26 @@ impl Shared {
     }
 }
 
-fn missing_queue(queue: &str) -> Error {
+fn missing_queue(target: &str) -> Error {
     Error::Broker {
         operation: "publish",
         source: format!(
-            "RabbitMQ returned the message as unroutable: the queue {queue:?} is missing \
-             (deleted under the adapter?); restart to declare it again"
+            "RabbitMQ returned the message as unroutable: no queue takes {target:?}. A queue \
+             topiq declared was deleted under it (a restart declares it again), or the \
+             trigger it is meant for is no longer in the config"
         )
         .into(),
     }
 }
 
-fn refused(queue: &str) -> Error {
+fn refused(target: &str) -> Error {
     Error::Broker {
         operation: "publish",
-        source: format!("RabbitMQ refused the message (nack) for {queue:?}").into(),
+        source: format!(
+            "RabbitMQ refused the message for {target:?} (nack): check the broker's memory \
+             and disk alarms and the queue's length limits"
+        )
+        .into(),
     }
 }
 

@@ -18,6 +18,8 @@ use crate::config::{RabbitMqConfig, redact};
 /// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long reopening the publishing channel may take.
+const REOPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One open connection and its publishing channel (publisher confirms on).
 pub(crate) struct Session {
@@ -48,7 +50,16 @@ impl Session {
         if channel.status().connected() {
             return Ok(channel);
         }
-        let channel = Arc::new(confirming_channel(&self.connection).await?);
+        let channel = Arc::new(
+            tokio::time::timeout(REOPEN_TIMEOUT, confirming_channel(&self.connection))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Timeout {
+                        operation: "open the publishing channel",
+                        timeout: REOPEN_TIMEOUT,
+                    })
+                })?,
+        );
         *self.publisher.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&channel);
         Ok(channel)
     }
@@ -85,7 +96,8 @@ pub(crate) fn unavailable(doing: &'static str) -> impl FnOnce(lapin::Error) -> E
 /// A login the broker refused (wrong credentials, or no access to the vhost): trying again
 /// cannot help.
 fn is_access_refused(err: &lapin::Error) -> bool {
-    matches!(err.kind(), lapin::ErrorKind::ProtocolError(refusal) if refusal.get_id() == 403)
+    // 403 ACCESS_REFUSED: the login; 530 NOT_ALLOWED: the vhost (missing, or not the user's).
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(refusal) if matches!(refusal.get_id(), 403 | 530))
 }
 
 /// Where and how to connect, resolved from the config once.
@@ -172,8 +184,9 @@ impl Target {
                     Error::InvalidArgument {
                         argument: "credentials",
                         reason: format!(
-                            "RabbitMQ at {} refused the login (ACCESS_REFUSED): check the user \
-                             and password (config or URL) and the user's permissions on the vhost",
+                            "RabbitMQ at {} refused the login: check the user and password \
+                             (config or URL), that the vhost exists, and the user's permissions \
+                             on it",
                             self.shown
                         ),
                     }
@@ -225,14 +238,29 @@ impl Shared {
                 Ok(Ok(session)) => {
                     *self.current.write().unwrap_or_else(|e| e.into_inner()) =
                         Some(Arc::clone(&session));
+                    // `close` may have run while this connected: it must not outlive it.
+                    if self.closed.is_cancelled() {
+                        self.current
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take();
+                        let _ = session.connection.close(200, "closed".into()).await;
+                        return Err(Error::Closed);
+                    }
                     return Ok(session);
                 }
+                // Trying again cannot help a refused login.
                 Ok(Err(err @ Error::InvalidArgument { .. })) => return Err(err),
                 Ok(Err(err)) => err,
                 Err(_) => return Err(self.unavailable_for_now(None)),
             };
             if Instant::now() + backoff >= deadline {
-                return Err(self.unavailable_for_now(Some(failure)));
+                // A declaration the broker keeps refusing (right after a restart a queue may
+                // not be ready; a conflicting one never is) is reported as itself.
+                return Err(match failure {
+                    failure @ Error::Broker { .. } => failure,
+                    failure => self.unavailable_for_now(Some(failure)),
+                });
             }
             tracing::warn!(broker = %self.target.shown(), error = %failure, "RabbitMQ connection failed; trying again");
             tokio::time::sleep(backoff).await;
