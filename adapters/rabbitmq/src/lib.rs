@@ -4,7 +4,7 @@
 //! |---|---|
 //! | topic | the durable topic exchange `<prefix>` (routing key = topic) and the topic's DLQ stream `<prefix>:dlq:<topic>` (`x-max-age` = DLQ retention) |
 //! | trigger | the durable queue `<prefix>:t:<topic>:<trigger>` (quorum by default, `x-delivery-limit` 1000 so a 4.x broker's default of 20 never drops one; `x-message-ttl` = retention) bound to the exchange with the topic: every trigger gets every message, consumers of one trigger compete |
-//! | publish | persistent, `mandatory`, on a channel with publisher confirms; returns after the confirm (bounded by `publish_timeout`); a nack is an error, and so is a returned (unroutable) message on a topic with triggers |
+//! | publish | persistent, `mandatory`, on a channel with publisher confirms; returns after the confirm (each broker call bounded by `publish_timeout`, after up to `reconnect_wait` for a lost connection); a nack is an error, and so is a returned (unroutable) message on a topic with triggers |
 //! | delay | the topic's delay queue for the delay's bucket (`<prefix>:delay:<topic>:<ms>`, the delay rounded up to two significant digits): a quorum queue with that TTL dead-lettering at-least-once to the exchange with the topic |
 //! | consume | a channel per consumer with `basic.qos(prefetch)` and manual acks; the lease is client-side: one that runs out is rejected with requeue (delivered again, counted) and its late settlement refused |
 //! | attempt | `topiq-attempt-base` header + the quorum queue's `x-delivery-count` + 1; a delivery past `max_attempts` (a crash on the last attempt) is dead-lettered on receipt |
