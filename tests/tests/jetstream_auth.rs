@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use topiq_adapter::Adapter;
-use topiq_integration_tests::{CapturedLogs, NatsServer};
+use topiq_integration_tests::{CapturedLogs, NatsServer, make_test_certificates};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
 const PASSWORD: &str = "s3cret-Pa55word";
@@ -69,70 +69,11 @@ async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
-fn make_certificates(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl (deploy/local/ensure-brokers installs it)");
-        assert!(status.success(), "openssl {args:?} failed");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=topiq test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
-}
-
 #[tokio::test]
 async fn tls_with_the_right_ca_connects_and_without_it_is_refused() {
     let dir = std::env::temp_dir().join(format!("topiq-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    make_certificates(&dir);
+    make_test_certificates(&dir);
     let cert = dir.join("server.pem");
     let key = dir.join("server.key");
     let server = NatsServer::start_with(&[

@@ -13,7 +13,9 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
 };
-use topiq_integration_tests::{CapturedLogs, RabbitVhost};
+use topiq_integration_tests::{
+    CapturedLogs, RabbitNode, RabbitVhost, free_port, make_test_certificates,
+};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
 const PASSWORD: &str = "s3cret-Pa55word";
@@ -111,4 +113,55 @@ async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
         "the wrong password reached the logs"
     );
     assert!(!format!("{:?}", config(PASSWORD)).contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_right_ca_connects_and_without_it_is_refused() {
+    let dir = std::env::temp_dir().join(format!("topiq-rabbit-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    make_test_certificates(&dir);
+    // The node runs as the `rabbitmq` user: it must read the (test-only) key.
+    let _ = std::process::Command::new("chmod")
+        .args(["a+r"])
+        .arg(dir.join("server.key"))
+        .status();
+    let tls_port = free_port();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let node = RabbitNode::start_with(&format!(
+        "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+         ssl_options.cacertfile = {}\n\
+         ssl_options.certfile = {}\n\
+         ssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_none\n\
+         ssl_options.fail_if_no_peer_cert = false",
+        path("ca.pem"),
+        path("server.pem"),
+        path("server.key")
+    ));
+    let config = |ca: Option<std::path::PathBuf>| RabbitMqConfig {
+        url: format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f"),
+        tls: Some(topiq_rabbitmq::TlsConfig {
+            ca,
+            ..Default::default()
+        }),
+        reconnect_wait: Duration::from_secs(1),
+        ..RabbitMqConfig::default()
+    };
+    let adapter = RabbitMqAdapter::connect(config(Some(dir.join("ca.pem"))))
+        .await
+        .expect("the broker's CA is trusted");
+    adapter.health().await.expect("healthy over TLS");
+    let topic = TopicName::new("tls.check").unwrap();
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare over TLS");
+    adapter.close().await.expect("close");
+    let err = RabbitMqAdapter::connect(config(None))
+        .await
+        .err()
+        .expect("an unknown CA is refused");
+    assert_eq!(err.code(), "broker_unavailable", "{err}");
+    drop(node);
+    std::fs::remove_dir_all(&dir).ok();
 }
