@@ -267,3 +267,62 @@ async fn a_channel_the_server_closes_does_not_stop_the_other_consumers() {
     other.close().await.ok();
     adapter.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_processes_publishing_at_once() {
+    let (first, vhost) = rabbitmq_adapter().await;
+    let second = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: vhost.url(),
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect");
+    let (topic, keys) = declared(&first, "faults.idem", &["t"], |_| {}).await;
+    second
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    second
+        .declare_subscription(SubscriptionSpec::new(keys[0].clone()))
+        .await
+        .expect("declare trigger");
+    // Eight publishes of one key, four from each adapter (each its own connection, as two
+    // processes would be), all at once.
+    let publishes = (0..8).map(|n| {
+        let adapter = if n % 2 == 0 { &first } else { &second };
+        adapter.publish(
+            &topic,
+            NewMessage::new(json!({"order": 42, "try": n})).idempotency_key("order-42"),
+        )
+    });
+    let receipts: Vec<_> = futures::future::join_all(publishes)
+        .await
+        .into_iter()
+        .map(|receipt| receipt.expect("publish"))
+        .collect();
+    let originals = receipts.iter().filter(|receipt| !receipt.duplicate).count();
+    assert_eq!(
+        originals, 1,
+        "exactly one publish is the original: {receipts:?}"
+    );
+    let id = &receipts[0].message_id;
+    assert!(
+        receipts.iter().all(|receipt| &receipt.message_id == id),
+        "every duplicate names the original's id: {receipts:?}"
+    );
+    let mut subscription = first
+        .consume(&keys[0], ConsumeOptions { prefetch: 8 })
+        .await
+        .expect("consume");
+    let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the message is delivered")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(&delivery.envelope().id, id);
+    delivery.ack().await.expect("ack");
+    let again = tokio::time::timeout(Duration::from_secs(2), subscription.next()).await;
+    assert!(again.is_err(), "published once only, got {again:?}");
+    first.close().await.ok();
+    second.close().await.ok();
+}
