@@ -231,7 +231,12 @@ impl Shared {
             self.ensure_open()?;
             let attempt = async {
                 let session = Arc::new(self.target.connect().await?);
-                self.declare_all(&session).await?;
+                if let Err(err) = self.declare_all(&session).await {
+                    // Not kept: closed, so a retry does not leave a connection behind.
+                    let closing = session.connection.close(200, "declaration failed".into());
+                    let _ = tokio::time::timeout(REOPEN_TIMEOUT, closing).await;
+                    return Err(err);
+                }
                 Ok::<_, Error>(session)
             };
             let failure = match tokio::time::timeout_at(deadline, attempt).await {
@@ -244,7 +249,8 @@ impl Shared {
                             .write()
                             .unwrap_or_else(|e| e.into_inner())
                             .take();
-                        let _ = session.connection.close(200, "closed".into()).await;
+                        let closing = session.connection.close(200, "closed".into());
+                        let _ = tokio::time::timeout(REOPEN_TIMEOUT, closing).await;
                         return Err(Error::Closed);
                     }
                     return Ok(session);
