@@ -441,11 +441,11 @@ impl Received {
     }
 
     /// A copy of the message whose next delivery is attempt `attempt_base + 1`.
-    fn copy(&self, attempt_base: u32) -> (Vec<u8>, lapin::BasicProperties) {
+    fn copy(&self, attempt_base: u32) -> Result<(Vec<u8>, lapin::BasicProperties)> {
         let mut metadata = self.metadata.clone();
         metadata.attempt_base = attempt_base;
-        let payload = serde_json::to_vec(&*self.data).unwrap_or_default();
-        (payload, metadata.properties())
+        let payload = codec::encode(&self.data)?;
+        Ok((payload, metadata.properties()))
     }
 }
 
@@ -504,7 +504,7 @@ impl RabbitAcker {
             );
             return received.move_to_dlq(failure, received.attempt).await;
         }
-        let (payload, properties) = received.copy(received.attempt);
+        let (payload, properties) = received.copy(received.attempt)?;
         let shared = &received.shared;
         if delay.is_zero() {
             shared
@@ -532,7 +532,7 @@ impl RabbitAcker {
         self.claim()?;
         let received = Arc::clone(&self.received);
         self.or_return(async move {
-            let (payload, properties) = received.copy(received.attempt.saturating_sub(1));
+            let (payload, properties) = received.copy(received.attempt.saturating_sub(1))?;
             received
                 .shared
                 .publish_to_trigger(&received.key, &payload, properties)
