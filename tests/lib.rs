@@ -358,6 +358,12 @@ impl RabbitNode {
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
             .env("RABBITMQ_PID_FILE", path("pid"))
             .env("RABBITMQ_FEATURE_FLAGS_FILE", path("feature_flags"))
+            // No scheduler busy-waiting: on a 2-core machine the Erlang VM's spinning takes
+            // the CPU the tests and benchmark clients need (RabbitMQ's advice for shared hosts).
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "+sbwt none +sbwtdcpu none +sbwtdio none",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
