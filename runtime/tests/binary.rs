@@ -18,12 +18,24 @@ fn workspace_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn temp_config(name: &str, text: &str) -> PathBuf {
+/// A config file in a folder of its own, removed when the test ends.
+struct TempConfig {
+    folder: PathBuf,
+    path: PathBuf,
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+fn temp_config(name: &str, text: &str) -> TempConfig {
     let folder = std::env::temp_dir().join(format!("topiq-bin-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&folder).unwrap();
     let path = folder.join("config.yaml");
     std::fs::write(&path, text).unwrap();
-    path
+    TempConfig { folder, path }
 }
 
 #[test]
@@ -58,11 +70,12 @@ fn check_exits_1_with_file_line_and_key() {
     let text = std::fs::read_to_string(workspace_file("config.yaml"))
         .unwrap()
         .replace("concurrency: 4", "concurrency: 0");
-    let path = temp_config("bad", &text);
+    let config = temp_config("bad", &text);
+    let path = &config.path;
     let output = topiq()
         .arg("check")
         .arg("--config")
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -96,7 +109,7 @@ fn check_names_a_function_the_binary_does_not_have() {
 
 #[test]
 fn run_starts_and_stops_cleanly_on_sigterm() {
-    let path = temp_config(
+    let config = temp_config(
         "run",
         "modules:
   - class: modules::queue::QueueModule
@@ -115,7 +128,7 @@ triggers:
     let mut child = topiq()
         .arg("run")
         .arg("--config")
-        .arg(&path)
+        .arg(&config.path)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
