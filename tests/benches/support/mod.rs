@@ -50,9 +50,9 @@ pub struct LatencySide {
 }
 
 /// Publishes `RATE` msg/s on every side for `LATENCY_SECONDS`, the sides taking turns message
-/// by message within each millisecond, and returns each side's publish → receipt latencies
-/// (after one warm-up message per side).
-pub async fn paced(sides: &[LatencySide]) -> Vec<Vec<Duration>> {
+/// by message within each millisecond, and returns each side's publish → receipt latency of
+/// every message by its number (`None`: not received), after one warm-up message per side.
+pub async fn paced(sides: &[LatencySide]) -> Vec<Vec<Option<Duration>>> {
     // One message through each side first, so neither side's measurement includes its
     // consumer's start (getting the consumer, the first pull).
     for side in sides {
@@ -92,17 +92,20 @@ pub async fn paced(sides: &[LatencySide]) -> Vec<Vec<Duration>> {
         .iter()
         .zip(&sent_at)
         .map(|(side, sent_at)| {
-            let mut latencies: Vec<Duration> = side
-                .received
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(n, at)| at.duration_since(sent_at[*n]))
-                .collect();
-            latencies.sort();
+            let mut latencies = vec![None; total];
+            for (n, at) in side.received.lock().unwrap().iter() {
+                latencies[*n] = Some(at.duration_since(sent_at[*n]));
+            }
             latencies
         })
         .collect()
+}
+
+/// The received latencies of one side, sorted.
+fn sorted(latencies: &[Option<Duration>]) -> Vec<Duration> {
+    let mut sorted: Vec<Duration> = latencies.iter().flatten().copied().collect();
+    sorted.sort();
+    sorted
 }
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
@@ -197,11 +200,11 @@ pub struct LatencyRound {
 /// `round(name)` sets up one round on fresh names. In turn, each round runs one side after
 /// the other (alternating which goes first); side by side, both publish at once, each at
 /// `RATE`, so every stall of the machine lands on both.
-pub async fn latency<R>(side_by_side: bool, round: R) -> (Vec<Duration>, Vec<Duration>)
+pub async fn latency<R>(side_by_side: bool, round: R) -> Latencies
 where
     R: AsyncFn(String) -> LatencyRound,
 {
-    let (mut raw_samples, mut topiq_samples) = (Vec::new(), Vec::new());
+    let mut pooled = Latencies::default();
     let mode = if side_by_side {
         "side by side"
     } else {
@@ -232,6 +235,22 @@ where
             }
         };
         finish.await;
+        if side_by_side {
+            // Message n of each side left within microseconds of the other: their difference
+            // is topiq's own cost, whatever the machine or the broker did to both.
+            pooled
+                .pair_differences
+                .extend(
+                    raw_round
+                        .iter()
+                        .zip(&topiq_round)
+                        .filter_map(|pair| match pair {
+                            (Some(raw), Some(topiq)) => Some(ms(*topiq) - ms(*raw)),
+                            _ => None,
+                        }),
+                );
+        }
+        let (raw_round, topiq_round) = (sorted(&raw_round), sorted(&topiq_round));
         println!(
             "      {mode} round {}/{LATENCY_ROUNDS}: p50 raw {:.3} ms, topiq {:.3} ms; p99 raw {:.3} ms, topiq {:.3} ms",
             n + 1,
@@ -240,12 +259,23 @@ where
             ms(percentile(&raw_round, 0.99)),
             ms(percentile(&topiq_round, 0.99))
         );
-        raw_samples.extend(raw_round);
-        topiq_samples.extend(topiq_round);
+        pooled.raw.extend(raw_round);
+        pooled.topiq.extend(topiq_round);
     }
-    raw_samples.sort();
-    topiq_samples.sort();
-    (raw_samples, topiq_samples)
+    pooled.raw.sort();
+    pooled.topiq.sort();
+    pooled.pair_differences.sort_by(f64::total_cmp);
+    pooled
+}
+
+/// Every latency sample of one way of measuring, pooled over the rounds.
+#[derive(Default)]
+pub struct Latencies {
+    pub raw: Vec<Duration>,
+    pub topiq: Vec<Duration>,
+    /// Side by side only: topiq's latency minus raw's for each pair of messages sent at the
+    /// same moment (ms), sorted.
+    pub pair_differences: Vec<f64>,
 }
 
 /// Every measure of one run, raw first in each pair.
@@ -256,8 +286,8 @@ pub struct Report {
     pub batches: (Measured, Measured),
     pub one_at_a_time: (f64, f64),
     pub end_to_end: (Measured, Measured),
-    pub side_by_side: (Vec<Duration>, Vec<Duration>),
-    pub in_turn: (Vec<Duration>, Vec<Duration>),
+    pub side_by_side: Latencies,
+    pub in_turn: Latencies,
     /// An extra raw row, for scale (label, rate).
     pub for_scale: Option<(&'static str, f64)>,
 }
@@ -301,8 +331,23 @@ impl Report {
                 );
             }
         };
-        latency_rows("side by side", &self.side_by_side.0, &self.side_by_side.1);
-        latency_rows("in turn", &self.in_turn.0, &self.in_turn.1);
+        latency_rows(
+            "side by side",
+            &self.side_by_side.raw,
+            &self.side_by_side.topiq,
+        );
+        latency_rows("in turn", &self.in_turn.raw, &self.in_turn.topiq);
+        let differences = &self.side_by_side.pair_differences;
+        if !differences.is_empty() {
+            let at = |p: f64| {
+                differences[((differences.len() as f64 * p) as usize).min(differences.len() - 1)]
+            };
+            println!(
+                "| topiq − raw per pair of messages sent together, side by side: p50 / p99 (ms) | | | {:+.3} / {:+.3} ms |",
+                at(0.5),
+                at(0.99)
+            );
+        }
         if let Some((label, rate)) = self.for_scale {
             println!("| for scale: {label} (msg/s) | {rate:.0} | | |");
         }
@@ -329,7 +374,7 @@ impl Report {
         ]
         .iter()
         .all(|ratio| *ratio >= 0.9);
-        let (raw, topiq) = &self.side_by_side;
+        let Latencies { raw, topiq, .. } = &self.side_by_side;
         let latency_met = ms(percentile(topiq, 0.99)) - ms(percentile(raw, 0.99)) <= 0.3;
         println!(
             "targets: throughput ≥ 0.9× raw → {}; p99 side by side ≤ raw + 0.3 ms → {}",
