@@ -6,7 +6,8 @@
 //! - end-to-end throughput: publish → pull → payload parsed as JSON → ack, 256 in flight;
 //! - p50/p99 latency from publish to receipt at a fixed 5,000 msg/s, with the sides in turn
 //!   and side by side (both publishing at once, each at 5,000 msg/s, so a stall of the
-//!   machine lands on both; the target is judged there).
+//!   machine lands on both; the target is judged there), and a control: side by side with
+//!   raw on both sides, the noise floor of the comparison.
 //!
 //! Both sides do the same work: every raw publish carries a `Nats-Msg-Id` (what makes
 //! topiq's retried publish safe), both are driven by the same loop, and both consumers parse
@@ -260,7 +261,7 @@ fn main() {
     );
     let step = AtomicUsize::new(0);
     let progress = |what: &str| {
-        println!("  [{}/6] {what}", step.fetch_add(1, Ordering::SeqCst) + 1);
+        println!("  [{}/7] {what}", step.fetch_add(1, Ordering::SeqCst) + 1);
     };
     runtime.block_on(async {
         let raw_publish = raw(&url, "publish").await;
@@ -332,6 +333,16 @@ fn main() {
         let in_turn = latency(false, round).await;
         progress("latency at 5,000 msg/s each, side by side");
         let side_by_side = latency(true, round).await;
+        progress("control: raw vs raw, side by side");
+        let control = latency(true, async |name: String| {
+            let (first, second) = (raw(&url, &name).await, raw(&url, &format!("{name}c")).await);
+            LatencyRound {
+                raw: raw_latency_side(&first).await,
+                topiq: raw_latency_side(&second).await,
+                finish: async {}.boxed(),
+            }
+        })
+        .await;
         Report {
             raw_name: "raw async-nats",
             concurrent: (raw_conc, topiq_conc),
@@ -340,6 +351,7 @@ fn main() {
             end_to_end: (raw_e2e, topiq_e2e_rate),
             side_by_side,
             in_turn,
+            control,
             for_scale: Some((
                 "raw, 256 concurrent calls, no `Nats-Msg-Id`",
                 raw_plain.rate,

@@ -8,7 +8,8 @@
 //! - end-to-end throughput: publish → consume → payload parsed as JSON → ack, topiq's prefetch
 //!   equal to raw's (256);
 //! - p50/p99 latency from publish to receipt at a fixed 5,000 msg/s, side by side (both sides
-//!   at once, each at 5,000 msg/s; the target is judged there) and in turn.
+//!   at once, each at 5,000 msg/s; the target is judged there) and in turn, and a control:
+//!   side by side with raw on both sides, the noise floor of the comparison.
 //!
 //! Both sides do the same work: raw publishes persistent, `mandatory` messages with a message
 //! id and an enqueue-time header through a topic exchange to a quorum queue with the same
@@ -287,7 +288,7 @@ fn main() {
     );
     let step = AtomicUsize::new(0);
     let progress = |what: &str| {
-        println!("  [{}/6] {what}", step.fetch_add(1, Ordering::SeqCst) + 1);
+        println!("  [{}/7] {what}", step.fetch_add(1, Ordering::SeqCst) + 1);
     };
     runtime.block_on(async {
         let raw_publish = raw(&url, "publish").await;
@@ -350,6 +351,20 @@ fn main() {
         let in_turn = latency(false, round).await;
         progress("latency at 5,000 msg/s each, side by side");
         let side_by_side = latency(true, round).await;
+        progress("control: raw vs raw, side by side");
+        let control = latency(true, async |name: String| {
+            let (first, second) = (raw(&url, &name).await, raw(&url, &format!("{name}c")).await);
+            LatencyRound {
+                raw: raw_latency_side(&first).await,
+                topiq: raw_latency_side(&second).await,
+                finish: async move {
+                    first.connection.close(200, "done".into()).await.ok();
+                    second.connection.close(200, "done".into()).await.ok();
+                }
+                .boxed(),
+            }
+        })
+        .await;
         Report {
             raw_name: "raw lapin",
             concurrent,
@@ -358,6 +373,7 @@ fn main() {
             end_to_end,
             side_by_side,
             in_turn,
+            control,
             for_scale: None,
         }
         .print();

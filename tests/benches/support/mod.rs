@@ -290,6 +290,9 @@ pub struct Report {
     pub in_turn: Latencies,
     /// An extra raw row, for scale (label, rate).
     pub for_scale: Option<(&'static str, f64)>,
+    /// Side by side with raw on both sides (two queues or streams): how far apart two
+    /// identical clients land, the noise floor of the comparison above.
+    pub control: Latencies,
 }
 
 impl Report {
@@ -347,6 +350,26 @@ impl Report {
                 at(0.5),
                 at(0.99)
             );
+        }
+        let control = &self.control;
+        if !control.raw.is_empty() {
+            let (first, second) = (
+                ms(percentile(&control.raw, 0.99)),
+                ms(percentile(&control.topiq, 0.99)),
+            );
+            println!(
+                "| control: raw vs raw, side by side, p99 (ms) | {first:.3} | {second:.3} | {:+.3} ms |",
+                second - first
+            );
+            let d = &control.pair_differences;
+            if !d.is_empty() {
+                let at = |p: f64| d[((d.len() as f64 * p) as usize).min(d.len() - 1)];
+                println!(
+                    "| control: raw − raw per pair of messages sent together: p50 / p99 (ms) | | | {:+.3} / {:+.3} ms |",
+                    at(0.5),
+                    at(0.99)
+                );
+            }
         }
         if let Some((label, rate)) = self.for_scale {
             println!("| for scale: {label} (msg/s) | {rate:.0} | | |");
