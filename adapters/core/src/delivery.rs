@@ -36,6 +36,25 @@ impl Failure {
         }
         Self { message, kind }
     }
+
+    /// A lease that ran out on attempt `attempt` of `max_attempts` (the last): the adapter
+    /// dead-letters the message with this failure.
+    pub fn lease_expired(visibility_timeout: Duration, attempt: u32, max_attempts: u32) -> Self {
+        Self::new(
+            FailureKind::LeaseExpired,
+            format!(
+                "not settled within the visibility timeout of {visibility_timeout:?} on attempt {attempt} of {max_attempts}"
+            ),
+        )
+    }
+
+    /// A nack on the last attempt: the adapter dead-letters the message with this failure.
+    pub fn nacked_on_last_attempt(attempt: u32, max_attempts: u32) -> Self {
+        Self::new(
+            FailureKind::RetriesExhausted,
+            format!("nacked on the last attempt ({attempt} of {max_attempts})"),
+        )
+    }
 }
 
 /// The kinds of failure that send a message to the dead-letter queue.

@@ -11,8 +11,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
-    Acker, DeadLetter, Delivery, Error, Failure, FailureKind, Result, Subscription,
-    SubscriptionKey, SubscriptionSpec, Timestamp,
+    Acker, DeadLetter, Delivery, Error, Failure, Result, Subscription, SubscriptionKey,
+    SubscriptionSpec, Timestamp,
 };
 use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 
@@ -418,13 +418,7 @@ impl Received {
     /// Dead-letters a message whose lease ran out after `attempts` attempts; on failure the
     /// server delivers it again, so the error is only logged.
     async fn dead_letter_expired(&self, attempts: u32) {
-        let failure = Failure::new(
-            FailureKind::LeaseExpired,
-            format!(
-                "not settled within the visibility timeout of {:?} on attempt {attempts} of {}",
-                self.visibility_timeout, self.max_attempts
-            ),
-        );
+        let failure = Failure::lease_expired(self.visibility_timeout, attempts, self.max_attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
         }
@@ -516,13 +510,8 @@ impl JetStreamAcker {
         let received = &self.received;
         match settlement {
             Settlement::Nack(_) if received.attempt >= received.max_attempts => {
-                let failure = Failure::new(
-                    FailureKind::RetriesExhausted,
-                    format!(
-                        "nacked on the last attempt ({} of {})",
-                        received.attempt, received.max_attempts
-                    ),
-                );
+                let failure =
+                    Failure::nacked_on_last_attempt(received.attempt, received.max_attempts);
                 received.move_to_dlq(failure, received.attempt).await
             }
             Settlement::Nack(delay) => {

@@ -17,8 +17,8 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use topiq_adapter::{
-    Acker, DeadLetter, Delivery, Envelope, Error, Failure, FailureKind, MessageId, Result,
-    SubscriptionKey, SubscriptionSpec, SubscriptionStats, Timestamp, TopicName, TriggerName,
+    Acker, DeadLetter, Delivery, Envelope, Error, Failure, MessageId, Result, SubscriptionKey,
+    SubscriptionSpec, SubscriptionStats, Timestamp, TopicName, TriggerName,
 };
 
 use crate::topic::{TopicShared, lock};
@@ -209,12 +209,10 @@ impl QueueState {
             leased.release_slot();
             changed = true;
             if leased.pending.attempt >= self.max_attempts {
-                let failure = Failure::new(
-                    FailureKind::LeaseExpired,
-                    format!(
-                        "not settled within the visibility timeout of {:?} on attempt {} of {}",
-                        self.visibility_timeout, leased.pending.attempt, self.max_attempts
-                    ),
+                let failure = Failure::lease_expired(
+                    self.visibility_timeout,
+                    leased.pending.attempt,
+                    self.max_attempts,
                 );
                 dead.push(leased.pending.into_dead_letter(trigger, failure));
             } else {
@@ -464,12 +462,9 @@ impl TriggerQueue {
                     match settlement {
                         Settlement::Ack => {}
                         Settlement::Nack(_) if pending.attempt >= state.max_attempts => {
-                            let failure = Failure::new(
-                                FailureKind::RetriesExhausted,
-                                format!(
-                                    "nacked on the last attempt ({} of {})",
-                                    pending.attempt, state.max_attempts
-                                ),
+                            let failure = Failure::nacked_on_last_attempt(
+                                pending.attempt,
+                                state.max_attempts,
                             );
                             dead.push(pending.into_dead_letter(&self.key.trigger, failure));
                         }

@@ -13,8 +13,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
-    Acker, DeadLetter, Delivery, Envelope, Error, Failure, FailureKind, Result, Subscription,
-    SubscriptionKey, SubscriptionSpec, Timestamp,
+    Acker, DeadLetter, Delivery, Envelope, Error, Failure, Result, Subscription, SubscriptionKey,
+    SubscriptionSpec, Timestamp,
 };
 use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 
@@ -390,13 +390,7 @@ impl Received {
     /// Dead-letters a message whose lease ran out after `attempts` attempts; if that fails,
     /// the message goes back to the queue, to be dead-lettered on its next receipt.
     async fn dead_letter_expired(&self, attempts: u32) {
-        let failure = Failure::new(
-            FailureKind::LeaseExpired,
-            format!(
-                "not settled within the visibility timeout of {:?} on attempt {attempts} of {}",
-                self.visibility_timeout, self.max_attempts
-            ),
-        );
+        let failure = Failure::lease_expired(self.visibility_timeout, attempts, self.max_attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
             tokio::time::sleep(RETURN_AFTER_FAILURE).await;
@@ -495,13 +489,7 @@ impl RabbitAcker {
 
     async fn nack_claimed(received: &Received, delay: Duration) -> Result<()> {
         if received.attempt >= received.max_attempts {
-            let failure = Failure::new(
-                FailureKind::RetriesExhausted,
-                format!(
-                    "nacked on the last attempt ({} of {})",
-                    received.attempt, received.max_attempts
-                ),
-            );
+            let failure = Failure::nacked_on_last_attempt(received.attempt, received.max_attempts);
             return received.move_to_dlq(failure, received.attempt).await;
         }
         let (payload, properties) = received.copy(received.attempt)?;
