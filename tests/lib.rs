@@ -625,3 +625,67 @@ pub fn make_test_certificates(dir: &std::path::Path) {
         "ext.cnf",
     ]);
 }
+
+/// A poison message (nacked on every attempt) published ahead of 1,000 healthy ones on `key`,
+/// whose trigger allows 3 attempts: every healthy message is handled, and the poison one ends
+/// in the DLQ after its 3 attempts, alone.
+///
+/// # Panics
+///
+/// When any of that does not happen within a minute.
+pub async fn poison_message_with_a_thousand_behind<A: Adapter>(
+    adapter: &A,
+    topic: &TopicName,
+    key: &SubscriptionKey,
+) {
+    let poison = adapter
+        .publish(topic, NewMessage::new(serde_json::json!({"poison": true})))
+        .await
+        .expect("publish poison")
+        .message_id;
+    let mut healthy = HashSet::new();
+    for chunk in 0..10 {
+        let batch = (0..100)
+            .map(|n| NewMessage::new(serde_json::json!({"n": chunk * 100 + n})))
+            .collect();
+        for result in adapter.publish_batch(topic, batch).await.expect("batch") {
+            healthy.insert(result.expect("publish").message_id);
+        }
+    }
+    let mut subscription = adapter
+        .consume(key, ConsumeOptions { prefetch: 32 })
+        .await
+        .expect("consume");
+    let (mut handled, mut poison_attempts) = (HashSet::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled.len() < healthy.len() || poison_attempts < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "handled {} of 1000, the poison message {poison_attempts} times",
+            handled.len()
+        );
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(1), subscription.next()).await
+        else {
+            continue;
+        };
+        if delivery.envelope().id == poison {
+            poison_attempts += 1;
+            delivery
+                .nack(Duration::from_millis(50))
+                .await
+                .expect("nack");
+        } else {
+            handled.insert(delivery.envelope().id.clone());
+            delivery.ack().await.expect("ack");
+        }
+    }
+    assert_eq!(handled, healthy);
+    let page = adapter
+        .dlq_list(topiq_adapter::DlqQuery::new(topic.clone()))
+        .await
+        .expect("list");
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].id, poison);
+    assert_eq!(page.records[0].attempts, 3);
+}

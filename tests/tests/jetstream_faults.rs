@@ -15,7 +15,9 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
 };
-use topiq_integration_tests::{Ledger, NatsServer, jetstream_adapter};
+use topiq_integration_tests::{
+    Ledger, NatsServer, jetstream_adapter, poison_message_with_a_thousand_behind,
+};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
 /// Declares `topic` with one trigger `t` whose policy `policy` adjusts.
@@ -118,66 +120,7 @@ async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled
     let server = NatsServer::start();
     let adapter = jetstream_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.poison", |spec| spec.max_attempts = 3).await;
-    let trigger = key.trigger.clone();
-    let poison = adapter
-        .publish(&topic, NewMessage::new(json!({"poison": true})))
-        .await
-        .expect("publish poison")
-        .message_id;
-    let behind: Vec<NewMessage> = (0..1000)
-        .map(|n| NewMessage::new(json!({"n": n})))
-        .collect();
-    let mut healthy = HashSet::new();
-    for chunk in behind.chunks(100) {
-        for result in adapter
-            .publish_batch(&topic, chunk.to_vec())
-            .await
-            .expect("publish batch")
-        {
-            healthy.insert(result.expect("publish").message_id);
-        }
-    }
-    let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 32 })
-        .await
-        .expect("consume");
-    let mut handled = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handled.len() < healthy.len()
-        || adapter
-            .dlq_count(&topic, Some(&trigger))
-            .await
-            .expect("count")
-            == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "handled {} of 1000",
-            handled.len()
-        );
-        let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_secs(1), subscription.next()).await
-        else {
-            continue;
-        };
-        if delivery.envelope().id == poison {
-            delivery
-                .nack(Duration::from_millis(50))
-                .await
-                .expect("nack");
-        } else {
-            handled.insert(delivery.envelope().id.clone());
-            delivery.ack().await.expect("ack");
-        }
-    }
-    assert_eq!(handled, healthy);
-    let page = adapter
-        .dlq_list(topiq_adapter::DlqQuery::new(topic.clone()))
-        .await
-        .expect("list");
-    assert_eq!(page.records.len(), 1);
-    assert_eq!(page.records[0].id, poison);
-    assert_eq!(page.records[0].attempts, 3);
+    poison_message_with_a_thousand_behind(&adapter, &topic, &key).await;
     adapter.close().await.ok();
 }
 

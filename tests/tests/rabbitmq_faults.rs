@@ -7,7 +7,6 @@
 // Test helpers panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,10 +14,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use topiq_adapter::{
-    Adapter, ConsumeOptions, DlqQuery, Error, NewMessage, SubscriptionKey, SubscriptionSpec,
-    TopicName, TopicSpec, TriggerName,
+    Adapter, ConsumeOptions, Error, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName,
+    TopicSpec, TriggerName,
 };
-use topiq_integration_tests::{Ledger, RabbitNode, rabbitmq_adapter};
+use topiq_integration_tests::{
+    Ledger, RabbitNode, poison_message_with_a_thousand_behind, rabbitmq_adapter,
+};
 use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
 
 /// Declares `topic` with one trigger per name in `triggers`, each with `policy` applied.
@@ -154,56 +155,7 @@ async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled
         spec.max_attempts = 3
     })
     .await;
-    let poison = adapter
-        .publish(&topic, NewMessage::new(json!({"poison": true})))
-        .await
-        .expect("publish poison")
-        .message_id;
-    let mut healthy = HashSet::new();
-    for chunk in 0..10 {
-        let batch = (0..100)
-            .map(|n| NewMessage::new(json!({"n": chunk * 100 + n})))
-            .collect();
-        for result in adapter.publish_batch(&topic, batch).await.expect("batch") {
-            healthy.insert(result.expect("publish").message_id);
-        }
-    }
-    let mut subscription = adapter
-        .consume(&keys[0], ConsumeOptions { prefetch: 32 })
-        .await
-        .expect("consume");
-    let (mut handled, mut poison_attempts) = (HashSet::new(), 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handled.len() < healthy.len() || poison_attempts < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "handled {} of 1000",
-            handled.len()
-        );
-        let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_secs(1), subscription.next()).await
-        else {
-            continue;
-        };
-        if delivery.envelope().id == poison {
-            poison_attempts += 1;
-            delivery
-                .nack(Duration::from_millis(50))
-                .await
-                .expect("nack");
-        } else {
-            handled.insert(delivery.envelope().id.clone());
-            delivery.ack().await.expect("ack");
-        }
-    }
-    assert_eq!(handled, healthy);
-    let page = adapter
-        .dlq_list(DlqQuery::new(topic.clone()))
-        .await
-        .expect("list");
-    assert_eq!(page.records.len(), 1);
-    assert_eq!(page.records[0].id, poison);
-    assert_eq!(page.records[0].attempts, 3);
+    poison_message_with_a_thousand_behind(&adapter, &topic, &keys[0]).await;
     adapter.close().await.ok();
 }
 
