@@ -6,16 +6,19 @@
 //! - end-to-end throughput: publish → pull → payload parsed as JSON → ack, 256 in flight;
 //! - p50/p99 latency from publish to receipt at a fixed 5,000 msg/s, with the sides in turn
 //!   and side by side (both publishing at once, each at 5,000 msg/s, so a stall of the
-//!   machine lands on both; the target is judged there), and a control: side by side with
-//!   raw on both sides, the noise floor of the comparison.
+//!   machine lands on both; the target is judged there, on the median round), and a control:
+//!   side by side with raw on both sides, the noise floor of the comparison. nats-server and
+//!   the benchmark share the cores (on cores of their own, as the RabbitMQ benchmark runs,
+//!   both sides' tails were longer and noisier).
 //!
 //! Both sides do the same work: every raw publish carries a `Nats-Msg-Id` (what makes
 //! topiq's retried publish safe), both are driven by the same loop, and both consumers parse
 //! the payload before acking. One extra row shows raw without `Nats-Msg-Id`, for scale.
 //!
 //! The machine's noise is spread over both sides: throughput and latency run in rounds that
-//! alternate which side goes first (the table shows the median throughput, and p50/p99 over
-//! every latency sample), and one-at-a-time publishes take turns message by message.
+//! alternate which side goes first (the table shows the median throughput, p50/p99 over every
+//! latency sample, and the median of the rounds' p99 differences), and one-at-a-time
+//! publishes take turns message by message.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

@@ -8,8 +8,11 @@
 //! - end-to-end throughput: publish → consume → payload parsed as JSON → ack, topiq's prefetch
 //!   equal to raw's (256);
 //! - p50/p99 latency from publish to receipt at a fixed 5,000 msg/s, side by side (both sides
-//!   at once, each at 5,000 msg/s; the target is judged there) and in turn, and a control:
-//!   side by side with raw on both sides, the noise floor of the comparison.
+//!   at once, each at 5,000 msg/s; the target is judged there, on the median round) and in
+//!   turn, and a control: side by side with raw on both sides, the noise floor of the
+//!   comparison. During the latency runs the node and the benchmark run on cores of their own
+//!   (`taskset`): sharing them, the OS preempts one for the other mid-message and that, not
+//!   either client, sets RabbitMQ's tail.
 //!
 //! Both sides do the same work: raw publishes persistent, `mandatory` messages with a message
 //! id and an enqueue-time header through a topic exchange to a quorum queue with the same
@@ -37,9 +40,9 @@ use topiq_integration_tests::RabbitNode;
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
 use support::{
-    END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, WINDOW, bytes,
-    compare, declare, latency, payload, rate, topiq_batches, topiq_concurrent, topiq_end_to_end,
-    topiq_latency_side,
+    END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, SeparateCores,
+    WINDOW, bytes, compare, declare, latency, payload, rate, topiq_batches, topiq_concurrent,
+    topiq_end_to_end, topiq_latency_side,
 };
 
 /// The allocator the `topiq` binary ships with, for both sides alike.
@@ -335,6 +338,7 @@ fn main() {
         }
 
         progress("latency at 5,000 msg/s, in turn");
+        let cores = SeparateCores::split(pid);
         let round = async |name: String| {
             let raw_queue = raw(&url, &name).await;
             let (adapter, topic, key) = topiq(&url, &name).await;
@@ -365,6 +369,7 @@ fn main() {
             }
         })
         .await;
+        drop(cores);
         Report {
             raw_name: "raw lapin",
             concurrent,
