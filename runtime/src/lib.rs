@@ -27,6 +27,7 @@ pub mod calls;
 pub mod condition;
 pub mod config;
 pub mod function;
+mod http_function;
 mod module;
 pub mod registry;
 pub mod retry;

@@ -14,6 +14,7 @@ use topiq_adapter::{
 
 use crate::config::{Config, ConfigError, ConfigLocation};
 use crate::function::{Function, Functions};
+use crate::http_function::HttpFunction;
 use crate::stats::TriggerCounters;
 use crate::trigger::{Lifecycle, Trigger};
 
@@ -52,7 +53,25 @@ struct Inner {
 impl QueueModule {
     /// Checks the config against `functions`, connects the adapter, and declares every topic
     /// and trigger subscription. No trigger runs until [`start_workers`](Self::start_workers).
-    pub async fn new(config: Config, functions: Functions) -> Result<Self, StartError> {
+    pub async fn new(config: Config, mut functions: Functions) -> Result<Self, StartError> {
+        for http in &config.functions {
+            if functions.get(&http.name).is_some() {
+                return Err(ConfigError::invalid(
+                    http.location.clone(),
+                    format!("functions.{}", http.name),
+                    "the application registers a function of this name too; keep one of them",
+                )
+                .into());
+            }
+            let function = HttpFunction::new(http.clone()).map_err(|err| {
+                ConfigError::invalid(
+                    http.location.clone(),
+                    format!("functions.{}.http", http.name),
+                    format!("cannot set up the HTTP client: {err}"),
+                )
+            })?;
+            functions.register(http.name.clone(), function);
+        }
         if let Some(name) = functions.duplicates().first() {
             return Err(ConfigError::invalid(
                 ConfigLocation {

@@ -113,7 +113,13 @@ fn check(path: PathBuf, application_functions: Vec<String>) -> ExitCode {
         }
     };
     let builtins = Functions::with_builtins();
-    let known = builtins.names();
+    let mut known = builtins.names();
+    known.extend(
+        config
+            .functions
+            .iter()
+            .map(|function| function.name.as_str()),
+    );
     for trigger in &config.triggers {
         let name = trigger.function.as_str();
         if !known.contains(&name) && !application_functions.iter().any(|f| f == name) {

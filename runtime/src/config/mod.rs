@@ -11,6 +11,7 @@
 mod duration;
 mod error;
 mod raw;
+mod service;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -24,11 +25,15 @@ use topiq_adapter::{
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use error::{ConfigError, ConfigLocation};
+pub use service::{
+    ApiSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    HttpFunctionSettings, Secret,
+};
 
 use crate::condition::Condition;
 use crate::registry::AdapterClass;
 use crate::retry::{Backoff, RetryPolicy};
-use raw::{BackoffKind, RawFile, RawModule, RawRetry, RawTrigger};
+use raw::{BackoffKind, RawApi, RawFile, RawFunction, RawModule, RawRetry, RawTrigger};
 
 /// The module class topiq runs.
 pub const QUEUE_MODULE_CLASS: &str = "modules::queue::QueueModule";
@@ -60,6 +65,10 @@ pub struct Config {
     pub triggers: Vec<TriggerSettings>,
     /// How long running handlers may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Functions the config declares as HTTP endpoints (`functions:`).
+    pub functions: Vec<HttpFunctionSettings>,
+    /// The HTTP API `topiq run` serves (`api:`).
+    pub api: ApiSettings,
     /// Things that work but are probably not meant; logged at start.
     pub warnings: Vec<String>,
 }
@@ -130,7 +139,7 @@ impl Config {
             let replacement = overrides.parse(&variables)?.into_sections(&overrides.name);
             sections = replacement.over(sections);
         }
-        validate(sections)
+        validate(sections, &variables)
     }
 
     /// Parses and validates config text, expanding `${VAR}` from the process environment;
@@ -149,7 +158,7 @@ impl Config {
             name: file.to_owned(),
             text: text.to_owned(),
         };
-        validate(source.parse(variables)?.into_sections(file))
+        validate(source.parse(variables)?.into_sections(file), variables)
     }
 
     /// The trigger called `name`.
@@ -279,6 +288,8 @@ fn rewrite_iii_defaults(text: &str) -> Cow<'_, str> {
 struct Sections {
     modules: Option<(String, Vec<RawModule>)>,
     triggers: Option<(String, BTreeMap<TriggerName, RawTrigger>)>,
+    functions: Option<(String, BTreeMap<String, RawFunction>)>,
+    api: Option<(String, RawApi)>,
 }
 
 impl RawFile {
@@ -286,6 +297,8 @@ impl RawFile {
         Sections {
             modules: self.modules.map(|modules| (file.to_owned(), modules)),
             triggers: self.triggers.map(|triggers| (file.to_owned(), triggers)),
+            functions: self.functions.map(|functions| (file.to_owned(), functions)),
+            api: self.api.map(|api| (file.to_owned(), api)),
         }
     }
 }
@@ -296,6 +309,8 @@ impl Sections {
         Sections {
             modules: self.modules.or(base.modules),
             triggers: self.triggers.or(base.triggers),
+            functions: self.functions.or(base.functions),
+            api: self.api.or(base.api),
         }
     }
 }
@@ -312,7 +327,10 @@ fn spanned_at<T>(file: &str, spanned: &Spanned<T>) -> ConfigLocation {
     at(file, &spanned.referenced)
 }
 
-fn validate(sections: Sections) -> Result<Config, ConfigError> {
+fn validate(
+    sections: Sections,
+    variables: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
     let Some((modules_file, modules)) = sections.modules else {
         return Err(ConfigError::invalid(
             ConfigLocation {
@@ -450,10 +468,20 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
             triggers.push(trigger);
         }
     }
+    let functions = match sections.functions {
+        Some((file, functions)) => service::validate_functions(&file, functions, variables)?,
+        None => Vec::new(),
+    };
+    let api = match sections.api {
+        Some((file, api)) => service::validate_api(&file, Some(api), variables)?,
+        None => ApiSettings::default(),
+    };
     Ok(Config {
         adapter,
         topics,
         triggers,
+        functions,
+        api,
         shutdown_grace: module
             .config
             .shutdown_grace

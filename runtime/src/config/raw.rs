@@ -16,6 +16,35 @@ use super::duration::ConfigDuration;
 pub(crate) struct RawFile {
     pub(crate) modules: Option<Vec<RawModule>>,
     pub(crate) triggers: Option<BTreeMap<TriggerName, RawTrigger>>,
+    pub(crate) functions: Option<BTreeMap<String, RawFunction>>,
+    pub(crate) api: Option<RawApi>,
+}
+
+/// A function declared in the config rather than registered by code.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFunction {
+    pub(crate) http: Spanned<RawHttpFunction>,
+}
+
+/// An HTTP endpoint each message is POSTed to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttpFunction {
+    pub(crate) url: Spanned<String>,
+    pub(crate) timeout: Option<Spanned<ConfigDuration>>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, Spanned<String>>,
+}
+
+/// The HTTP API `topiq run` serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApi {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) token: Option<Spanned<String>>,
+    pub(crate) max_body_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,364 @@
+//! The sections `topiq run` reads as a service: `functions:` (HTTP endpoints as functions)
+//! and `api:` (the HTTP API it serves).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::raw::{RawApi, RawFunction};
+use super::{ConfigError, ConfigLocation, spanned_at};
+
+/// Where the API listens when the config sets nothing.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7720";
+
+/// The largest request body the API reads when the config sets no `api.max_body_bytes`: a
+/// full `queue.enqueue_batch` (100 messages) at the default 128 KiB message limit fits.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long an HTTP function's endpoint may take to answer when the config sets no `timeout`.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Request headers topiq sets itself on an HTTP function's request.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "traceparent",
+    "baggage",
+];
+
+/// A function the config declares as an HTTP endpoint: each message is POSTed to it.
+#[derive(Clone)]
+pub struct HttpFunctionSettings {
+    /// The function's name, as triggers name it.
+    pub name: String,
+    /// The endpoint (may hold credentials: log [`endpoint`](Self::endpoint) instead).
+    pub url: Url,
+    /// How long the endpoint may take to answer.
+    pub timeout: Duration,
+    /// Headers sent with every request, values marked sensitive.
+    pub headers: HeaderMap,
+    /// Where the function was declared.
+    pub location: ConfigLocation,
+}
+
+impl HttpFunctionSettings {
+    /// The endpoint without credentials, query or fragment: what logs and errors show.
+    pub fn endpoint(&self) -> String {
+        redacted(&self.url)
+    }
+}
+
+impl fmt::Debug for HttpFunctionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpFunctionSettings")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint())
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `scheme://host:port/path` of `url`: no user, password, query or fragment.
+pub(crate) fn redacted(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
+        None => format!("{}://{host}{}", url.scheme(), url.path()),
+    }
+}
+
+/// A secret from the config: shown as `<redacted>` by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The HTTP API section.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Whether `topiq run` serves the API (`api.enabled`, default true).
+    pub enabled: bool,
+    /// The address it listens on.
+    pub listen: SocketAddr,
+    /// The bearer token every call needs, when set.
+    pub token: Option<Secret>,
+    /// The largest request body it reads.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7720)),
+            token: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in `text` (a quoted value, which the YAML reader
+/// leaves as written); `$${` is a literal `${`. The error names the variable, never a value.
+fn expand(text: &str, variables: &HashMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        if let Some(escaped) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = escaped;
+            continue;
+        }
+        let Some(body) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let Some(end) = body.find('}') else {
+            return Err("a `${` has no closing `}`".into());
+        };
+        let reference = &body[..end];
+        let (name, default) = match reference.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (reference, None),
+        };
+        match (
+            variables.get(name).filter(|value| !value.is_empty()),
+            default,
+        ) {
+            (Some(value), _) => out.push_str(value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => {
+                return Err(format!(
+                    "the environment variable {name} is not set; set it or write ${{{name}:-default}}"
+                ));
+            }
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Validates the `functions:` section.
+pub(crate) fn validate_functions(
+    file: &str,
+    functions: BTreeMap<String, RawFunction>,
+    variables: &HashMap<String, String>,
+) -> Result<Vec<HttpFunctionSettings>, ConfigError> {
+    let mut settings = Vec::with_capacity(functions.len());
+    for (name, raw) in functions {
+        let key = format!("functions.{name}.http");
+        let location = spanned_at(file, &raw.http);
+        let http = raw.http.value;
+        if name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                location,
+                "functions",
+                "a function needs a name",
+            ));
+        }
+        let url_location = spanned_at(file, &http.url);
+        let url_text = expand(&http.url.value, variables).map_err(|message| {
+            ConfigError::invalid(url_location.clone(), format!("{key}.url"), message)
+        })?;
+        // The URL may hold credentials: errors say what is wrong, never the URL.
+        let url = Url::parse(&url_text).map_err(|err| {
+            ConfigError::invalid(
+                url_location.clone(),
+                format!("{key}.url"),
+                format!("is not a valid URL ({err}); write it as http://host:port/path"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::invalid(
+                url_location,
+                format!("{key}.url"),
+                format!(
+                    "must be an http:// or https:// URL with a host, got a {}: URL",
+                    url.scheme()
+                ),
+            ));
+        }
+        let timeout = match http.timeout {
+            None => DEFAULT_HTTP_TIMEOUT,
+            Some(timeout) if timeout.value.0.is_zero() => {
+                return Err(ConfigError::invalid(
+                    spanned_at(file, &timeout),
+                    format!("{key}.timeout"),
+                    "must be above zero, such as 10s",
+                ));
+            }
+            Some(timeout) => timeout.value.0,
+        };
+        let mut headers = HeaderMap::new();
+        for (header, value) in http.headers {
+            let header_key = format!("{key}.headers.{header}");
+            let at = spanned_at(file, &value);
+            let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                ConfigError::invalid(
+                    at.clone(),
+                    header_key.clone(),
+                    "is not a valid HTTP header name",
+                )
+            })?;
+            if RESERVED_HEADERS.contains(&header_name.as_str()) {
+                return Err(ConfigError::invalid(
+                    at,
+                    header_key,
+                    "is set by topiq on every request; remove it",
+                ));
+            }
+            let text = expand(&value.value, variables)
+                .map_err(|message| ConfigError::invalid(at.clone(), header_key.clone(), message))?;
+            let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
+                ConfigError::invalid(
+                    at,
+                    header_key,
+                    "holds characters an HTTP header cannot (such as a line break)",
+                )
+            })?;
+            header_value.set_sensitive(true);
+            headers.insert(header_name, header_value);
+        }
+        settings.push(HttpFunctionSettings {
+            name,
+            url,
+            timeout,
+            headers,
+            location,
+        });
+    }
+    Ok(settings)
+}
+
+/// Validates the `api:` section.
+pub(crate) fn validate_api(
+    file: &str,
+    raw: Option<RawApi>,
+    variables: &HashMap<String, String>,
+) -> Result<ApiSettings, ConfigError> {
+    let mut api = ApiSettings::default();
+    let Some(raw) = raw else {
+        return Ok(api);
+    };
+    api.enabled = raw.enabled.unwrap_or(true);
+    if let Some(listen) = &raw.listen {
+        api.listen = listen.value.parse().map_err(|_| {
+            ConfigError::invalid(
+                spanned_at(file, listen),
+                "api.listen",
+                format!(
+                    "{:?} is not an IP address and port; write it as {DEFAULT_API_LISTEN}",
+                    listen.value
+                ),
+            )
+        })?;
+    }
+    if let Some(token) = &raw.token {
+        let at = spanned_at(file, token);
+        let text = expand(&token.value, variables)
+            .map_err(|message| ConfigError::invalid(at.clone(), "api.token", message))?;
+        if text.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                at,
+                "api.token",
+                "is empty; set a long random token or remove api.token",
+            ));
+        }
+        if HeaderValue::from_str(&text).is_err() {
+            return Err(ConfigError::invalid(
+                at,
+                "api.token",
+                "holds characters an HTTP header cannot; use letters, digits and punctuation",
+            ));
+        }
+        api.token = Some(Secret(text));
+    }
+    if let Some(limit) = &raw.max_body_bytes {
+        if limit.value < 1024 {
+            return Err(ConfigError::invalid(
+                spanned_at(file, limit),
+                "api.max_body_bytes",
+                format!("must be at least 1024, got {}", limit.value),
+            ));
+        }
+        api.max_body_bytes = limit.value;
+    }
+    if api.enabled && api.token.is_none() && !api.listen.ip().is_loopback() {
+        let at = raw
+            .listen
+            .as_ref()
+            .map(|listen| spanned_at(file, listen))
+            .unwrap_or_else(|| ConfigLocation {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+            });
+        return Err(ConfigError::invalid(
+            at,
+            "api.listen",
+            format!(
+                "{} is reachable from other machines and the API has no token: set api.token (such as `token: ${{TOPIQ_API_TOKEN}}`) or listen on 127.0.0.1",
+                api.listen
+            ),
+        ));
+    }
+    Ok(api)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn variables() -> HashMap<String, String> {
+        HashMap::from([("TOKEN".to_owned(), "s3cret".to_owned())])
+    }
+
+    #[test]
+    fn expands_references_in_quoted_values() {
+        let vars = variables();
+        assert_eq!(expand("Bearer ${TOKEN}", &vars).unwrap(), "Bearer s3cret");
+        assert_eq!(expand("${MISSING:-x}y", &vars).unwrap(), "xy");
+        assert_eq!(
+            expand("cost $5 $${TOKEN}", &vars).unwrap(),
+            "cost $5 ${TOKEN}"
+        );
+        let err = expand("${MISSING}", &vars).unwrap_err();
+        assert!(err.contains("MISSING is not set"), "{err}");
+        assert!(expand("${TOKEN", &vars).is_err());
+    }
+
+    #[test]
+    fn redacted_url_drops_credentials_and_query() {
+        let url = Url::parse("https://user:pw@hooks.example:8443/a/b?token=x#f").unwrap();
+        assert_eq!(redacted(&url), "https://hooks.example:8443/a/b");
+    }
+
+    #[test]
+    fn secret_debug_hides_the_value() {
+        assert_eq!(format!("{:?}", Secret("s3cret".into())), "<redacted>");
+    }
+}
