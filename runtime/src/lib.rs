@@ -23,6 +23,7 @@
 //! trigger loop (condition → handler under timeout and lease extension → settlement), and
 //! [`calls`] (the JSON call surface).
 
+pub mod api;
 pub mod calls;
 pub mod condition;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod retry;
 mod stats;
 mod trigger;
 
+pub use api::{ApiError, ApiServer};
 pub use calls::{BatchItem, CallError, DlqRequest, EnqueueRequest, EnqueueResult, TriggerStats};
 pub use config::{Config, ConfigError};
 pub use function::{BatchHandler, Functions, Handler, HandlerError, Message};

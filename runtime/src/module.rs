@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -166,6 +167,7 @@ impl QueueModule {
                 function,
                 adapter: Arc::clone(&adapter),
                 counters: TriggerCounters::default(),
+                subscribed: AtomicBool::new(false),
             }));
         }
         Ok(Self {
@@ -242,6 +244,25 @@ impl QueueModule {
         tracing::info!("shutting down");
         workers.shutdown().await;
         self.close().await;
+    }
+
+    /// Whether the module is ready for traffic: the adapter reaches its broker and every
+    /// trigger holds its subscription. `Err` lists what is not ready.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut not_ready = Vec::new();
+        if let Err(err) = self.inner.adapter.health().await {
+            not_ready.push(format!("adapter: {err}"));
+        }
+        for trigger in &self.inner.triggers {
+            if !trigger.subscribed.load(Ordering::Relaxed) {
+                not_ready.push(format!("trigger {}: not subscribed", trigger.settings.name));
+            }
+        }
+        if not_ready.is_empty() {
+            Ok(())
+        } else {
+            Err(not_ready)
+        }
     }
 
     /// Closes the adapter: no more calls are accepted.

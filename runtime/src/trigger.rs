@@ -13,6 +13,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub(crate) struct Trigger {
     pub(crate) function: Function,
     pub(crate) adapter: SharedAdapter,
     pub(crate) counters: TriggerCounters,
+    /// True while the trigger holds its subscription and takes deliveries (readiness).
+    pub(crate) subscribed: AtomicBool,
 }
 
 /// Signals shared by every trigger of a module.
@@ -100,6 +103,7 @@ impl Trigger {
         let Some(mut subscription) = self.subscribe(&lifecycle.stop).await else {
             return;
         };
+        self.subscribed.store(true, Ordering::Relaxed);
         let limit = self.settings.concurrency as usize;
         let abort = &lifecycle.abort;
         let mut running = FuturesUnordered::new();
@@ -128,6 +132,7 @@ impl Trigger {
                 },
             }
         }
+        self.subscribed.store(false, Ordering::Relaxed);
         drop(subscription);
         while running.next().await.is_some() {}
     }

@@ -80,6 +80,11 @@ pub(crate) fn redacted(url: &Url) -> String {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     /// The secret itself, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0

@@ -1,11 +1,18 @@
-//! The `topiq` binary: thin; argument parsing here, the work in the library.
+//! The `topiq` binary: thin; argument parsing here, the work in the library (`run`, `check`)
+//! or in a running `topiq run` reached over its HTTP API (the operator commands).
+
+mod client;
+mod operator;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use topiq::{AdapterClass, Config, Functions, QueueModule, shutdown_signal};
+use tokio_util::sync::CancellationToken;
+use topiq::{AdapterClass, ApiServer, Config, Functions, QueueModule, shutdown_signal};
 use tracing_subscriber::EnvFilter;
+
+use operator::{ApiArgs, DlqCommand, EnqueueArgs};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -21,10 +28,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the queue module of a config file until Ctrl-C or SIGTERM.
+    /// Run the queue module of a config file, and its HTTP API, until Ctrl-C or SIGTERM.
     ///
     /// The binary registers the built-in functions builtin.log (logs each message) and
-    /// builtin.fail (always fails, to watch retries and the DLQ).
+    /// builtin.fail (always fails, to watch retries and the DLQ); `functions:` in the config
+    /// adds HTTP endpoints as functions. The API listens on api.listen (127.0.0.1:7720).
     ///
     /// Example: TOPIQ_ENV=production topiq run --config config.yaml
     Run {
@@ -47,6 +55,33 @@ enum Command {
     ///
     /// Example: topiq adapters
     Adapters,
+    /// Enqueue a message through a running topiq's API.
+    ///
+    /// Example: topiq enqueue emails.send '{"to": "a@example.com"}' --delay 5s
+    Enqueue {
+        #[command(flatten)]
+        args: EnqueueArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Inspect, redrive and purge dead-letter queues through a running topiq's API.
+    ///
+    /// Example: topiq dlq count emails.send
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Per-trigger counts (waiting, in flight, succeeded, failed, DLQ) of a running topiq.
+    ///
+    /// Example: topiq stats emails.send
+    Stats {
+        /// Only this topic's triggers.
+        topic: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +89,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Run { config } => run(config),
@@ -71,6 +107,30 @@ fn main() -> ExitCode {
                 );
             }
             ExitCode::SUCCESS
+        }
+        Command::Enqueue { args, api } => operate(operator::enqueue(&api, args)),
+        Command::Dlq { command, api } => operate(operator::dlq(&api, command)),
+        Command::Stats { topic, api } => operate(operator::stats(&api, topic)),
+    }
+}
+
+/// Runs an operator command; its error on stderr and exit 1.
+fn operate(command: impl Future<Output = Result<(), operator::CommandError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("topiq: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("topiq: {err}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -91,16 +151,41 @@ fn run(config: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match QueueModule::new(config, Functions::with_builtins()).await {
-            Ok(module) => {
-                module.run_until(shutdown_signal()).await;
-                ExitCode::SUCCESS
-            }
+        let api_settings = config.api.clone();
+        let module = match QueueModule::new(config, Functions::with_builtins()).await {
+            Ok(module) => module,
             Err(err) => {
                 eprintln!("{err}");
-                ExitCode::FAILURE
+                return ExitCode::FAILURE;
             }
+        };
+        let api = if api_settings.enabled {
+            match ApiServer::bind(module.clone(), &api_settings).await {
+                Ok(api) => Some(api),
+                Err(err) => {
+                    eprintln!("{err}");
+                    module.close().await;
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        let workers = module.start_workers();
+        let stop_api = CancellationToken::new();
+        let serving = api.map(|api| tokio::spawn(api.serve(stop_api.clone().cancelled_owned())));
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        stop_api.cancel();
+        workers.shutdown().await;
+        module.close().await;
+        if let Some(serving) = serving
+            && let Ok(Err(err)) = serving.await
+        {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
         }
+        ExitCode::SUCCESS
     })
 }
 

@@ -1,0 +1,262 @@
+//! The HTTP API `topiq run` serves: every `queue.*` call as `POST /v1/call/{name}`, and the
+//! `GET /healthz` and `GET /readyz` probes.
+//!
+//! A call's body is its JSON arguments (an empty body is `{}`); the answer is its JSON result
+//! with 200, or `{"error": {"code", "message"}}` with the status of the code: 400 bad input,
+//! 401 a missing or wrong token, 404 an unknown call, topic or trigger, 413 a body or payload
+//! too large, 502 the broker refused, 503 the broker is unavailable. When `api.token` is set,
+//! every call needs `Authorization: Bearer <token>`; the probes never do.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::calls::CallError;
+use crate::config::{ApiSettings, Secret};
+use crate::module::QueueModule;
+
+/// Why the API cannot serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The address is taken or not allowed.
+    #[error(
+        "cannot listen on {address} (api.listen): {source}; choose another address or stop what uses it"
+    )]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving stopped on an I/O error.
+    #[error("the HTTP API stopped: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The API, bound to its address and ready to serve.
+pub struct ApiServer {
+    listener: TcpListener,
+    router: Router,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    module: QueueModule,
+    token: Option<Secret>,
+}
+
+impl ApiServer {
+    /// Binds `settings.listen` (port 0 picks a free port: see [`local_addr`](Self::local_addr)).
+    pub async fn bind(module: QueueModule, settings: &ApiSettings) -> Result<Self, ApiError> {
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ApiError::Listen {
+                    address: settings.listen,
+                    source,
+                })?;
+        let state = ApiState {
+            module,
+            token: settings.token.clone(),
+        };
+        let router = Router::new()
+            .route("/v1/call/{name}", post(call))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+            .with_state(state);
+        Ok(Self { listener, router })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr, ApiError> {
+        self.listener.local_addr().map_err(ApiError::Serve)
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in progress.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ApiError> {
+        if let Ok(address) = self.listener.local_addr() {
+            tracing::info!(%address, "HTTP API listening");
+        }
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ApiError::Serve)
+    }
+}
+
+/// `{"error": {"code", "message"}}` with `status`.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = json!({"error": {"code": code, "message": message.into()}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// The HTTP status of an error code.
+fn status_of(code: &str) -> StatusCode {
+    match code {
+        "invalid_argument" | "invalid_topic" | "invalid_trigger" | "unsupported" => {
+            StatusCode::BAD_REQUEST
+        }
+        "unknown_call" | "unknown_topic" | "unknown_trigger" | "unknown_function" => {
+            StatusCode::NOT_FOUND
+        }
+        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "broker_unavailable" | "closed" => StatusCode::SERVICE_UNAVAILABLE,
+        "broker_error" => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Whether `headers` carry the bearer token (compared in constant time).
+fn authorized(headers: &HeaderMap, token: &Secret) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
+async fn call(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Some(token) = &state.token
+        && !authorized(&headers, token)
+    {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API needs `Authorization: Bearer <token>` with the token of api.token",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than api.max_body_bytes",
+            );
+        }
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("cannot read the request body: {rejection}"),
+            );
+        }
+    };
+    let args: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(args) => args,
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_argument",
+                    format!(
+                        "the body is not JSON ({err}); send the call's arguments as a JSON object"
+                    ),
+                );
+            }
+        }
+    };
+    let changes_dlq = matches!(name.as_str(), "queue.redrive_dlq" | "queue.dlq_purge");
+    match state.module.call(&name, args).await {
+        Ok(result) => {
+            if changes_dlq {
+                tracing::info!(%peer, call = %name, result = %result, "DLQ changed through the HTTP API");
+            }
+            (StatusCode::OK, axum::Json(result)).into_response()
+        }
+        Err(err) => call_error(&err),
+    }
+}
+
+fn call_error(err: &CallError) -> Response {
+    let code = err.code();
+    error(status_of(code), code, err.to_string())
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.module.readiness().await {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response(),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "reasons": reasons})),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; calls are POST /v1/call/{name}, probes GET /healthz and GET /readyz",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "calls are POST /v1/call/{name}; the probes are GET",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_has_its_status() {
+        assert_eq!(status_of("invalid_topic"), StatusCode::BAD_REQUEST);
+        assert_eq!(status_of("unknown_call"), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status_of("payload_too_large"),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status_of("broker_unavailable"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

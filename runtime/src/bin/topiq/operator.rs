@@ -1,0 +1,450 @@
+//! The operator commands: `enqueue`, `dlq count|list|redrive|purge` and `stats`, each one or
+//! more calls to a running `topiq run`, printed for people or as JSON.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Read};
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Map, Value, json};
+
+use crate::client::{ApiClient, ClientError};
+
+/// Where the API is and how to talk to it.
+#[derive(Args)]
+pub(crate) struct ApiArgs {
+    /// The API of a running `topiq run`.
+    #[arg(
+        long,
+        global = true,
+        env = "TOPIQ_API",
+        default_value = "http://127.0.0.1:7720"
+    )]
+    api: String,
+    /// The API's bearer token (api.token in its config).
+    #[arg(long, global = true, env = "TOPIQ_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON result instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ApiArgs {
+    pub(crate) fn client(&self) -> Result<ApiClient, ClientError> {
+        ApiClient::new(&self.api, self.token.clone())
+    }
+}
+
+/// `topiq enqueue`.
+#[derive(Args)]
+pub(crate) struct EnqueueArgs {
+    /// The topic.
+    topic: String,
+    /// The message's data as JSON; `-` reads it from standard input.
+    json: String,
+    /// Enqueues with the same key inside the topic's window return the first message's id.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Deliver no sooner than this from now, such as 5s or 10m.
+    #[arg(long, conflicts_with = "run_at")]
+    delay: Option<String>,
+    /// Deliver no sooner than this time (RFC 3339).
+    #[arg(long)]
+    run_at: Option<String>,
+}
+
+/// `topiq dlq ...`.
+#[derive(Subcommand)]
+pub(crate) enum DlqCommand {
+    /// How many messages a topic's DLQ holds.
+    ///
+    /// Example: topiq dlq count emails.send --trigger send-email
+    Count(DlqArgs),
+    /// The records of a topic's DLQ, a page at a time.
+    ///
+    /// Example: topiq dlq list emails.send --error-contains timeout --limit 20
+    List(DlqListArgs),
+    /// Delivers DLQ messages again to the trigger that failed them, attempts reset.
+    ///
+    /// Without --id, the records matching the filters when the command starts are redriven
+    /// a page at a time, with a progress bar.
+    ///
+    /// Example: topiq dlq redrive emails.send --trigger send-email --rate 50
+    Redrive(DlqRedriveArgs),
+    /// Deletes DLQ records for good.
+    ///
+    /// Example: topiq dlq purge emails.send --id 0192f0c3-...
+    Purge(DlqArgs),
+}
+
+/// Which DLQ records.
+#[derive(Args, Clone)]
+pub(crate) struct DlqArgs {
+    /// The topic.
+    topic: String,
+    /// Only this trigger's records (default: every trigger of the topic).
+    #[arg(long)]
+    trigger: Option<String>,
+    /// Only these message ids (repeatable).
+    #[arg(long = "id", value_name = "ID")]
+    ids: Vec<String>,
+}
+
+/// Filters of a listing or redrive.
+#[derive(Args, Clone)]
+pub(crate) struct DlqFilterArgs {
+    /// Only records whose error contains this text.
+    #[arg(long)]
+    error_contains: Option<String>,
+    /// Only records last failed at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records last failed before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+/// `topiq dlq list`.
+#[derive(Args)]
+pub(crate) struct DlqListArgs {
+    #[command(flatten)]
+    which: DlqArgs,
+    #[command(flatten)]
+    filter: DlqFilterArgs,
+    /// Records per page (at most 1000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// The next page: the cursor the previous page printed.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// `topiq dlq redrive`.
+#[derive(Args)]
+pub(crate) struct DlqRedriveArgs {
+    #[command(flatten)]
+    which: DlqArgs,
+    #[command(flatten)]
+    filter: DlqFilterArgs,
+    /// Count what would be redriven; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// At most this many messages per second.
+    #[arg(long, value_name = "N")]
+    rate: Option<u32>,
+}
+
+/// Records redriven per call when the command walks the DLQ itself.
+const REDRIVE_PAGE: usize = 100;
+
+/// The arguments of a DLQ call: topic, trigger, ids and filters.
+fn dlq_call_args(which: &DlqArgs, filter: Option<&DlqFilterArgs>) -> Map<String, Value> {
+    let mut args = Map::new();
+    args.insert("topic".into(), json!(which.topic));
+    if let Some(trigger) = &which.trigger {
+        args.insert("trigger".into(), json!(trigger));
+    }
+    if !which.ids.is_empty() {
+        args.insert("ids".into(), json!(which.ids));
+    }
+    if let Some(filter) = filter {
+        for (key, value) in [
+            ("error_contains", &filter.error_contains),
+            ("since", &filter.since),
+            ("until", &filter.until),
+        ] {
+            if let Some(value) = value {
+                args.insert(key.into(), json!(value));
+            }
+        }
+    }
+    args
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn where_(which: &DlqArgs) -> String {
+    match &which.trigger {
+        Some(trigger) => format!("{} (trigger {trigger})", which.topic),
+        None => which.topic.clone(),
+    }
+}
+
+/// Errors of the operator commands: the API's, or bad input on the command line.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommandError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Input(String),
+}
+
+pub(crate) async fn enqueue(api: &ApiArgs, args: EnqueueArgs) -> Result<(), CommandError> {
+    let text = if args.json == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|err| CommandError::Input(format!("cannot read standard input: {err}")))?;
+        text
+    } else {
+        args.json.clone()
+    };
+    let data: Value = serde_json::from_str(&text).map_err(|err| {
+        CommandError::Input(format!(
+            "the message is not JSON ({err}); quote it for the shell, such as '{{\"to\": \"a@b.c\"}}'"
+        ))
+    })?;
+    let mut call = json!({"topic": args.topic, "data": data});
+    for (key, value) in [
+        ("idempotency_key", &args.idempotency_key),
+        ("delay", &args.delay),
+        ("run_at", &args.run_at),
+    ] {
+        if let Some(value) = value {
+            call[key] = json!(value);
+        }
+    }
+    let result = api.client()?.call("queue.enqueue", call).await?;
+    if api.json {
+        print_json(&result);
+    } else if result["duplicate"].as_bool() == Some(true) {
+        println!(
+            "duplicate: {} was enqueued with this key; nothing enqueued",
+            result["message_id"].as_str().unwrap_or_default()
+        );
+    } else {
+        println!(
+            "enqueued {} to {}",
+            result["message_id"].as_str().unwrap_or_default(),
+            args.topic
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn dlq(api: &ApiArgs, command: DlqCommand) -> Result<(), CommandError> {
+    let client = api.client()?;
+    match command {
+        DlqCommand::Count(which) => {
+            let result = client
+                .call(
+                    "queue.dlq_count",
+                    Value::Object(dlq_call_args(&which, None)),
+                )
+                .await?;
+            if api.json {
+                print_json(&result);
+            } else {
+                println!(
+                    "{} in the DLQ of {}",
+                    result["count"].as_u64().unwrap_or_default(),
+                    where_(&which)
+                );
+            }
+        }
+        DlqCommand::List(list) => {
+            let mut args = dlq_call_args(&list.which, Some(&list.filter));
+            args.insert("limit".into(), json!(list.limit));
+            if let Some(cursor) = &list.cursor {
+                args.insert("cursor".into(), json!(cursor));
+            }
+            let result = client.call("queue.dlq_list", Value::Object(args)).await?;
+            if api.json {
+                print_json(&result);
+            } else {
+                print_records(&result);
+            }
+        }
+        DlqCommand::Redrive(redrive) => redrive_command(api, &client, redrive).await?,
+        DlqCommand::Purge(which) => {
+            let result = client
+                .call(
+                    "queue.dlq_purge",
+                    Value::Object(dlq_call_args(&which, None)),
+                )
+                .await?;
+            if api.json {
+                print_json(&result);
+            } else {
+                println!(
+                    "purged {} from the DLQ of {}",
+                    result["purged"].as_u64().unwrap_or_default(),
+                    where_(&which)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_records(page: &Value) {
+    let records = page["messages"].as_array().cloned().unwrap_or_default();
+    if records.is_empty() {
+        println!("no records");
+    }
+    for record in &records {
+        let text = |key: &str| record[key].as_str().unwrap_or_default().to_owned();
+        let error: String = record["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(120)
+            .collect();
+        println!(
+            "{}  trigger {}  attempts {}  last failed {}\n    {}: {error}\n    data: {}",
+            text("id"),
+            text("trigger"),
+            record["attempts"],
+            text("last_failed_at"),
+            record["error"]["kind"].as_str().unwrap_or("error"),
+            record["data"]
+        );
+    }
+    if let Some(cursor) = page["next_cursor"].as_str() {
+        println!("more: --cursor {cursor}");
+    }
+}
+
+/// A redrive: one call for chosen ids or a dry run; otherwise the ids matching now are
+/// listed first and redriven a page at a time, so messages that fail again meanwhile are not
+/// redriven twice by one command.
+async fn redrive_command(
+    api: &ApiArgs,
+    client: &ApiClient,
+    redrive: DlqRedriveArgs,
+) -> Result<(), CommandError> {
+    let base = dlq_call_args(&redrive.which, Some(&redrive.filter));
+    let with = |mut args: Map<String, Value>, extra: &[(&str, Value)]| {
+        for (key, value) in extra {
+            args.insert((*key).into(), value.clone());
+        }
+        if let Some(rate) = redrive.rate {
+            args.insert("rate_per_sec".into(), json!(rate));
+        }
+        Value::Object(args)
+    };
+    if redrive.dry_run || !redrive.which.ids.is_empty() {
+        let result = client
+            .call(
+                "queue.redrive_dlq",
+                with(base, &[("dry_run", json!(redrive.dry_run))]),
+            )
+            .await?;
+        if api.json {
+            print_json(&result);
+        } else if redrive.dry_run {
+            println!(
+                "would redrive {} from the DLQ of {}",
+                result["would_redrive"].as_u64().unwrap_or_default(),
+                where_(&redrive.which)
+            );
+        } else {
+            println!(
+                "redrove {} from the DLQ of {}",
+                result["redriven"].as_u64().unwrap_or_default(),
+                where_(&redrive.which)
+            );
+        }
+        return Ok(());
+    }
+    let ids = matching_ids(client, &base).await?;
+    let progress = progress_bar(ids.len() as u64, api.json);
+    let mut redriven = 0u64;
+    for page in ids.chunks(REDRIVE_PAGE) {
+        let mut args = dlq_call_args(&redrive.which, None);
+        args.insert("ids".into(), json!(page));
+        let result = client.call("queue.redrive_dlq", with(args, &[])).await?;
+        let count = result["redriven"].as_u64().unwrap_or_default();
+        redriven += count;
+        progress.inc(page.len() as u64);
+        if progress.is_hidden() && !api.json {
+            eprintln!("redrive: {}/{} records", progress.position(), ids.len());
+        }
+    }
+    progress.finish_and_clear();
+    if api.json {
+        print_json(&json!({ "redriven": redriven }));
+    } else {
+        println!(
+            "redrove {redriven} from the DLQ of {}",
+            where_(&redrive.which)
+        );
+    }
+    Ok(())
+}
+
+/// Every id in the DLQ matching `base` now, each once.
+async fn matching_ids(
+    client: &ApiClient,
+    base: &Map<String, Value>,
+) -> Result<Vec<String>, ClientError> {
+    let mut ids = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut args = base.clone();
+        args.insert("limit".into(), json!(1000));
+        if let Some(cursor) = &cursor {
+            args.insert("cursor".into(), json!(cursor));
+        }
+        let page = client.call("queue.dlq_list", Value::Object(args)).await?;
+        for record in page["messages"].as_array().into_iter().flatten() {
+            if let Some(id) = record["id"].as_str() {
+                ids.insert(id.to_owned());
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(ids.into_iter().collect()),
+        }
+    }
+}
+
+/// A bar on a terminal; hidden otherwise (the caller then prints lines).
+fn progress_bar(total: u64, json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("redrive {bar:40} {pos}/{len} records ({per_sec}, {eta} left)")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), CommandError> {
+    let args = match &topic {
+        Some(topic) => json!({ "topic": topic }),
+        None => json!({}),
+    };
+    let result = api.client()?.call("queue.stats", args).await?;
+    if api.json {
+        print_json(&result);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10}",
+        "topic", "trigger", "waiting", "in_flight", "succeeded", "failed", "dlq", "per_minute"
+    );
+    for row in result["triggers"].as_array().into_iter().flatten() {
+        let number = |key: &str| row[key].as_u64().unwrap_or_default();
+        println!(
+            "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10}",
+            row["topic"].as_str().unwrap_or_default(),
+            row["trigger"].as_str().unwrap_or_default(),
+            number("waiting"),
+            number("in_flight"),
+            number("succeeded"),
+            number("failed"),
+            number("dlq"),
+            number("per_minute")
+        );
+    }
+    Ok(())
+}
