@@ -117,6 +117,8 @@ fn run_starts_and_stops_cleanly_on_sigterm() {
       adapter:
         class: modules::queue::BuiltinQueueAdapter
       shutdown_grace: 2s
+api:
+  listen: 127.0.0.1:0
 triggers:
   log:
     type: queue

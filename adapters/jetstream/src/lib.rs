@@ -50,6 +50,9 @@ const HEADER_ROOM: usize = 4096;
 /// How many times a publish whose acknowledgement timed out is sent again (same id).
 const PUBLISH_TRIES: u32 = 3;
 
+/// How long `close` waits to flush what the client still buffers.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// topiq's JetStream adapter. Cheap to clone.
 #[derive(Clone)]
 pub struct JetStreamAdapter {
@@ -958,6 +961,12 @@ impl Adapter for JetStreamAdapter {
 
     async fn health(&self) -> Result<()> {
         self.shared.ensure_open()?;
+        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::BrokerUnavailable {
+                message: "not connected to the server (reconnecting)".into(),
+                source: None,
+            });
+        }
         let ping = tokio::time::timeout(Duration::from_secs(5), self.shared.client.flush()).await;
         match ping {
             Ok(Ok(())) => Ok(()),
@@ -977,7 +986,13 @@ impl Adapter for JetStreamAdapter {
         if let Some(scheduler) = self.shared.scheduler.lock().await.take() {
             scheduler.abort();
         }
-        self.shared.client.flush().await.map_err(broker("flush"))?;
-        Ok(())
+        // Bounded: with the server gone, a flush waits for a reconnection that may never come.
+        match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.shared.client.flush()).await {
+            Ok(flushed) => flushed.map_err(broker("flush")),
+            Err(_) => Err(Error::Timeout {
+                operation: "flush at close",
+                timeout: CLOSE_FLUSH_TIMEOUT,
+            }),
+        }
     }
 }

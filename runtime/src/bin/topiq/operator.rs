@@ -41,7 +41,8 @@ pub(crate) struct EnqueueArgs {
     /// The topic.
     topic: String,
     /// The message's data as JSON; `-` reads it from standard input.
-    json: String,
+    #[arg(value_name = "JSON")]
+    data: String,
     /// Enqueues with the same key inside the topic's window return the first message's id.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -185,14 +186,14 @@ pub(crate) enum CommandError {
 }
 
 pub(crate) async fn enqueue(api: &ApiArgs, args: EnqueueArgs) -> Result<(), CommandError> {
-    let text = if args.json == "-" {
+    let text = if args.data == "-" {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|err| CommandError::Input(format!("cannot read standard input: {err}")))?;
         text
     } else {
-        args.json.clone()
+        args.data.clone()
     };
     let data: Value = serde_json::from_str(&text).map_err(|err| {
         CommandError::Input(format!(

@@ -1,0 +1,617 @@
+//! `topiq run` as a service, driven only through its HTTP API and the `topiq` CLI: HTTP
+//! functions (the envelope, the headers, each status rule), the DLQ calls, the token rules and
+//! every error status. Each test runs on the in-memory adapter and on JetStream (a
+//! nats-server of its own).
+
+// Test helpers panic on purpose: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use support::{Broker, Parts, Receiver, Service, eventually, topiq, write_config};
+
+/// Generates the memory and JetStream variants of each scenario.
+macro_rules! on_every_adapter {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Broker::Memory).await;
+                }
+            )*
+        }
+        mod jetstream {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Broker::jetstream()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_adapter!(
+    http_function_gets_the_envelope_and_headers,
+    http_status_rules,
+    dlq_through_the_api_and_the_cli,
+    token_rules,
+    error_statuses,
+);
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A trigger on `topic` calling `function`, with `retries` retries `delay_ms` apart.
+fn trigger(name: &str, topic: &str, function: &str, retries: u32, delay_ms: u64) -> String {
+    format!(
+        "{name}:
+  type: queue
+  function: {function}
+  config:
+    topic: {topic}
+    metadata: {{ infrastructure: {{ queue: {{ max_retries: {retries}, retry_delay_ms: {delay_ms} }} }} }}
+"
+    )
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn http_function_gets_the_envelope_and_headers(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "hooks.deliver:
+  http: {{ url: \"{}\", timeout: 5s, headers: {{ Authorization: \"Bearer ${{HOOK_TOKEN}}\", X-Team: payments }} }}",
+        receiver.url("ok")
+    );
+    let service = Service::start(
+        &broker,
+        Parts {
+            functions: &functions,
+            triggers: &trigger("deliver", "orders", "hooks.deliver", 2, 100),
+            ..Parts::default()
+        },
+        &[("HOOK_TOKEN", "hook-secret")],
+    )
+    .await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let enqueued = service
+        .ok(
+            "queue.enqueue",
+            json!({
+                "topic": "orders",
+                "data": {"order": 7, "items": ["a", "b"]},
+                "idempotency_key": "order-7",
+                "traceparent": traceparent,
+                "baggage": "tenant=acme",
+            }),
+        )
+        .await;
+    eventually("the endpoint's request", WAIT, || async {
+        !receiver.requests("ok").is_empty()
+    })
+    .await;
+    let request = &receiver.requests("ok")[0];
+    let body = &request.body;
+    assert_eq!(body["id"], enqueued["message_id"]);
+    assert_eq!(body["topic"], "orders");
+    assert_eq!(body["data"], json!({"order": 7, "items": ["a", "b"]}));
+    assert_eq!(body["attempt"], 1);
+    assert_eq!(body["max_attempts"], 3);
+    assert!(
+        body["enqueued_at"].as_str().unwrap().ends_with('Z'),
+        "{body}"
+    );
+    assert_eq!(body["traceparent"], traceparent);
+    assert_eq!(body["baggage"], "tenant=acme");
+    assert_eq!(body["idempotency_key"], "order-7");
+    let header = |name: &str| request.headers[name].to_str().unwrap().to_owned();
+    assert_eq!(header("content-type"), "application/json");
+    assert_eq!(header("traceparent"), traceparent);
+    assert_eq!(header("baggage"), "tenant=acme");
+    assert_eq!(header("authorization"), "Bearer hook-secret");
+    assert_eq!(header("x-team"), "payments");
+    // 2xx acknowledged it: nothing more arrives, nothing is dead-lettered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.requests("ok").len(), 1);
+    assert_eq!(service.dlq_count("orders").await, 0);
+    assert!(!service.log().contains("hook-secret"), "{}", service.log());
+}
+
+async fn http_status_rules(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let refused = format!("http://127.0.0.1:{}/", topiq_integration_tests::free_port());
+    let mut functions = String::new();
+    let mut triggers = String::new();
+    for (topic, url, retry_delay_ms) in [
+        ("ok", receiver.url("ok"), 100),
+        ("reject", receiver.url("reject"), 100),
+        ("request-timeout", receiver.url("request-timeout"), 100),
+        // A minute between attempts: only Retry-After explains a second attempt within seconds.
+        ("throttle", receiver.url("throttle"), 60_000),
+        ("error", receiver.url("error"), 100),
+        ("slow", receiver.url("slow"), 100),
+        ("refused", refused, 100),
+    ] {
+        functions.push_str(&format!(
+            "fn-{topic}: {{ http: {{ url: \"{url}\", timeout: 300ms }} }}\n"
+        ));
+        triggers.push_str(&trigger(
+            &format!("t-{topic}"),
+            topic,
+            &format!("fn-{topic}"),
+            1,
+            retry_delay_ms,
+        ));
+    }
+    let service = Service::start(
+        &broker,
+        Parts {
+            functions: &functions,
+            triggers: &triggers,
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+    for topic in [
+        "ok",
+        "reject",
+        "request-timeout",
+        "throttle",
+        "error",
+        "slow",
+        "refused",
+    ] {
+        service
+            .ok(
+                "queue.enqueue",
+                json!({"topic": topic, "data": {"topic": topic}}),
+            )
+            .await;
+    }
+    for topic in ["reject", "request-timeout", "error", "slow", "refused"] {
+        eventually(&format!("{topic} in the DLQ"), WAIT, || async {
+            service.dlq_count(topic).await == 1
+        })
+        .await;
+    }
+    let record = |topic: &'static str| {
+        let service = &service;
+        async move {
+            let records = service.dlq_records(topic).await;
+            assert_eq!(records.len(), 1, "{topic}: {records:?}");
+            records[0].clone()
+        }
+    };
+
+    // Any other 4xx: no retry, straight to the DLQ with the status and the body.
+    let reject = record("reject").await;
+    assert_eq!(receiver.requests("reject").len(), 1);
+    assert_eq!(reject["attempts"], 1);
+    assert_eq!(reject["error"]["kind"], "non_retryable");
+    let message = reject["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("400") && message.contains("no such recipient"),
+        "{message}"
+    );
+
+    // 408, 500, a timeout, a refused connection: retried, then dead-lettered.
+    for (topic, expected) in [
+        ("request-timeout", "408"),
+        ("error", "database down"),
+        ("slow", "no answer within"),
+        ("refused", "Connection refused"),
+    ] {
+        let record = record(topic).await;
+        assert_eq!(record["attempts"], 2, "{topic}: {record}");
+        assert_eq!(record["error"]["kind"], "retries_exhausted", "{topic}");
+        let message = record["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{topic}: {message}");
+        if topic != "refused" {
+            assert_eq!(receiver.requests(topic).len(), 2, "{topic}");
+        }
+    }
+    let error = record("error").await;
+    assert!(error["error"]["message"].as_str().unwrap().contains("500"));
+
+    // 429 with Retry-After: 1 is retried after that second, not the trigger's minute.
+    eventually("the throttled retry", WAIT, || async {
+        receiver.requests("throttle").len() == 2
+    })
+    .await;
+    let throttle = receiver.requests("throttle");
+    let waited = throttle[1].at - throttle[0].at;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
+        "{waited:?}"
+    );
+    assert_eq!(throttle[1].body["attempt"], 2);
+
+    // 2xx: acknowledged once.
+    assert_eq!(receiver.requests("ok").len(), 1);
+    for topic in ["ok", "throttle"] {
+        assert_eq!(service.dlq_count(topic).await, 0, "{topic}");
+    }
+}
+
+async fn dlq_through_the_api_and_the_cli(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "orders.reject: {{ http: {{ url: \"{}\" }} }}",
+        receiver.url("reject")
+    );
+    let service = Service::start(
+        &broker,
+        Parts {
+            functions: &functions,
+            triggers: &trigger("fulfil", "orders", "orders.reject", 0, 100),
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+
+    // Enqueue through the CLI: an argument, --json, and standard input.
+    let first = service
+        .cli(&["enqueue", "orders", r#"{"n": 1}"#], None)
+        .await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).starts_with("enqueued "),
+        "{}",
+        stdout(&first)
+    );
+    let second = service
+        .cli(&["enqueue", "orders", r#"{"n": 2}"#, "--json"], None)
+        .await;
+    let second: Value = serde_json::from_slice(&second.stdout).unwrap();
+    let second_id = second["message_id"].as_str().unwrap().to_owned();
+    let third = service
+        .cli(&["enqueue", "orders", "-"], Some(r#"{"n": 3}"#))
+        .await;
+    assert!(third.status.success(), "{}", stderr(&third));
+
+    eventually("three records", WAIT, || async {
+        service.dlq_count("orders").await == 3
+    })
+    .await;
+    let count = service.cli(&["dlq", "count", "orders"], None).await;
+    assert_eq!(stdout(&count).trim(), "3 in the DLQ of orders");
+    let listed = service
+        .cli(
+            &["dlq", "list", "orders", "--trigger", "fulfil", "--json"],
+            None,
+        )
+        .await;
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let records = listed["messages"].as_array().unwrap();
+    assert_eq!(records.len(), 3);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["trigger"] == "fulfil" && r["attempts"] == 1)
+    );
+    let human = service.cli(&["dlq", "list", "orders"], None).await;
+    assert!(stdout(&human).contains(&second_id), "{}", stdout(&human));
+    assert!(
+        stdout(&human).contains("no such recipient"),
+        "{}",
+        stdout(&human)
+    );
+
+    // Redrive one by id through the CLI: it is delivered again, attempt 1, and fails again.
+    let before = receiver.requests("reject").len();
+    let one = service
+        .cli(&["dlq", "redrive", "orders", "--id", &second_id], None)
+        .await;
+    assert_eq!(stdout(&one).trim(), "redrove 1 from the DLQ of orders");
+    eventually("the redriven delivery", WAIT, || async {
+        receiver.requests("reject").len() == before + 1
+    })
+    .await;
+    let again = receiver.requests("reject").last().cloned().unwrap();
+    assert_eq!(again.body["id"], second_id.as_str());
+    assert_eq!(again.body["attempt"], 1);
+    eventually("three records again", WAIT, || async {
+        service.dlq_count("orders").await == 3
+    })
+    .await;
+
+    // A dry run changes nothing; a redrive of everything shows its progress.
+    let dry = service
+        .cli(&["dlq", "redrive", "orders", "--dry-run"], None)
+        .await;
+    assert_eq!(
+        stdout(&dry).trim(),
+        "would redrive 3 from the DLQ of orders"
+    );
+    assert_eq!(service.dlq_count("orders").await, 3);
+    let before = receiver.requests("reject").len();
+    let all = service
+        .cli(&["dlq", "redrive", "orders", "--rate", "100"], None)
+        .await;
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert_eq!(stdout(&all).trim(), "redrove 3 from the DLQ of orders");
+    assert!(
+        stderr(&all).contains("redrive: 3/3 records"),
+        "{}",
+        stderr(&all)
+    );
+    eventually("three redriven deliveries", WAIT, || async {
+        receiver.requests("reject").len() == before + 3
+    })
+    .await;
+    eventually("three records after the redrive", WAIT, || async {
+        service.dlq_count("orders").await == 3
+    })
+    .await;
+
+    // Redrive through the API, by id.
+    let (status, body) = service
+        .call(
+            "queue.redrive_dlq",
+            json!({"topic": "orders", "trigger": "fulfil", "ids": [second_id]}),
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"redriven": 1})));
+    eventually("three records after the API redrive", WAIT, || async {
+        service.dlq_count("orders").await == 3
+    })
+    .await;
+
+    // Purge one through the CLI, the rest through the API.
+    let purge = service
+        .cli(&["dlq", "purge", "orders", "--id", &second_id], None)
+        .await;
+    assert_eq!(stdout(&purge).trim(), "purged 1 from the DLQ of orders");
+    assert_eq!(service.dlq_count("orders").await, 2);
+    let purged = service
+        .ok("queue.dlq_purge", json!({"topic": "orders"}))
+        .await;
+    assert_eq!(purged, json!({"purged": 2}));
+    assert_eq!(service.dlq_count("orders").await, 0);
+    let stats = service.cli(&["stats", "orders", "--json"], None).await;
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["triggers"][0]["trigger"], "fulfil");
+    assert_eq!(stats["triggers"][0]["dlq"], 0);
+}
+
+async fn token_rules(broker: Broker) {
+    let service = Service::start(
+        &broker,
+        Parts {
+            api: "token: ${TEST_API_TOKEN}",
+            triggers: &trigger("log", "events", "builtin.log", 0, 100),
+            ..Parts::default()
+        },
+        &[("TEST_API_TOKEN", "s3cret-token")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let call = |token: Option<&'static str>| {
+        let mut request = http
+            .post(format!("{}/v1/call/queue.stats", service.api))
+            .body("{}");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let www = response.headers().get("www-authenticate").cloned();
+            (status, www, json_of(response).await)
+        }
+    };
+    for token in [None, Some("wrong")] {
+        let (status, www, body) = call(token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(www.unwrap(), "Bearer");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let (status, _, body) = call(Some("s3cret-token")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The probes need no token.
+    for probe in ["healthz", "readyz"] {
+        let response = http
+            .get(format!("{}/{probe}", service.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{probe}");
+    }
+    // The CLI passes TOPIQ_API_TOKEN (set by `cli`); without it, a clear error and exit 1.
+    let with = service.cli(&["stats"], None).await;
+    assert!(with.status.success(), "{}", stderr(&with));
+    assert!(stdout(&with).contains("events"), "{}", stdout(&with));
+    let mut without = topiq();
+    without
+        .args(["stats", "--api", &service.api])
+        .env_remove("TOPIQ_API_TOKEN");
+    let without = tokio::task::spawn_blocking(move || without.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(without.status.code(), Some(1));
+    assert!(
+        stderr(&without).contains("unauthorized"),
+        "{}",
+        stderr(&without)
+    );
+    assert!(!service.log().contains("s3cret-token"));
+
+    // No listening beyond loopback without a token.
+    let (folder, path) = write_config(
+        "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+api:
+  listen: 0.0.0.0:7720
+",
+    );
+    let refused = topiq()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(folder);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("api.listen") && message.contains("set api.token"),
+        "{message}"
+    );
+}
+
+async fn error_statuses(mut broker: Broker) {
+    let service = Service::start(
+        &broker,
+        Parts {
+            topics: "small: { max_message_bytes: 1024 }",
+            api: "max_body_bytes: 4096",
+            triggers: &trigger("log", "small", "builtin.log", 0, 100),
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let raw = |path: &str, body: String| {
+        let request = http
+            .post(format!("{}{path}", service.api))
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), json_of(response).await)
+        }
+    };
+    let expect = |(status, body): (StatusCode, Value), want: StatusCode, code: &str| {
+        assert_eq!(status, want, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{body}"
+        );
+    };
+    expect(
+        raw("/v1/call/queue.enqueue", "{not json".into()).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+    );
+    expect(
+        service
+            .call(
+                "queue.enqueue",
+                json!({"topic": "small", "data": 1, "colour": "red"}),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_argument",
+    );
+    expect(
+        service
+            .call(
+                "queue.enqueue",
+                json!({"topic": "no spaces allowed", "data": 1}),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_topic",
+    );
+    expect(
+        service.call("queue.nothing", json!({})).await,
+        StatusCode::NOT_FOUND,
+        "unknown_call",
+    );
+    expect(
+        service
+            .call("queue.enqueue", json!({"topic": "undeclared", "data": 1}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "unknown_topic",
+    );
+    expect(
+        service
+            .call(
+                "queue.dlq_count",
+                json!({"topic": "small", "trigger": "nobody"}),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        "unknown_trigger",
+    );
+    // A message over the topic's 1,024 bytes, in a body under the API's 4,096.
+    expect(
+        service
+            .call(
+                "queue.enqueue",
+                json!({"topic": "small", "data": "x".repeat(2000)}),
+            )
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    // A body over the API's 4,096 bytes.
+    let big = json!({"topic": "small", "data": "x".repeat(5000)}).to_string();
+    expect(
+        raw("/v1/call/queue.enqueue", big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let wrong_method = http
+        .get(format!("{}/v1/call/queue.stats", service.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    expect(
+        raw("/v2/anything", "{}".into()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // The CLI prints the API's error and exits 1.
+    let cli = service.cli(&["enqueue", "undeclared", "{}"], None).await;
+    assert_eq!(cli.status.code(), Some(1));
+    assert!(stderr(&cli).contains("unknown_topic"), "{}", stderr(&cli));
+
+    // The broker gone: 503 broker_unavailable, and /readyz says not ready.
+    if let Broker::JetStream(_) = broker {
+        broker.kill();
+        expect(
+            service
+                .call("queue.enqueue", json!({"topic": "small", "data": 1}))
+                .await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+        );
+        eventually("/readyz to say not ready", WAIT, || async {
+            let ready = http
+                .get(format!("{}/readyz", service.api))
+                .send()
+                .await
+                .unwrap();
+            ready.status() == StatusCode::SERVICE_UNAVAILABLE
+                && json_of(ready).await["status"] == "not_ready"
+        })
+        .await;
+    }
+}

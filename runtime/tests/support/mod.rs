@@ -1,0 +1,381 @@
+//! What the service tests share: the real `topiq` binary run with a config of the test's own,
+//! reached only through its HTTP API and its CLI, and an HTTP receiver standing in for an
+//! application's endpoints.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use topiq_integration_tests::{NatsServer, free_port};
+
+/// The broker a service test runs on.
+pub enum Broker {
+    /// The built-in in-memory adapter.
+    Memory,
+    /// JetStream on a nats-server of the test's own.
+    JetStream(NatsServer),
+}
+
+impl Broker {
+    pub fn jetstream() -> Self {
+        Broker::JetStream(NatsServer::start())
+    }
+
+    fn adapter_yaml(&self) -> String {
+        match self {
+            Broker::Memory => "class: modules::queue::BuiltinQueueAdapter".into(),
+            Broker::JetStream(server) => format!(
+                "class: modules::queue::JetStreamAdapter\n        config: {{ url: \"{}\", publish_timeout: 2s }}",
+                server.url()
+            ),
+        }
+    }
+
+    /// Kills the broker (JetStream only).
+    pub fn kill(&mut self) {
+        if let Broker::JetStream(server) = self {
+            server.kill();
+        }
+    }
+}
+
+/// A running `topiq run`; SIGTERMed and its folder removed on drop.
+pub struct Service {
+    child: Child,
+    folder: PathBuf,
+    pub api: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// Parts of a config: topics (under the module), and the top-level `functions:`, `api:`
+/// extras and `triggers:`.
+#[derive(Default)]
+pub struct Parts<'a> {
+    pub topics: &'a str,
+    pub functions: &'a str,
+    pub api: &'a str,
+    pub triggers: &'a str,
+}
+
+pub fn topiq() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_topiq"))
+}
+
+/// Writes `text` as `config.yaml` in a fresh folder.
+pub fn write_config(text: &str) -> (PathBuf, PathBuf) {
+    let folder = std::env::temp_dir().join(format!(
+        "topiq-service-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&folder).unwrap();
+    let path = folder.join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    (folder, path)
+}
+
+impl Service {
+    /// Starts `topiq run` on `broker` with `parts`, and waits until `/readyz` answers 200.
+    pub async fn start(broker: &Broker, parts: Parts<'_>, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let text = format!(
+            "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        {adapter}
+      topics:
+{topics}
+      shutdown_grace: 2s
+api:
+  listen: 127.0.0.1:{port}
+{api}
+functions:
+{functions}
+triggers:
+{triggers}
+",
+            adapter = broker.adapter_yaml(),
+            topics = indent(parts.topics, 8, "{}"),
+            api = indent(parts.api, 2, ""),
+            functions = indent(parts.functions, 2, "{}"),
+            triggers = indent(parts.triggers, 2, "{}"),
+        );
+        let (folder, path) = write_config(&text);
+        let log = std::fs::File::create(folder.join("topiq.log")).unwrap();
+        let mut command = topiq();
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().unwrap();
+        let token = env
+            .iter()
+            .find(|(name, _)| *name == "TEST_API_TOKEN")
+            .map(|(_, value)| (*value).to_owned());
+        let mut service = Self {
+            child,
+            folder,
+            api: format!("http://127.0.0.1:{port}"),
+            token,
+            http: reqwest::Client::new(),
+        };
+        service.wait_ready().await;
+        service
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("topiq run exited ({status}):\n{}", self.log());
+            }
+            if let Ok(response) = self.http.get(format!("{}/readyz", self.api)).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topiq run not ready within 30s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What `topiq run` logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.folder.join("topiq.log")).unwrap_or_default()
+    }
+
+    /// `POST /v1/call/{name}` with `args` (and the token, when the service has one).
+    pub async fn call(&self, name: &str, args: Value) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/call/{name}", self.api))
+            .header("content-type", "application/json")
+            .body(args.to_string());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        let json =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON ({status}): {body}"));
+        (status, json)
+    }
+
+    /// A call that must succeed: its result.
+    pub async fn ok(&self, name: &str, args: Value) -> Value {
+        let (status, body) = self.call(name, args).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}\n{}", self.log());
+        body
+    }
+
+    /// The DLQ count of `topic`.
+    pub async fn dlq_count(&self, topic: &str) -> u64 {
+        self.ok("queue.dlq_count", json!({"topic": topic})).await["count"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The DLQ records of `topic`.
+    pub async fn dlq_records(&self, topic: &str) -> Vec<Value> {
+        self.ok("queue.dlq_list", json!({"topic": topic})).await["messages"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Runs the `topiq` CLI against this service's API (`--api`, and the token from the
+    /// environment when the service has one).
+    pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut command = topiq();
+        command.args(args).arg("--api").arg(&self.api);
+        if let Some(token) = &self.token {
+            command.env("TOPIQ_API_TOKEN", token);
+        }
+        let stdin = stdin.map(str::to_owned);
+        tokio::task::spawn_blocking(move || run_with_stdin(command, stdin))
+            .await
+            .unwrap()
+    }
+}
+
+/// Runs `command`, feeding `stdin` when given.
+pub fn run_with_stdin(mut command: Command, stdin: Option<String>) -> Output {
+    use std::io::Write;
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// `text`'s lines indented by `by` spaces; `empty` when it is blank.
+fn indent(text: &str, by: usize, empty: &str) -> String {
+    if text.trim().is_empty() {
+        return format!("{}{empty}", " ".repeat(by));
+    }
+    text.lines()
+        .map(|line| format!("{}{line}", " ".repeat(by)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Polls `check` every 50 ms until it returns true; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub at: Instant,
+}
+
+/// An HTTP server standing in for an application's endpoints; what each path answers:
+/// - `/ok`: 200;
+/// - `/reject`: 400 with `no such recipient`;
+/// - `/request-timeout`: 408;
+/// - `/throttle`: 429 with `Retry-After: 1` the first time a message comes, 200 after;
+/// - `/error`: 500 with `database down`;
+/// - `/slow`: 200 after 2 s.
+#[derive(Clone)]
+pub struct Receiver {
+    pub address: SocketAddr,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = Router::new()
+            .route("/{behaviour}", post(answer))
+            .with_state(Arc::clone(&requests));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { address, requests }
+    }
+
+    /// The URL of `path` on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.address)
+    }
+
+    /// Every request to `path`, in arrival order.
+    pub fn requests(&self, path: &str) -> Vec<Received> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|request| request.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn answer(
+    State(requests): State<Arc<Mutex<Vec<Received>>>>,
+    Path(behaviour): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let seen_before = {
+        let mut requests = requests.lock().unwrap();
+        let seen = requests
+            .iter()
+            .any(|r| r.path == behaviour && r.body["id"] == body["id"]);
+        requests.push(Received {
+            path: behaviour.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        seen
+    };
+    match behaviour.as_str() {
+        "ok" => StatusCode::OK.into_response(),
+        "reject" => (StatusCode::BAD_REQUEST, "no such recipient").into_response(),
+        "request-timeout" => StatusCode::REQUEST_TIMEOUT.into_response(),
+        "throttle" if !seen_before => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            "slow down",
+        )
+            .into_response(),
+        "throttle" => StatusCode::OK.into_response(),
+        "error" => (StatusCode::INTERNAL_SERVER_ERROR, "database down").into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            StatusCode::OK.into_response()
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
