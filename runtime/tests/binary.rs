@@ -66,6 +66,25 @@ fn check_accepts_the_shipped_config_and_prints_a_summary() {
 }
 
 #[test]
+fn check_accepts_the_http_worker_example() {
+    let output = topiq()
+        .args(["check", "--config"])
+        .arg(workspace_file("examples/http-worker/config.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("emails.send: POST http://127.0.0.1:9000/emails"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_exits_1_with_file_line_and_key() {
     let text = std::fs::read_to_string(workspace_file("config.yaml"))
         .unwrap()

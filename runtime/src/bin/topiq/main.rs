@@ -247,6 +247,28 @@ fn check(path: PathBuf, application_functions: Vec<String>) -> ExitCode {
             trigger.concurrency
         );
     }
+    if !config.functions.is_empty() {
+        println!("http functions:");
+        for function in &config.functions {
+            println!(
+                "  {}: POST {} (timeout {:?})",
+                function.name,
+                function.endpoint(),
+                function.timeout
+            );
+        }
+    }
+    if config.api.enabled {
+        println!(
+            "api: {}{}",
+            config.api.listen,
+            if config.api.token.is_some() {
+                " (token required)"
+            } else {
+                ""
+            }
+        );
+    }
     let mut functions: Vec<&str> = config
         .triggers
         .iter()
