@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -71,8 +72,13 @@ impl ApiServer {
             module,
             token: settings.token.clone(),
         };
-        let router = Router::new()
+        // The token is checked before the body is read, so an unauthorized caller cannot
+        // make the server read a large body.
+        let calls = Router::new()
             .route("/v1/call/{name}", post(call))
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        let router = Router::new()
+            .merge(calls)
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .fallback(not_found)
@@ -128,39 +134,46 @@ fn status_of(code: &str) -> StatusCode {
     }
 }
 
-/// Whether `headers` carry the bearer token (compared in constant time).
+/// Whether `headers` carry the bearer token (the scheme in any case, the token compared in
+/// constant time).
 fn authorized(headers: &HeaderMap, token: &Secret) -> bool {
-    let Some(given) = headers
+    let Some((scheme, given)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| value.split_once(' '))
     else {
         return false;
     };
-    bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
+/// Answers 401 to a call without the configured token; lets every call through when the API
+/// has none.
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    match &state.token {
+        Some(token) if !authorized(request.headers(), token) => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this API needs `Authorization: Bearer <token>` with the token of api.token",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+        _ => next.run(request).await,
+    }
 }
 
 async fn call(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(token) = &state.token
-        && !authorized(&headers, token)
-    {
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this API needs `Authorization: Bearer <token>` with the token of api.token",
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return response;
-    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {

@@ -487,12 +487,27 @@ impl QueueModule {
 
     /// Every record matching the request's filter and ids, as (trigger, id): the same message
     /// can be in the DLQ of several triggers, and a filter selects records, not messages.
+    /// Ids of one trigger without a filter (and not for a dry run, which counts what is
+    /// there) are taken as given, without reading the DLQ: the adapter skips ids it does not
+    /// hold.
     async fn matching_records(
         &self,
         topic: &TopicName,
         trigger: Option<&TriggerName>,
         request: &DlqRequest,
     ) -> Result<Vec<(TriggerName, MessageId)>, CallError> {
+        if let (Some(trigger), Some(ids), false) = (
+            trigger,
+            request.ids(),
+            request.has_filter() || request.dry_run,
+        ) {
+            let mut seen = HashSet::new();
+            return Ok(ids
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .map(|id| (trigger.clone(), id))
+                .collect());
+        }
         let wanted: Option<HashSet<MessageId>> = request.ids().map(|ids| ids.into_iter().collect());
         let mut query = DlqQuery {
             topic: topic.clone(),

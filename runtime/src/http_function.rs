@@ -53,7 +53,8 @@ async fn deliver(
     settings: &HttpFunctionSettings,
     message: &Message,
 ) -> Result<(), HandlerError> {
-    let endpoint = settings.endpoint();
+    // `emails.send: POST http://127.0.0.1:9000`: the function and where it went, no secret.
+    let endpoint = format!("{}: POST {}", settings.name, settings.endpoint());
     let body = serde_json::to_vec(message.envelope())
         .map_err(|err| HandlerError::non_retryable(format!("cannot encode the envelope: {err}")))?;
     let mut request = client
@@ -75,6 +76,8 @@ async fn deliver(
         .map_err(|err| transport_failure(&endpoint, settings.timeout, err))?;
     let status = response.status();
     if status.is_success() {
+        // Read the answer to its end (up to a bound) so the connection goes back to the pool.
+        drain(response).await;
         return Ok(());
     }
     let retry_after = response
@@ -83,7 +86,7 @@ async fn deliver(
         .and_then(|value| value.to_str().ok())
         .and_then(parse_retry_after);
     let excerpt = body_excerpt(response).await;
-    let text = format!("POST {endpoint} answered {status}{excerpt}");
+    let text = format!("{endpoint} answered {status}{excerpt}");
     if is_retryable(status) {
         let error = HandlerError::retryable(text);
         Err(match retry_after {
@@ -110,7 +113,7 @@ fn is_retryable(status: StatusCode) -> bool {
 /// credentials or query (reqwest's own message would hold the whole URL).
 fn transport_failure(endpoint: &str, timeout: Duration, err: reqwest::Error) -> HandlerError {
     if err.is_timeout() {
-        return HandlerError::retryable(format!("POST {endpoint}: no answer within {timeout:?}"));
+        return HandlerError::retryable(format!("{endpoint}: no answer within {timeout:?}"));
     }
     // reqwest's Display stops at its own layer; the cause (such as "Connection refused")
     // is in the source chain.
@@ -120,7 +123,7 @@ fn transport_failure(endpoint: &str, timeout: Duration, err: reqwest::Error) -> 
         causes.push(cause.to_string());
         source = cause.source();
     }
-    let mut text = format!("POST {endpoint}: {}", err.without_url());
+    let mut text = format!("{endpoint}: {}", err.without_url());
     for cause in causes {
         if !text.contains(&cause) {
             text.push_str(": ");
@@ -128,6 +131,19 @@ fn transport_failure(endpoint: &str, timeout: Duration, err: reqwest::Error) -> 
         }
     }
     HandlerError::retryable(text)
+}
+
+/// The most of a successful answer's body read to reuse its connection; a longer one closes it.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while read <= DRAIN_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -79,7 +79,7 @@ fn check_accepts_the_http_worker_example() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("emails.send: POST http://127.0.0.1:9000/emails"),
+        stdout.contains("emails.send: POST http://127.0.0.1:9000 "),
         "{stdout}"
     );
 }

@@ -136,12 +136,17 @@ async fn http_function_gets_the_envelope_and_headers(broker: Broker) {
 
 async fn http_status_rules(broker: Broker) {
     let receiver = Receiver::start().await;
-    let refused = format!("http://127.0.0.1:{}/", topiq_integration_tests::free_port());
+    // Port 9 (discard) is privileged and nothing here listens on it: connections are refused.
+    let refused = "http://127.0.0.1:9/".to_owned();
+    // The reject endpoint's URL carries credentials, which must show nowhere.
+    let reject = receiver
+        .url("reject?token=qs-secret")
+        .replace("http://", "http://user:pw-secret@");
     let mut functions = String::new();
     let mut triggers = String::new();
     for (topic, url, retry_delay_ms) in [
         ("ok", receiver.url("ok"), 100),
-        ("reject", receiver.url("reject"), 100),
+        ("reject", reject, 100),
         ("request-timeout", receiver.url("request-timeout"), 100),
         // A minute between attempts: only Retry-After explains a second attempt within seconds.
         ("throttle", receiver.url("throttle"), 60_000),
@@ -208,9 +213,15 @@ async fn http_status_rules(broker: Broker) {
     assert_eq!(reject["error"]["kind"], "non_retryable");
     let message = reject["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("400") && message.contains("no such recipient"),
+        message.contains("fn-reject: POST http://127.0.0.1:")
+            && message.contains("400")
+            && message.contains("no such recipient"),
         "{message}"
     );
+    for secret in ["qs-secret", "pw-secret"] {
+        assert!(!message.contains(secret), "{message}");
+        assert!(!service.log().contains(secret), "{}", service.log());
+    }
 
     // 408, 500, a timeout, a refused connection: retried, then dead-lettered.
     for (topic, expected) in [
@@ -375,6 +386,16 @@ async fn dlq_through_the_api_and_the_cli(broker: Broker) {
         service.dlq_count("orders").await == 3
     })
     .await;
+
+    // Purging everything from the CLI needs --all.
+    let unconfirmed = service.cli(&["dlq", "purge", "orders"], None).await;
+    assert_eq!(unconfirmed.status.code(), Some(1));
+    assert!(
+        stderr(&unconfirmed).contains("--all"),
+        "{}",
+        stderr(&unconfirmed)
+    );
+    assert_eq!(service.dlq_count("orders").await, 3);
 
     // Purge one through the CLI, the rest through the API.
     let purge = service

@@ -139,7 +139,7 @@ impl Config {
             let replacement = overrides.parse(&variables)?.into_sections(&overrides.name);
             sections = replacement.over(sections);
         }
-        validate(sections, &variables)
+        validate(sections)
     }
 
     /// Parses and validates config text, expanding `${VAR}` from the process environment;
@@ -158,7 +158,7 @@ impl Config {
             name: file.to_owned(),
             text: text.to_owned(),
         };
-        validate(source.parse(variables)?.into_sections(file), variables)
+        validate(source.parse(variables)?.into_sections(file))
     }
 
     /// The trigger called `name`.
@@ -205,41 +205,44 @@ impl SourceFile {
         options.property_syntax = PropertySyntax::Braced;
         let options = options.with_properties(variables.clone());
         let mut failed_at = None;
-        serde_saphyr::with_deserializer_from_str_with_options(&text, options, |deserializer| {
-            serde_path_to_error::deserialize(deserializer).map_err(|err| {
-                failed_at = Some(err.path().to_string());
-                err.into_inner()
+        let mut raw: RawFile =
+            serde_saphyr::with_deserializer_from_str_with_options(&text, options, |deserializer| {
+                serde_path_to_error::deserialize(deserializer).map_err(|err| {
+                    failed_at = Some(err.path().to_string());
+                    err.into_inner()
+                })
             })
-        })
-        .map_err(|err| {
-            let key = match failed_at.as_deref() {
-                None | Some(".") | Some("") => "(top level)".to_owned(),
-                // `Spanned<T>` adds a `value` level that is not in the file.
-                Some(path) => path.strip_suffix(".value").unwrap_or(path).to_owned(),
-            };
-            let location = err.location().map(|at| at.line()).unwrap_or(0);
-            let column = err.location().map(|at| at.column()).unwrap_or(0);
-            let message = UserMessageFormatter.format_message(&err).into_owned();
-            let mut render = serde_saphyr::RenderOptions::default();
-            render.source_name = Some(&self.name);
-            // The rendered error repeats the message on its first line; keep the source lines.
-            let rendered = err.render_with_options(render);
-            let snippet = rendered
-                .lines()
-                .skip_while(|line| !line.trim_start().starts_with("-->"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            ConfigError::Invalid {
-                location: ConfigLocation {
-                    file: self.name.clone(),
-                    line: location,
-                    column,
-                },
-                key,
-                message,
-                snippet: (!snippet.is_empty()).then_some(snippet),
-            }
-        })
+            .map_err(|err| {
+                let key = match failed_at.as_deref() {
+                    None | Some(".") | Some("") => "(top level)".to_owned(),
+                    // `Spanned<T>` adds a `value` level that is not in the file.
+                    Some(path) => path.strip_suffix(".value").unwrap_or(path).to_owned(),
+                };
+                let location = err.location().map(|at| at.line()).unwrap_or(0);
+                let column = err.location().map(|at| at.column()).unwrap_or(0);
+                let message = UserMessageFormatter.format_message(&err).into_owned();
+                let mut render = serde_saphyr::RenderOptions::default();
+                render.source_name = Some(&self.name);
+                // The rendered error repeats the message on its first line; keep the source lines.
+                let rendered = err.render_with_options(render);
+                let snippet = rendered
+                    .lines()
+                    .skip_while(|line| !line.trim_start().starts_with("-->"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                ConfigError::Invalid {
+                    location: ConfigLocation {
+                        file: self.name.clone(),
+                        line: location,
+                        column,
+                    },
+                    key,
+                    message,
+                    snippet: (!snippet.is_empty()).then_some(snippet),
+                }
+            })?;
+        service::expand_quoted(&mut raw, &text, &self.name, variables)?;
+        Ok(raw)
     }
 }
 
@@ -327,10 +330,7 @@ fn spanned_at<T>(file: &str, spanned: &Spanned<T>) -> ConfigLocation {
     at(file, &spanned.referenced)
 }
 
-fn validate(
-    sections: Sections,
-    variables: &HashMap<String, String>,
-) -> Result<Config, ConfigError> {
+fn validate(sections: Sections) -> Result<Config, ConfigError> {
     let Some((modules_file, modules)) = sections.modules else {
         return Err(ConfigError::invalid(
             ConfigLocation {
@@ -469,11 +469,11 @@ fn validate(
         }
     }
     let functions = match sections.functions {
-        Some((file, functions)) => service::validate_functions(&file, functions, variables)?,
+        Some((file, functions)) => service::validate_functions(&file, functions)?,
         None => Vec::new(),
     };
     let api = match sections.api {
-        Some((file, api)) => service::validate_api(&file, Some(api), variables)?,
+        Some((file, api)) => service::validate_api(&file, Some(api))?,
         None => ApiSettings::default(),
     };
     Ok(Config {

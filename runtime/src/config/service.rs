@@ -9,7 +9,9 @@ use std::time::Duration;
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::raw::{RawApi, RawFunction};
+use serde_saphyr::Spanned;
+
+use super::raw::{RawApi, RawFile, RawFunction};
 use super::{ConfigError, ConfigLocation, spanned_at};
 
 /// Where the API listens when the config sets nothing.
@@ -49,7 +51,8 @@ pub struct HttpFunctionSettings {
 }
 
 impl HttpFunctionSettings {
-    /// The endpoint without credentials, query or fragment: what logs and errors show.
+    /// The endpoint's scheme, host and port: what logs and errors show. Not the path, query or
+    /// user: webhook URLs carry their secret there (`/services/T0/B0/<secret>`).
     pub fn endpoint(&self) -> String {
         redacted(&self.url)
     }
@@ -66,12 +69,12 @@ impl fmt::Debug for HttpFunctionSettings {
     }
 }
 
-/// `scheme://host:port/path` of `url`: no user, password, query or fragment.
+/// `scheme://host:port` of `url`: no user, password, path, query or fragment.
 pub(crate) fn redacted(url: &Url) -> String {
     let host = url.host_str().unwrap_or_default();
     match url.port() {
-        Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
-        None => format!("{}://{host}{}", url.scheme(), url.path()),
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
     }
 }
 
@@ -123,6 +126,8 @@ impl Default for ApiSettings {
 
 /// Expands `${VAR}` and `${VAR:-default}` in `text` (a quoted value, which the YAML reader
 /// leaves as written); `$${` is a literal `${`. The error names the variable, never a value.
+/// Unquoted values are not passed here: the reader expanded them already, and expanding
+/// twice would read a `${` inside a variable's value as a reference.
 fn expand(text: &str, variables: &HashMap<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -147,10 +152,9 @@ fn expand(text: &str, variables: &HashMap<String, String>) -> Result<String, Str
             Some((name, default)) => (name, Some(default)),
             None => (reference, None),
         };
-        match (
-            variables.get(name).filter(|value| !value.is_empty()),
-            default,
-        ) {
+        // As in a shell: `:-` takes the default when the variable is unset or empty.
+        match (variables.get(name), default) {
+            (Some(value), Some(default)) if value.is_empty() => out.push_str(default),
             (Some(value), _) => out.push_str(value),
             (None, Some(default)) => out.push_str(default),
             (None, None) => {
@@ -165,11 +169,44 @@ fn expand(text: &str, variables: &HashMap<String, String>) -> Result<String, Str
     Ok(out)
 }
 
+/// Expands `${VAR}` in the quoted values of `functions:` (URLs, header values) and in a
+/// quoted `api.token`; `text` is the source the spans point into.
+pub(crate) fn expand_quoted(
+    raw: &mut RawFile,
+    text: &str,
+    file: &str,
+    variables: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let expand_if_quoted = |value: &mut Spanned<String>, key: String| {
+        let quoted = value
+            .referenced
+            .span()
+            .byte_offset()
+            .and_then(|offset| text.as_bytes().get(usize::try_from(offset).ok()?))
+            .is_some_and(|first| matches!(first, b'"' | b'\''));
+        if quoted {
+            value.value = expand(&value.value, variables)
+                .map_err(|message| ConfigError::invalid(spanned_at(file, value), key, message))?;
+        }
+        Ok::<(), ConfigError>(())
+    };
+    for (name, function) in raw.functions.iter_mut().flatten() {
+        let http = &mut function.http.value;
+        expand_if_quoted(&mut http.url, format!("functions.{name}.http.url"))?;
+        for (header, value) in &mut http.headers {
+            expand_if_quoted(value, format!("functions.{name}.http.headers.{header}"))?;
+        }
+    }
+    if let Some(token) = raw.api.as_mut().and_then(|api| api.token.as_mut()) {
+        expand_if_quoted(token, "api.token".to_owned())?;
+    }
+    Ok(())
+}
+
 /// Validates the `functions:` section.
 pub(crate) fn validate_functions(
     file: &str,
     functions: BTreeMap<String, RawFunction>,
-    variables: &HashMap<String, String>,
 ) -> Result<Vec<HttpFunctionSettings>, ConfigError> {
     let mut settings = Vec::with_capacity(functions.len());
     for (name, raw) in functions {
@@ -184,11 +221,9 @@ pub(crate) fn validate_functions(
             ));
         }
         let url_location = spanned_at(file, &http.url);
-        let url_text = expand(&http.url.value, variables).map_err(|message| {
-            ConfigError::invalid(url_location.clone(), format!("{key}.url"), message)
-        })?;
+        let url_text = &http.url.value;
         // The URL may hold credentials: errors say what is wrong, never the URL.
-        let url = Url::parse(&url_text).map_err(|err| {
+        let url = Url::parse(url_text).map_err(|err| {
             ConfigError::invalid(
                 url_location.clone(),
                 format!("{key}.url"),
@@ -234,9 +269,7 @@ pub(crate) fn validate_functions(
                     "is set by topiq on every request; remove it",
                 ));
             }
-            let text = expand(&value.value, variables)
-                .map_err(|message| ConfigError::invalid(at.clone(), header_key.clone(), message))?;
-            let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
+            let mut header_value = HeaderValue::from_str(&value.value).map_err(|_| {
                 ConfigError::invalid(
                     at,
                     header_key,
@@ -258,11 +291,7 @@ pub(crate) fn validate_functions(
 }
 
 /// Validates the `api:` section.
-pub(crate) fn validate_api(
-    file: &str,
-    raw: Option<RawApi>,
-    variables: &HashMap<String, String>,
-) -> Result<ApiSettings, ConfigError> {
+pub(crate) fn validate_api(file: &str, raw: Option<RawApi>) -> Result<ApiSettings, ConfigError> {
     let mut api = ApiSettings::default();
     let Some(raw) = raw else {
         return Ok(api);
@@ -282,8 +311,7 @@ pub(crate) fn validate_api(
     }
     if let Some(token) = &raw.token {
         let at = spanned_at(file, token);
-        let text = expand(&token.value, variables)
-            .map_err(|message| ConfigError::invalid(at.clone(), "api.token", message))?;
+        let text = token.value.clone();
         if text.trim().is_empty() {
             return Err(ConfigError::invalid(
                 at,
@@ -359,7 +387,7 @@ mod tests {
     #[test]
     fn redacted_url_drops_credentials_and_query() {
         let url = Url::parse("https://user:pw@hooks.example:8443/a/b?token=x#f").unwrap();
-        assert_eq!(redacted(&url), "https://hooks.example:8443/a/b");
+        assert_eq!(redacted(&url), "https://hooks.example:8443");
     }
 
     #[test]

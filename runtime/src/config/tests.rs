@@ -388,3 +388,103 @@ fn secrets_stay_out_of_topic_and_duration_errors() {
         "the secret leaked: {err}"
     );
 }
+
+/// A minimal config followed by `rest` (top-level sections).
+fn with_sections(rest: &str) -> String {
+    format!(
+        "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+{rest}"
+    )
+}
+
+#[test]
+fn http_functions_expand_variables_in_quoted_values_once() {
+    let text = with_sections(
+        "functions:
+  hooks.send:
+    http: { url: \"http://127.0.0.1:9000/${HOOK_PATH}\", timeout: 2s, headers: { Authorization: \"Bearer ${HOOK_TOKEN}\" } }
+api:
+  token: ${API_TOKEN}
+",
+    );
+    // The unquoted token is expanded by the reader; a `${` inside its value stays as it is.
+    let config = load_with(
+        &text,
+        &[
+            ("HOOK_PATH", "hooks"),
+            ("HOOK_TOKEN", "t0ken"),
+            ("API_TOKEN", "pa${ss}wd"),
+        ],
+    )
+    .expect("valid");
+    let function = &config.functions[0];
+    assert_eq!(function.url.as_str(), "http://127.0.0.1:9000/hooks");
+    assert_eq!(function.headers["authorization"], "Bearer t0ken");
+    assert_eq!(function.timeout, Duration::from_secs(2));
+    assert_eq!(
+        config.api.token.as_ref().map(Secret::expose),
+        Some("pa${ss}wd")
+    );
+    // Neither the header's value nor the token shows in Debug output.
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("t0ken") && !debug.contains("pa$"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn an_unset_variable_in_a_quoted_header_names_the_variable_and_the_key() {
+    let text = with_sections(
+        "functions:
+  hooks.send:
+    http:
+      url: \"http://127.0.0.1:9000/\"
+      headers:
+        Authorization: \"Bearer ${HOOK_TOKEN}\"
+",
+    );
+    assert_error(
+        load(&text),
+        11,
+        "functions.hooks.send.http.headers.Authorization",
+        "HOOK_TOKEN is not set",
+    );
+}
+
+#[test]
+fn http_function_urls_and_reserved_headers_are_checked() {
+    let ftp = with_sections(
+        "functions:
+  hooks.send:
+    http: { url: \"ftp://user:secret@example.com/x\" }
+",
+    );
+    let err = load(&ftp).expect_err("ftp is refused").to_string();
+    assert!(err.contains("http:// or https://"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+    let reserved = with_sections(
+        "functions:
+  hooks.send:
+    http: { url: \"http://127.0.0.1:9000/\", headers: { Content-Type: text/plain } }
+",
+    );
+    let err = load(&reserved).expect_err("reserved").to_string();
+    assert!(err.contains("set by topiq"), "{err}");
+}
+
+#[test]
+fn the_api_refuses_a_public_address_without_a_token() {
+    let text = with_sections("api:\n  listen: 0.0.0.0:7720\n");
+    assert_error(load(&text), 7, "api.listen", "set api.token");
+    let with_token = with_sections("api:\n  listen: 0.0.0.0:7720\n  token: long-random\n");
+    let config = load(&with_token).expect("a token makes it acceptable");
+    assert_eq!(config.api.listen.port(), 7720);
+    let defaults = load(&with_sections("")).expect("valid");
+    assert_eq!(defaults.api.listen.to_string(), DEFAULT_API_LISTEN);
+    assert_eq!(defaults.api.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+}

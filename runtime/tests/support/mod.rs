@@ -90,7 +90,6 @@ pub fn write_config(text: &str) -> (PathBuf, PathBuf) {
 impl Service {
     /// Starts `topiq run` on `broker` with `parts`, and waits until `/readyz` answers 200.
     pub async fn start(broker: &Broker, parts: Parts<'_>, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
         let text = format!(
             "modules:
   - class: modules::queue::QueueModule
@@ -101,7 +100,7 @@ impl Service {
 {topics}
       shutdown_grace: 2s
 api:
-  listen: 127.0.0.1:{port}
+  listen: 127.0.0.1:0
 {api}
 functions:
 {functions}
@@ -136,7 +135,7 @@ triggers:
         let mut service = Self {
             child,
             folder,
-            api: format!("http://127.0.0.1:{port}"),
+            api: String::new(),
             token,
             http: reqwest::Client::new(),
         };
@@ -144,11 +143,25 @@ triggers:
         service
     }
 
+    /// Waits for the address the API listens on (port 0: the log says which), then for
+    /// `/readyz` to answer 200.
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("topiq run exited ({status}):\n{}", self.log());
+            }
+            if self.api.is_empty() {
+                if let Some(address) = listening_address(&self.log()) {
+                    self.api = format!("http://{address}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "topiq run did not listen within 30s:\n{}",
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             if let Ok(response) = self.http.get(format!("{}/readyz", self.api)).send().await
                 && response.status() == StatusCode::OK
@@ -263,6 +276,20 @@ impl Drop for Service {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.folder);
     }
+}
+
+/// The address in the log line `HTTP API listening address=127.0.0.1:40123`.
+fn listening_address(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("HTTP API listening"))?;
+    let after = &line[line.find("address=")? + "address=".len()..];
+    let address: String = after
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    (!address.is_empty()).then_some(address)
 }
 
 /// `text`'s lines indented by `by` spaces; `empty` when it is blank.

@@ -19,6 +19,11 @@ pub(crate) enum ClientError {
         code: String,
         message: String,
     },
+    /// `--api` is not an http(s) URL of a host (without credentials: use --token).
+    #[error(
+        "--api (or TOPIQ_API) must be the API's base URL, such as http://127.0.0.1:7720, without credentials (use --token)"
+    )]
+    BadAddress,
     /// No answer from the API.
     #[error(
         "cannot reach the topiq API at {api}: {reason}; is `topiq run` up there? (--api or TOPIQ_API)"
@@ -42,6 +47,15 @@ pub(crate) struct ApiClient {
 
 impl ApiClient {
     pub(crate) fn new(api: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let url = reqwest::Url::parse(api).ok().filter(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some()
+                && url.username().is_empty()
+                && url.password().is_none()
+        });
+        if url.is_none() {
+            return Err(ClientError::BadAddress);
+        }
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .build()

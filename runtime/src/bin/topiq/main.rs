@@ -176,12 +176,30 @@ fn run(config: PathBuf) -> ExitCode {
         let serving = api.map(|api| tokio::spawn(api.serve(stop_api.clone().cancelled_owned())));
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // The API takes no new connection and finishes its requests (a paced redrive
+        // included, up to the grace period) while the triggers stop; the adapter closes
+        // after both.
         stop_api.cancel();
-        workers.shutdown().await;
+        let grace = module.config().shutdown_grace;
+        let api_finished = async {
+            match serving {
+                None => Ok(()),
+                Some(serving) => match tokio::time::timeout(grace, serving).await {
+                    Ok(Ok(served)) => served.map_err(|err| err.to_string()),
+                    Ok(Err(panicked)) => Err(format!("the HTTP API task failed: {panicked}")),
+                    Err(_) => {
+                        tracing::warn!(
+                            ?grace,
+                            "API requests still running after the grace period; closing anyway"
+                        );
+                        Ok(())
+                    }
+                },
+            }
+        };
+        let ((), api) = tokio::join!(workers.shutdown(), api_finished);
         module.close().await;
-        if let Some(serving) = serving
-            && let Ok(Err(err)) = serving.await
-        {
+        if let Err(err) = api {
             eprintln!("{err}");
             return ExitCode::FAILURE;
         }

@@ -72,10 +72,10 @@ pub(crate) enum DlqCommand {
     ///
     /// Example: topiq dlq redrive emails.send --trigger send-email --rate 50
     Redrive(DlqRedriveArgs),
-    /// Deletes DLQ records for good.
+    /// Deletes DLQ records for good: those given with --id, or every one with --all.
     ///
     /// Example: topiq dlq purge emails.send --id 0192f0c3-...
-    Purge(DlqArgs),
+    Purge(DlqPurgeArgs),
 }
 
 /// Which DLQ records.
@@ -91,6 +91,16 @@ pub(crate) struct DlqArgs {
     ids: Vec<String>,
 }
 
+/// `topiq dlq purge`.
+#[derive(Args)]
+pub(crate) struct DlqPurgeArgs {
+    #[command(flatten)]
+    which: DlqArgs,
+    /// Without --id: delete every record of the topic (or of --trigger).
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
+}
+
 /// Filters of a listing or redrive.
 #[derive(Args, Clone)]
 pub(crate) struct DlqFilterArgs {
@@ -103,6 +113,12 @@ pub(crate) struct DlqFilterArgs {
     /// Only records last failed before this time (RFC 3339).
     #[arg(long)]
     until: Option<String>,
+}
+
+impl DlqFilterArgs {
+    fn any(&self) -> bool {
+        self.error_contains.is_some() || self.since.is_some() || self.until.is_some()
+    }
 }
 
 /// `topiq dlq list`.
@@ -262,7 +278,13 @@ pub(crate) async fn dlq(api: &ApiArgs, command: DlqCommand) -> Result<(), Comman
             }
         }
         DlqCommand::Redrive(redrive) => redrive_command(api, &client, redrive).await?,
-        DlqCommand::Purge(which) => {
+        DlqCommand::Purge(DlqPurgeArgs { which, all }) => {
+            if which.ids.is_empty() && !all {
+                return Err(CommandError::Input(format!(
+                    "purge without --id deletes every record in the DLQ of {}: pass --all to confirm, or choose records with --id",
+                    where_(&which)
+                )));
+            }
             let result = client
                 .call(
                     "queue.dlq_purge",
@@ -311,60 +333,80 @@ fn print_records(page: &Value) {
     }
 }
 
-/// A redrive: one call for chosen ids or a dry run; otherwise the ids matching now are
-/// listed first and redriven a page at a time, so messages that fail again meanwhile are not
-/// redriven twice by one command.
+/// A redrive: a dry run is one call. Otherwise the records to redrive are fixed first (the
+/// ids given, or those matching the filters now, listed with the trigger each failed on),
+/// then redriven a page of one trigger at a time, so a message that fails again meanwhile is
+/// not redriven twice by one command, and each call stays short (the server takes ids of one
+/// trigger as given, without reading the DLQ).
 async fn redrive_command(
     api: &ApiArgs,
     client: &ApiClient,
     redrive: DlqRedriveArgs,
 ) -> Result<(), CommandError> {
     let base = dlq_call_args(&redrive.which, Some(&redrive.filter));
-    let with = |mut args: Map<String, Value>, extra: &[(&str, Value)]| {
-        for (key, value) in extra {
-            args.insert((*key).into(), value.clone());
-        }
-        if let Some(rate) = redrive.rate {
-            args.insert("rate_per_sec".into(), json!(rate));
-        }
-        Value::Object(args)
-    };
-    if redrive.dry_run || !redrive.which.ids.is_empty() {
+    let rate = redrive.rate;
+    if redrive.dry_run {
+        let mut args = base;
+        args.insert("dry_run".into(), json!(true));
         let result = client
-            .call(
-                "queue.redrive_dlq",
-                with(base, &[("dry_run", json!(redrive.dry_run))]),
-            )
+            .call("queue.redrive_dlq", Value::Object(args))
             .await?;
         if api.json {
             print_json(&result);
-        } else if redrive.dry_run {
+        } else {
             println!(
                 "would redrive {} from the DLQ of {}",
                 result["would_redrive"].as_u64().unwrap_or_default(),
                 where_(&redrive.which)
             );
-        } else {
-            println!(
-                "redrove {} from the DLQ of {}",
-                result["redriven"].as_u64().unwrap_or_default(),
-                where_(&redrive.which)
-            );
         }
         return Ok(());
     }
-    let ids = matching_ids(client, &base).await?;
-    let progress = progress_bar(ids.len() as u64, api.json);
+    let records = match &redrive.which.trigger {
+        // Ids of one trigger need no listing.
+        Some(trigger) if !redrive.which.ids.is_empty() && !redrive.filter.any() => redrive
+            .which
+            .ids
+            .iter()
+            .map(|id| (trigger.clone(), id.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        _ => matching_records(client, &base).await?,
+    };
+    let total = records.len();
+    let progress = progress_bar(total as u64, api.json);
     let mut redriven = 0u64;
-    for page in ids.chunks(REDRIVE_PAGE) {
-        let mut args = dlq_call_args(&redrive.which, None);
-        args.insert("ids".into(), json!(page));
-        let result = client.call("queue.redrive_dlq", with(args, &[])).await?;
-        let count = result["redriven"].as_u64().unwrap_or_default();
-        redriven += count;
-        progress.inc(page.len() as u64);
+    let mut pages: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (trigger, id) in &records {
+        match pages.last_mut() {
+            Some((page_trigger, ids)) if *page_trigger == trigger && ids.len() < REDRIVE_PAGE => {
+                ids.push(id);
+            }
+            _ => pages.push((trigger, vec![id])),
+        }
+    }
+    for (trigger, ids) in pages {
+        let mut args = Map::new();
+        args.insert("topic".into(), json!(redrive.which.topic));
+        args.insert("trigger".into(), json!(trigger));
+        args.insert("ids".into(), json!(ids));
+        if let Some(rate) = rate {
+            args.insert("rate_per_sec".into(), json!(rate));
+        }
+        let result = match client.call("queue.redrive_dlq", Value::Object(args)).await {
+            Ok(result) => result,
+            Err(err) => {
+                progress.abandon();
+                return Err(CommandError::Input(format!(
+                    "redrove {redriven} of {total} before this failed: {err}"
+                )));
+            }
+        };
+        redriven += result["redriven"].as_u64().unwrap_or_default();
+        progress.inc(ids.len() as u64);
         if progress.is_hidden() && !api.json {
-            eprintln!("redrive: {}/{} records", progress.position(), ids.len());
+            eprintln!("redrive: {}/{total} records", progress.position());
         }
     }
     progress.finish_and_clear();
@@ -379,12 +421,12 @@ async fn redrive_command(
     Ok(())
 }
 
-/// Every id in the DLQ matching `base` now, each once.
-async fn matching_ids(
+/// Every (trigger, id) record in the DLQ matching `base` now, each once, grouped by trigger.
+async fn matching_records(
     client: &ApiClient,
     base: &Map<String, Value>,
-) -> Result<Vec<String>, ClientError> {
-    let mut ids = BTreeSet::new();
+) -> Result<Vec<(String, String)>, ClientError> {
+    let mut records = BTreeSet::new();
     let mut cursor: Option<String> = None;
     loop {
         let mut args = base.clone();
@@ -394,13 +436,13 @@ async fn matching_ids(
         }
         let page = client.call("queue.dlq_list", Value::Object(args)).await?;
         for record in page["messages"].as_array().into_iter().flatten() {
-            if let Some(id) = record["id"].as_str() {
-                ids.insert(id.to_owned());
+            if let (Some(trigger), Some(id)) = (record["trigger"].as_str(), record["id"].as_str()) {
+                records.insert((trigger.to_owned(), id.to_owned()));
             }
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
-            None => return Ok(ids.into_iter().collect()),
+            None => return Ok(records.into_iter().collect()),
         }
     }
 }
