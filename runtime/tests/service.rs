@@ -39,6 +39,7 @@ macro_rules! on_every_adapter {
 
 on_every_adapter!(
     http_function_gets_the_envelope_and_headers,
+    http_function_keeps_the_trigger_concurrency_on_pooled_connections,
     http_status_rules,
     dlq_through_the_api_and_the_cli,
     token_rules,
@@ -132,6 +133,48 @@ async fn http_function_gets_the_envelope_and_headers(broker: Broker) {
     assert_eq!(receiver.requests("ok").len(), 1);
     assert_eq!(service.dlq_count("orders").await, 0);
     assert!(!service.log().contains("hook-secret"), "{}", service.log());
+}
+
+async fn http_function_keeps_the_trigger_concurrency_on_pooled_connections(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "hooks.hold: {{ http: {{ url: \"{}\" }} }}",
+        receiver.url("hold")
+    );
+    let triggers = "hold:
+  type: queue
+  function: hooks.hold
+  config: { topic: jobs, concurrency: 2 }
+";
+    let service = Service::start(
+        &broker,
+        Parts {
+            functions: &functions,
+            triggers,
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+    for n in 0..8 {
+        service
+            .ok("queue.enqueue", json!({"topic": "jobs", "data": {"n": n}}))
+            .await;
+    }
+    eventually("eight deliveries", WAIT, || async {
+        receiver.requests("hold").len() == 8
+    })
+    .await;
+    // Each takes 200 ms: with concurrency 2, two run at once, never more.
+    assert_eq!(receiver.most_held_at_once(), 2);
+    // The answers' bodies are read, so their connections are reused: at most one per
+    // concurrent call, not one per message.
+    let connections: std::collections::HashSet<_> = receiver
+        .requests("hold")
+        .iter()
+        .map(|request| request.peer)
+        .collect();
+    assert!(connections.len() <= 2, "{connections:?}");
 }
 
 async fn http_status_rules(broker: Broker) {

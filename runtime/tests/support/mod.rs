@@ -320,6 +320,8 @@ where
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
+    /// The client's address: one per TCP connection.
+    pub peer: SocketAddr,
     pub headers: HeaderMap,
     pub body: Value,
     pub at: Instant,
@@ -331,23 +333,57 @@ pub struct Received {
 /// - `/request-timeout`: 408;
 /// - `/throttle`: 429 with `Retry-After: 1` the first time a message comes, 200 after;
 /// - `/error`: 500 with `database down`;
-/// - `/slow`: 200 after 2 s.
+/// - `/slow`: 200 after 2 s;
+/// - `/hold`: 200 with a 40 KiB body after 200 ms, counting how many are held at once.
 #[derive(Clone)]
 pub struct Receiver {
     pub address: SocketAddr,
     requests: Arc<Mutex<Vec<Received>>>,
+    holding: Arc<Holding>,
+}
+
+/// `/hold` requests in progress, and the most at once.
+#[derive(Default)]
+struct Holding {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    requests: Arc<Mutex<Vec<Received>>>,
+    holding: Arc<Holding>,
 }
 
 impl Receiver {
     pub async fn start() -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let holding = Arc::new(Holding::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let router = Router::new()
             .route("/{behaviour}", post(answer))
-            .with_state(Arc::clone(&requests));
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        Self { address, requests }
+            .with_state(ReceiverState {
+                requests: Arc::clone(&requests),
+                holding: Arc::clone(&holding),
+            });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+        Self {
+            address,
+            requests,
+            holding,
+        }
+    }
+
+    /// The most `/hold` requests that were in progress at once.
+    pub fn most_held_at_once(&self) -> usize {
+        self.holding.most.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The URL of `path` on this receiver.
@@ -368,7 +404,8 @@ impl Receiver {
 }
 
 async fn answer(
-    State(requests): State<Arc<Mutex<Vec<Received>>>>,
+    State(ReceiverState { requests, holding }): State<ReceiverState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     Path(behaviour): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -381,6 +418,7 @@ async fn answer(
             .any(|r| r.path == behaviour && r.body["id"] == body["id"]);
         requests.push(Received {
             path: behaviour.clone(),
+            peer,
             headers,
             body,
             at: Instant::now(),
@@ -399,6 +437,14 @@ async fn answer(
             .into_response(),
         "throttle" => StatusCode::OK.into_response(),
         "error" => (StatusCode::INTERNAL_SERVER_ERROR, "database down").into_response(),
+        "hold" => {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = holding.now.fetch_add(1, SeqCst) + 1;
+            holding.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            holding.now.fetch_sub(1, SeqCst);
+            (StatusCode::OK, "held ".repeat(8 * 1024)).into_response()
+        }
         "slow" => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             StatusCode::OK.into_response()
