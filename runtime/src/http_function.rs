@@ -28,6 +28,7 @@ pub(crate) struct HttpFunction {
 
 impl HttpFunction {
     pub(crate) fn new(settings: HttpFunctionSettings) -> Result<Self, reqwest::Error> {
+        crate::install_tls_provider();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("topiq/", env!("CARGO_PKG_VERSION")))

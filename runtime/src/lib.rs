@@ -43,6 +43,17 @@ pub use module::{QueueModule, StartError, Workers};
 pub use registry::{AdapterClass, RegistryError};
 pub use stats::TriggerCounts;
 
+/// Makes rustls' ring provider the process default for TLS, unless one is set already: the
+/// HTTP clients (HTTP functions, the OTLP exporter, the CLI) need one. The same provider
+/// lapin and async-nats use, so the binary carries one crypto library. Called by everything
+/// here that builds an HTTP client; idempotent.
+pub fn install_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is then set.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// Completes on Ctrl-C or SIGTERM: pass it to [`QueueModule::run_until`].
 pub async fn shutdown_signal() {
     let interrupt = async {

@@ -469,7 +469,7 @@ async fn token_rules(broker: Broker) {
         &[("TEST_API_TOKEN", "s3cret-token")],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = support::http_client();
     let call = |token: Option<&'static str>| {
         let mut request = http
             .post(format!("{}/v1/call/queue.stats", service.api))
@@ -558,7 +558,7 @@ async fn error_statuses(mut broker: Broker) {
         &[],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = support::http_client();
     let raw = |path: &str, body: String| {
         let request = http
             .post(format!("{}{path}", service.api))

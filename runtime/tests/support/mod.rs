@@ -74,6 +74,12 @@ pub fn topiq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_topiq"))
 }
 
+/// An HTTP client (with the TLS provider topiq installs: reqwest here has none of its own).
+pub fn http_client() -> reqwest::Client {
+    topiq::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// Writes `text` as `config.yaml` in a fresh folder.
 pub fn write_config(text: &str) -> (PathBuf, PathBuf) {
     let folder = std::env::temp_dir().join(format!(
@@ -137,7 +143,7 @@ triggers:
             folder,
             api: String::new(),
             token,
-            http: reqwest::Client::new(),
+            http: http_client(),
         };
         service.wait_ready().await;
         service
