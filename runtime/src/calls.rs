@@ -11,9 +11,12 @@ use topiq_adapter::{
     PublishReceipt, SubscriptionKey, Timestamp, TopicName, TraceContext, TriggerName,
 };
 
+use tracing::Instrument;
+
 use crate::config::parse_duration;
 use crate::module::QueueModule;
 use crate::stats::TriggerCounts;
+use crate::telemetry;
 
 /// The calls [`QueueModule::call`] knows.
 pub const CALLS: &[&str] = &[
@@ -404,7 +407,16 @@ impl QueueModule {
             }
         }
         if !messages.is_empty() {
-            let published = self.adapter().publish_batch(&topic, messages).await?;
+            let span = telemetry::publish_span(self.messaging_system(), &topic, messages.len());
+            for message in &mut messages {
+                message.trace =
+                    telemetry::publish_context(&span, std::mem::take(&mut message.trace));
+            }
+            let published = self
+                .adapter()
+                .publish_batch(&topic, messages)
+                .instrument(span)
+                .await?;
             for (slot, result) in slots.into_iter().zip(published) {
                 results[slot] = Some(result.map(Into::into).map_err(Into::into));
             }

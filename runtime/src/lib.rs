@@ -33,6 +33,7 @@ mod module;
 pub mod registry;
 pub mod retry;
 mod stats;
+mod telemetry;
 mod trigger;
 
 pub use api::{ApiError, ApiServer};

@@ -12,11 +12,13 @@ use topiq_adapter::{
     NewMessage, PublishReceipt, SharedAdapter, SubscriptionKey, SubscriptionSpec, TopicName,
     TopicSpec,
 };
+use tracing::Instrument;
 
 use crate::config::{Config, ConfigError, ConfigLocation};
 use crate::function::{Function, Functions};
 use crate::http_function::HttpFunction;
 use crate::stats::TriggerCounters;
+use crate::telemetry;
 use crate::trigger::{Lifecycle, Trigger};
 
 /// Why the module could not start; nothing was left half-started.
@@ -168,6 +170,7 @@ impl QueueModule {
                 adapter: Arc::clone(&adapter),
                 counters: TriggerCounters::default(),
                 subscribed: AtomicBool::new(false),
+                messaging_system: config.adapter.class.messaging_system(),
             }));
         }
         Ok(Self {
@@ -210,7 +213,29 @@ impl QueueModule {
                 topic: topic.clone(),
             });
         }
-        self.inner.adapter.publish(topic, message).await
+        let span = telemetry::publish_span(self.messaging_system(), topic, 1);
+        let mut message = message;
+        message.trace = telemetry::publish_context(&span, std::mem::take(&mut message.trace));
+        let published = self
+            .inner
+            .adapter
+            .publish(topic, message)
+            .instrument(span.clone())
+            .await;
+        match &published {
+            Ok(receipt) => {
+                span.record("messaging.message.id", receipt.message_id.as_str());
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        published
+    }
+
+    /// `messaging.system` of this module's adapter, for spans.
+    pub(crate) fn messaging_system(&self) -> &'static str {
+        self.inner.config.adapter.class.messaging_system()
     }
 
     /// Starts every trigger: each pulls its deliveries and calls its function.

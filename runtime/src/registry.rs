@@ -42,6 +42,16 @@ impl AdapterClass {
     ];
 
     /// The class name as written in `config.yaml`.
+    /// The `messaging.system` of OpenTelemetry's conventions for spans on this adapter.
+    pub fn messaging_system(self) -> &'static str {
+        match self {
+            AdapterClass::Builtin => "topiq",
+            AdapterClass::JetStream => "nats",
+            AdapterClass::RabbitMq => "rabbitmq",
+        }
+    }
+
+    /// The class name written in `config.yaml`.
     pub fn name(self) -> &'static str {
         match self {
             AdapterClass::Builtin => topiq_memory::CLASS_NAME,

@@ -28,10 +28,12 @@ use topiq_adapter::{
     ConsumeOptions, Delivery, Envelope, Failure, FailureKind, NewMessage, SharedAdapter,
     Subscription, SubscriptionKey, Timestamp, TraceContext,
 };
+use tracing::Instrument;
 
 use crate::config::TriggerSettings;
 use crate::function::{Function, HandlerError, Message};
 use crate::stats::TriggerCounters;
+use crate::telemetry;
 
 /// One trigger of a running module.
 pub(crate) struct Trigger {
@@ -42,6 +44,8 @@ pub(crate) struct Trigger {
     pub(crate) counters: TriggerCounters,
     /// True while the trigger holds its subscription and takes deliveries (readiness).
     pub(crate) subscribed: AtomicBool,
+    /// `messaging.system` for the process spans.
+    pub(crate) messaging_system: &'static str,
 }
 
 /// Signals shared by every trigger of a module.
@@ -192,31 +196,66 @@ impl Trigger {
         }
     }
 
+    /// Handles one delivery in its process span (child of the publisher's), which records
+    /// the outcome.
     async fn handle(&self, delivery: Delivery, abort: &CancellationToken) {
+        let span = telemetry::process_span(
+            self.messaging_system,
+            delivery.envelope(),
+            &self.settings.name,
+        );
+        let outcome = self
+            .handle_in_span(delivery, abort)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_outcome(&span, outcome);
+    }
+
+    async fn handle_in_span(&self, delivery: Delivery, abort: &CancellationToken) -> &'static str {
         if !self.passes_condition(&delivery).await {
             self.counters.filtered();
             self.ack(delivery).await;
-            return;
+            return "filtered";
         }
         let message = Message::new(delivery.envelope().clone(), self.settings.name.clone());
         let Function::Single(handler) = &self.function else {
-            return;
+            return "released";
         };
         let call = handler.call(message);
         let outcome = self
             .supervise(call, std::slice::from_ref(&delivery), abort)
             .await;
         match outcome {
-            None => release(delivery).await,
+            None => {
+                release(delivery).await;
+                "released"
+            }
             Some(Ok(())) => {
                 self.counters.succeeded();
                 self.ack(delivery).await;
+                "succeeded"
             }
             Some(Err(failure)) => self.settle_failure(delivery, failure).await,
         }
     }
 
+    /// Handles a batch in one process span linked to each message's publisher span.
     async fn handle_batch(&self, batch: Vec<Delivery>, abort: &CancellationToken) {
+        let envelopes: Vec<&Envelope> = batch.iter().map(Delivery::envelope).collect();
+        let span = telemetry::batch_process_span(
+            self.messaging_system,
+            &self.key.topic,
+            &self.settings.name,
+            &envelopes,
+        );
+        drop(envelopes);
+        self.handle_batch_in_span(batch, abort)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_outcome(&span, "batch");
+    }
+
+    async fn handle_batch_in_span(&self, batch: Vec<Delivery>, abort: &CancellationToken) {
         let mut passing = Vec::with_capacity(batch.len());
         for delivery in batch {
             if self.passes_condition(&delivery).await {
@@ -348,7 +387,7 @@ impl Trigger {
     /// retryable or this was the last attempt. A dead-lettered message is first published to
     /// `dead_letter_topic` (when set); if that publish fails, it is logged and the message
     /// still goes to the trigger's DLQ with its real error.
-    async fn settle_failure(&self, delivery: Delivery, failure: CallFailure) {
+    async fn settle_failure(&self, delivery: Delivery, failure: CallFailure) -> &'static str {
         self.counters.failed();
         let envelope = delivery.envelope();
         let last_attempt = envelope.attempt >= envelope.max_attempts;
@@ -360,7 +399,7 @@ impl Trigger {
             tracing::debug!(trigger = %self.key, id = %envelope.id, attempt = envelope.attempt, delay = ?retry_delay, "retrying");
             self.counters.retried();
             self.settle(delivery.nack(retry_delay).await, "nack");
-            return;
+            return "retried";
         }
         let failure = failure.into_failure();
         if let Some(topic) = &self.settings.dead_letter_topic {
@@ -374,6 +413,7 @@ impl Trigger {
         tracing::warn!(trigger = %self.key, id = %envelope.id, attempts = envelope.attempt, kind = %failure.kind, error = %failure.message, "dead-lettered");
         self.counters.dead_lettered();
         self.settle(delivery.dead_letter(failure).await, "dead_letter");
+        "dead_lettered"
     }
 
     fn settle(&self, result: topiq_adapter::Result<()>, operation: &str) {
