@@ -33,7 +33,7 @@ mod module;
 pub mod registry;
 pub mod retry;
 mod stats;
-mod telemetry;
+pub mod telemetry;
 mod trigger;
 
 pub use api::{ApiError, ApiServer};
@@ -43,6 +43,7 @@ pub use function::{BatchHandler, Functions, Handler, HandlerError, Message};
 pub use module::{QueueModule, StartError, Workers};
 pub use registry::{AdapterClass, RegistryError};
 pub use stats::TriggerCounts;
+pub use telemetry::{Telemetry, TelemetryError};
 
 /// Makes rustls' ring provider the process default for TLS, unless one is set already: the
 /// HTTP clients (HTTP functions, the OTLP exporter, the CLI) need one. The same provider

@@ -680,3 +680,79 @@ async fn error_statuses(mut broker: Broker) {
         .await;
     }
 }
+
+/// Spans exported over OTLP (http/json) reach a collector: the publish and process spans of
+/// one message, in one trace, under the configured service name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp() {
+    let collector = Receiver::start().await;
+    let telemetry = format!(
+        "service_name: orders-service\nlog_format: json\notlp: {{ endpoint: \"http://{}\", protocol: http/json }}",
+        collector.address
+    );
+    let service = Service::start(
+        &Broker::Memory,
+        Parts {
+            telemetry: &telemetry,
+            triggers: &trigger("log", "orders", "builtin.log", 0, 100),
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+    let published = service
+        .ok(
+            "queue.enqueue",
+            json!({"topic": "orders", "data": {"n": 1}}),
+        )
+        .await;
+    eventually("the message handled", WAIT, || async {
+        let stats = service.ok("queue.stats", json!({"topic": "orders"})).await;
+        stats["triggers"][0]["succeeded"] == 1
+    })
+    .await;
+    // Logs are JSON lines.
+    let log = service.log();
+    assert!(
+        log.lines()
+            .any(|line| serde_json::from_str::<Value>(line).is_ok_and(|v| v["level"] == "INFO")),
+        "{log}"
+    );
+    // SIGTERM: the last spans are flushed on the way out.
+    drop(service);
+    let exports = collector.requests("v1/traces");
+    assert!(!exports.is_empty(), "nothing exported");
+    let mut spans = Vec::new();
+    for export in &exports {
+        for resource in export.body["resourceSpans"].as_array().unwrap() {
+            let service_name = resource["resource"]["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|kv| kv["key"] == "service.name")
+                .map(|kv| kv["value"]["stringValue"].clone());
+            assert_eq!(service_name, Some(json!("orders-service")));
+            for scope in resource["scopeSpans"].as_array().unwrap() {
+                spans.extend(scope["spans"].as_array().unwrap().iter().cloned());
+            }
+        }
+    }
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|span| span["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} span in {spans:#?}"))
+            .clone()
+    };
+    let publish = find("publish orders");
+    let process = find("process orders");
+    assert_eq!(process["traceId"], publish["traceId"]);
+    assert_eq!(process["parentSpanId"], publish["spanId"]);
+    let message_id = publish["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv["key"] == "messaging.message.id")
+        .map(|kv| kv["value"]["stringValue"].clone());
+    assert_eq!(message_id, Some(published["message_id"].clone()));
+}

@@ -12,6 +12,7 @@ mod duration;
 mod error;
 mod raw;
 mod service;
+mod telemetry;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -29,11 +30,14 @@ pub use service::{
     ApiSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
     HttpFunctionSettings, Secret,
 };
+pub use telemetry::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};
 
 use crate::condition::Condition;
 use crate::registry::AdapterClass;
 use crate::retry::{Backoff, RetryPolicy};
-use raw::{BackoffKind, RawApi, RawFile, RawFunction, RawModule, RawRetry, RawTrigger};
+use raw::{
+    BackoffKind, RawApi, RawFile, RawFunction, RawModule, RawRetry, RawTelemetry, RawTrigger,
+};
 
 /// The module class topiq runs.
 pub const QUEUE_MODULE_CLASS: &str = "modules::queue::QueueModule";
@@ -69,6 +73,8 @@ pub struct Config {
     pub functions: Vec<HttpFunctionSettings>,
     /// The HTTP API `topiq run` serves (`api:`).
     pub api: ApiSettings,
+    /// Logs and trace export (`telemetry:`).
+    pub telemetry: TelemetrySettings,
     /// Things that work but are probably not meant; logged at start.
     pub warnings: Vec<String>,
 }
@@ -293,6 +299,7 @@ struct Sections {
     triggers: Option<(String, BTreeMap<TriggerName, RawTrigger>)>,
     functions: Option<(String, BTreeMap<String, RawFunction>)>,
     api: Option<(String, RawApi)>,
+    telemetry: Option<(String, RawTelemetry)>,
 }
 
 impl RawFile {
@@ -302,6 +309,7 @@ impl RawFile {
             triggers: self.triggers.map(|triggers| (file.to_owned(), triggers)),
             functions: self.functions.map(|functions| (file.to_owned(), functions)),
             api: self.api.map(|api| (file.to_owned(), api)),
+            telemetry: self.telemetry.map(|telemetry| (file.to_owned(), telemetry)),
         }
     }
 }
@@ -314,6 +322,7 @@ impl Sections {
             triggers: self.triggers.or(base.triggers),
             functions: self.functions.or(base.functions),
             api: self.api.or(base.api),
+            telemetry: self.telemetry.or(base.telemetry),
         }
     }
 }
@@ -476,12 +485,17 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         Some((file, api)) => service::validate_api(&file, Some(api))?,
         None => ApiSettings::default(),
     };
+    let telemetry = match sections.telemetry {
+        Some((file, telemetry)) => telemetry::validate_telemetry(&file, telemetry)?,
+        None => TelemetrySettings::default(),
+    };
     Ok(Config {
         adapter,
         topics,
         triggers,
         functions,
         api,
+        telemetry,
         shutdown_grace: module
             .config
             .shutdown_grace

@@ -18,6 +18,28 @@ pub(crate) struct RawFile {
     pub(crate) triggers: Option<BTreeMap<TriggerName, RawTrigger>>,
     pub(crate) functions: Option<BTreeMap<String, RawFunction>>,
     pub(crate) api: Option<RawApi>,
+    pub(crate) telemetry: Option<RawTelemetry>,
+}
+
+/// Logs, traces and their export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub(crate) service_name: Option<String>,
+    pub(crate) log_format: Option<Spanned<String>>,
+    pub(crate) otlp: Option<RawOtlp>,
+}
+
+/// The OTLP exporter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOtlp {
+    pub(crate) endpoint: Spanned<String>,
+    pub(crate) protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, Spanned<String>>,
+    pub(crate) sampling_ratio: Option<Spanned<f64>>,
+    pub(crate) timeout: Option<ConfigDuration>,
 }
 
 /// A function declared in the config rather than registered by code.

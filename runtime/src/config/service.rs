@@ -169,8 +169,8 @@ fn expand(text: &str, variables: &HashMap<String, String>) -> Result<String, Str
     Ok(out)
 }
 
-/// Expands `${VAR}` in the quoted values of `functions:` (URLs, header values) and in a
-/// quoted `api.token`; `text` is the source the spans point into.
+/// Expands `${VAR}` in the quoted values of `functions:` (URLs, header values), a quoted
+/// `api.token` and `telemetry.otlp` (endpoint, header values); `text` is the source the spans point into.
 pub(crate) fn expand_quoted(
     raw: &mut RawFile,
     text: &str,
@@ -199,6 +199,12 @@ pub(crate) fn expand_quoted(
     }
     if let Some(token) = raw.api.as_mut().and_then(|api| api.token.as_mut()) {
         expand_if_quoted(token, "api.token".to_owned())?;
+    }
+    if let Some(otlp) = raw.telemetry.as_mut().and_then(|t| t.otlp.as_mut()) {
+        expand_if_quoted(&mut otlp.endpoint, "telemetry.otlp.endpoint".to_owned())?;
+        for (header, value) in &mut otlp.headers {
+            expand_if_quoted(value, format!("telemetry.otlp.headers.{header}"))?;
+        }
     }
     Ok(())
 }

@@ -488,3 +488,42 @@ fn the_api_refuses_a_public_address_without_a_token() {
     assert_eq!(defaults.api.listen.to_string(), DEFAULT_API_LISTEN);
     assert_eq!(defaults.api.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_checked_when_given() {
+    let defaults = load(&with_sections("")).expect("valid");
+    assert!(defaults.telemetry.otlp.is_none());
+    assert_eq!(defaults.telemetry.log_format, LogFormat::Text);
+    let on = load_with(
+        &with_sections(
+            "telemetry:
+  service_name: billing
+  log_format: json
+  otlp:
+    endpoint: \"http://127.0.0.1:4318\"
+    protocol: http/json
+    sampling_ratio: 0.25
+    headers: { x-api-key: \"${OTLP_KEY}\" }
+",
+        ),
+        &[("OTLP_KEY", "k3y")],
+    )
+    .expect("valid");
+    let otlp = on.telemetry.otlp.as_ref().expect("otlp");
+    assert_eq!(otlp.traces_url(), "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(otlp.protocol, OtlpProtocol::HttpJson);
+    assert_eq!(otlp.headers[0].1.expose(), "k3y");
+    assert!(!format!("{on:?}").contains("k3y"));
+    let grpc = with_sections(
+        "telemetry:\n  otlp: { endpoint: \"http://127.0.0.1:4317\", protocol: grpc }\n",
+    );
+    let err = load(&grpc).expect_err("grpc is refused").to_string();
+    assert!(
+        err.contains("telemetry.otlp.protocol") && err.contains("OTLP/HTTP"),
+        "{err}"
+    );
+    let ratio = with_sections(
+        "telemetry:\n  otlp: { endpoint: \"http://127.0.0.1:4318\", sampling_ratio: 2 }\n",
+    );
+    assert!(load(&ratio).is_err());
+}

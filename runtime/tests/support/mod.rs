@@ -68,6 +68,8 @@ pub struct Parts<'a> {
     pub functions: &'a str,
     pub api: &'a str,
     pub triggers: &'a str,
+    /// The body of `telemetry:` (empty: the section is left out).
+    pub telemetry: &'a str,
 }
 
 pub fn topiq() -> Command {
@@ -112,7 +114,12 @@ functions:
 {functions}
 triggers:
 {triggers}
-",
+{telemetry}",
+            telemetry = if parts.telemetry.is_empty() {
+                String::new()
+            } else {
+                format!("telemetry:\n{}\n", indent(parts.telemetry, 2, ""))
+            },
             adapter = broker.adapter_yaml(),
             topics = indent(parts.topics, 8, "{}"),
             api = indent(parts.api, 2, ""),
@@ -284,12 +291,13 @@ impl Drop for Service {
     }
 }
 
-/// The address in the log line `HTTP API listening address=127.0.0.1:40123`.
+/// The address in the log line `HTTP API listening address=127.0.0.1:40123` (or its JSON
+/// form, `"address":"127.0.0.1:40123"`).
 fn listening_address(log: &str) -> Option<String> {
     let line = log
         .lines()
         .find(|line| line.contains("HTTP API listening"))?;
-    let after = &line[line.find("address=")? + "address=".len()..];
+    let after = &line[line.find("address")? + "address".len()..];
     let address: String = after
         .chars()
         .skip_while(|c| !c.is_ascii_digit())
@@ -369,6 +377,7 @@ impl Receiver {
         let address = listener.local_addr().unwrap();
         let router = Router::new()
             .route("/{behaviour}", post(answer))
+            .route("/v1/traces", post(otlp_traces))
             .with_state(ReceiverState {
                 requests: Arc::clone(&requests),
                 holding: Arc::clone(&holding),
@@ -407,6 +416,25 @@ impl Receiver {
             .cloned()
             .collect()
     }
+}
+
+/// An OTLP/HTTP collector's traces endpoint (JSON bodies): records each export under the
+/// path `v1/traces`.
+async fn otlp_traces(
+    State(ReceiverState { requests, .. }): State<ReceiverState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    requests.lock().unwrap().push(Received {
+        path: "v1/traces".into(),
+        peer,
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    (StatusCode::OK, axum::Json(json!({}))).into_response()
 }
 
 async fn answer(

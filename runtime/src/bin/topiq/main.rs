@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use topiq::{AdapterClass, ApiServer, Config, Functions, QueueModule, shutdown_signal};
-use tracing_subscriber::EnvFilter;
+use topiq::config::TelemetrySettings;
+use topiq::{AdapterClass, ApiServer, Config, Functions, QueueModule, Telemetry, shutdown_signal};
 
 use operator::{ApiArgs, DlqCommand, EnqueueArgs};
 
@@ -85,14 +85,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Run { config } => run(config),
+    let command = Cli::parse().command;
+    if let Command::Run { config } = command {
+        return run(config);
+    }
+    if let Err(err) = Telemetry::install(&TelemetrySettings::default(), "info") {
+        eprintln!("topiq: {err}");
+    }
+    match command {
+        Command::Run { .. } => ExitCode::SUCCESS,
         Command::Check { config, functions } => check(config, functions),
         Command::Adapters => {
             for class in AdapterClass::ALL {
@@ -136,6 +137,21 @@ fn operate(command: impl Future<Output = Result<(), operator::CommandError>>) ->
 }
 
 fn run(config: PathBuf) -> ExitCode {
+    let config = match Config::load(&config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Before the async runtime: the OTLP exporter runs a thread of its own.
+    let telemetry = match Telemetry::install(&config.telemetry, "info") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("topiq: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -143,14 +159,15 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let config = match Config::load(&config) {
-            Ok(config) => config,
-            Err(err) => {
-                eprintln!("{err}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let code = runtime.block_on(serve(config));
+    drop(runtime);
+    telemetry.shutdown();
+    code
+}
+
+/// `topiq run` once the config is loaded: the module, its API, until a shutdown signal.
+async fn serve(config: Config) -> ExitCode {
+    {
         let api_settings = config.api.clone();
         let module = match QueueModule::new(config, Functions::with_builtins()).await {
             Ok(module) => module,
@@ -204,7 +221,7 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
         ExitCode::SUCCESS
-    })
+    }
 }
 
 fn check(path: PathBuf, application_functions: Vec<String>) -> ExitCode {

@@ -1,0 +1,110 @@
+//! Installing logs and trace export for a process (what `topiq run` does with `telemetry:`).
+
+use std::collections::HashMap;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::config::{LogFormat, OtlpProtocol, TelemetrySettings};
+
+/// Why telemetry could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built.
+    #[error("cannot set up the OTLP exporter (telemetry.otlp): {0}")]
+    Exporter(String),
+    /// A global subscriber was installed already.
+    #[error("a tracing subscriber is installed already: {0}")]
+    Subscriber(String),
+}
+
+/// The installed telemetry: flush and stop it with [`shutdown`](Self::shutdown) before the
+/// process exits, so the last spans are exported.
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Installs the global `tracing` subscriber: logs (text or JSON, filtered by `RUST_LOG`,
+    /// default `default_filter`) and, when `settings.otlp` is set, spans exported over OTLP.
+    /// Call it outside an async runtime (the exporter runs a thread of its own).
+    pub fn install(
+        settings: &TelemetrySettings,
+        default_filter: &str,
+    ) -> Result<Self, TelemetryError> {
+        // The messaging spans are for traces; log lines do not repeat them unless RUST_LOG
+        // asks for `topiq::messaging`.
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},topiq::messaging=off")));
+        let logs = match settings.log_format {
+            LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .boxed(),
+        };
+        let tracer_provider = settings.otlp.as_ref().map(|otlp| {
+            crate::install_tls_provider();
+            let headers: HashMap<String, String> = otlp
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+                .collect();
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(match otlp.protocol {
+                    OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+                    OtlpProtocol::HttpJson => Protocol::HttpJson,
+                })
+                .with_endpoint(otlp.traces_url())
+                .with_headers(headers)
+                .with_timeout(otlp.timeout)
+                .build()
+                .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+            Ok::<_, TelemetryError>(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                        otlp.sampling_ratio,
+                    ))))
+                    .with_resource(
+                        Resource::builder()
+                            .with_service_name(settings.service_name.clone())
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+        let tracer_provider = tracer_provider.transpose()?;
+        // Spans reach OpenTelemetry only from the messaging target and the application's
+        // own spans at info and above, whatever RUST_LOG says about logs.
+        let traces = tracer_provider.as_ref().map(|provider| {
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("topiq"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        });
+        tracing_subscriber::registry()
+            .with(logs.with_filter(filter))
+            .with(traces)
+            .try_init()
+            .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
+        Ok(Self { tracer_provider })
+    }
+
+    /// Exports what is buffered and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.tracer_provider
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("topiq: exporting the last spans failed: {err}");
+        }
+    }
+}
