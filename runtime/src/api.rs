@@ -1,11 +1,12 @@
-//! The HTTP API `topiq run` serves: every `queue.*` call as `POST /v1/call/{name}`, and the
-//! `GET /healthz` and `GET /readyz` probes.
+//! The HTTP API `topiq run` serves: every `queue.*` call as `POST /v1/call/{name}`, the
+//! metrics as `GET /metrics` (Prometheus/OpenMetrics text), and the `GET /healthz` and
+//! `GET /readyz` probes.
 //!
 //! A call's body is its JSON arguments (an empty body is `{}`); the answer is its JSON result
 //! with 200, or `{"error": {"code", "message"}}` with the status of the code: 400 bad input,
 //! 401 a missing or wrong token, 404 an unknown call, topic or trigger, 413 a body or payload
 //! too large, 502 the broker refused, 503 the broker is unavailable. When `api.token` is set,
-//! every call needs `Authorization: Bearer <token>`; the probes never do.
+//! every call and `/metrics` need `Authorization: Bearer <token>`; the probes never do.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,6 +77,7 @@ impl ApiServer {
         // make the server read a large body.
         let calls = Router::new()
             .route("/v1/call/{name}", post(call))
+            .route("/metrics", get(metrics))
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         let router = Router::new()
             .merge(calls)
@@ -222,6 +224,22 @@ async fn call(
 fn call_error(err: &CallError) -> Response {
     let code = err.code();
     error(status_of(code), code, err.to_string())
+}
+
+/// Prometheus' scrape: every series as OpenMetrics text, the broker's counts read now.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    match state.module.metrics_text().await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => call_error(&err),
+    }
 }
 
 async fn healthz() -> Response {

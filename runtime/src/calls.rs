@@ -235,7 +235,7 @@ fn timestamp(argument: &str, text: &str) -> Result<Timestamp, CallError> {
 }
 
 /// Per-trigger figures of `queue.stats`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TriggerStats {
     /// The topic.
     pub topic: TopicName,
@@ -412,11 +412,23 @@ impl QueueModule {
                 message.trace =
                     telemetry::publish_context(&span, std::mem::take(&mut message.trace));
             }
-            let published = self
+            let count = messages.len() as u64;
+            let published = match self
                 .adapter()
                 .publish_batch(&topic, messages)
                 .instrument(span)
-                .await?;
+                .await
+            {
+                Ok(published) => published,
+                Err(err) => {
+                    self.metrics().published(&topic, count, false);
+                    return Err(err.into());
+                }
+            };
+            let accepted = published.iter().filter(|result| result.is_ok()).count() as u64;
+            self.metrics().published(&topic, accepted, true);
+            self.metrics()
+                .published(&topic, published.len() as u64 - accepted, false);
             for (slot, result) in slots.into_iter().zip(published) {
                 results[slot] = Some(result.map(Into::into).map_err(Into::into));
             }

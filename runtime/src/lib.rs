@@ -29,6 +29,7 @@ pub mod condition;
 pub mod config;
 pub mod function;
 mod http_function;
+mod metrics;
 mod module;
 pub mod registry;
 pub mod retry;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::config::{Config, ConfigError, ConfigLocation};
 use crate::function::{Function, Functions};
 use crate::http_function::HttpFunction;
+use crate::metrics::Metrics;
 use crate::stats::TriggerCounters;
 use crate::telemetry;
 use crate::trigger::{Lifecycle, Trigger};
@@ -51,6 +52,7 @@ struct Inner {
     adapter: SharedAdapter,
     topics: BTreeMap<TopicName, TopicSpec>,
     triggers: Vec<Arc<Trigger>>,
+    metrics: Metrics,
 }
 
 impl QueueModule {
@@ -150,6 +152,7 @@ impl QueueModule {
                     source,
                 })?;
         }
+        let metrics = Metrics::new();
         let mut triggers = Vec::with_capacity(resolved.len());
         for (settings, function) in resolved {
             let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());
@@ -163,12 +166,13 @@ impl QueueModule {
                     what: format!("trigger {key}"),
                     source,
                 })?;
+            let counters = TriggerCounters::new(metrics.trigger(&key));
             triggers.push(Arc::new(Trigger {
                 settings,
                 key,
                 function,
                 adapter: Arc::clone(&adapter),
-                counters: TriggerCounters::default(),
+                counters,
                 subscribed: AtomicBool::new(false),
                 messaging_system: config.adapter.class.messaging_system(),
             }));
@@ -179,6 +183,7 @@ impl QueueModule {
                 config,
                 adapter,
                 triggers,
+                metrics,
             }),
         })
     }
@@ -222,6 +227,7 @@ impl QueueModule {
             .publish(topic, message)
             .instrument(span.clone())
             .await;
+        self.inner.metrics.published(topic, 1, published.is_ok());
         match &published {
             Ok(receipt) => {
                 span.record("messaging.message.id", receipt.message_id.as_str());
@@ -231,6 +237,22 @@ impl QueueModule {
             }
         }
         published
+    }
+
+    /// The module's metrics as OpenMetrics text (what `GET /metrics` serves), with the
+    /// broker's counts (waiting, in flight, DLQ) read now.
+    pub async fn metrics_text(&self) -> Result<String, crate::calls::CallError> {
+        for row in self.stats(None).await? {
+            let key = SubscriptionKey::new(row.topic.clone(), row.trigger.clone());
+            self.inner
+                .metrics
+                .set_broker_counts(&key, row.waiting, row.in_flight, row.dlq);
+        }
+        Ok(self.inner.metrics.encode().unwrap_or_default())
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// `messaging.system` of this module's adapter, for spans.

@@ -5,7 +5,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use std::time::Duration;
+
+use crate::metrics::{TriggerMetrics, seconds};
+
 const WINDOW_SECONDS: usize = 60;
+
+/// Handler-time buckets: quarter powers of two of microseconds, up to about 2 minutes.
+const TIME_BUCKETS: usize = 108;
 
 /// Outcome counters of one trigger in this process since it started.
 pub(crate) struct TriggerCounters {
@@ -16,10 +23,14 @@ pub(crate) struct TriggerCounters {
     filtered: AtomicU64,
     /// Successes per second over the last minute: (second, count) per slot.
     recent: [(AtomicU64, AtomicU64); WINDOW_SECONDS],
+    /// Handler calls per time bucket, for p50/p99.
+    handler_times: [AtomicU64; TIME_BUCKETS],
+    /// The same outcomes as Prometheus series.
+    metrics: TriggerMetrics,
 }
 
 /// One trigger's handler outcomes in this process since it started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct TriggerCounts {
     /// Handler calls that succeeded.
     pub succeeded: u64,
@@ -33,10 +44,14 @@ pub struct TriggerCounts {
     pub filtered: u64,
     /// Successes in the last 60 seconds.
     pub per_minute: u64,
+    /// Median handler time since start (ms, ±10%); `None` before the first call.
+    pub handler_p50_ms: Option<f64>,
+    /// 99th-percentile handler time since start (ms, ±10%).
+    pub handler_p99_ms: Option<f64>,
 }
 
-impl Default for TriggerCounters {
-    fn default() -> Self {
+impl TriggerCounters {
+    pub(crate) fn new(metrics: TriggerMetrics) -> Self {
         Self {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -44,6 +59,8 @@ impl Default for TriggerCounters {
             dead_lettered: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             recent: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
+            handler_times: std::array::from_fn(|_| AtomicU64::new(0)),
+            metrics,
         }
     }
 }
@@ -55,7 +72,25 @@ fn now_second() -> u64 {
 }
 
 impl TriggerCounters {
+    pub(crate) fn delivered(&self) {
+        self.metrics.delivered.inc();
+    }
+
+    /// A handler call that took `time`.
+    pub(crate) fn handler_time(&self, time: Duration) {
+        self.metrics.handler_duration.observe(seconds(time));
+        let micros = time.as_micros().max(1) as f64;
+        let bucket = ((micros.log2() * 4.0) as usize).min(TIME_BUCKETS - 1);
+        self.handler_times[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message handled `latency` after it was enqueued.
+    pub(crate) fn end_to_end(&self, latency: Duration) {
+        self.metrics.end_to_end.observe(seconds(latency));
+    }
+
     pub(crate) fn succeeded(&self) {
+        self.metrics.succeeded.inc();
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         let second = now_second();
         let (slot_second, count) = &self.recent[(second % WINDOW_SECONDS as u64) as usize];
@@ -71,14 +106,17 @@ impl TriggerCounters {
     }
 
     pub(crate) fn retried(&self) {
+        self.metrics.retried.inc();
         self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dead_lettered(&self) {
+        self.metrics.dead_lettered.inc();
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn filtered(&self) {
+        self.metrics.filtered.inc();
         self.filtered.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -100,6 +138,31 @@ impl TriggerCounters {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
             per_minute,
+            handler_p50_ms: self.handler_quantile(0.5),
+            handler_p99_ms: self.handler_quantile(0.99),
         }
+    }
+
+    /// The `q` quantile of handler time in ms, from the buckets (their geometric middle).
+    fn handler_quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .handler_times
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let micros = 2f64.powf((bucket as f64 + 0.5) / 4.0);
+                return Some(micros.round() / 1000.0);
+            }
+        }
+        None
     }
 }

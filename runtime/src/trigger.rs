@@ -212,6 +212,7 @@ impl Trigger {
     }
 
     async fn handle_in_span(&self, delivery: Delivery, abort: &CancellationToken) -> &'static str {
+        self.counters.delivered();
         if !self.passes_condition(&delivery).await {
             self.counters.filtered();
             self.ack(delivery).await;
@@ -222,15 +223,21 @@ impl Trigger {
             return "released";
         };
         let call = handler.call(message);
+        let started = Instant::now();
         let outcome = self
             .supervise(call, std::slice::from_ref(&delivery), abort)
             .await;
+        if outcome.is_some() {
+            self.counters.handler_time(started.elapsed());
+        }
         match outcome {
             None => {
                 release(delivery).await;
                 "released"
             }
             Some(Ok(())) => {
+                self.counters
+                    .end_to_end(since(delivery.envelope().enqueued_at));
                 self.counters.succeeded();
                 self.ack(delivery).await;
                 "succeeded"
@@ -258,6 +265,7 @@ impl Trigger {
     async fn handle_batch_in_span(&self, batch: Vec<Delivery>, abort: &CancellationToken) {
         let mut passing = Vec::with_capacity(batch.len());
         for delivery in batch {
+            self.counters.delivered();
             if self.passes_condition(&delivery).await {
                 passing.push(delivery);
             } else {
@@ -277,7 +285,12 @@ impl Trigger {
             .collect();
         let expected = passing.len();
         let call = handler.call(messages).map(Ok).boxed();
-        match self.supervise(call, &passing, abort).await {
+        let started = Instant::now();
+        let outcome = self.supervise(call, &passing, abort).await;
+        if outcome.is_some() {
+            self.counters.handler_time(started.elapsed());
+        }
+        match outcome {
             None => {
                 for delivery in passing {
                     release(delivery).await;
@@ -287,6 +300,8 @@ impl Trigger {
                 for (delivery, result) in passing.into_iter().zip(results) {
                     match result {
                         Ok(()) => {
+                            self.counters
+                                .end_to_end(since(delivery.envelope().enqueued_at));
                             self.counters.succeeded();
                             self.ack(delivery).await;
                         }
@@ -421,6 +436,14 @@ impl Trigger {
             tracing::warn!(trigger = %self.key, operation, error = %err, "the settlement was not applied; the message will be delivered again");
         }
     }
+}
+
+/// The time since `at` (zero if it is in the future: clocks of two machines).
+fn since(at: Timestamp) -> Duration {
+    Timestamp::now()
+        .duration_since(at)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
 }
 
 async fn release(delivery: Delivery) {

@@ -44,6 +44,7 @@ on_every_adapter!(
     dlq_through_the_api_and_the_cli,
     token_rules,
     error_statuses,
+    metrics_count_every_outcome,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -755,4 +756,126 @@ async fn spans_are_exported_over_otlp() {
         .find(|kv| kv["key"] == "messaging.message.id")
         .map(|kv| kv["value"]["stringValue"].clone());
     assert_eq!(message_id, Some(published["message_id"].clone()));
+}
+
+/// The series of an OpenMetrics text, `name{labels}` → value.
+fn series(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn metrics_count_every_outcome(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "hooks.ok: {{ http: {{ url: \"{}\" }} }}\nhooks.error: {{ http: {{ url: \"{}\" }} }}",
+        receiver.url("ok"),
+        receiver.url("error")
+    );
+    let triggers = format!(
+        "keep:
+  type: queue
+  function: hooks.ok
+  config: {{ topic: jobs, condition: 'data.keep == true' }}
+{}",
+        trigger("fail", "bad", "hooks.error", 1, 100)
+    );
+    let service = Service::start(
+        &broker,
+        Parts {
+            functions: &functions,
+            triggers: &triggers,
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+    for keep in [true, true, true, false, false] {
+        service
+            .ok(
+                "queue.enqueue",
+                json!({"topic": "jobs", "data": {"keep": keep}}),
+            )
+            .await;
+    }
+    for n in 0..2 {
+        service
+            .ok("queue.enqueue", json!({"topic": "bad", "data": {"n": n}}))
+            .await;
+    }
+    eventually("every outcome", WAIT, || async {
+        let stats = service.ok("queue.stats", json!({})).await;
+        let row = |trigger: &str| {
+            stats["triggers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|row| row["trigger"] == trigger)
+                .cloned()
+                .unwrap()
+        };
+        row("keep")["succeeded"] == 3
+            && row("keep")["filtered"] == 2
+            && row("fail")["dead_lettered"] == 2
+    })
+    .await;
+    let response = support::http_client()
+        .get(format!("{}/metrics", service.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    let series = series(&text);
+    let value = |name: &str| {
+        *series
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let keep = r#"{topic="jobs",trigger="keep"}"#;
+    let fail = r#"{topic="bad",trigger="fail"}"#;
+    assert_eq!(
+        value(r#"topiq_messages_published_total{topic="jobs"}"#),
+        5.0
+    );
+    assert_eq!(value(r#"topiq_messages_published_total{topic="bad"}"#), 2.0);
+    assert_eq!(value(&format!("topiq_messages_delivered_total{keep}")), 5.0);
+    assert_eq!(value(&format!("topiq_messages_succeeded_total{keep}")), 3.0);
+    assert_eq!(value(&format!("topiq_messages_filtered_total{keep}")), 2.0);
+    assert_eq!(value(&format!("topiq_messages_retried_total{keep}")), 0.0);
+    assert_eq!(value(&format!("topiq_messages_delivered_total{fail}")), 4.0);
+    assert_eq!(value(&format!("topiq_messages_succeeded_total{fail}")), 0.0);
+    assert_eq!(value(&format!("topiq_messages_retried_total{fail}")), 2.0);
+    assert_eq!(
+        value(&format!("topiq_messages_dead_lettered_total{fail}")),
+        2.0
+    );
+    assert_eq!(value(&format!("topiq_dlq_depth{fail}")), 2.0);
+    assert_eq!(value(&format!("topiq_messages_waiting{keep}")), 0.0);
+    // Handler time: one observation per call (3 successes; 4 failed calls).
+    assert_eq!(
+        value(&format!("topiq_handler_duration_seconds_count{keep}")),
+        3.0
+    );
+    assert_eq!(
+        value(&format!("topiq_handler_duration_seconds_count{fail}")),
+        4.0
+    );
+    assert_eq!(
+        value(&format!("topiq_end_to_end_latency_seconds_count{keep}")),
+        3.0
+    );
+    // queue.stats has the handler-time quantiles.
+    let stats = service.ok("queue.stats", json!({"topic": "jobs"})).await;
+    assert!(stats["triggers"][0]["handler_p99_ms"].as_f64().unwrap() > 0.0);
 }

@@ -472,13 +472,27 @@ pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), Co
         return Ok(());
     }
     println!(
-        "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10}",
-        "topic", "trigger", "waiting", "in_flight", "succeeded", "failed", "dlq", "per_minute"
+        "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10} {:>9} {:>9}",
+        "topic",
+        "trigger",
+        "waiting",
+        "in_flight",
+        "succeeded",
+        "failed",
+        "dlq",
+        "per_minute",
+        "p50_ms",
+        "p99_ms"
     );
     for row in result["triggers"].as_array().into_iter().flatten() {
         let number = |key: &str| row[key].as_u64().unwrap_or_default();
+        let millis = |key: &str| {
+            row[key]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"))
+        };
         println!(
-            "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10}",
+            "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10} {:>9} {:>9}",
             row["topic"].as_str().unwrap_or_default(),
             row["trigger"].as_str().unwrap_or_default(),
             number("waiting"),
@@ -486,7 +500,9 @@ pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), Co
             number("succeeded"),
             number("failed"),
             number("dlq"),
-            number("per_minute")
+            number("per_minute"),
+            millis("handler_p50_ms"),
+            millis("handler_p99_ms")
         );
     }
     Ok(())
