@@ -1,5 +1,8 @@
 //! Throughput through the queue module on the in-memory adapter: enqueue → trigger → handler →
-//! ack, next to the adapter alone (publish → deliver → ack) in the same run.
+//! ack, next to the adapter alone (publish → deliver → ack) in the same run, and the same
+//! through the runtime with tracing on (every publish and process span recorded by
+//! OpenTelemetry and handed to its batch processor, whose exporter discards them) on a second
+//! runtime whose threads have that subscriber, rounds alternating with tracing off.
 //!
 //! Run with `cargo bench -p topiq`; `TOPIQ_BENCH_MESSAGES` sets the messages per round
 //! (default 200,000).
@@ -12,6 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use topiq::{Config, Functions, Message, QueueModule};
@@ -20,12 +28,64 @@ use topiq_adapter::{
     TriggerName,
 };
 use topiq_memory::BuiltinQueueAdapter;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// The same allocator as the `topiq` binary (see docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROUNDS: usize = 5;
+
+/// Spans the exporter got (and dropped).
+static EXPORTED: AtomicUsize = AtomicUsize::new(0);
+
+/// An exporter that drops what it gets: what remains is the cost of recording the spans.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        EXPORTED.fetch_add(batch.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A runtime like the plain one whose threads record spans into OpenTelemetry.
+fn traced_runtime() -> (
+    tokio::runtime::Runtime,
+    SdkTracerProvider,
+    tracing::Dispatch,
+) {
+    let processor = BatchSpanProcessor::builder(Discard)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(65_536)
+                .with_scheduled_delay(Duration::from_millis(100))
+                .build(),
+        )
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .build();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(move || {
+            // The guard lives as long as the thread: this runtime's threads keep the subscriber.
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        })
+        .enable_all()
+        .build()
+        .unwrap();
+    // With a single subscriber registered, `tracing` caches the first answer to "is this
+    // span recorded?" for every thread: the plain runtime's "no". A second one (that records
+    // nothing) makes it ask each thread's own subscriber. Kept for the whole run.
+    let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    (runtime, provider, second)
+}
 const CONCURRENCY: u32 = 100;
 
 fn message() -> Value {
@@ -161,21 +221,34 @@ fn main() {
     println!(
         "topiq runtime throughput: {count} messages per round, {ROUNDS} rounds, 2 worker threads, concurrency {CONCURRENCY}, a handler that does nothing, mimalloc"
     );
-    let (mut bare, mut module) = (Vec::new(), Vec::new());
+    let (traced, provider, _scoped) = traced_runtime();
+    let (mut bare, mut module, mut with_tracing) = (Vec::new(), Vec::new(), Vec::new());
     runtime.block_on(async {
         adapter_only(count / 10, &template).await;
         through_runtime(count / 10, &template).await;
-        for round in 1..=ROUNDS {
-            let a = rate(count, adapter_only(count, &template).await);
-            let m = rate(count, through_runtime(count, &template).await);
-            println!(
-                "  round {round}/{ROUNDS}: adapter alone {a:>10.0} msg/s, through the runtime {m:>10.0} msg/s"
-            );
-            bare.push(a);
-            module.push(m);
-        }
     });
-    let (a, m) = (median(bare), median(module));
+    traced.block_on(through_runtime(count / 10, &template));
+    for round in 1..=ROUNDS {
+        let (a, m) = runtime.block_on(async {
+            (
+                rate(count, adapter_only(count, &template).await),
+                rate(count, through_runtime(count, &template).await),
+            )
+        });
+        let t = rate(count, traced.block_on(through_runtime(count, &template)));
+        println!(
+            "  round {round}/{ROUNDS}: adapter alone {a:>10.0} msg/s, through the runtime {m:>10.0} msg/s, with tracing {t:>10.0} msg/s"
+        );
+        bare.push(a);
+        module.push(m);
+        with_tracing.push(t);
+    }
+    provider.shutdown().ok();
+    println!(
+        "  spans recorded and exported with tracing on: {}",
+        EXPORTED.load(Ordering::Relaxed)
+    );
+    let (a, m, t) = (median(bare), median(module), median(with_tracing));
     println!();
     println!("| pipeline (median of {ROUNDS}) | messages/s | ratio |");
     println!("|---|---:|---:|");
@@ -184,7 +257,16 @@ fn main() {
         "| QueueModule: enqueue → trigger → handler → ack | {m:.0} | {:.2} |",
         m / a
     );
+    println!(
+        "| QueueModule with tracing on (spans to OpenTelemetry) | {t:.0} | {:.2} |",
+        t / a
+    );
     println!();
+    println!(
+        "tracing costs {:.1}% of the runtime's throughput ({:.2} µs per message)",
+        (1.0 - t / m) * 100.0,
+        (1.0 / t - 1.0 / m) * 1e6
+    );
     println!(
         "target: ≥ 500,000 msg/s through the runtime → {}",
         if m >= 500_000.0 { "met" } else { "NOT met" }
