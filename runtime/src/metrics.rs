@@ -1,8 +1,17 @@
 //! Metrics per topic and trigger, served as Prometheus (OpenMetrics) text on `GET /metrics`:
 //! counters of what happened to messages, histograms of handler time and of end-to-end
-//! latency (enqueue → handled), and gauges read from the broker at each scrape.
+//! latency (enqueue → handled), and gauges read from the broker at each scrape. With
+//! `telemetry.otlp` set, the same measurements also go to OpenTelemetry instruments
+//! (`topiq.messages.succeeded`, ...), which the OTLP exporter sends.
+
+use std::sync::Arc;
 
 use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{
+    Counter as OtelCounter, Gauge as OtelGauge, Histogram as OtelHistogram,
+};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,22 +65,138 @@ pub(crate) struct Metrics {
     in_flight: Family<TriggerLabels, Gauge>,
     waiting: Family<TriggerLabels, Gauge>,
     dlq: Family<TriggerLabels, Gauge>,
+    otel: Option<Arc<OtelInstruments>>,
 }
 
-/// One trigger's series, resolved once so recording costs an atomic add.
+/// The OpenTelemetry instruments, when metrics are exported over OTLP.
+struct OtelInstruments {
+    published: OtelCounter<u64>,
+    publish_errors: OtelCounter<u64>,
+    delivered: OtelCounter<u64>,
+    succeeded: OtelCounter<u64>,
+    retried: OtelCounter<u64>,
+    dead_lettered: OtelCounter<u64>,
+    filtered: OtelCounter<u64>,
+    handler_duration: OtelHistogram<f64>,
+    end_to_end: OtelHistogram<f64>,
+    in_flight: OtelGauge<u64>,
+    waiting: OtelGauge<u64>,
+    dlq: OtelGauge<u64>,
+}
+
+impl OtelInstruments {
+    fn new() -> Self {
+        let meter = opentelemetry::global::meter("topiq");
+        let counter = |name: &'static str, description: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_description(description)
+                .with_unit("{message}")
+                .build()
+        };
+        let histogram = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_description(description)
+                .with_unit("s")
+                .build()
+        };
+        let gauge = |name: &'static str, description: &'static str| {
+            meter
+                .u64_gauge(name)
+                .with_description(description)
+                .with_unit("{message}")
+                .build()
+        };
+        Self {
+            published: counter("topiq.messages.published", "Messages the broker accepted"),
+            publish_errors: counter("topiq.publish.errors", "Enqueues that failed"),
+            delivered: counter("topiq.messages.delivered", "Deliveries a trigger took"),
+            succeeded: counter("topiq.messages.succeeded", "Handler calls that succeeded"),
+            retried: counter("topiq.messages.retried", "Failed calls that were retried"),
+            dead_lettered: counter("topiq.messages.dead_lettered", "Messages moved to the DLQ"),
+            filtered: counter("topiq.messages.filtered", "Messages the condition skipped"),
+            handler_duration: histogram("topiq.handler.duration", "Time of each handler call"),
+            end_to_end: histogram(
+                "topiq.end_to_end.latency",
+                "Time from enqueue to a successful handler call",
+            ),
+            in_flight: gauge("topiq.messages.in_flight", "Delivered and not settled"),
+            waiting: gauge("topiq.messages.waiting", "Waiting for the trigger"),
+            dlq: gauge("topiq.dlq.depth", "Records in the trigger's DLQ"),
+        }
+    }
+}
+
+/// One trigger's series, resolved once so recording costs an atomic add (and, with OTLP on,
+/// one OpenTelemetry measurement).
 #[derive(Clone)]
 pub(crate) struct TriggerMetrics {
-    pub(crate) delivered: Counter,
-    pub(crate) succeeded: Counter,
-    pub(crate) retried: Counter,
-    pub(crate) dead_lettered: Counter,
-    pub(crate) filtered: Counter,
-    pub(crate) handler_duration: Histogram,
-    pub(crate) end_to_end: Histogram,
+    delivered: Counter,
+    succeeded: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    filtered: Counter,
+    handler_duration: Histogram,
+    end_to_end: Histogram,
+    otel: Option<(Arc<OtelInstruments>, Arc<[KeyValue]>)>,
+}
+
+impl TriggerMetrics {
+    pub(crate) fn delivered(&self) {
+        self.delivered.inc();
+        if let Some((otel, labels)) = &self.otel {
+            otel.delivered.add(1, labels);
+        }
+    }
+
+    pub(crate) fn succeeded(&self) {
+        self.succeeded.inc();
+        if let Some((otel, labels)) = &self.otel {
+            otel.succeeded.add(1, labels);
+        }
+    }
+
+    pub(crate) fn retried(&self) {
+        self.retried.inc();
+        if let Some((otel, labels)) = &self.otel {
+            otel.retried.add(1, labels);
+        }
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.inc();
+        if let Some((otel, labels)) = &self.otel {
+            otel.dead_lettered.add(1, labels);
+        }
+    }
+
+    pub(crate) fn filtered(&self) {
+        self.filtered.inc();
+        if let Some((otel, labels)) = &self.otel {
+            otel.filtered.add(1, labels);
+        }
+    }
+
+    pub(crate) fn handler_time(&self, time: Duration) {
+        self.handler_duration.observe(seconds(time));
+        if let Some((otel, labels)) = &self.otel {
+            otel.handler_duration.record(seconds(time), labels);
+        }
+    }
+
+    pub(crate) fn end_to_end(&self, latency: Duration) {
+        self.end_to_end.observe(seconds(latency));
+        if let Some((otel, labels)) = &self.otel {
+            otel.end_to_end.record(seconds(latency), labels);
+        }
+    }
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// The series; with `otlp`, also OpenTelemetry instruments from the global meter
+    /// provider (which [`Telemetry::install`](crate::Telemetry::install) sets).
+    pub(crate) fn new(otlp: bool) -> Self {
         let mut registry = Registry::with_prefix("topiq");
         let metrics = Self {
             published: Family::default(),
@@ -86,6 +211,7 @@ impl Metrics {
             in_flight: Family::default(),
             waiting: Family::default(),
             dlq: Family::default(),
+            otel: otlp.then(|| Arc::new(OtelInstruments::new())),
             registry: Registry::default(),
         };
         registry.register(
@@ -167,6 +293,10 @@ impl Metrics {
             filtered: self.filtered.get_or_create(&labels).clone(),
             handler_duration: self.handler_duration.get_or_create(&labels).clone(),
             end_to_end: self.end_to_end.get_or_create(&labels).clone(),
+            otel: self
+                .otel
+                .as_ref()
+                .map(|otel| (Arc::clone(otel), otel_labels(key))),
         }
     }
 
@@ -181,6 +311,14 @@ impl Metrics {
             &self.publish_errors
         };
         family.get_or_create(&labels).inc_by(count);
+        if let Some(otel) = &self.otel {
+            let counter = if ok {
+                &otel.published
+            } else {
+                &otel.publish_errors
+            };
+            counter.add(count, &[KeyValue::new("topic", topic.to_string())]);
+        }
     }
 
     /// Sets the broker-read gauges of the trigger `key`.
@@ -198,6 +336,18 @@ impl Metrics {
             .get_or_create(&labels)
             .set(as_gauge(in_flight));
         self.dlq.get_or_create(&labels).set(as_gauge(dlq));
+        if let Some(otel) = &self.otel {
+            let labels = otel_labels(key);
+            otel.waiting.record(waiting, &labels);
+            otel.in_flight.record(in_flight, &labels);
+            otel.dlq.record(dlq, &labels);
+        }
+    }
+
+    /// Whether measurements also go to OpenTelemetry (then the broker's counts are read
+    /// periodically, not only at a scrape).
+    pub(crate) fn exports_otlp(&self) -> bool {
+        self.otel.is_some()
     }
 
     /// Every series as OpenMetrics text.
@@ -206,6 +356,13 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
+}
+
+fn otel_labels(key: &SubscriptionKey) -> Arc<[KeyValue]> {
+    Arc::new([
+        KeyValue::new("topic", key.topic.to_string()),
+        KeyValue::new("trigger", key.trigger.to_string()),
+    ])
 }
 
 /// `duration` in seconds, for a histogram.

@@ -22,6 +22,9 @@ use crate::stats::TriggerCounters;
 use crate::telemetry;
 use crate::trigger::{Lifecycle, Trigger};
 
+/// How often the broker's counts are read for exported gauges.
+const BROKER_COUNTS_EVERY: Duration = Duration::from_secs(15);
+
 /// Why the module could not start; nothing was left half-started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -152,7 +155,7 @@ impl QueueModule {
                     source,
                 })?;
         }
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(config.telemetry.otlp.is_some());
         let mut triggers = Vec::with_capacity(resolved.len());
         for (settings, function) in resolved {
             let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());
@@ -242,13 +245,19 @@ impl QueueModule {
     /// The module's metrics as OpenMetrics text (what `GET /metrics` serves), with the
     /// broker's counts (waiting, in flight, DLQ) read now.
     pub async fn metrics_text(&self) -> Result<String, crate::calls::CallError> {
+        self.refresh_broker_counts().await?;
+        Ok(self.inner.metrics.encode().unwrap_or_default())
+    }
+
+    /// Reads waiting, in-flight and DLQ counts from the broker into the gauges.
+    async fn refresh_broker_counts(&self) -> Result<(), crate::calls::CallError> {
         for row in self.stats(None).await? {
             let key = SubscriptionKey::new(row.topic.clone(), row.trigger.clone());
             self.inner
                 .metrics
                 .set_broker_counts(&key, row.waiting, row.in_flight, row.dlq);
         }
-        Ok(self.inner.metrics.encode().unwrap_or_default())
+        Ok(())
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -271,6 +280,21 @@ impl QueueModule {
             lifecycle
                 .calls
                 .spawn(Arc::clone(trigger).run(lifecycle.clone()));
+        }
+        if self.inner.metrics.exports_otlp() {
+            // Exported gauges need the broker's counts without a scrape asking for them.
+            let (module, stop) = (self.clone(), lifecycle.stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Err(err) = module.refresh_broker_counts().await {
+                        tracing::debug!(error = %err, "cannot read the broker's counts for the gauges");
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(BROKER_COUNTS_EVERY) => {}
+                    }
+                }
+            });
         }
         tracing::info!(
             adapter = self.inner.config.adapter.class.name(),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use std::time::Duration;
 
-use crate::metrics::{TriggerMetrics, seconds};
+use crate::metrics::TriggerMetrics;
 
 const WINDOW_SECONDS: usize = 60;
 
@@ -73,12 +73,12 @@ fn now_second() -> u64 {
 
 impl TriggerCounters {
     pub(crate) fn delivered(&self) {
-        self.metrics.delivered.inc();
+        self.metrics.delivered();
     }
 
     /// A handler call that took `time`.
     pub(crate) fn handler_time(&self, time: Duration) {
-        self.metrics.handler_duration.observe(seconds(time));
+        self.metrics.handler_time(time);
         let micros = time.as_micros().max(1) as f64;
         let bucket = ((micros.log2() * 4.0) as usize).min(TIME_BUCKETS - 1);
         self.handler_times[bucket].fetch_add(1, Ordering::Relaxed);
@@ -86,11 +86,11 @@ impl TriggerCounters {
 
     /// A message handled `latency` after it was enqueued.
     pub(crate) fn end_to_end(&self, latency: Duration) {
-        self.metrics.end_to_end.observe(seconds(latency));
+        self.metrics.end_to_end(latency);
     }
 
     pub(crate) fn succeeded(&self) {
-        self.metrics.succeeded.inc();
+        self.metrics.succeeded();
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         let second = now_second();
         let (slot_second, count) = &self.recent[(second % WINDOW_SECONDS as u64) as usize];
@@ -106,17 +106,17 @@ impl TriggerCounters {
     }
 
     pub(crate) fn retried(&self) {
-        self.metrics.retried.inc();
+        self.metrics.retried();
         self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dead_lettered(&self) {
-        self.metrics.dead_lettered.inc();
+        self.metrics.dead_lettered();
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn filtered(&self) {
-        self.metrics.filtered.inc();
+        self.metrics.filtered();
         self.filtered.fetch_add(1, Ordering::Relaxed);
     }
 

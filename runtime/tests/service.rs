@@ -682,10 +682,11 @@ async fn error_statuses(mut broker: Broker) {
     }
 }
 
-/// Spans exported over OTLP (http/json) reach a collector: the publish and process spans of
-/// one message, in one trace, under the configured service name.
+/// Spans and metrics exported over OTLP (http/json) reach a collector: the publish and
+/// process spans of one message, in one trace, under the configured service name, and the
+/// trigger's counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_are_exported_over_otlp() {
+async fn spans_and_metrics_are_exported_over_otlp() {
     let collector = Receiver::start().await;
     let telemetry = format!(
         "service_name: orders-service\nlog_format: json\notlp: {{ endpoint: \"http://{}\", protocol: http/json }}",
@@ -756,6 +757,50 @@ async fn spans_are_exported_over_otlp() {
         .find(|kv| kv["key"] == "messaging.message.id")
         .map(|kv| kv["value"]["stringValue"].clone());
     assert_eq!(message_id, Some(published["message_id"].clone()));
+
+    // The last metrics are exported at shutdown: the trigger's success counter says 1.
+    let succeeded: Vec<Value> = collector
+        .requests("v1/metrics")
+        .iter()
+        .flat_map(|export| {
+            export.body["resourceMetrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|resource| {
+            resource["scopeMetrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|scope| scope["metrics"].as_array().cloned().unwrap_or_default())
+        .filter(|metric| metric["name"] == "topiq.messages.succeeded")
+        .flat_map(|metric| {
+            metric["sum"]["dataPoints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        !succeeded.is_empty(),
+        "no topiq.messages.succeeded exported"
+    );
+    let last = succeeded.last().unwrap();
+    let value = match &last["asInt"] {
+        Value::String(text) => text.parse::<u64>().unwrap(),
+        other => other.as_u64().unwrap(),
+    };
+    assert_eq!(value, 1, "{last}");
+    assert!(
+        last["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|kv| kv["key"] == "trigger" && kv["value"]["stringValue"] == "log"),
+        "{last}"
+    );
 }
 
 /// The series of an OpenMetrics text, `name{labels}` → value.

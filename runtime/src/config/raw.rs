@@ -40,6 +40,7 @@ pub(crate) struct RawOtlp {
     pub(crate) headers: BTreeMap<String, Spanned<String>>,
     pub(crate) sampling_ratio: Option<Spanned<f64>>,
     pub(crate) timeout: Option<ConfigDuration>,
+    pub(crate) metrics_interval: Option<ConfigDuration>,
 }
 
 /// A function declared in the config rather than registered by code.

@@ -33,7 +33,7 @@ pub enum OtlpProtocol {
 /// Where traces go.
 #[derive(Clone)]
 pub struct OtlpSettings {
-    /// The collector's OTLP/HTTP base URL; `/v1/traces` is appended when it has no path.
+    /// The collector's OTLP/HTTP base URL; `/v1/traces` and `/v1/metrics` are appended.
     pub endpoint: Url,
     /// The wire format.
     pub protocol: OtlpProtocol,
@@ -44,16 +44,24 @@ pub struct OtlpSettings {
     pub sampling_ratio: f64,
     /// How long one export may take.
     pub timeout: Duration,
+    /// How often metrics are exported.
+    pub metrics_interval: Duration,
 }
 
 impl OtlpSettings {
-    /// The URL traces are posted to.
+    /// The URL traces are posted to: `<endpoint>/v1/traces`.
     pub fn traces_url(&self) -> String {
-        if self.endpoint.path() == "/" {
-            format!("{}v1/traces", self.endpoint)
-        } else {
-            self.endpoint.to_string()
-        }
+        self.signal_url("v1/traces")
+    }
+
+    /// The URL metrics are posted to: `<endpoint>/v1/metrics`.
+    pub fn metrics_url(&self) -> String {
+        self.signal_url("v1/metrics")
+    }
+
+    fn signal_url(&self, path: &str) -> String {
+        let base = self.endpoint.as_str().trim_end_matches('/');
+        format!("{base}/{path}")
     }
 }
 
@@ -72,6 +80,7 @@ impl fmt::Debug for OtlpSettings {
             )
             .field("sampling_ratio", &self.sampling_ratio)
             .field("timeout", &self.timeout)
+            .field("metrics_interval", &self.metrics_interval)
             .finish()
     }
 }
@@ -176,6 +185,9 @@ pub(crate) fn validate_telemetry(
         headers,
         sampling_ratio,
         timeout: otlp.timeout.map_or(Duration::from_secs(10), |t| t.0),
+        metrics_interval: otlp
+            .metrics_interval
+            .map_or(Duration::from_secs(60), |t| t.0),
     });
     Ok(settings)
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -28,11 +29,13 @@ pub enum TelemetryError {
 /// process exits, so the last spans are exported.
 pub struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
     /// Installs the global `tracing` subscriber: logs (text or JSON, filtered by `RUST_LOG`,
-    /// default `default_filter`) and, when `settings.otlp` is set, spans exported over OTLP.
+    /// default `default_filter`) and, when `settings.otlp` is set, spans and metrics exported
+    /// over OTLP (the metrics through the global meter provider it sets).
     /// Call it outside an async runtime (the exporter runs a thread of its own).
     pub fn install(
         settings: &TelemetrySettings,
@@ -60,10 +63,7 @@ impl Telemetry {
                 .collect();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_protocol(match otlp.protocol {
-                    OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
-                    OtlpProtocol::HttpJson => Protocol::HttpJson,
-                })
+                .with_protocol(protocol(otlp.protocol))
                 .with_endpoint(otlp.traces_url())
                 .with_headers(headers)
                 .with_timeout(otlp.timeout)
@@ -84,6 +84,39 @@ impl Telemetry {
             )
         });
         let tracer_provider = tracer_provider.transpose()?;
+        let meter_provider = match &settings.otlp {
+            None => None,
+            Some(otlp) => {
+                let headers: HashMap<String, String> = otlp
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+                    .collect();
+                let exporter = opentelemetry_otlp::MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(protocol(otlp.protocol))
+                    .with_endpoint(otlp.metrics_url())
+                    .with_headers(headers)
+                    .with_timeout(otlp.timeout)
+                    .build()
+                    .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+                let provider = SdkMeterProvider::builder()
+                    .with_reader(
+                        PeriodicReader::builder(exporter)
+                            .with_interval(otlp.metrics_interval)
+                            .build(),
+                    )
+                    .with_resource(
+                        Resource::builder()
+                            .with_service_name(settings.service_name.clone())
+                            .build(),
+                    )
+                    .build();
+                // The queue module takes its instruments from the global provider.
+                opentelemetry::global::set_meter_provider(provider.clone());
+                Some(provider)
+            }
+        };
         // Spans reach OpenTelemetry only from the messaging target and the application's
         // own spans at info and above, whatever RUST_LOG says about logs.
         let traces = tracer_provider.as_ref().map(|provider| {
@@ -96,15 +129,30 @@ impl Telemetry {
             .with(traces)
             .try_init()
             .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
-        Ok(Self { tracer_provider })
+        Ok(Self {
+            tracer_provider,
+            meter_provider,
+        })
     }
 
-    /// Exports what is buffered and stops the exporter.
+    /// Exports what is buffered (spans, and metrics a last time) and stops the exporters.
     pub fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
             && let Err(err) = provider.shutdown()
         {
             eprintln!("topiq: exporting the last spans failed: {err}");
         }
+        if let Some(provider) = self.meter_provider
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("topiq: exporting the last metrics failed: {err}");
+        }
+    }
+}
+
+fn protocol(protocol: OtlpProtocol) -> Protocol {
+    match protocol {
+        OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+        OtlpProtocol::HttpJson => Protocol::HttpJson,
     }
 }

@@ -378,6 +378,7 @@ impl Receiver {
         let router = Router::new()
             .route("/{behaviour}", post(answer))
             .route("/v1/traces", post(otlp_traces))
+            .route("/v1/metrics", post(otlp_metrics))
             .with_state(ReceiverState {
                 requests: Arc::clone(&requests),
                 holding: Arc::clone(&holding),
@@ -429,6 +430,24 @@ async fn otlp_traces(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     requests.lock().unwrap().push(Received {
         path: "v1/traces".into(),
+        peer,
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    (StatusCode::OK, axum::Json(json!({}))).into_response()
+}
+
+/// An OTLP/HTTP collector's metrics endpoint (JSON bodies), recorded as `v1/metrics`.
+async fn otlp_metrics(
+    State(ReceiverState { requests, .. }): State<ReceiverState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    requests.lock().unwrap().push(Received {
+        path: "v1/metrics".into(),
         peer,
         headers,
         body,
