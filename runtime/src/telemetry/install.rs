@@ -120,8 +120,7 @@ impl Telemetry {
         // Spans reach OpenTelemetry only from the messaging target and the application's
         // own spans at info and above, whatever RUST_LOG says about logs.
         let traces = tracer_provider.as_ref().map(|provider| {
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("topiq"))
+            span_layer(provider.tracer("topiq"))
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
         });
         tracing_subscriber::registry()
@@ -148,6 +147,22 @@ impl Telemetry {
             eprintln!("topiq: exporting the last metrics failed: {err}");
         }
     }
+}
+
+/// The layer that turns `tracing` spans into OpenTelemetry spans, as `topiq run` installs it:
+/// without per-span busy/idle timing, thread and code-location attributes, which cost more
+/// than the messaging attributes themselves (see docs/benchmarks.md).
+pub fn span_layer<S>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
 }
 
 fn protocol(protocol: OtlpProtocol) -> Protocol {

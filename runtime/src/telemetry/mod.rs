@@ -14,7 +14,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use topiq_adapter::{Envelope, TopicName, TraceContext, TriggerName};
 
-pub use install::{Telemetry, TelemetryError};
+pub use install::{Telemetry, TelemetryError, span_layer};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
