@@ -252,10 +252,12 @@ fn main() {
         on.push(t);
     }
     provider.shutdown().ok();
-    println!(
-        "  spans recorded and exported with tracing on: {}",
-        EXPORTED.load(Ordering::Relaxed)
-    );
+    // Two spans per message (publish, process), warm-up included: fewer would mean the
+    // processor dropped spans, and tracing would look cheaper than it is.
+    let expected = 2 * (count / 10 + ROUNDS * count);
+    let exported = EXPORTED.load(Ordering::Relaxed);
+    println!("  spans recorded and exported with tracing on: {exported} of {expected}");
+    assert_eq!(exported, expected, "the span processor dropped spans");
     let (a, m) = (median(bare), median(module));
     let (o, t) = (median(off), median(on));
     println!();

@@ -228,18 +228,15 @@ fn call_error(err: &CallError) -> Response {
 
 /// Prometheus' scrape: every series as OpenMetrics text, the broker's counts read now.
 async fn metrics(State(state): State<ApiState>) -> Response {
-    match state.module.metrics_text().await {
-        Ok(text) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(err) => call_error(&err),
-    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.module.metrics_text().await,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

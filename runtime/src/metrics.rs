@@ -65,6 +65,7 @@ pub(crate) struct Metrics {
     in_flight: Family<TriggerLabels, Gauge>,
     waiting: Family<TriggerLabels, Gauge>,
     dlq: Family<TriggerLabels, Gauge>,
+    broker_up: Gauge,
     otel: Option<Arc<OtelInstruments>>,
 }
 
@@ -211,6 +212,7 @@ impl Metrics {
             in_flight: Family::default(),
             waiting: Family::default(),
             dlq: Family::default(),
+            broker_up: Gauge::default(),
             otel: otlp.then(|| Arc::new(OtelInstruments::new())),
             registry: Registry::default(),
         };
@@ -276,10 +278,20 @@ impl Metrics {
             "Records in the trigger's DLQ, from the broker",
             metrics.dlq.clone(),
         );
+        registry.register(
+            "broker_up",
+            "1 when the broker answered the last read of its counts, 0 when it did not",
+            metrics.broker_up.clone(),
+        );
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// Whether the broker answered the last read of its counts.
+    pub(crate) fn set_broker_up(&self, up: bool) {
+        self.broker_up.set(i64::from(up));
     }
 
     /// The series of the trigger `key`.

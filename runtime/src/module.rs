@@ -25,6 +25,9 @@ use crate::trigger::{Lifecycle, Trigger};
 /// How often the broker's counts are read for exported gauges.
 const BROKER_COUNTS_EVERY: Duration = Duration::from_secs(15);
 
+/// How long a read of the broker's counts for the metrics may take.
+const BROKER_COUNTS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the module could not start; nothing was left half-started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -244,20 +247,37 @@ impl QueueModule {
 
     /// The module's metrics as OpenMetrics text (what `GET /metrics` serves), with the
     /// broker's counts (waiting, in flight, DLQ) read now.
-    pub async fn metrics_text(&self) -> Result<String, crate::calls::CallError> {
-        self.refresh_broker_counts().await?;
-        Ok(self.inner.metrics.encode().unwrap_or_default())
+    ///
+    /// When the broker does not answer within 5 s, the counters are still served,
+    /// `topiq_broker_up` says 0 and the broker gauges keep their last values.
+    pub async fn metrics_text(&self) -> String {
+        self.refresh_broker_counts().await;
+        self.inner.metrics.encode().unwrap_or_default()
     }
 
-    /// Reads waiting, in-flight and DLQ counts from the broker into the gauges.
-    async fn refresh_broker_counts(&self) -> Result<(), crate::calls::CallError> {
-        for row in self.stats(None).await? {
-            let key = SubscriptionKey::new(row.topic.clone(), row.trigger.clone());
-            self.inner
-                .metrics
-                .set_broker_counts(&key, row.waiting, row.in_flight, row.dlq);
+    /// Reads waiting, in-flight and DLQ counts from the broker into the gauges (bounded by
+    /// [`BROKER_COUNTS_TIMEOUT`]); records whether the broker answered.
+    async fn refresh_broker_counts(&self) {
+        let read = tokio::time::timeout(BROKER_COUNTS_TIMEOUT, self.stats(None)).await;
+        match read {
+            Ok(Ok(rows)) => {
+                for row in rows {
+                    let key = SubscriptionKey::new(row.topic.clone(), row.trigger.clone());
+                    self.inner
+                        .metrics
+                        .set_broker_counts(&key, row.waiting, row.in_flight, row.dlq);
+                }
+                self.inner.metrics.set_broker_up(true);
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot read the broker's counts for the metrics");
+                self.inner.metrics.set_broker_up(false);
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?BROKER_COUNTS_TIMEOUT, "the broker's counts did not come in time for the metrics");
+                self.inner.metrics.set_broker_up(false);
+            }
         }
-        Ok(())
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -283,11 +303,14 @@ impl QueueModule {
         }
         if self.inner.metrics.exports_otlp() {
             // Exported gauges need the broker's counts without a scrape asking for them.
+            // Tracked with the triggers, so shutdown waits for it; it stops at the stop signal,
+            // also in the middle of a read.
             let (module, stop) = (self.clone(), lifecycle.stop.clone());
-            tokio::spawn(async move {
+            lifecycle.calls.spawn(async move {
                 loop {
-                    if let Err(err) = module.refresh_broker_counts().await {
-                        tracing::debug!(error = %err, "cannot read the broker's counts for the gauges");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = module.refresh_broker_counts() => {}
                     }
                     tokio::select! {
                         () = stop.cancelled() => break,

@@ -41,7 +41,6 @@ impl AdapterClass {
         AdapterClass::RabbitMq,
     ];
 
-    /// The class name as written in `config.yaml`.
     /// The `messaging.system` of OpenTelemetry's conventions for spans on this adapter.
     pub fn messaging_system(self) -> &'static str {
         match self {
@@ -51,7 +50,7 @@ impl AdapterClass {
         }
     }
 
-    /// The class name written in `config.yaml`.
+    /// The class name as written in `config.yaml`.
     pub fn name(self) -> &'static str {
         match self {
             AdapterClass::Builtin => topiq_memory::CLASS_NAME,

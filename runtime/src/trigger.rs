@@ -256,13 +256,20 @@ impl Trigger {
             &envelopes,
         );
         drop(envelopes);
-        self.handle_batch_in_span(batch, abort)
+        let outcome = self
+            .handle_batch_in_span(batch, abort)
             .instrument(span.clone())
             .await;
-        telemetry::record_outcome(&span, "batch");
+        telemetry::record_outcome(&span, outcome);
     }
 
-    async fn handle_batch_in_span(&self, batch: Vec<Delivery>, abort: &CancellationToken) {
+    /// The batch's outcome: `succeeded` (every message), `partial`, `failed`, `filtered`
+    /// (none passed the condition) or `released`.
+    async fn handle_batch_in_span(
+        &self,
+        batch: Vec<Delivery>,
+        abort: &CancellationToken,
+    ) -> &'static str {
         let mut passing = Vec::with_capacity(batch.len());
         for delivery in batch {
             self.counters.delivered();
@@ -274,10 +281,10 @@ impl Trigger {
             }
         }
         if passing.is_empty() {
-            return;
+            return "filtered";
         }
         let Function::Batch(handler) = &self.function else {
-            return;
+            return "released";
         };
         let messages = passing
             .iter()
@@ -295,8 +302,10 @@ impl Trigger {
                 for delivery in passing {
                     release(delivery).await;
                 }
+                "released"
             }
             Some(Ok(results)) if results.len() == expected => {
+                let failed = results.iter().filter(|result| result.is_err()).count();
                 for (delivery, result) in passing.into_iter().zip(results) {
                     match result {
                         Ok(()) => {
@@ -311,6 +320,11 @@ impl Trigger {
                         }
                     }
                 }
+                match failed {
+                    0 => "succeeded",
+                    n if n == expected => "failed",
+                    _ => "partial",
+                }
             }
             Some(Ok(results)) => {
                 let message = format!(
@@ -324,6 +338,7 @@ impl Trigger {
                     )
                     .await;
                 }
+                "failed"
             }
             Some(Err(failure)) => {
                 let shared = match failure {
@@ -339,6 +354,7 @@ impl Trigger {
                     self.settle_failure(delivery, CallFailure::Handler(shared.clone()))
                         .await;
                 }
+                "failed"
             }
         }
     }

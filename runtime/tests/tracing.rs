@@ -131,11 +131,15 @@ triggers:
         .unwrap();
 
     // Dead-lettered on its only attempt, then redriven: both deliveries share its trace.
+    // Published inside a span with baggage given explicitly (no traceparent): the publish
+    // span stays the child of the current span.
+    let doom_request = tracing::info_span!("doom-request");
     module
         .call(
             "queue.enqueue",
             json!({"topic": "doomed", "data": {}, "baggage": "doom=1"}),
         )
+        .instrument(doom_request)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -199,8 +203,7 @@ triggers:
     // Both attempts are children of the publish span, in its trace.
     let mut attempts = named("process orders");
     attempts.sort_by_key(|span| {
-        attribute(span, "messaging.message.delivery_attempt")
-            .map(|value| value.as_str().into_owned())
+        attribute(span, "topiq.attempt").map(|value| value.as_str().into_owned())
     });
     assert_eq!(attempts.len(), 2, "{spans:#?}");
     for (span, (attempt, outcome)) in attempts.iter().zip([(1, "retried"), (2, "succeeded")]) {
@@ -209,10 +212,7 @@ triggers:
             publish.span_context.trace_id()
         );
         assert_eq!(span.parent_span_id, publish.span_context.span_id());
-        assert_eq!(
-            attribute(span, "messaging.message.delivery_attempt"),
-            Some(Value::I64(attempt))
-        );
+        assert_eq!(attribute(span, "topiq.attempt"), Some(Value::I64(attempt)));
         assert_eq!(attribute(span, "topiq.outcome").unwrap().as_str(), outcome);
         assert_eq!(
             attribute(span, "messaging.consumer.group.name")
@@ -237,6 +237,11 @@ triggers:
 
     // A redriven message keeps its trace: both deliveries are children of its publish span.
     let doomed_publish = named("publish doomed")[0];
+    let doom_request = named("doom-request")[0];
+    assert_eq!(
+        doomed_publish.parent_span_id,
+        doom_request.span_context.span_id()
+    );
     let doomed = named("process doomed");
     assert_eq!(doomed.len(), 2, "{spans:#?}");
     for span in &doomed {

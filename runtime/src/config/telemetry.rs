@@ -174,11 +174,25 @@ pub(crate) fn validate_telemetry(
             ));
         }
     };
-    let headers = otlp
-        .headers
-        .into_iter()
-        .map(|(name, value)| (name, Secret::new(value.value)))
-        .collect();
+    let mut headers = Vec::with_capacity(otlp.headers.len());
+    for (name, value) in otlp.headers {
+        let key = format!("telemetry.otlp.headers.{name}");
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                spanned_at(file, &value),
+                key,
+                "is not a valid HTTP header name",
+            ));
+        }
+        if reqwest::header::HeaderValue::from_str(&value.value).is_err() {
+            return Err(ConfigError::invalid(
+                spanned_at(file, &value),
+                key,
+                "holds characters an HTTP header cannot (such as a line break)",
+            ));
+        }
+        headers.push((name, Secret::new(value.value)));
+    }
     settings.otlp = Some(OtlpSettings {
         endpoint,
         protocol,

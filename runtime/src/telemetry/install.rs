@@ -43,7 +43,12 @@ impl Telemetry {
     ) -> Result<Self, TelemetryError> {
         // The messaging spans are for traces; log lines do not repeat them unless RUST_LOG
         // asks for `topiq::messaging`.
-        let filter = EnvFilter::try_from_default_env()
+        let directives = match std::env::var("RUST_LOG") {
+            Ok(given) if given.contains("topiq::messaging") => given,
+            Ok(given) if !given.trim().is_empty() => format!("{given},topiq::messaging=off"),
+            _ => format!("{default_filter},topiq::messaging=off,opentelemetry=warn"),
+        };
+        let filter = EnvFilter::try_new(&directives)
             .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},topiq::messaging=off")));
         let logs = match settings.log_format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
@@ -68,7 +73,7 @@ impl Telemetry {
                 .with_headers(headers)
                 .with_timeout(otlp.timeout)
                 .build()
-                .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+                .map_err(|_| exporter_error("traces", otlp))?;
             Ok::<_, TelemetryError>(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -99,7 +104,7 @@ impl Telemetry {
                     .with_headers(headers)
                     .with_timeout(otlp.timeout)
                     .build()
-                    .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+                    .map_err(|_| exporter_error("metrics", otlp))?;
                 let provider = SdkMeterProvider::builder()
                     .with_reader(
                         PeriodicReader::builder(exporter)
@@ -112,8 +117,6 @@ impl Telemetry {
                             .build(),
                     )
                     .build();
-                // The queue module takes its instruments from the global provider.
-                opentelemetry::global::set_meter_provider(provider.clone());
                 Some(provider)
             }
         };
@@ -128,6 +131,11 @@ impl Telemetry {
             .with(traces)
             .try_init()
             .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
+        // Only once the subscriber is in: a failed install changes nothing global. The queue
+        // module takes its instruments from this provider.
+        if let Some(provider) = &meter_provider {
+            opentelemetry::global::set_meter_provider(provider.clone());
+        }
         Ok(Self {
             tracer_provider,
             meter_provider,
@@ -163,6 +171,15 @@ where
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
+}
+
+/// The exporter's own error can echo the whole endpoint (credentials included): this one
+/// names the endpoint without them.
+fn exporter_error(signal: &str, otlp: &crate::config::OtlpSettings) -> TelemetryError {
+    TelemetryError::Exporter(format!(
+        "the {signal} exporter for {} cannot be built; check telemetry.otlp.endpoint and headers",
+        crate::config::redacted_url(&otlp.endpoint)
+    ))
 }
 
 fn protocol(protocol: OtlpProtocol) -> Protocol {

@@ -69,8 +69,16 @@ pub(crate) fn publish_span(system: &'static str, topic: &TopicName, count: usize
 /// span is its child), with the caller's `given` context as the span's parent when there is
 /// one. Without an OpenTelemetry layer the span has no context, and `given` passes through.
 pub(crate) fn publish_context(span: &Span, given: TraceContext) -> TraceContext {
-    if given.traceparent.is_some() || given.baggage.is_some() {
-        let _ = span.set_parent(extract(&given));
+    if span.is_disabled() {
+        return given;
+    }
+    if given.traceparent.is_some() {
+        // Only a context with a span may become the parent: baggage alone would cut the
+        // publish span off the caller's current span. Given baggage travels as given.
+        let parent = extract(&given);
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
     }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
@@ -102,11 +110,11 @@ pub(crate) fn process_span(
         messaging.destination.name = %envelope.topic,
         messaging.consumer.group.name = %trigger,
         messaging.message.id = %envelope.id,
-        messaging.message.delivery_attempt = i64::from(envelope.attempt),
+        topiq.attempt = i64::from(envelope.attempt),
         topiq.max_attempts = i64::from(envelope.max_attempts),
         topiq.outcome = Empty,
     );
-    if envelope.traceparent.is_some() || envelope.baggage.is_some() {
+    if !span.is_disabled() && (envelope.traceparent.is_some() || envelope.baggage.is_some()) {
         let _ = span.set_parent(extract(&TraceContext {
             traceparent: envelope.traceparent.clone(),
             baggage: envelope.baggage.clone(),
@@ -151,10 +159,11 @@ pub(crate) fn batch_process_span(
 }
 
 /// What became of a processed message, recorded on its span: `succeeded`, `retried`,
-/// `dead_lettered`, `filtered` or `released`; failures mark the span as an error.
+/// `dead_lettered`, `filtered` or `released` (a batch: `succeeded`, `partial`, `failed`,
+/// `filtered` or `released`); failures mark the span as an error.
 pub(crate) fn record_outcome(span: &Span, outcome: &'static str) {
     span.record("topiq.outcome", outcome);
-    if matches!(outcome, "retried" | "dead_lettered") {
+    if matches!(outcome, "retried" | "dead_lettered" | "partial" | "failed") {
         span.record("otel.status_code", "ERROR");
     }
 }
