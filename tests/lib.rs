@@ -186,6 +186,146 @@ fn spawn(binary: &str, port: u16, store: &std::path::Path, extra: &[String]) -> 
         })
 }
 
+/// A 3-node JetStream cluster on loopback, each node started from
+/// `deploy/nats-cluster/node.conf` (the file operators use) with free ports and a temporary
+/// store; killed and removed on drop.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+}
+
+struct ClusterNode {
+    name: String,
+    client_port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes and waits until each takes connections.
+    ///
+    /// # Panics
+    ///
+    /// When `nats-server` is missing or a node does not start.
+    pub fn start() -> Self {
+        let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(8)
+            .collect();
+        let dir = std::env::temp_dir().join(format!("topiq-nats-cluster-{suffix}"));
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let nodes = (0..3)
+            .map(|index| {
+                let name = format!("n{}", index + 1);
+                let store = dir.join(&name);
+                std::fs::create_dir_all(&store).unwrap();
+                let routes: Vec<String> = (0..3)
+                    .filter(|other| *other != index)
+                    .map(|other| format!("nats-route://127.0.0.1:{}", ports[other].1))
+                    .collect();
+                let env = vec![
+                    ("NODE_NAME".to_owned(), name.clone()),
+                    (
+                        "CLIENT_LISTEN".to_owned(),
+                        format!("127.0.0.1:{}", ports[index].0),
+                    ),
+                    (
+                        "CLUSTER_LISTEN".to_owned(),
+                        format!("127.0.0.1:{}", ports[index].1),
+                    ),
+                    ("ROUTE_A".to_owned(), routes[0].clone()),
+                    ("ROUTE_B".to_owned(), routes[1].clone()),
+                    ("STORE_DIR".to_owned(), store.to_string_lossy().into_owned()),
+                ];
+                ClusterNode {
+                    name,
+                    client_port: ports[index].0,
+                    env,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self { nodes, dir };
+        for index in 0..3 {
+            cluster.spawn(index);
+        }
+        for node in &cluster.nodes {
+            wait_for_port(node.client_port);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let config = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/nats-cluster/node.conf"
+        );
+        let node = &mut self.nodes[index];
+        let child = Command::new(NatsVersion::Machine.binary())
+            .args(["-c", config])
+            .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start nats-server: {err}"));
+        node.child = Some(child);
+    }
+
+    /// `nats://127.0.0.1:<port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("nats://127.0.0.1:{}", node.client_port))
+            .collect()
+    }
+
+    /// SIGKILLs the node called `name` (`n1`, `n2`, `n3`).
+    pub fn kill(&mut self, name: &str) {
+        let node = self.node(name);
+        if let Some(mut child) = self.nodes[node].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node called `name` again, with its store, and waits for its port.
+    pub fn restart(&mut self, name: &str) {
+        self.kill(name);
+        let node = self.node(name);
+        self.spawn(node);
+        wait_for_port(self.nodes[node].client_port);
+    }
+
+    fn node(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not open port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -456,6 +596,11 @@ pub struct Outcome {
 }
 
 impl Ledger {
+    /// How many handlings were recorded so far.
+    pub fn handled_count(&self) -> usize {
+        self.handled.lock().unwrap().len()
+    }
+
     /// Publishes `total` messages `{"n": n}` to `topic` from `publishers` concurrent tasks;
     /// an error must be transient (an outage), never a wrong input.
     pub fn publish_all<A: Adapter + Clone>(

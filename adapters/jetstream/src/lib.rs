@@ -47,7 +47,7 @@ pub const CLASS_NAME: &str = "modules::queue::JetStreamAdapter";
 /// Room left in `max_msg_size` for topiq's headers.
 const HEADER_ROOM: usize = 4096;
 
-/// How many times a publish whose acknowledgement timed out is sent again (same id).
+/// A publish is sent again (same id) until this many acknowledgement timeouts have passed.
 const PUBLISH_TRIES: u32 = 3;
 
 /// How long `close` waits to flush what the client still buffers.
@@ -333,8 +333,20 @@ impl Shared {
         headers: impl Fn() -> HeaderMap,
         payload: Bytes,
     ) -> Result<jetstream::publish::PublishAck> {
+        // Within the same bound as before (`PUBLISH_TRIES` acknowledgement timeouts), a try
+        // that fails at once (no responders while a cluster elects the stream's new leader,
+        // or right after a server restart) is sent again after a short, growing wait, so an
+        // election of a few seconds delays publishes instead of failing them.
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout * PUBLISH_TRIES;
+        let mut backoff = Duration::from_millis(25);
         let mut last_error = None;
-        for _ in 0..PUBLISH_TRIES {
+        let mut tries = 0;
+        while tokio::time::Instant::now() < deadline {
+            if tries > 0 {
+                tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            tries += 1;
             let sent = self
                 .js
                 .publish_with_headers(subject.clone(), headers(), payload.clone())
@@ -372,7 +384,8 @@ impl Shared {
         }
         Err(Error::BrokerUnavailable {
             message: format!(
-                "no acknowledgement for a publish to {subject} after {PUBLISH_TRIES} tries"
+                "no acknowledgement for a publish to {subject} after {tries} tries in {:?}",
+                self.config.publish_timeout * PUBLISH_TRIES
             ),
             source: last_error,
         })
