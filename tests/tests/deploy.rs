@@ -1,0 +1,97 @@
+//! The files in `deploy/` are checked with the tools that read them: the systemd unit with
+//! `systemd-analyze verify`, the NATS node config with `nats-server -t`, the production
+//! `rabbitmq.conf` by starting a RabbitMQ node with it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(path)
+}
+
+/// A scratch folder removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "topiq-deploy-{name}-{}",
+            topiq_integration_tests::free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            let link = std::fs::read_link(entry.path()).unwrap();
+            std::os::unix::fs::symlink(link, target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    // A root with the unit where docs/operations.md installs it, an executable where its
+    // ExecStart points, and the machine's own system units (the targets it orders against).
+    let root = Scratch::new("systemd");
+    let bin = root.0.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/true", bin.join("topiq")).unwrap();
+    let units = root.0.join("etc/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::copy(deploy("systemd/topiq.service"), units.join("topiq.service")).unwrap();
+    copy_dir(
+        Path::new("/usr/lib/systemd/system"),
+        &root.0.join("usr/lib/systemd/system"),
+    );
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.0.display()))
+        .arg("/etc/systemd/system/topiq.service")
+        .output()
+        .expect("systemd-analyze (systemd) is installed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "systemd-analyze warned: {stderr}");
+}
+
+#[test]
+fn the_nats_node_config_is_valid() {
+    let store = Scratch::new("nats");
+    let output = Command::new("nats-server")
+        .args(["-t", "-c"])
+        .arg(deploy("nats-cluster/node.conf"))
+        .env("NODE_NAME", "n1")
+        .env("CLIENT_LISTEN", "127.0.0.1:4222")
+        .env("CLUSTER_LISTEN", "127.0.0.1:6222")
+        .env("ROUTE_A", "nats-route://127.0.0.1:6223")
+        .env("ROUTE_B", "nats-route://127.0.0.1:6224")
+        .env("STORE_DIR", &store.0)
+        .output()
+        .expect("nats-server is installed");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
