@@ -531,6 +531,11 @@ impl RabbitNode {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The Erlang node name (`rabbitmqctl -n <name> ...`).
+    pub fn name(&self) -> String {
+        self.node.clone()
+    }
+
     /// The node's operating-system process id (for CPU accounting).
     ///
     /// # Panics

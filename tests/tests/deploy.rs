@@ -95,3 +95,20 @@ fn the_nats_node_config_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_rabbitmq_node_starts_with_the_production_config() {
+    let production = std::fs::read_to_string(deploy("rabbitmq/rabbitmq.conf")).unwrap();
+    // The node of the test's own (free ports) with every setting of the production file.
+    let node = topiq_integration_tests::RabbitNode::start_with(&production);
+    let status = Command::new("rabbitmqctl")
+        .args(["-n", &node.name(), "environment"])
+        .output()
+        .expect("rabbitmqctl");
+    let environment = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{environment}");
+    assert!(
+        environment.contains("{consumer_timeout,1800000}"),
+        "consumer_timeout not applied: {environment}"
+    );
+}
