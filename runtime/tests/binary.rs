@@ -85,6 +85,32 @@ fn check_accepts_the_http_worker_example() {
 }
 
 #[test]
+fn check_accepts_the_kubernetes_configmap_config() {
+    // The config.yaml inside deploy/container/k8s/configmap.yaml, as the pods get it.
+    let manifest =
+        std::fs::read_to_string(workspace_file("deploy/container/k8s/configmap.yaml")).unwrap();
+    let configmap: serde_json::Value = serde_saphyr::from_str(&manifest).unwrap();
+    let text = configmap["data"]["config.yaml"].as_str().unwrap();
+    let config = temp_config("configmap", text);
+    let output = topiq()
+        .args(["check", "--config"])
+        .arg(&config.path)
+        .env("TOPIQ_API_TOKEN", "a-token-for-the-check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("api: 0.0.0.0:7720 (token required)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_exits_1_with_file_line_and_key() {
     let text = std::fs::read_to_string(workspace_file("config.yaml"))
         .unwrap()

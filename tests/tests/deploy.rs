@@ -114,3 +114,39 @@ fn a_rabbitmq_node_starts_with_the_production_config() {
         "consumer_timeout not applied: {environment}"
     );
 }
+
+#[test]
+fn the_kubernetes_manifests_match_the_api_schemas() {
+    // Installed by deploy/local/ensure-brokers; its schemas are bundled (no network).
+    let validator = std::env::var("TOPIQ_KUBERNETES_VALIDATE").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/tools/kubernetes-validate/bin/kubernetes-validate"
+        )
+        .to_owned()
+    });
+    let manifests: Vec<PathBuf> = std::fs::read_dir(deploy("container/k8s"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 4, "{manifests:?}");
+    let output = Command::new(&validator)
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("{validator}: {err} (deploy/local/ensure-brokers installs it)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert_eq!(
+        text.matches(" passed for resource ").count(),
+        manifests.len(),
+        "{text}"
+    );
+}
