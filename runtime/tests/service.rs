@@ -924,3 +924,116 @@ async fn metrics_count_every_outcome(broker: Broker) {
     let stats = service.ok("queue.stats", json!({"topic": "jobs"})).await;
     assert!(stats["triggers"][0]["handler_p99_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// docs/operations.md's recipe: `config.nats-cluster.yaml` copied beside `config.yaml`,
+/// `TOPIQ_ENV=nats-cluster`, the three URLs in `NATS_URL_1..3`: `topiq run` works on the
+/// 3-node cluster started from `deploy/nats-cluster/node.conf`, R3 streams included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_cluster_config_runs_on_the_three_node_cluster() {
+    let cluster = topiq_integration_tests::NatsCluster::start();
+    let urls = cluster.urls();
+    let (folder, path) = write_config(
+        "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+api:
+  listen: 127.0.0.1:0
+triggers:
+  log:
+    type: queue
+    function: builtin.log
+    config:
+      topic: emails.send
+",
+    );
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/nats-cluster/config.nats-cluster.yaml"
+        ),
+        folder.join("config.nats-cluster.yaml"),
+    )
+    .unwrap();
+    let log_path = folder.join("topiq.log");
+    let spawn = || {
+        topiq()
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("TOPIQ_ENV", "nats-cluster")
+            .env("NATS_URL_1", &urls[0])
+            .env("NATS_URL_2", &urls[1])
+            .env("NATS_URL_3", &urls[2])
+            .env("NO_COLOR", "1")
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let http = support::http_client();
+    let mut api = None;
+    // A fresh cluster elects its JetStream meta leader within seconds; until then topiq run
+    // cannot create its streams and exits 1, and systemd or Kubernetes start it again. Here:
+    // the same, by hand.
+    eventually(
+        "topiq run ready on the cluster",
+        Duration::from_secs(60),
+        || {
+            if let Ok(Some(_)) = child.try_wait() {
+                child = spawn();
+            }
+            let (http, log) = (&http, &log);
+            let found =
+                support::listening_address(&log()).map(|address| format!("http://{address}"));
+            if found.is_some() {
+                api = found.clone();
+            }
+            async move {
+                match found {
+                    Some(api) => http
+                        .get(format!("{api}/readyz"))
+                        .send()
+                        .await
+                        .is_ok_and(|response| response.status() == StatusCode::OK),
+                    None => false,
+                }
+            }
+        },
+    )
+    .await;
+    let api = api.unwrap();
+    let enqueue = http
+        .post(format!("{api}/v1/call/queue.enqueue"))
+        .body(json!({"topic": "emails.send", "data": {"to": "a@example.com"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enqueue.status(), StatusCode::OK, "{}", log());
+    eventually("the message handled on the cluster", WAIT, || {
+        let (http, api) = (&http, &api);
+        async move {
+            let response = http
+                .post(format!("{api}/v1/call/queue.stats"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            json_of(response).await["triggers"][0]["succeeded"] == 1
+        }
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(folder);
+}

@@ -293,7 +293,7 @@ impl Drop for Service {
 
 /// The address in the log line `HTTP API listening address=127.0.0.1:40123` (or its JSON
 /// form, `"address":"127.0.0.1:40123"`).
-fn listening_address(log: &str) -> Option<String> {
+pub fn listening_address(log: &str) -> Option<String> {
     let line = log
         .lines()
         .find(|line| line.contains("HTTP API listening"))?;
