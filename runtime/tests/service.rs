@@ -977,7 +977,15 @@ triggers:
             .spawn()
             .unwrap()
     };
-    let mut child = spawn();
+    /// The `topiq run` child, SIGKILLed if the test fails before it is stopped.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Running(spawn());
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let http = support::http_client();
     let mut api = None;
@@ -988,8 +996,8 @@ triggers:
         "topiq run ready on the cluster",
         Duration::from_secs(60),
         || {
-            if let Ok(Some(_)) = child.try_wait() {
-                child = spawn();
+            if let Ok(Some(_)) = child.0.try_wait() {
+                child = Running(spawn());
             }
             let (http, log) = (&http, &log);
             let found =
@@ -1032,8 +1040,8 @@ triggers:
     })
     .await;
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     let _ = std::fs::remove_dir_all(folder);
 }

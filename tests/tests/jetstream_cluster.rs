@@ -36,7 +36,8 @@ async fn no_acknowledged_message_is_lost_when_the_stream_leader_is_killed() {
     let adapter = JetStreamAdapter::connect(JetStreamConfig {
         urls: urls.clone(),
         replicas: 3,
-        publish_timeout: Duration::from_secs(2),
+        // As deploy/nats-cluster/config.nats-cluster.yaml: an enqueue waits up to 15 s.
+        publish_timeout: Duration::from_secs(5),
         ..JetStreamConfig::default()
     })
     .await
@@ -107,11 +108,25 @@ async fn no_acknowledged_message_is_lost_when_the_stream_leader_is_killed() {
         started.elapsed()
     );
     cluster.kill(&leader);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The remaining nodes elect a new stream leader (followers wait 4-9 s before they try);
+    // the node stays down a little longer, while messages flow through the new leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        if let Ok(mut handle) = js.get_stream(stream).await
+            && let Ok(info) = handle.info().await
+            && let Some(elected) = info.cluster.clone().and_then(|cluster| cluster.leader)
+            && elected != leader
+        {
+            break elected;
+        }
+        assert!(Instant::now() < deadline, "no new leader within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("new leader {new_leader} ({:?})", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let handled_while_down = ledger.handled_count() - handled_at_kill;
-    let (new_leader, _) = leader_of(&js, stream).await;
     println!(
-        "{handled_while_down} handled in the 8 s {leader} was down; new leader {new_leader} ({:?})",
+        "{handled_while_down} handled while {leader} was down ({:?})",
         started.elapsed()
     );
     cluster.restart(&leader);
@@ -136,7 +151,6 @@ async fn no_acknowledged_message_is_lost_when_the_stream_leader_is_killed() {
         outcome.accepted > MESSAGES / 2,
         "too few publishes succeeded: {outcome:?}"
     );
-    assert_ne!(new_leader, leader, "the cluster elected another leader");
     assert!(
         handled_while_down > 0,
         "consumption stopped while one node of three was down"

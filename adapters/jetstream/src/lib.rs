@@ -50,6 +50,10 @@ const HEADER_ROOM: usize = 4096;
 /// A publish is sent again (same id) until this many acknowledgement timeouts have passed.
 const PUBLISH_TRIES: u32 = 3;
 
+/// How long a publish answered by no stream (no responders) is retried: a cluster elects a
+/// stream's new leader within this.
+const NO_RESPONDERS_RETRY: Duration = Duration::from_secs(12);
+
 /// How long `close` waits to flush what the client still buffers.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -337,7 +341,8 @@ impl Shared {
         // that fails at once (no responders while a cluster elects the stream's new leader,
         // or right after a server restart) is sent again after a short, growing wait, so an
         // election of a few seconds delays publishes instead of failing them.
-        let deadline = tokio::time::Instant::now() + self.config.publish_timeout * PUBLISH_TRIES;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.config.publish_timeout * PUBLISH_TRIES;
         let mut backoff = Duration::from_millis(25);
         let mut last_error = None;
         let mut tries = 0;
@@ -347,29 +352,35 @@ impl Shared {
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
             tries += 1;
-            let sent = self
-                .js
-                .publish_with_headers(subject.clone(), headers(), payload.clone())
-                .await;
-            // The acknowledgement waits at most `publish_timeout` (the context's ack timeout).
-            let ack = match sent {
-                Ok(future) => future.await,
-                Err(err) => {
-                    last_error = Some(Box::new(err) as topiq_adapter::BoxError);
+            // Every try, its acknowledgement included, ends by the deadline.
+            let attempt = async {
+                let future = self
+                    .js
+                    .publish_with_headers(subject.clone(), headers(), payload.clone())
+                    .await
+                    .map_err(|err| Box::new(err) as topiq_adapter::BoxError)?;
+                Ok::<_, topiq_adapter::BoxError>(future.await)
+            };
+            let ack = match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => break,
+                Ok(Err(err)) => {
+                    last_error = Some(err);
                     continue;
                 }
+                Ok(Ok(ack)) => ack,
             };
             match ack {
                 Ok(ack) => return Ok(ack),
                 // No answer (or no JetStream yet, as right after a server restart): sent again
-                // with the same `Nats-Msg-Id`, so it cannot duplicate.
+                // with the same `Nats-Msg-Id`, so it cannot duplicate. "No responders" reads
+                // as StreamNotFound: also what a stream that is really gone answers, so it is
+                // retried only as long as a leader election takes.
                 Err(err)
                     if matches!(
                         err.kind(),
-                        PublishErrorKind::TimedOut
-                            | PublishErrorKind::BrokenPipe
-                            | PublishErrorKind::StreamNotFound
-                    ) =>
+                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                    ) || (err.kind() == PublishErrorKind::StreamNotFound
+                        && started.elapsed() < NO_RESPONDERS_RETRY) =>
                 {
                     last_error = Some(Box::new(err));
                 }
