@@ -61,16 +61,11 @@ impl Telemetry {
         };
         let tracer_provider = settings.otlp.as_ref().map(|otlp| {
             crate::install_tls_provider();
-            let headers: HashMap<String, String> = otlp
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), value.expose().to_owned()))
-                .collect();
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(protocol(otlp.protocol))
                 .with_endpoint(otlp.traces_url())
-                .with_headers(headers)
+                .with_headers(headers(otlp))
                 .with_timeout(otlp.timeout)
                 .build()
                 .map_err(|_| exporter_error("traces", otlp))?;
@@ -92,16 +87,11 @@ impl Telemetry {
         let meter_provider = match &settings.otlp {
             None => None,
             Some(otlp) => {
-                let headers: HashMap<String, String> = otlp
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.expose().to_owned()))
-                    .collect();
                 let exporter = opentelemetry_otlp::MetricExporter::builder()
                     .with_http()
                     .with_protocol(protocol(otlp.protocol))
                     .with_endpoint(otlp.metrics_url())
-                    .with_headers(headers)
+                    .with_headers(headers(otlp))
                     .with_timeout(otlp.timeout)
                     .build()
                     .map_err(|_| exporter_error("metrics", otlp))?;
@@ -180,6 +170,14 @@ fn exporter_error(signal: &str, otlp: &crate::config::OtlpSettings) -> Telemetry
         "the {signal} exporter for {} cannot be built; check telemetry.otlp.endpoint and headers",
         crate::config::redacted_url(&otlp.endpoint)
     ))
+}
+
+/// The configured export headers, secrets revealed for the exporter only.
+fn headers(otlp: &crate::config::OtlpSettings) -> HashMap<String, String> {
+    otlp.headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+        .collect()
 }
 
 fn protocol(protocol: OtlpProtocol) -> Protocol {

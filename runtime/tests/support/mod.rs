@@ -377,8 +377,8 @@ impl Receiver {
         let address = listener.local_addr().unwrap();
         let router = Router::new()
             .route("/{behaviour}", post(answer))
-            .route("/v1/traces", post(otlp_traces))
-            .route("/v1/metrics", post(otlp_metrics))
+            .route("/v1/traces", post(otlp_export))
+            .route("/v1/metrics", post(otlp_export))
             .with_state(ReceiverState {
                 requests: Arc::clone(&requests),
                 holding: Arc::clone(&holding),
@@ -419,35 +419,18 @@ impl Receiver {
     }
 }
 
-/// An OTLP/HTTP collector's traces endpoint (JSON bodies): records each export under the
-/// path `v1/traces`.
-async fn otlp_traces(
+/// An OTLP/HTTP collector's endpoints (JSON bodies): records each export under its path,
+/// `v1/traces` or `v1/metrics`.
+async fn otlp_export(
     State(ReceiverState { requests, .. }): State<ReceiverState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     requests.lock().unwrap().push(Received {
-        path: "v1/traces".into(),
-        peer,
-        headers,
-        body,
-        at: Instant::now(),
-    });
-    (StatusCode::OK, axum::Json(json!({}))).into_response()
-}
-
-/// An OTLP/HTTP collector's metrics endpoint (JSON bodies), recorded as `v1/metrics`.
-async fn otlp_metrics(
-    State(ReceiverState { requests, .. }): State<ReceiverState>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    requests.lock().unwrap().push(Received {
-        path: "v1/metrics".into(),
+        path: uri.path().trim_start_matches('/').to_owned(),
         peer,
         headers,
         body,
