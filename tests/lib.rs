@@ -600,6 +600,25 @@ pub struct Outcome {
     pub duplicates: usize,
 }
 
+impl Outcome {
+    /// What every outage test asserts: no message whose enqueue returned Ok went unhandled,
+    /// and more than half of the `published` enqueues succeeded despite the outage.
+    ///
+    /// # Panics
+    ///
+    /// When either does not hold.
+    pub fn assert_nothing_lost(&self, published: usize) {
+        assert_eq!(
+            self.lost, 0,
+            "messages whose enqueue returned Ok were never handled"
+        );
+        assert!(
+            self.accepted > published / 2,
+            "too few publishes succeeded: {self:?}"
+        );
+    }
+}
+
 impl Ledger {
     /// How many handlings were recorded so far.
     pub fn handled_count(&self) -> usize {
