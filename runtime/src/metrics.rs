@@ -4,6 +4,7 @@
 //! `telemetry.otlp` set, the same measurements also go to OpenTelemetry instruments
 //! (`topiq.messages.succeeded`, ...), which the OTLP exporter sends.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -67,6 +68,15 @@ pub(crate) struct Metrics {
     dlq: Family<TriggerLabels, Gauge>,
     broker_up: Gauge,
     otel: Option<Arc<OtelInstruments>>,
+    /// Each declared topic's publish series, resolved once.
+    topics: HashMap<TopicName, TopicSeries>,
+}
+
+/// One topic's publish series.
+struct TopicSeries {
+    published: Counter,
+    errors: Counter,
+    otel_labels: Arc<[KeyValue]>,
 }
 
 /// The OpenTelemetry instruments, when metrics are exported over OTLP.
@@ -179,6 +189,22 @@ impl TriggerMetrics {
         }
     }
 
+    pub(crate) fn succeeded_so_far(&self) -> u64 {
+        self.succeeded.get()
+    }
+
+    pub(crate) fn retried_so_far(&self) -> u64 {
+        self.retried.get()
+    }
+
+    pub(crate) fn dead_lettered_so_far(&self) -> u64 {
+        self.dead_lettered.get()
+    }
+
+    pub(crate) fn filtered_so_far(&self) -> u64 {
+        self.filtered.get()
+    }
+
     pub(crate) fn handler_time(&self, time: Duration) {
         self.handler_duration.observe(seconds(time));
         if let Some((otel, labels)) = &self.otel {
@@ -213,6 +239,7 @@ impl Metrics {
             waiting: Family::default(),
             dlq: Family::default(),
             broker_up: Gauge::default(),
+            topics: HashMap::new(),
             otel: otlp.then(|| Arc::new(OtelInstruments::new())),
             registry: Registry::default(),
         };
@@ -312,24 +339,40 @@ impl Metrics {
         }
     }
 
-    /// Counts an enqueue of `count` messages to `topic`, accepted or failed.
+    /// Resolves the publish series of `topics` once, so counting an enqueue to one of them
+    /// allocates nothing and takes no lock.
+    pub(crate) fn declare_topics<'a>(&mut self, topics: impl IntoIterator<Item = &'a TopicName>) {
+        for topic in topics {
+            let labels = TopicLabels {
+                topic: topic.to_string(),
+            };
+            let series = TopicSeries {
+                published: self.published.get_or_create(&labels).clone(),
+                errors: self.publish_errors.get_or_create(&labels).clone(),
+                otel_labels: Arc::new([KeyValue::new("topic", topic.to_string())]),
+            };
+            self.topics.insert(topic.clone(), series);
+        }
+    }
+
+    /// Counts an enqueue of `count` messages to `topic` (declared), accepted or failed.
     pub(crate) fn published(&self, topic: &TopicName, count: u64, ok: bool) {
-        let labels = TopicLabels {
-            topic: topic.to_string(),
+        let Some(series) = self.topics.get(topic) else {
+            return;
         };
-        let family = if ok {
-            &self.published
+        let counter = if ok {
+            &series.published
         } else {
-            &self.publish_errors
+            &series.errors
         };
-        family.get_or_create(&labels).inc_by(count);
+        counter.inc_by(count);
         if let Some(otel) = &self.otel {
             let counter = if ok {
                 &otel.published
             } else {
                 &otel.publish_errors
             };
-            counter.add(count, &[KeyValue::new("topic", topic.to_string())]);
+            counter.add(count, &series.otel_labels);
         }
     }
 

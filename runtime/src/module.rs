@@ -158,7 +158,8 @@ impl QueueModule {
                     source,
                 })?;
         }
-        let metrics = Metrics::new(config.telemetry.otlp.is_some());
+        let mut metrics = Metrics::new(config.telemetry.otlp.is_some());
+        metrics.declare_topics(config.topics.keys());
         let mut triggers = Vec::with_capacity(resolved.len());
         for (settings, function) in resolved {
             let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());

@@ -1,11 +1,9 @@
 //! Per-trigger counters kept by this process, for `queue.stats`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-
-use std::time::Duration;
 
 use crate::metrics::TriggerMetrics;
 
@@ -14,13 +12,11 @@ const WINDOW_SECONDS: usize = 60;
 /// Handler-time buckets: quarter powers of two of microseconds, up to about 2 minutes.
 const TIME_BUCKETS: usize = 108;
 
-/// Outcome counters of one trigger in this process since it started.
+/// Outcome counters of one trigger in this process since it started. Successes, retries,
+/// dead letters and filtered messages are counted once, by the Prometheus series, and read
+/// back from them.
 pub(crate) struct TriggerCounters {
-    succeeded: AtomicU64,
     failed: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    filtered: AtomicU64,
     /// Successes per second over the last minute: (second, count) per slot.
     recent: [(AtomicU64, AtomicU64); WINDOW_SECONDS],
     /// Handler calls per time bucket, for p50/p99.
@@ -53,11 +49,7 @@ pub struct TriggerCounts {
 impl TriggerCounters {
     pub(crate) fn new(metrics: TriggerMetrics) -> Self {
         Self {
-            succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            filtered: AtomicU64::new(0),
             recent: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
             handler_times: std::array::from_fn(|_| AtomicU64::new(0)),
             metrics,
@@ -91,7 +83,6 @@ impl TriggerCounters {
 
     pub(crate) fn succeeded(&self) {
         self.metrics.succeeded();
-        self.succeeded.fetch_add(1, Ordering::Relaxed);
         let second = now_second();
         let (slot_second, count) = &self.recent[(second % WINDOW_SECONDS as u64) as usize];
         if slot_second.swap(second, Ordering::AcqRel) != second {
@@ -107,17 +98,14 @@ impl TriggerCounters {
 
     pub(crate) fn retried(&self) {
         self.metrics.retried();
-        self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dead_lettered(&self) {
         self.metrics.dead_lettered();
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn filtered(&self) {
         self.metrics.filtered();
-        self.filtered.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> TriggerCounts {
@@ -132,11 +120,11 @@ impl TriggerCounters {
             .map(|(_, count)| count.load(Ordering::Acquire))
             .sum();
         TriggerCounts {
-            succeeded: self.succeeded.load(Ordering::Relaxed),
+            succeeded: self.metrics.succeeded_so_far(),
             failed: self.failed.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            filtered: self.filtered.load(Ordering::Relaxed),
+            retried: self.metrics.retried_so_far(),
+            dead_lettered: self.metrics.dead_lettered_so_far(),
+            filtered: self.metrics.filtered_so_far(),
             per_minute,
             handler_p50_ms: self.handler_quantile(0.5),
             handler_p99_ms: self.handler_quantile(0.99),
