@@ -38,18 +38,24 @@ fn temp_config(name: &str, text: &str) -> TempConfig {
     TempConfig { folder, path }
 }
 
-#[test]
-fn check_accepts_the_shipped_config_and_prints_a_summary() {
-    let output = topiq()
-        .args(["check", "--function", "emails.send", "--config"])
-        .arg(workspace_file("config.yaml"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+/// The stdout of `command`, which must succeed.
+fn succeeds(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_prints_a_summary() {
+    let stdout = succeeds(
+        topiq()
+            .args(["check", "--function", "emails.send", "--config"])
+            .arg(workspace_file("config.yaml")),
     );
     assert!(
         stdout.contains("adapter: modules::queue::BuiltinQueueAdapter"),
@@ -67,16 +73,10 @@ fn check_accepts_the_shipped_config_and_prints_a_summary() {
 
 #[test]
 fn check_accepts_the_http_worker_example() {
-    let output = topiq()
-        .args(["check", "--config"])
-        .arg(workspace_file("examples/http-worker/config.yaml"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeeds(
+        topiq()
+            .args(["check", "--config"])
+            .arg(workspace_file("examples/http-worker/config.yaml")),
     );
     assert!(
         stdout.contains("emails.send: POST http://127.0.0.1:9000 "),
@@ -92,17 +92,11 @@ fn check_accepts_the_kubernetes_configmap_config() {
     let configmap: serde_json::Value = serde_saphyr::from_str(&manifest).unwrap();
     let text = configmap["data"]["config.yaml"].as_str().unwrap();
     let config = temp_config("configmap", text);
-    let output = topiq()
-        .args(["check", "--config"])
-        .arg(&config.path)
-        .env("TOPIQ_API_TOKEN", "a-token-for-the-check")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeeds(
+        topiq()
+            .args(["check", "--config"])
+            .arg(&config.path)
+            .env("TOPIQ_API_TOKEN", "a-token-for-the-check"),
     );
     assert!(
         stdout.contains("api: 0.0.0.0:7720 (token required)"),
