@@ -33,6 +33,15 @@ impl ApiArgs {
     pub(crate) fn client(&self) -> Result<ApiClient, ClientError> {
         ApiClient::new(&self.api, self.token.clone())
     }
+
+    /// Prints `result` as JSON with `--json`, as `text` says otherwise.
+    fn show(&self, result: &Value, text: impl FnOnce(&Value)) {
+        if self.json {
+            print_json(result);
+        } else {
+            text(result);
+        }
+    }
 }
 
 /// `topiq enqueue`.
@@ -227,20 +236,14 @@ pub(crate) async fn enqueue(api: &ApiArgs, args: EnqueueArgs) -> Result<(), Comm
         }
     }
     let result = api.client()?.call("queue.enqueue", call).await?;
-    if api.json {
-        print_json(&result);
-    } else if result["duplicate"].as_bool() == Some(true) {
-        println!(
-            "duplicate: {} was enqueued with this key; nothing enqueued",
-            result["message_id"].as_str().unwrap_or_default()
-        );
-    } else {
-        println!(
-            "enqueued {} to {}",
-            result["message_id"].as_str().unwrap_or_default(),
-            args.topic
-        );
-    }
+    api.show(&result, |result| {
+        let id = result["message_id"].as_str().unwrap_or_default();
+        if result["duplicate"].as_bool() == Some(true) {
+            println!("duplicate: {id} was enqueued with this key; nothing enqueued");
+        } else {
+            println!("enqueued {id} to {}", args.topic);
+        }
+    });
     Ok(())
 }
 
@@ -254,15 +257,13 @@ pub(crate) async fn dlq(api: &ApiArgs, command: DlqCommand) -> Result<(), Comman
                     Value::Object(dlq_call_args(&which, None)),
                 )
                 .await?;
-            if api.json {
-                print_json(&result);
-            } else {
+            api.show(&result, |result| {
                 println!(
                     "{} in the DLQ of {}",
                     result["count"].as_u64().unwrap_or_default(),
                     where_(&which)
                 );
-            }
+            });
         }
         DlqCommand::List(list) => {
             let mut args = dlq_call_args(&list.which, Some(&list.filter));
@@ -271,11 +272,7 @@ pub(crate) async fn dlq(api: &ApiArgs, command: DlqCommand) -> Result<(), Comman
                 args.insert("cursor".into(), json!(cursor));
             }
             let result = client.call("queue.dlq_list", Value::Object(args)).await?;
-            if api.json {
-                print_json(&result);
-            } else {
-                print_records(&result);
-            }
+            api.show(&result, print_records);
         }
         DlqCommand::Redrive(redrive) => redrive_command(api, &client, redrive).await?,
         DlqCommand::Purge(DlqPurgeArgs { which, all }) => {
@@ -291,15 +288,13 @@ pub(crate) async fn dlq(api: &ApiArgs, command: DlqCommand) -> Result<(), Comman
                     Value::Object(dlq_call_args(&which, None)),
                 )
                 .await?;
-            if api.json {
-                print_json(&result);
-            } else {
+            api.show(&result, |result| {
                 println!(
                     "purged {} from the DLQ of {}",
                     result["purged"].as_u64().unwrap_or_default(),
                     where_(&which)
                 );
-            }
+            });
         }
     }
     Ok(())
@@ -351,15 +346,13 @@ async fn redrive_command(
         let result = client
             .call("queue.redrive_dlq", Value::Object(args))
             .await?;
-        if api.json {
-            print_json(&result);
-        } else {
+        api.show(&result, |result| {
             println!(
                 "would redrive {} from the DLQ of {}",
                 result["would_redrive"].as_u64().unwrap_or_default(),
                 where_(&redrive.which)
             );
-        }
+        });
         return Ok(());
     }
     let records = match &redrive.which.trigger {
@@ -410,14 +403,12 @@ async fn redrive_command(
         }
     }
     progress.finish_and_clear();
-    if api.json {
-        print_json(&json!({ "redriven": redriven }));
-    } else {
+    api.show(&json!({ "redriven": redriven }), |_| {
         println!(
             "redrove {redriven} from the DLQ of {}",
             where_(&redrive.which)
         );
-    }
+    });
     Ok(())
 }
 
