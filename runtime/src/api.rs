@@ -174,6 +174,7 @@ async fn call(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -209,6 +210,8 @@ async fn call(
             }
         }
     };
+    let mut args = args;
+    continue_callers_trace(&name, &mut args, &headers);
     let changes_dlq = matches!(name.as_str(), "queue.redrive_dlq" | "queue.dlq_purge");
     match state.module.call(&name, args).await {
         Ok(result) => {
@@ -218,6 +221,75 @@ async fn call(
             (StatusCode::OK, axum::Json(result)).into_response()
         }
         Err(err) => call_error(&err),
+    }
+}
+
+/// The W3C trace context of the HTTP request (`traceparent`, `baggage` headers), given to an
+/// enqueue's messages that carry none in the body (body fields win), so the caller's trace
+/// continues through the broker to the handlers whether or not topiq exports spans. An
+/// invalid `traceparent` is ignored, as W3C Trace Context asks.
+fn continue_callers_trace(name: &str, args: &mut Value, headers: &HeaderMap) {
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| is_valid_traceparent(value));
+    let baggage = headers
+        .get("baggage")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty() && value.len() <= MAX_BAGGAGE_BYTES);
+    if traceparent.is_none() && baggage.is_none() {
+        return;
+    }
+    let messages: Vec<&mut Value> = match name {
+        "queue.enqueue" => vec![args],
+        "queue.enqueue_batch" => match args.get_mut("messages") {
+            Some(Value::Array(items)) => items.iter_mut().collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    for message in messages {
+        let Some(fields) = message.as_object_mut() else {
+            continue;
+        };
+        for (field, value) in [("traceparent", traceparent), ("baggage", baggage)] {
+            if let Some(value) = value {
+                fields
+                    .entry(field)
+                    .or_insert_with(|| Value::String(value.to_owned()));
+            }
+        }
+    }
+}
+
+/// W3C's limit on a `baggage` header.
+const MAX_BAGGAGE_BYTES: usize = 8192;
+
+/// A `traceparent` W3C Trace Context accepts: `version-traceid-parentid-flags` in lowercase
+/// hex (2-32-16-2), version not `ff`, ids not all zeros.
+fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |part: &str, len: usize| {
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let not_zero = |part: &str| part.bytes().any(|b| b != b'0');
+    match parts.as_slice() {
+        [version, trace_id, parent_id, flags, rest @ ..] => {
+            hex(version, 2)
+                && *version != "ff"
+                && (rest.is_empty() || *version != "00")
+                && hex(trace_id, 32)
+                && not_zero(trace_id)
+                && hex(parent_id, 16)
+                && not_zero(parent_id)
+                && hex(flags, 2)
+        }
+        _ => false,
     }
 }
 
@@ -286,5 +358,47 @@ mod tests {
             status_of("broker_unavailable"),
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn only_a_well_formed_traceparent_is_continued() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_valid_traceparent(valid));
+        assert!(is_valid_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later"
+        ));
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(!is_valid_traceparent(invalid), "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn header_context_fills_only_what_the_body_leaves_out() {
+        let mut headers = HeaderMap::new();
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent", header.parse().unwrap());
+        headers.insert("baggage", "tenant=acme".parse().unwrap());
+        let body = "00-11111111111111111111111111111111-2222222222222222-01";
+        let mut args = json!({"topic": "t", "data": 1, "traceparent": body});
+        continue_callers_trace("queue.enqueue", &mut args, &headers);
+        assert_eq!(args["traceparent"], body);
+        assert_eq!(args["baggage"], "tenant=acme");
+        let mut batch =
+            json!({"topic": "t", "messages": [{"data": 1}, {"data": 2, "baggage": "b=1"}]});
+        continue_callers_trace("queue.enqueue_batch", &mut batch, &headers);
+        assert_eq!(batch["messages"][0]["traceparent"], header);
+        assert_eq!(batch["messages"][1]["traceparent"], header);
+        assert_eq!(batch["messages"][1]["baggage"], "b=1");
+        let mut other = json!({"topic": "t"});
+        continue_callers_trace("queue.dlq_count", &mut other, &headers);
+        assert_eq!(other, json!({"topic": "t"}));
     }
 }

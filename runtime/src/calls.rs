@@ -105,8 +105,8 @@ pub struct EnqueueRequest {
     /// Deliver no sooner than this time (RFC 3339).
     #[serde(default)]
     pub run_at: Option<String>,
-    /// W3C `traceparent` to carry to the handler (taken from the current span once the
-    /// observability work lands; today only as given).
+    /// W3C `traceparent` of the caller, the parent of the publish span (over the HTTP API,
+    /// the request's `traceparent` header when this is not given).
     #[serde(default)]
     pub traceparent: Option<String>,
     /// W3C `baggage` to carry.
@@ -154,6 +154,12 @@ pub struct BatchItem {
     /// As in `queue.enqueue`.
     #[serde(default)]
     pub run_at: Option<String>,
+    /// As in `queue.enqueue`.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// As in `queue.enqueue`.
+    #[serde(default)]
+    pub baggage: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -392,6 +398,10 @@ impl QueueModule {
         let mut messages = Vec::new();
         let mut slots = Vec::new();
         for item in items {
+            let trace = TraceContext {
+                traceparent: item.traceparent,
+                baggage: item.baggage,
+            };
             match self.new_message(
                 item.data,
                 item.idempotency_key,
@@ -399,6 +409,7 @@ impl QueueModule {
                 item.run_at.as_deref(),
             ) {
                 Ok(message) => {
+                    let message = message.trace(trace);
                     slots.push(results.len());
                     results.push(None);
                     messages.push(message);

@@ -39,6 +39,7 @@ macro_rules! on_every_adapter {
 
 on_every_adapter!(
     http_function_gets_the_envelope_and_headers,
+    http_callers_trace_headers_reach_the_http_function_without_an_exporter,
     http_function_keeps_the_trigger_concurrency_on_pooled_connections,
     http_status_rules,
     dlq_through_the_api_and_the_cli,
@@ -134,6 +135,59 @@ async fn http_function_gets_the_envelope_and_headers(broker: Broker) {
     assert_eq!(receiver.requests("ok").len(), 1);
     assert_eq!(service.dlq_count("orders").await, 0);
     assert!(!service.log().contains("hook-secret"), "{}", service.log());
+}
+
+/// W3C Trace Context over the HTTP API: the caller's `traceparent` and `baggage` request
+/// headers continue through the broker to the HTTP function, with no `telemetry:` section
+/// (no exporter); a body field wins over the header; batch items get the headers too.
+async fn http_callers_trace_headers_reach_the_http_function_without_an_exporter(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "hooks.deliver:\n  http: {{ url: \"{}\", timeout: 5s }}",
+        receiver.url("ok")
+    );
+    let service = Service::start(
+        &broker,
+        Parts {
+            functions: &functions,
+            triggers: &trigger("deliver", "orders", "hooks.deliver", 0, 100),
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+    let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = "00-11111111111111111111111111111111-2222222222222222-01";
+    let headers = [("traceparent", header), ("baggage", "tenant=acme")];
+    let call = |args: Value| service.call_with_headers("queue.enqueue", args, &headers);
+    let (status, _) = call(json!({"topic": "orders", "data": "from-header"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) =
+        call(json!({"topic": "orders", "data": "from-body", "traceparent": body})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = service
+        .call_with_headers(
+            "queue.enqueue_batch",
+            json!({"topic": "orders", "messages": [{"data": "batched"}]}),
+            &headers,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("three requests at the endpoint", WAIT, || async {
+        receiver.requests("ok").len() >= 3
+    })
+    .await;
+    for request in receiver.requests("ok") {
+        let expected = if request.body["data"] == "from-body" {
+            body
+        } else {
+            header
+        };
+        let sent = |name: &str| request.headers[name].to_str().unwrap().to_owned();
+        assert_eq!(sent("traceparent"), expected, "{}", request.body);
+        assert_eq!(request.body["traceparent"], expected);
+        assert_eq!(sent("baggage"), "tenant=acme", "{}", request.body);
+    }
 }
 
 async fn http_function_keeps_the_trigger_concurrency_on_pooled_connections(broker: Broker) {

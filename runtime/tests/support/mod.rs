@@ -197,11 +197,24 @@ triggers:
 
     /// `POST /v1/call/{name}` with `args` (and the token, when the service has one).
     pub async fn call(&self, name: &str, args: Value) -> (StatusCode, Value) {
+        self.call_with_headers(name, args, &[]).await
+    }
+
+    /// [`Service::call`] with extra request headers.
+    pub async fn call_with_headers(
+        &self,
+        name: &str,
+        args: Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let mut request = self
             .http
             .post(format!("{}/v1/call/{name}", self.api))
             .header("content-type", "application/json")
             .body(args.to_string());
+        for (header, value) in headers {
+            request = request.header(*header, *value);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
