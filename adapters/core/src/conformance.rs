@@ -65,6 +65,7 @@ macro_rules! conformance_tests {
             oversized_payload_is_refused_and_nothing_is_sent,
             undeclared_topics_and_triggers_are_refused,
             consumer_holds_at_most_prefetch_unsettled,
+            deliveries_waiting_behind_a_busy_consumer_keep_their_first_attempt,
             released_message_returns_without_spending_an_attempt,
             poison_message_does_not_block_the_messages_behind_it,
             close_ends_consumers_and_refuses_publishes,
@@ -1009,6 +1010,56 @@ pub async fn consumer_holds_at_most_prefetch_unsettled<A: Adapter>(adapter: A) {
     }
     for _ in 0..2 {
         receive(&mut sub).await.ack().await.expect("ack");
+    }
+    adapter.close().await.expect("close");
+}
+
+/// How long the busy-consumer test leaves its subscriptions unpolled: longer than an adapter's
+/// own "the broker went quiet" timers (JetStream's puller waits 6 s for a heartbeat).
+pub const BUSY_PERIOD: Duration = Duration::from_secs(8);
+
+/// Semantics 1 and 15: a delivery the consumer took ahead (within `prefetch`) while every
+/// handler was busy reaches a handler on its first attempt, however long nobody asked for it:
+/// an attempt is spent only by a handler call. Six triggers, so an adapter that drops such a
+/// delivery some of the time fails here nearly every time.
+pub async fn deliveries_waiting_behind_a_busy_consumer_keep_their_first_attempt<A: Adapter>(
+    adapter: A,
+) {
+    const TRIGGERS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+    let topic = setup(&adapter, "busy", &TRIGGERS, |spec| spec.max_attempts = 1).await;
+    let mut subs = Vec::new();
+    for name in TRIGGERS {
+        subs.push(consume(&adapter, &topic, name, 2).await);
+    }
+    let first = publish(&adapter, &topic, json!("held")).await;
+    let second = publish(&adapter, &topic, json!("waiting")).await;
+    let mut held = Vec::new();
+    for sub in &mut subs {
+        let delivery = receive(sub).await;
+        assert_eq!(delivery.envelope().id, first);
+        held.push(delivery);
+    }
+    // Every "handler" is busy: nobody polls the subscriptions.
+    sleep(BUSY_PERIOD).await;
+    for (sub, name) in subs.iter_mut().zip(TRIGGERS) {
+        let waiting = receive(sub).await;
+        assert_eq!(waiting.envelope().id, second, "trigger {name}");
+        assert_eq!(
+            waiting.envelope().attempt,
+            1,
+            "trigger {name}: the delivery spent an attempt while it waited"
+        );
+        waiting.ack().await.expect("ack");
+    }
+    for delivery in held {
+        delivery.ack().await.expect("ack the held delivery");
+    }
+    for name in TRIGGERS {
+        assert_eq!(
+            dlq_count(&adapter, &topic, Some(name)).await,
+            0,
+            "trigger {name}"
+        );
     }
     adapter.close().await.expect("close");
 }

@@ -129,8 +129,14 @@ impl Puller {
             let Some((_, subscriber)) = self.inbox.as_mut() else {
                 continue;
             };
+            // Biased: whatever already arrived is read before the silence timer is looked at.
+            // When nobody polled this stream for a while (every handler busy), that timer has
+            // run out while messages and heartbeats waited in the subscription; starting over
+            // then would throw away deliveries the server already counted.
             let next = tokio::select! {
+                biased;
                 () = self.shared.closed.cancelled() => return None,
+                next = subscriber.next() => next,
                 () = &mut self.silence => {
                     // Re-armed lazily: activity only records its time.
                     let heard = self.last_heard;
@@ -142,7 +148,6 @@ impl Puller {
                     self.start_over();
                     continue;
                 }
-                next = subscriber.next() => next,
             };
             let Some(message) = next else {
                 tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, "the pull subscription ended; pulling again");
