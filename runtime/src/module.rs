@@ -166,6 +166,7 @@ impl QueueModule {
             let mut spec = SubscriptionSpec::new(key.clone());
             spec.max_attempts = settings.retry.max_attempts;
             spec.visibility_timeout = settings.visibility_timeout;
+            spec.dead_letter_topic = settings.dead_letter_topic.clone();
             adapter
                 .declare_subscription(spec)
                 .await

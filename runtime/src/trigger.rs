@@ -20,13 +20,12 @@ use std::time::Duration;
 use futures::future::Either;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use serde_json::json;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topiq_adapter::{
-    ConsumeOptions, Delivery, Envelope, Failure, FailureKind, NewMessage, SharedAdapter,
-    Subscription, SubscriptionKey, Timestamp, TraceContext,
+    ConsumeOptions, Delivery, Envelope, Failure, FailureKind, SharedAdapter, Subscription,
+    SubscriptionKey, Timestamp,
 };
 use tracing::Instrument;
 
@@ -415,9 +414,9 @@ impl Trigger {
     }
 
     /// After a failed call: retry after the backoff, or dead-letter when the error is not
-    /// retryable or this was the last attempt. A dead-lettered message is first published to
-    /// `dead_letter_topic` (when set); if that publish fails, it is logged and the message
-    /// still goes to the trigger's DLQ with its real error.
+    /// retryable or this was the last attempt. The adapter also publishes a dead-lettered
+    /// message to the trigger's `dead_letter_topic` (on every path into the DLQ, its own
+    /// lease expiries included).
     async fn settle_failure(&self, delivery: Delivery, failure: CallFailure) -> &'static str {
         self.counters.failed();
         let envelope = delivery.envelope();
@@ -433,14 +432,6 @@ impl Trigger {
             return "retried";
         }
         let failure = failure.into_failure();
-        if let Some(topic) = &self.settings.dead_letter_topic {
-            let record = dead_letter_message(envelope, &self.settings.name, &failure);
-            if let Err(err) = self.adapter.publish(topic, record).await {
-                // The message still goes to the trigger's DLQ with its real error, so nothing
-                // is lost; only the notification on the dead-letter topic is missing.
-                tracing::error!(trigger = %self.key, id = %envelope.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
-            }
-        }
         tracing::warn!(trigger = %self.key, id = %envelope.id, attempts = envelope.attempt, kind = %failure.kind, error = %failure.message, "dead-lettered");
         self.counters.dead_lettered();
         self.settle(delivery.dead_letter(failure).await, "dead_letter");
@@ -467,28 +458,6 @@ async fn release(delivery: Delivery) {
     if let Err(err) = delivery.release().await {
         tracing::warn!(%id, error = %err, "cannot release the message; it is delivered again after its lease");
     }
-}
-
-/// The message published to a `dead_letter_topic`: the failed message and why it failed.
-fn dead_letter_message(
-    envelope: &Envelope,
-    trigger: &topiq_adapter::TriggerName,
-    failure: &Failure,
-) -> NewMessage {
-    NewMessage::new(json!({
-        "id": envelope.id,
-        "topic": envelope.topic,
-        "trigger": trigger,
-        "data": envelope.data,
-        "attempts": envelope.attempt,
-        "failed_at": Timestamp::now(),
-        "error": failure,
-        "enqueued_at": envelope.enqueued_at,
-    }))
-    .trace(TraceContext {
-        traceparent: envelope.traceparent.clone(),
-        baggage: envelope.baggage.clone(),
-    })
 }
 
 /// A finished call: its value, its error, or its panic.

@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             nacked_message_returns_after_its_delay_as_the_next_attempt,
             nack_on_the_last_attempt_dead_letters,
             dead_letter_record_holds_attempts_error_and_payload,
+            every_path_into_the_dlq_publishes_to_the_dead_letter_topic,
             delayed_message_is_not_delivered_before_its_time,
             deliver_at_in_the_past_is_delivered_at_once,
             unsettled_message_is_redelivered_after_the_visibility_timeout,
@@ -481,6 +482,88 @@ pub async fn dead_letter_record_holds_attempts_error_and_payload<A: Adapter>(ada
 
 // ---------------------------------------------------------------------------------------------
 // Delays
+
+/// Semantic 5: every path into a trigger's DLQ also publishes the message to its
+/// `dead_letter_topic`: a handler's failure, a nack on the last attempt, a lease that runs out
+/// on the last attempt, and a delivery past the limit that comes back after its consumer
+/// died holding it.
+pub async fn every_path_into_the_dlq_publishes_to_the_dead_letter_topic<A: Adapter>(adapter: A) {
+    let failed = setup(&adapter, "dlt_failed", &["watch"], no_policy).await;
+    let topic = unique_topic("dlt");
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare_topic");
+    let mut spec = SubscriptionSpec::new(SubscriptionKey::new(topic.clone(), trigger("t")));
+    spec.max_attempts = 1;
+    spec.visibility_timeout = SHORT_VISIBILITY;
+    spec.dead_letter_topic = Some(failed.clone());
+    adapter
+        .declare_subscription(spec)
+        .await
+        .expect("declare_subscription");
+    let mut watch = consume(&adapter, &failed, "watch", 10).await;
+    let mut expected = HashMap::new();
+
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let id = publish(&adapter, &topic, json!("handler failed")).await;
+    receive(&mut sub)
+        .await
+        .dead_letter(failure("boom"))
+        .await
+        .expect("dead_letter");
+    expected.insert(id, FailureKind::RetriesExhausted);
+    let id = publish(&adapter, &topic, json!("nacked")).await;
+    receive(&mut sub)
+        .await
+        .nack(Duration::ZERO)
+        .await
+        .expect("nack");
+    expected.insert(id, FailureKind::RetriesExhausted);
+    let id = publish(&adapter, &topic, json!("lease ran out")).await;
+    let hung = receive(&mut sub).await;
+    expected.insert(id, FailureKind::LeaseExpired);
+    wait_for_dlq_count(&adapter, &topic, "t", 3).await;
+    drop(hung);
+
+    // A consumer dies holding the last attempt; another consumer of the trigger receives it
+    // past the limit (or the adapter's own timer expires it).
+    let id = publish(&adapter, &topic, json!("consumer died")).await;
+    let dying = receive(&mut sub).await;
+    assert_eq!(dying.envelope().id, id);
+    drop(dying);
+    drop(sub);
+    expected.insert(id, FailureKind::LeaseExpired);
+    let mut survivor = consume(&adapter, &topic, "t", 1).await;
+    let deadline = Instant::now() + RECEIVE_TIMEOUT + SHORT_VISIBILITY * 2;
+    while dlq_count(&adapter, &topic, Some("t")).await < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead consumer's message never reached the DLQ"
+        );
+        if let Ok(Some(Ok(delivery))) = timeout(Duration::from_millis(200), survivor.next()).await {
+            panic!(
+                "a delivery past the attempt limit was handed out: {:?}",
+                delivery.envelope()
+            );
+        }
+    }
+
+    let mut notified = HashMap::new();
+    while notified.len() < expected.len() {
+        let delivery = receive(&mut watch).await;
+        let body = (*delivery.envelope().data).clone();
+        assert_eq!(body["topic"], json!(topic.as_str()), "{body}");
+        assert_eq!(body["trigger"], json!("t"), "{body}");
+        assert_eq!(body["attempts"], json!(1), "{body}");
+        let kind: FailureKind = serde_json::from_value(body["error"]["kind"].clone()).unwrap();
+        let id = MessageId::from_string(body["id"].as_str().unwrap());
+        notified.insert(id, kind);
+        delivery.ack().await.expect("ack");
+    }
+    assert_eq!(notified, expected);
+    adapter.close().await.expect("close");
+}
 
 /// Semantic 7: a delayed message is not delivered before its time, and is delivered after.
 pub async fn delayed_message_is_not_delivered_before_its_time<A: Adapter>(adapter: A) {

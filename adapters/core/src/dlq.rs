@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::delivery::Failure;
 use crate::error::Error;
+use crate::message::{NewMessage, TraceContext};
 use crate::names::{MessageId, TopicName, TriggerName};
 
 /// The most records one [`DlqQuery`] returns.
@@ -43,6 +44,28 @@ pub struct DeadLetter {
     pub idempotency_key: Option<String>,
     /// When the message was first enqueued.
     pub enqueued_at: Timestamp,
+}
+
+impl DeadLetter {
+    /// The message published to a trigger's `dead_letter_topic` when this record is written:
+    /// `{id, topic, trigger, data, attempts, failed_at, error, enqueued_at}`, carrying the
+    /// failed message's trace context, so the trace continues in whoever handles it.
+    pub fn notification(&self) -> NewMessage {
+        NewMessage::new(serde_json::json!({
+            "id": self.id,
+            "topic": self.topic,
+            "trigger": self.trigger,
+            "data": self.data,
+            "attempts": self.attempts,
+            "failed_at": self.last_failed_at,
+            "error": self.error,
+            "enqueued_at": self.enqueued_at,
+        }))
+        .trace(TraceContext {
+            traceparent: self.traceparent.clone(),
+            baggage: self.baggage.clone(),
+        })
+    }
 }
 
 /// Narrows a DLQ listing; every field set must match.

@@ -81,6 +81,11 @@ pub struct SubscriptionSpec {
     pub max_attempts: u32,
     /// A delivery not settled and not extended within this time is delivered again.
     pub visibility_timeout: Duration,
+    /// Where every message dead-lettered on this trigger is also published (see
+    /// [`DeadLetter::notification`](crate::DeadLetter::notification)), whichever path took it
+    /// to the DLQ: a handler's failure, a lease that ran out on the last attempt, a delivery
+    /// past the attempt limit. Must be a declared topic.
+    pub dead_letter_topic: Option<TopicName>,
 }
 
 impl SubscriptionSpec {
@@ -90,6 +95,7 @@ impl SubscriptionSpec {
             key,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            dead_letter_topic: None,
         }
     }
 
@@ -99,6 +105,15 @@ impl SubscriptionSpec {
             return Err(Error::InvalidArgument {
                 argument: "max_attempts",
                 reason: "must be at least 1 (the first attempt)".into(),
+            });
+        }
+        if self.dead_letter_topic.as_ref() == Some(&self.key.topic) {
+            return Err(Error::InvalidArgument {
+                argument: "dead_letter_topic",
+                reason: format!(
+                    "must differ from the trigger's own topic {} (a failing message would come back to the trigger that failed it)",
+                    self.key.topic
+                ),
             });
         }
         if self.visibility_timeout < Duration::from_millis(100) {

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
     Acker, DeadLetter, Delivery, Error, Failure, Result, Subscription, SubscriptionKey,
-    SubscriptionSpec, Timestamp,
+    SubscriptionSpec, Timestamp, TopicName,
 };
 use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 
@@ -381,6 +381,7 @@ async fn receive(
         attempt,
         max_attempts: spec.max_attempts,
         visibility_timeout: spec.visibility_timeout,
+        dead_letter_topic: spec.dead_letter_topic.clone(),
         lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
         leases: Arc::clone(leases),
         lease_key,
@@ -406,6 +407,7 @@ struct Received {
     attempt: u32,
     max_attempts: u32,
     visibility_timeout: Duration,
+    dead_letter_topic: Option<TopicName>,
     data: Arc<serde_json::Value>,
     lease: Mutex<Lease>,
     /// The subscription's live leases, which this one leaves when dropped.
@@ -429,9 +431,10 @@ impl Received {
         }
     }
 
-    /// Publishes the DLQ record (confirmed), then terminates the message (confirmed). The
-    /// record's dedup id is the same for every delivery of one stored message, so a record
-    /// written twice (by a lease watcher and after a redelivery) is stored once.
+    /// Publishes the message to the trigger's `dead_letter_topic` (when it has one), the DLQ
+    /// record (confirmed), then terminates the message (confirmed). The record's dedup id is
+    /// the same for every delivery of one stored message, so a record written twice (by a
+    /// lease watcher and after a redelivery) is stored once.
     async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
         let now = Timestamp::now();
         let record = DeadLetter {
@@ -448,6 +451,12 @@ impl Received {
             idempotency_key: self.metadata.idempotency_key.clone(),
             enqueued_at: self.metadata.enqueued_at,
         };
+        if let Some(topic) = &self.dead_letter_topic
+            && let Err(err) = self.shared.publish_one(topic, record.notification()).await
+        {
+            // The record is still written, so nothing is lost; only the notification is.
+            tracing::error!(trigger = %self.key, id = %record.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
+        }
         let payload = serde_json::to_vec(&record).map_err(broker("encode DLQ record"))?;
         let dedup = format!(
             "dlq:{}:{}:{}",

@@ -838,6 +838,9 @@ impl Adapter for JetStreamAdapter {
         spec.validate()?;
         let shared = &self.shared;
         shared.topic(&spec.key.topic)?;
+        if let Some(dead_letter_topic) = &spec.dead_letter_topic {
+            shared.topic(dead_letter_topic)?;
+        }
         let stream = shared
             .js
             .get_stream_no_info(shared.layout.topic_stream(&spec.key.topic))

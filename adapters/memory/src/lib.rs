@@ -121,7 +121,12 @@ impl Adapter for BuiltinQueueAdapter {
 
     async fn declare_subscription(&self, spec: SubscriptionSpec) -> Result<()> {
         spec.validate()?;
-        self.topic(&spec.key.topic)?.declare_subscription(spec);
+        let topic = self.topic(&spec.key.topic)?;
+        let dead_letter_topic = match &spec.dead_letter_topic {
+            Some(name) => Some(Arc::downgrade(&self.topic(name)?)),
+            None => None,
+        };
+        topic.declare_subscription(spec, dead_letter_topic);
         Ok(())
     }
 

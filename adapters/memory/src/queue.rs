@@ -8,7 +8,7 @@
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -21,7 +21,7 @@ use topiq_adapter::{
     SubscriptionSpec, SubscriptionStats, Timestamp, TopicName, TriggerName,
 };
 
-use crate::topic::{TopicShared, lock};
+use crate::topic::{Topic, TopicShared, lock, read};
 
 /// A published message, shared by every trigger queue it was fanned out to.
 pub(crate) struct StoredMessage {
@@ -258,6 +258,9 @@ enum Taken {
 pub(crate) struct TriggerQueue {
     key: SubscriptionKey,
     topic: Arc<TopicShared>,
+    /// Where this trigger's dead letters are also published (weak: a topic's queues must not
+    /// keep topics alive in a cycle).
+    dead_letter_topic: RwLock<Option<Weak<Topic>>>,
     state: Mutex<QueueState>,
     wake: Notify,
     /// Consumers parked on `wake`; publishers skip the notification when there are none.
@@ -269,10 +272,12 @@ impl TriggerQueue {
         spec: SubscriptionSpec,
         retention: Option<Duration>,
         topic: Arc<TopicShared>,
+        dead_letter_topic: Option<Weak<Topic>>,
     ) -> Self {
         Self {
             key: spec.key,
             topic,
+            dead_letter_topic: RwLock::new(dead_letter_topic),
             state: Mutex::new(QueueState {
                 ready: VecDeque::new(),
                 delayed: BinaryHeap::new(),
@@ -295,6 +300,33 @@ impl TriggerQueue {
 
     pub(crate) fn trigger(&self) -> &TriggerName {
         &self.key.trigger
+    }
+
+    pub(crate) fn set_dead_letter_topic(&self, topic: Option<Weak<Topic>>) {
+        *self
+            .dead_letter_topic
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = topic;
+    }
+
+    /// Stores `records` in the topic's DLQ, each first published to the trigger's
+    /// `dead_letter_topic` when it has one (a publish that fails is logged: the record is
+    /// still stored, so nothing is lost).
+    fn store_dead_letters(&self, records: Vec<DeadLetter>) {
+        if records.is_empty() {
+            return;
+        }
+        let target = read(&self.dead_letter_topic)
+            .as_ref()
+            .and_then(Weak::upgrade);
+        if let Some(target) = target {
+            for record in &records {
+                if let Err(err) = target.publish(record.notification()) {
+                    tracing::error!(trigger = %self.key, id = %record.id, dead_letter_topic = %target.shared.name, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
+                }
+            }
+        }
+        self.topic.store_dead_letters(records);
     }
 
     pub(crate) fn set_policy(&self, max_attempts: u32, visibility_timeout: Duration) {
@@ -359,7 +391,7 @@ impl TriggerQueue {
             };
             (taken, dead)
         };
-        self.topic.store_dead_letters(dead);
+        self.store_dead_letters(dead);
         taken
     }
 
@@ -490,7 +522,7 @@ impl TriggerQueue {
             };
             (result, dead)
         };
-        self.topic.store_dead_letters(dead);
+        self.store_dead_letters(dead);
         if wake {
             self.wake.notify_waiters();
         }
@@ -516,7 +548,7 @@ impl TriggerQueue {
                 }
             }
         };
-        self.topic.store_dead_letters(dead);
+        self.store_dead_letters(dead);
         result
     }
 
@@ -531,7 +563,7 @@ impl TriggerQueue {
                 dead,
             )
         };
-        self.topic.store_dead_letters(dead);
+        self.store_dead_letters(dead);
         SubscriptionStats {
             waiting,
             delayed,
@@ -546,7 +578,7 @@ impl TriggerQueue {
             let mut state = lock(&self.state);
             self.advance_now(&mut state)
         };
-        self.topic.store_dead_letters(dead);
+        self.store_dead_letters(dead);
     }
 }
 

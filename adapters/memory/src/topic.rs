@@ -1,7 +1,7 @@
 //! One topic: its options, its idempotency window, its DLQ and the trigger queues it fans out to.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -88,13 +88,25 @@ impl Topic {
         }
     }
 
-    pub(crate) fn declare_subscription(&self, spec: SubscriptionSpec) {
+    /// Declares (or updates) a trigger's queue; `dead_letter_topic` is the resolved topic of
+    /// `spec.dead_letter_topic`.
+    pub(crate) fn declare_subscription(
+        &self,
+        spec: SubscriptionSpec,
+        dead_letter_topic: Option<Weak<Topic>>,
+    ) {
         if let Some(queue) = self.queue(&spec.key.trigger) {
             queue.set_policy(spec.max_attempts, spec.visibility_timeout);
+            queue.set_dead_letter_topic(dead_letter_topic);
             return;
         }
         let retention = read(&self.shared.spec).retention;
-        let queue = Arc::new(TriggerQueue::new(spec, retention, Arc::clone(&self.shared)));
+        let queue = Arc::new(TriggerQueue::new(
+            spec,
+            retention,
+            Arc::clone(&self.shared),
+            dead_letter_topic,
+        ));
         let mut queues = self.queues.write().unwrap_or_else(PoisonError::into_inner);
         // Another caller may have declared it between the read above and this write.
         if !queues.iter().any(|q| q.trigger() == queue.trigger()) {

@@ -14,7 +14,7 @@ use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
     Acker, DeadLetter, Delivery, Envelope, Error, Failure, Result, Subscription, SubscriptionKey,
-    SubscriptionSpec, Timestamp,
+    SubscriptionSpec, Timestamp, TopicName,
 };
 use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 
@@ -307,6 +307,7 @@ async fn receive(
         attempt,
         max_attempts: spec.max_attempts,
         visibility_timeout: spec.visibility_timeout,
+        dead_letter_topic: spec.dead_letter_topic.clone(),
         lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
         leases: Arc::clone(leases),
         lease_key,
@@ -336,6 +337,7 @@ pub(crate) struct Received {
     attempt: u32,
     max_attempts: u32,
     visibility_timeout: Duration,
+    dead_letter_topic: Option<TopicName>,
     lease: Mutex<Lease>,
     leases: Arc<Leases<Received>>,
     lease_key: LeaseKey,
@@ -398,8 +400,9 @@ impl Received {
         }
     }
 
-    /// Publishes the DLQ record (confirmed), then acks the message: a crash between the two
-    /// leaves a second record, never none.
+    /// Publishes the message to the trigger's `dead_letter_topic` (when it has one), the DLQ
+    /// record (confirmed), then acks the message: a crash between the two leaves a second
+    /// record, never none.
     async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
         let now = Timestamp::now();
         let record = DeadLetter {
@@ -416,6 +419,12 @@ impl Received {
             idempotency_key: self.metadata.idempotency_key.clone(),
             enqueued_at: self.metadata.enqueued_at,
         };
+        if let Some(topic) = &self.dead_letter_topic
+            && let Err(err) = self.shared.publish_one(topic, record.notification()).await
+        {
+            // The record is still written, so nothing is lost; only the notification is.
+            tracing::error!(trigger = %self.key, id = %record.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
+        }
         crate::dlq::append(&self.shared, &record).await?;
         self.ack_original("ack after dead-lettering").await
     }

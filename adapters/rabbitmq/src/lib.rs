@@ -562,6 +562,9 @@ impl Adapter for RabbitMqAdapter {
         shared.ensure_open()?;
         spec.validate()?;
         let topic = shared.topic(&spec.key.topic)?;
+        if let Some(dead_letter_topic) = &spec.dead_letter_topic {
+            shared.topic(dead_letter_topic)?;
+        }
         if spec.max_attempts >= DELIVERY_LIMIT {
             return Err(Error::InvalidArgument {
                 argument: "max_attempts",
