@@ -1,14 +1,14 @@
 //! The `queue.*` call surface: every call takes and returns JSON, callable by name
 //! ([`QueueModule::call`]) or through typed methods.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use topiq_adapter::{
-    DeadLetter, DlqFilter, DlqQuery, DlqSelection, MAX_DLQ_PAGE, MessageId, NewMessage,
-    PublishReceipt, SubscriptionKey, Timestamp, TopicName, TraceContext, TriggerName,
+    DeadLetter, DlqFilter, DlqQuery, DlqRecordRef, DlqSelection, MAX_DLQ_PAGE, MessageId,
+    NewMessage, PublishReceipt, SubscriptionKey, Timestamp, TopicName, TraceContext, TriggerName,
 };
 
 use tracing::Instrument;
@@ -520,28 +520,29 @@ impl QueueModule {
         Ok((records, page.next_cursor))
     }
 
-    /// Every record matching the request's filter and ids, as (trigger, id): the same message
-    /// can be in the DLQ of several triggers, and a filter selects records, not messages.
-    /// Ids of one trigger without a filter (and not for a dry run, which counts what is
-    /// there) are taken as given, without reading the DLQ: the adapter skips ids it does not
-    /// hold.
+    /// What a filtered or by-id redrive or purge touches: the records matching the request's
+    /// filter and ids, each named exactly (a message can have several records on one
+    /// trigger, and a filter picks records, not messages). Ids of one trigger without a
+    /// filter (and not for a dry run, which counts what is there) are taken as given, without
+    /// reading the DLQ: every record of those ids is selected, and the adapter skips ids it
+    /// does not hold.
     async fn matching_records(
         &self,
         topic: &TopicName,
         trigger: Option<&TriggerName>,
         request: &DlqRequest,
-    ) -> Result<Vec<(TriggerName, MessageId)>, CallError> {
+    ) -> Result<Selected, CallError> {
         if let (Some(trigger), Some(ids), false) = (
             trigger,
             request.ids(),
             request.has_filter() || request.dry_run,
         ) {
             let mut seen = HashSet::new();
-            return Ok(ids
+            let ids = ids
                 .into_iter()
                 .filter(|id| seen.insert(id.clone()))
-                .map(|id| (trigger.clone(), id))
-                .collect());
+                .collect();
+            return Ok(Selected::Ids(trigger.clone(), ids));
         }
         let wanted: Option<HashSet<MessageId>> = request.ids().map(|ids| ids.into_iter().collect());
         let mut query = DlqQuery {
@@ -559,59 +560,76 @@ impl QueueModule {
                 let selected = wanted
                     .as_ref()
                     .is_none_or(|wanted| wanted.contains(&record.id));
-                let pair = (record.trigger, record.id);
-                if selected && seen.insert(pair.clone()) {
-                    records.push(pair);
+                let reference = record.reference();
+                if selected && seen.insert(reference.clone()) {
+                    records.push(reference);
                 }
             }
             match page.next_cursor {
                 Some(cursor) => query.cursor = Some(cursor),
-                None => return Ok(records),
+                None => return Ok(Selected::Records(records)),
             }
         }
     }
 
-    /// Applies `operation` (redrive or purge) to `records`, trigger by trigger, in chunks of
+    /// Applies `operation` (redrive or purge) to `selected`, trigger by trigger, in chunks of
     /// `chunk`, one chunk per second when `paced`; logs progress.
     async fn per_trigger(
         &self,
         topic: &TopicName,
-        records: &[(TriggerName, MessageId)],
+        selected: Selected,
         chunk: usize,
         paced: bool,
         operation: DlqOperation,
     ) -> Result<u64, CallError> {
-        let total = records.len();
+        let parts: Vec<(TriggerName, DlqSelection)> = match selected {
+            Selected::Ids(trigger, ids) => ids
+                .chunks(chunk.max(1))
+                .map(|part| (trigger.clone(), DlqSelection::Ids(part.to_vec())))
+                .collect(),
+            Selected::Records(records) => records
+                .chunks(chunk.max(1))
+                .flat_map(|part| {
+                    let mut by_trigger: BTreeMap<TriggerName, Vec<DlqRecordRef>> = BTreeMap::new();
+                    for reference in part {
+                        by_trigger
+                            .entry(reference.trigger.clone())
+                            .or_default()
+                            .push(reference.clone());
+                    }
+                    by_trigger
+                        .into_iter()
+                        .map(|(trigger, refs)| (trigger, DlqSelection::Records(refs)))
+                })
+                .collect(),
+        };
+        let total: usize = parts
+            .iter()
+            .map(|(_, selection)| selection_len(selection))
+            .sum();
         let mut done = 0;
-        for (index, part) in records.chunks(chunk.max(1)).enumerate() {
-            let started = tokio::time::Instant::now();
-            let mut by_trigger: std::collections::BTreeMap<TriggerName, Vec<MessageId>> =
-                std::collections::BTreeMap::new();
-            for (trigger, id) in part {
-                by_trigger
-                    .entry(trigger.clone())
-                    .or_default()
-                    .push(id.clone());
-            }
-            for (trigger, ids) in by_trigger {
-                let selection = DlqSelection::Ids(ids);
-                done += match operation {
-                    DlqOperation::Redrive => {
-                        self.adapter()
-                            .dlq_redrive(topic, Some(&trigger), selection)
-                            .await?
-                    }
-                    DlqOperation::Purge => {
-                        self.adapter()
-                            .dlq_purge(topic, Some(&trigger), selection)
-                            .await?
-                    }
-                };
-            }
-            tracing::info!(%topic, done, total, "dlq progress");
-            if paced && (index + 1) * chunk < total {
+        let mut in_chunk = 0;
+        let mut started = tokio::time::Instant::now();
+        for (trigger, selection) in parts {
+            if paced && in_chunk >= chunk {
                 tokio::time::sleep_until(started + Duration::from_secs(1)).await;
+                started = tokio::time::Instant::now();
+                in_chunk = 0;
             }
+            in_chunk += selection_len(&selection);
+            done += match operation {
+                DlqOperation::Redrive => {
+                    self.adapter()
+                        .dlq_redrive(topic, Some(&trigger), selection)
+                        .await?
+                }
+                DlqOperation::Purge => {
+                    self.adapter()
+                        .dlq_purge(topic, Some(&trigger), selection)
+                        .await?
+                }
+            };
+            tracing::info!(%topic, done, total, "dlq progress");
         }
         Ok(done)
     }
@@ -633,17 +651,17 @@ impl QueueModule {
             log_dlq_operation("redrive", &topic, trigger.as_ref(), "all", redriven);
             return Ok(redriven);
         }
-        let records = self
+        let selected = self
             .matching_records(&topic, trigger.as_ref(), request)
             .await?;
         if request.dry_run {
-            return Ok(records.len() as u64);
+            return Ok(selected.len() as u64);
         }
         let chunk = request.rate_per_sec.map_or(100, |rate| rate as usize);
         let redriven = self
             .per_trigger(
                 &topic,
-                &records,
+                selected,
                 chunk,
                 request.rate_per_sec.is_some(),
                 DlqOperation::Redrive,
@@ -665,11 +683,11 @@ impl QueueModule {
             log_dlq_operation("purge", &topic, trigger.as_ref(), "all", purged);
             return Ok(purged);
         }
-        let records = self
+        let selected = self
             .matching_records(&topic, trigger.as_ref(), request)
             .await?;
         let purged = self
-            .per_trigger(&topic, &records, MAX_DLQ_PAGE, false, DlqOperation::Purge)
+            .per_trigger(&topic, selected, MAX_DLQ_PAGE, false, DlqOperation::Purge)
             .await?;
         log_dlq_operation("purge", &topic, trigger.as_ref(), "selected", purged);
         Ok(purged)
@@ -706,6 +724,32 @@ impl QueueModule {
             });
         }
         Ok(rows)
+    }
+}
+
+/// The records a filtered or by-id redrive or purge touches.
+enum Selected {
+    /// Every record of these ids on one trigger.
+    Ids(TriggerName, Vec<MessageId>),
+    /// Exactly these records.
+    Records(Vec<DlqRecordRef>),
+}
+
+impl Selected {
+    fn len(&self) -> usize {
+        match self {
+            Selected::Ids(_, ids) => ids.len(),
+            Selected::Records(records) => records.len(),
+        }
+    }
+}
+
+/// How many ids or records `selection` names.
+fn selection_len(selection: &DlqSelection) -> usize {
+    match selection {
+        DlqSelection::Ids(ids) => ids.len(),
+        DlqSelection::Records(records) => records.len(),
+        _ => 0,
     }
 }
 

@@ -47,6 +47,15 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The reference that selects this record (and no other record of its message).
+    pub fn reference(&self) -> DlqRecordRef {
+        DlqRecordRef {
+            trigger: self.trigger.clone(),
+            id: self.id.clone(),
+            last_failed_at: self.last_failed_at,
+        }
+    }
+
     /// The message published to a trigger's `dead_letter_topic` when this record is written:
     /// `{id, topic, trigger, data, attempts, failed_at, error, enqueued_at}`, carrying the
     /// failed message's trace context, so the trace continues in whoever handles it.
@@ -156,14 +165,42 @@ pub enum DlqSelection {
     All,
     /// The records of these message ids (on every named trigger they failed on).
     Ids(Vec<MessageId>),
+    /// Exactly these records, as a listing returned them ([`DeadLetter::reference`]): one
+    /// message can have several records on one trigger, and a filter picks records, not
+    /// messages.
+    Records(Vec<DlqRecordRef>),
 }
 
 impl DlqSelection {
-    /// True when `id` is selected.
-    pub fn contains(&self, id: &MessageId) -> bool {
+    /// True when `record` is selected.
+    pub fn selects(&self, record: &DeadLetter) -> bool {
         match self {
             DlqSelection::All => true,
-            DlqSelection::Ids(ids) => ids.contains(id),
+            DlqSelection::Ids(ids) => ids.contains(&record.id),
+            DlqSelection::Records(references) => references
+                .iter()
+                .any(|reference| reference.refers_to(record)),
         }
+    }
+}
+
+/// Names one DLQ record: its trigger, its message and when it was dead-lettered (two records
+/// of one message on one trigger were written at different times).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DlqRecordRef {
+    /// The trigger the record belongs to.
+    pub trigger: TriggerName,
+    /// The message.
+    pub id: MessageId,
+    /// The record's `last_failed_at`.
+    pub last_failed_at: Timestamp,
+}
+
+impl DlqRecordRef {
+    /// True when `record` is the one named.
+    pub fn refers_to(&self, record: &DeadLetter) -> bool {
+        self.id == record.id
+            && self.trigger == record.trigger
+            && self.last_failed_at == record.last_failed_at
     }
 }

@@ -81,7 +81,7 @@ pub mod conformance;
 
 pub use adapter::{Adapter, DynAdapter, SharedAdapter, SubscriptionStats};
 pub use delivery::{Acker, Delivery, Failure, FailureKind, MAX_FAILURE_MESSAGE};
-pub use dlq::{DeadLetter, DlqFilter, DlqPage, DlqQuery, DlqSelection, MAX_DLQ_PAGE};
+pub use dlq::{DeadLetter, DlqFilter, DlqPage, DlqQuery, DlqRecordRef, DlqSelection, MAX_DLQ_PAGE};
 pub use error::{BoxError, Error, Result};
 pub use message::{
     DEFAULT_MAX_MESSAGE_BYTES, Envelope, MAX_IDEMPOTENCY_KEY_LEN, NewMessage, PublishReceipt,

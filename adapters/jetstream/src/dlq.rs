@@ -192,10 +192,7 @@ async fn remove_selected(
     removal: Removal,
 ) -> Result<u64> {
     check(shared, topic, trigger)?;
-    let selected = scan(shared, topic, trigger, |record| {
-        selection.contains(&record.id)
-    })
-    .await?;
+    let selected = scan(shared, topic, trigger, |record| selection.selects(record)).await?;
     let stream = shared
         .js
         .get_stream_no_info(shared.layout.dlq_stream(topic))

@@ -75,13 +75,17 @@ impl DeadLetterStore {
         selection: &DlqSelection,
     ) -> Vec<(u64, DeadLetter)> {
         let ids: Option<HashSet<&MessageId>> = match selection {
-            DlqSelection::All => None,
             DlqSelection::Ids(ids) => Some(ids.iter().collect()),
+            _ => None,
         };
         self.records
             .iter()
             .filter(|(_, record)| {
-                selects(record, trigger) && ids.as_ref().is_none_or(|ids| ids.contains(&record.id))
+                selects(record, trigger)
+                    && match &ids {
+                        Some(ids) => ids.contains(&record.id),
+                        None => selection.selects(record),
+                    }
             })
             .map(|(seq, record)| (*seq, record.clone()))
             .collect()

@@ -218,7 +218,7 @@ async fn selected(
 ) -> Result<Vec<(u64, DeadLetter)>> {
     check(shared, topic, trigger)?;
     let mut records = live_records(shared, topic, 0).await?;
-    records.retain(|(_, record)| on_trigger(record, trigger) && selection.contains(&record.id));
+    records.retain(|(_, record)| on_trigger(record, trigger) && selection.selects(record));
     Ok(records)
 }
 
