@@ -60,13 +60,21 @@ async fn a_filtered_purge_and_redrive_touch_only_the_matching_record_of_a_messag
         .await
         .unwrap();
     let workers = module.start_workers();
-    call(&module, "queue.enqueue", json!({"topic": "orders", "data": "x"})).await;
+    call(
+        &module,
+        "queue.enqueue",
+        json!({"topic": "orders", "data": "x"}),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
         if let Some(record) = dlq_records(&module).await.pop() {
             break record;
         }
-        assert!(Instant::now() < deadline, "the message never reached the DLQ");
+        assert!(
+            Instant::now() < deadline,
+            "the message never reached the DLQ"
+        );
         sleep(Duration::from_millis(50)).await;
     };
     workers.shutdown().await;
@@ -99,7 +107,11 @@ async fn a_filtered_purge_and_redrive_touch_only_the_matching_record_of_a_messag
         json!({"topic": "orders", "error_contains": "first"}),
     )
     .await;
-    assert_eq!(purged, json!({"purged": 1}), "the filter excluded the second record");
+    assert_eq!(
+        purged,
+        json!({"purged": 1}),
+        "the filter excluded the second record"
+    );
     let left = dlq_records(&module).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["error"]["message"], "second failure");

@@ -357,3 +357,123 @@ async fn per_topic_stream_settings_apply_and_a_full_stream_refuses_publishes() {
     }
     adapter.close().await.ok();
 }
+
+/// An adapter whose publishes give up after `publish_timeout` (three tries).
+async fn quick_adapter(server: &NatsServer) -> JetStreamAdapter {
+    JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(server.url()),
+        publish_timeout: Duration::from_secs(1),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_key_cannot_be_recorded_fails_and_sends_nothing() {
+    let server = NatsServer::start();
+    let adapter = quick_adapter(&server).await;
+    let (topic, key) = declared(&adapter, "faults.ledger", |_| {}).await;
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 4 })
+        .await
+        .expect("consume");
+    // The key's ledger is gone (an operator deleted it, or it cannot take writes).
+    let client = async_nats::connect(server.url()).await.expect("raw client");
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream("topiq_faults_ledger_IDEM")
+        .await
+        .expect("delete the ledger");
+    let result = adapter
+        .publish(&topic, NewMessage::new(json!("keyed")).idempotency_key("k"))
+        .await;
+    assert!(
+        result.is_err(),
+        "an enqueue whose key was not recorded reported success: {result:?}"
+    );
+    if let Ok(Some(delivery)) =
+        tokio::time::timeout(Duration::from_secs(2), subscription.next()).await
+    {
+        panic!(
+            "a failed enqueue was delivered: {:?}",
+            delivery.map(|d| d.envelope().clone())
+        );
+    }
+    adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_first_publisher_died_after_its_claim_still_gets_its_message_once() {
+    let server = NatsServer::start();
+    let adapter = quick_adapter(&server).await;
+    let (topic, key) = declared(&adapter, "faults.claim", |_| {}).await;
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 4 })
+        .await
+        .expect("consume");
+    // A publisher claimed key "k" (the whole message, in the ledger) and died before it
+    // published the message.
+    let client = async_nats::connect(server.url()).await.expect("raw client");
+    let js = async_nats::jetstream::new(client);
+    let first_id = "0193a0c2-0000-7000-8000-00000000dead";
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("Nats-Msg-Id", format!("claim:{first_id}")),
+        ("Topiq-Id", first_id.to_owned()),
+        ("Topiq-Idempotency-Key", "k".to_owned()),
+        (
+            "Topiq-Enqueued-At",
+            topiq_adapter::Timestamp::now().to_string(),
+        ),
+        ("Topiq-Key-State", "claimed".to_owned()),
+        ("Topiq-Key-Target", "topiq.t.faults.claim".to_owned()),
+    ] {
+        headers.insert(name, value.as_str());
+    }
+    let ledger_subject = format!(
+        "topiq.idem.faults.claim.{}",
+        "k".bytes().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    js.publish_with_headers(ledger_subject, headers, "\"claimed, never sent\"".into())
+        .await
+        .expect("send")
+        .await
+        .expect("stored");
+
+    let started = Instant::now();
+    let receipt = adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("second")).idempotency_key("k"),
+        )
+        .await
+        .expect("publish");
+    println!("took over after {:?}", started.elapsed());
+    assert!(receipt.duplicate);
+    assert_eq!(receipt.message_id.as_str(), first_id);
+    let delivery = delivered(
+        &mut subscription,
+        Duration::from_secs(10),
+        "the claimed message",
+    )
+    .await;
+    assert_eq!(delivery.envelope().id.as_str(), first_id);
+    assert_eq!(*delivery.envelope().data, json!("claimed, never sent"));
+    delivery.ack().await.expect("ack");
+    // Later publishes with the key are duplicates of it, and nothing more is delivered.
+    let again = adapter
+        .publish(&topic, NewMessage::new(json!("third")).idempotency_key("k"))
+        .await
+        .expect("publish");
+    assert!(again.duplicate);
+    assert_eq!(again.message_id.as_str(), first_id);
+    if let Ok(Some(delivery)) =
+        tokio::time::timeout(Duration::from_secs(2), subscription.next()).await
+    {
+        panic!(
+            "delivered twice: {:?}",
+            delivery.map(|d| d.envelope().clone())
+        );
+    }
+    adapter.close().await.ok();
+}

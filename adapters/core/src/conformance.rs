@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             lease_expiry_on_the_last_attempt_dead_letters,
             a_crashed_consumers_message_goes_to_another_consumer,
             same_idempotency_key_returns_the_first_id_and_publishes_once,
+            one_idempotency_key_covers_delayed_and_immediate_publishes,
             redrive_delivers_only_to_the_failing_trigger,
             redrive_by_id_leaves_the_other_records,
             purge_removes_the_selected_records,
@@ -753,6 +754,69 @@ pub async fn same_idempotency_key_returns_the_first_id_and_publishes_once<A: Ada
     seen.sort_by_key(|value| value.as_i64());
     assert_eq!(seen, vec![json!(1), json!(3)]);
     expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantics 6 and 7: one key, one message, whether the first publish was delayed or not: an
+/// immediate publish with the key of a delayed one (and a delayed one with the key of an
+/// immediate one) returns the first id, and only the first message is delivered.
+pub async fn one_idempotency_key_covers_delayed_and_immediate_publishes<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "idemdelay", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 10).await;
+    let delayed = adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("delayed first"))
+                .idempotency_key("k-delayed")
+                .delay(Duration::from_millis(800)),
+        )
+        .await
+        .expect("publish delayed");
+    let immediate = adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("immediate again")).idempotency_key("k-delayed"),
+        )
+        .await
+        .expect("publish immediate");
+    assert!(!delayed.duplicate);
+    assert!(
+        immediate.duplicate,
+        "an immediate publish reused a delayed one's key"
+    );
+    assert_eq!(immediate.message_id, delayed.message_id);
+
+    let first = adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("immediate first")).idempotency_key("k-now"),
+        )
+        .await
+        .expect("publish immediate");
+    let later = adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("delayed again"))
+                .idempotency_key("k-now")
+                .delay(Duration::from_millis(300)),
+        )
+        .await
+        .expect("publish delayed");
+    assert!(
+        later.duplicate,
+        "a delayed publish reused an immediate one's key"
+    );
+    assert_eq!(later.message_id, first.message_id);
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let delivery = receive(&mut sub).await;
+        seen.push((*delivery.envelope().data).clone());
+        delivery.ack().await.expect("ack");
+    }
+    seen.sort_by_key(|value| value.to_string());
+    assert_eq!(seen, vec![json!("delayed first"), json!("immediate first")]);
+    expect_nothing(&mut sub, Duration::from_millis(1500)).await;
     adapter.close().await.expect("close");
 }
 

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, `max_age` = retention; storage, replicas and `max_bytes` (discard `new`: a full stream refuses publishes) from the adapter's config or the topic's `streams` entry |
 //! | trigger | two durable pull consumers: `m-<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `d-<trigger>` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout + 250 ms (the client's lease starts at receipt, so the server never redelivers while it holds), `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
-//! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a publish without an answer is sent again with the same id, so it cannot duplicate, while one the server refused (a full stream) fails at once with its reason; a duplicate's id is read from the stored first message |
+//! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a publish without an answer is sent again with the same id, so it cannot duplicate, while one the server refused (a full stream) fails at once with its reason; a keyed publish first claims its key in the topic's ledger stream (`Nats-Expected-Last-Subject-Sequence: 0`, the whole message), so one key is one message for the window, delayed or not (`idempotency.rs`) |
 //! | delay | the `<PREFIX>_DELAYED` work-queue stream; a `scheduler` consumer NAKs each message with its remaining delay (no polling) and forwards it when due, with `Nats-Msg-Id` = message id |
 //! | consume | pulled inside the subscription's stream, ahead of demand within the free `prefetch` slots: pull requests (5 s expiry, 2 s idle heartbeat) share one reply subscription, a request reserves the slots of what it asks for, and more is asked once half the slots are free (as async-nats's `messages()` does); an expired request's `408` says how much of it was unfilled, freeing those slots; a refused pull (deleted consumer, `409`) gets or recreates the consumer, and 6 s without a message, status or heartbeat (a server restart, a stalled connection) starts over on a new reply subject |
 //! | attempt | `Topiq-Attempt-Base` header + the server's delivery count; a lease that runs out on the last attempt is dead-lettered by the lease watcher, and a delivery past `max_attempts` that still arrives is dead-lettered on receipt |
@@ -17,6 +17,7 @@ mod codec;
 mod config;
 mod consumer;
 mod dlq;
+mod idempotency;
 mod layout;
 mod scheduler;
 
@@ -75,7 +76,7 @@ pub(crate) struct Shared {
     ledgers: RwLock<HashMap<TopicName, jetstream::stream::Stream<()>>>,
     subscriptions: RwLock<HashMap<SubscriptionKey, SubscriptionSpec>>,
     pub(crate) closed: tokio_util::sync::CancellationToken,
-    scheduler: Mutex<Option<JoinHandle<()>>>,
+    scheduler: Mutex<Scheduler>,
     max_payload: usize,
 }
 
@@ -163,7 +164,7 @@ impl JetStreamAdapter {
                 ledgers: RwLock::new(HashMap::new()),
                 subscriptions: RwLock::new(HashMap::new()),
                 closed: tokio_util::sync::CancellationToken::new(),
-                scheduler: Mutex::new(None),
+                scheduler: Mutex::new(Scheduler::default()),
                 max_payload,
             }),
         })
@@ -388,7 +389,10 @@ impl Shared {
                 Err(err) => {
                     return Err(Error::Broker {
                         operation: "publish",
-                        source: format!("the server refused a publish to {subject}: {err}").into(),
+                        source: Box::new(Refused {
+                            subject: subject.to_string(),
+                            source: err,
+                        }),
                     });
                 }
             }
@@ -402,56 +406,15 @@ impl Shared {
         })
     }
 
-    fn ledger(&self, topic: &TopicName) -> Option<jetstream::stream::Stream<()>> {
+    pub(crate) fn ledger(&self, topic: &TopicName) -> Result<jetstream::stream::Stream<()>> {
         self.ledgers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(topic)
             .cloned()
-    }
-
-    /// The id of the first message published with `key` (a duplicate publish): from the
-    /// topic's idempotency ledger, else from the stored message if the stream still has it.
-    /// The first publisher writes the ledger right after its `PubAck`, so a racing duplicate
-    /// waits for it briefly.
-    async fn first_id(
-        &self,
-        topic: &TopicName,
-        key: &str,
-        stream_name: &str,
-        sequence: u64,
-    ) -> Result<MessageId> {
-        let ledger = self.ledger(topic);
-        let ledger_key = ledger_key(key);
-        for round in 0..20 {
-            if let Some(ledger) = &ledger
-                && let Ok(entry) = ledger
-                    .get_last_raw_message_by_subject(
-                        &self.layout.ledger_subject(topic, &ledger_key),
-                    )
-                    .await
-            {
-                return Ok(MessageId::from_string(String::from_utf8_lossy(
-                    &entry.payload,
-                )));
-            }
-            if round == 0
-                && let Ok(stream) = self.js.get_stream_no_info(stream_name).await
-                && let Ok(message) = stream.get_raw_message(sequence).await
-                && let Ok(metadata) =
-                    Metadata::from_headers(Some(&message.headers), codec::stored_at(&message.time))
-            {
-                return Ok(metadata.id);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(Error::Broker {
-            operation: "read duplicate",
-            source: format!(
-                "the idempotency key was used within the window, but the id of its first message is neither in the ledger nor in stream {stream_name}"
-            )
-            .into(),
-        })
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.clone(),
+            })
     }
 
     /// Everything a publish sends, built before anything is sent (so bad input fails alone).
@@ -495,80 +458,31 @@ impl Shared {
         })
     }
 
-    /// The receipt of a prepared message the server acknowledged.
-    async fn finish(
+    pub(crate) async fn publish_one(
         &self,
-        prepared: Prepared,
-        ack: jetstream::publish::PublishAck,
+        topic: &TopicName,
+        message: NewMessage,
     ) -> Result<PublishReceipt> {
-        if prepared.metadata.idempotency_key.is_some() {
-            // Rare and large (ledger reads and writes): boxed, so every publish future stays
-            // small.
-            return Box::pin(self.finish_keyed(prepared, ack)).await;
-        }
-        Ok(PublishReceipt {
-            message_id: prepared.metadata.id,
-            duplicate: false,
-        })
-    }
-
-    /// The receipt of a keyed publish: a duplicate names the first message's id; a first
-    /// publish records its id in the topic's idempotency ledger.
-    async fn finish_keyed(
-        &self,
-        prepared: Prepared,
-        ack: jetstream::publish::PublishAck,
-    ) -> Result<PublishReceipt> {
-        let stream_name = if prepared.deliver_at.is_some() {
-            self.layout.delay_stream()
-        } else {
-            self.layout.topic_stream(&prepared.topic)
-        };
-        let Prepared {
-            topic, metadata, ..
-        } = prepared;
-        let id = metadata.id;
-        if let Some(key) = &metadata.idempotency_key {
-            if ack.duplicate {
-                let first = self
-                    .first_id(&topic, key, &stream_name, ack.sequence)
-                    .await?;
-                // A retry whose first try was stored (its acknowledgement was lost) finds
-                // itself: that is this publish, not a duplicate of another.
-                if first != id {
-                    return Ok(PublishReceipt {
-                        message_id: first,
-                        duplicate: true,
-                    });
-                }
-            }
-            let recorded = self
-                .publish_confirmed(
-                    self.layout.ledger_subject(&topic, &ledger_key(key)),
-                    HeaderMap::new(),
-                    Bytes::from(id.as_str().to_owned()),
-                )
-                .await;
-            if let Err(err) = recorded {
-                tracing::warn!(%topic, error = %err, "cannot record the idempotency key; a duplicate may not learn the first id once the message is consumed");
-            }
-        }
-        Ok(PublishReceipt {
-            message_id: id,
-            duplicate: false,
-        })
-    }
-
-    async fn publish_one(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
         let prepared = self.prepare(topic, message)?;
-        let ack = self
-            .publish_confirmed_with(
-                prepared.subject.clone(),
-                || prepared.headers(),
-                prepared.payload.clone(),
-            )
-            .await?;
-        self.finish(prepared, ack).await
+        if prepared.metadata.idempotency_key.is_some() {
+            // Rare and large: boxed, so every publish future stays small.
+            return Box::pin(idempotency::publish_keyed(self, prepared)).await;
+        }
+        self.publish_prepared(&prepared).await?;
+        Ok(prepared.receipt())
+    }
+
+    /// Publishes a prepared message and waits for its `PubAck`.
+    pub(crate) async fn publish_prepared(
+        &self,
+        prepared: &Prepared,
+    ) -> Result<jetstream::publish::PublishAck> {
+        self.publish_confirmed_with(
+            prepared.subject.clone(),
+            || prepared.headers(),
+            prepared.payload.clone(),
+        )
+        .await
     }
 
     /// Sends every message, then awaits every acknowledgement: one round trip for the batch.
@@ -582,6 +496,11 @@ impl Shared {
         let mut sent = Vec::with_capacity(messages.len());
         for message in messages {
             match self.prepare(topic, message) {
+                // A keyed message claims its key first: published alone, below.
+                Ok(ready) if ready.metadata.idempotency_key.is_some() => {
+                    sent.push(None);
+                    prepared.push(Ok(ready));
+                }
                 Ok(ready) => {
                     let future = self
                         .js
@@ -612,39 +531,38 @@ impl Shared {
         for (ready, ack) in prepared.into_iter().zip(acks) {
             let receipt = match (ready, ack) {
                 (Err(err), _) => Err(err),
-                (Ok(ready), Some(ack)) => self.finish(ready, ack).await,
-                (Ok(ready), None) => {
-                    match self
-                        .publish_confirmed_with(
-                            ready.subject.clone(),
-                            || ready.headers(),
-                            ready.payload.clone(),
-                        )
-                        .await
-                    {
-                        Ok(ack) => self.finish(ready, ack).await,
-                        Err(err) => Err(err),
-                    }
+                (Ok(ready), _) if ready.metadata.idempotency_key.is_some() => {
+                    Box::pin(idempotency::publish_keyed(self, ready)).await
                 }
+                (Ok(ready), Some(_)) => Ok(ready.receipt()),
+                (Ok(ready), None) => self.publish_prepared(&ready).await.map(|_| ready.receipt()),
             };
             receipts.push(receipt);
         }
         receipts
     }
 
-    async fn start_scheduler(self: &Arc<Self>) -> Result<()> {
+    /// Starts the delay scheduler (once) and keeps the delay stream's duplicate window at
+    /// least `idempotency_window`, the longest of the declared topics': a keyed delayed
+    /// message that is published again (by a process taking its key over) is then stored once.
+    async fn start_scheduler(self: &Arc<Self>, idempotency_window: Duration) -> Result<()> {
         let mut scheduler = self.scheduler.lock().await;
-        if scheduler.is_some() {
+        if scheduler.task.is_some() && scheduler.duplicate_window >= idempotency_window {
             return Ok(());
         }
+        let window = scheduler.duplicate_window.max(idempotency_window);
         let mut delay = self.stream_config(
             self.layout.delay_stream(),
             vec![self.layout.delay_wildcard()],
         );
         delay.retention = stream::RetentionPolicy::WorkQueue;
+        delay.duplicate_window = window;
         self.ensure_stream(delay).await?;
-        let consumer = scheduler::ensure_consumer(self).await?;
-        *scheduler = Some(tokio::spawn(scheduler::run(Arc::clone(self), consumer)));
+        scheduler.duplicate_window = window;
+        if scheduler.task.is_none() {
+            let consumer = scheduler::ensure_consumer(self).await?;
+            scheduler.task = Some(tokio::spawn(scheduler::run(Arc::clone(self), consumer)));
+        }
         Ok(())
     }
 
@@ -707,6 +625,13 @@ impl Shared {
     }
 }
 
+/// The delay scheduler's task and the delay stream's duplicate window.
+#[derive(Default)]
+struct Scheduler {
+    task: Option<JoinHandle<()>>,
+    duplicate_window: Duration,
+}
+
 /// A declared topic and the subject its publishes go to (built once, shared by every publish).
 #[derive(Clone)]
 struct DeclaredTopic {
@@ -715,18 +640,29 @@ struct DeclaredTopic {
 }
 
 /// One message ready to send.
-struct Prepared {
-    topic: TopicName,
-    subject: Subject,
-    metadata: Metadata,
+pub(crate) struct Prepared {
+    pub(crate) topic: TopicName,
+    pub(crate) subject: Subject,
+    pub(crate) metadata: Metadata,
     /// The `Nats-Msg-Id` of a delayed publish; a direct one uses the idempotency key or id.
     dedup_id: String,
-    payload: Bytes,
+    pub(crate) payload: Bytes,
     deliver_at: Option<Timestamp>,
 }
 
 impl Prepared {
-    fn headers(&self) -> HeaderMap {
+    /// The receipt of this message, published.
+    pub(crate) fn receipt(&self) -> PublishReceipt {
+        PublishReceipt {
+            message_id: self.metadata.id.clone(),
+            duplicate: false,
+        }
+    }
+
+    /// Its headers: the dedup id, the metadata, and where it waits when delayed. A keyed
+    /// message carries its enqueue time, since it may be published by another process that
+    /// takes its key over (docs: idempotency).
+    pub(crate) fn headers(&self) -> HeaderMap {
         match self.deliver_at {
             Some(at) => {
                 let mut headers = self.metadata.headers(&self.dedup_id, Stamp::Copy);
@@ -734,18 +670,24 @@ impl Prepared {
                 headers.insert(header::TOPIC, self.topic.as_str());
                 headers
             }
-            None => {
-                let dedup_id =
-                    (self.metadata.idempotency_key.as_deref()).unwrap_or(self.metadata.id.as_str());
-                self.metadata.headers(dedup_id, Stamp::First)
-            }
+            None => match self.metadata.idempotency_key.as_deref() {
+                Some(key) => self.metadata.headers(key, Stamp::Copy),
+                None => self
+                    .metadata
+                    .headers(self.metadata.id.as_str(), Stamp::First),
+            },
         }
     }
 }
 
-/// Idempotency keys are any text; ledger keys are limited to subject-safe characters.
-fn ledger_key(key: &str) -> String {
-    key.bytes().map(|byte| format!("{byte:02x}")).collect()
+/// A publish the server answered with an error (a full stream, a wrong last sequence): the
+/// subject it went to, and the server's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("the server refused a publish to {subject}: {source}")]
+pub(crate) struct Refused {
+    subject: String,
+    #[source]
+    pub(crate) source: jetstream::context::PublishError,
 }
 
 impl Adapter for JetStreamAdapter {
@@ -819,7 +761,7 @@ impl Adapter for JetStreamAdapter {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(spec.name.clone(), ledger);
-        shared.start_scheduler().await?;
+        shared.start_scheduler(spec.idempotency_window).await?;
         shared
             .topics
             .write()
@@ -1010,7 +952,7 @@ impl Adapter for JetStreamAdapter {
 
     async fn close(&self) -> Result<()> {
         self.shared.closed.cancel();
-        if let Some(scheduler) = self.shared.scheduler.lock().await.take() {
+        if let Some(scheduler) = self.shared.scheduler.lock().await.task.take() {
             scheduler.abort();
         }
         // Bounded: with the server gone, a flush waits for a reconnection that may never come.
