@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             every_path_into_the_dlq_publishes_to_the_dead_letter_topic,
             delayed_message_is_not_delivered_before_its_time,
             deliver_at_in_the_past_is_delivered_at_once,
+            a_message_past_its_retention_is_dead_lettered_as_expired,
             unsettled_message_is_redelivered_after_the_visibility_timeout,
             extending_the_lease_prevents_redelivery,
             lease_expiry_on_the_last_attempt_dead_letters,
@@ -621,6 +622,80 @@ pub async fn deliver_at_in_the_past_is_delivered_at_once<A: Adapter>(adapter: A)
 
 // ---------------------------------------------------------------------------------------------
 // Leases
+
+/// Retention, one rule on every adapter: a message not handled within its topic's
+/// `retention` of becoming due (its publish, or the end of its delay) is dead-lettered with
+/// kind `expired` when its trigger reaches it, never dropped silently; a retry's backoff does
+/// not extend it, and a delay longer than the retention does not expire it.
+pub async fn a_message_past_its_retention_is_dead_lettered_as_expired<A: Adapter>(adapter: A) {
+    let topic = unique_topic("retention");
+    let mut spec = TopicSpec::new(topic.clone());
+    spec.retention = Some(Duration::from_secs(1));
+    spec.idempotency_window = Duration::from_secs(1);
+    adapter.declare_topic(spec).await.expect("declare_topic");
+    adapter
+        .declare_subscription(SubscriptionSpec::new(SubscriptionKey::new(
+            topic.clone(),
+            trigger("t"),
+        )))
+        .await
+        .expect("declare_subscription");
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let delayed = adapter
+        .publish(
+            &topic,
+            NewMessage::new(json!("delayed past the retention")).delay(Duration::from_millis(1500)),
+        )
+        .await
+        .expect("publish delayed")
+        .message_id;
+    let retried = publish(&adapter, &topic, json!("retried after the retention")).await;
+    let first = receive(&mut sub).await;
+    assert_eq!(first.envelope().id, retried);
+    first.nack(Duration::from_millis(1500)).await.expect("nack");
+    let held = publish(&adapter, &topic, json!("handled in time")).await;
+    let waiting = publish(&adapter, &topic, json!("waits past the retention")).await;
+    let busy = receive(&mut sub).await;
+    assert_eq!(busy.envelope().id, held);
+    sleep(Duration::from_millis(1600)).await;
+    busy.ack()
+        .await
+        .expect("a message received in time is handled");
+
+    let next = receive(&mut sub).await;
+    assert_eq!(
+        next.envelope().id,
+        delayed,
+        "only the delayed message is still live"
+    );
+    assert_eq!(next.envelope().attempt, 1);
+    next.ack().await.expect("ack");
+    // The expired ones are dead-lettered as the consumer reaches them: it keeps asking.
+    let deadline = Instant::now() + RECEIVE_TIMEOUT;
+    while dlq_count(&adapter, &topic, Some("t")).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired messages never reached the DLQ"
+        );
+        if let Ok(Some(delivery)) = timeout(Duration::from_millis(100), sub.next()).await {
+            panic!(
+                "an expired message was delivered: {:?}",
+                delivery.map(|d| d.envelope().clone())
+            );
+        }
+    }
+    let page = adapter
+        .dlq_list(DlqQuery::new(topic.clone()))
+        .await
+        .expect("dlq_list");
+    let expired: HashSet<MessageId> = page.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(expired, HashSet::from([retried, waiting]));
+    for record in &page.records {
+        assert_eq!(record.error.kind, FailureKind::Expired, "{record:?}");
+    }
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
 
 /// Semantic 8: a delivery neither settled nor extended within the visibility timeout is
 /// delivered again as the next attempt, and the late ack of the first delivery is refused.

@@ -48,6 +48,19 @@ impl Failure {
         )
     }
 
+    /// A message past its topic's retention (`retention`), reached by its trigger after
+    /// `attempts` attempts: the adapter dead-letters it with this failure instead of handing
+    /// it out.
+    pub fn expired(retention: Option<Duration>, attempts: u32) -> Self {
+        let retention = retention.map_or_else(|| "its retention".to_owned(), |r| format!("{r:?}"));
+        Self::new(
+            FailureKind::Expired,
+            format!(
+                "not handled within the topic's retention of {retention} (after {attempts} attempts)"
+            ),
+        )
+    }
+
     /// A nack on the last attempt: the adapter dead-letters the message with this failure.
     pub fn nacked_on_last_attempt(attempt: u32, max_attempts: u32) -> Self {
         Self::new(
@@ -73,6 +86,8 @@ pub enum FailureKind {
     /// Nobody settled the message within the visibility timeout on its last attempt
     /// (the consumer crashed or hung).
     LeaseExpired,
+    /// The message outlived its topic's `retention` before a handler succeeded with it.
+    Expired,
 }
 
 impl fmt::Display for FailureKind {
@@ -83,6 +98,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Panicked => "panicked",
             FailureKind::LeaseExpired => "lease_expired",
+            FailureKind::Expired => "expired",
         })
     }
 }

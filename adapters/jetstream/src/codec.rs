@@ -33,6 +33,9 @@ pub(crate) struct Metadata {
     pub(crate) traceparent: Option<String>,
     pub(crate) baggage: Option<String>,
     pub(crate) idempotency_key: Option<String>,
+    /// When the topic's retention runs out for this message (kept by retries and releases;
+    /// a redrive sets a new one).
+    pub(crate) expires_at: Option<Timestamp>,
 }
 
 impl Metadata {
@@ -63,6 +66,9 @@ impl Metadata {
         if let Some(value) = &self.idempotency_key {
             headers.insert(header::IDEMPOTENCY_KEY, value.as_str());
         }
+        if let Some(at) = self.expires_at {
+            headers.insert(header::EXPIRES_AT, at.to_string().as_str());
+        }
         headers
     }
 
@@ -75,7 +81,8 @@ impl Metadata {
         // One pass over the (few) headers instead of a hashed lookup per name.
         let (mut id, mut msg_id, mut enqueued_at, mut attempt_base, mut first_failed_at) =
             (None, None, None, None, None);
-        let (mut traceparent, mut baggage, mut idempotency_key) = (None, None, None);
+        let (mut traceparent, mut baggage, mut idempotency_key, mut expires_at) =
+            (None, None, None, None);
         for (name, values) in headers.iter() {
             let Some(value) = values.first().map(|value| value.as_str()) else {
                 continue;
@@ -89,6 +96,7 @@ impl Metadata {
                 name if *name == header::TRACEPARENT => &mut traceparent,
                 name if *name == header::BAGGAGE => &mut baggage,
                 name if *name == header::IDEMPOTENCY_KEY => &mut idempotency_key,
+                name if *name == header::EXPIRES_AT => &mut expires_at,
                 _ => continue,
             };
             *slot = Some(value);
@@ -109,7 +117,13 @@ impl Metadata {
             traceparent: traceparent.map(str::to_owned),
             baggage: baggage.map(str::to_owned),
             idempotency_key: idempotency_key.map(str::to_owned),
+            expires_at: expires_at.and_then(|at| Timestamp::from_str(at).ok()),
         })
+    }
+
+    /// True when the topic's retention ran out for this message.
+    pub(crate) fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 
     pub(crate) fn envelope(

@@ -386,6 +386,10 @@ async fn receive(
         leases: Arc::clone(leases),
         lease_key,
     });
+    if received.metadata.is_expired(Timestamp::now()) {
+        received.dead_letter_past_retention(attempt - 1).await;
+        return None;
+    }
     if attempt > spec.max_attempts {
         // The lease ran out on the last attempt and the server delivered it again (the
         // watcher of the process that held it did not dead-letter it: it was dropped, or the
@@ -428,6 +432,22 @@ impl Received {
         let failure = Failure::lease_expired(self.visibility_timeout, attempts, self.max_attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+        }
+    }
+
+    /// Dead-letters a message its trigger reached after the topic's retention ran out
+    /// (`attempts` attempts made); on failure the server delivers it again.
+    async fn dead_letter_past_retention(&self, attempts: u32) {
+        let retention = self
+            .shared
+            .topic(&self.key.topic)
+            .ok()
+            .and_then(|topic| topic.retention);
+        if let Err(err) = self
+            .move_to_dlq(Failure::expired(retention, attempts), attempts)
+            .await
+        {
+            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter a message past its retention; it is delivered again");
         }
     }
 

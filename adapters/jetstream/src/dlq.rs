@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use topiq_adapter::{
-    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE, Result, TopicName,
+    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE, Result, Timestamp, TopicName,
     TriggerName,
 };
 
@@ -229,6 +229,8 @@ async fn send_back(
         traceparent: record.traceparent.clone(),
         baggage: record.baggage.clone(),
         idempotency_key: record.idempotency_key.clone(),
+        // A redrive starts the topic's retention again.
+        expires_at: crate::retention_end(shared.topic(topic)?.retention, Timestamp::now()),
     };
     shared
         .ensure_direct_consumer(topic, &record.trigger)

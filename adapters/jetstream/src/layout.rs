@@ -20,6 +20,8 @@ pub(crate) mod header {
     pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("Topiq-Idempotency-Key");
     /// When a delayed message is due (RFC 3339).
     pub(crate) const DELIVER_AT: HeaderName = HeaderName::from_static("Topiq-Deliver-At");
+    /// When the topic's retention runs out for the message.
+    pub(crate) const EXPIRES_AT: HeaderName = HeaderName::from_static("Topiq-Expires-At");
     /// The topic a delayed message is for.
     pub(crate) const TOPIC: HeaderName = HeaderName::from_static("Topiq-Topic");
     /// W3C trace context.

@@ -2,7 +2,7 @@
 //!
 //! | contract | JetStream |
 //! |---|---|
-//! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, `max_age` = retention; storage, replicas and `max_bytes` (discard `new`: a full stream refuses publishes) from the adapter's config or the topic's `streams` entry |
+//! | topic | stream `<PREFIX>_<topic with . as _>` (interest retention) capturing `<prefix>.t.<topic>` (fan-out) and `<prefix>.d.<topic>.*` (one trigger's own copies); `duplicate_window` = idempotency window, no `max_age` (retention is stamped on each message as `Topiq-Expires-At`: an expired one is dead-lettered as `expired` on receipt, never dropped); storage, replicas and `max_bytes` (discard `new`: a full stream refuses publishes) from the adapter's config or the topic's `streams` entry |
 //! | trigger | two durable pull consumers: `m-<trigger>` filtering the fan-out subject (`DeliverPolicy::New`) and `d-<trigger>` filtering its own subject (nats-server 2.9 takes one filter per consumer); `AckPolicy::Explicit`, `ack_wait` = visibility timeout + 250 ms (the client's lease starts at receipt, so the server never redelivers while it holds), `max_deliver` and `max_ack_pending` unlimited (topiq counts attempts and bounds in-flight itself) |
 //! | publish | `Nats-Msg-Id` = idempotency key or message id, awaits the `PubAck`; a publish without an answer is sent again with the same id, so it cannot duplicate, while one the server refused (a full stream) fails at once with its reason; a keyed publish first claims its key in the topic's ledger stream (`Nats-Expected-Last-Subject-Sequence: 0`, the whole message), so one key is one message for the window, delayed or not (`idempotency.rs`) |
 //! | delay | the `<PREFIX>_DELAYED` work-queue stream; a `scheduler` consumer NAKs each message with its remaining delay (no polling) and forwards it when due, with `Nats-Msg-Id` = message id |
@@ -169,6 +169,12 @@ impl JetStreamAdapter {
             }),
         })
     }
+}
+
+/// When a retention that starts at `from` runs out (`None`: kept until handled).
+pub(crate) fn retention_end(retention: Option<Duration>, from: Timestamp) -> Option<Timestamp> {
+    let retention = retention?;
+    Some(from.checked_add(retention).unwrap_or(Timestamp::MAX))
 }
 
 /// A stream's byte limit with "unlimited" in one spelling (the server answers -1 for 0).
@@ -433,6 +439,7 @@ impl Shared {
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
             idempotency_key: message.idempotency_key,
+            expires_at: retention_end(declared.spec.retention, due.unwrap_or(now)),
         };
         Ok(match due {
             // Forwarded later by the scheduler: the copy on the topic carries the enqueue time.
@@ -706,16 +713,6 @@ impl Adapter for JetStreamAdapter {
         let shared = &self.shared;
         shared.ensure_open()?;
         spec.validate(&Adapter::capabilities(self))?;
-        if let Some(retention) = spec.retention
-            && spec.idempotency_window > retention
-        {
-            return Err(Error::InvalidArgument {
-                argument: "idempotency_window",
-                reason: format!(
-                    "must not be longer than the topic's retention ({retention:?}) on JetStream"
-                ),
-            });
-        }
         let settings = shared.config.stream_settings(spec.name.as_str());
         let mut topic_stream = shared.topic_stream_config(
             shared.layout.topic_stream(&spec.name),
@@ -731,7 +728,10 @@ impl Adapter for JetStreamAdapter {
             topic_stream.max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
             topic_stream.discard = stream::DiscardPolicy::New;
         }
-        topic_stream.max_age = spec.retention.unwrap_or_default();
+        // No `max_age`: the stream would drop an expired message silently. Retention is
+        // stamped on each message (`Topiq-Expires-At`) and an expired one is dead-lettered
+        // when its trigger reaches it (docs/configuration.md, retention).
+        topic_stream.max_age = Duration::ZERO;
         topic_stream.duplicate_window = spec.idempotency_window;
         topic_stream.max_message_size =
             i32::try_from(spec.max_message_bytes + HEADER_ROOM).unwrap_or(i32::MAX);

@@ -29,8 +29,9 @@ pub(crate) struct StoredMessage {
     pub(crate) topic: TopicName,
     pub(crate) data: Arc<Value>,
     pub(crate) enqueued_at: Timestamp,
-    /// When this copy entered the queue (the publish, or the redrive), for retention.
-    pub(crate) accepted_at: Timestamp,
+    /// When the topic's retention starts to count for this copy: when it became due (its
+    /// publish, or the end of its delay) or was redriven. Retries do not move it.
+    pub(crate) retention_from: Timestamp,
     pub(crate) traceparent: Option<String>,
     pub(crate) baggage: Option<String>,
     pub(crate) idempotency_key: Option<String>,
@@ -379,9 +380,9 @@ impl TriggerQueue {
         let now = Instant::now();
         let (taken, dead) = {
             let mut state = lock(&self.state);
-            let dead = self.advance_at(&mut state, now);
+            let mut dead = self.advance_at(&mut state, now);
             let taken = if slot.has_room() {
-                self.lease_next(&mut state, slot, now)
+                self.lease_next(&mut state, slot, now, &mut dead)
             } else {
                 None
             };
@@ -395,19 +396,27 @@ impl TriggerQueue {
         taken
     }
 
+    /// Leases the next ready message to `slot`; a message past the topic's retention is
+    /// dead-lettered (into `dead`) instead, as `expired`.
     fn lease_next(
         self: &Arc<Self>,
         state: &mut QueueState,
         slot: &Arc<ConsumerSlot>,
         now: Instant,
+        dead: &mut Vec<DeadLetter>,
     ) -> Option<Delivery> {
         loop {
             let pending = state.ready.pop_front()?;
             let expired = state.retention.is_some_and(|retention| {
-                Duration::try_from(Timestamp::now().duration_since(pending.message.accepted_at))
+                Duration::try_from(Timestamp::now().duration_since(pending.message.retention_from))
                     .is_ok_and(|age| age >= retention)
             });
             if expired {
+                let attempts = pending.attempt - 1;
+                let failure = Failure::expired(state.retention, attempts);
+                let mut record = pending.into_dead_letter(&self.key.trigger, failure);
+                record.attempts = attempts;
+                dead.push(record);
                 continue;
             }
             state.next_token += 1;

@@ -6,13 +6,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use topiq_adapter::{
-    Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
-    TriggerName,
+    Adapter, ConsumeOptions, DlqQuery, FailureKind, NewMessage, SubscriptionKey, SubscriptionSpec,
+    TopicName, TopicSpec, TriggerName,
 };
 use topiq_memory::BuiltinQueueAdapter;
 
 #[tokio::test]
-async fn messages_waiting_longer_than_the_retention_are_discarded() {
+async fn messages_waiting_longer_than_the_retention_are_dead_lettered_as_expired() {
     let adapter = BuiltinQueueAdapter::new();
     let topic = TopicName::new("retained").unwrap();
     let mut spec = TopicSpec::new(topic.clone());
@@ -43,6 +43,17 @@ async fn messages_waiting_longer_than_the_retention_are_discarded() {
     delivery.ack().await.unwrap();
     let nothing = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
     assert!(nothing.is_err(), "the expired message was delivered");
+    let page = adapter
+        .dlq_list(DlqQuery::new(topic.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.records.len(),
+        1,
+        "the expired message left a DLQ record"
+    );
+    assert_eq!(*page.records[0].data, json!("stale"));
+    assert_eq!(page.records[0].error.kind, FailureKind::Expired);
 }
 
 #[tokio::test]

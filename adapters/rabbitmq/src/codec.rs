@@ -10,6 +10,8 @@ pub(crate) mod header {
     pub(crate) const ATTEMPT_BASE: &str = "topiq-attempt-base";
     pub(crate) const FIRST_FAILED_AT: &str = "topiq-first-failed-at";
     pub(crate) const IDEMPOTENCY_KEY: &str = "topiq-idempotency-key";
+    /// When the topic's retention runs out for the message (milliseconds since the epoch).
+    pub(crate) const EXPIRES_AT: &str = "topiq-expires-at";
     pub(crate) const TRACEPARENT: &str = "traceparent";
     pub(crate) const BAGGAGE: &str = "baggage";
     /// Quorum queues count deliveries here (absent on the first).
@@ -33,6 +35,9 @@ pub(crate) struct Metadata {
     pub(crate) traceparent: Option<String>,
     pub(crate) baggage: Option<String>,
     pub(crate) idempotency_key: Option<String>,
+    /// When the topic's retention runs out for this message (kept by retries and releases;
+    /// a redrive sets a new one).
+    pub(crate) expires_at: Option<Timestamp>,
 }
 
 fn text(value: &str) -> AMQPValue {
@@ -56,6 +61,9 @@ impl Metadata {
         }
         if let Some(at) = self.first_failed_at {
             headers.insert(header::FIRST_FAILED_AT.into(), millis(at));
+        }
+        if let Some(at) = self.expires_at {
+            headers.insert(header::EXPIRES_AT.into(), millis(at));
         }
         for (name, value) in [
             (header::TRACEPARENT, &self.traceparent),
@@ -94,8 +102,23 @@ impl Metadata {
             traceparent: get(header::TRACEPARENT).and_then(as_text),
             baggage: get(header::BAGGAGE).and_then(as_text),
             idempotency_key: get(header::IDEMPOTENCY_KEY).and_then(as_text),
+            expires_at: get(header::EXPIRES_AT).and_then(as_timestamp),
         })
     }
+
+    /// True when the topic's retention ran out for this message.
+    pub(crate) fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// When a retention that starts at `from` runs out (`None`: kept until handled).
+pub(crate) fn retention_end(
+    retention: Option<std::time::Duration>,
+    from: Timestamp,
+) -> Option<Timestamp> {
+    let retention = retention?;
+    Some(from.checked_add(retention).unwrap_or(Timestamp::MAX))
 }
 
 /// A header's integer value, whatever integer type the broker used.
@@ -170,6 +193,7 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             baggage: Some("user=42".into()),
             idempotency_key: Some("order-1".into()),
+            expires_at: Some(Timestamp::from_millisecond(1_700_000_002_000).unwrap()),
         };
         let back = Metadata::from_properties(&metadata.properties()).unwrap();
         assert_eq!(back, metadata);

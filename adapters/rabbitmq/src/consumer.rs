@@ -313,6 +313,12 @@ async fn receive(
         lease_key,
         _channel: channel,
     });
+    if received.metadata.is_expired(Timestamp::now()) {
+        if lease::lock(&received.lease).claim() {
+            received.dead_letter_past_retention(attempt - 1).await;
+        }
+        return None;
+    }
     if attempt > spec.max_attempts {
         // The lease ran out on the last attempt and the message came back (the process that
         // held it died before dead-lettering it).
@@ -395,6 +401,23 @@ impl Received {
         let failure = Failure::lease_expired(self.visibility_timeout, attempts, self.max_attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+            tokio::time::sleep(RETURN_AFTER_FAILURE).await;
+            let _ = self.settle(Settle::Requeue, "return").await;
+        }
+    }
+
+    /// Dead-letters a message its trigger reached after the topic's retention ran out
+    /// (`attempts` attempts made); if that fails, it goes back to the queue, to be
+    /// dead-lettered on its next receipt.
+    async fn dead_letter_past_retention(&self, attempts: u32) {
+        let retention = self
+            .shared
+            .topic(&self.key.topic)
+            .ok()
+            .and_then(|topic| topic.retention);
+        let failure = Failure::expired(retention, attempts);
+        if let Err(err) = self.move_to_dlq(failure, attempts).await {
+            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter a message past its retention; it is delivered again");
             tokio::time::sleep(RETURN_AFTER_FAILURE).await;
             let _ = self.settle(Settle::Requeue, "return").await;
         }

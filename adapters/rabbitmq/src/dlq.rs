@@ -241,6 +241,11 @@ pub(crate) async fn redrive(
             traceparent: record.traceparent.clone(),
             baggage: record.baggage.clone(),
             idempotency_key: record.idempotency_key.clone(),
+            // A redrive starts the topic's retention again.
+            expires_at: codec::retention_end(
+                shared.topic(topic)?.retention,
+                topiq_adapter::Timestamp::now(),
+            ),
         };
         let payload = codec::encode(&record.data)?;
         let key = SubscriptionKey::new(record.topic.clone(), record.trigger.clone());

@@ -3,7 +3,7 @@
 //! | contract | RabbitMQ |
 //! |---|---|
 //! | topic | the durable topic exchange `<prefix>` (routing key = topic) and the topic's DLQ stream `<prefix>:dlq:<topic>` (`x-max-age` = DLQ retention) |
-//! | trigger | the durable queue `<prefix>:t:<topic>:<trigger>` (quorum by default, `x-delivery-limit` 1000 so a 4.x broker's default of 20 never drops one; `x-message-ttl` = retention) bound to the exchange with the topic: every trigger gets every message, consumers of one trigger compete |
+//! | trigger | the durable queue `<prefix>:t:<topic>:<trigger>` (quorum by default, `x-delivery-limit` 1000 so a 4.x broker's default of 20 never drops one; no `x-message-ttl`: retention is stamped on each message as `topiq-expires-at` and an expired one dead-lettered as `expired` on receipt) bound to the exchange with the topic: every trigger gets every message, consumers of one trigger compete |
 //! | publish | persistent, `mandatory`, on a channel with publisher confirms; returns after the confirm (each broker call bounded by `publish_timeout`, after up to `reconnect_wait` for a lost connection); a nack is an error, and so is a returned (unroutable) message on a topic with triggers |
 //! | delay | the topic's delay queue for the delay's bucket (`<prefix>:delay:<topic>:<ms>`, the delay rounded up to two significant digits): a quorum queue with that TTL dead-lettering at-least-once to the exchange with the topic |
 //! | consume | a channel per consumer with `basic.qos(prefetch)` and manual acks; the lease is client-side: one that runs out is rejected with requeue (delivered again, counted) and its late settlement refused |
@@ -444,6 +444,10 @@ impl Shared {
                 traceparent: message.trace.traceparent,
                 baggage: message.trace.baggage,
                 idempotency_key: message.idempotency_key,
+                expires_at: codec::retention_end(
+                    spec.retention,
+                    message.deliver_at.map_or(now, |at| at.max(now)),
+                ),
             },
             delay,
         };
@@ -561,7 +565,7 @@ impl Adapter for RabbitMqAdapter {
         let shared = &self.shared;
         shared.ensure_open()?;
         spec.validate()?;
-        let topic = shared.topic(&spec.key.topic)?;
+        shared.topic(&spec.key.topic)?;
         if let Some(dead_letter_topic) = &spec.dead_letter_topic {
             shared.topic(dead_letter_topic)?;
         }
@@ -586,9 +590,6 @@ impl Adapter for RabbitMqAdapter {
             QueueType::Classic => {
                 arguments.push(("x-queue-type", AMQPValue::LongString("classic".into())));
             }
-        }
-        if let Some(retention) = topic.retention {
-            arguments.push(("x-message-ttl", millis_value(retention)));
         }
         shared
             .declare_queue(QueueDecl {
