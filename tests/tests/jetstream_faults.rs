@@ -477,3 +477,78 @@ async fn a_key_whose_first_publisher_died_after_its_claim_still_gets_its_message
     }
     adapter.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_whose_topic_is_gone_holds_up_no_other_and_is_dead_lettered() {
+    let server = NatsServer::start();
+    let adapter = quick_adapter(&server).await;
+    let (gone, gone_key) = declared(&adapter, "faults.gone", |_| {}).await;
+    let (live, live_key) = declared(&adapter, "faults.live", |_| {}).await;
+    let mut stuck = Vec::new();
+    for n in 0..3 {
+        let receipt = adapter
+            .publish(
+                &gone,
+                NewMessage::new(json!({"n": n})).delay(Duration::from_millis(500)),
+            )
+            .await
+            .expect("publish delayed");
+        stuck.push(receipt.message_id);
+    }
+    // The topic's message stream is deleted under the adapter (its DLQ stays).
+    let client = async_nats::connect(server.url()).await.expect("raw client");
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream("topiq_faults_gone")
+        .await
+        .expect("delete stream");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let mut subscription = adapter
+        .consume(&live_key, ConsumeOptions { prefetch: 4 })
+        .await
+        .expect("consume");
+    let started = Instant::now();
+    let id = adapter
+        .publish(
+            &live,
+            NewMessage::new(json!("on time")).delay(Duration::from_millis(500)),
+        )
+        .await
+        .expect("publish delayed")
+        .message_id;
+    let delivery = delivered(
+        &mut subscription,
+        Duration::from_secs(8),
+        "another topic's delayed message waited behind the undeliverable ones",
+    )
+    .await;
+    assert_eq!(delivery.envelope().id, id);
+    println!("delivered after {:?}", started.elapsed());
+    delivery.ack().await.expect("ack");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = adapter
+            .dlq_list(topiq_adapter::DlqQuery::new(gone.clone()))
+            .await
+            .expect("dlq_list");
+        if page.records.len() == stuck.len() {
+            for record in &page.records {
+                assert!(stuck.contains(&record.id), "{record:?}");
+                assert_eq!(record.trigger, gone_key.trigger);
+                assert_eq!(
+                    record.error.kind,
+                    topiq_adapter::FailureKind::Undeliverable,
+                    "{record:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the undeliverable messages never reached the DLQ: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    adapter.close().await.ok();
+}

@@ -88,6 +88,9 @@ pub enum FailureKind {
     LeaseExpired,
     /// The message outlived its topic's `retention` before a handler succeeded with it.
     Expired,
+    /// The broker could not take the message to its trigger (a delayed message whose topic
+    /// the broker no longer holds).
+    Undeliverable,
 }
 
 impl fmt::Display for FailureKind {
@@ -99,6 +102,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Panicked => "panicked",
             FailureKind::LeaseExpired => "lease_expired",
             FailureKind::Expired => "expired",
+            FailureKind::Undeliverable => "undeliverable",
         })
     }
 }

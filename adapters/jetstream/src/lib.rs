@@ -212,6 +212,17 @@ impl Shared {
             })
     }
 
+    /// The triggers of `topic` declared by this process.
+    pub(crate) fn triggers_of(&self, topic: &TopicName) -> Vec<TriggerName> {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .filter(|key| &key.topic == topic)
+            .map(|key| key.trigger.clone())
+            .collect()
+    }
+
     pub(crate) fn subscription(&self, key: &SubscriptionKey) -> Result<SubscriptionSpec> {
         self.ensure_open()?;
         self.subscriptions

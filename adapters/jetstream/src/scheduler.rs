@@ -1,6 +1,7 @@
 //! Delayed messages on nats-server 2.9 (which has no message schedules): each waits in the
 //! delay stream; the `scheduler` consumer NAKs it with its remaining delay (so nothing polls)
-//! and, once due, forwards it to its topic with `Nats-Msg-Id` = its id, then acks it.
+//! and, once due, forwards it to its topic with `Nats-Msg-Id` = its id, then acks it. Each
+//! forward runs on its own task, so one that cannot finish holds up no other message.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -8,8 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
-use topiq_adapter::{Result, Timestamp, TopicName};
+use topiq_adapter::{DeadLetter, Error, Failure, FailureKind, Result, Timestamp, TopicName};
 
+use crate::codec::{self, Metadata, Stamp};
 use crate::layout::{Layout, header};
 use crate::{Shared, broker};
 
@@ -79,7 +81,7 @@ pub(crate) async fn run(
     }
 }
 
-async fn release_when_due(shared: &Shared, message: jetstream::Message) {
+async fn release_when_due(shared: &Arc<Shared>, message: jetstream::Message) {
     let text = |name: async_nats::HeaderName| {
         message
             .headers
@@ -101,26 +103,131 @@ async fn release_when_due(shared: &Shared, message: jetstream::Message) {
         let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         return;
     }
+    // Forwarded on a task of its own, bounded: one message whose topic cannot take it (its
+    // stream is gone) must not hold up every other topic's delayed messages.
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move { forward(&shared, message, topic, id, due).await });
+}
+
+/// Publishes a due message to its topic (`Nats-Msg-Id` = its id, so a second forward is
+/// absorbed), then acks it. A forward that fails is tried again after a growing wait; once
+/// it has failed for [`UNDELIVERABLE_AFTER`] publish timeouts past its due time, the message
+/// is dead-lettered on the topic's triggers as `undeliverable`, with the reason.
+async fn forward(
+    shared: &Shared,
+    message: jetstream::Message,
+    topic: TopicName,
+    id: String,
+    due: Timestamp,
+) {
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(header::MSG_ID, id.as_str());
-    let forwarded = shared
-        .publish_confirmed(
+    let bound = shared.config.publish_timeout;
+    let forwarded = tokio::time::timeout(
+        bound,
+        shared.publish_confirmed(
             shared.layout.topic_subject(&topic),
             headers,
             message.payload.clone(),
-        )
-        .await;
-    match forwarded {
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::Timeout {
+            operation: "forward a due message",
+            timeout: bound,
+        })
+    });
+    let err = match forwarded {
         Ok(_) => {
             if let Err(err) = message.double_ack().await {
                 tracing::warn!(error = %err, %id, "forwarded a delayed message but its ack was lost; the topic's duplicate window absorbs the second copy");
             }
+            return;
         }
-        Err(err) => {
-            tracing::warn!(error = %err, %id, "cannot forward a due message; retrying in 1s");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+        Err(err) => err,
+    };
+    let late = Duration::try_from(Timestamp::now().duration_since(due)).unwrap_or_default();
+    if late >= bound * UNDELIVERABLE_AFTER {
+        match dead_letter_undeliverable(shared, &message, &topic, &err).await {
+            Ok(()) => return,
+            Err(dlq_err) => {
+                tracing::error!(error = %dlq_err, %id, %topic, "cannot dead-letter an undeliverable delayed message; it is tried again");
+            }
         }
     }
+    let tries = message.info().map_or(1, |info| info.delivered.max(1));
+    let wait = FORWARD_BACKOFF
+        .saturating_mul(1 << tries.min(8))
+        .min(MAX_FORWARD_BACKOFF);
+    tracing::warn!(error = %err, %id, %topic, retry_in = ?wait, "cannot forward a due message");
+    let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+}
+
+/// The first wait after a failed forward; it doubles up to [`MAX_FORWARD_BACKOFF`].
+const FORWARD_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_FORWARD_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A due message that cannot be forwarded for this many publish timeouts past its due time is
+/// undeliverable (longer than a cluster's leader election).
+const UNDELIVERABLE_AFTER: u32 = 4;
+
+/// Writes a DLQ record of an undeliverable delayed message for every trigger of its topic this
+/// process knows, then terminates it. Fails (and the message stays) when no trigger is known
+/// or a record cannot be written.
+async fn dead_letter_undeliverable(
+    shared: &Shared,
+    message: &jetstream::Message,
+    topic: &TopicName,
+    reason: &Error,
+) -> Result<()> {
+    let triggers = shared.triggers_of(topic);
+    if triggers.is_empty() {
+        return Err(Error::UnknownTopic {
+            topic: topic.clone(),
+        });
+    }
+    let stored_at = message.info().map_or_else(
+        |_| Timestamp::now(),
+        |info| codec::stored_at(&info.published),
+    );
+    let metadata = Metadata::from_headers(message.headers.as_ref(), stored_at)?;
+    let data = Arc::new(codec::decode(&message.payload)?);
+    let now = Timestamp::now();
+    for trigger in triggers {
+        let record = DeadLetter {
+            id: metadata.id.clone(),
+            topic: topic.clone(),
+            trigger: trigger.clone(),
+            data: Arc::clone(&data),
+            attempts: 0,
+            first_failed_at: now,
+            last_failed_at: now,
+            error: Failure::new(
+                FailureKind::Undeliverable,
+                format!("the delayed message could not be published to its topic: {reason}"),
+            ),
+            traceparent: metadata.traceparent.clone(),
+            baggage: metadata.baggage.clone(),
+            idempotency_key: metadata.idempotency_key.clone(),
+            enqueued_at: metadata.enqueued_at,
+        };
+        let payload = serde_json::to_vec(&record).map_err(broker("encode DLQ record"))?;
+        let dedup = format!("undeliverable:{trigger}:{}", metadata.id);
+        shared
+            .publish_confirmed(
+                shared.layout.dlq_subject(topic, &trigger),
+                metadata.headers(&dedup, Stamp::Copy),
+                payload.into(),
+            )
+            .await?;
+    }
+    tracing::error!(id = %metadata.id, %topic, error = %reason, "a delayed message could not be published to its topic; dead-lettered as undeliverable");
+    message
+        .double_ack_with(AckKind::Term)
+        .await
+        .map_err(|err| Error::Broker {
+            operation: "terminate an undeliverable delayed message",
+            source: err,
+        })
 }
