@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use topiq_adapter::{Adapter, ConsumeOptions, NewMessage, SubscriptionKey, TopicName};
 
+mod fault_proxy;
+
+pub use fault_proxy::FaultProxy;
+
 /// A `nats-server` with JetStream on a free loopback port and a temporary store, killed and
 /// cleaned up on drop.
 ///

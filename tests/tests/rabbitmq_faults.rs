@@ -18,7 +18,8 @@ use topiq_adapter::{
     TopicSpec, TriggerName,
 };
 use topiq_integration_tests::{
-    Ledger, RabbitNode, poison_message_with_a_thousand_behind, rabbitmq_adapter,
+    FaultProxy, Ledger, RabbitNode, RabbitVhost, poison_message_with_a_thousand_behind,
+    rabbitmq_adapter,
 };
 use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
 
@@ -270,4 +271,90 @@ async fn an_idempotency_key_holds_across_processes_publishing_at_once() {
     assert!(again.is_err(), "published once only, got {again:?}");
     first.close().await.ok();
     second.close().await.ok();
+}
+
+/// An adapter on the machine's RabbitMQ, in `vhost`, reached through `proxy`.
+async fn adapter_through(
+    proxy: &FaultProxy,
+    vhost: &RabbitVhost,
+    publish_timeout: Duration,
+) -> RabbitMqAdapter {
+    let url = vhost
+        .url()
+        .replace("127.0.0.1:5672", &proxy.address().to_string());
+    RabbitMqAdapter::connect(RabbitMqConfig {
+        url,
+        publish_timeout,
+        reconnect_wait: Duration::from_secs(5),
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect through the proxy")
+}
+
+/// Takes every delivery of `key` (acking it) on a task of its own; the ids come out of the
+/// returned channel.
+fn drain(
+    adapter: &RabbitMqAdapter,
+    key: &SubscriptionKey,
+    prefetch: u32,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (handled, ids) = tokio::sync::mpsc::unbounded_channel();
+    let adapter = adapter.clone();
+    let key = key.clone();
+    tokio::spawn(async move {
+        let mut subscription = adapter
+            .consume(&key, ConsumeOptions { prefetch })
+            .await
+            .expect("consume");
+        while let Some(delivery) = subscription.next().await {
+            let Ok(delivery) = delivery else { continue };
+            let id = delivery.envelope().id.to_string();
+            if delivery.ack().await.is_ok() && handled.send(id).is_err() {
+                return;
+            }
+        }
+    });
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_the_client_gave_up_on_leaves_no_consumer_behind_on_the_broker() {
+    let vhost = RabbitVhost::create();
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let adapter = adapter_through(&proxy, &vhost, Duration::from_secs(1)).await;
+    let (topic, keys) = declared(&adapter, "faults.slowconsume", &["t"], |spec| {
+        spec.max_attempts = 100;
+    })
+    .await;
+    let mut published = std::collections::HashSet::new();
+    for n in 0..40 {
+        let receipt = adapter
+            .publish(&topic, NewMessage::new(json!(n)))
+            .await
+            .expect("publish");
+        published.insert(receipt.message_id.to_string());
+    }
+    // Each answer of the broker now takes 400 ms: opening a channel and setting its prefetch
+    // take 800 ms, so `basic.consume` reaches the broker, and its answer comes after the
+    // client's 1 s bound. Every try leaves a consumer on the broker unless the client closes
+    // what it gave up on.
+    proxy.set_latency(Duration::from_millis(400));
+    let mut handled = drain(&adapter, &keys[0], 8);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.set_latency(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !published.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, handled.recv()).await {
+            Ok(Some(id)) => {
+                published.remove(&id);
+            }
+            _ => panic!(
+                "{} messages were never delivered (stranded on a consumer the client gave up on)",
+                published.len()
+            ),
+        }
+    }
+    adapter.close().await.ok();
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use lapin::Channel;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
@@ -19,7 +18,7 @@ use topiq_adapter::{
 use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Metadata, header};
-use crate::session::Session;
+use crate::session::{OpenChannel, Session};
 use crate::{QueueType, Shared};
 
 /// How often an idle consumer checks that its channel is still open: a consumer registered
@@ -72,21 +71,6 @@ struct Consuming {
     check: tokio::time::Interval,
 }
 
-/// A consumer's channel, shared by the consumer and every delivery it handed out: closed
-/// once the last of them is gone, so a subscription dropped at shutdown stops taking
-/// messages (`basic.cancel`) while its running handlers can still settle theirs on it.
-/// Closing the channel returns whatever it still holds unsettled.
-pub(crate) struct OpenChannel(Channel);
-
-impl Drop for OpenChannel {
-    fn drop(&mut self) {
-        let channel = self.0.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { channel.close(200, "consumer done".into()).await });
-        }
-    }
-}
-
 impl Drop for Consuming {
     /// Cancels the consumer; the channel closes when the last delivery is settled or dropped.
     fn drop(&mut self) {
@@ -95,7 +79,7 @@ impl Drop for Consuming {
         {
             let tag = consumer.tag();
             runtime.spawn(async move {
-                let cancel = channel.0.basic_cancel(tag, BasicCancelOptions::default());
+                let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
                 let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
                 drop((consumer, channel));
             });
@@ -123,7 +107,7 @@ impl Consuming {
                 _ = self.check.tick() => {
                     // lapin does not always end a consumer whose connection died: the
                     // connection's own state is the one to trust.
-                    if !channel.0.status().connected() || !session.is_open() {
+                    if !channel.status().connected() || !session.is_open() {
                         tracing::warn!(trigger = %self.spec.key, "the consumer's channel or connection is gone; subscribing again");
                         self.open = None;
                     }
@@ -169,9 +153,15 @@ impl Consuming {
         shared.bounded("consume", self.subscribe()).await
     }
 
+    /// Opens a channel and consumes the trigger's queue on it. The channel is owned by an
+    /// [`OpenChannel`] from the moment it exists (shared later by the consumer and every
+    /// delivery it hands out, so the channel outlives a dropped subscription until the last
+    /// of them is settled), so a try the caller gives up on (its bound
+    /// ran out while the broker had already registered the consumer) closes the channel,
+    /// which cancels that consumer and returns what it was sent: nothing is left behind.
     async fn subscribe(&mut self) -> Result<()> {
         let session = self.shared.session().await?;
-        let channel = session.channel().await?;
+        let channel = session.owned_channel().await?;
         let queue = self.shared.layout.trigger_queue(&self.spec.key);
         let prefetch = u16::try_from(self.prefetch).unwrap_or(u16::MAX);
         channel
@@ -190,7 +180,7 @@ impl Consuming {
                 operation: "consume",
                 source: format!("cannot consume {queue:?}: {err}").into(),
             })?;
-        self.open = Some((Arc::new(OpenChannel(channel)), consumer, session));
+        self.open = Some((Arc::new(channel), consumer, session));
         Ok(())
     }
 

@@ -98,7 +98,7 @@ async fn live_records(
     let stream = shared.layout.dlq_stream(topic);
     let (channel, mut entries) = shared
         .bounded("read DLQ", async {
-            let channel = session.channel().await?;
+            let channel = session.owned_channel().await?;
             channel
                 .basic_qos(READ_AHEAD, BasicQosOptions::default())
                 .await
@@ -168,7 +168,7 @@ async fn live_records(
             }
         }
     }
-    let _ = tokio::time::timeout(timeout, channel.close(200, "read".into())).await;
+    drop(channel);
     records.retain(|(offset, _)| !removed.contains(offset));
     Ok(records)
 }

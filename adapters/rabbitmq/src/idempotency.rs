@@ -49,9 +49,8 @@ async fn declare(shared: &Shared, queue: &QueueDecl) -> Result<u32> {
     let session = shared.session().await?;
     shared
         .bounded("declare an idempotency key", async {
-            let channel = session.channel().await?;
+            let channel = session.owned_channel().await?;
             let count = queue.declare(&channel).await?;
-            let _ = channel.close(200, "declared".into()).await;
             Ok(count)
         })
         .await
@@ -123,7 +122,7 @@ async fn peek(shared: &Shared, queue: &QueueDecl) -> Result<Option<lapin::messag
     let timeout = shared.config.publish_timeout;
     shared
         .bounded("read an idempotency key", async {
-            let channel = session.channel().await?;
+            let channel = session.owned_channel().await?;
             let got = channel
                 .basic_get(queue.name.as_str().into(), BasicGetOptions::default())
                 .await
@@ -141,7 +140,7 @@ async fn peek(shared: &Shared, queue: &QueueDecl) -> Result<Option<lapin::messag
                 )
                 .await?;
             }
-            let _ = channel.close(200, "read".into()).await;
+            drop(channel);
             Ok(delivery)
         })
         .await

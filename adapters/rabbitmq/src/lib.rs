@@ -235,9 +235,8 @@ impl Shared {
         let session = self.session().await?;
         let count = self
             .bounded("declare", async {
-                let channel = session.channel().await?;
+                let channel = session.owned_channel().await?;
                 let count = queue.declare(&channel).await?;
-                let _ = channel.close(200, "declared".into()).await;
                 Ok(count)
             })
             .await?;

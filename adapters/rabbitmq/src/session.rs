@@ -64,12 +64,38 @@ impl Session {
         Ok(channel)
     }
 
-    /// A fresh channel for declarations and reads: an error there closes only it.
-    pub(crate) async fn channel(&self) -> Result<Channel> {
+    /// A fresh channel for declarations, reads and consumers (an error there closes only
+    /// it), closed when dropped: a call given up on (its bound ran out while the broker had
+    /// already registered a consumer or handed out a message) leaves nothing open behind.
+    pub(crate) async fn owned_channel(&self) -> Result<OpenChannel> {
         self.connection
             .create_channel()
             .await
+            .map(OpenChannel)
             .map_err(unavailable("open a channel"))
+    }
+}
+
+/// A channel that is closed when dropped, which makes the broker cancel its consumers and
+/// return what they held unsettled. A consumer's is shared (`Arc`) by the consumer and every
+/// delivery it handed out, so a dropped subscription stops taking messages (`basic.cancel`)
+/// while its running handlers can still settle theirs on it.
+pub(crate) struct OpenChannel(Channel);
+
+impl std::ops::Deref for OpenChannel {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        &self.0
+    }
+}
+
+impl Drop for OpenChannel {
+    fn drop(&mut self) {
+        let channel = self.0.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { channel.close(200, "done".into()).await });
+        }
     }
 }
 
@@ -296,7 +322,7 @@ impl Shared {
 
     /// Declares the exchange and everything declared so far on a new session.
     async fn declare_all(&self, session: &Session) -> Result<()> {
-        let channel = session.channel().await?;
+        let channel = session.owned_channel().await?;
         channel
             .exchange_declare(
                 self.layout.exchange().into(),
@@ -313,7 +339,6 @@ impl Shared {
         for queue in queues {
             queue.declare(&channel).await?;
         }
-        let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 }
