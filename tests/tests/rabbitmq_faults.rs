@@ -358,3 +358,54 @@ async fn a_consume_the_client_gave_up_on_leaves_no_consumer_behind_on_the_broker
     }
     adapter.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_its_consumer_on_a_classic_queue_is_dead_lettered_after_its_attempts()
+{
+    let vhost = RabbitVhost::create();
+    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: vhost.url(),
+        queue_type: QueueType::Classic,
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect");
+    let (topic, keys) = declared(&adapter, "faults.crashloop", &["t"], |spec| {
+        spec.max_attempts = 3;
+        spec.visibility_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let id = adapter
+        .publish(&topic, NewMessage::new(json!("kills its consumer")))
+        .await
+        .expect("publish")
+        .message_id;
+    // Each round is a process that takes the message and dies during its handler: the
+    // delivery and the subscription vanish unsettled, and the channel's closing returns it.
+    let mut starts = Vec::new();
+    for _ in 0..6 {
+        let mut subscription = adapter
+            .consume(&keys[0], ConsumeOptions { prefetch: 1 })
+            .await
+            .expect("consume");
+        match tokio::time::timeout(Duration::from_secs(5), subscription.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                assert_eq!(delivery.envelope().id, id);
+                starts.push(delivery.envelope().attempt);
+                drop(delivery);
+                drop(subscription);
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(starts, vec![1, 2, 3], "handler starts, by attempt");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while adapter.dlq_count(&topic, None).await.expect("dlq_count") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the crash loop never reached the DLQ"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    adapter.close().await.ok();
+}

@@ -263,6 +263,7 @@ async fn receive(
             return None;
         }
     };
+    let redelivered = delivery.redelivered;
     // Earlier deliveries of this copy: the quorum queue's count, or (classic queues) one if
     // the broker says it was delivered before.
     let earlier = match shared.config.queue_type {
@@ -314,6 +315,15 @@ async fn receive(
         // held it died before dead-lettering it).
         if lease::lock(&received.lease).claim() {
             received.dead_letter_expired(attempt - 1).await;
+        }
+        return None;
+    }
+    if redelivered && shared.config.queue_type == QueueType::Classic {
+        // A classic queue only says "delivered before", not how often: the count would stop
+        // at one and a message that kills its consumer would come back forever. The
+        // redelivery becomes a copy that carries its attempt.
+        if lease::lock(&received.lease).claim() {
+            received.count_redelivery().await;
         }
         return None;
     }
@@ -454,6 +464,29 @@ impl Received {
             self.shared.config.publish_timeout,
         )
         .await
+    }
+
+    /// Replaces a redelivered message of a classic queue with a copy (confirmed, to the back
+    /// of the queue) whose next delivery is this attempt, then acks it: the attempt count
+    /// survives every later crash. A crash between the two delivers it twice, never loses it.
+    async fn count_redelivery(&self) {
+        let copied = match self.copy(self.attempt - 1) {
+            Ok((payload, properties)) => {
+                self.shared
+                    .publish_to_trigger(&self.key, &payload, properties)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        let settled = match copied {
+            Ok(()) => self.ack_original("ack a counted redelivery").await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = settled {
+            tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot count a redelivery; it is delivered again");
+            tokio::time::sleep(RETURN_AFTER_FAILURE).await;
+            let _ = self.settle(Settle::Requeue, "return").await;
+        }
     }
 
     /// A copy of the message whose next delivery is attempt `attempt_base + 1`.
