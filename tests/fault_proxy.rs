@@ -22,6 +22,8 @@ struct Faults {
     swallow: AtomicBool,
     /// New connections are closed at once.
     refuse: AtomicBool,
+    /// Connections accepted so far (refused ones included).
+    accepted: AtomicU64,
 }
 
 /// A TCP proxy on a free loopback port in front of `target`; stops (and closes every
@@ -83,6 +85,12 @@ impl FaultProxy {
         self.faults.refuse.store(refuse, Ordering::SeqCst);
     }
 
+    /// How many connections clients opened so far (a client that gave up on a dead link
+    /// shows up here when it connects again).
+    pub fn connections_accepted(&self) -> u64 {
+        self.faults.accepted.load(Ordering::SeqCst)
+    }
+
     /// Resets every open connection (both sides see it closed).
     pub fn reset_all(&self) {
         self.resets.send_modify(|count| *count += 1);
@@ -109,6 +117,7 @@ async fn accept_loop(
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        faults.accepted.fetch_add(1, Ordering::SeqCst);
         if faults.refuse.load(Ordering::SeqCst) {
             let _ = client.set_zero_linger();
             drop(client);

@@ -69,6 +69,10 @@ pub struct JetStreamConfig {
     /// How long a publish waits for the server's acknowledgement before it is sent again.
     #[serde(default = "default_publish_timeout", with = "humantime_serde_compat")]
     pub publish_timeout: Duration,
+    /// A connection that stops answering is replaced within about twice this: the client
+    /// pings the server every half of it and gives up after two unanswered pings.
+    #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
+    pub heartbeat: Duration,
 }
 
 /// One topic's stream settings; each absent one is the adapter's.
@@ -138,6 +142,10 @@ fn default_publish_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl Default for JetStreamConfig {
     fn default() -> Self {
         Self {
@@ -156,6 +164,7 @@ impl Default for JetStreamConfig {
             max_bytes: None,
             streams: BTreeMap::new(),
             publish_timeout: default_publish_timeout(),
+            heartbeat: default_heartbeat(),
         }
     }
 }
@@ -186,6 +195,7 @@ impl fmt::Debug for JetStreamConfig {
             .field("max_bytes", &self.max_bytes)
             .field("streams", &self.streams)
             .field("publish_timeout", &self.publish_timeout)
+            .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }

@@ -98,7 +98,10 @@ impl JetStreamAdapter {
             reason,
         })?;
         let (servers, url_credentials) = config.servers();
-        let mut options = async_nats::ConnectOptions::new();
+        // async-nats reconnects after two unanswered pings: pinging every half heartbeat
+        // notices a connection that stopped answering within about two heartbeats.
+        let mut options = async_nats::ConnectOptions::new()
+            .ping_interval((config.heartbeat / 2).max(Duration::from_millis(100)));
         let configured = config.user.is_some() || config.token.is_some();
         match url_credentials {
             Some(config::UrlCredentials::UserPassword(user, password)) if !configured => {

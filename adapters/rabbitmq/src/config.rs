@@ -55,6 +55,10 @@ pub struct RabbitMqConfig {
     /// `broker_unavailable`.
     #[serde(default = "default_reconnect_wait", with = "duration")]
     pub reconnect_wait: Duration,
+    /// A connection the broker stops answering is closed and replaced within twice this
+    /// (overrides a `heartbeat` in the URL). Whole seconds, at least 1.
+    #[serde(default = "default_heartbeat", with = "duration")]
+    pub heartbeat: Duration,
 }
 
 /// TLS options.
@@ -88,6 +92,10 @@ fn default_reconnect_wait() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl Default for RabbitMqConfig {
     fn default() -> Self {
         Self {
@@ -101,6 +109,7 @@ impl Default for RabbitMqConfig {
             queue_type: QueueType::default(),
             publish_timeout: default_publish_timeout(),
             reconnect_wait: default_reconnect_wait(),
+            heartbeat: default_heartbeat(),
         }
     }
 }
@@ -143,6 +152,12 @@ impl RabbitMqConfig {
         }
         if self.publish_timeout.is_zero() || self.reconnect_wait.is_zero() {
             return Err("publish_timeout and reconnect_wait must be longer than zero".into());
+        }
+        if self.heartbeat < Duration::from_secs(1) || self.heartbeat.subsec_nanos() != 0 {
+            return Err(format!(
+                "heartbeat must be whole seconds, at least 1s (AMQP's unit), got {:?}",
+                self.heartbeat
+            ));
         }
         if let Some(tls) = &self.tls {
             if tls.cert.is_some() != tls.key.is_some() {
@@ -190,6 +205,7 @@ impl fmt::Debug for RabbitMqConfig {
             .field("queue_type", &self.queue_type)
             .field("publish_timeout", &self.publish_timeout)
             .field("reconnect_wait", &self.reconnect_wait)
+            .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }

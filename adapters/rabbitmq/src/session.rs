@@ -143,6 +143,11 @@ impl Target {
         if let Some(vhost) = &config.vhost {
             uri.vhost.clone_from(vhost);
         }
+        // lapin closes a connection after two negotiated heartbeats without a byte, looking
+        // every half heartbeat: negotiating 4/5 of `heartbeat` notices a dead link within
+        // two of the configured ones.
+        let negotiated = (config.heartbeat.as_secs() * 4 / 5).max(1);
+        uri.query.heartbeat = Some(u16::try_from(negotiated).unwrap_or(u16::MAX));
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             uri.authority.userinfo.username.clone_from(user);
             uri.authority.userinfo.password.clone_from(password);

@@ -1,0 +1,184 @@
+//! Bad links between topiq and each broker, through a TCP fault proxy of the test's own
+//! (`FaultProxy`): every connection reset again and again, a link that stops answering
+//! (the broker's bytes swallowed: its acks, answers and heartbeats lost while the connection
+//! looks open), and latency. Each: the client notices a dead link, connects again, no enqueue
+//! returns Ok without the broker's acknowledgement (checked by the `Ledger`: lost = 0).
+//!
+//! JetStream runs on a nats-server of the test's own, RabbitMQ in a vhost of its own on the
+//! machine's broker.
+
+// Test helpers panic on purpose: a failed expectation is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use topiq_adapter::{
+    Adapter, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
+};
+use topiq_integration_tests::{FaultProxy, Ledger, NatsServer, RabbitVhost};
+use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
+use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
+
+/// The heartbeat both adapters get here: a dead link is noticed within two of these.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+async fn declared<A: Adapter>(adapter: &A, topic: &str) -> (TopicName, SubscriptionKey) {
+    let topic = TopicName::new(topic).unwrap();
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .expect("declare topic");
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").unwrap());
+    let mut spec = SubscriptionSpec::new(key.clone());
+    spec.visibility_timeout = Duration::from_secs(5);
+    spec.max_attempts = 100;
+    adapter
+        .declare_subscription(spec)
+        .await
+        .expect("declare trigger");
+    (topic, key)
+}
+
+async fn jetstream(server: &NatsServer) -> (FaultProxy, JetStreamAdapter) {
+    let target = server.url().trim_start_matches("nats://").parse().unwrap();
+    let proxy = FaultProxy::start(target).await;
+    let adapter = JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(format!("nats://{}", proxy.address())),
+        publish_timeout: Duration::from_secs(2),
+        heartbeat: HEARTBEAT,
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect through the proxy");
+    (proxy, adapter)
+}
+
+async fn rabbitmq(vhost: &RabbitVhost) -> (FaultProxy, RabbitMqAdapter) {
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: vhost
+            .url()
+            .replace("127.0.0.1:5672", &proxy.address().to_string()),
+        publish_timeout: Duration::from_secs(2),
+        reconnect_wait: Duration::from_secs(2),
+        heartbeat: HEARTBEAT,
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect through the proxy");
+    (proxy, adapter)
+}
+
+/// 2,000 messages published and consumed while every connection is reset each second.
+async fn resets_lose_nothing<A: Adapter + Clone>(adapter: A, proxy: FaultProxy) {
+    const MESSAGES: usize = 2_000;
+    let (topic, key) = declared(&adapter, "net.resets").await;
+    let ledger = Ledger::default();
+    let consumer = ledger.consume(&adapter, &key, 16);
+    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, 16);
+    let started = Instant::now();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.reset_all();
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let outcome = ledger.settle(Duration::from_secs(90)).await;
+    println!(
+        "{outcome:?} after {:?}, {} connections",
+        started.elapsed(),
+        proxy.connections_accepted()
+    );
+    outcome.assert_nothing_lost(MESSAGES);
+    consumer.abort();
+    adapter.close().await.ok();
+}
+
+/// The link stops answering mid-stream (the broker's bytes are swallowed): the client gives
+/// up on it within two heartbeats and connects again; nothing accepted is lost.
+async fn a_silent_link_is_noticed_and_replaced<A: Adapter + Clone>(adapter: A, proxy: FaultProxy) {
+    const MESSAGES: usize = 1_000;
+    let (topic, key) = declared(&adapter, "net.silent").await;
+    let ledger = Ledger::default();
+    let consumer = ledger.consume(&adapter, &key, 16);
+    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, 4);
+    while ledger.handled_count() < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = proxy.connections_accepted();
+    proxy.swallow_broker_to_client(true);
+    let silent_since = Instant::now();
+    while proxy.connections_accepted() == before {
+        assert!(
+            silent_since.elapsed() < HEARTBEAT * 5,
+            "the client did not notice the dead link"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let noticed = silent_since.elapsed();
+    proxy.swallow_broker_to_client(false);
+    println!("dead link noticed after {noticed:?} (heartbeat {HEARTBEAT:?})");
+    // Two heartbeats, and a second of slack for this shared machine's scheduling.
+    assert!(
+        noticed <= HEARTBEAT * 2 + Duration::from_secs(1),
+        "the dead link went unnoticed for {noticed:?}"
+    );
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let outcome = ledger.settle(Duration::from_secs(90)).await;
+    println!("{outcome:?}");
+    outcome.assert_nothing_lost(MESSAGES);
+    consumer.abort();
+    adapter.close().await.ok();
+}
+
+/// 300 ms added to every answer of the broker: slower, nothing lost.
+async fn latency_loses_nothing<A: Adapter + Clone>(adapter: A, proxy: FaultProxy) {
+    const MESSAGES: usize = 300;
+    let (topic, key) = declared(&adapter, "net.latency").await;
+    proxy.set_latency(Duration::from_millis(300));
+    let ledger = Ledger::default();
+    let consumer = ledger.consume(&adapter, &key, 16);
+    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, 16);
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let outcome = ledger.settle(Duration::from_secs(90)).await;
+    println!("{outcome:?}");
+    outcome.assert_nothing_lost(MESSAGES);
+    consumer.abort();
+    adapter.close().await.ok();
+}
+
+macro_rules! on_both_brokers {
+    ($($scenario:ident),* $(,)?) => {
+        mod jetstream {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let server = super::NatsServer::start();
+                    let (proxy, adapter) = super::jetstream(&server).await;
+                    super::$scenario(adapter, proxy).await;
+                }
+            )*
+        }
+        mod rabbitmq {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let vhost = super::RabbitVhost::create();
+                    let (proxy, adapter) = super::rabbitmq(&vhost).await;
+                    super::$scenario(adapter, proxy).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_brokers!(
+    resets_lose_nothing,
+    a_silent_link_is_noticed_and_replaced,
+    latency_loses_nothing,
+);
