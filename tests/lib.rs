@@ -552,6 +552,17 @@ impl RabbitNode {
             .expect("the node's pid file")
     }
 
+    /// Runs `rabbitmqctl` on this node with `args`.
+    ///
+    /// # Panics
+    ///
+    /// When the command fails.
+    pub fn ctl(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.node.as_str()];
+        all.extend_from_slice(args);
+        rabbitmqctl(&all);
+    }
+
     /// `rabbitmqctl stop_app`: the node closes every connection and takes none.
     pub fn stop_app(&self) {
         rabbitmqctl(&["-n", &self.node, "stop_app"]);

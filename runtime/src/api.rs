@@ -131,6 +131,7 @@ fn status_of(code: &str) -> StatusCode {
         }
         "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "broker_unavailable" | "closed" => StatusCode::SERVICE_UNAVAILABLE,
+        "broker_full" => StatusCode::INSUFFICIENT_STORAGE,
         "broker_error" => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -552,3 +552,71 @@ async fn a_delayed_message_whose_topic_is_gone_holds_up_no_other_and_is_dead_let
     }
     adapter.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_refuses_at_once_with_broker_full_and_takes_publishes_again_when_space_returns()
+ {
+    let server = NatsServer::start();
+    let config: JetStreamConfig = serde_json::from_value(json!({
+        "url": server.url(),
+        "publish_timeout": "2s",
+        "streams": {"faults.full": {"max_bytes": 4096}}
+    }))
+    .expect("config");
+    let adapter = JetStreamAdapter::connect(config).await.expect("connect");
+    let (topic, key) = declared(&adapter, "faults.full", |_| {}).await;
+    let mut accepted = Vec::new();
+    let (refusal, took) = loop {
+        let started = Instant::now();
+        let message = NewMessage::new(json!({"n": accepted.len(), "pad": "x".repeat(150)}));
+        match adapter.publish(&topic, message).await {
+            Ok(receipt) => accepted.push(receipt.message_id),
+            Err(err) => break (err, started.elapsed()),
+        }
+        assert!(
+            accepted.len() < 1000,
+            "a 4 KiB stream took {} messages",
+            accepted.len()
+        );
+    };
+    println!(
+        "{} accepted, then refused after {took:?}: {refusal}",
+        accepted.len()
+    );
+    assert!(
+        matches!(refusal, topiq_adapter::Error::BrokerFull { .. }),
+        "a full stream is a typed error: {refusal:?}"
+    );
+    assert_eq!(refusal.code(), "broker_full");
+    assert!(refusal.is_transient());
+    assert!(took < Duration::from_secs(2), "the refusal waited {took:?}");
+
+    // Consuming frees room: the next publish is taken, and nothing stored was lost.
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 64 })
+        .await
+        .expect("consume");
+    for _ in 0..5 {
+        let delivery = delivered(&mut subscription, Duration::from_secs(5), "delivered").await;
+        assert_eq!(delivery.envelope().id, accepted.remove(0));
+        delivery.ack().await.expect("ack");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match adapter
+            .publish(&topic, NewMessage::new(json!("after")))
+            .await
+        {
+            Ok(receipt) => break receipt.message_id,
+            Err(err) => assert!(Instant::now() < deadline, "still refused: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    accepted.push(after);
+    for id in accepted {
+        let delivery = delivered(&mut subscription, Duration::from_secs(5), "delivered").await;
+        assert_eq!(delivery.envelope().id, id);
+        delivery.ack().await.expect("ack");
+    }
+    adapter.close().await.ok();
+}

@@ -103,6 +103,18 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// The broker is out of room and refuses new messages (a JetStream stream at its byte or
+    /// message limit, a RabbitMQ memory or disk alarm); stored messages are kept, and the
+    /// same publish succeeds once space returns.
+    #[error("the broker is full: {message}")]
+    BrokerFull {
+        /// What is full and what frees it, without credentials.
+        message: String,
+        /// The client's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The broker did not confirm the call within the adapter's bound; the outcome is unknown.
     #[error("the broker did not answer {operation} within {timeout:?}")]
     Timeout {
@@ -133,7 +145,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::BrokerUnavailable { .. } | Error::Timeout { .. } | Error::Broker { .. }
+            Error::BrokerUnavailable { .. }
+                | Error::BrokerFull { .. }
+                | Error::Timeout { .. }
+                | Error::Broker { .. }
         )
     }
 
@@ -150,6 +165,7 @@ impl Error {
             Error::LeaseExpired { .. } => "lease_expired",
             Error::Unsupported { .. } => "unsupported",
             Error::BrokerUnavailable { .. } | Error::Timeout { .. } => "broker_unavailable",
+            Error::BrokerFull { .. } => "broker_full",
             Error::Broker { .. } => "broker_error",
             Error::Closed => "closed",
         }

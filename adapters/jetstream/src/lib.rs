@@ -407,12 +407,23 @@ impl Shared {
                 }
                 // The server answered no (a full stream, say): final, and said as it is.
                 Err(err) => {
-                    return Err(Error::Broker {
-                        operation: "publish",
-                        source: Box::new(Refused {
-                            subject: subject.to_string(),
-                            source: err,
-                        }),
+                    let full = is_full(&err);
+                    let refused = Box::new(Refused {
+                        subject: subject.to_string(),
+                        source: err,
+                    });
+                    return Err(if full {
+                        Error::BrokerFull {
+                            message: format!(
+                                "the stream taking {subject} is at its limit; stored messages are kept, and publishes succeed again once they are consumed or the limit (max_bytes) is raised"
+                            ),
+                            source: Some(refused),
+                        }
+                    } else {
+                        Error::Broker {
+                            operation: "publish",
+                            source: refused,
+                        }
                     });
                 }
             }
@@ -699,6 +710,20 @@ impl Prepared {
             },
         }
     }
+}
+
+/// True when the server refused a publish for lack of room: a stream at its byte or message
+/// limit (discard `new`), or a server out of storage.
+fn is_full(err: &jetstream::context::PublishError) -> bool {
+    let text = err.to_string();
+    [
+        "maximum bytes",
+        "maximum messages",
+        "insufficient resources",
+        "insufficient storage",
+    ]
+    .iter()
+    .any(|reason| text.contains(reason))
 }
 
 /// A publish the server answered with an error (a full stream, a wrong last sequence): the

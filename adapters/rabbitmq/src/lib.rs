@@ -337,6 +337,11 @@ impl Shared {
     ) -> Result<Published> {
         let id = properties.message_id().clone();
         let session = self.session().await?;
+        if session.connection.status().blocked() {
+            // A memory or disk alarm: the broker takes no publish until it clears, and a
+            // publish sent now would only wait out its timeout.
+            return Err(blocked());
+        }
         let publishing = async {
             let channel = session.publisher().await?;
             let confirm = channel
@@ -354,10 +359,17 @@ impl Shared {
                 .map_err(session::unavailable("publish"))?;
             confirm.await.map_err(session::unavailable("publish"))
         };
-        match self
+        let confirmation = match self
             .bounded("publish (waiting for the broker's confirm)", publishing)
-            .await?
+            .await
         {
+            // Blocked while it waited: say why, rather than that it timed out.
+            Err(Error::Timeout { .. }) if session.connection.status().blocked() => {
+                return Err(blocked());
+            }
+            other => other?,
+        };
+        match confirmation {
             // lapin attaches a returned message to the next confirm it completes, which under
             // concurrent publishes may be another's: only a return of this message counts.
             Confirmation::Ack(Some(returned))
@@ -464,6 +476,14 @@ impl Shared {
             message_id: prepared.metadata.id,
             duplicate: false,
         })
+    }
+}
+
+/// The broker blocks publishing connections while a memory or disk alarm is on.
+fn blocked() -> Error {
+    Error::BrokerFull {
+        message: "RabbitMQ blocks publishing (a memory or disk alarm is on); stored messages are kept, and publishes succeed again once consumers free memory or disk, or the limits are raised".into(),
+        source: None,
     }
 }
 
