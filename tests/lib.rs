@@ -702,6 +702,50 @@ impl Ledger {
         })
     }
 
+    /// Consumes `key` like a runtime whose handlers take `handler_time`: up to `prefetch`
+    /// deliveries are handled at once, each acked when its handler ends (an ack that fails,
+    /// say because the broker restarted meanwhile, leaves the message to come again).
+    pub fn consume_slowly<A: Adapter + Clone>(
+        &self,
+        adapter: &A,
+        key: &SubscriptionKey,
+        prefetch: u32,
+        handler_time: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let (ledger, adapter, key) = (self.clone(), adapter.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut subscription = adapter
+                .consume(&key, ConsumeOptions { prefetch })
+                .await
+                .expect("consume");
+            while let Some(delivery) = subscription.next().await {
+                let Ok(delivery) = delivery else { continue };
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(handler_time).await;
+                    let id = delivery.envelope().id.to_string();
+                    if delivery.ack().await.is_ok() {
+                        ledger.handled.lock().unwrap().push(id);
+                    }
+                });
+            }
+        })
+    }
+
+    /// Waits until a message is handled after `since` (consumption resumed) and says how long
+    /// after `since` that was; `None` if nothing is handled within `within`.
+    pub async fn resumed_after(&self, within: Duration) -> Option<Duration> {
+        let since = Instant::now();
+        let before = self.handled_count();
+        while since.elapsed() < within {
+            if self.handled_count() > before {
+                return Some(since.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
     /// Waits up to `within` for every accepted message to be handled, then says what was
     /// found.
     pub async fn settle(&self, within: Duration) -> Outcome {

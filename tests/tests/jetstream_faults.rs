@@ -620,3 +620,43 @@ async fn a_full_stream_refuses_at_once_with_broker_full_and_takes_publishes_agai
     }
     adapter.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_while_handlers_run_strands_nothing() {
+    const MESSAGES: usize = 400;
+    let mut server = NatsServer::start();
+    let adapter = JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(server.url()),
+        publish_timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(2),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect");
+    let (topic, key) = declared(&adapter, "faults.midhandler", |spec| {
+        spec.visibility_timeout = Duration::from_secs(3);
+        spec.max_attempts = 100;
+    })
+    .await;
+    let ledger = Ledger::default();
+    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, 4);
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    // Handlers of 300 ms, eight at a time: a restart always lands in the middle of some.
+    let consumer = ledger.consume_slowly(&adapter, &key, 8, Duration::from_millis(300));
+    while ledger.handled_count() < 40 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart();
+    let resumed = ledger.resumed_after(Duration::from_secs(60)).await;
+    println!("consumption resumed {resumed:?} after the server was back");
+    assert!(resumed.is_some(), "consumption never resumed");
+    let outcome = ledger.settle(Duration::from_secs(120)).await;
+    println!("{outcome:?}");
+    outcome.assert_nothing_lost(MESSAGES);
+    consumer.abort();
+    adapter.close().await.ok();
+}

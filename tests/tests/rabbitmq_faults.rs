@@ -481,3 +481,43 @@ async fn a_memory_alarm_refuses_publishes_with_broker_full_and_loses_nothing_sto
     }
     adapter.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_while_handlers_run_strands_nothing() {
+    const MESSAGES: usize = 400;
+    let node = RabbitNode::start();
+    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: node.url(),
+        publish_timeout: Duration::from_secs(2),
+        reconnect_wait: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(2),
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect");
+    let (topic, keys) = declared(&adapter, "faults.midhandler", &["t"], |spec| {
+        spec.visibility_timeout = Duration::from_secs(3);
+        spec.max_attempts = 100;
+    })
+    .await;
+    let ledger = Ledger::default();
+    for publisher in ledger.publish_all(&adapter, &topic, MESSAGES, 4) {
+        publisher.await.expect("publisher");
+    }
+    // Handlers of 300 ms, eight at a time: a restart always lands in the middle of some.
+    let consumer = ledger.consume_slowly(&adapter, &keys[0], 8, Duration::from_millis(300));
+    while ledger.handled_count() < 40 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::block_in_place(|| node.stop_app());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| node.start_app());
+    let resumed = ledger.resumed_after(Duration::from_secs(60)).await;
+    println!("consumption resumed {resumed:?} after the broker was back");
+    assert!(resumed.is_some(), "consumption never resumed");
+    let outcome = ledger.settle(Duration::from_secs(120)).await;
+    println!("{outcome:?}");
+    outcome.assert_nothing_lost(MESSAGES);
+    consumer.abort();
+    adapter.close().await.ok();
+}
