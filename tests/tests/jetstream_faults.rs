@@ -660,3 +660,65 @@ async fn a_server_restart_while_handlers_run_strands_nothing() {
     consumer.abort();
     adapter.close().await.ok();
 }
+
+/// A trigger's consumers deleted under topiq while 20 messages wait (the first mid-handler):
+/// what the server still stores for the trigger (here kept by a second trigger that has not
+/// consumed yet) is all delivered, and the loss that cannot be ruled out (messages no other
+/// trigger needed are removed with an interest stream's consumer) is reported by `health`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_with_messages_waiting_skips_none_of_them_and_is_reported() {
+    let server = NatsServer::start();
+    let adapter = quick_adapter(&server).await;
+    let (topic, key) = declared(&adapter, "faults.deletedwaiting", |spec| {
+        spec.max_attempts = 100;
+    })
+    .await;
+    let keeper = SubscriptionKey::new(topic.clone(), TriggerName::new("keeper").unwrap());
+    adapter
+        .declare_subscription(SubscriptionSpec::new(keeper))
+        .await
+        .expect("declare the second trigger");
+    let mut waiting = HashSet::new();
+    for n in 0..20 {
+        let receipt = adapter
+            .publish(&topic, NewMessage::new(json!(n)))
+            .await
+            .expect("publish");
+        waiting.insert(receipt.message_id);
+    }
+    let mut subscription = adapter
+        .consume(&key, ConsumeOptions { prefetch: 1 })
+        .await
+        .expect("consume");
+    let slow = delivered(&mut subscription, Duration::from_secs(10), "the first").await;
+    adapter.health().await.expect("healthy before");
+    // While the first handler runs, an operator (or a bug) deletes the trigger's consumers.
+    let client = async_nats::connect(server.url()).await.expect("raw client");
+    let js = async_nats::jetstream::new(client);
+    for consumer in ["m-t", "d-t"] {
+        js.delete_consumer_from_stream(consumer, "topiq_faults_deletedwaiting")
+            .await
+            .expect("delete consumer");
+    }
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, subscription.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                let id = delivery.envelope().id.clone();
+                delivery.ack().await.expect("ack");
+                waiting.remove(&id);
+            }
+            Ok(Some(Err(err))) => println!("subscription error: {err}"),
+            _ => panic!("{} of 20 waiting messages were skipped", waiting.len()),
+        }
+    }
+    let report = adapter
+        .health()
+        .await
+        .expect_err("the deletion is reported");
+    let text = format!("{report}: {:?}", std::error::Error::source(&report));
+    assert!(text.contains("faults.deletedwaiting/t"), "{text}");
+    adapter.close().await.ok();
+}

@@ -64,6 +64,7 @@ pub(crate) fn subscribe(
             silence: Box::pin(tokio::time::sleep(SILENCE)),
             last_heard: Instant::now(),
             backoff: INITIAL_BACKOFF,
+            ack_floor: None,
         };
         futures::stream::unfold(puller, |mut puller| async move {
             let delivery = puller.next_delivery().await?;
@@ -110,6 +111,9 @@ struct Puller {
     /// When the last message or status arrived, or the last request was sent.
     last_heard: Instant,
     backoff: Duration,
+    /// The consumer's ack floor (stream sequence) when this puller last got it; `Some` once
+    /// it had the consumer, so a consumer that is gone afterwards was deleted under topiq.
+    ack_floor: Option<u64>,
 }
 
 impl Puller {
@@ -145,7 +149,10 @@ impl Puller {
                         continue;
                     }
                     tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, "no message or status from outstanding pulls; pulling again");
+                    // Pulls to a consumer that was deleted get no answer at all: get it
+                    // again (or create it) before pulling.
                     self.start_over();
+                    self.consumer = None;
                     continue;
                 }
             };
@@ -193,8 +200,18 @@ impl Puller {
     /// subject. `None` once the adapter is closed.
     async fn connect(&mut self) -> Option<()> {
         if self.consumer.is_none() {
-            match get_consumer(&self.shared, &self.spec, &self.consumer_name).await {
-                Ok(consumer) => self.consumer = Some(consumer),
+            match get_consumer(
+                &self.shared,
+                &self.spec,
+                &self.consumer_name,
+                self.ack_floor,
+            )
+            .await
+            {
+                Ok(consumer) => {
+                    self.ack_floor = Some(consumer.cached_info().ack_floor.stream_sequence);
+                    self.consumer = Some(consumer);
+                }
                 Err(err) => {
                     tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, error = %err, retry_in = ?self.backoff, "cannot get the consumer");
                     return self.fail().await;
@@ -298,38 +315,65 @@ fn unfilled(message: &async_nats::Message) -> Option<usize> {
         .ok()
 }
 
-/// The trigger's consumer, created again if it was deleted.
+/// The trigger's consumer. One that was deleted under topiq (this puller had it, with ack
+/// floor `had_floor`) is created again from just after that floor, so nothing the server
+/// still stores for the trigger is skipped (what it acked since comes again), and the loss
+/// is reported loudly: on an interest stream the server removes, with the consumer, the
+/// messages nobody else still needs, and which those were cannot be known.
 async fn get_consumer(
     shared: &Shared,
     spec: &SubscriptionSpec,
     name: &str,
+    had_floor: Option<u64>,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
     let stream = shared
         .js
         .get_stream_no_info(shared.layout.topic_stream(&spec.key.topic))
         .await
         .map_err(broker("get stream"))?;
+    match stream.consumer_info(name).await {
+        Ok(_) => {
+            return stream
+                .get_consumer(name)
+                .await
+                .map_err(|err| Error::Broker {
+                    operation: "get consumer",
+                    source: err,
+                });
+        }
+        Err(err) if err.kind() != jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            return Err(broker("get consumer")(err));
+        }
+        Err(_) => {}
+    }
     let main = *name == Layout::main_consumer(&spec.key.trigger);
+    let deliver_policy = match had_floor {
+        Some(floor) => {
+            shared.report_lost_consumer(&spec.key, name);
+            jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: floor + 1,
+            }
+        }
+        None if main => jetstream::consumer::DeliverPolicy::New,
+        None => jetstream::consumer::DeliverPolicy::All,
+    };
+    let subject = if main {
+        shared.layout.topic_subject(&spec.key.topic)
+    } else {
+        shared
+            .layout
+            .direct_subject(&spec.key.topic, &spec.key.trigger)
+    };
     let config = Shared::consumer_config(
         name.to_owned(),
-        if main {
-            shared.layout.topic_subject(&spec.key.topic)
-        } else {
-            shared
-                .layout
-                .direct_subject(&spec.key.topic, &spec.key.trigger)
-        },
+        subject,
         spec.visibility_timeout,
-        if main {
-            jetstream::consumer::DeliverPolicy::New
-        } else {
-            jetstream::consumer::DeliverPolicy::All
-        },
+        deliver_policy,
     );
     stream
         .get_or_create_consumer(name, config)
         .await
-        .map_err(broker("get consumer"))
+        .map_err(broker("create consumer"))
 }
 
 /// Turns a received message into a delivery; a message past its last attempt is

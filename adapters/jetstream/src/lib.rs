@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     subscriptions: RwLock<HashMap<SubscriptionKey, SubscriptionSpec>>,
     pub(crate) closed: tokio_util::sync::CancellationToken,
     scheduler: Mutex<Scheduler>,
+    /// Consumers deleted under topiq while it used them (`health` reports them until the
+    /// process restarts: messages they held may be gone).
+    lost_consumers: RwLock<Vec<String>>,
     max_payload: usize,
 }
 
@@ -168,6 +171,7 @@ impl JetStreamAdapter {
                 subscriptions: RwLock::new(HashMap::new()),
                 closed: tokio_util::sync::CancellationToken::new(),
                 scheduler: Mutex::new(Scheduler::default()),
+                lost_consumers: RwLock::new(Vec::new()),
                 max_payload,
             }),
         })
@@ -213,6 +217,19 @@ impl Shared {
             .ok_or_else(|| Error::UnknownTopic {
                 topic: name.clone(),
             })
+    }
+
+    /// Records (and logs) that `consumer` of `key` was deleted under topiq.
+    pub(crate) fn report_lost_consumer(&self, key: &SubscriptionKey, consumer: &str) {
+        tracing::error!(trigger = %key, consumer, "the trigger's consumer was deleted under topiq (by an operator, a bug, or a restart of a memory-storage server); on an interest stream the server removed with it the messages no other trigger still needed, which may include ones this trigger never handled; it is created again from its last known ack floor, and health reports the loss until the process restarts");
+        let entry = format!("{key} ({consumer})");
+        let mut lost = self
+            .lost_consumers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !lost.contains(&entry) {
+            lost.push(entry);
+        }
     }
 
     /// The triggers of `topic` declared by this process.
@@ -969,6 +986,22 @@ impl Adapter for JetStreamAdapter {
 
     async fn health(&self) -> Result<()> {
         self.shared.ensure_open()?;
+        let lost = self
+            .shared
+            .lost_consumers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if !lost.is_empty() {
+            return Err(Error::Broker {
+                operation: "health",
+                source: format!(
+                    "consumers were deleted under topiq: {}; messages they held may be lost (see the error log); restart topiq once checked",
+                    lost.join(", ")
+                )
+                .into(),
+            });
+        }
         if self.shared.client.connection_state() != async_nats::connection::State::Connected {
             return Err(Error::BrokerUnavailable {
                 message: "not connected to the server (reconnecting)".into(),
