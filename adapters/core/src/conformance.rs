@@ -73,6 +73,8 @@ macro_rules! conformance_tests {
             poison_message_does_not_block_the_messages_behind_it,
             close_ends_consumers_and_refuses_publishes,
             a_handler_running_when_its_subscription_is_dropped_still_settles,
+            deliveries_taken_ahead_but_never_handed_out_spend_no_attempt,
+            a_delivery_that_waited_in_the_consumer_keeps_its_whole_lease,
             stats_count_waiting_in_flight_and_dead_lettered,
         );
     };
@@ -1330,6 +1332,74 @@ pub async fn poison_message_does_not_block_the_messages_behind_it<A: Adapter>(ad
     }
     assert_eq!(handled, healthy);
     wait_for_dlq_count(&adapter, &topic, "t", 1).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantics 12 and 15: a subscription dropped (shutdown) while it holds deliveries it took
+/// ahead within `prefetch` but never handed out gives them back without spending an attempt:
+/// the next consumer gets each on the same attempt, and nothing reaches the DLQ.
+pub async fn deliveries_taken_ahead_but_never_handed_out_spend_no_attempt<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "prefetched", &["t"], |spec| {
+        spec.max_attempts = 1;
+        spec.visibility_timeout = SHORT_VISIBILITY;
+    })
+    .await;
+    let mut first = consume(&adapter, &topic, "t", 4).await;
+    let mut ids = HashSet::new();
+    for n in 0..4 {
+        ids.insert(publish(&adapter, &topic, json!(n)).await);
+    }
+    let handled = receive(&mut first).await;
+    ids.remove(&handled.envelope().id);
+    handled.ack().await.expect("ack");
+    // Give the consumer time to take the rest ahead, then stop it.
+    sleep(QUIET_PERIOD).await;
+    drop(first);
+    let mut next = consume(&adapter, &topic, "t", 4).await;
+    while !ids.is_empty() {
+        let delivery = receive(&mut next).await;
+        assert_eq!(
+            delivery.envelope().attempt,
+            1,
+            "a message the dropped consumer never handed out spent an attempt"
+        );
+        assert!(
+            ids.remove(&delivery.envelope().id),
+            "{:?}",
+            delivery.envelope()
+        );
+        delivery.ack().await.expect("ack");
+    }
+    assert_eq!(dlq_count(&adapter, &topic, Some("t")).await, 0);
+    adapter.close().await.expect("close");
+}
+
+/// Semantics 8 and 15: a delivery taken ahead while the consumer's handlers were busy keeps
+/// its whole visibility timeout from the moment it is handed out: the broker does not give it
+/// to another consumer of the trigger while the first still holds its lease.
+pub async fn a_delivery_that_waited_in_the_consumer_keeps_its_whole_lease<A: Adapter>(adapter: A) {
+    const VISIBILITY: Duration = Duration::from_secs(6);
+    let topic = setup(&adapter, "waitedlease", &["t"], |spec| {
+        spec.visibility_timeout = VISIBILITY;
+        spec.max_attempts = 5;
+    })
+    .await;
+    let mut busy = consume(&adapter, &topic, "t", 2).await;
+    publish(&adapter, &topic, json!("first")).await;
+    publish(&adapter, &topic, json!("second")).await;
+    let first = receive(&mut busy).await;
+    // The handler of the first runs while the second waits in the consumer.
+    sleep(VISIBILITY * 2 / 5).await;
+    let second = receive(&mut busy).await;
+    first.ack().await.expect("ack");
+    let mut other = consume(&adapter, &topic, "t", 1).await;
+    // Within the second's lease (counted from its handing out), nobody else gets it.
+    expect_nothing(&mut other, VISIBILITY * 4 / 5).await;
+    second
+        .ack()
+        .await
+        .expect("a delivery acked within its lease is acked");
+    expect_nothing(&mut other, QUIET_PERIOD).await;
     adapter.close().await.expect("close");
 }
 

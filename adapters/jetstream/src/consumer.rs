@@ -1,13 +1,14 @@
 //! Consuming a trigger: a puller per consumer (the fan-out one and the trigger's own), the
 //! lease watcher, and the acker of each delivery.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{StatusCode, Subject};
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
@@ -65,6 +66,8 @@ pub(crate) fn subscribe(
             last_heard: Instant::now(),
             backoff: INITIAL_BACKOFF,
             ack_floor: None,
+            returned_at: None,
+            backlog: VecDeque::new(),
         };
         futures::stream::unfold(puller, |mut puller| async move {
             let delivery = puller.next_delivery().await?;
@@ -114,11 +117,18 @@ struct Puller {
     /// The consumer's ack floor (stream sequence) when this puller last got it; `Some` once
     /// it had the consumer, so a consumer that is gone afterwards was deleted under topiq.
     ack_floor: Option<u64>,
+    /// When the last delivery was handed out: until the consumer asks again, what arrives
+    /// waits in the subscription while the server's lease on it runs.
+    returned_at: Option<Instant>,
+    /// What was already waiting when the consumer asked again, with how long it may have
+    /// waited (the time nobody asked).
+    backlog: VecDeque<(async_nats::Message, Duration)>,
 }
 
 impl Puller {
     /// The next delivery; `None` once the adapter is closed.
     async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
+        self.take_backlog();
         loop {
             if self.shared.closed.is_cancelled() {
                 return None;
@@ -130,8 +140,45 @@ impl Puller {
             if !self.top_up().await? {
                 continue;
             }
+            let (message, waited) = match self.backlog.pop_front() {
+                Some(waiting) => waiting,
+                None => match self.read().await? {
+                    Some(message) => (message, Duration::ZERO),
+                    None => continue,
+                },
+            };
+            if let Some(delivery) = self.take(message, waited).await? {
+                self.returned_at = Some(Instant::now());
+                return Some(delivery);
+            }
+        }
+    }
+
+    /// Moves what already waits in the subscription to the backlog when the consumer did not
+    /// ask for a while (its handlers were busy): each of those may have spent that long of
+    /// its server-side lease.
+    fn take_backlog(&mut self) {
+        let Some(returned_at) = self.returned_at.take() else {
+            return;
+        };
+        let gap = returned_at.elapsed();
+        let Some((_, subscriber)) = self.inbox.as_mut() else {
+            return;
+        };
+        if gap <= crate::ACK_WAIT_MARGIN {
+            return;
+        }
+        while let Some(Some(message)) = subscriber.next().now_or_never() {
+            self.backlog.push_back((message, gap));
+        }
+    }
+
+    /// The next message or status of the pull subscription; `Some(None)` when the puller had
+    /// to start over (read again), `None` once the adapter is closed.
+    async fn read(&mut self) -> Option<Option<async_nats::Message>> {
+        loop {
             let Some((_, subscriber)) = self.inbox.as_mut() else {
-                continue;
+                return Some(None);
             };
             // Biased: whatever already arrived is read before the silence timer is looked at.
             // When nobody polled this stream for a while (every handler busy), that timer has
@@ -153,47 +200,57 @@ impl Puller {
                     // again (or create it) before pulling.
                     self.start_over();
                     self.consumer = None;
-                    continue;
+                    return Some(None);
                 }
             };
             let Some(message) = next else {
                 tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, "the pull subscription ended; pulling again");
                 self.fail().await?;
-                continue;
+                return Some(None);
             };
             self.last_heard = Instant::now();
-            match message.status {
-                None | Some(StatusCode::OK) => {
-                    let permit = match self.reserved.pop() {
-                        Some(permit) => permit,
-                        None => self.acquire().await?,
-                    };
-                    let message = jetstream::Message {
-                        message,
-                        context: self.shared.js.clone(),
-                    };
-                    if let Some(delivery) =
-                        receive(&self.shared, &self.spec, message, permit, &self.leases).await
-                    {
-                        return Some(delivery);
-                    }
+            return Some(Some(message));
+        }
+    }
+
+    /// Handles one message or status of the subscription: a delivery (`Some(Some(_))`), or
+    /// nothing to hand out (`Some(None)`); `None` once the adapter is closed.
+    async fn take(
+        &mut self,
+        message: async_nats::Message,
+        waited: Duration,
+    ) -> Option<Option<Result<Delivery>>> {
+        match message.status {
+            None | Some(StatusCode::OK) => {
+                let permit = match self.reserved.pop() {
+                    Some(permit) => permit,
+                    None => self.acquire().await?,
+                };
+                let message = jetstream::Message {
+                    message,
+                    context: self.shared.js.clone(),
+                };
+                let leases = &self.leases;
+                return Some(
+                    receive(&self.shared, &self.spec, message, permit, leases, waited).await,
+                );
+            }
+            // A waiting request is alive: `last_heard` moved, nothing else to do.
+            Some(StatusCode::IDLE_HEARTBEAT) => {}
+            Some(StatusCode::TIMEOUT) => match unfilled(&message) {
+                // A request expired: its unfilled part frees its slots.
+                Some(unfilled) => {
+                    let keep = self.reserved.len().saturating_sub(unfilled);
+                    self.reserved.truncate(keep);
                 }
-                // A waiting request is alive: `last_heard` moved, nothing else to do.
-                Some(StatusCode::IDLE_HEARTBEAT) => {}
-                Some(StatusCode::TIMEOUT) => match unfilled(&message) {
-                    // A request expired: its unfilled part frees its slots.
-                    Some(unfilled) => {
-                        let keep = self.reserved.len().saturating_sub(unfilled);
-                        self.reserved.truncate(keep);
-                    }
-                    None => self.start_over(),
-                },
-                Some(status) => {
-                    tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, %status, description = ?message.description, "pull refused; getting the consumer again");
-                    self.fail().await?;
-                }
+                None => self.start_over(),
+            },
+            Some(status) => {
+                tracing::warn!(trigger = %self.spec.key, consumer = %self.consumer_name, %status, description = ?message.description, "pull refused; getting the consumer again");
+                self.fail().await?;
             }
         }
+        Some(None)
     }
 
     /// Gets the consumer (created again if it was deleted) and subscribes a new reply
@@ -384,6 +441,7 @@ async fn receive(
     message: jetstream::Message,
     permit: OwnedSemaphorePermit,
     leases: &Arc<Leases<Received>>,
+    waited: Duration,
 ) -> Option<Result<Delivery>> {
     let (delivered, stream_sequence, stored_at) = match message.info() {
         Ok(info) => (
@@ -441,6 +499,9 @@ async fn receive(
         received.dead_letter_expired(attempt - 1).await;
         return None;
     }
+    if !waited.is_zero() && !received.restart_server_lease(waited).await {
+        return None;
+    }
     let acker = JetStreamAcker { received };
     Some(Ok(Delivery::new(envelope, Box::new(acker))))
 }
@@ -477,6 +538,46 @@ impl Received {
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
         }
+    }
+
+    /// For a message that waited up to `waited` in the subscription while nobody asked (the
+    /// server's lease ran meanwhile, the client's starts now): restarts the server's lease
+    /// (`+WPI`) so it ends after the client's, and hands the message out. One that waited
+    /// half its lease or more may already have gone to another consumer, which a `+WPI` or a
+    /// released copy cannot tell: it is not handed out, so no two handlers ever hold it at
+    /// once, and the server delivers it again (counting the attempt this consumer held
+    /// without asking for it). False when it was not handed out.
+    async fn restart_server_lease(&self, waited: Duration) -> bool {
+        if waited < self.visibility_timeout / 2 {
+            if let Err(err) = self.message.ack_with(AckKind::Progress).await {
+                tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot restart the server's lease of a message that waited");
+            }
+            return true;
+        }
+        lease::lock(&self.lease).claim();
+        tracing::warn!(trigger = %self.key, id = %self.metadata.id, waited = ?waited, "a message waited in the consumer past half its lease while no handler asked; left for the server to deliver again");
+        false
+    }
+
+    /// Gives the message back without spending an attempt: a copy with the same attempt to
+    /// the trigger's own subject (confirmed), then the original acked.
+    async fn release(&self) -> Result<()> {
+        release_copy(
+            &self.shared,
+            &self.key,
+            &self.metadata,
+            self.message.payload.clone(),
+            self.stream_sequence,
+            self.attempt,
+        )
+        .await?;
+        self.message
+            .double_ack()
+            .await
+            .map_err(|err| Error::Broker {
+                operation: "ack after release",
+                source: err,
+            })
     }
 
     /// Dead-letters a message its trigger reached after the topic's retention ran out
@@ -612,37 +713,100 @@ impl JetStreamAcker {
             Settlement::DeadLetter(failure) => {
                 received.move_to_dlq(failure, received.attempt).await
             }
-            Settlement::Release => {
-                let mut metadata = received.metadata.clone();
-                metadata.attempt_base = received.attempt.saturating_sub(1);
-                let dedup = format!(
-                    "release:{}:{}:{}",
-                    received.metadata.id, received.stream_sequence, received.attempt
-                );
-                let payload = codec::encode(&received.data)?;
-                let shared = &received.shared;
-                shared
-                    .ensure_direct_consumer(&received.key.topic, &received.key.trigger)
-                    .await?;
-                shared
-                    .publish_confirmed(
-                        shared
-                            .layout
-                            .direct_subject(&received.key.topic, &received.key.trigger),
-                        metadata.headers(&dedup, Stamp::Copy),
-                        payload,
-                    )
-                    .await?;
-                received
-                    .message
-                    .double_ack()
-                    .await
-                    .map_err(|err| Error::Broker {
-                        operation: "ack after release",
-                        source: err,
-                    })
+            Settlement::Release => received.release().await,
+        }
+    }
+}
+
+/// Publishes a copy of a received message whose next delivery is attempt `attempt` again, to
+/// the trigger's own subject (confirmed); the caller then acks the original.
+async fn release_copy(
+    shared: &Shared,
+    key: &SubscriptionKey,
+    metadata: &Metadata,
+    payload: bytes::Bytes,
+    stream_sequence: u64,
+    attempt: u32,
+) -> Result<()> {
+    let mut metadata = metadata.clone();
+    metadata.attempt_base = attempt.saturating_sub(1);
+    let dedup = format!("release:{}:{stream_sequence}:{attempt}", metadata.id);
+    shared
+        .ensure_direct_consumer(&key.topic, &key.trigger)
+        .await?;
+    shared
+        .publish_confirmed(
+            shared.layout.direct_subject(&key.topic, &key.trigger),
+            metadata.headers(&dedup, Stamp::Copy),
+            payload,
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Releases a message the subscription received but never handed out (it was dropped): the
+/// attempt it would have been is not spent.
+async fn release_unhanded(shared: &Shared, key: &SubscriptionKey, message: async_nats::Message) {
+    let message = jetstream::Message {
+        message,
+        context: shared.js.clone(),
+    };
+    let Ok(info) = message.info() else { return };
+    let (delivered, sequence) = (info.delivered, info.stream_sequence);
+    let stored_at = codec::stored_at(&info.published);
+    let Ok(metadata) = Metadata::from_headers(message.headers.as_ref(), stored_at) else {
+        return;
+    };
+    let attempt = metadata
+        .attempt_base
+        .saturating_add(u32::try_from(delivered).unwrap_or(u32::MAX));
+    let released = release_copy(
+        shared,
+        key,
+        &metadata,
+        message.payload.clone(),
+        sequence,
+        attempt,
+    )
+    .await;
+    let acked = match released {
+        Ok(()) => message.double_ack().await.map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    if let Err(err) = acked {
+        tracing::warn!(trigger = %key, id = %metadata.id, error = %err, "cannot release a message that was never handed out; the server delivers it again");
+    }
+}
+
+impl Drop for Puller {
+    /// Releases what the subscription received but never handed out (at shutdown, or when
+    /// the trigger stops): without it, the server would deliver it again after `ack_wait`
+    /// and count an attempt no handler made. A message still on its way when the reply
+    /// subject goes is delivered again that way; the server sends none after it.
+    fn drop(&mut self) {
+        let mut buffered: Vec<async_nats::Message> =
+            self.backlog.drain(..).map(|(message, _)| message).collect();
+        if let Some((_, mut subscriber)) = self.inbox.take() {
+            while let Some(Some(message)) = subscriber.next().now_or_never() {
+                buffered.push(message);
             }
         }
+        buffered.retain(|message| matches!(message.status, None | Some(StatusCode::OK)));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if buffered.is_empty() {
+            return;
+        }
+        let (shared, key) = (Arc::clone(&self.shared), self.spec.key.clone());
+        self.shared.releases.spawn_on(
+            async move {
+                for message in buffered {
+                    release_unhanded(&shared, &key, message).await;
+                }
+            },
+            &runtime,
+        );
     }
 }
 

@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     subscriptions: RwLock<HashMap<SubscriptionKey, SubscriptionSpec>>,
     pub(crate) closed: tokio_util::sync::CancellationToken,
     scheduler: Mutex<Scheduler>,
+    /// Releases of messages dropped subscriptions received but never handed out; `close`
+    /// waits for them.
+    pub(crate) releases: tokio_util::task::TaskTracker,
     /// Consumers deleted under topiq while it used them (`health` reports them until the
     /// process restarts: messages they held may be gone).
     lost_consumers: RwLock<Vec<String>>,
@@ -172,6 +175,7 @@ impl JetStreamAdapter {
                 closed: tokio_util::sync::CancellationToken::new(),
                 scheduler: Mutex::new(Scheduler::default()),
                 lost_consumers: RwLock::new(Vec::new()),
+                releases: tokio_util::task::TaskTracker::new(),
                 max_payload,
             }),
         })
@@ -191,7 +195,7 @@ fn unlimited_as_negative(max_bytes: i64) -> i64 {
 
 /// How much longer than a delivery's lease the server waits for its ack: the client's lease
 /// starts when it receives the message, a little after the server sent it.
-const ACK_WAIT_MARGIN: Duration = Duration::from_millis(250);
+pub(crate) const ACK_WAIT_MARGIN: Duration = Duration::from_millis(250);
 
 impl Shared {
     pub(crate) fn ensure_open(&self) -> Result<()> {
@@ -1023,6 +1027,9 @@ impl Adapter for JetStreamAdapter {
     }
 
     async fn close(&self) -> Result<()> {
+        // What dropped subscriptions had not handed out goes back first (bounded).
+        self.shared.releases.close();
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.shared.releases.wait()).await;
         self.shared.closed.cancel();
         if let Some(scheduler) = self.shared.scheduler.lock().await.task.take() {
             scheduler.abort();

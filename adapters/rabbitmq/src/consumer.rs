@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
@@ -72,18 +72,72 @@ struct Consuming {
 }
 
 impl Drop for Consuming {
-    /// Cancels the consumer; the channel closes when the last delivery is settled or dropped.
+    /// Cancels the consumer and releases what it received but never handed out (without it,
+    /// the channel's closing would return those and RabbitMQ would count an attempt no
+    /// handler made); the channel closes when the last delivery is settled or dropped.
     fn drop(&mut self) {
-        if let Some((channel, consumer, _)) = self.open.take()
+        if let Some((channel, mut consumer, _)) = self.open.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let tag = consumer.tag();
-            runtime.spawn(async move {
-                let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
-                let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
-                drop((consumer, channel));
-            });
+            let (shared, key) = (Arc::clone(&self.shared), self.spec.key.clone());
+            let releases = self.shared.releases.clone();
+            releases.spawn_on(
+                async move {
+                    let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+                    let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
+                    // Everything sent before the cancel's answer is buffered by now.
+                    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                        release_unhanded(&shared, &key, delivery).await;
+                    }
+                    drop((consumer, channel));
+                },
+                &runtime,
+            );
         }
+    }
+}
+
+/// Gives back a delivery that was never handed out: a copy with the attempt it would have
+/// been (confirmed), then the original acked; if that fails, the channel's closing returns
+/// it (counted).
+async fn release_unhanded(
+    shared: &Shared,
+    key: &SubscriptionKey,
+    delivery: lapin::message::Delivery,
+) {
+    let Ok(mut metadata) = Metadata::from_properties(&delivery.properties) else {
+        return;
+    };
+    let attempt = metadata
+        .attempt_base
+        .saturating_add(earlier_deliveries(shared, &delivery))
+        .saturating_add(1);
+    metadata.attempt_base = attempt - 1;
+    let released = match shared
+        .publish_to_trigger(key, &delivery.data, metadata.properties())
+        .await
+    {
+        Ok(()) => {
+            let timeout = shared.config.publish_timeout;
+            settle(&delivery.acker, Settle::Ack, "ack after release", timeout).await
+        }
+        Err(err) => Err(err),
+    };
+    if let Err(err) = released {
+        tracing::warn!(trigger = %key, id = %metadata.id, error = %err, "cannot release a message that was never handed out; it comes back counted");
+    }
+}
+
+/// Earlier deliveries of this copy of a message: the quorum queue's count, or (classic
+/// queues) one if the broker says it was delivered before.
+fn earlier_deliveries(shared: &Shared, delivery: &lapin::message::Delivery) -> u32 {
+    match shared.config.queue_type {
+        QueueType::Quorum => codec::header_of(&delivery.properties, header::DELIVERY_COUNT)
+            .and_then(codec::as_i64)
+            .and_then(|count| u32::try_from(count).ok())
+            .unwrap_or(0),
+        QueueType::Classic => u32::from(delivery.redelivered),
     }
 }
 
@@ -264,15 +318,7 @@ async fn receive(
         }
     };
     let redelivered = delivery.redelivered;
-    // Earlier deliveries of this copy: the quorum queue's count, or (classic queues) one if
-    // the broker says it was delivered before.
-    let earlier = match shared.config.queue_type {
-        QueueType::Quorum => codec::header_of(&delivery.properties, header::DELIVERY_COUNT)
-            .and_then(codec::as_i64)
-            .and_then(|count| u32::try_from(count).ok())
-            .unwrap_or(0),
-        QueueType::Classic => u32::from(delivery.redelivered),
-    };
+    let earlier = earlier_deliveries(shared, &delivery);
     let attempt = metadata
         .attempt_base
         .saturating_add(earlier)

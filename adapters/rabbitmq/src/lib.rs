@@ -89,6 +89,9 @@ pub(crate) struct Shared {
     /// This process's consumers of each subscription, for `stats`' in-flight count.
     consumers: Mutex<HashMap<SubscriptionKey, Vec<Weak<Leases<consumer::Received>>>>>,
     pub(crate) closed: CancellationToken,
+    /// Releases of messages dropped subscriptions received but never handed out; `close`
+    /// waits for them.
+    pub(crate) releases: tokio_util::task::TaskTracker,
 }
 
 /// A queue topiq declares: its arguments and, for trigger queues, its binding.
@@ -541,6 +544,7 @@ impl RabbitMqAdapter {
             queues: Mutex::default(),
             consumers: Mutex::default(),
             closed: CancellationToken::new(),
+            releases: tokio_util::task::TaskTracker::new(),
         });
         shared.session().await?;
         Ok(Self { shared })
@@ -737,6 +741,10 @@ impl Adapter for RabbitMqAdapter {
 
     async fn close(&self) -> Result<()> {
         let shared = &self.shared;
+        // What dropped subscriptions had not handed out goes back first (bounded).
+        shared.releases.close();
+        let _ =
+            tokio::time::timeout(shared.config.publish_timeout * 2, shared.releases.wait()).await;
         shared.closed.cancel();
         let session = shared
             .current
