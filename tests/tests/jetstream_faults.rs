@@ -411,8 +411,14 @@ async fn a_key_whose_first_publisher_died_after_its_claim_still_gets_its_message
         .consume(&key, ConsumeOptions { prefetch: 4 })
         .await
         .expect("consume");
-    // A publisher claimed key "k" (the whole message, in the ledger) and died before it
-    // published the message.
+    // Another message waits on the topic, so its subject is not empty.
+    let other = adapter
+        .publish(&topic, NewMessage::new(json!("unrelated")))
+        .await
+        .expect("publish")
+        .message_id;
+    // A publisher claimed key "k" (the whole message, in the ledger, as a real claim is
+    // written) and died before it published the message.
     let client = async_nats::connect(server.url()).await.expect("raw client");
     let js = async_nats::jetstream::new(client);
     let first_id = "0193a0c2-0000-7000-8000-00000000dead";
@@ -427,6 +433,8 @@ async fn a_key_whose_first_publisher_died_after_its_claim_still_gets_its_message
         ),
         ("Topiq-Key-State", "claimed".to_owned()),
         ("Topiq-Key-Target", "topiq.t.faults.claim".to_owned()),
+        ("Topiq-Key-Msg-Id", first_id.to_owned()),
+        ("Nats-Expected-Last-Subject-Sequence", "0".to_owned()),
     ] {
         headers.insert(name, value.as_str());
     }
@@ -451,6 +459,9 @@ async fn a_key_whose_first_publisher_died_after_its_claim_still_gets_its_message
     println!("took over after {:?}", started.elapsed());
     assert!(receipt.duplicate);
     assert_eq!(receipt.message_id.as_str(), first_id);
+    let unrelated = delivered(&mut subscription, Duration::from_secs(10), "the other").await;
+    assert_eq!(unrelated.envelope().id, other);
+    unrelated.ack().await.expect("ack");
     let delivery = delivered(
         &mut subscription,
         Duration::from_secs(10),

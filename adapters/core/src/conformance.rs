@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
             a_crashed_consumers_message_goes_to_another_consumer,
             same_idempotency_key_returns_the_first_id_and_publishes_once,
             one_idempotency_key_covers_delayed_and_immediate_publishes,
+            a_key_is_free_again_after_its_own_topics_window,
             redrive_delivers_only_to_the_failing_trigger,
             redrive_by_id_leaves_the_other_records,
             purge_removes_the_selected_records,
@@ -894,6 +895,52 @@ pub async fn one_idempotency_key_covers_delayed_and_immediate_publishes<A: Adapt
     seen.sort_by_key(|value| value.to_string());
     assert_eq!(seen, vec![json!("delayed first"), json!("immediate first")]);
     expect_nothing(&mut sub, Duration::from_millis(1500)).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 6: a key is remembered for its own topic's window, not another topic's: once it
+/// ran out, a publish with the key (delayed, here) is a new message and is delivered, even
+/// while another topic keeps its keys much longer.
+pub async fn a_key_is_free_again_after_its_own_topics_window<A: Adapter>(adapter: A) {
+    const WINDOW: Duration = Duration::from_secs(1);
+    let topic = unique_topic("shortwindow");
+    let mut spec = TopicSpec::new(topic.clone());
+    spec.idempotency_window = WINDOW;
+    adapter.declare_topic(spec).await.expect("declare_topic");
+    let mut long = TopicSpec::new(unique_topic("longwindow"));
+    long.idempotency_window = Duration::from_secs(600);
+    adapter.declare_topic(long).await.expect("declare_topic");
+    adapter
+        .declare_subscription(SubscriptionSpec::new(SubscriptionKey::new(
+            topic.clone(),
+            trigger("t"),
+        )))
+        .await
+        .expect("declare_subscription");
+    let mut sub = consume(&adapter, &topic, "t", 4).await;
+    let keyed = |data: &str| {
+        NewMessage::new(json!(data))
+            .idempotency_key("k")
+            .delay(Duration::from_millis(200))
+    };
+    let first = adapter
+        .publish(&topic, keyed("first"))
+        .await
+        .expect("publish");
+    let delivery = receive(&mut sub).await;
+    assert_eq!(delivery.envelope().id, first.message_id);
+    delivery.ack().await.expect("ack");
+    sleep(WINDOW + Duration::from_millis(500)).await;
+    let again = adapter
+        .publish(&topic, keyed("again"))
+        .await
+        .expect("publish");
+    assert!(!again.duplicate, "the key outlived its topic's window");
+    assert_ne!(again.message_id, first.message_id);
+    let delivery = receive(&mut sub).await;
+    assert_eq!(delivery.envelope().id, again.message_id);
+    assert_eq!(*delivery.envelope().data, json!("again"));
+    delivery.ack().await.expect("ack");
     adapter.close().await.expect("close");
 }
 

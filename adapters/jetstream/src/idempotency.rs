@@ -37,6 +37,8 @@ mod ledger_header {
     pub(crate) const STATE: HeaderName = HeaderName::from_static("Topiq-Key-State");
     /// Where the claimed message goes (the topic, or the delay stream).
     pub(crate) const TARGET: HeaderName = HeaderName::from_static("Topiq-Key-Target");
+    /// The claimed message's own `Nats-Msg-Id` (the claim has one of its own).
+    pub(crate) const MSG_ID: HeaderName = HeaderName::from_static("Topiq-Key-Msg-Id");
 }
 
 const CLAIMED: &str = "claimed";
@@ -88,6 +90,11 @@ enum Claim {
 /// Writes the claim: the message and where it goes, stored only if the key has no entry.
 async fn claim(shared: &Shared, subject: &str, prepared: &Prepared) -> Result<Claim> {
     let mut headers = prepared.headers();
+    let own_msg_id = headers
+        .get(header::MSG_ID)
+        .map(|value| value.as_str().to_owned())
+        .unwrap_or_default();
+    headers.insert(ledger_header::MSG_ID, own_msg_id.as_str());
     // Sent again after a lost acknowledgement, the claim is deduplicated as itself.
     headers.insert(
         header::MSG_ID,
@@ -177,20 +184,16 @@ async fn read_entry(shared: &Shared, prepared: &Prepared, subject: &str) -> Resu
         // An entry written before claims existed: its payload is the first id.
         None => MessageId::from_string(String::from_utf8_lossy(&message.payload)),
     };
-    let claimed = match (state.as_deref(), text(ledger_header::TARGET)) {
-        (Some(CLAIMED), Some(target)) => {
-            let mut headers = HeaderMap::new();
-            for (name, values) in message.headers.iter() {
-                let ours = [ledger_header::STATE, ledger_header::TARGET, header::MSG_ID];
-                if ours.iter().any(|own| own == name) {
-                    continue;
-                }
-                for value in values {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
-            Some((target, headers, message.payload.clone()))
-        }
+    let claimed = match (
+        state.as_deref(),
+        text(ledger_header::TARGET),
+        text(ledger_header::MSG_ID),
+    ) {
+        (Some(CLAIMED), Some(target), Some(msg_id)) => Some((
+            target,
+            claimed_headers(&message.headers, &msg_id),
+            message.payload.clone(),
+        )),
         _ => None,
     };
     Ok(Some(Entry {
@@ -199,6 +202,30 @@ async fn read_entry(shared: &Shared, prepared: &Prepared, subject: &str) -> Resu
         claimed,
         written_at: codec::stored_at(&message.time),
     }))
+}
+
+/// The claimed message's own headers: the claim's control headers dropped (its dedup id,
+/// its expected sequence, the ledger's), the message's dedup id restored, so publishing it
+/// again is stored once whoever does it.
+fn claimed_headers(claim: &HeaderMap, msg_id: &str) -> HeaderMap {
+    let control = [
+        ledger_header::STATE,
+        ledger_header::TARGET,
+        ledger_header::MSG_ID,
+        header::MSG_ID,
+    ];
+    let mut headers = HeaderMap::new();
+    for (name, values) in claim.iter() {
+        let text: &str = name.as_ref();
+        if control.iter().any(|own| own == name) || text.starts_with("Nats-Expected-") {
+            continue;
+        }
+        for value in values {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(header::MSG_ID, msg_id);
+    headers
 }
 
 /// The receipt of a publish that lost its claim: the first message's id (published by this
@@ -210,7 +237,9 @@ async fn first_message(
     subject: &str,
 ) -> Result<Option<PublishReceipt>> {
     // Longer than the first publisher's publish may take, acknowledgements included.
+    // By the server's clock (the entry's age) or, should the clocks disagree, by this one.
     let takeover_after = shared.config.publish_timeout * (PUBLISH_TRIES + 1);
+    let first_read = tokio::time::Instant::now();
     loop {
         let Some(entry) = read_entry(shared, prepared, subject).await? else {
             return Ok(None);
@@ -225,7 +254,8 @@ async fn first_message(
             return Ok(Some(receipt));
         };
         let age = Timestamp::now().duration_since(entry.written_at);
-        let abandoned = Duration::try_from(age).is_ok_and(|age| age >= takeover_after);
+        let abandoned = Duration::try_from(age).is_ok_and(|age| age >= takeover_after)
+            || first_read.elapsed() >= takeover_after;
         if !duplicate || abandoned {
             shared.publish_confirmed(target, headers, payload).await?;
             mark_done(shared, subject, &entry.id, entry.sequence).await;

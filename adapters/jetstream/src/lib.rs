@@ -492,10 +492,9 @@ impl Shared {
             Some(at) => Prepared {
                 topic: topic.clone(),
                 subject: self.layout.delay_subject(topic).into(),
-                dedup_id: format!(
-                    "{topic}:{}",
-                    metadata.idempotency_key.as_deref().unwrap_or(id.as_str())
-                ),
+                // The message id, not the idempotency key: keys are decided by the ledger
+                // (`idempotency.rs`), and the delay stream's window is not the topic's.
+                dedup_id: format!("{topic}:{id}"),
                 metadata,
                 payload,
                 deliver_at: Some(at),
@@ -697,7 +696,7 @@ pub(crate) struct Prepared {
     pub(crate) topic: TopicName,
     pub(crate) subject: Subject,
     pub(crate) metadata: Metadata,
-    /// The `Nats-Msg-Id` of a delayed publish; a direct one uses the idempotency key or id.
+    /// The `Nats-Msg-Id` of a delayed publish; a direct one uses the message id.
     dedup_id: String,
     pub(crate) payload: Bytes,
     deliver_at: Option<Timestamp>,
@@ -712,9 +711,10 @@ impl Prepared {
         }
     }
 
-    /// Its headers: the dedup id, the metadata, and where it waits when delayed. A keyed
-    /// message carries its enqueue time, since it may be published by another process that
-    /// takes its key over (docs: idempotency).
+    /// Its headers: the dedup id (the message id: a publish sent again, by this process or by
+    /// one taking its key over, is stored once), the metadata, and where it waits when
+    /// delayed. A keyed message carries its enqueue time, since another process that takes
+    /// its key over may publish it (docs: idempotency).
     pub(crate) fn headers(&self) -> HeaderMap {
         match self.deliver_at {
             Some(at) => {
@@ -723,12 +723,12 @@ impl Prepared {
                 headers.insert(header::TOPIC, self.topic.as_str());
                 headers
             }
-            None => match self.metadata.idempotency_key.as_deref() {
-                Some(key) => self.metadata.headers(key, Stamp::Copy),
-                None => self
-                    .metadata
-                    .headers(self.metadata.id.as_str(), Stamp::First),
-            },
+            None if self.metadata.idempotency_key.is_some() => self
+                .metadata
+                .headers(self.metadata.id.as_str(), Stamp::Copy),
+            None => self
+                .metadata
+                .headers(self.metadata.id.as_str(), Stamp::First),
         }
     }
 }
