@@ -120,9 +120,9 @@ struct Puller {
     /// When the last delivery was handed out: until the consumer asks again, what arrives
     /// waits in the subscription while the server's lease on it runs.
     returned_at: Option<Instant>,
-    /// What was already waiting when the consumer asked again, with how long it may have
-    /// waited (the time nobody asked).
-    backlog: VecDeque<(async_nats::Message, Duration)>,
+    /// What was already waiting when the consumer asked again, with when nobody asked any
+    /// more (it may have waited since then).
+    backlog: VecDeque<(async_nats::Message, Instant)>,
 }
 
 impl Puller {
@@ -141,7 +141,7 @@ impl Puller {
                 continue;
             }
             let (message, waited) = match self.backlog.pop_front() {
-                Some(waiting) => waiting,
+                Some((message, since)) => (message, since.elapsed()),
                 None => match self.read().await? {
                     Some(message) => (message, Duration::ZERO),
                     None => continue,
@@ -161,15 +161,14 @@ impl Puller {
         let Some(returned_at) = self.returned_at.take() else {
             return;
         };
-        let gap = returned_at.elapsed();
         let Some((_, subscriber)) = self.inbox.as_mut() else {
             return;
         };
-        if gap <= crate::ACK_WAIT_MARGIN {
+        if returned_at.elapsed() <= crate::ACK_WAIT_MARGIN {
             return;
         }
         while let Some(Some(message)) = subscriber.next().now_or_never() {
-            self.backlog.push_back((message, gap));
+            self.backlog.push_back((message, returned_at));
         }
     }
 
@@ -549,10 +548,14 @@ impl Received {
     /// without asking for it). False when it was not handed out.
     async fn restart_server_lease(&self, waited: Duration) -> bool {
         if waited < self.visibility_timeout / 2 {
-            if let Err(err) = self.message.ack_with(AckKind::Progress).await {
-                tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot restart the server's lease of a message that waited");
+            match self.message.ack_with(AckKind::Progress).await {
+                Ok(()) => return true,
+                Err(err) => {
+                    tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot restart the server's lease of a message that waited; left for the server to deliver again");
+                    lease::lock(&self.lease).claim();
+                    return false;
+                }
             }
-            return true;
         }
         lease::lock(&self.lease).claim();
         tracing::warn!(trigger = %self.key, id = %self.metadata.id, waited = ?waited, "a message waited in the consumer past half its lease while no handler asked; left for the server to deliver again");

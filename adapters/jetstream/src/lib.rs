@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     /// Releases of messages dropped subscriptions received but never handed out; `close`
     /// waits for them.
     pub(crate) releases: tokio_util::task::TaskTracker,
+    /// Bounds how many due delayed messages are forwarded at once.
+    pub(crate) forwards: Arc<tokio::sync::Semaphore>,
     /// Consumers deleted under topiq while it used them (`health` reports them until the
     /// process restarts: messages they held may be gone).
     lost_consumers: RwLock<Vec<String>>,
@@ -176,6 +178,7 @@ impl JetStreamAdapter {
                 scheduler: Mutex::new(Scheduler::default()),
                 lost_consumers: RwLock::new(Vec::new()),
                 releases: tokio_util::task::TaskTracker::new(),
+                forwards: Arc::new(tokio::sync::Semaphore::new(scheduler::FORWARDS)),
                 max_payload,
             }),
         })

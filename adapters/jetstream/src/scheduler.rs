@@ -103,41 +103,32 @@ async fn release_when_due(shared: &Arc<Shared>, message: jetstream::Message) {
         let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         return;
     }
-    // Forwarded on a task of its own, bounded: one message whose topic cannot take it (its
-    // stream is gone) must not hold up every other topic's delayed messages.
+    // Forwarded on a task of its own (at most FORWARDS at once): one message whose topic
+    // cannot take it holds up no other topic's delayed messages.
+    let Ok(permit) = Arc::clone(&shared.forwards).acquire_owned().await else {
+        return;
+    };
     let shared = Arc::clone(shared);
-    tokio::spawn(async move { forward(&shared, message, topic, id, due).await });
+    tokio::spawn(async move {
+        forward(&shared, message, topic, id).await;
+        drop(permit);
+    });
 }
 
 /// Publishes a due message to its topic (`Nats-Msg-Id` = its id, so a second forward is
-/// absorbed), then acks it. A forward that fails is tried again after a growing wait; once
-/// it has failed for [`UNDELIVERABLE_AFTER`] publish timeouts past its due time, the message
-/// is dead-lettered on the topic's triggers as `undeliverable`, with the reason.
-async fn forward(
-    shared: &Shared,
-    message: jetstream::Message,
-    topic: TopicName,
-    id: String,
-    due: Timestamp,
-) {
+/// absorbed), then acks it. A forward that fails is tried again after a growing wait, unless
+/// the topic's stream is gone (the server says so): then nothing can take the message, and
+/// it is dead-lettered on the topic's triggers as `undeliverable`, with the reason.
+async fn forward(shared: &Shared, message: jetstream::Message, topic: TopicName, id: String) {
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(header::MSG_ID, id.as_str());
-    let bound = shared.config.publish_timeout;
-    let forwarded = tokio::time::timeout(
-        bound,
-        shared.publish_confirmed(
+    let forwarded = shared
+        .publish_confirmed(
             shared.layout.topic_subject(&topic),
             headers,
             message.payload.clone(),
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::Timeout {
-            operation: "forward a due message",
-            timeout: bound,
-        })
-    });
+        )
+        .await;
     let err = match forwarded {
         Ok(_) => {
             if let Err(err) = message.double_ack().await {
@@ -147,8 +138,7 @@ async fn forward(
         }
         Err(err) => err,
     };
-    let late = Duration::try_from(Timestamp::now().duration_since(due)).unwrap_or_default();
-    if late >= bound * UNDELIVERABLE_AFTER {
+    if topic_stream_is_gone(shared, &topic).await {
         match dead_letter_undeliverable(shared, &message, &topic, &err).await {
             Ok(()) => return,
             Err(dlq_err) => {
@@ -164,13 +154,29 @@ async fn forward(
     let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
 }
 
+/// True only when the server says the topic's stream does not exist (not when it cannot be
+/// asked: an election, a lost connection).
+async fn topic_stream_is_gone(shared: &Shared, topic: &TopicName) -> bool {
+    match shared
+        .js
+        .get_stream(shared.layout.topic_stream(topic))
+        .await
+    {
+        Ok(_) => false,
+        Err(err) => matches!(
+            err.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        ),
+    }
+}
+
 /// The first wait after a failed forward; it doubles up to [`MAX_FORWARD_BACKOFF`].
 const FORWARD_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_FORWARD_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A due message that cannot be forwarded for this many publish timeouts past its due time is
-/// undeliverable (longer than a cluster's leader election).
-const UNDELIVERABLE_AFTER: u32 = 4;
+/// How many due messages are forwarded at once.
+pub(crate) const FORWARDS: usize = 32;
 
 /// Writes a DLQ record of an undeliverable delayed message for every trigger of its topic this
 /// process knows, then terminates it. Fails (and the message stays) when no trigger is known
