@@ -521,3 +521,72 @@ async fn a_broker_restart_while_handlers_run_strands_nothing() {
     consumer.abort();
     adapter.close().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_to_a_deleted_trigger_queue_keeps_every_record_while_others_publish() {
+    let (adapter, vhost) = rabbitmq_adapter().await;
+    let (topic, keys) = declared(&adapter, "faults.redrivegone", &["t"], |spec| {
+        spec.max_attempts = 1;
+    })
+    .await;
+    let (busy, _) = declared(&adapter, "faults.busy", &["b"], |_| {}).await;
+    let mut subscription = adapter
+        .consume(&keys[0], ConsumeOptions { prefetch: 8 })
+        .await
+        .expect("consume");
+    const RECORDS: u64 = 30;
+    for n in 0..RECORDS {
+        adapter
+            .publish(&topic, NewMessage::new(json!(n)))
+            .await
+            .expect("publish");
+        let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("delivered")
+            .expect("open")
+            .expect("ok");
+        delivery
+            .dead_letter(topiq_adapter::Failure::new(
+                topiq_adapter::FailureKind::NonRetryable,
+                "to the DLQ",
+            ))
+            .await
+            .expect("dead_letter");
+    }
+    drop(subscription);
+    assert_eq!(adapter.dlq_count(&topic, None).await.unwrap(), RECORDS);
+    // The trigger's queue is deleted under the adapter (an operator error).
+    let raw = lapin::Connection::connect(&vhost.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    raw.create_channel()
+        .await
+        .expect("channel")
+        .queue_delete(
+            "topiq:t:faults.redrivegone:t".into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the trigger queue");
+    // Other publishes keep the adapter's publishing channel busy meanwhile.
+    let ledger = Ledger::default();
+    let publishers = ledger.publish_all(&adapter, &busy, 3_000, 16);
+    for _ in 0..RECORDS {
+        let redriven = adapter
+            .dlq_redrive(&topic, None, topiq_adapter::DlqSelection::All)
+            .await;
+        assert!(
+            redriven.is_err(),
+            "a redrive to a deleted queue reported success: {redriven:?}"
+        );
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    assert_eq!(
+        adapter.dlq_count(&topic, None).await.unwrap(),
+        RECORDS,
+        "a record was removed although its redrive was returned"
+    );
+    adapter.close().await.ok();
+}

@@ -149,6 +149,15 @@ pub(crate) fn declare_error(name: &str) -> impl FnOnce(lapin::Error) -> Error + 
 }
 
 /// What the broker did with a confirmed publish.
+/// Which channel a publish goes out on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The connection's publishing channel, shared by every publish.
+    Shared,
+    /// A channel opened for this publish only.
+    Own,
+}
+
 pub(crate) enum Published {
     /// Stored by every queue it was routed to.
     Stored,
@@ -338,6 +347,33 @@ impl Shared {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<Published> {
+        self.publish_via(Via::Shared, exchange, routing_key, payload, properties)
+            .await
+    }
+
+    /// [`publish_confirmed`](Self::publish_confirmed) on a channel of its own, so a returned
+    /// message can only be this one (on the shared channel lapin may attach a return to
+    /// another publish's confirm). Three round trips more: for the rare publishes whose
+    /// return must never be missed (redrive, release, a retry straight to the queue).
+    pub(crate) async fn publish_alone(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Published> {
+        self.publish_via(Via::Own, exchange, routing_key, payload, properties)
+            .await
+    }
+
+    async fn publish_via(
+        &self,
+        via: Via,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Published> {
         let id = properties.message_id().clone();
         let session = self.session().await?;
         if session.connection.status().blocked() {
@@ -346,7 +382,20 @@ impl Shared {
             return Err(blocked());
         }
         let publishing = async {
-            let channel = session.publisher().await?;
+            let (shared, own);
+            let channel: &lapin::Channel = match via {
+                Via::Shared => {
+                    shared = session.publisher().await?;
+                    &shared
+                }
+                Via::Own => {
+                    own = session.owned_channel().await?;
+                    own.confirm_select(lapin::options::ConfirmSelectOptions::default())
+                        .await
+                        .map_err(session::unavailable("enable publisher confirms"))?;
+                    &own
+                }
+            };
             let confirm = channel
                 .basic_publish(
                     exchange.into(),
@@ -376,7 +425,7 @@ impl Shared {
             // lapin attaches a returned message to the next confirm it completes, which under
             // concurrent publishes may be another's: only a return of this message counts.
             Confirmation::Ack(Some(returned))
-                if returned.delivery.properties.message_id() == &id =>
+                if via == Via::Own || returned.delivery.properties.message_id() == &id =>
             {
                 Ok(Published::Returned)
             }
@@ -387,7 +436,8 @@ impl Shared {
     }
 
     /// Publishes straight to one trigger's queue (release, retry without delay, redrive),
-    /// confirmed; the queue must take it.
+    /// confirmed, on a channel of its own: the queue must take it, and a return (the queue
+    /// was deleted) is never taken for another publish's.
     pub(crate) async fn publish_to_trigger(
         &self,
         key: &SubscriptionKey,
@@ -395,10 +445,7 @@ impl Shared {
         properties: BasicProperties,
     ) -> Result<()> {
         let queue = self.layout.trigger_queue(key);
-        match self
-            .publish_confirmed("", &queue, payload, properties)
-            .await?
-        {
+        match self.publish_alone("", &queue, payload, properties).await? {
             Published::Stored => Ok(()),
             Published::Returned => Err(missing_queue(&queue)),
             Published::Refused => Err(refused(&queue)),
