@@ -768,6 +768,39 @@ impl Ledger {
     }
 }
 
+/// The broker restarts while handlers run: 400 messages stored, then consumed by handlers of
+/// 300 ms eight at a time (so a restart always lands in the middle of some); after 40,
+/// `restart` stops and starts the broker. Prints how long after it consumption resumed, and
+/// asserts that every accepted message was handled.
+///
+/// # Panics
+///
+/// When consumption never resumes or an accepted message is never handled.
+pub async fn handlers_survive_a_broker_restart<A: Adapter + Clone>(
+    adapter: &A,
+    topic: &TopicName,
+    key: &SubscriptionKey,
+    restart: impl FnOnce(),
+) {
+    const MESSAGES: usize = 400;
+    let ledger = Ledger::default();
+    for publisher in ledger.publish_all(adapter, topic, MESSAGES, 4) {
+        publisher.await.expect("publisher");
+    }
+    let consumer = ledger.consume_slowly(adapter, key, 8, Duration::from_millis(300));
+    while ledger.handled_count() < 40 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::block_in_place(restart);
+    let resumed = ledger.resumed_after(Duration::from_secs(60)).await;
+    println!("consumption resumed {resumed:?} after the broker was back");
+    assert!(resumed.is_some(), "consumption never resumed");
+    let outcome = ledger.settle(Duration::from_secs(120)).await;
+    println!("{outcome:?}");
+    outcome.assert_nothing_lost(MESSAGES);
+    consumer.abort();
+}
+
 /// Collects everything logged, at every level, into one buffer (for checks that a secret
 /// never reaches the logs).
 #[derive(Clone, Default)]

@@ -16,7 +16,8 @@ use topiq_adapter::{
     TriggerName,
 };
 use topiq_integration_tests::{
-    Ledger, NatsServer, jetstream_adapter, poison_message_with_a_thousand_behind,
+    Ledger, NatsServer, handlers_survive_a_broker_restart, jetstream_adapter,
+    poison_message_with_a_thousand_behind,
 };
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
@@ -634,7 +635,6 @@ async fn a_full_stream_refuses_at_once_with_broker_full_and_takes_publishes_agai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_while_handlers_run_strands_nothing() {
-    const MESSAGES: usize = 400;
     let mut server = NatsServer::start();
     let adapter = JetStreamAdapter::connect(JetStreamConfig {
         url: Some(server.url()),
@@ -649,26 +649,12 @@ async fn a_server_restart_while_handlers_run_strands_nothing() {
         spec.max_attempts = 100;
     })
     .await;
-    let ledger = Ledger::default();
-    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, 4);
-    for publisher in publishers {
-        publisher.await.expect("publisher");
-    }
-    // Handlers of 300 ms, eight at a time: a restart always lands in the middle of some.
-    let consumer = ledger.consume_slowly(&adapter, &key, 8, Duration::from_millis(300));
-    while ledger.handled_count() < 40 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    server.kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    server.restart();
-    let resumed = ledger.resumed_after(Duration::from_secs(60)).await;
-    println!("consumption resumed {resumed:?} after the server was back");
-    assert!(resumed.is_some(), "consumption never resumed");
-    let outcome = ledger.settle(Duration::from_secs(120)).await;
-    println!("{outcome:?}");
-    outcome.assert_nothing_lost(MESSAGES);
-    consumer.abort();
+    handlers_survive_a_broker_restart(&adapter, &topic, &key, || {
+        server.kill();
+        std::thread::sleep(Duration::from_secs(1));
+        server.restart();
+    })
+    .await;
     adapter.close().await.ok();
 }
 

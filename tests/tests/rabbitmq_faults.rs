@@ -18,8 +18,8 @@ use topiq_adapter::{
     TopicSpec, TriggerName,
 };
 use topiq_integration_tests::{
-    FaultProxy, Ledger, RabbitNode, RabbitVhost, poison_message_with_a_thousand_behind,
-    rabbitmq_adapter,
+    FaultProxy, Ledger, RabbitNode, RabbitVhost, handlers_survive_a_broker_restart,
+    poison_message_with_a_thousand_behind, rabbitmq_adapter,
 };
 use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
 
@@ -292,32 +292,6 @@ async fn adapter_through(
     .expect("connect through the proxy")
 }
 
-/// Takes every delivery of `key` (acking it) on a task of its own; the ids come out of the
-/// returned channel.
-fn drain(
-    adapter: &RabbitMqAdapter,
-    key: &SubscriptionKey,
-    prefetch: u32,
-) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let (handled, ids) = tokio::sync::mpsc::unbounded_channel();
-    let adapter = adapter.clone();
-    let key = key.clone();
-    tokio::spawn(async move {
-        let mut subscription = adapter
-            .consume(&key, ConsumeOptions { prefetch })
-            .await
-            .expect("consume");
-        while let Some(delivery) = subscription.next().await {
-            let Ok(delivery) = delivery else { continue };
-            let id = delivery.envelope().id.to_string();
-            if delivery.ack().await.is_ok() && handled.send(id).is_err() {
-                return;
-            }
-        }
-    });
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_the_client_gave_up_on_leaves_no_consumer_behind_on_the_broker() {
     let vhost = RabbitVhost::create();
@@ -327,35 +301,24 @@ async fn a_consume_the_client_gave_up_on_leaves_no_consumer_behind_on_the_broker
         spec.max_attempts = 100;
     })
     .await;
-    let mut published = std::collections::HashSet::new();
-    for n in 0..40 {
-        let receipt = adapter
-            .publish(&topic, NewMessage::new(json!(n)))
-            .await
-            .expect("publish");
-        published.insert(receipt.message_id.to_string());
+    let ledger = Ledger::default();
+    for publisher in ledger.publish_all(&adapter, &topic, 40, 1) {
+        publisher.await.expect("publisher");
     }
     // Each answer of the broker now takes 400 ms: opening a channel and setting its prefetch
     // take 800 ms, so `basic.consume` reaches the broker, and its answer comes after the
     // client's 1 s bound. Every try leaves a consumer on the broker unless the client closes
     // what it gave up on.
     proxy.set_latency(Duration::from_millis(400));
-    let mut handled = drain(&adapter, &keys[0], 8);
+    let consumer = ledger.consume(&adapter, &keys[0], 8);
     tokio::time::sleep(Duration::from_secs(5)).await;
     proxy.set_latency(Duration::ZERO);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !published.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, handled.recv()).await {
-            Ok(Some(id)) => {
-                published.remove(&id);
-            }
-            _ => panic!(
-                "{} messages were never delivered (stranded on a consumer the client gave up on)",
-                published.len()
-            ),
-        }
-    }
+    let outcome = ledger.settle(Duration::from_secs(30)).await;
+    assert_eq!(
+        outcome.lost, 0,
+        "messages stranded on a consumer the client gave up on: {outcome:?}"
+    );
+    consumer.abort();
     adapter.close().await.ok();
 }
 
@@ -484,7 +447,6 @@ async fn a_memory_alarm_refuses_publishes_with_broker_full_and_loses_nothing_sto
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_while_handlers_run_strands_nothing() {
-    const MESSAGES: usize = 400;
     let node = RabbitNode::start();
     let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
         url: node.url(),
@@ -500,25 +462,12 @@ async fn a_broker_restart_while_handlers_run_strands_nothing() {
         spec.max_attempts = 100;
     })
     .await;
-    let ledger = Ledger::default();
-    for publisher in ledger.publish_all(&adapter, &topic, MESSAGES, 4) {
-        publisher.await.expect("publisher");
-    }
-    // Handlers of 300 ms, eight at a time: a restart always lands in the middle of some.
-    let consumer = ledger.consume_slowly(&adapter, &keys[0], 8, Duration::from_millis(300));
-    while ledger.handled_count() < 40 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::task::block_in_place(|| node.stop_app());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::block_in_place(|| node.start_app());
-    let resumed = ledger.resumed_after(Duration::from_secs(60)).await;
-    println!("consumption resumed {resumed:?} after the broker was back");
-    assert!(resumed.is_some(), "consumption never resumed");
-    let outcome = ledger.settle(Duration::from_secs(120)).await;
-    println!("{outcome:?}");
-    outcome.assert_nothing_lost(MESSAGES);
-    consumer.abort();
+    handlers_survive_a_broker_restart(&adapter, &topic, &keys[0], || {
+        node.stop_app();
+        std::thread::sleep(Duration::from_secs(1));
+        node.start_app();
+    })
+    .await;
     adapter.close().await.ok();
 }
 
