@@ -19,8 +19,10 @@ use futures::StreamExt;
 use topiq_adapter::{Adapter, ConsumeOptions, NewMessage, SubscriptionKey, TopicName};
 
 mod fault_proxy;
+mod netns;
 
 pub use fault_proxy::FaultProxy;
+pub use netns::IsolatedNats;
 
 /// A `nats-server` with JetStream on a free loopback port and a temporary store, killed and
 /// cleaned up on drop.

@@ -5,7 +5,8 @@
 //! returns Ok without the broker's acknowledgement (checked by the `Ledger`: lost = 0).
 //!
 //! JetStream runs on a nats-server of the test's own, RabbitMQ in a vhost of its own on the
-//! machine's broker.
+//! machine's broker. Real cuts (a blackhole route, a link set down) run against a nats-server
+//! in a network namespace of the test's own (`IsolatedNats`).
 
 // Test helpers panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use topiq_adapter::{
     Adapter, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
 };
-use topiq_integration_tests::{FaultProxy, Ledger, NatsServer, RabbitVhost};
+use topiq_integration_tests::{FaultProxy, IsolatedNats, Ledger, NatsServer, RabbitVhost};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
@@ -182,3 +183,64 @@ on_both_brokers!(
     a_silent_link_is_noticed_and_replaced,
     latency_loses_nothing,
 );
+
+/// A real network cut to a server in a namespace of the test's own (`cut` makes it, `heal`
+/// undoes it) while messages flow: the client notices within two heartbeats (its health says
+/// it is disconnected), connects again once the network is back, and loses nothing accepted.
+async fn a_network_cut_is_noticed_and_survived(
+    cut: impl Fn(&IsolatedNats),
+    heal: impl Fn(&IsolatedNats),
+) {
+    const MESSAGES: usize = 1_000;
+    let server = IsolatedNats::start();
+    let adapter = JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(server.url()),
+        publish_timeout: Duration::from_secs(2),
+        heartbeat: HEARTBEAT,
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect to the namespace's server");
+    let (topic, key) = declared(&adapter, "net.cut").await;
+    let ledger = Ledger::default();
+    let consumer = ledger.consume(&adapter, &key, 16);
+    let publishers = ledger.publish_all(&adapter, &topic, MESSAGES, 4);
+    while ledger.handled_count() < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cut(&server);
+    let cut_at = Instant::now();
+    while adapter.health().await.is_ok() {
+        assert!(
+            cut_at.elapsed() < HEARTBEAT * 5,
+            "the cut was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let noticed = cut_at.elapsed();
+    println!("cut noticed after {noticed:?} (heartbeat {HEARTBEAT:?})");
+    assert!(
+        noticed <= HEARTBEAT * 2 + Duration::from_secs(1),
+        "the cut went unnoticed for {noticed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    heal(&server);
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let outcome = ledger.settle(Duration::from_secs(90)).await;
+    println!("{outcome:?}");
+    outcome.assert_nothing_lost(MESSAGES);
+    consumer.abort();
+    adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_blackhole_route_half_opening_the_connection_is_survived() {
+    a_network_cut_is_noticed_and_survived(|s| s.blackhole(true), |s| s.blackhole(false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_link_set_down_is_survived() {
+    a_network_cut_is_noticed_and_survived(|s| s.link(false), |s| s.link(true)).await;
+}
