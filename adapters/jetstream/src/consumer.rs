@@ -387,20 +387,8 @@ async fn get_consumer(
         .get_stream_no_info(shared.layout.topic_stream(&spec.key.topic))
         .await
         .map_err(broker("get stream"))?;
-    match stream.consumer_info(name).await {
-        Ok(_) => {
-            return stream
-                .get_consumer(name)
-                .await
-                .map_err(|err| Error::Broker {
-                    operation: "get consumer",
-                    source: err,
-                });
-        }
-        Err(err) if err.kind() != jetstream::context::ConsumerInfoErrorKind::NotFound => {
-            return Err(broker("get consumer")(err));
-        }
-        Err(_) => {}
+    if let Some(consumer) = existing_consumer(&stream, name, had_floor.is_some()).await? {
+        return Ok(consumer);
     }
     let main = *name == Layout::main_consumer(&spec.key.trigger);
     let deliver_policy = match had_floor {
@@ -430,6 +418,38 @@ async fn get_consumer(
         .get_or_create_consumer(name, config)
         .await
         .map_err(broker("create consumer"))
+}
+
+/// The consumer `name` if the stream has it. One this puller `had` must be missing twice, a
+/// second apart, to count as gone: a cluster catching up after an election can answer "not
+/// found" for a moment.
+async fn existing_consumer(
+    stream: &jetstream::stream::Stream<()>,
+    name: &str,
+    had: bool,
+) -> Result<Option<jetstream::consumer::Consumer<pull::Config>>> {
+    for look in 0..if had { 2 } else { 1 } {
+        if look > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        match stream.consumer_info(name).await {
+            Ok(_) => {
+                return stream
+                    .get_consumer(name)
+                    .await
+                    .map(Some)
+                    .map_err(|err| Error::Broker {
+                        operation: "get consumer",
+                        source: err,
+                    });
+            }
+            Err(err) if err.kind() != jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                return Err(broker("get consumer")(err));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(None)
 }
 
 /// Turns a received message into a delivery; a message past its last attempt is
