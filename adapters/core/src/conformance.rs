@@ -141,11 +141,21 @@ async fn setup<A: Adapter>(
     triggers: &[&str],
     policy: impl Fn(&mut SubscriptionSpec),
 ) -> TopicName {
+    setup_topic(adapter, test, |_| {}, triggers, policy).await
+}
+
+/// [`setup`] with the topic's options adjusted by `options`.
+async fn setup_topic<A: Adapter>(
+    adapter: &A,
+    test: &str,
+    options: impl FnOnce(&mut TopicSpec),
+    triggers: &[&str],
+    policy: impl Fn(&mut SubscriptionSpec),
+) -> TopicName {
     let topic = unique_topic(test);
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .expect("declare_topic");
+    let mut spec = TopicSpec::new(topic.clone());
+    options(&mut spec);
+    adapter.declare_topic(spec).await.expect("declare_topic");
     for name in triggers {
         let mut spec = SubscriptionSpec::new(SubscriptionKey::new(topic.clone(), trigger(name)));
         policy(&mut spec);
@@ -494,19 +504,12 @@ pub async fn dead_letter_record_holds_attempts_error_and_payload<A: Adapter>(ada
 /// died holding it.
 pub async fn every_path_into_the_dlq_publishes_to_the_dead_letter_topic<A: Adapter>(adapter: A) {
     let failed = setup(&adapter, "dlt_failed", &["watch"], no_policy).await;
-    let topic = unique_topic("dlt");
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .expect("declare_topic");
-    let mut spec = SubscriptionSpec::new(SubscriptionKey::new(topic.clone(), trigger("t")));
-    spec.max_attempts = 1;
-    spec.visibility_timeout = SHORT_VISIBILITY;
-    spec.dead_letter_topic = Some(failed.clone());
-    adapter
-        .declare_subscription(spec)
-        .await
-        .expect("declare_subscription");
+    let topic = setup(&adapter, "dlt", &["t"], |spec| {
+        spec.max_attempts = 1;
+        spec.visibility_timeout = SHORT_VISIBILITY;
+        spec.dead_letter_topic = Some(failed.clone());
+    })
+    .await;
     let mut watch = consume(&adapter, &failed, "watch", 10).await;
     let mut expected = HashMap::new();
 
@@ -631,18 +634,11 @@ pub async fn deliver_at_in_the_past_is_delivered_at_once<A: Adapter>(adapter: A)
 /// kind `expired` when its trigger reaches it, never dropped silently; a retry's backoff does
 /// not extend it, and a delay longer than the retention does not expire it.
 pub async fn a_message_past_its_retention_is_dead_lettered_as_expired<A: Adapter>(adapter: A) {
-    let topic = unique_topic("retention");
-    let mut spec = TopicSpec::new(topic.clone());
-    spec.retention = Some(Duration::from_secs(1));
-    spec.idempotency_window = Duration::from_secs(1);
-    adapter.declare_topic(spec).await.expect("declare_topic");
-    adapter
-        .declare_subscription(SubscriptionSpec::new(SubscriptionKey::new(
-            topic.clone(),
-            trigger("t"),
-        )))
-        .await
-        .expect("declare_subscription");
+    let retention = |spec: &mut TopicSpec| {
+        spec.retention = Some(Duration::from_secs(1));
+        spec.idempotency_window = Duration::from_secs(1);
+    };
+    let topic = setup_topic(&adapter, "retention", retention, &["t"], no_policy).await;
     let mut sub = consume(&adapter, &topic, "t", 1).await;
     let delayed = adapter
         .publish(
@@ -903,20 +899,10 @@ pub async fn one_idempotency_key_covers_delayed_and_immediate_publishes<A: Adapt
 /// while another topic keeps its keys much longer.
 pub async fn a_key_is_free_again_after_its_own_topics_window<A: Adapter>(adapter: A) {
     const WINDOW: Duration = Duration::from_secs(1);
-    let topic = unique_topic("shortwindow");
-    let mut spec = TopicSpec::new(topic.clone());
-    spec.idempotency_window = WINDOW;
-    adapter.declare_topic(spec).await.expect("declare_topic");
-    let mut long = TopicSpec::new(unique_topic("longwindow"));
-    long.idempotency_window = Duration::from_secs(600);
-    adapter.declare_topic(long).await.expect("declare_topic");
-    adapter
-        .declare_subscription(SubscriptionSpec::new(SubscriptionKey::new(
-            topic.clone(),
-            trigger("t"),
-        )))
-        .await
-        .expect("declare_subscription");
+    let short = |spec: &mut TopicSpec| spec.idempotency_window = WINDOW;
+    let topic = setup_topic(&adapter, "shortwindow", short, &["t"], no_policy).await;
+    let long = |spec: &mut TopicSpec| spec.idempotency_window = Duration::from_secs(600);
+    setup_topic(&adapter, "longwindow", long, &[], no_policy).await;
     let mut sub = consume(&adapter, &topic, "t", 4).await;
     let keyed = |data: &str| {
         NewMessage::new(json!(data))

@@ -350,27 +350,7 @@ async fn receive(
         lease_key,
         _channel: channel,
     });
-    if received.metadata.is_expired(Timestamp::now()) {
-        if lease::lock(&received.lease).claim() {
-            received.dead_letter_past_retention(attempt - 1).await;
-        }
-        return None;
-    }
-    if attempt > spec.max_attempts {
-        // The lease ran out on the last attempt and the message came back (the process that
-        // held it died before dead-lettering it).
-        if lease::lock(&received.lease).claim() {
-            received.dead_letter_expired(attempt - 1).await;
-        }
-        return None;
-    }
-    if redelivered && shared.config.queue_type == QueueType::Classic {
-        // A classic queue only says "delivered before", not how often: the count would stop
-        // at one and a message that kills its consumer would come back forever. The
-        // redelivery becomes a copy that carries its attempt.
-        if lease::lock(&received.lease).claim() {
-            received.count_redelivery().await;
-        }
+    if received.settled_on_receipt(redelivered).await {
         return None;
     }
     Some(Ok(Delivery::new(
@@ -510,6 +490,30 @@ impl Received {
             self.shared.config.publish_timeout,
         )
         .await
+    }
+
+    /// Settles a message that must not reach a handler, and says whether it was one: past
+    /// its topic's retention (dead-lettered as `expired`), past its last attempt (the process
+    /// that held it died before dead-lettering it), or redelivered by a classic queue, which
+    /// only says "delivered before", not how often (replaced by a copy carrying its attempt,
+    /// so a message that kills its consumer does not come back forever).
+    async fn settled_on_receipt(&self, redelivered: bool) -> bool {
+        let expired = self.metadata.is_expired(Timestamp::now());
+        let past_limit = self.attempt > self.max_attempts;
+        let uncounted = redelivered && self.shared.config.queue_type == QueueType::Classic;
+        if !(expired || past_limit || uncounted) {
+            return false;
+        }
+        if lease::lock(&self.lease).claim() {
+            if expired {
+                self.dead_letter_past_retention(self.attempt - 1).await;
+            } else if past_limit {
+                self.dead_letter_expired(self.attempt - 1).await;
+            } else {
+                self.count_redelivery().await;
+            }
+        }
+        true
     }
 
     /// Replaces a redelivered message of a classic queue with a copy (confirmed, to the back

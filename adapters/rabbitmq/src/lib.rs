@@ -351,21 +351,10 @@ impl Shared {
             .await
     }
 
-    /// [`publish_confirmed`](Self::publish_confirmed) on a channel of its own, so a returned
-    /// message can only be this one (on the shared channel lapin may attach a return to
-    /// another publish's confirm). Three round trips more: for the rare publishes whose
-    /// return must never be missed (redrive, release, a retry straight to the queue).
-    pub(crate) async fn publish_alone(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> Result<Published> {
-        self.publish_via(Via::Own, exchange, routing_key, payload, properties)
-            .await
-    }
-
+    /// Publishes on the shared publishing channel, or (`Via::Own`) on a channel of its own,
+    /// where a returned message can only be this one (on the shared channel lapin may attach
+    /// a return to another publish's confirm): three round trips more, for the rare publishes
+    /// whose return must never be missed (redrive, release, a retry straight to the queue).
     async fn publish_via(
         &self,
         via: Via,
@@ -445,7 +434,10 @@ impl Shared {
         properties: BasicProperties,
     ) -> Result<()> {
         let queue = self.layout.trigger_queue(key);
-        match self.publish_alone("", &queue, payload, properties).await? {
+        match self
+            .publish_via(Via::Own, "", &queue, payload, properties)
+            .await?
+        {
             Published::Stored => Ok(()),
             Published::Returned => Err(missing_queue(&queue)),
             Published::Refused => Err(refused(&queue)),
