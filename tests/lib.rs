@@ -637,6 +637,11 @@ impl Outcome {
 }
 
 impl Ledger {
+    /// How many publishes failed so far.
+    pub fn refused_count(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
+    }
+
     /// How many handlings were recorded so far.
     pub fn handled_count(&self) -> usize {
         self.handled.lock().unwrap().len()

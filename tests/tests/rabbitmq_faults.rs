@@ -505,18 +505,7 @@ async fn a_redrive_to_a_deleted_trigger_queue_keeps_every_record_while_others_pu
     drop(subscription);
     assert_eq!(adapter.dlq_count(&topic, None).await.unwrap(), RECORDS);
     // The trigger's queue is deleted under the adapter (an operator error).
-    let raw = lapin::Connection::connect(&vhost.url(), lapin::ConnectionProperties::default())
-        .await
-        .expect("raw connection");
-    raw.create_channel()
-        .await
-        .expect("channel")
-        .queue_delete(
-            "topiq:t:faults.redrivegone:t".into(),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await
-        .expect("delete the trigger queue");
+    delete_queue(&vhost, "topiq:t:faults.redrivegone:t").await;
     // Other publishes keep the adapter's publishing channel busy meanwhile.
     let ledger = Ledger::default();
     let publishers = ledger.publish_all(&adapter, &busy, 3_000, 16);
@@ -538,4 +527,62 @@ async fn a_redrive_to_a_deleted_trigger_queue_keeps_every_record_while_others_pu
         "a record was removed although its redrive was returned"
     );
     adapter.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_a_topic_whose_trigger_queue_was_deleted_fails_while_others_publish() {
+    let (adapter, vhost) = rabbitmq_adapter().await;
+    let (topic, _) = declared(&adapter, "faults.topicgone", &["t"], |_| {}).await;
+    let (busy, _) = declared(&adapter, "faults.busy", &["b"], |_| {}).await;
+    // The topic's only trigger queue is deleted under the adapter (an operator error): the
+    // broker returns every publish to the topic as unroutable.
+    delete_queue(&vhost, "topiq:t:faults.topicgone:t").await;
+    // Other publishes share the adapter's publishing channel meanwhile, so the broker's
+    // confirms cover several publishes at once.
+    let ledger = Ledger::default();
+    let publishers = ledger.publish_all(&adapter, &busy, 6_000, 16);
+    let unroutable: Vec<_> = (0..8)
+        .map(|_| {
+            let (adapter, topic) = (adapter.clone(), topic.clone());
+            tokio::spawn(async move {
+                let mut reported_stored = 0;
+                for n in 0..40 {
+                    if adapter.publish(&topic, NewMessage::new(json!(n))).await.is_ok() {
+                        reported_stored += 1;
+                    }
+                }
+                reported_stored
+            })
+        })
+        .collect();
+    let mut reported_stored = 0;
+    for task in unroutable {
+        reported_stored += task.await.expect("publisher");
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    assert_eq!(
+        reported_stored, 0,
+        "publishes that no queue took were reported stored"
+    );
+    assert_eq!(
+        ledger.refused_count(),
+        0,
+        "a publish that a queue took was reported failed"
+    );
+    adapter.close().await.ok();
+}
+
+/// Deletes `queue` with a connection of the test's own, as an operator would.
+async fn delete_queue(vhost: &RabbitVhost, queue: &str) {
+    let raw = lapin::Connection::connect(&vhost.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    raw.create_channel()
+        .await
+        .expect("channel")
+        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+        .await
+        .expect("delete the queue");
 }

@@ -21,6 +21,7 @@
 
 mod codec;
 mod config;
+mod confirms;
 mod consumer;
 mod dlq;
 mod idempotency;
@@ -31,9 +32,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::{
     Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, MessageId,
@@ -45,6 +46,7 @@ use topiq_lease::Leases;
 pub use config::{QueueType, RabbitMqConfig, TlsConfig};
 
 use codec::Metadata;
+pub(crate) use confirms::Published;
 use layout::Layout;
 use session::{Current, Target};
 
@@ -146,25 +148,6 @@ pub(crate) fn declare_error(name: &str) -> impl FnOnce(lapin::Error) -> Error + 
         )
         .into(),
     }
-}
-
-/// What the broker did with a confirmed publish.
-/// Which channel a publish goes out on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Via {
-    /// The connection's publishing channel, shared by every publish.
-    Shared,
-    /// A channel opened for this publish only.
-    Own,
-}
-
-pub(crate) enum Published {
-    /// Stored by every queue it was routed to.
-    Stored,
-    /// Routed to no queue and returned (only with `mandatory`).
-    Returned,
-    /// Refused (a full `reject-publish` queue, or a broker error).
-    Refused,
 }
 
 fn quorum_arguments(extra: &[(&str, AMQPValue)]) -> FieldTable {
@@ -339,7 +322,7 @@ impl Shared {
         Ok(name)
     }
 
-    /// Publishes on the confirming channel and waits for the confirm (`publish_timeout`).
+    /// Publishes on the publishing channel and waits for the confirm (`publish_timeout`).
     pub(crate) async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -347,23 +330,6 @@ impl Shared {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<Published> {
-        self.publish_via(Via::Shared, exchange, routing_key, payload, properties)
-            .await
-    }
-
-    /// Publishes on the shared publishing channel, or (`Via::Own`) on a channel of its own,
-    /// where a returned message can only be this one (on the shared channel lapin may attach
-    /// a return to another publish's confirm): three round trips more, for the rare publishes
-    /// whose return must never be missed (redrive, release, a retry straight to the queue).
-    async fn publish_via(
-        &self,
-        via: Via,
-        exchange: &str,
-        routing_key: &str,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> Result<Published> {
-        let id = properties.message_id().clone();
         let session = self.session().await?;
         if session.connection.status().blocked() {
             // A memory or disk alarm: the broker takes no publish until it clears, and a
@@ -371,62 +337,23 @@ impl Shared {
             return Err(blocked());
         }
         let publishing = async {
-            let (shared, own);
-            let channel: &lapin::Channel = match via {
-                Via::Shared => {
-                    shared = session.publisher().await?;
-                    &shared
-                }
-                Via::Own => {
-                    own = session.owned_channel().await?;
-                    own.confirm_select(lapin::options::ConfirmSelectOptions::default())
-                        .await
-                        .map_err(session::unavailable("enable publisher confirms"))?;
-                    &own
-                }
-            };
-            let confirm = channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    payload,
-                    properties,
-                )
+            let channel = session.publisher().await?;
+            channel
+                .publish(exchange, routing_key, payload, properties)
                 .await
-                .map_err(session::unavailable("publish"))?;
-            confirm.await.map_err(session::unavailable("publish"))
         };
-        let confirmation = match self
+        match self
             .bounded("publish (waiting for the broker's confirm)", publishing)
             .await
         {
             // Blocked while it waited: say why, rather than that it timed out.
-            Err(Error::Timeout { .. }) if session.connection.status().blocked() => {
-                return Err(blocked());
-            }
-            other => other?,
-        };
-        match confirmation {
-            // lapin attaches a returned message to the next confirm it completes, which under
-            // concurrent publishes may be another's: only a return of this message counts.
-            Confirmation::Ack(Some(returned))
-                if via == Via::Own || returned.delivery.properties.message_id() == &id =>
-            {
-                Ok(Published::Returned)
-            }
-            Confirmation::Ack(_) => Ok(Published::Stored),
-            Confirmation::NotRequested => Ok(Published::Stored),
-            Confirmation::Nack(_) => Ok(Published::Refused),
+            Err(Error::Timeout { .. }) if session.connection.status().blocked() => Err(blocked()),
+            other => other,
         }
     }
 
     /// Publishes straight to one trigger's queue (release, retry without delay, redrive),
-    /// confirmed, on a channel of its own: the queue must take it, and a return (the queue
-    /// was deleted) is never taken for another publish's.
+    /// confirmed: the queue must take it.
     pub(crate) async fn publish_to_trigger(
         &self,
         key: &SubscriptionKey,
@@ -435,7 +362,7 @@ impl Shared {
     ) -> Result<()> {
         let queue = self.layout.trigger_queue(key);
         match self
-            .publish_via(Via::Own, "", &queue, payload, properties)
+            .publish_confirmed("", &queue, payload, properties)
             .await?
         {
             Published::Stored => Ok(()),

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use topiq_adapter::{Error, Result};
 
 use crate::Shared;
+use crate::confirms::ConfirmingChannel;
 use crate::config::{RabbitMqConfig, redact};
 
 /// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
@@ -26,7 +27,7 @@ pub(crate) struct Session {
     pub(crate) connection: Connection,
     /// Read on every publish (one `Arc` clone); replaced under `reopening` when a
     /// channel-level error closed it.
-    publisher: RwLock<Arc<Channel>>,
+    publisher: RwLock<Arc<ConfirmingChannel>>,
     reopening: tokio::sync::Mutex<()>,
 }
 
@@ -35,19 +36,19 @@ impl Session {
         self.connection.status().connected()
     }
 
-    fn current_publisher(&self) -> Arc<Channel> {
+    fn current_publisher(&self) -> Arc<ConfirmingChannel> {
         Arc::clone(&self.publisher.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The publishing channel, opened again if a channel-level error closed it.
-    pub(crate) async fn publisher(&self) -> Result<Arc<Channel>> {
+    pub(crate) async fn publisher(&self) -> Result<Arc<ConfirmingChannel>> {
         let channel = self.current_publisher();
-        if channel.status().connected() {
+        if channel.channel().status().connected() {
             return Ok(channel);
         }
         let _reopening = self.reopening.lock().await;
         let channel = self.current_publisher();
-        if channel.status().connected() {
+        if channel.channel().status().connected() {
             return Ok(channel);
         }
         let channel = Arc::new(
@@ -99,7 +100,7 @@ impl Drop for OpenChannel {
     }
 }
 
-async fn confirming_channel(connection: &Connection) -> Result<Channel> {
+async fn confirming_channel(connection: &Connection) -> Result<ConfirmingChannel> {
     let channel = connection
         .create_channel()
         .await
@@ -108,7 +109,7 @@ async fn confirming_channel(connection: &Connection) -> Result<Channel> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(unavailable("enable publisher confirms"))?;
-    Ok(channel)
+    Ok(ConfirmingChannel::new(channel))
 }
 
 /// A lost connection or a refused connect: `broker_unavailable`.

@@ -1,0 +1,244 @@
+//! The publishing channel: publisher confirms, each matched with the publish it answers and
+//! with that publish's own returned message.
+//!
+//! lapin attaches a `basic.return` to whichever confirm it completes next, and the broker
+//! confirms several publishes with one `multiple` ack; under concurrent publishes the return
+//! of one message can so reach another publish's confirm, and the returned message's own
+//! publish sees a plain ack. Here one task owns every confirm of the channel. When one is
+//! ready, it first reads every other confirm the same ack completed, and only then answers
+//! each publish by the message id its return carries.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::{Future, FutureExt};
+use lapin::options::BasicPublishOptions;
+use lapin::Confirmation;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel};
+use tokio::sync::{mpsc, oneshot};
+use topiq_adapter::{Error, Result};
+
+use crate::session::unavailable;
+
+/// What the broker did with a confirmed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// Stored by every queue it was routed to.
+    Stored,
+    /// Routed to no queue and returned (publishes are `mandatory`).
+    Returned,
+    /// Refused (a full `reject-publish` queue, or a broker error).
+    Refused,
+}
+
+/// A channel in confirm mode whose publishes one task of its own sends and answers.
+pub(crate) struct ConfirmingChannel {
+    channel: Channel,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// A publish to send.
+struct Request {
+    exchange: ShortString,
+    routing_key: ShortString,
+    payload: Vec<u8>,
+    properties: BasicProperties,
+    answer: oneshot::Sender<Result<Published>>,
+}
+
+/// A publish sent and not yet answered.
+struct Waiting {
+    /// Its message id: the key its returned message is matched by.
+    id: Option<ShortString>,
+    answer: oneshot::Sender<Result<Published>>,
+}
+
+impl ConfirmingChannel {
+    /// Takes `channel` (confirm mode already on) and starts the task that publishes on it;
+    /// the task ends once this is dropped and every publish sent on it is answered.
+    pub(crate) fn new(channel: Channel) -> Self {
+        let (requests, incoming) = mpsc::unbounded_channel();
+        tokio::spawn(publish_and_answer(channel.clone(), incoming));
+        Self { channel, requests }
+    }
+
+    /// The channel, for its status.
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes `mandatory` and returns the broker's answer (unbounded: the caller bounds
+    /// it; a publish whose caller gave up before it was sent is not sent).
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Published> {
+        let (answer, answered) = oneshot::channel();
+        self.requests
+            .send(Request {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                payload: payload.to_vec(),
+                properties,
+                answer,
+            })
+            .map_err(|_| publisher_gone())?;
+        answered.await.map_err(|_| publisher_gone())?
+    }
+}
+
+/// The publishing task stopped (the runtime is shutting down).
+fn publisher_gone() -> Error {
+    Error::BrokerUnavailable {
+        message: "RabbitMQ: the publishing channel's task has stopped (shutting down)".into(),
+        source: None,
+    }
+}
+
+/// A confirm that came in, with the publish it answers.
+type Confirmed = (Waiting, lapin::Result<Confirmation>);
+
+/// Sends every publish requested on `channel` and answers each, in rounds: each round takes
+/// every confirm that is in, so all those one ack completed are read before any is answered.
+///
+/// The task sends the publishes itself so that it holds every confirm lapin registered: one
+/// whose frames are written is one poll away from it.
+async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedReceiver<Request>) {
+    let mut sending = FuturesUnordered::new();
+    let mut pending = FuturesUnordered::new();
+    let mut returns = Returns::default();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            request = incoming.recv(), if open => match request {
+                Some(request) if request.answer.is_closed() => {}
+                Some(request) => sending.push(send(&channel, request)),
+                None => open = false,
+            },
+            Some(sent) = sending.next() => {
+                if let Some(confirm) = sent {
+                    pending.push(confirm);
+                }
+            }
+            Some(first) = pending.next() => {
+                // lapin completes every confirm of one ack under one lock, and
+                // `wait_for_confirms` takes that lock when first polled: once it has, every
+                // confirm completed with `first` is ready (the call is polled once, never
+                // awaited), and so is every publish whose frames were written.
+                let _ = channel.wait_for_confirms().now_or_never();
+                while let Some(Some(sent)) = sending.next().now_or_never() {
+                    if let Some(confirm) = sent {
+                        pending.push(confirm);
+                    }
+                }
+                let mut round = vec![first];
+                while let Some(Some(next)) = pending.next().now_or_never() {
+                    round.push(next);
+                }
+                returns.answer(round);
+            }
+            else => return,
+        }
+    }
+}
+
+/// Sends `request`; once its frames are written, the future of its confirm (`None` when it
+/// could not be sent, after answering the error).
+async fn send(
+    channel: &Channel,
+    request: Request,
+) -> Option<impl Future<Output = Confirmed> + use<>> {
+    let Request {
+        exchange,
+        routing_key,
+        payload,
+        properties,
+        answer,
+    } = request;
+    let id = properties.message_id().clone();
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    match channel
+        .basic_publish(exchange, routing_key, options, &payload, properties)
+        .await
+    {
+        Ok(confirm) => Some(confirm.map(move |result| (Waiting { id, answer }, result))),
+        Err(err) => {
+            let _ = answer.send(Err(unavailable("publish")(err)));
+            None
+        }
+    }
+}
+
+/// How long a return read before its publish was waiting is kept for it. Its publish is
+/// waiting a moment after the broker answered (its task hands it over once `basic_publish`
+/// returns); only one cancelled in between never comes.
+const UNMATCHED_KEPT: Duration = Duration::from_secs(60);
+
+/// Returned messages read and not yet matched with their publish, by message id, with how
+/// many (one id may be published twice at once) and when the last was read.
+#[derive(Default)]
+struct Returns(HashMap<Option<ShortString>, (usize, Instant)>);
+
+impl Returns {
+    /// Reads the returns `round` carries, then answers each of its publishes.
+    fn answer(&mut self, round: Vec<Confirmed>) {
+        let outcomes: Vec<_> = round
+            .into_iter()
+            .map(|(waiting, result)| {
+                let outcome = match result {
+                    Ok(Confirmation::Ack(carried)) => {
+                        self.note(carried);
+                        Ok(Published::Stored)
+                    }
+                    Ok(Confirmation::Nack(carried)) => {
+                        self.note(carried);
+                        Ok(Published::Refused)
+                    }
+                    Ok(Confirmation::NotRequested) => Ok(Published::Stored),
+                    Err(err) => Err(unavailable("publish")(err)),
+                };
+                (waiting, outcome)
+            })
+            .collect();
+        for (waiting, outcome) in outcomes {
+            let outcome = match outcome {
+                Ok(Published::Stored) if self.take(&waiting.id) => Ok(Published::Returned),
+                other => other,
+            };
+            // The caller may have given up waiting: nobody to tell then.
+            let _ = waiting.answer.send(outcome);
+        }
+        self.0.retain(|_, (_, read)| read.elapsed() < UNMATCHED_KEPT);
+    }
+
+    fn note(&mut self, carried: Option<lapin::message::BasicReturnMessage>) {
+        if let Some(returned) = carried {
+            let id = returned.delivery.properties.message_id().clone();
+            let entry = self.0.entry(id).or_insert((0, Instant::now()));
+            *entry = (entry.0 + 1, Instant::now());
+        }
+    }
+
+    /// Whether a return of `id` was read (taking it).
+    fn take(&mut self, id: &Option<ShortString>) -> bool {
+        match self.0.get_mut(id) {
+            Some((count, _)) if *count > 1 => {
+                *count -= 1;
+                true
+            }
+            Some(_) => {
+                self.0.remove(id);
+                true
+            }
+            None => false,
+        }
+    }
+}
