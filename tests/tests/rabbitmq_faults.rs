@@ -547,7 +547,11 @@ async fn a_publish_to_a_topic_whose_trigger_queue_was_deleted_fails_while_others
             tokio::spawn(async move {
                 let mut reported_stored = 0;
                 for n in 0..40 {
-                    if adapter.publish(&topic, NewMessage::new(json!(n))).await.is_ok() {
+                    if adapter
+                        .publish(&topic, NewMessage::new(json!(n)))
+                        .await
+                        .is_ok()
+                    {
                         reported_stored += 1;
                     }
                 }

@@ -9,12 +9,11 @@
 //! each publish by the message id its return carries.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
-use futures::{Future, FutureExt};
-use lapin::options::BasicPublishOptions;
 use lapin::Confirmation;
+use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, oneshot};
@@ -100,59 +99,58 @@ fn publisher_gone() -> Error {
     }
 }
 
-/// A confirm that came in, with the publish it answers.
+/// A confirm that came in (or the error that stopped the publish), with the publish it
+/// answers.
 type Confirmed = (Waiting, lapin::Result<Confirmation>);
 
 /// Sends every publish requested on `channel` and answers each, in rounds: each round takes
 /// every confirm that is in, so all those one ack completed are read before any is answered.
 ///
-/// The task sends the publishes itself so that it holds every confirm lapin registered: one
-/// whose frames are written is one poll away from it.
+/// The task sends the publishes itself so that it holds every confirm lapin registered: a
+/// publish whose confirm came in is one poll away from done.
 async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedReceiver<Request>) {
-    let mut sending = FuturesUnordered::new();
-    let mut pending = FuturesUnordered::new();
+    let mut in_flight = FuturesUnordered::new();
     let mut returns = Returns::default();
     let mut open = true;
     loop {
         tokio::select! {
-            request = incoming.recv(), if open => match request {
-                Some(request) if request.answer.is_closed() => {}
-                Some(request) => sending.push(send(&channel, request)),
-                None => open = false,
-            },
-            Some(sent) = sending.next() => {
-                if let Some(confirm) = sent {
-                    pending.push(confirm);
-                }
-            }
-            Some(first) = pending.next() => {
+            biased;
+            Some(first) = in_flight.next() => {
                 // lapin completes every confirm of one ack under one lock, and
                 // `wait_for_confirms` takes that lock when first polled: once it has, every
                 // confirm completed with `first` is ready (the call is polled once, never
-                // awaited), and so is every publish whose frames were written.
+                // awaited). lapin marks a publish sent before it reads the broker's answer to
+                // it, on the same thread, so each of those publishes is ready too.
                 let _ = channel.wait_for_confirms().now_or_never();
-                while let Some(Some(sent)) = sending.next().now_or_never() {
-                    if let Some(confirm) = sent {
-                        pending.push(confirm);
-                    }
-                }
                 let mut round = vec![first];
-                while let Some(Some(next)) = pending.next().now_or_never() {
+                while let Some(Some(next)) = in_flight.next().now_or_never() {
                     round.push(next);
                 }
                 returns.answer(round);
+                if in_flight.is_empty() {
+                    // A return always comes before the confirm of its own publish.
+                    returns.clear();
+                }
             }
+            request = incoming.recv(), if open => match request {
+                Some(request) => {
+                    in_flight.extend(
+                        std::iter::once(request)
+                            .chain(std::iter::from_fn(|| incoming.try_recv().ok()))
+                            // Not sent for a caller who gave up before it was.
+                            .filter(|request| !request.answer.is_closed())
+                            .map(|request| send_and_confirm(&channel, request)),
+                    );
+                }
+                None => open = false,
+            },
             else => return,
         }
     }
 }
 
-/// Sends `request`; once its frames are written, the future of its confirm (`None` when it
-/// could not be sent, after answering the error).
-async fn send(
-    channel: &Channel,
-    request: Request,
-) -> Option<impl Future<Output = Confirmed> + use<>> {
+/// Sends `request` and waits for its confirm.
+async fn send_and_confirm(channel: &Channel, request: Request) -> Confirmed {
     let Request {
         exchange,
         routing_key,
@@ -160,32 +158,28 @@ async fn send(
         properties,
         answer,
     } = request;
-    let id = properties.message_id().clone();
+    let waiting = Waiting {
+        id: properties.message_id().clone(),
+        answer,
+    };
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    match channel
+    let confirmation = match channel
         .basic_publish(exchange, routing_key, options, &payload, properties)
         .await
     {
-        Ok(confirm) => Some(confirm.map(move |result| (Waiting { id, answer }, result))),
-        Err(err) => {
-            let _ = answer.send(Err(unavailable("publish")(err)));
-            None
-        }
-    }
+        Ok(confirm) => confirm.await,
+        Err(err) => Err(err),
+    };
+    (waiting, confirmation)
 }
 
-/// How long a return read before its publish was waiting is kept for it. Its publish is
-/// waiting a moment after the broker answered (its task hands it over once `basic_publish`
-/// returns); only one cancelled in between never comes.
-const UNMATCHED_KEPT: Duration = Duration::from_secs(60);
-
 /// Returned messages read and not yet matched with their publish, by message id, with how
-/// many (one id may be published twice at once) and when the last was read.
+/// many (one id may be published twice at once).
 #[derive(Default)]
-struct Returns(HashMap<Option<ShortString>, (usize, Instant)>);
+struct Returns(HashMap<Option<ShortString>, usize>);
 
 impl Returns {
     /// Reads the returns `round` carries, then answers each of its publishes.
@@ -209,28 +203,31 @@ impl Returns {
             })
             .collect();
         for (waiting, outcome) in outcomes {
-            let outcome = match outcome {
-                Ok(Published::Stored) if self.take(&waiting.id) => Ok(Published::Returned),
-                other => other,
+            let outcome = match (outcome, self.take(&waiting.id)) {
+                (Ok(Published::Stored), true) => Ok(Published::Returned),
+                (other, _) => other,
             };
             // The caller may have given up waiting: nobody to tell then.
             let _ = waiting.answer.send(outcome);
         }
-        self.0.retain(|_, (_, read)| read.elapsed() < UNMATCHED_KEPT);
+    }
+
+    /// Forgets every return: called when no publish is in flight, so none can match.
+    fn clear(&mut self) {
+        self.0.clear();
     }
 
     fn note(&mut self, carried: Option<lapin::message::BasicReturnMessage>) {
         if let Some(returned) = carried {
             let id = returned.delivery.properties.message_id().clone();
-            let entry = self.0.entry(id).or_insert((0, Instant::now()));
-            *entry = (entry.0 + 1, Instant::now());
+            *self.0.entry(id).or_default() += 1;
         }
     }
 
     /// Whether a return of `id` was read (taking it).
     fn take(&mut self, id: &Option<ShortString>) -> bool {
         match self.0.get_mut(id) {
-            Some((count, _)) if *count > 1 => {
+            Some(count) if *count > 1 => {
                 *count -= 1;
                 true
             }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use topiq_adapter::{Error, Result};
 
 use crate::Shared;
-use crate::confirms::ConfirmingChannel;
 use crate::config::{RabbitMqConfig, redact};
+use crate::confirms::ConfirmingChannel;
 
 /// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
