@@ -22,7 +22,7 @@ mod fault_proxy;
 mod netns;
 
 pub use fault_proxy::FaultProxy;
-pub use netns::IsolatedNats;
+pub use netns::{IsolatedNats, IsolatedRabbit, NetworkNamespace};
 
 /// A `nats-server` with JetStream on a free loopback port and a temporary store, killed and
 /// cleaned up on drop.
@@ -452,8 +452,12 @@ pub async fn rabbitmq_adapter() -> (topiq_rabbitmq::RabbitMqAdapter, RabbitVhost
 /// removed on drop. Starts in a few seconds.
 pub struct RabbitNode {
     node: String,
+    /// Where the node listens for AMQP.
+    host: String,
     port: u16,
     dir: PathBuf,
+    /// The network namespace the node runs in, if not the host's.
+    namespace: Option<String>,
 }
 
 impl RabbitNode {
@@ -472,16 +476,31 @@ impl RabbitNode {
     ///
     /// As [`start`](Self::start).
     pub fn start_with(extra: &str) -> Self {
+        Self::launch("127.0.0.1", free_port(), extra, None)
+    }
+
+    /// Starts the node inside network `namespace`, listening on `host`:5672, `guest`
+    /// allowed in from outside loopback.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub(crate) fn start_in(namespace: &str, host: &str) -> Self {
+        let guest_from_anywhere = "loopback_users = none";
+        Self::launch(host, 5672, guest_from_anywhere, Some(namespace.to_owned()))
+    }
+
+    fn launch(host: &str, port: u16, extra: &str, namespace: Option<String>) -> Self {
         let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
             .take(8)
             .collect();
-        let (port, dist_port) = (free_port(), free_port());
+        let dist_port = free_port();
         let dir = std::env::temp_dir().join(format!("topiq-rabbit-{suffix}"));
         std::fs::create_dir_all(dir.join("log")).unwrap();
         std::fs::create_dir_all(dir.join("mnesia")).unwrap();
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n{extra}\n"),
+            format!("listeners.tcp.local = {host}:{port}\n{extra}\n"),
         )
         .unwrap();
         std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
@@ -490,12 +509,19 @@ impl RabbitNode {
             .args(["-R", "rabbitmq:rabbitmq"])
             .arg(&dir)
             .status();
-        let node = format!("topiq-{suffix}@localhost");
-        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let status = Command::new("rabbitmq-server")
+        let node = Self {
+            node: format!("topiq-{suffix}@localhost"),
+            host: host.to_owned(),
+            port,
+            dir,
+            namespace,
+        };
+        let path = |name: &str| node.dir.join(name).to_string_lossy().into_owned();
+        let status = node
+            .command("rabbitmq-server")
             .arg("-detached")
-            .current_dir(&dir)
-            .env("RABBITMQ_NODENAME", &node)
+            .current_dir(&node.dir)
+            .env("RABBITMQ_NODENAME", &node.node)
             .env("RABBITMQ_NODE_PORT", port.to_string())
             .env("RABBITMQ_DIST_PORT", dist_port.to_string())
             .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
@@ -518,23 +544,39 @@ impl RabbitNode {
             status.success(),
             "rabbitmq-server -detached failed: {status}"
         );
-        let node = Self { node, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the RabbitMQ node {} did not open port {port} within a minute (log: {})",
-                node.node,
-                node.dir.join("log").display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        node.wait_for_port("did not open its port within a minute");
         node
     }
 
-    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    /// `program`, run in the node's network namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace, program]);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn wait_for_port(&self, failure: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect((self.host.as_str(), self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the RabbitMQ node {} {failure} (port {}, log: {})",
+                self.node,
+                self.port,
+                self.dir.join("log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `amqp://guest:guest@<host>:<port>/%2f`.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        format!("amqp://guest:guest@{}:{}/%2f", self.host, self.port)
     }
 
     /// The Erlang node name (`rabbitmqctl -n <name> ...`).
@@ -560,30 +602,38 @@ impl RabbitNode {
     ///
     /// When the command fails.
     pub fn ctl(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.node.as_str()];
-        all.extend_from_slice(args);
-        rabbitmqctl(&all);
+        let output = self
+            .command("rabbitmqctl")
+            .args(["-n", self.node.as_str()])
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run rabbitmqctl {args:?}: {err}"));
+        assert!(
+            output.status.success(),
+            "rabbitmqctl -n {} {args:?} failed ({}): {}{}",
+            self.node,
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// `rabbitmqctl stop_app`: the node closes every connection and takes none.
     pub fn stop_app(&self) {
-        rabbitmqctl(&["-n", &self.node, "stop_app"]);
+        self.ctl(&["stop_app"]);
     }
 
     /// `rabbitmqctl start_app`, then waits until the port answers again.
     pub fn start_app(&self) {
-        rabbitmqctl(&["-n", &self.node, "start_app"]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "the node did not come back");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.ctl(&["start_app"]);
+        self.wait_for_port("did not come back within a minute");
     }
 }
 
 impl Drop for RabbitNode {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
+        let _ = self
+            .command("rabbitmqctl")
             .args(["-n", &self.node, "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -6,7 +6,8 @@
 //!
 //! JetStream runs on a nats-server of the test's own, RabbitMQ in a vhost of its own on the
 //! machine's broker. Real cuts (a blackhole route, a link set down) run against a nats-server
-//! in a network namespace of the test's own (`IsolatedNats`).
+//! or a RabbitMQ node in a network namespace of the test's own (`IsolatedNats`,
+//! `IsolatedRabbit`).
 
 // Test helpers panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 use topiq_adapter::{
     Adapter, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
 };
-use topiq_integration_tests::{FaultProxy, IsolatedNats, Ledger, NatsServer, RabbitVhost};
+use topiq_integration_tests::{
+    FaultProxy, IsolatedNats, IsolatedRabbit, Ledger, NatsServer, NetworkNamespace, RabbitVhost,
+};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
@@ -187,20 +190,13 @@ on_both_brokers!(
 /// A real network cut to a server in a namespace of the test's own (`cut` makes it, `heal`
 /// undoes it) while messages flow: the client notices within two heartbeats (its health says
 /// it is disconnected), connects again once the network is back, and loses nothing accepted.
-async fn a_network_cut_is_noticed_and_survived(
-    cut: impl Fn(&IsolatedNats),
-    heal: impl Fn(&IsolatedNats),
+async fn a_network_cut_is_noticed_and_survived<A: Adapter + Clone>(
+    adapter: A,
+    network: &NetworkNamespace,
+    cut: impl Fn(&NetworkNamespace),
+    heal: impl Fn(&NetworkNamespace),
 ) {
     const MESSAGES: usize = 1_000;
-    let server = IsolatedNats::start();
-    let adapter = JetStreamAdapter::connect(JetStreamConfig {
-        url: Some(server.url()),
-        publish_timeout: Duration::from_secs(2),
-        heartbeat: HEARTBEAT,
-        ..JetStreamConfig::default()
-    })
-    .await
-    .expect("connect to the namespace's server");
     let (topic, key) = declared(&adapter, "net.cut").await;
     let ledger = Ledger::default();
     let consumer = ledger.consume(&adapter, &key, 16);
@@ -208,7 +204,7 @@ async fn a_network_cut_is_noticed_and_survived(
     while ledger.handled_count() < 100 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    cut(&server);
+    cut(network);
     let cut_at = Instant::now();
     while adapter.health().await.is_ok() {
         assert!(
@@ -224,7 +220,7 @@ async fn a_network_cut_is_noticed_and_survived(
         "the cut went unnoticed for {noticed:?}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    heal(&server);
+    heal(network);
     for publisher in publishers {
         publisher.await.expect("publisher");
     }
@@ -235,12 +231,76 @@ async fn a_network_cut_is_noticed_and_survived(
     adapter.close().await.ok();
 }
 
+async fn isolated_jetstream(server: &IsolatedNats) -> JetStreamAdapter {
+    JetStreamAdapter::connect(JetStreamConfig {
+        url: Some(server.url()),
+        publish_timeout: Duration::from_secs(2),
+        heartbeat: HEARTBEAT,
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect to the namespace's server")
+}
+
+async fn isolated_rabbitmq(node: &IsolatedRabbit) -> RabbitMqAdapter {
+    RabbitMqAdapter::connect(RabbitMqConfig {
+        url: node.url(),
+        publish_timeout: Duration::from_secs(2),
+        heartbeat: HEARTBEAT,
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect to the namespace's node")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_a_blackhole_route_half_opening_the_connection_is_survived() {
-    a_network_cut_is_noticed_and_survived(|s| s.blackhole(true), |s| s.blackhole(false)).await;
+    let server = IsolatedNats::start();
+    let adapter = isolated_jetstream(&server).await;
+    a_network_cut_is_noticed_and_survived(
+        adapter,
+        server.network(),
+        |net| net.blackhole(true),
+        |net| net.blackhole(false),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_a_link_set_down_is_survived() {
-    a_network_cut_is_noticed_and_survived(|s| s.link(false), |s| s.link(true)).await;
+    let server = IsolatedNats::start();
+    let adapter = isolated_jetstream(&server).await;
+    a_network_cut_is_noticed_and_survived(
+        adapter,
+        server.network(),
+        |net| net.link(false),
+        |net| net.link(true),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_blackhole_route_half_opening_the_connection_is_survived() {
+    let node = IsolatedRabbit::start();
+    let adapter = isolated_rabbitmq(&node).await;
+    a_network_cut_is_noticed_and_survived(
+        adapter,
+        node.network(),
+        |net| net.blackhole(true),
+        |net| net.blackhole(false),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_link_set_down_is_survived() {
+    let node = IsolatedRabbit::start();
+    let adapter = isolated_rabbitmq(&node).await;
+    a_network_cut_is_noticed_and_survived(
+        adapter,
+        node.network(),
+        |net| net.link(false),
+        |net| net.link(true),
+    )
+    .await;
 }

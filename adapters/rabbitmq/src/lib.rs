@@ -702,7 +702,7 @@ impl Adapter for RabbitMqAdapter {
     }
 
     async fn health(&self) -> Result<()> {
-        self.shared.session().await.map(|_| ())
+        self.shared.health().await
     }
 
     async fn close(&self) -> Result<()> {

@@ -306,6 +306,36 @@ impl Shared {
         }
     }
 
+    /// Ok while a connection is open. A lost one is reported at once (readiness probes
+    /// must not wait out `reconnect_wait`) and connected again in the background, so an
+    /// adapter nothing else uses heals too; before the first connection, connects.
+    pub(crate) async fn health(self: &Arc<Self>) -> Result<()> {
+        self.ensure_open()?;
+        if self.current_session().is_some() {
+            return Ok(());
+        }
+        let lost = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !lost {
+            return self.session().await.map(|_| ());
+        }
+        // Nobody connecting yet: start it (whoever holds the lock is connecting already).
+        if self.connecting.try_lock().is_ok() {
+            let shared = Arc::clone(self);
+            tokio::spawn(async move { shared.session().await });
+        }
+        Err(Error::BrokerUnavailable {
+            message: format!(
+                "the connection to RabbitMQ at {} was lost (connecting again)",
+                self.target.shown()
+            ),
+            source: None,
+        })
+    }
+
     fn current_session(&self) -> Option<Arc<Session>> {
         self.current
             .read()
