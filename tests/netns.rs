@@ -35,6 +35,22 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Claims a free `n` (1..=250) by creating namespace `tq-<n>`, which fails when another test
+/// holds it: tests run in parallel processes, and a namespace another test uses is never
+/// touched.
+fn claim_subnet() -> u32 {
+    let first = std::process::id() % 250;
+    (0..250)
+        .map(|offset| (first + offset) % 250 + 1)
+        .find(|n| {
+            Command::new("ip")
+                .args(["netns", "add", &format!("tq-{n}")])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+        .expect("no free network namespace tq-1 ... tq-250 (`ip netns list`; delete stale ones)")
+}
+
 impl NetworkNamespace {
     /// Makes the namespace and the veth pair, both ends up.
     ///
@@ -42,13 +58,10 @@ impl NetworkNamespace {
     ///
     /// When `ip` fails.
     pub fn create() -> Self {
-        // One subnet per test process (nextest runs each test in its own).
-        let n = std::process::id() % 250 + 1;
+        let n = claim_subnet();
         let name = format!("tq-{n}");
         let (host_link, ns_link) = (format!("tqh{n}"), format!("tqn{n}"));
         let server_ip = format!("10.213.{n}.2");
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
         let namespace = Self {
             name,
             host_link,
