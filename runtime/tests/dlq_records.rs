@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 use topiq::{Config, Functions, HandlerError, QueueModule};
-use topiq_integration_tests::NatsServer;
+use topiq_testkit::NatsServer;
 
 fn config(url: &str) -> Config {
     let text = format!(

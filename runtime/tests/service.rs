@@ -984,7 +984,7 @@ async fn metrics_count_every_outcome(broker: Broker) {
 /// 3-node cluster started from `deploy/nats-cluster/node.conf`, R3 streams included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_production_cluster_config_runs_on_the_three_node_cluster() {
-    let cluster = topiq_integration_tests::NatsCluster::start();
+    let cluster = topiq_testkit::NatsCluster::start();
     let urls = cluster.urls();
     let (folder, path) = write_config(
         "modules:

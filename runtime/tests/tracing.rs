@@ -15,7 +15,7 @@ use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
 use topiq::{Config, Functions, HandlerError, Message, QueueModule};
-use topiq_integration_tests::{NatsServer, RabbitVhost};
+use topiq_testkit::{NatsServer, RabbitVhost};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;

@@ -32,8 +32,8 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use topiq_adapter::{Adapter, NewMessage, SubscriptionKey, TopicName};
-use topiq_integration_tests::NatsServer;
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
+use topiq_testkit::NatsServer;
 
 use support::{
     END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, WINDOW, bytes,

@@ -36,8 +36,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 use topiq_adapter::{Adapter, NewMessage, SubscriptionKey, TopicName};
-use topiq_integration_tests::RabbitNode;
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
+use topiq_testkit::RabbitNode;
 
 use support::{
     END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, SeparateCores,

@@ -20,7 +20,7 @@ impl Scratch {
     fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "topiq-deploy-{name}-{}",
-            topiq_integration_tests::free_port()
+            topiq_testkit::free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -102,7 +102,7 @@ fn the_nats_node_config_is_valid() {
 fn a_rabbitmq_node_starts_with_the_production_config() {
     let production = std::fs::read_to_string(deploy("rabbitmq/rabbitmq.conf")).unwrap();
     // The node of the test's own (free ports) with every setting of the production file.
-    let node = topiq_integration_tests::RabbitNode::start_with(&production);
+    let node = topiq_testkit::RabbitNode::start_with(&production);
     let status = Command::new("rabbitmqctl")
         .args(["-n", &node.name(), "environment"])
         .output()

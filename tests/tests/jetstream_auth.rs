@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use topiq_adapter::Adapter;
-use topiq_integration_tests::{CapturedLogs, NatsServer, make_test_certificates};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
+use topiq_testkit::{CapturedLogs, NatsServer, make_test_certificates};
 
 const PASSWORD: &str = "s3cret-Pa55word";
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use topiq_adapter::{
     Adapter, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
 };
-use topiq_integration_tests::{Ledger, NatsCluster};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
+use topiq_testkit::{Ledger, NatsCluster};
 
 const MESSAGES: usize = 20_000;
 const PUBLISHERS: usize = 8;

@@ -15,11 +15,11 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
 };
-use topiq_integration_tests::{
+use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
+use topiq_testkit::{
     Ledger, NatsServer, handlers_survive_a_broker_restart, jetstream_adapter,
     poison_message_with_a_thousand_behind,
 };
-use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 
 /// Declares `topic` with one trigger `t` whose policy `policy` adjusts.
 async fn declared(

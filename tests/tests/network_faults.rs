@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use topiq_adapter::{
     Adapter, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
 };
-use topiq_integration_tests::{
-    FaultProxy, IsolatedNats, IsolatedRabbit, Ledger, NatsServer, NetworkNamespace, RabbitVhost,
-};
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
+use topiq_testkit::{
+    FaultProxy, IsolatedNats, IsolatedRabbit, Ledger, NatsServer, NetworkNamespace, RabbitVhost,
+};
 
 /// The heartbeat both adapters get here: a dead link is noticed within two of these.
 const HEARTBEAT: Duration = Duration::from_secs(2);

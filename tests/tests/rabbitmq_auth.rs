@@ -13,10 +13,8 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
     TriggerName,
 };
-use topiq_integration_tests::{
-    CapturedLogs, RabbitNode, RabbitVhost, free_port, make_test_certificates,
-};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
+use topiq_testkit::{CapturedLogs, RabbitNode, RabbitVhost, free_port, make_test_certificates};
 
 const PASSWORD: &str = "s3cret-Pa55word";
 const WRONG: &str = "wr0ng-Pa55word";

@@ -1,4 +1,4 @@
 //! The conformance suite on `RabbitMqAdapter`, against the machine's RabbitMQ, each test in a
 //! vhost of its own.
 
-topiq_adapter::conformance_tests!(topiq_integration_tests::rabbitmq_adapter());
+topiq_adapter::conformance_tests!(topiq_testkit::rabbitmq_adapter());

@@ -17,11 +17,11 @@ use topiq_adapter::{
     Adapter, ConsumeOptions, Error, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName,
     TopicSpec, TriggerName,
 };
-use topiq_integration_tests::{
+use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
+use topiq_testkit::{
     FaultProxy, Ledger, RabbitNode, RabbitVhost, handlers_survive_a_broker_restart,
     poison_message_with_a_thousand_behind, rabbitmq_adapter,
 };
-use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
 
 /// Declares `topic` with one trigger per name in `triggers`, each with `policy` applied.
 async fn declared(

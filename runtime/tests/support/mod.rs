@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use topiq_integration_tests::{NatsServer, free_port};
+use topiq_testkit::{NatsServer, free_port};
 
 /// The broker a service test runs on.
 pub enum Broker {

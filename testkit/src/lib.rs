@@ -1,0 +1,35 @@
+//! What topiq's tests share: guards for real broker processes (a nats-server or a
+//! three-node cluster, a RabbitMQ vhost or node, either in a network namespace of the test's
+//! own), a TCP fault proxy, the at-least-once `Ledger`, and fault scenarios run the same way on
+//! every broker. A broker that cannot start fails the test: nothing here skips.
+
+// Test support: a broker that cannot start is a test failure, so it panics with the reason.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod certs;
+mod fault_proxy;
+mod ledger;
+mod logs;
+mod nats;
+mod netns;
+mod rabbit;
+mod scenarios;
+
+use std::net::TcpListener;
+
+pub use certs::make_test_certificates;
+pub use fault_proxy::FaultProxy;
+pub use ledger::{Ledger, Outcome};
+pub use logs::CapturedLogs;
+pub use nats::{NatsCluster, NatsServer, NatsVersion, jetstream_adapter};
+pub use netns::{IsolatedNats, IsolatedRabbit, NetworkNamespace};
+pub use rabbit::{RabbitNode, RabbitVhost, rabbitmq_adapter};
+pub use scenarios::{handlers_survive_a_broker_restart, poison_message_with_a_thousand_behind};
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
