@@ -15,7 +15,9 @@ mod netns;
 mod rabbit;
 mod scenarios;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 pub use certs::make_test_certificates;
 pub use fault_proxy::FaultProxy;
@@ -32,4 +34,36 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("a free loopback port")
+}
+
+/// Waits until `host:port` takes a TCP connection.
+///
+/// # Panics
+///
+/// When it does not within `within`, with `failure` (which server, where its log is).
+pub(crate) fn wait_for_port(host: &str, port: u16, within: Duration, failure: &str) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect((host, port)).is_err() {
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `command` (shown as `shown`) to completion.
+///
+/// # Panics
+///
+/// When it cannot start (`missing` says what to install) or fails (`failed` says what to
+/// check): a test that cannot set up its brokers fails, never skips.
+pub(crate) fn run_checked(command: &mut Command, shown: &str, missing: &str, failed: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {shown}: {err} ({missing})"));
+    assert!(
+        output.status.success(),
+        "{shown} failed ({}): {}{} ({failed})",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -1,12 +1,11 @@
 //! nats-server guards: one server on a free port, a three-node cluster, each killed and
 //! cleaned up on drop.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, wait_for_port};
 
 /// A `nats-server` with JetStream on a free loopback port and a temporary store, killed and
 /// cleaned up on drop.
@@ -118,15 +117,8 @@ impl NatsServer {
     }
 
     fn wait_until_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let failure = format!("nats-server did not start on port {}", self.port);
+        wait_for_port("127.0.0.1", self.port, Duration::from_secs(10), &failure);
     }
 
     /// The server process's id (benchmarks read its CPU time from `/proc`).
@@ -239,7 +231,7 @@ impl NatsCluster {
             cluster.spawn(index);
         }
         for node in &cluster.nodes {
-            wait_for_port(node.client_port);
+            wait_for_cluster_port(node.client_port);
         }
         cluster
     }
@@ -282,7 +274,7 @@ impl NatsCluster {
         self.kill(name);
         let node = self.node(name);
         self.spawn(node);
-        wait_for_port(self.nodes[node].client_port);
+        wait_for_cluster_port(self.nodes[node].client_port);
     }
 
     fn node(&self, name: &str) -> usize {
@@ -305,13 +297,7 @@ impl Drop for NatsCluster {
     }
 }
 
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nats-server did not open port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for_cluster_port(port: u16) {
+    let failure = format!("nats-server did not open port {port}");
+    wait_for_port("127.0.0.1", port, Duration::from_secs(20), &failure);
 }

@@ -3,12 +3,11 @@
 //! server, the server sees nothing wrong) or the link set down. Needs root and iproute2
 //! (`ip netns`), as on this machine and in CI.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{NatsVersion, RabbitNode};
+use crate::{NatsVersion, RabbitNode, run_checked, wait_for_port};
 
 /// Namespace `tq-<n>` with address `10.213.<n>.2`, linked to the host's `10.213.<n>.1` by a
 /// veth pair; removed (with the pair and any blackhole route) on drop.
@@ -24,14 +23,11 @@ pub struct NetworkNamespace {
 ///
 /// When it fails: a test that cannot make its network fails, never skips.
 fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run ip {args:?}: {err} (iproute2 is needed)"));
-    assert!(
-        output.status.success(),
-        "ip {args:?} failed: {} (the network tests need root)",
-        String::from_utf8_lossy(&output.stderr)
+    run_checked(
+        Command::new("ip").args(args),
+        &format!("ip {args:?}"),
+        "iproute2 is needed",
+        "the network tests need root",
     );
 }
 
@@ -170,14 +166,12 @@ impl IsolatedNats {
             store,
             network,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((server.network.server_ip(), 4222)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server in the namespace did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(
+            server.network.server_ip(),
+            4222,
+            Duration::from_secs(10),
+            "nats-server in the namespace did not start",
+        );
         server
     }
 

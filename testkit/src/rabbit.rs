@@ -1,11 +1,10 @@
 //! RabbitMQ guards: a vhost of its own on the machine's broker, or a node of its own.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, run_checked, wait_for_port};
 
 /// A RabbitMQ virtual host of its own on the machine's broker (`rabbitmqctl`), so a test's
 /// exchanges and queues meet no other run's; deleted with everything in it on drop.
@@ -18,16 +17,11 @@ pub struct RabbitVhost {
 const RABBITMQ_ADDRESS: &str = "127.0.0.1:5672";
 
 fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run rabbitmqctl {args:?}: {err} (is rabbitmq-server installed? scripts/test installs it)"));
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?} failed ({}): {}{} (is RabbitMQ running? `rabbitmq-server -detached` starts it)",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    run_checked(
+        Command::new("rabbitmqctl").args(args),
+        &format!("rabbitmqctl {args:?}"),
+        "is rabbitmq-server installed? scripts/test installs it",
+        "is RabbitMQ running? `rabbitmq-server -detached` starts it",
     );
 }
 
@@ -228,17 +222,13 @@ impl RabbitNode {
     }
 
     fn wait_for_port(&self, failure: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect((self.host.as_str(), self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the RabbitMQ node {} {failure} (port {}, log: {})",
-                self.node,
-                self.port,
-                self.dir.join("log").display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let failure = format!(
+            "the RabbitMQ node {} {failure} (port {}, log: {})",
+            self.node,
+            self.port,
+            self.dir.join("log").display()
+        );
+        wait_for_port(&self.host, self.port, Duration::from_secs(60), &failure);
     }
 
     /// `amqp://guest:guest@<host>:<port>/%2f`.
@@ -269,19 +259,13 @@ impl RabbitNode {
     ///
     /// When the command fails.
     pub fn ctl(&self, args: &[&str]) {
-        let output = self
-            .command("rabbitmqctl")
-            .args(["-n", self.node.as_str()])
-            .args(args)
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run rabbitmqctl {args:?}: {err}"));
-        assert!(
-            output.status.success(),
-            "rabbitmqctl -n {} {args:?} failed ({}): {}{}",
-            self.node,
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        run_checked(
+            self.command("rabbitmqctl")
+                .args(["-n", self.node.as_str()])
+                .args(args),
+            &format!("rabbitmqctl -n {} {args:?}", self.node),
+            "is rabbitmq-server installed? scripts/test installs it",
+            "is the node up?",
         );
     }
 
