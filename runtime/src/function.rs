@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use topiq_adapter::{Envelope, TriggerName};
 
+use crate::config::{ConfigError, TriggerSettings};
+
 /// A message as a handler receives it: the [`Envelope`] (`id`, `topic`, `data`, `attempt`,
 /// `max_attempts`, `enqueued_at`, trace context, idempotency key) and the trigger that runs.
 #[derive(Clone, Debug)]
@@ -237,6 +239,14 @@ impl Functions {
         self.functions.get(name)
     }
 
+    /// Whether `name` is registered, and how many messages its calls take.
+    pub fn kind(&self, name: &str) -> Option<FunctionKind> {
+        self.functions.get(name).map(|function| match function {
+            Function::Single(_) => FunctionKind::Single,
+            Function::Batch(_) => FunctionKind::Batch,
+        })
+    }
+
     pub(crate) fn duplicates(&self) -> &[String] {
         &self.duplicates
     }
@@ -247,6 +257,43 @@ impl Functions {
         names.sort_unstable();
         names
     }
+}
+
+/// How many messages a function's calls take, as far as a check of the config knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// One message a call ([`Functions::register`]).
+    Single,
+    /// A batch a call ([`Functions::register_batch`]).
+    Batch,
+    /// Registered by the application, shape unknown (`topiq check --function NAME`).
+    Either,
+}
+
+/// Checks that `trigger` can call a function of `kind` (`None`: no such function; `unknown`
+/// then says where functions come from). One check for the module and `topiq check`.
+pub fn check_trigger_function(
+    trigger: &TriggerSettings,
+    kind: Option<FunctionKind>,
+    unknown: impl FnOnce() -> String,
+) -> Result<(), ConfigError> {
+    let problem = match (kind, trigger.batch_size > 1) {
+        (None, _) => format!("unknown function {:?}; {}", trigger.function, unknown()),
+        (Some(FunctionKind::Single), true) => format!(
+            "the trigger has batch_size {} but {:?} handles one message at a time; register it with Functions::register_batch or remove batch_size",
+            trigger.batch_size, trigger.function
+        ),
+        (Some(FunctionKind::Batch), false) => format!(
+            "{:?} is a batch function; give the trigger a batch_size above 1",
+            trigger.function
+        ),
+        _ => return Ok(()),
+    };
+    Err(ConfigError::invalid(
+        trigger.function_location.clone(),
+        format!("triggers.{}.function", trigger.name),
+        problem,
+    ))
 }
 
 impl fmt::Debug for Functions {

@@ -22,40 +22,31 @@
 //! (the registry handlers go into), [`condition`] (CEL filters), [`retry`] (backoff), the
 //! trigger loop (condition → handler under timeout and lease extension → settlement), and
 //! [`calls`] (the JSON call surface).
+//!
+//! The broker adapters are cargo features, both on by default: `jetstream` (NATS JetStream)
+//! and `rabbitmq` (RabbitMQ). With `default-features = false` the module carries only the
+//! in-memory adapter. The HTTP API, HTTP functions and telemetry export are `topiq-server`'s.
 
-pub mod api;
 pub mod calls;
 pub mod condition;
 pub mod config;
 pub mod function;
-mod http_function;
 mod metrics;
 mod module;
 pub mod registry;
 pub mod retry;
 mod stats;
-pub mod telemetry;
+mod telemetry;
 mod trigger;
 
-pub use api::{ApiError, ApiServer};
 pub use calls::{BatchItem, CallError, DlqRequest, EnqueueRequest, EnqueueResult, TriggerStats};
 pub use config::{Config, ConfigError};
-pub use function::{BatchHandler, Functions, Handler, HandlerError, Message};
-pub use module::{QueueModule, StartError, Workers};
+pub use function::{
+    BatchHandler, FunctionKind, Functions, Handler, HandlerError, Message, check_trigger_function,
+};
+pub use module::{QueueModule, ServiceError, StartError, Workers};
 pub use registry::{AdapterClass, RegistryError};
 pub use stats::TriggerCounts;
-pub use telemetry::{Telemetry, TelemetryError};
-
-/// Makes rustls' ring provider the process default for TLS, unless one is set already: the
-/// HTTP clients (HTTP functions, the OTLP exporter, the CLI) need one. The same provider
-/// lapin and async-nats use, so the binary carries one crypto library. Called by everything
-/// here that builds an HTTP client; idempotent.
-pub fn install_tls_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: a provider is then set.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
 
 /// Completes on Ctrl-C or SIGTERM: pass it to [`QueueModule::run_until`].
 pub async fn shutdown_signal() {

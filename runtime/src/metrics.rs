@@ -222,7 +222,7 @@ impl TriggerMetrics {
 
 impl Metrics {
     /// The series; with `otlp`, also OpenTelemetry instruments from the global meter
-    /// provider (which [`Telemetry::install`](crate::Telemetry::install) sets).
+    /// provider (which `topiq_server::Telemetry::install` sets).
     pub(crate) fn new(otlp: bool) -> Self {
         let mut registry = Registry::with_prefix("topiq");
         let metrics = Self {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use topiq_adapter::{
     NewMessage, PublishReceipt, SharedAdapter, SubscriptionKey, SubscriptionSpec, TopicName,
@@ -14,9 +14,8 @@ use topiq_adapter::{
 };
 use tracing::Instrument;
 
-use crate::config::{Config, ConfigError, ConfigLocation};
-use crate::function::{Function, Functions};
-use crate::http_function::HttpFunction;
+use crate::config::{Config, ConfigError, ConfigLocation, TriggerSettings};
+use crate::function::{Function, Functions, check_trigger_function};
 use crate::metrics::Metrics;
 use crate::stats::TriggerCounters;
 use crate::telemetry;
@@ -46,6 +45,17 @@ pub enum StartError {
     },
 }
 
+/// Why the service run beside the module ([`QueueModule::run_beside`]) ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError<E> {
+    /// It returned an error.
+    #[error(transparent)]
+    Failed(E),
+    /// Its task panicked.
+    #[error("the service beside the module failed: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
 /// The queue module: enqueue and DLQ calls, and the triggers once [`QueueModule::start_workers`]
 /// runs them. Cheap to clone.
 #[derive(Clone)]
@@ -64,79 +74,8 @@ struct Inner {
 impl QueueModule {
     /// Checks the config against `functions`, connects the adapter, and declares every topic
     /// and trigger subscription. No trigger runs until [`start_workers`](Self::start_workers).
-    pub async fn new(config: Config, mut functions: Functions) -> Result<Self, StartError> {
-        for http in &config.functions {
-            if functions.get(&http.name).is_some() {
-                return Err(ConfigError::invalid(
-                    http.location.clone(),
-                    format!("functions.{}", http.name),
-                    "the application registers a function of this name too; keep one of them",
-                )
-                .into());
-            }
-            let function = HttpFunction::new(http.clone()).map_err(|err| {
-                ConfigError::invalid(
-                    http.location.clone(),
-                    format!("functions.{}.http", http.name),
-                    format!("cannot set up the HTTP client: {err}"),
-                )
-            })?;
-            functions.register(http.name.clone(), function);
-        }
-        if let Some(name) = functions.duplicates().first() {
-            return Err(ConfigError::invalid(
-                ConfigLocation {
-                    file: "(application)".into(),
-                    line: 0,
-                    column: 0,
-                },
-                "functions",
-                format!("the function {name:?} was registered twice; register each name once"),
-            )
-            .into());
-        }
-        let mut resolved = Vec::with_capacity(config.triggers.len());
-        for settings in &config.triggers {
-            let key = format!("triggers.{}.function", settings.name);
-            let function = functions.get(&settings.function).ok_or_else(|| {
-                ConfigError::invalid(
-                    settings.function_location.clone(),
-                    key.clone(),
-                    format!(
-                        "unknown function {:?}; registered: {}. Register it with Functions::register",
-                        settings.function,
-                        functions.names().join(", ")
-                    ),
-                )
-            })?;
-            match (function, settings.batch_size > 1) {
-                (Function::Single(_), true) => {
-                    return Err(ConfigError::invalid(
-                        settings.function_location.clone(),
-                        key,
-                        format!(
-                            "the trigger has batch_size {} but {:?} handles one message at a time; register it with Functions::register_batch or remove batch_size",
-                            settings.batch_size, settings.function
-                        ),
-                    )
-                    .into());
-                }
-                (Function::Batch(_), false) => {
-                    return Err(ConfigError::invalid(
-                        settings.function_location.clone(),
-                        key,
-                        format!(
-                            "{:?} is a batch function; give the trigger a batch_size above 1",
-                            settings.function
-                        ),
-                    )
-                    .into());
-                }
-                _ => {}
-            }
-            resolved.push((settings.clone(), function.clone()));
-        }
-
+    pub async fn new(config: Config, functions: Functions) -> Result<Self, StartError> {
+        let resolved = resolve_functions(&config, &functions)?;
         let adapter = config
             .adapter
             .class
@@ -162,28 +101,8 @@ impl QueueModule {
         metrics.declare_topics(config.topics.keys());
         let mut triggers = Vec::with_capacity(resolved.len());
         for (settings, function) in resolved {
-            let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());
-            let mut spec = SubscriptionSpec::new(key.clone());
-            spec.max_attempts = settings.retry.max_attempts;
-            spec.visibility_timeout = settings.visibility_timeout;
-            spec.dead_letter_topic = settings.dead_letter_topic.clone();
-            adapter
-                .declare_subscription(spec)
-                .await
-                .map_err(|source| StartError::Broker {
-                    what: format!("trigger {key}"),
-                    source,
-                })?;
-            let counters = TriggerCounters::new(metrics.trigger(&key));
-            triggers.push(Arc::new(Trigger {
-                settings,
-                key,
-                function,
-                adapter: Arc::clone(&adapter),
-                counters,
-                subscribed: AtomicBool::new(false),
-                messaging_system: config.adapter.class.messaging_system(),
-            }));
+            let trigger = declare_trigger(&config, &adapter, &metrics, settings, function).await?;
+            triggers.push(Arc::new(trigger));
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -335,11 +254,48 @@ impl QueueModule {
     /// Runs the triggers until `shutdown` completes, then stops gracefully and closes the
     /// adapter. Use with [`shutdown_signal`](crate::shutdown_signal) in a binary.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
+        let nothing_beside = |_stop| async { Ok::<(), std::convert::Infallible>(()) };
+        if let Err(ServiceError::Panicked(err)) = self.run_beside(shutdown, nothing_beside).await {
+            tracing::error!(error = %err, "the shutdown of the module failed");
+        }
+    }
+
+    /// Runs the triggers and `service` (an HTTP API, say: it gets a future that completes
+    /// when it should stop) until `shutdown` completes. Then the service is told to stop
+    /// while the triggers stop; both get the config's `shutdown_grace`, and the adapter closes
+    /// after both, so a request in progress can still reach the broker.
+    pub async fn run_beside<S, E>(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        service: impl FnOnce(WaitForCancellationFutureOwned) -> S,
+    ) -> Result<(), ServiceError<E>>
+    where
+        S: Future<Output = Result<(), E>> + Send + 'static,
+        E: Send + 'static,
+    {
         let workers = self.start_workers();
+        let stop_service = CancellationToken::new();
+        let serving = tokio::spawn(service(stop_service.clone().cancelled_owned()));
         shutdown.await;
         tracing::info!("shutting down");
-        workers.shutdown().await;
+        stop_service.cancel();
+        let grace = self.inner.config.shutdown_grace;
+        let service_finished = async {
+            match tokio::time::timeout(grace, serving).await {
+                Ok(Ok(served)) => served.map_err(ServiceError::Failed),
+                Ok(Err(panicked)) => Err(ServiceError::Panicked(panicked)),
+                Err(_) => {
+                    tracing::warn!(
+                        ?grace,
+                        "the service beside the module is still running after the grace period; closing anyway"
+                    );
+                    Ok(())
+                }
+            }
+        };
+        let ((), served) = tokio::join!(workers.shutdown(), service_finished);
         self.close().await;
+        served
     }
 
     /// Whether the module is ready for traffic: the adapter reaches its broker and every
@@ -367,6 +323,81 @@ impl QueueModule {
             tracing::warn!(error = %err, "closing the adapter failed");
         }
     }
+}
+
+/// Each trigger's settings with the function it calls; an unknown function, a batch
+/// mismatch or a name registered twice is a [`ConfigError`].
+fn resolve_functions(
+    config: &Config,
+    functions: &Functions,
+) -> Result<Vec<(TriggerSettings, Function)>, ConfigError> {
+    if let Some(name) = functions.duplicates().first() {
+        return Err(ConfigError::invalid(
+            ConfigLocation {
+                file: "(application)".into(),
+                line: 0,
+                column: 0,
+            },
+            "functions",
+            format!("the function {name:?} was registered twice; register each name once"),
+        ));
+    }
+    let mut resolved = Vec::with_capacity(config.triggers.len());
+    for settings in &config.triggers {
+        check_trigger_function(settings, functions.kind(&settings.function), || {
+            unknown_function_hint(config, functions, &settings.function)
+        })?;
+        if let Some(function) = functions.get(&settings.function) {
+            resolved.push((settings.clone(), function.clone()));
+        }
+    }
+    Ok(resolved)
+}
+
+/// Where the functions a trigger can name come from, for an unknown one.
+fn unknown_function_hint(config: &Config, functions: &Functions, name: &str) -> String {
+    if config.functions.iter().any(|http| http.name == name) {
+        return format!(
+            "it is an HTTP function of `functions:`, which the embedded module calls once `topiq_server::register_http_functions` registered it (`topiq run` does); registered: {}",
+            functions.names().join(", ")
+        );
+    }
+    format!(
+        "registered: {}. Register it with Functions::register",
+        functions.names().join(", ")
+    )
+}
+
+/// Declares `settings`' subscription on the broker and builds its trigger.
+async fn declare_trigger(
+    config: &Config,
+    adapter: &SharedAdapter,
+    metrics: &Metrics,
+    settings: TriggerSettings,
+    function: Function,
+) -> Result<Trigger, StartError> {
+    let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());
+    let mut spec = SubscriptionSpec::new(key.clone());
+    spec.max_attempts = settings.retry.max_attempts;
+    spec.visibility_timeout = settings.visibility_timeout;
+    spec.dead_letter_topic = settings.dead_letter_topic.clone();
+    adapter
+        .declare_subscription(spec)
+        .await
+        .map_err(|source| StartError::Broker {
+            what: format!("trigger {key}"),
+            source,
+        })?;
+    let counters = TriggerCounters::new(metrics.trigger(&key));
+    Ok(Trigger {
+        settings,
+        key,
+        function,
+        adapter: Arc::clone(adapter),
+        counters,
+        subscribed: AtomicBool::new(false),
+        messaging_system: config.adapter.class.messaging_system(),
+    })
 }
 
 /// The running triggers of a module.

@@ -1,21 +1,23 @@
-//! Adapters by class name, as `config.yaml` names them (`adapter.class`).
+//! Adapters by class name, as `config.yaml` names them (`adapter.class`). The broker
+//! adapters are compiled in by cargo features (`jetstream`, `rabbitmq`); a config naming one
+//! this build lacks gets an error that names the feature.
 
 use std::sync::Arc;
 
-use topiq_adapter::{Capabilities, DynAdapter, SharedAdapter};
-use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
+use topiq_adapter::{Capabilities, SharedAdapter};
 use topiq_memory::BuiltinQueueAdapter;
-use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 
-/// An adapter class topiq knows.
+/// An adapter class this build of topiq has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AdapterClass {
     /// `modules::queue::BuiltinQueueAdapter`: in-memory, for development and tests.
     Builtin,
     /// `modules::queue::JetStreamAdapter`: NATS JetStream.
+    #[cfg(feature = "jetstream")]
     JetStream,
     /// `modules::queue::RabbitMQAdapter`: RabbitMQ.
+    #[cfg(feature = "rabbitmq")]
     RabbitMq,
 }
 
@@ -28,16 +30,34 @@ pub enum RegistryError {
     UnknownClass {
         /// The class as written in the config.
         given: String,
-        /// Every class topiq knows.
+        /// Every class this build has.
         known: Vec<&'static str>,
+    },
+    /// topiq knows the class, but this build was compiled without its cargo feature.
+    #[error(
+        "the adapter class {given:?} is not in this build; enable topiq's cargo feature `{feature}` (or use the `topiq` binary, which has every adapter)"
+    )]
+    NotBuilt {
+        /// The class as written in the config.
+        given: String,
+        /// The cargo feature that brings it.
+        feature: &'static str,
     },
 }
 
+/// Every broker adapter topiq has, with the cargo feature that compiles it in.
+const BROKER_FEATURES: &[(&str, &str)] = &[
+    ("modules::queue::JetStreamAdapter", "jetstream"),
+    ("modules::queue::RabbitMQAdapter", "rabbitmq"),
+];
+
 impl AdapterClass {
-    /// Every known class, in the order they are listed to users.
+    /// Every class of this build, in the order they are listed to users.
     pub const ALL: &'static [AdapterClass] = &[
         AdapterClass::Builtin,
+        #[cfg(feature = "jetstream")]
         AdapterClass::JetStream,
+        #[cfg(feature = "rabbitmq")]
         AdapterClass::RabbitMq,
     ];
 
@@ -45,7 +65,9 @@ impl AdapterClass {
     pub fn messaging_system(self) -> &'static str {
         match self {
             AdapterClass::Builtin => "topiq",
+            #[cfg(feature = "jetstream")]
             AdapterClass::JetStream => "nats",
+            #[cfg(feature = "rabbitmq")]
             AdapterClass::RabbitMq => "rabbitmq",
         }
     }
@@ -54,21 +76,29 @@ impl AdapterClass {
     pub fn name(self) -> &'static str {
         match self {
             AdapterClass::Builtin => topiq_memory::CLASS_NAME,
+            #[cfg(feature = "jetstream")]
             AdapterClass::JetStream => topiq_jetstream::CLASS_NAME,
+            #[cfg(feature = "rabbitmq")]
             AdapterClass::RabbitMq => topiq_rabbitmq::CLASS_NAME,
         }
     }
 
-    /// The class written as `name`; an unknown name lists the known ones.
+    /// The class written as `name`; an unknown name lists the known ones, and a class this
+    /// build lacks names the feature to enable.
     pub fn from_name(name: &str) -> Result<Self, RegistryError> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|class| class.name() == name)
-            .ok_or_else(|| RegistryError::UnknownClass {
+        if let Some(class) = Self::ALL.iter().copied().find(|class| class.name() == name) {
+            return Ok(class);
+        }
+        match BROKER_FEATURES.iter().find(|(class, _)| *class == name) {
+            Some((_, feature)) => Err(RegistryError::NotBuilt {
+                given: name.to_owned(),
+                feature,
+            }),
+            None => Err(RegistryError::UnknownClass {
                 given: name.to_owned(),
                 known: Self::ALL.iter().map(|class| class.name()).collect(),
-            })
+            }),
+        }
     }
 
     /// Builds (and for a broker, connects) an adapter of this class with its `config:`
@@ -77,25 +107,30 @@ impl AdapterClass {
         self,
         options: &serde_json::Value,
     ) -> Result<SharedAdapter, topiq_adapter::Error> {
+        let invalid = |reason| topiq_adapter::Error::InvalidArgument {
+            argument: "adapter config",
+            reason,
+        };
         match self {
-            AdapterClass::Builtin => Ok(Arc::new(BuiltinQueueAdapter::new())),
-            AdapterClass::JetStream => {
-                let config = JetStreamConfig::from_value(options).map_err(|reason| {
-                    topiq_adapter::Error::InvalidArgument {
-                        argument: "adapter config",
-                        reason,
-                    }
-                })?;
-                Ok(Arc::new(JetStreamAdapter::connect(config).await?))
+            AdapterClass::Builtin => {
+                builtin_options(options).map_err(invalid)?;
+                Ok(Arc::new(BuiltinQueueAdapter::new()))
             }
+            #[cfg(feature = "jetstream")]
+            AdapterClass::JetStream => {
+                let config =
+                    topiq_jetstream::JetStreamConfig::from_value(options).map_err(invalid)?;
+                Ok(Arc::new(
+                    topiq_jetstream::JetStreamAdapter::connect(config).await?,
+                ))
+            }
+            #[cfg(feature = "rabbitmq")]
             AdapterClass::RabbitMq => {
-                let config = RabbitMqConfig::from_value(options).map_err(|reason| {
-                    topiq_adapter::Error::InvalidArgument {
-                        argument: "adapter config",
-                        reason,
-                    }
-                })?;
-                Ok(Arc::new(RabbitMqAdapter::connect(config).await?))
+                let config =
+                    topiq_rabbitmq::RabbitMqConfig::from_value(options).map_err(invalid)?;
+                Ok(Arc::new(
+                    topiq_rabbitmq::RabbitMqAdapter::connect(config).await?,
+                ))
             }
         }
     }
@@ -103,40 +138,45 @@ impl AdapterClass {
     /// Checks the adapter's `config:` map; the error says which option is wrong.
     pub fn check_options(self, options: &serde_json::Value) -> Result<(), String> {
         match self {
-            AdapterClass::Builtin => match options {
-                serde_json::Value::Null => Ok(()),
-                serde_json::Value::Object(map) if map.is_empty() => Ok(()),
-                serde_json::Value::Object(map) => Err(format!(
-                    "{} takes no options, got {}; write `config: {{}}`",
-                    self.name(),
-                    map.keys()
-                        .map(|key| format!("`{key}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                _ => Err("must be a map of options, such as `config: {}`".into()),
-            },
-            AdapterClass::JetStream => JetStreamConfig::from_value(options).map(|_| ()),
-            AdapterClass::RabbitMq => RabbitMqConfig::from_value(options).map(|_| ()),
+            AdapterClass::Builtin => builtin_options(options),
+            #[cfg(feature = "jetstream")]
+            AdapterClass::JetStream => {
+                topiq_jetstream::JetStreamConfig::from_value(options).map(|_| ())
+            }
+            #[cfg(feature = "rabbitmq")]
+            AdapterClass::RabbitMq => {
+                topiq_rabbitmq::RabbitMqConfig::from_value(options).map(|_| ())
+            }
         }
     }
 
-    /// What adapters of this class can honour.
+    /// What adapters of this class can honour, known before connecting (each adapter crate
+    /// exports its own).
     pub fn capabilities(self) -> Capabilities {
         match self {
-            AdapterClass::Builtin => DynAdapter::capabilities(&BuiltinQueueAdapter::new()),
-            // Known before connecting; the server's own `max_payload` is checked when topics
-            // are declared.
-            AdapterClass::JetStream => Capabilities {
-                adapter: "JetStreamAdapter",
-                durable: true,
-                delayed_delivery: true,
-                max_delay: None,
-                retention: true,
-                max_message_bytes: 1024 * 1024 - 4096,
-            },
+            AdapterClass::Builtin => topiq_memory::CAPABILITIES,
+            #[cfg(feature = "jetstream")]
+            AdapterClass::JetStream => topiq_jetstream::CAPABILITIES,
+            #[cfg(feature = "rabbitmq")]
             AdapterClass::RabbitMq => topiq_rabbitmq::CAPABILITIES,
         }
+    }
+}
+
+/// The in-memory adapter takes no options.
+fn builtin_options(options: &serde_json::Value) -> Result<(), String> {
+    match options {
+        serde_json::Value::Null => Ok(()),
+        serde_json::Value::Object(map) if map.is_empty() => Ok(()),
+        serde_json::Value::Object(map) => Err(format!(
+            "{} takes no options, got {}; write `config: {{}}`",
+            topiq_memory::CLASS_NAME,
+            map.keys()
+                .map(|key| format!("`{key}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        _ => Err("must be a map of options, such as `config: {}`".into()),
     }
 }
 
@@ -176,6 +216,7 @@ mod tests {
             .unwrap();
     }
 
+    #[cfg(feature = "rabbitmq")]
     #[test]
     fn rabbitmq_options_are_checked_by_name() {
         let class = AdapterClass::from_name("modules::queue::RabbitMQAdapter").unwrap();
@@ -186,6 +227,15 @@ mod tests {
         class.check_options(&serde_json::Value::Null).unwrap();
     }
 
+    #[cfg(not(feature = "jetstream"))]
+    #[test]
+    fn a_class_left_out_of_the_build_names_its_feature() {
+        let err = AdapterClass::from_name("modules::queue::JetStreamAdapter").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("cargo feature `jetstream`"), "{message}");
+    }
+
+    #[cfg(feature = "jetstream")]
     #[test]
     fn jetstream_options_are_checked_by_name() {
         let err = AdapterClass::JetStream

@@ -48,6 +48,20 @@ pub const CLASS_NAME: &str = "modules::queue::JetStreamAdapter";
 /// Room left in `max_msg_size` for topiq's headers.
 const HEADER_ROOM: usize = 4096;
 
+/// nats-server's default `max_payload` (1 MiB).
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// What the adapter can honour, known before connecting: `max_message_bytes` assumes the
+/// server's default `max_payload`; a connected adapter reports the server's own.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    adapter: "JetStreamAdapter",
+    durable: true,
+    delayed_delivery: true,
+    max_delay: None,
+    retention: true,
+    max_message_bytes: DEFAULT_MAX_PAYLOAD - HEADER_ROOM,
+};
+
 /// A publish is sent again (same id) until this many acknowledgement timeouts have passed.
 const PUBLISH_TRIES: u32 = 3;
 
@@ -763,12 +777,8 @@ pub(crate) struct Refused {
 impl Adapter for JetStreamAdapter {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            adapter: "JetStreamAdapter",
-            durable: true,
-            delayed_delivery: true,
-            max_delay: None,
-            retention: true,
             max_message_bytes: self.shared.max_payload.saturating_sub(HEADER_ROOM),
+            ..CAPABILITIES
         }
     }
 

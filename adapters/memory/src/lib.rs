@@ -46,6 +46,16 @@ pub const CLASS_NAME: &str = "modules::queue::BuiltinQueueAdapter";
 /// The largest `max_message_bytes` a topic may set on this adapter (64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// What the adapter can honour.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    adapter: "BuiltinQueueAdapter",
+    durable: false,
+    delayed_delivery: true,
+    max_delay: None,
+    retention: true,
+    max_message_bytes: MAX_MESSAGE_BYTES,
+};
+
 /// topiq's in-memory adapter. Cheap to clone: clones share the same topics and queues.
 #[derive(Clone, Default)]
 pub struct BuiltinQueueAdapter {
@@ -90,14 +100,7 @@ impl BuiltinQueueAdapter {
 
 impl Adapter for BuiltinQueueAdapter {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            adapter: "BuiltinQueueAdapter",
-            durable: false,
-            delayed_delivery: true,
-            max_delay: None,
-            retention: true,
-            max_message_bytes: MAX_MESSAGE_BYTES,
-        }
+        CAPABILITIES
     }
 
     async fn declare_topic(&self, spec: TopicSpec) -> Result<()> {

@@ -63,7 +63,7 @@ fn snippet_suffix(snippet: &Option<String>) -> String {
 
 impl ConfigError {
     /// An error at `location` for `key`.
-    pub(crate) fn invalid(
+    pub fn invalid(
         location: ConfigLocation,
         key: impl Into<String>,
         message: impl Into<String>,

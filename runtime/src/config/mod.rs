@@ -26,7 +26,7 @@ use topiq_adapter::{
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use error::{ConfigError, ConfigLocation};
-pub(crate) use service::redacted as redacted_url;
+pub use service::redacted as redacted_url;
 pub use service::{
     ApiSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
     HttpFunctionSettings, Secret,

@@ -6,8 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use reqwest::Url;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use url::Url;
 
 use serde_saphyr::Spanned;
 
@@ -70,7 +70,7 @@ impl fmt::Debug for HttpFunctionSettings {
 }
 
 /// `scheme://host:port` of `url`: no user, password, path, query or fragment.
-pub(crate) fn redacted(url: &Url) -> String {
+pub fn redacted(url: &Url) -> String {
     let host = url.host_str().unwrap_or_default();
     match url.port() {
         Some(port) => format!("{}://{host}:{port}", url.scheme()),

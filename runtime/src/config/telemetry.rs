@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::Url;
+use url::Url;
 
 use super::raw::RawTelemetry;
 use super::service::{Secret, redacted};
@@ -177,14 +177,14 @@ pub(crate) fn validate_telemetry(
     let mut headers = Vec::with_capacity(otlp.headers.len());
     for (name, value) in otlp.headers {
         let key = format!("telemetry.otlp.headers.{name}");
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(ConfigError::invalid(
                 spanned_at(file, &value),
                 key,
                 "is not a valid HTTP header name",
             ));
         }
-        if reqwest::header::HeaderValue::from_str(&value.value).is_err() {
+        if http::header::HeaderValue::from_str(&value.value).is_err() {
             return Err(ConfigError::invalid(
                 spanned_at(file, &value),
                 key,

@@ -14,8 +14,8 @@ use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use crate::config::HttpFunctionSettings;
-use crate::function::{Handler, HandlerError, Message};
+use topiq::config::HttpFunctionSettings;
+use topiq::{Handler, HandlerError, Message};
 
 /// How much of a failed answer's body goes into the error.
 const BODY_EXCERPT: usize = 512;

@@ -78,7 +78,7 @@ pub fn topiq() -> Command {
 
 /// An HTTP client (with the TLS provider topiq installs: reqwest here has none of its own).
 pub fn http_client() -> reqwest::Client {
-    topiq::install_tls_provider();
+    topiq_server::install_tls_provider();
     reqwest::Client::new()
 }
 

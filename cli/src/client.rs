@@ -56,7 +56,7 @@ impl ApiClient {
         if url.is_none() {
             return Err(ClientError::BadAddress);
         }
-        topiq::install_tls_provider();
+        topiq_server::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .build()

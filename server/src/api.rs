@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::calls::CallError;
-use crate::config::{ApiSettings, Secret};
-use crate::module::QueueModule;
+use topiq::CallError;
+use topiq::QueueModule;
+use topiq::config::{ApiSettings, Secret};
 
 /// Why the API cannot serve.
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,6 @@
 //! reach OpenTelemetry through `tracing-opentelemetry` when the application (or `topiq run`
 //! with `telemetry:` on) installs its layer, and cost a disabled span otherwise.
 
-mod install;
-
 use std::collections::HashMap;
 
 use opentelemetry::Context;
@@ -14,7 +12,6 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use topiq_adapter::{Envelope, TopicName, TraceContext, TriggerName};
 
-pub use install::{Telemetry, TelemetryError, span_layer};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;

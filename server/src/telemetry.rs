@@ -11,7 +11,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::config::{LogFormat, OtlpProtocol, TelemetrySettings};
+use topiq::config::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};
 
 /// Why telemetry could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -165,15 +165,15 @@ where
 
 /// The exporter's own error can echo the whole endpoint (credentials included): this one
 /// names the endpoint without them.
-fn exporter_error(signal: &str, otlp: &crate::config::OtlpSettings) -> TelemetryError {
+fn exporter_error(signal: &str, otlp: &OtlpSettings) -> TelemetryError {
     TelemetryError::Exporter(format!(
         "the {signal} exporter for {} cannot be built; check telemetry.otlp.endpoint and headers",
-        crate::config::redacted_url(&otlp.endpoint)
+        topiq::config::redacted_url(&otlp.endpoint)
     ))
 }
 
 /// The configured export headers, secrets revealed for the exporter only.
-fn headers(otlp: &crate::config::OtlpSettings) -> HashMap<String, String> {
+fn headers(otlp: &OtlpSettings) -> HashMap<String, String> {
     otlp.headers
         .iter()
         .map(|(name, value)| (name.clone(), value.expose().to_owned()))

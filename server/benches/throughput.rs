@@ -4,7 +4,7 @@
 //! OpenTelemetry and handed to its batch processor, whose exporter discards them) on a second
 //! runtime whose threads have that subscriber, rounds alternating with tracing off.
 //!
-//! Run with `cargo bench -p topiq`; `TOPIQ_BENCH_MESSAGES` sets the messages per round
+//! Run with `cargo bench -p topiq-server`; `TOPIQ_BENCH_MESSAGES` sets the messages per round
 //! (default 200,000).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -67,9 +67,9 @@ fn traced_runtime() -> (
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .build();
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::registry().with(topiq::telemetry::span_layer(provider.tracer("bench"))),
-    );
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(
+        topiq_server::telemetry::span_layer(provider.tracer("bench")),
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .on_thread_start(move || {

@@ -1,5 +1,6 @@
-//! The `topiq` binary: thin; argument parsing here, the work in the library (`run`, `check`)
-//! or in a running `topiq run` reached over its HTTP API (the operator commands).
+//! The `topiq` binary: thin; argument parsing here, the work in `topiq-server` (`run`), the
+//! `topiq` module (`check`) or a running `topiq run` reached over its HTTP API (the operator
+//! commands).
 
 mod client;
 mod operator;
@@ -8,9 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use topiq::config::TelemetrySettings;
-use topiq::{AdapterClass, ApiServer, Config, Functions, QueueModule, Telemetry, shutdown_signal};
+use topiq::{
+    AdapterClass, Config, FunctionKind, Functions, check_trigger_function, shutdown_signal,
+};
+use topiq_server::{ServeError, Telemetry};
 
 use operator::{ApiArgs, DlqCommand, EnqueueArgs};
 
@@ -144,83 +147,17 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Before the async runtime: the OTLP exporter runs a thread of its own.
-    let telemetry = match Telemetry::install(&config.telemetry, "info") {
-        Ok(telemetry) => telemetry,
+    match topiq_server::run(config, shutdown_signal()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // Errors of the config and of setting up the module name their own place.
+        Err(err @ (ServeError::Config(_) | ServeError::Start(_) | ServeError::Api(_))) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("topiq: {err}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("topiq: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = runtime.block_on(serve(config));
-    drop(runtime);
-    telemetry.shutdown();
-    code
-}
-
-/// `topiq run` once the config is loaded: the module, its API, until a shutdown signal.
-async fn serve(config: Config) -> ExitCode {
-    {
-        let api_settings = config.api.clone();
-        let module = match QueueModule::new(config, Functions::with_builtins()).await {
-            Ok(module) => module,
-            Err(err) => {
-                eprintln!("{err}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let api = if api_settings.enabled {
-            match ApiServer::bind(module.clone(), &api_settings).await {
-                Ok(api) => Some(api),
-                Err(err) => {
-                    eprintln!("{err}");
-                    module.close().await;
-                    return ExitCode::FAILURE;
-                }
-            }
-        } else {
-            None
-        };
-        let workers = module.start_workers();
-        let stop_api = CancellationToken::new();
-        let serving = api.map(|api| tokio::spawn(api.serve(stop_api.clone().cancelled_owned())));
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        // The API takes no new connection and finishes its requests (a paced redrive
-        // included, up to the grace period) while the triggers stop; the adapter closes
-        // after both.
-        stop_api.cancel();
-        let grace = module.config().shutdown_grace;
-        let api_finished = async {
-            match serving {
-                None => Ok(()),
-                Some(serving) => match tokio::time::timeout(grace, serving).await {
-                    Ok(Ok(served)) => served.map_err(|err| err.to_string()),
-                    Ok(Err(panicked)) => Err(format!("the HTTP API task failed: {panicked}")),
-                    Err(_) => {
-                        tracing::warn!(
-                            ?grace,
-                            "API requests still running after the grace period; closing anyway"
-                        );
-                        Ok(())
-                    }
-                },
-            }
-        };
-        let ((), api) = tokio::join!(workers.shutdown(), api_finished);
-        module.close().await;
-        if let Err(err) = api {
-            eprintln!("{err}");
-            return ExitCode::FAILURE;
-        }
-        ExitCode::SUCCESS
     }
 }
 
@@ -234,21 +171,24 @@ fn check(path: PathBuf, application_functions: Vec<String>) -> ExitCode {
     };
     let builtins = Functions::with_builtins();
     let mut known = builtins.names();
-    known.extend(
-        config
-            .functions
-            .iter()
-            .map(|function| function.name.as_str()),
-    );
+    known.extend(config.functions.iter().map(|http| http.name.as_str()));
     for trigger in &config.triggers {
         let name = trigger.function.as_str();
-        if !known.contains(&name) && !application_functions.iter().any(|f| f == name) {
-            eprintln!(
-                "{}: triggers.{}.function: unknown function {name:?}; the topiq binary has {}; pass --function {name} if your application registers it",
-                trigger.function_location,
-                trigger.name,
+        let kind = if config.functions.iter().any(|http| http.name == name) {
+            Some(FunctionKind::Single)
+        } else if application_functions.iter().any(|given| given == name) {
+            Some(FunctionKind::Either)
+        } else {
+            builtins.kind(name)
+        };
+        let checked = check_trigger_function(trigger, kind, || {
+            format!(
+                "the topiq binary has {}; pass --function {name} if your application registers it",
                 known.join(", ")
-            );
+            )
+        });
+        if let Err(err) = checked {
+            eprintln!("{err}");
             return ExitCode::FAILURE;
         }
     }
