@@ -1,12 +1,11 @@
 //! Messages to and from the wire: JSON payload, metadata in headers.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde_json::Value;
-use topiq_adapter::{Envelope, Error, MessageId, Result, Timestamp, TopicName};
+use topiq_adapter::{MessageId, Result, Timestamp};
 
 use crate::layout::header;
 
@@ -24,25 +23,21 @@ pub(crate) fn stored_at(time: &async_nats::datetime::DateTime) -> Timestamp {
 }
 
 /// The metadata of a message, as carried in its headers.
-#[derive(Clone, Debug)]
-pub(crate) struct Metadata {
-    pub(crate) id: MessageId,
-    pub(crate) enqueued_at: Timestamp,
-    pub(crate) attempt_base: u32,
-    pub(crate) first_failed_at: Option<Timestamp>,
-    pub(crate) traceparent: Option<String>,
-    pub(crate) baggage: Option<String>,
-    pub(crate) idempotency_key: Option<String>,
-    /// When the topic's retention runs out for this message (kept by retries and releases;
-    /// a redrive sets a new one).
-    pub(crate) expires_at: Option<Timestamp>,
+pub(crate) use topiq_adapter_kit::Stored as Metadata;
+
+/// [`Metadata`] in a publish's headers and back.
+pub(crate) trait Headers: Sized {
+    /// The headers of a publish with dedup id `msg_id`.
+    fn headers(&self, msg_id: &str, stamp: Stamp) -> HeaderMap;
+    /// Reads the metadata back from a stored message's headers.
+    fn from_headers(headers: Option<&HeaderMap>, stored_at: Timestamp) -> Result<Self>;
 }
 
-impl Metadata {
+impl Headers for Metadata {
     /// The headers of a publish with dedup id `msg_id`. Kept short on the hot path: the
     /// message id is written only where it differs from `msg_id`, and the enqueue time only on
     /// copies (`Stamp::Copy`); a first publish's enqueue time is the stream's own timestamp.
-    pub(crate) fn headers(&self, msg_id: &str, stamp: Stamp) -> HeaderMap {
+    fn headers(&self, msg_id: &str, stamp: Stamp) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(header::MSG_ID, msg_id);
         if msg_id != self.id.as_str() {
@@ -74,7 +69,7 @@ impl Metadata {
 
     /// Reads the metadata back; `stored_at` (the stream's timestamp of the message) is the
     /// enqueue time of a first publish. A message without topiq's headers is refused.
-    pub(crate) fn from_headers(headers: Option<&HeaderMap>, stored_at: Timestamp) -> Result<Self> {
+    fn from_headers(headers: Option<&HeaderMap>, stored_at: Timestamp) -> Result<Self> {
         let Some(headers) = headers else {
             return Err(foreign("it has no headers"));
         };
@@ -120,52 +115,12 @@ impl Metadata {
             expires_at: expires_at.and_then(|at| Timestamp::from_str(at).ok()),
         })
     }
-
-    /// True when the topic's retention ran out for this message.
-    pub(crate) fn is_expired(&self, now: Timestamp) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
-    }
-
-    pub(crate) fn envelope(
-        &self,
-        topic: TopicName,
-        data: Arc<Value>,
-        attempt: u32,
-        max_attempts: u32,
-    ) -> Envelope {
-        Envelope {
-            id: self.id.clone(),
-            topic,
-            data,
-            attempt,
-            max_attempts,
-            enqueued_at: self.enqueued_at,
-            traceparent: self.traceparent.clone(),
-            baggage: self.baggage.clone(),
-            idempotency_key: self.idempotency_key.clone(),
-        }
-    }
 }
 
-fn foreign(reason: &str) -> Error {
-    Error::Broker {
-        operation: "decode",
-        source: format!("a message on a topiq subject was not published by topiq: {reason}").into(),
-    }
-}
-
+/// `data` as a publish's payload.
 pub(crate) fn encode(data: &Value) -> Result<Bytes> {
-    serde_json::to_vec(data)
-        .map(Bytes::from)
-        .map_err(|err| Error::InvalidArgument {
-            argument: "data",
-            reason: format!("cannot be serialized as JSON: {err}"),
-        })
+    topiq_adapter_kit::codec::encode(data).map(Bytes::from)
 }
 
-pub(crate) fn decode(payload: &[u8]) -> Result<Value> {
-    serde_json::from_slice(payload).map_err(|err| Error::Broker {
-        operation: "decode",
-        source: Box::new(err),
-    })
-}
+pub(crate) use topiq_adapter_kit::codec::decode;
+use topiq_adapter_kit::codec::foreign;

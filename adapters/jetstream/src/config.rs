@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use topiq_adapter_kit::{Secret, TlsSettings, duration, redact_url};
 
 /// Where the stream data is kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -33,19 +34,19 @@ pub struct JetStreamConfig {
     pub user: Option<String>,
     /// Password, with `user`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Token authentication.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// A `.creds` file (JWT and NKey seed) for decentralized authentication.
     #[serde(default)]
     pub creds_file: Option<PathBuf>,
     /// An NKey seed (`SU...`) for NKey authentication.
     #[serde(default)]
-    pub nkey: Option<String>,
+    pub nkey: Option<Secret>,
     /// TLS to the server.
     #[serde(default)]
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<TlsSettings>,
     /// The connection's name, shown by the server's monitoring.
     #[serde(default)]
     pub name: Option<String>,
@@ -67,11 +68,17 @@ pub struct JetStreamConfig {
     #[serde(default)]
     pub streams: BTreeMap<String, StreamSettings>,
     /// How long a publish waits for the server's acknowledgement before it is sent again.
-    #[serde(default = "default_publish_timeout", with = "humantime_serde_compat")]
+    #[serde(
+        default = "default_publish_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
     pub publish_timeout: Duration,
     /// A connection that stops answering is replaced within about twice this: the client
     /// pings the server every half of it and gives up after two unanswered pings.
-    #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
+    #[serde(
+        default = "default_heartbeat",
+        deserialize_with = "duration::deserialize"
+    )]
     pub heartbeat: Duration,
 }
 
@@ -96,21 +103,6 @@ pub(crate) struct ResolvedStream {
     pub(crate) storage: Storage,
     pub(crate) replicas: usize,
     pub(crate) max_bytes: Option<u64>,
-}
-
-/// TLS options.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// CA certificate(s) (PEM) to trust, besides the system's.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// Client certificate (PEM), with `key`, for mutual TLS.
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    /// Client key (PEM), with `cert`.
-    #[serde(default)]
-    pub key: Option<PathBuf>,
 }
 
 fn check_replicas(field: &str, replicas: usize) -> Result<(), String> {
@@ -183,10 +175,10 @@ impl fmt::Debug for JetStreamConfig {
                     .collect::<Vec<_>>(),
             )
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.password)
+            .field("token", &self.token)
             .field("creds_file", &self.creds_file)
-            .field("nkey", &self.nkey.as_ref().map(|_| "<redacted>"))
+            .field("nkey", &self.nkey)
             .field("tls", &self.tls)
             .field("name", &self.name)
             .field("prefix", &self.prefix)
@@ -197,17 +189,6 @@ impl fmt::Debug for JetStreamConfig {
             .field("publish_timeout", &self.publish_timeout)
             .field("heartbeat", &self.heartbeat)
             .finish()
-    }
-}
-
-/// `nats://user:secret@host` (or `nats://token@host`) → `nats://<redacted>@host`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -251,10 +232,8 @@ impl JetStreamConfig {
                     .into(),
             );
         }
-        if let Some(tls) = &self.tls
-            && tls.cert.is_some() != tls.key.is_some()
-        {
-            return Err("tls: `cert` and `key` go together".into());
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         if self.prefix.is_empty()
             || !self
@@ -331,37 +310,6 @@ impl JetStreamConfig {
     }
 }
 
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse(&text).map_err(serde::de::Error::custom)
-    }
-
-    fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let (number, unit) = text
-            .find(|c: char| !c.is_ascii_digit())
-            .map_or((text, ""), |at| text.split_at(at));
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration such as \"5s\" or \"500ms\""))?;
-        match unit {
-            "ms" => Ok(Duration::from_millis(number)),
-            "s" => Ok(Duration::from_secs(number)),
-            "m" => Ok(Duration::from_secs(number * 60)),
-            _ => Err(format!(
-                "{text:?} is not a duration such as \"5s\" or \"500ms\""
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,13 +336,11 @@ mod tests {
 
     #[test]
     fn urls_are_shown_without_their_credentials() {
-        assert_eq!(
-            redact_url("nats://app:p@ss@host:4222"),
-            "nats://<redacted>@host:4222"
-        );
+        // One redaction for every URL topiq shows: `scheme://host:port`.
+        assert_eq!(redact_url("nats://app:p@ss@host:4222"), "nats://host:4222");
         assert_eq!(
             redact_url("nats://s3cr3t-token@host:4222"),
-            "nats://<redacted>@host:4222"
+            "nats://host:4222"
         );
         assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
     }

@@ -12,12 +12,12 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
-    Acker, DeadLetter, Delivery, Error, Failure, Result, Subscription, SubscriptionKey,
-    SubscriptionSpec, Timestamp, TopicName,
+    Acker, Delivery, Error, Failure, Result, Subscription, SubscriptionKey, SubscriptionSpec,
+    Timestamp, TopicName,
 };
-use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
+use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
-use crate::codec::{self, Metadata, Stamp};
+use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::Layout;
 use crate::{Shared, broker};
 
@@ -164,7 +164,7 @@ impl Puller {
         let Some((_, subscriber)) = self.inbox.as_mut() else {
             return;
         };
-        if returned_at.elapsed() <= crate::ACK_WAIT_MARGIN {
+        if returned_at.elapsed() <= crate::topology::ACK_WAIT_MARGIN {
             return;
         }
         while let Some(Some(message)) = subscriber.next().now_or_never() {
@@ -624,21 +624,9 @@ impl Received {
     /// the same for every delivery of one stored message, so a record written twice (by a
     /// lease watcher and after a redelivery) is stored once.
     async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
-        let now = Timestamp::now();
-        let record = DeadLetter {
-            id: self.metadata.id.clone(),
-            topic: self.key.topic.clone(),
-            trigger: self.key.trigger.clone(),
-            data: Arc::clone(&self.data),
-            attempts,
-            first_failed_at: self.metadata.first_failed_at.unwrap_or(now),
-            last_failed_at: now,
-            error: failure,
-            traceparent: self.metadata.traceparent.clone(),
-            baggage: self.metadata.baggage.clone(),
-            idempotency_key: self.metadata.idempotency_key.clone(),
-            enqueued_at: self.metadata.enqueued_at,
-        };
+        let record =
+            self.metadata
+                .dead_letter(&self.key, Arc::clone(&self.data), attempts, failure);
         if let Some(topic) = &self.dead_letter_topic
             && let Err(err) = self.shared.publish_one(topic, record.notification()).await
         {
@@ -691,20 +679,11 @@ struct JetStreamAcker {
 }
 
 impl JetStreamAcker {
-    fn lease_expired(&self) -> Error {
-        Error::LeaseExpired {
-            id: self.received.metadata.id.clone(),
-        }
-    }
-
     /// Claims the delivery for a settlement: refused once the lease ran out (the server may
     /// have delivered the message again, or the watcher dead-lettered it).
     fn claim(&self) -> Result<()> {
         self.received.shared.ensure_open()?;
-        if !lease::lock(&self.received.lease).claim() {
-            return Err(self.lease_expired());
-        }
-        Ok(())
+        lease::claim(&self.received.lease, &self.received.metadata.id)
     }
 
     async fn settle(self, settlement: Settlement) -> Result<()> {
@@ -873,9 +852,12 @@ impl Acker for JetStreamAcker {
             self.received.shared.ensure_open()?;
             // The local deadline moves first, so the lease watcher cannot free the slot while
             // the server is being told.
-            if !lease::lock(&self.received.lease).extend(self.received.visibility_timeout) {
-                return Err(self.lease_expired());
-            }
+            let received = &self.received;
+            lease::extend(
+                &received.lease,
+                received.visibility_timeout,
+                &received.metadata.id,
+            )?;
             self.received
                 .message
                 .ack_with(AckKind::Progress)

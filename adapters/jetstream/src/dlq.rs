@@ -5,11 +5,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use topiq_adapter::{
-    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE, Result, Timestamp, TopicName,
+    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE, Result, TopicName,
     TriggerName,
 };
 
-use crate::codec::Metadata;
+use crate::codec::{Headers, Metadata};
 use crate::{Shared, broker};
 
 fn filter(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> String {
@@ -17,17 +17,6 @@ fn filter(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> 
         Some(trigger) => shared.layout.dlq_subject(topic, trigger),
         None => shared.layout.dlq_wildcard(topic),
     }
-}
-
-fn check(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<()> {
-    shared.topic(topic)?;
-    if let Some(trigger) = trigger {
-        shared.subscription(&topiq_adapter::SubscriptionKey::new(
-            topic.clone(),
-            trigger.clone(),
-        ))?;
-    }
-    Ok(())
 }
 
 /// Messages stored under `subject` (a wildcard sums its subjects).
@@ -54,7 +43,7 @@ pub(crate) async fn count(
     topic: &TopicName,
     trigger: Option<&TriggerName>,
 ) -> Result<u64> {
-    check(shared, topic, trigger)?;
+    shared.check_dlq(topic, trigger)?;
     subject_count(
         shared,
         &shared.layout.dlq_stream(topic),
@@ -136,7 +125,7 @@ async fn scan(
 }
 
 pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
-    check(shared, &query.topic, query.trigger.as_ref())?;
+    shared.check_dlq(&query.topic, query.trigger.as_ref())?;
     let mut after = query.validate()?;
     let mut records = Vec::new();
     let mut last_returned = after;
@@ -191,7 +180,7 @@ async fn remove_selected(
     selection: DlqSelection,
     removal: Removal,
 ) -> Result<u64> {
-    check(shared, topic, trigger)?;
+    shared.check_dlq(topic, trigger)?;
     let selected = scan(shared, topic, trigger, |record| selection.selects(record)).await?;
     let stream = shared
         .js
@@ -221,17 +210,7 @@ async fn send_back(
     sequence: u64,
     record: &DeadLetter,
 ) -> Result<()> {
-    let metadata = Metadata {
-        id: record.id.clone(),
-        enqueued_at: record.enqueued_at,
-        attempt_base: 0,
-        first_failed_at: Some(record.first_failed_at),
-        traceparent: record.traceparent.clone(),
-        baggage: record.baggage.clone(),
-        idempotency_key: record.idempotency_key.clone(),
-        // A redrive starts the topic's retention again.
-        expires_at: crate::retention_end(shared.topic(topic)?.retention, Timestamp::now()),
-    };
+    let metadata = Metadata::redriven(record, shared.topic(topic)?.retention);
     shared
         .ensure_direct_consumer(topic, &record.trigger)
         .await?;

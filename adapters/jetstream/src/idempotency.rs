@@ -12,16 +12,18 @@
 //! without its message, and a message the first publisher did store is not stored twice.
 //! A claim the server does not confirm fails the enqueue: nothing is sent then.
 
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
-use topiq_adapter::{Error, MessageId, PublishReceipt, Result, Timestamp};
+use topiq_adapter::{Error, MessageId, PublishReceipt, Result, Timestamp, TopicName};
 
+use crate::Shared;
 use crate::codec;
 use crate::layout::header;
-use crate::{PUBLISH_TRIES, Prepared, Refused, Shared};
+use crate::publish::{PUBLISH_TRIES, Prepared, Refused};
 
 /// How often a publisher waiting for another's claim to be marked done reads the entry again.
 const POLL: Duration = Duration::from_millis(50);
@@ -268,4 +270,17 @@ async fn first_message(
 /// Idempotency keys are any text; ledger keys are limited to subject-safe characters.
 fn ledger_key(key: &str) -> String {
     key.bytes().map(|byte| format!("{byte:02x}")).collect()
+}
+
+impl Shared {
+    pub(crate) fn ledger(&self, topic: &TopicName) -> Result<jetstream::stream::Stream<()>> {
+        self.ledgers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.clone(),
+            })
+    }
 }

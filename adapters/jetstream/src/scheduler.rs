@@ -7,11 +7,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use futures::StreamExt;
-use topiq_adapter::{DeadLetter, Error, Failure, FailureKind, Result, Timestamp, TopicName};
+use topiq_adapter::{Error, Failure, FailureKind, Result, SubscriptionKey, Timestamp, TopicName};
 
-use crate::codec::{self, Metadata, Stamp};
+use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::{Layout, header};
 use crate::{Shared, broker};
 
@@ -199,25 +199,13 @@ async fn dead_letter_undeliverable(
     );
     let metadata = Metadata::from_headers(message.headers.as_ref(), stored_at)?;
     let data = Arc::new(codec::decode(&message.payload)?);
-    let now = Timestamp::now();
     for trigger in triggers {
-        let record = DeadLetter {
-            id: metadata.id.clone(),
-            topic: topic.clone(),
-            trigger: trigger.clone(),
-            data: Arc::clone(&data),
-            attempts: 0,
-            first_failed_at: now,
-            last_failed_at: now,
-            error: Failure::new(
-                FailureKind::Undeliverable,
-                format!("the delayed message could not be published to its topic: {reason}"),
-            ),
-            traceparent: metadata.traceparent.clone(),
-            baggage: metadata.baggage.clone(),
-            idempotency_key: metadata.idempotency_key.clone(),
-            enqueued_at: metadata.enqueued_at,
-        };
+        let key = SubscriptionKey::new(topic.clone(), trigger.clone());
+        let failure = Failure::new(
+            FailureKind::Undeliverable,
+            format!("the delayed message could not be published to its topic: {reason}"),
+        );
+        let record = metadata.dead_letter(&key, Arc::clone(&data), 0, failure);
         let payload = serde_json::to_vec(&record).map_err(broker("encode DLQ record"))?;
         let dedup = format!("undeliverable:{trigger}:{}", metadata.id);
         shared
@@ -236,4 +224,33 @@ async fn dead_letter_undeliverable(
             operation: "terminate an undeliverable delayed message",
             source: err,
         })
+}
+
+impl Shared {
+    /// Starts the delay scheduler (once) and keeps the delay stream's duplicate window at
+    /// least `idempotency_window`, the longest of the declared topics': a keyed delayed
+    /// message that is published again (by a process taking its key over) is then stored once.
+    pub(crate) async fn start_scheduler(
+        self: &Arc<Self>,
+        idempotency_window: Duration,
+    ) -> Result<()> {
+        let mut scheduler = self.scheduler.lock().await;
+        if scheduler.task.is_some() && scheduler.duplicate_window >= idempotency_window {
+            return Ok(());
+        }
+        let window = scheduler.duplicate_window.max(idempotency_window);
+        let mut delay = self.stream_config(
+            self.layout.delay_stream(),
+            vec![self.layout.delay_wildcard()],
+        );
+        delay.retention = stream::RetentionPolicy::WorkQueue;
+        delay.duplicate_window = window;
+        self.ensure_stream(delay).await?;
+        scheduler.duplicate_window = window;
+        if scheduler.task.is_none() {
+            let consumer = ensure_consumer(self).await?;
+            scheduler.task = Some(tokio::spawn(run(Arc::clone(self), consumer)));
+        }
+        Ok(())
+    }
 }

@@ -2,7 +2,7 @@
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use topiq_adapter::{Error, MessageId, Result, Timestamp};
+use topiq_adapter::{MessageId, Result, Timestamp};
 
 /// Header names topiq writes (AMQP header names are case-sensitive; these are lower case).
 pub(crate) mod header {
@@ -25,19 +25,14 @@ pub(crate) mod header {
 }
 
 /// What topiq carries with a message besides its data.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Metadata {
-    pub(crate) id: MessageId,
-    pub(crate) enqueued_at: Timestamp,
-    /// Attempts spent before this copy was published (a retry copy carries its attempt).
-    pub(crate) attempt_base: u32,
-    pub(crate) first_failed_at: Option<Timestamp>,
-    pub(crate) traceparent: Option<String>,
-    pub(crate) baggage: Option<String>,
-    pub(crate) idempotency_key: Option<String>,
-    /// When the topic's retention runs out for this message (kept by retries and releases;
-    /// a redrive sets a new one).
-    pub(crate) expires_at: Option<Timestamp>,
+pub(crate) use topiq_adapter_kit::Stored as Metadata;
+
+/// [`Metadata`] in a message's AMQP properties and back.
+pub(crate) trait Properties: Sized {
+    /// Persistent JSON message properties carrying this metadata.
+    fn properties(&self) -> BasicProperties;
+    /// Reads the metadata back; a message without topiq's id is refused.
+    fn from_properties(properties: &BasicProperties) -> Result<Self>;
 }
 
 fn text(value: &str) -> AMQPValue {
@@ -48,9 +43,8 @@ fn millis(at: Timestamp) -> AMQPValue {
     AMQPValue::LongLongInt(at.as_millisecond())
 }
 
-impl Metadata {
-    /// Persistent JSON message properties carrying this metadata.
-    pub(crate) fn properties(&self) -> BasicProperties {
+impl Properties for Metadata {
+    fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(header::ENQUEUED_AT.into(), millis(self.enqueued_at));
         if self.attempt_base > 0 {
@@ -81,8 +75,7 @@ impl Metadata {
             .with_headers(headers)
     }
 
-    /// Reads the metadata back; a message without topiq's id is refused.
-    pub(crate) fn from_properties(properties: &BasicProperties) -> Result<Self> {
+    fn from_properties(properties: &BasicProperties) -> Result<Self> {
         let Some(id) = properties.message_id() else {
             return Err(foreign("it has no message id"));
         };
@@ -105,20 +98,6 @@ impl Metadata {
             expires_at: get(header::EXPIRES_AT).and_then(as_timestamp),
         })
     }
-
-    /// True when the topic's retention ran out for this message.
-    pub(crate) fn is_expired(&self, now: Timestamp) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
-    }
-}
-
-/// When a retention that starts at `from` runs out (`None`: kept until handled).
-pub(crate) fn retention_end(
-    retention: Option<std::time::Duration>,
-    from: Timestamp,
-) -> Option<Timestamp> {
-    let retention = retention?;
-    Some(from.checked_add(retention).unwrap_or(Timestamp::MAX))
 }
 
 /// A header's integer value, whatever integer type the broker used.
@@ -155,13 +134,6 @@ pub(crate) fn header_of<'a>(properties: &'a BasicProperties, name: &str) -> Opti
         .and_then(|headers| headers.inner().get(name))
 }
 
-fn foreign(reason: &str) -> Error {
-    Error::Broker {
-        operation: "read message",
-        source: format!("not a topiq message: {reason}").into(),
-    }
-}
-
 /// Queue arguments, built from pairs.
 pub(crate) fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     let mut table = FieldTable::default();
@@ -171,12 +143,8 @@ pub(crate) fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     table
 }
 
-pub(crate) fn encode(data: &serde_json::Value) -> Result<Vec<u8>> {
-    serde_json::to_vec(data).map_err(|err| Error::InvalidArgument {
-        argument: "data",
-        reason: format!("cannot be serialized as JSON: {err}"),
-    })
-}
+pub(crate) use topiq_adapter_kit::codec::encode;
+use topiq_adapter_kit::codec::foreign;
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,10 @@
 //! The adapter's `config:` map in `config.yaml`.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use topiq_adapter_kit::{Secret, TlsSettings, duration, redact_url};
 
 /// The kind of queue each trigger gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -34,10 +34,10 @@ pub struct RabbitMqConfig {
     pub user: Option<String>,
     /// Password, with `user`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TLS (with an `amqps://` URL).
     #[serde(default)]
-    pub tls: Option<TlsConfig>,
+    pub tls: Option<TlsSettings>,
     /// The connection's name, shown in RabbitMQ's management UI.
     #[serde(default)]
     pub name: Option<String>,
@@ -49,31 +49,25 @@ pub struct RabbitMqConfig {
     #[serde(default)]
     pub queue_type: QueueType,
     /// How long a publish waits for the broker's confirm before it fails.
-    #[serde(default = "default_publish_timeout", with = "duration")]
+    #[serde(
+        default = "default_publish_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
     pub publish_timeout: Duration,
     /// How long a call waits for a lost connection to come back before it fails with
     /// `broker_unavailable`.
-    #[serde(default = "default_reconnect_wait", with = "duration")]
+    #[serde(
+        default = "default_reconnect_wait",
+        deserialize_with = "duration::deserialize"
+    )]
     pub reconnect_wait: Duration,
     /// A connection the broker stops answering is closed and replaced within twice this
     /// (overrides a `heartbeat` in the URL). Whole seconds, at least 1.
-    #[serde(default = "default_heartbeat", with = "duration")]
+    #[serde(
+        default = "default_heartbeat",
+        deserialize_with = "duration::deserialize"
+    )]
     pub heartbeat: Duration,
-}
-
-/// TLS options.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// CA certificate(s) (PEM) to trust, besides the system's.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// Client certificate (PEM), with `key`, for mutual TLS.
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    /// Client key (PKCS#8 PEM), with `cert`.
-    #[serde(default)]
-    pub key: Option<PathBuf>,
 }
 
 fn default_url() -> String {
@@ -132,7 +126,7 @@ impl RabbitMqConfig {
         if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
             return Err(format!(
                 "url must start with amqp:// or amqps://, got {:?}",
-                redact(&self.url)
+                redact_url(&self.url)
             ));
         }
         if self.user.is_some() != self.password.is_some() {
@@ -160,9 +154,7 @@ impl RabbitMqConfig {
             ));
         }
         if let Some(tls) = &self.tls {
-            if tls.cert.is_some() != tls.key.is_some() {
-                return Err("tls.cert and tls.key go together: give both or neither".into());
-            }
+            tls.validate()?;
             if !self.url.starts_with("amqps://") {
                 return Err(
                     "tls is set but url is amqp://, which connects without TLS: use amqps://"
@@ -174,31 +166,13 @@ impl RabbitMqConfig {
     }
 }
 
-/// `url` with any password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // The authority ends at the first '/'; its credentials end at its last '@' (a password
-    // may hold an unencoded '@').
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let host = format!("{host}{path}");
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 impl fmt::Debug for RabbitMqConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitMqConfig")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("vhost", &self.vhost)
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password", &self.password)
             .field("tls", &self.tls)
             .field("name", &self.name)
             .field("prefix", &self.prefix)
@@ -207,23 +181,6 @@ impl fmt::Debug for RabbitMqConfig {
             .field("reconnect_wait", &self.reconnect_wait)
             .field("heartbeat", &self.heartbeat)
             .finish()
-    }
-}
-
-/// Durations written as `10s`, `250ms`, `2m` (humantime's syntax, as in the rest of
-/// `config.yaml`).
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|err| {
-            D::Error::custom(format!(
-                "{text:?} is not a duration ({err}): write a number and a unit, such as 250ms, 10s or 2m"
-            ))
-        })
     }
 }
 
@@ -276,7 +233,7 @@ mod tests {
         );
         bad(
             RabbitMqConfig {
-                tls: Some(TlsConfig::default()),
+                tls: Some(TlsSettings::default()),
                 ..RabbitMqConfig::default()
             },
             "amqps://",

@@ -12,12 +12,12 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
-    Acker, DeadLetter, Delivery, Envelope, Error, Failure, Result, Subscription, SubscriptionKey,
-    SubscriptionSpec, Timestamp, TopicName,
+    Acker, Delivery, Error, Failure, Result, Subscription, SubscriptionKey, SubscriptionSpec,
+    Timestamp, TopicName,
 };
-use topiq_lease::{self as lease, Lease, LeaseKey, Leased, Leases};
+use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
-use crate::codec::{self, Metadata, header};
+use crate::codec::{self, Metadata, Properties, header};
 use crate::session::{OpenChannel, Session};
 use crate::{QueueType, Shared};
 
@@ -324,17 +324,12 @@ async fn receive(
         .saturating_add(earlier)
         .saturating_add(1);
     let data = Arc::new(data);
-    let envelope = Envelope {
-        id: metadata.id.clone(),
-        topic: spec.key.topic.clone(),
-        data: Arc::clone(&data),
+    let envelope = metadata.envelope(
+        spec.key.topic.clone(),
+        Arc::clone(&data),
         attempt,
-        max_attempts: spec.max_attempts,
-        enqueued_at: metadata.enqueued_at,
-        traceparent: metadata.traceparent.clone(),
-        baggage: metadata.baggage.clone(),
-        idempotency_key: metadata.idempotency_key.clone(),
-    };
+        spec.max_attempts,
+    );
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
         key: spec.key.clone(),
@@ -453,21 +448,9 @@ impl Received {
     /// record (confirmed), then acks the message: a crash between the two leaves a second
     /// record, never none.
     async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
-        let now = Timestamp::now();
-        let record = DeadLetter {
-            id: self.metadata.id.clone(),
-            topic: self.key.topic.clone(),
-            trigger: self.key.trigger.clone(),
-            data: Arc::clone(&self.data),
-            attempts,
-            first_failed_at: self.metadata.first_failed_at.unwrap_or(now),
-            last_failed_at: now,
-            error: failure,
-            traceparent: self.metadata.traceparent.clone(),
-            baggage: self.metadata.baggage.clone(),
-            idempotency_key: self.metadata.idempotency_key.clone(),
-            enqueued_at: self.metadata.enqueued_at,
-        };
+        let record =
+            self.metadata
+                .dead_letter(&self.key, Arc::clone(&self.data), attempts, failure);
         if let Some(topic) = &self.dead_letter_topic
             && let Err(err) = self.shared.publish_one(topic, record.notification()).await
         {
@@ -554,19 +537,10 @@ struct RabbitAcker {
 }
 
 impl RabbitAcker {
-    fn lease_expired(&self) -> Error {
-        Error::LeaseExpired {
-            id: self.received.metadata.id.clone(),
-        }
-    }
-
     /// Claims the delivery for a settlement: refused once the lease ran out.
     fn claim(&self) -> Result<()> {
         self.received.shared.ensure_open()?;
-        if !lease::lock(&self.received.lease).claim() {
-            return Err(self.lease_expired());
-        }
-        Ok(())
+        lease::claim(&self.received.lease, &self.received.metadata.id)
     }
 
     /// Runs a claimed settlement; if it fails, the message goes back to its queue (after a
@@ -664,12 +638,13 @@ impl Acker for RabbitAcker {
 
     fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.received.shared.ensure_open()?;
-            if lease::lock(&self.received.lease).extend(self.received.visibility_timeout) {
-                Ok(())
-            } else {
-                Err(self.lease_expired())
-            }
+            let received = &self.received;
+            received.shared.ensure_open()?;
+            lease::extend(
+                &received.lease,
+                received.visibility_timeout,
+                &received.metadata.id,
+            )
         })
     }
 }

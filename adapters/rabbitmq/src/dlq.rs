@@ -18,20 +18,12 @@ use topiq_adapter::{
     TopicName, TriggerName,
 };
 
-use crate::codec::{self, Metadata, header};
+use crate::codec::{self, Metadata, Properties, header};
 use crate::consumer::Settle;
 use crate::{Published, Shared};
 
 /// How many stream entries a reader takes unacknowledged.
 const READ_AHEAD: u16 = 500;
-
-fn check(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<()> {
-    shared.topic(topic)?;
-    if let Some(trigger) = trigger {
-        shared.subscription(&SubscriptionKey::new(topic.clone(), trigger.clone()))?;
-    }
-    Ok(())
-}
 
 async fn append_entry(
     shared: &Shared,
@@ -182,7 +174,7 @@ pub(crate) async fn count(
     topic: &TopicName,
     trigger: Option<&TriggerName>,
 ) -> Result<u64> {
-    check(shared, topic, trigger)?;
+    shared.check_dlq(topic, trigger)?;
     let records = live_records(shared, topic, 0).await?;
     Ok(records
         .iter()
@@ -192,7 +184,7 @@ pub(crate) async fn count(
 
 pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
     let from = query.validate()?;
-    check(shared, &query.topic, query.trigger.as_ref())?;
+    shared.check_dlq(&query.topic, query.trigger.as_ref())?;
     let mut matching = live_records(shared, &query.topic, from)
         .await?
         .into_iter()
@@ -216,7 +208,7 @@ async fn selected(
     trigger: Option<&TriggerName>,
     selection: &DlqSelection,
 ) -> Result<Vec<(u64, DeadLetter)>> {
-    check(shared, topic, trigger)?;
+    shared.check_dlq(topic, trigger)?;
     let mut records = live_records(shared, topic, 0).await?;
     records.retain(|(_, record)| on_trigger(record, trigger) && selection.selects(record));
     Ok(records)
@@ -233,20 +225,7 @@ pub(crate) async fn redrive(
     let records = selected(shared, topic, trigger, &selection).await?;
     let mut redriven = 0;
     for (offset, record) in records {
-        let metadata = Metadata {
-            id: record.id.clone(),
-            enqueued_at: record.enqueued_at,
-            attempt_base: 0,
-            first_failed_at: Some(record.first_failed_at),
-            traceparent: record.traceparent.clone(),
-            baggage: record.baggage.clone(),
-            idempotency_key: record.idempotency_key.clone(),
-            // A redrive starts the topic's retention again.
-            expires_at: codec::retention_end(
-                shared.topic(topic)?.retention,
-                topiq_adapter::Timestamp::now(),
-            ),
-        };
+        let metadata = Metadata::redriven(&record, shared.topic(topic)?.retention);
         let payload = codec::encode(&record.data)?;
         let key = SubscriptionKey::new(record.topic.clone(), record.trigger.clone());
         shared

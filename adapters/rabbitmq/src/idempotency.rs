@@ -17,7 +17,7 @@ use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use topiq_adapter::{Error, MessageId, PublishReceipt, Result, Timestamp};
 
-use crate::codec::{self, Metadata};
+use crate::codec::{self, Metadata, Properties};
 use crate::consumer::{Settle, settle};
 use crate::{Prepared, Published, QueueDecl, Shared};
 

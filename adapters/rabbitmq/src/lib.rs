@@ -37,15 +37,17 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::{
-    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, MessageId,
-    NewMessage, PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec,
-    SubscriptionStats, Timestamp, TopicName, TopicSpec, TriggerName,
+    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, NewMessage,
+    PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
+    Timestamp, TopicName, TopicSpec, TriggerName,
 };
-use topiq_lease::Leases;
+use topiq_adapter_kit::Declared;
+use topiq_adapter_kit::lease::Leases;
 
-pub use config::{QueueType, RabbitMqConfig, TlsConfig};
+pub use config::{QueueType, RabbitMqConfig};
+pub use topiq_adapter_kit::TlsSettings as TlsConfig;
 
-use codec::Metadata;
+use codec::{Metadata, Properties};
 pub(crate) use confirms::Published;
 use layout::Layout;
 use session::{Current, Target};
@@ -84,8 +86,8 @@ pub(crate) struct Shared {
     current: Current,
     /// Held while connecting, so one caller connects and the others wait for it.
     connecting: tokio::sync::Mutex<()>,
-    topics: RwLock<HashMap<TopicName, TopicSpec>>,
-    subscriptions: RwLock<HashMap<SubscriptionKey, SubscriptionSpec>>,
+    /// The topics and triggers this process declared.
+    declared: Declared<TopicSpec>,
     /// Every queue declared so far, declared again on a new connection.
     queues: Mutex<Vec<QueueDecl>>,
     /// This process's consumers of each subscription, for `stats`' in-flight count.
@@ -183,31 +185,20 @@ impl Shared {
     }
 
     pub(crate) fn topic(&self, name: &TopicName) -> Result<TopicSpec> {
-        self.topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: name.clone(),
-            })
+        self.declared.topic(name)
     }
 
     pub(crate) fn subscription(&self, key: &SubscriptionKey) -> Result<SubscriptionSpec> {
-        self.subscriptions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
-            .ok_or_else(|| Error::UnknownSubscription { key: key.clone() })
+        self.declared.subscription(key)
+    }
+
+    /// Checks the target of a DLQ call: a declared topic, and trigger when one is named.
+    pub(crate) fn check_dlq(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<()> {
+        self.declared.check_dlq(topic, trigger)
     }
 
     fn has_subscriptions(&self, topic: &TopicName) -> bool {
-        self.subscriptions
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .any(|key| &key.topic == topic)
+        !self.declared.triggers_of(topic).is_empty()
     }
 
     fn declared_queues(&self) -> Vec<QueueDecl> {
@@ -416,19 +407,13 @@ impl Shared {
         let prepared = Prepared {
             topic: topic.clone(),
             payload: codec::encode(&message.data)?,
-            metadata: Metadata {
-                id: MessageId::generate(),
-                enqueued_at: now,
-                attempt_base: 0,
-                first_failed_at: None,
-                traceparent: message.trace.traceparent,
-                baggage: message.trace.baggage,
-                idempotency_key: message.idempotency_key,
-                expires_at: codec::retention_end(
-                    spec.retention,
-                    message.deliver_at.map_or(now, |at| at.max(now)),
-                ),
-            },
+            metadata: Metadata::enqueued(
+                now,
+                message.trace,
+                message.idempotency_key,
+                spec.retention,
+                message.deliver_at.map_or(now, |at| at.max(now)),
+            ),
             delay,
         };
         Ok((prepared, spec))
@@ -505,8 +490,7 @@ impl RabbitMqAdapter {
             target,
             current: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            topics: RwLock::default(),
-            subscriptions: RwLock::default(),
+            declared: Declared::default(),
             queues: Mutex::default(),
             consumers: Mutex::default(),
             closed: CancellationToken::new(),
@@ -542,11 +526,7 @@ impl Adapter for RabbitMqAdapter {
                 holds_delayed_of: None,
             })
             .await?;
-        shared
-            .topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(spec.name.clone(), spec);
+        shared.declared.add_topic(spec.name.clone(), spec);
         Ok(())
     }
 
@@ -588,11 +568,7 @@ impl Adapter for RabbitMqAdapter {
                 holds_delayed_of: None,
             })
             .await?;
-        shared
-            .subscriptions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(spec.key.clone(), spec);
+        shared.declared.add_subscription(spec);
         Ok(())
     }
 

@@ -13,8 +13,9 @@ use tokio::time::Instant;
 use topiq_adapter::{Error, Result};
 
 use crate::Shared;
-use crate::config::{RabbitMqConfig, redact};
+use crate::config::RabbitMqConfig;
 use crate::confirms::ConfirmingChannel;
+use topiq_adapter_kit::redact_url;
 
 /// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -132,15 +133,17 @@ pub(crate) struct Target {
     uri: AMQPUri,
     shown: String,
     name: Option<String>,
-    tls: Option<crate::config::TlsConfig>,
+    tls: Option<topiq_adapter_kit::TlsSettings>,
 }
 
 impl Target {
     pub(crate) fn new(config: &RabbitMqConfig) -> std::result::Result<Self, String> {
-        let mut uri: AMQPUri = config
-            .url
-            .parse()
-            .map_err(|err| format!("url {:?} is not an AMQP URL: {err}", redact(&config.url)))?;
+        let mut uri: AMQPUri = config.url.parse().map_err(|err| {
+            format!(
+                "url {:?} is not an AMQP URL: {err}",
+                redact_url(&config.url)
+            )
+        })?;
         if let Some(vhost) = &config.vhost {
             uri.vhost.clone_from(vhost);
         }
@@ -151,7 +154,9 @@ impl Target {
         uri.query.heartbeat = Some(u16::try_from(negotiated).unwrap_or(u16::MAX));
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             uri.authority.userinfo.username.clone_from(user);
-            uri.authority.userinfo.password.clone_from(password);
+            password
+                .expose()
+                .clone_into(&mut uri.authority.userinfo.password);
         }
         let shown = format!(
             "{}:{} (vhost {:?})",

@@ -39,14 +39,9 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h 30m`; the error says what is accepted.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|err| {
-        format!(
-            "{text:?} is not a duration ({err}); write a number with a unit, such as \"500ms\", \"30s\" or \"5m\""
-        )
-    })
-}
+/// Parses `500ms`, `30s`, `5m`, `1h 30m`; the error says what is accepted. The one grammar of
+/// every duration in `config.yaml`, the adapters' options included.
+pub use topiq_adapter_kit::duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests {

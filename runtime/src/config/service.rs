@@ -71,34 +71,10 @@ impl fmt::Debug for HttpFunctionSettings {
 
 /// `scheme://host:port` of `url`: no user, password, path, query or fragment.
 pub fn redacted(url: &Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(port) => format!("{}://{host}:{port}", url.scheme()),
-        None => format!("{}://{host}", url.scheme()),
-    }
+    topiq_adapter_kit::redact_url(url.as_str())
 }
 
-/// A secret from the config: shown as `<redacted>` by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use topiq_adapter_kit::Secret;
 
 /// The HTTP API section.
 #[derive(Clone, Debug)]
@@ -332,7 +308,7 @@ pub(crate) fn validate_api(file: &str, raw: Option<RawApi>) -> Result<ApiSetting
                 "holds characters an HTTP header cannot; use letters, digits and punctuation",
             ));
         }
-        api.token = Some(Secret(text));
+        api.token = Some(Secret::new(text));
     }
     if let Some(limit) = &raw.max_body_bytes {
         if limit.value < 1024 {
@@ -398,6 +374,6 @@ mod tests {
 
     #[test]
     fn secret_debug_hides_the_value() {
-        assert_eq!(format!("{:?}", Secret("s3cret".into())), "<redacted>");
+        assert_eq!(format!("{:?}", Secret::new("s3cret")), "<redacted>");
     }
 }

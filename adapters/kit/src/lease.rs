@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
+use topiq_adapter::{Error, MessageId, Result};
 
 /// A delivery's lease and the prefetch slot it holds. The slot is freed when the delivery is
 /// settled or dropped, or when the lease runs out.
@@ -90,6 +91,26 @@ pub trait Leased: Send + Sync + Sized + 'static {
 /// Locks a lease (a poisoned lock still holds a consistent lease: every update is one store).
 pub fn lock(lease: &Mutex<Lease>) -> MutexGuard<'_, Lease> {
     lease.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Claims `lease` for a settlement of message `id`: whoever claims first settles it; once it
+/// is settled or has run out, the error is `LeaseExpired`.
+pub fn claim(lease: &Mutex<Lease>, id: &MessageId) -> Result<()> {
+    if lock(lease).claim() {
+        Ok(())
+    } else {
+        Err(Error::LeaseExpired { id: id.clone() })
+    }
+}
+
+/// Extends `lease` of message `id` by `visibility_timeout` from now; `LeaseExpired` once it
+/// is settled or has run out.
+pub fn extend(lease: &Mutex<Lease>, visibility_timeout: Duration, id: &MessageId) -> Result<()> {
+    if lock(lease).extend(visibility_timeout) {
+        Ok(())
+    } else {
+        Err(Error::LeaseExpired { id: id.clone() })
+    }
 }
 
 /// Where a delivery sits in its subscription's [`Leases`]; pass it to [`Leases::remove`]

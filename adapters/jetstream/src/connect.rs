@@ -1,0 +1,110 @@
+//! Connecting to the server(s) of a config: authentication, TLS, heartbeat, and the
+//! adapter's shared state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::ConnectOptions;
+use async_nats::jetstream;
+use tokio::sync::Mutex;
+use topiq_adapter::{Error, Result};
+use topiq_adapter_kit::{Declared, redact_url};
+
+use crate::config::{JetStreamConfig, UrlCredentials};
+use crate::layout::Layout;
+use crate::{JetStreamAdapter, Scheduler, Shared, scheduler};
+
+impl JetStreamAdapter {
+    /// Connects to the server(s) of `config`.
+    pub async fn connect(config: JetStreamConfig) -> Result<Self> {
+        config.validate().map_err(|reason| Error::InvalidArgument {
+            argument: "config",
+            reason,
+        })?;
+        let (servers, url_credentials) = config.servers();
+        let options = connect_options(&config, url_credentials).await?;
+        let printable: Vec<String> = servers.iter().map(|url| redact_url(url)).collect();
+        let client =
+            options
+                .connect(servers.as_slice())
+                .await
+                .map_err(|err| Error::BrokerUnavailable {
+                    message: format!("cannot connect to {}", printable.join(", ")),
+                    source: Some(Box::new(err)),
+                })?;
+        let max_payload = client.server_info().max_payload;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .ack_timeout(config.publish_timeout)
+            .build(client.clone());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                js,
+                layout: Layout::new(&config.prefix),
+                config,
+                ledgers: RwLock::new(HashMap::new()),
+                declared: Declared::default(),
+                closed: tokio_util::sync::CancellationToken::new(),
+                scheduler: Mutex::new(Scheduler::default()),
+                lost_consumers: RwLock::new(Vec::new()),
+                releases: tokio_util::task::TaskTracker::new(),
+                forwards: Arc::new(tokio::sync::Semaphore::new(scheduler::FORWARDS)),
+                max_payload,
+            }),
+        })
+    }
+}
+
+/// The client's options: heartbeat, name, credentials (the config's over the URL's) and TLS.
+async fn connect_options(
+    config: &JetStreamConfig,
+    url_credentials: Option<UrlCredentials>,
+) -> Result<ConnectOptions> {
+    // async-nats reconnects after two unanswered pings: pinging every half heartbeat
+    // notices a connection that stopped answering within about two heartbeats.
+    let mut options =
+        ConnectOptions::new().ping_interval((config.heartbeat / 2).max(Duration::from_millis(100)));
+    let configured = config.user.is_some() || config.token.is_some();
+    match url_credentials {
+        Some(UrlCredentials::UserPassword(user, password)) if !configured => {
+            options = options.user_and_password(user, password);
+        }
+        Some(UrlCredentials::Token(token)) if !configured => {
+            options = options.token(token);
+        }
+        _ => {}
+    }
+    if let Some(name) = &config.name {
+        options = options.name(name);
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_owned());
+    }
+    if let Some(seed) = &config.nkey {
+        options = options.nkey(seed.expose().to_owned());
+    }
+    if let Some(path) = &config.creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|err| Error::InvalidArgument {
+                argument: "creds_file",
+                reason: format!("cannot read {}: {err}", path.display()),
+            })?;
+    }
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    Ok(options)
+}

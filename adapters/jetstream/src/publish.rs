@@ -1,0 +1,310 @@
+//! Publishing: a message prepared once (payload, metadata, subject), sent and confirmed by
+//! the server's `PubAck`, sent again with the same `Nats-Msg-Id` when no answer came, and
+//! refused at once when the server says why (a full stream).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use topiq_adapter::{Error, NewMessage, PublishReceipt, Result, Timestamp, TopicName};
+
+use crate::codec::{self, Headers, Metadata, Stamp};
+use crate::layout::header;
+use crate::{Shared, idempotency};
+
+/// A publish is sent again (same id) until this many acknowledgement timeouts have passed.
+pub(crate) const PUBLISH_TRIES: u32 = 3;
+
+/// How long a publish answered by no stream (no responders) is retried: a cluster elects a
+/// stream's new leader within this.
+const NO_RESPONDERS_RETRY: Duration = Duration::from_secs(12);
+
+impl Shared {
+    /// Publishes and waits for the `PubAck`, sending again with the same `Nats-Msg-Id` when
+    /// the acknowledgement times out.
+    pub(crate) async fn publish_confirmed(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck> {
+        self.publish_confirmed_with(subject.into(), || headers.clone(), payload)
+            .await
+    }
+
+    /// [`Shared::publish_confirmed`] building the headers for each try, so the hot path builds
+    /// them once and copies nothing.
+    pub(crate) async fn publish_confirmed_with(
+        &self,
+        subject: Subject,
+        headers: impl Fn() -> HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck> {
+        // Within the same bound as before (`PUBLISH_TRIES` acknowledgement timeouts), a try
+        // that fails at once (no responders while a cluster elects the stream's new leader,
+        // or right after a server restart) is sent again after a short, growing wait, so an
+        // election of a few seconds delays publishes instead of failing them.
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.config.publish_timeout * PUBLISH_TRIES;
+        let mut backoff = Duration::from_millis(25);
+        let mut last_error = None;
+        let mut tries = 0;
+        while tokio::time::Instant::now() < deadline {
+            if tries > 0 {
+                tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            tries += 1;
+            // Every try, its acknowledgement included, ends by the deadline.
+            let attempt = async {
+                let future = self
+                    .js
+                    .publish_with_headers(subject.clone(), headers(), payload.clone())
+                    .await
+                    .map_err(|err| Box::new(err) as topiq_adapter::BoxError)?;
+                Ok::<_, topiq_adapter::BoxError>(future.await)
+            };
+            let ack = match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => break,
+                Ok(Err(err)) => {
+                    last_error = Some(err);
+                    continue;
+                }
+                Ok(Ok(ack)) => ack,
+            };
+            match ack {
+                Ok(ack) => return Ok(ack),
+                // No answer (or no JetStream yet, as right after a server restart): sent again
+                // with the same `Nats-Msg-Id`, so it cannot duplicate. "No responders" reads
+                // as StreamNotFound: also what a stream that is really gone answers, so it is
+                // retried only as long as a leader election takes.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                    ) || (err.kind() == PublishErrorKind::StreamNotFound
+                        && started.elapsed() < NO_RESPONDERS_RETRY) =>
+                {
+                    last_error = Some(Box::new(err));
+                }
+                // The server answered no (a full stream, say): final, and said as it is.
+                Err(err) => {
+                    let full = is_full(&err);
+                    let refused = Box::new(Refused {
+                        subject: subject.to_string(),
+                        source: err,
+                    });
+                    return Err(if full {
+                        Error::BrokerFull {
+                            message: format!(
+                                "the stream taking {subject} is at its limit; stored messages are kept, and publishes succeed again once they are consumed or the limit (max_bytes) is raised"
+                            ),
+                            source: Some(refused),
+                        }
+                    } else {
+                        Error::Broker {
+                            operation: "publish",
+                            source: refused,
+                        }
+                    });
+                }
+            }
+        }
+        Err(Error::BrokerUnavailable {
+            message: format!(
+                "no acknowledgement for a publish to {subject} after {tries} tries in {:?}",
+                self.config.publish_timeout * PUBLISH_TRIES
+            ),
+            source: last_error,
+        })
+    }
+
+    /// Everything a publish sends, built before anything is sent (so bad input fails alone).
+    pub(crate) fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
+        let declared = self.declared_topic(topic)?;
+        message.validate(topic, declared.spec.max_message_bytes)?;
+        let payload = codec::encode(&message.data)?;
+        let now = Timestamp::now();
+        let due = message.deliver_at.filter(|at| *at > now);
+        let metadata = Metadata::enqueued(
+            now,
+            message.trace,
+            message.idempotency_key,
+            declared.spec.retention,
+            due.unwrap_or(now),
+        );
+        let id = metadata.id.clone();
+        Ok(match due {
+            // Forwarded later by the scheduler: the copy on the topic carries the enqueue time.
+            Some(at) => Prepared {
+                topic: topic.clone(),
+                subject: self.layout.delay_subject(topic).into(),
+                // The message id, not the idempotency key: keys are decided by the ledger
+                // (`idempotency.rs`), and the delay stream's window is not the topic's.
+                dedup_id: format!("{topic}:{id}"),
+                metadata,
+                payload,
+                deliver_at: Some(at),
+            },
+            None => Prepared {
+                topic: topic.clone(),
+                subject: declared.subject,
+                dedup_id: String::new(),
+                metadata,
+                payload,
+                deliver_at: None,
+            },
+        })
+    }
+
+    pub(crate) async fn publish_one(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        let prepared = self.prepare(topic, message)?;
+        if prepared.metadata.idempotency_key.is_some() {
+            // Rare and large: boxed, so every publish future stays small.
+            return Box::pin(idempotency::publish_keyed(self, prepared)).await;
+        }
+        self.publish_prepared(&prepared).await?;
+        Ok(prepared.receipt())
+    }
+
+    /// Publishes a prepared message and waits for its `PubAck`.
+    pub(crate) async fn publish_prepared(
+        &self,
+        prepared: &Prepared,
+    ) -> Result<jetstream::publish::PublishAck> {
+        self.publish_confirmed_with(
+            prepared.subject.clone(),
+            || prepared.headers(),
+            prepared.payload.clone(),
+        )
+        .await
+    }
+
+    /// Sends every message, then awaits every acknowledgement: one round trip for the batch.
+    /// A message whose send or acknowledgement failed is sent again alone (same dedup id).
+    pub(crate) async fn publish_many(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Vec<Result<PublishReceipt>> {
+        let mut prepared = Vec::with_capacity(messages.len());
+        let mut sent = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.prepare(topic, message) {
+                // A keyed message claims its key first: published alone, below.
+                Ok(ready) if ready.metadata.idempotency_key.is_some() => {
+                    sent.push(None);
+                    prepared.push(Ok(ready));
+                }
+                Ok(ready) => {
+                    let future = self
+                        .js
+                        .publish_with_headers(
+                            ready.subject.clone(),
+                            ready.headers(),
+                            ready.payload.clone(),
+                        )
+                        .await
+                        .ok();
+                    sent.push(future);
+                    prepared.push(Ok(ready));
+                }
+                Err(err) => {
+                    sent.push(None);
+                    prepared.push(Err(err));
+                }
+            }
+        }
+        let acks = futures::future::join_all(sent.into_iter().map(|future| async move {
+            match future {
+                Some(future) => future.await.ok(),
+                None => None,
+            }
+        }))
+        .await;
+        let mut receipts = Vec::with_capacity(prepared.len());
+        for (ready, ack) in prepared.into_iter().zip(acks) {
+            let receipt = match (ready, ack) {
+                (Err(err), _) => Err(err),
+                (Ok(ready), _) if ready.metadata.idempotency_key.is_some() => {
+                    Box::pin(idempotency::publish_keyed(self, ready)).await
+                }
+                (Ok(ready), Some(_)) => Ok(ready.receipt()),
+                (Ok(ready), None) => self.publish_prepared(&ready).await.map(|_| ready.receipt()),
+            };
+            receipts.push(receipt);
+        }
+        receipts
+    }
+}
+
+/// One message ready to send.
+pub(crate) struct Prepared {
+    pub(crate) topic: TopicName,
+    pub(crate) subject: Subject,
+    pub(crate) metadata: Metadata,
+    /// The `Nats-Msg-Id` of a delayed publish; a direct one uses the message id.
+    dedup_id: String,
+    pub(crate) payload: Bytes,
+    deliver_at: Option<Timestamp>,
+}
+
+impl Prepared {
+    /// The receipt of this message, published.
+    pub(crate) fn receipt(&self) -> PublishReceipt {
+        PublishReceipt {
+            message_id: self.metadata.id.clone(),
+            duplicate: false,
+        }
+    }
+
+    /// Its headers: the dedup id (the message id: a publish sent again, by this process or by
+    /// one taking its key over, is stored once), the metadata, and where it waits when
+    /// delayed. A keyed message carries its enqueue time, since another process that takes
+    /// its key over may publish it (docs: idempotency).
+    pub(crate) fn headers(&self) -> HeaderMap {
+        match self.deliver_at {
+            Some(at) => {
+                let mut headers = self.metadata.headers(&self.dedup_id, Stamp::Copy);
+                headers.insert(header::DELIVER_AT, at.to_string().as_str());
+                headers.insert(header::TOPIC, self.topic.as_str());
+                headers
+            }
+            None if self.metadata.idempotency_key.is_some() => self
+                .metadata
+                .headers(self.metadata.id.as_str(), Stamp::Copy),
+            None => self
+                .metadata
+                .headers(self.metadata.id.as_str(), Stamp::First),
+        }
+    }
+}
+
+/// True when the server refused a publish for lack of room: a stream at its byte or message
+/// limit (discard `new`), or a server out of storage.
+fn is_full(err: &jetstream::context::PublishError) -> bool {
+    let text = err.to_string();
+    [
+        "maximum bytes",
+        "maximum messages",
+        "insufficient resources",
+        "insufficient storage",
+    ]
+    .iter()
+    .any(|reason| text.contains(reason))
+}
+
+/// A publish the server answered with an error (a full stream, a wrong last sequence): the
+/// subject it went to, and the server's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("the server refused a publish to {subject}: {source}")]
+pub(crate) struct Refused {
+    subject: String,
+    #[source]
+    pub(crate) source: jetstream::context::PublishError,
+}

@@ -1,0 +1,24 @@
+//! What topiq's broker adapters share, so each adapter holds only what its broker needs:
+//!
+//! - [`lease`]: client-side delivery leases and their watcher;
+//! - [`Declared`]: the topics and trigger subscriptions a process declared;
+//! - [`Stored`]: what a broker keeps beside a message's data (id, enqueue time, attempts
+//!   spent, trace context, ...), turned into the handler's envelope and into the DLQ record;
+//! - [`codec`]: a message's data as bytes, and the error for a message topiq did not write;
+//! - [`Secret`], [`TlsSettings`], [`duration`] and [`redact_url`]: the pieces of an adapter's
+//!   `config:` map.
+
+pub mod codec;
+mod declared;
+pub mod duration;
+pub mod lease;
+mod redact;
+mod secret;
+mod stored;
+mod tls;
+
+pub use declared::Declared;
+pub use redact::redact_url;
+pub use secret::Secret;
+pub use stored::{Stored, retention_end};
+pub use tls::TlsSettings;
