@@ -333,11 +333,7 @@ fn resolve_functions(
 ) -> Result<Vec<(TriggerSettings, Function)>, ConfigError> {
     if let Some(name) = functions.duplicates().first() {
         return Err(ConfigError::invalid(
-            ConfigLocation {
-                file: "(application)".into(),
-                line: 0,
-                column: 0,
-            },
+            ConfigLocation::start_of("(application)"),
             "functions",
             format!("the function {name:?} was registered twice; register each name once"),
         ));

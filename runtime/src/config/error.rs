@@ -14,6 +14,17 @@ pub struct ConfigLocation {
     pub column: u64,
 }
 
+impl ConfigLocation {
+    /// The start of `file`, for a mistake that has no line of its own (a missing section).
+    pub fn start_of(file: &str) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+        }
+    }
+}
+
 impl fmt::Display for ConfigLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {

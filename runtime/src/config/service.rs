@@ -12,7 +12,8 @@ use url::Url;
 use serde_saphyr::Spanned;
 
 use super::raw::{RawApi, RawFile, RawFunction};
-use super::{ConfigError, ConfigLocation, spanned_at};
+use super::source::spanned_at;
+use super::{ConfigError, ConfigLocation};
 
 /// Where the API listens when the config sets nothing.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7720";
@@ -202,26 +203,7 @@ pub(crate) fn validate_functions(
                 "a function needs a name",
             ));
         }
-        let url_location = spanned_at(file, &http.url);
-        let url_text = &http.url.value;
-        // The URL may hold credentials: errors say what is wrong, never the URL.
-        let url = Url::parse(url_text).map_err(|err| {
-            ConfigError::invalid(
-                url_location.clone(),
-                format!("{key}.url"),
-                format!("is not a valid URL ({err}); write it as http://host:port/path"),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(ConfigError::invalid(
-                url_location,
-                format!("{key}.url"),
-                format!(
-                    "must be an http:// or https:// URL with a host, got a {}: URL",
-                    url.scheme()
-                ),
-            ));
-        }
+        let url = function_url(file, &key, &http.url)?;
         let timeout = match http.timeout {
             None => DEFAULT_HTTP_TIMEOUT,
             Some(timeout) if timeout.value.0.is_zero() => {
@@ -233,43 +215,76 @@ pub(crate) fn validate_functions(
             }
             Some(timeout) => timeout.value.0,
         };
-        let mut headers = HeaderMap::new();
-        for (header, value) in http.headers {
-            let header_key = format!("{key}.headers.{header}");
-            let at = spanned_at(file, &value);
-            let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                ConfigError::invalid(
-                    at.clone(),
-                    header_key.clone(),
-                    "is not a valid HTTP header name",
-                )
-            })?;
-            if RESERVED_HEADERS.contains(&header_name.as_str()) {
-                return Err(ConfigError::invalid(
-                    at,
-                    header_key,
-                    "is set by topiq on every request; remove it",
-                ));
-            }
-            let mut header_value = HeaderValue::from_str(&value.value).map_err(|_| {
-                ConfigError::invalid(
-                    at,
-                    header_key,
-                    "holds characters an HTTP header cannot (such as a line break)",
-                )
-            })?;
-            header_value.set_sensitive(true);
-            headers.insert(header_name, header_value);
-        }
         settings.push(HttpFunctionSettings {
             name,
             url,
             timeout,
-            headers,
+            headers: function_headers(file, &key, http.headers)?,
             location,
         });
     }
     Ok(settings)
+}
+
+/// An HTTP function's URL: http or https, with a host. The URL may hold credentials: errors
+/// say what is wrong, never the URL.
+fn function_url(file: &str, key: &str, url: &Spanned<String>) -> Result<Url, ConfigError> {
+    let at = spanned_at(file, url);
+    let parsed = Url::parse(&url.value).map_err(|err| {
+        ConfigError::invalid(
+            at.clone(),
+            format!("{key}.url"),
+            format!("is not a valid URL ({err}); write it as http://host:port/path"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::invalid(
+            at,
+            format!("{key}.url"),
+            format!(
+                "must be an http:// or https:// URL with a host, got a {}: URL",
+                parsed.scheme()
+            ),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// An HTTP function's headers: valid, not one topiq sets itself, and marked sensitive.
+fn function_headers(
+    file: &str,
+    key: &str,
+    raw: BTreeMap<String, Spanned<String>>,
+) -> Result<HeaderMap, ConfigError> {
+    let mut headers = HeaderMap::new();
+    for (header, value) in raw {
+        let header_key = format!("{key}.headers.{header}");
+        let at = spanned_at(file, &value);
+        let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+            ConfigError::invalid(
+                at.clone(),
+                header_key.clone(),
+                "is not a valid HTTP header name",
+            )
+        })?;
+        if RESERVED_HEADERS.contains(&header_name.as_str()) {
+            return Err(ConfigError::invalid(
+                at,
+                header_key,
+                "is set by topiq on every request; remove it",
+            ));
+        }
+        let mut header_value = HeaderValue::from_str(&value.value).map_err(|_| {
+            ConfigError::invalid(
+                at,
+                header_key,
+                "holds characters an HTTP header cannot (such as a line break)",
+            )
+        })?;
+        header_value.set_sensitive(true);
+        headers.insert(header_name, header_value);
+    }
+    Ok(headers)
 }
 
 /// Validates the `api:` section.
@@ -292,23 +307,7 @@ pub(crate) fn validate_api(file: &str, raw: Option<RawApi>) -> Result<ApiSetting
         })?;
     }
     if let Some(token) = &raw.token {
-        let at = spanned_at(file, token);
-        let text = token.value.clone();
-        if text.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                at,
-                "api.token",
-                "is empty; set a long random token or remove api.token",
-            ));
-        }
-        if HeaderValue::from_str(&text).is_err() {
-            return Err(ConfigError::invalid(
-                at,
-                "api.token",
-                "holds characters an HTTP header cannot; use letters, digits and punctuation",
-            ));
-        }
-        api.token = Some(Secret::new(text));
+        api.token = Some(api_token(file, token)?);
     }
     if let Some(limit) = &raw.max_body_bytes {
         if limit.value < 1024 {
@@ -325,11 +324,7 @@ pub(crate) fn validate_api(file: &str, raw: Option<RawApi>) -> Result<ApiSetting
             .listen
             .as_ref()
             .map(|listen| spanned_at(file, listen))
-            .unwrap_or_else(|| ConfigLocation {
-                file: file.to_owned(),
-                line: 0,
-                column: 0,
-            });
+            .unwrap_or_else(|| ConfigLocation::start_of(file));
         return Err(ConfigError::invalid(
             at,
             "api.listen",
@@ -340,6 +335,26 @@ pub(crate) fn validate_api(file: &str, raw: Option<RawApi>) -> Result<ApiSetting
         ));
     }
     Ok(api)
+}
+
+/// The API's bearer token: not empty, and sendable in a header.
+fn api_token(file: &str, token: &Spanned<String>) -> Result<Secret, ConfigError> {
+    let at = spanned_at(file, token);
+    if token.value.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            at,
+            "api.token",
+            "is empty; set a long random token or remove api.token",
+        ));
+    }
+    if HeaderValue::from_str(&token.value).is_err() {
+        return Err(ConfigError::invalid(
+            at,
+            "api.token",
+            "holds characters an HTTP header cannot; use letters, digits and punctuation",
+        ));
+    }
+    Ok(Secret::new(token.value.clone()))
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! The `telemetry:` section: log format, service name, and the OTLP exporter (off unless
 //! `otlp:` is given).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use serde_saphyr::Spanned;
 use url::Url;
 
-use super::raw::RawTelemetry;
+use super::ConfigError;
+use super::raw::{RawOtlp, RawTelemetry};
 use super::service::{Secret, redacted};
-use super::{ConfigError, spanned_at};
+use super::source::spanned_at;
 
 /// How `topiq run` writes its logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,9 +131,14 @@ pub(crate) fn validate_telemetry(
             }
         };
     }
-    let Some(otlp) = raw.otlp else {
-        return Ok(settings);
-    };
+    if let Some(otlp) = raw.otlp {
+        settings.otlp = Some(validate_otlp(file, otlp)?);
+    }
+    Ok(settings)
+}
+
+/// Validates `telemetry.otlp`.
+fn validate_otlp(file: &str, otlp: RawOtlp) -> Result<OtlpSettings, ConfigError> {
     let at = spanned_at(file, &otlp.endpoint);
     let endpoint = Url::parse(&otlp.endpoint.value)
         .ok()
@@ -142,27 +150,7 @@ pub(crate) fn validate_telemetry(
                 "must be the collector's OTLP/HTTP URL, such as http://127.0.0.1:4318",
             )
         })?;
-    let protocol = match otlp.protocol.as_ref().map(|p| p.value.as_str()) {
-        None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-        Some("http/json") => OtlpProtocol::HttpJson,
-        Some(other) => {
-            let at = otlp
-                .protocol
-                .as_ref()
-                .map(|p| spanned_at(file, p))
-                .unwrap_or_else(|| spanned_at(file, &otlp.endpoint));
-            let hint = if other == "grpc" {
-                "; topiq exports over OTLP/HTTP only (every collector takes it, on port 4318)"
-            } else {
-                ""
-            };
-            return Err(ConfigError::invalid(
-                at,
-                "telemetry.otlp.protocol",
-                format!("unknown protocol {other:?}; write http/protobuf or http/json{hint}"),
-            ));
-        }
-    };
+    let protocol = protocol(file, &otlp)?;
     let sampling_ratio = match &otlp.sampling_ratio {
         None => 1.0,
         Some(ratio) if (0.0..=1.0).contains(&ratio.value) => ratio.value,
@@ -174,8 +162,49 @@ pub(crate) fn validate_telemetry(
             ));
         }
     };
-    let mut headers = Vec::with_capacity(otlp.headers.len());
-    for (name, value) in otlp.headers {
+    Ok(OtlpSettings {
+        endpoint,
+        protocol,
+        headers: export_headers(file, otlp.headers)?,
+        sampling_ratio,
+        timeout: otlp.timeout.map_or(Duration::from_secs(10), |t| t.0),
+        metrics_interval: otlp
+            .metrics_interval
+            .map_or(Duration::from_secs(60), |t| t.0),
+    })
+}
+
+fn protocol(file: &str, otlp: &RawOtlp) -> Result<OtlpProtocol, ConfigError> {
+    match otlp.protocol.as_ref().map(|p| p.value.as_str()) {
+        None | Some("http/protobuf") => Ok(OtlpProtocol::HttpProtobuf),
+        Some("http/json") => Ok(OtlpProtocol::HttpJson),
+        Some(other) => {
+            let at = otlp
+                .protocol
+                .as_ref()
+                .map(|p| spanned_at(file, p))
+                .unwrap_or_else(|| spanned_at(file, &otlp.endpoint));
+            let hint = if other == "grpc" {
+                "; topiq exports over OTLP/HTTP only (every collector takes it, on port 4318)"
+            } else {
+                ""
+            };
+            Err(ConfigError::invalid(
+                at,
+                "telemetry.otlp.protocol",
+                format!("unknown protocol {other:?}; write http/protobuf or http/json{hint}"),
+            ))
+        }
+    }
+}
+
+/// The export headers, each a valid HTTP header; their values are secrets.
+fn export_headers(
+    file: &str,
+    raw: BTreeMap<String, Spanned<String>>,
+) -> Result<Vec<(String, Secret)>, ConfigError> {
+    let mut headers = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
         let key = format!("telemetry.otlp.headers.{name}");
         if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(ConfigError::invalid(
@@ -193,15 +222,5 @@ pub(crate) fn validate_telemetry(
         }
         headers.push((name, Secret::new(value.value)));
     }
-    settings.otlp = Some(OtlpSettings {
-        endpoint,
-        protocol,
-        headers,
-        sampling_ratio,
-        timeout: otlp.timeout.map_or(Duration::from_secs(10), |t| t.0),
-        metrics_interval: otlp
-            .metrics_interval
-            .map_or(Duration::from_secs(60), |t| t.0),
-    });
-    Ok(settings)
+    Ok(headers)
 }

@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::source::rewrite_iii_defaults;
 use super::*;
+use crate::retry::Backoff;
 
 const FILE: &str = "config.yaml";
 
