@@ -12,6 +12,8 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use topiq_adapter::{Envelope, TopicName, TraceContext, TriggerName};
 
+use crate::trigger::Outcome;
+
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -155,12 +157,11 @@ pub(crate) fn batch_process_span(
     span
 }
 
-/// What became of a processed message, recorded on its span: `succeeded`, `retried`,
-/// `dead_lettered`, `filtered` or `released` (a batch: `succeeded`, `partial`, `failed`,
-/// `filtered` or `released`); failures mark the span as an error.
-pub(crate) fn record_outcome(span: &Span, outcome: &'static str) {
-    span.record("topiq.outcome", outcome);
-    if matches!(outcome, "retried" | "dead_lettered" | "partial" | "failed") {
+/// What became of a processed message or batch, recorded on its span; failures mark the
+/// span as an error.
+pub(crate) fn record_outcome(span: &Span, outcome: Outcome) {
+    span.record("topiq.outcome", outcome.as_str());
+    if outcome.is_error() {
         span.record("otel.status_code", "ERROR");
     }
 }

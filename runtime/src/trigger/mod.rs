@@ -1,0 +1,333 @@
+//! Running a trigger: pull deliveries, filter by condition, call the function with its timeout
+//! while extending the lease, then settle: ack, retry after the backoff, or dead-letter.
+//!
+//! The layers around a handler call, outermost first:
+//! 1. concurrency: `concurrency` workers per trigger, each pulling only when idle, so nothing
+//!    waits in our hands while its lease runs (and no task is spawned per message);
+//! 2. condition: false (or an error) acknowledges without a call;
+//! 3. shutdown: past the grace period the call is abandoned and the message released, without
+//!    spending an attempt;
+//! 4. lease: extended every half visibility timeout while the call runs;
+//! 5. timeout and panic capture: both become retryable failures;
+//! 6. settlement: see `Trigger::settle_failure`.
+//!
+//! One file per layer: the condition is [`Trigger::admit`] here, shutdown, lease, timeout and
+//! panics are `supervise.rs`, settlement is `settle.rs`; what became of each delivery is an
+//! [`Outcome`].
+
+mod outcome;
+mod settle;
+mod supervise;
+
+pub(crate) use outcome::Outcome;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, Either};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use topiq_adapter::{
+    ConsumeOptions, Delivery, Envelope, SharedAdapter, Subscription, SubscriptionKey,
+};
+use tracing::Instrument;
+
+use crate::config::TriggerSettings;
+use crate::function::{Function, HandlerError, Message};
+use crate::stats::TriggerCounters;
+use crate::telemetry;
+use settle::release;
+use supervise::{CallFailure, Limits, supervise};
+
+/// One trigger of a running module.
+pub(crate) struct Trigger {
+    pub(crate) settings: TriggerSettings,
+    pub(crate) key: SubscriptionKey,
+    pub(crate) function: Function,
+    pub(crate) adapter: SharedAdapter,
+    pub(crate) counters: TriggerCounters,
+    /// True while the trigger holds its subscription and takes deliveries (readiness).
+    pub(crate) subscribed: AtomicBool,
+    /// `messaging.system` for the process spans.
+    pub(crate) messaging_system: &'static str,
+}
+
+/// Signals shared by every trigger of a module.
+#[derive(Clone)]
+pub(crate) struct Lifecycle {
+    /// Stop pulling new deliveries.
+    pub(crate) stop: CancellationToken,
+    /// The grace period is over: abandon running calls and release their messages.
+    pub(crate) abort: CancellationToken,
+    /// Every trigger's loop (which runs that trigger's calls).
+    pub(crate) calls: TaskTracker,
+}
+
+impl Trigger {
+    /// Subscribes, then pulls a delivery (or a batch) whenever fewer than `concurrency` calls
+    /// run, until `lifecycle.stop`; then lets the running calls finish (or be abandoned when
+    /// `lifecycle.abort` fires).
+    pub(crate) async fn run(self: Arc<Self>, lifecycle: Lifecycle) {
+        let Some(mut subscription) = self.subscribe(&lifecycle.stop).await else {
+            return;
+        };
+        self.subscribed.store(true, Ordering::Relaxed);
+        let limit = self.settings.concurrency as usize;
+        let abort = &lifecycle.abort;
+        let mut running = FuturesUnordered::new();
+        // After a subscription error, pulling pauses for a second while running calls go on.
+        let resume = sleep(Duration::ZERO);
+        tokio::pin!(resume);
+        let mut paused = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some(()) = running.next(), if !running.is_empty() => {}
+                () = lifecycle.stop.cancelled() => break,
+                () = &mut resume, if paused => paused = false,
+                next = subscription.next(), if !paused && running.len() < limit => match next {
+                    None => break,
+                    Some(Ok(delivery)) if self.settings.batch_size > 1 => {
+                        let batch = self.fill_batch(delivery, &mut subscription);
+                        running.push(Either::Right(self.handle_batch(batch, abort)));
+                    }
+                    Some(Ok(delivery)) => running.push(Either::Left(self.handle(delivery, abort))),
+                    Some(Err(err)) => {
+                        tracing::error!(trigger = %self.key, error = %err, "the subscription failed; pulling again in 1s");
+                        paused = true;
+                        resume.as_mut().reset(Instant::now() + Duration::from_secs(1));
+                    }
+                },
+            }
+        }
+        self.subscribed.store(false, Ordering::Relaxed);
+        drop(subscription);
+        while running.next().await.is_some() {}
+    }
+
+    async fn subscribe(&self, stop: &CancellationToken) -> Option<Subscription> {
+        let prefetch = self.settings.concurrency * self.settings.batch_size;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self
+                .adapter
+                .consume(&self.key, ConsumeOptions { prefetch })
+                .await
+            {
+                Ok(subscription) => return Some(subscription),
+                Err(err) => {
+                    tracing::error!(trigger = %self.key, error = %err, retry_in = ?wait, "cannot subscribe");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Adds to `first` the deliveries that are ready now, up to `batch_size`.
+    fn fill_batch(&self, first: Delivery, subscription: &mut Subscription) -> Vec<Delivery> {
+        let mut batch = vec![first];
+        while batch.len() < self.settings.batch_size as usize {
+            match subscription.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                _ => break,
+            }
+        }
+        batch
+    }
+
+    /// The condition layer: counts the delivery and lets it through when the condition
+    /// holds; a false or failing condition acknowledges it for this trigger.
+    async fn admit(&self, delivery: Delivery) -> Option<Delivery> {
+        self.counters.delivered();
+        if self.passes_condition(&delivery) {
+            return Some(delivery);
+        }
+        self.counters.filtered();
+        self.ack(delivery).await;
+        None
+    }
+
+    fn passes_condition(&self, delivery: &Delivery) -> bool {
+        let Some(condition) = &self.settings.condition else {
+            return true;
+        };
+        match condition.evaluate(delivery.envelope()) {
+            Ok(passes) => passes,
+            Err(err) => {
+                tracing::warn!(
+                    trigger = %self.key,
+                    id = %delivery.envelope().id,
+                    condition = condition.source(),
+                    error = %err,
+                    "the condition failed; treated as false"
+                );
+                false
+            }
+        }
+    }
+
+    /// Handles one delivery in its process span (child of the publisher's), which records
+    /// the outcome.
+    async fn handle(&self, delivery: Delivery, abort: &CancellationToken) {
+        let span = telemetry::process_span(
+            self.messaging_system,
+            delivery.envelope(),
+            &self.settings.name,
+        );
+        let outcome = self
+            .handle_in_span(delivery, abort)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_outcome(&span, outcome);
+    }
+
+    async fn handle_in_span(&self, delivery: Delivery, abort: &CancellationToken) -> Outcome {
+        let Some(delivery) = self.admit(delivery).await else {
+            return Outcome::Filtered;
+        };
+        let Function::Single(handler) = &self.function else {
+            return Outcome::Released;
+        };
+        let message = Message::new(delivery.envelope().clone(), self.settings.name.clone());
+        let call = handler.call(message);
+        match self
+            .call(call, std::slice::from_ref(&delivery), abort)
+            .await
+        {
+            None => {
+                release(delivery).await;
+                Outcome::Released
+            }
+            Some(Ok(())) => {
+                self.succeed(delivery).await;
+                Outcome::Succeeded
+            }
+            Some(Err(failure)) => self.settle_failure(delivery, failure).await,
+        }
+    }
+
+    /// Handles a batch in one process span linked to each message's publisher span.
+    async fn handle_batch(&self, batch: Vec<Delivery>, abort: &CancellationToken) {
+        let envelopes: Vec<&Envelope> = batch.iter().map(Delivery::envelope).collect();
+        let span = telemetry::batch_process_span(
+            self.messaging_system,
+            &self.key.topic,
+            &self.settings.name,
+            &envelopes,
+        );
+        drop(envelopes);
+        let outcome = self
+            .handle_batch_in_span(batch, abort)
+            .instrument(span.clone())
+            .await;
+        telemetry::record_outcome(&span, outcome);
+    }
+
+    async fn handle_batch_in_span(
+        &self,
+        batch: Vec<Delivery>,
+        abort: &CancellationToken,
+    ) -> Outcome {
+        let mut passing = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            passing.extend(self.admit(delivery).await);
+        }
+        if passing.is_empty() {
+            return Outcome::Filtered;
+        }
+        let Function::Batch(handler) = &self.function else {
+            return Outcome::Released;
+        };
+        let messages = passing
+            .iter()
+            .map(|delivery| Message::new(delivery.envelope().clone(), self.settings.name.clone()))
+            .collect();
+        let call = handler.call(messages).map(Ok).boxed();
+        match self.call(call, &passing, abort).await {
+            None => {
+                for delivery in passing {
+                    release(delivery).await;
+                }
+                Outcome::Released
+            }
+            Some(Ok(results)) if results.len() == passing.len() => {
+                self.settle_batch(passing, results).await
+            }
+            Some(Ok(results)) => {
+                let error = HandlerError::retryable(format!(
+                    "the batch function returned {} results for {} messages",
+                    results.len(),
+                    passing.len()
+                ));
+                self.fail_batch(passing, error).await
+            }
+            Some(Err(failure)) => self.fail_batch(passing, failure.into_batch_error()).await,
+        }
+    }
+
+    /// Settles each message of a batch by its own result.
+    async fn settle_batch(
+        &self,
+        batch: Vec<Delivery>,
+        results: Vec<Result<(), HandlerError>>,
+    ) -> Outcome {
+        let total = batch.len();
+        let mut failed = 0;
+        for (delivery, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(()) => self.succeed(delivery).await,
+                Err(err) => {
+                    failed += 1;
+                    self.settle_failure(delivery, CallFailure::Handler(err))
+                        .await;
+                }
+            }
+        }
+        Outcome::of_batch(failed, total)
+    }
+
+    /// Settles every message of a batch with the same failure.
+    async fn fail_batch(&self, batch: Vec<Delivery>, error: HandlerError) -> Outcome {
+        for delivery in batch {
+            self.settle_failure(delivery, CallFailure::Handler(error.clone()))
+                .await;
+        }
+        Outcome::Failed
+    }
+
+    /// Runs `call` under the supervision layer, extending the leases of `deliveries`, and
+    /// counts its handler time; `None` when the shutdown grace period ran out first.
+    async fn call<T: Send + 'static>(
+        &self,
+        call: BoxFuture<'static, Result<T, HandlerError>>,
+        deliveries: &[Delivery],
+        abort: &CancellationToken,
+    ) -> Option<Result<T, CallFailure>> {
+        let limits = Limits {
+            timeout: self.settings.timeout,
+            extend_every: self.settings.visibility_timeout / 2,
+        };
+        let started = Instant::now();
+        let result = supervise(call, limits, abort, || self.extend_leases(deliveries)).await;
+        if result.is_some() {
+            self.counters.handler_time(started.elapsed());
+        }
+        result
+    }
+
+    async fn extend_leases(&self, deliveries: &[Delivery]) {
+        for delivery in deliveries {
+            if let Err(err) = delivery.extend_lease().await {
+                tracing::warn!(trigger = %self.key, id = %delivery.envelope().id, error = %err, "cannot extend the lease");
+            }
+        }
+    }
+}
