@@ -2,6 +2,7 @@
 //! `topiq` module (`check`) or a running `topiq run` reached over its HTTP API (the operator
 //! commands).
 
+mod check;
 mod client;
 mod operator;
 
@@ -10,9 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use topiq::config::TelemetrySettings;
-use topiq::{
-    AdapterClass, Config, FunctionKind, Functions, check_trigger_function, shutdown_signal,
-};
+use topiq::{AdapterClass, Config, shutdown_signal};
 use topiq_server::{ServeError, Telemetry};
 
 use operator::{ApiArgs, DlqCommand, EnqueueArgs};
@@ -97,7 +96,7 @@ fn main() -> ExitCode {
     }
     match command {
         Command::Run { .. } => ExitCode::SUCCESS,
-        Command::Check { config, functions } => check(config, functions),
+        Command::Check { config, functions } => check::check(config, functions),
         Command::Adapters => {
             for class in AdapterClass::ALL {
                 let capabilities = class.capabilities();
@@ -159,103 +158,6 @@ fn run(config: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn check(path: PathBuf, application_functions: Vec<String>) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let builtins = Functions::with_builtins();
-    let mut known = builtins.names();
-    known.extend(config.functions.iter().map(|http| http.name.as_str()));
-    for trigger in &config.triggers {
-        let name = trigger.function.as_str();
-        let kind = if config.functions.iter().any(|http| http.name == name) {
-            Some(FunctionKind::Single)
-        } else if application_functions.iter().any(|given| given == name) {
-            Some(FunctionKind::Either)
-        } else {
-            builtins.kind(name)
-        };
-        let checked = check_trigger_function(trigger, kind, || {
-            format!(
-                "the topiq binary has {}; pass --function {name} if your application registers it",
-                known.join(", ")
-            )
-        });
-        if let Err(err) = checked {
-            eprintln!("{err}");
-            return ExitCode::FAILURE;
-        }
-    }
-    println!("{}: ok", path.display());
-    println!("adapter: {}", config.adapter.class.name());
-    println!("topics:");
-    for spec in config.topics.values() {
-        println!(
-            "  {} (max_message_bytes {}, idempotency window {:?})",
-            spec.name, spec.max_message_bytes, spec.idempotency_window
-        );
-    }
-    println!("triggers:");
-    for trigger in &config.triggers {
-        let condition = trigger
-            .condition
-            .as_ref()
-            .map(|condition| format!(" if {}", condition.source()))
-            .unwrap_or_default();
-        let dead_letter = trigger
-            .dead_letter_topic
-            .as_ref()
-            .map(|topic| format!(", dead letters to {topic}"))
-            .unwrap_or_default();
-        println!(
-            "  {}: {} -> {}{condition} (attempts {}, concurrency {}{dead_letter})",
-            trigger.name,
-            trigger.topic,
-            trigger.function,
-            trigger.retry.max_attempts,
-            trigger.concurrency
-        );
-    }
-    if !config.functions.is_empty() {
-        println!("http functions:");
-        for function in &config.functions {
-            println!(
-                "  {}: POST {} (timeout {:?})",
-                function.name,
-                function.endpoint(),
-                function.timeout
-            );
-        }
-    }
-    if config.api.enabled {
-        println!(
-            "api: {}{}",
-            config.api.listen,
-            if config.api.token.is_some() {
-                " (token required)"
-            } else {
-                ""
-            }
-        );
-    }
-    let mut functions: Vec<&str> = config
-        .triggers
-        .iter()
-        .map(|t| t.function.as_str())
-        .collect();
-    functions.sort_unstable();
-    functions.dedup();
-    println!("functions: {}", functions.join(", "));
-    for warning in &config.warnings {
-        println!("warning: {warning}");
-    }
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

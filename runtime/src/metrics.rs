@@ -243,77 +243,87 @@ impl Metrics {
             otel: otlp.then(|| Arc::new(OtelInstruments::new())),
             registry: Registry::default(),
         };
+        metrics.register_traffic(&mut registry);
+        metrics.register_timings_and_broker(&mut registry);
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The counters of messages published, delivered and settled.
+    fn register_traffic(&self, registry: &mut Registry) {
         registry.register(
             "messages_published",
             "Messages the broker accepted from enqueue",
-            metrics.published.clone(),
+            self.published.clone(),
         );
         registry.register(
             "publish_errors",
             "Enqueues that failed",
-            metrics.publish_errors.clone(),
+            self.publish_errors.clone(),
         );
         registry.register(
             "messages_delivered",
             "Deliveries a trigger took (every attempt)",
-            metrics.delivered.clone(),
+            self.delivered.clone(),
         );
         registry.register(
             "messages_succeeded",
             "Handler calls that succeeded",
-            metrics.succeeded.clone(),
+            self.succeeded.clone(),
         );
         registry.register(
             "messages_retried",
             "Failed handler calls that were retried",
-            metrics.retried.clone(),
+            self.retried.clone(),
         );
         registry.register(
             "messages_dead_lettered",
             "Messages moved to the trigger's DLQ",
-            metrics.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         registry.register(
             "messages_filtered",
             "Messages acknowledged without a call because the condition was false",
-            metrics.filtered.clone(),
+            self.filtered.clone(),
         );
+    }
+
+    /// The handler and end-to-end histograms, and the broker's gauges.
+    fn register_timings_and_broker(&self, registry: &mut Registry) {
         registry.register_with_unit(
             "handler_duration",
             "Time of each handler call",
             Unit::Seconds,
-            metrics.handler_duration.clone(),
+            self.handler_duration.clone(),
         );
         registry.register_with_unit(
             "end_to_end_latency",
             "Time from enqueue to a successful handler call",
             Unit::Seconds,
-            metrics.end_to_end.clone(),
+            self.end_to_end.clone(),
         );
         registry.register(
             "messages_in_flight",
             "Messages delivered and not settled, from the broker",
-            metrics.in_flight.clone(),
+            self.in_flight.clone(),
         );
         registry.register(
             "messages_waiting",
             "Messages waiting for the trigger (delayed ones included), from the broker",
-            metrics.waiting.clone(),
+            self.waiting.clone(),
         );
         registry.register(
             "dlq_depth",
             "Records in the trigger's DLQ, from the broker",
-            metrics.dlq.clone(),
+            self.dlq.clone(),
         );
         registry.register(
             "broker_up",
             "1 when the broker answered the last read of its counts, 0 when it did not",
-            metrics.broker_up.clone(),
+            self.broker_up.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
     }
 
     /// Whether the broker answered the last read of its counts.

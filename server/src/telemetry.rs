@@ -17,12 +17,13 @@ use topiq::config::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
-    /// The OTLP exporter could not be built.
+    /// The OTLP exporter could not be built. The exporter's own error is left out on
+    /// purpose: it can echo the whole endpoint, credentials included.
     #[error("cannot set up the OTLP exporter (telemetry.otlp): {0}")]
     Exporter(String),
     /// A global subscriber was installed already.
     #[error("a tracing subscriber is installed already: {0}")]
-    Subscriber(String),
+    Subscriber(#[source] tracing_subscriber::util::TryInitError),
 }
 
 /// The installed telemetry: flush and stop it with [`shutdown`](Self::shutdown) before the
@@ -41,15 +42,6 @@ impl Telemetry {
         settings: &TelemetrySettings,
         default_filter: &str,
     ) -> Result<Self, TelemetryError> {
-        // The messaging spans are for traces; log lines do not repeat them unless RUST_LOG
-        // asks for `topiq::messaging`.
-        let directives = match std::env::var("RUST_LOG") {
-            Ok(given) if given.contains("topiq::messaging") => given,
-            Ok(given) if !given.trim().is_empty() => format!("{given},topiq::messaging=off"),
-            _ => format!("{default_filter},topiq::messaging=off,opentelemetry=warn"),
-        };
-        let filter = EnvFilter::try_new(&directives)
-            .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},topiq::messaging=off")));
         let logs = match settings.log_format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -59,55 +51,17 @@ impl Telemetry {
                 .with_writer(std::io::stderr)
                 .boxed(),
         };
-        let tracer_provider = settings.otlp.as_ref().map(|otlp| {
-            crate::install_tls_provider();
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(protocol(otlp.protocol))
-                .with_endpoint(otlp.traces_url())
-                .with_headers(headers(otlp))
-                .with_timeout(otlp.timeout)
-                .build()
-                .map_err(|_| exporter_error("traces", otlp))?;
-            Ok::<_, TelemetryError>(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                        otlp.sampling_ratio,
-                    ))))
-                    .with_resource(
-                        Resource::builder()
-                            .with_service_name(settings.service_name.clone())
-                            .build(),
-                    )
-                    .build(),
-            )
-        });
-        let tracer_provider = tracer_provider.transpose()?;
-        let meter_provider = match &settings.otlp {
-            None => None,
+        let (tracer_provider, meter_provider) = match &settings.otlp {
+            None => (None, None),
             Some(otlp) => {
-                let exporter = opentelemetry_otlp::MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(protocol(otlp.protocol))
-                    .with_endpoint(otlp.metrics_url())
-                    .with_headers(headers(otlp))
-                    .with_timeout(otlp.timeout)
-                    .build()
-                    .map_err(|_| exporter_error("metrics", otlp))?;
-                let provider = SdkMeterProvider::builder()
-                    .with_reader(
-                        PeriodicReader::builder(exporter)
-                            .with_interval(otlp.metrics_interval)
-                            .build(),
-                    )
-                    .with_resource(
-                        Resource::builder()
-                            .with_service_name(settings.service_name.clone())
-                            .build(),
-                    )
+                crate::install_tls_provider();
+                let resource = Resource::builder()
+                    .with_service_name(settings.service_name.clone())
                     .build();
-                Some(provider)
+                (
+                    Some(tracer_provider(otlp, resource.clone())?),
+                    Some(meter_provider(otlp, resource)?),
+                )
             }
         };
         // Spans reach OpenTelemetry only from the messaging target and the application's
@@ -117,10 +71,10 @@ impl Telemetry {
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
         });
         tracing_subscriber::registry()
-            .with(logs.with_filter(filter))
+            .with(logs.with_filter(log_filter(default_filter)))
             .with(traces)
             .try_init()
-            .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
+            .map_err(TelemetryError::Subscriber)?;
         // Only once the subscriber is in: a failed install changes nothing global. The queue
         // module takes its instruments from this provider.
         if let Some(provider) = &meter_provider {
@@ -145,6 +99,64 @@ impl Telemetry {
             eprintln!("topiq: exporting the last metrics failed: {err}");
         }
     }
+}
+
+/// What the logs show: `RUST_LOG`, or `default_filter`. The messaging spans are for traces;
+/// log lines do not repeat them unless `RUST_LOG` asks for `topiq::messaging`.
+fn log_filter(default_filter: &str) -> EnvFilter {
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(given) if given.contains("topiq::messaging") => given,
+        Ok(given) if !given.trim().is_empty() => format!("{given},topiq::messaging=off"),
+        _ => format!("{default_filter},topiq::messaging=off,opentelemetry=warn"),
+    };
+    EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},topiq::messaging=off")))
+}
+
+/// Spans exported over OTLP in batches, sampled by `otlp.sampling_ratio` (a child follows
+/// its parent's decision).
+fn tracer_provider(
+    otlp: &OtlpSettings,
+    resource: Resource,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol(otlp.protocol))
+        .with_endpoint(otlp.traces_url())
+        .with_headers(headers(otlp))
+        .with_timeout(otlp.timeout)
+        .build()
+        .map_err(|_| exporter_error("traces", otlp))?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            otlp.sampling_ratio,
+        ))))
+        .with_resource(resource)
+        .build())
+}
+
+/// Metrics exported over OTLP every `otlp.metrics_interval`.
+fn meter_provider(
+    otlp: &OtlpSettings,
+    resource: Resource,
+) -> Result<SdkMeterProvider, TelemetryError> {
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_protocol(protocol(otlp.protocol))
+        .with_endpoint(otlp.metrics_url())
+        .with_headers(headers(otlp))
+        .with_timeout(otlp.timeout)
+        .build()
+        .map_err(|_| exporter_error("metrics", otlp))?;
+    Ok(SdkMeterProvider::builder()
+        .with_reader(
+            PeriodicReader::builder(exporter)
+                .with_interval(otlp.metrics_interval)
+                .build(),
+        )
+        .with_resource(resource)
+        .build())
 }
 
 /// The layer that turns `tracing` spans into OpenTelemetry spans, as `topiq run` installs it:

@@ -1,0 +1,160 @@
+//! The `queue.*` call surface: every call takes and returns JSON, callable by name
+//! ([`QueueModule::call`]) or through typed methods: `enqueue.rs` (`queue.enqueue`,
+//! `queue.enqueue_batch`), `dlq.rs` (`queue.dlq_count`, `dlq_list`, `redrive_dlq`, `dlq_purge`)
+//! and `stats.rs` (`queue.stats`).
+
+mod dlq;
+mod enqueue;
+mod stats;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use topiq_adapter::{Timestamp, TopicName, TriggerName};
+
+use crate::module::QueueModule;
+
+pub use dlq::DlqRequest;
+use enqueue::EnqueueBatchRequest;
+pub use enqueue::{BatchItem, EnqueueRequest, EnqueueResult};
+pub use stats::TriggerStats;
+
+/// The calls [`QueueModule::call`] knows.
+pub const CALLS: &[&str] = &[
+    "queue.enqueue",
+    "queue.enqueue_batch",
+    "queue.dlq_count",
+    "queue.dlq_list",
+    "queue.redrive_dlq",
+    "queue.dlq_purge",
+    "queue.stats",
+];
+
+/// The most messages in one `queue.enqueue_batch`.
+pub const MAX_BATCH: usize = 100;
+
+/// A call that failed; [`CallError::to_json`] is its `{"error": {"code", "message"}}` form.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No call has that name.
+    #[error("unknown call {name:?}; known calls: {}", CALLS.join(", "))]
+    UnknownCall {
+        /// The name asked for.
+        name: String,
+    },
+    /// An argument is missing, unknown or malformed.
+    #[error("{message}")]
+    InvalidArgument {
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// The adapter refused the call (bad topic, payload too large, broker down...).
+    #[error(transparent)]
+    Adapter(#[from] topiq_adapter::Error),
+}
+
+impl CallError {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        CallError::InvalidArgument {
+            message: message.into(),
+        }
+    }
+
+    /// The stable error code: `invalid_topic`, `payload_too_large`, `invalid_argument`,
+    /// `unknown_topic`, `unknown_trigger`, `unknown_call`, `broker_unavailable`, ...
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::UnknownCall { .. } => "unknown_call",
+            CallError::InvalidArgument { .. } => "invalid_argument",
+            CallError::Adapter(err) => err.code(),
+        }
+    }
+
+    /// `{"error": {"code": ..., "message": ...}}`.
+    pub fn to_json(&self) -> Value {
+        json!({"error": {"code": self.code(), "message": self.to_string()}})
+    }
+}
+
+pub(crate) fn parse_args<T: for<'de> Deserialize<'de>>(
+    call: &str,
+    args: Value,
+) -> Result<T, CallError> {
+    serde_json::from_value(args).map_err(|err| CallError::invalid(format!("{call}: {err}")))
+}
+
+pub(crate) fn topic(name: &str) -> Result<TopicName, CallError> {
+    Ok(TopicName::new(name)?)
+}
+
+pub(crate) fn trigger(name: Option<&str>) -> Result<Option<TriggerName>, CallError> {
+    name.map(TriggerName::new).transpose().map_err(Into::into)
+}
+
+pub(crate) fn timestamp(argument: &str, text: &str) -> Result<Timestamp, CallError> {
+    text.parse::<Timestamp>().map_err(|err| {
+        CallError::invalid(format!(
+            "{argument}: {text:?} is not an RFC 3339 time such as \"2026-11-23T10:00:00Z\" ({err})"
+        ))
+    })
+}
+
+impl QueueModule {
+    /// Runs the call `name` with JSON `args`; the result is the call's JSON result.
+    pub async fn call(&self, name: &str, args: Value) -> Result<Value, CallError> {
+        match name {
+            "queue.enqueue" => {
+                let result = self.enqueue(parse_args(name, args)?).await?;
+                Ok(result.to_json())
+            }
+            "queue.enqueue_batch" => {
+                let request: EnqueueBatchRequest = parse_args(name, args)?;
+                let results = self.enqueue_batch(&request.topic, request.messages).await?;
+                let results: Vec<Value> = results
+                    .into_iter()
+                    .map(|result| match result {
+                        Ok(receipt) => receipt.to_json(),
+                        Err(err) => err.to_json(),
+                    })
+                    .collect();
+                Ok(json!({ "results": results }))
+            }
+            "queue.dlq_count" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                Ok(json!({ "count": self.dlq_count(&request).await? }))
+            }
+            "queue.dlq_list" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                let (messages, next_cursor) = self.dlq_list(&request).await?;
+                Ok(json!({ "messages": messages, "next_cursor": next_cursor }))
+            }
+            "queue.redrive_dlq" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                let count = self.redrive_dlq(&request).await?;
+                Ok(if request.dry_run {
+                    json!({ "would_redrive": count })
+                } else {
+                    json!({ "redriven": count })
+                })
+            }
+            "queue.dlq_purge" => {
+                let request: DlqRequest = parse_args(name, args)?;
+                Ok(json!({ "purged": self.dlq_purge(&request).await? }))
+            }
+            "queue.stats" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct StatsRequest {
+                    #[serde(default)]
+                    topic: Option<String>,
+                }
+                let request: StatsRequest = parse_args(name, args)?;
+                let triggers = self.stats(request.topic.as_deref()).await?;
+                Ok(json!({ "triggers": triggers }))
+            }
+            _ => Err(CallError::UnknownCall {
+                name: name.to_owned(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `queue.stats`: per trigger, the broker's counts and this process's outcomes.
+
+use serde::Serialize;
+use topiq_adapter::{TopicName, TriggerName};
+
+use super::{CallError, topic};
+use crate::module::QueueModule;
+use crate::stats::TriggerCounts;
+
+/// Per-trigger figures of `queue.stats`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TriggerStats {
+    /// The topic.
+    pub topic: TopicName,
+    /// The trigger.
+    pub trigger: TriggerName,
+    /// Messages waiting (delayed ones included), from the broker.
+    pub waiting: u64,
+    /// Messages delivered and not settled, from the broker.
+    pub in_flight: u64,
+    /// Records in the trigger's DLQ, from the broker.
+    pub dlq: u64,
+    /// This process's handler outcomes since it started.
+    #[serde(flatten)]
+    pub counts: TriggerCounts,
+}
+
+impl QueueModule {
+    /// `queue.stats`: per trigger (of one topic, or all), the broker's counts and this
+    /// process's outcomes.
+    pub async fn stats(&self, topic_name: Option<&str>) -> Result<Vec<TriggerStats>, CallError> {
+        let topic = topic_name.map(topic).transpose()?;
+        if let Some(topic) = &topic
+            && self.topic(topic).is_none()
+        {
+            return Err(topiq_adapter::Error::UnknownTopic {
+                topic: topic.clone(),
+            }
+            .into());
+        }
+        let mut rows = Vec::new();
+        for trigger in self.triggers() {
+            if topic
+                .as_ref()
+                .is_some_and(|topic| topic != &trigger.key.topic)
+            {
+                continue;
+            }
+            let broker = self.adapter().stats(&trigger.key).await?;
+            rows.push(TriggerStats {
+                topic: trigger.key.topic.clone(),
+                trigger: trigger.key.trigger.clone(),
+                waiting: broker.waiting,
+                in_flight: broker.in_flight,
+                dlq: broker.dead_lettered,
+                counts: trigger.counters.snapshot(),
+            });
+        }
+        Ok(rows)
+    }
+}
