@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
@@ -19,6 +17,7 @@ use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Metadata, Properties, header};
 use crate::session::{OpenChannel, Session};
+use crate::settle::{Settle, settle};
 use crate::{QueueType, Shared};
 
 /// How often an idle consumer checks that its channel is still open: a consumer registered
@@ -246,49 +245,6 @@ impl Consuming {
             () = self.shared.closed.cancelled() => None,
             () = tokio::time::sleep(period) => Some(()),
         }
-    }
-}
-
-/// How a delivery goes back to the broker.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Settle {
-    Ack,
-    /// Back to the queue (delivered again, counted).
-    Requeue,
-    /// Dropped (a message topiq cannot read).
-    Discard,
-}
-
-/// Acks or rejects a delivery on its channel, bounded by `timeout`: lapin's settlement can
-/// wait forever on a connection that died under it, and a consumer waiting on it would stop.
-pub(crate) async fn settle(
-    acker: &lapin::Acker,
-    how: Settle,
-    operation: &'static str,
-    timeout: Duration,
-) -> Result<()> {
-    let settling = async {
-        match how {
-            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => acker.reject(BasicRejectOptions { requeue: true }).await,
-            Settle::Discard => acker.reject(BasicRejectOptions { requeue: false }).await,
-        }
-    };
-    match tokio::time::timeout(timeout, settling).await {
-        Ok(Ok(true)) => Ok(()),
-        // lapin's answer when the delivery's channel closed: the broker returned it already.
-        Ok(Ok(false)) => Err(Error::BrokerUnavailable {
-            message: format!(
-                "RabbitMQ: cannot {operation}: the delivery's channel closed, so the broker \
-                 returned the message to its queue"
-            ),
-            source: None,
-        }),
-        Ok(Err(err)) => Err(Error::Broker {
-            operation,
-            source: Box::new(err),
-        }),
-        Err(_) => Err(Error::Timeout { operation, timeout }),
     }
 }
 

@@ -8,6 +8,7 @@
 //! DLQ retention).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::BasicProperties;
@@ -19,7 +20,8 @@ use topiq_adapter::{
 };
 
 use crate::codec::{self, Metadata, Properties, header};
-use crate::consumer::Settle;
+use crate::session::OpenChannel;
+use crate::settle::{Settle, settle};
 use crate::{Published, Shared};
 
 /// How many stream entries a reader takes unacknowledged.
@@ -70,25 +72,47 @@ async fn remove(shared: &Shared, topic: &TopicName, offset: u64) -> Result<()> {
 }
 
 /// The records from `from` on that no tombstone removed, with their offsets, oldest first.
+///
+/// A stream has no end a reader could see: the reader first appends a marker of its own and
+/// reads up to it.
 async fn live_records(
     shared: &Shared,
     topic: &TopicName,
     from: u64,
 ) -> Result<Vec<(u64, DeadLetter)>> {
     let marker = MessageId::generate();
-    append_entry(
-        shared,
-        topic,
-        b"",
-        with_header(
-            header::MARKER,
-            AMQPValue::LongString(marker.as_str().into()),
-        ),
-    )
-    .await?;
-    let session = shared.session().await?;
+    let marker_text = AMQPValue::LongString(marker.as_str().into());
+    append_entry(shared, topic, b"", with_header(header::MARKER, marker_text)).await?;
     let stream = shared.layout.dlq_stream(topic);
-    let (channel, mut entries) = shared
+    let (channel, mut entries) = open_reader(shared, &stream, from).await?;
+    let mut records = Vec::new();
+    let mut removed = HashSet::new();
+    let timeout = shared.config.publish_timeout;
+    loop {
+        let entry = next_entry(&mut entries, timeout).await?;
+        settle(&entry.acker, Settle::Ack, "read DLQ", timeout).await?;
+        match read_entry(&entry, &stream) {
+            Entry::Marker(seen) if seen == marker.as_str() => break,
+            Entry::Removes(offset) => {
+                removed.insert(offset);
+            }
+            Entry::Record(offset, record) => records.push((offset, record)),
+            Entry::Marker(_) | Entry::Other => {}
+        }
+    }
+    drop(channel);
+    records.retain(|(offset, _)| !removed.contains(offset));
+    Ok(records)
+}
+
+/// A consumer of the DLQ stream `stream` from offset `from`, on a channel of its own.
+async fn open_reader(
+    shared: &Shared,
+    stream: &str,
+    from: u64,
+) -> Result<(OpenChannel, lapin::Consumer)> {
+    let session = shared.session().await?;
+    shared
         .bounded("read DLQ", async {
             let channel = session.owned_channel().await?;
             channel
@@ -102,7 +126,7 @@ async fn live_records(
             );
             let entries = channel
                 .basic_consume(
-                    stream.as_str().into(),
+                    stream.into(),
                     "".into(),
                     BasicConsumeOptions::default(),
                     arguments,
@@ -114,55 +138,62 @@ async fn live_records(
                 })?;
             Ok((channel, entries))
         })
-        .await?;
-    let mut records = Vec::new();
-    let mut removed = HashSet::new();
-    let timeout = shared.config.publish_timeout;
-    loop {
-        let entry = match tokio::time::timeout(timeout, entries.next()).await {
-            Err(_) => {
-                return Err(Error::Timeout {
-                    operation: "read DLQ (waiting for the stream's next entry)",
-                    timeout,
-                });
-            }
-            Ok(None) => {
-                return Err(Error::BrokerUnavailable {
-                    message: "the DLQ stream's reader was closed".into(),
-                    source: None,
-                });
-            }
-            Ok(Some(entry)) => entry.map_err(crate::session::unavailable("read DLQ"))?,
-        };
-        crate::consumer::settle(&entry.acker, Settle::Ack, "read DLQ", timeout).await?;
-        let properties = &entry.properties;
-        let offset = codec::header_of(properties, header::STREAM_OFFSET)
-            .and_then(codec::as_i64)
-            .and_then(|offset| u64::try_from(offset).ok());
-        if let Some(seen) = codec::header_of(properties, header::MARKER) {
-            if codec::as_text(seen).as_deref() == Some(marker.as_str()) {
-                break;
-            }
-            continue;
-        }
-        if let Some(target) = codec::header_of(properties, header::REMOVES)
+        .await
+}
+
+/// The stream's next entry, within `timeout`.
+async fn next_entry(
+    entries: &mut lapin::Consumer,
+    timeout: Duration,
+) -> Result<lapin::message::Delivery> {
+    match tokio::time::timeout(timeout, entries.next()).await {
+        Err(_) => Err(Error::Timeout {
+            operation: "read DLQ (waiting for the stream's next entry)",
+            timeout,
+        }),
+        Ok(None) => Err(Error::BrokerUnavailable {
+            message: "the DLQ stream's reader was closed".into(),
+            source: None,
+        }),
+        Ok(Some(entry)) => entry.map_err(crate::session::unavailable("read DLQ")),
+    }
+}
+
+/// What one entry of a DLQ stream is.
+enum Entry {
+    /// A reader's marker, with its text.
+    Marker(String),
+    /// A tombstone removing the record at this offset.
+    Removes(u64),
+    /// A record at its offset.
+    Record(u64, DeadLetter),
+    /// Anything else (logged, skipped).
+    Other,
+}
+
+fn read_entry(entry: &lapin::message::Delivery, stream: &str) -> Entry {
+    let properties = &entry.properties;
+    let offset_of = |name: &str| {
+        codec::header_of(properties, name)
             .and_then(codec::as_i64)
             .and_then(|offset| u64::try_from(offset).ok())
-        {
-            removed.insert(target);
-            continue;
-        }
-        let Some(offset) = offset else { continue };
-        match serde_json::from_slice::<DeadLetter>(&entry.data) {
-            Ok(record) => records.push((offset, record)),
-            Err(err) => {
-                tracing::warn!(%offset, stream = %stream, error = %err, "skipping a DLQ entry that is not a record");
-            }
+    };
+    if let Some(seen) = codec::header_of(properties, header::MARKER) {
+        return Entry::Marker(codec::as_text(seen).unwrap_or_default());
+    }
+    if let Some(target) = offset_of(header::REMOVES) {
+        return Entry::Removes(target);
+    }
+    let Some(offset) = offset_of(header::STREAM_OFFSET) else {
+        return Entry::Other;
+    };
+    match serde_json::from_slice::<DeadLetter>(&entry.data) {
+        Ok(record) => Entry::Record(offset, record),
+        Err(err) => {
+            tracing::warn!(%offset, stream = %stream, error = %err, "skipping a DLQ entry that is not a record");
+            Entry::Other
         }
     }
-    drop(channel);
-    records.retain(|(offset, _)| !removed.contains(offset));
-    Ok(records)
 }
 
 fn on_trigger(record: &DeadLetter, trigger: Option<&TriggerName>) -> bool {

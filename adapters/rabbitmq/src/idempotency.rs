@@ -18,8 +18,10 @@ use lapin::types::AMQPValue;
 use topiq_adapter::{Error, MessageId, PublishReceipt, Result, Timestamp};
 
 use crate::codec::{self, Metadata, Properties};
-use crate::consumer::{Settle, settle};
-use crate::{Prepared, Published, QueueDecl, Shared};
+use crate::publish::Prepared;
+use crate::settle::{Settle, settle};
+use crate::topology::QueueDecl;
+use crate::{Published, Shared};
 
 /// How often a later publisher looks for the first one's done entry.
 const DONE_POLL: Duration = Duration::from_millis(50);

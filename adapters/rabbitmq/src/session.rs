@@ -375,7 +375,7 @@ impl Shared {
                 FieldTable::default(),
             )
             .await
-            .map_err(crate::declare_error(&self.layout.exchange()))?;
+            .map_err(crate::topology::declare_error(&self.layout.exchange()))?;
         let queues = self.declared_queues();
         for queue in queues {
             queue.declare(&channel).await?;

@@ -1,0 +1,181 @@
+//! Publishing: a message prepared once (payload, properties, routing), published on a
+//! confirming channel and answered by the broker's confirm or return.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use topiq_adapter::{
+    Error, NewMessage, PublishReceipt, Result, SubscriptionKey, Timestamp, TopicName, TopicSpec,
+};
+
+use crate::codec::{self, Metadata, Properties};
+use crate::{Published, Shared, idempotency, layout};
+
+impl Shared {
+    /// Publishes on the publishing channel and waits for the confirm (`publish_timeout`).
+    pub(crate) async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Published> {
+        let session = self.session().await?;
+        if session.connection.status().blocked() {
+            // A memory or disk alarm: the broker takes no publish until it clears, and a
+            // publish sent now would only wait out its timeout.
+            return Err(blocked());
+        }
+        let publishing = async {
+            let channel = session.publisher().await?;
+            channel
+                .publish(exchange, routing_key, payload, properties)
+                .await
+        };
+        match self
+            .bounded("publish (waiting for the broker's confirm)", publishing)
+            .await
+        {
+            // Blocked while it waited: say why, rather than that it timed out.
+            Err(Error::Timeout { .. }) if session.connection.status().blocked() => Err(blocked()),
+            other => other,
+        }
+    }
+
+    /// Publishes straight to one trigger's queue (release, retry without delay, redrive),
+    /// confirmed: the queue must take it.
+    pub(crate) async fn publish_to_trigger(
+        &self,
+        key: &SubscriptionKey,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let queue = self.layout.trigger_queue(key);
+        match self
+            .publish_confirmed("", &queue, payload, properties)
+            .await?
+        {
+            Published::Stored => Ok(()),
+            Published::Returned => Err(missing_queue(&queue)),
+            Published::Refused => Err(refused(&queue)),
+        }
+    }
+
+    /// Publishes a prepared message to its topic (or its delay queue), confirmed.
+    pub(crate) async fn publish_prepared(&self, prepared: &Prepared) -> Result<()> {
+        let properties = prepared.metadata.properties();
+        let (exchange, routing_key) = match prepared.delay {
+            Some(delay) => (
+                String::new(),
+                self.delay_queue(&prepared.topic, delay).await?,
+            ),
+            None => (self.layout.exchange(), prepared.topic.as_str().to_owned()),
+        };
+        match self
+            .publish_confirmed(&exchange, &routing_key, &prepared.payload, properties)
+            .await?
+        {
+            Published::Stored => Ok(()),
+            // A topic without triggers accepts and drops, as on every adapter.
+            Published::Returned if !self.has_subscriptions(&prepared.topic) => Ok(()),
+            Published::Returned => Err(missing_queue(&routing_key)),
+            Published::Refused => Err(refused(&routing_key)),
+        }
+    }
+
+    pub(crate) fn prepare(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<(Prepared, TopicSpec)> {
+        let spec = self.topic(topic)?;
+        message.validate(topic, spec.max_message_bytes)?;
+        let now = Timestamp::now();
+        let delay = match message.deliver_at {
+            Some(at) if at > now => {
+                let delay = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+                if delay > layout::MAX_DELAY {
+                    return Err(Error::InvalidArgument {
+                        argument: "delay",
+                        reason: format!(
+                            "RabbitMQAdapter delays at most {:?} (a 32-bit TTL in milliseconds)",
+                            layout::MAX_DELAY
+                        ),
+                    });
+                }
+                Some(delay)
+            }
+            _ => None,
+        };
+        let prepared = Prepared {
+            topic: topic.clone(),
+            payload: codec::encode(&message.data)?,
+            metadata: Metadata::enqueued(
+                now,
+                message.trace,
+                message.idempotency_key,
+                spec.retention,
+                message.deliver_at.map_or(now, |at| at.max(now)),
+            ),
+            delay,
+        };
+        Ok((prepared, spec))
+    }
+
+    pub(crate) async fn publish_one(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        self.ensure_open()?;
+        let (prepared, spec) = self.prepare(topic, message)?;
+        if prepared.metadata.idempotency_key.is_some() {
+            return idempotency::publish_keyed(self, &prepared, spec.idempotency_window).await;
+        }
+        self.publish_prepared(&prepared).await?;
+        Ok(PublishReceipt {
+            message_id: prepared.metadata.id,
+            duplicate: false,
+        })
+    }
+}
+
+/// The broker blocks publishing connections while a memory or disk alarm is on.
+fn blocked() -> Error {
+    Error::BrokerFull {
+        message: "RabbitMQ blocks publishing (a memory or disk alarm is on); stored messages are kept, and publishes succeed again once consumers free memory or disk, or the limits are raised".into(),
+        source: None,
+    }
+}
+
+fn missing_queue(target: &str) -> Error {
+    Error::Broker {
+        operation: "publish",
+        source: format!(
+            "RabbitMQ returned the message as unroutable: no queue takes {target:?}. A queue \
+             topiq declared was deleted under it (a restart declares it again), or the \
+             trigger it is meant for is no longer in the config"
+        )
+        .into(),
+    }
+}
+
+pub(crate) fn refused(target: &str) -> Error {
+    Error::Broker {
+        operation: "publish",
+        source: format!(
+            "RabbitMQ refused the message for {target:?} (nack): check the broker's memory \
+             and disk alarms and the queue's length limits"
+        )
+        .into(),
+    }
+}
+
+/// A message ready to publish.
+pub(crate) struct Prepared {
+    pub(crate) topic: TopicName,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) metadata: Metadata,
+    /// Not delivered before this delay has passed.
+    pub(crate) delay: Option<Duration>,
+}
