@@ -13,6 +13,11 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 /// The default visibility timeout (the same as JetStream's default `ack_wait`).
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The shortest visibility timeout a subscription takes, on every adapter and in
+/// `config.yaml` alike: below it, a lease extended every half timeout costs more than the
+/// call it protects, and clocks of two machines differ by that much.
+pub const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The default attempt limit: the first attempt and three retries.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 
@@ -50,8 +55,8 @@ impl TopicSpec {
             return Err(Error::InvalidArgument {
                 argument: "max_message_bytes",
                 reason: format!(
-                    "must be between 1 and {} for this adapter, got {}",
-                    capabilities.max_message_bytes, self.max_message_bytes
+                    "must be between 1 and {} for {}, got {}",
+                    capabilities.max_message_bytes, capabilities.adapter, self.max_message_bytes
                 ),
             });
         }
@@ -116,10 +121,13 @@ impl SubscriptionSpec {
                 ),
             });
         }
-        if self.visibility_timeout < Duration::from_millis(100) {
+        if self.visibility_timeout < MIN_VISIBILITY_TIMEOUT {
             return Err(Error::InvalidArgument {
                 argument: "visibility_timeout",
-                reason: format!("must be at least 100ms, got {:?}", self.visibility_timeout),
+                reason: format!(
+                    "must be at least {MIN_VISIBILITY_TIMEOUT:?}, got {:?}",
+                    self.visibility_timeout
+                ),
             });
         }
         Ok(())

@@ -2,8 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_saphyr::Spanned;
-use topiq_adapter::{Capabilities, DEFAULT_IDEMPOTENCY_WINDOW, TopicName, TopicSpec};
+use topiq_adapter::{Capabilities, DEFAULT_IDEMPOTENCY_WINDOW, Error, TopicName, TopicSpec};
 
 use super::raw::{RawAdapter, RawModule, RawTopic};
 use super::source::spanned_at;
@@ -108,6 +107,7 @@ pub(super) fn topics(
     Ok(topics)
 }
 
+/// A topic, checked by the one rule every adapter applies ([`TopicSpec::validate`]).
 fn topic(
     file: &str,
     name: TopicName,
@@ -116,45 +116,39 @@ fn topic(
 ) -> Result<TopicSpec, ConfigError> {
     let key = format!("modules[0].config.topics.{name}");
     let mut spec = TopicSpec::new(name);
+    let limit_at = raw.max_message_bytes.as_ref().map_or_else(
+        || ConfigLocation::start_of(file),
+        |limit| spanned_at(file, limit),
+    );
     if let Some(limit) = raw.max_message_bytes {
         spec.max_message_bytes = limit.value;
-        check_message_limit(file, &key, &limit, capabilities)?;
     }
     spec.idempotency_window = raw
         .idempotency_window
         .map_or(DEFAULT_IDEMPOTENCY_WINDOW, |window| window.0);
     spec.retention = raw.retention.map(|retention| retention.0);
     spec.dlq_retention = raw.dlq_retention.map(|retention| retention.0);
-    if (spec.retention.is_some() || spec.dlq_retention.is_some()) && !capabilities.retention {
-        return Err(ConfigError::invalid(
+    spec.validate(capabilities).map_err(|err| match err {
+        Error::InvalidArgument { argument, reason } if argument == "max_message_bytes" => {
+            ConfigError::invalid(limit_at, format!("{key}.{argument}"), reason)
+        }
+        Error::InvalidArgument { argument, reason } => ConfigError::invalid(
+            ConfigLocation::start_of(file),
+            format!("{key}.{argument}"),
+            reason,
+        ),
+        Error::Unsupported {
+            adapter,
+            option,
+            hint,
+        } => ConfigError::invalid(
             ConfigLocation::start_of(file),
             key,
-            format!(
-                "{} cannot honour retention; remove `retention` / `dlq_retention`",
-                capabilities.adapter
-            ),
-        ));
-    }
+            format!("{adapter} cannot honour {option}; {hint}"),
+        ),
+        other => ConfigError::invalid(ConfigLocation::start_of(file), key, other.to_string()),
+    })?;
     Ok(spec)
-}
-
-fn check_message_limit(
-    file: &str,
-    key: &str,
-    limit: &Spanned<usize>,
-    capabilities: &Capabilities,
-) -> Result<(), ConfigError> {
-    if limit.value == 0 || limit.value > capabilities.max_message_bytes {
-        return Err(ConfigError::invalid(
-            spanned_at(file, limit),
-            format!("{key}.max_message_bytes"),
-            format!(
-                "must be between 1 and {} for {}, got {}",
-                capabilities.max_message_bytes, capabilities.adapter, limit.value
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The key path of the first string in `value` that still holds a `${...}` reference (it was

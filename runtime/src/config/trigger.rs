@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
-use topiq_adapter::{DEFAULT_VISIBILITY_TIMEOUT, TopicName, TriggerName};
+use topiq_adapter::{DEFAULT_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT, TopicName, TriggerName};
 
 use super::raw::{BackoffKind, RawQueueMetadata, RawRetry, RawTrigger, RawTriggerConfig};
 use super::source::spanned_at;
@@ -123,9 +123,10 @@ fn timeouts(
 ) -> Result<(Duration, Duration), ConfigError> {
     let visibility_timeout = match &config.visibility_timeout {
         None => DEFAULT_VISIBILITY_TIMEOUT,
-        Some(spanned) if spanned.value.0 >= Duration::from_secs(1) => spanned.value.0,
+        Some(spanned) if spanned.value.0 >= MIN_VISIBILITY_TIMEOUT => spanned.value.0,
         Some(spanned) => {
-            return Err(at.error(spanned, "visibility_timeout", "must be at least 1s"));
+            let message = format!("must be at least {MIN_VISIBILITY_TIMEOUT:?}");
+            return Err(at.error(spanned, "visibility_timeout", message));
         }
     };
     let timeout = match &config.timeout {
