@@ -33,6 +33,7 @@ pub mod config;
 pub mod function;
 mod metrics;
 mod module;
+mod outcome;
 pub mod registry;
 pub mod retry;
 mod stats;

@@ -12,7 +12,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use topiq_adapter::{Envelope, TopicName, TraceContext, TriggerName};
 
-use crate::trigger::Outcome;
+use crate::outcome::Outcome;
 
 use tracing::Span;
 use tracing::field::Empty;

@@ -72,6 +72,7 @@ mod dlq;
 mod error;
 mod message;
 mod names;
+mod naming;
 mod spec;
 mod subscription;
 

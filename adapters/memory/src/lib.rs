@@ -25,6 +25,7 @@
 mod dedup;
 mod dlq_store;
 mod queue;
+mod shared;
 mod topic;
 
 use std::collections::HashMap;
@@ -38,7 +39,8 @@ use topiq_adapter::{
 };
 
 use crate::queue::ConsumerSlot;
-use crate::topic::{Topic, read};
+use crate::shared::read;
+use crate::topic::Topic;
 
 /// The adapter's class name in `config.yaml`.
 pub const CLASS_NAME: &str = "modules::queue::BuiltinQueueAdapter";

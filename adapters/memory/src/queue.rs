@@ -21,7 +21,7 @@ use topiq_adapter::{
     SubscriptionSpec, SubscriptionStats, Timestamp, TopicName, TriggerName,
 };
 
-use crate::topic::{Topic, TopicShared, lock, read};
+use crate::shared::{DeadLetterTarget, TopicShared, lock, read};
 
 /// A published message, shared by every trigger queue it was fanned out to.
 pub(crate) struct StoredMessage {
@@ -261,7 +261,7 @@ pub(crate) struct TriggerQueue {
     topic: Arc<TopicShared>,
     /// Where this trigger's dead letters are also published (weak: a topic's queues must not
     /// keep topics alive in a cycle).
-    dead_letter_topic: RwLock<Option<Weak<Topic>>>,
+    dead_letter_topic: RwLock<Option<Weak<dyn DeadLetterTarget>>>,
     state: Mutex<QueueState>,
     wake: Notify,
     /// Consumers parked on `wake`; publishers skip the notification when there are none.
@@ -273,7 +273,7 @@ impl TriggerQueue {
         spec: SubscriptionSpec,
         retention: Option<Duration>,
         topic: Arc<TopicShared>,
-        dead_letter_topic: Option<Weak<Topic>>,
+        dead_letter_topic: Option<Weak<dyn DeadLetterTarget>>,
     ) -> Self {
         Self {
             key: spec.key,
@@ -303,7 +303,7 @@ impl TriggerQueue {
         &self.key.trigger
     }
 
-    pub(crate) fn set_dead_letter_topic(&self, topic: Option<Weak<Topic>>) {
+    pub(crate) fn set_dead_letter_topic(&self, topic: Option<Weak<dyn DeadLetterTarget>>) {
         *self
             .dead_letter_topic
             .write()
@@ -323,7 +323,7 @@ impl TriggerQueue {
         if let Some(target) = target {
             for record in &records {
                 if let Err(err) = target.publish(record.notification()) {
-                    tracing::error!(trigger = %self.key, id = %record.id, dead_letter_topic = %target.shared.name, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
+                    tracing::error!(trigger = %self.key, id = %record.id, dead_letter_topic = %target.name(), error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! One topic: its options, its idempotency window, its DLQ and the trigger queues it fans out to.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,47 +13,7 @@ use topiq_adapter::{
 use crate::dedup::DedupWindow;
 use crate::dlq_store::DeadLetterStore;
 use crate::queue::{Pending, StoredMessage, TriggerQueue};
-
-/// Locks a mutex; a panic while it was held left data that is still consistent for these
-/// structures (every update is a single push, pop or insert), so poisoning is ignored.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// What a topic's queues share with it: its DLQ and whether the adapter is closed.
-pub(crate) struct TopicShared {
-    pub(crate) name: TopicName,
-    pub(crate) spec: RwLock<TopicSpec>,
-    pub(crate) dlq: Mutex<DeadLetterStore>,
-    pub(crate) closed: Arc<AtomicBool>,
-}
-
-impl TopicShared {
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn store_dead_letters(&self, records: Vec<DeadLetter>) {
-        if records.is_empty() {
-            return;
-        }
-        let mut dlq = lock(&self.dlq);
-        for record in records {
-            dlq.insert(record);
-        }
-    }
-
-    pub(crate) fn dlq(&self) -> MutexGuard<'_, DeadLetterStore> {
-        let retention = read(&self.spec).dlq_retention;
-        let mut dlq = lock(&self.dlq);
-        dlq.expire(retention, Timestamp::now());
-        dlq
-    }
-}
+use crate::shared::{DeadLetterTarget, TopicShared, lock, read};
 
 /// A declared topic.
 pub(crate) struct Topic {
@@ -95,6 +55,7 @@ impl Topic {
         spec: SubscriptionSpec,
         dead_letter_topic: Option<Weak<Topic>>,
     ) {
+        let dead_letter_topic = dead_letter_topic.map(|topic| topic as Weak<dyn DeadLetterTarget>);
         if let Some(queue) = self.queue(&spec.key.trigger) {
             queue.set_policy(spec.max_attempts, spec.visibility_timeout);
             queue.set_dead_letter_topic(dead_letter_topic);
@@ -206,4 +167,14 @@ impl Topic {
 fn due_instant(deliver_at: Timestamp, now: Timestamp) -> Option<Instant> {
     let wait = Duration::try_from(deliver_at.duration_since(now)).ok()?;
     (!wait.is_zero()).then(|| crate::queue::instant_after(wait))
+}
+
+impl DeadLetterTarget for Topic {
+    fn name(&self) -> &TopicName {
+        &self.shared.name
+    }
+
+    fn publish(&self, message: NewMessage) -> Result<PublishReceipt> {
+        Topic::publish(self, message)
+    }
 }

@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, oneshot};
 use topiq_adapter::{Error, Result};
 
-use crate::session::unavailable;
+use crate::unavailable;
 
 /// What the broker did with a confirmed publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

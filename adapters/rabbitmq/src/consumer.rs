@@ -220,7 +220,7 @@ impl Consuming {
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
-            .map_err(crate::session::unavailable("set the prefetch"))?;
+            .map_err(crate::unavailable("set the prefetch"))?;
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),

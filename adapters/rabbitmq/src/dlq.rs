@@ -118,7 +118,7 @@ async fn open_reader(
             channel
                 .basic_qos(READ_AHEAD, BasicQosOptions::default())
                 .await
-                .map_err(crate::session::unavailable("set the prefetch"))?;
+                .map_err(crate::unavailable("set the prefetch"))?;
             let mut arguments = FieldTable::default();
             arguments.insert(
                 "x-stream-offset".into(),
@@ -155,7 +155,7 @@ async fn next_entry(
             message: "the DLQ stream's reader was closed".into(),
             source: None,
         }),
-        Ok(Some(entry)) => entry.map_err(crate::session::unavailable("read DLQ")),
+        Ok(Some(entry)) => entry.map_err(crate::unavailable("read DLQ")),
     }
 }
 

@@ -97,6 +97,14 @@ pub(crate) struct Shared {
     pub(crate) releases: tokio_util::task::TaskTracker,
 }
 
+/// A lost connection or a refused connect: `broker_unavailable`.
+pub(crate) fn unavailable(doing: &'static str) -> impl FnOnce(lapin::Error) -> Error {
+    move |err| Error::BrokerUnavailable {
+        message: format!("RabbitMQ: cannot {doing}"),
+        source: Some(Box::new(err)),
+    }
+}
+
 impl Shared {
     /// Runs a broker call bounded by `publish_timeout`: lapin's calls can wait forever on a
     /// connection that died under them.

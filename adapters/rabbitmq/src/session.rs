@@ -12,9 +12,9 @@ use lapin::{Channel, Connection, ConnectionBuilder, ConnectionProperties, Exchan
 use tokio::time::Instant;
 use topiq_adapter::{Error, Result};
 
-use crate::Shared;
 use crate::config::RabbitMqConfig;
 use crate::confirms::ConfirmingChannel;
+use crate::{Shared, unavailable};
 use topiq_adapter_kit::redact_url;
 
 /// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
@@ -111,14 +111,6 @@ async fn confirming_channel(connection: &Connection) -> Result<ConfirmingChannel
         .await
         .map_err(unavailable("enable publisher confirms"))?;
     Ok(ConfirmingChannel::new(channel))
-}
-
-/// A lost connection or a refused connect: `broker_unavailable`.
-pub(crate) fn unavailable(doing: &'static str) -> impl FnOnce(lapin::Error) -> Error {
-    move |err| Error::BrokerUnavailable {
-        message: format!("RabbitMQ: cannot {doing}"),
-        source: Some(Box::new(err)),
-    }
 }
 
 /// A login the broker refused (wrong credentials, or no access to the vhost): trying again

@@ -13,13 +13,12 @@
 //!
 //! One file per layer: the condition is [`Trigger::admit`] here, shutdown, lease, timeout and
 //! panics are `supervise.rs`, settlement is `settle.rs`; what became of each delivery is an
-//! [`Outcome`].
+//! [`Outcome`] (`outcome.rs`, beside the trigger: its spans record it too).
 
-mod outcome;
 mod settle;
 mod supervise;
 
-pub(crate) use outcome::Outcome;
+use crate::outcome::Outcome;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

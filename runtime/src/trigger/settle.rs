@@ -5,8 +5,8 @@ use std::time::Duration;
 use topiq_adapter::{Delivery, Timestamp};
 
 use super::Trigger;
-use super::outcome::Outcome;
 use super::supervise::CallFailure;
+use crate::outcome::Outcome;
 
 impl Trigger {
     /// A successful call: counted (with the message's time since enqueue) and acknowledged.
