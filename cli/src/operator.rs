@@ -339,21 +339,8 @@ async fn redrive_command(
     redrive: DlqRedriveArgs,
 ) -> Result<(), CommandError> {
     let base = dlq_call_args(&redrive.which, Some(&redrive.filter));
-    let rate = redrive.rate;
     if redrive.dry_run {
-        let mut args = base;
-        args.insert("dry_run".into(), json!(true));
-        let result = client
-            .call("queue.redrive_dlq", Value::Object(args))
-            .await?;
-        api.show(&result, |result| {
-            println!(
-                "would redrive {} from the DLQ of {}",
-                result["would_redrive"].as_u64().unwrap_or_default(),
-                where_(&redrive.which)
-            );
-        });
-        return Ok(());
+        return dry_run_redrive(api, client, &redrive, base).await;
     }
     let records = match &redrive.which.trigger {
         // Ids of one trigger need no listing.
@@ -370,21 +357,12 @@ async fn redrive_command(
     let total = records.len();
     let progress = progress_bar(total as u64, api.json);
     let mut redriven = 0u64;
-    let mut pages: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (trigger, id) in &records {
-        match pages.last_mut() {
-            Some((page_trigger, ids)) if *page_trigger == trigger && ids.len() < REDRIVE_PAGE => {
-                ids.push(id);
-            }
-            _ => pages.push((trigger, vec![id])),
-        }
-    }
-    for (trigger, ids) in pages {
+    for (trigger, ids) in pages_by_trigger(&records) {
         let mut args = Map::new();
         args.insert("topic".into(), json!(redrive.which.topic));
         args.insert("trigger".into(), json!(trigger));
         args.insert("ids".into(), json!(ids));
-        if let Some(rate) = rate {
+        if let Some(rate) = redrive.rate {
             args.insert("rate_per_sec".into(), json!(rate));
         }
         let result = match client.call("queue.redrive_dlq", Value::Object(args)).await {
@@ -410,6 +388,41 @@ async fn redrive_command(
         );
     });
     Ok(())
+}
+
+/// A dry run: one call that counts what a redrive would send back.
+async fn dry_run_redrive(
+    api: &ApiArgs,
+    client: &ApiClient,
+    redrive: &DlqRedriveArgs,
+    mut args: Map<String, Value>,
+) -> Result<(), CommandError> {
+    args.insert("dry_run".into(), json!(true));
+    let result = client
+        .call("queue.redrive_dlq", Value::Object(args))
+        .await?;
+    api.show(&result, |result| {
+        println!(
+            "would redrive {} from the DLQ of {}",
+            result["would_redrive"].as_u64().unwrap_or_default(),
+            where_(&redrive.which)
+        );
+    });
+    Ok(())
+}
+
+/// `records` (grouped by trigger) in pages of one trigger and at most `REDRIVE_PAGE` ids.
+fn pages_by_trigger(records: &[(String, String)]) -> Vec<(&str, Vec<&str>)> {
+    let mut pages: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (trigger, id) in records {
+        match pages.last_mut() {
+            Some((page_trigger, ids)) if *page_trigger == trigger && ids.len() < REDRIVE_PAGE => {
+                ids.push(id);
+            }
+            _ => pages.push((trigger, vec![id])),
+        }
+    }
+    pages
 }
 
 /// Every (trigger, id) record in the DLQ matching `base` now, each once, grouped by trigger.

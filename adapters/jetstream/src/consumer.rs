@@ -462,6 +462,57 @@ async fn receive(
     leases: &Arc<Leases<Received>>,
     waited: Duration,
 ) -> Option<Result<Delivery>> {
+    let decoded = match decode(spec, &message).await? {
+        Ok(decoded) => decoded,
+        Err(err) => return Some(Err(err)),
+    };
+    let attempt = decoded
+        .metadata
+        .attempt_base
+        .saturating_add(decoded.delivered);
+    let envelope = decoded.metadata.envelope(
+        spec.key.topic.clone(),
+        decoded.data,
+        attempt,
+        spec.max_attempts,
+    );
+    let received = leases.insert(|lease_key| Received {
+        shared: Arc::clone(shared),
+        key: spec.key.clone(),
+        data: Arc::clone(&envelope.data),
+        message,
+        metadata: decoded.metadata,
+        stream_sequence: decoded.stream_sequence,
+        attempt,
+        max_attempts: spec.max_attempts,
+        visibility_timeout: spec.visibility_timeout,
+        dead_letter_topic: spec.dead_letter_topic.clone(),
+        lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
+        leases: Arc::clone(leases),
+        lease_key,
+    });
+    if received.settled_on_receipt().await {
+        return None;
+    }
+    if !waited.is_zero() && !received.restart_server_lease(waited).await {
+        return None;
+    }
+    let acker = JetStreamAcker { received };
+    Some(Ok(Delivery::new(envelope, Box::new(acker))))
+}
+
+/// What a received message carries, read once.
+struct Decoded {
+    /// The server's delivery count.
+    delivered: u32,
+    stream_sequence: u64,
+    metadata: Metadata,
+    data: Arc<serde_json::Value>,
+}
+
+/// Reads a received message; `None` for one topiq cannot read, which is terminated so it never
+/// comes back.
+async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option<Result<Decoded>> {
     let (delivered, stream_sequence, stored_at) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(u32::MAX),
@@ -482,47 +533,19 @@ async fn receive(
             return None;
         }
     };
-    let data = match codec::decode(&message.payload) {
-        Ok(data) => Arc::new(data),
+    match codec::decode(&message.payload) {
+        Ok(data) => Some(Ok(Decoded {
+            delivered,
+            stream_sequence,
+            metadata,
+            data: Arc::new(data),
+        })),
         Err(err) => {
             tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "terminating a message whose payload is not JSON");
             let _ = message.ack_with(AckKind::Term).await;
-            return None;
+            None
         }
-    };
-    let attempt = metadata.attempt_base.saturating_add(delivered);
-    let envelope = metadata.envelope(spec.key.topic.clone(), data, attempt, spec.max_attempts);
-    let received = leases.insert(|lease_key| Received {
-        shared: Arc::clone(shared),
-        key: spec.key.clone(),
-        data: Arc::clone(&envelope.data),
-        message,
-        metadata,
-        stream_sequence,
-        attempt,
-        max_attempts: spec.max_attempts,
-        visibility_timeout: spec.visibility_timeout,
-        dead_letter_topic: spec.dead_letter_topic.clone(),
-        lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
-        leases: Arc::clone(leases),
-        lease_key,
-    });
-    if received.metadata.is_expired(Timestamp::now()) {
-        received.dead_letter_past_retention(attempt - 1).await;
-        return None;
     }
-    if attempt > spec.max_attempts {
-        // The lease ran out on the last attempt and the server delivered it again (the
-        // watcher of the process that held it did not dead-letter it: it was dropped, or the
-        // process died).
-        received.dead_letter_expired(attempt - 1).await;
-        return None;
-    }
-    if !waited.is_zero() && !received.restart_server_lease(waited).await {
-        return None;
-    }
-    let acker = JetStreamAcker { received };
-    Some(Ok(Delivery::new(envelope, Box::new(acker))))
 }
 
 /// A received message, its lease, and what settling it needs.
@@ -550,6 +573,23 @@ impl Drop for Received {
 }
 
 impl Received {
+    /// Settles a message that must not reach a handler, and says whether it was one: past
+    /// its topic's retention (dead-lettered as `expired`), or past its last attempt (the
+    /// lease ran out on the last attempt and the server delivered it again: the watcher of
+    /// the process that held it did not dead-letter it, because it was dropped or the
+    /// process died).
+    async fn settled_on_receipt(&self) -> bool {
+        if self.metadata.is_expired(Timestamp::now()) {
+            self.dead_letter_past_retention(self.attempt - 1).await;
+            return true;
+        }
+        if self.attempt > self.max_attempts {
+            self.dead_letter_expired(self.attempt - 1).await;
+            return true;
+        }
+        false
+    }
+
     /// Dead-letters a message whose lease ran out after `attempts` attempts; on failure the
     /// server delivers it again, so the error is only logged.
     async fn dead_letter_expired(&self, attempts: u32) {

@@ -75,40 +75,11 @@ impl Shared {
             };
             match ack {
                 Ok(ack) => return Ok(ack),
-                // No answer (or no JetStream yet, as right after a server restart): sent again
-                // with the same `Nats-Msg-Id`, so it cannot duplicate. "No responders" reads
-                // as StreamNotFound: also what a stream that is really gone answers, so it is
-                // retried only as long as a leader election takes.
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-                    ) || (err.kind() == PublishErrorKind::StreamNotFound
-                        && started.elapsed() < NO_RESPONDERS_RETRY) =>
-                {
+                Err(err) if worth_another_try(&err, started.elapsed()) => {
                     last_error = Some(Box::new(err));
                 }
                 // The server answered no (a full stream, say): final, and said as it is.
-                Err(err) => {
-                    let full = is_full(&err);
-                    let refused = Box::new(Refused {
-                        subject: subject.to_string(),
-                        source: err,
-                    });
-                    return Err(if full {
-                        Error::BrokerFull {
-                            message: format!(
-                                "the stream taking {subject} is at its limit; stored messages are kept, and publishes succeed again once they are consumed or the limit (max_bytes) is raised"
-                            ),
-                            source: Some(refused),
-                        }
-                    } else {
-                        Error::Broker {
-                            operation: "publish",
-                            source: refused,
-                        }
-                    });
-                }
+                Err(err) => return Err(refusal(&subject, err)),
             }
         }
         Err(Error::BrokerUnavailable {
@@ -286,6 +257,39 @@ impl Prepared {
 }
 
 /// True when the server refused a publish for lack of room: a stream at its byte or message
+/// No answer (or no JetStream yet, as right after a server restart): sent again with the
+/// same `Nats-Msg-Id`, so it cannot duplicate. "No responders" reads as `StreamNotFound`:
+/// also what a stream that is really gone answers, so it is retried only as long as a leader
+/// election takes.
+fn worth_another_try(err: &jetstream::context::PublishError, since_first_try: Duration) -> bool {
+    matches!(
+        err.kind(),
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+    ) || (err.kind() == PublishErrorKind::StreamNotFound && since_first_try < NO_RESPONDERS_RETRY)
+}
+
+/// The server's no to a publish to `subject`: `BrokerFull` for a full stream, else `Broker`.
+fn refusal(subject: &Subject, err: jetstream::context::PublishError) -> Error {
+    let full = is_full(&err);
+    let refused = Box::new(Refused {
+        subject: subject.to_string(),
+        source: err,
+    });
+    if full {
+        Error::BrokerFull {
+            message: format!(
+                "the stream taking {subject} is at its limit; stored messages are kept, and publishes succeed again once they are consumed or the limit (max_bytes) is raised"
+            ),
+            source: Some(refused),
+        }
+    } else {
+        Error::Broker {
+            operation: "publish",
+            source: refused,
+        }
+    }
+}
+
 /// limit (discard `new`), or a server out of storage.
 fn is_full(err: &jetstream::context::PublishError) -> bool {
     let text = err.to_string();

@@ -26,15 +26,37 @@ impl Shared {
     /// Creates or checks the topic's stream (and its DLQ stream, ledger and the delay
     /// scheduler) and records the topic.
     pub(crate) async fn declare_topic(self: &Arc<Self>, spec: TopicSpec) -> Result<()> {
-        let shared = self;
-        shared.ensure_open()?;
-        spec.validate(&shared.capabilities())?;
-        let settings = shared.config.stream_settings(spec.name.as_str());
-        let mut topic_stream = shared.topic_stream_config(
-            shared.layout.topic_stream(&spec.name),
+        self.ensure_open()?;
+        spec.validate(&self.capabilities())?;
+        let settings = self.config.stream_settings(spec.name.as_str());
+        self.ensure_stream(self.topic_stream(&spec, settings))
+            .await?;
+        let mut dlq_stream = self.topic_stream_config(
+            self.layout.dlq_stream(&spec.name),
+            vec![self.layout.dlq_wildcard(&spec.name)],
+            settings,
+        );
+        dlq_stream.max_age = spec.dlq_retention.unwrap_or_default();
+        self.ensure_stream(dlq_stream).await?;
+        self.ensure_ledger(&spec, settings).await?;
+        self.start_scheduler(spec.idempotency_window).await?;
+        self.declared.add_topic(
+            spec.name.clone(),
+            DeclaredTopic {
+                subject: self.layout.topic_subject(&spec.name).into(),
+                spec,
+            },
+        );
+        Ok(())
+    }
+
+    /// The topic's own stream: its fan-out subject and its triggers' own subjects.
+    fn topic_stream(&self, spec: &TopicSpec, settings: ResolvedStream) -> stream::Config {
+        let mut topic_stream = self.topic_stream_config(
+            self.layout.topic_stream(&spec.name),
             vec![
-                shared.layout.topic_subject(&spec.name),
-                shared.layout.direct_wildcard(&spec.name),
+                self.layout.topic_subject(&spec.name),
+                self.layout.direct_wildcard(&spec.name),
             ],
             settings,
         );
@@ -51,40 +73,28 @@ impl Shared {
         topic_stream.duplicate_window = spec.idempotency_window;
         topic_stream.max_message_size =
             i32::try_from(spec.max_message_bytes + HEADER_ROOM).unwrap_or(i32::MAX);
-        shared.ensure_stream(topic_stream).await?;
-        let mut dlq_stream = shared.topic_stream_config(
-            shared.layout.dlq_stream(&spec.name),
-            vec![shared.layout.dlq_wildcard(&spec.name)],
-            settings,
-        );
-        dlq_stream.max_age = spec.dlq_retention.unwrap_or_default();
-        shared.ensure_stream(dlq_stream).await?;
-        let mut ledger = shared.topic_stream_config(
-            shared.layout.ledger_stream(&spec.name),
-            vec![shared.layout.ledger_wildcard(&spec.name)],
+        topic_stream
+    }
+
+    /// The topic's idempotency ledger: one message per key, for the window.
+    async fn ensure_ledger(&self, spec: &TopicSpec, settings: ResolvedStream) -> Result<()> {
+        let mut ledger = self.topic_stream_config(
+            self.layout.ledger_stream(&spec.name),
+            vec![self.layout.ledger_wildcard(&spec.name)],
             settings,
         );
         ledger.max_age = spec.idempotency_window;
         ledger.max_messages_per_subject = 1;
-        shared.ensure_stream(ledger).await?;
-        let ledger = shared
+        self.ensure_stream(ledger).await?;
+        let ledger = self
             .js
-            .get_stream_no_info(shared.layout.ledger_stream(&spec.name))
+            .get_stream_no_info(self.layout.ledger_stream(&spec.name))
             .await
             .map_err(broker("get the idempotency ledger"))?;
-        shared
-            .ledgers
+        self.ledgers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(spec.name.clone(), ledger);
-        shared.start_scheduler(spec.idempotency_window).await?;
-        shared.declared.add_topic(
-            spec.name.clone(),
-            DeclaredTopic {
-                subject: shared.layout.topic_subject(&spec.name).into(),
-                spec,
-            },
-        );
         Ok(())
     }
 
@@ -153,52 +163,10 @@ impl Shared {
     pub(crate) async fn ensure_stream(&self, wanted: stream::Config) -> Result<()> {
         match self.js.get_stream(&wanted.name).await {
             Ok(mut existing) => {
-                let info = existing
-                    .info()
-                    .await
-                    .map_err(broker("stream info"))?
-                    .clone();
-                let current = info.config;
-                let mut subjects = current.subjects.clone();
-                let mut wanted_subjects = wanted.subjects.clone();
-                subjects.sort();
-                wanted_subjects.sort();
-                if subjects != wanted_subjects
-                    || current.retention != wanted.retention
-                    || current.storage != wanted.storage
-                {
-                    return Err(Error::Broker {
-                        operation: "declare stream",
-                        source: format!(
-                            "stream {} exists with other settings (subjects {:?}, retention {:?}, storage {:?}; topiq needs {:?}, {:?}, {:?}); it belongs to another topic or application: change `prefix`, or delete the stream",
-                            wanted.name,
-                            current.subjects,
-                            current.retention,
-                            current.storage,
-                            wanted.subjects,
-                            wanted.retention,
-                            wanted.storage
-                        )
-                        .into(),
-                    });
-                }
-                let changed = current.max_age != wanted.max_age
-                    || current.duplicate_window != wanted.duplicate_window
-                    || current.max_message_size != wanted.max_message_size
-                    || current.num_replicas != wanted.num_replicas
-                    || unlimited_as_negative(current.max_bytes)
-                        != unlimited_as_negative(wanted.max_bytes)
-                    || current.discard != wanted.discard;
-                if changed {
-                    let updated = stream::Config {
-                        max_age: wanted.max_age,
-                        duplicate_window: wanted.duplicate_window,
-                        max_message_size: wanted.max_message_size,
-                        num_replicas: wanted.num_replicas,
-                        max_bytes: wanted.max_bytes,
-                        discard: wanted.discard,
-                        ..current
-                    };
+                let info = existing.info().await.map_err(broker("stream info"))?;
+                let current = info.config.clone();
+                check_same_stream(&current, &wanted)?;
+                if let Some(updated) = updated_limits(current, &wanted) {
                     self.js
                         .update_stream(updated)
                         .await
@@ -305,4 +273,52 @@ impl Shared {
             ..Default::default()
         }
     }
+}
+
+/// An existing stream must have the subjects, retention and storage topiq needs: otherwise it
+/// belongs to another topic or application, and is left alone.
+fn check_same_stream(current: &stream::Config, wanted: &stream::Config) -> Result<()> {
+    let mut subjects = current.subjects.clone();
+    let mut wanted_subjects = wanted.subjects.clone();
+    subjects.sort();
+    wanted_subjects.sort();
+    if subjects == wanted_subjects
+        && current.retention == wanted.retention
+        && current.storage == wanted.storage
+    {
+        return Ok(());
+    }
+    Err(Error::Broker {
+        operation: "declare stream",
+        source: format!(
+            "stream {} exists with other settings (subjects {:?}, retention {:?}, storage {:?}; topiq needs {:?}, {:?}, {:?}); it belongs to another topic or application: change `prefix`, or delete the stream",
+            wanted.name,
+            current.subjects,
+            current.retention,
+            current.storage,
+            wanted.subjects,
+            wanted.retention,
+            wanted.storage
+        )
+        .into(),
+    })
+}
+
+/// `current` with the limits of `wanted`, when any differs (limits change in place).
+fn updated_limits(current: stream::Config, wanted: &stream::Config) -> Option<stream::Config> {
+    let changed = current.max_age != wanted.max_age
+        || current.duplicate_window != wanted.duplicate_window
+        || current.max_message_size != wanted.max_message_size
+        || current.num_replicas != wanted.num_replicas
+        || unlimited_as_negative(current.max_bytes) != unlimited_as_negative(wanted.max_bytes)
+        || current.discard != wanted.discard;
+    changed.then_some(stream::Config {
+        max_age: wanted.max_age,
+        duplicate_window: wanted.duplicate_window,
+        max_message_size: wanted.max_message_size,
+        num_replicas: wanted.num_replicas,
+        max_bytes: wanted.max_bytes,
+        discard: wanted.discard,
+        ..current
+    })
 }

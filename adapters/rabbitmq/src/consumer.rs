@@ -255,31 +255,13 @@ async fn receive(
     permit: OwnedSemaphorePermit,
     leases: &Arc<Leases<Received>>,
 ) -> Option<Result<Delivery>> {
-    let metadata = match Metadata::from_properties(&delivery.properties) {
-        Ok(metadata) => metadata,
-        Err(err) => {
-            tracing::error!(trigger = %spec.key, error = %err, "dropping a message topiq cannot read");
-            let timeout = shared.config.publish_timeout;
-            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
-            return None;
-        }
-    };
-    let data: serde_json::Value = match serde_json::from_slice(&delivery.data) {
-        Ok(data) => data,
-        Err(err) => {
-            tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "dropping a message whose payload is not JSON");
-            let timeout = shared.config.publish_timeout;
-            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
-            return None;
-        }
-    };
+    let (metadata, data) = decode(shared, spec, &delivery).await?;
     let redelivered = delivery.redelivered;
     let earlier = earlier_deliveries(shared, &delivery);
     let attempt = metadata
         .attempt_base
         .saturating_add(earlier)
         .saturating_add(1);
-    let data = Arc::new(data);
     let envelope = metadata.envelope(
         spec.key.topic.clone(),
         Arc::clone(&data),
@@ -308,6 +290,32 @@ async fn receive(
         envelope,
         Box::new(RabbitAcker { received }),
     )))
+}
+
+/// Reads a delivery's metadata and data; `None` for one topiq cannot read, which is dropped
+/// (rejected without requeue) so it never comes back.
+async fn decode(
+    shared: &Shared,
+    spec: &SubscriptionSpec,
+    delivery: &lapin::message::Delivery,
+) -> Option<(Metadata, Arc<serde_json::Value>)> {
+    let timeout = shared.config.publish_timeout;
+    let metadata = match Metadata::from_properties(&delivery.properties) {
+        Ok(metadata) => metadata,
+        Err(err) => {
+            tracing::error!(trigger = %spec.key, error = %err, "dropping a message topiq cannot read");
+            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
+            return None;
+        }
+    };
+    match serde_json::from_slice(&delivery.data) {
+        Ok(data) => Some((metadata, Arc::new(data))),
+        Err(err) => {
+            tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "dropping a message whose payload is not JSON");
+            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
+            None
+        }
+    }
 }
 
 /// A received message, its lease, and what settling it needs.

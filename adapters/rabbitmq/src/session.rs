@@ -258,32 +258,9 @@ impl Shared {
         let mut backoff = INITIAL_BACKOFF;
         loop {
             self.ensure_open()?;
-            let attempt = async {
-                let session = Arc::new(self.target.connect().await?);
-                if let Err(err) = self.declare_all(&session).await {
-                    // Not kept: closed, so a retry does not leave a connection behind.
-                    let closing = session.connection.close(200, "declaration failed".into());
-                    let _ = tokio::time::timeout(REOPEN_TIMEOUT, closing).await;
-                    return Err(err);
-                }
-                Ok::<_, Error>(session)
-            };
+            let attempt = self.open_session();
             let failure = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(session)) => {
-                    *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-                        Some(Arc::clone(&session));
-                    // `close` may have run while this connected: it must not outlive it.
-                    if self.closed.is_cancelled() {
-                        self.current
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .take();
-                        let closing = session.connection.close(200, "closed".into());
-                        let _ = tokio::time::timeout(REOPEN_TIMEOUT, closing).await;
-                        return Err(Error::Closed);
-                    }
-                    return Ok(session);
-                }
+                Ok(Ok(session)) => return self.keep(session).await,
                 // Trying again cannot help a refused login.
                 Ok(Err(err @ Error::InvalidArgument { .. })) => return Err(err),
                 Ok(Err(err)) => err,
@@ -301,6 +278,34 @@ impl Shared {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// A new connection with the whole topology declared on it; closed again when a
+    /// declaration fails, so a retry does not leave a connection behind.
+    async fn open_session(&self) -> Result<Arc<Session>> {
+        let session = Arc::new(self.target.connect().await?);
+        if let Err(err) = self.declare_all(&session).await {
+            let closing = session.connection.close(200, "declaration failed".into());
+            let _ = tokio::time::timeout(REOPEN_TIMEOUT, closing).await;
+            return Err(err);
+        }
+        Ok(session)
+    }
+
+    /// Makes `session` the current one, unless `close` ran while it connected: then it must
+    /// not outlive the adapter, and is closed.
+    async fn keep(&self, session: Arc<Session>) -> Result<Arc<Session>> {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&session));
+        if self.closed.is_cancelled() {
+            self.current
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let closing = session.connection.close(200, "closed".into());
+            let _ = tokio::time::timeout(REOPEN_TIMEOUT, closing).await;
+            return Err(Error::Closed);
+        }
+        Ok(session)
     }
 
     /// Ok while a connection is open. A lost one is reported at once (readiness probes

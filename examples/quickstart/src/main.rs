@@ -76,6 +76,34 @@ async fn main() -> Result<(), BoxError> {
     let module = QueueModule::new(config, functions).await?;
     let workers = module.start_workers();
 
+    enqueue_emails(&module).await?;
+    show_dead_letters(&module).await?;
+    println!("fix the DNS and redrive:");
+    dns_fixed.store(true, Ordering::SeqCst);
+    let dlq = json!({"topic": "emails.send", "trigger": "send-email"});
+    let redriven = module.call("queue.redrive_dlq", dlq).await?;
+    println!("  {redriven}");
+    wait_for(
+        &module,
+        "queue.stats",
+        json!({"topic": "emails.send"}),
+        |stats| {
+            stats["triggers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|row| row["trigger"] == "send-email" && row["succeeded"] == 3)
+        },
+    )
+    .await?;
+    print_stats(&module).await?;
+    workers.shutdown().await;
+    module.close().await;
+    Ok(())
+}
+
+/// Three emails, one to a domain that does not resolve; then one key again.
+async fn enqueue_emails(module: &QueueModule) -> Result<(), BoxError> {
     println!("enqueue three emails, one high priority, one to a domain that does not resolve:");
     for (to, priority) in [
         ("ada@example.com", "high"),
@@ -97,10 +125,14 @@ async fn main() -> Result<(), BoxError> {
         )
         .await?;
     println!("  the same idempotency key again: {again}");
+    Ok(())
+}
 
+/// Waits for the failing email to reach the DLQ, and lists it.
+async fn show_dead_letters(module: &QueueModule) -> Result<(), BoxError> {
     let dlq = json!({"topic": "emails.send", "trigger": "send-email"});
-    wait_for(&module, "queue.dlq_count", dlq.clone(), |r| r["count"] == 1).await?;
-    let listed = module.call("queue.dlq_list", dlq.clone()).await?;
+    wait_for(module, "queue.dlq_count", dlq.clone(), |r| r["count"] == 1).await?;
+    let listed = module.call("queue.dlq_list", dlq).await?;
     println!("dead-letter queue of send-email:");
     for record in listed["messages"].as_array().into_iter().flatten() {
         println!(
@@ -110,25 +142,10 @@ async fn main() -> Result<(), BoxError> {
             text(&record["error"]["message"])
         );
     }
+    Ok(())
+}
 
-    println!("fix the DNS and redrive:");
-    dns_fixed.store(true, Ordering::SeqCst);
-    let redriven = module.call("queue.redrive_dlq", dlq.clone()).await?;
-    println!("  {redriven}");
-    wait_for(
-        &module,
-        "queue.stats",
-        json!({"topic": "emails.send"}),
-        |stats| {
-            stats["triggers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|row| row["trigger"] == "send-email" && row["succeeded"] == 3)
-        },
-    )
-    .await?;
-
+async fn print_stats(module: &QueueModule) -> Result<(), BoxError> {
     println!("stats:");
     let stats = module.call("queue.stats", json!({})).await?;
     for row in stats["triggers"].as_array().into_iter().flatten() {
@@ -144,7 +161,5 @@ async fn main() -> Result<(), BoxError> {
             row["waiting"]
         );
     }
-    workers.shutdown().await;
-    module.close().await;
     Ok(())
 }
