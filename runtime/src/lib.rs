@@ -40,7 +40,9 @@ mod stats;
 mod telemetry;
 mod trigger;
 
-pub use calls::{BatchItem, CallError, DlqRequest, EnqueueRequest, EnqueueResult, TriggerStats};
+pub use calls::{
+    BatchItem, CallError, CallErrorKind, DlqRequest, EnqueueRequest, EnqueueResult, TriggerStats,
+};
 pub use config::{Config, ConfigError};
 pub use function::{
     BatchHandler, FunctionKind, Functions, Handler, HandlerError, Message, check_trigger_function,

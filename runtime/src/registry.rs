@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use topiq_adapter::{Capabilities, SharedAdapter};
+use topiq_adapter_kit::OptionsError;
 use topiq_memory::BuiltinQueueAdapter;
 
 /// An adapter class this build of topiq has.
@@ -107,9 +108,9 @@ impl AdapterClass {
         self,
         options: &serde_json::Value,
     ) -> Result<SharedAdapter, topiq_adapter::Error> {
-        let invalid = |reason| topiq_adapter::Error::InvalidArgument {
+        let invalid = |err: OptionsError| topiq_adapter::Error::InvalidArgument {
             argument: "adapter config",
-            reason,
+            reason: err.to_string(),
         };
         match self {
             AdapterClass::Builtin => {
@@ -136,7 +137,7 @@ impl AdapterClass {
     }
 
     /// Checks the adapter's `config:` map; the error says which option is wrong.
-    pub fn check_options(self, options: &serde_json::Value) -> Result<(), String> {
+    pub fn check_options(self, options: &serde_json::Value) -> Result<(), OptionsError> {
         match self {
             AdapterClass::Builtin => builtin_options(options),
             #[cfg(feature = "jetstream")]
@@ -164,19 +165,21 @@ impl AdapterClass {
 }
 
 /// The in-memory adapter takes no options.
-fn builtin_options(options: &serde_json::Value) -> Result<(), String> {
+fn builtin_options(options: &serde_json::Value) -> Result<(), OptionsError> {
     match options {
         serde_json::Value::Null => Ok(()),
         serde_json::Value::Object(map) if map.is_empty() => Ok(()),
-        serde_json::Value::Object(map) => Err(format!(
+        serde_json::Value::Object(map) => Err(OptionsError::Invalid(format!(
             "{} takes no options, got {}; write `config: {{}}`",
             topiq_memory::CLASS_NAME,
             map.keys()
                 .map(|key| format!("`{key}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        ))),
+        _ => Err(OptionsError::Invalid(
+            "must be a map of options, such as `config: {}`".into(),
         )),
-        _ => Err("must be a map of options, such as `config: {}`".into()),
     }
 }
 
@@ -223,7 +226,7 @@ mod tests {
         let err = class
             .check_options(&serde_json::json!({"url": "amqp://127.0.0.1", "queue_typ": "quorum"}))
             .unwrap_err();
-        assert!(err.contains("queue_typ"), "{err}");
+        assert!(err.to_string().contains("queue_typ"), "{err}");
         class.check_options(&serde_json::Value::Null).unwrap();
     }
 
@@ -241,6 +244,6 @@ mod tests {
         let err = AdapterClass::JetStream
             .check_options(&serde_json::json!({"url": "nats://127.0.0.1:4222", "replica": 3}))
             .unwrap_err();
-        assert!(err.contains("replica"), "{err}");
+        assert!(err.to_string().contains("replica"), "{err}");
     }
 }

@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use topiq::CallError;
 use topiq::QueueModule;
 use topiq::config::{ApiSettings, Secret};
+use topiq::{CallError, CallErrorKind};
 
 /// Why the API cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -120,19 +120,15 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, axum::Json(body)).into_response()
 }
 
-/// The HTTP status of an error code.
-fn status_of(code: &str) -> StatusCode {
-    match code {
-        "invalid_argument" | "invalid_topic" | "invalid_trigger" | "unsupported" => {
-            StatusCode::BAD_REQUEST
-        }
-        "unknown_call" | "unknown_topic" | "unknown_trigger" | "unknown_function" => {
-            StatusCode::NOT_FOUND
-        }
-        "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "broker_unavailable" | "closed" => StatusCode::SERVICE_UNAVAILABLE,
-        "broker_full" => StatusCode::INSUFFICIENT_STORAGE,
-        "broker_error" => StatusCode::BAD_GATEWAY,
+/// The HTTP status of a kind of call error.
+fn status_of(kind: CallErrorKind) -> StatusCode {
+    match kind {
+        CallErrorKind::BadInput => StatusCode::BAD_REQUEST,
+        CallErrorKind::NotFound => StatusCode::NOT_FOUND,
+        CallErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        CallErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        CallErrorKind::BrokerFull => StatusCode::INSUFFICIENT_STORAGE,
+        CallErrorKind::BrokerRefused => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -295,8 +291,7 @@ fn is_valid_traceparent(value: &str) -> bool {
 }
 
 fn call_error(err: &CallError) -> Response {
-    let code = err.code();
-    error(status_of(code), code, err.to_string())
+    error(status_of(err.kind()), err.code(), err.to_string())
 }
 
 /// Prometheus' scrape: every series as OpenMetrics text, the broker's counts read now.
@@ -349,16 +344,26 @@ mod tests {
 
     #[test]
     fn every_error_code_has_its_status() {
-        assert_eq!(status_of("invalid_topic"), StatusCode::BAD_REQUEST);
-        assert_eq!(status_of("unknown_call"), StatusCode::NOT_FOUND);
-        assert_eq!(
-            status_of("payload_too_large"),
-            StatusCode::PAYLOAD_TOO_LARGE
-        );
-        assert_eq!(
-            status_of("broker_unavailable"),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        use topiq_adapter::{Error, TopicName};
+        let status = |err: CallError| status_of(err.kind());
+        let invalid_topic = TopicName::new("a b").unwrap_err();
+        assert_eq!(invalid_topic.code(), "invalid_topic");
+        assert_eq!(status(invalid_topic.into()), StatusCode::BAD_REQUEST);
+        let unknown_call = CallError::UnknownCall { name: "x".into() };
+        assert_eq!(unknown_call.code(), "unknown_call");
+        assert_eq!(status(unknown_call), StatusCode::NOT_FOUND);
+        let too_large = Error::PayloadTooLarge {
+            topic: TopicName::new("a").unwrap(),
+            size: 2,
+            limit: 1,
+        };
+        assert_eq!(status(too_large.into()), StatusCode::PAYLOAD_TOO_LARGE);
+        let unavailable = Error::BrokerUnavailable {
+            message: "down".into(),
+            source: None,
+        };
+        assert_eq!(unavailable.code(), "broker_unavailable");
+        assert_eq!(status(unavailable.into()), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use topiq_adapter_kit::{Secret, TlsSettings, duration, redact_url};
+use topiq_adapter_kit::{OptionsError, Secret, TlsSettings, duration, redact_url};
 
 /// Where the stream data is kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -200,17 +200,24 @@ pub(crate) enum UrlCredentials {
 
 impl JetStreamConfig {
     /// Reads the options from the adapter's `config:` value.
-    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, OptionsError> {
         if value.is_null() {
-            return Err("needs at least `url`, such as `url: nats://127.0.0.1:4222`".into());
+            return Err(OptionsError::Invalid(
+                "needs at least `url`, such as `url: nats://127.0.0.1:4222`".into(),
+            ));
         }
-        let config: Self = serde_json::from_value(value.clone()).map_err(|err| err.to_string())?;
+        let config: Self = serde_json::from_value(value.clone())?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Checks the options against each other; the error names the option.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        self.check().map_err(OptionsError::Invalid)
+    }
+
     /// Checks the options against each other.
-    pub fn validate(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), String> {
         if self.url.is_none() && self.urls.is_empty() {
             return Err("give `url` (one server) or `urls` (a cluster)".into());
         }
@@ -349,12 +356,12 @@ mod tests {
     fn bad_options_are_named() {
         let err =
             JetStreamConfig::from_value(&json!({"url": "nats://x", "prefx": "a"})).unwrap_err();
-        assert!(err.contains("prefx"), "{err}");
+        assert!(err.to_string().contains("prefx"), "{err}");
         let err = JetStreamConfig::from_value(&json!({})).unwrap_err();
-        assert!(err.contains("url"), "{err}");
+        assert!(err.to_string().contains("url"), "{err}");
         let err =
             JetStreamConfig::from_value(&json!({"url": "nats://x", "prefix": "a.b"})).unwrap_err();
-        assert!(err.contains("prefix"), "{err}");
+        assert!(err.to_string().contains("prefix"), "{err}");
     }
 
     #[test]
@@ -367,7 +374,7 @@ mod tests {
         ] {
             let err = JetStreamConfig::from_value(&json!({"url": "nats://x", "streams": streams}))
                 .unwrap_err();
-            assert!(err.contains(named), "{err}");
+            assert!(err.to_string().contains(named), "{err}");
         }
         let config = JetStreamConfig::from_value(&json!({
             "url": "nats://x",

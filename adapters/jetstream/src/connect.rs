@@ -18,9 +18,9 @@ use crate::{JetStreamAdapter, Scheduler, Shared, scheduler};
 impl JetStreamAdapter {
     /// Connects to the server(s) of `config`.
     pub async fn connect(config: JetStreamConfig) -> Result<Self> {
-        config.validate().map_err(|reason| Error::InvalidArgument {
+        config.validate().map_err(|err| Error::InvalidArgument {
             argument: "config",
-            reason,
+            reason: err.to_string(),
         })?;
         let (servers, url_credentials) = config.servers();
         let options = connect_options(&config, url_credentials).await?;

@@ -12,12 +12,14 @@ pub mod codec;
 mod declared;
 pub mod duration;
 pub mod lease;
+mod options;
 mod redact;
 mod secret;
 mod stored;
 mod tls;
 
 pub use declared::Declared;
+pub use options::OptionsError;
 pub use redact::redact_url;
 pub use secret::Secret;
 pub use stored::{Stored, retention_end};

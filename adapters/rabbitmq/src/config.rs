@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-use topiq_adapter_kit::{Secret, TlsSettings, duration, redact_url};
+use topiq_adapter_kit::{OptionsError, Secret, TlsSettings, duration, redact_url};
 
 /// The kind of queue each trigger gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -111,18 +111,23 @@ impl Default for RabbitMqConfig {
 impl RabbitMqConfig {
     /// Reads the adapter's `config:` map (absent: every default, RabbitMQ on loopback) and
     /// checks it; the error names the option.
-    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, OptionsError> {
         let config: Self = if value.is_null() {
             Self::default()
         } else {
-            serde_json::from_value(value.clone()).map_err(|err| err.to_string())?
+            serde_json::from_value(value.clone())?
         };
         config.validate()?;
         Ok(config)
     }
 
+    /// Checks the options against each other; the error names the option.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        self.check().map_err(OptionsError::Invalid)
+    }
+
     /// Checks the options; the error names the option and what is allowed.
-    pub fn validate(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), String> {
         if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
             return Err(format!(
                 "url must start with amqp:// or amqps://, got {:?}",
@@ -208,7 +213,7 @@ mod tests {
     fn bad_options_are_named() {
         let bad = |config: RabbitMqConfig, word: &str| {
             let err = config.validate().unwrap_err();
-            assert!(err.contains(word), "{err}");
+            assert!(err.to_string().contains(word), "{err}");
         };
         bad(
             RabbitMqConfig {

@@ -148,9 +148,9 @@ impl Shared {
 impl RabbitMqAdapter {
     /// Checks the config; the connection opens on first use (and again whenever it is lost).
     pub async fn connect(config: RabbitMqConfig) -> Result<Self> {
-        config.validate().map_err(|reason| Error::InvalidArgument {
+        config.validate().map_err(|err| Error::InvalidArgument {
             argument: "RabbitMQAdapter config",
-            reason,
+            reason: err.to_string(),
         })?;
         let target = Target::new(&config).map_err(|reason| Error::InvalidArgument {
             argument: "url",

@@ -53,6 +53,27 @@ pub enum CallError {
     Adapter(#[from] topiq_adapter::Error),
 }
 
+/// What kind of failure a [`CallError`] is: what a transport answers with (the HTTP API's
+/// status), where the error's `code` names the exact failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallErrorKind {
+    /// The caller's input is wrong (400).
+    BadInput,
+    /// No such call, topic or trigger (404).
+    NotFound,
+    /// The body or payload is too large (413).
+    TooLarge,
+    /// The broker cannot be reached now, or the module is closed (503).
+    Unavailable,
+    /// The broker is full (507).
+    BrokerFull,
+    /// The broker refused the call (502).
+    BrokerRefused,
+    /// Anything else (500).
+    Other,
+}
+
 impl CallError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         CallError::InvalidArgument {
@@ -67,6 +88,31 @@ impl CallError {
             CallError::UnknownCall { .. } => "unknown_call",
             CallError::InvalidArgument { .. } => "invalid_argument",
             CallError::Adapter(err) => err.code(),
+        }
+    }
+
+    /// What kind of failure this is, for a transport to answer with (an HTTP status).
+    pub fn kind(&self) -> CallErrorKind {
+        use topiq_adapter::Error;
+        match self {
+            CallError::UnknownCall { .. } => CallErrorKind::NotFound,
+            CallError::InvalidArgument { .. } => CallErrorKind::BadInput,
+            CallError::Adapter(err) => match err {
+                Error::InvalidTopic { .. }
+                | Error::InvalidTrigger { .. }
+                | Error::InvalidArgument { .. }
+                | Error::Unsupported { .. } => CallErrorKind::BadInput,
+                Error::UnknownTopic { .. } | Error::UnknownSubscription { .. } => {
+                    CallErrorKind::NotFound
+                }
+                Error::PayloadTooLarge { .. } => CallErrorKind::TooLarge,
+                Error::BrokerUnavailable { .. } | Error::Timeout { .. } | Error::Closed => {
+                    CallErrorKind::Unavailable
+                }
+                Error::BrokerFull { .. } => CallErrorKind::BrokerFull,
+                Error::Broker { .. } => CallErrorKind::BrokerRefused,
+                _ => CallErrorKind::Other,
+            },
         }
     }
 

@@ -79,11 +79,11 @@ pub(super) fn adapter_settings(
             "`${...}` is expanded only in unquoted values; remove the quotes around it",
         ));
     }
-    class.check_options(&options).map_err(|message| {
+    class.check_options(&options).map_err(|err| {
         ConfigError::invalid(
             location.clone(),
             "modules[0].config.adapter.config",
-            message,
+            err.to_string(),
         )
     })?;
     Ok(AdapterSettings {
