@@ -13,8 +13,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
     Acker, Delivery, Error, Failure, Result, Subscription, SubscriptionKey, SubscriptionSpec,
-    Timestamp, TopicName,
+    Timestamp,
 };
+use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Headers, Metadata, Stamp};
@@ -470,24 +471,13 @@ async fn receive(
         .metadata
         .attempt_base
         .saturating_add(decoded.delivered);
-    let envelope = decoded.metadata.envelope(
-        spec.key.topic.clone(),
-        decoded.data,
-        attempt,
-        spec.max_attempts,
-    );
+    let held = Held::new(spec, decoded.metadata, decoded.data, attempt, permit);
+    let envelope = held.envelope();
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
-        key: spec.key.clone(),
-        data: Arc::clone(&envelope.data),
+        held,
         message,
-        metadata: decoded.metadata,
         stream_sequence: decoded.stream_sequence,
-        attempt,
-        max_attempts: spec.max_attempts,
-        visibility_timeout: spec.visibility_timeout,
-        dead_letter_topic: spec.dead_letter_topic.clone(),
-        lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
         leases: Arc::clone(leases),
         lease_key,
     });
@@ -551,16 +541,9 @@ async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option
 /// A received message, its lease, and what settling it needs.
 struct Received {
     shared: Arc<Shared>,
-    key: SubscriptionKey,
+    held: Held,
     message: jetstream::Message,
-    metadata: Metadata,
     stream_sequence: u64,
-    attempt: u32,
-    max_attempts: u32,
-    visibility_timeout: Duration,
-    dead_letter_topic: Option<TopicName>,
-    data: Arc<serde_json::Value>,
-    lease: Mutex<Lease>,
     /// The subscription's live leases, which this one leaves when dropped.
     leases: Arc<Leases<Received>>,
     lease_key: LeaseKey,
@@ -579,12 +562,12 @@ impl Received {
     /// the process that held it did not dead-letter it, because it was dropped or the
     /// process died).
     async fn settled_on_receipt(&self) -> bool {
-        if self.metadata.is_expired(Timestamp::now()) {
-            self.dead_letter_past_retention(self.attempt - 1).await;
+        if self.held.metadata.is_expired(Timestamp::now()) {
+            self.dead_letter_past_retention(self.held.attempt - 1).await;
             return true;
         }
-        if self.attempt > self.max_attempts {
-            self.dead_letter_expired(self.attempt - 1).await;
+        if self.held.attempt > self.held.max_attempts {
+            self.dead_letter_expired(self.held.attempt - 1).await;
             return true;
         }
         false
@@ -593,9 +576,13 @@ impl Received {
     /// Dead-letters a message whose lease ran out after `attempts` attempts; on failure the
     /// server delivers it again, so the error is only logged.
     async fn dead_letter_expired(&self, attempts: u32) {
-        let failure = Failure::lease_expired(self.visibility_timeout, attempts, self.max_attempts);
+        let failure = Failure::lease_expired(
+            self.held.visibility_timeout,
+            attempts,
+            self.held.max_attempts,
+        );
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
-            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+            tracing::error!(trigger = %self.held.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
         }
     }
 
@@ -607,18 +594,18 @@ impl Received {
     /// once, and the server delivers it again (counting the attempt this consumer held
     /// without asking for it). False when it was not handed out.
     async fn restart_server_lease(&self, waited: Duration) -> bool {
-        if waited < self.visibility_timeout / 2 {
+        if waited < self.held.visibility_timeout / 2 {
             match self.message.ack_with(AckKind::Progress).await {
                 Ok(()) => return true,
                 Err(err) => {
-                    tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot restart the server's lease of a message that waited; left for the server to deliver again");
-                    lease::lock(&self.lease).claim();
+                    tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, error = %err, "cannot restart the server's lease of a message that waited; left for the server to deliver again");
+                    lease::lock(&self.held.lease).claim();
                     return false;
                 }
             }
         }
-        lease::lock(&self.lease).claim();
-        tracing::warn!(trigger = %self.key, id = %self.metadata.id, waited = ?waited, "a message waited in the consumer past half its lease while no handler asked; left for the server to deliver again");
+        lease::lock(&self.held.lease).claim();
+        tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, waited = ?waited, "a message waited in the consumer past half its lease while no handler asked; left for the server to deliver again");
         false
     }
 
@@ -627,11 +614,11 @@ impl Received {
     async fn release(&self) -> Result<()> {
         release_copy(
             &self.shared,
-            &self.key,
-            &self.metadata,
+            &self.held.key,
+            &self.held.metadata,
             self.message.payload.clone(),
             self.stream_sequence,
-            self.attempt,
+            self.held.attempt,
         )
         .await?;
         self.message
@@ -648,14 +635,14 @@ impl Received {
     async fn dead_letter_past_retention(&self, attempts: u32) {
         let retention = self
             .shared
-            .topic(&self.key.topic)
+            .topic(&self.held.key.topic)
             .ok()
             .and_then(|topic| topic.retention);
         if let Err(err) = self
             .move_to_dlq(Failure::expired(retention, attempts), attempts)
             .await
         {
-            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter a message past its retention; it is delivered again");
+            tracing::error!(trigger = %self.held.key, error = %err, "cannot dead-letter a message past its retention; it is delivered again");
         }
     }
 
@@ -664,26 +651,24 @@ impl Received {
     /// the same for every delivery of one stored message, so a record written twice (by a
     /// lease watcher and after a redelivery) is stored once.
     async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
-        let record =
-            self.metadata
-                .dead_letter(&self.key, Arc::clone(&self.data), attempts, failure);
-        if let Some(topic) = &self.dead_letter_topic
+        let record = self.held.dead_letter(failure, attempts);
+        if let Some(topic) = &self.held.dead_letter_topic
             && let Err(err) = self.shared.publish_one(topic, record.notification()).await
         {
             // The record is still written, so nothing is lost; only the notification is.
-            tracing::error!(trigger = %self.key, id = %record.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
+            tracing::error!(trigger = %self.held.key, id = %record.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
         }
         let payload = serde_json::to_vec(&record).map_err(broker("encode DLQ record"))?;
         let dedup = format!(
             "dlq:{}:{}:{}",
-            self.key.trigger, self.metadata.id, self.stream_sequence
+            self.held.key.trigger, self.held.metadata.id, self.stream_sequence
         );
         self.shared
             .publish_confirmed(
                 self.shared
                     .layout
-                    .dlq_subject(&self.key.topic, &self.key.trigger),
-                self.metadata.headers(&dedup, Stamp::Copy),
+                    .dlq_subject(&self.held.key.topic, &self.held.key.trigger),
+                self.held.metadata.headers(&dedup, Stamp::Copy),
                 payload.into(),
             )
             .await?;
@@ -699,17 +684,19 @@ impl Received {
 
 impl Leased for Received {
     fn lease(&self) -> &Mutex<Lease> {
-        &self.lease
+        &self.held.lease
     }
 
     /// On the last attempt, a lease that runs out dead-letters the message at once; before
     /// it, the server delivers the message again after `ack_wait`. (A dropped delivery, with
     /// no `Received` left, is delivered again and dead-lettered then.)
     fn expired(self: Arc<Self>) {
-        if self.attempt < self.max_attempts || !lease::lock(&self.lease).claim_expired() {
+        if self.held.attempt < self.held.max_attempts
+            || !lease::lock(&self.held.lease).claim_expired()
+        {
             return;
         }
-        tokio::spawn(async move { self.dead_letter_expired(self.attempt).await });
+        tokio::spawn(async move { self.dead_letter_expired(self.held.attempt).await });
     }
 }
 
@@ -723,17 +710,19 @@ impl JetStreamAcker {
     /// have delivered the message again, or the watcher dead-lettered it).
     fn claim(&self) -> Result<()> {
         self.received.shared.ensure_open()?;
-        lease::claim(&self.received.lease, &self.received.metadata.id)
+        self.received.held.claim()
     }
 
     async fn settle(self, settlement: Settlement) -> Result<()> {
         self.claim()?;
         let received = &self.received;
         match settlement {
-            Settlement::Nack(_) if received.attempt >= received.max_attempts => {
-                let failure =
-                    Failure::nacked_on_last_attempt(received.attempt, received.max_attempts);
-                received.move_to_dlq(failure, received.attempt).await
+            Settlement::Nack(_) if received.held.attempt >= received.held.max_attempts => {
+                let failure = Failure::nacked_on_last_attempt(
+                    received.held.attempt,
+                    received.held.max_attempts,
+                );
+                received.move_to_dlq(failure, received.held.attempt).await
             }
             Settlement::Nack(delay) => {
                 let kind = if delay.is_zero() {
@@ -753,7 +742,7 @@ impl JetStreamAcker {
                     })
             }
             Settlement::DeadLetter(failure) => {
-                received.move_to_dlq(failure, received.attempt).await
+                received.move_to_dlq(failure, received.held.attempt).await
             }
             Settlement::Release => received.release().await,
         }
@@ -892,12 +881,7 @@ impl Acker for JetStreamAcker {
             self.received.shared.ensure_open()?;
             // The local deadline moves first, so the lease watcher cannot free the slot while
             // the server is being told.
-            let received = &self.received;
-            lease::extend(
-                &received.lease,
-                received.visibility_timeout,
-                &received.metadata.id,
-            )?;
+            self.received.held.extend()?;
             self.received
                 .message
                 .ack_with(AckKind::Progress)

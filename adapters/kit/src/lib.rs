@@ -2,6 +2,7 @@
 //!
 //! - [`lease`]: client-side delivery leases and their watcher;
 //! - [`Declared`]: the topics and trigger subscriptions a process declared;
+//! - [`Held`]: a received message held under a lease, with its claim, extension and DLQ record;
 //! - [`Stored`]: what a broker keeps beside a message's data (id, enqueue time, attempts
 //!   spent, trace context, ...), turned into the handler's envelope and into the DLQ record;
 //! - [`codec`]: a message's data as bytes, and the error for a message topiq did not write;
@@ -11,6 +12,7 @@
 pub mod codec;
 mod declared;
 pub mod duration;
+mod held;
 pub mod lease;
 mod options;
 mod redact;
@@ -19,6 +21,7 @@ mod stored;
 mod tls;
 
 pub use declared::Declared;
+pub use held::Held;
 pub use options::OptionsError;
 pub use redact::redact_url;
 pub use secret::Secret;

@@ -11,8 +11,9 @@ use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
     Acker, Delivery, Error, Failure, Result, Subscription, SubscriptionKey, SubscriptionSpec,
-    Timestamp, TopicName,
+    Timestamp,
 };
+use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Metadata, Properties, header};
@@ -262,23 +263,12 @@ async fn receive(
         .attempt_base
         .saturating_add(earlier)
         .saturating_add(1);
-    let envelope = metadata.envelope(
-        spec.key.topic.clone(),
-        Arc::clone(&data),
-        attempt,
-        spec.max_attempts,
-    );
+    let held = Held::new(spec, metadata, data, attempt, permit);
+    let envelope = held.envelope();
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
-        key: spec.key.clone(),
+        held,
         acker: delivery.acker,
-        metadata,
-        data,
-        attempt,
-        max_attempts: spec.max_attempts,
-        visibility_timeout: spec.visibility_timeout,
-        dead_letter_topic: spec.dead_letter_topic.clone(),
-        lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
         leases: Arc::clone(leases),
         lease_key,
         _channel: channel,
@@ -321,15 +311,8 @@ async fn decode(
 /// A received message, its lease, and what settling it needs.
 pub(crate) struct Received {
     shared: Arc<Shared>,
-    key: SubscriptionKey,
+    held: Held,
     acker: lapin::Acker,
-    metadata: Metadata,
-    data: Arc<serde_json::Value>,
-    attempt: u32,
-    max_attempts: u32,
-    visibility_timeout: Duration,
-    dead_letter_topic: Option<TopicName>,
-    lease: Mutex<Lease>,
     leases: Arc<Leases<Received>>,
     lease_key: LeaseKey,
     /// Keeps the delivery's channel open until it is settled or dropped.
@@ -343,7 +326,7 @@ impl Drop for Received {
     /// this same consumer against the closing of its channel, spending two attempts.
     fn drop(&mut self) {
         self.leases.remove(self.lease_key);
-        let mut lease = lease::lock(&self.lease);
+        let mut lease = lease::lock(&self.held.lease);
         let deadline = lease.deadline();
         if lease.claim_expired()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -360,20 +343,20 @@ impl Drop for Received {
 
 impl Leased for Received {
     fn lease(&self) -> &Mutex<Lease> {
-        &self.lease
+        &self.held.lease
     }
 
     /// Before the last attempt, the message goes back to the queue (delivered again, counted);
     /// on the last, it is dead-lettered at once.
     fn expired(self: Arc<Self>) {
-        if !lease::lock(&self.lease).claim_expired() {
+        if !lease::lock(&self.held.lease).claim_expired() {
             return;
         }
         tokio::spawn(async move {
-            if self.attempt >= self.max_attempts {
-                self.dead_letter_expired(self.attempt).await;
+            if self.held.attempt >= self.held.max_attempts {
+                self.dead_letter_expired(self.held.attempt).await;
             } else if let Err(err) = self.settle(Settle::Requeue, "return").await {
-                tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot return an expired delivery; its channel's closing returns it");
+                tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, error = %err, "cannot return an expired delivery; its channel's closing returns it");
             }
         });
     }
@@ -383,9 +366,13 @@ impl Received {
     /// Dead-letters a message whose lease ran out after `attempts` attempts; if that fails,
     /// the message goes back to the queue, to be dead-lettered on its next receipt.
     async fn dead_letter_expired(&self, attempts: u32) {
-        let failure = Failure::lease_expired(self.visibility_timeout, attempts, self.max_attempts);
+        let failure = Failure::lease_expired(
+            self.held.visibility_timeout,
+            attempts,
+            self.held.max_attempts,
+        );
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
-            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
+            tracing::error!(trigger = %self.held.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
             tokio::time::sleep(RETURN_AFTER_FAILURE).await;
             let _ = self.settle(Settle::Requeue, "return").await;
         }
@@ -397,12 +384,12 @@ impl Received {
     async fn dead_letter_past_retention(&self, attempts: u32) {
         let retention = self
             .shared
-            .topic(&self.key.topic)
+            .topic(&self.held.key.topic)
             .ok()
             .and_then(|topic| topic.retention);
         let failure = Failure::expired(retention, attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
-            tracing::error!(trigger = %self.key, error = %err, "cannot dead-letter a message past its retention; it is delivered again");
+            tracing::error!(trigger = %self.held.key, error = %err, "cannot dead-letter a message past its retention; it is delivered again");
             tokio::time::sleep(RETURN_AFTER_FAILURE).await;
             let _ = self.settle(Settle::Requeue, "return").await;
         }
@@ -412,14 +399,12 @@ impl Received {
     /// record (confirmed), then acks the message: a crash between the two leaves a second
     /// record, never none.
     async fn move_to_dlq(&self, failure: Failure, attempts: u32) -> Result<()> {
-        let record =
-            self.metadata
-                .dead_letter(&self.key, Arc::clone(&self.data), attempts, failure);
-        if let Some(topic) = &self.dead_letter_topic
+        let record = self.held.dead_letter(failure, attempts);
+        if let Some(topic) = &self.held.dead_letter_topic
             && let Err(err) = self.shared.publish_one(topic, record.notification()).await
         {
             // The record is still written, so nothing is lost; only the notification is.
-            tracing::error!(trigger = %self.key, id = %record.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
+            tracing::error!(trigger = %self.held.key, id = %record.id, dead_letter_topic = %topic, error = %err, "cannot publish to the dead-letter topic; the message is in the trigger's DLQ");
         }
         crate::dlq::append(&self.shared, &record).await?;
         self.ack_original("ack after dead-lettering").await
@@ -445,17 +430,17 @@ impl Received {
     /// only says "delivered before", not how often (replaced by a copy carrying its attempt,
     /// so a message that kills its consumer does not come back forever).
     async fn settled_on_receipt(&self, redelivered: bool) -> bool {
-        let expired = self.metadata.is_expired(Timestamp::now());
-        let past_limit = self.attempt > self.max_attempts;
+        let expired = self.held.metadata.is_expired(Timestamp::now());
+        let past_limit = self.held.attempt > self.held.max_attempts;
         let uncounted = redelivered && self.shared.config.queue_type == QueueType::Classic;
         if !(expired || past_limit || uncounted) {
             return false;
         }
-        if lease::lock(&self.lease).claim() {
+        if lease::lock(&self.held.lease).claim() {
             if expired {
-                self.dead_letter_past_retention(self.attempt - 1).await;
+                self.dead_letter_past_retention(self.held.attempt - 1).await;
             } else if past_limit {
-                self.dead_letter_expired(self.attempt - 1).await;
+                self.dead_letter_expired(self.held.attempt - 1).await;
             } else {
                 self.count_redelivery().await;
             }
@@ -467,10 +452,10 @@ impl Received {
     /// of the queue) whose next delivery is this attempt, then acks it: the attempt count
     /// survives every later crash. A crash between the two delivers it twice, never loses it.
     async fn count_redelivery(&self) {
-        let copied = match self.copy(self.attempt - 1) {
+        let copied = match self.copy(self.held.attempt - 1) {
             Ok((payload, properties)) => {
                 self.shared
-                    .publish_to_trigger(&self.key, &payload, properties)
+                    .publish_to_trigger(&self.held.key, &payload, properties)
                     .await
             }
             Err(err) => Err(err),
@@ -480,7 +465,7 @@ impl Received {
             Err(err) => Err(err),
         };
         if let Err(err) = settled {
-            tracing::warn!(trigger = %self.key, id = %self.metadata.id, error = %err, "cannot count a redelivery; it is delivered again");
+            tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, error = %err, "cannot count a redelivery; it is delivered again");
             tokio::time::sleep(RETURN_AFTER_FAILURE).await;
             let _ = self.settle(Settle::Requeue, "return").await;
         }
@@ -488,9 +473,9 @@ impl Received {
 
     /// A copy of the message whose next delivery is attempt `attempt_base + 1`.
     fn copy(&self, attempt_base: u32) -> Result<(Vec<u8>, lapin::BasicProperties)> {
-        let mut metadata = self.metadata.clone();
+        let mut metadata = self.held.metadata.clone();
         metadata.attempt_base = attempt_base;
-        let payload = codec::encode(&self.data)?;
+        let payload = codec::encode(&self.held.data)?;
         Ok((payload, metadata.properties()))
     }
 }
@@ -504,7 +489,7 @@ impl RabbitAcker {
     /// Claims the delivery for a settlement: refused once the lease ran out.
     fn claim(&self) -> Result<()> {
         self.received.shared.ensure_open()?;
-        lease::claim(&self.received.lease, &self.received.metadata.id)
+        self.received.held.claim()
     }
 
     /// Runs a claimed settlement; if it fails, the message goes back to its queue (after a
@@ -531,18 +516,19 @@ impl RabbitAcker {
     }
 
     async fn nack_claimed(received: &Received, delay: Duration) -> Result<()> {
-        if received.attempt >= received.max_attempts {
-            let failure = Failure::nacked_on_last_attempt(received.attempt, received.max_attempts);
-            return received.move_to_dlq(failure, received.attempt).await;
+        if received.held.attempt >= received.held.max_attempts {
+            let failure =
+                Failure::nacked_on_last_attempt(received.held.attempt, received.held.max_attempts);
+            return received.move_to_dlq(failure, received.held.attempt).await;
         }
-        let (payload, properties) = received.copy(received.attempt)?;
+        let (payload, properties) = received.copy(received.held.attempt)?;
         let shared = &received.shared;
         if delay.is_zero() {
             shared
-                .publish_to_trigger(&received.key, &payload, properties)
+                .publish_to_trigger(&received.held.key, &payload, properties)
                 .await?;
         } else {
-            let queue = shared.retry_queue(&received.key, delay).await?;
+            let queue = shared.retry_queue(&received.held.key, delay).await?;
             match shared
                 .publish_confirmed("", &queue, &payload, properties)
                 .await?
@@ -563,10 +549,10 @@ impl RabbitAcker {
         self.claim()?;
         let received = Arc::clone(&self.received);
         self.or_return(async move {
-            let (payload, properties) = received.copy(received.attempt.saturating_sub(1))?;
+            let (payload, properties) = received.copy(received.held.attempt.saturating_sub(1))?;
             received
                 .shared
-                .publish_to_trigger(&received.key, &payload, properties)
+                .publish_to_trigger(&received.held.key, &payload, properties)
                 .await?;
             received.ack_original("ack after release").await
         })
@@ -590,7 +576,7 @@ impl Acker for RabbitAcker {
         Box::pin(async move {
             self.claim()?;
             let received = Arc::clone(&self.received);
-            let attempts = received.attempt;
+            let attempts = received.held.attempt;
             self.or_return(async move { received.move_to_dlq(failure, attempts).await })
                 .await
         })
@@ -604,11 +590,7 @@ impl Acker for RabbitAcker {
         Box::pin(async move {
             let received = &self.received;
             received.shared.ensure_open()?;
-            lease::extend(
-                &received.lease,
-                received.visibility_timeout,
-                &received.metadata.id,
-            )
+            received.held.extend()
         })
     }
 }

@@ -42,16 +42,3 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 /// Parses `500ms`, `30s`, `5m`, `1h 30m`; the error says what is accepted. The one grammar of
 /// every duration in `config.yaml`, the adapters' options included.
 pub use topiq_adapter_kit::duration::parse as parse_duration;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units_are_required_and_understood() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("five").unwrap_err().contains("\"30s\""));
-    }
-}

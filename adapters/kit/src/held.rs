@@ -1,0 +1,85 @@
+//! What every broker adapter keeps of a message it received and holds under a lease, besides
+//! the broker's own handle of it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use topiq_adapter::{
+    DeadLetter, Envelope, Failure, Result, SubscriptionKey, SubscriptionSpec, TopicName,
+};
+
+use crate::Stored;
+use crate::lease::{self, Lease};
+
+/// A received message held by this process: its subscription, metadata, data, attempt and
+/// lease.
+pub struct Held {
+    /// The subscription it was received on.
+    pub key: SubscriptionKey,
+    /// What the broker keeps beside its data.
+    pub metadata: Stored,
+    /// Its data.
+    pub data: Arc<Value>,
+    /// This delivery's attempt.
+    pub attempt: u32,
+    /// The subscription's attempt limit.
+    pub max_attempts: u32,
+    /// The subscription's visibility timeout: the lease's length.
+    pub visibility_timeout: Duration,
+    /// The subscription's `dead_letter_topic`.
+    pub dead_letter_topic: Option<TopicName>,
+    /// The lease, holding one of the subscription's prefetch slots.
+    pub lease: Mutex<Lease>,
+}
+
+impl Held {
+    /// `metadata` and `data` received on `spec`'s subscription at `attempt`, its lease
+    /// starting now and holding `permit`.
+    pub fn new(
+        spec: &SubscriptionSpec,
+        metadata: Stored,
+        data: Arc<Value>,
+        attempt: u32,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            key: spec.key.clone(),
+            metadata,
+            data,
+            attempt,
+            max_attempts: spec.max_attempts,
+            visibility_timeout: spec.visibility_timeout,
+            dead_letter_topic: spec.dead_letter_topic.clone(),
+            lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
+        }
+    }
+
+    /// What the handler sees.
+    pub fn envelope(&self) -> Envelope {
+        self.metadata.envelope(
+            self.key.topic.clone(),
+            Arc::clone(&self.data),
+            self.attempt,
+            self.max_attempts,
+        )
+    }
+
+    /// Claims the lease for a settlement: `LeaseExpired` once it is settled or ran out.
+    pub fn claim(&self) -> Result<()> {
+        lease::claim(&self.lease, &self.metadata.id)
+    }
+
+    /// Extends the lease by the visibility timeout: `LeaseExpired` once it is settled or ran
+    /// out.
+    pub fn extend(&self) -> Result<()> {
+        lease::extend(&self.lease, self.visibility_timeout, &self.metadata.id)
+    }
+
+    /// The DLQ record of this message failing for good after `attempts` attempts.
+    pub fn dead_letter(&self, error: Failure, attempts: u32) -> DeadLetter {
+        self.metadata
+            .dead_letter(&self.key, Arc::clone(&self.data), attempts, error)
+    }
+}
