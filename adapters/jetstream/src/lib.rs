@@ -64,6 +64,12 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     max_message_bytes: DEFAULT_MAX_PAYLOAD - HEADER_ROOM,
 };
 
+/// How long `health` waits for a flush of a connected client.
+const HEALTH_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often `health` looks at the client's connection state while its flush waits.
+const HEALTH_STATE_POLL: Duration = Duration::from_millis(50);
+
 /// How long `close` waits to flush what the client still buffers.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -113,6 +119,48 @@ impl Shared {
         Capabilities {
             max_message_bytes: self.max_payload.saturating_sub(HEADER_ROOM),
             ..CAPABILITIES
+        }
+    }
+
+    /// Ok when the client is connected and the server takes a flush within 5 s. The flush is
+    /// raced against the client's own state: a connection the client gives up on while the
+    /// flush waits (a cut link fills the socket's buffer, so the flush hangs) is reported at
+    /// once, not when the flush times out.
+    async fn connected_and_flushed(&self) -> Result<()> {
+        let not_connected = || Error::BrokerUnavailable {
+            message: "not connected to the server (reconnecting)".into(),
+            source: None,
+        };
+        let connected =
+            || self.client.connection_state() == async_nats::connection::State::Connected;
+        if !connected() {
+            return Err(not_connected());
+        }
+        let deadline = tokio::time::Instant::now() + HEALTH_FLUSH_TIMEOUT;
+        let flush = self.client.flush();
+        tokio::pin!(flush);
+        loop {
+            tokio::select! {
+                flushed = &mut flush => {
+                    return flushed.map_err(|err| Error::BrokerUnavailable {
+                        message: "the server does not answer".into(),
+                        source: Some(Box::new(err)),
+                    });
+                }
+                () = tokio::time::sleep(HEALTH_STATE_POLL) => {
+                    if !connected() {
+                        return Err(not_connected());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::BrokerUnavailable {
+                            message: format!(
+                                "the server did not take a flush within {HEALTH_FLUSH_TIMEOUT:?}"
+                            ),
+                            source: None,
+                        });
+                    }
+                }
+            }
         }
     }
 
@@ -298,24 +346,7 @@ impl Adapter for JetStreamAdapter {
                 .into(),
             });
         }
-        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(Error::BrokerUnavailable {
-                message: "not connected to the server (reconnecting)".into(),
-                source: None,
-            });
-        }
-        let ping = tokio::time::timeout(Duration::from_secs(5), self.shared.client.flush()).await;
-        match ping {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(Error::BrokerUnavailable {
-                message: "the server does not answer".into(),
-                source: Some(Box::new(err)),
-            }),
-            Err(elapsed) => Err(Error::BrokerUnavailable {
-                message: "the server did not answer a ping within 5s".into(),
-                source: Some(Box::new(elapsed)),
-            }),
-        }
+        self.shared.connected_and_flushed().await
     }
 
     async fn close(&self) -> Result<()> {
