@@ -256,7 +256,6 @@ impl Prepared {
     }
 }
 
-/// True when the server refused a publish for lack of room: a stream at its byte or message
 /// No answer (or no JetStream yet, as right after a server restart): sent again with the
 /// same `Nats-Msg-Id`, so it cannot duplicate. "No responders" reads as `StreamNotFound`:
 /// also what a stream that is really gone answers, so it is retried only as long as a leader
@@ -290,6 +289,7 @@ fn refusal(subject: &Subject, err: jetstream::context::PublishError) -> Error {
     }
 }
 
+/// True when the server refused a publish for lack of room: a stream at its byte or message
 /// limit (discard `new`), or a server out of storage.
 fn is_full(err: &jetstream::context::PublishError) -> bool {
     let text = err.to_string();

@@ -71,6 +71,16 @@ impl<T: Clone> Declared<T> {
             .collect()
     }
 
+    /// Whether this process declared a trigger of `topic` (on the publish path: allocates
+    /// nothing).
+    pub fn has_triggers(&self, topic: &TopicName) -> bool {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .any(|key| &key.topic == topic)
+    }
+
     /// Checks the target of a DLQ call: the topic, and the trigger when one is named.
     pub fn check_dlq(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<()> {
         self.topic(topic)?;

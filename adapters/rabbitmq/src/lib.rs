@@ -141,7 +141,7 @@ impl Shared {
     }
 
     fn has_subscriptions(&self, topic: &TopicName) -> bool {
-        !self.declared.triggers_of(topic).is_empty()
+        self.declared.has_triggers(topic)
     }
 }
 
