@@ -72,3 +72,154 @@ fn since(at: Timestamp) -> Duration {
         .try_into()
         .unwrap_or(Duration::ZERO)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use futures::StreamExt;
+    use topiq_adapter::{
+        ConsumeOptions, FailureKind, NewMessage, SharedAdapter, Subscription, SubscriptionKey,
+        SubscriptionSpec, TopicSpec,
+    };
+    use topiq_memory::BuiltinQueueAdapter;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::function::{Function, HandlerError, Message};
+    use crate::metrics::Metrics;
+    use crate::stats::TriggerCounters;
+
+    /// A trigger on the in-memory adapter whose retry block is `retry`, a message published
+    /// to it, and the subscription it arrives on.
+    async fn trigger_with_a_message(retry: &str) -> (Trigger, Subscription) {
+        let text = format!(
+            "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+triggers:
+  work:
+    type: queue
+    function: work
+    config:
+      topic: jobs
+      retry:
+{retry}"
+        );
+        let config = Config::from_yaml_with_variables(&text, "test.yaml", &HashMap::new())
+            .unwrap_or_else(|err| panic!("{err}"));
+        let settings = config.triggers[0].clone();
+        let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());
+        let adapter: SharedAdapter = Arc::new(BuiltinQueueAdapter::new());
+        adapter
+            .declare_topic(TopicSpec::new(key.topic.clone()))
+            .await
+            .unwrap();
+        let mut spec = SubscriptionSpec::new(key.clone());
+        spec.max_attempts = settings.retry.max_attempts;
+        adapter.declare_subscription(spec).await.unwrap();
+        adapter
+            .publish(&key.topic, NewMessage::new(serde_json::json!({"n": 1})))
+            .await
+            .unwrap();
+        let subscription = adapter
+            .consume(&key, ConsumeOptions { prefetch: 1 })
+            .await
+            .unwrap();
+        let handler = |_message: Message| async { Ok(()) };
+        let trigger = Trigger {
+            counters: TriggerCounters::new(Metrics::new(false).trigger(&key)),
+            settings,
+            key,
+            function: Function::Single(Arc::new(handler)),
+            adapter,
+            subscribed: AtomicBool::new(false),
+            messaging_system: "topiq",
+        };
+        (trigger, subscription)
+    }
+
+    async fn next(subscription: &mut Subscription) -> Delivery {
+        subscription
+            .next()
+            .await
+            .expect("open")
+            .expect("a delivery")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_failure_comes_back_after_its_backoff_as_the_next_attempt() {
+        let retry = "        backoff: fixed\n        delay: 2s\n        max_attempts: 3\n";
+        let (trigger, mut subscription) = trigger_with_a_message(retry).await;
+        let failure = CallFailure::Handler(HandlerError::retryable("down"));
+        let outcome = trigger
+            .settle_failure(next(&mut subscription).await, failure)
+            .await;
+        assert_eq!(outcome, Outcome::Retried);
+        let failed_at = tokio::time::Instant::now();
+        let again = next(&mut subscription).await;
+        assert_eq!(again.envelope().attempt, 2);
+        assert_eq!(failed_at.elapsed(), Duration::from_secs(2));
+        assert_eq!(trigger.counters.snapshot().retried, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handlers_requested_delay_wins_over_the_backoff() {
+        let retry = "        backoff: fixed\n        delay: 2s\n        max_attempts: 3\n";
+        let (trigger, mut subscription) = trigger_with_a_message(retry).await;
+        let error = HandlerError::retryable("later").retry_after(Duration::from_secs(7));
+        let delivery = next(&mut subscription).await;
+        trigger
+            .settle_failure(delivery, CallFailure::Handler(error))
+            .await;
+        let failed_at = tokio::time::Instant::now();
+        next(&mut subscription).await;
+        assert_eq!(failed_at.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_on_the_last_attempt_is_dead_lettered() {
+        let retry = "        backoff: fixed\n        delay: 2s\n        max_attempts: 1\n";
+        let (trigger, mut subscription) = trigger_with_a_message(retry).await;
+        let failure = CallFailure::Timeout(Duration::from_secs(30));
+        let outcome = trigger
+            .settle_failure(next(&mut subscription).await, failure)
+            .await;
+        assert_eq!(outcome, Outcome::DeadLettered);
+        let key = &trigger.key;
+        assert_eq!(
+            trigger
+                .adapter
+                .dlq_count(&key.topic, Some(&key.trigger))
+                .await
+                .unwrap(),
+            1
+        );
+        let counts = trigger.counters.snapshot();
+        assert_eq!((counts.failed, counts.dead_lettered), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_non_retryable_failure_is_dead_lettered_on_its_first_attempt() {
+        let retry = "        backoff: fixed\n        delay: 2s\n        max_attempts: 5\n";
+        let (trigger, mut subscription) = trigger_with_a_message(retry).await;
+        let failure = CallFailure::Handler(HandlerError::non_retryable("bad input"));
+        let outcome = trigger
+            .settle_failure(next(&mut subscription).await, failure)
+            .await;
+        assert_eq!(outcome, Outcome::DeadLettered);
+        let page = trigger
+            .adapter
+            .dlq_list(topiq_adapter::DlqQuery::new(trigger.key.topic.clone()))
+            .await
+            .unwrap();
+        assert_eq!(page.records[0].error.kind, FailureKind::NonRetryable);
+        assert_eq!(page.records[0].attempts, 1);
+    }
+}
