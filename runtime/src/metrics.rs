@@ -434,3 +434,47 @@ fn otel_labels(key: &SubscriptionKey) -> Arc<[KeyValue]> {
 pub(crate) fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn key() -> SubscriptionKey {
+        SubscriptionKey::new(
+            TopicName::new("jobs").unwrap(),
+            topiq_adapter::TriggerName::new("work").unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_triggers_outcomes_and_the_brokers_counts_are_served_with_their_labels() {
+        let mut metrics = Metrics::new(false);
+        metrics.declare_topics([&key().topic]);
+        let trigger = metrics.trigger(&key());
+        trigger.delivered();
+        trigger.succeeded();
+        trigger.succeeded();
+        trigger.dead_lettered();
+        trigger.handler_time(Duration::from_millis(3));
+        metrics.published(&key().topic, 3, true);
+        metrics.set_broker_counts(&key(), 7, 2, 1);
+        metrics.set_broker_up(true);
+        let text = metrics.encode().unwrap();
+        let labels = r#"{topic="jobs",trigger="work"}"#;
+        for line in [
+            format!("topiq_messages_succeeded_total{labels} 2"),
+            format!("topiq_messages_dead_lettered_total{labels} 1"),
+            format!("topiq_messages_waiting{labels} 7"),
+            format!("topiq_messages_in_flight{labels} 2"),
+            format!("topiq_dlq_depth{labels} 1"),
+            format!("topiq_handler_duration_seconds_count{labels} 1"),
+            r#"topiq_messages_published_total{topic="jobs"} 3"#.to_owned(),
+            "topiq_broker_up 1".to_owned(),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        assert_eq!(trigger.succeeded_so_far(), 2);
+    }
+}
