@@ -113,10 +113,7 @@ impl AdapterClass {
             reason: err.to_string(),
         };
         match self {
-            AdapterClass::Builtin => {
-                builtin_options(options).map_err(invalid)?;
-                Ok(Arc::new(BuiltinQueueAdapter::new()))
-            }
+            AdapterClass::Builtin => Ok(Arc::new(BuiltinQueueAdapter::new())),
             #[cfg(feature = "jetstream")]
             AdapterClass::JetStream => {
                 let config =

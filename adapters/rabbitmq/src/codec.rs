@@ -143,8 +143,8 @@ pub(crate) fn arguments(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     table
 }
 
-pub(crate) use topiq_adapter_kit::codec::encode;
 use topiq_adapter_kit::codec::foreign;
+pub(crate) use topiq_adapter_kit::codec::{decode, encode};
 
 #[cfg(test)]
 mod tests {

@@ -298,7 +298,7 @@ async fn decode(
             return None;
         }
     };
-    match serde_json::from_slice(&delivery.data) {
+    match codec::decode(&delivery.data) {
         Ok(data) => Some((metadata, Arc::new(data))),
         Err(err) => {
             tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "dropping a message whose payload is not JSON");

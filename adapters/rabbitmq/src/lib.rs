@@ -139,10 +139,6 @@ impl Shared {
     pub(crate) fn check_dlq(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<()> {
         self.declared.check_dlq(topic, trigger)
     }
-
-    fn has_subscriptions(&self, topic: &TopicName) -> bool {
-        self.declared.has_triggers(topic)
-    }
 }
 
 impl RabbitMqAdapter {

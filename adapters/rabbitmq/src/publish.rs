@@ -77,7 +77,7 @@ impl Shared {
         {
             Published::Stored => Ok(()),
             // A topic without triggers accepts and drops, as on every adapter.
-            Published::Returned if !self.has_subscriptions(&prepared.topic) => Ok(()),
+            Published::Returned if !self.declared.has_triggers(&prepared.topic) => Ok(()),
             Published::Returned => Err(missing_queue(&routing_key)),
             Published::Refused => Err(refused(&routing_key)),
         }
