@@ -109,7 +109,10 @@ impl Raw {
 async fn topiq(url: &str, name: &str) -> (JetStreamAdapter, TopicName, SubscriptionKey) {
     let adapter = JetStreamAdapter::connect(JetStreamConfig {
         url: Some(url.to_owned()),
-        prefix: "tq".to_owned(),
+        connection: topiq_jetstream::ConnectionOptions {
+            prefix: "tq".to_owned(),
+            ..Default::default()
+        },
         ..JetStreamConfig::default()
     })
     .await

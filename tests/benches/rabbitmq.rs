@@ -176,7 +176,10 @@ impl Raw {
 async fn topiq(url: &str, name: &str) -> (RabbitMqAdapter, TopicName, SubscriptionKey) {
     let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
         url: url.to_owned(),
-        prefix: "tq".to_owned(),
+        connection: topiq_rabbitmq::ConnectionOptions {
+            prefix: "tq".to_owned(),
+            ..Default::default()
+        },
         ..RabbitMqConfig::default()
     })
     .await

@@ -21,8 +21,11 @@ async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
     let server = NatsServer::start_with(&["--user", "app", "--pass", PASSWORD]);
     let config = |password: &str| JetStreamConfig {
         url: Some(server.url()),
-        user: Some("app".into()),
-        password: Some(password.into()),
+        connection: topiq_jetstream::ConnectionOptions {
+            user: Some("app".into()),
+            password: Some(password.into()),
+            ..Default::default()
+        },
         ..JetStreamConfig::default()
     };
     let adapter = JetStreamAdapter::connect(config(PASSWORD))
@@ -85,10 +88,13 @@ async fn tls_with_the_right_ca_connects_and_without_it_is_refused() {
     ]);
     let config = |ca: Option<std::path::PathBuf>| JetStreamConfig {
         url: Some(server.url().replace("nats://", "tls://")),
-        tls: Some(topiq_jetstream::TlsConfig {
-            ca,
+        connection: topiq_jetstream::ConnectionOptions {
+            tls: Some(topiq_jetstream::TlsConfig {
+                ca,
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
+        },
         ..JetStreamConfig::default()
     };
     let adapter = JetStreamAdapter::connect(config(Some(dir.join("ca.pem"))))

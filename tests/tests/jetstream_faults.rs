@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use topiq_adapter::{
-    Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
-    TriggerName,
+    Adapter, ConsumeOptions, DeadLetters, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName,
+    TopicSpec, TriggerName,
 };
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_testkit::{

@@ -43,8 +43,11 @@ async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
     let user = vhost.add_user(PASSWORD);
     let config = |password: &str| RabbitMqConfig {
         url: vhost.url_without_credentials(),
-        user: Some(user.clone()),
-        password: Some(password.into()),
+        connection: topiq_rabbitmq::ConnectionOptions {
+            user: Some(user.clone()),
+            password: Some(password.into()),
+            ..Default::default()
+        },
         reconnect_wait: Duration::from_secs(1),
         ..RabbitMqConfig::default()
     };
@@ -138,10 +141,13 @@ async fn tls_with_the_right_ca_connects_and_without_it_is_refused() {
     ));
     let config = |ca: Option<std::path::PathBuf>| RabbitMqConfig {
         url: format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f"),
-        tls: Some(topiq_rabbitmq::TlsConfig {
-            ca,
+        connection: topiq_rabbitmq::ConnectionOptions {
+            tls: Some(topiq_rabbitmq::TlsConfig {
+                ca,
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
+        },
         reconnect_wait: Duration::from_secs(1),
         ..RabbitMqConfig::default()
     };

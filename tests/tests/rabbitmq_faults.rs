@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use topiq_adapter::{
-    Adapter, ConsumeOptions, Error, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName,
-    TopicSpec, TriggerName,
+    Adapter, ConsumeOptions, DeadLetters, Error, NewMessage, SubscriptionKey, SubscriptionSpec,
+    TopicName, TopicSpec, TriggerName,
 };
 use topiq_rabbitmq::{QueueType, RabbitMqAdapter, RabbitMqConfig};
 use topiq_testkit::{

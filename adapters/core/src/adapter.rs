@@ -26,12 +26,13 @@ pub struct SubscriptionStats {
     pub dead_lettered: u64,
 }
 
-/// A message broker behind topiq's one contract.
+/// A message broker behind topiq's one contract: its dead-letter queues are the
+/// [`DeadLetters`] part of it.
 ///
 /// Every method's mapping onto JetStream and RabbitMQ is in the [crate docs](crate). Methods
 /// return futures that are `Send`, so the runtime can spawn them; [`DynAdapter`] is the same
 /// contract as a trait object.
-pub trait Adapter: Send + Sync + 'static {
+pub trait Adapter: DeadLetters {
     /// What the adapter can honour; the runtime checks the config against it before starting.
     fn capabilities(&self) -> Capabilities;
 
@@ -70,6 +71,26 @@ pub trait Adapter: Send + Sync + 'static {
         options: ConsumeOptions,
     ) -> impl Future<Output = Result<Subscription>> + Send;
 
+    /// Counts of one subscription.
+    fn stats(
+        &self,
+        key: &SubscriptionKey,
+    ) -> impl Future<Output = Result<SubscriptionStats>> + Send;
+
+    /// Ok when the broker answers.
+    fn health(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops every consumer (their streams end), refuses further calls, and closes the
+    /// connection. Deliveries still unsettled are left to the broker to deliver again.
+    fn close(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The dead-letter part of the [`Adapter`] contract: inspection, redrive and purge of the
+/// records of messages that exhausted their attempts.
+///
+/// Each broker adapter implements it in its own `dlq` module, beside the code that writes
+/// the records.
+pub trait DeadLetters: Send + Sync + 'static {
     /// Counts the dead-letter records of a topic, or of one trigger on it.
     fn dlq_count(
         &self,
@@ -97,19 +118,6 @@ pub trait Adapter: Send + Sync + 'static {
         trigger: Option<&TriggerName>,
         selection: DlqSelection,
     ) -> impl Future<Output = Result<u64>> + Send;
-
-    /// Counts of one subscription.
-    fn stats(
-        &self,
-        key: &SubscriptionKey,
-    ) -> impl Future<Output = Result<SubscriptionStats>> + Send;
-
-    /// Ok when the broker answers.
-    fn health(&self) -> impl Future<Output = Result<()>> + Send;
-
-    /// Stops every consumer (their streams end), refuses further calls, and closes the
-    /// connection. Deliveries still unsettled are left to the broker to deliver again.
-    fn close(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// [`Adapter`] as a trait object; every `Adapter` is one.
@@ -195,10 +203,10 @@ impl<A: Adapter> DynAdapter for A {
         topic: &'a TopicName,
         trigger: Option<&'a TriggerName>,
     ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(Adapter::dlq_count(self, topic, trigger))
+        Box::pin(DeadLetters::dlq_count(self, topic, trigger))
     }
     fn dlq_list(&self, query: DlqQuery) -> BoxFuture<'_, Result<DlqPage>> {
-        Box::pin(Adapter::dlq_list(self, query))
+        Box::pin(DeadLetters::dlq_list(self, query))
     }
     fn dlq_redrive<'a>(
         &'a self,
@@ -206,7 +214,7 @@ impl<A: Adapter> DynAdapter for A {
         trigger: Option<&'a TriggerName>,
         selection: DlqSelection,
     ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(Adapter::dlq_redrive(self, topic, trigger, selection))
+        Box::pin(DeadLetters::dlq_redrive(self, topic, trigger, selection))
     }
     fn dlq_purge<'a>(
         &'a self,
@@ -214,7 +222,7 @@ impl<A: Adapter> DynAdapter for A {
         trigger: Option<&'a TriggerName>,
         selection: DlqSelection,
     ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(Adapter::dlq_purge(self, topic, trigger, selection))
+        Box::pin(DeadLetters::dlq_purge(self, topic, trigger, selection))
     }
     fn stats<'a>(&'a self, key: &'a SubscriptionKey) -> BoxFuture<'a, Result<SubscriptionStats>> {
         Box::pin(Adapter::stats(self, key))

@@ -48,10 +48,10 @@
 //! | [`Delivery::release`] | back at the head of the queue, same attempt |
 //! | [`Delivery::extend_lease`] | lease deadline moved to now + visibility timeout |
 //! | lease expiry | checked by every consumer and DLQ call |
-//! | [`dlq_count`](Adapter::dlq_count) | count of the topic's DLQ records |
-//! | [`dlq_list`](Adapter::dlq_list) | ordered records from a cursor |
-//! | [`dlq_redrive`](Adapter::dlq_redrive) | record back into its trigger's queue only, attempt 1 |
-//! | [`dlq_purge`](Adapter::dlq_purge) | records removed |
+//! | [`dlq_count`](DeadLetters::dlq_count) | count of the topic's DLQ records |
+//! | [`dlq_list`](DeadLetters::dlq_list) | ordered records from a cursor |
+//! | [`dlq_redrive`](DeadLetters::dlq_redrive) | record back into its trigger's queue only, attempt 1 |
+//! | [`dlq_purge`](DeadLetters::dlq_purge) | records removed |
 //! | [`stats`](Adapter::stats) | counts from the trigger queue |
 //! | [`health`](Adapter::health) | Ok until closed |
 //! | [`close`](Adapter::close) | consumers end; later calls fail with [`Error::Closed`] |
@@ -79,7 +79,7 @@ mod subscription;
 #[cfg(feature = "testkit")]
 pub mod conformance;
 
-pub use adapter::{Adapter, DynAdapter, SharedAdapter, SubscriptionStats};
+pub use adapter::{Adapter, DeadLetters, DynAdapter, SharedAdapter, SubscriptionStats};
 pub use delivery::{Acker, Delivery, Failure, FailureKind, MAX_FAILURE_MESSAGE};
 pub use dlq::{DeadLetter, DlqFilter, DlqPage, DlqQuery, DlqRecordRef, DlqSelection, MAX_DLQ_PAGE};
 pub use error::{BoxError, Error, Result};

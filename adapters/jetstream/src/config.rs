@@ -5,8 +5,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-use topiq_adapter_kit::{OptionsError, Secret, TlsSettings, duration, redact_url};
+use serde::{Deserialize, Deserializer};
+use topiq_adapter_kit::{
+    AdapterOptions, ConnectionOptions, OptionsError, Secret, deserialize_options, duration,
+    read_options, redact_url,
+};
 
 /// Where the stream data is kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -21,20 +24,17 @@ pub enum Storage {
 
 /// `modules::queue::JetStreamAdapter`'s options.
 #[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct JetStreamConfig {
+    /// `user`, `password`, `tls`, `name` and `prefix` (read from the same map).
+    #[serde(skip)]
+    pub connection: ConnectionOptions,
     /// One server, such as `nats://127.0.0.1:4222`.
     #[serde(default)]
     pub url: Option<String>,
     /// Several servers of one cluster.
     #[serde(default)]
     pub urls: Vec<String>,
-    /// User name, with `password`.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Password, with `user`.
-    #[serde(default)]
-    pub password: Option<Secret>,
     /// Token authentication.
     #[serde(default)]
     pub token: Option<Secret>,
@@ -44,16 +44,6 @@ pub struct JetStreamConfig {
     /// An NKey seed (`SU...`) for NKey authentication.
     #[serde(default)]
     pub nkey: Option<Secret>,
-    /// TLS to the server.
-    #[serde(default)]
-    pub tls: Option<TlsSettings>,
-    /// The connection's name, shown by the server's monitoring.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Prefix of every subject and stream topiq creates, so several applications can share
-    /// one server. Letters, digits, `_` and `-`.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
     /// Where streams keep their data (every topic's, unless `streams` says otherwise).
     #[serde(default)]
     pub storage: Storage,
@@ -122,10 +112,6 @@ fn check_max_bytes(field: &str, max_bytes: Option<u64>) -> Result<(), String> {
     }
 }
 
-fn default_prefix() -> String {
-    "topiq".into()
-}
-
 fn default_replicas() -> usize {
     1
 }
@@ -143,14 +129,10 @@ impl Default for JetStreamConfig {
         Self {
             url: None,
             urls: Vec::new(),
-            user: None,
-            password: None,
+            connection: ConnectionOptions::default(),
             token: None,
             creds_file: None,
             nkey: None,
-            tls: None,
-            name: None,
-            prefix: default_prefix(),
             storage: Storage::File,
             replicas: 1,
             max_bytes: None,
@@ -174,14 +156,10 @@ impl fmt::Debug for JetStreamConfig {
                     .map(|url| redact_url(url))
                     .collect::<Vec<_>>(),
             )
-            .field("user", &self.user)
-            .field("password", &self.password)
+            .field("connection", &self.connection)
             .field("token", &self.token)
             .field("creds_file", &self.creds_file)
             .field("nkey", &self.nkey)
-            .field("tls", &self.tls)
-            .field("name", &self.name)
-            .field("prefix", &self.prefix)
             .field("storage", &self.storage)
             .field("replicas", &self.replicas)
             .field("max_bytes", &self.max_bytes)
@@ -206,64 +184,7 @@ impl JetStreamConfig {
                 "needs at least `url`, such as `url: nats://127.0.0.1:4222`".into(),
             ));
         }
-        let config: Self = serde_json::from_value(value.clone())?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Checks the options against each other; the error names the option.
-    pub fn validate(&self) -> Result<(), OptionsError> {
-        self.check().map_err(OptionsError::Invalid)
-    }
-
-    /// Checks the options against each other.
-    fn check(&self) -> Result<(), String> {
-        if self.url.is_none() && self.urls.is_empty() {
-            return Err("give `url` (one server) or `urls` (a cluster)".into());
-        }
-        if self.url.is_some() && !self.urls.is_empty() {
-            return Err("give either `url` or `urls`, not both".into());
-        }
-        if self.user.is_some() != self.password.is_some() {
-            return Err("`user` and `password` go together".into());
-        }
-        let methods = [
-            self.user.is_some(),
-            self.token.is_some(),
-            self.creds_file.is_some(),
-            self.nkey.is_some(),
-        ];
-        if methods.into_iter().filter(|given| *given).count() > 1 {
-            return Err(
-                "give one way to authenticate: `user`/`password`, `token`, `creds_file` or `nkey`"
-                    .into(),
-            );
-        }
-        if let Some(tls) = &self.tls {
-            tls.validate()?;
-        }
-        if self.prefix.is_empty()
-            || !self
-                .prefix
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
-        {
-            return Err(format!(
-                "prefix {:?} must be letters, digits, `_` and `-`",
-                self.prefix
-            ));
-        }
-        check_replicas("replicas", self.replicas)?;
-        check_max_bytes("max_bytes", self.max_bytes)?;
-        for (topic, settings) in &self.streams {
-            topiq_adapter::TopicName::new(topic.as_str())
-                .map_err(|err| format!("streams: {topic:?} is not a topic name: {err}"))?;
-            if let Some(replicas) = settings.replicas {
-                check_replicas(&format!("streams.{topic}.replicas"), replicas)?;
-            }
-            check_max_bytes(&format!("streams.{topic}.max_bytes"), settings.max_bytes)?;
-        }
-        Ok(())
+        read_options(value)
     }
 
     /// The adapter's own stream settings (for streams of no one topic, and the defaults).
@@ -317,6 +238,56 @@ impl JetStreamConfig {
     }
 }
 
+impl AdapterOptions for JetStreamConfig {
+    fn deserialize_own<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize(deserializer)
+    }
+
+    fn connection_mut(&mut self) -> &mut ConnectionOptions {
+        &mut self.connection
+    }
+
+    /// Checks the options against each other.
+    fn check(&self) -> Result<(), String> {
+        if self.url.is_none() && self.urls.is_empty() {
+            return Err("give `url` (one server) or `urls` (a cluster)".into());
+        }
+        if self.url.is_some() && !self.urls.is_empty() {
+            return Err("give either `url` or `urls`, not both".into());
+        }
+        self.connection.validate()?;
+        let methods = [
+            self.connection.user.is_some(),
+            self.token.is_some(),
+            self.creds_file.is_some(),
+            self.nkey.is_some(),
+        ];
+        if methods.into_iter().filter(|given| *given).count() > 1 {
+            return Err(
+                "give one way to authenticate: `user`/`password`, `token`, `creds_file` or `nkey`"
+                    .into(),
+            );
+        }
+        check_replicas("replicas", self.replicas)?;
+        check_max_bytes("max_bytes", self.max_bytes)?;
+        for (topic, settings) in &self.streams {
+            topiq_adapter::TopicName::new(topic.as_str())
+                .map_err(|err| format!("streams: {topic:?} is not a topic name: {err}"))?;
+            if let Some(replicas) = settings.replicas {
+                check_replicas(&format!("streams.{topic}.replicas"), replicas)?;
+            }
+            check_max_bytes(&format!("streams.{topic}.max_bytes"), settings.max_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for JetStreamConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_options(deserializer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,8 +301,11 @@ mod tests {
         }))
         .unwrap();
         let with_password = JetStreamConfig {
-            user: Some("app".into()),
-            password: Some("s3cret".into()),
+            connection: ConnectionOptions {
+                user: Some("app".into()),
+                password: Some("s3cret".into()),
+                ..ConnectionOptions::default()
+            },
             ..config
         };
         let printed = format!("{with_password:?}");

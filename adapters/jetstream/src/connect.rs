@@ -9,7 +9,7 @@ use async_nats::ConnectOptions;
 use async_nats::jetstream;
 use tokio::sync::Mutex;
 use topiq_adapter::{Error, Result};
-use topiq_adapter_kit::{Declared, redact_url};
+use topiq_adapter_kit::{AdapterOptions, Declared, redact_url};
 
 use crate::config::{JetStreamConfig, UrlCredentials};
 use crate::layout::Layout;
@@ -42,7 +42,9 @@ impl JetStreamAdapter {
             shared: Arc::new(Shared {
                 client,
                 js,
-                layout: Layout::new(&config.prefix),
+                layout: Layout {
+                    prefix: config.connection.prefix.clone(),
+                },
                 config,
                 ledgers: RwLock::new(HashMap::new()),
                 declared: Declared::default(),
@@ -66,7 +68,7 @@ async fn connect_options(
     // notices a connection that stopped answering within about two heartbeats.
     let mut options =
         ConnectOptions::new().ping_interval((config.heartbeat / 2).max(Duration::from_millis(100)));
-    let configured = config.user.is_some() || config.token.is_some();
+    let configured = config.connection.user.is_some() || config.token.is_some();
     match url_credentials {
         Some(UrlCredentials::UserPassword(user, password)) if !configured => {
             options = options.user_and_password(user, password);
@@ -76,10 +78,10 @@ async fn connect_options(
         }
         _ => {}
     }
-    if let Some(name) = &config.name {
+    if let Some(name) = &config.connection.name {
         options = options.name(name);
     }
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+    if let (Some(user), Some(password)) = (&config.connection.user, &config.connection.password) {
         options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
     if let Some(token) = &config.token {
@@ -97,7 +99,7 @@ async fn connect_options(
                 reason: format!("cannot read {}: {err}", path.display()),
             })?;
     }
-    if let Some(tls) = &config.tls {
+    if let Some(tls) = &config.connection.tls {
         options = options.require_tls(true);
         if let Some(ca) = &tls.ca {
             options = options.add_root_certificates(ca.clone());

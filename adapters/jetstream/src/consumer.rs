@@ -471,7 +471,14 @@ async fn receive(
         .metadata
         .attempt_base
         .saturating_add(decoded.delivered);
-    let held = Held::new(spec, decoded.metadata, decoded.data, attempt, permit);
+    let held = Held::new(
+        spec,
+        decoded.metadata,
+        decoded.data,
+        attempt,
+        permit,
+        &shared.closed,
+    );
     let envelope = held.envelope();
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
@@ -576,11 +583,7 @@ impl Received {
     /// Dead-letters a message whose lease ran out after `attempts` attempts; on failure the
     /// server delivers it again, so the error is only logged.
     async fn dead_letter_expired(&self, attempts: u32) {
-        let failure = Failure::lease_expired(
-            self.held.visibility_timeout,
-            attempts,
-            self.held.max_attempts,
-        );
+        let failure = self.held.lease_expired(attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.held.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
         }
@@ -633,11 +636,8 @@ impl Received {
     /// Dead-letters a message its trigger reached after the topic's retention ran out
     /// (`attempts` attempts made); on failure the server delivers it again.
     async fn dead_letter_past_retention(&self, attempts: u32) {
-        let retention = self
-            .shared
-            .topic(&self.held.key.topic)
-            .ok()
-            .and_then(|topic| topic.retention);
+        let topic = self.shared.topic(&self.held.key.topic);
+        let retention = topic.ok().and_then(|topic| topic.retention);
         if let Err(err) = self
             .move_to_dlq(Failure::expired(retention, attempts), attempts)
             .await
@@ -706,15 +706,8 @@ struct JetStreamAcker {
 }
 
 impl JetStreamAcker {
-    /// Claims the delivery for a settlement: refused once the lease ran out (the server may
-    /// have delivered the message again, or the watcher dead-lettered it).
-    fn claim(&self) -> Result<()> {
-        self.received.shared.ensure_open()?;
-        self.received.held.claim()
-    }
-
     async fn settle(self, settlement: Settlement) -> Result<()> {
-        self.claim()?;
+        self.received.held.claim()?;
         let received = &self.received;
         match settlement {
             Settlement::Nack(_) if received.held.attempt >= received.held.max_attempts => {
@@ -852,7 +845,7 @@ impl Acker for JetStreamAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         // The hot path has a future of its own, a fraction of the size of `settle`'s.
         Box::pin(async move {
-            self.claim()?;
+            self.received.held.claim()?;
             self.received
                 .message
                 .ack()

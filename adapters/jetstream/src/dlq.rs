@@ -5,12 +5,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use topiq_adapter::{
-    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE, Result, TopicName,
-    TriggerName,
+    DeadLetter, DeadLetters, DlqPage, DlqQuery, DlqSelection, Error, MAX_DLQ_PAGE, Result,
+    TopicName, TriggerName,
 };
 
 use crate::codec::{Headers, Metadata};
-use crate::{Shared, broker};
+use crate::{JetStreamAdapter, Shared, broker};
 
 fn filter(shared: &Shared, topic: &TopicName, trigger: Option<&TriggerName>) -> String {
     match trigger {
@@ -36,20 +36,6 @@ pub(crate) async fn subject_count(shared: &Shared, stream: &str, subject: &str) 
         total += count as u64;
     }
     Ok(total)
-}
-
-pub(crate) async fn count(
-    shared: &Shared,
-    topic: &TopicName,
-    trigger: Option<&TriggerName>,
-) -> Result<u64> {
-    shared.check_dlq(topic, trigger)?;
-    subject_count(
-        shared,
-        &shared.layout.dlq_stream(topic),
-        &filter(shared, topic, trigger),
-    )
-    .await
 }
 
 /// Up to `limit` stored records after sequence `after`, with their sequences.
@@ -124,9 +110,8 @@ async fn scan(
     }
 }
 
-pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
-    shared.check_dlq(&query.topic, query.trigger.as_ref())?;
-    let mut after = query.validate()?;
+/// The page of `query`'s records after sequence `after`.
+async fn page_after(shared: &Shared, query: &DlqQuery, mut after: u64) -> Result<DlqPage> {
     let mut records = Vec::new();
     let mut last_returned = after;
     loop {
@@ -226,20 +211,36 @@ async fn send_back(
         .map(|_| ())
 }
 
-pub(crate) async fn redrive(
-    shared: &Shared,
-    topic: &TopicName,
-    trigger: Option<&TriggerName>,
-    selection: DlqSelection,
-) -> Result<u64> {
-    remove_selected(shared, topic, trigger, selection, Removal::Redrive).await
-}
+impl DeadLetters for JetStreamAdapter {
+    async fn dlq_count(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<u64> {
+        let shared = &self.shared;
+        shared.check_dlq(topic, trigger)?;
+        let stream = shared.layout.dlq_stream(topic);
+        subject_count(shared, &stream, &filter(shared, topic, trigger)).await
+    }
 
-pub(crate) async fn purge(
-    shared: &Shared,
-    topic: &TopicName,
-    trigger: Option<&TriggerName>,
-    selection: DlqSelection,
-) -> Result<u64> {
-    remove_selected(shared, topic, trigger, selection, Removal::Purge).await
+    async fn dlq_list(&self, query: DlqQuery) -> Result<DlqPage> {
+        self.shared
+            .check_dlq(&query.topic, query.trigger.as_ref())?;
+        let after = query.validate()?;
+        page_after(&self.shared, &query, after).await
+    }
+
+    async fn dlq_redrive(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        remove_selected(&self.shared, topic, trigger, selection, Removal::Redrive).await
+    }
+
+    async fn dlq_purge(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        remove_selected(&self.shared, topic, trigger, selection, Removal::Purge).await
+    }
 }

@@ -33,16 +33,11 @@ pub(crate) mod header {
 /// Names derived from the configured subject prefix.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
-    prefix: String,
+    /// The configured `prefix`, first in every name.
+    pub(crate) prefix: String,
 }
 
 impl Layout {
-    pub(crate) fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
-    }
-
     /// Stream names cannot hold `.`; two topics that differ only by `.` versus `_` map to the
     /// same name, which `declare_topic` detects from the stream's subjects.
     fn stream_part(topic: &TopicName) -> String {

@@ -33,13 +33,13 @@ use async_nats::jetstream::{self};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use topiq_adapter::{
-    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, NewMessage,
-    PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
-    TopicName, TopicSpec, TriggerName,
+    Adapter, Capabilities, ConsumeOptions, DeadLetters, Error, NewMessage, PublishReceipt, Result,
+    Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats, TopicName, TopicSpec,
+    TriggerName,
 };
 
 pub use config::{JetStreamConfig, Storage};
-pub use topiq_adapter_kit::TlsSettings as TlsConfig;
+pub use topiq_adapter_kit::{AdapterOptions, ConnectionOptions, TlsSettings as TlsConfig};
 
 use layout::Layout;
 use topiq_adapter_kit::Declared;
@@ -165,11 +165,7 @@ impl Shared {
     }
 
     pub(crate) fn ensure_open(&self) -> Result<()> {
-        if self.closed.is_cancelled() {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        topiq_adapter_kit::ensure_open(&self.closed)
     }
 
     pub(crate) fn topic(&self, name: &TopicName) -> Result<TopicSpec> {
@@ -266,32 +262,6 @@ impl Adapter for JetStreamAdapter {
         ))
     }
 
-    async fn dlq_count(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<u64> {
-        dlq::count(&self.shared, topic, trigger).await
-    }
-
-    async fn dlq_list(&self, query: DlqQuery) -> Result<DlqPage> {
-        dlq::list(&self.shared, query).await
-    }
-
-    async fn dlq_redrive(
-        &self,
-        topic: &TopicName,
-        trigger: Option<&TriggerName>,
-        selection: DlqSelection,
-    ) -> Result<u64> {
-        dlq::redrive(&self.shared, topic, trigger, selection).await
-    }
-
-    async fn dlq_purge(
-        &self,
-        topic: &TopicName,
-        trigger: Option<&TriggerName>,
-        selection: DlqSelection,
-    ) -> Result<u64> {
-        dlq::purge(&self.shared, topic, trigger, selection).await
-    }
-
     async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
         let shared = &self.shared;
         shared.subscription(key)?;
@@ -324,7 +294,7 @@ impl Adapter for JetStreamAdapter {
             waiting: waiting + delayed,
             delayed,
             in_flight,
-            dead_lettered: dlq::count(shared, &key.topic, Some(&key.trigger)).await?,
+            dead_lettered: self.dlq_count(&key.topic, Some(&key.trigger)).await?,
         })
     }
 

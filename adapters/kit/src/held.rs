@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use topiq_adapter::{
-    DeadLetter, Envelope, Failure, Result, SubscriptionKey, SubscriptionSpec, TopicName,
+    DeadLetter, Envelope, Error, Failure, Result, SubscriptionKey, SubscriptionSpec, TopicName,
 };
 
 use crate::Stored;
@@ -32,17 +33,21 @@ pub struct Held {
     pub dead_letter_topic: Option<TopicName>,
     /// The lease, holding one of the subscription's prefetch slots.
     pub lease: Mutex<Lease>,
+    /// Cancelled when the adapter closes: no settlement is taken after that.
+    closed: CancellationToken,
 }
 
 impl Held {
     /// `metadata` and `data` received on `spec`'s subscription at `attempt`, its lease
-    /// starting now and holding `permit`.
+    /// starting now and holding `permit`, by an adapter that is closed when `closed` is
+    /// cancelled.
     pub fn new(
         spec: &SubscriptionSpec,
         metadata: Stored,
         data: Arc<Value>,
         attempt: u32,
         permit: OwnedSemaphorePermit,
+        closed: &CancellationToken,
     ) -> Self {
         Self {
             key: spec.key.clone(),
@@ -53,6 +58,7 @@ impl Held {
             visibility_timeout: spec.visibility_timeout,
             dead_letter_topic: spec.dead_letter_topic.clone(),
             lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
+            closed: closed.clone(),
         }
     }
 
@@ -66,8 +72,11 @@ impl Held {
         )
     }
 
-    /// Claims the lease for a settlement: `LeaseExpired` once it is settled or ran out.
+    /// Claims the lease for a settlement: `Closed` once the adapter is closed, `LeaseExpired`
+    /// once the lease is settled or ran out (the broker may have delivered the message again,
+    /// or the watcher dead-lettered it).
     pub fn claim(&self) -> Result<()> {
+        ensure_open(&self.closed)?;
         lease::claim(&self.lease, &self.metadata.id)
     }
 
@@ -77,9 +86,23 @@ impl Held {
         lease::extend(&self.lease, self.visibility_timeout, &self.metadata.id)
     }
 
+    /// The failure of a lease that ran out after `attempts` attempts.
+    pub fn lease_expired(&self, attempts: u32) -> Failure {
+        Failure::lease_expired(self.visibility_timeout, attempts, self.max_attempts)
+    }
+
     /// The DLQ record of this message failing for good after `attempts` attempts.
     pub fn dead_letter(&self, error: Failure, attempts: u32) -> DeadLetter {
         self.metadata
             .dead_letter(&self.key, Arc::clone(&self.data), attempts, error)
+    }
+}
+
+/// `Closed` once `closed` is cancelled: the check every adapter call makes first.
+pub fn ensure_open(closed: &CancellationToken) -> Result<()> {
+    if closed.is_cancelled() {
+        Err(Error::Closed)
+    } else {
+        Ok(())
     }
 }

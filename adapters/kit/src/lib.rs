@@ -6,10 +6,13 @@
 //! - [`Stored`]: what a broker keeps beside a message's data (id, enqueue time, attempts
 //!   spent, trace context, ...), turned into the handler's envelope and into the DLQ record;
 //! - [`codec`]: a message's data as bytes, and the error for a message topiq did not write;
-//! - [`Secret`], [`TlsSettings`], [`duration`] and [`redact_url`]: the pieces of an adapter's
-//!   `config:` map.
+//! - [`ConnectionOptions`], [`AdapterOptions`] and [`read_options`]: the options every
+//!   adapter's `config:` map has, read beside its own; [`Secret`], [`TlsSettings`],
+//!   [`duration`] and [`redact_url`]: the pieces of one;
+//! - [`ensure_open`]: the closed-adapter check every call makes first.
 
 pub mod codec;
+mod connection;
 mod declared;
 pub mod duration;
 mod held;
@@ -20,8 +23,9 @@ mod secret;
 mod stored;
 mod tls;
 
+pub use connection::{AdapterOptions, ConnectionOptions, deserialize_options, read_options};
 pub use declared::Declared;
-pub use held::Held;
+pub use held::{Held, ensure_open};
 pub use options::OptionsError;
 pub use redact::redact_url;
 pub use secret::Secret;

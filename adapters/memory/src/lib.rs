@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use topiq_adapter::{
-    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, NewMessage,
-    PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
-    TopicName, TopicSpec, TriggerName,
+    Adapter, Capabilities, ConsumeOptions, DeadLetters, DlqPage, DlqQuery, DlqSelection, Error,
+    NewMessage, PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec,
+    SubscriptionStats, TopicName, TopicSpec, TriggerName,
 };
 
 use crate::queue::ConsumerSlot;
@@ -166,6 +166,29 @@ impl Adapter for BuiltinQueueAdapter {
         Ok(Subscription::new(key.clone(), Box::pin(deliveries)))
     }
 
+    async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
+        let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
+        debug_assert_eq!(queue.key(), key);
+        Ok(queue.stats())
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.ensure_open()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let topics: Vec<Arc<Topic>> = read(&self.topics).values().cloned().collect();
+        for topic in topics {
+            for queue in topic.queues() {
+                queue.wake_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DeadLetters for BuiltinQueueAdapter {
     async fn dlq_count(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<u64> {
         let topic = self.topic_for_dlq(topic, trigger)?;
         Ok(topic.shared.dlq().count(trigger))
@@ -215,26 +238,5 @@ impl Adapter for BuiltinQueueAdapter {
             .into_iter()
             .filter(|(seq, _)| dlq.remove(*seq))
             .count() as u64)
-    }
-
-    async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
-        let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
-        debug_assert_eq!(queue.key(), key);
-        Ok(queue.stats())
-    }
-
-    async fn health(&self) -> Result<()> {
-        self.ensure_open()
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
-        let topics: Vec<Arc<Topic>> = read(&self.topics).values().cloned().collect();
-        for topic in topics {
-            for queue in topic.queues() {
-                queue.wake_all();
-            }
-        }
-        Ok(())
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use topiq_adapter::{
-    Adapter, ConsumeOptions, DlqQuery, FailureKind, NewMessage, SubscriptionKey, SubscriptionSpec,
-    TopicName, TopicSpec, TriggerName,
+    Adapter, ConsumeOptions, DeadLetters, DlqQuery, FailureKind, NewMessage, SubscriptionKey,
+    SubscriptionSpec, TopicName, TopicSpec, TriggerName,
 };
 use topiq_memory::BuiltinQueueAdapter;
 

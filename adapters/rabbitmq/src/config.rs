@@ -3,8 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
-use topiq_adapter_kit::{OptionsError, Secret, TlsSettings, duration, redact_url};
+use serde::{Deserialize, Deserializer};
+use topiq_adapter_kit::{
+    AdapterOptions, ConnectionOptions, OptionsError, deserialize_options, duration, read_options,
+    redact_url,
+};
 
 /// The kind of queue each trigger gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -20,7 +23,7 @@ pub enum QueueType {
 
 /// `modules::queue::RabbitMQAdapter`'s options.
 #[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct RabbitMqConfig {
     /// `amqp://` or `amqps://` URL, credentials and vhost included if wanted
     /// (`amqp://user:pass@host:5672/vhost`); the fields below override its parts.
@@ -29,22 +32,10 @@ pub struct RabbitMqConfig {
     /// The virtual host.
     #[serde(default)]
     pub vhost: Option<String>,
-    /// User name, with `password`.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Password, with `user`.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// TLS (with an `amqps://` URL).
-    #[serde(default)]
-    pub tls: Option<TlsSettings>,
-    /// The connection's name, shown in RabbitMQ's management UI.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Prefix of every exchange and queue topiq creates, so several applications can share
-    /// one vhost. Letters, digits, `_` and `-`.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
+    /// `user`, `password`, `tls` (with an `amqps://` URL), `name` and `prefix` (read from the
+    /// same map).
+    #[serde(skip)]
+    pub connection: ConnectionOptions,
     /// The trigger queues' type.
     #[serde(default)]
     pub queue_type: QueueType,
@@ -74,10 +65,6 @@ fn default_url() -> String {
     "amqp://127.0.0.1:5672/%2f".to_owned()
 }
 
-fn default_prefix() -> String {
-    "topiq".to_owned()
-}
-
 fn default_publish_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -95,11 +82,7 @@ impl Default for RabbitMqConfig {
         Self {
             url: default_url(),
             vhost: None,
-            user: None,
-            password: None,
-            tls: None,
-            name: None,
-            prefix: default_prefix(),
+            connection: ConnectionOptions::default(),
             queue_type: QueueType::default(),
             publish_timeout: default_publish_timeout(),
             reconnect_wait: default_reconnect_wait(),
@@ -112,18 +95,31 @@ impl RabbitMqConfig {
     /// Reads the adapter's `config:` map (absent: every default, RabbitMQ on loopback) and
     /// checks it; the error names the option.
     pub fn from_value(value: &serde_json::Value) -> Result<Self, OptionsError> {
-        let config: Self = if value.is_null() {
-            Self::default()
-        } else {
-            serde_json::from_value(value.clone())?
-        };
-        config.validate()?;
-        Ok(config)
+        read_options(value)
+    }
+}
+
+impl fmt::Debug for RabbitMqConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqConfig")
+            .field("url", &redact_url(&self.url))
+            .field("vhost", &self.vhost)
+            .field("connection", &self.connection)
+            .field("queue_type", &self.queue_type)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+impl AdapterOptions for RabbitMqConfig {
+    fn deserialize_own<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize(deserializer)
     }
 
-    /// Checks the options against each other; the error names the option.
-    pub fn validate(&self) -> Result<(), OptionsError> {
-        self.check().map_err(OptionsError::Invalid)
+    fn connection_mut(&mut self) -> &mut ConnectionOptions {
+        &mut self.connection
     }
 
     /// Checks the options; the error names the option and what is allowed.
@@ -134,21 +130,7 @@ impl RabbitMqConfig {
                 redact_url(&self.url)
             ));
         }
-        if self.user.is_some() != self.password.is_some() {
-            return Err("user and password go together: give both or neither".into());
-        }
-        if self.prefix.is_empty()
-            || self.prefix.len() > 32
-            || !self
-                .prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!(
-                "prefix must be 1 to 32 letters, digits, '_' or '-', got {:?}",
-                self.prefix
-            ));
-        }
+        self.connection.validate()?;
         if self.publish_timeout.is_zero() || self.reconnect_wait.is_zero() {
             return Err("publish_timeout and reconnect_wait must be longer than zero".into());
         }
@@ -158,34 +140,18 @@ impl RabbitMqConfig {
                 self.heartbeat
             ));
         }
-        if let Some(tls) = &self.tls {
-            tls.validate()?;
-            if !self.url.starts_with("amqps://") {
-                return Err(
-                    "tls is set but url is amqp://, which connects without TLS: use amqps://"
-                        .into(),
-                );
-            }
+        if self.connection.tls.is_some() && !self.url.starts_with("amqps://") {
+            return Err(
+                "tls is set but url is amqp://, which connects without TLS: use amqps://".into(),
+            );
         }
         Ok(())
     }
 }
 
-impl fmt::Debug for RabbitMqConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitMqConfig")
-            .field("url", &redact_url(&self.url))
-            .field("vhost", &self.vhost)
-            .field("user", &self.user)
-            .field("password", &self.password)
-            .field("tls", &self.tls)
-            .field("name", &self.name)
-            .field("prefix", &self.prefix)
-            .field("queue_type", &self.queue_type)
-            .field("publish_timeout", &self.publish_timeout)
-            .field("reconnect_wait", &self.reconnect_wait)
-            .field("heartbeat", &self.heartbeat)
-            .finish()
+impl<'de> Deserialize<'de> for RabbitMqConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_options(deserializer)
     }
 }
 
@@ -193,13 +159,17 @@ impl fmt::Debug for RabbitMqConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use topiq_adapter_kit::TlsSettings;
 
     #[test]
     fn credentials_never_reach_debug_output() {
         let config = RabbitMqConfig {
             url: "amqp://app:s3cret@broker:5672/prod".into(),
-            user: Some("app".into()),
-            password: Some("hunter2".into()),
+            connection: ConnectionOptions {
+                user: Some("app".into()),
+                password: Some("hunter2".into()),
+                ..ConnectionOptions::default()
+            },
             ..RabbitMqConfig::default()
         };
         let shown = format!("{config:?}");
@@ -224,21 +194,30 @@ mod tests {
         );
         bad(
             RabbitMqConfig {
-                user: Some("a".into()),
+                connection: ConnectionOptions {
+                    user: Some("a".into()),
+                    ..ConnectionOptions::default()
+                },
                 ..RabbitMqConfig::default()
             },
             "password",
         );
         bad(
             RabbitMqConfig {
-                prefix: "a.b".into(),
+                connection: ConnectionOptions {
+                    prefix: "a.b".into(),
+                    ..ConnectionOptions::default()
+                },
                 ..RabbitMqConfig::default()
             },
             "prefix",
         );
         bad(
             RabbitMqConfig {
-                tls: Some(TlsSettings::default()),
+                connection: ConnectionOptions {
+                    tls: Some(TlsSettings::default()),
+                    ..ConnectionOptions::default()
+                },
                 ..RabbitMqConfig::default()
             },
             "amqps://",

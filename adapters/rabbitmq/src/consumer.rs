@@ -263,7 +263,7 @@ async fn receive(
         .attempt_base
         .saturating_add(earlier)
         .saturating_add(1);
-    let held = Held::new(spec, metadata, data, attempt, permit);
+    let held = Held::new(spec, metadata, data, attempt, permit, &shared.closed);
     let envelope = held.envelope();
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
@@ -366,11 +366,7 @@ impl Received {
     /// Dead-letters a message whose lease ran out after `attempts` attempts; if that fails,
     /// the message goes back to the queue, to be dead-lettered on its next receipt.
     async fn dead_letter_expired(&self, attempts: u32) {
-        let failure = Failure::lease_expired(
-            self.held.visibility_timeout,
-            attempts,
-            self.held.max_attempts,
-        );
+        let failure = self.held.lease_expired(attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.held.key, error = %err, "cannot dead-letter an expired message; it is delivered again");
             tokio::time::sleep(RETURN_AFTER_FAILURE).await;
@@ -382,11 +378,8 @@ impl Received {
     /// (`attempts` attempts made); if that fails, it goes back to the queue, to be
     /// dead-lettered on its next receipt.
     async fn dead_letter_past_retention(&self, attempts: u32) {
-        let retention = self
-            .shared
-            .topic(&self.held.key.topic)
-            .ok()
-            .and_then(|topic| topic.retention);
+        let topic = self.shared.topic(&self.held.key.topic);
+        let retention = topic.ok().and_then(|topic| topic.retention);
         let failure = Failure::expired(retention, attempts);
         if let Err(err) = self.move_to_dlq(failure, attempts).await {
             tracing::error!(trigger = %self.held.key, error = %err, "cannot dead-letter a message past its retention; it is delivered again");
@@ -486,12 +479,6 @@ struct RabbitAcker {
 }
 
 impl RabbitAcker {
-    /// Claims the delivery for a settlement: refused once the lease ran out.
-    fn claim(&self) -> Result<()> {
-        self.received.shared.ensure_open()?;
-        self.received.held.claim()
-    }
-
     /// Runs a claimed settlement; if it fails, the message goes back to its queue (after a
     /// pause) instead of staying unacked on the channel with nobody to settle it.
     async fn or_return(self, settlement: impl Future<Output = Result<()>>) -> Result<()> {
@@ -509,7 +496,7 @@ impl RabbitAcker {
     }
 
     async fn nack(self, delay: Duration) -> Result<()> {
-        self.claim()?;
+        self.received.held.claim()?;
         let received = Arc::clone(&self.received);
         self.or_return(async move { Self::nack_claimed(&received, delay).await })
             .await
@@ -546,7 +533,7 @@ impl RabbitAcker {
     }
 
     async fn release(self) -> Result<()> {
-        self.claim()?;
+        self.received.held.claim()?;
         let received = Arc::clone(&self.received);
         self.or_return(async move {
             let (payload, properties) = received.copy(received.held.attempt.saturating_sub(1))?;
@@ -563,7 +550,7 @@ impl RabbitAcker {
 impl Acker for RabbitAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            self.claim()?;
+            self.received.held.claim()?;
             self.received.ack_original("ack").await
         })
     }
@@ -574,7 +561,7 @@ impl Acker for RabbitAcker {
 
     fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            self.claim()?;
+            self.received.held.claim()?;
             let received = Arc::clone(&self.received);
             let attempts = received.held.attempt;
             self.or_return(async move { received.move_to_dlq(failure, attempts).await })

@@ -15,14 +15,14 @@ use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use topiq_adapter::{
-    DeadLetter, DlqPage, DlqQuery, DlqSelection, Error, MessageId, Result, SubscriptionKey,
-    TopicName, TriggerName,
+    DeadLetter, DeadLetters, DlqPage, DlqQuery, DlqSelection, Error, MessageId, Result,
+    SubscriptionKey, TopicName, TriggerName,
 };
 
 use crate::codec::{self, Metadata, Properties, header};
 use crate::session::OpenChannel;
 use crate::settle::{Settle, settle};
-use crate::{Published, Shared};
+use crate::{Published, RabbitMqAdapter, Shared};
 
 /// How many stream entries a reader takes unacknowledged.
 const READ_AHEAD: u16 = 500;
@@ -200,22 +200,8 @@ fn on_trigger(record: &DeadLetter, trigger: Option<&TriggerName>) -> bool {
     trigger.is_none_or(|trigger| &record.trigger == trigger)
 }
 
-pub(crate) async fn count(
-    shared: &Shared,
-    topic: &TopicName,
-    trigger: Option<&TriggerName>,
-) -> Result<u64> {
-    shared.check_dlq(topic, trigger)?;
-    let records = live_records(shared, topic, 0).await?;
-    Ok(records
-        .iter()
-        .filter(|(_, record)| on_trigger(record, trigger))
-        .count() as u64)
-}
-
-pub(crate) async fn list(shared: &Shared, query: DlqQuery) -> Result<DlqPage> {
-    let from = query.validate()?;
-    shared.check_dlq(&query.topic, query.trigger.as_ref())?;
+/// The page of `query`'s records from offset `from`.
+async fn page_from(shared: &Shared, query: &DlqQuery, from: u64) -> Result<DlqPage> {
     let mut matching = live_records(shared, &query.topic, from)
         .await?
         .into_iter()
@@ -245,38 +231,57 @@ async fn selected(
     Ok(records)
 }
 
-/// Each selected record goes back to the trigger it failed on, attempts reset (confirmed),
-/// then its tombstone is appended: a crash between the two redrives it twice, never loses it.
-pub(crate) async fn redrive(
-    shared: &Shared,
-    topic: &TopicName,
-    trigger: Option<&TriggerName>,
-    selection: DlqSelection,
-) -> Result<u64> {
-    let records = selected(shared, topic, trigger, &selection).await?;
-    let mut redriven = 0;
-    for (offset, record) in records {
-        let metadata = Metadata::redriven(&record, shared.topic(topic)?.retention);
-        let payload = codec::encode(&record.data)?;
-        let key = SubscriptionKey::new(record.topic.clone(), record.trigger.clone());
-        shared
-            .publish_to_trigger(&key, &payload, metadata.properties())
-            .await?;
-        remove(shared, topic, offset).await?;
-        redriven += 1;
+impl DeadLetters for RabbitMqAdapter {
+    async fn dlq_count(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<u64> {
+        let selection = DlqSelection::All;
+        Ok(selected(&self.shared, topic, trigger, &selection)
+            .await?
+            .len() as u64)
     }
-    Ok(redriven)
-}
 
-pub(crate) async fn purge(
-    shared: &Shared,
-    topic: &TopicName,
-    trigger: Option<&TriggerName>,
-    selection: DlqSelection,
-) -> Result<u64> {
-    let records = selected(shared, topic, trigger, &selection).await?;
-    for (offset, _) in &records {
-        remove(shared, topic, *offset).await?;
+    async fn dlq_list(&self, query: DlqQuery) -> Result<DlqPage> {
+        let from = query.validate()?;
+        self.shared
+            .check_dlq(&query.topic, query.trigger.as_ref())?;
+        page_from(&self.shared, &query, from).await
     }
-    Ok(records.len() as u64)
+
+    /// Each selected record goes back to the trigger it failed on, attempts reset
+    /// (confirmed), then its tombstone is appended: a crash between the two redrives it
+    /// twice, never loses it.
+    async fn dlq_redrive(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        let shared = &self.shared;
+        let records = selected(&self.shared, topic, trigger, &selection).await?;
+        let mut redriven = 0;
+        for (offset, record) in records {
+            let metadata = Metadata::redriven(&record, shared.topic(topic)?.retention);
+            let payload = codec::encode(&record.data)?;
+            let key = SubscriptionKey::new(record.topic.clone(), record.trigger.clone());
+            shared
+                .publish_to_trigger(&key, &payload, metadata.properties())
+                .await?;
+            remove(shared, topic, offset).await?;
+            redriven += 1;
+        }
+        Ok(redriven)
+    }
+
+    async fn dlq_purge(
+        &self,
+        topic: &TopicName,
+        trigger: Option<&TriggerName>,
+        selection: DlqSelection,
+    ) -> Result<u64> {
+        let shared = &self.shared;
+        let records = selected(&self.shared, topic, trigger, &selection).await?;
+        for (offset, _) in &records {
+            remove(shared, topic, *offset).await?;
+        }
+        Ok(records.len() as u64)
+    }
 }

@@ -14,16 +14,11 @@ const MAX_NAME: usize = 255;
 /// The names of one adapter's exchanges and queues.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
-    prefix: String,
+    /// The configured `prefix`, first in every name.
+    pub(crate) prefix: String,
 }
 
 impl Layout {
-    pub(crate) fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
-    }
-
     fn name(&self, kind: &str, parts: &[&str]) -> String {
         let name = format!("{}:{kind}:{}", self.prefix, parts.join(":"));
         if name.len() <= MAX_NAME {
@@ -122,7 +117,9 @@ mod tests {
 
     #[test]
     fn long_names_are_hashed_within_amqp_limits() {
-        let layout = Layout::new("topiq");
+        let layout = Layout {
+            prefix: "topiq".into(),
+        };
         let topic = TopicName::new("a".repeat(200)).unwrap();
         let key = SubscriptionKey::new(topic.clone(), TriggerName::new("b".repeat(100)).unwrap());
         let name = layout.trigger_queue(&key);

@@ -36,15 +36,15 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::{
-    Adapter, Capabilities, ConsumeOptions, DlqPage, DlqQuery, DlqSelection, Error, NewMessage,
-    PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
-    TopicName, TopicSpec, TriggerName,
+    Adapter, Capabilities, ConsumeOptions, DeadLetters, Error, NewMessage, PublishReceipt, Result,
+    Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats, TopicName, TopicSpec,
+    TriggerName,
 };
 use topiq_adapter_kit::Declared;
 use topiq_adapter_kit::lease::Leases;
 
 pub use config::{QueueType, RabbitMqConfig};
-pub use topiq_adapter_kit::TlsSettings as TlsConfig;
+pub use topiq_adapter_kit::{AdapterOptions, ConnectionOptions, TlsSettings as TlsConfig};
 
 pub(crate) use confirms::Published;
 use layout::Layout;
@@ -120,11 +120,7 @@ impl Shared {
     }
 
     pub(crate) fn ensure_open(&self) -> Result<()> {
-        if self.closed.is_cancelled() {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        topiq_adapter_kit::ensure_open(&self.closed)
     }
 
     pub(crate) fn topic(&self, name: &TopicName) -> Result<TopicSpec> {
@@ -153,7 +149,9 @@ impl RabbitMqAdapter {
             reason,
         })?;
         let shared = Arc::new(Shared {
-            layout: Layout::new(&config.prefix),
+            layout: Layout {
+                prefix: config.connection.prefix.clone(),
+            },
             config,
             target,
             current: RwLock::new(None),
@@ -223,32 +221,6 @@ impl Adapter for RabbitMqAdapter {
         Ok(subscription)
     }
 
-    async fn dlq_count(&self, topic: &TopicName, trigger: Option<&TriggerName>) -> Result<u64> {
-        dlq::count(&self.shared, topic, trigger).await
-    }
-
-    async fn dlq_list(&self, query: DlqQuery) -> Result<DlqPage> {
-        dlq::list(&self.shared, query).await
-    }
-
-    async fn dlq_redrive(
-        &self,
-        topic: &TopicName,
-        trigger: Option<&TriggerName>,
-        selection: DlqSelection,
-    ) -> Result<u64> {
-        dlq::redrive(&self.shared, topic, trigger, selection).await
-    }
-
-    async fn dlq_purge(
-        &self,
-        topic: &TopicName,
-        trigger: Option<&TriggerName>,
-        selection: DlqSelection,
-    ) -> Result<u64> {
-        dlq::purge(&self.shared, topic, trigger, selection).await
-    }
-
     async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
         let shared = &self.shared;
         shared.subscription(key)?;
@@ -283,7 +255,7 @@ impl Adapter for RabbitMqAdapter {
             waiting: ready + delayed,
             delayed,
             in_flight,
-            dead_lettered: dlq::count(shared, &key.topic, Some(&key.trigger)).await?,
+            dead_lettered: self.dlq_count(&key.topic, Some(&key.trigger)).await?,
         })
     }
 

@@ -144,7 +144,8 @@ impl Target {
         // two of the configured ones.
         let negotiated = (config.heartbeat.as_secs() * 4 / 5).max(1);
         uri.query.heartbeat = Some(u16::try_from(negotiated).unwrap_or(u16::MAX));
-        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        if let (Some(user), Some(password)) = (&config.connection.user, &config.connection.password)
+        {
             uri.authority.userinfo.username.clone_from(user);
             password
                 .expose()
@@ -157,8 +158,8 @@ impl Target {
         Ok(Self {
             uri,
             shown,
-            name: config.name.clone(),
-            tls: config.tls.clone(),
+            name: config.connection.name.clone(),
+            tls: config.connection.tls.clone(),
         })
     }
 
