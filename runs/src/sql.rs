@@ -1,0 +1,500 @@
+//! Runs in SQLite (one file, one machine) or PostgreSQL (shared by every replica), through
+//! sqlx's `Any` driver: one set of portable statements and one migration for both.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use topiq_adapter::{MessageId, Timestamp, TriggerName};
+
+use crate::event::RunEvent;
+use crate::model::{Run, RunKey};
+use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
+
+/// The most message ids one `IN (...)` names.
+const IDS_PER_SELECT: usize = 200;
+
+/// How often `apply` starts again after another instance changed one of its runs first.
+const MAX_CONFLICT_RETRIES: u32 = 8;
+
+/// The schema, applied at open.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Runs in SQLite or PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    /// What a read before a write adds to lock the rows: ` FOR UPDATE` on PostgreSQL (so
+    /// instances writing one run wait for each other instead of retrying); nothing on SQLite,
+    /// whose writers take turns on the whole file.
+    lock_rows: &'static str,
+}
+
+fn unavailable(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Unavailable {
+        operation,
+        source: Box::new(source),
+    }
+}
+
+/// A run read from the store, with the version it was read at.
+struct Stored {
+    run: Run,
+    version: Option<i64>,
+    changed: bool,
+}
+
+impl SqlStore {
+    /// Opens (creating a SQLite file if missing) the database at `url` and applies the
+    /// schema's migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = connect_url(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url.starts_with("sqlite:") { 1 } else { 8 })
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .map_err(|err| StoreError::Open(redacted(&err.to_string(), &url)))?;
+        if url.starts_with("sqlite:") {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(unavailable("set WAL mode"))?;
+        }
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|err| StoreError::Open(format!("migrating the schema: {err}")))?;
+        let lock_rows = if url.starts_with("sqlite:") {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        Ok(Self { pool, lock_rows })
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn apply_events(&self, events: &[RunEvent]) -> Result<Vec<Run>, StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.apply_once(events).await {
+                Ok(Some(runs)) => return Ok(runs),
+                Ok(None) if tries < MAX_CONFLICT_RETRIES => tries = backoff(tries).await,
+                Ok(None) => {
+                    return Err(StoreError::Unavailable {
+                        operation: "apply run events",
+                        source: "other instances kept changing the same runs".into(),
+                    });
+                }
+                Err(err) if is_busy(&err) && tries < MAX_CONFLICT_RETRIES => {
+                    tries = backoff(tries).await;
+                }
+                Err(err) => return Err(unavailable("apply run events")(err)),
+            }
+        }
+    }
+
+    /// One transaction: read the runs, apply the events, write back the changed ones if no
+    /// other instance wrote them meanwhile (`None` when one did).
+    async fn apply_once(&self, events: &[RunEvent]) -> Result<Option<Vec<Run>>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut runs = read_for_update(&mut tx, events, self.lock_rows).await?;
+        for event in events {
+            let position = runs.iter().position(|stored| stored.run.key() == event.key);
+            let stored = match position {
+                Some(position) => &mut runs[position],
+                None => match Run::from_event(event) {
+                    Some(run) => {
+                        runs.push(Stored {
+                            run,
+                            version: None,
+                            changed: true,
+                        });
+                        let last = runs.len() - 1;
+                        &mut runs[last]
+                    }
+                    None => continue,
+                },
+            };
+            stored.changed |= stored.run.apply(event);
+        }
+        for stored in runs.iter().filter(|stored| stored.changed) {
+            if !write(&mut tx, stored).await? {
+                return Ok(None);
+            }
+        }
+        tx.commit().await?;
+        let touched = touched_keys(events);
+        Ok(Some(
+            touched
+                .iter()
+                .filter_map(|key| runs.iter().find(|stored| &stored.run.key() == key))
+                .map(|stored| stored.run.clone())
+                .collect(),
+        ))
+    }
+
+    async fn list_page(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
+        let (limit, cursor) = query.validate()?;
+        let mut sql = String::from("SELECT doc FROM topiq_runs WHERE 1 = 1");
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut filter = |sql: &mut String, clause: &str, value: Bind| {
+            binds.push(value);
+            sql.push_str(&clause.replace('?', &format!("${}", binds.len())));
+        };
+        if let Some(topic) = &query.topic {
+            filter(&mut sql, " AND topic = ?", Bind::Text(topic.to_string()));
+        }
+        if let Some(trigger) = &query.trigger {
+            filter(
+                &mut sql,
+                " AND trigger_name = ?",
+                Bind::Text(trigger.to_string()),
+            );
+        }
+        if let Some(state) = query.state {
+            filter(
+                &mut sql,
+                " AND state = ?",
+                Bind::Text(state.as_str().into()),
+            );
+        }
+        if let Some(since) = query.since {
+            filter(
+                &mut sql,
+                " AND enqueued_ms >= ?",
+                Bind::Int(since.as_millisecond()),
+            );
+        }
+        if let Some(until) = query.until {
+            filter(
+                &mut sql,
+                " AND enqueued_ms < ?",
+                Bind::Int(until.as_millisecond()),
+            );
+        }
+        if let Some(needle) = &query.error_contains {
+            let pattern = format!("%{}%", escape_like(&needle.to_lowercase()));
+            filter(
+                &mut sql,
+                " AND LOWER(error_text) LIKE ? ESCAPE '\\'",
+                Bind::Text(pattern),
+            );
+        }
+        if let Some(cursor) = &cursor {
+            push_cursor(&mut sql, &mut binds, cursor);
+        }
+        sql.push_str(" ORDER BY enqueued_ms DESC, message_id DESC, trigger_name DESC");
+        sql.push_str(&format!(" LIMIT {}", limit + 1));
+        let rows = bind_all(sqlx::query(&sql), &binds)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable("list runs"))?;
+        let mut runs = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let more = runs.len() > limit;
+        runs.truncate(limit);
+        let next_cursor = match runs.last() {
+            Some(last) if more => Some(Cursor::after(last).encode()),
+            _ => None,
+        };
+        Ok(RunPage { runs, next_cursor })
+    }
+
+    async fn get_runs(
+        &self,
+        id: &MessageId,
+        trigger: Option<&TriggerName>,
+    ) -> Result<Vec<Run>, StoreError> {
+        let rows = match trigger {
+            Some(trigger) => {
+                sqlx::query(
+                    "SELECT doc FROM topiq_runs WHERE message_id = $1 AND trigger_name = $2",
+                )
+                .bind(id.as_str())
+                .bind(trigger.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "SELECT doc FROM topiq_runs WHERE message_id = $1 ORDER BY trigger_name",
+                )
+                .bind(id.as_str())
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(unavailable("get runs"))?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn cancel_keys(&self, since: Timestamp) -> Result<Vec<RunKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT message_id, trigger_name FROM topiq_runs WHERE cancel_requested_ms >= $1",
+        )
+        .bind(since.as_millisecond())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable("read cancels"))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(unavailable("read cancels"))?;
+                let trigger: String = row.try_get(1).map_err(unavailable("read cancels"))?;
+                let trigger = TriggerName::from_str(&trigger).map_err(|err| {
+                    StoreError::Open(format!("a stored trigger name is not valid: {err}"))
+                })?;
+                Ok(RunKey::new(MessageId::from_string(id), trigger))
+            })
+            .collect()
+    }
+
+    async fn sweep_finished(&self, retention: Retention) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM topiq_runs WHERE finished_ms IS NOT NULL AND ( \
+               (state IN ('succeeded', 'filtered') AND finished_ms < $1) \
+               OR (state NOT IN ('succeeded', 'filtered') AND finished_ms < $2))",
+        )
+        .bind(retention.succeeded_before.as_millisecond())
+        .bind(retention.failed_before.as_millisecond())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable("sweep runs"))?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Waits a little (more after each try, with jitter) before another try; returns the count.
+async fn backoff(tries: u32) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    let jitter = u64::from(nanos) % 5;
+    let millis = (1_u64 << tries.min(6)) + jitter;
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    tries + 1
+}
+
+/// `url` with what sqlx needs added: a SQLite file is created when missing.
+fn connect_url(url: &str) -> String {
+    if url.starts_with("sqlite:") && !url.contains("mode=") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}mode=rwc")
+    } else {
+        url.to_owned()
+    }
+}
+
+/// `message` without the password of `url`, if it holds one.
+fn redacted(message: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => message.replace(password, "<redacted>"),
+        None => message.to_owned(),
+    }
+}
+
+/// True for SQLite's "busy" (another connection writes): worth trying again.
+fn is_busy(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            matches!(code.as_deref(), Some("5" | "517" | "6" | "40001" | "40P01"))
+        }
+        _ => false,
+    }
+}
+
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// A value bound to a listing's placeholder.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    binds: &'q [Bind],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for bind in binds {
+        query = match bind {
+            Bind::Text(text) => query.bind(text.as_str()),
+            Bind::Int(number) => query.bind(*number),
+        };
+    }
+    query
+}
+
+fn push_cursor(sql: &mut String, binds: &mut Vec<Bind>, cursor: &Cursor) {
+    let first = binds.len() + 1;
+    binds.push(Bind::Int(cursor.enqueued_ms));
+    binds.push(Bind::Text(cursor.message_id.clone()));
+    binds.push(Bind::Text(cursor.trigger.clone()));
+    sql.push_str(&format!(
+        " AND (enqueued_ms < ${first} OR (enqueued_ms = ${first} AND (message_id < ${} \
+         OR (message_id = ${} AND trigger_name < ${}))))",
+        first + 1,
+        first + 1,
+        first + 2
+    ));
+}
+
+fn decode(row: &AnyRow) -> Result<Run, StoreError> {
+    let doc: String = row.try_get("doc").map_err(unavailable("read a run"))?;
+    serde_json::from_str(&doc).map_err(|source| StoreError::Corrupt {
+        key: doc.chars().take(80).collect(),
+        source,
+    })
+}
+
+/// Each run's key, in the order the events first name it.
+fn touched_keys(events: &[RunEvent]) -> Vec<RunKey> {
+    let mut keys: Vec<RunKey> = Vec::new();
+    for event in events {
+        if !keys.contains(&event.key) {
+            keys.push(event.key.clone());
+        }
+    }
+    keys
+}
+
+/// The stored runs the events name, with their versions.
+async fn read_for_update(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[RunEvent],
+    lock_rows: &str,
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let keys = touched_keys(events);
+    // Sorted, so every instance locks rows in one order (no deadlock between batches).
+    let mut ids: Vec<&str> = keys.iter().map(|key| key.message_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = Vec::new();
+    for chunk in ids.chunks(IDS_PER_SELECT) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT doc, version FROM topiq_runs WHERE message_id IN ({}) \
+             ORDER BY message_id, trigger_name{lock_rows}",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let doc: String = row.try_get(0)?;
+            let version: i64 = row.try_get(1)?;
+            let run: Run =
+                serde_json::from_str(&doc).map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+            if keys.contains(&run.key()) {
+                found.push(Stored {
+                    run,
+                    version: Some(version),
+                    changed: false,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Writes one changed run; false when another instance changed (or created) it first.
+async fn write(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    stored: &Stored,
+) -> Result<bool, sqlx::Error> {
+    let run = &stored.run;
+    let doc = serde_json::to_string(run).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+    let finished = run.finished_at.map(|at| at.as_millisecond());
+    let cancel = run.cancel_requested_at.map(|at| at.as_millisecond());
+    let done = bind_run(stored, &doc, finished, cancel)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn bind_run<'q>(
+    stored: &'q Stored,
+    doc: &'q str,
+    finished: Option<i64>,
+    cancel: Option<i64>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let run = &stored.run;
+    let sql = match stored.version {
+        Some(_) => {
+            "UPDATE topiq_runs SET topic = $3, state = $4, enqueued_ms = $5, finished_ms = $6, \
+             cancel_requested_ms = $7, error_text = $8, doc = $9, version = $10 + 1 \
+             WHERE message_id = $1 AND trigger_name = $2 AND version = $10"
+        }
+        None => {
+            "INSERT INTO topiq_runs (message_id, trigger_name, topic, state, enqueued_ms, \
+             finished_ms, cancel_requested_ms, error_text, doc, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (message_id, trigger_name) DO NOTHING"
+        }
+    };
+    sqlx::query(sql)
+        .bind(run.id.as_str())
+        .bind(run.trigger.as_str())
+        .bind(run.topic.as_str())
+        .bind(run.state.as_str())
+        .bind(run.enqueued_at.as_millisecond())
+        .bind(finished)
+        .bind(cancel)
+        .bind(run.error_text())
+        .bind(doc)
+        .bind(stored.version.unwrap_or(1))
+}
+
+impl RunStore for SqlStore {
+    fn apply<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<Vec<Run>, StoreError>> {
+        self.apply_events(events).boxed()
+    }
+
+    fn get<'a>(
+        &'a self,
+        id: &'a MessageId,
+        trigger: Option<&'a TriggerName>,
+    ) -> BoxFuture<'a, Result<Vec<Run>, StoreError>> {
+        self.get_runs(id, trigger).boxed()
+    }
+
+    fn list<'a>(&'a self, query: &'a RunQuery) -> BoxFuture<'a, Result<RunPage, StoreError>> {
+        self.list_page(query).boxed()
+    }
+
+    fn cancels_since(&self, since: Timestamp) -> BoxFuture<'_, Result<Vec<RunKey>, StoreError>> {
+        self.cancel_keys(since).boxed()
+    }
+
+    fn sweep(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.sweep_finished(retention).boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(unavailable("health check"))
+        }
+        .boxed()
+    }
+}
