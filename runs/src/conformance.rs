@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use serde_json::json;
 use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
@@ -73,7 +75,7 @@ fn at(second: i64) -> Timestamp {
 fn origin(topic: &TopicName, enqueued: i64) -> Origin {
     Origin {
         topic: topic.clone(),
-        data: json!({"n": enqueued}),
+        data: Arc::new(json!({"n": enqueued})),
         enqueued_at: at(enqueued),
         run_at: None,
         replay_of: None,
@@ -149,7 +151,7 @@ async fn a_run_begins_when_enqueued(stores: Stores) {
     assert_eq!(applied.len(), 2);
     let run = one(&stores, &now).await;
     assert_eq!((run.state, &run.topic), (RunState::Queued, &topic));
-    assert_eq!(run.data, json!({"n": 0}));
+    assert_eq!(*run.data, json!({"n": 0}));
     assert_eq!(one(&stores, &later).await.state, RunState::Delayed);
     let both = stores[1].get(&id, None).await.expect("get both");
     assert_eq!(both.len(), 2, "a message on two triggers has two runs");

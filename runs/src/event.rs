@@ -6,6 +6,8 @@
 //! `(lap, number)`, an event of an older attempt never moves the state back, and a finished
 //! run stays finished (a redrive alone reopens a dead-lettered one).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use topiq_adapter::{MessageId, Timestamp, TopicName};
@@ -30,7 +32,7 @@ pub struct Origin {
     /// The message's topic.
     pub topic: TopicName,
     /// The message's data.
-    pub data: Value,
+    pub data: Arc<Value>,
     /// When the message was enqueued.
     pub enqueued_at: Timestamp,
     /// When a delayed message is due.

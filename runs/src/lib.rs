@@ -28,13 +28,14 @@ pub use store::{Cursor, MAX_RUN_PAGE, Retention, RunPage, RunQuery, RunStore, St
 /// A store shared by the runtime's tasks.
 pub type SharedStore = Arc<dyn RunStore>;
 
-/// Opens the store at `address`: `memory`, `sqlite://PATH` or `postgres://...`; the error
-/// names what is wrong (and the cargo feature a store needs when it is not built).
-pub async fn open(address: &str) -> Result<SharedStore, StoreError> {
+/// Checks a `runs.store` address without opening it: `memory`, `sqlite://PATH` or
+/// `postgres://...`, of a store this build has; the error names what is wrong (and the cargo
+/// feature a store needs when it is not built).
+pub fn check_address(address: &str) -> Result<(), StoreError> {
     if address == "memory" {
-        return Ok(Arc::new(MemoryStore::new()));
+        return Ok(());
     }
-    let (scheme, feature) = if address.starts_with("sqlite:") {
+    let (scheme, built) = if address.starts_with("sqlite:") {
         ("sqlite", cfg!(feature = "sqlite"))
     } else if address.starts_with("postgres://") || address.starts_with("postgresql://") {
         ("postgres", cfg!(feature = "postgres"))
@@ -43,10 +44,20 @@ pub async fn open(address: &str) -> Result<SharedStore, StoreError> {
             "runs.store must be `memory`, `sqlite://PATH` or `postgres://USER@HOST/DB`".into(),
         ));
     };
-    if !feature {
+    if !built {
         return Err(StoreError::Open(format!(
-            "this build has no {scheme} store: build topiq-runs with the `{scheme}` feature"
+            "this build has no {scheme} store: build topiq with the `runs-{scheme}` feature"
         )));
+    }
+    Ok(())
+}
+
+/// Opens the store at `address` (see [`check_address`]), applying the SQL schema's
+/// migrations.
+pub async fn open(address: &str) -> Result<SharedStore, StoreError> {
+    check_address(address)?;
+    if address == "memory" {
+        return Ok(Arc::new(MemoryStore::new()));
     }
     open_sql(address).await
 }

@@ -1,6 +1,7 @@
 //! A run: one message's life on one trigger.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -195,7 +196,7 @@ pub struct Run {
     /// Where the run is.
     pub state: RunState,
     /// The message's data (what a replay sends again).
-    pub data: Value,
+    pub data: Arc<Value>,
     /// When the message was enqueued.
     pub enqueued_at: Timestamp,
     /// When a delayed message is due.

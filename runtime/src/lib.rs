@@ -23,9 +23,10 @@
 //! trigger loop (condition → handler under timeout and lease extension → settlement), and
 //! [`calls`] (the JSON call surface).
 //!
-//! The broker adapters are cargo features, both on by default: `jetstream` (NATS JetStream)
-//! and `rabbitmq` (RabbitMQ). With `default-features = false` the module carries only the
-//! in-memory adapter. The HTTP API, HTTP functions and telemetry export are `topiq-server`'s.
+//! The broker adapters are cargo features, on by default: `jetstream` (NATS JetStream)
+//! and `rabbitmq` (RabbitMQ), and so are the SQL runs stores, `runs-sqlite` and
+//! `runs-postgres`. With `default-features = false` the module carries only the in-memory
+//! adapter and the in-memory runs store. The HTTP API, HTTP functions and telemetry export are `topiq-server`'s.
 
 pub mod calls;
 pub mod condition;
@@ -36,12 +37,14 @@ mod module;
 mod outcome;
 pub mod registry;
 pub mod retry;
+mod runs;
 mod stats;
 mod telemetry;
 mod trigger;
 
 pub use calls::{
-    BatchItem, CallError, CallErrorKind, DlqRequest, EnqueueRequest, EnqueueResult, TriggerStats,
+    BatchItem, CallError, CallErrorKind, DlqRequest, EnqueueRequest, EnqueueResult, RunListRequest,
+    RunRequest, TriggerStats,
 };
 pub use config::{Config, ConfigError};
 pub use function::{
@@ -50,6 +53,7 @@ pub use function::{
 pub use module::{QueueModule, ServiceError, StartError, Workers};
 pub use registry::{AdapterClass, RegistryError};
 pub use stats::TriggerCounts;
+pub use topiq_runs::{Attempt, AttemptOutcome, Run, RunPage, RunQuery, RunState};
 
 /// Completes on Ctrl-C or SIGTERM: pass it to [`QueueModule::run_until`].
 pub async fn shutdown_signal() {

@@ -2,21 +2,23 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use topiq_adapter::{
     NewMessage, PublishReceipt, SharedAdapter, SubscriptionKey, SubscriptionSpec, TopicName,
-    TopicSpec,
+    TopicSpec, TriggerName,
 };
 use tracing::Instrument;
 
 use crate::config::{Config, ConfigError, ConfigLocation, TriggerSettings};
 use crate::function::{Function, Functions, check_trigger_function};
 use crate::metrics::Metrics;
+use crate::runs::Runs;
 use crate::stats::TriggerCounters;
 use crate::telemetry;
 use crate::trigger::{Lifecycle, Trigger};
@@ -34,6 +36,9 @@ pub enum StartError {
     /// The config is invalid (including a trigger naming an unregistered function).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The runs store cannot be opened.
+    #[error("cannot open the runs store: {0}")]
+    Runs(#[source] topiq_runs::StoreError),
     /// The broker refused to create a topic or a subscription, or could not be reached.
     #[error("cannot set up {what} on the broker: {source}")]
     Broker {
@@ -69,6 +74,12 @@ struct Inner {
     topics: BTreeMap<TopicName, TopicSpec>,
     triggers: Vec<Arc<Trigger>>,
     metrics: Metrics,
+    runs: Arc<Runs>,
+    /// Per topic, its triggers that record runs.
+    recording: BTreeMap<TopicName, Vec<TriggerName>>,
+    /// Stops the runs writer, once the triggers stopped.
+    stop_runs: CancellationToken,
+    runs_writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl QueueModule {
@@ -97,13 +108,31 @@ impl QueueModule {
                     source,
                 })?;
         }
+        let runs = Runs::open(config.runs.clone())
+            .await
+            .map_err(StartError::Runs)?;
+        let runs = Arc::new(runs);
         let mut metrics = Metrics::new(config.telemetry.otlp.is_some());
         metrics.declare_topics(config.topics.keys());
         let mut triggers = Vec::with_capacity(resolved.len());
+        let mut recording: BTreeMap<TopicName, Vec<TriggerName>> = BTreeMap::new();
         for (settings, function) in resolved {
-            let trigger = declare_trigger(&config, &adapter, &metrics, settings, function).await?;
+            let records = settings.record_runs.then(|| Arc::clone(&runs));
+            if records.is_some() {
+                let on_topic = recording.entry(settings.topic.clone()).or_default();
+                on_topic.push(settings.name.clone());
+            }
+            let mut trigger =
+                declare_trigger(&config, &adapter, &metrics, settings, function).await?;
+            trigger.runs = records;
             triggers.push(Arc::new(trigger));
         }
+        let stop_runs = CancellationToken::new();
+        let writer = {
+            let (runs, stop) = (Arc::clone(&runs), stop_runs.clone());
+            let deadline = config.shutdown_grace;
+            tokio::spawn(async move { runs.run(stop, deadline).await })
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 topics: config.topics.clone(),
@@ -111,8 +140,60 @@ impl QueueModule {
                 adapter,
                 triggers,
                 metrics,
+                runs,
+                recording,
+                stop_runs,
+                runs_writer: Mutex::new(Some(writer)),
             }),
         })
+    }
+
+    pub(crate) fn runs(&self) -> &Runs {
+        &self.inner.runs
+    }
+
+    /// The `Enqueued` events of a message just published on `topic`: one per trigger of the
+    /// topic that records runs.
+    pub(crate) fn enqueued_events(
+        &self,
+        topic: &TopicName,
+        receipt: &PublishReceipt,
+        origin: &topiq_runs::Origin,
+    ) -> Vec<topiq_runs::RunEvent> {
+        if receipt.duplicate {
+            return Vec::new();
+        }
+        let Some(triggers) = self.inner.recording.get(topic) else {
+            return Vec::new();
+        };
+        let at = origin.enqueued_at;
+        triggers
+            .iter()
+            .map(|trigger| topiq_runs::RunEvent {
+                key: topiq_runs::RunKey::new(receipt.message_id.clone(), trigger.clone()),
+                at,
+                change: topiq_runs::Change::Enqueued(origin.clone()),
+            })
+            .collect()
+    }
+
+    /// What a message about to be published on `topic` tells of its runs' beginning; `None`
+    /// when no trigger of the topic records runs.
+    pub(crate) fn origin_of(
+        &self,
+        topic: &TopicName,
+        message: &NewMessage,
+    ) -> Option<topiq_runs::Origin> {
+        self.inner
+            .recording
+            .contains_key(topic)
+            .then(|| topiq_runs::Origin {
+                topic: topic.clone(),
+                data: Arc::new(message.data.clone()),
+                enqueued_at: topiq_adapter::Timestamp::now(),
+                run_at: message.deliver_at,
+                replay_of: None,
+            })
     }
 
     /// The config it runs.
@@ -146,6 +227,7 @@ impl QueueModule {
             });
         }
         let span = telemetry::publish_span(self.messaging_system(), topic, 1);
+        let origin = self.origin_of(topic, &message);
         let mut message = message;
         message.trace = telemetry::publish_context(&span, std::mem::take(&mut message.trace));
         let published = self
@@ -158,6 +240,10 @@ impl QueueModule {
         match &published {
             Ok(receipt) => {
                 span.record("messaging.message.id", receipt.message_id.as_str());
+                if let Some(origin) = &origin {
+                    let events = self.enqueued_events(topic, receipt, origin);
+                    self.inner.runs.recorder().record(events).await;
+                }
             }
             Err(_) => {
                 span.record("otel.status_code", "ERROR");
@@ -305,6 +391,9 @@ impl QueueModule {
         if let Err(err) = self.inner.adapter.health().await {
             not_ready.push(format!("adapter: {err}"));
         }
+        if !self.inner.runs.recorder().is_healthy() {
+            not_ready.push("runs store: refuses writes; settlements wait until it is back".into());
+        }
         for trigger in &self.inner.triggers {
             if !trigger.subscribed.load(Ordering::Relaxed) {
                 not_ready.push(format!("trigger {}: not subscribed", trigger.settings.name));
@@ -317,8 +406,20 @@ impl QueueModule {
         }
     }
 
-    /// Closes the adapter: no more calls are accepted.
+    /// Writes the last run events, then closes the adapter: no more calls are accepted.
     pub async fn close(&self) {
+        self.inner.stop_runs.cancel();
+        let writer = self
+            .inner
+            .runs_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer
+            && let Err(err) = writer.await
+        {
+            tracing::error!(error = %err, "the runs writer failed");
+        }
         if let Err(err) = self.inner.adapter.close().await {
             tracing::warn!(error = %err, "closing the adapter failed");
         }
@@ -393,6 +494,7 @@ async fn declare_trigger(
         counters,
         subscribed: AtomicBool::new(false),
         messaging_system: config.adapter.class.messaging_system(),
+        runs: None,
     })
 }
 

@@ -47,6 +47,18 @@ fn inject(cx: &Context) -> TraceContext {
     }
 }
 
+/// The W3C `traceparent` of `span`, when it is recorded.
+pub(crate) fn traceparent_of(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    inject(&cx).traceparent
+}
+
 /// The span an enqueue runs in (`publish <topic>`, kind producer).
 pub(crate) fn publish_span(system: &'static str, topic: &TopicName, count: usize) -> Span {
     tracing::info_span!(

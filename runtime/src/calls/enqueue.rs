@@ -224,6 +224,10 @@ impl QueueModule {
         mut messages: Vec<NewMessage>,
     ) -> Result<Vec<topiq_adapter::Result<PublishReceipt>>, CallError> {
         let span = telemetry::publish_span(self.messaging_system(), topic, messages.len());
+        let origins: Vec<_> = messages
+            .iter()
+            .map(|message| self.origin_of(topic, message))
+            .collect();
         for message in &mut messages {
             message.trace = telemetry::publish_context(&span, std::mem::take(&mut message.trace));
         }
@@ -240,6 +244,13 @@ impl QueueModule {
                 return Err(err.into());
             }
         };
+        let enqueued = published
+            .iter()
+            .zip(&origins)
+            .filter_map(|(result, origin)| Some((result.as_ref().ok()?, origin.as_ref()?)))
+            .flat_map(|(receipt, origin)| self.enqueued_events(topic, receipt, origin));
+        let enqueued: Vec<_> = enqueued.collect();
+        self.runs().recorder().record(enqueued).await;
         let accepted = published.iter().filter(|result| result.is_ok()).count() as u64;
         self.metrics().published(topic, accepted, true);
         self.metrics()

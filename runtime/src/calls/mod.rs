@@ -1,10 +1,11 @@
 //! The `queue.*` call surface: every call takes and returns JSON, callable by name
 //! ([`QueueModule::call`]) or through typed methods: `enqueue.rs` (`queue.enqueue`,
 //! `queue.enqueue_batch`), `dlq.rs` (`queue.dlq_count`, `dlq_list`, `redrive_dlq`, `dlq_purge`)
-//! and `stats.rs` (`queue.stats`).
+//! `stats.rs` (`queue.stats`) and `runs.rs` (`queue.run_get`, `run_list`).
 
 mod dlq;
 mod enqueue;
+mod runs;
 mod stats;
 
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use crate::module::QueueModule;
 pub use dlq::DlqRequest;
 use enqueue::EnqueueBatchRequest;
 pub use enqueue::{BatchItem, EnqueueRequest, EnqueueResult};
+pub use runs::{RunListRequest, RunRequest};
 pub use stats::TriggerStats;
 
 /// The calls [`QueueModule::call`] knows.
@@ -27,6 +29,8 @@ pub const CALLS: &[&str] = &[
     "queue.redrive_dlq",
     "queue.dlq_purge",
     "queue.stats",
+    "queue.run_get",
+    "queue.run_list",
 ];
 
 /// The most messages in one `queue.enqueue_batch`.
@@ -51,6 +55,17 @@ pub enum CallError {
     /// The adapter refused the call (bad topic, payload too large, broker down...).
     #[error(transparent)]
     Adapter(#[from] topiq_adapter::Error),
+    /// No run of that message (on that trigger) is recorded.
+    #[error("no run of message {id:?}{} is recorded (it may be swept, or its trigger records no runs)", trigger.as_ref().map(|t| format!(" on trigger {t:?}")).unwrap_or_default())]
+    UnknownRun {
+        /// The message id asked for.
+        id: String,
+        /// The trigger asked for.
+        trigger: Option<String>,
+    },
+    /// The runs store failed.
+    #[error(transparent)]
+    Runs(#[from] topiq_runs::StoreError),
 }
 
 /// What kind of failure a [`CallError`] is: what a transport answers with (the HTTP API's
@@ -88,6 +103,10 @@ impl CallError {
             CallError::UnknownCall { .. } => "unknown_call",
             CallError::InvalidArgument { .. } => "invalid_argument",
             CallError::Adapter(err) => err.code(),
+            CallError::UnknownRun { .. } => "unknown_run",
+            CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => "invalid_argument",
+            CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => "runs_store_unavailable",
+            CallError::Runs(_) => "runs_store_error",
         }
     }
 
@@ -97,6 +116,12 @@ impl CallError {
         match self {
             CallError::UnknownCall { .. } => CallErrorKind::NotFound,
             CallError::InvalidArgument { .. } => CallErrorKind::BadInput,
+            CallError::UnknownRun { .. } => CallErrorKind::NotFound,
+            CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => CallErrorKind::BadInput,
+            CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => {
+                CallErrorKind::Unavailable
+            }
+            CallError::Runs(_) => CallErrorKind::Other,
             CallError::Adapter(err) => match err {
                 Error::InvalidTopic { .. }
                 | Error::InvalidTrigger { .. }
@@ -197,6 +222,14 @@ impl QueueModule {
                 let request: StatsRequest = parse_args(name, args)?;
                 let triggers = self.stats(request.topic.as_deref()).await?;
                 Ok(json!({ "triggers": triggers }))
+            }
+            "queue.run_get" => {
+                let runs = self.run_get(&parse_args(name, args)?).await?;
+                Ok(json!({ "runs": runs }))
+            }
+            "queue.run_list" => {
+                let page = self.run_list(&parse_args(name, args)?).await?;
+                Ok(json!({ "runs": page.runs, "next_cursor": page.next_cursor }))
             }
             _ => Err(CallError::UnknownCall {
                 name: name.to_owned(),

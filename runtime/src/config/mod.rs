@@ -12,6 +12,7 @@ mod duration;
 mod error;
 mod queue_module;
 mod raw;
+mod runs;
 mod service;
 mod source;
 mod telemetry;
@@ -25,6 +26,7 @@ use topiq_adapter::{TopicName, TopicSpec, TriggerName};
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use error::{ConfigError, ConfigLocation};
+pub use runs::{DEFAULT_FAILED_FOR, DEFAULT_SUCCEEDED_FOR, RunsSettings};
 pub use service::redacted as redacted_url;
 pub use service::{
     ApiSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
@@ -73,6 +75,8 @@ pub struct Config {
     pub api: ApiSettings,
     /// Logs and trace export (`telemetry:`).
     pub telemetry: TelemetrySettings,
+    /// Where run records are kept and for how long (`runs:`).
+    pub runs: RunsSettings,
     /// Things that work but are probably not meant; logged at start.
     pub warnings: Vec<String>,
 }
@@ -113,6 +117,8 @@ pub struct TriggerSettings {
     pub visibility_timeout: Duration,
     /// How long one handler call may take.
     pub timeout: Duration,
+    /// Whether its runs are recorded (`runs: false` opts a firehose trigger out).
+    pub record_runs: bool,
 }
 
 impl Config {
@@ -204,6 +210,10 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         Some((file, telemetry)) => telemetry::validate_telemetry(&file, telemetry)?,
         None => TelemetrySettings::default(),
     };
+    let runs = match sections.runs {
+        Some((file, raw)) => runs::validate_runs(&file, raw)?,
+        None => RunsSettings::default(),
+    };
     Ok(Config {
         adapter,
         topics,
@@ -211,6 +221,7 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         functions,
         api,
         telemetry,
+        runs,
         shutdown_grace: module
             .config
             .shutdown_grace

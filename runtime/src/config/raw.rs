@@ -19,6 +19,16 @@ pub(crate) struct RawFile {
     pub(crate) functions: Option<BTreeMap<String, RawFunction>>,
     pub(crate) api: Option<RawApi>,
     pub(crate) telemetry: Option<RawTelemetry>,
+    pub(crate) runs: Option<RawRuns>,
+}
+
+/// Where run records are kept and for how long.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRuns {
+    pub(crate) store: Option<Spanned<String>>,
+    pub(crate) succeeded_for: Option<ConfigDuration>,
+    pub(crate) failed_for: Option<ConfigDuration>,
 }
 
 /// Logs, traces and their export.
@@ -123,6 +133,7 @@ pub(crate) struct RawTriggerConfig {
     pub(crate) timeout: Option<Spanned<ConfigDuration>>,
     pub(crate) retry: Option<Spanned<RawRetry>>,
     pub(crate) metadata: Option<RawMetadata>,
+    pub(crate) runs: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, MessageFormatter, PropertySyntax, Spanned, UserMessageFormatter};
 use topiq_adapter::TriggerName;
 
-use super::raw::{RawApi, RawFile, RawFunction, RawModule, RawTelemetry, RawTrigger};
+use super::raw::{RawApi, RawFile, RawFunction, RawModule, RawRuns, RawTelemetry, RawTrigger};
 use super::{ConfigError, ConfigLocation, service};
 
 /// `config.yaml` + `production` → `config.production.yaml`, in the same folder.
@@ -139,6 +139,7 @@ pub(super) struct Sections {
     pub(super) functions: Option<(String, BTreeMap<String, RawFunction>)>,
     pub(super) api: Option<(String, RawApi)>,
     pub(super) telemetry: Option<(String, RawTelemetry)>,
+    pub(super) runs: Option<(String, RawRuns)>,
 }
 
 impl RawFile {
@@ -149,6 +150,7 @@ impl RawFile {
             functions: self.functions.map(|functions| (file.to_owned(), functions)),
             api: self.api.map(|api| (file.to_owned(), api)),
             telemetry: self.telemetry.map(|telemetry| (file.to_owned(), telemetry)),
+            runs: self.runs.map(|runs| (file.to_owned(), runs)),
         }
     }
 }
@@ -162,6 +164,7 @@ impl Sections {
             functions: self.functions.or(base.functions),
             api: self.api.or(base.api),
             telemetry: self.telemetry.or(base.telemetry),
+            runs: self.runs.or(base.runs),
         }
     }
 }

@@ -63,6 +63,7 @@ pub(super) fn validate_trigger(
         batch_size,
         visibility_timeout,
         timeout,
+        record_runs: config.runs.unwrap_or(true),
     })
 }
 

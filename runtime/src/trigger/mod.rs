@@ -37,9 +37,9 @@ use tracing::Instrument;
 
 use crate::config::TriggerSettings;
 use crate::function::{Function, HandlerError, Message};
+use crate::runs::{self, Runs};
 use crate::stats::TriggerCounters;
 use crate::telemetry;
-use settle::release;
 use supervise::{CallFailure, Limits, supervise};
 
 /// One trigger of a running module.
@@ -53,6 +53,8 @@ pub(crate) struct Trigger {
     pub(crate) subscribed: AtomicBool,
     /// `messaging.system` for the process spans.
     pub(crate) messaging_system: &'static str,
+    /// Where its runs are recorded (`None` when the trigger opted out).
+    pub(crate) runs: Option<Arc<Runs>>,
 }
 
 /// Signals shared by every trigger of a module.
@@ -150,6 +152,12 @@ impl Trigger {
             return Some(delivery);
         }
         self.counters.filtered();
+        if let Some(runs) = &self.runs {
+            let envelope = delivery.envelope();
+            let change = topiq_runs::Change::Filtered(runs::origin(envelope));
+            let filtered = runs::event(&self.settings.name, envelope, change);
+            runs.recorder().record_stored([filtered]).await;
+        }
         self.ack(delivery).await;
         None
     }
@@ -195,6 +203,7 @@ impl Trigger {
         let Function::Single(handler) = &self.function else {
             return Outcome::Released;
         };
+        self.record_start(std::slice::from_ref(&delivery)).await;
         let message = Message::new(delivery.envelope().clone(), self.settings.name.clone());
         let call = handler.call(message);
         match self
@@ -202,7 +211,7 @@ impl Trigger {
             .await
         {
             None => {
-                release(delivery).await;
+                self.release(delivery).await;
                 Outcome::Released
             }
             Some(Ok(())) => {
@@ -245,6 +254,7 @@ impl Trigger {
         let Function::Batch(handler) = &self.function else {
             return Outcome::Released;
         };
+        self.record_start(&passing).await;
         let messages = passing
             .iter()
             .map(|delivery| Message::new(delivery.envelope().clone(), self.settings.name.clone()))
@@ -253,7 +263,7 @@ impl Trigger {
         match self.call(call, &passing, abort).await {
             None => {
                 for delivery in passing {
-                    release(delivery).await;
+                    self.release(delivery).await;
                 }
                 Outcome::Released
             }
@@ -320,6 +330,22 @@ impl Trigger {
             self.counters.handler_time(started.elapsed());
         }
         result
+    }
+
+    /// Records the start of an attempt of each of `deliveries` (not waited for: its end is).
+    async fn record_start(&self, deliveries: &[Delivery]) {
+        let Some(runs) = &self.runs else {
+            return;
+        };
+        let traceparent = telemetry::traceparent_of(&tracing::Span::current());
+        let started = deliveries.iter().map(|delivery| {
+            runs.started(
+                &self.settings.name,
+                delivery.envelope(),
+                traceparent.clone(),
+            )
+        });
+        runs.recorder().record(started).await;
     }
 
     async fn extend_leases(&self, deliveries: &[Delivery]) {

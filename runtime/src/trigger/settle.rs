@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use topiq_adapter::{Delivery, Timestamp};
+use topiq_runs::{AttemptOutcome, Next, RunError, RunEvent};
 
 use super::Trigger;
 use super::supervise::CallFailure;
 use crate::outcome::Outcome;
+use crate::runs;
 
 impl Trigger {
     /// A successful call: counted (with the message's time since enqueue) and acknowledged.
@@ -14,7 +16,42 @@ impl Trigger {
         self.counters
             .end_to_end(since(delivery.envelope().enqueued_at));
         self.counters.succeeded();
+        let next = Next::Succeeded { result: None };
+        self.record_end(&delivery, AttemptOutcome::Succeeded, None, next)
+            .await;
         self.ack(delivery).await;
+    }
+
+    /// Records how `delivery`'s attempt ended and waits until it is stored, so the settlement
+    /// that follows never outlives its record.
+    async fn record_end(
+        &self,
+        delivery: &Delivery,
+        outcome: AttemptOutcome,
+        error: Option<RunError>,
+        next: Next,
+    ) {
+        let Some(runs) = &self.runs else {
+            return;
+        };
+        let ended: RunEvent = runs::finished(
+            &self.settings.name,
+            delivery.envelope(),
+            outcome,
+            error,
+            next,
+        );
+        runs.recorder().record_stored([ended]).await;
+    }
+
+    /// Gives `delivery` back without spending an attempt (a call abandoned at shutdown).
+    pub(super) async fn release(&self, delivery: Delivery) {
+        self.record_end(&delivery, AttemptOutcome::Released, None, Next::Queued)
+            .await;
+        let id = delivery.envelope().id.clone();
+        if let Err(err) = delivery.release().await {
+            tracing::warn!(%id, error = %err, "cannot release the message; it is delivered again after its lease");
+        }
     }
 
     /// Acknowledges `delivery`; a refused ack means it is delivered again.
@@ -37,13 +74,25 @@ impl Trigger {
             .requested_delay()
             .unwrap_or_else(|| self.settings.retry.delay_after(envelope.attempt))
             .min(crate::retry::MAX_RETRY_DELAY);
+        let (outcome, error) = failure.run_error();
         if failure.retryable() && !last_attempt {
             tracing::debug!(trigger = %self.key, id = %envelope.id, attempt = envelope.attempt, delay = ?retry_delay, "retrying");
             self.counters.retried();
+            let due = Timestamp::now()
+                .checked_add(retry_delay)
+                .unwrap_or(Timestamp::MAX);
+            self.record_end(&delivery, outcome, Some(error), Next::Retry { at: due })
+                .await;
             self.settled(delivery.nack(retry_delay).await, "nack");
             return Outcome::Retried;
         }
         let failure = failure.into_failure();
+        let error = RunError {
+            kind: failure.kind.to_string(),
+            message: failure.message.clone(),
+        };
+        self.record_end(&delivery, outcome, Some(error), Next::DeadLettered)
+            .await;
         tracing::warn!(trigger = %self.key, id = %envelope.id, attempts = envelope.attempt, kind = %failure.kind, error = %failure.message, "dead-lettered");
         self.counters.dead_lettered();
         self.settled(delivery.dead_letter(failure).await, "dead_letter");
@@ -54,14 +103,6 @@ impl Trigger {
         if let Err(err) = result {
             tracing::warn!(trigger = %self.key, operation, error = %err, "the settlement was not applied; the message will be delivered again");
         }
-    }
-}
-
-/// Gives `delivery` back without spending an attempt (a call abandoned at shutdown).
-pub(super) async fn release(delivery: Delivery) {
-    let id = delivery.envelope().id.clone();
-    if let Err(err) = delivery.release().await {
-        tracing::warn!(%id, error = %err, "cannot release the message; it is delivered again after its lease");
     }
 }
 
@@ -141,6 +182,7 @@ triggers:
             adapter,
             subscribed: AtomicBool::new(false),
             messaging_system: "topiq",
+            runs: None,
         };
         (trigger, subscription)
     }

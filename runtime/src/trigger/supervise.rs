@@ -52,6 +52,34 @@ impl CallFailure {
         }
     }
 
+    /// How the attempt ended and why, for its run record.
+    pub(crate) fn run_error(&self) -> (topiq_runs::AttemptOutcome, topiq_runs::RunError) {
+        use topiq_runs::AttemptOutcome;
+        let (outcome, kind, message) = match self {
+            CallFailure::Handler(err) => (
+                AttemptOutcome::Failed,
+                "handler_error",
+                err.message().to_owned(),
+            ),
+            CallFailure::Timeout(limit) => (
+                AttemptOutcome::Timeout,
+                "timeout",
+                format!("the handler did not finish within its timeout of {limit:?}"),
+            ),
+            CallFailure::Panicked(message) => (
+                AttemptOutcome::Panicked,
+                "panicked",
+                format!("the handler panicked: {message}"),
+            ),
+        };
+        let error = topiq_runs::RunError {
+            kind: kind.to_owned(),
+            // Cut like a DLQ record's error.
+            message: Failure::new(FailureKind::RetriesExhausted, message).message,
+        };
+        (outcome, error)
+    }
+
     /// The delay the handler asked for before the next attempt.
     pub(crate) fn requested_delay(&self) -> Option<Duration> {
         match self {

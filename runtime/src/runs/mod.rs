@@ -1,0 +1,148 @@
+//! Run records in the running module: the events each trigger reports, the recorder that
+//! writes them in batches, and the sweep of finished runs past their keep time.
+
+mod recorder;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use topiq_adapter::{Envelope, Timestamp, TriggerName};
+use topiq_runs::{
+    AttemptOutcome, Change, Next, Origin, Retention, RunError, RunEvent, RunKey, SharedStore,
+    StoreError,
+};
+
+use crate::config::RunsSettings;
+pub(crate) use recorder::Recorder;
+
+/// How often finished runs past their keep time are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The module's run records: where they go and who this instance is.
+pub(crate) struct Runs {
+    recorder: Recorder,
+    settings: RunsSettings,
+    /// `host:pid`, on every attempt this instance runs.
+    instance: String,
+}
+
+impl Runs {
+    /// Opens the store `settings` names.
+    pub(crate) async fn open(settings: RunsSettings) -> Result<Self, StoreError> {
+        let store = topiq_runs::open(&settings.store).await?;
+        Ok(Self {
+            recorder: Recorder::new(store),
+            settings,
+            instance: instance_name(),
+        })
+    }
+
+    pub(crate) fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    pub(crate) fn store(&self) -> &SharedStore {
+        self.recorder.store()
+    }
+
+    /// Writes events and sweeps old runs until `stop`; `deadline` bounds the last writes.
+    pub(crate) async fn run(&self, stop: CancellationToken, deadline: Duration) {
+        let sweeping = async {
+            loop {
+                self.sweep().await;
+                tokio::time::sleep(SWEEP_EVERY).await;
+            }
+        };
+        tokio::select! {
+            () = self.recorder.run(stop.clone(), deadline) => {}
+            () = sweeping => {}
+        }
+    }
+
+    async fn sweep(&self) {
+        let now = Timestamp::now();
+        let before = |keep: Duration| {
+            now.checked_sub(
+                jiff::SignedDuration::try_from(keep).unwrap_or(jiff::SignedDuration::MAX),
+            )
+            .unwrap_or(Timestamp::MIN)
+        };
+        let retention = Retention {
+            succeeded_before: before(self.settings.succeeded_for),
+            failed_before: before(self.settings.failed_for),
+        };
+        match self.store().sweep(retention).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::debug!(swept, "swept finished runs past their keep time"),
+            Err(err) => tracing::warn!(error = %err, "cannot sweep finished runs"),
+        }
+    }
+
+    /// The event of `envelope`'s attempt starting on `trigger`.
+    pub(crate) fn started(
+        &self,
+        trigger: &TriggerName,
+        envelope: &Envelope,
+        traceparent: Option<String>,
+    ) -> RunEvent {
+        event(
+            trigger,
+            envelope,
+            Change::Started {
+                origin: origin(envelope),
+                attempt: envelope.attempt,
+                instance: self.instance.clone(),
+                traceparent,
+            },
+        )
+    }
+}
+
+/// What a delivery tells of its message's beginning.
+pub(crate) fn origin(envelope: &Envelope) -> Origin {
+    Origin {
+        topic: envelope.topic.clone(),
+        data: Arc::clone(&envelope.data),
+        enqueued_at: envelope.enqueued_at,
+        run_at: None,
+        replay_of: None,
+    }
+}
+
+/// `change` to the run of `envelope` on `trigger`, now.
+pub(crate) fn event(trigger: &TriggerName, envelope: &Envelope, change: Change) -> RunEvent {
+    RunEvent {
+        key: RunKey::new(envelope.id.clone(), trigger.clone()),
+        at: Timestamp::now(),
+        change,
+    }
+}
+
+/// The event of `envelope`'s attempt ending with `outcome` and going `next`.
+pub(crate) fn finished(
+    trigger: &TriggerName,
+    envelope: &Envelope,
+    outcome: AttemptOutcome,
+    error: Option<RunError>,
+    next: Next,
+) -> RunEvent {
+    let change = Change::Finished {
+        attempt: envelope.attempt,
+        outcome,
+        error,
+        next,
+    };
+    event(trigger, envelope, change)
+}
+
+/// `host:pid` of this process.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}

@@ -1,0 +1,206 @@
+//! Writing run events to the store off the handler's path, in batches (group commit).
+//!
+//! Events wait in one queue; a writer task takes everything queued, applies it in one store
+//! call, and wakes whoever waits for those events. A settlement waits for its event to be
+//! stored before the delivery is settled, so a crash loses no record: the message is
+//! delivered again. While the store is down, the writer keeps the events and tries again,
+//! settlements wait (so consumption pauses once every handler slot waits), and readiness
+//! says so.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use topiq_runs::{RunEvent, SharedStore};
+
+/// The most events one store call applies.
+const MAX_BATCH: usize = 1_000;
+
+/// Queued events past which `record` waits for the writer (the store is down or slow).
+const HIGH_WATER: usize = 100_000;
+
+/// The longest wait between two tries while the store is down.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// Events waiting to be written, and who waits for them.
+#[derive(Default)]
+struct Queue {
+    events: Vec<RunEvent>,
+    /// How many events were ever queued.
+    queued: u64,
+    /// How many of those are stored (always a prefix: one writer, in queue order).
+    stored: u64,
+    /// Each waiter, with the count of stored events that wakes it.
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
+    /// The writer stopped: nobody waits any more.
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&mut self, events: impl IntoIterator<Item = RunEvent>) {
+        let before = self.events.len();
+        self.events.extend(events);
+        self.queued += (self.events.len() - before) as u64;
+    }
+}
+
+/// The run events of one process, on their way to the store.
+pub(crate) struct Recorder {
+    store: SharedStore,
+    queue: Mutex<Queue>,
+    queued: Notify,
+    written: Notify,
+    healthy: AtomicBool,
+}
+
+impl Recorder {
+    /// A recorder writing to `store`; nothing is written until [`run`](Self::run) runs.
+    pub(crate) fn new(store: SharedStore) -> Self {
+        Self {
+            store,
+            queue: Mutex::new(Queue::default()),
+            queued: Notify::new(),
+            written: Notify::new(),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `events` without waiting for them to be stored (waits only while the queue is
+    /// past its high-water mark).
+    pub(crate) async fn record(&self, events: impl IntoIterator<Item = RunEvent>) {
+        loop {
+            let written = self.written.notified();
+            {
+                let mut queue = self.queue();
+                if queue.events.len() < HIGH_WATER {
+                    queue.push(events);
+                    break;
+                }
+            }
+            self.queued.notify_one();
+            written.await;
+        }
+        self.queued.notify_one();
+    }
+
+    /// Queues `events` and waits until they (and every event queued before them) are stored.
+    pub(crate) async fn record_stored(&self, events: impl IntoIterator<Item = RunEvent>) {
+        let (done, stored) = oneshot::channel();
+        {
+            let mut queue = self.queue();
+            queue.push(events);
+            let target = queue.queued;
+            if queue.stored >= target || queue.closed {
+                return;
+            }
+            queue.waiters.push((target, done));
+        }
+        self.queued.notify_one();
+        // A dropped sender means the writer stopped (shutdown): nothing more to wait for.
+        let _ = stored.await;
+    }
+
+    /// Waits until every event queued so far is stored (read-your-writes).
+    pub(crate) async fn flush(&self) {
+        self.record_stored(std::iter::empty()).await;
+    }
+
+    /// False while the store refuses writes.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Writes queued events until `stop`, then writes what is left (until `deadline` runs
+    /// out, if the store is down).
+    pub(crate) async fn run(&self, stop: CancellationToken, deadline: Duration) {
+        loop {
+            let queued = self.queued.notified();
+            if !self.write_some(&stop).await {
+                tokio::select! {
+                    () = queued => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+        }
+        let rest = async { while self.write_some(&CancellationToken::new()).await {} };
+        if tokio::time::timeout(deadline, rest).await.is_err() {
+            let lost = self.queue().events.len();
+            tracing::error!(
+                events = lost,
+                "the runs store did not take the last run events before shutdown; those runs miss their latest changes"
+            );
+        }
+        let mut queue = self.queue();
+        queue.closed = true;
+        // Dropping the senders lets every waiter go on.
+        queue.waiters.clear();
+    }
+
+    /// Writes one batch, trying again while the store is down (until `stop`); false when
+    /// nothing was queued.
+    async fn write_some(&self, stop: &CancellationToken) -> bool {
+        let batch: Vec<RunEvent> = {
+            let mut queue = self.queue();
+            let take = queue.events.len().min(MAX_BATCH);
+            queue.events.drain(..take).collect()
+        };
+        if batch.is_empty() {
+            return false;
+        }
+        let mut wait = Duration::from_millis(100);
+        while let Err(err) = self.store.apply(&batch).await {
+            if self.healthy.swap(false, Ordering::Relaxed) {
+                tracing::error!(error = %err, "the runs store refuses writes; settlements wait (consumption pauses) until it is back");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => {
+                    self.requeue(batch);
+                    return false;
+                }
+            }
+            wait = (wait * 2).min(MAX_RETRY_WAIT);
+        }
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("the runs store takes writes again");
+        }
+        self.wake_waiters(batch.len());
+        true
+    }
+
+    /// Puts an unwritten batch back at the head of the queue.
+    fn requeue(&self, batch: Vec<RunEvent>) {
+        let mut queue = self.queue();
+        let rest = std::mem::take(&mut queue.events);
+        queue.events = batch;
+        queue.events.extend(rest);
+    }
+
+    /// Counts `written` more events stored and wakes the waiters they complete.
+    fn wake_waiters(&self, written: usize) {
+        let mut queue = self.queue();
+        queue.stored += written as u64;
+        let stored = queue.stored;
+        let waiters = std::mem::take(&mut queue.waiters);
+        for (target, done) in waiters {
+            if target <= stored {
+                let _ = done.send(());
+            } else {
+                queue.waiters.push((target, done));
+            }
+        }
+        drop(queue);
+        self.written.notify_waiters();
+    }
+}

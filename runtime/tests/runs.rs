@@ -1,0 +1,251 @@
+//! Runs recorded by the module on the in-memory adapter and store: every state a trigger
+//! reaches, attempts with their errors, the `queue.run_get` and `queue.run_list` calls, and
+//! a trigger that opts out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use topiq::{Config, Functions, HandlerError, Message, QueueModule};
+
+fn config(triggers: &str) -> Config {
+    let text = format!(
+        "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+      shutdown_grace: 2s
+triggers:
+{triggers}"
+    );
+    Config::from_yaml_with_variables(&text, "test.yaml", &HashMap::new())
+        .unwrap_or_else(|err| panic!("{err}"))
+}
+
+const TRIGGERS: &str = "  mailer:
+    type: queue
+    function: flaky
+    config:
+      topic: orders
+      retry: { backoff: fixed, delay: 100ms, max_attempts: 3 }
+  audit:
+    type: queue
+    function: ok
+    config:
+      topic: orders
+      condition: 'data.audit == true'
+  firehose:
+    type: queue
+    function: ok
+    config:
+      topic: orders
+      runs: false
+";
+
+/// `flaky` fails while `data.fail` is above the attempt, with the attempt in its error.
+fn functions() -> Functions {
+    let mut functions = Functions::new();
+    functions.register("ok", |_message: Message| async move { Ok(()) });
+    functions.register("flaky", |message: Message| async move {
+        let failures = message.data()["fail"].as_u64().unwrap_or(0);
+        if u64::from(message.attempt) <= failures {
+            return Err(HandlerError::retryable(format!(
+                "SMTP timeout on attempt {}",
+                message.attempt
+            )));
+        }
+        Ok(())
+    });
+    functions
+}
+
+async fn call(module: &QueueModule, name: &str, args: Value) -> Value {
+    module
+        .call(name, args)
+        .await
+        .unwrap_or_else(|err| panic!("{name}: {err}"))
+}
+
+async fn enqueue(module: &QueueModule, data: Value) -> String {
+    let result = call(
+        module,
+        "queue.enqueue",
+        json!({"topic": "orders", "data": data}),
+    )
+    .await;
+    result["message_id"].as_str().unwrap().to_owned()
+}
+
+/// The run of `id` on `trigger` once it is in `state` (waits up to 10 s).
+async fn run_in_state(module: &QueueModule, id: &str, trigger: &str, state: &str) -> Value {
+    let args = json!({"id": id, "trigger": trigger});
+    for _ in 0..200 {
+        let runs = call(module, "queue.run_get", args.clone()).await;
+        let run = runs["runs"][0].clone();
+        if run["state"] == state {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs = call(module, "queue.run_get", args).await;
+    panic!("run of {id} on {trigger} never reached {state}: {runs:#}");
+}
+
+fn states(run: &Value) -> Vec<String> {
+    let transitions = run["transitions"].as_array().unwrap();
+    transitions
+        .iter()
+        .map(|transition| transition["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_has_a_run_per_trigger_from_enqueue_to_success() {
+    let module = QueueModule::new(config(TRIGGERS), functions())
+        .await
+        .unwrap();
+    // Read-your-writes: the run is there as soon as enqueue returns.
+    let id = enqueue(&module, json!({"fail": 2, "audit": false})).await;
+    let queued = call(
+        &module,
+        "queue.run_get",
+        json!({"id": id, "trigger": "mailer"}),
+    )
+    .await;
+    assert_eq!(queued["runs"][0]["state"], "queued");
+    let workers = module.start_workers();
+    let run = run_in_state(&module, &id, "mailer", "succeeded").await;
+    let attempts = run["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    for (n, attempt) in attempts.iter().enumerate() {
+        assert_eq!(attempt["number"], n + 1);
+        assert!(
+            attempt["instance"].as_str().unwrap().contains(':'),
+            "{attempt}"
+        );
+        assert!(attempt["duration_ms"].is_u64(), "{attempt}");
+    }
+    assert_eq!(attempts[0]["outcome"], "failed");
+    assert_eq!(attempts[0]["error"]["message"], "SMTP timeout on attempt 1");
+    assert_eq!(attempts[2]["outcome"], "succeeded");
+    assert_eq!(
+        states(&run),
+        [
+            "queued",
+            "running",
+            "retrying",
+            "running",
+            "retrying",
+            "running",
+            "succeeded"
+        ]
+    );
+    assert_eq!(run["data"], json!({"fail": 2, "audit": false}));
+    run_in_state(&module, &id, "audit", "filtered").await;
+    let all = call(&module, "queue.run_get", json!({"id": id})).await;
+    let triggers: Vec<&str> = all["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        triggers,
+        ["audit", "mailer"],
+        "the firehose trigger records no run"
+    );
+    let err = module
+        .call("queue.run_get", json!({"id": id, "trigger": "firehose"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unknown_run");
+    workers.shutdown().await;
+    module.close().await;
+}
+
+#[tokio::test]
+async fn failed_runs_are_dead_lettered_listed_and_filtered() {
+    let module = QueueModule::new(config(TRIGGERS), functions())
+        .await
+        .unwrap();
+    let workers = module.start_workers();
+    let failing = enqueue(&module, json!({"fail": 9})).await;
+    let fine = enqueue(&module, json!({"fail": 0})).await;
+    let dead = run_in_state(&module, &failing, "mailer", "dead_lettered").await;
+    assert_eq!(dead["attempts"].as_array().unwrap().len(), 3);
+    assert_eq!(dead["attempts"][2]["error"]["kind"], "retries_exhausted");
+    run_in_state(&module, &fine, "mailer", "succeeded").await;
+    let list = |args: Value| call(&module, "queue.run_list", args);
+    let page = list(json!({"trigger": "mailer", "state": "dead_lettered"})).await;
+    let ids: Vec<&str> = page["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [failing.as_str()]);
+    let page = list(json!({"topic": "orders", "trigger": "mailer"})).await;
+    let ids: Vec<&str> = page["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [fine.as_str(), failing.as_str()], "newest first");
+    let page = list(json!({"error_contains": "smtp"})).await;
+    assert_eq!(page["runs"].as_array().unwrap().len(), 1);
+    let err = module
+        .call("queue.run_list", json!({"state": "lost"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_argument");
+    assert!(err.to_string().contains("dead_lettered"), "{err}");
+    workers.shutdown().await;
+    module.close().await;
+}
+
+#[tokio::test]
+async fn a_delayed_message_is_a_delayed_run_until_it_is_due() {
+    let module = QueueModule::new(config(TRIGGERS), functions())
+        .await
+        .unwrap();
+    let workers = module.start_workers();
+    let args = json!({"topic": "orders", "data": {"fail": 0}, "delay": "1s"});
+    let id = call(&module, "queue.enqueue", args).await["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = call(
+        &module,
+        "queue.run_get",
+        json!({"id": id, "trigger": "mailer"}),
+    )
+    .await;
+    assert_eq!(run["runs"][0]["state"], "delayed");
+    assert!(run["runs"][0]["run_at"].is_string());
+    let run = run_in_state(&module, &id, "mailer", "succeeded").await;
+    assert_eq!(states(&run), ["delayed", "running", "succeeded"]);
+    workers.shutdown().await;
+    module.close().await;
+}
+
+#[test]
+fn a_bad_runs_section_is_named() {
+    let text = "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+runs:
+  store: mysql://db/runs
+";
+    let err = Config::from_yaml_with_variables(text, "test.yaml", &HashMap::new()).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("runs.store") && shown.contains("sqlite://"),
+        "{shown}"
+    );
+}
