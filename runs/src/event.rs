@@ -261,6 +261,11 @@ impl Run {
             .iter_mut()
             .find(|attempt| (attempt.lap, attempt.number) == (lap, number))
         else {
+            // A cancelled run settled on delivery, its handler never called.
+            if *next == Next::Cancelled && !self.state.is_finished() {
+                self.enter(RunState::Cancelled, at);
+                return true;
+            }
             return false;
         };
         if attempt.outcome.is_some() {

@@ -10,21 +10,69 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use topiq_adapter::{Envelope, TriggerName};
 
 use crate::config::{ConfigError, TriggerSettings};
+use crate::runs::Runs;
 
 /// A message as a handler receives it: the [`Envelope`] (`id`, `topic`, `data`, `attempt`,
 /// `max_attempts`, `enqueued_at`, trace context, idempotency key) and the trigger that runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Message {
     envelope: Envelope,
     trigger: TriggerName,
+    cancel: Option<CancellationToken>,
+    runs: Option<Arc<Runs>>,
 }
 
 impl Message {
     pub(crate) fn new(envelope: Envelope, trigger: TriggerName) -> Self {
-        Self { envelope, trigger }
+        Self {
+            envelope,
+            trigger,
+            cancel: None,
+            runs: None,
+        }
+    }
+
+    /// The message of a run that is recorded in `runs` and cancelled through `cancel`.
+    pub(crate) fn recorded(
+        mut self,
+        runs: Option<Arc<Runs>>,
+        cancel: Option<CancellationToken>,
+    ) -> Self {
+        self.runs = runs;
+        self.cancel = cancel;
+        self
+    }
+
+    /// Keeps `progress` on this message's run (`queue.run_get` shows the last one); returns
+    /// once it is stored. Nothing happens for a trigger that records no runs.
+    pub async fn progress(&self, progress: Value) {
+        let Some(runs) = &self.runs else {
+            return;
+        };
+        let change = topiq_runs::Change::Progress(progress);
+        let event = crate::runs::event(&self.trigger, &self.envelope, change);
+        runs.recorder().record_stored([event]).await;
+    }
+
+    /// True once the run was cancelled (`queue.run_cancel`). The runtime stops awaiting the
+    /// handler then; work the handler spawned can watch this, or [`cancelled`](Self::cancelled),
+    /// to stop too.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// Completes when the run is cancelled (never, for a trigger that records no runs).
+    pub async fn cancelled(&self) {
+        match &self.cancel {
+            Some(cancel) => cancel.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// The trigger whose function is running.
@@ -48,6 +96,16 @@ impl Message {
     /// The whole envelope.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("envelope", &self.envelope)
+            .field("trigger", &self.trigger)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
     }
 }
 
@@ -132,8 +190,8 @@ impl<E: std::error::Error> From<E> for HandlerError {
 
 /// A function that handles one message at a time.
 pub trait Handler: Send + Sync + 'static {
-    /// Handles `message`; `Ok` acknowledges it.
-    fn call(&self, message: Message) -> BoxFuture<'static, Result<(), HandlerError>>;
+    /// Handles `message`; `Ok` acknowledges it, with the result its run keeps, if any.
+    fn call(&self, message: Message) -> BoxFuture<'static, Result<Option<Value>, HandlerError>>;
 }
 
 impl<F, Fut> Handler for F
@@ -141,8 +199,24 @@ where
     F: Fn(Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    fn call(&self, message: Message) -> BoxFuture<'static, Result<(), HandlerError>> {
-        Box::pin(self(message))
+    fn call(&self, message: Message) -> BoxFuture<'static, Result<Option<Value>, HandlerError>> {
+        let call = self(message);
+        Box::pin(async move { call.await.map(|()| None) })
+    }
+}
+
+/// A handler whose success returns a JSON result, which its run keeps (see
+/// [`Functions::register_returning`]).
+pub struct Returning<F>(pub F);
+
+impl<F, Fut> Handler for Returning<F>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
+{
+    fn call(&self, message: Message) -> BoxFuture<'static, Result<Option<Value>, HandlerError>> {
+        let call = (self.0)(message);
+        Box::pin(async move { call.await.map(Some) })
     }
 }
 
@@ -217,6 +291,16 @@ impl Functions {
     /// starts.
     pub fn register(&mut self, name: impl Into<String>, handler: impl Handler) -> &mut Self {
         self.insert(name.into(), Function::Single(Arc::new(handler)))
+    }
+
+    /// Registers `handler` as `name`; the JSON value it returns on success is kept on the
+    /// message's run (`result`).
+    pub fn register_returning<F, Fut>(&mut self, name: impl Into<String>, handler: F) -> &mut Self
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
+    {
+        self.register(name, Returning(handler))
     }
 
     /// Registers a batch function as `name`, for triggers with `batch_size`.

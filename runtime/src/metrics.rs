@@ -61,6 +61,7 @@ pub(crate) struct Metrics {
     retried: Family<TriggerLabels, Counter>,
     dead_lettered: Family<TriggerLabels, Counter>,
     filtered: Family<TriggerLabels, Counter>,
+    cancelled: Family<TriggerLabels, Counter>,
     handler_duration: HistogramFamily,
     end_to_end: HistogramFamily,
     in_flight: Family<TriggerLabels, Gauge>,
@@ -88,6 +89,7 @@ struct OtelInstruments {
     retried: OtelCounter<u64>,
     dead_lettered: OtelCounter<u64>,
     filtered: OtelCounter<u64>,
+    cancelled: OtelCounter<u64>,
     handler_duration: OtelHistogram<f64>,
     end_to_end: OtelHistogram<f64>,
     in_flight: OtelGauge<u64>,
@@ -127,6 +129,7 @@ impl OtelInstruments {
             retried: counter("topiq.messages.retried", "Failed calls that were retried"),
             dead_lettered: counter("topiq.messages.dead_lettered", "Messages moved to the DLQ"),
             filtered: counter("topiq.messages.filtered", "Messages the condition skipped"),
+            cancelled: counter("topiq.messages.cancelled", "Deliveries of cancelled runs"),
             handler_duration: histogram("topiq.handler.duration", "Time of each handler call"),
             end_to_end: histogram(
                 "topiq.end_to_end.latency",
@@ -148,6 +151,7 @@ pub(crate) struct TriggerMetrics {
     retried: Counter,
     dead_lettered: Counter,
     filtered: Counter,
+    cancelled: Counter,
     handler_duration: Histogram,
     end_to_end: Histogram,
     otel: Option<(Arc<OtelInstruments>, Arc<[KeyValue]>)>,
@@ -186,6 +190,13 @@ impl TriggerMetrics {
         self.filtered.inc();
         if let Some((otel, labels)) = &self.otel {
             otel.filtered.add(1, labels);
+        }
+    }
+
+    pub(crate) fn cancelled(&self) {
+        self.cancelled.inc();
+        if let Some((otel, labels)) = &self.otel {
+            otel.cancelled.add(1, labels);
         }
     }
 
@@ -233,6 +244,7 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             filtered: Family::default(),
+            cancelled: Family::default(),
             handler_duration: Family::new_with_constructor(seconds_histogram),
             end_to_end: Family::new_with_constructor(seconds_histogram),
             in_flight: Family::default(),
@@ -288,6 +300,11 @@ impl Metrics {
             "Messages acknowledged without a call because the condition was false",
             self.filtered.clone(),
         );
+        registry.register(
+            "messages_cancelled",
+            "Deliveries of cancelled runs, acknowledged without a call or with their call stopped",
+            self.cancelled.clone(),
+        );
     }
 
     /// The handler and end-to-end histograms, and the broker's gauges.
@@ -340,6 +357,7 @@ impl Metrics {
             retried: self.retried.get_or_create(&labels).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&labels).clone(),
             filtered: self.filtered.get_or_create(&labels).clone(),
+            cancelled: self.cancelled.get_or_create(&labels).clone(),
             handler_duration: self.handler_duration.get_or_create(&labels).clone(),
             end_to_end: self.end_to_end.get_or_create(&labels).clone(),
             otel: self

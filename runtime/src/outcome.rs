@@ -17,6 +17,8 @@ pub(crate) enum Outcome {
     Partial,
     /// A batch whose handler failed every message.
     Failed,
+    /// Its run was cancelled: acknowledged, never retried.
+    Cancelled,
 }
 
 impl Outcome {
@@ -30,6 +32,7 @@ impl Outcome {
             Outcome::Released => "released",
             Outcome::Partial => "partial",
             Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
         }
     }
 

@@ -108,6 +108,10 @@ impl TriggerCounters {
         self.metrics.filtered();
     }
 
+    pub(crate) fn cancelled(&self) {
+        self.metrics.cancelled();
+    }
+
     pub(crate) fn snapshot(&self) -> TriggerCounts {
         let now = now_second();
         let per_minute = self

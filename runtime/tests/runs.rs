@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -248,4 +250,142 @@ runs:
         shown.contains("runs.store") && shown.contains("sqlite://"),
         "{shown}"
     );
+}
+
+const SLOW_TRIGGER: &str = "  worker:
+    type: queue
+    function: slow
+    config:
+      topic: jobs
+      retry: { backoff: fixed, delay: 100ms, max_attempts: 3 }
+";
+
+/// `slow` reports progress, returns `{"done": n}` when `data.wait_ms` passed, and counts its
+/// calls and the calls dropped before they finished.
+fn slow_functions(calls: Arc<AtomicUsize>, dropped: Arc<AtomicUsize>) -> Functions {
+    let mut functions = Functions::new();
+    functions.register_returning("slow", move |message: Message| {
+        let (calls, dropped) = (Arc::clone(&calls), Arc::clone(&dropped));
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let guard = DropCounter(Some(dropped));
+            message.progress(json!({"step": 1})).await;
+            let wait = message.data()["wait_ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            std::mem::forget(guard);
+            Ok(json!({"done": message.data()["n"]}))
+        }
+    });
+    functions
+}
+
+/// Counts one drop, unless forgotten: the handler's future was dropped before it finished.
+struct DropCounter(Option<Arc<AtomicUsize>>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn enqueue_job(module: &QueueModule, data: Value, delay: Option<&str>) -> String {
+    let mut args = json!({"topic": "jobs", "data": data});
+    if let Some(delay) = delay {
+        args["delay"] = json!(delay);
+    }
+    let result = call(module, "queue.enqueue", args).await;
+    result["message_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_result_and_progress_are_kept_and_a_finished_run_is_replayed_to_its_trigger() {
+    let (calls, dropped) = (Arc::default(), Arc::default());
+    let module = QueueModule::new(config(SLOW_TRIGGER), slow_functions(calls, dropped))
+        .await
+        .unwrap();
+    let workers = module.start_workers();
+    let id = enqueue_job(&module, json!({"n": 7}), None).await;
+    let run = run_in_state(&module, &id, "worker", "succeeded").await;
+    assert_eq!(run["result"], json!({"done": 7}));
+    assert_eq!(run["progress"], json!({"step": 1}));
+    let replayed = call(
+        &module,
+        "queue.run_replay",
+        json!({"id": id, "data": {"n": 8}}),
+    )
+    .await;
+    let replay = replayed["message_id"].as_str().unwrap();
+    assert_ne!(replay, id);
+    let run = run_in_state(&module, replay, "worker", "succeeded").await;
+    assert_eq!(run["replay_of"], id.as_str());
+    assert_eq!(run["result"], json!({"done": 8}));
+    let again = call(&module, "queue.run_replay", json!({"id": id})).await;
+    let run = run_in_state(
+        &module,
+        again["message_id"].as_str().unwrap(),
+        "worker",
+        "succeeded",
+    )
+    .await;
+    assert_eq!(
+        run["data"],
+        json!({"n": 7}),
+        "a replay without data sends the run's own"
+    );
+    workers.shutdown().await;
+    module.close().await;
+}
+
+#[tokio::test]
+async fn a_waiting_run_cancelled_is_never_handled_and_a_running_one_is_stopped() {
+    let (calls, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let functions = slow_functions(Arc::clone(&calls), Arc::clone(&dropped));
+    let module = QueueModule::new(config(SLOW_TRIGGER), functions)
+        .await
+        .unwrap();
+    let workers = module.start_workers();
+    let waiting = enqueue_job(&module, json!({"n": 1}), Some("1s")).await;
+    let cancelled = call(&module, "queue.run_cancel", json!({"id": waiting})).await;
+    assert_eq!(cancelled, json!({"cancelled": 1}));
+    let run = call(&module, "queue.run_get", json!({"id": waiting})).await;
+    assert_eq!(run["runs"][0]["state"], "cancelled");
+    let running = enqueue_job(&module, json!({"n": 2, "wait_ms": 60_000}), None).await;
+    run_in_state(&module, &running, "worker", "running").await;
+    let cancelled = call(
+        &module,
+        "queue.run_cancel",
+        json!({"id": running, "trigger": "worker"}),
+    )
+    .await;
+    assert_eq!(cancelled, json!({"cancelled": 1}));
+    let run = run_in_state(&module, &running, "worker", "cancelled").await;
+    assert_eq!(run["attempts"][0]["outcome"], "cancelled");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the running handler was stopped"
+    );
+    // Past the delayed run's time and a retry's backoff: neither is handed to the handler.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the running run's one call"
+    );
+    let run = call(&module, "queue.run_get", json!({"id": running})).await;
+    assert_eq!(
+        run["runs"][0]["attempts"].as_array().unwrap().len(),
+        1,
+        "never retried"
+    );
+    let err = module
+        .call("queue.run_cancel", json!({"id": running}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "run_state");
+    assert!(err.to_string().contains("already finished"), "{err}");
+    workers.shutdown().await;
+    module.close().await;
 }

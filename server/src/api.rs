@@ -126,6 +126,7 @@ fn status_of(kind: CallErrorKind) -> StatusCode {
         CallErrorKind::BadInput => StatusCode::BAD_REQUEST,
         CallErrorKind::NotFound => StatusCode::NOT_FOUND,
         CallErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        CallErrorKind::Conflict => StatusCode::CONFLICT,
         CallErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         CallErrorKind::BrokerFull => StatusCode::INSUFFICIENT_STORAGE,
         CallErrorKind::BrokerRefused => StatusCode::BAD_GATEWAY,

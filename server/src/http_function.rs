@@ -1,7 +1,8 @@
 //! HTTP functions: a function declared in `config.yaml` as an endpoint, called with a POST of
 //! the message's envelope.
 //!
-//! A 2xx answer acknowledges the message. 408, 429, 5xx, a timeout or a connection that
+//! A 2xx answer acknowledges the message; its body, when it is JSON (`application/json`, up
+//! to 64 KiB), is kept as the run's result. 408, 429, 5xx, a timeout or a connection that
 //! cannot be made are retryable failures (a `Retry-After` answer sets the next delay); any
 //! other answer (4xx, or a 3xx: redirects are not followed) is a non-retryable failure that
 //! sends the message straight to the DLQ, with the status and the start of the body as the
@@ -13,12 +14,16 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde_json::Value;
 
 use topiq::config::HttpFunctionSettings;
 use topiq::{Handler, HandlerError, Message};
 
 /// How much of a failed answer's body goes into the error.
 const BODY_EXCERPT: usize = 512;
+
+/// The largest 2xx JSON body kept as the run's result; a larger one is not kept.
+pub(crate) const MAX_RESULT_BYTES: usize = 64 * 1024;
 
 /// One HTTP function: its settings and a pooled client.
 pub(crate) struct HttpFunction {
@@ -42,7 +47,7 @@ impl HttpFunction {
 }
 
 impl Handler for HttpFunction {
-    fn call(&self, message: Message) -> BoxFuture<'static, Result<(), HandlerError>> {
+    fn call(&self, message: Message) -> BoxFuture<'static, Result<Option<Value>, HandlerError>> {
         let settings = Arc::clone(&self.settings);
         let client = self.client.clone();
         Box::pin(async move { deliver(&client, &settings, &message).await })
@@ -53,7 +58,7 @@ async fn deliver(
     client: &reqwest::Client,
     settings: &HttpFunctionSettings,
     message: &Message,
-) -> Result<(), HandlerError> {
+) -> Result<Option<Value>, HandlerError> {
     // `emails.send: POST http://127.0.0.1:9000`: the function and where it went, no secret.
     let endpoint = format!("{}: POST {}", settings.name, settings.endpoint());
     let body = serde_json::to_vec(message.envelope())
@@ -77,9 +82,7 @@ async fn deliver(
         .map_err(|err| transport_failure(&endpoint, settings.timeout, err))?;
     let status = response.status();
     if status.is_success() {
-        // Read the answer to its end (up to a bound) so the connection goes back to the pool.
-        drain(response).await;
-        return Ok(());
+        return Ok(result_of(response).await);
     }
     let retry_after = response
         .headers()
@@ -136,6 +139,30 @@ fn transport_failure(endpoint: &str, timeout: Duration, err: reqwest::Error) -> 
 
 /// The most of a successful answer's body read to reuse its connection; a longer one closes it.
 const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// A 2xx answer's JSON body (up to [`MAX_RESULT_BYTES`]), which the run keeps as its
+/// result; read to its end (up to a bound) so the connection goes back to the pool.
+async fn result_of(mut response: reqwest::Response) -> Option<Value> {
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !is_json {
+        drain(response).await;
+        return None;
+    }
+    let mut body = Vec::new();
+    while body.len() <= MAX_RESULT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return serde_json::from_slice(&body).ok(),
+            Err(_) => return None,
+        }
+    }
+    drain(response).await;
+    None
+}
 
 async fn drain(mut response: reqwest::Response) {
     let mut read = 0;

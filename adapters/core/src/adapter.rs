@@ -64,6 +64,15 @@ pub trait Adapter: DeadLetters {
         messages: Vec<NewMessage>,
     ) -> impl Future<Output = Result<Vec<Result<PublishReceipt>>>> + Send;
 
+    /// Publishes one message to one trigger's subscription only (a replay): the topic's
+    /// other triggers never see it. Delivered at once; a `deliver_at` or `idempotency_key` is
+    /// `Error::InvalidArgument`.
+    fn publish_to(
+        &self,
+        key: &SubscriptionKey,
+        message: NewMessage,
+    ) -> impl Future<Output = Result<PublishReceipt>> + Send;
+
     /// Attaches a consumer to a declared subscription.
     fn consume(
         &self,
@@ -136,6 +145,11 @@ pub trait DynAdapter: Send + Sync + 'static {
         topic: &'a TopicName,
         messages: Vec<NewMessage>,
     ) -> BoxFuture<'a, Result<Vec<Result<PublishReceipt>>>>;
+    fn publish_to<'a>(
+        &'a self,
+        key: &'a SubscriptionKey,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<PublishReceipt>>;
     fn consume<'a>(
         &'a self,
         key: &'a SubscriptionKey,
@@ -190,6 +204,13 @@ impl<A: Adapter> DynAdapter for A {
         messages: Vec<NewMessage>,
     ) -> BoxFuture<'a, Result<Vec<Result<PublishReceipt>>>> {
         Box::pin(Adapter::publish_batch(self, topic, messages))
+    }
+    fn publish_to<'a>(
+        &'a self,
+        key: &'a SubscriptionKey,
+        message: NewMessage,
+    ) -> BoxFuture<'a, Result<PublishReceipt>> {
+        Box::pin(Adapter::publish_to(self, key, message))
     }
     fn consume<'a>(
         &'a self,

@@ -62,6 +62,7 @@ macro_rules! conformance_tests {
             one_idempotency_key_covers_delayed_and_immediate_publishes,
             a_key_is_free_again_after_its_own_topics_window,
             redrive_delivers_only_to_the_failing_trigger,
+            a_message_published_to_one_trigger_reaches_only_it,
             redrive_by_id_leaves_the_other_records,
             purge_removes_the_selected_records,
             dlq_list_pages_and_filters,
@@ -967,6 +968,44 @@ pub async fn redrive_delivers_only_to_the_failing_trigger<A: Adapter>(adapter: A
     again.ack().await.expect("ack");
     expect_nothing(&mut healthy, QUIET_PERIOD).await;
     assert_eq!(dlq_count(&adapter, &topic, None).await, 0);
+    adapter.close().await.expect("close");
+}
+
+/// A replay: a new message published to one trigger reaches it alone, at attempt 1, with a
+/// new id; a delay or an idempotency key is refused, and so is an unknown trigger.
+pub async fn a_message_published_to_one_trigger_reaches_only_it<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "publishto", &["chosen", "other"], no_policy).await;
+    let mut chosen = consume(&adapter, &topic, "chosen", 1).await;
+    let mut other = consume(&adapter, &topic, "other", 1).await;
+    let key = SubscriptionKey::new(topic.clone(), trigger("chosen"));
+    let receipt = adapter
+        .publish_to(&key, NewMessage::new(json!({"replay": 1})))
+        .await
+        .expect("publish_to");
+    assert!(!receipt.duplicate);
+    let delivery = receive(&mut chosen).await;
+    assert_eq!(delivery.envelope().id, receipt.message_id);
+    assert_eq!(delivery.envelope().attempt, 1);
+    assert_eq!(*delivery.envelope().data, json!({"replay": 1}));
+    delivery.ack().await.expect("ack");
+    expect_nothing(&mut other, QUIET_PERIOD).await;
+    let delayed = NewMessage::new(json!(1)).deliver_at(Timestamp::now());
+    let err = adapter.publish_to(&key, delayed).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                argument: "deliver_at",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let unknown = SubscriptionKey::new(topic.clone(), trigger("nobody"));
+    let err = adapter
+        .publish_to(&unknown, NewMessage::new(json!(1)))
+        .await;
+    assert!(err.is_err(), "a trigger never declared is refused");
     adapter.close().await.expect("close");
 }
 

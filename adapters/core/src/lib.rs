@@ -38,6 +38,7 @@
 //! | [`declare_subscription`](Adapter::declare_subscription) | a queue per trigger, filled by every publish to the topic |
 //! | [`publish`](Adapter::publish) | pushed into each trigger queue under that queue's own lock |
 //! | [`publish_batch`](Adapter::publish_batch) | one publish per message |
+//! | [`publish_to`](Adapter::publish_to) | pushed into that one trigger's queue |
 //! | idempotency key | a per-topic map of key → first id, expired after the window |
 //! | `deliver_at` / delay | a timer heap per trigger queue |
 //! | [`consume`](Adapter::consume) | a stream that takes from the trigger queue while fewer than `prefetch` are unsettled |

@@ -70,6 +70,22 @@ impl NewMessage {
         self
     }
 
+    /// Checks a message for [`Adapter::publish_to`](crate::Adapter::publish_to): delivered at
+    /// once to one trigger, so it has no `deliver_at` and no `idempotency_key`.
+    pub fn check_direct(&self) -> Result<()> {
+        let argument = if self.deliver_at.is_some() {
+            "deliver_at"
+        } else if self.idempotency_key.is_some() {
+            "idempotency_key"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidArgument {
+            argument,
+            reason: "a message published to one trigger is delivered at once, without an idempotency key".into(),
+        })
+    }
+
     /// Checks what an adapter must refuse before sending anything: data over `limit`
     /// serialized bytes, an empty or oversized idempotency key.
     pub fn validate(&self, topic: &TopicName, limit: usize) -> Result<()> {

@@ -248,6 +248,14 @@ impl Adapter for JetStreamAdapter {
         Ok(self.shared.publish_many(topic, messages).await)
     }
 
+    async fn publish_to(
+        &self,
+        key: &SubscriptionKey,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        self.shared.publish_to_trigger(key, message).await
+    }
+
     async fn consume(
         &self,
         key: &SubscriptionKey,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use topiq_adapter::{Error, NewMessage, PublishReceipt, Result, Timestamp, TopicName};
+use topiq_adapter::{
+    Error, NewMessage, PublishReceipt, Result, SubscriptionKey, Timestamp, TopicName,
+};
 
 use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::header;
@@ -139,6 +141,22 @@ impl Shared {
             // Rare and large: boxed, so every publish future stays small.
             return Box::pin(idempotency::publish_keyed(self, prepared)).await;
         }
+        self.publish_prepared(&prepared).await?;
+        Ok(prepared.receipt())
+    }
+
+    /// Publishes a new message to one trigger's own subject (a replay), confirmed.
+    pub(crate) async fn publish_to_trigger(
+        &self,
+        key: &SubscriptionKey,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        message.check_direct()?;
+        self.subscription(key)?;
+        let mut prepared = self.prepare(&key.topic, message)?;
+        self.ensure_direct_consumer(&key.topic, &key.trigger)
+            .await?;
+        prepared.subject = self.layout.direct_subject(&key.topic, &key.trigger).into();
         self.publish_prepared(&prepared).await?;
         Ok(prepared.receipt())
     }

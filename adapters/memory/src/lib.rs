@@ -151,6 +151,14 @@ impl Adapter for BuiltinQueueAdapter {
             .collect())
     }
 
+    async fn publish_to(
+        &self,
+        key: &SubscriptionKey,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        self.topic(&key.topic)?.publish_to(&key.trigger, message)
+    }
+
     async fn consume(
         &self,
         key: &SubscriptionKey,

@@ -145,6 +145,35 @@ impl Topic {
         id
     }
 
+    /// Puts a new message into the queue of `trigger` only.
+    pub(crate) fn publish_to(
+        &self,
+        trigger: &TriggerName,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        message.check_direct()?;
+        let limit = read(&self.shared.spec).max_message_bytes;
+        message.validate(&self.shared.name, limit)?;
+        let queue = self.require_queue(trigger)?;
+        let now = Timestamp::now();
+        let id = MessageId::generate();
+        let stored = Arc::new(StoredMessage {
+            id: id.clone(),
+            topic: self.shared.name.clone(),
+            data: Arc::new(message.data),
+            enqueued_at: now,
+            retention_from: now,
+            traceparent: message.trace.traceparent,
+            baggage: message.trace.baggage,
+            idempotency_key: None,
+        });
+        queue.enqueue(Pending::first(stored), None);
+        Ok(PublishReceipt {
+            message_id: id,
+            duplicate: false,
+        })
+    }
+
     /// Puts redriven records back into the queue of the trigger each failed on.
     pub(crate) fn redrive(&self, record: &DeadLetter) -> Result<()> {
         let queue = self.require_queue(&record.trigger)?;

@@ -200,6 +200,14 @@ impl Adapter for RabbitMqAdapter {
         Ok(futures::future::join_all(publishes).await)
     }
 
+    async fn publish_to(
+        &self,
+        key: &SubscriptionKey,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        self.shared.publish_one_to(key, message).await
+    }
+
     async fn consume(
         &self,
         key: &SubscriptionKey,

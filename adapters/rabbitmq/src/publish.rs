@@ -122,6 +122,25 @@ impl Shared {
         Ok((prepared, spec))
     }
 
+    /// Publishes a new message to one trigger's queue only (a replay), confirmed.
+    pub(crate) async fn publish_one_to(
+        &self,
+        key: &SubscriptionKey,
+        message: NewMessage,
+    ) -> Result<PublishReceipt> {
+        self.ensure_open()?;
+        message.check_direct()?;
+        self.subscription(key)?;
+        let (prepared, _) = self.prepare(&key.topic, message)?;
+        let properties = prepared.metadata.properties();
+        self.publish_to_trigger(key, &prepared.payload, properties)
+            .await?;
+        Ok(PublishReceipt {
+            message_id: prepared.metadata.id.clone(),
+            duplicate: false,
+        })
+    }
+
     pub(crate) async fn publish_one(
         &self,
         topic: &TopicName,

@@ -1,7 +1,8 @@
 //! The `queue.*` call surface: every call takes and returns JSON, callable by name
 //! ([`QueueModule::call`]) or through typed methods: `enqueue.rs` (`queue.enqueue`,
 //! `queue.enqueue_batch`), `dlq.rs` (`queue.dlq_count`, `dlq_list`, `redrive_dlq`, `dlq_purge`)
-//! `stats.rs` (`queue.stats`) and `runs.rs` (`queue.run_get`, `run_list`).
+//! `stats.rs` (`queue.stats`) and `runs.rs` (`queue.run_get`, `run_list`, `run_cancel`,
+//! `run_replay`, `run_progress`).
 
 mod dlq;
 mod enqueue;
@@ -17,7 +18,7 @@ use crate::module::QueueModule;
 pub use dlq::DlqRequest;
 use enqueue::EnqueueBatchRequest;
 pub use enqueue::{BatchItem, EnqueueRequest, EnqueueResult};
-pub use runs::{RunListRequest, RunRequest};
+pub use runs::{ProgressRequest, ReplayRequest, RunListRequest, RunRequest};
 pub use stats::TriggerStats;
 
 /// The calls [`QueueModule::call`] knows.
@@ -31,6 +32,9 @@ pub const CALLS: &[&str] = &[
     "queue.stats",
     "queue.run_get",
     "queue.run_list",
+    "queue.run_cancel",
+    "queue.run_replay",
+    "queue.run_progress",
 ];
 
 /// The most messages in one `queue.enqueue_batch`.
@@ -66,6 +70,13 @@ pub enum CallError {
     /// The runs store failed.
     #[error(transparent)]
     Runs(#[from] topiq_runs::StoreError),
+    /// The run is not in a state the call acts on (cancel a finished run, replay a running
+    /// one).
+    #[error("{message}")]
+    RunState {
+        /// What state it is in and what would work.
+        message: String,
+    },
 }
 
 /// What kind of failure a [`CallError`] is: what a transport answers with (the HTTP API's
@@ -79,6 +90,8 @@ pub enum CallErrorKind {
     NotFound,
     /// The body or payload is too large (413).
     TooLarge,
+    /// The target is not in a state the call acts on (409).
+    Conflict,
     /// The broker cannot be reached now, or the module is closed (503).
     Unavailable,
     /// The broker is full (507).
@@ -104,6 +117,7 @@ impl CallError {
             CallError::InvalidArgument { .. } => "invalid_argument",
             CallError::Adapter(err) => err.code(),
             CallError::UnknownRun { .. } => "unknown_run",
+            CallError::RunState { .. } => "run_state",
             CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => "invalid_argument",
             CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => "runs_store_unavailable",
             CallError::Runs(_) => "runs_store_error",
@@ -117,6 +131,7 @@ impl CallError {
             CallError::UnknownCall { .. } => CallErrorKind::NotFound,
             CallError::InvalidArgument { .. } => CallErrorKind::BadInput,
             CallError::UnknownRun { .. } => CallErrorKind::NotFound,
+            CallError::RunState { .. } => CallErrorKind::Conflict,
             CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => CallErrorKind::BadInput,
             CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => {
                 CallErrorKind::Unavailable
@@ -230,6 +245,18 @@ impl QueueModule {
             "queue.run_list" => {
                 let page = self.run_list(&parse_args(name, args)?).await?;
                 Ok(json!({ "runs": page.runs, "next_cursor": page.next_cursor }))
+            }
+            "queue.run_cancel" => {
+                let cancelled = self.run_cancel(&parse_args(name, args)?).await?;
+                Ok(json!({ "cancelled": cancelled }))
+            }
+            "queue.run_replay" => {
+                let message_id = self.run_replay(&parse_args(name, args)?).await?;
+                Ok(json!({ "message_id": message_id }))
+            }
+            "queue.run_progress" => {
+                self.run_progress(&parse_args(name, args)?).await?;
+                Ok(json!({}))
             }
             _ => Err(CallError::UnknownCall {
                 name: name.to_owned(),

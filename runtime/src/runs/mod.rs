@@ -1,6 +1,7 @@
 //! Run records in the running module: the events each trigger reports, the recorder that
 //! writes them in batches, and the sweep of finished runs past their keep time.
 
+mod cancels;
 mod recorder;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use topiq_runs::{
 };
 
 use crate::config::RunsSettings;
+pub(crate) use cancels::Cancels;
 pub(crate) use recorder::Recorder;
 
 /// How often finished runs past their keep time are swept.
@@ -22,6 +24,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// The module's run records: where they go and who this instance is.
 pub(crate) struct Runs {
     recorder: Recorder,
+    cancels: Cancels,
     settings: RunsSettings,
     /// `host:pid`, on every attempt this instance runs.
     instance: String,
@@ -33,6 +36,7 @@ impl Runs {
         let store = topiq_runs::open(&settings.store).await?;
         Ok(Self {
             recorder: Recorder::new(store),
+            cancels: Cancels::default(),
             settings,
             instance: instance_name(),
         })
@@ -46,7 +50,12 @@ impl Runs {
         self.recorder.store()
     }
 
-    /// Writes events and sweeps old runs until `stop`; `deadline` bounds the last writes.
+    pub(crate) fn cancels(&self) -> &Cancels {
+        &self.cancels
+    }
+
+    /// Writes events, follows cancels and sweeps old runs until `stop`; `deadline` bounds
+    /// the last writes.
     pub(crate) async fn run(&self, stop: CancellationToken, deadline: Duration) {
         let sweeping = async {
             loop {
@@ -54,10 +63,18 @@ impl Runs {
                 tokio::time::sleep(SWEEP_EVERY).await;
             }
         };
-        tokio::select! {
-            () = self.recorder.run(stop.clone(), deadline) => {}
-            () = sweeping => {}
-        }
+        let until_stop = async {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = sweeping => {}
+            }
+        };
+        let keep = self.settings.failed_for;
+        tokio::join!(
+            self.recorder.run(stop.clone(), deadline),
+            self.cancels.poll(self.store(), &stop, keep),
+            until_stop,
+        );
     }
 
     async fn sweep(&self) {

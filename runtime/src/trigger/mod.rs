@@ -41,6 +41,7 @@ use crate::runs::{self, Runs};
 use crate::stats::TriggerCounters;
 use crate::telemetry;
 use supervise::{CallFailure, Limits, supervise};
+use topiq_runs::RunKey;
 
 /// One trigger of a running module.
 pub(crate) struct Trigger {
@@ -203,19 +204,33 @@ impl Trigger {
         let Function::Single(handler) = &self.function else {
             return Outcome::Released;
         };
+        if self.is_cancelled(&delivery) {
+            self.settle_cancelled(delivery).await;
+            return Outcome::Cancelled;
+        }
+        let running = self.runs.as_ref().map(|runs| {
+            let key = RunKey::new(delivery.envelope().id.clone(), self.settings.name.clone());
+            runs.cancels().start(key)
+        });
+        let cancel = running.as_ref().map(|running| running.token().clone());
         self.record_start(std::slice::from_ref(&delivery)).await;
-        let message = Message::new(delivery.envelope().clone(), self.settings.name.clone());
+        let message = Message::new(delivery.envelope().clone(), self.settings.name.clone())
+            .recorded(self.runs.clone(), cancel.clone());
         let call = handler.call(message);
-        match self
-            .call(call, std::slice::from_ref(&delivery), abort)
-            .await
-        {
+        let deliveries = std::slice::from_ref(&delivery);
+        let result = self.call(call, deliveries, abort, cancel.as_ref()).await;
+        drop(running);
+        match result {
             None => {
                 self.release(delivery).await;
                 Outcome::Released
             }
-            Some(Ok(())) => {
-                self.succeed(delivery).await;
+            Some(Err(CallFailure::Cancelled)) => {
+                self.settle_cancelled(delivery).await;
+                Outcome::Cancelled
+            }
+            Some(Ok(result)) => {
+                self.succeed(delivery, result).await;
                 Outcome::Succeeded
             }
             Some(Err(failure)) => self.settle_failure(delivery, failure).await,
@@ -246,7 +261,14 @@ impl Trigger {
     ) -> Outcome {
         let mut passing = Vec::with_capacity(batch.len());
         for delivery in batch {
-            passing.extend(self.admit(delivery).await);
+            let Some(delivery) = self.admit(delivery).await else {
+                continue;
+            };
+            if self.is_cancelled(&delivery) {
+                self.settle_cancelled(delivery).await;
+            } else {
+                passing.push(delivery);
+            }
         }
         if passing.is_empty() {
             return Outcome::Filtered;
@@ -260,7 +282,7 @@ impl Trigger {
             .map(|delivery| Message::new(delivery.envelope().clone(), self.settings.name.clone()))
             .collect();
         let call = handler.call(messages).map(Ok).boxed();
-        match self.call(call, &passing, abort).await {
+        match self.call(call, &passing, abort, None).await {
             None => {
                 for delivery in passing {
                     self.release(delivery).await;
@@ -292,7 +314,7 @@ impl Trigger {
         let mut failed = 0;
         for (delivery, result) in batch.into_iter().zip(results) {
             match result {
-                Ok(()) => self.succeed(delivery).await,
+                Ok(()) => self.succeed(delivery, None).await,
                 Err(err) => {
                     failed += 1;
                     self.settle_failure(delivery, CallFailure::Handler(err))
@@ -319,17 +341,29 @@ impl Trigger {
         call: BoxFuture<'static, Result<T, HandlerError>>,
         deliveries: &[Delivery],
         abort: &CancellationToken,
+        cancel: Option<&CancellationToken>,
     ) -> Option<Result<T, CallFailure>> {
         let limits = Limits {
             timeout: self.settings.timeout,
             extend_every: self.settings.visibility_timeout / 2,
         };
         let started = Instant::now();
-        let result = supervise(call, limits, abort, || self.extend_leases(deliveries)).await;
+        let result = supervise(call, limits, abort, cancel, || {
+            self.extend_leases(deliveries)
+        })
+        .await;
         if result.is_some() {
             self.counters.handler_time(started.elapsed());
         }
         result
+    }
+
+    /// True when the run of `delivery` on this trigger was cancelled.
+    fn is_cancelled(&self, delivery: &Delivery) -> bool {
+        self.runs.as_ref().is_some_and(|runs| {
+            let key = RunKey::new(delivery.envelope().id.clone(), self.settings.name.clone());
+            runs.cancels().is_cancelled(&key)
+        })
     }
 
     /// Records the start of an attempt of each of `deliveries` (not waited for: its end is).

@@ -12,11 +12,11 @@ use crate::runs;
 
 impl Trigger {
     /// A successful call: counted (with the message's time since enqueue) and acknowledged.
-    pub(super) async fn succeed(&self, delivery: Delivery) {
+    pub(super) async fn succeed(&self, delivery: Delivery, result: Option<serde_json::Value>) {
         self.counters
             .end_to_end(since(delivery.envelope().enqueued_at));
         self.counters.succeeded();
-        let next = Next::Succeeded { result: None };
+        let next = Next::Succeeded { result };
         self.record_end(&delivery, AttemptOutcome::Succeeded, None, next)
             .await;
         self.ack(delivery).await;
@@ -42,6 +42,16 @@ impl Trigger {
             next,
         );
         runs.recorder().record_stored([ended]).await;
+    }
+
+    /// Settles the delivery of a cancelled run: recorded as cancelled and acknowledged,
+    /// never retried.
+    pub(super) async fn settle_cancelled(&self, delivery: Delivery) {
+        self.counters.cancelled();
+        let outcome = AttemptOutcome::Cancelled;
+        self.record_end(&delivery, outcome, None, Next::Cancelled)
+            .await;
+        self.ack(delivery).await;
     }
 
     /// Gives `delivery` back without spending an attempt (a call abandoned at shutdown).

@@ -23,6 +23,8 @@ pub(crate) enum CallFailure {
     Timeout(Duration),
     /// It panicked, with this message.
     Panicked(String),
+    /// Its run was cancelled: the call was dropped.
+    Cancelled,
 }
 
 impl CallFailure {
@@ -31,6 +33,7 @@ impl CallFailure {
         match self {
             CallFailure::Handler(err) => err.is_retryable(),
             CallFailure::Timeout(_) | CallFailure::Panicked(_) => true,
+            CallFailure::Cancelled => false,
         }
     }
 
@@ -49,6 +52,9 @@ impl CallFailure {
                 FailureKind::Panicked,
                 format!("the handler panicked: {message}"),
             ),
+            CallFailure::Cancelled => {
+                Failure::new(FailureKind::NonRetryable, "the run was cancelled")
+            }
         }
     }
 
@@ -70,6 +76,11 @@ impl CallFailure {
                 AttemptOutcome::Panicked,
                 "panicked",
                 format!("the handler panicked: {message}"),
+            ),
+            CallFailure::Cancelled => (
+                AttemptOutcome::Cancelled,
+                "cancelled",
+                "the run was cancelled".to_owned(),
             ),
         };
         let error = topiq_runs::RunError {
@@ -98,6 +109,7 @@ impl CallFailure {
             CallFailure::Panicked(message) => {
                 HandlerError::retryable(format!("the batch function panicked: {message}"))
             }
+            CallFailure::Cancelled => HandlerError::non_retryable("the run was cancelled"),
         }
     }
 }
@@ -112,11 +124,13 @@ pub(crate) struct Limits {
 }
 
 /// Runs `call` under `limits.timeout`, calling `extend` every `limits.extend_every` while it
-/// runs; `None` when `abort` fired first (the call is dropped).
+/// runs; `None` when `abort` fired first, [`CallFailure::Cancelled`] when `cancel` did (the
+/// call is dropped either way).
 pub(crate) async fn supervise<T, F>(
     call: BoxFuture<'static, Result<T, HandlerError>>,
     limits: Limits,
     abort: &CancellationToken,
+    cancel: Option<&CancellationToken>,
     mut extend: impl FnMut() -> F,
 ) -> Option<Result<T, CallFailure>>
 where
@@ -135,11 +149,19 @@ where
     let deadline = started + limits.timeout;
     let timer = sleep_until(deadline.min(started + limits.extend_every));
     tokio::pin!(timer);
+    let cancelled = async {
+        match cancel {
+            Some(cancel) => cancel.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
             result = &mut call => return Some(call_result(result)),
             () = abort.cancelled() => return None,
+            () = &mut cancelled => return Some(Err(CallFailure::Cancelled)),
             () = &mut timer => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -194,7 +216,7 @@ mod tests {
     ) -> (Option<Result<u32, CallFailure>>, u32) {
         let extensions = Arc::new(AtomicU32::new(0));
         let counter = Arc::clone(&extensions);
-        let result = supervise(call, LIMITS, abort, move || {
+        let result = supervise(call, LIMITS, abort, None, move || {
             counter.fetch_add(1, Ordering::Relaxed);
             async {}
         })

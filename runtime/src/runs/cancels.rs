@@ -1,0 +1,105 @@
+//! Cancels reaching this instance: the runs store is polled for cancel requests (from any
+//! instance), a run running here is stopped, and a cancelled run delivered here later is
+//! settled without its handler.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use topiq_adapter::Timestamp;
+use topiq_runs::{RunKey, SharedStore};
+
+/// How often the store is asked for new cancels: a cancel reaches every instance within this.
+pub(crate) const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// How far back each poll looks again, for instances whose clocks differ a little.
+const CLOCK_SLACK: Duration = Duration::from_secs(5);
+
+/// The runs cancelled, and the runs running here with their cancel signals.
+#[derive(Default)]
+pub(crate) struct Cancels {
+    running: Mutex<HashMap<RunKey, CancellationToken>>,
+    /// Each cancelled run, with when its cancel was seen.
+    cancelled: Mutex<HashMap<RunKey, Timestamp>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// While alive, a running run can be cancelled through its token.
+pub(crate) struct Running<'a> {
+    cancels: &'a Cancels,
+    key: RunKey,
+    token: CancellationToken,
+}
+
+impl Running<'_> {
+    /// Fires when the run is cancelled.
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(&self.cancels.running).remove(&self.key);
+    }
+}
+
+impl Cancels {
+    /// True when `key`'s run was cancelled.
+    pub(crate) fn is_cancelled(&self, key: &RunKey) -> bool {
+        lock(&self.cancelled).contains_key(key)
+    }
+
+    /// Registers `key` as running here until the guard drops.
+    pub(crate) fn start(&self, key: RunKey) -> Running<'_> {
+        let token = CancellationToken::new();
+        lock(&self.running).insert(key.clone(), token.clone());
+        if self.is_cancelled(&key) {
+            token.cancel();
+        }
+        Running {
+            cancels: self,
+            key,
+            token,
+        }
+    }
+
+    /// Marks `key` cancelled and stops it if it runs here.
+    pub(crate) fn cancel(&self, key: &RunKey) {
+        lock(&self.cancelled).insert(key.clone(), Timestamp::now());
+        if let Some(token) = lock(&self.running).get(key) {
+            token.cancel();
+        }
+    }
+
+    /// Polls `store` for cancels every [`POLL_EVERY`] until `stop`, starting with those of
+    /// the last `keep` (a run cancelled while waiting may be delivered that much later);
+    /// forgets cancels older than `keep`.
+    pub(crate) async fn poll(&self, store: &SharedStore, stop: &CancellationToken, keep: Duration) {
+        let keep = jiff::SignedDuration::try_from(keep).unwrap_or(jiff::SignedDuration::MAX);
+        let slack = jiff::SignedDuration::try_from(CLOCK_SLACK).unwrap_or_default();
+        let mut since = Timestamp::now().checked_sub(keep).unwrap_or(Timestamp::MIN);
+        loop {
+            let asked = Timestamp::now();
+            match store.cancels_since(since).await {
+                Ok(keys) => {
+                    for key in &keys {
+                        self.cancel(key);
+                    }
+                    since = asked.checked_sub(slack).unwrap_or(asked);
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot read cancels from the runs store"),
+            }
+            let horizon = asked.checked_sub(keep).unwrap_or(Timestamp::MIN);
+            lock(&self.cancelled).retain(|_, seen| *seen >= horizon);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+    }
+}
