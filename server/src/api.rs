@@ -365,6 +365,17 @@ mod tests {
         };
         assert_eq!(unavailable.code(), "broker_unavailable");
         assert_eq!(status(unavailable.into()), StatusCode::SERVICE_UNAVAILABLE);
+        let unknown_run = CallError::UnknownRun {
+            id: "x".into(),
+            trigger: None,
+        };
+        assert_eq!(unknown_run.code(), "unknown_run");
+        assert_eq!(status(unknown_run), StatusCode::NOT_FOUND);
+        let finished = CallError::RunState {
+            message: "finished".into(),
+        };
+        assert_eq!(finished.code(), "run_state");
+        assert_eq!(status(finished), StatusCode::CONFLICT);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! HTTP functions: a function declared in `config.yaml` as an endpoint, called with a POST of
 //! the message's envelope.
 //!
-//! A 2xx answer acknowledges the message; its body, when it is JSON (`application/json`, up
-//! to 64 KiB), is kept as the run's result. 408, 429, 5xx, a timeout or a connection that
+//! The request carries the trigger's name in `topiq-trigger`, so the function can report its
+//! run's progress (`queue.run_progress` with the envelope's `id` and that trigger). A 2xx
+//! answer acknowledges the message; its body, when it is JSON (`application/json`, up to
+//! 64 KiB), is kept as the run's result. A cancelled run's request is abandoned. 408, 429, 5xx, a timeout or a connection that
 //! cannot be made are retryable failures (a `Retry-After` answer sets the next delay); any
 //! other answer (4xx, or a 3xx: redirects are not followed) is a non-retryable failure that
 //! sends the message straight to the DLQ, with the status and the start of the body as the
@@ -21,6 +23,9 @@ use topiq::{Handler, HandlerError, Message};
 
 /// How much of a failed answer's body goes into the error.
 const BODY_EXCERPT: usize = 512;
+
+/// The header naming the trigger whose run the request is (`queue.run_progress` takes it).
+pub const TRIGGER_HEADER: &str = "topiq-trigger";
 
 /// The largest 2xx JSON body kept as the run's result; a larger one is not kept.
 pub(crate) const MAX_RESULT_BYTES: usize = 64 * 1024;
@@ -67,6 +72,10 @@ async fn deliver(
         .post(settings.url.clone())
         .headers(settings.headers.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // The run is the message id (in the body) on this trigger: what `queue.run_progress` needs.
+    if let Ok(trigger) = HeaderValue::from_str(message.trigger().as_str()) {
+        request = request.header(TRIGGER_HEADER, trigger);
+    }
     for (name, value) in [
         ("traceparent", &message.traceparent),
         ("baggage", &message.baggage),

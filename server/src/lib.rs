@@ -21,6 +21,7 @@ use topiq::config::ConfigError;
 use topiq::{Config, Functions, QueueModule, ServiceError, StartError};
 
 pub use api::{ApiError, ApiServer};
+pub use http_function::TRIGGER_HEADER;
 pub use telemetry::{Telemetry, TelemetryError, span_layer};
 
 use http_function::HttpFunction;
