@@ -5,6 +5,7 @@
 mod check;
 mod client;
 mod operator;
+mod runs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use topiq::{AdapterClass, Config, shutdown_signal};
 use topiq_server::{ServeError, Telemetry};
 
 use operator::{ApiArgs, DlqCommand, EnqueueArgs};
+use runs::RunsCommand;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -75,6 +77,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// What happened to messages on their triggers (runs), and cancel or replay one, through
+    /// a running topiq's API.
+    ///
+    /// Example: topiq runs get 0192f3c1-... --trigger send-email
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Per-trigger counts (waiting, in flight, succeeded, failed, DLQ) of a running topiq.
     ///
     /// Example: topiq stats emails.send
@@ -113,6 +125,7 @@ fn main() -> ExitCode {
         }
         Command::Enqueue { args, api } => operate(operator::enqueue(&api, args)),
         Command::Dlq { command, api } => operate(operator::dlq(&api, command)),
+        Command::Runs { command, api } => operate(runs::runs(&api, command)),
         Command::Stats { topic, api } => operate(operator::stats(&api, topic)),
     }
 }

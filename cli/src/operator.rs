@@ -35,7 +35,7 @@ impl ApiArgs {
     }
 
     /// Prints `result` as JSON with `--json`, as `text` says otherwise.
-    fn show(&self, result: &Value, text: impl FnOnce(&Value)) {
+    pub(crate) fn show(&self, result: &Value, text: impl FnOnce(&Value)) {
         if self.json {
             print_json(result);
         } else {

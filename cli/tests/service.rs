@@ -46,6 +46,7 @@ on_every_adapter!(
     token_rules,
     error_statuses,
     metrics_count_every_outcome,
+    runs_through_the_api_and_the_cli,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -1098,4 +1099,90 @@ triggers:
         .status();
     let _ = child.0.wait();
     let _ = std::fs::remove_dir_all(folder);
+}
+
+/// The JSON of `topiq runs get <id> --json`.
+async fn run_json(service: &Service, id: &str) -> Value {
+    let output = service.cli(&["runs", "get", id, "--json"], None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let runs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    runs["runs"][0].clone()
+}
+
+async fn enqueue_cli(service: &Service, args: &[&str]) -> String {
+    let mut command = vec!["enqueue", "parcels"];
+    command.extend_from_slice(args);
+    command.push("--json");
+    let output = service.cli(&command, None).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    result["message_id"].as_str().unwrap().to_owned()
+}
+
+async fn runs_through_the_api_and_the_cli(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "parcels.send: {{ http: {{ url: \"{}\" }} }}",
+        receiver.url("json")
+    );
+    let parts = Parts {
+        functions: &functions,
+        triggers: &trigger("deliver", "parcels", "parcels.send", 0, 100),
+        ..Parts::default()
+    };
+    let service = Service::start(&broker, parts, &[]).await;
+    let first = enqueue_cli(&service, &[r#"{"n": 1}"#]).await;
+    eventually("the run succeeded", WAIT, || async {
+        run_json(&service, &first).await["state"] == "succeeded"
+    })
+    .await;
+    let run = run_json(&service, &first).await;
+    assert_eq!(
+        run["result"],
+        json!({"ok": true, "n": 1}),
+        "the answer is the result"
+    );
+    assert_eq!(run["attempts"][0]["outcome"], "succeeded");
+    let shown = stdout(&service.cli(&["runs", "get", &first], None).await);
+    assert!(
+        shown.contains(": succeeded") && shown.contains("attempt  1"),
+        "{shown}"
+    );
+    let listed = stdout(
+        &service
+            .cli(&["runs", "list", "--trigger", "deliver"], None)
+            .await,
+    );
+    assert!(
+        listed.contains(&first) && listed.contains("succeeded"),
+        "{listed}"
+    );
+
+    let later = enqueue_cli(&service, &[r#"{"n": 9}"#, "--delay", "30s"]).await;
+    let cancelled = stdout(&service.cli(&["runs", "cancel", &later], None).await);
+    assert_eq!(cancelled.trim(), format!("cancelled 1 run(s) of {later}"));
+    assert_eq!(run_json(&service, &later).await["state"], "cancelled");
+    let again = service.cli(&["runs", "cancel", &first], None).await;
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already finished"),
+        "{}",
+        stderr(&again)
+    );
+
+    let replay = service
+        .cli(
+            &["runs", "replay", &first, "--data", r#"{"n": 2}"#, "--json"],
+            None,
+        )
+        .await;
+    let replay: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let replay = replay["message_id"].as_str().unwrap().to_owned();
+    eventually("the replay succeeded", WAIT, || async {
+        run_json(&service, &replay).await["state"] == "succeeded"
+    })
+    .await;
+    let run = run_json(&service, &replay).await;
+    assert_eq!(run["replay_of"], first.as_str());
+    assert_eq!(run["result"], json!({"ok": true, "n": 2}));
 }

@@ -460,6 +460,7 @@ async fn answer(
     body: Bytes,
 ) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let n = body["data"]["n"].clone();
     let seen_before = {
         let mut requests = requests.lock().unwrap();
         let seen = requests
@@ -476,6 +477,7 @@ async fn answer(
     };
     match behaviour.as_str() {
         "ok" => StatusCode::OK.into_response(),
+        "json" => axum::Json(json!({"ok": true, "n": n})).into_response(),
         "reject" => (StatusCode::BAD_REQUEST, "no such recipient").into_response(),
         "request-timeout" => StatusCode::REQUEST_TIMEOUT.into_response(),
         "throttle" if !seen_before => (
