@@ -389,3 +389,51 @@ async fn a_waiting_run_cancelled_is_never_handled_and_a_running_one_is_stopped()
     workers.shutdown().await;
     module.close().await;
 }
+
+#[tokio::test]
+async fn finished_runs_are_swept_after_their_keep_time() {
+    let text = "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+runs:
+  succeeded_for: 1s
+  failed_for: 1h
+triggers:
+  mailer:
+    type: queue
+    function: flaky
+    config:
+      topic: orders
+      retry: { backoff: fixed, delay: 100ms, max_attempts: 1 }
+";
+    let config = Config::from_yaml_with_variables(text, "test.yaml", &HashMap::new()).unwrap();
+    let module = QueueModule::new(config, functions()).await.unwrap();
+    let workers = module.start_workers();
+    let succeeded = enqueue(&module, json!({"fail": 0})).await;
+    let failed = enqueue(&module, json!({"fail": 1})).await;
+    run_in_state(&module, &succeeded, "mailer", "succeeded").await;
+    run_in_state(&module, &failed, "mailer", "dead_lettered").await;
+    let mut swept = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let args = json!({"id": succeeded});
+        if let Err(err) = module.call("queue.run_get", args).await {
+            assert_eq!(err.code(), "unknown_run");
+            swept = true;
+            break;
+        }
+    }
+    assert!(
+        swept,
+        "the succeeded run is swept about a second after it finished"
+    );
+    let kept = call(&module, "queue.run_get", json!({"id": failed})).await;
+    assert_eq!(
+        kept["runs"][0]["state"], "dead_lettered",
+        "a failed run is kept longer"
+    );
+    workers.shutdown().await;
+    module.close().await;
+}

@@ -1,7 +1,7 @@
 //! What topiq's tests share: guards for real broker processes (a nats-server or a
 //! three-node cluster, a RabbitMQ vhost or node, either in a network namespace of the test's
-//! own), a TCP fault proxy, the at-least-once `Ledger`, and fault scenarios run the same way on
-//! every broker. A broker that cannot start fails the test: nothing here skips.
+//! own), a PostgreSQL database of the test's own, a TCP fault proxy, the at-least-once
+//! `Ledger`, and fault scenarios run the same way on every broker. A broker that cannot start fails the test: nothing here skips.
 
 // Test support: a broker that cannot start is a test failure, so it panics with the reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -12,6 +12,7 @@ mod ledger;
 mod logs;
 mod nats;
 mod netns;
+mod postgres;
 mod rabbit;
 mod scenarios;
 
@@ -25,6 +26,7 @@ pub use ledger::{Ledger, Outcome};
 pub use logs::CapturedLogs;
 pub use nats::{NatsCluster, NatsServer, NatsVersion, jetstream_adapter};
 pub use netns::{IsolatedNats, IsolatedRabbit, NetworkNamespace};
+pub use postgres::{PostgresDatabase, postgres_server};
 pub use rabbit::{RabbitNode, RabbitVhost, rabbitmq_adapter};
 pub use scenarios::{handlers_survive_a_broker_restart, poison_message_with_a_thousand_behind};
 

@@ -18,7 +18,8 @@ use crate::config::RunsSettings;
 pub(crate) use cancels::Cancels;
 pub(crate) use recorder::Recorder;
 
-/// How often finished runs past their keep time are swept.
+/// How often finished runs past their keep time are swept, at most (more often when a keep
+/// time is short: half of the shorter one).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The module's run records: where they go and who this instance is.
@@ -57,10 +58,14 @@ impl Runs {
     /// Writes events, follows cancels and sweeps old runs until `stop`; `deadline` bounds
     /// the last writes.
     pub(crate) async fn run(&self, stop: CancellationToken, deadline: Duration) {
+        let shortest = self.settings.succeeded_for.min(self.settings.failed_for);
+        let every = SWEEP_EVERY
+            .min(shortest / 2)
+            .max(Duration::from_millis(100));
         let sweeping = async {
             loop {
                 self.sweep().await;
-                tokio::time::sleep(SWEEP_EVERY).await;
+                tokio::time::sleep(every).await;
             }
         };
         let until_stop = async {
