@@ -59,6 +59,7 @@ fn print_summary(path: &Path, config: &Config) {
         );
     }
     print_triggers(config);
+    print_runs(config);
     print_service(config);
     for warning in &config.warnings {
         println!("warning: {warning}");
@@ -86,6 +87,35 @@ fn print_triggers(config: &Config) {
             trigger.retry.max_attempts,
             trigger.concurrency
         );
+    }
+}
+
+/// Where `topiq run` keeps runs, for how long, and which triggers record them.
+fn print_runs(config: &Config) {
+    let mut config = config.clone();
+    topiq_server::service_defaults(&mut config);
+    let runs = &config.runs;
+    println!(
+        "runs: {} (succeeded kept {:?}, failed kept {:?})",
+        topiq_runs::shown_address(runs.store()),
+        runs.succeeded_for,
+        runs.failed_for
+    );
+    let (recording, not): (Vec<_>, Vec<_>) = config
+        .triggers
+        .iter()
+        .partition(|trigger| trigger.record_runs);
+    let names = |triggers: &[&topiq::config::TriggerSettings]| {
+        let names: Vec<&str> = triggers.iter().map(|t| t.name.as_str()).collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    println!("  recorded: {}", names(&recording));
+    if !not.is_empty() {
+        println!("  not recorded (runs: false): {}", names(&not));
     }
 }
 

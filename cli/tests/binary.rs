@@ -96,12 +96,21 @@ fn check_accepts_the_kubernetes_configmap_config() {
         topiq()
             .args(["check", "--config"])
             .arg(&config.path)
-            .env("TOPIQ_API_TOKEN", "a-token-for-the-check"),
+            .env("TOPIQ_API_TOKEN", "a-token-for-the-check")
+            .env(
+                "TOPIQ_RUNS_STORE",
+                "postgres://topiq:s3cret@postgres:5432/topiq",
+            ),
     );
     assert!(
         stdout.contains("api: 0.0.0.0:7720 (token required)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("runs: postgres://topiq@postgres:5432/topiq") && !stdout.contains("s3cret"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  recorded: audit"), "{stdout}");
 }
 
 #[test]

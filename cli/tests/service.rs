@@ -1014,6 +1014,7 @@ triggers:
     let log_path = folder.join("topiq.log");
     let spawn = || {
         topiq()
+            .current_dir(&folder)
             .arg("run")
             .arg("--config")
             .arg(&path)

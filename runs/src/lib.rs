@@ -52,6 +52,27 @@ pub fn check_address(address: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `address` as it may be shown: a SQLite path as it is; a PostgreSQL URL without its
+/// password and query (which may hold one).
+pub fn shown_address(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else {
+        return address.to_owned();
+    };
+    if scheme == "sqlite" {
+        return address.to_owned();
+    }
+    let rest = &rest[..rest.find('?').unwrap_or(rest.len())];
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let shown_authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{shown_authority}{path}")
+}
+
 /// Opens the store at `address` (see [`check_address`]), applying the SQL schema's
 /// migrations.
 pub async fn open(address: &str) -> Result<SharedStore, StoreError> {
@@ -70,4 +91,26 @@ async fn open_sql(address: &str) -> Result<SharedStore, StoreError> {
 #[cfg(not(feature = "sql"))]
 async fn open_sql(_address: &str) -> Result<SharedStore, StoreError> {
     Err(StoreError::Open("this build has no SQL store".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_address;
+
+    #[test]
+    fn a_shown_address_has_no_password() {
+        assert_eq!(
+            shown_address("postgres://app:s3cret@db:5432/runs?password=x"),
+            "postgres://app@db:5432/runs"
+        );
+        assert_eq!(
+            shown_address("postgres://app@db/runs"),
+            "postgres://app@db/runs"
+        );
+        assert_eq!(
+            shown_address("sqlite:///var/lib/topiq/runs.db"),
+            "sqlite:///var/lib/topiq/runs.db"
+        );
+        assert_eq!(shown_address("memory"), "memory");
+    }
 }

@@ -50,6 +50,14 @@ pub enum ServeError {
     ApiPanicked(#[source] tokio::task::JoinError),
 }
 
+/// What `topiq run` sets where the config is silent: on a broker adapter, runs are kept in
+/// [`DEFAULT_SERVICE_STORE`](topiq::config::DEFAULT_SERVICE_STORE) (a restart keeps them).
+pub fn service_defaults(config: &mut Config) {
+    if config.runs.store.is_none() && config.adapter.class != topiq::AdapterClass::Builtin {
+        config.runs.store = Some(topiq::config::DEFAULT_SERVICE_STORE.to_owned());
+    }
+}
+
 /// Runs `config` as `topiq run` does, until `shutdown` completes: installs telemetry, starts
 /// an async runtime, [`serve`]s with the built-in functions, then flushes the last spans.
 /// Call it from a synchronous `main` (the OTLP exporter runs a thread of its own).
@@ -65,11 +73,12 @@ pub fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Ser
 /// Serves `config` with `functions` (and the HTTP functions it declares) until `shutdown`
 /// completes; [`QueueModule::run_beside`] owns the shutdown order.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     mut functions: Functions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     register_http_functions(&config, &mut functions)?;
+    service_defaults(&mut config);
     let api_settings = config.api.clone();
     let module = QueueModule::new(config, functions).await?;
     let api = if api_settings.enabled {

@@ -129,7 +129,9 @@ triggers:
         let (folder, path) = write_config(&text);
         let log = std::fs::File::create(folder.join("topiq.log")).unwrap();
         let mut command = topiq();
+        // A broker adapter's runs go to `topiq-runs.db` in the working directory: the folder.
         command
+            .current_dir(&folder)
             .arg("run")
             .arg("--config")
             .arg(&path)

@@ -26,7 +26,7 @@ use topiq_adapter::{TopicName, TopicSpec, TriggerName};
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use error::{ConfigError, ConfigLocation};
-pub use runs::{DEFAULT_FAILED_FOR, DEFAULT_SUCCEEDED_FOR, RunsSettings};
+pub use runs::{DEFAULT_FAILED_FOR, DEFAULT_SERVICE_STORE, DEFAULT_SUCCEEDED_FOR, RunsSettings};
 pub use service::redacted as redacted_url;
 pub use service::{
     ApiSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,

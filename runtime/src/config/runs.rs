@@ -13,11 +13,17 @@ pub const DEFAULT_SUCCEEDED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long every other finished run is kept when the config says nothing: 14 days.
 pub const DEFAULT_FAILED_FOR: Duration = Duration::from_secs(14 * 24 * 3600);
 
+/// The store `topiq run` keeps runs in when a broker adapter's config names none: a SQLite
+/// file in its working directory.
+pub const DEFAULT_SERVICE_STORE: &str = "sqlite://topiq-runs.db";
+
 /// Where run records are kept and for how long (`runs:`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RunsSettings {
-    /// `memory`, `sqlite://PATH` or `postgres://USER@HOST/DB`.
-    pub store: String,
+    /// `memory`, `sqlite://PATH` or `postgres://USER@HOST/DB`; `None` when the config names
+    /// none (an embedded module then keeps runs in memory, `topiq run` on a broker in
+    /// [`DEFAULT_SERVICE_STORE`]).
+    pub store: Option<String>,
     /// Finished runs that succeeded (or were filtered) are swept this long after they finish.
     pub succeeded_for: Duration,
     /// Every other finished run is swept this long after it finishes.
@@ -27,10 +33,17 @@ pub struct RunsSettings {
 impl Default for RunsSettings {
     fn default() -> Self {
         Self {
-            store: "memory".to_owned(),
+            store: None,
             succeeded_for: DEFAULT_SUCCEEDED_FOR,
             failed_for: DEFAULT_FAILED_FOR,
         }
+    }
+}
+
+impl RunsSettings {
+    /// The store runs go to: the configured one, or `memory`.
+    pub fn store(&self) -> &str {
+        self.store.as_deref().unwrap_or("memory")
     }
 }
 
@@ -38,7 +51,10 @@ impl fmt::Debug for RunsSettings {
     /// The store's password is never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunsSettings")
-            .field("store", &topiq_adapter_kit::redact_url(&self.store))
+            .field(
+                "store",
+                &self.store.as_deref().map(topiq_adapter_kit::redact_url),
+            )
             .field("succeeded_for", &self.succeeded_for)
             .field("failed_for", &self.failed_for)
             .finish()
@@ -53,7 +69,7 @@ pub(super) fn validate_runs(file: &str, raw: RawRuns) -> Result<RunsSettings, Co
             topiq_runs::check_address(&store.value).map_err(|err| {
                 ConfigError::invalid(spanned_at(file, &store), "runs.store", err.to_string())
             })?;
-            store.value
+            Some(store.value)
         }
         None => defaults.store,
     };

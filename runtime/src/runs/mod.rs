@@ -34,7 +34,8 @@ pub(crate) struct Runs {
 impl Runs {
     /// Opens the store `settings` names.
     pub(crate) async fn open(settings: RunsSettings) -> Result<Self, StoreError> {
-        let store = topiq_runs::open(&settings.store).await?;
+        let store = topiq_runs::open(settings.store()).await?;
+        tracing::info!(store = %topiq_runs::shown_address(settings.store()), "recording runs");
         Ok(Self {
             recorder: Recorder::new(store),
             cancels: Cancels::default(),
