@@ -4,7 +4,8 @@
 //! attempt, the one that redelivered it, the operator's cancel) and reach the store in any
 //! order; [`Run::apply`] makes every order end in the same run: attempts are ordered by
 //! `(lap, number)`, an event of an older attempt never moves the state back, and a finished
-//! run stays finished (a redrive alone reopens a dead-lettered one).
+//! run stays finished (a redrive alone reopens a dead-lettered one: its message comes back
+//! with its attempts reset, so an attempt number the run already had starts the next lap).
 
 use std::sync::Arc;
 
@@ -77,8 +78,6 @@ pub enum Change {
     Progress(Value),
     /// An operator asked for the run to be cancelled.
     CancelRequested,
-    /// The run's dead-letter record was sent back to its trigger.
-    Redriven,
 }
 
 /// Where a run goes when an attempt is settled.
@@ -168,7 +167,6 @@ impl Run {
             Change::Expired(_) => self.end_unhandled(RunState::Expired, at),
             Change::Progress(progress) => self.report(progress),
             Change::CancelRequested => self.request_cancel(at),
-            Change::Redriven => self.reopen(at),
         };
         if changed {
             self.updated_at = self.updated_at.max(at);
@@ -218,6 +216,7 @@ impl Run {
         traceparent: Option<String>,
         at: Timestamp,
     ) -> bool {
+        self.reopen_if_redriven(number, at);
         let lap = self.laps;
         if self
             .attempts
@@ -327,13 +326,18 @@ impl Run {
         true
     }
 
-    fn reopen(&mut self, at: Timestamp) -> bool {
-        if self.state != RunState::DeadLettered {
-            return false;
+    /// A dead-lettered message is delivered again only when its record is redriven, which
+    /// resets its attempts: an attempt number this lap already had starts the next lap.
+    fn reopen_if_redriven(&mut self, number: u32, at: Timestamp) {
+        let lap = self.laps;
+        let seen = self
+            .attempts
+            .iter()
+            .any(|attempt| attempt.lap == lap && attempt.number >= number);
+        if self.state == RunState::DeadLettered && seen {
+            self.laps += 1;
+            self.finished_at = None;
+            self.enter(RunState::Queued, at);
         }
-        self.laps += 1;
-        self.finished_at = None;
-        self.enter(RunState::Queued, at);
-        true
     }
 }

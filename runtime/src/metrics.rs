@@ -343,6 +343,32 @@ impl Metrics {
         );
     }
 
+    /// The runs recorder's series.
+    pub(crate) fn register_runs(&mut self, series: &crate::runs::RecorderSeries) {
+        series.store_up.set(1);
+        let registry = &mut self.registry;
+        registry.register(
+            "runs_store_up",
+            "1 while the runs store takes writes, 0 while it refuses them (settlements wait)",
+            series.store_up.clone(),
+        );
+        registry.register(
+            "runs_writes",
+            "Batches of run events written to the runs store",
+            series.writes.clone(),
+        );
+        registry.register(
+            "runs_events_written",
+            "Run events written to the runs store",
+            series.events.clone(),
+        );
+        registry.register(
+            "runs_events_waiting",
+            "Run events waiting to be written",
+            series.waiting.clone(),
+        );
+    }
+
     /// Whether the broker answered the last read of its counts.
     pub(crate) fn set_broker_up(&self, up: bool) {
         self.broker_up.set(i64::from(up));

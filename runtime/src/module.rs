@@ -114,6 +114,7 @@ impl QueueModule {
         let runs = Arc::new(runs);
         let mut metrics = Metrics::new(config.telemetry.otlp.is_some());
         metrics.declare_topics(config.topics.keys());
+        metrics.register_runs(runs.recorder().series());
         let mut triggers = Vec::with_capacity(resolved.len());
         let mut recording: BTreeMap<TopicName, Vec<TriggerName>> = BTreeMap::new();
         for (settings, function) in resolved {

@@ -437,3 +437,62 @@ triggers:
     workers.shutdown().await;
     module.close().await;
 }
+
+#[tokio::test]
+async fn a_redriven_run_reopens_and_keeps_both_laps_of_attempts() {
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut functions = Functions::new();
+    {
+        let fixed = Arc::clone(&fixed);
+        functions.register("flaky", move |_message: Message| {
+            let fixed = fixed.load(Ordering::SeqCst);
+            async move {
+                if fixed {
+                    Ok(())
+                } else {
+                    Err(HandlerError::non_retryable("the DNS is broken"))
+                }
+            }
+        });
+    }
+    let triggers = "  mailer:
+    type: queue
+    function: flaky
+    config:
+      topic: orders
+";
+    let module = QueueModule::new(config(triggers), functions).await.unwrap();
+    let workers = module.start_workers();
+    let id = enqueue(&module, json!({})).await;
+    run_in_state(&module, &id, "mailer", "dead_lettered").await;
+    fixed.store(true, Ordering::SeqCst);
+    let redriven = call(&module, "queue.redrive_dlq", json!({"topic": "orders"})).await;
+    assert_eq!(redriven, json!({"redriven": 1}));
+    let run = run_in_state(&module, &id, "mailer", "succeeded").await;
+    assert_eq!(run["laps"], 1);
+    let laps: Vec<(u64, u64)> = run["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["lap"].as_u64().unwrap_or(0),
+                a["number"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(laps, [(0, 1), (1, 1)]);
+    assert_eq!(
+        states(&run),
+        [
+            "queued",
+            "running",
+            "dead_lettered",
+            "queued",
+            "running",
+            "succeeded"
+        ]
+    );
+    workers.shutdown().await;
+    module.close().await;
+}

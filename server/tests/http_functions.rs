@@ -67,9 +67,10 @@ fn an_http_function_the_application_registers_too_is_refused() {
 }
 
 /// A receiver for the HTTP function: `/done` answers `{"sent": <data.n>}` after reporting
-/// progress through the module; `/hang` never answers and counts the requests abandoned.
+/// progress through the module; `hang_url` never answers and counts the requests abandoned.
 struct Receiver {
     url: String,
+    hang_url: String,
     module: Arc<OnceLock<QueueModule>>,
     abandoned: Arc<AtomicUsize>,
 }
@@ -94,33 +95,38 @@ impl Receiver {
                     }
                 }),
             )
-            .route(
-                "/hang",
-                axum::routing::post(move || {
-                    let guard = CountOnDrop(Arc::clone(&hang_count));
-                    async move {
-                        tokio::time::sleep(Duration::from_secs(600)).await;
-                        drop(guard);
-                    }
-                }),
-            );
+            ;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hang_url = format!("http://{}/hang", hang.local_addr().unwrap());
+        tokio::spawn(never_answer(hang, hang_count));
         Self {
             url,
+            hang_url,
             module,
             abandoned,
         }
     }
 }
 
-/// Counts one when dropped: the receiver's handler was dropped (its request abandoned).
-struct CountOnDrop(Arc<AtomicUsize>);
-
-impl Drop for CountOnDrop {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+/// Takes requests and never answers; counts each connection the client closes (a request
+/// abandoned).
+async fn never_answer(listener: tokio::net::TcpListener, abandoned: Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let (mut connection, _) = listener.accept().await.unwrap();
+        let abandoned = Arc::clone(&abandoned);
+        tokio::spawn(async move {
+            let mut buffer = [0_u8; 4096];
+            while let Ok(read) = connection.read(&mut buffer).await {
+                if read == 0 {
+                    break;
+                }
+            }
+            abandoned.fetch_add(1, Ordering::SeqCst);
+        });
     }
 }
 
@@ -137,7 +143,7 @@ functions:
       url: {url}/done
   hang:
     http:
-      url: {url}/hang
+      url: {hang_url}
       timeout: 10m
 triggers:
   done:
@@ -152,7 +158,8 @@ triggers:
       topic: hang
       timeout: 10m
 ",
-        url = receiver.url
+        url = receiver.url,
+        hang_url = receiver.hang_url
     );
     let config = Config::from_yaml_with_variables(&text, "test.yaml", &HashMap::new()).unwrap();
     let mut functions = Functions::new();

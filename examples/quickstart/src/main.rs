@@ -1,7 +1,8 @@
 //! topiq quickstart: runs the top-level `config.yaml` on the in-memory adapter with one
 //! application function, `emails.send`. One email goes to a domain that does not resolve: it
 //! is retried, dead-lettered (and published to `emails.failed`, where `builtin.log` picks it
-//! up), then redriven once the domain is "fixed".
+//! up), then redriven once the domain is "fixed". Its run shows that whole history; then a
+//! delivered email's run is replayed.
 //!
 //! Run with `cargo run -p quickstart` (optionally `-- path/to/config.yaml`).
 
@@ -76,7 +77,7 @@ async fn main() -> Result<(), BoxError> {
     let module = QueueModule::new(config, functions).await?;
     let workers = module.start_workers();
 
-    enqueue_emails(&module).await?;
+    let ids = enqueue_emails(&module).await?;
     show_dead_letters(&module).await?;
     println!("fix the DNS and redrive:");
     dns_fixed.store(true, Ordering::SeqCst);
@@ -97,13 +98,17 @@ async fn main() -> Result<(), BoxError> {
     )
     .await?;
     print_stats(&module).await?;
+    print_run(&module, &ids[1]).await?;
+    replay(&module, &ids[0]).await?;
     workers.shutdown().await;
     module.close().await;
     Ok(())
 }
 
-/// Three emails, one to a domain that does not resolve; then one key again.
-async fn enqueue_emails(module: &QueueModule) -> Result<(), BoxError> {
+/// Three emails, one to a domain that does not resolve; then one key again. Returns the
+/// three message ids.
+async fn enqueue_emails(module: &QueueModule) -> Result<Vec<String>, BoxError> {
+    let mut ids = Vec::new();
     println!("enqueue three emails, one high priority, one to a domain that does not resolve:");
     for (to, priority) in [
         ("ada@example.com", "high"),
@@ -117,6 +122,7 @@ async fn enqueue_emails(module: &QueueModule) -> Result<(), BoxError> {
             )
             .await?;
         println!("  queued {to}: {result}");
+        ids.push(text(&result["message_id"]).to_owned());
     }
     let again = module
         .call(
@@ -125,6 +131,57 @@ async fn enqueue_emails(module: &QueueModule) -> Result<(), BoxError> {
         )
         .await?;
     println!("  the same idempotency key again: {again}");
+    Ok(ids)
+}
+
+/// The run of message `id` on `send-email`: every state it went through and every attempt.
+async fn print_run(module: &QueueModule, id: &str) -> Result<(), BoxError> {
+    let args = json!({"id": id, "trigger": "send-email"});
+    let runs = module.call("queue.run_get", args).await?;
+    let run = &runs["runs"][0];
+    println!(
+        "the run of {} on send-email: {}",
+        text(&run["data"]["to"]),
+        text(&run["state"])
+    );
+    let states: Vec<&str> = run["transitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|transition| text(&transition["state"]))
+        .collect();
+    println!("  history: {}", states.join(" → "));
+    for attempt in run["attempts"].as_array().into_iter().flatten() {
+        println!(
+            "  attempt {} {}: {}",
+            attempt["number"],
+            text(&attempt["outcome"]),
+            attempt["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Replays the run of message `id`: the same email once more, to `send-email` only.
+async fn replay(module: &QueueModule, id: &str) -> Result<(), BoxError> {
+    println!("replay the run of the first email:");
+    let replayed = module
+        .call(
+            "queue.run_replay",
+            json!({"id": id, "trigger": "send-email"}),
+        )
+        .await?;
+    let new_id = text(&replayed["message_id"]).to_owned();
+    let args = json!({"id": new_id, "trigger": "send-email"});
+    let run = wait_for(module, "queue.run_get", args, |runs| {
+        runs["runs"][0]["state"] == "succeeded"
+    })
+    .await?;
+    println!(
+        "  {new_id} (replay of {}): {}",
+        text(&run["runs"][0]["replay_of"]),
+        text(&run["runs"][0]["state"])
+    );
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use topiq_runs::{
 
 use crate::config::RunsSettings;
 pub(crate) use cancels::Cancels;
-pub(crate) use recorder::Recorder;
+pub(crate) use recorder::{Recorder, RecorderSeries};
 
 /// How often finished runs past their keep time are swept, at most (more often when a keep
 /// time is short: half of the shorter one).

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use topiq_runs::{RunEvent, SharedStore};
@@ -46,6 +48,19 @@ impl Queue {
     }
 }
 
+/// The recorder's series, served at `/metrics`.
+#[derive(Clone, Default)]
+pub(crate) struct RecorderSeries {
+    /// Store calls that applied events.
+    pub(crate) writes: Counter,
+    /// Events applied.
+    pub(crate) events: Counter,
+    /// 1 while the store takes writes, 0 while it refuses them.
+    pub(crate) store_up: Gauge,
+    /// Events waiting to be written.
+    pub(crate) waiting: Gauge,
+}
+
 /// The run events of one process, on their way to the store.
 pub(crate) struct Recorder {
     store: SharedStore,
@@ -53,6 +68,7 @@ pub(crate) struct Recorder {
     queued: Notify,
     written: Notify,
     healthy: AtomicBool,
+    series: RecorderSeries,
 }
 
 impl Recorder {
@@ -64,7 +80,13 @@ impl Recorder {
             queued: Notify::new(),
             written: Notify::new(),
             healthy: AtomicBool::new(true),
+            series: RecorderSeries::default(),
         }
+    }
+
+    /// Its series, to register with the module's metrics.
+    pub(crate) fn series(&self) -> &RecorderSeries {
+        &self.series
     }
 
     /// The store.
@@ -160,6 +182,7 @@ impl Recorder {
         }
         let mut wait = Duration::from_millis(100);
         while let Err(err) = self.store.apply(&batch).await {
+            self.series.store_up.set(0);
             if self.healthy.swap(false, Ordering::Relaxed) {
                 tracing::error!(error = %err, "the runs store refuses writes; settlements wait (consumption pauses) until it is back");
             }
@@ -175,6 +198,9 @@ impl Recorder {
         if !self.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!("the runs store takes writes again");
         }
+        self.series.store_up.set(1);
+        self.series.writes.inc();
+        self.series.events.inc_by(batch.len() as u64);
         self.wake_waiters(batch.len());
         true
     }
@@ -192,6 +218,8 @@ impl Recorder {
         let mut queue = self.queue();
         queue.stored += written as u64;
         let stored = queue.stored;
+        let waiting = i64::try_from(queue.events.len()).unwrap_or(i64::MAX);
+        self.series.waiting.set(waiting);
         let waiters = std::mem::take(&mut queue.waiters);
         for (target, done) in waiters {
             if target <= stored {
