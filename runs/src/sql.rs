@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Row as _};
 use topiq_adapter::{MessageId, Timestamp, TriggerName};
 
 use crate::event::RunEvent;
@@ -14,7 +14,10 @@ use crate::model::{Run, RunKey};
 use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
 
 /// The most message ids one `IN (...)` names.
-const IDS_PER_SELECT: usize = 200;
+const IDS_PER_SELECT: usize = 500;
+
+/// The most rows one upsert writes (ten parameters each, well inside both databases' limits).
+const ROWS_PER_UPSERT: usize = 200;
 
 /// How often `apply` starts again after another instance changed one of its runs first.
 const MAX_CONFLICT_RETRIES: u32 = 8;
@@ -125,10 +128,9 @@ impl SqlStore {
             };
             stored.changed |= stored.run.apply(event);
         }
-        for stored in runs.iter().filter(|stored| stored.changed) {
-            if !write(&mut tx, stored).await? {
-                return Ok(None);
-            }
+        let changed: Vec<&Stored> = runs.iter().filter(|stored| stored.changed).collect();
+        if !write(&mut tx, &changed).await? {
+            return Ok(None);
         }
         tx.commit().await?;
         let touched = touched_keys(events);
@@ -414,52 +416,87 @@ async fn read_for_update(
     Ok(found)
 }
 
-/// Writes one changed run; false when another instance changed (or created) it first.
+/// The columns of a run's row, in the order the upsert binds them.
+const COLUMNS: &str = "message_id, trigger_name, topic, state, enqueued_ms, finished_ms, \
+                       cancel_requested_ms, error_text, doc, version";
+
+/// What an upsert does to a row that exists: take the new values if the row is still at the
+/// version this write read (a new run's version 1 matches no existing row).
+const ON_CONFLICT: &str = " ON CONFLICT (message_id, trigger_name) DO UPDATE SET \
+    topic = excluded.topic, state = excluded.state, enqueued_ms = excluded.enqueued_ms, \
+    finished_ms = excluded.finished_ms, cancel_requested_ms = excluded.cancel_requested_ms, \
+    error_text = excluded.error_text, doc = excluded.doc, version = excluded.version \
+    WHERE topiq_runs.version = excluded.version - 1 RETURNING message_id";
+
+/// Writes the changed runs, [`ROWS_PER_UPSERT`] a statement; false when another instance
+/// changed (or created) one of them first.
 async fn write(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    stored: &Stored,
+    changed: &[&Stored],
 ) -> Result<bool, sqlx::Error> {
-    let run = &stored.run;
-    let doc = serde_json::to_string(run).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
-    let finished = run.finished_at.map(|at| at.as_millisecond());
-    let cancel = run.cancel_requested_at.map(|at| at.as_millisecond());
-    let done = bind_run(stored, &doc, finished, cancel)
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    for chunk in changed.chunks(ROWS_PER_UPSERT) {
+        let rows: Vec<RunRow<'_>> = chunk
+            .iter()
+            .map(|stored| RunRow::of(stored))
+            .collect::<Result<_, _>>()?;
+        let values: Vec<String> = (0..rows.len())
+            .map(|row| {
+                let first = row * 10 + 1;
+                let params: Vec<String> = (first..first + 10).map(|n| format!("${n}")).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO topiq_runs ({COLUMNS}) VALUES {}{ON_CONFLICT}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for row in &rows {
+            query = row.bind(query);
+        }
+        let written = query.fetch_all(&mut **tx).await?;
+        if written.len() != rows.len() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
-fn bind_run<'q>(
-    stored: &'q Stored,
-    doc: &'q str,
-    finished: Option<i64>,
-    cancel: Option<i64>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    let run = &stored.run;
-    let sql = match stored.version {
-        Some(_) => {
-            "UPDATE topiq_runs SET topic = $3, state = $4, enqueued_ms = $5, finished_ms = $6, \
-             cancel_requested_ms = $7, error_text = $8, doc = $9, version = $10 + 1 \
-             WHERE message_id = $1 AND trigger_name = $2 AND version = $10"
-        }
-        None => {
-            "INSERT INTO topiq_runs (message_id, trigger_name, topic, state, enqueued_ms, \
-             finished_ms, cancel_requested_ms, error_text, doc, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (message_id, trigger_name) DO NOTHING"
-        }
-    };
-    sqlx::query(sql)
-        .bind(run.id.as_str())
-        .bind(run.trigger.as_str())
-        .bind(run.topic.as_str())
-        .bind(run.state.as_str())
-        .bind(run.enqueued_at.as_millisecond())
-        .bind(finished)
-        .bind(cancel)
-        .bind(run.error_text())
-        .bind(doc)
-        .bind(stored.version.unwrap_or(1))
+/// A changed run as the values of its row.
+struct RunRow<'a> {
+    run: &'a Run,
+    doc: String,
+    version: i64,
+}
+
+impl<'a> RunRow<'a> {
+    fn of(stored: &'a Stored) -> Result<Self, sqlx::Error> {
+        let doc =
+            serde_json::to_string(&stored.run).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+        Ok(Self {
+            run: &stored.run,
+            doc,
+            version: stored.version.map_or(1, |version| version + 1),
+        })
+    }
+
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        let run = self.run;
+        query
+            .bind(run.id.as_str())
+            .bind(run.trigger.as_str())
+            .bind(run.topic.as_str())
+            .bind(run.state.as_str())
+            .bind(run.enqueued_at.as_millisecond())
+            .bind(run.finished_at.map(|at| at.as_millisecond()))
+            .bind(run.cancel_requested_at.map(|at| at.as_millisecond()))
+            .bind(run.error_text())
+            .bind(self.doc.as_str())
+            .bind(self.version)
+    }
 }
 
 impl RunStore for SqlStore {

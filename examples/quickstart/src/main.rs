@@ -152,11 +152,14 @@ async fn print_run(module: &QueueModule, id: &str) -> Result<(), BoxError> {
         .collect();
     println!("  history: {}", states.join(" → "));
     for attempt in run["attempts"].as_array().into_iter().flatten() {
+        let error = attempt["error"]["message"]
+            .as_str()
+            .map(|message| format!(": {message}"))
+            .unwrap_or_default();
         println!(
-            "  attempt {} {}: {}",
+            "  attempt {} {}{error}",
             attempt["number"],
-            text(&attempt["outcome"]),
-            attempt["error"]["message"].as_str().unwrap_or("")
+            text(&attempt["outcome"])
         );
     }
     Ok(())

@@ -21,12 +21,13 @@ mod supervise;
 use crate::outcome::Outcome;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Either};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +59,37 @@ pub(crate) struct Trigger {
     pub(crate) runs: Option<Arc<Runs>>,
 }
 
+/// The trigger's handler slots: `concurrency` of them, each held from a pull until the
+/// handler returns (the settlement that follows holds none).
+#[derive(Default)]
+struct Slots {
+    busy: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slots {
+    fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    fn take(&self) -> Slot<'_> {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Slot { slots: self }
+    }
+}
+
+/// One held handler slot; freed when dropped.
+struct Slot<'a> {
+    slots: &'a Slots,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.slots.busy.fetch_sub(1, Ordering::Relaxed);
+        self.slots.freed.notify_one();
+    }
+}
+
 /// Signals shared by every trigger of a module.
 #[derive(Clone)]
 pub(crate) struct Lifecycle {
@@ -80,6 +112,7 @@ impl Trigger {
         self.subscribed.store(true, Ordering::Relaxed);
         let limit = self.settings.concurrency as usize;
         let abort = &lifecycle.abort;
+        let slots = Slots::default();
         let mut running = FuturesUnordered::new();
         // After a subscription error, pulling pauses for a second while running calls go on.
         let resume = sleep(Duration::ZERO);
@@ -91,13 +124,19 @@ impl Trigger {
                 Some(()) = running.next(), if !running.is_empty() => {}
                 () = lifecycle.stop.cancelled() => break,
                 () = &mut resume, if paused => paused = false,
-                next = subscription.next(), if !paused && running.len() < limit => match next {
+                // A handler returned while its settlement goes on: its slot is free again.
+                () = slots.freed.notified(), if slots.busy() >= limit => {}
+                next = subscription.next(), if !paused && slots.busy() < limit => match next {
                     None => break,
                     Some(Ok(delivery)) if self.settings.batch_size > 1 => {
                         let batch = self.fill_batch(delivery, &mut subscription);
-                        running.push(Either::Right(self.handle_batch(batch, abort)));
+                        let slot = slots.take();
+                        running.push(Either::Right(self.handle_batch(batch, abort, slot)));
                     }
-                    Some(Ok(delivery)) => running.push(Either::Left(self.handle(delivery, abort))),
+                    Some(Ok(delivery)) => {
+                        let slot = slots.take();
+                        running.push(Either::Left(self.handle(delivery, abort, slot)));
+                    }
                     Some(Err(err)) => {
                         tracing::error!(trigger = %self.key, error = %err, "the subscription failed; pulling again in 1s");
                         paused = true;
@@ -112,7 +151,10 @@ impl Trigger {
     }
 
     async fn subscribe(&self, stop: &CancellationToken) -> Option<Subscription> {
-        let prefetch = self.settings.concurrency * self.settings.batch_size;
+        // A recording trigger settles once its run's event is stored: as many deliveries
+        // again may wait for that while the handlers go on with the next ones.
+        let settling = if self.runs.is_some() { 2 } else { 1 };
+        let prefetch = self.settings.concurrency * self.settings.batch_size * settling;
         let mut wait = Duration::from_millis(100);
         loop {
             match self
@@ -184,20 +226,25 @@ impl Trigger {
 
     /// Handles one delivery in its process span (child of the publisher's), which records
     /// the outcome.
-    async fn handle(&self, delivery: Delivery, abort: &CancellationToken) {
+    async fn handle(&self, delivery: Delivery, abort: &CancellationToken, slot: Slot<'_>) {
         let span = telemetry::process_span(
             self.messaging_system,
             delivery.envelope(),
             &self.settings.name,
         );
         let outcome = self
-            .handle_in_span(delivery, abort)
+            .handle_in_span(delivery, abort, slot)
             .instrument(span.clone())
             .await;
         telemetry::record_outcome(&span, outcome);
     }
 
-    async fn handle_in_span(&self, delivery: Delivery, abort: &CancellationToken) -> Outcome {
+    async fn handle_in_span(
+        &self,
+        delivery: Delivery,
+        abort: &CancellationToken,
+        slot: Slot<'_>,
+    ) -> Outcome {
         let Some(delivery) = self.admit(delivery).await else {
             return Outcome::Filtered;
         };
@@ -219,7 +266,7 @@ impl Trigger {
         let call = handler.call(message);
         let deliveries = std::slice::from_ref(&delivery);
         let result = self.call(call, deliveries, abort, cancel.as_ref()).await;
-        drop(running);
+        drop((running, slot));
         match result {
             None => {
                 self.release(delivery).await;
@@ -238,7 +285,7 @@ impl Trigger {
     }
 
     /// Handles a batch in one process span linked to each message's publisher span.
-    async fn handle_batch(&self, batch: Vec<Delivery>, abort: &CancellationToken) {
+    async fn handle_batch(&self, batch: Vec<Delivery>, abort: &CancellationToken, slot: Slot<'_>) {
         let envelopes: Vec<&Envelope> = batch.iter().map(Delivery::envelope).collect();
         let span = telemetry::batch_process_span(
             self.messaging_system,
@@ -248,7 +295,7 @@ impl Trigger {
         );
         drop(envelopes);
         let outcome = self
-            .handle_batch_in_span(batch, abort)
+            .handle_batch_in_span(batch, abort, slot)
             .instrument(span.clone())
             .await;
         telemetry::record_outcome(&span, outcome);
@@ -258,6 +305,7 @@ impl Trigger {
         &self,
         batch: Vec<Delivery>,
         abort: &CancellationToken,
+        slot: Slot<'_>,
     ) -> Outcome {
         let mut passing = Vec::with_capacity(batch.len());
         for delivery in batch {
@@ -282,7 +330,9 @@ impl Trigger {
             .map(|delivery| Message::new(delivery.envelope().clone(), self.settings.name.clone()))
             .collect();
         let call = handler.call(messages).map(Ok).boxed();
-        match self.call(call, &passing, abort, None).await {
+        let result = self.call(call, &passing, abort, None).await;
+        drop(slot);
+        match result {
             None => {
                 for delivery in passing {
                     self.release(delivery).await;

@@ -41,7 +41,20 @@ impl Trigger {
             error,
             next,
         );
-        runs.recorder().record_stored([ended]).await;
+        let stored = runs.recorder().record_stored([ended]);
+        tokio::pin!(stored);
+        // The lease is kept while the store is slow or down, as while a handler runs.
+        let every = self.settings.visibility_timeout / 2;
+        loop {
+            tokio::select! {
+                () = &mut stored => return,
+                () = tokio::time::sleep(every) => {
+                    if let Err(err) = delivery.extend_lease().await {
+                        tracing::warn!(trigger = %self.key, error = %err, "cannot extend the lease while the run's record waits");
+                    }
+                }
+            }
+        }
     }
 
     /// Settles the delivery of a cancelled run: recorded as cancelled and acknowledged,
