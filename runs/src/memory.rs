@@ -26,8 +26,9 @@ impl MemoryStore {
         self.runs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn apply_now(&self, events: &[RunEvent]) -> Vec<Run> {
-        let mut runs = self.runs();
+    /// Applies `events`; returns the keys they touched, in the order each first appears.
+    fn apply_now(&self, events: &[RunEvent], runs: &mut BTreeMap<RunKey, Run>) -> Vec<RunKey> {
+        let mut seen = std::collections::HashSet::new();
         let mut touched: Vec<RunKey> = Vec::new();
         for event in events {
             let run = match runs.get_mut(&event.key) {
@@ -38,14 +39,11 @@ impl MemoryStore {
                 },
             };
             run.apply(event);
-            if !touched.contains(&event.key) {
+            if seen.insert(&event.key) {
                 touched.push(event.key.clone());
             }
         }
         touched
-            .iter()
-            .filter_map(|key| runs.get(key).cloned())
-            .collect()
     }
 
     fn list_now(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
@@ -92,8 +90,18 @@ impl MemoryStore {
 
 impl RunStore for MemoryStore {
     fn apply<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<Vec<Run>, StoreError>> {
-        let runs = self.apply_now(events);
-        async move { Ok(runs) }.boxed()
+        let mut runs = self.runs();
+        let touched = self.apply_now(events, &mut runs);
+        let touched = touched
+            .iter()
+            .filter_map(|key| runs.get(key).cloned())
+            .collect();
+        async move { Ok(touched) }.boxed()
+    }
+
+    fn write<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.apply_now(events, &mut self.runs());
+        async { Ok(()) }.boxed()
     }
 
     fn get<'a>(

@@ -1,6 +1,8 @@
 //! Runs in SQLite (one file, one machine) or PostgreSQL (shared by every replica), through
 //! sqlx's `Any` driver: one set of portable statements and one migration for both.
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -84,10 +86,16 @@ impl SqlStore {
         self.pool.close().await;
     }
 
-    async fn apply_events(&self, events: &[RunEvent]) -> Result<Vec<Run>, StoreError> {
+    /// Applies `events`, starting again (at most [`MAX_CONFLICT_RETRIES`] times) when another
+    /// instance changed one of their runs first; the touched runs when `touched` is asked for.
+    async fn apply_events(
+        &self,
+        events: &[RunEvent],
+        touched: bool,
+    ) -> Result<Vec<Run>, StoreError> {
         let mut tries = 0;
         loop {
-            match self.apply_once(events).await {
+            match self.apply_once(events, touched).await {
                 Ok(Some(runs)) => return Ok(runs),
                 Ok(None) if tries < MAX_CONFLICT_RETRIES => tries = backoff(tries).await,
                 Ok(None) => {
@@ -106,39 +114,40 @@ impl SqlStore {
 
     /// One transaction: read the runs, apply the events, write back the changed ones if no
     /// other instance wrote them meanwhile (`None` when one did).
-    async fn apply_once(&self, events: &[RunEvent]) -> Result<Option<Vec<Run>>, sqlx::Error> {
+    async fn apply_once(
+        &self,
+        events: &[RunEvent],
+        touched: bool,
+    ) -> Result<Option<Vec<Run>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut runs = read_for_update(&mut tx, events, self.lock_rows).await?;
+        let keys = touched_keys(events);
+        let mut runs = read_for_update(&mut tx, &keys, self.lock_rows).await?;
         for event in events {
-            let position = runs.iter().position(|stored| stored.run.key() == event.key);
-            let stored = match position {
-                Some(position) => &mut runs[position],
-                None => match Run::from_event(event) {
-                    Some(run) => {
-                        runs.push(Stored {
-                            run,
-                            version: None,
-                            changed: true,
-                        });
-                        let last = runs.len() - 1;
-                        &mut runs[last]
-                    }
+            let stored = match runs.entry(event.key.clone()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => match Run::from_event(event) {
+                    Some(run) => entry.insert(Stored {
+                        run,
+                        version: None,
+                        changed: true,
+                    }),
                     None => continue,
                 },
             };
             stored.changed |= stored.run.apply(event);
         }
-        let changed: Vec<&Stored> = runs.iter().filter(|stored| stored.changed).collect();
+        let changed: Vec<&Stored> = runs.values().filter(|stored| stored.changed).collect();
         if !write(&mut tx, &changed).await? {
             return Ok(None);
         }
         tx.commit().await?;
-        let touched = touched_keys(events);
+        if !touched {
+            return Ok(Some(Vec::new()));
+        }
         Ok(Some(
-            touched
-                .iter()
-                .filter_map(|key| runs.iter().find(|stored| &stored.run.key() == key))
-                .map(|stored| stored.run.clone())
+            keys.iter()
+                .filter_map(|key| runs.remove(key))
+                .map(|stored| stored.run)
                 .collect(),
         ))
     }
@@ -367,27 +376,26 @@ fn decode(row: &AnyRow) -> Result<Run, StoreError> {
 
 /// Each run's key, in the order the events first name it.
 fn touched_keys(events: &[RunEvent]) -> Vec<RunKey> {
-    let mut keys: Vec<RunKey> = Vec::new();
-    for event in events {
-        if !keys.contains(&event.key) {
-            keys.push(event.key.clone());
-        }
-    }
-    keys
+    let mut seen = HashSet::new();
+    events
+        .iter()
+        .filter(|event| seen.insert(&event.key))
+        .map(|event| event.key.clone())
+        .collect()
 }
 
-/// The stored runs the events name, with their versions.
+/// The stored runs of `keys`, with their versions.
 async fn read_for_update(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    events: &[RunEvent],
+    keys: &[RunKey],
     lock_rows: &str,
-) -> Result<Vec<Stored>, sqlx::Error> {
-    let keys = touched_keys(events);
+) -> Result<HashMap<RunKey, Stored>, sqlx::Error> {
+    let wanted: HashSet<&RunKey> = keys.iter().collect();
     // Sorted, so every instance locks rows in one order (no deadlock between batches).
     let mut ids: Vec<&str> = keys.iter().map(|key| key.message_id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut found = Vec::new();
+    let mut found = HashMap::with_capacity(keys.len());
     for chunk in ids.chunks(IDS_PER_SELECT) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
@@ -404,12 +412,14 @@ async fn read_for_update(
             let version: i64 = row.try_get(1)?;
             let run: Run =
                 serde_json::from_str(&doc).map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
-            if keys.contains(&run.key()) {
-                found.push(Stored {
+            let key = run.key();
+            if wanted.contains(&key) {
+                let stored = Stored {
                     run,
                     version: Some(version),
                     changed: false,
-                });
+                };
+                found.insert(key, stored);
             }
         }
     }
@@ -501,7 +511,11 @@ impl<'a> RunRow<'a> {
 
 impl RunStore for SqlStore {
     fn apply<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<Vec<Run>, StoreError>> {
-        self.apply_events(events).boxed()
+        self.apply_events(events, true).boxed()
+    }
+
+    fn write<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move { self.apply_events(events, false).await.map(drop) }.boxed()
     }
 
     fn get<'a>(

@@ -190,6 +190,10 @@ pub trait RunStore: Send + Sync + 'static {
     /// the events touched, as it is after them (in the order each first appears).
     fn apply<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<Vec<Run>, StoreError>>;
 
+    /// [`apply`](Self::apply) without the touched runs (what the recorder uses: returning
+    /// them would copy each run for nothing).
+    fn write<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// The runs of message `id`: on `trigger`, or on every trigger.
     fn get<'a>(
         &'a self,

@@ -33,16 +33,18 @@ const CONCURRENCY: u32 = 100;
 #[derive(Clone, Copy, PartialEq)]
 enum Runs {
     Off,
+    Memory,
     Sqlite,
     Postgres,
 }
 
 impl Runs {
-    const ALL: [Runs; 3] = [Runs::Off, Runs::Sqlite, Runs::Postgres];
+    const ALL: [Runs; 4] = [Runs::Off, Runs::Memory, Runs::Sqlite, Runs::Postgres];
 
     fn name(self) -> &'static str {
         match self {
             Runs::Off => "runs off",
+            Runs::Memory => "runs in memory",
             Runs::Sqlite => "runs in SQLite",
             Runs::Postgres => "runs in PostgreSQL",
         }
@@ -58,6 +60,7 @@ struct Round {
 fn config(adapter: &str, runs: Runs, stores: &Stores) -> Config {
     let (section, record) = match runs {
         Runs::Off => (String::new(), "false"),
+        Runs::Memory => ("runs:\n  store: memory\n".to_owned(), "true"),
         Runs::Sqlite => (format!("runs:\n  store: {}\n", stores.sqlite), "true"),
         Runs::Postgres => (
             format!("runs:\n  store: {}\n", stores.postgres.url()),
@@ -172,8 +175,8 @@ async fn pipeline(
     stores: &Stores,
     count: usize,
 ) -> Vec<(Runs, f64, f64)> {
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut batching: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); Runs::ALL.len()];
+    let mut batching: Vec<Vec<f64>> = vec![Vec::new(); Runs::ALL.len()];
     round(config(adapter, Runs::Sqlite, stores), count / 10).await;
     for n in 1..=ROUNDS {
         for (i, runs) in Runs::ALL.into_iter().enumerate() {
@@ -245,7 +248,7 @@ fn main() {
         }
     }
     let jetstream = &results[1].1;
-    let worst = jetstream[1].1.min(jetstream[2].1) / jetstream[0].1;
+    let worst = jetstream[2].1.min(jetstream[3].1) / jetstream[0].1;
     println!();
     println!(
         "target: recording on either store ≥ 0.5× runs off on JetStream → {:.2} {}",

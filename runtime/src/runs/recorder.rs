@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use topiq_runs::{RunEvent, SharedStore};
 
 /// The most events one store call applies.
-const MAX_BATCH: usize = 1_000;
+const MAX_BATCH: usize = 4_000;
 
 /// Queued events past which `record` waits for the writer (the store is down or slow).
 const HIGH_WATER: usize = 100_000;
@@ -181,7 +181,7 @@ impl Recorder {
             return false;
         }
         let mut wait = Duration::from_millis(100);
-        while let Err(err) = self.store.apply(&batch).await {
+        while let Err(err) = self.store.write(&batch).await {
             self.series.store_up.set(0);
             if self.healthy.swap(false, Ordering::Relaxed) {
                 tracing::error!(error = %err, "the runs store refuses writes; settlements wait (consumption pauses) until it is back");

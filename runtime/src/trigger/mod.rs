@@ -59,6 +59,10 @@ pub(crate) struct Trigger {
     pub(crate) runs: Option<Arc<Runs>>,
 }
 
+/// How many deliveries of a recording trigger may wait for their run's record to be stored,
+/// beyond those its handlers hold.
+const SETTLING_AHEAD: u32 = 1_024;
+
 /// The trigger's handler slots: `concurrency` of them, each held from a pull until the
 /// handler returns (the settlement that follows holds none).
 #[derive(Default)]
@@ -151,10 +155,15 @@ impl Trigger {
     }
 
     async fn subscribe(&self, stop: &CancellationToken) -> Option<Subscription> {
-        // A recording trigger settles once its run's event is stored: as many deliveries
-        // again may wait for that while the handlers go on with the next ones.
-        let settling = if self.runs.is_some() { 2 } else { 1 };
-        let prefetch = self.settings.concurrency * self.settings.batch_size * settling;
+        // A recording trigger settles once its run's event is stored: up to SETTLING_AHEAD
+        // deliveries may wait for that while the handlers go on with the next ones, so one
+        // store write carries many settlements (its latency is paid once for all of them).
+        let settling = if self.runs.is_some() {
+            SETTLING_AHEAD
+        } else {
+            0
+        };
+        let prefetch = self.settings.concurrency * self.settings.batch_size + settling;
         let mut wait = Duration::from_millis(100);
         loop {
             match self
