@@ -78,6 +78,15 @@ pub enum Change {
     Progress(Value),
     /// An operator asked for the run to be cancelled.
     CancelRequested,
+    /// The broker adapter dead-lettered the message itself (past its retention, a lease that
+    /// ran out on the last attempt), as its DLQ record says; nothing if the run finished or
+    /// changed after `at`.
+    DeadLettered {
+        /// The message, from its record.
+        origin: Origin,
+        /// The record's error: `expired` makes the run `expired`, any other `dead_lettered`.
+        error: RunError,
+    },
 }
 
 /// Where a run goes when an attempt is settled.
@@ -137,7 +146,8 @@ impl Run {
             Change::Enqueued(origin)
             | Change::Started { origin, .. }
             | Change::Filtered(origin)
-            | Change::Expired(origin) => origin,
+            | Change::Expired(origin)
+            | Change::DeadLettered { origin, .. } => origin,
             _ => return None,
         };
         Some(Self::begin(event.key.clone(), origin.clone(), event.at))
@@ -167,6 +177,10 @@ impl Run {
             Change::Expired(_) => self.end_unhandled(RunState::Expired, at),
             Change::Progress(progress) => self.report(progress),
             Change::CancelRequested => self.request_cancel(at),
+            Change::DeadLettered { origin, error } => {
+                self.fill_origin(origin);
+                self.dead_lettered_by_adapter(error, at)
+            }
         };
         if changed {
             self.updated_at = self.updated_at.max(at);
@@ -323,6 +337,27 @@ impl Run {
         if self.state != RunState::Running {
             self.enter(RunState::Cancelled, at);
         }
+        true
+    }
+
+    /// The adapter's own dead-letter: the attempt left open (its lease ran out) closes with
+    /// the record's error, and the run ends `expired` or `dead_lettered`.
+    fn dead_lettered_by_adapter(&mut self, error: &RunError, at: Timestamp) -> bool {
+        let later = self.transitions.last().is_some_and(|last| last.at > at);
+        if self.state.is_finished() || later {
+            return false;
+        }
+        if let Some(open) = self.attempts.iter_mut().rev().find(|a| a.outcome.is_none()) {
+            open.outcome = Some(AttemptOutcome::LeaseExpired);
+            open.finished_at = Some(at);
+            open.error = Some(error.clone());
+        }
+        let state = if error.kind == "expired" {
+            RunState::Expired
+        } else {
+            RunState::DeadLettered
+        };
+        self.enter(state, at);
         true
     }
 

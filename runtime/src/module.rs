@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::config::{Config, ConfigError, ConfigLocation, TriggerSettings};
 use crate::function::{Function, Functions, check_trigger_function};
 use crate::metrics::Metrics;
-use crate::runs::Runs;
+use crate::runs::{Runs, reconcile};
 use crate::stats::TriggerCounters;
 use crate::telemetry;
 use crate::trigger::{Lifecycle, Trigger};
@@ -131,8 +131,16 @@ impl QueueModule {
         let stop_runs = CancellationToken::new();
         let writer = {
             let (runs, stop) = (Arc::clone(&runs), stop_runs.clone());
-            let deadline = config.shutdown_grace;
-            tokio::spawn(async move { runs.run(stop, deadline).await })
+            let (adapter, recording) = (Arc::clone(&adapter), recording.clone());
+            let (deadline, keep) = (config.shutdown_grace, config.runs.failed_for);
+            tokio::spawn(async move {
+                let reconciling = async {
+                    if !recording.is_empty() {
+                        reconcile::dead_letters(&adapter, &runs, &recording, &stop, keep).await;
+                    }
+                };
+                tokio::join!(runs.run(stop.clone(), deadline), reconciling);
+            })
         };
         Ok(Self {
             inner: Arc::new(Inner {

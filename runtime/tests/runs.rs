@@ -496,3 +496,34 @@ async fn a_redriven_run_reopens_and_keeps_both_laps_of_attempts() {
     workers.shutdown().await;
     module.close().await;
 }
+
+#[tokio::test]
+async fn a_message_past_its_retention_is_an_expired_run() {
+    let text = "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+      topics:
+        orders: { retention: 1s }
+triggers:
+  mailer:
+    type: queue
+    function: flaky
+    config:
+      topic: orders
+";
+    let config = Config::from_yaml_with_variables(text, "test.yaml", &HashMap::new()).unwrap();
+    let module = QueueModule::new(config, functions()).await.unwrap();
+    let id = enqueue(&module, json!({"fail": 0})).await;
+    // Nobody consumes until the retention ran out: the adapter dead-letters it on receipt.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let workers = module.start_workers();
+    let run = run_in_state(&module, &id, "mailer", "expired").await;
+    assert!(
+        run["attempts"].as_array().unwrap().is_empty(),
+        "never handed to the handler"
+    );
+    workers.shutdown().await;
+    module.close().await;
+}

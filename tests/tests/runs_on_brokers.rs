@@ -104,7 +104,8 @@ macro_rules! on_brokers_and_stores {
 
 on_brokers_and_stores!(
     every_state_is_recorded,
-    cancel_reaches_the_instance_running_the_run
+    cancel_reaches_the_instance_running_the_run,
+    a_message_past_its_retention_is_an_expired_run,
 );
 
 const TRIGGERS: &str = "triggers:
@@ -129,6 +130,8 @@ fn config(broker: &Broker, store: &str, triggers: &str) -> Config {
     config:
       adapter:
         {adapter}
+      topics:
+        stale: {{ retention: 1s }}
       shutdown_grace: 2s
 runs:
   store: {store}
@@ -377,6 +380,38 @@ async fn cancel_reaches_the_instance_running_the_run(broker: Broker, store: Stor
     assert!(run["runs"][0]["attempts"].as_array().unwrap().is_empty());
     tokio::join!(workers_a.shutdown(), workers_b.shutdown());
     tokio::join!(a.close(), b.close());
+}
+
+const STALE_TRIGGER: &str = "triggers:
+  late:
+    type: queue
+    function: work
+    config:
+      topic: stale
+";
+
+/// The adapter dead-letters a message past its retention without handing it to the trigger;
+/// its run ends `expired` all the same.
+async fn a_message_past_its_retention_is_an_expired_run(broker: Broker, store: Store) {
+    let work = Work::default();
+    let module = QueueModule::new(
+        config(&broker, &store.url(), STALE_TRIGGER),
+        work.functions(),
+    )
+    .await
+    .unwrap();
+    let id = enqueue(&module, json!({"topic": "stale", "data": {"n": 1}})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let workers = module.start_workers();
+    let run = run_in(&module, &id, "late", "expired").await;
+    assert!(run["attempts"].as_array().unwrap().is_empty(), "{run}");
+    assert_eq!(
+        work.calls.load(Ordering::SeqCst),
+        0,
+        "never handed to the handler"
+    );
+    workers.shutdown().await;
+    module.close().await;
 }
 
 /// PostgreSQL behind a fault proxy that is cut while messages flow: settlements wait and

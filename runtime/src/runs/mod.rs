@@ -2,6 +2,7 @@
 //! writes them in batches, and the sweep of finished runs past their keep time.
 
 mod cancels;
+pub(crate) mod reconcile;
 mod recorder;
 
 use std::sync::Arc;
