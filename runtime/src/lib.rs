@@ -43,8 +43,8 @@ mod telemetry;
 mod trigger;
 
 pub use calls::{
-    BatchItem, CallError, CallErrorKind, DlqRequest, EnqueueRequest, EnqueueResult, RunListRequest,
-    RunRequest, TriggerStats,
+    BatchItem, CallError, CallErrorKind, DlqRequest, EnqueueRequest, EnqueueResult,
+    ProgressRequest, ReplayRequest, RunRequest, TriggerStats,
 };
 pub use config::{Config, ConfigError};
 pub use function::{

@@ -18,7 +18,7 @@ use crate::module::QueueModule;
 pub use dlq::DlqRequest;
 use enqueue::EnqueueBatchRequest;
 pub use enqueue::{BatchItem, EnqueueRequest, EnqueueResult};
-pub use runs::{ProgressRequest, ReplayRequest, RunListRequest, RunRequest};
+pub use runs::{ProgressRequest, ReplayRequest, RunRequest};
 pub use stats::TriggerStats;
 
 /// The calls [`QueueModule::call`] knows.

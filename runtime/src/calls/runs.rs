@@ -4,9 +4,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 use topiq_adapter::{MessageId, NewMessage, SubscriptionKey, Timestamp};
-use topiq_runs::{Change, Origin, Run, RunEvent, RunKey, RunPage, RunQuery, RunState};
+use topiq_runs::{Change, Origin, Run, RunEvent, RunKey, RunPage, RunQuery};
 
-use super::{CallError, timestamp, topic, trigger};
+use super::{CallError, trigger};
 use crate::module::QueueModule;
 
 /// Arguments of `queue.run_get`.
@@ -18,36 +18,6 @@ pub struct RunRequest {
     /// The trigger; without it, the message's run on every trigger.
     #[serde(default)]
     pub trigger: Option<String>,
-}
-
-/// Arguments of `queue.run_list`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunListRequest {
-    /// Only runs of this topic.
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Only runs on this trigger.
-    #[serde(default)]
-    pub trigger: Option<String>,
-    /// Only runs in this state (`queued`, `running`, `dead_lettered`, ...).
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Only runs enqueued at or after this time (RFC 3339).
-    #[serde(default)]
-    pub since: Option<String>,
-    /// Only runs enqueued before this time (RFC 3339).
-    #[serde(default)]
-    pub until: Option<String>,
-    /// Only runs with an attempt error containing this text (case-insensitive).
-    #[serde(default)]
-    pub error_contains: Option<String>,
-    /// The most runs to return (default 50, at most 500).
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// The previous page's `next_cursor`.
-    #[serde(default)]
-    pub cursor: Option<String>,
 }
 
 /// Arguments of `queue.run_replay`.
@@ -76,39 +46,6 @@ pub struct ProgressRequest {
     pub progress: Value,
 }
 
-impl RunListRequest {
-    fn query(&self) -> Result<RunQuery, CallError> {
-        let state = match &self.state {
-            None => None,
-            Some(name) => Some(RunState::parse(name).ok_or_else(|| {
-                let names: Vec<&str> = RunState::ALL.iter().map(|state| state.as_str()).collect();
-                CallError::invalid(format!(
-                    "state: {name:?} is not a run state; one of {}",
-                    names.join(", ")
-                ))
-            })?),
-        };
-        Ok(RunQuery {
-            topic: self.topic.as_deref().map(topic).transpose()?,
-            trigger: trigger(self.trigger.as_deref())?,
-            state,
-            since: self
-                .since
-                .as_deref()
-                .map(|at| timestamp("since", at))
-                .transpose()?,
-            until: self
-                .until
-                .as_deref()
-                .map(|at| timestamp("until", at))
-                .transpose()?,
-            error_contains: self.error_contains.clone(),
-            limit: self.limit,
-            cursor: self.cursor.clone(),
-        })
-    }
-}
-
 impl QueueModule {
     /// `queue.run_get`: the message's run on `trigger`, or on every trigger; an id with no
     /// run is `unknown_run`. Shows every run event this process recorded before the call.
@@ -126,11 +63,11 @@ impl QueueModule {
         Ok(runs)
     }
 
-    /// `queue.run_list`: a page of runs, newest first.
-    pub async fn run_list(&self, request: &RunListRequest) -> Result<RunPage, CallError> {
-        let query = request.query()?;
+    /// `queue.run_list`: a page of runs, newest first; its arguments are the [`RunQuery`]'s
+    /// fields (`state` one of `queued`, `running`, `dead_lettered`, ...; times in RFC 3339).
+    pub async fn run_list(&self, query: &RunQuery) -> Result<RunPage, CallError> {
         self.runs().recorder().flush().await;
-        Ok(self.runs().store().list(&query).await?)
+        Ok(self.runs().store().list(query).await?)
     }
 
     /// `queue.run_cancel`: cancels the run on `trigger` (or every unfinished run of the
