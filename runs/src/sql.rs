@@ -154,56 +154,7 @@ impl SqlStore {
 
     async fn list_page(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
         let (limit, cursor) = query.validate()?;
-        let mut sql = String::from("SELECT doc FROM topiq_runs WHERE 1 = 1");
-        let mut binds: Vec<Bind> = Vec::new();
-        let mut filter = |sql: &mut String, clause: &str, value: Bind| {
-            binds.push(value);
-            sql.push_str(&clause.replace('?', &format!("${}", binds.len())));
-        };
-        if let Some(topic) = &query.topic {
-            filter(&mut sql, " AND topic = ?", Bind::Text(topic.to_string()));
-        }
-        if let Some(trigger) = &query.trigger {
-            filter(
-                &mut sql,
-                " AND trigger_name = ?",
-                Bind::Text(trigger.to_string()),
-            );
-        }
-        if let Some(state) = query.state {
-            filter(
-                &mut sql,
-                " AND state = ?",
-                Bind::Text(state.as_str().into()),
-            );
-        }
-        if let Some(since) = query.since {
-            filter(
-                &mut sql,
-                " AND enqueued_ms >= ?",
-                Bind::Int(since.as_millisecond()),
-            );
-        }
-        if let Some(until) = query.until {
-            filter(
-                &mut sql,
-                " AND enqueued_ms < ?",
-                Bind::Int(until.as_millisecond()),
-            );
-        }
-        if let Some(needle) = &query.error_contains {
-            let pattern = format!("%{}%", escape_like(&needle.to_lowercase()));
-            filter(
-                &mut sql,
-                " AND LOWER(error_text) LIKE ? ESCAPE '\\'",
-                Bind::Text(pattern),
-            );
-        }
-        if let Some(cursor) = &cursor {
-            push_cursor(&mut sql, &mut binds, cursor);
-        }
-        sql.push_str(" ORDER BY enqueued_ms DESC, message_id DESC, trigger_name DESC");
-        sql.push_str(&format!(" LIMIT {}", limit + 1));
+        let (sql, binds) = list_sql(query, limit, cursor.as_ref());
         let rows = bind_all(sqlx::query(&sql), &binds)
             .fetch_all(&self.pool)
             .await
@@ -290,6 +241,55 @@ async fn backoff(tries: u32) -> u32 {
     let millis = (1_u64 << tries.min(6)) + jitter;
     tokio::time::sleep(Duration::from_millis(millis)).await;
     tries + 1
+}
+
+/// The listing's statement and its values: each filter given, the cursor, newest first, one
+/// more than `limit` (to tell whether a next page exists).
+fn list_sql(query: &RunQuery, limit: usize, cursor: Option<&Cursor>) -> (String, Vec<Bind>) {
+    let text = |value: String| Bind::Text(value);
+    let filters = [
+        (
+            " AND topic = ?",
+            query.topic.as_ref().map(|t| text(t.to_string())),
+        ),
+        (
+            " AND trigger_name = ?",
+            query.trigger.as_ref().map(|t| text(t.to_string())),
+        ),
+        (
+            " AND state = ?",
+            query.state.map(|state| text(state.as_str().into())),
+        ),
+        (
+            " AND enqueued_ms >= ?",
+            query.since.map(|at| Bind::Int(at.as_millisecond())),
+        ),
+        (
+            " AND enqueued_ms < ?",
+            query.until.map(|at| Bind::Int(at.as_millisecond())),
+        ),
+        (
+            " AND LOWER(error_text) LIKE ? ESCAPE '\\'",
+            query
+                .error_contains
+                .as_ref()
+                .map(|needle| text(format!("%{}%", escape_like(&needle.to_lowercase())))),
+        ),
+    ];
+    let mut sql = String::from("SELECT doc FROM topiq_runs WHERE 1 = 1");
+    let mut binds = Vec::new();
+    for (clause, value) in filters {
+        if let Some(value) = value {
+            binds.push(value);
+            sql.push_str(&clause.replace('?', &format!("${}", binds.len())));
+        }
+    }
+    if let Some(cursor) = cursor {
+        push_cursor(&mut sql, &mut binds, cursor);
+    }
+    sql.push_str(" ORDER BY enqueued_ms DESC, message_id DESC, trigger_name DESC");
+    sql.push_str(&format!(" LIMIT {}", limit + 1));
+    (sql, binds)
 }
 
 /// `url` with what sqlx needs added: a SQLite file is created when missing.

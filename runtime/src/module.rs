@@ -129,19 +129,7 @@ impl QueueModule {
             triggers.push(Arc::new(trigger));
         }
         let stop_runs = CancellationToken::new();
-        let writer = {
-            let (runs, stop) = (Arc::clone(&runs), stop_runs.clone());
-            let (adapter, recording) = (Arc::clone(&adapter), recording.clone());
-            let (deadline, keep) = (config.shutdown_grace, config.runs.failed_for);
-            tokio::spawn(async move {
-                let reconciling = async {
-                    if !recording.is_empty() {
-                        reconcile::dead_letters(&adapter, &runs, &recording, &stop, keep).await;
-                    }
-                };
-                tokio::join!(runs.run(stop.clone(), deadline), reconciling);
-            })
-        };
+        let writer = spawn_runs_writer(&config, &adapter, &runs, &recording, &stop_runs);
         Ok(Self {
             inner: Arc::new(Inner {
                 topics: config.topics.clone(),
@@ -472,6 +460,28 @@ fn unknown_function_hint(config: &Config, functions: &Functions, name: &str) -> 
         "registered: {}. Register it with Functions::register",
         functions.names().join(", ")
     )
+}
+
+/// Starts the task that writes run events, follows cancels and sweeps (and, when a trigger
+/// records runs, reads the DLQ for runs the adapter dead-lettered itself) until `stop`.
+fn spawn_runs_writer(
+    config: &Config,
+    adapter: &SharedAdapter,
+    runs: &Arc<Runs>,
+    recording: &BTreeMap<TopicName, Vec<TriggerName>>,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let (runs, stop) = (Arc::clone(runs), stop.clone());
+    let (adapter, recording) = (Arc::clone(adapter), recording.clone());
+    let (deadline, keep) = (config.shutdown_grace, config.runs.failed_for);
+    tokio::spawn(async move {
+        let reconciling = async {
+            if !recording.is_empty() {
+                reconcile::dead_letters(&adapter, &runs, &recording, &stop, keep).await;
+            }
+        };
+        tokio::join!(runs.run(stop.clone(), deadline), reconciling);
+    })
 }
 
 /// Declares `settings`' subscription on the broker and builds its trigger.

@@ -238,26 +238,7 @@ impl QueueModule {
                 let triggers = self.stats(request.topic.as_deref()).await?;
                 Ok(json!({ "triggers": triggers }))
             }
-            "queue.run_get" => {
-                let runs = self.run_get(&parse_args(name, args)?).await?;
-                Ok(json!({ "runs": runs }))
-            }
-            "queue.run_list" => {
-                let page = self.run_list(&parse_args(name, args)?).await?;
-                Ok(json!({ "runs": page.runs, "next_cursor": page.next_cursor }))
-            }
-            "queue.run_cancel" => {
-                let cancelled = self.run_cancel(&parse_args(name, args)?).await?;
-                Ok(json!({ "cancelled": cancelled }))
-            }
-            "queue.run_replay" => {
-                let message_id = self.run_replay(&parse_args(name, args)?).await?;
-                Ok(json!({ "message_id": message_id }))
-            }
-            "queue.run_progress" => {
-                self.run_progress(&parse_args(name, args)?).await?;
-                Ok(json!({}))
-            }
+            name if name.starts_with("queue.run_") => self.call_runs(name, args).await,
             _ => Err(CallError::UnknownCall {
                 name: name.to_owned(),
             }),

@@ -2,11 +2,11 @@
 //! to a message on its triggers, and what an operator or a handler does to a run.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use topiq_adapter::{MessageId, NewMessage, SubscriptionKey, Timestamp};
 use topiq_runs::{Change, Origin, Run, RunEvent, RunKey, RunPage, RunQuery};
 
-use super::{CallError, trigger};
+use super::{CallError, parse_args, trigger};
 use crate::module::QueueModule;
 
 /// Arguments of `queue.run_get`.
@@ -47,6 +47,35 @@ pub struct ProgressRequest {
 }
 
 impl QueueModule {
+    /// Runs the `queue.run_*` call `name` with JSON `args`.
+    pub(super) async fn call_runs(&self, name: &str, args: Value) -> Result<Value, CallError> {
+        match name {
+            "queue.run_get" => {
+                let runs = self.run_get(&parse_args(name, args)?).await?;
+                Ok(json!({ "runs": runs }))
+            }
+            "queue.run_list" => {
+                let page = self.run_list(&parse_args(name, args)?).await?;
+                Ok(json!({ "runs": page.runs, "next_cursor": page.next_cursor }))
+            }
+            "queue.run_cancel" => {
+                let cancelled = self.run_cancel(&parse_args(name, args)?).await?;
+                Ok(json!({ "cancelled": cancelled }))
+            }
+            "queue.run_replay" => {
+                let message_id = self.run_replay(&parse_args(name, args)?).await?;
+                Ok(json!({ "message_id": message_id }))
+            }
+            "queue.run_progress" => {
+                self.run_progress(&parse_args(name, args)?).await?;
+                Ok(json!({}))
+            }
+            _ => Err(CallError::UnknownCall {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
     /// `queue.run_get`: the message's run on `trigger`, or on every trigger; an id with no
     /// run is `unknown_run`. Shows every run event this process recorded before the call.
     pub async fn run_get(&self, request: &RunRequest) -> Result<Vec<Run>, CallError> {
