@@ -47,15 +47,16 @@ impl Message {
         self
     }
 
-    /// Keeps `progress` on this message's run (`queue.run_get` shows the last one); returns
-    /// once it is stored. Nothing happens for a trigger that records no runs.
+    /// Keeps `progress` on this message's run (`queue.run_get` shows the last one). It is
+    /// written with the next batch of run events: the handler does not wait for the store
+    /// (not even while it is down). Nothing happens for a trigger that records no runs.
     pub async fn progress(&self, progress: Value) {
         let Some(runs) = &self.runs else {
             return;
         };
         let change = topiq_runs::Change::Progress(progress);
         let event = crate::runs::event(&self.trigger, &self.envelope, change);
-        runs.recorder().record_stored([event]).await;
+        runs.recorder().record([event]).await;
     }
 
     /// True once the run was cancelled (`queue.run_cancel`). The runtime stops awaiting the

@@ -473,6 +473,83 @@ async fn the_store_going_down_loses_nothing(broker: Broker) {
     module.close().await;
 }
 
+/// A shutdown while PostgreSQL is cut: the settlements waiting for their records leave their
+/// messages unsettled, so another instance, with the store back, handles and records them all.
+async fn a_shutdown_with_the_store_down_leaves_the_messages_for_redelivery(broker: Broker) {
+    let database = PostgresDatabase::create();
+    let server: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = FaultProxy::start(server).await;
+    let url = format!(
+        "postgres://postgres@{}/{}",
+        proxy.address(),
+        database.name()
+    );
+    let triggers = "triggers:
+  mailer:
+    type: queue
+    function: work
+    config:
+      topic: orders
+      concurrency: 20
+      visibility_timeout: 2s
+";
+    let first = Work::default();
+    let module = QueueModule::new(config(&broker, &url, triggers), first.functions())
+        .await
+        .unwrap();
+    proxy.refuse_new(true);
+    proxy.reset_all();
+    let workers = module.start_workers();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(enqueue(&module, json!({"topic": "orders", "data": {"n": n}})).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.calls.load(Ordering::SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the handlers ran {:?} of 20",
+            first.calls
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    workers.shutdown().await;
+    module.close().await;
+    proxy.refuse_new(false);
+    let second = Work::default();
+    let module = QueueModule::new(config(&broker, &url, triggers), second.functions())
+        .await
+        .unwrap();
+    let workers = module.start_workers();
+    for id in &ids {
+        run_in(&module, id, "mailer", "succeeded").await;
+    }
+    assert_eq!(
+        second.calls.load(Ordering::SeqCst),
+        20,
+        "every message came back"
+    );
+    workers.shutdown().await;
+    module.close().await;
+}
+
+mod a_shutdown_with_the_store_down_leaves_the_messages_for_redelivery {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jetstream_postgres() {
+        super::a_shutdown_with_the_store_down_leaves_the_messages_for_redelivery(
+            super::Broker::jetstream(),
+        )
+        .await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq_postgres() {
+        super::a_shutdown_with_the_store_down_leaves_the_messages_for_redelivery(
+            super::Broker::rabbitmq(),
+        )
+        .await;
+    }
+}
+
 mod the_store_going_down_loses_nothing {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jetstream_postgres() {

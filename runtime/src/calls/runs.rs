@@ -183,7 +183,7 @@ impl QueueModule {
             at: Timestamp::now(),
             change: Change::Progress(request.progress.clone()),
         };
-        self.runs().recorder().record_stored([event]).await;
+        let _ = self.runs().recorder().record_stored([event]).await;
         Ok(())
     }
 

@@ -116,21 +116,25 @@ impl Recorder {
         self.queued.notify_one();
     }
 
-    /// Queues `events` and waits until they (and every event queued before them) are stored.
-    pub(crate) async fn record_stored(&self, events: impl IntoIterator<Item = RunEvent>) {
+    /// Queues `events` and waits until they (and every event queued before them) are stored;
+    /// false when the writer stopped first (shutdown with the store down): they are not.
+    pub(crate) async fn record_stored(&self, events: impl IntoIterator<Item = RunEvent>) -> bool {
         let (done, stored) = oneshot::channel();
         {
             let mut queue = self.queue();
             queue.push(events);
             let target = queue.queued;
-            if queue.stored >= target || queue.closed {
-                return;
+            if queue.stored >= target {
+                return true;
+            }
+            if queue.closed {
+                return false;
             }
             queue.waiters.push((target, done));
         }
         self.queued.notify_one();
-        // A dropped sender means the writer stopped (shutdown): nothing more to wait for.
-        let _ = stored.await;
+        // A dropped sender means the writer stopped without storing them.
+        stored.await.is_ok()
     }
 
     /// Waits until every event queued so far is stored (read-your-writes).

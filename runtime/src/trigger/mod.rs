@@ -208,7 +208,10 @@ impl Trigger {
             let envelope = delivery.envelope();
             let change = topiq_runs::Change::Filtered(runs::origin(envelope));
             let filtered = runs::event(&self.settings.name, envelope, change);
-            runs.recorder().record_stored([filtered]).await;
+            if !runs.recorder().record_stored([filtered]).await {
+                // Not stored before shutdown: delivered again, filtered again.
+                return None;
+            }
         }
         self.ack(delivery).await;
         None

@@ -17,22 +17,26 @@ impl Trigger {
             .end_to_end(since(delivery.envelope().enqueued_at));
         self.counters.succeeded();
         let next = Next::Succeeded { result };
-        self.record_end(&delivery, AttemptOutcome::Succeeded, None, next)
-            .await;
-        self.ack(delivery).await;
+        if self
+            .record_end(&delivery, AttemptOutcome::Succeeded, None, next)
+            .await
+        {
+            self.ack(delivery).await;
+        }
     }
 
     /// Records how `delivery`'s attempt ended and waits until it is stored, so the settlement
-    /// that follows never outlives its record.
+    /// that follows never outlives its record. False when it could not be stored (shutdown
+    /// with the store down): the delivery is then left unsettled, to be delivered again.
     async fn record_end(
         &self,
         delivery: &Delivery,
         outcome: AttemptOutcome,
         error: Option<RunError>,
         next: Next,
-    ) {
+    ) -> bool {
         let Some(runs) = &self.runs else {
-            return;
+            return true;
         };
         let ended: RunEvent = runs::finished(
             &self.settings.name,
@@ -47,7 +51,12 @@ impl Trigger {
         let every = self.settings.visibility_timeout / 2;
         loop {
             tokio::select! {
-                () = &mut stored => return,
+                stored = &mut stored => {
+                    if !stored {
+                        tracing::warn!(trigger = %self.key, id = %delivery.envelope().id, "the run's record could not be stored before shutdown; the message is delivered again");
+                    }
+                    return stored;
+                }
                 () = tokio::time::sleep(every) => {
                     if let Err(err) = delivery.extend_lease().await {
                         tracing::warn!(trigger = %self.key, error = %err, "cannot extend the lease while the run's record waits");
@@ -62,14 +71,19 @@ impl Trigger {
     pub(super) async fn settle_cancelled(&self, delivery: Delivery) {
         self.counters.cancelled();
         let outcome = AttemptOutcome::Cancelled;
-        self.record_end(&delivery, outcome, None, Next::Cancelled)
-            .await;
-        self.ack(delivery).await;
+        if self
+            .record_end(&delivery, outcome, None, Next::Cancelled)
+            .await
+        {
+            self.ack(delivery).await;
+        }
     }
 
-    /// Gives `delivery` back without spending an attempt (a call abandoned at shutdown).
+    /// Gives `delivery` back without spending an attempt (a call abandoned at shutdown),
+    /// recorded or not: a release loses nothing either way.
     pub(super) async fn release(&self, delivery: Delivery) {
-        self.record_end(&delivery, AttemptOutcome::Released, None, Next::Queued)
+        let _ = self
+            .record_end(&delivery, AttemptOutcome::Released, None, Next::Queued)
             .await;
         let id = delivery.envelope().id.clone();
         if let Err(err) = delivery.release().await {
@@ -104,9 +118,10 @@ impl Trigger {
             let due = Timestamp::now()
                 .checked_add(retry_delay)
                 .unwrap_or(Timestamp::MAX);
-            self.record_end(&delivery, outcome, Some(error), Next::Retry { at: due })
-                .await;
-            self.settled(delivery.nack(retry_delay).await, "nack");
+            let next = Next::Retry { at: due };
+            if self.record_end(&delivery, outcome, Some(error), next).await {
+                self.settled(delivery.nack(retry_delay).await, "nack");
+            }
             return Outcome::Retried;
         }
         let failure = failure.into_failure();
@@ -114,8 +129,12 @@ impl Trigger {
             kind: failure.kind.to_string(),
             message: failure.message.clone(),
         };
-        self.record_end(&delivery, outcome, Some(error), Next::DeadLettered)
-            .await;
+        if !self
+            .record_end(&delivery, outcome, Some(error), Next::DeadLettered)
+            .await
+        {
+            return Outcome::DeadLettered;
+        }
         tracing::warn!(trigger = %self.key, id = %envelope.id, attempts = envelope.attempt, kind = %failure.kind, error = %failure.message, "dead-lettered");
         self.counters.dead_lettered();
         self.settled(delivery.dead_letter(failure).await, "dead_letter");
