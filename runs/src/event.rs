@@ -72,8 +72,6 @@ pub enum Change {
     },
     /// The trigger's condition was false.
     Filtered(Origin),
-    /// The message reached the trigger after the topic's retention.
-    Expired(Origin),
     /// The handler reported progress.
     Progress(Value),
     /// An operator asked for the run to be cancelled.
@@ -146,7 +144,6 @@ impl Run {
             Change::Enqueued(origin)
             | Change::Started { origin, .. }
             | Change::Filtered(origin)
-            | Change::Expired(origin)
             | Change::DeadLettered { origin, .. } => origin,
             _ => return None,
         };
@@ -174,7 +171,6 @@ impl Run {
                 next,
             } => self.finish(*attempt, *outcome, error.clone(), next, at),
             Change::Filtered(_) => self.end_unhandled(RunState::Filtered, at),
-            Change::Expired(_) => self.end_unhandled(RunState::Expired, at),
             Change::Progress(progress) => self.report(progress),
             Change::CancelRequested => self.request_cancel(at),
             Change::DeadLettered { origin, error } => {

@@ -414,9 +414,9 @@ async fn a_message_past_its_retention_is_an_expired_run(broker: Broker, store: S
     module.close().await;
 }
 
-/// PostgreSQL behind a fault proxy that is cut while messages flow: settlements wait and
-/// readiness says so, and once it is back every run ends succeeded, none lost.
-async fn the_store_going_down_loses_nothing(broker: Broker) {
+/// A database of the test's own on the machine's PostgreSQL, reached through a fault proxy,
+/// and its URL through the proxy.
+async fn proxied_postgres() -> (PostgresDatabase, FaultProxy, String) {
     let database = PostgresDatabase::create();
     let server: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = FaultProxy::start(server).await;
@@ -425,6 +425,13 @@ async fn the_store_going_down_loses_nothing(broker: Broker) {
         proxy.address(),
         database.name()
     );
+    (database, proxy, url)
+}
+
+/// PostgreSQL behind a fault proxy that is cut while messages flow: settlements wait and
+/// readiness says so, and once it is back every run ends succeeded, none lost.
+async fn the_store_going_down_loses_nothing(broker: Broker) {
+    let (_database, proxy, url) = proxied_postgres().await;
     let work = Work::default();
     let module = QueueModule::new(config(&broker, &url, ONE_TRIGGER), work.functions())
         .await
@@ -476,14 +483,7 @@ async fn the_store_going_down_loses_nothing(broker: Broker) {
 /// A shutdown while PostgreSQL is cut: the settlements waiting for their records leave their
 /// messages unsettled, so another instance, with the store back, handles and records them all.
 async fn a_shutdown_with_the_store_down_leaves_the_messages_for_redelivery(broker: Broker) {
-    let database = PostgresDatabase::create();
-    let server: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let proxy = FaultProxy::start(server).await;
-    let url = format!(
-        "postgres://postgres@{}/{}",
-        proxy.address(),
-        database.name()
-    );
+    let (_database, proxy, url) = proxied_postgres().await;
     let triggers = "triggers:
   mailer:
     type: queue

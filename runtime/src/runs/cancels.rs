@@ -54,7 +54,8 @@ impl Cancels {
         lock(&self.cancelled).contains_key(key)
     }
 
-    /// Registers `key` as running here until the guard drops.
+    /// Registers `key` as running here until the guard drops; its token is cancelled already
+    /// when the run was.
     pub(crate) fn start(&self, key: RunKey) -> Running<'_> {
         let token = CancellationToken::new();
         lock(&self.running).insert(key.clone(), token.clone());

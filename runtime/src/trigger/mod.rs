@@ -263,15 +263,16 @@ impl Trigger {
         let Function::Single(handler) = &self.function else {
             return Outcome::Released;
         };
-        if self.is_cancelled(&delivery) {
+        let running = self
+            .runs
+            .as_ref()
+            .map(|runs| runs.cancels().start(self.run_key(&delivery)));
+        let cancel = running.as_ref().map(|running| running.token().clone());
+        if cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            drop(running);
             self.settle_cancelled(delivery).await;
             return Outcome::Cancelled;
         }
-        let running = self.runs.as_ref().map(|runs| {
-            let key = RunKey::new(delivery.envelope().id.clone(), self.settings.name.clone());
-            runs.cancels().start(key)
-        });
-        let cancel = running.as_ref().map(|running| running.token().clone());
         self.record_start(std::slice::from_ref(&delivery)).await;
         let message = Message::new(delivery.envelope().clone(), self.settings.name.clone())
             .recorded(self.runs.clone(), cancel.clone());
@@ -422,10 +423,14 @@ impl Trigger {
 
     /// True when the run of `delivery` on this trigger was cancelled.
     fn is_cancelled(&self, delivery: &Delivery) -> bool {
-        self.runs.as_ref().is_some_and(|runs| {
-            let key = RunKey::new(delivery.envelope().id.clone(), self.settings.name.clone());
-            runs.cancels().is_cancelled(&key)
-        })
+        self.runs
+            .as_ref()
+            .is_some_and(|runs| runs.cancels().is_cancelled(&self.run_key(delivery)))
+    }
+
+    /// The run of `delivery` on this trigger.
+    fn run_key(&self, delivery: &Delivery) -> RunKey {
+        RunKey::new(delivery.envelope().id.clone(), self.settings.name.clone())
     }
 
     /// Records the start of an attempt of each of `deliveries` (not waited for: its end is).
