@@ -1,4 +1,5 @@
-//! The runs stores alone: how long one write of 500 runs takes, as the recorder sends them
+//! The runs stores alone: how long one write of 1,300 runs takes (into a store that already
+//! holds 200,000), as the recorder sends them
 //! (their `Enqueued` in one write, `Started` + `Finished` in the next) and all in one write.
 //! What the module's own benchmark (`tests/benches/runs.rs`) pays per message, without the
 //! broker and the handlers beside it.
@@ -16,8 +17,10 @@ use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
 use topiq_runs::{AttemptOutcome, Change, Next, Origin, RunEvent, RunKey, SharedStore};
 use topiq_testkit::PostgresDatabase;
 
-const RUNS: usize = 500;
+const RUNS: usize = 1_300;
 const ROUNDS: usize = 7;
+/// Runs stored before the timed writes: a store that has kept a few minutes of load.
+const STORED: usize = 20_000;
 
 fn origin() -> Origin {
     Origin {
@@ -67,6 +70,19 @@ async fn timed(store: &SharedStore, events: &[RunEvent]) -> Duration {
     started.elapsed()
 }
 
+/// Stores [`STORED`] finished runs.
+async fn fill(store: &SharedStore) {
+    let trigger = TriggerName::new("bench").unwrap();
+    for _ in 0..STORED / RUNS {
+        let keys: Vec<RunKey> = (0..RUNS)
+            .map(|_| RunKey::new(MessageId::generate(), trigger.clone()))
+            .collect();
+        let mut all = enqueued(&keys);
+        all.extend(handled(&keys));
+        store.write(&all).await.unwrap();
+    }
+}
+
 /// Median times of: the `Enqueued` write, the `Started` + `Finished` write, and one write of
 /// all three.
 async fn measure(store: &SharedStore) -> [Duration; 3] {
@@ -106,7 +122,9 @@ fn main() {
         ("SQLite", format!("sqlite://{}/runs.db", dir.display())),
         ("PostgreSQL", database.url()),
     ];
-    println!("runs store writes: {RUNS} runs per write, median of {ROUNDS}");
+    println!(
+        "runs store writes: {RUNS} runs per write, median of {ROUNDS}, {STORED} runs stored before"
+    );
     println!();
     println!(
         "| store | Enqueued write | Started + Finished write | the three in one write | runs/s, two writes | runs/s, one write |"
@@ -115,6 +133,7 @@ fn main() {
     for (name, url) in &stores {
         let [enqueue, handle, once] = runtime.block_on(async {
             let store = topiq_runs::open(url).await.unwrap();
+            fill(&store).await;
             measure(&store).await
         });
         let per_second = |time: Duration| RUNS as f64 / time.as_secs_f64();

@@ -6,7 +6,14 @@
 //! delivered again. While the store is down, the writer keeps the events and tries again,
 //! settlements wait (so consumption pauses once every handler slot waits), and readiness
 //! says so.
+//!
+//! Events nobody waits for (an enqueue, an attempt's start, progress) are held back for up to
+//! [`HOLD`]: when the run's next event that someone waits for (its settlement) comes within
+//! that time, both go in one write, so a run that is enqueued and handled quickly is written
+//! once instead of twice or three times. A flush (`run_get`, `run_list`) writes what is held
+//! at once, so one process still reads its own writes.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -14,8 +21,9 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use topiq_runs::{RunEvent, SharedStore};
+use topiq_runs::{RunEvent, RunKey, SharedStore};
 
 /// The most events one store call applies.
 const MAX_BATCH: usize = 4_000;
@@ -26,10 +34,75 @@ const HIGH_WATER: usize = 100_000;
 /// The longest wait between two tries while the store is down.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 
+/// How long an event nobody waits for may be held back, waiting for its run's next event to
+/// join it in one write. Short enough that another process sees a new run within 1 s.
+const HOLD: Duration = Duration::from_millis(300);
+
+/// Events nobody waits for yet, held back per run.
+#[derive(Default)]
+struct Held {
+    by_run: HashMap<RunKey, HeldRun>,
+    /// Each held run's key with the time it is due, oldest first (a key whose run was taken
+    /// out and held again has a stale entry, skipped by its due time).
+    due: VecDeque<(Instant, RunKey)>,
+    /// How many events are held.
+    count: usize,
+}
+
+struct HeldRun {
+    due: Instant,
+    events: Vec<RunEvent>,
+}
+
+impl Held {
+    fn hold(&mut self, event: RunEvent, due: Instant) {
+        self.count += 1;
+        match self.by_run.get_mut(&event.key) {
+            Some(run) => run.events.push(event),
+            None => {
+                self.due.push_back((due, event.key.clone()));
+                let key = event.key.clone();
+                let events = vec![event];
+                self.by_run.insert(key, HeldRun { due, events });
+            }
+        }
+    }
+
+    /// The held events of `key`'s run, taken out.
+    fn take(&mut self, key: &RunKey) -> Vec<RunEvent> {
+        let events = self.by_run.remove(key).map(|run| run.events).unwrap_or_default();
+        self.count -= events.len();
+        events
+    }
+
+    /// The held events that are due at `now` (all of them with `now` = `None`), taken out.
+    fn take_due(&mut self, now: Option<Instant>) -> Vec<RunEvent> {
+        let mut events = Vec::new();
+        while let Some((due, _)) = self.due.front() {
+            if now.is_some_and(|now| *due > now) {
+                break;
+            }
+            let Some((due, key)) = self.due.pop_front() else {
+                break;
+            };
+            if self.by_run.get(&key).is_some_and(|run| run.due == due) {
+                events.extend(self.take(&key));
+            }
+        }
+        events
+    }
+
+    /// When the oldest held event is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|(due, _)| *due)
+    }
+}
+
 /// Events waiting to be written, and who waits for them.
 #[derive(Default)]
 struct Queue {
     events: Vec<RunEvent>,
+    held: Held,
     /// How many events were ever queued.
     queued: u64,
     /// How many of those are stored (always a prefix: one writer, in queue order).
@@ -45,6 +118,26 @@ impl Queue {
         let before = self.events.len();
         self.events.extend(events);
         self.queued += (self.events.len() - before) as u64;
+    }
+
+    /// Queues `events` with whatever is held of their runs ahead of them.
+    fn push_with_held(&mut self, events: impl IntoIterator<Item = RunEvent>) {
+        for event in events {
+            let held = self.held.take(&event.key);
+            self.push(held);
+            self.push([event]);
+        }
+    }
+
+    /// Queues the held events that are due at `now` (all of them with `now` = `None`).
+    fn release(&mut self, now: Option<Instant>) {
+        let due = self.held.take_due(now);
+        self.push(due);
+    }
+
+    /// Events waiting, queued or held.
+    fn waiting(&self) -> usize {
+        self.events.len() + self.held.count
     }
 }
 
@@ -98,22 +191,31 @@ impl Recorder {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `events` without waiting for them to be stored (waits only while the queue is
-    /// past its high-water mark).
+    /// Holds `events` back (up to [`HOLD`]) to be written with their runs' next events,
+    /// without waiting for them to be stored (waits only while the queue is past its
+    /// high-water mark).
     pub(crate) async fn record(&self, events: impl IntoIterator<Item = RunEvent>) {
         loop {
             let written = self.written.notified();
             {
                 let mut queue = self.queue();
-                if queue.events.len() < HIGH_WATER {
-                    queue.push(events);
-                    break;
+                if queue.waiting() < HIGH_WATER {
+                    let was_empty = queue.held.count == 0;
+                    let due = Instant::now() + HOLD;
+                    for event in events {
+                        queue.held.hold(event, due);
+                    }
+                    drop(queue);
+                    if was_empty {
+                        // The writer sleeps with no deadline while nothing is held.
+                        self.queued.notify_one();
+                    }
+                    return;
                 }
             }
             self.queued.notify_one();
             written.await;
         }
-        self.queued.notify_one();
     }
 
     /// Queues `events` and waits until they (and every event queued before them) are stored;
@@ -122,7 +224,7 @@ impl Recorder {
         let (done, stored) = oneshot::channel();
         {
             let mut queue = self.queue();
-            queue.push(events);
+            queue.push_with_held(events);
             let target = queue.queued;
             if queue.stored >= target {
                 return true;
@@ -137,8 +239,9 @@ impl Recorder {
         stored.await.is_ok()
     }
 
-    /// Waits until every event queued so far is stored (read-your-writes).
+    /// Waits until every event recorded so far is stored (read-your-writes).
     pub(crate) async fn flush(&self) {
+        self.queue().release(None);
         self.record_stored(std::iter::empty()).await;
     }
 
@@ -152,16 +255,29 @@ impl Recorder {
     pub(crate) async fn run(&self, stop: CancellationToken, deadline: Duration) {
         loop {
             let queued = self.queued.notified();
+            let next_due = {
+                let mut queue = self.queue();
+                queue.release(Some(Instant::now()));
+                queue.held.next_due()
+            };
             if !self.write_some(&stop).await {
+                let due = async {
+                    match next_due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = queued => {}
+                    () = due => {}
                     () = stop.cancelled() => break,
                 }
             }
         }
+        self.queue().release(None);
         let rest = async { while self.write_some(&CancellationToken::new()).await {} };
         if tokio::time::timeout(deadline, rest).await.is_err() {
-            let lost = self.queue().events.len();
+            let lost = self.queue().waiting();
             tracing::error!(
                 events = lost,
                 "the runs store did not take the last run events before shutdown; those runs miss their latest changes"
@@ -222,7 +338,7 @@ impl Recorder {
         let mut queue = self.queue();
         queue.stored += written as u64;
         let stored = queue.stored;
-        let waiting = i64::try_from(queue.events.len()).unwrap_or(i64::MAX);
+        let waiting = i64::try_from(queue.waiting()).unwrap_or(i64::MAX);
         self.series.waiting.set(waiting);
         let waiters = std::mem::take(&mut queue.waiters);
         for (target, done) in waiters {

@@ -61,7 +61,7 @@ pub(crate) struct Trigger {
 
 /// How many deliveries of a recording trigger may wait for their run's record to be stored,
 /// beyond those its handlers hold.
-const SETTLING_AHEAD: u32 = 1_024;
+const SETTLING_AHEAD: u32 = 4_096;
 
 /// The trigger's handler slots: `concurrency` of them, each held from a pull until the
 /// handler returns (the settlement that follows holds none).
