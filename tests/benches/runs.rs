@@ -224,13 +224,19 @@ fn main() {
         "runs recording cost: {count} messages per round, {ROUNDS} rounds, concurrency {CONCURRENCY}, a handler that does nothing, 2 worker threads"
     );
     let memory = "class: modules::queue::BuiltinQueueAdapter";
+    // TOPIQ_BENCH_RUN_ADAPTERS=jetstream measures JetStream alone (the target's adapter).
+    let adapters = std::env::var("TOPIQ_BENCH_RUN_ADAPTERS").unwrap_or("memory,jetstream".into());
     let results = runtime.block_on(async {
-        let memory = pipeline("memory", memory, &stores, count * 5).await;
-        let jetstream = pipeline("jetstream", &jetstream, &stores, count).await;
-        [
-            ("BuiltinQueueAdapter", memory),
-            ("JetStreamAdapter", jetstream),
-        ]
+        let mut results = Vec::new();
+        if adapters.contains("memory") {
+            let rows = pipeline("memory", memory, &stores, count * 5).await;
+            results.push(("BuiltinQueueAdapter", rows));
+        }
+        if adapters.contains("jetstream") {
+            let rows = pipeline("jetstream", &jetstream, &stores, count).await;
+            results.push(("JetStreamAdapter", rows));
+        }
+        results
     });
     println!();
     println!(
@@ -247,7 +253,12 @@ fn main() {
             );
         }
     }
-    let jetstream = &results[1].1;
+    let Some((_, jetstream)) = results
+        .iter()
+        .find(|(adapter, _)| *adapter == "JetStreamAdapter")
+    else {
+        return;
+    };
     let worst = jetstream[2].1.min(jetstream[3].1) / jetstream[0].1;
     println!();
     println!(

@@ -70,7 +70,11 @@ impl Held {
 
     /// The held events of `key`'s run, taken out.
     fn take(&mut self, key: &RunKey) -> Vec<RunEvent> {
-        let events = self.by_run.remove(key).map(|run| run.events).unwrap_or_default();
+        let events = self
+            .by_run
+            .remove(key)
+            .map(|run| run.events)
+            .unwrap_or_default();
         self.count -= events.len();
         events
     }
