@@ -1,5 +1,5 @@
 //! The runs stores alone: how long one write of 1,300 runs takes (into a store that already
-//! holds 200,000), as the recorder sends them
+//! holds 100,000), as the recorder sends them
 //! (their `Enqueued` in one write, `Started` + `Finished` in the next) and all in one write.
 //! What the module's own benchmark (`tests/benches/runs.rs`) pays per message, without the
 //! broker and the handlers beside it.
@@ -20,7 +20,7 @@ use topiq_testkit::PostgresDatabase;
 const RUNS: usize = 1_300;
 const ROUNDS: usize = 7;
 /// Runs stored before the timed writes: a store that has kept a few minutes of load.
-const STORED: usize = 20_000;
+const STORED: usize = 100_000;
 
 fn origin() -> Origin {
     Origin {

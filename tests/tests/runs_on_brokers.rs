@@ -348,6 +348,15 @@ async fn cancel_reaches_the_instance_running_the_run(broker: Broker, store: Stor
         json!({"topic": "orders", "data": {"n": 2}, "delay": "2s"}),
     )
     .await;
+    // A new run is seen from another instance within 1 s (B holds its event back a little,
+    // to write it with the run's next one).
+    let enqueued = Instant::now();
+    run_in(&a, &delayed, "mailer", "delayed").await;
+    assert!(
+        enqueued.elapsed() < Duration::from_secs(1),
+        "another instance saw the new run after {:?}",
+        enqueued.elapsed()
+    );
     run_in(&b, &long, "mailer", "running").await;
     // Cancel from A, whichever instance runs it; the delayed one from B.
     let asked = Instant::now();
