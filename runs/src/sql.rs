@@ -180,7 +180,13 @@ impl SqlStore {
             };
             stored.changed |= stored.run.apply(event);
         }
-        let changed: Vec<&Stored> = runs.values().filter(|stored| stored.changed).collect();
+        let mut changed: Vec<&Stored> = runs.values().filter(|stored| stored.changed).collect();
+        // In key order, like the read's locks: two instances inserting the same new runs take
+        // their locks in one order rather than wait for each other.
+        changed.sort_unstable_by(|a, b| {
+            (a.run.id.as_str(), a.run.trigger.as_str())
+                .cmp(&(b.run.id.as_str(), b.run.trigger.as_str()))
+        });
         if !write(&mut tx, &changed, self.dialect).await? {
             return Ok(None);
         }
