@@ -66,6 +66,7 @@ macro_rules! conformance_tests {
             redrive_by_id_leaves_the_other_records,
             purge_removes_the_selected_records,
             dlq_list_pages_and_filters,
+            a_listings_read_to_lists_only_what_was_dead_lettered_after_it,
             batch_publish_returns_a_receipt_per_message,
             oversized_payload_is_refused_and_nothing_is_sent,
             undeclared_topics_and_triggers_are_refused,
@@ -943,6 +944,48 @@ async fn fail_next(subscription: &mut Subscription, message: &str) -> MessageId 
         .await
         .expect("dead_letter");
     id
+}
+
+/// A reader that follows a DLQ keeps its place: a listing from the last page's `read_to`
+/// returns only the records dead-lettered after it, on the listed trigger, and nothing when
+/// none came.
+pub async fn a_listings_read_to_lists_only_what_was_dead_lettered_after_it<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "dlqtail", &["a", "b"], no_policy).await;
+    let mut a = consume(&adapter, &topic, "a", 1).await;
+    let mut b = consume(&adapter, &topic, "b", 1).await;
+    for n in 0..4 {
+        publish(&adapter, &topic, json!(n)).await;
+    }
+    let before = [
+        fail_next(&mut a, "first").await,
+        fail_next(&mut a, "second").await,
+    ];
+    wait_for_dlq_count(&adapter, &topic, "a", 2).await;
+    let mut query = DlqQuery::new(topic.clone());
+    query.trigger = Some(trigger("a"));
+    let page = adapter.dlq_list(query.clone()).await.expect("dlq_list");
+    let listed: Vec<_> = page.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(listed, before);
+    query.cursor = Some(page.read_to.clone());
+    let page = adapter
+        .dlq_list(query.clone())
+        .await
+        .expect("dlq_list from read_to");
+    assert!(page.records.is_empty(), "nothing new: {:?}", page.records);
+
+    // One more on b (another trigger) and one on a.
+    fail_next(&mut b, "other trigger").await;
+    let after = fail_next(&mut a, "third").await;
+    wait_for_dlq_count(&adapter, &topic, "a", 3).await;
+    wait_for_dlq_count(&adapter, &topic, "b", 1).await;
+    query.cursor = Some(page.read_to);
+    let page = adapter
+        .dlq_list(query)
+        .await
+        .expect("dlq_list from read_to");
+    let listed: Vec<_> = page.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(listed, vec![after]);
+    adapter.close().await.expect("close");
 }
 
 /// Semantic 5: redrive sends a record back to the trigger that failed, attempts reset, and to

@@ -156,6 +156,11 @@ pub struct DlqPage {
     pub records: Vec<DeadLetter>,
     /// Pass as `cursor` for the next page; `None` when this was the last.
     pub next_cursor: Option<String>,
+    /// Pass as `cursor` later to list only what comes after everything this listing read:
+    /// on the last page, the records dead-lettered since (a reader that follows a DLQ keeps
+    /// its place with it instead of reading the DLQ from its start again); otherwise the
+    /// same as `next_cursor`.
+    pub read_to: String,
 }
 
 /// Which records a redrive or purge touches.

@@ -127,6 +127,7 @@ async fn page_after(shared: &Shared, query: &DlqQuery, mut after: u64) -> Result
             return Ok(DlqPage {
                 records,
                 next_cursor: None,
+                read_to: after.to_string(),
             });
         };
         after = *last;
@@ -139,6 +140,7 @@ async fn page_after(shared: &Shared, query: &DlqQuery, mut after: u64) -> Result
                 return Ok(DlqPage {
                     records,
                     next_cursor: Some(last_returned.to_string()),
+                    read_to: last_returned.to_string(),
                 });
             }
             last_returned = sequence;

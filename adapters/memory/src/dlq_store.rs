@@ -62,9 +62,14 @@ impl DeadLetterStore {
             last_seq = *seq;
         }
         let next_cursor = matching.next().map(|_| last_seq.to_string());
+        let newest = self.records.last_key_value().map_or(after, |(seq, _)| *seq);
+        let read_to = next_cursor
+            .clone()
+            .unwrap_or_else(|| newest.max(after).to_string());
         DlqPage {
             records,
             next_cursor,
+            read_to,
         }
     }
 

@@ -71,7 +71,8 @@ async fn remove(shared: &Shared, topic: &TopicName, offset: u64) -> Result<()> {
     append_entry(shared, topic, b"", with_header(header::REMOVES, offset)).await
 }
 
-/// The records from `from` on that no tombstone removed, with their offsets, oldest first.
+/// The records from `from` on that no tombstone removed, with their offsets, oldest first,
+/// and the offset after the last entry read.
 ///
 /// A stream has no end a reader could see: the reader first appends a marker of its own and
 /// reads up to it.
@@ -79,7 +80,7 @@ async fn live_records(
     shared: &Shared,
     topic: &TopicName,
     from: u64,
-) -> Result<Vec<(u64, DeadLetter)>> {
+) -> Result<(Vec<(u64, DeadLetter)>, u64)> {
     let marker = MessageId::generate();
     let marker_text = AMQPValue::LongString(marker.as_str().into());
     append_entry(shared, topic, b"", with_header(header::MARKER, marker_text)).await?;
@@ -88,21 +89,23 @@ async fn live_records(
     let mut records = Vec::new();
     let mut removed = HashSet::new();
     let timeout = shared.config.publish_timeout;
-    loop {
+    let end = loop {
         let entry = next_entry(&mut entries, timeout).await?;
         settle(&entry.acker, Settle::Ack, "read DLQ", timeout).await?;
         match read_entry(&entry, &stream) {
-            Entry::Marker(seen) if seen == marker.as_str() => break,
+            Entry::Marker(seen, offset) if seen == marker.as_str() => {
+                break offset.map_or(from, |offset| offset + 1);
+            }
             Entry::Removes(offset) => {
                 removed.insert(offset);
             }
             Entry::Record(offset, record) => records.push((offset, record)),
-            Entry::Marker(_) | Entry::Other => {}
+            Entry::Marker(..) | Entry::Other => {}
         }
-    }
+    };
     drop(channel);
     records.retain(|(offset, _)| !removed.contains(offset));
-    Ok(records)
+    Ok((records, end))
 }
 
 /// A consumer of the DLQ stream `stream` from offset `from`, on a channel of its own.
@@ -161,8 +164,8 @@ async fn next_entry(
 
 /// What one entry of a DLQ stream is.
 enum Entry {
-    /// A reader's marker, with its text.
-    Marker(String),
+    /// A reader's marker, with its text and offset.
+    Marker(String, Option<u64>),
     /// A tombstone removing the record at this offset.
     Removes(u64),
     /// A record at its offset.
@@ -179,7 +182,8 @@ fn read_entry(entry: &lapin::message::Delivery, stream: &str) -> Entry {
             .and_then(|offset| u64::try_from(offset).ok())
     };
     if let Some(seen) = codec::header_of(properties, header::MARKER) {
-        return Entry::Marker(codec::as_text(seen).unwrap_or_default());
+        let text = codec::as_text(seen).unwrap_or_default();
+        return Entry::Marker(text, offset_of(header::STREAM_OFFSET));
     }
     if let Some(target) = offset_of(header::REMOVES) {
         return Entry::Removes(target);
@@ -202,20 +206,20 @@ fn on_trigger(record: &DeadLetter, trigger: Option<&TriggerName>) -> bool {
 
 /// The page of `query`'s records from offset `from`.
 async fn page_from(shared: &Shared, query: &DlqQuery, from: u64) -> Result<DlqPage> {
-    let mut matching = live_records(shared, &query.topic, from)
-        .await?
-        .into_iter()
-        .filter(|(_, record)| {
-            on_trigger(record, query.trigger.as_ref()) && query.filter.matches(record)
-        });
+    let (live, end) = live_records(shared, &query.topic, from).await?;
+    let mut matching = live.into_iter().filter(|(_, record)| {
+        on_trigger(record, query.trigger.as_ref()) && query.filter.matches(record)
+    });
     let records: Vec<(u64, DeadLetter)> = matching.by_ref().take(query.limit).collect();
     let next_cursor = match (matching.next(), records.last()) {
         (Some(_), Some((last, _))) => Some((last + 1).to_string()),
         _ => None,
     };
+    let read_to = next_cursor.clone().unwrap_or_else(|| end.to_string());
     Ok(DlqPage {
         records: records.into_iter().map(|(_, record)| record).collect(),
         next_cursor,
+        read_to,
     })
 }
 
@@ -226,7 +230,7 @@ async fn selected(
     selection: &DlqSelection,
 ) -> Result<Vec<(u64, DeadLetter)>> {
     shared.check_dlq(topic, trigger)?;
-    let mut records = live_records(shared, topic, 0).await?;
+    let (mut records, _) = live_records(shared, topic, 0).await?;
     records.retain(|(_, record)| on_trigger(record, trigger) && selection.selects(record));
     Ok(records)
 }

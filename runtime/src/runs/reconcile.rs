@@ -2,7 +2,7 @@
 //! (past their topic's retention, a lease that ran out on the last attempt): read from the
 //! recording triggers' DLQs and recorded, so those runs end `expired` or `dead_lettered`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -16,11 +16,9 @@ use super::Runs;
 /// How often the DLQs are read.
 pub(crate) const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
-/// How far back each read looks again (records written while the last read ran).
-const OVERLAP: Duration = Duration::from_secs(30);
-
 /// Reads each recording trigger's new DLQ records every [`RECONCILE_EVERY`] until `stop`,
-/// starting with those of the last `keep`, and records them.
+/// starting with those of the last `keep`, and records them. Each trigger's read goes on from
+/// where the last one ended (the listing's `read_to`), not from the DLQ's start.
 pub(crate) async fn dead_letters(
     adapter: &SharedAdapter,
     runs: &Runs,
@@ -28,21 +26,24 @@ pub(crate) async fn dead_letters(
     stop: &CancellationToken,
     keep: Duration,
 ) {
-    let back = |span: Duration| {
-        let span = jiff::SignedDuration::try_from(span).unwrap_or(jiff::SignedDuration::MAX);
-        Timestamp::now().checked_sub(span).unwrap_or(Timestamp::MIN)
-    };
-    let mut since = back(keep);
+    let keep = jiff::SignedDuration::try_from(keep).unwrap_or(jiff::SignedDuration::MAX);
+    let since = Timestamp::now().checked_sub(keep).unwrap_or(Timestamp::MIN);
+    let mut places: HashMap<(TopicName, TriggerName), String> = HashMap::new();
     loop {
-        let next_since = back(OVERLAP);
         for (topic, triggers) in recording {
             for trigger in triggers {
-                if let Err(err) = read_trigger(adapter, runs, topic, trigger, since).await {
-                    tracing::warn!(%topic, %trigger, error = %err, "cannot read the DLQ for the runs of dead-lettered messages");
+                let key = (topic.clone(), trigger.clone());
+                let place = places.get(&key).cloned();
+                match read_trigger(adapter, runs, topic, trigger, since, place).await {
+                    Ok(read_to) => {
+                        places.insert(key, read_to);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%topic, %trigger, error = %err, "cannot read the DLQ for the runs of dead-lettered messages");
+                    }
                 }
             }
         }
-        since = next_since;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
@@ -50,30 +51,33 @@ pub(crate) async fn dead_letters(
     }
 }
 
-/// Records the DLQ records of `trigger` that failed at or after `since`, a page at a time.
+/// Records the DLQ records of `trigger` after `place` (the first time, with none: those that
+/// failed at or after `since`), a page at a time; returns where this read ended.
 async fn read_trigger(
     adapter: &SharedAdapter,
     runs: &Runs,
     topic: &TopicName,
     trigger: &TriggerName,
     since: Timestamp,
-) -> topiq_adapter::Result<()> {
-    let mut cursor = None;
-    loop {
-        let mut query = DlqQuery::new(topic.clone());
-        query.trigger = Some(trigger.clone());
+    place: Option<String>,
+) -> topiq_adapter::Result<String> {
+    let mut query = DlqQuery::new(topic.clone());
+    query.trigger = Some(trigger.clone());
+    query.limit = MAX_DLQ_PAGE;
+    if place.is_none() {
         query.filter = DlqFilter {
             since: Some(since),
             ..DlqFilter::default()
         };
-        query.limit = MAX_DLQ_PAGE;
-        query.cursor = cursor;
-        let page = adapter.dlq_list(query).await?;
+    }
+    query.cursor = place;
+    loop {
+        let page = adapter.dlq_list(query.clone()).await?;
         let events = page.records.iter().map(event_of);
         runs.recorder().record(events).await;
-        cursor = page.next_cursor;
-        if cursor.is_none() {
-            return Ok(());
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => return Ok(page.read_to),
         }
     }
 }
