@@ -117,7 +117,7 @@ impl SqlStore {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Open(format!("migrating the schema: {err}")))?;
-        let dialect = if url.starts_with("sqlite:") {
+        let dialect = if sqlite {
             Dialect::Sqlite
         } else {
             Dialect::Postgres
