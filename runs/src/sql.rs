@@ -267,28 +267,43 @@ impl SqlStore {
             .collect()
     }
 
-    async fn sweep_finished(&self, retention: Retention) -> Result<u64, StoreError> {
+    /// Deletes what `retention` no longer keeps, at most `chunk` runs a statement.
+    async fn sweep_finished(&self, retention: Retention, chunk: i64) -> Result<u64, StoreError> {
         let (succeeded, failed) = (
             retention.succeeded_before.as_millisecond(),
             retention.failed_before.as_millisecond(),
         );
-        let done = sqlx::query(SWEEP)
-            .bind(succeeded.max(failed))
-            .bind(succeeded)
-            .bind(failed)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable("sweep runs"))?;
-        Ok(done.rows_affected())
+        let mut swept = 0;
+        loop {
+            let done = sqlx::query(SWEEP)
+                .bind(succeeded.max(failed))
+                .bind(succeeded)
+                .bind(failed)
+                .bind(chunk)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable("sweep runs"))?
+                .rows_affected();
+            swept += done;
+            if done < chunk.unsigned_abs() {
+                return Ok(swept);
+            }
+        }
     }
 }
 
-/// Deletes the runs finished before their keep time ran out: `$1` is the later of the two
-/// cutoffs, `$2` the succeeded runs', `$3` the others'. The outcome test sits in a `CASE` so
-/// that both databases search the finish-time index for `$1`; written as `state IN (...)`,
+/// Deletes up to `$4` runs finished before their keep time ran out: `$1` is the later of the
+/// two cutoffs, `$2` the succeeded runs', `$3` the others'. The outcome test sits in a `CASE`
+/// so that both databases search the finish-time index for `$1`; written as `state IN (...)`,
 /// SQLite searched the state index instead and read every succeeded run at each sweep.
-const SWEEP: &str = "DELETE FROM topiq_runs WHERE finished_ms < $1 AND CASE \
-    WHEN state IN ('succeeded', 'filtered') THEN finished_ms < $2 ELSE finished_ms < $3 END";
+const SWEEP: &str = "DELETE FROM topiq_runs WHERE (message_id, trigger_name) IN ( \
+    SELECT message_id, trigger_name FROM topiq_runs WHERE finished_ms < $1 AND CASE \
+    WHEN state IN ('succeeded', 'filtered') THEN finished_ms < $2 ELSE finished_ms < $3 END \
+    LIMIT $4)";
+
+/// The most runs one sweep statement deletes: between two, the recorder's writes get the
+/// database (SQLite takes one writer at a time), however large the backlog of finished runs.
+const SWEEP_CHUNK: i64 = 5_000;
 
 /// Waits a little (more after each try, with jitter) before another try; returns the count.
 async fn backoff(tries: u32) -> u32 {
@@ -592,7 +607,7 @@ impl RunStore for SqlStore {
     }
 
     fn sweep(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>> {
-        self.sweep_finished(retention).boxed()
+        self.sweep_finished(retention, SWEEP_CHUNK).boxed()
     }
 
     fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -611,9 +626,16 @@ impl RunStore for SqlStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::sync::Arc;
+
+    use serde_json::json;
     use sqlx::Row as _;
+    use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
 
     use super::{SWEEP, SqlStore};
+    use crate::event::{Change, Next, Origin, RunEvent};
+    use crate::model::{AttemptOutcome, RunKey};
+    use crate::store::{Retention, RunQuery, RunStore};
 
     #[tokio::test]
     async fn a_sweep_searches_sqlite_by_finish_time_not_by_state() {
@@ -622,6 +644,7 @@ mod tests {
             .bind(2_i64)
             .bind(1_i64)
             .bind(2_i64)
+            .bind(10_i64)
             .fetch_all(&store.pool)
             .await
             .unwrap();
@@ -638,5 +661,50 @@ mod tests {
                 .any(|step| step.contains("topiq_runs_by_state")),
             "{steps:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_sweep_larger_than_its_chunk_deletes_every_run_it_should() {
+        let store = SqlStore::open("sqlite::memory:").await.unwrap();
+        let trigger = TriggerName::new("t").unwrap();
+        let origin = Origin {
+            topic: TopicName::new("topic").unwrap(),
+            data: Arc::new(json!({})),
+            enqueued_at: Timestamp::UNIX_EPOCH,
+            run_at: None,
+            replay_of: None,
+        };
+        let mut events = Vec::new();
+        for _ in 0..5 {
+            let key = RunKey::new(MessageId::generate(), trigger.clone());
+            let finished = Change::Finished {
+                attempt: 1,
+                outcome: AttemptOutcome::Succeeded,
+                error: None,
+                next: Next::Succeeded { result: None },
+            };
+            let at = Timestamp::UNIX_EPOCH;
+            let started = Change::Started {
+                origin: origin.clone(),
+                attempt: 1,
+                instance: "host:1".into(),
+                traceparent: None,
+            };
+            for change in [started, finished] {
+                events.push(RunEvent {
+                    key: key.clone(),
+                    at,
+                    change,
+                });
+            }
+        }
+        store.write(&events).await.unwrap();
+        let retention = Retention {
+            succeeded_before: Timestamp::now(),
+            failed_before: Timestamp::now(),
+        };
+        assert_eq!(store.sweep_finished(retention, 2).await.unwrap(), 5);
+        let left = store.list(&RunQuery::default()).await.unwrap();
+        assert!(left.runs.is_empty(), "{:?}", left.runs);
     }
 }
