@@ -19,7 +19,7 @@ mod store;
 use std::sync::Arc;
 
 pub use event::{Change, Next, Origin, RunEvent};
-pub use memory::MemoryStore;
+pub use memory::{MEMORY_FINISHED_LIMIT, MemoryStore};
 pub use model::{Attempt, AttemptOutcome, Run, RunError, RunKey, RunState, Transition};
 #[cfg(feature = "sql")]
 pub use sql::SqlStore;

@@ -10,26 +10,56 @@ use crate::event::RunEvent;
 use crate::model::{Run, RunKey};
 use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
 
-/// Runs in a map, newest last; one lock makes each `apply` atomic.
-#[derive(Debug, Default)]
+/// The most finished runs a memory store keeps by default: past it, the oldest finished runs
+/// go first, whatever the retention says (a process on the in-memory adapter handling 1,000
+/// messages a second would otherwise hold a week of runs, some 600 million).
+pub const MEMORY_FINISHED_LIMIT: usize = 100_000;
+
+/// Runs in a map, oldest message first (message ids are time-ordered); one lock makes each
+/// `apply` atomic.
+#[derive(Debug)]
 pub struct MemoryStore {
-    runs: Mutex<BTreeMap<RunKey, Run>>,
+    kept: Mutex<Kept>,
+    /// How many finished runs it keeps.
+    limit: usize,
+}
+
+/// The runs, and how many of them are finished.
+#[derive(Debug, Default)]
+struct Kept {
+    runs: BTreeMap<RunKey, Run>,
+    finished: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_limit(MEMORY_FINISHED_LIMIT)
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store keeping at most [`MEMORY_FINISHED_LIMIT`] finished runs.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn runs(&self) -> MutexGuard<'_, BTreeMap<RunKey, Run>> {
-        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    /// An empty store keeping at most `limit` finished runs (the oldest go first).
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            kept: Mutex::new(Kept::default()),
+            limit: limit.max(1),
+        }
+    }
+
+    fn kept(&self) -> MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies `events`; returns the keys they touched, in the order each first appears.
-    fn apply_now(&self, events: &[RunEvent], runs: &mut BTreeMap<RunKey, Run>) -> Vec<RunKey> {
+    fn apply_now(&self, events: &[RunEvent], kept: &mut Kept) -> Vec<RunKey> {
         let mut seen = std::collections::HashSet::new();
         let mut touched: Vec<RunKey> = Vec::new();
+        let Kept { runs, finished } = kept;
         for event in events {
             let run = match runs.get_mut(&event.key) {
                 Some(run) => run,
@@ -38,18 +68,28 @@ impl MemoryStore {
                     None => continue,
                 },
             };
+            let was_finished = run.state.is_finished();
             run.apply(event);
+            match (was_finished, run.state.is_finished()) {
+                (false, true) => *finished += 1,
+                (true, false) => *finished -= 1,
+                _ => {}
+            }
             if seen.insert(&event.key) {
                 touched.push(event.key.clone());
             }
+        }
+        if *finished > self.limit {
+            *finished -= evict_finished(runs, *finished - self.limit + self.limit / 10);
         }
         touched
     }
 
     fn list_now(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
         let (limit, cursor) = query.validate()?;
-        let runs = self.runs();
-        let mut selected: Vec<&Run> = runs
+        let kept = self.kept();
+        let mut selected: Vec<&Run> = kept
+            .runs
             .values()
             .filter(|run| query.matches(run))
             .filter(|run| cursor.as_ref().is_none_or(|cursor| cursor.precedes(run)))
@@ -71,36 +111,57 @@ impl MemoryStore {
     }
 
     fn sweep_now(&self, retention: Retention) -> u64 {
-        let mut runs = self.runs();
-        let before = runs.len();
-        runs.retain(|_, run| match run.finished_at {
-            Some(finished) if run.state.is_finished() => {
-                let cutoff = if run.state.is_success() {
-                    retention.succeeded_before
-                } else {
-                    retention.failed_before
-                };
-                finished >= cutoff
-            }
-            _ => true,
-        });
-        (before - runs.len()) as u64
+        let mut kept = self.kept();
+        let swept = sweep_map(&mut kept.runs, retention);
+        kept.finished -= swept;
+        swept as u64
     }
+}
+
+/// Removes up to `count` finished runs, oldest message first; returns how many.
+fn evict_finished(runs: &mut BTreeMap<RunKey, Run>, count: usize) -> usize {
+    let oldest: Vec<RunKey> = runs
+        .iter()
+        .filter(|(_, run)| run.state.is_finished())
+        .take(count)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &oldest {
+        runs.remove(key);
+    }
+    oldest.len()
+}
+
+/// Removes the finished runs `retention` no longer keeps; returns how many (all finished).
+fn sweep_map(runs: &mut BTreeMap<RunKey, Run>, retention: Retention) -> usize {
+    let before = runs.len();
+    runs.retain(|_, run| match run.finished_at {
+        Some(finished) if run.state.is_finished() => {
+            let cutoff = if run.state.is_success() {
+                retention.succeeded_before
+            } else {
+                retention.failed_before
+            };
+            finished >= cutoff
+        }
+        _ => true,
+    });
+    before - runs.len()
 }
 
 impl RunStore for MemoryStore {
     fn apply<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<Vec<Run>, StoreError>> {
-        let mut runs = self.runs();
-        let touched = self.apply_now(events, &mut runs);
+        let mut kept = self.kept();
+        let touched = self.apply_now(events, &mut kept);
         let touched = touched
             .iter()
-            .filter_map(|key| runs.get(key).cloned())
+            .filter_map(|key| kept.runs.get(key).cloned())
             .collect();
         async move { Ok(touched) }.boxed()
     }
 
     fn write<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.apply_now(events, &mut self.runs());
+        self.apply_now(events, &mut self.kept());
         async { Ok(()) }.boxed()
     }
 
@@ -110,7 +171,8 @@ impl RunStore for MemoryStore {
         trigger: Option<&'a TriggerName>,
     ) -> BoxFuture<'a, Result<Vec<Run>, StoreError>> {
         let found = self
-            .runs()
+            .kept()
+            .runs
             .values()
             .filter(|run| &run.id == id && trigger.is_none_or(|trigger| &run.trigger == trigger))
             .cloned()
@@ -125,7 +187,8 @@ impl RunStore for MemoryStore {
 
     fn cancels_since(&self, since: Timestamp) -> BoxFuture<'_, Result<Vec<RunKey>, StoreError>> {
         let keys = self
-            .runs()
+            .kept()
+            .runs
             .values()
             .filter(|run| run.cancel_requested_at.is_some_and(|at| at >= since))
             .map(Run::key)
@@ -140,5 +203,86 @@ impl RunStore for MemoryStore {
 
     fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async { Ok(()) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
+
+    use super::MemoryStore;
+    use crate::event::{Change, Next, Origin, RunEvent};
+    use crate::model::{AttemptOutcome, RunKey, RunState};
+    use crate::store::{RunQuery, RunStore};
+
+    fn event(key: &RunKey, change: Change) -> RunEvent {
+        RunEvent {
+            key: key.clone(),
+            at: Timestamp::now(),
+            change,
+        }
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            topic: TopicName::new("topic").unwrap(),
+            data: Arc::new(json!({})),
+            enqueued_at: Timestamp::now(),
+            run_at: None,
+            replay_of: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn past_its_limit_the_oldest_finished_runs_go_first() {
+        let store = MemoryStore::with_limit(3);
+        let trigger = TriggerName::new("t").unwrap();
+        // Ids in enqueue order, as generated ones are (time-ordered UUIDs).
+        let keys: Vec<RunKey> = (0..6)
+            .map(|n| RunKey::new(MessageId::from_string(format!("m{n}")), trigger.clone()))
+            .collect();
+        // The oldest run stays queued; the five after it succeed, one write each.
+        store
+            .write(&[event(&keys[0], Change::Enqueued(origin()))])
+            .await
+            .unwrap();
+        for key in &keys[1..] {
+            let started = Change::Started {
+                origin: origin(),
+                attempt: 1,
+                instance: "host:1".into(),
+                traceparent: None,
+            };
+            let finished = Change::Finished {
+                attempt: 1,
+                outcome: AttemptOutcome::Succeeded,
+                error: None,
+                next: Next::Succeeded { result: None },
+            };
+            store
+                .write(&[event(key, started), event(key, finished)])
+                .await
+                .unwrap();
+        }
+        let page = store.list(&RunQuery::default()).await.unwrap();
+        let mut kept: Vec<RunKey> = page.runs.iter().map(|run| run.key()).collect();
+        kept.sort();
+        let expected = vec![
+            keys[0].clone(),
+            keys[3].clone(),
+            keys[4].clone(),
+            keys[5].clone(),
+        ];
+        assert_eq!(
+            kept, expected,
+            "the queued run and the three newest finished"
+        );
+        let queued = store.get(&keys[0].message_id, None).await.unwrap();
+        assert_eq!(queued[0].state, RunState::Queued);
     }
 }
