@@ -58,21 +58,21 @@ pub async fn run_all(stores: Stores) {
     }
 }
 
-fn topic() -> TopicName {
+pub(crate) fn topic() -> TopicName {
     // A UUIDv7's tail is random (its head is the time, shared within a millisecond).
     let unique = MessageId::generate().to_string().replace('-', "");
     TopicName::new(format!("c{}.jobs", &unique[unique.len() - 20..])).unwrap()
 }
 
-fn trigger(name: &str) -> TriggerName {
+pub(crate) fn trigger(name: &str) -> TriggerName {
     TriggerName::new(name).unwrap()
 }
 
-fn at(second: i64) -> Timestamp {
+pub(crate) fn at(second: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + second).unwrap()
 }
 
-fn origin(topic: &TopicName, enqueued: i64) -> Origin {
+pub(crate) fn origin(topic: &TopicName, enqueued: i64) -> Origin {
     Origin {
         topic: topic.clone(),
         data: Arc::new(json!({"n": enqueued})),
@@ -82,7 +82,7 @@ fn origin(topic: &TopicName, enqueued: i64) -> Origin {
     }
 }
 
-fn event(key: &RunKey, second: i64, change: Change) -> RunEvent {
+pub(crate) fn event(key: &RunKey, second: i64, change: Change) -> RunEvent {
     RunEvent {
         key: key.clone(),
         at: at(second),
@@ -90,7 +90,7 @@ fn event(key: &RunKey, second: i64, change: Change) -> RunEvent {
     }
 }
 
-fn started(key: &RunKey, topic: &TopicName, second: i64, attempt: u32) -> RunEvent {
+pub(crate) fn started(key: &RunKey, topic: &TopicName, second: i64, attempt: u32) -> RunEvent {
     let change = Change::Started {
         origin: origin(topic, 0),
         attempt,
@@ -100,7 +100,7 @@ fn started(key: &RunKey, topic: &TopicName, second: i64, attempt: u32) -> RunEve
     event(key, second, change)
 }
 
-fn finished(
+pub(crate) fn finished(
     key: &RunKey,
     second: i64,
     attempt: u32,

@@ -210,64 +210,32 @@ impl RunStore for MemoryStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Arc;
-
-    use serde_json::json;
-    use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
+    use topiq_adapter::MessageId;
 
     use super::MemoryStore;
-    use crate::event::{Change, Next, Origin, RunEvent};
+    use crate::conformance::{event, finished, origin, started, topic, trigger};
+    use crate::event::{Change, Next};
     use crate::model::{AttemptOutcome, RunKey, RunState};
     use crate::store::{RunQuery, RunStore};
-
-    fn event(key: &RunKey, change: Change) -> RunEvent {
-        RunEvent {
-            key: key.clone(),
-            at: Timestamp::now(),
-            change,
-        }
-    }
-
-    fn origin() -> Origin {
-        Origin {
-            topic: TopicName::new("topic").unwrap(),
-            data: Arc::new(json!({})),
-            enqueued_at: Timestamp::now(),
-            run_at: None,
-            replay_of: None,
-        }
-    }
 
     #[tokio::test]
     async fn past_its_limit_the_oldest_finished_runs_go_first() {
         let store = MemoryStore::with_limit(3);
-        let trigger = TriggerName::new("t").unwrap();
+        let topic = topic();
         // Ids in enqueue order, as generated ones are (time-ordered UUIDs).
         let keys: Vec<RunKey> = (0..6)
-            .map(|n| RunKey::new(MessageId::from_string(format!("m{n}")), trigger.clone()))
+            .map(|n| RunKey::new(MessageId::from_string(format!("m{n}")), trigger("t")))
             .collect();
         // The oldest run stays queued; the five after it succeed, one write each.
-        store
-            .write(&[event(&keys[0], Change::Enqueued(origin()))])
-            .await
-            .unwrap();
+        let enqueued = event(&keys[0], 0, Change::Enqueued(origin(&topic, 0)));
+        store.write(&[enqueued]).await.unwrap();
         for key in &keys[1..] {
-            let started = Change::Started {
-                origin: origin(),
-                attempt: 1,
-                instance: "host:1".into(),
-                traceparent: None,
-            };
-            let finished = Change::Finished {
-                attempt: 1,
-                outcome: AttemptOutcome::Succeeded,
-                error: None,
-                next: Next::Succeeded { result: None },
-            };
-            store
-                .write(&[event(key, started), event(key, finished)])
-                .await
-                .unwrap();
+            let succeeded = Next::Succeeded { result: None };
+            let events = [
+                started(key, &topic, 1, 1),
+                finished(key, 2, 1, AttemptOutcome::Succeeded, succeeded),
+            ];
+            store.write(&events).await.unwrap();
         }
         let page = store.list(&RunQuery::default()).await.unwrap();
         let mut kept: Vec<RunKey> = page.runs.iter().map(|run| run.key()).collect();

@@ -626,14 +626,12 @@ impl RunStore for SqlStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::Arc;
-
-    use serde_json::json;
     use sqlx::Row as _;
-    use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
+    use topiq_adapter::MessageId;
 
     use super::{SWEEP, SqlStore};
-    use crate::event::{Change, Next, Origin, RunEvent};
+    use crate::conformance::{at, finished, started, topic, trigger};
+    use crate::event::Next;
     use crate::model::{AttemptOutcome, RunKey};
     use crate::store::{Retention, RunQuery, RunStore};
 
@@ -666,42 +664,18 @@ mod tests {
     #[tokio::test]
     async fn a_sweep_larger_than_its_chunk_deletes_every_run_it_should() {
         let store = SqlStore::open("sqlite::memory:").await.unwrap();
-        let trigger = TriggerName::new("t").unwrap();
-        let origin = Origin {
-            topic: TopicName::new("topic").unwrap(),
-            data: Arc::new(json!({})),
-            enqueued_at: Timestamp::UNIX_EPOCH,
-            run_at: None,
-            replay_of: None,
-        };
+        let topic = topic();
         let mut events = Vec::new();
         for _ in 0..5 {
-            let key = RunKey::new(MessageId::generate(), trigger.clone());
-            let finished = Change::Finished {
-                attempt: 1,
-                outcome: AttemptOutcome::Succeeded,
-                error: None,
-                next: Next::Succeeded { result: None },
-            };
-            let at = Timestamp::UNIX_EPOCH;
-            let started = Change::Started {
-                origin: origin.clone(),
-                attempt: 1,
-                instance: "host:1".into(),
-                traceparent: None,
-            };
-            for change in [started, finished] {
-                events.push(RunEvent {
-                    key: key.clone(),
-                    at,
-                    change,
-                });
-            }
+            let key = RunKey::new(MessageId::generate(), trigger("t"));
+            let succeeded = Next::Succeeded { result: None };
+            events.push(started(&key, &topic, 1, 1));
+            events.push(finished(&key, 2, 1, AttemptOutcome::Succeeded, succeeded));
         }
         store.write(&events).await.unwrap();
         let retention = Retention {
-            succeeded_before: Timestamp::now(),
-            failed_before: Timestamp::now(),
+            succeeded_before: at(100),
+            failed_before: at(100),
         };
         assert_eq!(store.sweep_finished(retention, 2).await.unwrap(), 5);
         let left = store.list(&RunQuery::default()).await.unwrap();
