@@ -70,37 +70,37 @@ async fn timed(store: &SharedStore, events: &[RunEvent]) -> Duration {
     started.elapsed()
 }
 
+/// [`RUNS`] runs not stored yet.
+fn new_keys() -> Vec<RunKey> {
+    let trigger = TriggerName::new("bench").unwrap();
+    (0..RUNS)
+        .map(|_| RunKey::new(MessageId::generate(), trigger.clone()))
+        .collect()
+}
+
+/// Each run's three events, as one write.
+fn all_three(keys: &[RunKey]) -> Vec<RunEvent> {
+    let mut all = enqueued(keys);
+    all.extend(handled(keys));
+    all
+}
+
 /// Stores [`STORED`] finished runs.
 async fn fill(store: &SharedStore) {
-    let trigger = TriggerName::new("bench").unwrap();
     for _ in 0..STORED / RUNS {
-        let keys: Vec<RunKey> = (0..RUNS)
-            .map(|_| RunKey::new(MessageId::generate(), trigger.clone()))
-            .collect();
-        let mut all = enqueued(&keys);
-        all.extend(handled(&keys));
-        store.write(&all).await.unwrap();
+        store.write(&all_three(&new_keys())).await.unwrap();
     }
 }
 
 /// Median times of: the `Enqueued` write, the `Started` + `Finished` write, and one write of
 /// all three.
 async fn measure(store: &SharedStore) -> [Duration; 3] {
-    let trigger = TriggerName::new("bench").unwrap();
     let mut times: [Vec<Duration>; 3] = Default::default();
     for _ in 0..ROUNDS {
-        let new_keys = || -> Vec<RunKey> {
-            (0..RUNS)
-                .map(|_| RunKey::new(MessageId::generate(), trigger.clone()))
-                .collect()
-        };
         let keys = new_keys();
         times[0].push(timed(store, &enqueued(&keys)).await);
         times[1].push(timed(store, &handled(&keys)).await);
-        let keys = new_keys();
-        let mut all = enqueued(&keys);
-        all.extend(handled(&keys));
-        times[2].push(timed(store, &all).await);
+        times[2].push(timed(store, &all_three(&new_keys())).await);
     }
     times.map(|mut samples| {
         samples.sort();

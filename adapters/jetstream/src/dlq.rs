@@ -137,10 +137,11 @@ async fn page_after(shared: &Shared, query: &DlqQuery, mut after: u64) -> Result
             }
             if records.len() == query.limit {
                 // One more match exists: this page is not the last.
+                let cursor = last_returned.to_string();
                 return Ok(DlqPage {
                     records,
-                    next_cursor: Some(last_returned.to_string()),
-                    read_to: last_returned.to_string(),
+                    next_cursor: Some(cursor.clone()),
+                    read_to: cursor,
                 });
             }
             last_returned = sequence;
