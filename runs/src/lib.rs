@@ -6,9 +6,12 @@
 //!   turns events from any instance, in any order, into the same run;
 //! - [`RunStore`]: where runs are kept, [`MemoryStore`] or (features `sqlite`, `postgres`)
 //!   [`SqlStore`]; [`open`] picks one from the `runs.store` address;
+//! - [`ControlStore`]: the half of the store that keeps what operators set for every
+//!   instance: paused triggers and [`Schedule`]s;
 //! - [`conformance`]: the checks every store passes.
 
 pub mod conformance;
+mod control;
 pub mod event;
 mod memory;
 pub mod model;
@@ -18,6 +21,7 @@ mod store;
 
 use std::sync::Arc;
 
+pub use control::{CatchUp, ControlStore, PausedTrigger, Schedule, ScheduleSpec};
 pub use event::{Change, Next, Origin, RunEvent};
 pub use memory::{MEMORY_FINISHED_LIMIT, MemoryStore};
 pub use model::{Attempt, AttemptOutcome, Run, RunError, RunKey, RunState, Transition};

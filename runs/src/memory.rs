@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use futures::future::{BoxFuture, FutureExt};
 use topiq_adapter::{MessageId, Timestamp, TriggerName};
 
+use crate::control::{ControlStore, PausedTrigger, Schedule, ScheduleSpec};
 use crate::event::RunEvent;
 use crate::model::{Run, RunKey};
 use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
@@ -20,6 +21,7 @@ pub const MEMORY_FINISHED_LIMIT: usize = 100_000;
 #[derive(Debug)]
 pub struct MemoryStore {
     kept: Mutex<Kept>,
+    control: Mutex<Control>,
     /// How many finished runs it keeps.
     limit: usize,
 }
@@ -29,6 +31,13 @@ pub struct MemoryStore {
 struct Kept {
     runs: BTreeMap<RunKey, Run>,
     finished: usize,
+}
+
+/// The paused triggers and the schedules, by name.
+#[derive(Debug, Default)]
+struct Control {
+    paused: BTreeMap<TriggerName, Timestamp>,
+    schedules: BTreeMap<String, Schedule>,
 }
 
 impl Default for MemoryStore {
@@ -47,12 +56,17 @@ impl MemoryStore {
     pub fn with_limit(limit: usize) -> Self {
         Self {
             kept: Mutex::new(Kept::default()),
+            control: Mutex::new(Control::default()),
             limit: limit.max(1),
         }
     }
 
     fn kept(&self) -> MutexGuard<'_, Kept> {
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies `events`; returns the keys they touched, in the order each first appears.
@@ -203,6 +217,103 @@ impl RunStore for MemoryStore {
 
     fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async { Ok(()) }.boxed()
+    }
+}
+
+impl ControlStore for MemoryStore {
+    fn pause_trigger<'a>(
+        &'a self,
+        trigger: &'a TriggerName,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.control().paused.entry(trigger.clone()).or_insert(at);
+        async { Ok(()) }.boxed()
+    }
+
+    fn resume_trigger<'a>(
+        &'a self,
+        trigger: &'a TriggerName,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let resumed = self.control().paused.remove(trigger).is_some();
+        async move { Ok(resumed) }.boxed()
+    }
+
+    fn paused_triggers(&self) -> BoxFuture<'_, Result<Vec<PausedTrigger>, StoreError>> {
+        let paused = self
+            .control()
+            .paused
+            .iter()
+            .map(|(trigger, paused_at)| PausedTrigger {
+                trigger: trigger.clone(),
+                paused_at: *paused_at,
+            })
+            .collect();
+        async move { Ok(paused) }.boxed()
+    }
+
+    fn put_schedule<'a>(
+        &'a self,
+        name: &'a str,
+        spec: &'a ScheduleSpec,
+        from_config: bool,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut control = self.control();
+        let schedule = control
+            .schedules
+            .entry(name.to_owned())
+            .or_insert_with(|| Schedule {
+                name: name.to_owned(),
+                spec: spec.clone(),
+                paused: false,
+                from_config,
+                last_tick: now,
+                updated_at: now,
+            });
+        schedule.spec = spec.clone();
+        schedule.from_config = from_config;
+        schedule.updated_at = now;
+        async { Ok(()) }.boxed()
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<Schedule>, StoreError>> {
+        let schedules = self.control().schedules.values().cloned().collect();
+        async move { Ok(schedules) }.boxed()
+    }
+
+    fn set_schedule_paused<'a>(
+        &'a self,
+        name: &'a str,
+        paused: bool,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let found = match self.control().schedules.get_mut(name) {
+            Some(schedule) => {
+                schedule.paused = paused;
+                true
+            }
+            None => false,
+        };
+        async move { Ok(found) }.boxed()
+    }
+
+    fn delete_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let deleted = self.control().schedules.remove(name).is_some();
+        async move { Ok(deleted) }.boxed()
+    }
+
+    fn advance_schedule<'a>(
+        &'a self,
+        name: &'a str,
+        tick: Timestamp,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let advanced = match self.control().schedules.get_mut(name) {
+            Some(schedule) if schedule.last_tick < tick => {
+                schedule.last_tick = tick;
+                true
+            }
+            _ => false,
+        };
+        async move { Ok(advanced) }.boxed()
     }
 }
 

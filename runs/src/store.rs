@@ -4,6 +4,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
 
+use crate::control::ControlStore;
 use crate::event::RunEvent;
 use crate::model::{Run, RunKey, RunState};
 
@@ -181,11 +182,12 @@ pub struct Retention {
     pub failed_before: Timestamp,
 }
 
-/// Where runs are kept: memory, SQLite or PostgreSQL.
+/// Where runs are kept: memory, SQLite or PostgreSQL; with them, what operators set that every
+/// instance follows (its [`ControlStore`] half).
 ///
 /// A store is shared by every instance that records into it: [`apply`](Self::apply) is
 /// atomic per call and safe against other instances applying events to the same runs.
-pub trait RunStore: Send + Sync + 'static {
+pub trait RunStore: ControlStore {
     /// Applies `events` in order, creating runs as needed, all or nothing; returns each run
     /// the events touched, as it is after them (in the order each first appears).
     fn apply<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<Vec<Run>, StoreError>>;

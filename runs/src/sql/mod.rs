@@ -1,6 +1,8 @@
 //! Runs in SQLite (one file, one machine) or PostgreSQL (shared by every replica), through
 //! sqlx's `Any` driver: one set of portable statements and one migration for both.
 
+mod control;
+
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;

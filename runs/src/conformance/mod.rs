@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod control;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -47,6 +49,16 @@ pub const CHECKS: &[(&str, Check)] = &[
     }),
     ("concurrent_instances_lose_no_event", |s| {
         Box::pin(concurrent_instances_lose_no_event(s))
+    }),
+    ("a_pause_is_seen_by_every_instance_until_resumed", |s| {
+        Box::pin(control::a_pause_is_seen_by_every_instance_until_resumed(s))
+    }),
+    (
+        "a_schedule_keeps_its_pause_and_tick_when_declared_again",
+        |s| Box::pin(control::a_schedule_keeps_its_pause_and_tick_when_declared_again(s)),
+    ),
+    ("a_schedules_last_tick_only_moves_forward", |s| {
+        Box::pin(control::a_schedules_last_tick_only_moves_forward(s))
     }),
 ];
 
