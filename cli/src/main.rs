@@ -6,6 +6,7 @@ mod check;
 mod client;
 mod operator;
 mod runs;
+mod triggers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use topiq_server::{ServeError, Telemetry};
 
 use operator::{ApiArgs, DlqCommand, EnqueueArgs};
 use runs::RunsCommand;
+use triggers::TriggersCommand;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -87,6 +89,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// List triggers, and pause or resume one on every instance, through a running topiq's
+    /// API.
+    ///
+    /// Example: topiq triggers pause send-email
+    Triggers {
+        #[command(subcommand)]
+        command: TriggersCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Per-trigger counts (waiting, in flight, succeeded, failed, DLQ) of a running topiq.
     ///
     /// Example: topiq stats emails.send
@@ -126,6 +138,7 @@ fn main() -> ExitCode {
         Command::Enqueue { args, api } => operate(operator::enqueue(&api, args)),
         Command::Dlq { command, api } => operate(operator::dlq(&api, command)),
         Command::Runs { command, api } => operate(runs::runs(&api, command)),
+        Command::Triggers { command, api } => operate(triggers::triggers(&api, command)),
         Command::Stats { topic, api } => operate(operator::stats(&api, topic)),
     }
 }

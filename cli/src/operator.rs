@@ -476,7 +476,7 @@ pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), Co
         return Ok(());
     }
     println!(
-        "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10} {:>9} {:>9}",
+        "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10} {:>9} {:>9} {:>8}",
         "topic",
         "trigger",
         "waiting",
@@ -486,7 +486,8 @@ pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), Co
         "dlq",
         "per_minute",
         "p50_ms",
-        "p99_ms"
+        "p99_ms",
+        "state"
     );
     for row in result["triggers"].as_array().into_iter().flatten() {
         let number = |key: &str| row[key].as_u64().unwrap_or_default();
@@ -495,8 +496,13 @@ pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), Co
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"))
         };
+        let state = if row["paused"] == json!(true) {
+            "paused"
+        } else {
+            "running"
+        };
         println!(
-            "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10} {:>9} {:>9}",
+            "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10} {:>9} {:>9} {:>8}",
             row["topic"].as_str().unwrap_or_default(),
             row["trigger"].as_str().unwrap_or_default(),
             number("waiting"),
@@ -506,7 +512,8 @@ pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), Co
             number("dlq"),
             number("per_minute"),
             millis("handler_p50_ms"),
-            millis("handler_p99_ms")
+            millis("handler_p99_ms"),
+            state
         );
     }
     Ok(())

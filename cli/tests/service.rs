@@ -47,6 +47,7 @@ on_every_adapter!(
     error_statuses,
     metrics_count_every_outcome,
     runs_through_the_api_and_the_cli,
+    triggers_pause_and_resume_through_the_cli,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -1186,4 +1187,58 @@ async fn runs_through_the_api_and_the_cli(broker: Broker) {
     let run = run_json(&service, &replay).await;
     assert_eq!(run["replay_of"], first.as_str());
     assert_eq!(run["result"], json!({"ok": true, "n": 2}));
+}
+
+async fn triggers_pause_and_resume_through_the_cli(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "parcels.send: {{ http: {{ url: \"{}\" }} }}",
+        receiver.url("json")
+    );
+    let parts = Parts {
+        functions: &functions,
+        triggers: &trigger("deliver", "parcels", "parcels.send", 0, 100),
+        ..Parts::default()
+    };
+    let service = Service::start(&broker, parts, &[]).await;
+    let paused = service.cli(&["triggers", "pause", "deliver"], None).await;
+    assert_eq!(
+        stdout(&paused).trim(),
+        "paused deliver",
+        "{}",
+        stderr(&paused)
+    );
+    let listed = stdout(&service.cli(&["triggers", "list"], None).await);
+    assert!(
+        listed.contains("deliver") && listed.contains("parcels.send") && listed.contains("paused"),
+        "{listed}"
+    );
+    let id = enqueue_cli(&service, &[r#"{"n": 1}"#]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        receiver.requests("json").is_empty(),
+        "a paused trigger calls nothing"
+    );
+    let stats = stdout(&service.cli(&["stats"], None).await);
+    assert!(stats.contains("paused"), "{stats}");
+    assert_eq!(run_json(&service, &id).await["state"], "queued");
+    let unknown = service.cli(&["triggers", "pause", "delivr"], None).await;
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("unknown trigger \"delivr\"")
+            && stderr(&unknown).contains("deliver"),
+        "{}",
+        stderr(&unknown)
+    );
+    let resumed = service.cli(&["triggers", "resume", "deliver"], None).await;
+    assert_eq!(stdout(&resumed).trim(), "resumed deliver");
+    eventually("the run succeeded once resumed", WAIT, || async {
+        run_json(&service, &id).await["state"] == "succeeded"
+    })
+    .await;
+    let listed = stdout(&service.cli(&["triggers", "list"], None).await);
+    assert!(
+        listed.contains("running") && !listed.contains("paused"),
+        "{listed}"
+    );
 }

@@ -31,6 +31,7 @@
 pub mod calls;
 pub mod condition;
 pub mod config;
+mod control;
 pub mod function;
 mod metrics;
 mod module;

@@ -67,6 +67,7 @@ pub(crate) struct Metrics {
     in_flight: Family<TriggerLabels, Gauge>,
     waiting: Family<TriggerLabels, Gauge>,
     dlq: Family<TriggerLabels, Gauge>,
+    paused: Family<TriggerLabels, Gauge>,
     broker_up: Gauge,
     otel: Option<Arc<OtelInstruments>>,
     /// Each declared topic's publish series, resolved once.
@@ -95,6 +96,7 @@ struct OtelInstruments {
     in_flight: OtelGauge<u64>,
     waiting: OtelGauge<u64>,
     dlq: OtelGauge<u64>,
+    paused: OtelGauge<u64>,
 }
 
 impl OtelInstruments {
@@ -138,6 +140,10 @@ impl OtelInstruments {
             in_flight: gauge("topiq.messages.in_flight", "Delivered and not settled"),
             waiting: gauge("topiq.messages.waiting", "Waiting for the trigger"),
             dlq: gauge("topiq.dlq.depth", "Records in the trigger's DLQ"),
+            paused: meter
+                .u64_gauge("topiq.trigger.paused")
+                .with_description("1 while the trigger is paused")
+                .build(),
         }
     }
 }
@@ -250,6 +256,7 @@ impl Metrics {
             in_flight: Family::default(),
             waiting: Family::default(),
             dlq: Family::default(),
+            paused: Family::default(),
             broker_up: Gauge::default(),
             topics: HashMap::new(),
             otel: otlp.then(|| Arc::new(OtelInstruments::new())),
@@ -335,6 +342,11 @@ impl Metrics {
             "dlq_depth",
             "Records in the trigger's DLQ, from the broker",
             self.dlq.clone(),
+        );
+        registry.register(
+            "trigger_paused",
+            "1 while the trigger is paused (on every instance sharing the runs store)",
+            self.paused.clone(),
         );
         registry.register(
             "broker_up",
@@ -450,6 +462,16 @@ impl Metrics {
             otel.waiting.record(waiting, &labels);
             otel.in_flight.record(in_flight, &labels);
             otel.dlq.record(dlq, &labels);
+        }
+    }
+
+    /// Sets the trigger `key`'s paused gauge.
+    pub(crate) fn set_paused(&self, key: &SubscriptionKey, paused: bool) {
+        self.paused
+            .get_or_create(&TriggerLabels::of(key))
+            .set(i64::from(paused));
+        if let Some(otel) = &self.otel {
+            otel.paused.record(u64::from(paused), &otel_labels(key));
         }
     }
 

@@ -86,7 +86,7 @@ impl QueueModule {
     /// Checks the config against `functions`, connects the adapter, and declares every topic
     /// and trigger subscription. No trigger runs until [`start_workers`](Self::start_workers).
     pub async fn new(config: Config, functions: Functions) -> Result<Self, StartError> {
-        let resolved = resolve_functions(&config, &functions)?;
+        resolve_functions(&config, &functions)?;
         let adapter = config
             .adapter
             .class
@@ -96,6 +96,18 @@ impl QueueModule {
                 what: format!("the adapter {}", config.adapter.class.name()),
                 source,
             })?;
+        Self::new_on(config, functions, adapter).await
+    }
+
+    /// [`new`](Self::new) on an adapter built already, such as another module's (two
+    /// modules of one process sharing the in-memory adapter behave as two instances on one
+    /// broker). Closing either module closes the adapter.
+    pub async fn new_on(
+        config: Config,
+        functions: Functions,
+        adapter: SharedAdapter,
+    ) -> Result<Self, StartError> {
+        let resolved = resolve_functions(&config, &functions)?;
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
@@ -124,7 +136,7 @@ impl QueueModule {
                 on_topic.push(settings.name.clone());
             }
             let mut trigger =
-                declare_trigger(&config, &adapter, &metrics, settings, function).await?;
+                declare_trigger(&config, &adapter, (&metrics, &runs), settings, function).await?;
             trigger.runs = records;
             triggers.push(Arc::new(trigger));
         }
@@ -270,6 +282,7 @@ impl QueueModule {
                     self.inner
                         .metrics
                         .set_broker_counts(&key, row.waiting, row.in_flight, row.dlq);
+                    self.inner.metrics.set_paused(&key, row.paused);
                 }
                 self.inner.metrics.set_broker_up(true);
             }
@@ -382,7 +395,7 @@ impl QueueModule {
     }
 
     /// Whether the module is ready for traffic: the adapter reaches its broker and every
-    /// trigger holds its subscription. `Err` lists what is not ready.
+    /// trigger not paused holds its subscription. `Err` lists what is not ready.
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
         let mut not_ready = Vec::new();
         if let Err(err) = self.inner.adapter.health().await {
@@ -392,7 +405,8 @@ impl QueueModule {
             not_ready.push("runs store: refuses writes; settlements wait until it is back".into());
         }
         for trigger in &self.inner.triggers {
-            if !trigger.subscribed.load(Ordering::Relaxed) {
+            let paused = self.inner.runs.pauses().is_paused(&trigger.settings.name);
+            if !paused && !trigger.subscribed.load(Ordering::Relaxed) {
                 not_ready.push(format!("trigger {}: not subscribed", trigger.settings.name));
             }
         }
@@ -488,7 +502,7 @@ fn spawn_runs_writer(
 async fn declare_trigger(
     config: &Config,
     adapter: &SharedAdapter,
-    metrics: &Metrics,
+    (metrics, runs): (&Metrics, &Runs),
     settings: TriggerSettings,
     function: Function,
 ) -> Result<Trigger, StartError> {
@@ -514,6 +528,7 @@ async fn declare_trigger(
         subscribed: AtomicBool::new(false),
         messaging_system: config.adapter.class.messaging_system(),
         runs: None,
+        pauses: runs.pauses().watch(),
     })
 }
 

@@ -15,6 +15,7 @@ mod netns;
 mod postgres;
 mod rabbit;
 mod scenarios;
+mod setup;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -29,6 +30,7 @@ pub use netns::{IsolatedNats, IsolatedRabbit, NetworkNamespace};
 pub use postgres::{PostgresDatabase, postgres_server};
 pub use rabbit::{RabbitNode, RabbitVhost, rabbitmq_adapter};
 pub use scenarios::{handlers_survive_a_broker_restart, poison_message_with_a_thousand_behind};
+pub use setup::{Broker, Store};
 
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {

@@ -13,71 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use topiq::{Config, Functions, HandlerError, Message, QueueModule};
-use topiq_testkit::{FaultProxy, NatsServer, PostgresDatabase, RabbitVhost};
-
-/// The broker of a test, kept alive with it.
-enum Broker {
-    JetStream(NatsServer),
-    RabbitMq(RabbitVhost),
-    Memory,
-}
-
-impl Broker {
-    fn jetstream() -> Self {
-        Broker::JetStream(NatsServer::start())
-    }
-
-    fn rabbitmq() -> Self {
-        Broker::RabbitMq(RabbitVhost::create())
-    }
-
-    fn adapter_yaml(&self) -> String {
-        match self {
-            Broker::JetStream(server) => format!(
-                "class: modules::queue::JetStreamAdapter\n        config: {{ url: \"{}\" }}",
-                server.url()
-            ),
-            Broker::RabbitMq(vhost) => format!(
-                "class: modules::queue::RabbitMQAdapter\n        config: {{ url: \"{}\" }}",
-                vhost.url()
-            ),
-            Broker::Memory => "class: modules::queue::BuiltinQueueAdapter".to_owned(),
-        }
-    }
-}
-
-/// The runs store of a test, kept alive with it.
-enum Store {
-    Sqlite(std::path::PathBuf),
-    Postgres(PostgresDatabase),
-}
-
-impl Store {
-    fn sqlite() -> Self {
-        let dir = std::env::temp_dir().join(format!("topiq-runs-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        Store::Sqlite(dir)
-    }
-
-    fn postgres() -> Self {
-        Store::Postgres(PostgresDatabase::create())
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Store::Sqlite(dir) => format!("sqlite://{}/runs.db", dir.display()),
-            Store::Postgres(database) => database.url(),
-        }
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        if let Store::Sqlite(dir) = self {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
+use topiq_testkit::{Broker, FaultProxy, PostgresDatabase, Store};
 
 /// Generates each scenario on both brokers with both SQL stores.
 macro_rules! on_brokers_and_stores {

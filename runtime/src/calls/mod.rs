@@ -1,13 +1,15 @@
 //! The `queue.*` call surface: every call takes and returns JSON, callable by name
 //! ([`QueueModule::call`]) or through typed methods: `enqueue.rs` (`queue.enqueue`,
 //! `queue.enqueue_batch`), `dlq.rs` (`queue.dlq_count`, `dlq_list`, `redrive_dlq`, `dlq_purge`)
-//! `stats.rs` (`queue.stats`) and `runs.rs` (`queue.run_get`, `run_list`, `run_cancel`,
-//! `run_replay`, `run_progress`).
+//! `stats.rs` (`queue.stats`), `runs.rs` (`queue.run_get`, `run_list`, `run_cancel`,
+//! `run_replay`, `run_progress`) and `triggers.rs` (`queue.trigger_pause`, `trigger_resume`,
+//! `trigger_list`).
 
 mod dlq;
 mod enqueue;
 mod runs;
 mod stats;
+mod triggers;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,6 +22,7 @@ use enqueue::EnqueueBatchRequest;
 pub use enqueue::{BatchItem, EnqueueRequest, EnqueueResult};
 pub use runs::{ProgressRequest, ReplayRequest, RunRequest};
 pub use stats::TriggerStats;
+pub use triggers::{TriggerRequest, TriggerSummary};
 
 /// The calls [`QueueModule::call`] knows.
 pub const CALLS: &[&str] = &[
@@ -35,6 +38,9 @@ pub const CALLS: &[&str] = &[
     "queue.run_cancel",
     "queue.run_replay",
     "queue.run_progress",
+    "queue.trigger_pause",
+    "queue.trigger_resume",
+    "queue.trigger_list",
 ];
 
 /// The most messages in one `queue.enqueue_batch`.
@@ -66,6 +72,14 @@ pub enum CallError {
         id: String,
         /// The trigger asked for.
         trigger: Option<String>,
+    },
+    /// No trigger of the config has that name.
+    #[error("unknown trigger {name:?}; this config's triggers: {}", known.join(", "))]
+    UnknownTrigger {
+        /// The name asked for.
+        name: String,
+        /// The triggers the config declares.
+        known: Vec<String>,
     },
     /// The runs store failed.
     #[error(transparent)]
@@ -117,6 +131,7 @@ impl CallError {
             CallError::InvalidArgument { .. } => "invalid_argument",
             CallError::Adapter(err) => err.code(),
             CallError::UnknownRun { .. } => "unknown_run",
+            CallError::UnknownTrigger { .. } => "unknown_trigger",
             CallError::RunState { .. } => "run_state",
             CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => "invalid_argument",
             CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => "runs_store_unavailable",
@@ -130,7 +145,9 @@ impl CallError {
         match self {
             CallError::UnknownCall { .. } => CallErrorKind::NotFound,
             CallError::InvalidArgument { .. } => CallErrorKind::BadInput,
-            CallError::UnknownRun { .. } => CallErrorKind::NotFound,
+            CallError::UnknownRun { .. } | CallError::UnknownTrigger { .. } => {
+                CallErrorKind::NotFound
+            }
             CallError::RunState { .. } => CallErrorKind::Conflict,
             CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => CallErrorKind::BadInput,
             CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => {
@@ -239,6 +256,7 @@ impl QueueModule {
                 Ok(json!({ "triggers": triggers }))
             }
             name if name.starts_with("queue.run_") => self.call_runs(name, args).await,
+            name if name.starts_with("queue.trigger_") => self.call_triggers(name, args).await,
             _ => Err(CallError::UnknownCall {
                 name: name.to_owned(),
             }),

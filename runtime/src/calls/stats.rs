@@ -20,6 +20,8 @@ pub struct TriggerStats {
     pub in_flight: u64,
     /// Records in the trigger's DLQ, from the broker.
     pub dlq: u64,
+    /// True while the trigger is paused (`queue.trigger_pause`).
+    pub paused: bool,
     /// This process's handler outcomes since it started.
     #[serde(flatten)]
     pub counts: TriggerCounts,
@@ -53,6 +55,7 @@ impl QueueModule {
                 waiting: broker.waiting,
                 in_flight: broker.in_flight,
                 dlq: broker.dead_lettered,
+                paused: self.runs().pauses().is_paused(&trigger.key.trigger),
                 counts: trigger.counters.snapshot(),
             });
         }

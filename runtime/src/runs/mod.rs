@@ -16,6 +16,7 @@ use topiq_runs::{
 };
 
 use crate::config::RunsSettings;
+use crate::control::Pauses;
 pub(crate) use cancels::Cancels;
 pub(crate) use recorder::{Recorder, RecorderSeries};
 
@@ -27,6 +28,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 pub(crate) struct Runs {
     recorder: Recorder,
     cancels: Cancels,
+    pauses: Pauses,
     settings: RunsSettings,
     /// `host:pid`, on every attempt this instance runs.
     instance: String,
@@ -37,9 +39,11 @@ impl Runs {
     pub(crate) async fn open(settings: RunsSettings) -> Result<Self, StoreError> {
         let store = topiq_runs::open(settings.store()).await?;
         tracing::info!(store = %topiq_runs::shown_address(settings.store()), "recording runs");
+        let pauses = Pauses::load(&store).await?;
         Ok(Self {
             recorder: Recorder::new(store),
             cancels: Cancels::default(),
+            pauses,
             settings,
             instance: instance_name(),
         })
@@ -57,8 +61,13 @@ impl Runs {
         &self.cancels
     }
 
-    /// Writes events, follows cancels and sweeps old runs until `stop`; `deadline` bounds
-    /// the last writes.
+    /// The paused triggers, followed from the store.
+    pub(crate) fn pauses(&self) -> &Pauses {
+        &self.pauses
+    }
+
+    /// Writes events, follows cancels and pauses, and sweeps old runs until `stop`;
+    /// `deadline` bounds the last writes.
     pub(crate) async fn run(&self, stop: CancellationToken, deadline: Duration) {
         let shortest = self.settings.succeeded_for.min(self.settings.failed_for);
         let every = SWEEP_EVERY
@@ -80,6 +89,7 @@ impl Runs {
         tokio::join!(
             self.recorder.run(stop.clone(), deadline),
             self.cancels.poll(self.store(), &stop, keep),
+            self.pauses.poll(self.store(), &stop),
             until_stop,
         );
     }

@@ -20,6 +20,7 @@ mod supervise;
 
 use crate::outcome::Outcome;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -27,12 +28,12 @@ use std::time::Duration;
 use futures::future::{BoxFuture, Either};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topiq_adapter::{
-    ConsumeOptions, Delivery, Envelope, SharedAdapter, Subscription, SubscriptionKey,
+    ConsumeOptions, Delivery, Envelope, SharedAdapter, Subscription, SubscriptionKey, TriggerName,
 };
 use tracing::Instrument;
 
@@ -57,6 +58,28 @@ pub(crate) struct Trigger {
     pub(crate) messaging_system: &'static str,
     /// Where its runs are recorded (`None` when the trigger opted out).
     pub(crate) runs: Option<Arc<Runs>>,
+    /// The paused triggers: while its name is in the set, it holds no subscription.
+    pub(crate) pauses: watch::Receiver<BTreeSet<TriggerName>>,
+}
+
+/// The next delivery of `subscription`; never, without one.
+async fn next_of(
+    subscription: &mut Option<Subscription>,
+) -> Option<topiq_adapter::Result<Delivery>> {
+    match subscription {
+        Some(subscription) => subscription.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What `subscribing` ends with; never, when nothing is subscribing.
+async fn finish(
+    subscribing: &mut Option<BoxFuture<'_, Option<Subscription>>>,
+) -> Option<Subscription> {
+    match subscribing {
+        Some(subscribing) => subscribing.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How many deliveries of a recording trigger may wait for their run's record to be stored,
@@ -108,29 +131,44 @@ pub(crate) struct Lifecycle {
 impl Trigger {
     /// Subscribes, then pulls a delivery (or a batch) whenever fewer than `concurrency` calls
     /// run, until `lifecycle.stop`; then lets the running calls finish (or be abandoned when
-    /// `lifecycle.abort` fires).
+    /// `lifecycle.abort` fires). While the trigger is paused it holds no subscription (what
+    /// the subscription had buffered goes back to the broker without spending an attempt)
+    /// and its running calls go on.
     pub(crate) async fn run(self: Arc<Self>, lifecycle: Lifecycle) {
-        let Some(mut subscription) = self.subscribe(&lifecycle.stop).await else {
-            return;
-        };
-        self.subscribed.store(true, Ordering::Relaxed);
+        let mut pauses = self.pauses.clone();
         let limit = self.settings.concurrency as usize;
         let abort = &lifecycle.abort;
         let slots = Slots::default();
         let mut running = FuturesUnordered::new();
-        // After a subscription error, pulling pauses for a second while running calls go on.
+        let mut subscription: Option<Subscription> = None;
+        let mut subscribing: Option<BoxFuture<'_, Option<Subscription>>> = None;
+        // After a subscription error, pulling waits a second while running calls go on.
         let resume = sleep(Duration::ZERO);
         tokio::pin!(resume);
-        let mut paused = false;
+        let mut waiting = false;
         loop {
+            if pauses.borrow_and_update().contains(&self.settings.name) {
+                subscribing = None;
+                self.let_go(subscription.take());
+            } else if subscription.is_none() && subscribing.is_none() {
+                subscribing = Some(Box::pin(self.subscribe(&lifecycle.stop)));
+            }
+            let pulling = subscription.is_some() && !waiting && slots.busy() < limit;
             tokio::select! {
                 biased;
                 Some(()) = running.next(), if !running.is_empty() => {}
                 () = lifecycle.stop.cancelled() => break,
-                () = &mut resume, if paused => paused = false,
+                Ok(()) = pauses.changed() => {}
+                subscribed = finish(&mut subscribing), if subscribing.is_some() => {
+                    subscribing = None;
+                    let Some(subscribed) = subscribed else { break };
+                    subscription = Some(subscribed);
+                    self.subscribed.store(true, Ordering::Relaxed);
+                }
+                () = &mut resume, if waiting => waiting = false,
                 // A handler returned while its settlement goes on: its slot is free again.
                 () = slots.freed.notified(), if slots.busy() >= limit => {}
-                next = subscription.next(), if !paused && slots.busy() < limit => match next {
+                next = next_of(&mut subscription), if pulling => match next {
                     None => break,
                     Some(Ok(delivery)) if self.settings.batch_size > 1 => {
                         let batch = self.fill_batch(delivery, &mut subscription);
@@ -143,15 +181,25 @@ impl Trigger {
                     }
                     Some(Err(err)) => {
                         tracing::error!(trigger = %self.key, error = %err, "the subscription failed; pulling again in 1s");
-                        paused = true;
+                        waiting = true;
                         resume.as_mut().reset(Instant::now() + Duration::from_secs(1));
                     }
                 },
             }
         }
+        drop(subscribing);
         self.subscribed.store(false, Ordering::Relaxed);
         drop(subscription);
         while running.next().await.is_some() {}
+    }
+
+    /// Lets go of the subscription of a trigger just paused.
+    fn let_go(&self, subscription: Option<Subscription>) {
+        if subscription.is_some() {
+            self.subscribed.store(false, Ordering::Relaxed);
+            drop(subscription);
+            tracing::info!(trigger = %self.key, "paused: takes no new messages until resumed");
+        }
     }
 
     async fn subscribe(&self, stop: &CancellationToken) -> Option<Subscription> {
@@ -185,10 +233,14 @@ impl Trigger {
     }
 
     /// Adds to `first` the deliveries that are ready now, up to `batch_size`.
-    fn fill_batch(&self, first: Delivery, subscription: &mut Subscription) -> Vec<Delivery> {
+    fn fill_batch(
+        &self,
+        first: Delivery,
+        subscription: &mut Option<Subscription>,
+    ) -> Vec<Delivery> {
         let mut batch = vec![first];
         while batch.len() < self.settings.batch_size as usize {
-            match subscription.next().now_or_never() {
+            match next_of(subscription).now_or_never() {
                 Some(Some(Ok(delivery))) => batch.push(delivery),
                 _ => break,
             }

@@ -225,6 +225,7 @@ triggers:
             subscribed: AtomicBool::new(false),
             messaging_system: "topiq",
             runs: None,
+            pauses: tokio::sync::watch::Sender::default().subscribe(),
         };
         (trigger, subscription)
     }
