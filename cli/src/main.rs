@@ -6,6 +6,7 @@ mod check;
 mod client;
 mod operator;
 mod runs;
+mod schedules;
 mod triggers;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use topiq_server::{ServeError, Telemetry};
 
 use operator::{ApiArgs, DlqCommand, EnqueueArgs};
 use runs::RunsCommand;
+use schedules::SchedulesCommand;
 use triggers::TriggersCommand;
 
 #[cfg(feature = "mimalloc")]
@@ -99,6 +101,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// List, create, pause, resume, delete or fire the schedules every instance fires,
+    /// through a running topiq's API.
+    ///
+    /// Example: topiq schedules create heartbeat --every 30s --topic health.ping
+    Schedules {
+        #[command(subcommand)]
+        command: SchedulesCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Per-trigger counts (waiting, in flight, succeeded, failed, DLQ) of a running topiq.
     ///
     /// Example: topiq stats emails.send
@@ -139,6 +151,7 @@ fn main() -> ExitCode {
         Command::Dlq { command, api } => operate(operator::dlq(&api, command)),
         Command::Runs { command, api } => operate(runs::runs(&api, command)),
         Command::Triggers { command, api } => operate(triggers::triggers(&api, command)),
+        Command::Schedules { command, api } => operate(schedules::schedules(&api, command)),
         Command::Stats { topic, api } => operate(operator::stats(&api, topic)),
     }
 }

@@ -98,6 +98,13 @@ impl Message {
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
+
+    /// The schedule that enqueued this message and the tick it fired for (read from its
+    /// idempotency key, `schedule:<name>:<tick>`); `None` for a message enqueued otherwise.
+    pub fn schedule_tick(&self) -> Option<(&str, jiff::Timestamp)> {
+        let key = self.envelope().idempotency_key.as_deref()?;
+        crate::schedules::parse_tick_key(key)
+    }
 }
 
 impl fmt::Debug for Message {

@@ -39,6 +39,7 @@ mod outcome;
 pub mod registry;
 pub mod retry;
 mod runs;
+pub mod schedules;
 mod stats;
 mod telemetry;
 mod trigger;

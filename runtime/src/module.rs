@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigError, ConfigLocation, TriggerSettings};
 use crate::function::{Function, Functions, check_trigger_function};
 use crate::metrics::Metrics;
 use crate::runs::{Runs, reconcile};
+use crate::schedules;
 use crate::stats::TriggerCounters;
 use crate::telemetry;
 use crate::trigger::{Lifecycle, Trigger};
@@ -121,6 +122,9 @@ impl QueueModule {
                 })?;
         }
         let runs = Runs::open(config.runs.clone())
+            .await
+            .map_err(StartError::Runs)?;
+        schedules::declare_schedules(runs.store(), &config.schedules)
             .await
             .map_err(StartError::Runs)?;
         let runs = Arc::new(runs);
@@ -318,6 +322,9 @@ impl QueueModule {
                 .calls
                 .spawn(Arc::clone(trigger).run(lifecycle.clone()));
         }
+        lifecycle
+            .calls
+            .spawn(schedules::run_ticker(self.clone(), lifecycle.stop.clone()));
         if self.inner.metrics.exports_otlp() {
             // Exported gauges need the broker's counts without a scrape asking for them.
             // Tracked with the triggers, so shutdown waits for it; it stops at the stop signal,

@@ -1,7 +1,8 @@
 //! Flow control on the in-memory adapter, JetStream and RabbitMQ, each with two module
 //! instances on one trigger sharing one runs store: pausing a trigger (every instance stops
 //! taking messages within a second, running calls finish, enqueue goes on, the pause
-//! survives restarts, resuming hands everything out once, on its first attempt).
+//! survives restarts, resuming hands everything out once, on its first attempt); schedules
+//! (each tick fires once whichever instances run; after downtime `catch_up` decides).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,9 +38,19 @@ macro_rules! on_every_adapter {
     };
 }
 
-on_every_adapter!(a_pause_holds_on_every_instance_and_across_restarts);
+on_every_adapter!(
+    a_pause_holds_on_every_instance_and_across_restarts,
+    two_instances_fire_each_tick_once,
+    after_downtime_catch_up_decides_the_missed_ticks,
+);
 
+/// The config of every instance: the adapter, the store, the trigger `mailer` on `orders`
+/// calling `work`, `pulse` on `beats` calling `beat`, and the `schedules:` section given.
 fn config(broker: &Broker, store: &Store) -> Config {
+    config_with(broker, store, "")
+}
+
+fn config_with(broker: &Broker, store: &Store, schedules: &str) -> Config {
     let text = format!(
         "modules:
   - class: modules::queue::QueueModule
@@ -56,7 +67,12 @@ triggers:
     config:
       topic: orders
       concurrency: 2
-",
+  pulse:
+    type: queue
+    function: beat
+    config:
+      topic: beats
+{schedules}",
         adapter = broker.adapter_yaml(),
         store = store.url(),
     );
@@ -74,16 +90,27 @@ struct Call {
     finished: bool,
 }
 
-/// `work` waits `data.wait_ms` and records each call.
+/// `work` waits `data.wait_ms` and records each call; `beat` records the schedule and tick
+/// of each message.
 #[derive(Clone, Default)]
 struct Work {
     calls: Arc<Mutex<Vec<Call>>>,
+    beats: Arc<Mutex<Vec<(String, jiff::Timestamp)>>>,
 }
 
 impl Work {
     fn functions(&self) -> Functions {
         let calls = Arc::clone(&self.calls);
+        let beats = Arc::clone(&self.beats);
         let mut functions = Functions::new();
+        functions.register("beat", move |message: Message| {
+            let beats = Arc::clone(&beats);
+            async move {
+                let (name, tick) = message.schedule_tick().expect("a schedule's message");
+                beats.lock().unwrap().push((name.to_owned(), tick));
+                Ok(())
+            }
+        });
         functions.register("work", move |message: Message| {
             let calls = Arc::clone(&calls);
             async move {
@@ -131,7 +158,16 @@ async fn instance(
     work: &Work,
     beside: Option<&QueueModule>,
 ) -> QueueModule {
-    let config = config(broker, store);
+    instance_of(broker, config(broker, store), work, beside).await
+}
+
+/// An instance running `config` (see [`instance`]).
+async fn instance_of(
+    broker: &Broker,
+    config: Config,
+    work: &Work,
+    beside: Option<&QueueModule>,
+) -> QueueModule {
     match (broker, beside) {
         (Broker::Memory, Some(beside)) => {
             QueueModule::new_on(config, work.functions(), beside.adapter().clone()).await
@@ -252,5 +288,118 @@ async fn stop(module: &QueueModule, workers: Option<Workers>, broker: &Broker) {
     }
     if !matches!(broker, Broker::Memory) {
         module.close().await;
+    }
+}
+
+impl Work {
+    fn beats(&self) -> Vec<(String, jiff::Timestamp)> {
+        self.beats.lock().unwrap().clone()
+    }
+}
+
+const HEARTBEAT: &str = "schedules:
+  heartbeat:
+    every: 1s
+    topic: beats
+    data: { kind: beat }
+";
+
+async fn two_instances_fire_each_tick_once(broker: Broker, store: Store) {
+    let work = Work::default();
+    let first = instance_of(
+        &broker,
+        config_with(&broker, &store, HEARTBEAT),
+        &work,
+        None,
+    )
+    .await;
+    let second_config = config_with(&broker, &store, HEARTBEAT);
+    let second = instance_of(&broker, second_config, &work, Some(&first)).await;
+    let started = jiff::Timestamp::now();
+    let workers = [first.start_workers(), second.start_workers()];
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    call(
+        &second,
+        "queue.schedule_pause",
+        json!({"name": "heartbeat"}),
+    )
+    .await;
+    let paused = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let beats = work.beats();
+    let ticks: Vec<jiff::Timestamp> = beats.iter().map(|(_, tick)| *tick).collect();
+    let distinct: HashSet<jiff::Timestamp> = ticks.iter().copied().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+    assert!(
+        (19..=21).contains(&ticks.len()),
+        "{} ticks in 20s: {ticks:?}",
+        ticks.len()
+    );
+    assert!(beats.iter().all(|(name, _)| name == "heartbeat"));
+    assert!(
+        ticks.iter().all(|tick| *tick > started && *tick <= paused),
+        "{ticks:?}"
+    );
+    let listed = call(&first, "queue.schedule_list", json!({})).await;
+    let schedule = &listed["schedules"][0];
+    assert_eq!(
+        (schedule["name"].as_str(), schedule["paused"].as_bool()),
+        (Some("heartbeat"), Some(true))
+    );
+    let latest = ticks.iter().max().unwrap();
+    assert_eq!(schedule["last_tick"], latest.to_string(), "{schedule}");
+    for workers in workers {
+        workers.shutdown().await;
+    }
+    first.close().await;
+    if !matches!(broker, Broker::Memory) {
+        second.close().await;
+    }
+}
+
+async fn after_downtime_catch_up_decides_the_missed_ticks(broker: Broker, store: Store) {
+    // Hourly schedules made three hours ago and never fired since: every instance was down.
+    // Clear of the ten seconds after a full hour, when that hour's tick is on time anyway.
+    let now = jiff::Timestamp::now();
+    if now.as_second().rem_euclid(3600) < 15 {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+    }
+    let runs_store = topiq_runs::open(&store.url()).await.unwrap();
+    let three_hours_ago = now
+        .checked_sub(jiff::SignedDuration::from_hours(3))
+        .unwrap();
+    for (name, catch_up) in [("catch-up-last", "last"), ("catch-up-none", "none")] {
+        let spec: topiq_runs::ScheduleSpec = serde_json::from_value(json!({
+            "every": "1h", "topic": "beats", "catch_up": catch_up,
+        }))
+        .unwrap();
+        runs_store
+            .put_schedule(name, &spec, false, three_hours_ago)
+            .await
+            .unwrap();
+    }
+    let work = Work::default();
+    let [(first, first_workers), (second, second_workers)] =
+        two_instances(&broker, &store, &work).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hour = jiff::Timestamp::from_second(now.as_second() / 3600 * 3600).unwrap();
+    assert_eq!(
+        work.beats(),
+        [("catch-up-last".to_owned(), hour)],
+        "the latest missed tick fires once; none fires nothing"
+    );
+    let listed = call(&first, "queue.schedule_list", json!({})).await;
+    let last = listed["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|schedule| schedule["name"] == "catch-up-last")
+        .unwrap()
+        .clone();
+    assert_eq!(last["last_tick"], hour.to_string(), "{last}");
+    stop(&second, second_workers, &broker).await;
+    stop(&first, first_workers, &broker).await;
+    if matches!(broker, Broker::Memory) {
+        first.close().await;
     }
 }

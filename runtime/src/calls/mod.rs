@@ -2,12 +2,14 @@
 //! ([`QueueModule::call`]) or through typed methods: `enqueue.rs` (`queue.enqueue`,
 //! `queue.enqueue_batch`), `dlq.rs` (`queue.dlq_count`, `dlq_list`, `redrive_dlq`, `dlq_purge`)
 //! `stats.rs` (`queue.stats`), `runs.rs` (`queue.run_get`, `run_list`, `run_cancel`,
-//! `run_replay`, `run_progress`) and `triggers.rs` (`queue.trigger_pause`, `trigger_resume`,
-//! `trigger_list`).
+//! `run_replay`, `run_progress`), `triggers.rs` (`queue.trigger_pause`, `trigger_resume`,
+//! `trigger_list`) and `schedules.rs` (`queue.schedule_create`, `schedule_list`,
+//! `schedule_pause`, `schedule_resume`, `schedule_delete`, `schedule_fire`).
 
 mod dlq;
 mod enqueue;
 mod runs;
+mod schedules;
 mod stats;
 mod triggers;
 
@@ -21,6 +23,7 @@ pub use dlq::DlqRequest;
 use enqueue::EnqueueBatchRequest;
 pub use enqueue::{BatchItem, EnqueueRequest, EnqueueResult};
 pub use runs::{ProgressRequest, ReplayRequest, RunRequest};
+pub use schedules::{ScheduleName, ScheduleRequest, ScheduleView};
 pub use stats::TriggerStats;
 pub use triggers::{TriggerRequest, TriggerSummary};
 
@@ -41,6 +44,12 @@ pub const CALLS: &[&str] = &[
     "queue.trigger_pause",
     "queue.trigger_resume",
     "queue.trigger_list",
+    "queue.schedule_create",
+    "queue.schedule_list",
+    "queue.schedule_pause",
+    "queue.schedule_resume",
+    "queue.schedule_delete",
+    "queue.schedule_fire",
 ];
 
 /// The most messages in one `queue.enqueue_batch`.
@@ -80,6 +89,12 @@ pub enum CallError {
         name: String,
         /// The triggers the config declares.
         known: Vec<String>,
+    },
+    /// No schedule has that name.
+    #[error("unknown schedule {name:?}; `queue.schedule_list` lists them")]
+    UnknownSchedule {
+        /// The name asked for.
+        name: String,
     },
     /// The runs store failed.
     #[error(transparent)]
@@ -132,6 +147,7 @@ impl CallError {
             CallError::Adapter(err) => err.code(),
             CallError::UnknownRun { .. } => "unknown_run",
             CallError::UnknownTrigger { .. } => "unknown_trigger",
+            CallError::UnknownSchedule { .. } => "unknown_schedule",
             CallError::RunState { .. } => "run_state",
             CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => "invalid_argument",
             CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => "runs_store_unavailable",
@@ -145,9 +161,9 @@ impl CallError {
         match self {
             CallError::UnknownCall { .. } => CallErrorKind::NotFound,
             CallError::InvalidArgument { .. } => CallErrorKind::BadInput,
-            CallError::UnknownRun { .. } | CallError::UnknownTrigger { .. } => {
-                CallErrorKind::NotFound
-            }
+            CallError::UnknownRun { .. }
+            | CallError::UnknownTrigger { .. }
+            | CallError::UnknownSchedule { .. } => CallErrorKind::NotFound,
             CallError::RunState { .. } => CallErrorKind::Conflict,
             CallError::Runs(topiq_runs::StoreError::InvalidQuery(_)) => CallErrorKind::BadInput,
             CallError::Runs(topiq_runs::StoreError::Unavailable { .. }) => {
@@ -257,6 +273,7 @@ impl QueueModule {
             }
             name if name.starts_with("queue.run_") => self.call_runs(name, args).await,
             name if name.starts_with("queue.trigger_") => self.call_triggers(name, args).await,
+            name if name.starts_with("queue.schedule_") => self.call_schedules(name, args).await,
             _ => Err(CallError::UnknownCall {
                 name: name.to_owned(),
             }),

@@ -13,6 +13,7 @@ mod error;
 mod queue_module;
 mod raw;
 mod runs;
+mod schedules;
 mod service;
 mod source;
 mod telemetry;
@@ -27,6 +28,7 @@ use topiq_adapter::{TopicName, TopicSpec, TriggerName};
 pub use duration::{ConfigDuration, parse_duration};
 pub use error::{ConfigError, ConfigLocation};
 pub use runs::{DEFAULT_FAILED_FOR, DEFAULT_SERVICE_STORE, DEFAULT_SUCCEEDED_FOR, RunsSettings};
+pub use schedules::ScheduleSettings;
 pub use service::redacted as redacted_url;
 pub use service::{
     ApiSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
@@ -77,6 +79,8 @@ pub struct Config {
     pub telemetry: TelemetrySettings,
     /// Where run records are kept and for how long (`runs:`).
     pub runs: RunsSettings,
+    /// Topics enqueued to on a cron expression or an interval (`schedules:`).
+    pub schedules: Vec<ScheduleSettings>,
     /// Things that work but are probably not meant; logged at start.
     pub warnings: Vec<String>,
 }
@@ -214,6 +218,10 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         Some((file, raw)) => runs::validate_runs(&file, raw)?,
         None => RunsSettings::default(),
     };
+    let schedules = match sections.schedules {
+        Some((file, raw)) => schedules::validate_schedules(&file, raw, &mut topics)?,
+        None => Vec::new(),
+    };
     Ok(Config {
         adapter,
         topics,
@@ -222,6 +230,7 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         api,
         telemetry,
         runs,
+        schedules,
         shutdown_grace: module
             .config
             .shutdown_grace

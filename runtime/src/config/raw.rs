@@ -20,7 +20,11 @@ pub(crate) struct RawFile {
     pub(crate) api: Option<RawApi>,
     pub(crate) telemetry: Option<RawTelemetry>,
     pub(crate) runs: Option<RawRuns>,
+    pub(crate) schedules: Option<RawSchedules>,
 }
+
+/// The `schedules:` section: each schedule's definition, by name.
+pub(crate) type RawSchedules = BTreeMap<String, Spanned<topiq_runs::ScheduleSpec>>;
 
 /// Where run records are kept and for how long.
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, MessageFormatter, PropertySyntax, Spanned, UserMessageFormatter};
 use topiq_adapter::TriggerName;
 
-use super::raw::{RawApi, RawFile, RawFunction, RawModule, RawRuns, RawTelemetry, RawTrigger};
+use super::raw::{
+    RawApi, RawFile, RawFunction, RawModule, RawRuns, RawSchedules, RawTelemetry, RawTrigger,
+};
 use super::{ConfigError, ConfigLocation, service};
 
 /// `config.yaml` + `production` → `config.production.yaml`, in the same folder.
@@ -140,6 +142,7 @@ pub(super) struct Sections {
     pub(super) api: Option<(String, RawApi)>,
     pub(super) telemetry: Option<(String, RawTelemetry)>,
     pub(super) runs: Option<(String, RawRuns)>,
+    pub(super) schedules: Option<(String, RawSchedules)>,
 }
 
 impl RawFile {
@@ -151,6 +154,7 @@ impl RawFile {
             api: self.api.map(|api| (file.to_owned(), api)),
             telemetry: self.telemetry.map(|telemetry| (file.to_owned(), telemetry)),
             runs: self.runs.map(|runs| (file.to_owned(), runs)),
+            schedules: self.schedules.map(|schedules| (file.to_owned(), schedules)),
         }
     }
 }
@@ -165,6 +169,7 @@ impl Sections {
             api: self.api.or(base.api),
             telemetry: self.telemetry.or(base.telemetry),
             runs: self.runs.or(base.runs),
+            schedules: self.schedules.or(base.schedules),
         }
     }
 }
