@@ -48,6 +48,7 @@ on_every_adapter!(
     metrics_count_every_outcome,
     runs_through_the_api_and_the_cli,
     triggers_pause_and_resume_through_the_cli,
+    schedules_through_the_cli,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -1241,4 +1242,90 @@ async fn triggers_pause_and_resume_through_the_cli(broker: Broker) {
         listed.contains("running") && !listed.contains("paused"),
         "{listed}"
     );
+}
+
+async fn schedules_through_the_cli(broker: Broker) {
+    let receiver = Receiver::start().await;
+    let functions = format!(
+        "parcels.send: {{ http: {{ url: \"{}\" }} }}",
+        receiver.url("ok")
+    );
+    let parts = Parts {
+        functions: &functions,
+        triggers: &trigger("deliver", "parcels", "parcels.send", 0, 100),
+        ..Parts::default()
+    };
+    let service = Service::start(&broker, parts, &[]).await;
+    let create = [
+        "schedules",
+        "create",
+        "beat",
+        "--every",
+        "1s",
+        "--topic",
+        "parcels",
+        "--data",
+        r#"{"n": 1}"#,
+    ];
+    let created = service.cli(&create, None).await;
+    assert!(
+        stdout(&created).starts_with("created beat; next tick "),
+        "{}{}",
+        stdout(&created),
+        stderr(&created)
+    );
+    eventually("two ticks handled", WAIT, || async {
+        receiver.requests("ok").len() >= 2
+    })
+    .await;
+    let body = &receiver.requests("ok")[0].body;
+    let key = body["idempotency_key"].as_str().unwrap_or_default();
+    assert!(key.starts_with("schedule:beat:"), "{body}");
+    assert_eq!(body["data"], json!({"n": 1}));
+    let listed = stdout(&service.cli(&["schedules", "list"], None).await);
+    assert!(
+        listed.contains("beat") && listed.contains("every 1s") && listed.contains("active"),
+        "{listed}"
+    );
+    let paused = service.cli(&["schedules", "pause", "beat"], None).await;
+    assert_eq!(stdout(&paused).trim(), "paused beat");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = receiver.requests("ok").len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        receiver.requests("ok").len(),
+        before,
+        "a paused schedule fires nothing"
+    );
+    let fired = stdout(&service.cli(&["schedules", "fire", "beat"], None).await);
+    assert!(fired.starts_with("fired beat: message "), "{fired}");
+    eventually("the fired message handled", WAIT, || async {
+        receiver.requests("ok").len() == before + 1
+    })
+    .await;
+    let deleted = service.cli(&["schedules", "delete", "beat"], None).await;
+    assert_eq!(stdout(&deleted).trim(), "deleted beat");
+    let gone = service.cli(&["schedules", "resume", "beat"], None).await;
+    assert!(!gone.status.success());
+    assert!(
+        stderr(&gone).contains("unknown schedule \"beat\""),
+        "{}",
+        stderr(&gone)
+    );
+    let bad = service
+        .cli(
+            &[
+                "schedules",
+                "create",
+                "x",
+                "--cron",
+                "* * *",
+                "--topic",
+                "parcels",
+            ],
+            None,
+        )
+        .await;
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("5-field cron"), "{}", stderr(&bad));
 }

@@ -529,3 +529,76 @@ fn telemetry_is_off_by_default_and_checked_when_given() {
     );
     assert!(load(&ratio).is_err());
 }
+
+/// The base config with a `schedules:` section: its first schedule's name is on line 13,
+/// its definition (where errors point) from line 14.
+fn with_schedules(schedules: &str) -> String {
+    format!("{}schedules:\n{schedules}", with_trigger_config(""))
+}
+
+#[test]
+fn a_schedule_is_read_and_its_topic_declared() {
+    let config = load(&with_schedules(
+        "  nightly-report:
+    cron: \"0 2 * * *\"
+    timezone: Europe/Berlin
+    topic: reports.generate
+    data: { kind: nightly }
+    catch_up: last
+",
+    ))
+    .expect("valid");
+    let schedule = &config.schedules[0];
+    assert_eq!(schedule.name, "nightly-report");
+    assert_eq!(schedule.spec.catch_up, topiq_runs::CatchUp::Last);
+    assert_eq!(schedule.spec.data, serde_json::json!({"kind": "nightly"}));
+    assert!(
+        config
+            .topics
+            .keys()
+            .any(|topic| topic.as_str() == "reports.generate")
+    );
+}
+
+#[test]
+fn a_bad_schedule_is_refused_with_its_line() {
+    let bad_cron = "  nightly:\n    cron: \"0 0 2 * * *\"\n    topic: reports\n";
+    assert_error(
+        load(&with_schedules(bad_cron)),
+        14,
+        "schedules.nightly",
+        "5-field cron",
+    );
+    let bad_zone =
+        "  nightly:\n    cron: \"0 2 * * *\"\n    timezone: Moon/Base\n    topic: reports\n";
+    assert_error(
+        load(&with_schedules(bad_zone)),
+        14,
+        "schedules.nightly",
+        "IANA",
+    );
+    let bad_name = "  \"nightly report\":\n    every: 1m\n    topic: reports\n";
+    assert_error(
+        load(&with_schedules(bad_name)),
+        14,
+        "schedules.nightly report",
+        "letters, digits",
+    );
+    let unknown_key = "  nightly:\n    every: 1m\n    topic: reports\n    repeat: 3\n";
+    let err = load(&with_schedules(unknown_key)).expect_err("refused");
+    assert!(err.to_string().contains("repeat"), "{err}");
+}
+
+#[test]
+fn a_schedules_topic_must_keep_keys_long_enough() {
+    let text = with_schedules("  beat:\n    every: 1s\n    topic: beats\n").replace(
+        "        class: modules::queue::BuiltinQueueAdapter\n",
+        "        class: modules::queue::BuiltinQueueAdapter\n      topics:\n        beats: { idempotency_window: 5s }\n",
+    );
+    let err = load(&text).expect_err("refused");
+    assert!(
+        err.to_string().contains("schedules.beat.topic")
+            && err.to_string().contains("idempotency_window"),
+        "{err}"
+    );
+}
