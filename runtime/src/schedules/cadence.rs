@@ -233,6 +233,20 @@ mod tests {
     }
 
     #[test]
+    fn names_and_aliases_read_as_cron_writes_them() {
+        let weekdays = Cadence::of(&spec(Some("0 9 * * MON-FRI"), None, None)).unwrap();
+        assert_eq!(
+            ticks(&weekdays, "2026-12-04T10:00:00Z", 2), // a Friday
+            ["2026-12-07T09:00:00Z", "2026-12-08T09:00:00Z"]
+        );
+        let daily = Cadence::of(&spec(Some("@daily"), None, Some("Europe/Berlin"))).unwrap();
+        assert_eq!(
+            ticks(&daily, "2026-12-04T10:00:00Z", 1),
+            ["2026-12-04T23:00:00Z"]
+        );
+    }
+
+    #[test]
     fn a_bad_cadence_says_what_to_write() {
         let cases = [
             (spec(None, None, None), "exactly one of `cron`"),
