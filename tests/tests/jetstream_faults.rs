@@ -109,6 +109,19 @@ async fn no_acknowledged_message_is_lost_when_the_server_is_killed_twice() {
     adapter.close().await.ok();
 }
 
+/// A paused trigger drops its subscription while its pulls may still be open: what the
+/// server sends them then is released, not left to `ack_wait` (which spent an attempt).
+/// Failed before the dropped puller kept its reply subscription until its last pull expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_on_their_way_to_a_dropped_consumer_go_to_the_next_at_once() {
+    let server = NatsServer::start();
+    let adapter = jetstream_adapter(&server).await;
+    topiq_adapter::conformance::messages_on_their_way_to_a_dropped_consumer_go_to_the_next_at_once(
+        adapter,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_reaches_the_dlq_and_the_thousand_behind_it_are_handled() {
     let server = NatsServer::start();
@@ -124,7 +137,7 @@ async fn a_consumer_deleted_under_the_adapter_is_recreated() {
     let adapter = jetstream_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.deleted", |_| {}).await;
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 4 })
+        .consume(&key, ConsumeOptions::with_prefetch(4))
         .await
         .expect("consume");
     adapter
@@ -202,7 +215,7 @@ async fn an_idle_consumer_gets_a_new_message_at_once_on_its_first_attempt() {
     let adapter = jetstream_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.idle", |spec| spec.max_attempts = 1).await;
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 8 })
+        .consume(&key, ConsumeOptions::with_prefetch(8))
         .await
         .expect("consume");
     // Idle longer than any pull heartbeat would be.
@@ -233,7 +246,7 @@ async fn a_consumer_waiting_past_its_pull_expiry_gets_every_new_message_at_once(
     let (topic, key) = declared(&adapter, "faults.expiry", |_| {}).await;
     let prefetch = 4;
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch })
+        .consume(&key, ConsumeOptions::with_prefetch(prefetch))
         .await
         .expect("consume");
     // Waiting (and so pulling) through more than one request expiry.
@@ -348,7 +361,7 @@ async fn per_topic_stream_settings_apply_and_a_full_stream_refuses_publishes() {
     );
     // Every accepted message is still there, in order.
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 64 })
+        .consume(&key, ConsumeOptions::with_prefetch(64))
         .await
         .expect("consume");
     for n in 0..accepted {
@@ -376,7 +389,7 @@ async fn an_enqueue_whose_key_cannot_be_recorded_fails_and_sends_nothing() {
     let adapter = quick_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.ledger", |_| {}).await;
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 4 })
+        .consume(&key, ConsumeOptions::with_prefetch(4))
         .await
         .expect("consume");
     // The key's ledger is gone (an operator deleted it, or it cannot take writes).
@@ -409,7 +422,7 @@ async fn a_key_whose_first_publisher_died_after_its_claim_still_gets_its_message
     let adapter = quick_adapter(&server).await;
     let (topic, key) = declared(&adapter, "faults.claim", |_| {}).await;
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 4 })
+        .consume(&key, ConsumeOptions::with_prefetch(4))
         .await
         .expect("consume");
     // Another message waits on the topic, so its subject is not empty.
@@ -516,7 +529,7 @@ async fn a_delayed_message_whose_topic_is_gone_holds_up_no_other_and_is_dead_let
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     let mut subscription = adapter
-        .consume(&live_key, ConsumeOptions { prefetch: 4 })
+        .consume(&live_key, ConsumeOptions::with_prefetch(4))
         .await
         .expect("consume");
     let started = Instant::now();
@@ -605,7 +618,7 @@ async fn a_full_stream_refuses_at_once_with_broker_full_and_takes_publishes_agai
 
     // Consuming frees room: the next publish is taken, and nothing stored was lost.
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 64 })
+        .consume(&key, ConsumeOptions::with_prefetch(64))
         .await
         .expect("consume");
     for _ in 0..5 {
@@ -684,7 +697,7 @@ async fn a_consumer_deleted_with_messages_waiting_skips_none_of_them_and_is_repo
         waiting.insert(receipt.message_id);
     }
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 1 })
+        .consume(&key, ConsumeOptions::with_prefetch(1))
         .await
         .expect("consume");
     let slow = delivered(&mut subscription, Duration::from_secs(10), "the first").await;

@@ -180,7 +180,7 @@ async fn consume<A: Adapter>(
     adapter
         .consume(
             &SubscriptionKey::new(topic.clone(), trigger(name)),
-            ConsumeOptions { prefetch },
+            ConsumeOptions::with_prefetch(prefetch),
         )
         .await
         .expect("consume")
@@ -1486,6 +1486,51 @@ pub async fn deliveries_taken_ahead_but_never_handed_out_spend_no_attempt<A: Ada
         delivery.ack().await.expect("ack");
     }
     assert_eq!(dlq_count(&adapter, &topic, Some("t")).await, 0);
+    adapter.close().await.expect("close");
+}
+
+/// Semantics 12 and 17 (a paused trigger drops its subscription while its topic keeps
+/// getting messages): whatever was on its way to a consumer when it was dropped goes to the
+/// next consumer at once, on its first attempt, instead of waiting out a lease nobody holds.
+///
+/// Not yet in [`conformance_tests!`]: it passes on the in-memory adapter and JetStream (whose
+/// fault tests run it), and fails about one run in three on RabbitMQ, where the message at the
+/// head of a dropped consumer's buffer comes back counted (an open issue).
+pub async fn messages_on_their_way_to_a_dropped_consumer_go_to_the_next_at_once<A: Adapter>(
+    adapter: A,
+) {
+    const MESSAGES: usize = 300;
+    let topic = setup(&adapter, "ontheway", &["t"], |spec| {
+        spec.visibility_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut first = consume(&adapter, &topic, "t", 64).await;
+    let publishing = async {
+        let mut ids = HashSet::new();
+        for n in 0..MESSAGES {
+            ids.insert(publish(&adapter, &topic, json!(n)).await);
+        }
+        ids
+    };
+    let taking = async {
+        let mut handled = HashSet::new();
+        while handled.len() < MESSAGES / 3 {
+            let delivery = receive(&mut first).await;
+            handled.insert(delivery.envelope().id.clone());
+            delivery.ack().await.expect("ack");
+        }
+        drop(first);
+        handled
+    };
+    let (mut ids, handled) = futures::join!(publishing, taking);
+    ids.retain(|id| !handled.contains(id));
+    let mut next = consume(&adapter, &topic, "t", 64).await;
+    while !ids.is_empty() {
+        let delivery = receive(&mut next).await;
+        assert_eq!(delivery.envelope().attempt, 1, "{:?}", delivery.envelope());
+        ids.remove(&delivery.envelope().id);
+        delivery.ack().await.expect("ack");
+    }
     adapter.close().await.expect("close");
 }
 

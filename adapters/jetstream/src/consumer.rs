@@ -65,6 +65,7 @@ pub(crate) fn subscribe(
             top_up_at,
             silence: Box::pin(tokio::time::sleep(SILENCE)),
             last_heard: Instant::now(),
+            pulled_at: Instant::now(),
             backoff: INITIAL_BACKOFF,
             ack_floor: None,
             returned_at: None,
@@ -114,6 +115,9 @@ struct Puller {
     silence: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// When the last message or status arrived, or the last request was sent.
     last_heard: Instant,
+    /// When the last pull request was sent: until it expires, the server may deliver to the
+    /// reply subject.
+    pulled_at: Instant,
     backoff: Duration,
     /// The consumer's ack floor (stream sequence) when this puller last got it; `Some` once
     /// it had the consumer, so a consumer that is gone afterwards was deleted under topiq.
@@ -321,6 +325,7 @@ impl Puller {
             Ok(()) => {
                 self.reserved.extend(fresh);
                 self.last_heard = Instant::now();
+                self.pulled_at = self.last_heard;
                 Some(true)
             }
             Err(err) => {
@@ -804,33 +809,61 @@ async fn release_unhanded(shared: &Shared, key: &SubscriptionKey, message: async
 
 impl Drop for Puller {
     /// Releases what the subscription received but never handed out (at shutdown, or when
-    /// the trigger stops): without it, the server would deliver it again after `ack_wait`
-    /// and count an attempt no handler made. A message still on its way when the reply
-    /// subject goes is delivered again that way; the server sends none after it.
+    /// the trigger stops or pauses): without it, the server would deliver it again after
+    /// `ack_wait` and count an attempt no handler made. Requests still open may deliver for
+    /// up to [`PULL_EXPIRES`] more (a paused trigger's topic keeps getting messages), so the
+    /// reply subscription is kept that long and what arrives is released too, unless the
+    /// adapter closes first (then the server delivers it again after `ack_wait`).
     fn drop(&mut self) {
-        let mut buffered: Vec<async_nats::Message> =
+        let buffered: Vec<async_nats::Message> =
             self.backlog.drain(..).map(|(message, _)| message).collect();
-        if let Some((_, mut subscriber)) = self.inbox.take() {
-            while let Some(Some(message)) = subscriber.next().now_or_never() {
-                buffered.push(message);
-            }
-        }
-        buffered.retain(|message| matches!(message.status, None | Some(StatusCode::OK)));
+        let inbox = self.inbox.take().map(|(_, subscriber)| subscriber);
+        let open_until = (!self.reserved.is_empty())
+            .then(|| self.pulled_at + PULL_EXPIRES + Duration::from_millis(500));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if buffered.is_empty() {
+        if buffered.is_empty() && inbox.is_none() {
             return;
         }
         let (shared, key) = (Arc::clone(&self.shared), self.spec.key.clone());
-        self.shared.releases.spawn_on(
+        let releases = shared.releases.clone();
+        releases.spawn_on(
             async move {
                 for message in buffered {
                     release_unhanded(&shared, &key, message).await;
                 }
+                if let Some(subscriber) = inbox {
+                    drain_open_pulls(&shared, &key, subscriber, open_until).await;
+                }
             },
             &runtime,
         );
+    }
+}
+
+/// Releases what arrives on a dropped puller's reply `subscriber` until its last request
+/// expired (`open_until`; at once when none was open) or the adapter closes.
+async fn drain_open_pulls(
+    shared: &Shared,
+    key: &SubscriptionKey,
+    mut subscriber: async_nats::Subscriber,
+    open_until: Option<Instant>,
+) {
+    let deadline = open_until.unwrap_or_else(Instant::now);
+    loop {
+        let next = if Instant::now() >= deadline || shared.releases.is_closed() {
+            subscriber.next().now_or_never().flatten()
+        } else {
+            tokio::select! {
+                next = subscriber.next() => next,
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        };
+        let Some(message) = next else { return };
+        if matches!(message.status, None | Some(StatusCode::OK)) {
+            release_unhanded(shared, key, message).await;
+        }
     }
 }
 
