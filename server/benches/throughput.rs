@@ -110,12 +110,7 @@ async fn adapter_only(count: usize, template: &Value) -> Duration {
         .await
         .unwrap();
     let mut subscription = adapter
-        .consume(
-            &key,
-            ConsumeOptions {
-                prefetch: CONCURRENCY,
-            },
-        )
+        .consume(&key, ConsumeOptions::with_prefetch(CONCURRENCY))
         .await
         .unwrap();
     let started = Instant::now();

@@ -112,7 +112,7 @@ impl Ledger {
         let (ledger, adapter, key) = (self.clone(), adapter.clone(), key.clone());
         tokio::spawn(async move {
             let mut subscription = adapter
-                .consume(&key, ConsumeOptions { prefetch })
+                .consume(&key, ConsumeOptions::with_prefetch(prefetch))
                 .await
                 .expect("consume");
             while let Some(delivery) = subscription.next().await {
@@ -138,7 +138,7 @@ impl Ledger {
         let (ledger, adapter, key) = (self.clone(), adapter.clone(), key.clone());
         tokio::spawn(async move {
             let mut subscription = adapter
-                .consume(&key, ConsumeOptions { prefetch })
+                .consume(&key, ConsumeOptions::with_prefetch(prefetch))
                 .await
                 .expect("consume");
             while let Some(delivery) = subscription.next().await {

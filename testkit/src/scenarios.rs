@@ -68,7 +68,7 @@ pub async fn poison_message_with_a_thousand_behind<A: Adapter>(
         }
     }
     let mut subscription = adapter
-        .consume(key, ConsumeOptions { prefetch: 32 })
+        .consume(key, ConsumeOptions::with_prefetch(32))
         .await
         .expect("consume");
     let (mut handled, mut poison_attempts) = (HashSet::new(), 0);

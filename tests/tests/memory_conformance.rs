@@ -11,3 +11,11 @@ async fn messages_on_their_way_to_a_dropped_consumer_go_to_the_next_at_once() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_hold_their_messages_through_retries_and_redrives() {
+    topiq_adapter::conformance::lanes_hold_their_messages_through_retries_and_redrives(
+        BuiltinQueueAdapter::new(),
+    )
+    .await;
+}

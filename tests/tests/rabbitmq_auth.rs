@@ -71,7 +71,7 @@ async fn user_and_password_work_and_stay_out_of_errors_and_logs() {
         .await
         .unwrap();
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 1 })
+        .consume(&key, ConsumeOptions::with_prefetch(1))
         .await
         .unwrap();
     let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())

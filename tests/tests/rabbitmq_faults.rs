@@ -115,7 +115,7 @@ async fn a_consumer_aborted_mid_handler_has_its_message_delivered_again() {
         let (got, key) = (Arc::clone(&got), keys[0].clone());
         tokio::spawn(async move {
             let mut subscription = in_handler
-                .consume(&key, ConsumeOptions { prefetch: 1 })
+                .consume(&key, ConsumeOptions::with_prefetch(1))
                 .await
                 .expect("consume");
             let _delivery = subscription.next().await;
@@ -128,7 +128,7 @@ async fn a_consumer_aborted_mid_handler_has_its_message_delivered_again() {
     worker.abort();
     let _ = worker.await;
     let mut survivor = adapter
-        .consume(&keys[0], ConsumeOptions { prefetch: 1 })
+        .consume(&keys[0], ConsumeOptions::with_prefetch(1))
         .await
         .expect("consume");
     let again = tokio::time::timeout(Duration::from_secs(10), survivor.next())
@@ -158,11 +158,11 @@ async fn a_channel_the_server_closes_does_not_stop_the_other_consumers() {
     let (adapter, vhost) = rabbitmq_adapter().await;
     let (topic, keys) = declared(&adapter, "faults.channel", &["a", "b"], |_| {}).await;
     let mut a = adapter
-        .consume(&keys[0], ConsumeOptions { prefetch: 8 })
+        .consume(&keys[0], ConsumeOptions::with_prefetch(8))
         .await
         .expect("consume a");
     let mut b = adapter
-        .consume(&keys[1], ConsumeOptions { prefetch: 8 })
+        .consume(&keys[1], ConsumeOptions::with_prefetch(8))
         .await
         .expect("consume b");
     // Another application's adapter on the same vhost declares a queue topiq owns with other
@@ -257,7 +257,7 @@ async fn an_idempotency_key_holds_across_processes_publishing_at_once() {
         "every duplicate names the original's id: {receipts:?}"
     );
     let mut subscription = first
-        .consume(&keys[0], ConsumeOptions { prefetch: 8 })
+        .consume(&keys[0], ConsumeOptions::with_prefetch(8))
         .await
         .expect("consume");
     let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next())
@@ -348,7 +348,7 @@ async fn a_message_that_kills_its_consumer_on_a_classic_queue_is_dead_lettered_a
     let mut starts = Vec::new();
     for _ in 0..6 {
         let mut subscription = adapter
-            .consume(&keys[0], ConsumeOptions { prefetch: 1 })
+            .consume(&keys[0], ConsumeOptions::with_prefetch(1))
             .await
             .expect("consume");
         match tokio::time::timeout(Duration::from_secs(5), subscription.next()).await {
@@ -428,7 +428,7 @@ async fn a_memory_alarm_refuses_publishes_with_broker_full_and_loses_nothing_sto
     };
     accepted.insert(after);
     let mut subscription = adapter
-        .consume(&keys[0], ConsumeOptions { prefetch: 32 })
+        .consume(&keys[0], ConsumeOptions::with_prefetch(32))
         .await
         .expect("consume");
     while !accepted.is_empty() {
@@ -480,7 +480,7 @@ async fn a_redrive_to_a_deleted_trigger_queue_keeps_every_record_while_others_pu
     .await;
     let (busy, _) = declared(&adapter, "faults.busy", &["b"], |_| {}).await;
     let mut subscription = adapter
-        .consume(&keys[0], ConsumeOptions { prefetch: 8 })
+        .consume(&keys[0], ConsumeOptions::with_prefetch(8))
         .await
         .expect("consume");
     const RECORDS: u64 = 30;

@@ -1534,6 +1534,89 @@ pub async fn messages_on_their_way_to_a_dropped_consumer_go_to_the_next_at_once<
     adapter.close().await.expect("close");
 }
 
+/// Semantic 17 (priority): a topic split into lanes keeps each message in its lane for
+/// every trigger: each lane is consumed on its own, a retry and a redrive stay in their lane,
+/// the counts cover every lane, and a lane the topic does not have is refused.
+///
+/// Run by the adapters whose `max_lanes` is above 1 (the in-memory adapter so far).
+pub async fn lanes_hold_their_messages_through_retries_and_redrives<A: Adapter>(adapter: A) {
+    let topic = setup_topic(
+        &adapter,
+        "lanes",
+        |spec| spec.lanes = 3,
+        &["a", "b"],
+        |spec| {
+            spec.max_attempts = 2;
+        },
+    )
+    .await;
+    let key = |name: &str| SubscriptionKey::new(topic.clone(), trigger(name));
+    for (lane, data) in [(0, "low"), (2, "high"), (1, "middle")] {
+        let message = NewMessage::new(json!(data)).lane(lane);
+        adapter.publish(&topic, message).await.expect("publish");
+    }
+    let refused = adapter
+        .publish(&topic, NewMessage::new(json!("x")).lane(3))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::InvalidArgument {
+                argument: "lane",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let stats = adapter.stats(&key("a")).await.expect("stats");
+    assert_eq!(stats.waiting, 3, "the counts cover every lane: {stats:?}");
+    for (lane, data) in [(2, "high"), (1, "middle"), (0, "low")] {
+        for name in ["a", "b"] {
+            let options = ConsumeOptions::with_prefetch(4).on_lane(lane);
+            let mut sub = adapter.consume(&key(name), options).await.expect("consume");
+            let delivery = receive(&mut sub).await;
+            assert_eq!(
+                *delivery.envelope().data,
+                json!(data),
+                "lane {lane} of {name}"
+            );
+            if name == "b" || lane != 2 {
+                delivery.ack().await.expect("ack");
+                expect_nothing(&mut sub, QUIET_PERIOD).await;
+                continue;
+            }
+            // A retry comes back in its lane, then its last attempt dead-letters it.
+            delivery.nack(Duration::ZERO).await.expect("nack");
+            let again = receive(&mut sub).await;
+            assert_eq!(
+                (again.envelope().attempt, &*again.envelope().data),
+                (2, &json!("high"))
+            );
+            again.dead_letter(failure("no")).await.expect("dead_letter");
+        }
+    }
+    let redriven = adapter
+        .dlq_redrive(&topic, Some(&trigger("a")), DlqSelection::All)
+        .await
+        .expect("redrive");
+    assert_eq!(redriven, 1);
+    let mut low = consume(&adapter, &topic, "a", 4).await;
+    expect_nothing(&mut low, QUIET_PERIOD).await;
+    let options = ConsumeOptions::with_prefetch(4).on_lane(2);
+    let mut high = adapter.consume(&key("a"), options).await.expect("consume");
+    let back = receive(&mut high).await;
+    assert_eq!(
+        (back.envelope().attempt, &*back.envelope().data),
+        (1, &json!("high"))
+    );
+    back.ack().await.expect("ack");
+    let beyond = adapter
+        .consume(&key("a"), ConsumeOptions::with_prefetch(1).on_lane(3))
+        .await;
+    assert!(beyond.is_err(), "a lane the topic does not have is refused");
+    adapter.close().await.expect("close");
+}
+
 /// Semantics 8 and 15: a delivery taken ahead while the consumer's handlers were busy keeps
 /// its whole visibility timeout from the moment it is handed out: the broker does not give it
 /// to another consumer of the trigger while the first still holds its lease.

@@ -44,6 +44,13 @@ pub struct DeadLetter {
     pub idempotency_key: Option<String>,
     /// When the message was first enqueued.
     pub enqueued_at: Timestamp,
+    /// The topic's lane the message was in (a redrive puts it back there).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lane: u32,
+}
+
+fn is_zero(lane: &u32) -> bool {
+    *lane == 0
 }
 
 impl DeadLetter {

@@ -93,7 +93,7 @@ pub use names::{
 };
 pub use spec::{
     Capabilities, ConsumeOptions, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT, SubscriptionSpec, TopicSpec,
+    DEFAULT_VISIBILITY_TIMEOUT, MAX_LANES, MIN_VISIBILITY_TIMEOUT, SubscriptionSpec, TopicSpec,
 };
 pub use subscription::Subscription;
 

@@ -29,6 +29,8 @@ pub struct NewMessage {
     pub deliver_at: Option<Timestamp>,
     /// W3C trace context to carry to the handler.
     pub trace: TraceContext,
+    /// The topic's lane it goes to (0 unless the topic has [`lanes`](crate::TopicSpec::lanes)).
+    pub lane: u32,
 }
 
 impl NewMessage {
@@ -39,6 +41,7 @@ impl NewMessage {
             idempotency_key: None,
             deliver_at: None,
             trace: TraceContext::default(),
+            lane: 0,
         }
     }
 
@@ -68,6 +71,26 @@ impl NewMessage {
     pub fn trace(mut self, trace: TraceContext) -> Self {
         self.trace = trace;
         self
+    }
+
+    /// Puts the message in `lane` of its topic.
+    pub fn lane(mut self, lane: u32) -> Self {
+        self.lane = lane;
+        self
+    }
+
+    /// Checks the message's lane against its topic's `lanes`.
+    pub fn check_lane(&self, topic: &TopicName, lanes: u32) -> Result<()> {
+        if self.lane < lanes {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument {
+            argument: "lane",
+            reason: format!(
+                "topic {topic} has {lanes} lane(s), numbered from 0; got lane {}",
+                self.lane
+            ),
+        })
     }
 
     /// Checks a message for [`Adapter::publish_to`](crate::Adapter::publish_to): delivered at

@@ -18,6 +18,9 @@ pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// call it protects, and clocks of two machines differ by that much.
 pub const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The most lanes a topic is split into (priority levels).
+pub const MAX_LANES: u32 = 10;
+
 /// The default attempt limit: the first attempt and three retries.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 
@@ -35,6 +38,12 @@ pub struct TopicSpec {
     /// Dead-letter records older than this are discarded; `None` keeps them until redriven or
     /// purged.
     pub dlq_retention: Option<Duration>,
+    /// How many lanes its messages are split into (1: none; at most [`MAX_LANES`]): each
+    /// message goes to one ([`NewMessage::lane`](crate::NewMessage::lane)) and every trigger
+    /// consumes each lane separately ([`ConsumeOptions::lane`]), so the runtime decides which
+    /// lane a trigger takes from next (the priority levels). Lane 0 is where a topic without
+    /// lanes keeps its messages.
+    pub lanes: u32,
 }
 
 impl TopicSpec {
@@ -46,6 +55,7 @@ impl TopicSpec {
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             retention: None,
             dlq_retention: None,
+            lanes: 1,
         }
     }
 
@@ -64,6 +74,19 @@ impl TopicSpec {
             return Err(Error::InvalidArgument {
                 argument: "idempotency_window",
                 reason: "must be longer than zero".into(),
+            });
+        }
+        if self.lanes == 0 || self.lanes > MAX_LANES {
+            return Err(Error::InvalidArgument {
+                argument: "lanes",
+                reason: format!("must be 1 to {MAX_LANES}, got {}", self.lanes),
+            });
+        }
+        if self.lanes > capabilities.max_lanes {
+            return Err(Error::Unsupported {
+                adapter: capabilities.adapter,
+                option: "lanes",
+                hint: "this adapter does not split topics into lanes yet: leave out the option that needs them (priority levels)",
             });
         }
         if (self.retention.is_some() || self.dlq_retention.is_some()) && !capabilities.retention {
@@ -140,9 +163,21 @@ pub struct ConsumeOptions {
     /// At most this many deliveries are handed to this consumer and left unsettled at once
     /// (the runtime sets it to the trigger's concurrency times its batch size).
     pub prefetch: u32,
+    /// The lane of the topic this consumer takes from (0 on a topic without lanes).
+    pub lane: u32,
 }
 
 impl ConsumeOptions {
+    /// Lane 0 with `prefetch`.
+    pub fn with_prefetch(prefetch: u32) -> Self {
+        Self { prefetch, lane: 0 }
+    }
+
+    /// The same options on `lane`.
+    pub fn on_lane(self, lane: u32) -> Self {
+        Self { lane, ..self }
+    }
+
     /// Checks the options' ranges.
     pub fn validate(&self) -> Result<()> {
         if self.prefetch == 0 {
@@ -157,7 +192,7 @@ impl ConsumeOptions {
 
 impl Default for ConsumeOptions {
     fn default() -> Self {
-        Self { prefetch: 1 }
+        Self::with_prefetch(1)
     }
 }
 
@@ -177,4 +212,6 @@ pub struct Capabilities {
     pub retention: bool,
     /// The largest `max_message_bytes` a topic may set.
     pub max_message_bytes: usize,
+    /// The most [`lanes`](TopicSpec::lanes) a topic may have (1: none).
+    pub max_lanes: u32,
 }

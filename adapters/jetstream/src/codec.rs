@@ -64,6 +64,9 @@ impl Headers for Metadata {
         if let Some(at) = self.expires_at {
             headers.insert(header::EXPIRES_AT, at.to_string().as_str());
         }
+        if self.lane > 0 {
+            headers.insert(header::LANE, self.lane.to_string().as_str());
+        }
         headers
     }
 
@@ -76,8 +79,8 @@ impl Headers for Metadata {
         // One pass over the (few) headers instead of a hashed lookup per name.
         let (mut id, mut msg_id, mut enqueued_at, mut attempt_base, mut first_failed_at) =
             (None, None, None, None, None);
-        let (mut traceparent, mut baggage, mut idempotency_key, mut expires_at) =
-            (None, None, None, None);
+        let (mut traceparent, mut baggage, mut idempotency_key, mut expires_at, mut lane) =
+            (None, None, None, None, None);
         for (name, values) in headers.iter() {
             let Some(value) = values.first().map(|value| value.as_str()) else {
                 continue;
@@ -92,6 +95,7 @@ impl Headers for Metadata {
                 name if *name == header::BAGGAGE => &mut baggage,
                 name if *name == header::IDEMPOTENCY_KEY => &mut idempotency_key,
                 name if *name == header::EXPIRES_AT => &mut expires_at,
+                name if *name == header::LANE => &mut lane,
                 _ => continue,
             };
             *slot = Some(value);
@@ -113,6 +117,7 @@ impl Headers for Metadata {
             baggage: baggage.map(str::to_owned),
             idempotency_key: idempotency_key.map(str::to_owned),
             expires_at: expires_at.and_then(|at| Timestamp::from_str(at).ok()),
+            lane: lane.and_then(|lane| lane.parse().ok()).unwrap_or(0),
         })
     }
 }

@@ -22,6 +22,8 @@ pub(crate) mod header {
     pub(crate) const DELIVER_AT: HeaderName = HeaderName::from_static("Topiq-Deliver-At");
     /// When the topic's retention runs out for the message.
     pub(crate) const EXPIRES_AT: HeaderName = HeaderName::from_static("Topiq-Expires-At");
+    /// The topic's lane a message is in, when not lane 0.
+    pub(crate) const LANE: HeaderName = HeaderName::from_static("Topiq-Lane");
     /// The topic a delayed message is for.
     pub(crate) const TOPIC: HeaderName = HeaderName::from_static("Topiq-Topic");
     /// W3C trace context.

@@ -62,6 +62,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     max_delay: None,
     retention: true,
     max_message_bytes: DEFAULT_MAX_PAYLOAD - HEADER_ROOM,
+    max_lanes: 1,
 };
 
 /// How long `health` waits for a flush of a connected client.

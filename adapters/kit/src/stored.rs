@@ -30,6 +30,8 @@ pub struct Stored {
     /// When the topic's retention runs out for this message (kept by retries and releases;
     /// a redrive sets a new one).
     pub expires_at: Option<Timestamp>,
+    /// The topic's lane it is in (kept by every copy: a retry, a release, a redrive).
+    pub lane: u32,
 }
 
 impl Stored {
@@ -51,7 +53,13 @@ impl Stored {
             baggage: trace.baggage,
             idempotency_key,
             expires_at: retention_end(retention, retained_from),
+            lane: 0,
         }
+    }
+
+    /// The same message in `lane` of its topic.
+    pub fn in_lane(self, lane: u32) -> Self {
+        Self { lane, ..self }
     }
 
     /// The message of a DLQ `record` sent back to its trigger: attempts start again, and
@@ -66,6 +74,7 @@ impl Stored {
             baggage: record.baggage.clone(),
             idempotency_key: record.idempotency_key.clone(),
             expires_at: retention_end(retention, Timestamp::now()),
+            lane: record.lane,
         }
     }
 
@@ -118,6 +127,7 @@ impl Stored {
             baggage: self.baggage.clone(),
             idempotency_key: self.idempotency_key.clone(),
             enqueued_at: self.enqueued_at,
+            lane: self.lane,
         }
     }
 }

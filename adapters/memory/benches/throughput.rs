@@ -76,7 +76,7 @@ async fn adapter(count: usize, template: &Value) -> Duration {
         .await
         .unwrap();
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: PREFETCH })
+        .consume(&key, ConsumeOptions::with_prefetch(PREFETCH))
         .await
         .unwrap();
     let started = Instant::now();

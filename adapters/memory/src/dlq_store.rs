@@ -132,6 +132,7 @@ mod tests {
             baggage: None,
             idempotency_key: None,
             enqueued_at: failed_at,
+            lane: 0,
         }
     }
 

@@ -34,7 +34,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use topiq_adapter::{
     Adapter, Capabilities, ConsumeOptions, DeadLetters, DlqPage, DlqQuery, DlqSelection, Error,
-    NewMessage, PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec,
+    MAX_LANES, NewMessage, PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec,
     SubscriptionStats, TopicName, TopicSpec, TriggerName,
 };
 
@@ -56,6 +56,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     max_delay: None,
     retention: true,
     max_message_bytes: MAX_MESSAGE_BYTES,
+    max_lanes: MAX_LANES,
 };
 
 /// topiq's in-memory adapter. Cheap to clone: clones share the same topics and queues.
@@ -93,7 +94,10 @@ impl BuiltinQueueAdapter {
     fn topic_for_dlq(&self, name: &TopicName, trigger: Option<&TriggerName>) -> Result<Arc<Topic>> {
         let topic = self.topic(name)?;
         match trigger {
-            Some(trigger) => topic.require_queue(trigger)?.run_timers(),
+            Some(trigger) => topic
+                .lanes_of(trigger)
+                .iter()
+                .for_each(|queue| queue.run_timers()),
             None => topic.queues().iter().for_each(|queue| queue.run_timers()),
         }
         Ok(topic)
@@ -165,7 +169,9 @@ impl Adapter for BuiltinQueueAdapter {
         options: ConsumeOptions,
     ) -> Result<Subscription> {
         options.validate()?;
-        let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
+        let queue = self
+            .topic(&key.topic)?
+            .require_queue(&key.trigger, options.lane)?;
         let slot = Arc::new(ConsumerSlot::new(options.prefetch));
         let deliveries = futures::stream::unfold((queue, slot), move |(queue, slot)| async move {
             let delivery = queue.next_delivery(&slot).await?;
@@ -175,9 +181,19 @@ impl Adapter for BuiltinQueueAdapter {
     }
 
     async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
-        let queue = self.topic(&key.topic)?.require_queue(&key.trigger)?;
-        debug_assert_eq!(queue.key(), key);
-        Ok(queue.stats())
+        let topic = self.topic(&key.topic)?;
+        topic.require_queue(&key.trigger, 0)?;
+        let mut total = SubscriptionStats::default();
+        for (lane, queue) in topic.lanes_of(&key.trigger).iter().enumerate() {
+            let stats = queue.stats();
+            total.waiting += stats.waiting;
+            total.delayed += stats.delayed;
+            total.in_flight += stats.in_flight;
+            if lane == 0 {
+                total.dead_lettered = stats.dead_lettered;
+            }
+        }
+        Ok(total)
     }
 
     async fn health(&self) -> Result<()> {

@@ -35,6 +35,8 @@ pub(crate) struct StoredMessage {
     pub(crate) traceparent: Option<String>,
     pub(crate) baggage: Option<String>,
     pub(crate) idempotency_key: Option<String>,
+    /// The topic's lane it is in.
+    pub(crate) lane: u32,
 }
 
 /// A message waiting in one trigger's queue, with its attempt count there.
@@ -85,6 +87,7 @@ impl Pending {
             baggage: message.baggage.clone(),
             idempotency_key: message.idempotency_key.clone(),
             enqueued_at: message.enqueued_at,
+            lane: message.lane,
         }
     }
 }
@@ -255,9 +258,10 @@ enum Taken {
     Wait(Option<Instant>),
 }
 
-/// One trigger's queue.
+/// One trigger's queue (of one lane of its topic).
 pub(crate) struct TriggerQueue {
     key: SubscriptionKey,
+    lane: u32,
     topic: Arc<TopicShared>,
     /// Where this trigger's dead letters are also published (weak: a topic's queues must not
     /// keep topics alive in a cycle).
@@ -270,13 +274,14 @@ pub(crate) struct TriggerQueue {
 
 impl TriggerQueue {
     pub(crate) fn new(
-        spec: SubscriptionSpec,
+        (spec, lane): (SubscriptionSpec, u32),
         retention: Option<Duration>,
         topic: Arc<TopicShared>,
         dead_letter_topic: Option<Weak<dyn DeadLetterTarget>>,
     ) -> Self {
         Self {
             key: spec.key,
+            lane,
             topic,
             dead_letter_topic: RwLock::new(dead_letter_topic),
             state: Mutex::new(QueueState {
@@ -295,12 +300,27 @@ impl TriggerQueue {
         }
     }
 
-    pub(crate) fn key(&self) -> &SubscriptionKey {
-        &self.key
-    }
-
     pub(crate) fn trigger(&self) -> &TriggerName {
         &self.key.trigger
+    }
+
+    /// The topic's lane this queue holds.
+    pub(crate) fn lane(&self) -> u32 {
+        self.lane
+    }
+
+    /// The delivery policy it runs (its dead-letter topic is [`Self::dead_letter_topic`]).
+    pub(crate) fn spec(&self) -> SubscriptionSpec {
+        let state = lock(&self.state);
+        let mut spec = SubscriptionSpec::new(self.key.clone());
+        spec.max_attempts = state.max_attempts;
+        spec.visibility_timeout = state.visibility_timeout;
+        spec
+    }
+
+    /// Where its dead letters are also published.
+    pub(crate) fn dead_letter_topic(&self) -> Option<Weak<dyn DeadLetterTarget>> {
+        read(&self.dead_letter_topic).clone()
     }
 
     pub(crate) fn set_dead_letter_topic(&self, topic: Option<Weak<dyn DeadLetterTarget>>) {

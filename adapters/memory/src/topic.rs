@@ -36,8 +36,10 @@ impl Topic {
         }
     }
 
+    /// Takes a redeclared topic's options; more lanes than before add each trigger's queues
+    /// of the new lanes (fewer keep the queues, and what they hold, until the process ends).
     pub(crate) fn update(&self, spec: TopicSpec) {
-        let retention = spec.retention;
+        let (retention, lanes) = (spec.retention, spec.lanes);
         *self
             .shared
             .spec
@@ -45,6 +47,15 @@ impl Topic {
             .unwrap_or_else(PoisonError::into_inner) = spec;
         for queue in read(&self.queues).iter() {
             queue.set_retention(retention);
+        }
+        let lane_zero: Vec<Arc<TriggerQueue>> = self
+            .queues()
+            .into_iter()
+            .filter(|queue| queue.lane() == 0)
+            .collect();
+        for queue in lane_zero {
+            let spec = queue.spec();
+            self.add_lanes(&spec, lanes, queue.dead_letter_topic());
         }
     }
 
@@ -56,37 +67,81 @@ impl Topic {
         dead_letter_topic: Option<Weak<Topic>>,
     ) {
         let dead_letter_topic = dead_letter_topic.map(|topic| topic as Weak<dyn DeadLetterTarget>);
-        if let Some(queue) = self.queue(&spec.key.trigger) {
+        let lanes = read(&self.shared.spec).lanes;
+        for queue in self.lanes_of(&spec.key.trigger) {
             queue.set_policy(spec.max_attempts, spec.visibility_timeout);
-            queue.set_dead_letter_topic(dead_letter_topic);
-            return;
+            queue.set_dead_letter_topic(dead_letter_topic.clone());
         }
+        self.add_lanes(&spec, lanes, dead_letter_topic);
+    }
+
+    /// Adds the queues of `spec`'s trigger for the lanes below `lanes` it does not have.
+    fn add_lanes(
+        &self,
+        spec: &SubscriptionSpec,
+        lanes: u32,
+        dead_letter_topic: Option<Weak<dyn DeadLetterTarget>>,
+    ) {
         let retention = read(&self.shared.spec).retention;
-        let queue = Arc::new(TriggerQueue::new(
-            spec,
-            retention,
-            Arc::clone(&self.shared),
-            dead_letter_topic,
-        ));
         let mut queues = self.queues.write().unwrap_or_else(PoisonError::into_inner);
-        // Another caller may have declared it between the read above and this write.
-        if !queues.iter().any(|q| q.trigger() == queue.trigger()) {
-            queues.push(queue);
+        for lane in 0..lanes {
+            // Another caller may have declared it meanwhile.
+            let exists = queues
+                .iter()
+                .any(|q| q.trigger() == &spec.key.trigger && q.lane() == lane);
+            if !exists {
+                queues.push(Arc::new(TriggerQueue::new(
+                    (spec.clone(), lane),
+                    retention,
+                    Arc::clone(&self.shared),
+                    dead_letter_topic.clone(),
+                )));
+            }
         }
     }
 
-    pub(crate) fn queue(&self, trigger: &TriggerName) -> Option<Arc<TriggerQueue>> {
+    /// The queue of `trigger`'s `lane`.
+    pub(crate) fn queue(&self, trigger: &TriggerName, lane: u32) -> Option<Arc<TriggerQueue>> {
         read(&self.queues)
             .iter()
-            .find(|queue| queue.trigger() == trigger)
+            .find(|queue| queue.trigger() == trigger && queue.lane() == lane)
             .cloned()
     }
 
-    pub(crate) fn require_queue(&self, trigger: &TriggerName) -> Result<Arc<TriggerQueue>> {
-        self.queue(trigger)
-            .ok_or_else(|| Error::UnknownSubscription {
-                key: SubscriptionKey::new(self.shared.name.clone(), trigger.clone()),
-            })
+    /// Every lane's queue of `trigger`, lane 0 first.
+    pub(crate) fn lanes_of(&self, trigger: &TriggerName) -> Vec<Arc<TriggerQueue>> {
+        let mut lanes: Vec<Arc<TriggerQueue>> = read(&self.queues)
+            .iter()
+            .filter(|queue| queue.trigger() == trigger)
+            .cloned()
+            .collect();
+        lanes.sort_by_key(|queue| queue.lane());
+        lanes
+    }
+
+    /// The queue of `trigger`'s `lane`; an undeclared trigger or a lane the topic does not
+    /// have is an error.
+    pub(crate) fn require_queue(
+        &self,
+        trigger: &TriggerName,
+        lane: u32,
+    ) -> Result<Arc<TriggerQueue>> {
+        if let Some(queue) = self.queue(trigger, lane) {
+            return Ok(queue);
+        }
+        if self.queue(trigger, 0).is_some() {
+            return Err(Error::InvalidArgument {
+                argument: "lane",
+                reason: format!(
+                    "topic {} has {} lane(s), numbered from 0; got lane {lane}",
+                    self.shared.name,
+                    read(&self.shared.spec).lanes
+                ),
+            });
+        }
+        Err(Error::UnknownSubscription {
+            key: SubscriptionKey::new(self.shared.name.clone(), trigger.clone()),
+        })
     }
 
     pub(crate) fn queues(&self) -> Vec<Arc<TriggerQueue>> {
@@ -95,11 +150,12 @@ impl Topic {
 
     /// Validates, deduplicates and fans one message out to every trigger queue.
     pub(crate) fn publish(&self, message: NewMessage) -> Result<PublishReceipt> {
-        let (limit, window) = {
+        let (limit, window, lanes) = {
             let spec = read(&self.shared.spec);
-            (spec.max_message_bytes, spec.idempotency_window)
+            (spec.max_message_bytes, spec.idempotency_window, spec.lanes)
         };
         message.validate(&self.shared.name, limit)?;
+        message.check_lane(&self.shared.name, lanes)?;
         let Some(key) = message.idempotency_key.clone() else {
             let id = self.fan_out(message);
             return Ok(PublishReceipt {
@@ -138,9 +194,12 @@ impl Topic {
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
             idempotency_key: message.idempotency_key,
+            lane: message.lane,
         });
         for queue in read(&self.queues).iter() {
-            queue.enqueue(Pending::first(Arc::clone(&stored)), due);
+            if queue.lane() == stored.lane {
+                queue.enqueue(Pending::first(Arc::clone(&stored)), due);
+            }
         }
         id
     }
@@ -154,7 +213,7 @@ impl Topic {
         message.check_direct()?;
         let limit = read(&self.shared.spec).max_message_bytes;
         message.validate(&self.shared.name, limit)?;
-        let queue = self.require_queue(trigger)?;
+        let queue = self.require_queue(trigger, message.lane)?;
         let now = Timestamp::now();
         let id = MessageId::generate();
         let stored = Arc::new(StoredMessage {
@@ -166,6 +225,7 @@ impl Topic {
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
             idempotency_key: None,
+            lane: message.lane,
         });
         queue.enqueue(Pending::first(stored), None);
         Ok(PublishReceipt {
@@ -174,9 +234,13 @@ impl Topic {
         })
     }
 
-    /// Puts redriven records back into the queue of the trigger each failed on.
+    /// Puts redriven records back into the queue of the trigger each failed on, in the lane
+    /// it was in (lane 0 when the topic has no such lane any more).
     pub(crate) fn redrive(&self, record: &DeadLetter) -> Result<()> {
-        let queue = self.require_queue(&record.trigger)?;
+        let queue = match self.queue(&record.trigger, record.lane) {
+            Some(queue) => queue,
+            None => self.require_queue(&record.trigger, 0)?,
+        };
         let stored = Arc::new(StoredMessage {
             id: record.id.clone(),
             topic: record.topic.clone(),
@@ -186,6 +250,7 @@ impl Topic {
             traceparent: record.traceparent.clone(),
             baggage: record.baggage.clone(),
             idempotency_key: record.idempotency_key.clone(),
+            lane: queue.lane(),
         });
         queue.enqueue(Pending::redriven(stored, record.first_failed_at), None);
         Ok(())

@@ -35,7 +35,7 @@ async fn messages_waiting_longer_than_the_retention_are_dead_lettered_as_expired
         .unwrap();
 
     let mut subscription = adapter
-        .consume(&key, ConsumeOptions { prefetch: 5 })
+        .consume(&key, ConsumeOptions::with_prefetch(5))
         .await
         .unwrap();
     let delivery = subscription.next().await.unwrap().unwrap();

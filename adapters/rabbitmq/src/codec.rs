@@ -12,6 +12,8 @@ pub(crate) mod header {
     pub(crate) const IDEMPOTENCY_KEY: &str = "topiq-idempotency-key";
     /// When the topic's retention runs out for the message (milliseconds since the epoch).
     pub(crate) const EXPIRES_AT: &str = "topiq-expires-at";
+    /// The topic's lane a message is in, when not lane 0.
+    pub(crate) const LANE: &str = "topiq-lane";
     pub(crate) const TRACEPARENT: &str = "traceparent";
     pub(crate) const BAGGAGE: &str = "baggage";
     /// Quorum queues count deliveries here (absent on the first).
@@ -59,6 +61,12 @@ impl Properties for Metadata {
         if let Some(at) = self.expires_at {
             headers.insert(header::EXPIRES_AT.into(), millis(at));
         }
+        if self.lane > 0 {
+            headers.insert(
+                header::LANE.into(),
+                AMQPValue::LongLongInt(i64::from(self.lane)),
+            );
+        }
         for (name, value) in [
             (header::TRACEPARENT, &self.traceparent),
             (header::BAGGAGE, &self.baggage),
@@ -96,6 +104,10 @@ impl Properties for Metadata {
             baggage: get(header::BAGGAGE).and_then(as_text),
             idempotency_key: get(header::IDEMPOTENCY_KEY).and_then(as_text),
             expires_at: get(header::EXPIRES_AT).and_then(as_timestamp),
+            lane: get(header::LANE)
+                .and_then(as_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
         })
     }
 }
@@ -162,6 +174,7 @@ mod tests {
             baggage: Some("user=42".into()),
             idempotency_key: Some("order-1".into()),
             expires_at: Some(Timestamp::from_millisecond(1_700_000_002_000).unwrap()),
+            lane: 3,
         };
         let back = Metadata::from_properties(&metadata.properties()).unwrap();
         assert_eq!(back, metadata);

@@ -70,6 +70,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     max_delay: Some(layout::MAX_DELAY),
     retention: true,
     max_message_bytes: MAX_MESSAGE_BYTES,
+    max_lanes: 1,
 };
 
 /// topiq's RabbitMQ adapter. Cheap to clone.

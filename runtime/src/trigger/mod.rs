@@ -216,7 +216,7 @@ impl Trigger {
         loop {
             match self
                 .adapter
-                .consume(&self.key, ConsumeOptions { prefetch })
+                .consume(&self.key, ConsumeOptions::with_prefetch(prefetch))
                 .await
             {
                 Ok(subscription) => return Some(subscription),

@@ -212,7 +212,7 @@ triggers:
             .await
             .unwrap();
         let subscription = adapter
-            .consume(&key, ConsumeOptions { prefetch: 1 })
+            .consume(&key, ConsumeOptions::with_prefetch(1))
             .await
             .unwrap();
         let handler = |_message: Message| async { Ok(()) };

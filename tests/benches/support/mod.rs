@@ -535,12 +535,7 @@ pub async fn consume<A: Adapter>(
     key: &SubscriptionKey,
 ) -> topiq_adapter::Subscription {
     adapter
-        .consume(
-            key,
-            ConsumeOptions {
-                prefetch: WINDOW as u32,
-            },
-        )
+        .consume(key, ConsumeOptions::with_prefetch(WINDOW as u32))
         .await
         .unwrap()
 }
