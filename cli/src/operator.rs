@@ -61,6 +61,9 @@ pub(crate) struct EnqueueArgs {
     /// Deliver no sooner than this time (RFC 3339).
     #[arg(long)]
     run_at: Option<String>,
+    /// 0 (default) to the topic's priority_levels - 1; higher ones go first.
+    #[arg(long)]
+    priority: Option<u32>,
 }
 
 /// `topiq dlq ...`.
@@ -234,6 +237,9 @@ pub(crate) async fn enqueue(api: &ApiArgs, args: EnqueueArgs) -> Result<(), Comm
         if let Some(value) = value {
             call[key] = json!(value);
         }
+    }
+    if let Some(priority) = args.priority {
+        call["priority"] = json!(priority);
     }
     let result = api.client()?.call("queue.enqueue", call).await?;
     api.show(&result, |result| {

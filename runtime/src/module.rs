@@ -514,6 +514,7 @@ async fn declare_trigger(
     function: Function,
 ) -> Result<Trigger, StartError> {
     let key = SubscriptionKey::new(settings.topic.clone(), settings.name.clone());
+    let lanes = config.topics.get(&key.topic).map_or(1, |topic| topic.lanes);
     let mut spec = SubscriptionSpec::new(key.clone());
     spec.max_attempts = settings.retry.max_attempts;
     spec.visibility_timeout = settings.visibility_timeout;
@@ -536,6 +537,7 @@ async fn declare_trigger(
         messaging_system: config.adapter.class.messaging_system(),
         runs: None,
         pauses: runs.pauses().watch(),
+        lanes,
     })
 }
 

@@ -36,6 +36,10 @@ pub struct EnqueueRequest {
     /// W3C `baggage` to carry.
     #[serde(default)]
     pub baggage: Option<String>,
+    /// 0 (the default) to the topic's `priority_levels` - 1: with a backlog, higher ones are
+    /// handed out first.
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 /// The result of `queue.enqueue` and of each `queue.enqueue_batch` item.
@@ -84,6 +88,9 @@ pub struct BatchItem {
     /// As in `queue.enqueue`.
     #[serde(default)]
     pub baggage: Option<String>,
+    /// As in `queue.enqueue`.
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +101,27 @@ pub(super) struct EnqueueBatchRequest {
 }
 
 impl QueueModule {
+    /// `message` in the lane of `priority` on `topic`; a priority the topic has no level for
+    /// is refused, naming the option that gives it levels.
+    fn prioritized(
+        &self,
+        topic: &TopicName,
+        message: NewMessage,
+        priority: Option<u32>,
+    ) -> Result<NewMessage, CallError> {
+        let Some(priority) = priority else {
+            return Ok(message);
+        };
+        let levels = self.topic(topic).map_or(1, |spec| spec.lanes);
+        if priority >= levels {
+            return Err(CallError::invalid(format!(
+                "priority {priority}: topic {topic} has {levels} priority level(s), 0 to {} (higher first); set topics.{topic}.priority_levels for more",
+                levels - 1
+            )));
+        }
+        Ok(message.lane(priority))
+    }
+
     fn new_message(
         &self,
         data: Value,
@@ -152,6 +180,7 @@ impl QueueModule {
                 traceparent: request.traceparent,
                 baggage: request.baggage,
             });
+        let message = self.prioritized(&topic, message, request.priority)?;
         Ok(self.publish(&topic, message).await?.into())
     }
 
@@ -176,7 +205,7 @@ impl QueueModule {
         let mut messages = Vec::new();
         let mut slots = Vec::new();
         for item in items {
-            match self.batch_message(item) {
+            match self.batch_message(&topic, item) {
                 Ok(message) => {
                     slots.push(results.len());
                     results.push(None);
@@ -203,7 +232,7 @@ impl QueueModule {
             .collect())
     }
 
-    fn batch_message(&self, item: BatchItem) -> Result<NewMessage, CallError> {
+    fn batch_message(&self, topic: &TopicName, item: BatchItem) -> Result<NewMessage, CallError> {
         let trace = TraceContext {
             traceparent: item.traceparent,
             baggage: item.baggage,
@@ -214,7 +243,7 @@ impl QueueModule {
             item.delay.as_deref(),
             item.run_at.as_deref(),
         )?;
-        Ok(message.trace(trace))
+        self.prioritized(topic, message.trace(trace), item.priority)
     }
 
     /// Publishes `messages` in one publish span, counted in the metrics.

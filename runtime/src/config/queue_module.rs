@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use topiq_adapter::{Capabilities, DEFAULT_IDEMPOTENCY_WINDOW, Error, TopicName, TopicSpec};
+use serde_saphyr::Spanned;
+use topiq_adapter::{
+    Capabilities, DEFAULT_IDEMPOTENCY_WINDOW, Error, MAX_LANES, TopicName, TopicSpec,
+};
 
 use super::raw::{RawAdapter, RawModule, RawTopic};
 use super::source::spanned_at;
@@ -128,6 +131,9 @@ fn topic(
         .map_or(DEFAULT_IDEMPOTENCY_WINDOW, |window| window.0);
     spec.retention = raw.retention.map(|retention| retention.0);
     spec.dlq_retention = raw.dlq_retention.map(|retention| retention.0);
+    if let Some(levels) = &raw.priority_levels {
+        spec.lanes = priority_levels(file, &key, levels, capabilities)?;
+    }
     spec.validate(capabilities).map_err(|err| match err {
         Error::InvalidArgument { argument, reason } if argument == "max_message_bytes" => {
             ConfigError::invalid(limit_at, format!("{key}.{argument}"), reason)
@@ -149,6 +155,36 @@ fn topic(
         other => ConfigError::invalid(ConfigLocation::start_of(file), key, other.to_string()),
     })?;
     Ok(spec)
+}
+
+/// A topic's `priority_levels` (its lanes): 1 to [`MAX_LANES`], and no more than the adapter
+/// splits a topic into.
+fn priority_levels(
+    file: &str,
+    key: &str,
+    levels: &Spanned<u32>,
+    capabilities: &Capabilities,
+) -> Result<u32, ConfigError> {
+    let error = |message: String| {
+        ConfigError::invalid(
+            spanned_at(file, levels),
+            format!("{key}.priority_levels"),
+            message,
+        )
+    };
+    if levels.value == 0 || levels.value > MAX_LANES {
+        return Err(error(format!(
+            "must be 1 to {MAX_LANES} (priorities 0 to priority_levels - 1, higher first), got {}",
+            levels.value
+        )));
+    }
+    if levels.value > capabilities.max_lanes {
+        return Err(error(format!(
+            "{} cannot honour priority levels yet (it keeps one lane per topic); remove priority_levels or use an adapter that has them",
+            capabilities.adapter
+        )));
+    }
+    Ok(levels.value)
 }
 
 /// The key path of the first string in `value` that still holds a `${...}` reference (it was

@@ -115,6 +115,7 @@ pub(crate) struct RawTopic {
     pub(crate) idempotency_window: Option<ConfigDuration>,
     pub(crate) retention: Option<ConfigDuration>,
     pub(crate) dlq_retention: Option<ConfigDuration>,
+    pub(crate) priority_levels: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

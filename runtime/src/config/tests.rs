@@ -602,3 +602,41 @@ fn a_schedules_topic_must_keep_keys_long_enough() {
         "{err}"
     );
 }
+
+#[test]
+fn priority_levels_are_checked_against_the_adapter() {
+    let topics = |levels: u32, class: &str| {
+        let options = if class == "JetStreamAdapter" {
+            "{ url: \"nats://127.0.0.1:4222\" }"
+        } else {
+            "{}"
+        };
+        format!(
+            "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::{class}
+        config: {options}
+      topics:
+        jobs:
+          priority_levels: {levels}
+"
+        )
+    };
+    let config = load(&topics(3, "BuiltinQueueAdapter")).expect("valid");
+    let jobs = TopicName::new("jobs").unwrap();
+    assert_eq!(config.topics[&jobs].lanes, 3);
+    assert_error(
+        load(&topics(11, "BuiltinQueueAdapter")),
+        9,
+        "modules[0].config.topics.jobs.priority_levels",
+        "must be 1 to 10",
+    );
+    assert_error(
+        load(&topics(2, "JetStreamAdapter")),
+        9,
+        "modules[0].config.topics.jobs.priority_levels",
+        "JetStreamAdapter cannot honour priority levels",
+    );
+}

@@ -15,6 +15,7 @@
 //! panics are `supervise.rs`, settlement is `settle.rs`; what became of each delivery is an
 //! [`Outcome`] (`outcome.rs`, beside the trigger: its spans record it too).
 
+mod lanes;
 mod settle;
 mod supervise;
 
@@ -33,7 +34,7 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topiq_adapter::{
-    ConsumeOptions, Delivery, Envelope, SharedAdapter, Subscription, SubscriptionKey, TriggerName,
+    ConsumeOptions, Delivery, Envelope, SharedAdapter, SubscriptionKey, TriggerName,
 };
 use tracing::Instrument;
 
@@ -42,6 +43,7 @@ use crate::function::{Function, HandlerError, Message};
 use crate::runs::{self, Runs};
 use crate::stats::TriggerCounters;
 use crate::telemetry;
+use lanes::Lanes;
 use supervise::{CallFailure, Limits, supervise};
 use topiq_runs::RunKey;
 
@@ -60,22 +62,20 @@ pub(crate) struct Trigger {
     pub(crate) runs: Option<Arc<Runs>>,
     /// The paused triggers: while its name is in the set, it holds no subscription.
     pub(crate) pauses: watch::Receiver<BTreeSet<TriggerName>>,
+    /// How many lanes (priority levels) its topic has: it consumes each.
+    pub(crate) lanes: u32,
 }
 
-/// The next delivery of `subscription`; never, without one.
-async fn next_of(
-    subscription: &mut Option<Subscription>,
-) -> Option<topiq_adapter::Result<Delivery>> {
-    match subscription {
-        Some(subscription) => subscription.next().await,
+/// The next delivery of `lanes`; never, without them.
+async fn next_of(lanes: &mut Option<Lanes>) -> Option<topiq_adapter::Result<Delivery>> {
+    match lanes {
+        Some(lanes) => lanes.next().await,
         None => std::future::pending().await,
     }
 }
 
 /// What `subscribing` ends with; never, when nothing is subscribing.
-async fn finish(
-    subscribing: &mut Option<BoxFuture<'_, Option<Subscription>>>,
-) -> Option<Subscription> {
+async fn finish(subscribing: &mut Option<BoxFuture<'_, Option<Lanes>>>) -> Option<Lanes> {
     match subscribing {
         Some(subscribing) => subscribing.await,
         None => std::future::pending().await,
@@ -140,8 +140,8 @@ impl Trigger {
         let abort = &lifecycle.abort;
         let slots = Slots::default();
         let mut running = FuturesUnordered::new();
-        let mut subscription: Option<Subscription> = None;
-        let mut subscribing: Option<BoxFuture<'_, Option<Subscription>>> = None;
+        let mut subscription: Option<Lanes> = None;
+        let mut subscribing: Option<BoxFuture<'_, Option<Lanes>>> = None;
         // After a subscription error, pulling waits a second while running calls go on.
         let resume = sleep(Duration::ZERO);
         tokio::pin!(resume);
@@ -193,8 +193,8 @@ impl Trigger {
         while running.next().await.is_some() {}
     }
 
-    /// Lets go of the subscription of a trigger just paused.
-    fn let_go(&self, subscription: Option<Subscription>) {
+    /// Lets go of the subscriptions of a trigger just paused.
+    fn let_go(&self, subscription: Option<Lanes>) {
         if subscription.is_some() {
             self.subscribed.store(false, Ordering::Relaxed);
             drop(subscription);
@@ -202,7 +202,9 @@ impl Trigger {
         }
     }
 
-    async fn subscribe(&self, stop: &CancellationToken) -> Option<Subscription> {
+    /// Subscribes to every lane of the trigger's topic (one, without priority levels),
+    /// trying again with a growing pause until `stop`.
+    async fn subscribe(&self, stop: &CancellationToken) -> Option<Lanes> {
         // A recording trigger settles once its run's event is stored: up to SETTLING_AHEAD
         // deliveries may wait for that while the handlers go on with the next ones, so one
         // store write carries many settlements (its latency is paid once for all of them).
@@ -214,12 +216,8 @@ impl Trigger {
         let prefetch = self.settings.concurrency * self.settings.batch_size + settling;
         let mut wait = Duration::from_millis(100);
         loop {
-            match self
-                .adapter
-                .consume(&self.key, ConsumeOptions::with_prefetch(prefetch))
-                .await
-            {
-                Ok(subscription) => return Some(subscription),
+            match self.consume_lanes(prefetch).await {
+                Ok(lanes) => return Some(lanes),
                 Err(err) => {
                     tracing::error!(trigger = %self.key, error = %err, retry_in = ?wait, "cannot subscribe");
                 }
@@ -232,12 +230,18 @@ impl Trigger {
         }
     }
 
+    /// One subscription per lane, each with `prefetch`.
+    async fn consume_lanes(&self, prefetch: u32) -> topiq_adapter::Result<Lanes> {
+        let mut subscriptions = Vec::with_capacity(self.lanes as usize);
+        for lane in 0..self.lanes.max(1) {
+            let options = ConsumeOptions::with_prefetch(prefetch).on_lane(lane);
+            subscriptions.push(self.adapter.consume(&self.key, options).await?);
+        }
+        Ok(Lanes::new(subscriptions))
+    }
+
     /// Adds to `first` the deliveries that are ready now, up to `batch_size`.
-    fn fill_batch(
-        &self,
-        first: Delivery,
-        subscription: &mut Option<Subscription>,
-    ) -> Vec<Delivery> {
+    fn fill_batch(&self, first: Delivery, subscription: &mut Option<Lanes>) -> Vec<Delivery> {
         let mut batch = vec![first];
         while batch.len() < self.settings.batch_size as usize {
             match next_of(subscription).now_or_never() {

@@ -226,6 +226,7 @@ triggers:
             messaging_system: "topiq",
             runs: None,
             pauses: tokio::sync::watch::Sender::default().subscribe(),
+            lanes: 1,
         };
         (trigger, subscription)
     }

@@ -1,0 +1,95 @@
+//! A trigger's intake from a topic split into lanes (priority levels): one subscription per
+//! lane, and the order they are asked in. The highest lane goes first, except that every
+//! [`SHARE_EVERY`]th pull starts at the next lane in turn (0, 1, ... up to the highest, then
+//! 0 again), so a lower lane with messages waiting is served at least once every
+//! `SHARE_EVERY × lanes` pulls however busy the higher ones are (the starvation bound).
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use futures::StreamExt;
+use topiq_adapter::{Delivery, Subscription};
+
+/// Every this many pulls, the lane whose turn it is goes first.
+pub(crate) const SHARE_EVERY: u64 = 8;
+
+/// The subscriptions of one trigger, by lane, and where the rotation stands.
+pub(crate) struct Lanes {
+    subscriptions: Vec<Subscription>,
+    pulls: u64,
+    turn: usize,
+}
+
+impl Lanes {
+    /// Lane `n` is `subscriptions[n]`.
+    pub(crate) fn new(subscriptions: Vec<Subscription>) -> Self {
+        Self {
+            subscriptions,
+            pulls: 0,
+            turn: 0,
+        }
+    }
+
+    /// The next delivery: the first lane, in this pull's order, that has one ready; `None`
+    /// once any lane's subscription ended.
+    pub(crate) async fn next(&mut self) -> Option<topiq_adapter::Result<Delivery>> {
+        let order = self.order();
+        let next = poll_fn(|cx| {
+            for &lane in &order {
+                if let Poll::Ready(item) = self.subscriptions[lane].poll_next_unpin(cx) {
+                    return Poll::Ready(item);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        self.pulls += 1;
+        next
+    }
+
+    fn order(&mut self) -> Vec<usize> {
+        pull_order(self.pulls, &mut self.turn, self.subscriptions.len())
+    }
+}
+
+/// The order of `count` lanes at pull number `pulls` (from 0): highest first, or (every
+/// [`SHARE_EVERY`]th pull) the lane whose `turn` it is, then the others highest first; moves
+/// the turn on when it was used.
+fn pull_order(pulls: u64, turn: &mut usize, count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).rev().collect();
+    if count > 1 && (pulls + 1) % SHARE_EVERY == 0 {
+        let first = *turn;
+        *turn = (*turn + 1) % count;
+        order.retain(|&lane| lane != first);
+        order.insert(0, first);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{SHARE_EVERY, pull_order};
+
+    #[test]
+    fn the_highest_lane_goes_first_and_each_lane_gets_its_turn() {
+        let mut turn = 0;
+        let orders: Vec<Vec<usize>> = (0..SHARE_EVERY * 3)
+            .map(|pull| pull_order(pull, &mut turn, 3))
+            .collect();
+        let firsts: Vec<usize> = orders.iter().map(|order| order[0]).collect();
+        let mut expected = vec![2; usize::try_from(SHARE_EVERY * 3).unwrap()];
+        for lane in 0..3 {
+            expected[usize::try_from(SHARE_EVERY).unwrap() * (lane + 1) - 1] = lane;
+        }
+        assert_eq!(firsts, expected);
+        assert_eq!(
+            orders[7],
+            [0, 2, 1],
+            "the turn's lane, then the rest highest first"
+        );
+        assert_eq!(orders[15], [1, 2, 0]);
+        assert_eq!(pull_order(7, &mut 0, 1), [0], "one lane: nothing to rotate");
+    }
+}
