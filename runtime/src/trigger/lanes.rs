@@ -57,7 +57,7 @@ impl Lanes {
 /// the turn on when it was used.
 fn pull_order(pulls: u64, turn: &mut usize, count: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..count).rev().collect();
-    if count > 1 && (pulls + 1) % SHARE_EVERY == 0 {
+    if count > 1 && (pulls + 1).is_multiple_of(SHARE_EVERY) {
         let first = *turn;
         *turn = (*turn + 1) % count;
         order.retain(|&lane| lane != first);
