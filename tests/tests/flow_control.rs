@@ -2,7 +2,9 @@
 //! instances on one trigger sharing one runs store: pausing a trigger (every instance stops
 //! taking messages within a second, running calls finish, enqueue goes on, the pause
 //! survives restarts, resuming hands everything out once, on its first attempt); schedules
-//! (each tick fires once whichever instances run; after downtime `catch_up` decides).
+//! (each tick fires once whichever instances run; after downtime `catch_up` decides);
+//! priority under a backlog with two instances (on the in-memory adapter, the one where
+//! priority holds so far).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -51,7 +53,14 @@ fn config(broker: &Broker, store: &Store) -> Config {
 }
 
 fn config_with(broker: &Broker, store: &Store, schedules: &str) -> Config {
-    let text = format!(
+    let text = config_text(broker, store, schedules);
+    Config::from_yaml_with_variables(&text, "test.yaml", &HashMap::new())
+        .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// The text of [`config_with`].
+fn config_text(broker: &Broker, store: &Store, schedules: &str) -> String {
+    format!(
         "modules:
   - class: modules::queue::QueueModule
     config:
@@ -75,9 +84,7 @@ triggers:
 {schedules}",
         adapter = broker.adapter_yaml(),
         store = store.url(),
-    );
-    Config::from_yaml_with_variables(&text, "test.yaml", &HashMap::new())
-        .unwrap_or_else(|err| panic!("{err}"))
+    )
 }
 
 /// One handler call: the message's `n`, its attempt, when it started and whether it
@@ -406,5 +413,62 @@ async fn after_downtime_catch_up_decides_the_missed_ticks(broker: Broker, store:
     stop(&first, first_workers, &broker).await;
     if matches!(broker, Broker::Memory) {
         first.close().await;
+    }
+}
+
+/// On the in-memory adapter only: JetStream and RabbitMQ refuse `priority_levels` until
+/// priority holds on them across instances (docs/flow-control.md).
+mod priority_goes_highest_first_with_two_instances {
+    use topiq_testkit::{Broker, Store};
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory() {
+        super::priority_goes_highest_first_with_two_instances(Broker::Memory, Store::sqlite())
+            .await;
+    }
+}
+
+const LEVELS: &str = "      topics:\n        orders: { priority_levels: 3 }\n";
+
+/// 40 messages at priority 0, then 40 at 2, waiting before two instances start: the high
+/// ones go first, and the low ones keep moving (the starvation bound).
+async fn priority_goes_highest_first_with_two_instances(broker: Broker, store: Store) {
+    let work = Work::default();
+    let config = || {
+        let text = config_text(&broker, &store, "").replace(
+            "      shutdown_grace",
+            &format!("{LEVELS}      shutdown_grace"),
+        );
+        Config::from_yaml_with_variables(&text, "test.yaml", &HashMap::new())
+            .unwrap_or_else(|err| panic!("{err}"))
+    };
+    let first = instance_of(&broker, config(), &work, None).await;
+    let second = instance_of(&broker, config(), &work, Some(&first)).await;
+    for p in [0_u64, 2] {
+        for n in 0..40 {
+            let data = json!({"n": p * 100 + n, "wait_ms": 5});
+            let args = json!({"topic": "orders", "data": data, "priority": p});
+            call(&first, "queue.enqueue", args).await;
+        }
+    }
+    let workers = [first.start_workers(), second.start_workers()];
+    work.wait_for(80, Duration::from_secs(60)).await;
+    let calls = work.calls();
+    let last_high = calls.iter().rposition(|call| call.n >= 200).unwrap();
+    let lows_early = calls[..last_high]
+        .iter()
+        .filter(|call| call.n < 100)
+        .count();
+    assert!(
+        (1..=16).contains(&lows_early),
+        "{lows_early} low before the last high: {:?}",
+        calls.iter().map(|call| call.n).collect::<Vec<_>>()
+    );
+    assert!(calls.iter().all(|call| call.attempt == 1), "{calls:?}");
+    for workers in workers {
+        workers.shutdown().await;
+    }
+    first.close().await;
+    if !matches!(broker, Broker::Memory) {
+        second.close().await;
     }
 }

@@ -35,6 +35,7 @@ pub(crate) fn subscribe(
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
     prefetch: u32,
+    lane: u32,
 ) -> Subscription {
     let slots = Arc::new(Semaphore::new(prefetch as usize));
     let trigger = &spec.key.trigger;
@@ -49,8 +50,8 @@ pub(crate) fn subscribe(
     // attempt is dead-lettered by the lease watcher, so that needs no pulling.
     let top_up_at = (prefetch as usize / 2).max(1);
     let pullers = [
-        (Layout::main_consumer(trigger), slots, top_up_at),
-        (Layout::direct_consumer(trigger), direct_slot, 1),
+        (Layout::main_consumer(trigger, lane), slots, top_up_at),
+        (Layout::direct_consumer(trigger, lane), direct_slot, 1),
     ]
     .map(|(consumer_name, slots, top_up_at)| {
         let puller = Puller {
@@ -396,7 +397,8 @@ async fn get_consumer(
     if let Some(consumer) = existing_consumer(&stream, name, had_floor.is_some()).await? {
         return Ok(consumer);
     }
-    let main = *name == Layout::main_consumer(&spec.key.trigger);
+    let lane = lane_of(spec, name);
+    let main = *name == Layout::main_consumer(&spec.key.trigger, lane);
     let deliver_policy = match had_floor {
         Some(floor) => {
             shared.report_lost_consumer(&spec.key, name);
@@ -408,11 +410,11 @@ async fn get_consumer(
         None => jetstream::consumer::DeliverPolicy::All,
     };
     let subject = if main {
-        shared.layout.topic_subject(&spec.key.topic)
+        shared.layout.lane_subject(&spec.key.topic, lane)
     } else {
         shared
             .layout
-            .direct_subject(&spec.key.topic, &spec.key.trigger)
+            .direct_subject(&spec.key.topic, &spec.key.trigger, lane)
     };
     let config = Shared::consumer_config(
         name.to_owned(),
@@ -424,6 +426,16 @@ async fn get_consumer(
         .get_or_create_consumer(name, config)
         .await
         .map_err(broker("create consumer"))
+}
+
+/// The lane of the trigger's consumer `name` (`m-`, `d-`: 0; `m<n>-`, `d<n>-`: n).
+fn lane_of(spec: &SubscriptionSpec, name: &str) -> u32 {
+    let tag_end = name
+        .len()
+        .saturating_sub(spec.key.trigger.as_str().len() + 1);
+    name.get(1..tag_end)
+        .and_then(|tag| tag.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The consumer `name` if the stream has it. One this puller `had` must be missing twice, a
@@ -760,12 +772,13 @@ async fn release_copy(
     let mut metadata = metadata.clone();
     metadata.attempt_base = attempt.saturating_sub(1);
     let dedup = format!("release:{}:{stream_sequence}:{attempt}", metadata.id);
+    let lane = metadata.lane;
     shared
-        .ensure_direct_consumer(&key.topic, &key.trigger)
+        .ensure_direct_consumer(&key.topic, &key.trigger, lane)
         .await?;
     shared
         .publish_confirmed(
-            shared.layout.direct_subject(&key.topic, &key.trigger),
+            shared.layout.direct_subject(&key.topic, &key.trigger, lane),
             metadata.headers(&dedup, Stamp::Copy),
             payload,
         )

@@ -198,15 +198,21 @@ async fn send_back(
     sequence: u64,
     record: &DeadLetter,
 ) -> Result<()> {
-    let metadata = Metadata::redriven(record, shared.topic(topic)?.retention);
+    let spec = shared.topic(topic)?;
+    let mut metadata = Metadata::redriven(record, spec.retention);
+    // Back in its lane, while the topic has it (lane 0 otherwise).
+    if metadata.lane >= spec.lanes {
+        metadata.lane = 0;
+    }
+    let lane = metadata.lane;
     shared
-        .ensure_direct_consumer(topic, &record.trigger)
+        .ensure_direct_consumer(topic, &record.trigger, lane)
         .await?;
     // A new dedup id per redrive, or the topic's duplicate window would swallow the copy.
     let dedup = format!("redrive:{}:{sequence}", record.id);
     shared
         .publish_confirmed(
-            shared.layout.direct_subject(topic, &record.trigger),
+            shared.layout.direct_subject(topic, &record.trigger, lane),
             metadata.headers(&dedup, crate::codec::Stamp::Copy),
             crate::codec::encode(&record.data)?,
         )

@@ -32,6 +32,16 @@ pub(crate) mod header {
     pub(crate) const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 }
 
+/// What a lane adds to a name: nothing for lane 0 (the names topics had before lanes), the
+/// lane's number for the others.
+fn lane_tag(lane: u32) -> String {
+    if lane == 0 {
+        String::new()
+    } else {
+        lane.to_string()
+    }
+}
+
 /// Names derived from the configured subject prefix.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
@@ -77,16 +87,27 @@ impl Layout {
 
     /// Where a publish to `topic` goes (every trigger receives it).
     pub(crate) fn topic_subject(&self, topic: &TopicName) -> String {
-        format!("{}.t.{topic}", self.prefix)
+        self.lane_subject(topic, 0)
     }
 
-    /// Where a copy for one trigger only goes (redrive, release).
-    pub(crate) fn direct_subject(&self, topic: &TopicName, trigger: &TriggerName) -> String {
-        format!("{}.d.{topic}.{trigger}", self.prefix)
+    /// Where a publish to `lane` of `topic` goes: lane 0 is the topic's subject
+    /// (`<prefix>.t.<topic>`), lane `n` `<prefix>.t<n>.<topic>`.
+    pub(crate) fn lane_subject(&self, topic: &TopicName, lane: u32) -> String {
+        format!("{}.t{}.{topic}", self.prefix, lane_tag(lane))
     }
 
-    pub(crate) fn direct_wildcard(&self, topic: &TopicName) -> String {
-        format!("{}.d.{topic}.*", self.prefix)
+    /// Where a copy for one trigger only goes (redrive, release), in its lane.
+    pub(crate) fn direct_subject(
+        &self,
+        topic: &TopicName,
+        trigger: &TriggerName,
+        lane: u32,
+    ) -> String {
+        format!("{}.d{}.{topic}.{trigger}", self.prefix, lane_tag(lane))
+    }
+
+    pub(crate) fn direct_wildcard(&self, topic: &TopicName, lane: u32) -> String {
+        format!("{}.d{}.{topic}.*", self.prefix, lane_tag(lane))
     }
 
     /// Where a trigger's dead-letter records go.
@@ -107,15 +128,15 @@ impl Layout {
         format!("{}.delayed.>", self.prefix)
     }
 
-    /// The durable consumer of a trigger's fan-out messages (`m-` and `d-` prefixes keep the
-    /// two names of every trigger apart from every other trigger's).
-    pub(crate) fn main_consumer(trigger: &TriggerName) -> String {
-        format!("m-{trigger}")
+    /// The durable consumer of a trigger's fan-out messages in `lane` (`m-`, `m<n>-`, `d-`
+    /// and `d<n>-` prefixes keep every name of a trigger apart from every other trigger's).
+    pub(crate) fn main_consumer(trigger: &TriggerName, lane: u32) -> String {
+        format!("m{}-{trigger}", lane_tag(lane))
     }
 
-    /// The durable consumer of a trigger's own copies.
-    pub(crate) fn direct_consumer(trigger: &TriggerName) -> String {
-        format!("d-{trigger}")
+    /// The durable consumer of a trigger's own copies in `lane`.
+    pub(crate) fn direct_consumer(trigger: &TriggerName, lane: u32) -> String {
+        format!("d{}-{trigger}", lane_tag(lane))
     }
 
     /// The durable consumer that releases delayed messages when due.

@@ -33,9 +33,9 @@ use async_nats::jetstream::{self};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use topiq_adapter::{
-    Adapter, Capabilities, ConsumeOptions, DeadLetters, Error, NewMessage, PublishReceipt, Result,
-    Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats, TopicName, TopicSpec,
-    TriggerName,
+    Adapter, Capabilities, ConsumeOptions, DeadLetters, Error, MAX_LANES, NewMessage,
+    PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
+    TopicName, TopicSpec, TriggerName,
 };
 
 pub use config::{JetStreamConfig, Storage};
@@ -62,7 +62,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     max_delay: None,
     retention: true,
     max_message_bytes: DEFAULT_MAX_PAYLOAD - HEADER_ROOM,
-    max_lanes: 1,
+    max_lanes: MAX_LANES,
 };
 
 /// How long `health` waits for a flush of a connected client.
@@ -264,10 +264,21 @@ impl Adapter for JetStreamAdapter {
     ) -> Result<Subscription> {
         let spec = self.shared.subscription(key)?;
         options.validate()?;
+        let lanes = self.shared.topic(&key.topic)?.lanes.max(1);
+        if options.lane >= lanes {
+            return Err(Error::InvalidArgument {
+                argument: "lane",
+                reason: format!(
+                    "topic {} has {lanes} lane(s), numbered from 0; got lane {}",
+                    key.topic, options.lane
+                ),
+            });
+        }
         Ok(consumer::subscribe(
             Arc::clone(&self.shared),
             spec,
             options.prefetch,
+            options.lane,
         ))
     }
 
@@ -281,10 +292,14 @@ impl Adapter for JetStreamAdapter {
             .map_err(broker("get stream"))?;
         let mut waiting = 0;
         let mut in_flight = 0;
-        for name in [
-            Layout::main_consumer(&key.trigger),
-            Layout::direct_consumer(&key.trigger),
-        ] {
+        let lanes = shared.topic(&key.topic)?.lanes.max(1);
+        let names = (0..lanes).flat_map(|lane| {
+            [
+                Layout::main_consumer(&key.trigger, lane),
+                Layout::direct_consumer(&key.trigger, lane),
+            ]
+        });
+        for name in names {
             let info = stream
                 .consumer_info(&name)
                 .await

@@ -97,16 +97,19 @@ impl Shared {
     pub(crate) fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
         let declared = self.declared_topic(topic)?;
         message.validate(topic, declared.spec.max_message_bytes)?;
+        message.check_lane(topic, declared.spec.lanes)?;
         let payload = codec::encode(&message.data)?;
         let now = Timestamp::now();
         let due = message.deliver_at.filter(|at| *at > now);
+        let lane = message.lane;
         let metadata = Metadata::enqueued(
             now,
             message.trace,
             message.idempotency_key,
             declared.spec.retention,
             due.unwrap_or(now),
-        );
+        )
+        .in_lane(lane);
         let id = metadata.id.clone();
         Ok(match due {
             // Forwarded later by the scheduler: the copy on the topic carries the enqueue time.
@@ -119,6 +122,14 @@ impl Shared {
                 metadata,
                 payload,
                 deliver_at: Some(at),
+            },
+            None if lane > 0 => Prepared {
+                topic: topic.clone(),
+                subject: self.layout.lane_subject(topic, lane).into(),
+                dedup_id: String::new(),
+                metadata,
+                payload,
+                deliver_at: None,
             },
             None => Prepared {
                 topic: topic.clone(),
@@ -154,9 +165,13 @@ impl Shared {
         message.check_direct()?;
         self.subscription(key)?;
         let mut prepared = self.prepare(&key.topic, message)?;
-        self.ensure_direct_consumer(&key.topic, &key.trigger)
+        let lane = prepared.metadata.lane;
+        self.ensure_direct_consumer(&key.topic, &key.trigger, lane)
             .await?;
-        prepared.subject = self.layout.direct_subject(&key.topic, &key.trigger).into();
+        prepared.subject = self
+            .layout
+            .direct_subject(&key.topic, &key.trigger, lane)
+            .into();
         self.publish_prepared(&prepared).await?;
         Ok(prepared.receipt())
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use topiq_adapter::{
-    Error, Result, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
+    Error, MAX_LANES, Result, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
 };
 
 use crate::config::{ResolvedStream, Storage};
@@ -29,7 +29,10 @@ impl Shared {
         self.ensure_open()?;
         spec.validate(&self.capabilities())?;
         let settings = self.config.stream_settings(spec.name.as_str());
-        self.ensure_stream(self.topic_stream(&spec, settings))
+        let lane_subjects: Vec<String> = (1..MAX_LANES)
+            .flat_map(|lane| self.lane_subjects(&spec.name, lane))
+            .collect();
+        self.ensure_stream_with(self.topic_stream(&spec, settings), &lane_subjects)
             .await?;
         let mut dlq_stream = self.topic_stream_config(
             self.layout.dlq_stream(&spec.name),
@@ -50,16 +53,21 @@ impl Shared {
         Ok(())
     }
 
-    /// The topic's own stream: its fan-out subject and its triggers' own subjects.
+    /// The subjects of `lane` of `topic`: its fan-out subject and its triggers' own.
+    fn lane_subjects(&self, topic: &TopicName, lane: u32) -> [String; 2] {
+        [
+            self.layout.lane_subject(topic, lane),
+            self.layout.direct_wildcard(topic, lane),
+        ]
+    }
+
+    /// The topic's own stream: the subjects of each of its lanes.
     fn topic_stream(&self, spec: &TopicSpec, settings: ResolvedStream) -> stream::Config {
-        let mut topic_stream = self.topic_stream_config(
-            self.layout.topic_stream(&spec.name),
-            vec![
-                self.layout.topic_subject(&spec.name),
-                self.layout.direct_wildcard(&spec.name),
-            ],
-            settings,
-        );
+        let subjects = (0..spec.lanes.max(1))
+            .flat_map(|lane| self.lane_subjects(&spec.name, lane))
+            .collect();
+        let mut topic_stream =
+            self.topic_stream_config(self.layout.topic_stream(&spec.name), subjects, settings);
         topic_stream.retention = stream::RetentionPolicy::Interest;
         if let Some(max_bytes) = settings.max_bytes {
             // A full stream refuses the publish: never is a stored message dropped for it.
@@ -111,16 +119,32 @@ impl Shared {
             .get_stream_no_info(shared.layout.topic_stream(&spec.key.topic))
             .await
             .map_err(broker("get stream"))?;
-        let trigger = &spec.key.trigger;
+        let lanes = shared.topic(&spec.key.topic)?.lanes.max(1);
+        for lane in 0..lanes {
+            shared.declare_lane_consumers(&stream, &spec, lane).await?;
+        }
+        shared.declared.add_subscription(spec);
+        Ok(())
+    }
+
+    /// Creates or checks the trigger's two consumers of `lane`: its fan-out messages and
+    /// its own copies.
+    async fn declare_lane_consumers(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        spec: &SubscriptionSpec,
+        lane: u32,
+    ) -> Result<()> {
+        let (topic, trigger) = (&spec.key.topic, &spec.key.trigger);
         for (name, filter, policy) in [
             (
-                Layout::main_consumer(trigger),
-                shared.layout.topic_subject(&spec.key.topic),
+                Layout::main_consumer(trigger, lane),
+                self.layout.lane_subject(topic, lane),
                 jetstream::consumer::DeliverPolicy::New,
             ),
             (
-                Layout::direct_consumer(trigger),
-                shared.layout.direct_subject(&spec.key.topic, trigger),
+                Layout::direct_consumer(trigger, lane),
+                self.layout.direct_subject(topic, trigger, lane),
                 jetstream::consumer::DeliverPolicy::All,
             ),
         ] {
@@ -154,18 +178,33 @@ impl Shared {
                 }
             }
         }
-        shared.declared.add_subscription(spec);
         Ok(())
     }
 
     /// Creates the stream, or checks an existing one: subjects, storage and retention must
     /// match; limits are updated.
     pub(crate) async fn ensure_stream(&self, wanted: stream::Config) -> Result<()> {
+        self.ensure_stream_with(wanted, &[]).await
+    }
+
+    /// [`ensure_stream`](Self::ensure_stream), where the subjects in `may_vary` (a topic's
+    /// lanes beyond lane 0) may be added to an existing stream; none is ever removed, so the
+    /// messages of a lane a config no longer has stay until it has it again.
+    pub(crate) async fn ensure_stream_with(
+        &self,
+        mut wanted: stream::Config,
+        may_vary: &[String],
+    ) -> Result<()> {
         match self.js.get_stream(&wanted.name).await {
             Ok(mut existing) => {
                 let info = existing.info().await.map_err(broker("stream info"))?;
                 let current = info.config.clone();
-                check_same_stream(&current, &wanted)?;
+                for subject in &current.subjects {
+                    if may_vary.contains(subject) && !wanted.subjects.contains(subject) {
+                        wanted.subjects.push(subject.clone());
+                    }
+                }
+                check_same_stream(&current, &wanted, may_vary)?;
                 if let Some(updated) = updated_limits(current, &wanted) {
                     self.js
                         .update_stream(updated)
@@ -224,6 +263,7 @@ impl Shared {
         &self,
         topic: &TopicName,
         trigger: &TriggerName,
+        lane: u32,
     ) -> Result<()> {
         let key = SubscriptionKey::new(topic.clone(), trigger.clone());
         let ack_wait = self
@@ -237,13 +277,13 @@ impl Shared {
             .get_stream_no_info(self.layout.topic_stream(topic))
             .await
             .map_err(broker("get stream"))?;
-        let name = Layout::direct_consumer(trigger);
+        let name = Layout::direct_consumer(trigger, lane);
         stream
             .get_or_create_consumer(
                 &name,
                 Shared::consumer_config(
                     name.clone(),
-                    self.layout.direct_subject(topic, trigger),
+                    self.layout.direct_subject(topic, trigger, lane),
                     ack_wait,
                     jetstream::consumer::DeliverPolicy::All,
                 ),
@@ -275,14 +315,24 @@ impl Shared {
     }
 }
 
-/// An existing stream must have the subjects, retention and storage topiq needs: otherwise it
-/// belongs to another topic or application, and is left alone.
-fn check_same_stream(current: &stream::Config, wanted: &stream::Config) -> Result<()> {
-    let mut subjects = current.subjects.clone();
-    let mut wanted_subjects = wanted.subjects.clone();
-    subjects.sort();
-    wanted_subjects.sort();
-    if subjects == wanted_subjects
+/// An existing stream must have the subjects (those in `may_vary` aside, which are added),
+/// retention and storage topiq needs: otherwise it belongs to another topic or application,
+/// and is left alone.
+fn check_same_stream(
+    current: &stream::Config,
+    wanted: &stream::Config,
+    may_vary: &[String],
+) -> Result<()> {
+    let fixed = |subjects: &[String]| {
+        let mut fixed: Vec<String> = subjects
+            .iter()
+            .filter(|subject| !may_vary.contains(subject))
+            .cloned()
+            .collect();
+        fixed.sort();
+        fixed
+    };
+    if fixed(&current.subjects) == fixed(&wanted.subjects)
         && current.retention == wanted.retention
         && current.storage == wanted.storage
     {
@@ -306,13 +356,19 @@ fn check_same_stream(current: &stream::Config, wanted: &stream::Config) -> Resul
 
 /// `current` with the limits of `wanted`, when any differs (limits change in place).
 fn updated_limits(current: stream::Config, wanted: &stream::Config) -> Option<stream::Config> {
-    let changed = current.max_age != wanted.max_age
+    let mut subjects = current.subjects.clone();
+    subjects.sort();
+    let mut wanted_subjects = wanted.subjects.clone();
+    wanted_subjects.sort();
+    let changed = subjects != wanted_subjects
+        || current.max_age != wanted.max_age
         || current.duplicate_window != wanted.duplicate_window
         || current.max_message_size != wanted.max_message_size
         || current.num_replicas != wanted.num_replicas
         || unlimited_as_negative(current.max_bytes) != unlimited_as_negative(wanted.max_bytes)
         || current.discard != wanted.discard;
     changed.then_some(stream::Config {
+        subjects: wanted.subjects.clone(),
         max_age: wanted.max_age,
         duplicate_window: wanted.duplicate_window,
         max_message_size: wanted.max_message_size,

@@ -3,48 +3,106 @@
 //! [`SHARE_EVERY`]th pull starts at the next lane in turn (0, 1, ... up to the highest, then
 //! 0 again), so a lower lane with messages waiting is served at least once every
 //! `SHARE_EVERY × lanes` pulls however busy the higher ones are (the starvation bound).
+//!
+//! A broker's subscription may be busy a moment before it hands out a message it holds (a
+//! round trip to restart the server's lease), so each pull asks every lane and keeps what a
+//! lane had ready while a higher one was busy: at most one delivery per lane waits here, and
+//! one that waited half its lease goes first, so no lease runs out in this hand.
 
 use std::future::poll_fn;
 use std::task::Poll;
+use std::time::Duration;
 
 use futures::StreamExt;
+use tokio::time::Instant;
 use topiq_adapter::{Delivery, Subscription};
 
 /// Every this many pulls, the lane whose turn it is goes first.
 pub(crate) const SHARE_EVERY: u64 = 8;
 
-/// The subscriptions of one trigger, by lane, and where the rotation stands.
+/// The subscriptions of one trigger, by lane, what each had ready, and where the rotation
+/// stands.
 pub(crate) struct Lanes {
     subscriptions: Vec<Subscription>,
+    /// Per lane, a delivery taken while a higher lane went first, with when it was taken.
+    waiting: Vec<Option<(Delivery, Instant)>>,
+    /// A delivery waiting this long goes first (half the trigger's visibility timeout).
+    max_wait: Duration,
     pulls: u64,
     turn: usize,
 }
 
 impl Lanes {
-    /// Lane `n` is `subscriptions[n]`.
-    pub(crate) fn new(subscriptions: Vec<Subscription>) -> Self {
+    /// Lane `n` is `subscriptions[n]`; a delivery kept waiting `max_wait` goes first.
+    pub(crate) fn new(subscriptions: Vec<Subscription>, max_wait: Duration) -> Self {
+        let waiting = subscriptions.iter().map(|_| None).collect();
         Self {
             subscriptions,
+            waiting,
+            max_wait,
             pulls: 0,
             turn: 0,
         }
     }
 
-    /// The next delivery: the first lane, in this pull's order, that has one ready; `None`
-    /// once any lane's subscription ended.
+    /// The next delivery: the first lane, in this pull's order, that has one ready (or one
+    /// that waited `max_wait`); `None` once any lane's subscription ended.
     pub(crate) async fn next(&mut self) -> Option<topiq_adapter::Result<Delivery>> {
         let order = self.order();
         let next = poll_fn(|cx| {
-            for &lane in &order {
-                if let Poll::Ready(item) = self.subscriptions[lane].poll_next_unpin(cx) {
-                    return Poll::Ready(item);
+            for lane in 0..self.subscriptions.len() {
+                if self.waiting[lane].is_some() {
+                    continue;
+                }
+                match self.subscriptions[lane].poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(delivery))) => {
+                        self.waiting[lane] = Some((delivery, Instant::now()));
+                    }
+                    Poll::Ready(other) => return Poll::Ready(other),
+                    Poll::Pending => {}
                 }
             }
-            Poll::Pending
+            match self.pick(&order) {
+                Some(delivery) => Poll::Ready(Some(Ok(delivery))),
+                None => Poll::Pending,
+            }
         })
         .await;
         self.pulls += 1;
         next
+    }
+
+    /// Ends the subscriptions, giving back (without spending an attempt) what waited here.
+    pub(crate) async fn give_back(mut self) {
+        let waiting: Vec<Delivery> = self
+            .waiting
+            .iter_mut()
+            .filter_map(|slot| slot.take().map(|(delivery, _)| delivery))
+            .collect();
+        drop(self);
+        for delivery in waiting {
+            let id = delivery.envelope().id.clone();
+            if let Err(err) = delivery.release().await {
+                tracing::warn!(%id, error = %err, "cannot give back a message that waited for its lane's turn; it is delivered again after its lease");
+            }
+        }
+    }
+
+    /// The delivery this pull hands out: one that waited `max_wait`, else the first lane in
+    /// `order` that has one.
+    fn pick(&mut self, order: &[usize]) -> Option<Delivery> {
+        let overdue = (0..self.waiting.len()).find(|&lane| {
+            self.waiting[lane]
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() >= self.max_wait)
+        });
+        let lane = overdue.or_else(|| {
+            order
+                .iter()
+                .copied()
+                .find(|&lane| self.waiting[lane].is_some())
+        })?;
+        self.waiting[lane].take().map(|(delivery, _)| delivery)
     }
 
     fn order(&mut self) -> Vec<usize> {

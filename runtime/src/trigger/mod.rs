@@ -149,7 +149,7 @@ impl Trigger {
         loop {
             if pauses.borrow_and_update().contains(&self.settings.name) {
                 subscribing = None;
-                self.let_go(subscription.take());
+                self.let_go(subscription.take()).await;
             } else if subscription.is_none() && subscribing.is_none() {
                 subscribing = Some(Box::pin(self.subscribe(&lifecycle.stop)));
             }
@@ -189,15 +189,17 @@ impl Trigger {
         }
         drop(subscribing);
         self.subscribed.store(false, Ordering::Relaxed);
-        drop(subscription);
+        if let Some(lanes) = subscription {
+            lanes.give_back().await;
+        }
         while running.next().await.is_some() {}
     }
 
     /// Lets go of the subscriptions of a trigger just paused.
-    fn let_go(&self, subscription: Option<Lanes>) {
-        if subscription.is_some() {
+    async fn let_go(&self, subscription: Option<Lanes>) {
+        if let Some(lanes) = subscription {
             self.subscribed.store(false, Ordering::Relaxed);
-            drop(subscription);
+            lanes.give_back().await;
             tracing::info!(trigger = %self.key, "paused: takes no new messages until resumed");
         }
     }
@@ -205,15 +207,7 @@ impl Trigger {
     /// Subscribes to every lane of the trigger's topic (one, without priority levels),
     /// trying again with a growing pause until `stop`.
     async fn subscribe(&self, stop: &CancellationToken) -> Option<Lanes> {
-        // A recording trigger settles once its run's event is stored: up to SETTLING_AHEAD
-        // deliveries may wait for that while the handlers go on with the next ones, so one
-        // store write carries many settlements (its latency is paid once for all of them).
-        let settling = if self.runs.is_some() {
-            SETTLING_AHEAD
-        } else {
-            0
-        };
-        let prefetch = self.settings.concurrency * self.settings.batch_size + settling;
+        let prefetch = self.prefetch();
         let mut wait = Duration::from_millis(100);
         loop {
             match self.consume_lanes(prefetch).await {
@@ -230,6 +224,19 @@ impl Trigger {
         }
     }
 
+    /// How many deliveries each of its subscriptions may hold unsettled. A recording trigger
+    /// settles once its run's event is stored: up to SETTLING_AHEAD deliveries may wait for
+    /// that while the handlers go on with the next ones, so one store write carries many
+    /// settlements (its latency is paid once for all of them).
+    fn prefetch(&self) -> u32 {
+        let handlers = self.settings.concurrency * self.settings.batch_size;
+        if self.runs.is_some() {
+            handlers + SETTLING_AHEAD
+        } else {
+            handlers
+        }
+    }
+
     /// One subscription per lane, each with `prefetch`.
     async fn consume_lanes(&self, prefetch: u32) -> topiq_adapter::Result<Lanes> {
         let mut subscriptions = Vec::with_capacity(self.lanes as usize);
@@ -237,7 +244,10 @@ impl Trigger {
             let options = ConsumeOptions::with_prefetch(prefetch).on_lane(lane);
             subscriptions.push(self.adapter.consume(&self.key, options).await?);
         }
-        Ok(Lanes::new(subscriptions))
+        Ok(Lanes::new(
+            subscriptions,
+            self.settings.visibility_timeout / 2,
+        ))
     }
 
     /// Adds to `first` the deliveries that are ready now, up to `batch_size`.
