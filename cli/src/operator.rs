@@ -190,6 +190,15 @@ fn dlq_call_args(which: &DlqArgs, filter: Option<&DlqFilterArgs>) -> Map<String,
     args
 }
 
+/// `paused` when `row` (a trigger or a schedule) says it is paused, `otherwise` when not.
+pub(crate) fn paused_or(row: &Value, otherwise: &'static str) -> &'static str {
+    if row["paused"] == json!(true) {
+        "paused"
+    } else {
+        otherwise
+    }
+}
+
 fn print_json(value: &Value) {
     println!(
         "{}",
@@ -502,11 +511,7 @@ pub(crate) async fn stats(api: &ApiArgs, topic: Option<String>) -> Result<(), Co
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"))
         };
-        let state = if row["paused"] == json!(true) {
-            "paused"
-        } else {
-            "running"
-        };
+        let state = paused_or(row, "running");
         println!(
             "{:<24} {:<20} {:>8} {:>9} {:>10} {:>7} {:>6} {:>10} {:>9} {:>9} {:>8}",
             row["topic"].as_str().unwrap_or_default(),

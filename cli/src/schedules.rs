@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use crate::operator::{ApiArgs, CommandError};
+use crate::operator::{ApiArgs, CommandError, paused_or};
 
 /// `topiq schedules`.
 #[derive(Subcommand)]
@@ -150,11 +150,7 @@ fn print_list(result: &Value) {
             (None, Some(every)) => format!("every {every}"),
             (None, None) => "-".to_owned(),
         };
-        let state = if schedule["paused"] == json!(true) {
-            "paused"
-        } else {
-            "active"
-        };
+        let state = paused_or(schedule, "active");
         println!(
             "{:<24} {:<22} {:<24} {:<8} {:<22} {}",
             text(&schedule["name"]),

@@ -4,7 +4,7 @@
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::operator::{ApiArgs, CommandError};
+use crate::operator::{ApiArgs, CommandError, paused_or};
 
 /// `topiq triggers`.
 #[derive(Subcommand)]
@@ -58,11 +58,7 @@ fn print_list(result: &Value) {
     println!("{:<28} {:<28} {:<24} STATE", "TRIGGER", "TOPIC", "FUNCTION");
     for trigger in result["triggers"].as_array().into_iter().flatten() {
         let text = |key: &str| trigger[key].as_str().unwrap_or_default().to_owned();
-        let state = if trigger["paused"] == json!(true) {
-            "paused"
-        } else {
-            "running"
-        };
+        let state = paused_or(trigger, "running");
         println!(
             "{:<28} {:<28} {:<24} {state}",
             text("trigger"),

@@ -7,7 +7,7 @@
 //! A broker's subscription may be busy a moment before it hands out a message it holds (a
 //! round trip to restart the server's lease), so each pull asks every lane and keeps what a
 //! lane had ready while a higher one was busy: at most one delivery per lane waits here, and
-//! one that waited half its lease goes first, so no lease runs out in this hand.
+//! one that waited a quarter of its lease goes first, so no lease runs out in this hand.
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -26,7 +26,8 @@ pub(crate) struct Lanes {
     subscriptions: Vec<Subscription>,
     /// Per lane, a delivery taken while a higher lane went first, with when it was taken.
     waiting: Vec<Option<(Delivery, Instant)>>,
-    /// A delivery waiting this long goes first (half the trigger's visibility timeout).
+    /// A delivery waiting this long goes first (a quarter of the trigger's visibility
+    /// timeout).
     max_wait: Duration,
     pulls: u64,
     turn: usize,

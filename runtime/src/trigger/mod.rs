@@ -244,9 +244,11 @@ impl Trigger {
             let options = ConsumeOptions::with_prefetch(prefetch).on_lane(lane);
             subscriptions.push(self.adapter.consume(&self.key, options).await?);
         }
+        // A delivery kept waiting a quarter of its lease still has three quarters when its
+        // handler starts, and the first extension comes after half of it.
         Ok(Lanes::new(
             subscriptions,
-            self.settings.visibility_timeout / 2,
+            self.settings.visibility_timeout / 4,
         ))
     }
 
