@@ -4,6 +4,8 @@
 //! OpenTelemetry and handed to its batch processor, whose exporter discards them) on a second
 //! runtime whose threads have that subscriber, rounds alternating with tracing off.
 //!
+//! Last, priority's overhead: a topic with three priority levels against one without.
+//!
 //! Run with `cargo bench -p topiq-server`; `TOPIQ_BENCH_MESSAGES` sets the messages per round
 //! (default 200,000).
 
@@ -139,12 +141,20 @@ async fn adapter_only(count: usize, template: &Value) -> Duration {
 }
 
 async fn through_runtime(count: usize, template: &Value) -> Duration {
+    through_levels(count, template, 1).await
+}
+
+/// [`through_runtime`] on a topic with `levels` priority levels, the messages spread evenly
+/// over them.
+async fn through_levels(count: usize, template: &Value, levels: u32) -> Duration {
     let yaml = format!(
         "modules:
   - class: modules::queue::QueueModule
     config:
       adapter:
         class: modules::queue::BuiltinQueueAdapter
+      topics:
+        bench: {{ priority_levels: {levels} }}
 triggers:
   bench:
     type: queue
@@ -176,9 +186,10 @@ triggers:
     let producer = {
         let (module, template) = (module.clone(), template.clone());
         tokio::spawn(async move {
-            for _ in 0..count {
+            for n in 0..count {
+                let lane = u32::try_from(n).unwrap() % levels;
                 module
-                    .publish(&topic, NewMessage::new(template.clone()))
+                    .publish(&topic, NewMessage::new(template.clone()).lane(lane))
                     .await
                     .unwrap();
             }
@@ -280,5 +291,30 @@ fn main() {
     println!(
         "target: ≥ 500,000 msg/s through the runtime → {}",
         if m >= 500_000.0 { "met" } else { "NOT met" }
+    );
+    priority_overhead(&runtime, count, &template);
+}
+
+/// Part 3: a topic without priority levels against one with three, rounds alternating.
+fn priority_overhead(runtime: &tokio::runtime::Runtime, count: usize, template: &Value) {
+    let (mut one, mut three) = (Vec::new(), Vec::new());
+    runtime.block_on(through_levels(count / 10, template, 3));
+    for round in 1..=ROUNDS {
+        let o = rate(count, runtime.block_on(through_levels(count, template, 1)));
+        let t = rate(count, runtime.block_on(through_levels(count, template, 3)));
+        println!("  round {round}/{ROUNDS}: 1 level {o:>10.0} msg/s, 3 levels {t:>10.0} msg/s");
+        one.push(o);
+        three.push(t);
+    }
+    let (o, t) = (median(one), median(three));
+    println!();
+    println!(
+        "| priority on the in-memory adapter (median of {ROUNDS}, alternating) | messages/s | ratio |"
+    );
+    println!("|---|---:|---:|");
+    println!("| no priority levels | {o:.0} | 1.00 |");
+    println!(
+        "| 3 priority levels, messages spread over them | {t:.0} | {:.2} |",
+        t / o
     );
 }
