@@ -59,6 +59,12 @@ impl TopicSpec {
         }
     }
 
+    /// `lane` while the topic has it; lane 0 once its lanes were lowered below it (where a
+    /// delayed, redriven or released message of a removed lane goes).
+    pub fn lane_or_first(&self, lane: u32) -> u32 {
+        if lane < self.lanes { lane } else { 0 }
+    }
+
     /// Checks the options against each other and against what `capabilities` allow.
     pub fn validate(&self, capabilities: &Capabilities) -> Result<()> {
         if self.max_message_bytes == 0 || self.max_message_bytes > capabilities.max_message_bytes {

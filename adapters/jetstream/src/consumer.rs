@@ -58,6 +58,7 @@ pub(crate) fn subscribe(
             shared: Arc::clone(&shared),
             spec: spec.clone(),
             consumer_name,
+            lane,
             slots,
             leases: Arc::clone(&leases),
             consumer: None,
@@ -102,6 +103,8 @@ struct Puller {
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
     consumer_name: String,
+    /// The topic's lane the consumer takes from.
+    lane: u32,
     slots: Arc<Semaphore>,
     leases: Arc<Leases<Received>>,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
@@ -265,7 +268,7 @@ impl Puller {
             match get_consumer(
                 &self.shared,
                 &self.spec,
-                &self.consumer_name,
+                (&self.consumer_name, self.lane),
                 self.ack_floor,
             )
             .await
@@ -386,7 +389,7 @@ fn unfilled(message: &async_nats::Message) -> Option<usize> {
 async fn get_consumer(
     shared: &Shared,
     spec: &SubscriptionSpec,
-    name: &str,
+    (name, lane): (&str, u32),
     had_floor: Option<u64>,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
     let stream = shared
@@ -397,7 +400,6 @@ async fn get_consumer(
     if let Some(consumer) = existing_consumer(&stream, name, had_floor.is_some()).await? {
         return Ok(consumer);
     }
-    let lane = lane_of(spec, name);
     let main = *name == Layout::main_consumer(&spec.key.trigger, lane);
     let deliver_policy = match had_floor {
         Some(floor) => {
@@ -426,16 +428,6 @@ async fn get_consumer(
         .get_or_create_consumer(name, config)
         .await
         .map_err(broker("create consumer"))
-}
-
-/// The lane of the trigger's consumer `name` (`m-`, `d-`: 0; `m<n>-`, `d<n>-`: n).
-fn lane_of(spec: &SubscriptionSpec, name: &str) -> u32 {
-    let tag_end = name
-        .len()
-        .saturating_sub(spec.key.trigger.as_str().len() + 1);
-    name.get(1..tag_end)
-        .and_then(|tag| tag.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The consumer `name` if the stream has it. One this puller `had` must be missing twice, a

@@ -200,10 +200,7 @@ async fn send_back(
 ) -> Result<()> {
     let spec = shared.topic(topic)?;
     let mut metadata = Metadata::redriven(record, spec.retention);
-    // Back in its lane, while the topic has it (lane 0 otherwise).
-    if metadata.lane >= spec.lanes {
-        metadata.lane = 0;
-    }
+    metadata.lane = spec.lane_or_first(metadata.lane);
     let lane = metadata.lane;
     shared
         .ensure_direct_consumer(topic, &record.trigger, lane)

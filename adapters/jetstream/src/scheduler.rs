@@ -122,13 +122,13 @@ async fn release_when_due(shared: &Arc<Shared>, message: jetstream::Message) {
 async fn forward(shared: &Shared, message: jetstream::Message, topic: TopicName, id: String) {
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(header::MSG_ID, id.as_str());
-    // In its lane, while the topic has it (lane 0 otherwise).
-    let lanes = shared.topic(&topic).map_or(1, |spec| spec.lanes);
     let lane = headers
         .get(header::LANE)
         .and_then(|lane| lane.as_str().parse::<u32>().ok())
-        .filter(|lane| *lane < lanes)
         .unwrap_or(0);
+    let lane = shared
+        .topic(&topic)
+        .map_or(0, |spec| spec.lane_or_first(lane));
     let forwarded = shared
         .publish_confirmed(
             shared.layout.lane_subject(&topic, lane),

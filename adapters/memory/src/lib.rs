@@ -184,15 +184,14 @@ impl Adapter for BuiltinQueueAdapter {
         let topic = self.topic(&key.topic)?;
         topic.require_queue(&key.trigger, 0)?;
         let mut total = SubscriptionStats::default();
-        for (lane, queue) in topic.lanes_of(&key.trigger).iter().enumerate() {
-            let stats = queue.stats();
-            total.waiting += stats.waiting;
-            total.delayed += stats.delayed;
-            total.in_flight += stats.in_flight;
-            if lane == 0 {
-                total.dead_lettered = stats.dead_lettered;
-            }
+        for queue in topic.lanes_of(&key.trigger) {
+            let counts = queue.counts();
+            total.waiting += counts.waiting;
+            total.delayed += counts.delayed;
+            total.in_flight += counts.in_flight;
         }
+        // After every lane's timers ran, so what they dead-lettered just now is counted.
+        total.dead_lettered = topic.shared.dlq().count(Some(&key.trigger));
         Ok(total)
     }
 

@@ -581,7 +581,9 @@ impl TriggerQueue {
         result
     }
 
-    pub(crate) fn stats(&self) -> SubscriptionStats {
+    /// Waiting, delayed and in-flight messages after the timers ran (what they dead-lettered
+    /// is stored; the trigger's DLQ count, shared by its lanes, is read by the caller).
+    pub(crate) fn counts(&self) -> SubscriptionStats {
         let (waiting, delayed, in_flight, dead) = {
             let mut state = lock(&self.state);
             let dead = self.advance_now(&mut state);
@@ -597,7 +599,7 @@ impl TriggerQueue {
             waiting,
             delayed,
             in_flight,
-            dead_lettered: self.topic.dlq().count(Some(&self.key.trigger)),
+            dead_lettered: 0,
         }
     }
 

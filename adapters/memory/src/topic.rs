@@ -237,10 +237,8 @@ impl Topic {
     /// Puts redriven records back into the queue of the trigger each failed on, in the lane
     /// it was in (lane 0 when the topic has no such lane any more).
     pub(crate) fn redrive(&self, record: &DeadLetter) -> Result<()> {
-        let queue = match self.queue(&record.trigger, record.lane) {
-            Some(queue) => queue,
-            None => self.require_queue(&record.trigger, 0)?,
-        };
+        let lane = read(&self.shared.spec).lane_or_first(record.lane);
+        let queue = self.require_queue(&record.trigger, lane)?;
         let stored = Arc::new(StoredMessage {
             id: record.id.clone(),
             topic: record.topic.clone(),
