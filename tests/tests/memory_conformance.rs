@@ -11,14 +11,3 @@ async fn messages_on_their_way_to_a_dropped_consumer_go_to_the_next_at_once() {
     )
     .await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lanes_keep_their_messages_apart() {
-    topiq_adapter::conformance::lanes_keep_their_messages_apart(BuiltinQueueAdapter::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_and_a_redrive_stay_in_their_lane() {
-    topiq_adapter::conformance::a_retry_and_a_redrive_stay_in_their_lane(BuiltinQueueAdapter::new())
-        .await;
-}

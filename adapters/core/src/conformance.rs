@@ -79,6 +79,8 @@ macro_rules! conformance_tests {
             deliveries_taken_ahead_but_never_handed_out_spend_no_attempt,
             a_delivery_that_waited_in_the_consumer_keeps_its_whole_lease,
             stats_count_waiting_in_flight_and_dead_lettered,
+            lanes_keep_their_messages_apart,
+            a_retry_and_a_redrive_stay_in_their_lane,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1589,8 +1591,9 @@ pub async fn lanes_keep_their_messages_apart<A: Adapter>(adapter: A) {
     adapter.close().await.expect("close");
 }
 
-/// Semantic 17 (priority): a retry comes back in its lane, and so does a redrive of the
-/// message its last attempt dead-lettered.
+/// Semantic 17 (priority): a delayed publish reaches its lane, a retry (delayed or not)
+/// comes back in its lane, and so does a redrive of the message its last attempt
+/// dead-lettered.
 pub async fn a_retry_and_a_redrive_stay_in_their_lane<A: Adapter>(adapter: A) {
     let topic = setup_topic(
         &adapter,
@@ -1598,26 +1601,29 @@ pub async fn a_retry_and_a_redrive_stay_in_their_lane<A: Adapter>(adapter: A) {
         |spec| spec.lanes = 3,
         &["a"],
         |spec| {
-            spec.max_attempts = 2;
+            spec.max_attempts = 3;
         },
     )
     .await;
     let key = SubscriptionKey::new(topic.clone(), trigger("a"));
     let high = ConsumeOptions::with_prefetch(4).on_lane(2);
-    adapter
-        .publish(&topic, NewMessage::new(json!("high")).lane(2))
-        .await
-        .expect("publish");
+    let delayed = NewMessage::new(json!("high"))
+        .lane(2)
+        .delay(Duration::from_millis(300));
+    adapter.publish(&topic, delayed).await.expect("publish");
     let mut sub = adapter.consume(&key, high).await.expect("consume");
-    receive(&mut sub)
-        .await
-        .nack(Duration::ZERO)
-        .await
-        .expect("nack");
+    for (attempt, delay) in [(1, Duration::ZERO), (2, Duration::from_millis(300))] {
+        let delivery = receive(&mut sub).await;
+        assert_eq!(
+            (delivery.envelope().attempt, &*delivery.envelope().data),
+            (attempt, &json!("high"))
+        );
+        delivery.nack(delay).await.expect("nack");
+    }
     let again = receive(&mut sub).await;
     assert_eq!(
         (again.envelope().attempt, &*again.envelope().data),
-        (2, &json!("high"))
+        (3, &json!("high"))
     );
     again.dead_letter(failure("no")).await.expect("dead_letter");
     let redriven = adapter

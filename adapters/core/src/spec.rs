@@ -184,6 +184,21 @@ impl ConsumeOptions {
         Self { lane, ..self }
     }
 
+    /// Checks that the lane is one of the `lanes` of `topic`.
+    pub fn check_lane(&self, topic: &TopicName, lanes: u32) -> Result<()> {
+        let lanes = lanes.max(1);
+        if self.lane < lanes {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument {
+            argument: "lane",
+            reason: format!(
+                "topic {topic} has {lanes} lane(s), numbered from 0; got lane {}",
+                self.lane
+            ),
+        })
+    }
+
     /// Checks the options' ranges.
     pub fn validate(&self) -> Result<()> {
         if self.prefetch == 0 {

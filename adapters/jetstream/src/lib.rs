@@ -264,16 +264,7 @@ impl Adapter for JetStreamAdapter {
     ) -> Result<Subscription> {
         let spec = self.shared.subscription(key)?;
         options.validate()?;
-        let lanes = self.shared.topic(&key.topic)?.lanes.max(1);
-        if options.lane >= lanes {
-            return Err(Error::InvalidArgument {
-                argument: "lane",
-                reason: format!(
-                    "topic {} has {lanes} lane(s), numbered from 0; got lane {}",
-                    key.topic, options.lane
-                ),
-            });
-        }
+        options.check_lane(&key.topic, self.shared.topic(&key.topic)?.lanes)?;
         Ok(consumer::subscribe(
             Arc::clone(&self.shared),
             spec,

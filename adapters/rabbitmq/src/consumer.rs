@@ -10,8 +10,8 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
-    Acker, Delivery, Error, Failure, Result, Subscription, SubscriptionKey, SubscriptionSpec,
-    Timestamp,
+    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Subscription, SubscriptionKey,
+    SubscriptionSpec, Timestamp,
 };
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
@@ -33,18 +33,19 @@ const RETURN_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The deliveries of one trigger, at most `prefetch` unsettled (RabbitMQ's prefetch is a
-/// `u16`: a larger one is capped at 65,535).
+/// The deliveries of one trigger in one lane, at most `prefetch` unsettled (RabbitMQ's
+/// prefetch is a `u16`: a larger one is capped at 65,535).
 pub(crate) fn subscribe(
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
-    prefetch: u32,
+    options: ConsumeOptions,
 ) -> (Subscription, Arc<Leases<Received>>) {
     let leases = Leases::<Received>::new();
-    let prefetch = prefetch.min(u32::from(u16::MAX));
+    let prefetch = options.prefetch.min(u32::from(u16::MAX));
     let state = Consuming {
         shared,
         spec: spec.clone(),
+        lane: options.lane,
         prefetch,
         slots: Arc::new(Semaphore::new(prefetch as usize)),
         leases: Arc::clone(&leases),
@@ -62,6 +63,8 @@ pub(crate) fn subscribe(
 struct Consuming {
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
+    /// The topic's lane it takes from.
+    lane: u32,
     prefetch: u32,
     slots: Arc<Semaphore>,
     leases: Arc<Leases<Received>>,
@@ -115,7 +118,7 @@ async fn release_unhanded(
         .saturating_add(1);
     metadata.attempt_base = attempt - 1;
     let released = match shared
-        .publish_to_trigger(key, &delivery.data, metadata.properties())
+        .publish_to_trigger(key, &delivery.data, &metadata)
         .await
     {
         Ok(()) => {
@@ -207,7 +210,7 @@ impl Consuming {
         shared.bounded("consume", self.subscribe()).await
     }
 
-    /// Opens a channel and consumes the trigger's queue on it. The channel is owned by an
+    /// Opens a channel and consumes the trigger's queue of its lane on it. The channel is owned by an
     /// [`OpenChannel`] from the moment it exists (shared later by the consumer and every
     /// delivery it hands out, so the channel outlives a dropped subscription until the last
     /// of them is settled), so a try the caller gives up on (its bound
@@ -216,7 +219,7 @@ impl Consuming {
     async fn subscribe(&mut self) -> Result<()> {
         let session = self.shared.session().await?;
         let channel = session.owned_channel().await?;
-        let queue = self.shared.layout.trigger_queue(&self.spec.key);
+        let queue = self.shared.layout.lane_queue(&self.spec.key, self.lane);
         let prefetch = u16::try_from(self.prefetch).unwrap_or(u16::MAX);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -446,9 +449,9 @@ impl Received {
     /// survives every later crash. A crash between the two delivers it twice, never loses it.
     async fn count_redelivery(&self) {
         let copied = match self.copy(self.held.attempt - 1) {
-            Ok((payload, properties)) => {
+            Ok((payload, metadata)) => {
                 self.shared
-                    .publish_to_trigger(&self.held.key, &payload, properties)
+                    .publish_to_trigger(&self.held.key, &payload, &metadata)
                     .await
             }
             Err(err) => Err(err),
@@ -464,12 +467,17 @@ impl Received {
         }
     }
 
-    /// A copy of the message whose next delivery is attempt `attempt_base + 1`.
-    fn copy(&self, attempt_base: u32) -> Result<(Vec<u8>, lapin::BasicProperties)> {
+    /// A copy of the message whose next delivery is attempt `attempt_base + 1`, in the lane
+    /// it goes back to (its own while the topic has it, else lane 0).
+    fn copy(&self, attempt_base: u32) -> Result<(Vec<u8>, Metadata)> {
         let mut metadata = self.held.metadata.clone();
         metadata.attempt_base = attempt_base;
+        metadata.lane = self
+            .shared
+            .topic(&self.held.key.topic)?
+            .lane_or_first(metadata.lane);
         let payload = codec::encode(&self.held.data)?;
-        Ok((payload, metadata.properties()))
+        Ok((payload, metadata))
     }
 }
 
@@ -508,16 +516,18 @@ impl RabbitAcker {
                 Failure::nacked_on_last_attempt(received.held.attempt, received.held.max_attempts);
             return received.move_to_dlq(failure, received.held.attempt).await;
         }
-        let (payload, properties) = received.copy(received.held.attempt)?;
+        let (payload, metadata) = received.copy(received.held.attempt)?;
         let shared = &received.shared;
         if delay.is_zero() {
             shared
-                .publish_to_trigger(&received.held.key, &payload, properties)
+                .publish_to_trigger(&received.held.key, &payload, &metadata)
                 .await?;
         } else {
-            let queue = shared.retry_queue(&received.held.key, delay).await?;
+            let queue = shared
+                .retry_queue(&received.held.key, metadata.lane, delay)
+                .await?;
             match shared
-                .publish_confirmed("", &queue, &payload, properties)
+                .publish_confirmed("", &queue, &payload, metadata.properties())
                 .await?
             {
                 crate::Published::Stored => {}
@@ -536,10 +546,10 @@ impl RabbitAcker {
         self.received.held.claim()?;
         let received = Arc::clone(&self.received);
         self.or_return(async move {
-            let (payload, properties) = received.copy(received.held.attempt.saturating_sub(1))?;
+            let (payload, metadata) = received.copy(received.held.attempt.saturating_sub(1))?;
             received
                 .shared
-                .publish_to_trigger(&received.held.key, &payload, properties)
+                .publish_to_trigger(&received.held.key, &payload, &metadata)
                 .await?;
             received.ack_original("ack after release").await
         })

@@ -19,7 +19,7 @@ use topiq_adapter::{
     SubscriptionKey, TopicName, TriggerName,
 };
 
-use crate::codec::{self, Metadata, Properties, header};
+use crate::codec::{self, Metadata, header};
 use crate::session::OpenChannel;
 use crate::settle::{Settle, settle};
 use crate::{Published, RabbitMqAdapter, Shared};
@@ -266,9 +266,7 @@ impl DeadLetters for RabbitMqAdapter {
             let metadata = Metadata::redriven(&record, shared.topic(topic)?.retention);
             let payload = codec::encode(&record.data)?;
             let key = SubscriptionKey::new(record.topic.clone(), record.trigger.clone());
-            shared
-                .publish_to_trigger(&key, &payload, metadata.properties())
-                .await?;
+            shared.publish_to_trigger(&key, &payload, &metadata).await?;
             remove(shared, topic, offset).await?;
             redriven += 1;
         }

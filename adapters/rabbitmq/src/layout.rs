@@ -41,21 +41,49 @@ impl Layout {
         self.name("t", &[key.topic.as_str(), key.trigger.as_str()])
     }
 
+    /// One trigger's queue for `lane` of its topic: lane 0 is [`trigger_queue`](Self::trigger_queue)
+    /// (the name topics had before lanes), lane `n` `<prefix>:t:<topic>:<trigger>:<n>`.
+    pub(crate) fn lane_queue(&self, key: &SubscriptionKey, lane: u32) -> String {
+        if lane == 0 {
+            return self.trigger_queue(key);
+        }
+        let lane = lane.to_string();
+        self.name("t", &[key.topic.as_str(), key.trigger.as_str(), &lane])
+    }
+
+    /// The routing key of `lane` of `topic` on the exchange: the topic for lane 0,
+    /// `<topic>:lane:<n>` for the others (`:` is in no topic name, so no topic has it).
+    pub(crate) fn lane_routing_key(topic: &TopicName, lane: u32) -> String {
+        if lane == 0 {
+            topic.as_str().to_owned()
+        } else {
+            format!("{topic}:lane:{lane}")
+        }
+    }
+
     /// The topic's dead-letter stream (records of every trigger on it).
     pub(crate) fn dlq_stream(&self, topic: &TopicName) -> String {
         self.name("dlq", &[topic.as_str()])
     }
 
-    /// The queue where a trigger's retries wait `bucket` before going back to its queue.
-    pub(crate) fn retry_queue(&self, key: &SubscriptionKey, bucket: Duration) -> String {
+    /// The queue where a trigger's retries in `lane` wait `bucket` before going back to its
+    /// queue of that lane.
+    pub(crate) fn retry_queue(&self, key: &SubscriptionKey, lane: u32, bucket: Duration) -> String {
         let ms = bucket.as_millis().to_string();
-        self.name("retry", &[key.topic.as_str(), key.trigger.as_str(), &ms])
+        let (topic, trigger) = (key.topic.as_str(), key.trigger.as_str());
+        match lane {
+            0 => self.name("retry", &[topic, trigger, &ms]),
+            lane => self.name("retry", &[topic, trigger, &format!("l{lane}"), &ms]),
+        }
     }
 
-    /// The queue where delayed publishes to `topic` wait `bucket` before reaching it.
-    pub(crate) fn delay_queue(&self, topic: &TopicName, bucket: Duration) -> String {
+    /// The queue where delayed publishes to `lane` of `topic` wait `bucket` before reaching it.
+    pub(crate) fn delay_queue(&self, topic: &TopicName, lane: u32, bucket: Duration) -> String {
         let ms = bucket.as_millis().to_string();
-        self.name("delay", &[topic.as_str(), &ms])
+        match lane {
+            0 => self.name("delay", &[topic.as_str(), &ms]),
+            lane => self.name("delay", &[topic.as_str(), &format!("l{lane}"), &ms]),
+        }
     }
 
     /// The queue that holds an idempotency key's claim (the first message with the key).
@@ -127,11 +155,18 @@ mod tests {
             name.len() <= MAX_NAME && name.starts_with("topiq:t:"),
             "{name}"
         );
-        assert_ne!(name, layout.retry_queue(&key, Duration::from_secs(1)));
+        assert_ne!(name, layout.retry_queue(&key, 0, Duration::from_secs(1)));
+        assert_ne!(name, layout.lane_queue(&key, 1));
         let short = SubscriptionKey::new(
             TopicName::new("emails.send").unwrap(),
             TriggerName::new("mailer").unwrap(),
         );
         assert_eq!(layout.trigger_queue(&short), "topiq:t:emails.send:mailer");
+        assert_eq!(layout.lane_queue(&short, 0), "topiq:t:emails.send:mailer");
+        assert_eq!(layout.lane_queue(&short, 2), "topiq:t:emails.send:mailer:2");
+        assert_eq!(
+            layout.retry_queue(&short, 2, Duration::from_millis(500)),
+            "topiq:retry:emails.send:mailer:l2:500"
+        );
     }
 }

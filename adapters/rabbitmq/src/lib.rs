@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::{
-    Adapter, Capabilities, ConsumeOptions, DeadLetters, Error, NewMessage, PublishReceipt, Result,
-    Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats, TopicName, TopicSpec,
-    TriggerName,
+    Adapter, Capabilities, ConsumeOptions, DeadLetters, Error, MAX_LANES, NewMessage,
+    PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
+    TopicName, TopicSpec, TriggerName,
 };
 use topiq_adapter_kit::Declared;
 use topiq_adapter_kit::lease::Leases;
@@ -70,7 +70,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     max_delay: Some(layout::MAX_DELAY),
     retention: true,
     max_message_bytes: MAX_MESSAGE_BYTES,
-    max_lanes: 1,
+    max_lanes: MAX_LANES,
 };
 
 /// topiq's RabbitMQ adapter. Cheap to clone.
@@ -216,9 +216,9 @@ impl Adapter for RabbitMqAdapter {
     ) -> Result<Subscription> {
         let spec = self.shared.subscription(key)?;
         options.validate()?;
+        options.check_lane(&key.topic, self.shared.topic(&key.topic)?.lanes)?;
         self.shared.ensure_open()?;
-        let (subscription, leases) =
-            consumer::subscribe(Arc::clone(&self.shared), spec, options.prefetch);
+        let (subscription, leases) = consumer::subscribe(Arc::clone(&self.shared), spec, options);
         let mut consumers = self
             .shared
             .consumers
@@ -233,9 +233,12 @@ impl Adapter for RabbitMqAdapter {
     async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {
         let shared = &self.shared;
         shared.subscription(key)?;
-        let ready = shared
-            .ready_count(&shared.layout.trigger_queue(key))
-            .await?;
+        let mut ready = 0;
+        for lane in 0..shared.topic(&key.topic)?.lanes.max(1) {
+            ready += shared
+                .ready_count(&shared.layout.lane_queue(key, lane))
+                .await?;
+        }
         // The bucket queues this process declared: the trigger's retries and the topic's
         // delayed publishes (another process's buckets are not known here).
         let mut delayed = 0;

@@ -9,7 +9,8 @@ use topiq_adapter::{
 };
 
 use crate::codec::{self, Metadata, Properties};
-use crate::{Published, Shared, idempotency, layout};
+use crate::layout::{self, Layout};
+use crate::{Published, Shared, idempotency};
 
 impl Shared {
     /// Publishes on the publishing channel and waits for the confirm (`publish_timeout`).
@@ -42,15 +43,18 @@ impl Shared {
         }
     }
 
-    /// Publishes straight to one trigger's queue (release, retry without delay, redrive),
-    /// confirmed: the queue must take it.
+    /// Publishes straight to one trigger's queue of the message's lane (release, retry
+    /// without delay, redrive), confirmed: the queue must take it. A lane the topic no longer
+    /// has goes to lane 0.
     pub(crate) async fn publish_to_trigger(
         &self,
         key: &SubscriptionKey,
         payload: &[u8],
-        properties: BasicProperties,
+        metadata: &Metadata,
     ) -> Result<()> {
-        let queue = self.layout.trigger_queue(key);
+        let lane = self.topic(&key.topic)?.lane_or_first(metadata.lane);
+        let queue = self.layout.lane_queue(key, lane);
+        let properties = metadata.clone().in_lane(lane).properties();
         match self
             .publish_confirmed("", &queue, payload, properties)
             .await?
@@ -64,12 +68,13 @@ impl Shared {
     /// Publishes a prepared message to its topic (or its delay queue), confirmed.
     pub(crate) async fn publish_prepared(&self, prepared: &Prepared) -> Result<()> {
         let properties = prepared.metadata.properties();
+        let (topic, lane) = (&prepared.topic, prepared.metadata.lane);
         let (exchange, routing_key) = match prepared.delay {
-            Some(delay) => (
-                String::new(),
-                self.delay_queue(&prepared.topic, delay).await?,
+            Some(delay) => (String::new(), self.delay_queue(topic, lane, delay).await?),
+            None => (
+                self.layout.exchange(),
+                Layout::lane_routing_key(topic, lane),
             ),
-            None => (self.layout.exchange(), prepared.topic.as_str().to_owned()),
         };
         match self
             .publish_confirmed(&exchange, &routing_key, &prepared.payload, properties)
@@ -90,6 +95,7 @@ impl Shared {
     ) -> Result<(Prepared, TopicSpec)> {
         let spec = self.topic(topic)?;
         message.validate(topic, spec.max_message_bytes)?;
+        message.check_lane(topic, spec.lanes)?;
         let now = Timestamp::now();
         let delay = match message.deliver_at {
             Some(at) if at > now => {
@@ -116,7 +122,8 @@ impl Shared {
                 message.idempotency_key,
                 spec.retention,
                 message.deliver_at.map_or(now, |at| at.max(now)),
-            ),
+            )
+            .in_lane(message.lane),
             delay,
         };
         Ok((prepared, spec))
@@ -132,8 +139,7 @@ impl Shared {
         message.check_direct()?;
         self.subscription(key)?;
         let (prepared, _) = self.prepare(&key.topic, message)?;
-        let properties = prepared.metadata.properties();
-        self.publish_to_trigger(key, &prepared.payload, properties)
+        self.publish_to_trigger(key, &prepared.payload, &prepared.metadata)
             .await?;
         Ok(PublishReceipt {
             message_id: prepared.metadata.id.clone(),

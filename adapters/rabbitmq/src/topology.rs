@@ -11,7 +11,8 @@ use topiq_adapter::{
     Error, Result, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
 };
 
-use crate::{CAPABILITIES, DELIVERY_LIMIT, QueueType, Shared, codec, layout};
+use crate::layout::{self, Layout};
+use crate::{CAPABILITIES, DELIVERY_LIMIT, QueueType, Shared, codec};
 
 /// A queue topiq declares: its arguments and, for trigger queues, its binding.
 #[derive(Clone, Debug)]
@@ -103,7 +104,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Declares the trigger's queue, bound to the topic, and records the subscription.
+    /// Declares the trigger's queue of each lane of its topic, bound to the lane's routing key,
+    /// and records the subscription.
     pub(crate) async fn declare_subscription(&self, spec: SubscriptionSpec) -> Result<()> {
         let shared = self;
         shared.ensure_open()?;
@@ -134,14 +136,20 @@ impl Shared {
                 arguments.push(("x-queue-type", AMQPValue::LongString("classic".into())));
             }
         }
-        shared
-            .declare_queue(QueueDecl {
-                name: shared.layout.trigger_queue(&spec.key),
-                arguments: codec::arguments(&arguments),
-                binding: Some((shared.layout.exchange(), spec.key.topic.as_str().to_owned())),
-                holds_delayed_of: None,
-            })
-            .await?;
+        let lanes = shared.topic(&spec.key.topic)?.lanes.max(1);
+        for lane in 0..lanes {
+            shared
+                .declare_queue(QueueDecl {
+                    name: shared.layout.lane_queue(&spec.key, lane),
+                    arguments: codec::arguments(&arguments),
+                    binding: Some((
+                        shared.layout.exchange(),
+                        Layout::lane_routing_key(&spec.key.topic, lane),
+                    )),
+                    holds_delayed_of: None,
+                })
+                .await?;
+        }
         shared.declared.add_subscription(spec);
         Ok(())
     }
@@ -222,15 +230,23 @@ impl Shared {
         }
     }
 
-    /// The topic's delay queue for `delay` (declared on first use).
-    pub(crate) async fn delay_queue(&self, topic: &TopicName, delay: Duration) -> Result<String> {
+    /// The delay queue of `lane` of `topic` for `delay` (declared on first use).
+    pub(crate) async fn delay_queue(
+        &self,
+        topic: &TopicName,
+        lane: u32,
+        delay: Duration,
+    ) -> Result<String> {
         let bucket = layout::bucket(delay);
-        let name = self.layout.delay_queue(topic, bucket);
+        let name = self.layout.delay_queue(topic, lane, bucket);
         if !self.is_declared(&name) {
             let queue = Self::bucket_queue(
                 name.clone(),
                 bucket,
-                (&self.layout.exchange(), topic.as_str()),
+                (
+                    &self.layout.exchange(),
+                    &Layout::lane_routing_key(topic, lane),
+                ),
                 (topic.clone(), None),
             );
             self.declare_queue(queue).await?;
@@ -238,19 +254,20 @@ impl Shared {
         Ok(name)
     }
 
-    /// The trigger's retry queue for `delay` (declared on first use).
+    /// The trigger's retry queue of `lane` for `delay` (declared on first use).
     pub(crate) async fn retry_queue(
         &self,
         key: &SubscriptionKey,
+        lane: u32,
         delay: Duration,
     ) -> Result<String> {
         let bucket = layout::bucket(delay);
-        let name = self.layout.retry_queue(key, bucket);
+        let name = self.layout.retry_queue(key, lane, bucket);
         if !self.is_declared(&name) {
             let queue = Self::bucket_queue(
                 name.clone(),
                 bucket,
-                ("", &self.layout.trigger_queue(key)),
+                ("", &self.layout.lane_queue(key, lane)),
                 (key.topic.clone(), Some(key.trigger.clone())),
             );
             self.declare_queue(queue).await?;
