@@ -169,19 +169,43 @@ pub struct ConsumeOptions {
     /// At most this many deliveries are handed to this consumer and left unsettled at once
     /// (the runtime sets it to the trigger's concurrency times its batch size).
     pub prefetch: u32,
+    /// At most this many deliveries received from the broker and not yet handed out (taken
+    /// from the subscription); `None`: up to `prefetch`. It bounds what one consumer holds
+    /// ahead of its handlers, so that consumers elsewhere get their share of a lane (priority
+    /// across instances) while `prefetch` still lets handled deliveries wait for their
+    /// settlement. RabbitMQ bounds only unsettled deliveries, so there the bound is
+    /// `min(prefetch, 2 × read_ahead)` unsettled.
+    pub read_ahead: Option<u32>,
     /// The lane of the topic this consumer takes from (0 on a topic without lanes).
     pub lane: u32,
 }
 
 impl ConsumeOptions {
-    /// Lane 0 with `prefetch`.
+    /// Lane 0 with `prefetch`, reading ahead up to it.
     pub fn with_prefetch(prefetch: u32) -> Self {
-        Self { prefetch, lane: 0 }
+        Self {
+            prefetch,
+            read_ahead: None,
+            lane: 0,
+        }
     }
 
     /// The same options on `lane`.
     pub fn on_lane(self, lane: u32) -> Self {
         Self { lane, ..self }
+    }
+
+    /// The same options holding at most `read_ahead` deliveries not yet handed out.
+    pub fn reading_ahead(self, read_ahead: u32) -> Self {
+        Self {
+            read_ahead: Some(read_ahead),
+            ..self
+        }
+    }
+
+    /// How many deliveries may wait received and not handed out.
+    pub fn ahead(&self) -> u32 {
+        self.read_ahead.unwrap_or(self.prefetch).min(self.prefetch)
     }
 
     /// Checks that the lane is one of the `lanes` of `topic`.
@@ -205,6 +229,12 @@ impl ConsumeOptions {
             return Err(Error::InvalidArgument {
                 argument: "prefetch",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.read_ahead == Some(0) {
+            return Err(Error::InvalidArgument {
+                argument: "read_ahead",
+                reason: "must be at least 1 (or none: up to prefetch)".into(),
             });
         }
         Ok(())

@@ -12,8 +12,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
-    Acker, Delivery, Error, Failure, Result, Subscription, SubscriptionKey, SubscriptionSpec,
-    Timestamp,
+    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Subscription, SubscriptionKey,
+    SubscriptionSpec, Timestamp,
 };
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
@@ -30,13 +30,14 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PENDING_MESSAGES: async_nats::HeaderName =
     async_nats::HeaderName::from_static("Nats-Pending-Messages");
 
-/// The deliveries of one trigger, at most `prefetch` unsettled (plus one of its own copies).
+/// The deliveries of one trigger in one lane, at most `prefetch` unsettled and `read_ahead`
+/// received but not handed out (plus one of its own copies).
 pub(crate) fn subscribe(
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
-    prefetch: u32,
-    lane: u32,
+    options: ConsumeOptions,
 ) -> Subscription {
+    let (prefetch, ahead, lane) = (options.prefetch, options.ahead(), options.lane);
     let slots = Arc::new(Semaphore::new(prefetch as usize));
     let trigger = &spec.key.trigger;
     // The fan-out consumer reserves its slots before it pulls, so it never holds more than
@@ -48,18 +49,24 @@ pub(crate) fn subscribe(
     // consumer without a hop through another task, and new pulls go out only when the
     // consumer asks for more, never beyond its free slots. A lease that runs out on the last
     // attempt is dead-lettered by the lease watcher, so that needs no pulling.
-    let top_up_at = (prefetch as usize / 2).max(1);
+    let top_up_at = (ahead as usize / 2).max(1);
     let pullers = [
-        (Layout::main_consumer(trigger, lane), slots, top_up_at),
-        (Layout::direct_consumer(trigger, lane), direct_slot, 1),
+        (
+            Layout::main_consumer(trigger, lane),
+            slots,
+            ahead,
+            top_up_at,
+        ),
+        (Layout::direct_consumer(trigger, lane), direct_slot, 1, 1),
     ]
-    .map(|(consumer_name, slots, top_up_at)| {
+    .map(|(consumer_name, slots, ahead, top_up_at)| {
         let puller = Puller {
             shared: Arc::clone(&shared),
             spec: spec.clone(),
             consumer_name,
             lane,
             slots,
+            ahead: Arc::new(Semaphore::new(ahead as usize)),
             leases: Arc::clone(&leases),
             consumer: None,
             inbox: None,
@@ -97,21 +104,25 @@ const SILENCE: Duration = Duration::from_secs(6);
 
 /// Pulls one consumer of a trigger ahead of the consumer's demand, within its free slots:
 /// pull requests share one reply subscription, and the slots of their messages are reserved
-/// when they are sent, so the consumer never holds more than `prefetch`. A request's
-/// unfilled part comes back with its `408` status and frees its slots.
+/// when they are sent, so the consumer never holds more than `prefetch` unsettled, nor more
+/// than its read-ahead received and not handed out. A request's unfilled part comes back
+/// with its `408` status and frees its slots.
 struct Puller {
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
     consumer_name: String,
     /// The topic's lane the consumer takes from.
     lane: u32,
+    /// One permit per delivery unsettled or on its way.
     slots: Arc<Semaphore>,
+    /// One permit per delivery on its way or received and not yet handed out.
+    ahead: Arc<Semaphore>,
     leases: Arc<Leases<Received>>,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
     /// The reply subject of every pull request, and its subscription.
     inbox: Option<(Subject, async_nats::Subscriber)>,
-    /// One slot per message the outstanding requests may still deliver.
-    reserved: Vec<OwnedSemaphorePermit>,
+    /// The room of each message the outstanding requests may still deliver.
+    reserved: Vec<Room>,
     /// With requests outstanding, ask for more once this many slots are free (half of them).
     top_up_at: usize,
     /// Runs out [`SILENCE`] after `last_heard` (checked when it fires, so a message costs no
@@ -230,9 +241,10 @@ impl Puller {
     ) -> Option<Option<Result<Delivery>>> {
         match message.status {
             None | Some(StatusCode::OK) => {
+                // Handed out now: the read-ahead permit goes, the slot stays until settled.
                 let permit = match self.reserved.pop() {
-                    Some(permit) => permit,
-                    None => self.acquire().await?,
+                    Some(room) => room.slot,
+                    None => self.acquire().await?.slot,
                 };
                 let message = jetstream::Message {
                     message,
@@ -297,20 +309,20 @@ impl Puller {
         }
     }
 
-    /// Asks for more messages when enough slots are free: with nothing outstanding, waits for
-    /// one slot at least. `Some(false)` when the pull failed (try again), `None` once the
+    /// Asks for more messages when there is room enough: with nothing outstanding, waits for
+    /// room for one at least. `Some(false)` when the pull failed (try again), `None` once the
     /// adapter is closed.
     async fn top_up(&mut self) -> Option<bool> {
         let mut fresh = Vec::new();
         if self.reserved.is_empty() {
             fresh.push(self.acquire().await?);
-        } else if self.slots.available_permits() < self.top_up_at {
+        } else if self.room() < self.top_up_at {
             return Some(true);
         }
         while fresh.len() < MAX_PULL {
-            match Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(permit) => fresh.push(permit),
-                Err(_) => break,
+            match self.try_acquire() {
+                Some(room) => fresh.push(room),
+                None => break,
             }
         }
         if fresh.is_empty() {
@@ -341,12 +353,37 @@ impl Puller {
         }
     }
 
-    /// One slot, waiting for it; `None` once the adapter is closed.
-    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+    /// How many more messages there is room for.
+    fn room(&self) -> usize {
+        self.slots
+            .available_permits()
+            .min(self.ahead.available_permits())
+    }
+
+    /// Room for one message, waiting for it; `None` once the adapter is closed.
+    async fn acquire(&self) -> Option<Room> {
+        let both = async {
+            let ahead = Arc::clone(&self.ahead).acquire_owned().await.ok()?;
+            let slot = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+            Some(Room {
+                slot,
+                _ahead: ahead,
+            })
+        };
         tokio::select! {
             () = self.shared.closed.cancelled() => None,
-            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
+            room = both => room,
         }
+    }
+
+    /// Room for one message if there is some now.
+    fn try_acquire(&self) -> Option<Room> {
+        let ahead = Arc::clone(&self.ahead).try_acquire_owned().ok()?;
+        let slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        Some(Room {
+            slot,
+            _ahead: ahead,
+        })
     }
 
     /// Forgets the outstanding pulls (their slots are freed) and their reply subject, so a
@@ -368,6 +405,13 @@ impl Puller {
             () = tokio::time::sleep(period) => Some(()),
         }
     }
+}
+
+/// The room one message takes in a puller: a slot until it is settled, and a read-ahead
+/// permit until it is handed out.
+struct Room {
+    slot: OwnedSemaphorePermit,
+    _ahead: OwnedSemaphorePermit,
 }
 
 /// The unfilled part of an expired pull request, from its `Nats-Pending-Messages` header.

@@ -265,12 +265,7 @@ impl Adapter for JetStreamAdapter {
         let spec = self.shared.subscription(key)?;
         options.validate()?;
         options.check_lane(&key.topic, self.shared.topic(&key.topic)?.lanes)?;
-        Ok(consumer::subscribe(
-            Arc::clone(&self.shared),
-            spec,
-            options.prefetch,
-            options.lane,
-        ))
+        Ok(consumer::subscribe(Arc::clone(&self.shared), spec, options))
     }
 
     async fn stats(&self, key: &SubscriptionKey) -> Result<SubscriptionStats> {

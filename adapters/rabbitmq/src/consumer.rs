@@ -33,15 +33,20 @@ const RETURN_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The deliveries of one trigger in one lane, at most `prefetch` unsettled (RabbitMQ's
-/// prefetch is a `u16`: a larger one is capped at 65,535).
+/// The deliveries of one trigger in one lane, at most `prefetch` unsettled, or twice the
+/// read-ahead when that is less (RabbitMQ bounds only unacked deliveries); its prefetch is a
+/// `u16`: a larger one is capped at 65,535.
 pub(crate) fn subscribe(
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
     options: ConsumeOptions,
 ) -> (Subscription, Arc<Leases<Received>>) {
     let leases = Leases::<Received>::new();
-    let prefetch = options.prefetch.min(u32::from(u16::MAX));
+    let unacked = match options.read_ahead {
+        Some(ahead) => options.prefetch.min(ahead.saturating_mul(2)),
+        None => options.prefetch,
+    };
+    let prefetch = unacked.min(u32::from(u16::MAX));
     let state = Consuming {
         shared,
         spec: spec.clone(),

@@ -157,15 +157,9 @@ fn topic(
     Ok(spec)
 }
 
-/// The adapters on which priority holds across instances. JetStream splits topics into lanes
-/// (its conformance suite checks them), but each instance there takes from a lower lane
-/// whenever its higher lane's pull is still on its way, so its priority order does not hold
-/// under a backlog yet; RabbitMQ has no lanes yet.
-const PRIORITY_ADAPTERS: &[&str] = &["BuiltinQueueAdapter"];
-
 /// A topic's `priority_levels` (its lanes): 1 to [`MAX_LANES`], and no more than the adapter
 /// splits a topic into.
-fn priority_levels(
+pub(super) fn priority_levels(
     file: &str,
     key: &str,
     levels: &Spanned<u32>,
@@ -184,11 +178,10 @@ fn priority_levels(
             levels.value
         )));
     }
-    if levels.value > capabilities.max_lanes || !PRIORITY_ADAPTERS.contains(&capabilities.adapter) {
+    if levels.value > capabilities.max_lanes {
         return Err(error(format!(
-            "{} cannot honour priority levels yet; remove priority_levels or use an adapter that has them ({})",
-            capabilities.adapter,
-            PRIORITY_ADAPTERS.join(", ")
+            "{} honours at most {} priority level(s); lower priority_levels or use an adapter that has more",
+            capabilities.adapter, capabilities.max_lanes
         )));
     }
     Ok(levels.value)

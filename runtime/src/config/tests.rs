@@ -633,13 +633,24 @@ fn priority_levels_are_checked_against_the_adapter() {
         "modules[0].config.topics.jobs.priority_levels",
         "must be 1 to 10",
     );
-    if !cfg!(feature = "jetstream") {
-        return;
+    if cfg!(feature = "jetstream") {
+        let config = load(&topics(10, "JetStreamAdapter")).expect("valid");
+        assert_eq!(config.topics[&jobs].lanes, 10);
     }
-    assert_error(
-        load(&topics(2, "JetStreamAdapter")),
-        9,
-        "modules[0].config.topics.jobs.priority_levels",
-        "JetStreamAdapter cannot honour priority levels",
+}
+
+#[test]
+fn priority_levels_beyond_the_adapters_lanes_are_refused() {
+    let capabilities = topiq_adapter::Capabilities {
+        max_lanes: 1,
+        ..topiq_memory::CAPABILITIES
+    };
+    let unknown = serde_saphyr::Location::UNKNOWN;
+    let levels = serde_saphyr::Spanned::new(2, unknown, unknown);
+    let err = super::queue_module::priority_levels("c.yaml", "jobs", &levels, &capabilities)
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("honours at most 1 priority level"),
+        "{err}"
     );
 }

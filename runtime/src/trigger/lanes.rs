@@ -63,10 +63,16 @@ impl Lanes {
                     Poll::Pending => {}
                 }
             }
-            match self.pick(&order) {
-                Some(delivery) => Poll::Ready(Some(Ok(delivery))),
-                None => Poll::Pending,
+            let Some((lane, delivery)) = self.pick(&order) else {
+                return Poll::Pending;
+            };
+            // Asked again at once, so its subscription asks the broker for the next one
+            // while this one is handled (else that round trip would come at the next pull,
+            // and a lower lane's delivery, ready by then, would go first).
+            if let Poll::Ready(Some(Ok(next))) = self.subscriptions[lane].poll_next_unpin(cx) {
+                self.waiting[lane] = Some((next, Instant::now()));
             }
+            Poll::Ready(Some(Ok(delivery)))
         })
         .await;
         self.pulls += 1;
@@ -91,7 +97,7 @@ impl Lanes {
 
     /// The delivery this pull hands out: one that waited `max_wait`, else the first lane in
     /// `order` that has one.
-    fn pick(&mut self, order: &[usize]) -> Option<Delivery> {
+    fn pick(&mut self, order: &[usize]) -> Option<(usize, Delivery)> {
         let overdue = (0..self.waiting.len()).find(|&lane| {
             self.waiting[lane]
                 .as_ref()
@@ -103,7 +109,9 @@ impl Lanes {
                 .copied()
                 .find(|&lane| self.waiting[lane].is_some())
         })?;
-        self.waiting[lane].take().map(|(delivery, _)| delivery)
+        self.waiting[lane]
+            .take()
+            .map(|(delivery, _)| (lane, delivery))
     }
 
     fn order(&mut self) -> Vec<usize> {

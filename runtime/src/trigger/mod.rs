@@ -229,7 +229,7 @@ impl Trigger {
     /// that while the handlers go on with the next ones, so one store write carries many
     /// settlements (its latency is paid once for all of them).
     fn prefetch(&self) -> u32 {
-        let handlers = self.settings.concurrency * self.settings.batch_size;
+        let handlers = self.handlers();
         if self.runs.is_some() {
             handlers + SETTLING_AHEAD
         } else {
@@ -237,13 +237,25 @@ impl Trigger {
         }
     }
 
-    /// One subscription per lane, each with `prefetch`.
+    /// How many deliveries its handlers take at once.
+    fn handlers(&self) -> u32 {
+        self.settings.concurrency * self.settings.batch_size
+    }
+
+    /// One subscription per lane, each with `prefetch`, the highest lane first (so its
+    /// messages are on their way before a lower lane's). With lanes, each reads ahead only
+    /// what its handlers take at once: what one instance holds unhandled of a lane, the
+    /// others cannot take, and would take from a lower lane instead.
     async fn consume_lanes(&self, prefetch: u32) -> topiq_adapter::Result<Lanes> {
         let mut subscriptions = Vec::with_capacity(self.lanes as usize);
-        for lane in 0..self.lanes.max(1) {
-            let options = ConsumeOptions::with_prefetch(prefetch).on_lane(lane);
+        for lane in (0..self.lanes.max(1)).rev() {
+            let mut options = ConsumeOptions::with_prefetch(prefetch).on_lane(lane);
+            if self.lanes > 1 {
+                options = options.reading_ahead(self.handlers());
+            }
             subscriptions.push(self.adapter.consume(&self.key, options).await?);
         }
+        subscriptions.reverse();
         // A delivery kept waiting a quarter of its lease still has three quarters when its
         // handler starts, and the first extension comes after half of it.
         Ok(Lanes::new(
