@@ -81,6 +81,7 @@ macro_rules! conformance_tests {
             stats_count_waiting_in_flight_and_dead_lettered,
             lanes_keep_their_messages_apart,
             a_retry_and_a_redrive_stay_in_their_lane,
+            an_ordered_lane_hands_out_one_message_at_a_time,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1639,6 +1640,69 @@ pub async fn a_retry_and_a_redrive_stay_in_their_lane<A: Adapter>(adapter: A) {
         (1, &json!("high"))
     );
     back.ack().await.expect("ack");
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 18 (per-key order): an ordered trigger's lane hands out one message at a time
+/// across its consumers, in order; a nacked message holds the lane through its delay and
+/// comes back first, so does a released one; other lanes go on meanwhile.
+pub async fn an_ordered_lane_hands_out_one_message_at_a_time<A: Adapter>(adapter: A) {
+    let topic = setup_topic(
+        &adapter,
+        "ordered",
+        |spec| spec.lanes = 2,
+        &["o"],
+        |spec| {
+            spec.ordered = true;
+            spec.max_attempts = 3;
+        },
+    )
+    .await;
+    let key = SubscriptionKey::new(topic.clone(), trigger("o"));
+    for data in ["a1", "a2", "a3"] {
+        publish(&adapter, &topic, json!(data)).await;
+    }
+    let b1 = NewMessage::new(json!("b1")).lane(1);
+    adapter.publish(&topic, b1).await.expect("publish");
+    // Two consumers of lane 0, as on two instances, read as one stream.
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let options = ConsumeOptions::with_prefetch(4);
+        consumers.push(adapter.consume(&key, options).await.expect("consume"));
+    }
+    let merged = futures::stream::select_all(consumers).boxed();
+    let mut lane0 = Subscription::new(key.clone(), merged);
+    let next = |delivery: &Delivery| {
+        (
+            delivery.envelope().data.to_string(),
+            delivery.envelope().attempt,
+        )
+    };
+    let a1 = receive(&mut lane0).await;
+    assert_eq!(next(&a1), ("\"a1\"".to_owned(), 1));
+    let options = ConsumeOptions::with_prefetch(4).on_lane(1);
+    let mut lane1 = adapter.consume(&key, options).await.expect("consume");
+    receive(&mut lane1).await.ack().await.expect("ack");
+    expect_nothing(&mut lane0, QUIET_PERIOD).await;
+    a1.nack(Duration::from_millis(1200)).await.expect("nack");
+    expect_nothing(&mut lane0, Duration::from_millis(700)).await;
+    let again = receive(&mut lane0).await;
+    assert_eq!(
+        next(&again),
+        ("\"a1\"".to_owned(), 2),
+        "the retry goes first"
+    );
+    again.ack().await.expect("ack");
+    let a2 = receive(&mut lane0).await;
+    assert_eq!(next(&a2).0, "\"a2\"");
+    a2.release().await.expect("release");
+    let a2 = receive(&mut lane0).await;
+    assert_eq!(next(&a2).0, "\"a2\"", "a released message stays first");
+    a2.ack().await.expect("ack");
+    let a3 = receive(&mut lane0).await;
+    assert_eq!(next(&a3).0, "\"a3\"");
+    a3.dead_letter(failure("no")).await.expect("dead_letter");
+    expect_nothing(&mut lane0, QUIET_PERIOD).await;
     adapter.close().await.expect("close");
 }
 

@@ -18,8 +18,9 @@ pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// call it protects, and clocks of two machines differ by that much.
 pub const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The most lanes a topic is split into (priority levels).
-pub const MAX_LANES: u32 = 10;
+/// The most lanes a topic is split into (priority levels, or the partitions of ordered
+/// triggers).
+pub const MAX_LANES: u32 = 32;
 
 /// The default attempt limit: the first attempt and three retries.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
@@ -120,6 +121,13 @@ pub struct SubscriptionSpec {
     /// to the DLQ: a handler's failure, a lease that ran out on the last attempt, a delivery
     /// past the attempt limit. Must be a declared topic.
     pub dead_letter_topic: Option<TopicName>,
+    /// Each lane of the topic is handed out one message at a time, across every consumer of
+    /// the trigger, in the order it holds them: the next is delivered only once the one
+    /// before is acknowledged or dead-lettered. A nack, a release or a lease that runs out
+    /// keeps the message first (a nacked one comes back after its delay, and nothing of its
+    /// lane goes before it); a release then counts as an attempt on the brokers, which count
+    /// deliveries. Redriven and replayed copies are outside that order.
+    pub ordered: bool,
 }
 
 impl SubscriptionSpec {
@@ -130,6 +138,7 @@ impl SubscriptionSpec {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
             dead_letter_topic: None,
+            ordered: false,
         }
     }
 

@@ -462,12 +462,7 @@ async fn get_consumer(
             .layout
             .direct_subject(&spec.key.topic, &spec.key.trigger, lane)
     };
-    let config = Shared::consumer_config(
-        name.to_owned(),
-        subject,
-        spec.visibility_timeout,
-        deliver_policy,
-    );
+    let config = Shared::trigger_consumer_config(name.to_owned(), subject, spec, deliver_policy);
     stream
         .get_or_create_consumer(name, config)
         .await
@@ -666,8 +661,20 @@ impl Received {
     }
 
     /// Gives the message back without spending an attempt: a copy with the same attempt to
-    /// the trigger's own subject (confirmed), then the original acked.
+    /// the trigger's own subject (confirmed), then the original acked. On an ordered trigger
+    /// a copy would go behind the later messages of its lane: the message is nacked instead
+    /// (delivered again first, counted as an attempt).
     async fn release(&self) -> Result<()> {
+        if self.held.ordered {
+            return self
+                .message
+                .ack_with(AckKind::Nak(None))
+                .await
+                .map_err(|err| Error::Broker {
+                    operation: "nak (release on an ordered trigger)",
+                    source: err,
+                });
+        }
         release_copy(
             &self.shared,
             &self.held.key,
@@ -823,12 +830,20 @@ async fn release_copy(
 }
 
 /// Releases a message the subscription received but never handed out (it was dropped): the
-/// attempt it would have been is not spent.
-async fn release_unhanded(shared: &Shared, key: &SubscriptionKey, message: async_nats::Message) {
+/// attempt it would have been is not spent, except on an ordered trigger, where it is nacked
+/// so that it stays first.
+async fn release_unhanded(shared: &Shared, spec: &SubscriptionSpec, message: async_nats::Message) {
+    let key = &spec.key;
     let message = jetstream::Message {
         message,
         context: shared.js.clone(),
     };
+    if spec.ordered {
+        if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(trigger = %key, error = %err, "cannot give back a message that was never handed out; the server delivers it again");
+        }
+        return;
+    }
     let Ok(info) = message.info() else { return };
     let (delivered, sequence) = (info.delivered, info.stream_sequence);
     let stored_at = codec::stored_at(&info.published);
@@ -875,15 +890,15 @@ impl Drop for Puller {
         if buffered.is_empty() && inbox.is_none() {
             return;
         }
-        let (shared, key) = (Arc::clone(&self.shared), self.spec.key.clone());
+        let (shared, spec) = (Arc::clone(&self.shared), self.spec.clone());
         let releases = shared.releases.clone();
         releases.spawn_on(
             async move {
                 for message in buffered {
-                    release_unhanded(&shared, &key, message).await;
+                    release_unhanded(&shared, &spec, message).await;
                 }
                 if let Some(subscriber) = inbox {
-                    drain_open_pulls(&shared, &key, subscriber, open_until).await;
+                    drain_open_pulls(&shared, &spec, subscriber, open_until).await;
                 }
             },
             &runtime,
@@ -895,7 +910,7 @@ impl Drop for Puller {
 /// expired (`open_until`; at once when none was open) or the adapter closes.
 async fn drain_open_pulls(
     shared: &Shared,
-    key: &SubscriptionKey,
+    spec: &SubscriptionSpec,
     mut subscriber: async_nats::Subscriber,
     open_until: Option<Instant>,
 ) {
@@ -911,7 +926,7 @@ async fn drain_open_pulls(
         };
         let Some(message) = next else { return };
         if matches!(message.status, None | Some(StatusCode::OK)) {
-            release_unhanded(shared, key, message).await;
+            release_unhanded(shared, spec, message).await;
         }
     }
 }

@@ -148,8 +148,7 @@ impl Shared {
                 jetstream::consumer::DeliverPolicy::All,
             ),
         ] {
-            let config =
-                Shared::consumer_config(name.clone(), filter, spec.visibility_timeout, policy);
+            let config = Shared::trigger_consumer_config(name.clone(), filter, spec, policy);
             match stream.get_consumer::<pull::Config>(&name).await {
                 Ok(existing) => {
                     let current = &existing.cached_info().config;
@@ -163,7 +162,9 @@ impl Shared {
                             .into(),
                         });
                     }
-                    if current.ack_wait != config.ack_wait {
+                    if current.ack_wait != config.ack_wait
+                        || current.max_ack_pending != config.max_ack_pending
+                    {
                         stream
                             .update_consumer(config)
                             .await
@@ -266,12 +267,10 @@ impl Shared {
         lane: u32,
     ) -> Result<()> {
         let key = SubscriptionKey::new(topic.clone(), trigger.clone());
-        let ack_wait = self
+        let spec = self
             .declared
             .subscription(&key)
-            .map_or(topiq_adapter::DEFAULT_VISIBILITY_TIMEOUT, |spec| {
-                spec.visibility_timeout
-            });
+            .unwrap_or_else(|_| SubscriptionSpec::new(key));
         let stream = self
             .js
             .get_stream_no_info(self.layout.topic_stream(topic))
@@ -281,16 +280,38 @@ impl Shared {
         stream
             .get_or_create_consumer(
                 &name,
-                Shared::consumer_config(
+                Shared::trigger_consumer_config(
                     name.clone(),
                     self.layout.direct_subject(topic, trigger, lane),
-                    ack_wait,
+                    &spec,
                     jetstream::consumer::DeliverPolicy::All,
                 ),
             )
             .await
             .map(|_| ())
             .map_err(broker("ensure the trigger's own consumer"))
+    }
+
+    /// A consumer of a trigger: leased for its visibility timeout, and one message in flight
+    /// at a time when the trigger is ordered (`max_ack_pending` 1: the server hands out the
+    /// next only after the one before was acked or terminated, and redelivers a nacked one
+    /// before any later one).
+    pub(crate) fn trigger_consumer_config(
+        name: String,
+        filter_subject: String,
+        spec: &SubscriptionSpec,
+        deliver_policy: jetstream::consumer::DeliverPolicy,
+    ) -> pull::Config {
+        let mut config = Self::consumer_config(
+            name,
+            filter_subject,
+            spec.visibility_timeout,
+            deliver_policy,
+        );
+        if spec.ordered {
+            config.max_ack_pending = 1;
+        }
+        config
     }
 
     /// A durable pull consumer whose deliveries are leased for `visibility_timeout`. The

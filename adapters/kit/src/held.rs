@@ -31,6 +31,8 @@ pub struct Held {
     pub visibility_timeout: Duration,
     /// The subscription's `dead_letter_topic`.
     pub dead_letter_topic: Option<TopicName>,
+    /// Whether the subscription is ordered (a release must keep the message first).
+    pub ordered: bool,
     /// The lease, holding one of the subscription's prefetch slots.
     pub lease: Mutex<Lease>,
     /// Cancelled when the adapter closes: no settlement is taken after that.
@@ -57,6 +59,7 @@ impl Held {
             max_attempts: spec.max_attempts,
             visibility_timeout: spec.visibility_timeout,
             dead_letter_topic: spec.dead_letter_topic.clone(),
+            ordered: spec.ordered,
             lease: Mutex::new(Lease::new(spec.visibility_timeout, permit)),
             closed: closed.clone(),
         }

@@ -172,6 +172,10 @@ struct QueueState {
     retention: Option<Duration>,
     next_token: u64,
     next_seq: u64,
+    /// One message in flight at a time, in order (an ordered trigger).
+    ordered: bool,
+    /// Ordered: the message first in `ready` was nacked and waits until then.
+    held_until: Option<Instant>,
 }
 
 impl QueueState {
@@ -244,10 +248,22 @@ impl QueueState {
     fn next_wake(&self) -> Option<Instant> {
         let delayed = self.delayed.peek().map(|d| d.due);
         let lease = self.leases.front().map(|(deadline, _)| *deadline);
-        match (delayed, lease) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [delayed, lease, self.held_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Ordered: whether the next message must wait (one is in flight, or the first waits
+    /// out its retry delay).
+    fn holds_back(&mut self, now: Instant) -> bool {
+        if !self.ordered {
+            return false;
         }
+        if self.held_until.is_some_and(|until| until <= now) {
+            self.held_until = None;
+        }
+        !self.in_flight.is_empty() || self.held_until.is_some()
     }
 }
 
@@ -294,6 +310,8 @@ impl TriggerQueue {
                 retention,
                 next_token: 0,
                 next_seq: 0,
+                ordered: spec.ordered,
+                held_until: None,
             }),
             wake: Notify::new(),
             parked: AtomicUsize::new(0),
@@ -315,6 +333,7 @@ impl TriggerQueue {
         let mut spec = SubscriptionSpec::new(self.key.clone());
         spec.max_attempts = state.max_attempts;
         spec.visibility_timeout = state.visibility_timeout;
+        spec.ordered = state.ordered;
         spec
     }
 
@@ -350,10 +369,11 @@ impl TriggerQueue {
         self.topic.store_dead_letters(records);
     }
 
-    pub(crate) fn set_policy(&self, max_attempts: u32, visibility_timeout: Duration) {
+    pub(crate) fn set_policy(&self, spec: &SubscriptionSpec) {
         let mut state = lock(&self.state);
-        state.max_attempts = max_attempts;
-        state.visibility_timeout = visibility_timeout;
+        state.max_attempts = spec.max_attempts;
+        state.visibility_timeout = spec.visibility_timeout;
+        state.ordered = spec.ordered;
         // Leases are expired in deadline order; keep it after a change of timeout.
         state.leases.make_contiguous().sort_unstable();
     }
@@ -401,7 +421,7 @@ impl TriggerQueue {
         let (taken, dead) = {
             let mut state = lock(&self.state);
             let mut dead = self.advance_at(&mut state, now);
-            let taken = if slot.has_room() {
+            let taken = if slot.has_room() && !state.holds_back(now) {
                 self.lease_next(&mut state, slot, now, &mut dead)
             } else {
                 None
@@ -529,6 +549,12 @@ impl TriggerQueue {
                             );
                             dead.push(pending.into_dead_letter(&self.key.trigger, failure));
                         }
+                        Settlement::Nack(delay) if state.ordered => {
+                            // First again, and nothing of the lane before it.
+                            state.ready.push_front(pending.next_attempt());
+                            state.held_until = Some(instant_after(delay));
+                            wake = true;
+                        }
                         Settlement::Nack(delay) if delay.is_zero() => {
                             state.ready.push_back(pending.next_attempt());
                             wake = true;
@@ -546,6 +572,8 @@ impl TriggerQueue {
                         }
                     }
                     state.compact_leases();
+                    // An ordered queue's next message waited for this one.
+                    wake |= state.ordered;
                     Ok(())
                 }
             };

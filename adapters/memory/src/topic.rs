@@ -69,7 +69,7 @@ impl Topic {
         let dead_letter_topic = dead_letter_topic.map(|topic| topic as Weak<dyn DeadLetterTarget>);
         let lanes = read(&self.shared.spec).lanes;
         for queue in self.lanes_of(&spec.key.trigger) {
-            queue.set_policy(spec.max_attempts, spec.visibility_timeout);
+            queue.set_policy(&spec);
             queue.set_dead_letter_topic(dead_letter_topic.clone());
         }
         self.add_lanes(&spec, lanes, dead_letter_topic);

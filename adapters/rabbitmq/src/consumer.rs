@@ -10,8 +10,8 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
-    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Subscription, SubscriptionKey,
-    SubscriptionSpec, Timestamp,
+    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Subscription, SubscriptionSpec,
+    Timestamp,
 };
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
@@ -43,6 +43,8 @@ pub(crate) fn subscribe(
 ) -> (Subscription, Arc<Leases<Received>>) {
     let leases = Leases::<Received>::new();
     let unacked = match options.read_ahead {
+        // An ordered lane queue hands out one message at a time.
+        _ if spec.ordered => 1,
         Some(ahead) => options.prefetch.min(ahead.saturating_mul(2)),
         None => options.prefetch,
     };
@@ -88,7 +90,7 @@ impl Drop for Consuming {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let tag = consumer.tag();
-            let (shared, key) = (Arc::clone(&self.shared), self.spec.key.clone());
+            let (shared, spec) = (Arc::clone(&self.shared), self.spec.clone());
             let releases = self.shared.releases.clone();
             releases.spawn_on(
                 async move {
@@ -96,7 +98,7 @@ impl Drop for Consuming {
                     let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
                     // Everything sent before the cancel's answer is buffered by now.
                     while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-                        release_unhanded(&shared, &key, delivery).await;
+                        release_unhanded(&shared, &spec, delivery).await;
                     }
                     drop((consumer, channel));
                 },
@@ -108,12 +110,18 @@ impl Drop for Consuming {
 
 /// Gives back a delivery that was never handed out: a copy with the attempt it would have
 /// been (confirmed), then the original acked; if that fails, the channel's closing returns
-/// it (counted).
+/// it (counted). On an ordered trigger it is returned to the head of its queue (counted).
 async fn release_unhanded(
     shared: &Shared,
-    key: &SubscriptionKey,
+    spec: &SubscriptionSpec,
     delivery: lapin::message::Delivery,
 ) {
+    let key = &spec.key;
+    if spec.ordered {
+        let timeout = shared.config.publish_timeout;
+        let _ = settle(&delivery.acker, Settle::Requeue, "return", timeout).await;
+        return;
+    }
     let Ok(mut metadata) = Metadata::from_properties(&delivery.properties) else {
         return;
     };
@@ -515,11 +523,24 @@ impl RabbitAcker {
             .await
     }
 
-    async fn nack_claimed(received: &Received, delay: Duration) -> Result<()> {
+    async fn nack_claimed(received: &Arc<Received>, delay: Duration) -> Result<()> {
         if received.held.attempt >= received.held.max_attempts {
             let failure =
                 Failure::nacked_on_last_attempt(received.held.attempt, received.held.max_attempts);
             return received.move_to_dlq(failure, received.held.attempt).await;
+        }
+        if received.held.ordered {
+            // Held through the delay, then back to the head of its queue, so nothing of its
+            // lane goes before it (the quorum queue counts the return: the next attempt). A
+            // crash or close meanwhile closes the channel, which returns it at once.
+            let received = Arc::clone(received);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Err(err) = received.settle(Settle::Requeue, "return (nack)").await {
+                    tracing::warn!(trigger = %received.held.key, error = %err, "cannot return a nacked message of an ordered trigger; its channel's closing returns it");
+                }
+            });
+            return Ok(());
         }
         let (payload, metadata) = received.copy(received.held.attempt)?;
         let shared = &received.shared;
@@ -550,6 +571,9 @@ impl RabbitAcker {
     async fn release(self) -> Result<()> {
         self.received.held.claim()?;
         let received = Arc::clone(&self.received);
+        if received.held.ordered {
+            return received.settle(Settle::Requeue, "return (release)").await;
+        }
         self.or_return(async move {
             let (payload, metadata) = received.copy(received.held.attempt.saturating_sub(1))?;
             received

@@ -123,7 +123,18 @@ impl Shared {
                 ),
             });
         }
+        if spec.ordered && shared.config.queue_type == QueueType::Classic {
+            return Err(Error::Unsupported {
+                adapter: CAPABILITIES.adapter,
+                option: "ordered triggers on classic queues",
+                hint: "use queue_type: quorum (a classic queue does not count deliveries, and counting one by a copy would put it behind its lane's later messages)",
+            });
+        }
         let mut arguments = Vec::new();
+        if spec.ordered {
+            // One consumer of each lane queue at a time, across every instance.
+            arguments.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
+        }
         match shared.config.queue_type {
             QueueType::Quorum => {
                 arguments.push(("x-queue-type", AMQPValue::LongString("quorum".into())));
