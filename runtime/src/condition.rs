@@ -88,7 +88,8 @@ impl Condition {
     }
 }
 
-fn json_to_cel(value: &Value) -> CelValue {
+/// A JSON value as CEL sees it.
+pub(crate) fn json_to_cel(value: &Value) -> CelValue {
     match value {
         Value::Null => CelValue::Null,
         Value::Bool(flag) => CelValue::Bool(*flag),

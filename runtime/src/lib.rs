@@ -35,6 +35,7 @@ mod control;
 pub mod function;
 mod metrics;
 mod module;
+pub mod ordering;
 mod outcome;
 pub mod registry;
 pub mod retry;

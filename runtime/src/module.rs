@@ -22,7 +22,7 @@ use crate::runs::{Runs, reconcile};
 use crate::schedules;
 use crate::stats::TriggerCounters;
 use crate::telemetry;
-use crate::trigger::{Lifecycle, Trigger};
+use crate::trigger::{LaneOrder, Lifecycle, Trigger};
 
 /// How often the broker's counts are read for exported gauges.
 const BROKER_COUNTS_EVERY: Duration = Duration::from_secs(15);
@@ -223,6 +223,11 @@ impl QueueModule {
         self.inner.topics.get(name)
     }
 
+    /// The per-key order of `topic`, when it has ordered triggers.
+    pub(crate) fn ordering(&self, topic: &TopicName) -> Option<&crate::ordering::TopicOrdering> {
+        self.inner.config.ordering.get(topic)
+    }
+
     pub(crate) fn triggers(&self) -> &[Arc<Trigger>] {
         &self.inner.triggers
     }
@@ -317,10 +322,12 @@ impl QueueModule {
             abort: CancellationToken::new(),
             calls: TaskTracker::new(),
         };
+        let mut tasks = Vec::new();
         for trigger in &self.inner.triggers {
-            lifecycle
+            let task = lifecycle
                 .calls
                 .spawn(Arc::clone(trigger).run(lifecycle.clone()));
+            tasks.push(task.abort_handle());
         }
         lifecycle
             .calls
@@ -351,6 +358,7 @@ impl QueueModule {
         Workers {
             lifecycle,
             grace: self.inner.config.shutdown_grace,
+            tasks,
         }
     }
 
@@ -519,6 +527,13 @@ async fn declare_trigger(
     spec.max_attempts = settings.retry.max_attempts;
     spec.visibility_timeout = settings.visibility_timeout;
     spec.dead_letter_topic = settings.dead_letter_topic.clone();
+    spec.ordered = settings.ordering_key.is_some();
+    // Partitions are equals: taken in turn. Priority levels: the highest first.
+    let lane_order = if config.ordering.contains_key(&key.topic) {
+        LaneOrder::InTurn
+    } else {
+        LaneOrder::HighestFirst
+    };
     adapter
         .declare_subscription(spec)
         .await
@@ -538,6 +553,7 @@ async fn declare_trigger(
         runs: None,
         pauses: runs.pauses().watch(),
         lanes,
+        lane_order,
     })
 }
 
@@ -545,9 +561,21 @@ async fn declare_trigger(
 pub struct Workers {
     lifecycle: Lifecycle,
     grace: Duration,
+    /// The triggers' tasks, for [`abort`](Self::abort).
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 impl Workers {
+    /// Stops at once, as a crash would: running calls are dropped unsettled (each message
+    /// is delivered again once its lease runs out, as the next attempt) and nothing waits.
+    /// For a supervisor that must exit now, and for tests of what a crash does.
+    pub fn abort(self) {
+        self.lifecycle.stop.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
     /// Graceful stop: no new deliveries are taken; running calls get the grace period to
     /// finish; calls still running then are abandoned and their messages released for
     /// redelivery without spending an attempt.

@@ -101,14 +101,25 @@ pub(super) struct EnqueueBatchRequest {
 }
 
 impl QueueModule {
-    /// `message` in the lane of `priority` on `topic`; a priority the topic has no level for
-    /// is refused, naming the option that gives it levels.
-    fn prioritized(
+    /// `message` in its lane of `topic`: its key's partition on a topic with ordered
+    /// triggers, else the lane of `priority`; a priority the topic has no level for is
+    /// refused, naming the option that gives it levels.
+    fn in_lane(
         &self,
         topic: &TopicName,
         message: NewMessage,
         priority: Option<u32>,
     ) -> Result<NewMessage, CallError> {
+        if let Some(ordering) = self.ordering(topic) {
+            if priority.is_some() {
+                return Err(CallError::invalid(format!(
+                    "priority: topic {topic} keeps per-key order (a trigger on it has an ordering_key), so its messages have no priority; leave priority out"
+                )));
+            }
+            let key = message.idempotency_key.as_deref();
+            let lane = ordering.lane_of(topic, &message.data, key);
+            return Ok(message.lane(lane));
+        }
         let Some(priority) = priority else {
             return Ok(message);
         };
@@ -180,7 +191,7 @@ impl QueueModule {
                 traceparent: request.traceparent,
                 baggage: request.baggage,
             });
-        let message = self.prioritized(&topic, message, request.priority)?;
+        let message = self.in_lane(&topic, message, request.priority)?;
         Ok(self.publish(&topic, message).await?.into())
     }
 
@@ -243,7 +254,7 @@ impl QueueModule {
             item.delay.as_deref(),
             item.run_at.as_deref(),
         )?;
-        self.prioritized(topic, message.trace(trace), item.priority)
+        self.in_lane(topic, message.trace(trace), item.priority)
     }
 
     /// Publishes `messages` in one publish span, counted in the metrics.

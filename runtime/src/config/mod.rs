@@ -10,6 +10,7 @@
 
 mod duration;
 mod error;
+mod ordering;
 mod queue_module;
 mod raw;
 mod runs;
@@ -37,6 +38,7 @@ pub use service::{
 pub use telemetry::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};
 
 use crate::condition::Condition;
+use crate::ordering::{OrderingKey, TopicOrdering};
 use crate::registry::AdapterClass;
 use crate::retry::RetryPolicy;
 use source::{Sections, SourceFile, override_path, process_environment};
@@ -67,6 +69,8 @@ pub struct Config {
     /// Every topic the config names (under `topics:`, in a trigger, as a dead-letter topic),
     /// with its options.
     pub topics: BTreeMap<TopicName, TopicSpec>,
+    /// The per-key order of each topic with ordered triggers (its lanes are the partitions).
+    pub ordering: BTreeMap<TopicName, TopicOrdering>,
     /// The triggers, by name.
     pub triggers: Vec<TriggerSettings>,
     /// How long running handlers may take to finish at shutdown.
@@ -123,6 +127,10 @@ pub struct TriggerSettings {
     pub timeout: Duration,
     /// Whether its runs are recorded (`runs: false` opts a firehose trigger out).
     pub record_runs: bool,
+    /// Its messages of one key run one at a time, in enqueue order.
+    pub ordering_key: Option<OrderingKey>,
+    /// Where `ordering_key` was written, for the checks across triggers.
+    pub ordering_key_location: Option<ConfigLocation>,
 }
 
 impl Config {
@@ -188,6 +196,7 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
     let (file, module) = queue_module::the_queue_module(sections.modules)?;
     let adapter = queue_module::adapter_settings(&file, module.config.adapter)?;
     let capabilities = adapter.class.capabilities();
+    let partitions = ordering::partitions_of(&module.config.topics);
     let mut topics = queue_module::topics(&file, module.config.topics, &capabilities)?;
     let mut warnings = Vec::new();
     let mut triggers = Vec::new();
@@ -202,6 +211,8 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
             triggers.push(trigger);
         }
     }
+    let ordering =
+        ordering::topic_orderings(&file, partitions, &triggers, &mut topics, &capabilities)?;
     let functions = match sections.functions {
         Some((file, functions)) => service::validate_functions(&file, functions)?,
         None => Vec::new(),
@@ -225,6 +236,7 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
     Ok(Config {
         adapter,
         topics,
+        ordering,
         triggers,
         functions,
         api,

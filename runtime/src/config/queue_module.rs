@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde_saphyr::Spanned;
-use topiq_adapter::{
-    Capabilities, DEFAULT_IDEMPOTENCY_WINDOW, Error, MAX_LANES, TopicName, TopicSpec,
-};
+use topiq_adapter::{Capabilities, DEFAULT_IDEMPOTENCY_WINDOW, Error, TopicName, TopicSpec};
 
 use super::raw::{RawAdapter, RawModule, RawTopic};
 use super::source::spanned_at;
@@ -157,7 +155,10 @@ fn topic(
     Ok(spec)
 }
 
-/// A topic's `priority_levels` (its lanes): 1 to [`MAX_LANES`], and no more than the adapter
+/// The most priority levels a topic takes (a lane each).
+pub(super) const MAX_PRIORITY_LEVELS: u32 = 10;
+
+/// A topic's `priority_levels` (its lanes): 1 to [`MAX_PRIORITY_LEVELS`], and no more than the adapter
 /// splits a topic into.
 pub(super) fn priority_levels(
     file: &str,
@@ -172,9 +173,9 @@ pub(super) fn priority_levels(
             message,
         )
     };
-    if levels.value == 0 || levels.value > MAX_LANES {
+    if levels.value == 0 || levels.value > MAX_PRIORITY_LEVELS {
         return Err(error(format!(
-            "must be 1 to {MAX_LANES} (priorities 0 to priority_levels - 1, higher first), got {}",
+            "must be 1 to {MAX_PRIORITY_LEVELS} (priorities 0 to priority_levels - 1, higher first), got {}",
             levels.value
         )));
     }

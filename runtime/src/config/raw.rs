@@ -116,6 +116,7 @@ pub(crate) struct RawTopic {
     pub(crate) retention: Option<ConfigDuration>,
     pub(crate) dlq_retention: Option<ConfigDuration>,
     pub(crate) priority_levels: Option<Spanned<u32>>,
+    pub(crate) partitions: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +133,7 @@ pub(crate) struct RawTrigger {
 pub(crate) struct RawTriggerConfig {
     pub(crate) topic: TopicName,
     pub(crate) condition: Option<Spanned<String>>,
+    pub(crate) ordering_key: Option<Spanned<String>>,
     pub(crate) concurrency: Option<Spanned<u32>>,
     pub(crate) batch_size: Option<Spanned<u32>>,
     pub(crate) visibility_timeout: Option<Spanned<ConfigDuration>>,

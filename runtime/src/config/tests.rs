@@ -654,3 +654,105 @@ fn priority_levels_beyond_the_adapters_lanes_are_refused() {
         "{err}"
     );
 }
+
+/// A config with `topics` under the module and `triggers` (each a `name: options` line,
+/// the options going under `config:` of a trigger on `accounts` calling `apply`).
+fn ordered(topics: &str, triggers: &[(&str, &str)]) -> String {
+    let triggers: String = triggers
+        .iter()
+        .map(|(name, options)| {
+            format!(
+                "  {name}:\n    type: queue\n    function: apply\n    config: {{ topic: accounts, {options} }}\n"
+            )
+        })
+        .collect();
+    format!(
+        "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter: {{ class: modules::queue::BuiltinQueueAdapter }}
+      topics:
+        accounts: {{ {topics} }}
+triggers:
+{triggers}"
+    )
+}
+
+#[test]
+fn an_ordering_key_splits_its_topic_into_partitions() {
+    let accounts = TopicName::new("accounts").unwrap();
+    let config = load(&ordered("", &[("ledger", "ordering_key: data.key")])).expect("valid");
+    assert_eq!(config.topics[&accounts].lanes, 8, "the default partitions");
+    assert_eq!(config.ordering[&accounts].partitions, 8);
+    let config = load(&ordered(
+        "partitions: 3",
+        &[
+            ("ledger", "ordering_key: data.key"),
+            ("audit", "concurrency: 2"),
+        ],
+    ))
+    .expect("valid");
+    assert_eq!(config.topics[&accounts].lanes, 3);
+    assert!(config.trigger("audit").unwrap().ordering_key.is_none());
+}
+
+#[test]
+fn ordering_keys_are_checked_where_they_are_written() {
+    let key = "triggers.ledger.config.ordering_key";
+    assert_error(
+        load(&ordered("", &[("ledger", "ordering_key: attempt")])),
+        11,
+        key,
+        "not known when a message is enqueued",
+    );
+    assert_error(
+        load(&ordered(
+            "",
+            &[("ledger", "ordering_key: data.key, batch_size: 5")],
+        )),
+        11,
+        key,
+        "needs batch_size 1",
+    );
+    assert_error(
+        load(&ordered(
+            "",
+            &[
+                ("audit", "ordering_key: data.a"),
+                ("ledger", "ordering_key: data.b"),
+            ],
+        )),
+        15,
+        key,
+        "differs from `data.a`",
+    );
+    assert_error(
+        load(&ordered(
+            "priority_levels: 2",
+            &[("ledger", "ordering_key: data.key")],
+        )),
+        11,
+        key,
+        "use per-key order or priority",
+    );
+}
+
+#[test]
+fn partitions_need_an_ordered_trigger_and_a_range() {
+    let key = "modules[0].config.topics.accounts.partitions";
+    assert_error(
+        load(&ordered("partitions: 4", &[("audit", "concurrency: 2")])),
+        6,
+        key,
+        "no trigger on accounts has an ordering_key",
+    );
+    assert_error(
+        load(&ordered(
+            "partitions: 33",
+            &[("ledger", "ordering_key: data.key")],
+        )),
+        6,
+        key,
+        "must be 1 to 32",
+    );
+}

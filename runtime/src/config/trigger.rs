@@ -9,9 +9,11 @@ use topiq_adapter::{DEFAULT_VISIBILITY_TIMEOUT, MIN_VISIBILITY_TIMEOUT, TopicNam
 use super::raw::{BackoffKind, RawQueueMetadata, RawRetry, RawTrigger, RawTriggerConfig};
 use super::source::spanned_at;
 use super::{
-    ConfigError, DEFAULT_HANDLER_TIMEOUT, MAX_BATCH_SIZE, MAX_CONCURRENCY, TriggerSettings,
+    ConfigError, ConfigLocation, DEFAULT_HANDLER_TIMEOUT, MAX_BATCH_SIZE, MAX_CONCURRENCY,
+    TriggerSettings,
 };
 use crate::condition::Condition;
+use crate::ordering::OrderingKey;
 use crate::retry::{Backoff, RetryPolicy};
 
 /// One trigger, checked; a warning for a combination that works but may surprise.
@@ -38,6 +40,7 @@ pub(super) fn validate_trigger(
     let concurrency = at.in_range(&config.concurrency, "concurrency", MAX_CONCURRENCY)?;
     let batch_size = at.in_range(&config.batch_size, "batch_size", MAX_BATCH_SIZE)?;
     let (visibility_timeout, timeout) = timeouts(&at, &config, warnings)?;
+    let ordering_key = ordering_key(&at, &config, batch_size)?;
     let queue_metadata = config
         .metadata
         .and_then(|metadata| metadata.infrastructure)
@@ -64,6 +67,8 @@ pub(super) fn validate_trigger(
         visibility_timeout,
         timeout,
         record_runs: config.runs.unwrap_or(true),
+        ordering_key_location: ordering_key.as_ref().map(|(_, at)| at.clone()),
+        ordering_key: ordering_key.map(|(key, _)| key),
     })
 }
 
@@ -114,6 +119,27 @@ fn condition(at: &Place<'_>, config: &RawTriggerConfig) -> Result<Option<Conditi
     Condition::compile(&source.value)
         .map(Some)
         .map_err(|message| at.error(source, "condition", message))
+}
+
+/// The compiled `ordering_key` and where it is written; only with `batch_size` 1.
+fn ordering_key(
+    at: &Place<'_>,
+    config: &RawTriggerConfig,
+    batch_size: u32,
+) -> Result<Option<(OrderingKey, ConfigLocation)>, ConfigError> {
+    let Some(source) = &config.ordering_key else {
+        return Ok(None);
+    };
+    if batch_size > 1 {
+        return Err(at.error(
+            source,
+            "ordering_key",
+            "needs batch_size 1: a batch would run several messages of one key at once",
+        ));
+    }
+    let key = OrderingKey::compile(&source.value)
+        .map_err(|message| at.error(source, "ordering_key", message))?;
+    Ok(Some((key, spanned_at(at.file, source))))
 }
 
 /// The visibility timeout (at least 1 s) and the handler timeout (above zero).

@@ -20,6 +20,15 @@ use topiq_adapter::{Delivery, Subscription};
 /// Every this many pulls, the lane whose turn it is goes first.
 pub(crate) const SHARE_EVERY: u64 = 8;
 
+/// Which lane a pull asks first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LaneOrder {
+    /// Priority levels: the highest, except every [`SHARE_EVERY`]th pull.
+    HighestFirst,
+    /// Partitions of ordered triggers: each lane in turn, one pull each.
+    InTurn,
+}
+
 /// The subscriptions of one trigger, by lane, what each had ready, and where the rotation
 /// stands.
 pub(crate) struct Lanes {
@@ -31,11 +40,16 @@ pub(crate) struct Lanes {
     max_wait: Duration,
     pulls: u64,
     turn: usize,
+    lane_order: LaneOrder,
 }
 
 impl Lanes {
     /// Lane `n` is `subscriptions[n]`; a delivery kept waiting `max_wait` goes first.
-    pub(crate) fn new(subscriptions: Vec<Subscription>, max_wait: Duration) -> Self {
+    pub(crate) fn new(
+        subscriptions: Vec<Subscription>,
+        max_wait: Duration,
+        lane_order: LaneOrder,
+    ) -> Self {
         let waiting = subscriptions.iter().map(|_| None).collect();
         Self {
             subscriptions,
@@ -43,6 +57,7 @@ impl Lanes {
             max_wait,
             pulls: 0,
             turn: 0,
+            lane_order,
         }
     }
 
@@ -115,7 +130,15 @@ impl Lanes {
     }
 
     fn order(&mut self) -> Vec<usize> {
-        pull_order(self.pulls, &mut self.turn, self.subscriptions.len())
+        let count = self.subscriptions.len();
+        match self.lane_order {
+            LaneOrder::HighestFirst => pull_order(self.pulls, &mut self.turn, count),
+            LaneOrder::InTurn => {
+                let first = self.turn;
+                self.turn = (self.turn + 1) % count.max(1);
+                (0..count).map(|n| (first + n) % count).collect()
+            }
+        }
     }
 }
 

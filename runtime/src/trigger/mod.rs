@@ -43,6 +43,7 @@ use crate::function::{Function, HandlerError, Message};
 use crate::runs::{self, Runs};
 use crate::stats::TriggerCounters;
 use crate::telemetry;
+pub(crate) use lanes::LaneOrder;
 use lanes::Lanes;
 use supervise::{CallFailure, Limits, supervise};
 use topiq_runs::RunKey;
@@ -62,8 +63,10 @@ pub(crate) struct Trigger {
     pub(crate) runs: Option<Arc<Runs>>,
     /// The paused triggers: while its name is in the set, it holds no subscription.
     pub(crate) pauses: watch::Receiver<BTreeSet<TriggerName>>,
-    /// How many lanes (priority levels) its topic has: it consumes each.
+    /// How many lanes (priority levels, or partitions) its topic has: it consumes each.
     pub(crate) lanes: u32,
+    /// Which lane it takes from first.
+    pub(crate) lane_order: LaneOrder,
 }
 
 /// The next delivery of `lanes`; never, without them.
@@ -250,7 +253,10 @@ impl Trigger {
         let mut subscriptions = Vec::with_capacity(self.lanes as usize);
         for lane in (0..self.lanes.max(1)).rev() {
             let mut options = ConsumeOptions::with_prefetch(prefetch).on_lane(lane);
-            if self.lanes > 1 {
+            if self.settings.ordering_key.is_some() {
+                // A partition hands out one message at a time anyway.
+                options = options.reading_ahead(1);
+            } else if self.lanes > 1 {
                 options = options.reading_ahead(self.handlers());
             }
             subscriptions.push(self.adapter.consume(&self.key, options).await?);
@@ -261,6 +267,7 @@ impl Trigger {
         Ok(Lanes::new(
             subscriptions,
             self.settings.visibility_timeout / 4,
+            self.lane_order,
         ))
     }
 
@@ -295,6 +302,18 @@ impl Trigger {
         }
         self.ack(delivery).await;
         None
+    }
+
+    /// An ordered trigger's key of `delivery`, checked again as it is taken: one whose key
+    /// fails cannot be put in order, and is dead-lettered with the reason.
+    fn key_of(&self, delivery: &Delivery) -> Result<(), String> {
+        let Some(key) = &self.settings.ordering_key else {
+            return Ok(());
+        };
+        let envelope = delivery.envelope();
+        let idempotency_key = envelope.idempotency_key.as_deref();
+        key.evaluate(&envelope.topic, &envelope.data, idempotency_key)
+            .map(|_| ())
     }
 
     fn passes_condition(&self, delivery: &Delivery) -> bool {
@@ -340,6 +359,11 @@ impl Trigger {
         let Some(delivery) = self.admit(delivery).await else {
             return Outcome::Filtered;
         };
+        if let Err(reason) = self.key_of(&delivery) {
+            return self
+                .settle_failure(delivery, CallFailure::OrderingKey(reason))
+                .await;
+        }
         let Function::Single(handler) = &self.function else {
             return Outcome::Released;
         };

@@ -227,6 +227,7 @@ triggers:
             runs: None,
             pauses: tokio::sync::watch::Sender::default().subscribe(),
             lanes: 1,
+            lane_order: crate::trigger::LaneOrder::HighestFirst,
         };
         (trigger, subscription)
     }

@@ -25,6 +25,8 @@ pub(crate) enum CallFailure {
     Panicked(String),
     /// Its run was cancelled: the call was dropped.
     Cancelled,
+    /// An ordered trigger's `ordering_key` failed on the message (never called), with why.
+    OrderingKey(String),
 }
 
 impl CallFailure {
@@ -33,7 +35,7 @@ impl CallFailure {
         match self {
             CallFailure::Handler(err) => err.is_retryable(),
             CallFailure::Timeout(_) | CallFailure::Panicked(_) => true,
-            CallFailure::Cancelled => false,
+            CallFailure::Cancelled | CallFailure::OrderingKey(_) => false,
         }
     }
 
@@ -55,6 +57,7 @@ impl CallFailure {
             CallFailure::Cancelled => {
                 Failure::new(FailureKind::NonRetryable, "the run was cancelled")
             }
+            CallFailure::OrderingKey(reason) => Failure::new(FailureKind::NonRetryable, reason),
         }
     }
 
@@ -82,6 +85,9 @@ impl CallFailure {
                 "cancelled",
                 "the run was cancelled".to_owned(),
             ),
+            CallFailure::OrderingKey(reason) => {
+                (AttemptOutcome::Failed, "ordering_key", reason.clone())
+            }
         };
         let error = topiq_runs::RunError {
             kind: kind.to_owned(),
@@ -110,6 +116,7 @@ impl CallFailure {
                 HandlerError::retryable(format!("the batch function panicked: {message}"))
             }
             CallFailure::Cancelled => HandlerError::non_retryable("the run was cancelled"),
+            CallFailure::OrderingKey(reason) => HandlerError::non_retryable(reason),
         }
     }
 }
