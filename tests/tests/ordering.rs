@@ -258,7 +258,7 @@ async fn a_message_whose_key_fails_is_dead_lettered_with_the_reason(broker: Brok
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let module = instance(&broker, &store, &ledger, (0, None)).await;
     let keyless = json!({"topic": "accounts", "data": {"seq": 0}});
-    call(&module, "queue.enqueue", keyless).await;
+    let id = call(&module, "queue.enqueue", keyless).await["message_id"].clone();
     let keyed = json!({"topic": "accounts", "data": {"key": "k1", "seq": 1}});
     call(&module, "queue.enqueue", keyed).await;
     let prioritized = json!({"topic": "accounts", "data": {"key": "k1"}, "priority": 1});
@@ -286,6 +286,13 @@ async fn a_message_whose_key_fails_is_dead_lettered_with_the_reason(broker: Brok
     assert_eq!(record["attempts"], 1, "{record}");
     let error = record["error"]["message"].as_str().unwrap();
     assert!(error.contains("`data.key` failed"), "{record}");
+    // Its run ends dead-lettered after one attempt, with the same reason.
+    let args = json!({"id": id, "trigger": "ledger"});
+    let run = call(&module, "queue.run_get", args).await["runs"][0].clone();
+    assert_eq!(run["state"], "dead_lettered", "{run}");
+    assert_eq!(run["attempts"].as_array().unwrap().len(), 1, "{run}");
+    let reason = run["attempts"][0]["error"]["message"].as_str().unwrap();
+    assert!(reason.contains("`data.key` failed"), "{run}");
     assert!(
         ledger
             .lock()

@@ -104,7 +104,7 @@ impl QueueModule {
     /// `message` in its lane of `topic`: its key's partition on a topic with ordered
     /// triggers, else the lane of `priority`; a priority the topic has no level for is
     /// refused, naming the option that gives it levels.
-    fn in_lane(
+    pub(super) fn in_lane(
         &self,
         topic: &TopicName,
         message: NewMessage,

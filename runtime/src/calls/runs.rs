@@ -157,10 +157,9 @@ impl QueueModule {
             replay_of: Some(run.id.clone()),
         };
         let key = SubscriptionKey::new(run.topic.clone(), run.trigger.clone());
-        let receipt = self
-            .adapter()
-            .publish_to(&key, NewMessage::new(data))
-            .await?;
+        // On a topic in per-key order, its key's partition.
+        let message = self.in_lane(&run.topic, NewMessage::new(data), None)?;
+        let receipt = self.adapter().publish_to(&key, message).await?;
         let replay = RunEvent {
             key: RunKey::new(receipt.message_id.clone(), run.trigger.clone()),
             at: origin.enqueued_at,

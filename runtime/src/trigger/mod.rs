@@ -360,6 +360,8 @@ impl Trigger {
             return Outcome::Filtered;
         };
         if let Err(reason) = self.key_of(&delivery) {
+            // An attempt of its run, which the key ended before any call.
+            self.record_start(std::slice::from_ref(&delivery)).await;
             return self
                 .settle_failure(delivery, CallFailure::OrderingKey(reason))
                 .await;
