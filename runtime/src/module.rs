@@ -223,6 +223,19 @@ impl QueueModule {
         self.inner.topics.get(name)
     }
 
+    /// `message` in its key's partition when `topic` is in per-key order (every publish
+    /// path goes through here: enqueue, schedules, replays); unchanged otherwise.
+    pub(crate) fn keyed(&self, topic: &TopicName, message: NewMessage) -> NewMessage {
+        match self.ordering(topic) {
+            Some(ordering) => {
+                let key = message.idempotency_key.as_deref();
+                let lane = ordering.lane_of(topic, &message.data, key);
+                message.lane(lane)
+            }
+            None => message,
+        }
+    }
+
     /// The per-key order of `topic`, when it has ordered triggers.
     pub(crate) fn ordering(&self, topic: &TopicName) -> Option<&crate::ordering::TopicOrdering> {
         self.inner.config.ordering.get(topic)
@@ -246,7 +259,7 @@ impl QueueModule {
         }
         let span = telemetry::publish_span(self.messaging_system(), topic, 1);
         let origin = self.origin_of(topic, &message);
-        let mut message = message;
+        let mut message = self.keyed(topic, message);
         message.trace = telemetry::publish_context(&span, std::mem::take(&mut message.trace));
         let published = self
             .inner

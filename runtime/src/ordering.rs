@@ -92,11 +92,25 @@ impl OrderingKey {
             Ok(CelValue::Int(key)) => Ok(key.to_string()),
             Ok(CelValue::UInt(key)) => Ok(key.to_string()),
             Ok(CelValue::Bool(key)) => Ok(key.to_string()),
+            // The kind only: the value may be the message's data, which logs must not show.
             Ok(other) => Err(format!(
-                "the ordering key `{source}` gave {other:?}; it must be a string, an integer or a boolean"
+                "the ordering key `{source}` gave a {}; it must be a string, an integer or a boolean",
+                kind_of(&other)
             )),
             Err(err) => Err(format!("the ordering key `{source}` failed: {err}")),
         }
+    }
+}
+
+/// What kind of CEL value `value` is, for an error that must not show the value.
+fn kind_of(value: &CelValue) -> &'static str {
+    match value {
+        CelValue::List(_) => "list",
+        CelValue::Map(_) => "map",
+        CelValue::Float(_) => "double",
+        CelValue::Null => "null",
+        CelValue::Bytes(_) => "bytes",
+        _ => "value of another kind",
     }
 }
 
@@ -163,7 +177,14 @@ mod tests {
         let list = key
             .evaluate(&topic(), &json!({"customer": [1]}), None)
             .unwrap_err();
-        assert!(list.contains("must be a string"), "{list}");
+        assert!(list.contains("gave a list; it must be a string"), "{list}");
+        let secret = key
+            .evaluate(&topic(), &json!({"customer": {"card": "4242"}}), None)
+            .unwrap_err();
+        assert!(
+            !secret.contains("4242"),
+            "the data stays out of errors: {secret}"
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ macro_rules! on_every_adapter {
 on_every_adapter!(
     each_key_runs_one_at_a_time_in_order_through_retries_and_a_crash,
     a_message_whose_key_fails_is_dead_lettered_with_the_reason,
+    an_instance_stopping_keeps_its_key_until_its_call_ends,
 );
 
 const KEYS: u64 = 12;
@@ -87,6 +88,8 @@ struct Ledger {
     overlaps: Vec<String>,
     /// The instance running the call that hangs, once it started.
     hung_on: Option<usize>,
+    /// The instance that started the last call.
+    last_on: Option<usize>,
 }
 
 /// Leaves the key when the call ends, also when it is dropped (a crash).
@@ -117,13 +120,15 @@ fn functions(ledger: &Arc<Mutex<Ledger>>, instance: usize) -> Functions {
                     book.overlaps.push(key.clone());
                 }
                 book.started.entry(key.clone()).or_default().push(seq);
+                book.last_on = Some(instance);
                 InFlight(Arc::clone(&ledger), key.clone())
             };
             if message.data()["hang"] == true && message.attempt == 1 {
                 ledger.lock().unwrap().hung_on = Some(instance);
                 std::future::pending::<()>().await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let wait = message.data()["wait_ms"].as_u64().unwrap_or(5);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
             let fails = message.data()["fails"].as_u64().unwrap_or(0);
             if u64::from(message.attempt) <= fails {
                 return Err(HandlerError::retryable("not yet"));
@@ -304,4 +309,58 @@ async fn a_message_whose_key_fails_is_dead_lettered_with_the_reason(broker: Brok
     );
     workers.shutdown().await;
     module.close().await;
+}
+
+/// An instance that stops while it runs a key's message (a deploy) keeps that key until the
+/// call ends: the other instance takes the key's next message only then.
+async fn an_instance_stopping_keeps_its_key_until_its_call_ends(broker: Broker, store: Store) {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let first = instance(&broker, &store, &ledger, (0, None)).await;
+    let second = instance(&broker, &store, &ledger, (1, Some(&first))).await;
+    for (seq, wait_ms) in [(0, 1500), (1, 5), (2, 5)] {
+        let data = json!({"key": "k0", "seq": seq, "wait_ms": wait_ms});
+        call(
+            &first,
+            "queue.enqueue",
+            json!({"topic": "accounts", "data": data}),
+        )
+        .await;
+    }
+    let mut workers = [Some(first.start_workers()), Some(second.start_workers())];
+    eventually("the slow call", Duration::from_secs(30), || {
+        ledger.lock().unwrap().started.contains_key("k0")
+    })
+    .await;
+    let running_on = ledger.lock().unwrap().last_on.unwrap();
+    // Waits for the running call (the shutdown grace), as a deploy's SIGTERM does.
+    workers[running_on].take().unwrap().shutdown().await;
+    eventually(
+        "the key's messages handled",
+        Duration::from_secs(30),
+        || {
+            ledger
+                .lock()
+                .unwrap()
+                .done
+                .get("k0")
+                .is_some_and(|done| done.len() >= 3)
+        },
+    )
+    .await;
+    for workers in workers.into_iter().flatten() {
+        workers.shutdown().await;
+    }
+    {
+        let book = ledger.lock().unwrap();
+        assert!(
+            book.overlaps.is_empty(),
+            "two in flight: {:?}",
+            book.overlaps
+        );
+        assert_eq!(book.done["k0"], [0, 1, 2]);
+    }
+    first.close().await;
+    if !matches!(broker, Broker::Memory) {
+        second.close().await;
+    }
 }

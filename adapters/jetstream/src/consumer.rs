@@ -656,6 +656,13 @@ impl Received {
             }
         }
         lease::lock(&self.held.lease).claim();
+        if self.held.ordered && waited < self.held.visibility_timeout {
+            // One in flight per partition: nobody else can hold it before the server's
+            // `ack_wait`, and waiting that out would stall its partition.
+            let _ = self.message.ack_with(AckKind::Nak(None)).await;
+            tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, waited = ?waited, "a message of an ordered trigger waited in the consumer past half its lease while no handler asked; given back first");
+            return false;
+        }
         tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, waited = ?waited, "a message waited in the consumer past half its lease while no handler asked; left for the server to deliver again");
         false
     }

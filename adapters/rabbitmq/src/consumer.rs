@@ -29,6 +29,8 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a message whose settlement failed waits before it goes back to its queue, so a
 /// broken DLQ or retry queue does not turn into a redelivery loop.
 const RETURN_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// How often a dropped ordered consumer checks whether its delivery was settled.
+const ORDERED_SETTLE_CHECK: Duration = Duration::from_millis(20);
 /// The first wait after a failed subscribe; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -85,15 +87,34 @@ impl Drop for Consuming {
     /// Cancels the consumer and releases what it received but never handed out (without it,
     /// the channel's closing would return those and RabbitMQ would count an attempt no
     /// handler made); the channel closes when the last delivery is settled or dropped.
+    ///
+    /// An ordered trigger's consumer is not cancelled: once its delivery is settled (a
+    /// handler still running, a nack held through its delay) its channel closes, which
+    /// removes the consumer and returns what it was sent meanwhile to the head of the queue
+    /// in one step (counted as an attempt). A cancel first would pass the queue's single
+    /// active consumer to another instance while this one still holds a message: that one
+    /// would take the next, ahead of it.
     fn drop(&mut self) {
         if let Some((channel, mut consumer, _)) = self.open.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let tag = consumer.tag();
             let (shared, spec) = (Arc::clone(&self.shared), self.spec.clone());
+            let leases = Arc::clone(&self.leases);
             let releases = self.shared.releases.clone();
             releases.spawn_on(
                 async move {
+                    if spec.ordered {
+                        while !leases.is_empty() && !shared.closed.is_cancelled() {
+                            tokio::time::sleep(ORDERED_SETTLE_CHECK).await;
+                        }
+                        // Closed while the consumer lives: dropping it first would send a
+                        // `basic.cancel` (lapin cancels a consumer it drops).
+                        let closing = channel.close(200, "ordered consumer stopped".into());
+                        let _ = tokio::time::timeout(CANCEL_TIMEOUT, closing).await;
+                        drop((consumer, channel));
+                        return;
+                    }
                     let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
                     let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
                     // Everything sent before the cancel's answer is buffered by now.
@@ -535,7 +556,11 @@ impl RabbitAcker {
             // crash or close meanwhile closes the channel, which returns it at once.
             let received = Arc::clone(received);
             tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
+                // Closing the adapter closes the channel, which returns it at once.
+                tokio::select! {
+                    () = received.shared.closed.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
                 if let Err(err) = received.settle(Settle::Requeue, "return (nack)").await {
                     tracing::warn!(trigger = %received.held.key, error = %err, "cannot return a nacked message of an ordered trigger; its channel's closing returns it");
                 }

@@ -101,24 +101,23 @@ pub(super) struct EnqueueBatchRequest {
 }
 
 impl QueueModule {
-    /// `message` in its lane of `topic`: its key's partition on a topic with ordered
-    /// triggers, else the lane of `priority`; a priority the topic has no level for is
-    /// refused, naming the option that gives it levels.
+    /// `message` in the lane of `priority` on `topic`; a priority the topic has no level for
+    /// is refused, naming the option that gives it levels, and so is any priority on a topic
+    /// in per-key order.
     pub(super) fn in_lane(
         &self,
         topic: &TopicName,
         message: NewMessage,
         priority: Option<u32>,
     ) -> Result<NewMessage, CallError> {
-        if let Some(ordering) = self.ordering(topic) {
+        if self.ordering(topic).is_some() {
             if priority.is_some() {
                 return Err(CallError::invalid(format!(
                     "priority: topic {topic} keeps per-key order (a trigger on it has an ordering_key), so its messages have no priority; leave priority out"
                 )));
             }
-            let key = message.idempotency_key.as_deref();
-            let lane = ordering.lane_of(topic, &message.data, key);
-            return Ok(message.lane(lane));
+            // Its partition is its key's (`QueueModule::keyed`, on every publish).
+            return Ok(message);
         }
         let Some(priority) = priority else {
             return Ok(message);
@@ -261,16 +260,21 @@ impl QueueModule {
     async fn publish_batch_traced(
         &self,
         topic: &TopicName,
-        mut messages: Vec<NewMessage>,
+        messages: Vec<NewMessage>,
     ) -> Result<Vec<topiq_adapter::Result<PublishReceipt>>, CallError> {
         let span = telemetry::publish_span(self.messaging_system(), topic, messages.len());
         let origins: Vec<_> = messages
             .iter()
             .map(|message| self.origin_of(topic, message))
             .collect();
-        for message in &mut messages {
-            message.trace = telemetry::publish_context(&span, std::mem::take(&mut message.trace));
-        }
+        let messages: Vec<NewMessage> = messages
+            .into_iter()
+            .map(|mut message| {
+                message.trace =
+                    telemetry::publish_context(&span, std::mem::take(&mut message.trace));
+                self.keyed(topic, message)
+            })
+            .collect();
         let count = messages.len() as u64;
         let published = match self
             .adapter()

@@ -158,7 +158,7 @@ impl QueueModule {
         };
         let key = SubscriptionKey::new(run.topic.clone(), run.trigger.clone());
         // On a topic in per-key order, its key's partition.
-        let message = self.in_lane(&run.topic, NewMessage::new(data), None)?;
+        let message = self.keyed(&run.topic, NewMessage::new(data));
         let receipt = self.adapter().publish_to(&key, message).await?;
         let replay = RunEvent {
             key: RunKey::new(receipt.message_id.clone(), run.trigger.clone()),

@@ -1,5 +1,6 @@
-//! A trigger's intake from a topic split into lanes (priority levels): one subscription per
-//! lane, and the order they are asked in. The highest lane goes first, except that every
+//! A trigger's intake from a topic split into lanes (priority levels, or the partitions of
+//! per-key order): one subscription per lane, and the order they are asked in. Partitions are
+//! asked in turn. Of priority levels, the highest lane goes first, except that every
 //! [`SHARE_EVERY`]th pull starts at the next lane in turn (0, 1, ... up to the highest, then
 //! 0 again), so a lower lane with messages waiting is served at least once every
 //! `SHARE_EVERY × lanes` pulls however busy the higher ones are (the starvation bound).
@@ -7,7 +8,9 @@
 //! A broker's subscription may be busy a moment before it hands out a message it holds (a
 //! round trip to restart the server's lease), so each pull asks every lane and keeps what a
 //! lane had ready while a higher one was busy: at most one delivery per lane waits here, and
-//! one that waited a quarter of its lease goes first, so no lease runs out in this hand.
+//! one that waited a quarter of its lease goes first, its lease extended as it is handed out.
+//! One whose lease ran out meanwhile (every handler busy for longer) is let go: the broker
+//! delivers it again, maybe elsewhere, and this copy must not run beside that one.
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -41,6 +44,9 @@ pub(crate) struct Lanes {
     pulls: u64,
     turn: usize,
     lane_order: LaneOrder,
+    /// What a subscription answered when it was asked again right after a pull, if that was
+    /// its end or an error: the next pull returns it.
+    ended: Option<Option<topiq_adapter::Result<Delivery>>>,
 }
 
 impl Lanes {
@@ -58,12 +64,38 @@ impl Lanes {
             pulls: 0,
             turn: 0,
             lane_order,
+            ended: None,
         }
     }
 
     /// The next delivery: the first lane, in this pull's order, that has one ready (or one
-    /// that waited `max_wait`); `None` once any lane's subscription ended.
+    /// that waited `max_wait`); `None` once any lane's subscription ended. A delivery that
+    /// waited here `max_wait` or more has its lease extended first; one whose lease ran out
+    /// meanwhile (the broker gives it to another consumer) is let go, never handed out.
     pub(crate) async fn next(&mut self) -> Option<topiq_adapter::Result<Delivery>> {
+        loop {
+            let (delivery, waited) = match self.pull().await {
+                Some(Ok(taken)) => taken,
+                other => return other.map(|result| result.map(|(delivery, _)| delivery)),
+            };
+            if waited < self.max_wait {
+                return Some(Ok(delivery));
+            }
+            match delivery.extend_lease().await {
+                Ok(()) => return Some(Ok(delivery)),
+                Err(err) => {
+                    let id = &delivery.envelope().id;
+                    tracing::warn!(%id, error = %err, "a message that waited for its lane's turn lost its lease; let go (it is delivered again)");
+                }
+            }
+        }
+    }
+
+    /// One pull: the delivery and how long it waited here.
+    async fn pull(&mut self) -> Option<topiq_adapter::Result<(Delivery, Duration)>> {
+        if let Some(ended) = self.ended.take() {
+            return ended.map(|result| result.map(|delivery| (delivery, Duration::ZERO)));
+        }
         let order = self.order();
         let next = poll_fn(|cx| {
             for lane in 0..self.subscriptions.len() {
@@ -74,20 +106,27 @@ impl Lanes {
                     Poll::Ready(Some(Ok(delivery))) => {
                         self.waiting[lane] = Some((delivery, Instant::now()));
                     }
-                    Poll::Ready(other) => return Poll::Ready(other),
+                    Poll::Ready(other) => {
+                        return Poll::Ready(
+                            other.map(|result| result.map(|d| (d, Duration::ZERO))),
+                        );
+                    }
                     Poll::Pending => {}
                 }
             }
-            let Some((lane, delivery)) = self.pick(&order) else {
+            let Some((lane, delivery, waited)) = self.pick(&order) else {
                 return Poll::Pending;
             };
             // Asked again at once, so its subscription asks the broker for the next one
             // while this one is handled (else that round trip would come at the next pull,
-            // and a lower lane's delivery, ready by then, would go first).
-            if let Poll::Ready(Some(Ok(next))) = self.subscriptions[lane].poll_next_unpin(cx) {
-                self.waiting[lane] = Some((next, Instant::now()));
+            // and a lower lane's delivery, ready by then, would go first). An end or an
+            // error it gives now is the next pull's answer.
+            match self.subscriptions[lane].poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(next))) => self.waiting[lane] = Some((next, Instant::now())),
+                Poll::Ready(other) => self.ended = Some(other),
+                Poll::Pending => {}
             }
-            Poll::Ready(Some(Ok(delivery)))
+            Poll::Ready(Some(Ok((delivery, waited))))
         })
         .await;
         self.pulls += 1;
@@ -110,9 +149,9 @@ impl Lanes {
         }
     }
 
-    /// The delivery this pull hands out: one that waited `max_wait`, else the first lane in
-    /// `order` that has one.
-    fn pick(&mut self, order: &[usize]) -> Option<(usize, Delivery)> {
+    /// The delivery this pull hands out, with its lane and how long it waited: one that
+    /// waited `max_wait`, else the first lane in `order` that has one.
+    fn pick(&mut self, order: &[usize]) -> Option<(usize, Delivery, Duration)> {
         let overdue = (0..self.waiting.len()).find(|&lane| {
             self.waiting[lane]
                 .as_ref()
@@ -126,7 +165,7 @@ impl Lanes {
         })?;
         self.waiting[lane]
             .take()
-            .map(|(delivery, _)| (lane, delivery))
+            .map(|(delivery, since)| (lane, delivery, since.elapsed()))
     }
 
     fn order(&mut self) -> Vec<usize> {
@@ -181,5 +220,57 @@ mod tests {
         );
         assert_eq!(orders[15], [1, 2, 0]);
         assert_eq!(pull_order(7, &mut 0, 1), [0], "one lane: nothing to rotate");
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use serde_json::json;
+    use topiq_adapter::{
+        Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName,
+        TopicSpec, TriggerName,
+    };
+    use topiq_memory::BuiltinQueueAdapter;
+
+    use super::{LaneOrder, Lanes};
+
+    /// A delivery kept waiting here past its lease (every handler busy) is not handed out:
+    /// the broker gave it out again, and only that copy runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_delivery_whose_lease_ran_out_is_let_go() {
+        let adapter = BuiltinQueueAdapter::new();
+        let topic = TopicName::new("lanes").unwrap();
+        let mut spec = TopicSpec::new(topic.clone());
+        spec.lanes = 2;
+        adapter.declare_topic(spec).await.unwrap();
+        let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").unwrap());
+        let mut subscription = SubscriptionSpec::new(key.clone());
+        subscription.visibility_timeout = Duration::from_secs(1);
+        adapter.declare_subscription(subscription).await.unwrap();
+        for lane in [0, 1] {
+            let message = NewMessage::new(json!(lane)).lane(lane);
+            adapter.publish(&topic, message).await.unwrap();
+        }
+        let mut subscriptions = Vec::new();
+        for lane in [0, 1] {
+            let options = ConsumeOptions::with_prefetch(2).on_lane(lane);
+            subscriptions.push(adapter.consume(&key, options).await.unwrap());
+        }
+        let mut lanes = Lanes::new(subscriptions, Duration::from_millis(250), LaneOrder::InTurn);
+        let first = lanes.next().await.unwrap().unwrap();
+        // The other lane's delivery waits here while the first is handled (its lease
+        // extended, as a running handler's is), past the waiting one's lease.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            first.extend_lease().await.unwrap();
+        }
+        first.ack().await.unwrap();
+        let next = lanes.next().await.unwrap().unwrap();
+        assert_eq!(next.envelope().attempt, 2, "the stale copy was let go");
+        next.ack().await.unwrap();
     }
 }
