@@ -70,20 +70,16 @@ impl Layout {
     /// queue of that lane.
     pub(crate) fn retry_queue(&self, key: &SubscriptionKey, lane: u32, bucket: Duration) -> String {
         let ms = bucket.as_millis().to_string();
-        let (topic, trigger) = (key.topic.as_str(), key.trigger.as_str());
-        match lane {
-            0 => self.name("retry", &[topic, trigger, &ms]),
-            lane => self.name("retry", &[topic, trigger, &format!("l{lane}"), &ms]),
-        }
+        let lane = lane_part(lane);
+        let parts = [key.topic.as_str(), key.trigger.as_str(), &lane, &ms];
+        self.name("retry", &without_empty(&parts))
     }
 
     /// The queue where delayed publishes to `lane` of `topic` wait `bucket` before reaching it.
     pub(crate) fn delay_queue(&self, topic: &TopicName, lane: u32, bucket: Duration) -> String {
         let ms = bucket.as_millis().to_string();
-        match lane {
-            0 => self.name("delay", &[topic.as_str(), &ms]),
-            lane => self.name("delay", &[topic.as_str(), &format!("l{lane}"), &ms]),
-        }
+        let lane = lane_part(lane);
+        self.name("delay", &without_empty(&[topic.as_str(), &lane, &ms]))
     }
 
     /// The queue that holds an idempotency key's claim (the first message with the key).
@@ -97,6 +93,25 @@ impl Layout {
         let hash = format!("{:032x}", fnv1a_128(key.as_bytes()));
         self.name("keydone", &[topic.as_str(), &hash])
     }
+}
+
+/// What a lane adds to a bucket queue's name: nothing for lane 0 (the names before lanes),
+/// `l<n>` for the others.
+fn lane_part(lane: u32) -> String {
+    if lane == 0 {
+        String::new()
+    } else {
+        format!("l{lane}")
+    }
+}
+
+/// `parts` without the empty ones.
+fn without_empty<'a>(parts: &[&'a str]) -> Vec<&'a str> {
+    parts
+        .iter()
+        .copied()
+        .filter(|part| !part.is_empty())
+        .collect()
 }
 
 /// The longest delay a bucket holds: RabbitMQ's TTLs are 32-bit milliseconds.

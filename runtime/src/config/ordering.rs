@@ -35,18 +35,11 @@ pub(super) fn topic_orderings(
         let Some(key) = &trigger.ordering_key else {
             continue;
         };
-        let at = || {
-            trigger
-                .ordering_key_location
-                .clone()
-                .unwrap_or_else(|| ConfigLocation::start_of(file))
-        };
-        let field = format!("triggers.{}.config.ordering_key", trigger.name);
         if let Some(existing) = orderings.get(&trigger.topic) {
             if &existing.key != key {
-                return Err(ConfigError::invalid(
-                    at(),
-                    field,
+                return Err(trigger_error(
+                    file,
+                    trigger,
                     format!(
                         "differs from `{}`, the ordering_key of another trigger on {}: a topic's ordered triggers share its partitions, so they share one key",
                         existing.key.source(),
@@ -60,9 +53,9 @@ pub(super) fn topic_orderings(
             .get(&trigger.topic)
             .is_some_and(|spec| spec.lanes > 1)
         {
-            return Err(ConfigError::invalid(
-                at(),
-                field,
+            return Err(trigger_error(
+                file,
+                trigger,
                 format!(
                     "topic {} has priority_levels: a higher priority would overtake its key's earlier messages; use per-key order or priority on a topic, not both",
                     trigger.topic
@@ -73,13 +66,11 @@ pub(super) fn topic_orderings(
             Some(count) => partition_count(file, &trigger.topic, count, capabilities)?,
             None => DEFAULT_PARTITIONS.min(capabilities.max_lanes),
         };
-        orderings.insert(
-            trigger.topic.clone(),
-            TopicOrdering {
-                key: key.clone(),
-                partitions: count,
-            },
-        );
+        let ordering = TopicOrdering {
+            key: key.clone(),
+            partitions: count,
+        };
+        orderings.insert(trigger.topic.clone(), ordering);
     }
     if let Some((topic, count)) = partitions
         .iter()
@@ -99,6 +90,16 @@ pub(super) fn topic_orderings(
         }
     }
     Ok(orderings)
+}
+
+/// An error at `trigger`'s `ordering_key`.
+fn trigger_error(file: &str, trigger: &TriggerSettings, message: String) -> ConfigError {
+    let at = trigger
+        .ordering_key_location
+        .clone()
+        .unwrap_or_else(|| ConfigLocation::start_of(file));
+    let field = format!("triggers.{}.config.ordering_key", trigger.name);
+    ConfigError::invalid(at, field, message)
 }
 
 /// A topic's `partitions`: 1 to [`MAX_LANES`], and no more than the adapter's lanes.
