@@ -40,19 +40,16 @@ impl fmt::Debug for Condition {
 impl Condition {
     /// Compiles `source`; the error says what is wrong with it.
     pub fn compile(source: &str) -> Result<Self, String> {
-        let program = Program::compile(source)
-            .map_err(|err| format!("the condition is not a valid CEL expression: {err}"))?;
-        let references = program.references();
-        if let Some(unknown) = references
-            .variables()
-            .into_iter()
-            .find(|name| !CONDITION_VARIABLES.contains(name))
-        {
-            return Err(format!(
-                "the condition uses the unknown variable `{unknown}`; known: {}",
-                CONDITION_VARIABLES.join(", ")
-            ));
-        }
+        let program =
+            compile_cel(source, CONDITION_VARIABLES).map_err(|problem| match problem {
+                CelProblem::Invalid(err) => {
+                    format!("the condition is not a valid CEL expression: {err}")
+                }
+                CelProblem::Unknown(name) => format!(
+                    "the condition uses the unknown variable `{name}`; known: {}",
+                    CONDITION_VARIABLES.join(", ")
+                ),
+            })?;
         Ok(Self {
             source: source.into(),
             program: Arc::new(program),
@@ -86,6 +83,28 @@ impl Condition {
             Err(err) => Err(format!("the condition failed: {err}")),
         }
     }
+}
+
+/// Why a CEL expression was refused.
+pub(crate) enum CelProblem {
+    /// It does not parse, with the parser's error.
+    Invalid(String),
+    /// It uses a variable it may not, this one.
+    Unknown(String),
+}
+
+/// Compiles `source`, which may use only `variables`.
+pub(crate) fn compile_cel(source: &str, variables: &[&str]) -> Result<Program, CelProblem> {
+    let program = Program::compile(source).map_err(|err| CelProblem::Invalid(err.to_string()))?;
+    if let Some(unknown) = program
+        .references()
+        .variables()
+        .into_iter()
+        .find(|name| !variables.contains(name))
+    {
+        return Err(CelProblem::Unknown(unknown.to_owned()));
+    }
+    Ok(program)
 }
 
 /// A JSON value as CEL sees it.

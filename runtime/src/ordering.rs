@@ -14,7 +14,7 @@ use cel::{Context, Program, Value as CelValue};
 use serde_json::Value;
 use topiq_adapter::TopicName;
 
-use crate::condition::json_to_cel;
+use crate::condition::{CelProblem, compile_cel, json_to_cel};
 
 /// The variables a key expression may use: what is known when a message is enqueued.
 pub const ORDERING_KEY_VARIABLES: &[&str] = &["data", "topic", "idempotency_key"];
@@ -44,19 +44,15 @@ impl PartialEq for OrderingKey {
 impl OrderingKey {
     /// Compiles `source`; the error says what is wrong with it.
     pub fn compile(source: &str) -> Result<Self, String> {
-        let program = Program::compile(source)
-            .map_err(|err| format!("the ordering key is not a valid CEL expression: {err}"))?;
-        if let Some(unknown) = program
-            .references()
-            .variables()
-            .into_iter()
-            .find(|name| !ORDERING_KEY_VARIABLES.contains(name))
-        {
-            return Err(format!(
-                "the ordering key uses `{unknown}`, which is not known when a message is enqueued; known: {}",
+        let program = compile_cel(source, ORDERING_KEY_VARIABLES).map_err(|problem| match problem {
+            CelProblem::Invalid(err) => {
+                format!("the ordering key is not a valid CEL expression: {err}")
+            }
+            CelProblem::Unknown(name) => format!(
+                "the ordering key uses `{name}`, which is not known when a message is enqueued; known: {}",
                 ORDERING_KEY_VARIABLES.join(", ")
-            ));
-        }
+            ),
+        })?;
         Ok(Self {
             source: source.into(),
             program: Arc::new(program),

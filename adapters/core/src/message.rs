@@ -81,16 +81,7 @@ impl NewMessage {
 
     /// Checks the message's lane against its topic's `lanes`.
     pub fn check_lane(&self, topic: &TopicName, lanes: u32) -> Result<()> {
-        if self.lane < lanes {
-            return Ok(());
-        }
-        Err(Error::InvalidArgument {
-            argument: "lane",
-            reason: format!(
-                "topic {topic} has {lanes} lane(s), numbered from 0; got lane {}",
-                self.lane
-            ),
-        })
+        crate::spec::check_lane(topic, self.lane, lanes)
     }
 
     /// Checks a message for [`Adapter::publish_to`](crate::Adapter::publish_to): delivered at

@@ -172,6 +172,18 @@ impl SubscriptionSpec {
     }
 }
 
+/// Checks that `lane` is one of the `lanes` of `topic` (a topic has one at least).
+pub(crate) fn check_lane(topic: &TopicName, lane: u32, lanes: u32) -> Result<()> {
+    let lanes = lanes.max(1);
+    if lane < lanes {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        argument: "lane",
+        reason: format!("topic {topic} has {lanes} lane(s), numbered from 0; got lane {lane}"),
+    })
+}
+
 /// How one consumer pulls from a subscription.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConsumeOptions {
@@ -219,17 +231,7 @@ impl ConsumeOptions {
 
     /// Checks that the lane is one of the `lanes` of `topic`.
     pub fn check_lane(&self, topic: &TopicName, lanes: u32) -> Result<()> {
-        let lanes = lanes.max(1);
-        if self.lane < lanes {
-            return Ok(());
-        }
-        Err(Error::InvalidArgument {
-            argument: "lane",
-            reason: format!(
-                "topic {topic} has {lanes} lane(s), numbered from 0; got lane {}",
-                self.lane
-            ),
-        })
+        check_lane(topic, self.lane, lanes)
     }
 
     /// Checks the options' ranges.
