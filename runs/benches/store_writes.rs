@@ -29,6 +29,7 @@ fn origin() -> Origin {
         enqueued_at: Timestamp::now(),
         run_at: None,
         replay_of: None,
+        idempotency_key: None,
     }
 }
 

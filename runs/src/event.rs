@@ -40,6 +40,9 @@ pub struct Origin {
     pub run_at: Option<Timestamp>,
     /// The run a replay replays.
     pub replay_of: Option<MessageId>,
+    /// The idempotency key the message was enqueued with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// What happened to a run.
@@ -129,6 +132,7 @@ impl Run {
             result: None,
             progress: None,
             replay_of: origin.replay_of,
+            idempotency_key: origin.idempotency_key,
             cancel_requested_at: None,
             transitions: vec![Transition { state, at }],
             updated_at: at,
@@ -193,6 +197,10 @@ impl Run {
         }
         if self.replay_of.is_none() && origin.replay_of.is_some() {
             self.replay_of.clone_from(&origin.replay_of);
+            changed = true;
+        }
+        if self.idempotency_key.is_none() && origin.idempotency_key.is_some() {
+            self.idempotency_key.clone_from(&origin.idempotency_key);
             changed = true;
         }
         changed

@@ -216,6 +216,9 @@ pub struct Run {
     /// The run this one replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<MessageId>,
+    /// The idempotency key the message was enqueued with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
     /// When a cancel was asked for, while the run was not finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested_at: Option<Timestamp>,

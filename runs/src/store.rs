@@ -63,6 +63,11 @@ pub struct RunQuery {
     /// Only runs with an attempt error containing this text (case-insensitive).
     #[serde(default)]
     pub error_contains: Option<String>,
+    /// Only runs whose record holds this text anywhere (case-insensitive): its id,
+    /// idempotency key, data, result or errors, as the record's JSON text (a `"` in the data
+    /// reads `\"` there). For an operator's search: every run is read.
+    #[serde(default)]
+    pub contains: Option<String>,
     /// The most runs to return (default 50, at most [`MAX_RUN_PAGE`]).
     #[serde(default)]
     pub limit: Option<usize>,
@@ -161,6 +166,12 @@ impl RunQuery {
             && self.since.is_none_or(|since| run.enqueued_at >= since)
             && self.until.is_none_or(|until| run.enqueued_at < until)
             && error_matches
+            && self.contains.as_ref().is_none_or(|needle| {
+                serde_json::to_string(run)
+                    .unwrap_or_default()
+                    .to_lowercase()
+                    .contains(&needle.to_lowercase())
+            })
     }
 }
 

@@ -47,7 +47,7 @@ mod trigger;
 
 pub use calls::{
     BatchItem, CallError, CallErrorKind, DlqRequest, EnqueueRequest, EnqueueResult,
-    ProgressRequest, ReplayRequest, RunRequest, TriggerStats,
+    ProgressRequest, ReplayRequest, RunRequest, TriggerSample, TriggerStats,
 };
 pub use config::{Config, ConfigError};
 pub use function::{
@@ -55,7 +55,7 @@ pub use function::{
 };
 pub use module::{QueueModule, ServiceError, StartError, Workers};
 pub use registry::{AdapterClass, RegistryError};
-pub use stats::TriggerCounts;
+pub use stats::{HandlerTimes, TriggerCounts};
 pub use topiq_runs::{Attempt, AttemptOutcome, Run, RunPage, RunQuery, RunState};
 
 /// Completes on Ctrl-C or SIGTERM: pass it to [`QueueModule::run_until`].

@@ -206,6 +206,7 @@ impl QueueModule {
                 enqueued_at: topiq_adapter::Timestamp::now(),
                 run_at: message.deliver_at,
                 replay_of: None,
+                idempotency_key: message.idempotency_key.clone(),
             })
     }
 

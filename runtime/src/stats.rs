@@ -135,20 +135,66 @@ impl TriggerCounters {
         }
     }
 
-    /// The `q` quantile of handler time in ms, from the buckets (their geometric middle).
+    /// The handler calls per time bucket since start.
+    pub(crate) fn handler_times(&self) -> HandlerTimes {
+        HandlerTimes(
+            self.handler_times
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
+    /// The `q` quantile of handler time in ms since start.
     fn handler_quantile(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self
-            .handler_times
-            .iter()
-            .map(|count| count.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
+        self.handler_times().quantile_ms(q)
+    }
+}
+
+/// Handler calls counted per time bucket (quarter powers of two of microseconds): what
+/// p50/p99 are read from. Two snapshots' [`since`](Self::since) gives an interval's calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HandlerTimes(Vec<u64>);
+
+impl HandlerTimes {
+    /// Counts per bucket, as [`buckets`](Self::buckets) gives them.
+    pub fn from_buckets(buckets: Vec<u64>) -> Self {
+        Self(buckets)
+    }
+
+    /// The calls per bucket, the fastest first.
+    pub fn buckets(&self) -> &[u64] {
+        &self.0
+    }
+
+    /// The calls counted here and not in `earlier` (an older snapshot of the same trigger).
+    pub fn since(&self, earlier: &HandlerTimes) -> HandlerTimes {
+        HandlerTimes(
+            self.0
+                .iter()
+                .enumerate()
+                .map(|(bucket, count)| {
+                    count.saturating_sub(earlier.0.get(bucket).copied().unwrap_or(0))
+                })
+                .collect(),
+        )
+    }
+
+    /// How many calls are counted.
+    pub fn calls(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The `q` quantile of handler time in ms (±10%: a bucket's geometric middle); `None`
+    /// when no call is counted.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.calls();
         if total == 0 {
             return None;
         }
         let rank = ((total as f64) * q).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (bucket, count) in counts.iter().enumerate() {
+        for (bucket, count) in self.0.iter().enumerate() {
             seen += count;
             if seen >= rank {
                 let micros = 2f64.powf((bucket as f64 + 0.5) / 4.0);

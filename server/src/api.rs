@@ -51,6 +51,7 @@ pub enum ApiError {
 pub struct ApiServer {
     listener: TcpListener,
     router: Router,
+    console: bool,
 }
 
 #[derive(Clone)]
@@ -79,15 +80,23 @@ impl ApiServer {
             .route("/v1/call/{name}", post(call))
             .route("/metrics", get(metrics))
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-        let router = Router::new()
+        let console = state.module.config().console;
+        let mut router = Router::new()
             .merge(calls)
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-            .with_state(state);
-        Ok(Self { listener, router })
+            .with_state(state.clone());
+        if console.enabled {
+            router = router.merge(topiq_console::Console::new(state.module).router());
+        }
+        Ok(Self {
+            listener,
+            router,
+            console: console.enabled,
+        })
     }
 
     /// The address it listens on.
@@ -102,6 +111,9 @@ impl ApiServer {
     ) -> Result<(), ApiError> {
         if let Ok(address) = self.listener.local_addr() {
             tracing::info!(%address, "HTTP API listening");
+            if self.console {
+                tracing::info!(url = %format!("http://{address}{}", topiq_console::CONSOLE_PATH), "console served");
+            }
         }
         axum::serve(
             self.listener,

@@ -1120,8 +1120,8 @@ pub async fn purge_removes_the_selected_records<A: Adapter>(adapter: A) {
     adapter.close().await.expect("close");
 }
 
-/// DLQ listing: pages in failure order with a cursor, filters by error text and time, and by
-/// trigger.
+/// DLQ listing: pages in failure order with a cursor, filters by error text, time and a
+/// searched text, and by trigger.
 pub async fn dlq_list_pages_and_filters<A: Adapter>(adapter: A) {
     let topic = setup(&adapter, "dlqlist", &["a", "b"], no_policy).await;
     let mut a = consume(&adapter, &topic, "a", 1).await;
@@ -1195,6 +1195,18 @@ pub async fn dlq_list_pages_and_filters<A: Adapter>(adapter: A) {
     query.filter.until = Some(between);
     let page = adapter.dlq_list(query).await.expect("dlq_list until");
     assert_eq!(page.records.len(), 5);
+
+    // A search: a text in the data (the message whose data is 3), or an id.
+    for (text, expected) in [
+        ("3".to_owned(), failed_on_a[3].clone()),
+        (failed_on_a[1].to_string(), failed_on_a[1].clone()),
+    ] {
+        let mut query = DlqQuery::new(topic.clone());
+        query.filter.contains = Some(text);
+        let page = adapter.dlq_list(query).await.expect("dlq_list contains");
+        let ids: Vec<_> = page.records.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, vec![expected]);
+    }
     adapter.close().await.expect("close");
 }
 

@@ -93,6 +93,9 @@ pub struct DlqFilter {
     pub since: Option<Timestamp>,
     /// Only records last failed before this time.
     pub until: Option<Timestamp>,
+    /// Only records whose id or idempotency key is this text, or whose data, as JSON text,
+    /// contains it (case-insensitive): an operator's search.
+    pub contains: Option<String>,
 }
 
 impl DlqFilter {
@@ -105,7 +108,21 @@ impl DlqFilter {
                 .since
                 .is_none_or(|since| record.last_failed_at >= since)
             && self.until.is_none_or(|until| record.last_failed_at < until)
+            && self
+                .contains
+                .as_deref()
+                .is_none_or(|text| holds_text(record, text))
     }
+}
+
+/// Whether `record`'s id or idempotency key is `text`, or its data's JSON text contains it
+/// (case-insensitive).
+fn holds_text(record: &DeadLetter, text: &str) -> bool {
+    if record.id.as_str() == text || record.idempotency_key.as_deref() == Some(text) {
+        return true;
+    }
+    let needle = text.to_lowercase();
+    serde_json::to_string(&*record.data).is_ok_and(|data| data.to_lowercase().contains(&needle))
 }
 
 /// One page of a DLQ listing, oldest dead-lettered first.

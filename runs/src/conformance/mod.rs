@@ -91,6 +91,7 @@ pub(crate) fn origin(topic: &TopicName, enqueued: i64) -> Origin {
         enqueued_at: at(enqueued),
         run_at: None,
         replay_of: None,
+        idempotency_key: None,
     }
 }
 
@@ -372,7 +373,11 @@ async fn listed(stores: &Stores, topic: &TopicName) -> Vec<RunKey> {
     for n in 0..6_i64 {
         let name = if n % 2 == 0 { "even" } else { "odd" };
         let key = RunKey::new(MessageId::generate(), trigger(name));
-        events.push(event(&key, n, Change::Enqueued(origin(topic, n))));
+        let mut enqueued = origin(topic, n);
+        if n == 2 {
+            enqueued.idempotency_key = Some("order-2".into());
+        }
+        events.push(event(&key, n, Change::Enqueued(enqueued)));
         events.push(started(&key, topic, n, 1));
         if n % 2 == 1 {
             let failure = finished(&key, n, 1, AttemptOutcome::Failed, Next::DeadLettered);
@@ -419,6 +424,22 @@ async fn listing_filters_and_pages_newest_first(stores: Stores) {
     assert_eq!(stores[1].list(&smtp).await.unwrap().runs.len(), 3);
     let none = query(|q| q.error_contains = Some("100%_".into()));
     assert!(stores[1].list(&none).await.unwrap().runs.is_empty());
+    // An operator's search: a text of the data, an idempotency key, an id.
+    let in_data = query(|q| q.contains = Some(r#""N":4"#.into()));
+    assert_eq!(
+        ids(&stores[1].list(&in_data).await.unwrap().runs),
+        [keys[4].clone()]
+    );
+    let by_key = query(|q| q.contains = Some("ORDER-2".into()));
+    let found = stores[1].list(&by_key).await.unwrap().runs;
+    assert_eq!(ids(&found), [keys[2].clone()]);
+    assert_eq!(found[0].idempotency_key.as_deref(), Some("order-2"));
+    let mut by_id = query(|_| {});
+    by_id.contains = Some(keys[3].message_id.to_string());
+    assert_eq!(
+        ids(&stores[1].list(&by_id).await.unwrap().runs),
+        [keys[3].clone()]
+    );
     let mut paged = Vec::new();
     let mut cursor = None;
     loop {

@@ -350,6 +350,13 @@ fn list_sql(query: &RunQuery, limit: usize, cursor: Option<&Cursor>) -> (String,
                 .as_ref()
                 .map(|needle| text(format!("%{}%", escape_like(&needle.to_lowercase())))),
         ),
+        (
+            " AND LOWER(doc) LIKE ? ESCAPE '\\'",
+            query
+                .contains
+                .as_ref()
+                .map(|needle| text(format!("%{}%", escape_like(&needle.to_lowercase())))),
+        ),
     ];
     let mut sql = String::from("SELECT doc FROM topiq_runs WHERE 1 = 1");
     let mut binds = Vec::new();

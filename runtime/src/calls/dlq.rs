@@ -33,6 +33,9 @@ pub struct DlqRequest {
     /// Only records last failed before this time (RFC 3339).
     #[serde(default)]
     pub until: Option<String>,
+    /// Only records whose id or idempotency key is this text, or whose data contains it.
+    #[serde(default)]
+    pub contains: Option<String>,
     /// Listing: records per page (default 100, at most 1000).
     #[serde(default)]
     pub limit: Option<usize>,
@@ -61,11 +64,15 @@ impl DlqRequest {
                 .as_deref()
                 .map(|at| timestamp("until", at))
                 .transpose()?,
+            contains: self.contains.clone(),
         })
     }
 
     fn has_filter(&self) -> bool {
-        self.error_contains.is_some() || self.since.is_some() || self.until.is_some()
+        self.error_contains.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+            || self.contains.is_some()
     }
 
     fn ids(&self) -> Option<Vec<MessageId>> {
@@ -193,7 +200,7 @@ impl QueueModule {
     }
 
     /// Applies `operation` (redrive or purge) to `selected`, trigger by trigger, in chunks of
-    /// `chunk`, one chunk per second when `paced`; logs progress.
+    /// `chunk`, one chunk per second when `paced`; logs progress and tells `progress`.
     async fn per_trigger(
         &self,
         topic: &TopicName,
@@ -201,6 +208,7 @@ impl QueueModule {
         chunk: usize,
         paced: bool,
         operation: DlqOperation,
+        progress: &DlqProgress<'_>,
     ) -> Result<u64, CallError> {
         let parts: Vec<(TriggerName, DlqSelection)> = match selected {
             Selected::Ids(trigger, ids) => ids
@@ -250,6 +258,7 @@ impl QueueModule {
                 }
             };
             tracing::info!(%topic, done, total, "dlq progress");
+            progress(done, total as u64);
         }
         Ok(done)
     }
@@ -257,6 +266,16 @@ impl QueueModule {
     /// `queue.redrive_dlq`: sends the selected records back to the trigger each failed on,
     /// with attempts reset; with `dry_run`, only counts them. Logged with its counts.
     pub async fn redrive_dlq(&self, request: &DlqRequest) -> Result<u64, CallError> {
+        self.redrive_dlq_reporting(request, &|_, _| {}).await
+    }
+
+    /// [`redrive_dlq`](Self::redrive_dlq), telling `progress` (redriven, of how many) after
+    /// each chunk of a selected redrive; a redrive of everything is one step, told at its end.
+    pub async fn redrive_dlq_reporting(
+        &self,
+        request: &DlqRequest,
+        progress: &DlqProgress<'_>,
+    ) -> Result<u64, CallError> {
         let (topic, trigger) = self.dlq_target(request)?;
         if request.rate_per_sec == Some(0) {
             return Err(CallError::invalid("rate_per_sec: must be at least 1"));
@@ -269,6 +288,7 @@ impl QueueModule {
                 .dlq_redrive(&topic, trigger.as_ref(), DlqSelection::All)
                 .await?;
             log_dlq_operation("redrive", &topic, trigger.as_ref(), "all", redriven);
+            progress(redriven, redriven);
             return Ok(redriven);
         }
         let selected = self
@@ -285,6 +305,7 @@ impl QueueModule {
                 chunk,
                 request.rate_per_sec.is_some(),
                 DlqOperation::Redrive,
+                progress,
             )
             .await?;
         log_dlq_operation("redrive", &topic, trigger.as_ref(), "selected", redriven);
@@ -307,12 +328,22 @@ impl QueueModule {
             .matching_records(&topic, trigger.as_ref(), request)
             .await?;
         let purged = self
-            .per_trigger(&topic, selected, MAX_DLQ_PAGE, false, DlqOperation::Purge)
+            .per_trigger(
+                &topic,
+                selected,
+                MAX_DLQ_PAGE,
+                false,
+                DlqOperation::Purge,
+                &|_, _| {},
+            )
             .await?;
         log_dlq_operation("purge", &topic, trigger.as_ref(), "selected", purged);
         Ok(purged)
     }
 }
+
+/// What a long DLQ operation tells as it goes: done so far, of how many.
+pub type DlqProgress<'a> = dyn Fn(u64, u64) + Send + Sync + 'a;
 
 /// The records a filtered or by-id redrive or purge touches.
 enum Selected {

@@ -19,12 +19,12 @@ use topiq_adapter::{Timestamp, TopicName, TriggerName};
 
 use crate::module::QueueModule;
 
-pub use dlq::DlqRequest;
+pub use dlq::{DlqProgress, DlqRequest};
 use enqueue::EnqueueBatchRequest;
 pub use enqueue::{BatchItem, EnqueueRequest, EnqueueResult};
 pub use runs::{ProgressRequest, ReplayRequest, RunRequest};
 pub use schedules::{ScheduleName, ScheduleRequest, ScheduleView};
-pub use stats::TriggerStats;
+pub use stats::{TriggerSample, TriggerStats};
 pub use triggers::{TriggerRequest, TriggerSummary};
 
 /// The calls [`QueueModule::call`] knows.

@@ -155,6 +155,7 @@ impl QueueModule {
             enqueued_at: Timestamp::now(),
             run_at: None,
             replay_of: Some(run.id.clone()),
+            idempotency_key: None,
         };
         let key = SubscriptionKey::new(run.topic.clone(), run.trigger.clone());
         // On a topic in per-key order, its key's partition.

@@ -5,7 +5,7 @@ use topiq_adapter::{TopicName, TriggerName};
 
 use super::{CallError, topic};
 use crate::module::QueueModule;
-use crate::stats::TriggerCounts;
+use crate::stats::{HandlerTimes, TriggerCounts};
 
 /// Per-trigger figures of `queue.stats`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -16,6 +16,8 @@ pub struct TriggerStats {
     pub trigger: TriggerName,
     /// Messages waiting (delayed ones included), from the broker.
     pub waiting: u64,
+    /// Of `waiting`, those whose delay or retry backoff has not run out yet.
+    pub delayed: u64,
     /// Messages delivered and not settled, from the broker.
     pub in_flight: u64,
     /// Records in the trigger's DLQ, from the broker.
@@ -27,7 +29,35 @@ pub struct TriggerStats {
     pub counts: TriggerCounts,
 }
 
+/// One trigger's outcomes in this process since it started, read without asking the broker:
+/// what a history of throughput and handler time is sampled from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TriggerSample {
+    /// The topic.
+    pub topic: TopicName,
+    /// The trigger.
+    pub trigger: TriggerName,
+    /// The outcome counts.
+    pub counts: TriggerCounts,
+    /// The handler calls per time bucket.
+    pub handler_times: HandlerTimes,
+}
+
 impl QueueModule {
+    /// Every trigger's outcomes in this process so far (no broker call): cheap enough to
+    /// sample every few seconds.
+    pub fn trigger_samples(&self) -> Vec<TriggerSample> {
+        self.triggers()
+            .iter()
+            .map(|trigger| TriggerSample {
+                topic: trigger.key.topic.clone(),
+                trigger: trigger.key.trigger.clone(),
+                counts: trigger.counters.snapshot(),
+                handler_times: trigger.counters.handler_times(),
+            })
+            .collect()
+    }
+
     /// `queue.stats`: per trigger (of one topic, or all), the broker's counts and this
     /// process's outcomes.
     pub async fn stats(&self, topic_name: Option<&str>) -> Result<Vec<TriggerStats>, CallError> {
@@ -53,6 +83,7 @@ impl QueueModule {
                 topic: trigger.key.topic.clone(),
                 trigger: trigger.key.trigger.clone(),
                 waiting: broker.waiting,
+                delayed: broker.delayed,
                 in_flight: broker.in_flight,
                 dlq: broker.dead_lettered,
                 paused: self.runs().pauses().is_paused(&trigger.key.trigger),

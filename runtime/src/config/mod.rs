@@ -32,7 +32,7 @@ pub use runs::{DEFAULT_FAILED_FOR, DEFAULT_SERVICE_STORE, DEFAULT_SUCCEEDED_FOR,
 pub use schedules::ScheduleSettings;
 pub use service::redacted as redacted_url;
 pub use service::{
-    ApiSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    ApiSettings, ConsoleSettings, DEFAULT_API_LISTEN, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
     HttpFunctionSettings, Secret,
 };
 pub use telemetry::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};
@@ -79,6 +79,8 @@ pub struct Config {
     pub functions: Vec<HttpFunctionSettings>,
     /// The HTTP API `topiq run` serves (`api:`).
     pub api: ApiSettings,
+    /// The operator console `topiq run` serves on the API's listener (`console:`).
+    pub console: ConsoleSettings,
     /// Logs and trace export (`telemetry:`).
     pub telemetry: TelemetrySettings,
     /// Where run records are kept and for how long (`runs:`).
@@ -221,6 +223,10 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         Some((file, api)) => service::validate_api(&file, Some(api))?,
         None => ApiSettings::default(),
     };
+    let console = match sections.console {
+        Some((file, raw)) => service::validate_console(&file, raw, &api)?,
+        None => ConsoleSettings::default(),
+    };
     let telemetry = match sections.telemetry {
         Some((file, telemetry)) => telemetry::validate_telemetry(&file, telemetry)?,
         None => TelemetrySettings::default(),
@@ -240,6 +246,7 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         triggers,
         functions,
         api,
+        console,
         telemetry,
         runs,
         schedules,

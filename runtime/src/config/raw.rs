@@ -18,6 +18,7 @@ pub(crate) struct RawFile {
     pub(crate) triggers: Option<BTreeMap<TriggerName, RawTrigger>>,
     pub(crate) functions: Option<BTreeMap<String, RawFunction>>,
     pub(crate) api: Option<RawApi>,
+    pub(crate) console: Option<RawConsole>,
     pub(crate) telemetry: Option<RawTelemetry>,
     pub(crate) runs: Option<RawRuns>,
     pub(crate) schedules: Option<RawSchedules>,
@@ -82,6 +83,14 @@ pub(crate) struct RawApi {
     pub(crate) listen: Option<Spanned<String>>,
     pub(crate) token: Option<Spanned<String>>,
     pub(crate) max_body_bytes: Option<Spanned<usize>>,
+}
+
+/// The operator console `topiq run` serves beside the API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsole {
+    pub(crate) enabled: Option<Spanned<bool>>,
+    pub(crate) read_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

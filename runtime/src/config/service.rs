@@ -11,7 +11,7 @@ use url::Url;
 
 use serde_saphyr::Spanned;
 
-use super::raw::{RawApi, RawFile, RawFunction};
+use super::raw::{RawApi, RawConsole, RawFile, RawFunction};
 use super::source::spanned_at;
 use super::{ConfigError, ConfigLocation};
 
@@ -99,6 +99,35 @@ impl Default for ApiSettings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
+}
+
+/// The operator console section (`console:`): served at `/console` on the API's listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    /// Whether `topiq run` serves the console (`console.enabled`, default false).
+    pub enabled: bool,
+    /// Whether it only shows, refusing every action (`console.read_only`, default false).
+    pub read_only: bool,
+}
+
+/// Checks `console:` against the API it is served beside.
+pub(crate) fn validate_console(
+    file: &str,
+    raw: RawConsole,
+    api: &ApiSettings,
+) -> Result<ConsoleSettings, ConfigError> {
+    let console = ConsoleSettings {
+        enabled: raw.enabled.as_ref().is_some_and(|enabled| enabled.value),
+        read_only: raw.read_only.unwrap_or(false),
+    };
+    if let Some(enabled) = raw.enabled.filter(|_| console.enabled && !api.enabled) {
+        return Err(ConfigError::invalid(
+            spanned_at(file, &enabled),
+            "console.enabled",
+            "the console is served on the HTTP API's listener, and api.enabled is false: enable the API or turn the console off",
+        ));
+    }
+    Ok(console)
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` in `text` (a quoted value, which the YAML reader

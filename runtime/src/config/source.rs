@@ -9,7 +9,8 @@ use serde_saphyr::{Location, MessageFormatter, PropertySyntax, Spanned, UserMess
 use topiq_adapter::TriggerName;
 
 use super::raw::{
-    RawApi, RawFile, RawFunction, RawModule, RawRuns, RawSchedules, RawTelemetry, RawTrigger,
+    RawApi, RawConsole, RawFile, RawFunction, RawModule, RawRuns, RawSchedules, RawTelemetry,
+    RawTrigger,
 };
 use super::{ConfigError, ConfigLocation, service};
 
@@ -140,6 +141,7 @@ pub(super) struct Sections {
     pub(super) triggers: Option<(String, BTreeMap<TriggerName, RawTrigger>)>,
     pub(super) functions: Option<(String, BTreeMap<String, RawFunction>)>,
     pub(super) api: Option<(String, RawApi)>,
+    pub(super) console: Option<(String, RawConsole)>,
     pub(super) telemetry: Option<(String, RawTelemetry)>,
     pub(super) runs: Option<(String, RawRuns)>,
     pub(super) schedules: Option<(String, RawSchedules)>,
@@ -152,6 +154,7 @@ impl RawFile {
             triggers: self.triggers.map(|triggers| (file.to_owned(), triggers)),
             functions: self.functions.map(|functions| (file.to_owned(), functions)),
             api: self.api.map(|api| (file.to_owned(), api)),
+            console: self.console.map(|console| (file.to_owned(), console)),
             telemetry: self.telemetry.map(|telemetry| (file.to_owned(), telemetry)),
             runs: self.runs.map(|runs| (file.to_owned(), runs)),
             schedules: self.schedules.map(|schedules| (file.to_owned(), schedules)),
@@ -167,6 +170,7 @@ impl Sections {
             triggers: self.triggers.or(base.triggers),
             functions: self.functions.or(base.functions),
             api: self.api.or(base.api),
+            console: self.console.or(base.console),
             telemetry: self.telemetry.or(base.telemetry),
             runs: self.runs.or(base.runs),
             schedules: self.schedules.or(base.schedules),

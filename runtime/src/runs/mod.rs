@@ -141,6 +141,7 @@ pub(crate) fn origin(envelope: &Envelope) -> Origin {
         enqueued_at: envelope.enqueued_at,
         run_at: None,
         replay_of: None,
+        idempotency_key: envelope.idempotency_key.clone(),
     }
 }
 

@@ -90,6 +90,7 @@ fn event_of(record: &DeadLetter) -> RunEvent {
         enqueued_at: record.enqueued_at,
         run_at: None,
         replay_of: None,
+        idempotency_key: record.idempotency_key.clone(),
     };
     let error = RunError {
         kind: record.error.kind.to_string(),
