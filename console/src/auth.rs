@@ -323,7 +323,8 @@ pub(crate) async fn login(
             next,
             error: Some("That is not the API's token (api.token).".into()),
         };
-        return pages::html(StatusCode::UNAUTHORIZED, page.render());
+        // The form again, with the error (a 401 would need an HTTP authentication scheme).
+        return pages::html(StatusCode::OK, page.render());
     }
     let session = state.auth().issue(now_seconds());
     let mut response = Redirect::to(&next).into_response();

@@ -70,6 +70,8 @@ pub struct Parts<'a> {
     pub triggers: &'a str,
     /// The body of `telemetry:` (empty: the section is left out).
     pub telemetry: &'a str,
+    /// More top-level sections, as written (`console:`, `schedules:`).
+    pub extra: &'a str,
 }
 
 pub fn topiq() -> Command {
@@ -114,7 +116,8 @@ functions:
 {functions}
 triggers:
 {triggers}
-{telemetry}",
+{telemetry}
+{extra}",
             telemetry = if parts.telemetry.is_empty() {
                 String::new()
             } else {
@@ -125,6 +128,7 @@ triggers:
             api = indent(parts.api, 2, ""),
             functions = indent(parts.functions, 2, "{}"),
             triggers = indent(parts.triggers, 2, "{}"),
+            extra = parts.extra,
         );
         let (folder, path) = write_config(&text);
         let log = std::fs::File::create(folder.join("topiq.log")).unwrap();
@@ -363,7 +367,8 @@ pub struct Received {
 /// - `/throttle`: 429 with `Retry-After: 1` the first time a message comes, 200 after;
 /// - `/error`: 500 with `database down`;
 /// - `/slow`: 200 after 2 s;
-/// - `/hold`: 200 with a 40 KiB body after 200 ms, counting how many are held at once.
+/// - `/hold`: 200 with a 40 KiB body after 200 ms, counting how many are held at once;
+/// - `/switch`: 400 with `switched off` until [`Receiver::switch_on`], 200 after.
 #[derive(Clone)]
 pub struct Receiver {
     pub address: SocketAddr,
@@ -376,6 +381,8 @@ pub struct Receiver {
 struct Holding {
     now: std::sync::atomic::AtomicUsize,
     most: std::sync::atomic::AtomicUsize,
+    /// Whether `/switch` answers 200.
+    switched_on: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -410,6 +417,13 @@ impl Receiver {
             requests,
             holding,
         }
+    }
+
+    /// Makes `/switch` answer 200 from now on.
+    pub fn switch_on(&self) {
+        self.holding
+            .switched_on
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The most `/hold` requests that were in progress at once.
@@ -498,6 +512,14 @@ async fn answer(
             holding.now.fetch_sub(1, SeqCst);
             (StatusCode::OK, "held ".repeat(8 * 1024)).into_response()
         }
+        "switch"
+            if holding
+                .switched_on
+                .load(std::sync::atomic::Ordering::SeqCst) =>
+        {
+            StatusCode::OK.into_response()
+        }
+        "switch" => (StatusCode::BAD_REQUEST, "switched off").into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             StatusCode::OK.into_response()

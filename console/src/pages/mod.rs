@@ -16,7 +16,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use topiq::CallError;
 
 use crate::ConsoleState;
@@ -25,9 +25,16 @@ use crate::auth::{Session, cookie, set_cookie};
 /// The cookie that carries an action's result to the page it redirects to.
 const FLASH_COOKIE: &str = "topiq_console_flash";
 
-/// `text` percent-encoded, for a query value or a cookie.
+/// What [`encode`] leaves as it is: letters, digits and RFC 3986's other unreserved marks.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `text` percent-encoded, for a path segment, a query value or a cookie.
 pub(crate) fn encode(text: &str) -> String {
-    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 /// The result of the last action, shown once at the top of the next page.
