@@ -87,16 +87,28 @@ impl History {
             .collect();
     }
 
-    /// Failures of `trigger` in the last minute (the intervals that ended in it).
-    pub(crate) fn failed_last_minute(&self, trigger: &TriggerName, now: Timestamp) -> u64 {
+    /// Failures of `trigger` in the last minute: the kept intervals that ended in it, and
+    /// what `failed_now` (its failures so far, read now) adds to the last reading.
+    pub(crate) fn failed_last_minute(
+        &self,
+        trigger: &TriggerName,
+        failed_now: u64,
+        now: Timestamp,
+    ) -> u64 {
         let since = now - jiff::SignedDuration::from_secs(60);
-        self.lock()
+        let state = self.lock();
+        let kept: u64 = state
             .slices
             .iter()
             .filter(|slice| slice.end > since)
             .filter_map(|slice| slice.triggers.get(trigger))
             .map(|interval| interval.failed)
-            .sum()
+            .sum();
+        let since_reading = state
+            .last
+            .get(trigger)
+            .map_or(0, |last| failed_now.saturating_sub(last.counts.failed));
+        kept + since_reading
     }
 
     /// `trigger`'s last hour, one entry per minute, the oldest first; the current minute
@@ -236,7 +248,9 @@ mod tests {
         assert_eq!((minutes[59].succeeded, minutes[59].failed), (1, 0));
         assert!(minutes[58].p50_ms.is_some());
         assert_eq!(minutes[10], Minute::default());
-        assert_eq!(history.failed_last_minute(&trigger, later), 2);
-        assert_eq!(history.failed_last_minute(&trigger, now), 0);
+        assert_eq!(history.failed_last_minute(&trigger, 3, later), 2);
+        assert_eq!(history.failed_last_minute(&trigger, 3, now), 0);
+        // Failures since the last reading count at once.
+        assert_eq!(history.failed_last_minute(&trigger, 5, now), 2);
     }
 }

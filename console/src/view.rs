@@ -16,6 +16,15 @@ pub(crate) fn adapter(class: topiq::AdapterClass) -> &'static str {
     }
 }
 
+/// `n` and `noun`, plural unless `n` is 1: `1 record`, `3 records`.
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// A time as the console shows it, in UTC to the second.
 pub(crate) fn time(at: Timestamp) -> String {
     at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
@@ -71,7 +80,10 @@ pub(crate) fn retry(policy: &RetryPolicy) -> String {
                 .join(", ")
         ),
     };
-    format!("{} attempts, {backoff}", policy.max_attempts)
+    format!(
+        "{}, {backoff}",
+        count(u64::from(policy.max_attempts), "attempt")
+    )
 }
 
 /// `value` as indented JSON.

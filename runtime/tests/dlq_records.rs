@@ -124,3 +124,51 @@ async fn a_filtered_purge_and_redrive_touch_only_the_matching_record_of_a_messag
     .await;
     assert_eq!(redriven, json!({"redriven": 1}));
 }
+
+/// A redrive that reports progress fixes its records first (the whole DLQ, when nothing is
+/// selected) and tells how far it is after every chunk of 100: what the console's job page
+/// shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_redrive_tells_its_progress_chunk_by_chunk() {
+    let server = NatsServer::start();
+    let mut functions = Functions::new();
+    functions.register("fail", |_message: topiq::Message| async {
+        Err::<(), _>(HandlerError::non_retryable("fails every time"))
+    });
+    let module = QueueModule::new(config(&server.url()), functions)
+        .await
+        .unwrap();
+    let workers = module.start_workers();
+    let messages: Vec<_> = (0..250).map(|n| json!({"data": n})).collect();
+    for batch in messages.chunks(100) {
+        call(
+            &module,
+            "queue.enqueue_batch",
+            json!({"topic": "orders", "messages": batch}),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call(&module, "queue.dlq_count", json!({"topic": "orders"})).await["count"] != 250 {
+        assert!(Instant::now() < deadline, "250 records in the DLQ");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let told = std::sync::Mutex::new(Vec::new());
+    let request = topiq::DlqRequest {
+        topic: "orders".into(),
+        ..topiq::DlqRequest::default()
+    };
+    let redriven = module
+        .redrive_dlq_reporting(&request, &|done, total| {
+            told.lock().unwrap().push((done, total));
+        })
+        .await
+        .unwrap();
+    assert_eq!(redriven, 250);
+    assert_eq!(
+        told.into_inner().unwrap(),
+        [(0, 250), (100, 250), (200, 250), (250, 250)]
+    );
+    workers.shutdown().await;
+    module.close().await;
+}

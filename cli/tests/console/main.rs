@@ -53,12 +53,18 @@ on_every_adapter!(
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Secrets of the config that no page may show.
+const URL_SECRET: &str = "url-s3cret";
+const HEADER_SECRET: &str = "header-s3cret";
+const TOKEN: &str = "console-s3cret";
+
 /// `orders` goes to `charge`, an HTTP function that fails (400, straight to the DLQ) until the
 /// receiver's switch is on; `events` goes to `log` (`builtin.log`); schedule `beat` enqueues to
 /// `events` every hour.
 async fn start(broker: &Broker, receiver: &Receiver, api: &str, console: &str) -> Service {
+    // Secrets in the function's URL and headers, which no page may show.
     let functions = format!(
-        "switchable:\n  http: {{ url: \"{}\", timeout: 5s }}",
+        "switchable:\n  http:\n    url: \"{}?key={URL_SECRET}\"\n    timeout: 5s\n    headers: {{ authorization: \"Bearer {HEADER_SECRET}\" }}",
         receiver.url("switch")
     );
     let triggers = "charge:
@@ -77,7 +83,7 @@ log:
     let env: &[(&str, &str)] = if api.is_empty() {
         &[]
     } else {
-        &[("TEST_API_TOKEN", "console-s3cret")]
+        &[("TEST_API_TOKEN", TOKEN)]
     };
     Service::start(
         broker,
@@ -179,6 +185,13 @@ async fn every_page_loads_without_console_errors(broker: Broker, name: &str) {
         assert!(heading.starts_with(title), "{page}: {heading}");
         let errors = wide.console_errors().await;
         assert!(errors.is_empty(), "{page}: console errors {errors:?}");
+        let source = wide.client.source().await.unwrap();
+        for secret in [URL_SECRET, HEADER_SECRET] {
+            assert!(
+                !source.contains(secret),
+                "{page} shows a secret of the config"
+            );
+        }
         wide.screenshot(&format!("{name}-{page}")).await;
     }
     // What each page shows of the seeded messages.
@@ -187,6 +200,10 @@ async fn every_page_loads_without_console_errors(broker: Broker, name: &str) {
     wide.open(&format!("{base}/console")).await;
     let table = wide.text("#overview").await;
     assert!(table.contains("charge") && table.contains("log"), "{table}");
+    assert!(
+        wide.has("#overview td.bad").await,
+        "the failure of the last minute is shown"
+    );
     // The overview refreshes itself without an error.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     wide.assert_no_console_errors().await;
@@ -226,7 +243,7 @@ async fn redrive_and_purge_from_the_page(broker: Broker, _name: &str) {
     assert_eq!(question, "Redrive 1 selected record of orders / charge?");
     browser.click("#confirm").await;
     browser
-        .wait_for_text("#job", "Done: 1 records changed")
+        .wait_for_text("#job", "Done: 1 record changed")
         .await;
     wait_for_state(&service, &redriven, "succeeded").await;
     let delivered = receiver
@@ -248,7 +265,7 @@ async fn redrive_and_purge_from_the_page(broker: Broker, _name: &str) {
     assert_eq!(question, "Purge 1 matching record of orders / charge?");
     browser.click("#confirm").await;
     browser
-        .wait_for_text("#job", "Done: 1 records changed")
+        .wait_for_text("#job", "Done: 1 record changed")
         .await;
     assert_eq!(service.dlq_count("orders").await, 0);
     assert_eq!(
@@ -311,7 +328,8 @@ async fn pause_a_trigger_and_see_it_stop(broker: Broker, _name: &str) {
     browser
         .open(&format!("{}/console/triggers/log", service.api))
         .await;
-    browser.click("#pause").await;
+    // By keyboard: Enter on the focused button.
+    browser.find("#pause").await.send_keys(ENTER).await.unwrap();
     browser.wait_for_text(".flash.ok", "Paused log").await;
     assert_eq!(browser.text("#trigger-state").await, "paused");
     let listed = service.ok("queue.trigger_list", json!({})).await;
@@ -381,6 +399,14 @@ async fn enqueue_from_the_form(broker: Broker, _name: &str) {
     assert_eq!(runs["runs"][0]["data"], json!({"n": 6, "from": "console"}));
     assert_eq!(runs["runs"][0]["idempotency_key"], "console-key-1");
     assert_eq!(browser.text("#last-run code").await, id);
+    // Found by its idempotency key, across runs and dead letters.
+    browser
+        .open(&format!("{}/console/search?q=console-key-1", service.api))
+        .await;
+    assert!(browser.text("main").await.contains(&id));
+    browser
+        .open(&format!("{}/console/enqueue", service.api))
+        .await;
     // The same key again: the first message's id, nothing enqueued.
     browser.click("#e-topic option[value=events]").await;
     browser.fill("#e-data", "{\"n\": 7}").await;
@@ -392,6 +418,9 @@ async fn enqueue_from_the_form(broker: Broker, _name: &str) {
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// WebDriver's Enter key.
+const ENTER: &str = "\u{e007}";
 
 /// `pairs` as a form body.
 fn form(pairs: &[(&str, &str)]) -> String {
@@ -492,13 +521,13 @@ async fn login_csrf_and_read_only(broker: Broker, name: &str) {
     browser
         .wait_for_text(".flash.error", "not the API's token")
         .await;
-    browser.fill("#token", "console-s3cret").await;
+    browser.fill("#token", TOKEN).await;
     browser.click("form button").await;
     browser.wait_for_text("h1", "Trigger log").await;
     browser.assert_no_console_errors().await;
     // Actions need the session's CSRF token and the console's own origin.
     let http = raw_client();
-    let (session, csrf) = session_of(&http, &base, "console-s3cret").await;
+    let (session, csrf) = session_of(&http, &base, TOKEN).await;
     let stale = pause_through_a_form(&http, &base, &session, &"0".repeat(64), &base).await;
     assert_eq!(stale, StatusCode::FORBIDDEN);
     let elsewhere =
@@ -526,15 +555,15 @@ async fn login_csrf_and_read_only(broker: Broker, name: &str) {
     wait_for_state(&service, &done, "succeeded").await;
     let browser = Browser::start(1280).await;
     browser.open(&format!("{base}/console/login")).await;
-    browser.fill("#token", "console-s3cret").await;
-    browser.click("form button").await;
+    browser.fill("#token", &format!("{TOKEN}{ENTER}")).await;
     browser.wait_for_text(".top .badge", "read-only").await;
+    assert!(!browser.client.source().await.unwrap().contains(TOKEN));
     browser.open(&format!("{base}/console/triggers/log")).await;
     assert!(!browser.has("#pause").await);
     browser.open(&format!("{base}/console/runs/{done}")).await;
     assert!(!browser.has("form.replay").await);
     browser.assert_no_console_errors().await;
-    let (session, csrf) = session_of(&http, &base, "console-s3cret").await;
+    let (session, csrf) = session_of(&http, &base, TOKEN).await;
     let refused = http
         .post(format!("{base}/console/triggers/log/pause"))
         .header("cookie", &session)

@@ -398,8 +398,14 @@ struct JobPage {
 fn progress_of(job: &Job) -> JobProgress {
     let (done, total) = job.progress();
     let outcome = job.outcome().map(|outcome| match outcome {
-        Ok(changed) => (true, format!("Done: {changed} records changed.")),
-        Err(err) => (false, format!("Stopped after {done} records: {err}")),
+        Ok(changed) => (
+            true,
+            format!("Done: {} changed.", view::count(changed, "record")),
+        ),
+        Err(err) => (
+            false,
+            format!("Stopped after {}: {err}", view::count(done, "record")),
+        ),
     });
     JobProgress {
         done,

@@ -96,7 +96,9 @@ async fn table(state: &ConsoleState) -> Table {
 
 /// A trigger's row.
 pub(crate) fn trigger_row(state: &ConsoleState, stats: &TriggerStats, now: Timestamp) -> Row {
-    let failed = state.history().failed_last_minute(&stats.trigger, now);
+    let failed = state
+        .history()
+        .failed_last_minute(&stats.trigger, stats.counts.failed, now);
     Row {
         topic: stats.topic.to_string(),
         trigger: Some(stats.trigger.to_string()),

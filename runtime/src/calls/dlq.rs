@@ -235,6 +235,7 @@ impl QueueModule {
             .iter()
             .map(|(_, selection)| selection_len(selection))
             .sum();
+        progress(0, total as u64);
         let mut done = 0;
         let mut in_chunk = 0;
         let mut started = tokio::time::Instant::now();
@@ -266,15 +267,27 @@ impl QueueModule {
     /// `queue.redrive_dlq`: sends the selected records back to the trigger each failed on,
     /// with attempts reset; with `dry_run`, only counts them. Logged with its counts.
     pub async fn redrive_dlq(&self, request: &DlqRequest) -> Result<u64, CallError> {
-        self.redrive_dlq_reporting(request, &|_, _| {}).await
+        self.redrive(request, &|_, _| {}, true).await
     }
 
     /// [`redrive_dlq`](Self::redrive_dlq), telling `progress` (redriven, of how many) after
-    /// each chunk of a selected redrive; a redrive of everything is one step, told at its end.
+    /// each chunk of 100: the records are fixed first (every one in the DLQ, when the request
+    /// selects no ids and sets no filter), so a message that fails again meanwhile is not
+    /// redriven twice.
     pub async fn redrive_dlq_reporting(
         &self,
         request: &DlqRequest,
         progress: &DlqProgress<'_>,
+    ) -> Result<u64, CallError> {
+        self.redrive(request, progress, false).await
+    }
+
+    /// A redrive; a whole DLQ goes back in one broker operation when `whole_at_once`.
+    async fn redrive(
+        &self,
+        request: &DlqRequest,
+        progress: &DlqProgress<'_>,
+        whole_at_once: bool,
     ) -> Result<u64, CallError> {
         let (topic, trigger) = self.dlq_target(request)?;
         if request.rate_per_sec == Some(0) {
@@ -282,13 +295,12 @@ impl QueueModule {
         }
         let everything =
             request.ids.is_none() && !request.has_filter() && request.rate_per_sec.is_none();
-        if everything && !request.dry_run {
+        if everything && whole_at_once && !request.dry_run {
             let redriven = self
                 .adapter()
                 .dlq_redrive(&topic, trigger.as_ref(), DlqSelection::All)
                 .await?;
             log_dlq_operation("redrive", &topic, trigger.as_ref(), "all", redriven);
-            progress(redriven, redriven);
             return Ok(redriven);
         }
         let selected = self

@@ -492,6 +492,22 @@ fn the_api_refuses_a_public_address_without_a_token() {
 }
 
 #[test]
+fn the_console_is_off_by_default_and_needs_the_api() {
+    let defaults = load(&with_sections("")).expect("valid");
+    assert_eq!(defaults.console, ConsoleSettings::default());
+    assert!(!defaults.console.enabled);
+    let on = load(&with_sections(
+        "console:\n  enabled: true\n  read_only: true\n",
+    ))
+    .expect("valid");
+    assert!(on.console.enabled && on.console.read_only);
+    let without_api = with_sections("api:\n  enabled: false\nconsole:\n  enabled: true\n");
+    assert_error(load(&without_api), 9, "console.enabled", "enable the API");
+    let typo = with_sections("console:\n  enable: true\n");
+    assert!(load(&typo).is_err(), "an unknown console key is refused");
+}
+
+#[test]
 fn telemetry_is_off_by_default_and_checked_when_given() {
     let defaults = load(&with_sections("")).expect("valid");
     assert!(defaults.telemetry.otlp.is_none());
