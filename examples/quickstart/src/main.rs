@@ -4,7 +4,9 @@
 //! up), then redriven once the domain is "fixed". Its run shows that whole history; then a
 //! delivered email's run is replayed.
 //!
-//! Run with `cargo run -p quickstart` (optionally `-- path/to/config.yaml`).
+//! Run with `cargo run -p quickstart` (optionally `-- path/to/config.yaml`). With `--serve`,
+//! the module then keeps running with its HTTP API and the console (`console:` in the config)
+//! until Ctrl-C: open <http://127.0.0.1:7720/console> to see what the walk-through left.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,10 +68,14 @@ async fn main() -> Result<(), BoxError> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,topiq=info")),
         )
         .init();
-    let path = std::env::args_os().nth(1).map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config.yaml"),
-        PathBuf::from,
-    );
+    let serve = std::env::args().skip(1).any(|arg| arg == "--serve");
+    let path = std::env::args_os()
+        .skip(1)
+        .find(|arg| arg != "--serve")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config.yaml"),
+            PathBuf::from,
+        );
     let config = Config::load(&path)?;
     let dns_fixed = Arc::new(AtomicBool::new(false));
     let mut functions = Functions::with_builtins();
@@ -101,7 +107,23 @@ async fn main() -> Result<(), BoxError> {
     print_run(&module, &ids[1]).await?;
     replay(&module, &ids[0]).await?;
     workers.shutdown().await;
+    if serve {
+        return serve_until_interrupted(module).await;
+    }
     module.close().await;
+    Ok(())
+}
+
+/// Runs the module's triggers with its HTTP API and console until Ctrl-C.
+async fn serve_until_interrupted(module: QueueModule) -> Result<(), BoxError> {
+    let api = topiq_server::ApiServer::bind(module.clone(), &module.config().api).await?;
+    let address = api.local_addr()?;
+    println!(
+        "serving the HTTP API on http://{address} and the console on http://{address}/console; Ctrl-C stops"
+    );
+    module
+        .run_beside(topiq::shutdown_signal(), |stop| api.serve(stop))
+        .await?;
     Ok(())
 }
 
