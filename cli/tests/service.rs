@@ -44,6 +44,7 @@ on_every_adapter!(
     http_status_rules,
     dlq_through_the_api_and_the_cli,
     token_rules,
+    a_tokenless_api_refuses_other_sites,
     error_statuses,
     metrics_count_every_outcome,
     runs_through_the_api_and_the_cli,
@@ -514,6 +515,42 @@ async fn dlq_through_the_api_and_the_cli(broker: Broker) {
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["triggers"][0]["trigger"], "fulfil");
     assert_eq!(stats["triggers"][0]["dlq"], 0);
+}
+
+/// Without a token, a browser page of another site can neither post to the API (its
+/// `Origin`) nor reach it through a name rebound to 127.0.0.1 (its `Host`); tools can.
+async fn a_tokenless_api_refuses_other_sites(broker: Broker) {
+    let service = Service::start(
+        &broker,
+        Parts {
+            triggers: &trigger("log", "events", "builtin.log", 0, 100),
+            ..Parts::default()
+        },
+        &[],
+    )
+    .await;
+    let http = support::http_client();
+    let stats = |headers: &'static [(&'static str, &'static str)]| {
+        let mut request = http
+            .post(format!("{}/v1/call/queue.stats", service.api))
+            .body("{}");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), json_of(response).await)
+        }
+    };
+    let (status, body) = stats(&[("origin", "http://evil.example")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (status, _) = stats(&[("host", "rebound.example")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = stats(&[("sec-fetch-site", "cross-site")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = stats(&[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 async fn token_rules(broker: Broker) {

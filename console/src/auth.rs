@@ -1,11 +1,14 @@
 //! Who may use the console: the API's token, given once at a login page, then a session cookie
-//! (`HttpOnly`, `SameSite=Strict`, signed with a key made from the token, so every instance
+//! (`HttpOnly`, `SameSite=Strict`, signed with a key derived from the token, so every instance
 //! sharing the token accepts it); every action carries a token tied to the session (CSRF) and
 //! must come from the console's own origin.
 //!
 //! Without `api.token` (an API on loopback only) there is no login: the first visit gets a
-//! session, signed with a key of this process, which the forms' CSRF tokens are tied to.
+//! session, signed with a key of this process, which the forms' CSRF tokens are tied to; and
+//! only requests that name the server `localhost` or by its address are answered (a site whose
+//! name is rebound to 127.0.0.1 is refused).
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use askama::Template;
@@ -14,14 +17,14 @@ use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hmac, pbkdf2};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use topiq::config::Secret;
 
-use crate::ConsoleState;
+use crate::origin::{is_local_host, same_origin};
 use crate::pages::{self, error_page};
 
 /// The session cookie's name.
@@ -30,39 +33,66 @@ const SESSION_COOKIE: &str = "topiq_console_session";
 /// How long a session lasts.
 const SESSION_SECONDS: i64 = 12 * 60 * 60;
 
+/// PBKDF2 rounds from the token to the signing key: a stolen cookie or page is no fast oracle
+/// for guessing the token. Run once, at start.
+const KEY_ROUNDS: u32 = 100_000;
+
+/// How long a wrong token waits before the form comes back (guesses queue one at a time).
+const WRONG_TOKEN_PAUSE: Duration = Duration::from_millis(300);
+
 /// The header the console's script sets on the fragments it fetches: an ended session
 /// answers them 401 instead of redirecting, and the script reloads the page.
 pub(crate) const FRAGMENT_HEADER: &str = "x-topiq-fragment";
+
+/// Why the console cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsoleError {
+    /// The system's random source failed, so sessions cannot be signed safely.
+    #[error("the console cannot make its session key: the system's random source failed")]
+    Random,
+}
 
 /// The session of a request that passed [`guard`].
 #[derive(Clone, Debug)]
 pub(crate) struct Session(String);
 
-/// Signs and checks sessions and CSRF tokens.
+/// Signs and checks sessions and CSRF tokens; checks the token at login.
 pub(crate) struct Auth {
     key: hmac::Key,
-    token: Option<Secret>,
+    token_digest: Option<digest::Digest>,
+    random: SystemRandom,
+    /// Held while a login is checked, so guesses are tried one at a time.
+    login_gate: tokio::sync::Mutex<()>,
 }
 
 impl Auth {
-    /// Keys made from `token`, or from random bytes of this process when there is none.
-    pub(crate) fn new(token: Option<Secret>) -> Self {
-        let key = match &token {
-            Some(token) => hmac::Key::new(hmac::HMAC_SHA256, token.expose().as_bytes()),
-            None => {
-                let mut bytes = [0u8; 32];
-                // The system's random source failing leaves a zero key: sessions of an
-                // open (loopback, token-less) console, whose CSRF tokens stay tied to them.
-                let _ = SystemRandom::new().fill(&mut bytes);
-                hmac::Key::new(hmac::HMAC_SHA256, &bytes)
-            }
-        };
-        Self { key, token }
+    /// A key derived from `token`, or random bytes of this process when there is none.
+    pub(crate) fn new(token: Option<Secret>) -> Result<Self, ConsoleError> {
+        let random = SystemRandom::new();
+        let mut bytes = [0u8; 32];
+        match &token {
+            Some(token) => pbkdf2::derive(
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                NonZeroU32::new(KEY_ROUNDS).unwrap_or(NonZeroU32::MIN),
+                b"topiq console session key v1",
+                token.expose().as_bytes(),
+                &mut bytes,
+            ),
+            None => random.fill(&mut bytes).map_err(|_| ConsoleError::Random)?,
+        }
+        Ok(Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            token_digest: token
+                .map(|token| digest::digest(&digest::SHA256, token.expose().as_bytes())),
+            random,
+            login_gate: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Whether the console asks for the token.
     pub(crate) fn needs_login(&self) -> bool {
-        self.token.is_some()
+        self.token_digest.is_some()
     }
 
     fn tag(&self, purpose: &str, text: &str) -> String {
@@ -70,10 +100,12 @@ impl Auth {
         hex(hmac::sign(&self.key, message.as_bytes()).as_ref())
     }
 
-    /// A new session, valid until `now` + 12 hours.
-    fn issue(&self, now: i64) -> String {
-        let expires = now + SESSION_SECONDS;
-        format!("v1.{expires}.{}", self.tag("session", &expires.to_string()))
+    /// A new session, valid until `now` + 12 hours, unique (a random part).
+    fn issue(&self, now: i64) -> Option<String> {
+        let mut nonce = [0u8; 8];
+        self.random.fill(&mut nonce).ok()?;
+        let body = format!("{}.{}", now + SESSION_SECONDS, hex(&nonce));
+        Some(format!("v1.{body}.{}", self.tag("session", &body)))
     }
 
     /// Whether `session` was issued with this key and has not expired.
@@ -81,18 +113,13 @@ impl Auth {
         let Some(("v1", rest)) = session.split_once('.') else {
             return false;
         };
-        let Some((expires, tag)) = rest.split_once('.') else {
+        let Some((body, tag)) = rest.rsplit_once('.') else {
             return false;
         };
-        let Ok(expires_at) = expires.parse::<i64>() else {
+        let Some(Ok(expires_at)) = body.split('.').next().map(str::parse::<i64>) else {
             return false;
         };
-        expires_at > now
-            && bool::from(
-                self.tag("session", expires)
-                    .as_bytes()
-                    .ct_eq(tag.as_bytes()),
-            )
+        expires_at > now && bool::from(self.tag("session", body).as_bytes().ct_eq(tag.as_bytes()))
     }
 
     /// The CSRF token of `session`'s forms.
@@ -100,10 +127,11 @@ impl Auth {
         self.tag("csrf", &session.0)
     }
 
+    /// Whether `given` is the token (digests compared in constant time: no length leaks).
     fn token_matches(&self, given: &str) -> bool {
-        self.token.as_ref().is_some_and(|token| {
-            bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
-        })
+        let given = digest::digest(&digest::SHA256, given.trim().as_bytes());
+        self.token_digest
+            .is_some_and(|token| bool::from(given.as_ref().ct_eq(token.as_ref())))
     }
 }
 
@@ -127,7 +155,8 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, value)| value)
 }
 
-/// A `Set-Cookie` value for a cookie of the console's path, kept `max_age` seconds (0 ends it).
+/// A `Set-Cookie` value for a cookie of the console's path, kept `max_age` seconds (0 ends it);
+/// `Secure` when a proxy says the request came over HTTPS.
 pub(crate) fn set_cookie(
     name: &str,
     value: &str,
@@ -145,34 +174,31 @@ pub(crate) fn set_cookie(
 }
 
 /// Lets a request with a valid session through; sends one without to the login page (or, on an
-/// open console, gives it a session).
+/// open console reached by `localhost` or an address, gives it a session).
 pub(crate) async fn guard(
-    State(state): State<ConsoleState>,
+    State(state): State<crate::ConsoleState>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let now = now_seconds();
     let headers = request.headers().clone();
-    if let Some(session) = cookie(&headers, SESSION_COOKIE).filter(|s| state.auth().valid(s, now)) {
+    let auth = state.auth();
+    if !auth.needs_login() && !is_local_host(&headers) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "This console has no token (api.token), so it answers only to localhost or an IP address; set api.token to reach it by another name.",
+        );
+    }
+    if let Some(session) = cookie(&headers, SESSION_COOKIE).filter(|s| auth.valid(s, now)) {
         request.extensions_mut().insert(Session(session.to_owned()));
         return next.run(request).await;
     }
-    if state.auth().needs_login() {
-        let fragment = headers.contains_key(FRAGMENT_HEADER);
-        if request.method() == Method::GET && !fragment {
-            let wanted = request
-                .uri()
-                .path_and_query()
-                .map_or("/console", |path| path.as_str());
-            let target = format!("/console/login?next={}", pages::encode(wanted));
-            return Redirect::to(&target).into_response();
-        }
-        return error_page(
-            StatusCode::UNAUTHORIZED,
-            "Your session has ended: log in again with the API token.",
-        );
+    if auth.needs_login() {
+        return to_login(&request, &headers);
     }
-    let session = state.auth().issue(now);
+    let Some(session) = auth.issue(now) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, "No session could be made.");
+    };
     request.extensions_mut().insert(Session(session.clone()));
     let mut response = next.run(request).await;
     response.headers_mut().append(
@@ -182,29 +208,22 @@ pub(crate) async fn guard(
     response
 }
 
-/// Whether a state-changing request came from the console's own pages: `Sec-Fetch-Site`, when
-/// the browser sends it, says same-origin, and `Origin`, when sent, is this host.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let site = headers.get("sec-fetch-site").map(|site| site.as_bytes());
-    if site.is_some_and(|site| site != b"same-origin" && site != b"none") {
-        return false;
+/// A page asked for without a session: to the login page, back here after; a fragment or an
+/// action gets 401 (the page's script then reloads).
+fn to_login(request: &Request, headers: &HeaderMap) -> Response {
+    if request.method() == Method::GET && !headers.contains_key(FRAGMENT_HEADER) {
+        let wanted = request
+            .uri()
+            .path_and_query()
+            .map_or("/console", |path| path.as_str());
+        let target = format!("/console/login?next={}", pages::encode(wanted));
+        return Redirect::to(&target).into_response();
     }
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .unwrap_or_default();
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    origin_host == Some(host)
+    error_page(
+        StatusCode::UNAUTHORIZED,
+        "Your session has ended: log in again with the API token.",
+    )
 }
-
-/// The form of a console action, let through only when the console is not read-only, the
-/// request came from the console's origin and carries its session's CSRF token.
-pub(crate) struct Action<T>(pub(crate) T);
 
 #[derive(Deserialize)]
 struct CsrfField {
@@ -212,16 +231,14 @@ struct CsrfField {
     csrf: String,
 }
 
-impl<T: DeserializeOwned> FromRequest<ConsoleState> for Action<T> {
+/// A form sent from the console's own pages with its session's CSRF token: what logging out
+/// needs, read-only or not.
+pub(crate) struct SignedForm<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<crate::ConsoleState> for SignedForm<T> {
     type Rejection = Response;
 
-    async fn from_request(request: Request, state: &ConsoleState) -> Result<Self, Response> {
-        if state.read_only() {
-            return Err(error_page(
-                StatusCode::FORBIDDEN,
-                "This console is read-only (console.read_only: true): it shows everything and changes nothing.",
-            ));
-        }
+    async fn from_request(request: Request, state: &crate::ConsoleState) -> Result<Self, Response> {
         if !same_origin(request.headers()) {
             return Err(error_page(
                 StatusCode::FORBIDDEN,
@@ -244,13 +261,31 @@ impl<T: DeserializeOwned> FromRequest<ConsoleState> for Action<T> {
             ));
         }
         serde_html_form::from_bytes(&body)
-            .map(Action)
+            .map(SignedForm)
             .map_err(|err| {
                 error_page(
                     StatusCode::BAD_REQUEST,
                     &format!("The form is not valid: {err}"),
                 )
             })
+    }
+}
+
+/// The form of a console action: a [`SignedForm`], refused when the console is read-only.
+pub(crate) struct Action<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<crate::ConsoleState> for Action<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &crate::ConsoleState) -> Result<Self, Response> {
+        if state.read_only() {
+            return Err(error_page(
+                StatusCode::FORBIDDEN,
+                "This console is read-only (console.read_only: true): it shows everything and changes nothing.",
+            ));
+        }
+        let SignedForm(form) = SignedForm::from_request(request, state).await?;
+        Ok(Action(form))
     }
 }
 
@@ -268,17 +303,24 @@ pub(crate) struct LoginQuery {
     next: Option<String>,
 }
 
-/// Where to go after logging in: a console page, never another site.
+/// Where to go after logging in: a console page, never another site (nor a header-breaking
+/// character).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(next) if next.starts_with("/console") && !next.contains("//") => next.to_owned(),
+        Some(next)
+            if next.starts_with("/console")
+                && !next.contains("//")
+                && next.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            next.to_owned()
+        }
         _ => "/console".to_owned(),
     }
 }
 
 /// `GET /console/login`.
 pub(crate) async fn login_page(
-    State(state): State<ConsoleState>,
+    State(state): State<crate::ConsoleState>,
     Query(query): Query<LoginQuery>,
 ) -> Response {
     if !state.auth().needs_login() {
@@ -301,7 +343,7 @@ pub(crate) struct LoginForm {
 
 /// `POST /console/login`: the API token for a session cookie.
 pub(crate) async fn login(
-    State(state): State<ConsoleState>,
+    State(state): State<crate::ConsoleState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -316,17 +358,24 @@ pub(crate) async fn login(
         next: None,
     });
     let next = safe_next(form.next.as_deref());
-    if !state.auth().token_matches(&form.token) {
-        // A pause per wrong guess slows down guessing.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let auth = state.auth();
+    let right = {
+        let _one_at_a_time = auth.login_gate.lock().await;
+        let right = auth.token_matches(&form.token);
+        if !right {
+            tokio::time::sleep(WRONG_TOKEN_PAUSE).await;
+        }
+        right
+    };
+    let session = right.then(|| auth.issue(now_seconds())).flatten();
+    let Some(session) = session else {
         let page = LoginPage {
             next,
             error: Some("That is not the API's token (api.token).".into()),
         };
         // The form again, with the error (a 401 would need an HTTP authentication scheme).
         return pages::html(StatusCode::OK, page.render());
-    }
-    let session = state.auth().issue(now_seconds());
+    };
     let mut response = Redirect::to(&next).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -335,8 +384,8 @@ pub(crate) async fn login(
     response
 }
 
-/// `POST /console/logout`: ends the session.
-pub(crate) async fn logout(headers: HeaderMap, Action(_): Action<CsrfOnly>) -> Response {
+/// `POST /console/logout`: ends the session (read-only or not).
+pub(crate) async fn logout(headers: HeaderMap, SignedForm(_): SignedForm<CsrfOnly>) -> Response {
     let mut response = Redirect::to("/console/login").into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -355,39 +404,33 @@ mod tests {
 
     #[test]
     fn a_session_is_valid_until_it_expires_and_only_with_its_key() {
-        let auth = Auth::new(Some(Secret::new("s3cret")));
-        let session = auth.issue(1_000);
+        let auth = Auth::new(Some(Secret::new("s3cret"))).unwrap();
+        let session = auth.issue(1_000).unwrap();
         assert!(auth.valid(&session, 1_000));
         assert!(!auth.valid(&session, 1_000 + SESSION_SECONDS));
-        let other = Auth::new(Some(Secret::new("other")));
+        assert_ne!(
+            session,
+            auth.issue(1_000).unwrap(),
+            "each session is unique"
+        );
+        let other = Auth::new(Some(Secret::new("other"))).unwrap();
         assert!(!other.valid(&session, 1_000));
-        let forged = session.replace("v1.", "v1.9").to_string();
-        assert!(!auth.valid(&forged, 1_000));
-        assert!(!auth.valid("v1.99999999999.00", 1_000));
+        let later = session.replacen("v1.", "v1.9", 1);
+        assert!(!auth.valid(&later, 1_000), "the expiry is signed");
+        assert!(!auth.valid("v1.99999999999.00.00", 1_000));
         assert!(!auth.valid("", 1_000));
     }
 
     #[test]
-    fn only_the_console_origin_may_act() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:7720"));
-        assert!(same_origin(&headers));
-        headers.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://127.0.0.1:7720"),
-        );
-        assert!(same_origin(&headers));
-        headers.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://evil.example"),
-        );
-        assert!(!same_origin(&headers));
-        headers.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://127.0.0.1:7720"),
-        );
-        headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
-        assert!(!same_origin(&headers));
+    fn the_signing_key_is_not_the_token_itself() {
+        let auth = Auth::new(Some(Secret::new("s3cret"))).unwrap();
+        let session = auth.issue(1_000).unwrap();
+        let (body, _) = session["v1.".len()..].rsplit_once('.').unwrap();
+        let raw = hmac::Key::new(hmac::HMAC_SHA256, b"s3cret");
+        let with_raw_token = hex(hmac::sign(&raw, format!("session\0{body}").as_bytes()).as_ref());
+        assert!(!auth.valid(&format!("v1.{body}.{with_raw_token}"), 1_000));
+        assert!(auth.token_matches(" s3cret "));
+        assert!(!auth.token_matches("s3cre"));
     }
 
     #[test]
@@ -398,6 +441,7 @@ mod tests {
         );
         assert_eq!(safe_next(Some("https://evil.example")), "/console");
         assert_eq!(safe_next(Some("/console//evil.example")), "/console");
+        assert_eq!(safe_next(Some("/console/\nLocation: x")), "/console");
         assert_eq!(safe_next(None), "/console");
     }
 }

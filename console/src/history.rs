@@ -12,7 +12,9 @@ use topiq::{HandlerTimes, QueueModule, TriggerSample};
 use topiq_adapter::TriggerName;
 
 /// How often the counters are read.
-pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(SAMPLE_SECONDS as u64);
+
+const SAMPLE_SECONDS: i64 = 10;
 
 /// How many intervals are kept: one hour.
 const KEPT: usize = 360;
@@ -100,7 +102,9 @@ impl History {
         let kept: u64 = state
             .slices
             .iter()
-            .filter(|slice| slice.end > since)
+            // Intervals wholly inside the minute (the one across its start would count
+            // failures up to 70 s old).
+            .filter(|slice| slice.end - jiff::SignedDuration::from_secs(SAMPLE_SECONDS) >= since)
             .filter_map(|slice| slice.triggers.get(trigger))
             .map(|interval| interval.failed)
             .sum();

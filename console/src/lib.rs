@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! # async fn serve(module: topiq::QueueModule) {
-//! let console = topiq_console::Console::new(module.clone());
+//! let console = topiq_console::Console::new(module.clone()).expect("a session key");
 //! let router: axum::Router = console.router();
 //! # }
 //! ```
@@ -20,6 +20,7 @@ mod auth;
 mod chart;
 mod history;
 mod jobs;
+pub mod origin;
 mod pages;
 mod view;
 
@@ -31,6 +32,7 @@ use axum::routing::{get, post};
 use topiq::QueueModule;
 
 use auth::Auth;
+pub use auth::ConsoleError;
 use history::History;
 use jobs::Jobs;
 
@@ -85,23 +87,23 @@ impl Console {
     /// The console of `module`, with its config's `console:` settings and the API's token
     /// (`api.token`: the console's login asks for it). Starts the history sampler, so it must
     /// be called inside a Tokio runtime.
-    pub fn new(module: QueueModule) -> Self {
+    pub fn new(module: QueueModule) -> Result<Self, ConsoleError> {
         let settings = module.config().console;
-        let token = module.config().api.token.clone();
+        let auth = Auth::new(module.config().api.token.clone())?;
         let history = Arc::new(History::new());
         let sampler = history::Sampler::start(module.clone(), history.clone());
-        Self {
+        Ok(Self {
             state: ConsoleState {
                 inner: Arc::new(Inner {
                     module,
                     read_only: settings.read_only,
-                    auth: Auth::new(token),
+                    auth,
                     history,
                     jobs: Jobs::default(),
                     _sampler: sampler,
                 }),
             },
-        }
+        })
     }
 
     /// The console's routes, all under [`CONSOLE_PATH`]: merge them into the API's router.

@@ -45,6 +45,9 @@ pub enum ApiError {
     /// Serving stopped on an I/O error.
     #[error("the HTTP API stopped: {0}")]
     Serve(#[source] std::io::Error),
+    /// The console (`console.enabled`) cannot start.
+    #[error(transparent)]
+    Console(#[from] topiq_console::ConsoleError),
 }
 
 /// The API, bound to its address and ready to serve.
@@ -79,7 +82,11 @@ impl ApiServer {
         let calls = Router::new()
             .route("/v1/call/{name}", post(call))
             .route("/metrics", get(metrics))
-            .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                refuse_other_sites,
+            ));
         let console = state.module.config().console;
         let mut router = Router::new()
             .merge(calls)
@@ -90,7 +97,12 @@ impl ApiServer {
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))
             .with_state(state.clone());
         if console.enabled {
-            router = router.merge(topiq_console::Console::new(state.module).router());
+            let console = topiq_console::Console::new(state.module)?;
+            router = router.merge(
+                console
+                    .router()
+                    .layer(DefaultBodyLimit::max(settings.max_body_bytes)),
+            );
         }
         Ok(Self {
             listener,
@@ -178,6 +190,30 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         }
         _ => next.run(request).await,
     }
+}
+
+/// On an API without a token (loopback only), refuses what a browser page of another site can
+/// send: a call from another origin (a form or `fetch` posting across sites), and a call that
+/// names the server by a name other than `localhost` (a site whose name was rebound to
+/// 127.0.0.1). Tools such as the CLI or curl send neither.
+async fn refuse_other_sites(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let tokenless = state.token.is_none();
+    if tokenless
+        && (!topiq_console::origin::same_origin(headers)
+            || !topiq_console::origin::is_local_host(headers))
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this API has no token (api.token), so it refuses calls from another site's pages and by names other than localhost; set api.token to call it from elsewhere",
+        );
+    }
+    next.run(request).await
 }
 
 async fn call(

@@ -217,42 +217,16 @@ async fn every_page_loads_without_console_errors(broker: Broker, name: &str) {
     narrow.screenshot(&format!("{name}-run-375px")).await;
 }
 
-async fn redrive_and_purge_from_the_page(broker: Broker, _name: &str) {
+async fn redrive_and_purge_from_the_page(broker: Broker, name: &str) {
     let receiver = Receiver::start().await;
     let service = open_console(&broker, &receiver).await;
-    let redriven = enqueue(&service, "orders", json!({"n": 1})).await;
+    let purged = enqueue(&service, "orders", json!({"n": 1})).await;
     eventually("the first record", WAIT, || async {
         service.dlq_count("orders").await == 1
     })
     .await;
-    let purged = enqueue(&service, "orders", json!({"n": 2})).await;
-    eventually("both records", WAIT, || async {
-        service.dlq_count("orders").await == 2
-    })
-    .await;
-    receiver.switch_on();
-    let browser = Browser::start(1280).await;
-    browser
-        .open(&format!("{}/console/dlq?trigger=charge", service.api))
-        .await;
-    browser
-        .click(&format!("input[name=ids][value=\"{redriven}\"]"))
-        .await;
-    browser.click("#redrive").await;
-    let question = browser.text("#question").await;
-    assert_eq!(question, "Redrive 1 selected record of orders / charge?");
-    browser.click("#confirm").await;
-    browser
-        .wait_for_text("#job", "Done: 1 record changed")
-        .await;
-    wait_for_state(&service, &redriven, "succeeded").await;
-    let delivered = receiver
-        .requests("switch")
-        .iter()
-        .filter(|request| request.body["id"] == redriven.as_str())
-        .count();
-    assert_eq!(delivered, 2, "failed once, then delivered by the redrive");
     // Every record matching a filter, purged after the count is shown.
+    let browser = Browser::start(1280).await;
     browser
         .open(&format!(
             "{}/console/dlq?trigger=charge&error=switched",
@@ -263,15 +237,48 @@ async fn redrive_and_purge_from_the_page(broker: Broker, _name: &str) {
     browser.click("#purge").await;
     let question = browser.text("#question").await;
     assert_eq!(question, "Purge 1 matching record of orders / charge?");
+    // A record dead-lettered after the count was shown is not touched.
+    let redriven = enqueue(&service, "orders", json!({"n": 2})).await;
+    eventually("the second record", WAIT, || async {
+        service.dlq_count("orders").await == 2
+    })
+    .await;
     browser.click("#confirm").await;
     browser
         .wait_for_text("#job", "Done: 1 record changed")
         .await;
-    assert_eq!(service.dlq_count("orders").await, 0);
+    let left = service.dlq_records("orders").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], redriven.as_str());
     assert_eq!(
         run_state(&service, &purged).await.as_deref(),
         Some("dead_lettered")
     );
+    // The ticked record, redriven once its endpoint works: delivered.
+    receiver.switch_on();
+    browser
+        .open(&format!("{}/console/dlq?trigger=charge", service.api))
+        .await;
+    browser
+        .click(&format!("input[name=ids][value=\"{redriven}\"]"))
+        .await;
+    browser.click("#redrive").await;
+    let question = browser.text("#question").await;
+    assert_eq!(question, "Redrive 1 selected record of orders / charge?");
+    browser.screenshot(&format!("{name}-confirm")).await;
+    browser.click("#confirm").await;
+    browser
+        .wait_for_text("#job", "Done: 1 record changed")
+        .await;
+    browser.screenshot(&format!("{name}-job")).await;
+    wait_for_state(&service, &redriven, "succeeded").await;
+    let delivered = receiver
+        .requests("switch")
+        .iter()
+        .filter(|request| request.body["id"] == redriven.as_str())
+        .count();
+    assert_eq!(delivered, 2, "failed once, then delivered by the redrive");
+    assert_eq!(service.dlq_count("orders").await, 0);
     browser.assert_no_console_errors().await;
 }
 
@@ -356,6 +363,14 @@ async fn pause_a_trigger_and_see_it_stop(broker: Broker, _name: &str) {
 async fn fire_a_schedule_now(broker: Broker, _name: &str) {
     let receiver = Receiver::start().await;
     let service = open_console(&broker, &receiver).await;
+    // Without a token, a page of a site whose name was rebound to 127.0.0.1 gets nothing.
+    let rebound = raw_client()
+        .get(format!("{}/console/schedules", service.api))
+        .header("host", "rebound.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
     let browser = Browser::start(1280).await;
     browser
         .open(&format!("{}/console/schedules", service.api))
@@ -535,6 +550,24 @@ async fn login_csrf_and_read_only(broker: Broker, name: &str) {
     assert_eq!(elsewhere, StatusCode::FORBIDDEN);
     let paused = service.ok("queue.trigger_list", json!({})).await;
     assert!(!paused.to_string().contains("\"paused\":true"), "{paused}");
+    // An action on a trigger the config does not have is refused, not widened to a topic.
+    let unknown = http
+        .post(format!("{base}/console/dlq/confirm"))
+        .header("cookie", &session)
+        .header("content-type", FORM)
+        .body(form(&[
+            ("csrf", &csrf),
+            ("trigger", "nope"),
+            ("op", "purge"),
+            ("scope", "matching"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::SEE_OTHER);
+    let flash = unknown.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(flash.contains("no%20trigger%20%22nope%22"), "{flash}");
+    assert_eq!(service.dlq_count("orders").await, 0);
     let allowed = pause_through_a_form(&http, &base, &session, &csrf, &base).await;
     assert_eq!(allowed, StatusCode::SEE_OTHER);
     let paused = service.ok("queue.trigger_list", json!({})).await;
@@ -563,6 +596,10 @@ async fn login_csrf_and_read_only(broker: Broker, name: &str) {
     browser.open(&format!("{base}/console/runs/{done}")).await;
     assert!(!browser.has("form.replay").await);
     browser.assert_no_console_errors().await;
+    // Logging out is no change to the queue: allowed when read-only.
+    browser.click(".logout button").await;
+    browser.find("#token").await;
+    assert!(browser.path().await.starts_with("/console/login"));
     let (session, csrf) = session_of(&http, &base, TOKEN).await;
     let refused = http
         .post(format!("{base}/console/triggers/log/pause"))

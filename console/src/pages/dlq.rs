@@ -46,19 +46,23 @@ fn non_empty(text: &str) -> Option<String> {
 }
 
 impl DlqFilters {
-    /// The topic: the trigger's, the one chosen, or the first that has a trigger.
-    fn resolve_topic(&mut self, state: &ConsoleState) {
+    /// The topic: the trigger's, the one chosen, or (none chosen) the first that has a
+    /// trigger. A trigger the config does not have is an error, never widened to its topic.
+    fn resolve_topic(&mut self, state: &ConsoleState) -> Result<(), String> {
         let config = state.module().config();
-        if let Some(trigger) = config.trigger(self.trigger.trim()) {
-            self.topic = trigger.topic.to_string();
-        } else {
-            self.trigger.clear();
+        let trigger = self.trigger.trim();
+        if !trigger.is_empty() {
+            let known = config.trigger(trigger).ok_or_else(|| {
+                format!("The config has no trigger {trigger:?}; the overview lists every trigger.")
+            })?;
+            self.topic = known.topic.to_string();
         }
         if self.topic.trim().is_empty()
             && let Some(first) = config.triggers.first()
         {
             self.topic = first.topic.to_string();
         }
+        Ok(())
     }
 
     fn request(&self) -> Result<DlqRequest, String> {
@@ -156,10 +160,10 @@ pub(crate) async fn page(
     Query(mut filters): Query<DlqFilters>,
     viewer: Viewer,
 ) -> Response {
-    filters.resolve_topic(&state);
     let config = state.module().config();
     let mut total = None;
-    let (records, next, error) = match filters.request() {
+    let resolved = filters.resolve_topic(&state);
+    let (records, next, error) = match resolved.and_then(|()| filters.request()) {
         Ok(request) => {
             total = state.module().dlq_count(&request).await.ok();
             match state.module().dlq_list(&request).await {
@@ -218,6 +222,10 @@ pub(crate) struct DlqActionForm {
     /// `selected` or `matching`.
     #[serde(default)]
     scope: String,
+    /// The time the confirm page counted at (RFC 3339): the operation touches no record
+    /// dead-lettered after it, so it never does more than it asked about.
+    #[serde(default)]
+    as_of: String,
 }
 
 /// An action on DLQ records, its topic resolved.
@@ -226,10 +234,11 @@ struct DlqAction {
     ids: Vec<String>,
     op: String,
     scope: String,
+    as_of: String,
 }
 
 impl DlqAction {
-    fn of(form: DlqActionForm, state: &ConsoleState) -> Self {
+    fn of(form: DlqActionForm, state: &ConsoleState) -> Result<Self, String> {
         let mut filters = DlqFilters {
             topic: form.topic,
             trigger: form.trigger,
@@ -238,13 +247,14 @@ impl DlqAction {
             until: form.until,
             cursor: String::new(),
         };
-        filters.resolve_topic(state);
-        Self {
+        filters.resolve_topic(state)?;
+        Ok(Self {
             filters,
             ids: form.ids,
             op: form.op,
             scope: form.scope,
-        }
+            as_of: form.as_of,
+        })
     }
 
     /// The call's request: the selected ids (of the chosen trigger), or every record matching
@@ -265,7 +275,18 @@ impl DlqAction {
                 request.until = None;
                 Ok(request)
             }
-            "matching" => Ok(request),
+            "matching" => {
+                // Nothing dead-lettered after the count was shown.
+                if let Some(as_of) = view::time_field("as of", &self.as_of)? {
+                    let at = |text: &str| text.parse::<jiff::Timestamp>().ok();
+                    let earlier = match request.until.take() {
+                        Some(until) if at(&until) < at(&as_of) => until,
+                        _ => as_of,
+                    };
+                    request.until = Some(earlier);
+                }
+                Ok(request)
+            }
             other => Err(format!("unknown scope {other:?}")),
         }
     }
@@ -318,18 +339,34 @@ struct ConfirmPage {
     back: String,
 }
 
+/// The action a form asks for, its request and whether it redrives; or where to go back to
+/// and why not.
+fn parse_action(
+    form: DlqActionForm,
+    state: &ConsoleState,
+) -> Result<(DlqAction, DlqRequest, bool), (String, String)> {
+    let fallback = "/console/dlq".to_owned();
+    let action = DlqAction::of(form, state).map_err(|err| (fallback, err))?;
+    let back = action.back();
+    let request = action.request().map_err(|err| (back.clone(), err))?;
+    let redrive = action.is_redrive().map_err(|err| (back, err))?;
+    Ok((action, request, redrive))
+}
+
 /// `POST /console/dlq/confirm`: counts what the operation would touch (a dry run) and asks.
 pub(crate) async fn confirm(
     State(state): State<ConsoleState>,
     viewer: Viewer,
-    Action(form): Action<DlqActionForm>,
+    Action(mut form): Action<DlqActionForm>,
 ) -> Response {
-    let action = DlqAction::of(form, &state);
-    let back = action.back();
-    let (request, redrive) = match action.request().and_then(|r| Ok((r, action.is_redrive()?))) {
+    if form.as_of.is_empty() {
+        form.as_of = jiff::Timestamp::now().to_string();
+    }
+    let (action, request, redrive) = match parse_action(form, &state) {
         Ok(parts) => parts,
-        Err(err) => return done(&back, false, &err),
+        Err((back, err)) => return done(&back, false, &err),
     };
+    let back = action.back();
     let dry_run = DlqRequest {
         dry_run: true,
         ..request
@@ -354,12 +391,11 @@ pub(crate) async fn apply(
     State(state): State<ConsoleState>,
     Action(form): Action<DlqActionForm>,
 ) -> Response {
-    let action = DlqAction::of(form, &state);
-    let back = action.back();
-    let (request, redrive) = match action.request().and_then(|r| Ok((r, action.is_redrive()?))) {
+    let (action, request, redrive) = match parse_action(form, &state) {
         Ok(parts) => parts,
-        Err(err) => return done(&back, false, &err),
+        Err((back, err)) => return done(&back, false, &err),
     };
+    let back = action.back();
     let module = state.module().clone();
     let label = action.describe(None);
     let id = state

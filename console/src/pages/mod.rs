@@ -37,6 +37,15 @@ pub(crate) fn encode(text: &str) -> String {
     utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
+/// `text` as one URL path segment: percent-encoded, and a name of only dots (`.`, `..`,
+/// which a browser would resolve as a path step) with its dots encoded too.
+pub(crate) fn segment(text: &str) -> String {
+    if !text.is_empty() && text.bytes().all(|b| b == b'.') {
+        return "%2E".repeat(text.len());
+    }
+    encode(text)
+}
+
 /// The result of the last action, shown once at the top of the next page.
 #[derive(Clone, Debug)]
 pub(crate) struct Flash {
@@ -201,4 +210,16 @@ pub(crate) async fn security_headers(mut response: Response) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_segment_stays_one_segment() {
+        assert_eq!(segment("nightly-report.v2"), "nightly-report.v2");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+    }
 }

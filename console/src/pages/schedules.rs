@@ -15,6 +15,8 @@ use crate::view;
 /// A schedule as the table shows it.
 struct Row {
     name: String,
+    /// The name as a URL path segment.
+    path: String,
     cadence: String,
     timezone: String,
     topic: String,
@@ -34,6 +36,7 @@ impl Row {
         };
         Self {
             name: view.schedule.name.clone(),
+            path: super::segment(&view.schedule.name),
             cadence,
             timezone: spec.timezone.clone().unwrap_or_else(|| "UTC".to_owned()),
             topic: spec.topic.to_string(),

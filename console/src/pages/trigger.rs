@@ -21,12 +21,6 @@ use crate::view;
 /// Runs and DLQ records the page lists.
 const RECENT: usize = 10;
 
-/// A setting's name and value.
-struct Setting {
-    name: &'static str,
-    value: String,
-}
-
 /// A DLQ record in the page's short list.
 struct Letter {
     id: String,
@@ -44,7 +38,7 @@ struct TriggerPage {
     row: Option<Row>,
     error: Option<String>,
     charts: String,
-    settings: Vec<Setting>,
+    settings: Vec<(&'static str, String)>,
     records_runs: bool,
     runs: Vec<RunRow>,
     runs_error: Option<String>,
@@ -74,9 +68,9 @@ fn unknown_trigger(name: &str) -> Response {
     )
 }
 
-/// What the settings table shows: nothing secret (an HTTP function shows its endpoint's
-/// scheme, host and port only).
-fn settings_rows(state: &ConsoleState, trigger: &TriggerSettings) -> Vec<Setting> {
+/// What the settings table shows, as (name, value): nothing secret (an HTTP function shows
+/// its endpoint's scheme, host and port only).
+fn settings_rows(state: &ConsoleState, trigger: &TriggerSettings) -> Vec<(&'static str, String)> {
     let config = state.module().config();
     let http = config
         .functions
@@ -91,54 +85,28 @@ fn settings_rows(state: &ConsoleState, trigger: &TriggerSettings) -> Vec<Setting
         (Some(key), None) => key.source().to_owned(),
         (None, _) => "none: messages run in any order".to_owned(),
     };
+    let condition = trigger.condition.as_ref().map_or_else(
+        || "none: every message".to_owned(),
+        |condition| condition.source().to_owned(),
+    );
     let mut rows = vec![
-        Setting {
-            name: "Topic",
-            value: trigger.topic.to_string(),
-        },
-        Setting {
-            name: "Function",
-            value: function,
-        },
-        Setting {
-            name: "Condition",
-            value: trigger.condition.as_ref().map_or_else(
-                || "none: every message".to_owned(),
-                |c| c.source().to_owned(),
-            ),
-        },
-        Setting {
-            name: "Retry",
-            value: view::retry(&trigger.retry),
-        },
-        Setting {
-            name: "Concurrency",
-            value: trigger.concurrency.to_string(),
-        },
-        Setting {
-            name: "Ordering key",
-            value: ordering,
-        },
-        Setting {
-            name: "Timeout",
-            value: view::duration(trigger.timeout),
-        },
-        Setting {
-            name: "Visibility timeout",
-            value: view::duration(trigger.visibility_timeout),
-        },
+        ("Topic", trigger.topic.to_string()),
+        ("Function", function),
+        ("Condition", condition),
+        ("Retry", view::retry(&trigger.retry)),
+        ("Concurrency", trigger.concurrency.to_string()),
+        ("Ordering key", ordering),
+        ("Timeout", view::duration(trigger.timeout)),
+        (
+            "Visibility timeout",
+            view::duration(trigger.visibility_timeout),
+        ),
     ];
     if trigger.batch_size > 1 {
-        rows.push(Setting {
-            name: "Batch size",
-            value: trigger.batch_size.to_string(),
-        });
+        rows.push(("Batch size", trigger.batch_size.to_string()));
     }
     if let Some(topic) = &trigger.dead_letter_topic {
-        rows.push(Setting {
-            name: "Dead-letter topic",
-            value: topic.to_string(),
-        });
+        rows.push(("Dead-letter topic", topic.to_string()));
     }
     rows
 }
@@ -185,6 +153,50 @@ fn charts(state: &ConsoleState, name: &TriggerName) -> Charts {
     }
 }
 
+/// The trigger's newest runs, or why they cannot be read.
+async fn recent_runs(
+    state: &ConsoleState,
+    trigger: &TriggerSettings,
+) -> (Vec<RunRow>, Option<String>) {
+    let query = RunQuery {
+        trigger: Some(trigger.name.clone()),
+        limit: Some(RECENT),
+        ..RunQuery::default()
+    };
+    match state.module().run_list(&query).await {
+        Ok(page) => (page.runs.iter().map(RunRow::of).collect(), None),
+        Err(err) => (Vec::new(), Some(err.to_string())),
+    }
+}
+
+/// The trigger's oldest DLQ records, or why they cannot be read.
+async fn recent_letters(
+    state: &ConsoleState,
+    trigger: &TriggerSettings,
+) -> (Vec<Letter>, Option<String>) {
+    let request = DlqRequest {
+        topic: trigger.topic.to_string(),
+        trigger: Some(trigger.name.to_string()),
+        limit: Some(RECENT),
+        ..DlqRequest::default()
+    };
+    match state.module().dlq_list(&request).await {
+        Ok((records, _)) => {
+            let letters = records
+                .iter()
+                .map(|record| Letter {
+                    id: record.id.to_string(),
+                    failed_at: view::time(record.last_failed_at),
+                    attempts: record.attempts,
+                    error: view::cut(&record.error.message, 120),
+                })
+                .collect();
+            (letters, None)
+        }
+        Err(err) => (Vec::new(), Some(err.to_string())),
+    }
+}
+
 /// `GET /console/triggers/{name}`.
 pub(crate) async fn page(
     State(state): State<ConsoleState>,
@@ -194,9 +206,8 @@ pub(crate) async fn page(
     let Some(trigger) = settings_of(&state, &name) else {
         return unknown_trigger(&name);
     };
-    let module = state.module();
     let now = Timestamp::now();
-    let (row, error) = match module.stats(Some(trigger.topic.as_str())).await {
+    let (row, error) = match state.module().stats(Some(trigger.topic.as_str())).await {
         Ok(stats) => (
             stats
                 .iter()
@@ -209,36 +220,8 @@ pub(crate) async fn page(
             Some(format!("The broker's counts cannot be read: {err}")),
         ),
     };
-    let query = RunQuery {
-        trigger: Some(trigger.name.clone()),
-        limit: Some(RECENT),
-        ..RunQuery::default()
-    };
-    let (runs, runs_error) = match module.run_list(&query).await {
-        Ok(page) => (page.runs.iter().map(RunRow::of).collect(), None),
-        Err(err) => (Vec::new(), Some(err.to_string())),
-    };
-    let request = DlqRequest {
-        topic: trigger.topic.to_string(),
-        trigger: Some(name.clone()),
-        limit: Some(RECENT),
-        ..DlqRequest::default()
-    };
-    let (letters, letters_error) = match module.dlq_list(&request).await {
-        Ok((records, _)) => (
-            records
-                .iter()
-                .map(|record| Letter {
-                    id: record.id.to_string(),
-                    failed_at: view::time(record.last_failed_at),
-                    attempts: record.attempts,
-                    error: view::cut(&record.error.message, 120),
-                })
-                .collect(),
-            None,
-        ),
-        Err(err) => (Vec::new(), Some(err.to_string())),
-    };
+    let (runs, runs_error) = recent_runs(&state, &trigger).await;
+    let (letters, letters_error) = recent_letters(&state, &trigger).await;
     let page = TriggerPage {
         frame: viewer.frame(format!("Trigger {name}"), "overview"),
         topic: trigger.topic.to_string(),
