@@ -204,16 +204,8 @@ pub(crate) async fn page(
 /// What the action form sends: the filters, the selected ids, the operation and its scope.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub(crate) struct DlqActionForm {
-    #[serde(default)]
-    topic: String,
-    #[serde(default)]
-    trigger: String,
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    since: String,
-    #[serde(default)]
-    until: String,
+    #[serde(flatten)]
+    filters: DlqFilters,
     #[serde(default)]
     ids: Vec<String>,
     /// `redrive` or `purge`.
@@ -240,12 +232,8 @@ struct DlqAction {
 impl DlqAction {
     fn of(form: DlqActionForm, state: &ConsoleState) -> Result<Self, String> {
         let mut filters = DlqFilters {
-            topic: form.topic,
-            trigger: form.trigger,
-            error: form.error,
-            since: form.since,
-            until: form.until,
             cursor: String::new(),
+            ..form.filters
         };
         filters.resolve_topic(state)?;
         Ok(Self {
@@ -484,5 +472,25 @@ pub(crate) async fn job_fragment(
     match state.jobs().get(id) {
         Some(job) => html(StatusCode::OK, progress_of(&job).render()),
         None => unknown_job(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_action_form_reads_its_filters_and_every_ticked_id() {
+        let body = "csrf=x&topic=orders&trigger=charge&error=smtp&since=&until=&ids=a&ids=b&op=purge&scope=selected&as_of=2026-12-05T22%3A00%3A00Z";
+        let form: DlqActionForm = serde_html_form::from_str(body).unwrap();
+        assert_eq!(form.filters.trigger, "charge");
+        assert_eq!(form.filters.error, "smtp");
+        assert_eq!(form.ids, ["a", "b"]);
+        assert_eq!(
+            (form.op.as_str(), form.scope.as_str()),
+            ("purge", "selected")
+        );
+        let one: DlqActionForm = serde_html_form::from_str("topic=orders&ids=a").unwrap();
+        assert_eq!(one.ids, ["a"]);
     }
 }
