@@ -3,10 +3,12 @@
 //! the filter, always after a page that shows the dry-run count and asks to confirm; the
 //! operation then runs as a job whose page shows its progress.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -377,6 +379,7 @@ pub(crate) async fn confirm(
 /// `POST /console/dlq/apply`: starts the confirmed operation as a job and shows its page.
 pub(crate) async fn apply(
     State(state): State<ConsoleState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Action(form): Action<DlqActionForm>,
 ) -> Response {
     let (action, request, redrive) = match parse_action(form, &state) {
@@ -386,6 +389,8 @@ pub(crate) async fn apply(
     let back = action.back();
     let module = state.module().clone();
     let label = action.describe(None);
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer.to_string());
+    tracing::info!(peer = ?peer, operation = %label, "DLQ changed through the console");
     let id = state
         .jobs()
         .start(label, back, 0, move |job: Arc<Job>| async move {
