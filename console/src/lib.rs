@@ -58,6 +58,8 @@ struct Inner {
     auth: Auth,
     history: Arc<History>,
     jobs: Jobs,
+    /// The overview's last broker counts, shared by every open tab for a second.
+    stats: pages::overview::StatsCache,
     _sampler: history::Sampler,
 }
 
@@ -81,6 +83,10 @@ impl ConsoleState {
     pub(crate) fn jobs(&self) -> &Jobs {
         &self.inner.jobs
     }
+
+    pub(crate) fn stats_cache(&self) -> &pages::overview::StatsCache {
+        &self.inner.stats
+    }
 }
 
 impl Console {
@@ -100,6 +106,7 @@ impl Console {
                     auth,
                     history,
                     jobs: Jobs::default(),
+                    stats: pages::overview::StatsCache::default(),
                     _sampler: sampler,
                 }),
             },

@@ -2,12 +2,14 @@
 //! per minute, DLQ depth and pause state, and the adapter's health; the table refreshes
 //! itself every two seconds.
 
+use std::time::{Duration, Instant};
+
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use jiff::Timestamp;
-use topiq::TriggerStats;
+use topiq::{CallError, QueueModule, TriggerStats};
 
 use super::{Frame, Viewer, html, respond};
 use crate::ConsoleState;
@@ -46,6 +48,32 @@ struct OverviewPage {
     table: String,
 }
 
+/// How long the broker's counts are reused: every open overview refreshes every 2 s, and
+/// each read asks the broker once per trigger.
+const STATS_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The last `queue.stats` of every trigger, and when it was read.
+#[derive(Default)]
+pub(crate) struct StatsCache {
+    last: tokio::sync::Mutex<Option<(Instant, Vec<TriggerStats>)>>,
+}
+
+impl StatsCache {
+    /// Every trigger's stats, read from the broker unless a read of the last second holds
+    /// them (one read at a time: the tabs that ask meanwhile wait for it).
+    async fn read(&self, module: &QueueModule) -> Result<Vec<TriggerStats>, CallError> {
+        let mut last = self.last.lock().await;
+        if let Some((at, stats)) = last.as_ref()
+            && at.elapsed() < STATS_FRESH_FOR
+        {
+            return Ok(stats.clone());
+        }
+        let stats = module.stats(None).await?;
+        *last = Some((Instant::now(), stats.clone()));
+        Ok(stats)
+    }
+}
+
 /// The table, read now.
 async fn table(state: &ConsoleState) -> Table {
     let module = state.module();
@@ -54,7 +82,7 @@ async fn table(state: &ConsoleState) -> Table {
         Ok(()) => (true, Vec::new()),
         Err(reasons) => (false, reasons),
     };
-    let (stats, error) = match module.stats(None).await {
+    let (stats, error) = match state.stats_cache().read(module).await {
         Ok(stats) => (stats, None),
         Err(err) => (
             Vec::new(),
