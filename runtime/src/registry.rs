@@ -108,10 +108,17 @@ impl AdapterClass {
         self,
         options: &serde_json::Value,
     ) -> Result<SharedAdapter, topiq_adapter::Error> {
+        // The in-memory adapter reads no options; without a broker feature nothing else does.
+        #[cfg_attr(
+            not(any(feature = "jetstream", feature = "rabbitmq")),
+            allow(unused_variables)
+        )]
         let invalid = |err: OptionsError| topiq_adapter::Error::InvalidArgument {
             argument: "adapter config",
             reason: err.to_string(),
         };
+        #[cfg(not(any(feature = "jetstream", feature = "rabbitmq")))]
+        let _ = options;
         match self {
             AdapterClass::Builtin => Ok(Arc::new(BuiltinQueueAdapter::new())),
             #[cfg(feature = "jetstream")]

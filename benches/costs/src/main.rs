@@ -1,0 +1,130 @@
+//! `topiq-costs`: instructions and allocations per message on topiq's hot paths, counted by
+//! callgrind, which counts work done rather than time, so the figures hold on a noisy machine.
+//!
+//! Each row runs in a process of its own under `valgrind --tool=callgrind`, once with N
+//! messages and once with 2N; the difference, divided by N, is what one message costs, the
+//! start and the shutdown cancelled out.
+//!
+//! ```text
+//! cargo run -p topiq-costs --profile costs              # measure and print the table
+//! cargo run -p topiq-costs --profile costs -- --check   # fail when a row is over budget
+//! cargo run -p topiq-costs --profile costs -- --write   # record the figures (budget.tsv)
+//! ```
+//!
+//! `TOPIQ_COSTS_MESSAGES` sets N (default 2,000).
+
+mod budget;
+mod callgrind;
+mod rows;
+
+use std::process::ExitCode;
+
+use budget::Figure;
+
+/// N, when `TOPIQ_COSTS_MESSAGES` does not set it.
+const DEFAULT_MESSAGES: u64 = 2_000;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["row", row, messages] => run_row(row, messages),
+        [] => measure_all().map(|figures| print_table(&figures, &[])),
+        ["--check"] => check(),
+        ["--write"] => measure_all().and_then(|figures| budget::write(&figures)),
+        _ => Err("usage: topiq-costs [--check | --write]".to_owned()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("topiq-costs: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_row(row: &str, messages: &str) -> Result<(), String> {
+    let messages: u64 = messages
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{messages:?} is not a count of messages"))?;
+    rows::run(row, messages).map_err(|err| err.to_string())
+}
+
+/// Every row's cost per message, counted now.
+fn measure_all() -> Result<Vec<Figure>, String> {
+    let messages = std::env::var("TOPIQ_COSTS_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_MESSAGES);
+    let folder = std::env::temp_dir().join(format!("topiq-costs-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).map_err(|err| format!("cannot make {folder:?}: {err}"))?;
+    let mut figures = Vec::new();
+    for (index, (row, _)) in rows::ROWS.iter().enumerate() {
+        eprintln!(
+            "[{}/{}] {row}: {messages} and {} messages under callgrind",
+            index + 1,
+            rows::ROWS.len(),
+            2 * messages
+        );
+        let once = callgrind::count(row, messages, &folder).map_err(|err| err.to_string())?;
+        let twice = callgrind::count(row, 2 * messages, &folder).map_err(|err| err.to_string())?;
+        figures.push(Figure {
+            row: (*row).to_owned(),
+            instructions: twice.instructions.saturating_sub(once.instructions) / messages,
+            allocations: twice.allocations.saturating_sub(once.allocations) as f64
+                / messages as f64,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&folder);
+    Ok(figures)
+}
+
+/// Measures every row and holds it to the recorded figures.
+fn check() -> Result<(), String> {
+    let recorded = budget::read()?;
+    let figures = measure_all()?;
+    print_table(&figures, &recorded);
+    let problems: Vec<String> = figures
+        .iter()
+        .filter_map(|figure| budget::over(figure, recorded.iter().find(|r| r.row == figure.row)))
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "over budget:\n  {}\nmake it cheaper, or record the new figures on purpose with --write in the same commit",
+        problems.join("\n  ")
+    ))
+}
+
+fn print_table(figures: &[Figure], recorded: &[Figure]) {
+    println!("| row | instructions / message | allocations / message | recorded | change |");
+    println!("|---|---:|---:|---:|---:|");
+    for figure in figures {
+        let before = recorded.iter().find(|r| r.row == figure.row);
+        let (recorded, change) = match before {
+            Some(before) => (
+                before.instructions.to_string(),
+                format!(
+                    "{:+.1}%",
+                    (figure.instructions as f64 / before.instructions as f64 - 1.0) * 100.0
+                ),
+            ),
+            None => ("—".to_owned(), "—".to_owned()),
+        };
+        println!(
+            "| {} | {} | {:.1} | {recorded} | {change} |",
+            figure.row, figure.instructions, figure.allocations
+        );
+    }
+    for (row, what) in rows::ROWS {
+        println!("- {row}: {what}");
+    }
+}

@@ -1,0 +1,165 @@
+//! The hot paths a row runs: each moves `messages` 200-byte JSON messages through one path on
+//! a single-threaded runtime (so the count does not depend on how threads were scheduled).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use topiq::{Config, EnqueueRequest, Functions, Message, QueueModule};
+use topiq_adapter::{
+    Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
+    TriggerName,
+};
+use topiq_memory::BuiltinQueueAdapter;
+
+/// Every row: its name and what it measures.
+pub(crate) const ROWS: &[(&str, &str)] = &[
+    (
+        "memory.publish_ack",
+        "in-memory adapter alone: publish, deliver, ack",
+    ),
+    (
+        "module.runs_off",
+        "queue module on the in-memory adapter: enqueue, trigger, handler, ack; runs not recorded",
+    ),
+    (
+        "module.runs_memory",
+        "the same with runs recorded in the in-memory runs store (the module's default)",
+    ),
+];
+
+/// Why a row could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RowError {
+    /// No row has this name.
+    #[error("no row {0:?}; the rows: {rows}", rows = ROWS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", "))]
+    Unknown(String),
+    /// The adapter or the module refused.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(err: impl std::fmt::Display) -> RowError {
+    RowError::Failed(err.to_string())
+}
+
+/// The message every row sends: about 200 bytes of JSON.
+fn message() -> Value {
+    json!({
+        "id": "9f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b",
+        "to": "someone@example.com",
+        "subject": "Order shipped",
+        "order": {"number": 1_234_567, "items": 3, "total": 99.95, "currency": "EUR"},
+        "tags": ["transactional", "shipping"],
+    })
+}
+
+/// Runs row `name` for `messages` messages.
+pub(crate) fn run(name: &str, messages: u64) -> Result<(), RowError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)?;
+    match name {
+        "memory.publish_ack" => runtime.block_on(publish_ack(messages)),
+        "module.runs_off" => runtime.block_on(through_module(messages, false)),
+        "module.runs_memory" => runtime.block_on(through_module(messages, true)),
+        other => Err(RowError::Unknown(other.to_owned())),
+    }
+}
+
+/// The adapter alone: publish every message, then deliver and ack each.
+async fn publish_ack(messages: u64) -> Result<(), RowError> {
+    let adapter = BuiltinQueueAdapter::new();
+    let topic = TopicName::new("costs").map_err(failed)?;
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("costs").map_err(failed)?);
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .map_err(failed)?;
+    adapter
+        .declare_subscription(SubscriptionSpec::new(key.clone()))
+        .await
+        .map_err(failed)?;
+    let template = message();
+    for _ in 0..messages {
+        adapter
+            .publish(&topic, NewMessage::new(template.clone()))
+            .await
+            .map_err(failed)?;
+    }
+    let mut deliveries = adapter
+        .consume(&key, ConsumeOptions::with_prefetch(64))
+        .await
+        .map_err(failed)?;
+    for _ in 0..messages {
+        let delivery = deliveries
+            .next()
+            .await
+            .ok_or_else(|| failed("the subscription ended"))?
+            .map_err(failed)?;
+        std::hint::black_box(&delivery.envelope().data);
+        delivery.ack().await.map_err(failed)?;
+    }
+    drop(deliveries);
+    adapter.close().await.map_err(failed)
+}
+
+/// The queue module: enqueue every message through `queue.enqueue`, then let the trigger call
+/// a handler that does nothing for each.
+async fn through_module(messages: u64, runs: bool) -> Result<(), RowError> {
+    let yaml = format!(
+        "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+      topics:
+        costs: {{}}
+triggers:
+  costs:
+    type: queue
+    function: costs.noop
+    config: {{ topic: costs, concurrency: 16, runs: {runs} }}
+"
+    );
+    let config =
+        Config::from_yaml_with_variables(&yaml, "costs.yaml", &HashMap::new()).map_err(failed)?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let all_handled = Arc::new(Notify::new());
+    let mut functions = Functions::new();
+    {
+        let (handled, all_handled) = (Arc::clone(&handled), Arc::clone(&all_handled));
+        functions.register("costs.noop", move |message: Message| {
+            std::hint::black_box(message.data());
+            if handled.fetch_add(1, Ordering::Relaxed) + 1 == messages {
+                all_handled.notify_one();
+            }
+            async { Ok(()) }
+        });
+    }
+    let module = QueueModule::new(config, functions).await.map_err(failed)?;
+    let template = message();
+    for _ in 0..messages {
+        let request = EnqueueRequest {
+            topic: "costs".into(),
+            data: template.clone(),
+            idempotency_key: None,
+            delay: None,
+            run_at: None,
+            traceparent: None,
+            baggage: None,
+            priority: None,
+        };
+        module.enqueue(request).await.map_err(failed)?;
+    }
+    let done = all_handled.notified();
+    let workers = module.start_workers();
+    done.await;
+    workers.shutdown().await;
+    module.close().await;
+    Ok(())
+}
