@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use topiq_adapter::{
     DeadLetter, DeadLetters, DlqPage, DlqQuery, DlqSelection, Error, MessageId, Result,
@@ -103,6 +103,13 @@ async fn live_records(
             Entry::Marker(..) | Entry::Other => {}
         }
     };
+    // The consumer is cancelled, and only then its channel closed: a consumer dropped after
+    // the close has been sent would send its `basic.cancel` on a closed channel, which
+    // RabbitMQ answers by closing the whole connection (every publish on it fails).
+    let tag = entries.tag();
+    let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
+    let _ = tokio::time::timeout(timeout, cancel).await;
+    drop(entries);
     drop(channel);
     records.retain(|(offset, _)| !removed.contains(offset));
     Ok((records, end))
