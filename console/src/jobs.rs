@@ -58,9 +58,8 @@ pub(crate) struct Jobs {
 }
 
 impl Jobs {
-    /// Starts `work` as a job of `total` steps; returns its id. `work` reports progress to the
-    /// job it is given.
-    pub(crate) fn start<F, Fut>(&self, label: String, back: String, total: u64, work: F) -> u64
+    /// Starts `work` as a job; returns its id. `work` reports progress to the job it is given.
+    pub(crate) fn start<F, Fut>(&self, label: String, back: String, work: F) -> u64
     where
         F: FnOnce(Arc<Job>) -> Fut,
         Fut: Future<Output = Result<u64, String>> + Send + 'static,
@@ -70,7 +69,7 @@ impl Jobs {
             label,
             back,
             done: AtomicU64::new(0),
-            total: AtomicU64::new(total),
+            total: AtomicU64::new(0),
             outcome: Mutex::new(None),
         });
         {
@@ -113,16 +112,11 @@ mod tests {
     async fn a_job_reports_progress_then_its_outcome() {
         let jobs = Jobs::default();
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let id = jobs.start(
-            "redrive".into(),
-            "/console/dlq".into(),
-            10,
-            |job| async move {
-                job.advance(4, 10);
-                let _ = wait.await;
-                Ok(10)
-            },
-        );
+        let id = jobs.start("redrive".into(), "/console/dlq".into(), |job| async move {
+            job.advance(4, 10);
+            let _ = wait.await;
+            Ok(10)
+        });
         let job = jobs.get(id).expect("the job");
         tokio::task::yield_now().await;
         assert_eq!(job.progress(), (4, 10));

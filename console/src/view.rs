@@ -106,15 +106,19 @@ pub(crate) fn cut(text: &str, chars: usize) -> String {
     }
 }
 
-/// A time field of a filter form as RFC 3339: RFC 3339 as written, or a browser's
-/// `datetime-local` value (`2026-12-05T21:30`), read as UTC. Empty is none.
-pub(crate) fn time_field(name: &str, text: &str) -> Result<Option<String>, String> {
-    let text = text.trim();
-    if text.is_empty() {
+/// A form field trimmed, or `None` when it is empty.
+pub(crate) fn filled(text: &str) -> Option<&str> {
+    Some(text.trim()).filter(|text| !text.is_empty())
+}
+
+/// A time field of a form: RFC 3339 as written, or a browser's `datetime-local` value
+/// (`2026-12-05T21:30`), read as UTC. Empty is none.
+pub(crate) fn time_field(name: &str, text: &str) -> Result<Option<Timestamp>, String> {
+    let Some(text) = filled(text) else {
         return Ok(None);
-    }
+    };
     if let Ok(at) = text.parse::<Timestamp>() {
-        return Ok(Some(at.to_string()));
+        return Ok(Some(at));
     }
     let local = if text.len() == 16 {
         format!("{text}:00")
@@ -125,7 +129,7 @@ pub(crate) fn time_field(name: &str, text: &str) -> Result<Option<String>, Strin
         .parse::<jiff::civil::DateTime>()
         .ok()
         .and_then(|at| jiff::tz::TimeZone::UTC.to_timestamp(at).ok())
-        .map(|at| Some(at.to_string()))
+        .map(Some)
         .ok_or_else(|| {
             format!("{name}: {text:?} is not a time; write it as 2026-12-05T21:30:00Z (UTC)")
         })
@@ -137,15 +141,15 @@ mod tests {
 
     #[test]
     fn time_fields_take_rfc3339_or_a_browser_local_time_as_utc() {
-        assert_eq!(time_field("since", "").unwrap(), None);
+        let text = |field: &str| time_field("since", field).unwrap().map(|at| at.to_string());
+        assert_eq!(text(""), None);
+        assert_eq!(text("  "), None);
         assert_eq!(
-            time_field("since", "2026-12-05T21:30").unwrap().as_deref(),
+            text("2026-12-05T21:30").as_deref(),
             Some("2026-12-05T21:30:00Z")
         );
         assert_eq!(
-            time_field("since", "2026-12-05T22:30:00+01:00")
-                .unwrap()
-                .as_deref(),
+            text("2026-12-05T22:30:00+01:00").as_deref(),
             Some("2026-12-05T21:30:00Z")
         );
         let err = time_field("until", "yesterday").unwrap_err();

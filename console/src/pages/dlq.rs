@@ -41,10 +41,14 @@ pub(crate) struct DlqFilters {
     cursor: String,
 }
 
-fn non_empty(text: &str) -> Option<String> {
-    Some(text.trim())
-        .filter(|text| !text.is_empty())
-        .map(str::to_owned)
+/// A form field trimmed, as an owned value of a call's request.
+fn owned(text: &str) -> Option<String> {
+    view::filled(text).map(str::to_owned)
+}
+
+/// A time as a call's request writes it.
+fn rfc3339(at: Option<jiff::Timestamp>) -> Option<String> {
+    at.map(|at| at.to_string())
 }
 
 impl DlqFilters {
@@ -70,12 +74,12 @@ impl DlqFilters {
     fn request(&self) -> Result<DlqRequest, String> {
         Ok(DlqRequest {
             topic: self.topic.trim().to_owned(),
-            trigger: non_empty(&self.trigger),
-            error_contains: non_empty(&self.error),
-            since: view::time_field("since", &self.since)?,
-            until: view::time_field("until", &self.until)?,
+            trigger: owned(&self.trigger),
+            error_contains: owned(&self.error),
+            since: rfc3339(view::time_field("since", &self.since)?),
+            until: rfc3339(view::time_field("until", &self.until)?),
             limit: Some(PAGE),
-            cursor: non_empty(&self.cursor),
+            cursor: owned(&self.cursor),
             ..DlqRequest::default()
         })
     }
@@ -88,7 +92,7 @@ impl DlqFilters {
 
     /// Whose DLQ, in words.
     fn whose(&self) -> String {
-        match non_empty(&self.trigger) {
+        match owned(&self.trigger) {
             Some(trigger) => format!("{} / {trigger}", self.topic),
             None => format!("{} (every trigger)", self.topic),
         }
@@ -268,12 +272,8 @@ impl DlqAction {
             "matching" => {
                 // Nothing dead-lettered after the count was shown.
                 if let Some(as_of) = view::time_field("as of", &self.as_of)? {
-                    let at = |text: &str| text.parse::<jiff::Timestamp>().ok();
-                    let earlier = match request.until.take() {
-                        Some(until) if at(&until) < at(&as_of) => until,
-                        _ => as_of,
-                    };
-                    request.until = Some(earlier);
+                    let until = view::time_field("until", &self.filters.until)?;
+                    request.until = rfc3339(Some(until.map_or(as_of, |until| until.min(as_of))));
                 }
                 Ok(request)
             }
@@ -393,7 +393,7 @@ pub(crate) async fn apply(
     tracing::info!(peer = ?peer, operation = %label, "DLQ changed through the console");
     let id = state
         .jobs()
-        .start(label, back, 0, move |job: Arc<Job>| async move {
+        .start(label, back, move |job: Arc<Job>| async move {
             let result = if redrive {
                 let progress = |done, total| job.advance(done, total);
                 module.redrive_dlq_reporting(&request, &progress).await

@@ -10,6 +10,7 @@ use topiq::EnqueueRequest;
 use super::{Frame, Viewer, done, encode, respond};
 use crate::ConsoleState;
 use crate::auth::Action;
+use crate::view;
 
 /// The form's fields (empty is none).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -28,17 +29,11 @@ pub(crate) struct EnqueueForm {
     priority: String,
 }
 
-fn non_empty(text: &str) -> Option<String> {
-    Some(text.trim())
-        .filter(|text| !text.is_empty())
-        .map(str::to_owned)
-}
-
 impl EnqueueForm {
     fn request(&self) -> Result<EnqueueRequest, String> {
         let data = serde_json::from_str(&self.data)
             .map_err(|err| format!("The data is not JSON: {err}. Nothing was enqueued."))?;
-        let priority = non_empty(&self.priority)
+        let priority = view::filled(&self.priority)
             .map(|priority| {
                 priority
                     .parse::<u32>()
@@ -48,9 +43,9 @@ impl EnqueueForm {
         Ok(EnqueueRequest {
             topic: self.topic.trim().to_owned(),
             data,
-            idempotency_key: non_empty(&self.idempotency_key),
-            delay: non_empty(&self.delay),
-            run_at: crate::view::time_field("run at", &self.run_at)?,
+            idempotency_key: view::filled(&self.idempotency_key).map(str::to_owned),
+            delay: view::filled(&self.delay).map(str::to_owned),
+            run_at: view::time_field("run at", &self.run_at)?.map(|at| at.to_string()),
             traceparent: None,
             baggage: None,
             priority,

@@ -70,38 +70,28 @@ pub(crate) struct RunFilters {
     cursor: String,
 }
 
-/// `value` trimmed, or `None` when empty.
-fn text(value: &str) -> Option<&str> {
-    Some(value.trim()).filter(|value| !value.is_empty())
-}
-
 impl RunFilters {
     fn query(&self) -> Result<RunQuery, String> {
-        let timestamp = |name, value: &str| -> Result<_, String> {
-            view::time_field(name, value)?
-                .map(|at| at.parse().map_err(|err| format!("{name}: {err}")))
-                .transpose()
-        };
         Ok(RunQuery {
-            topic: text(&self.topic)
+            topic: view::filled(&self.topic)
                 .map(TopicName::new)
                 .transpose()
                 .map_err(|err| format!("topic: {err}"))?,
-            trigger: text(&self.trigger)
+            trigger: view::filled(&self.trigger)
                 .map(TriggerName::new)
                 .transpose()
                 .map_err(|err| format!("trigger: {err}"))?,
-            state: text(&self.state)
+            state: view::filled(&self.state)
                 .map(|state| {
                     RunState::parse(state).ok_or_else(|| format!("state: no state {state:?}"))
                 })
                 .transpose()?,
-            since: timestamp("since", &self.since)?,
-            until: timestamp("until", &self.until)?,
-            error_contains: text(&self.error).map(str::to_owned),
+            since: view::time_field("since", &self.since)?,
+            until: view::time_field("until", &self.until)?,
+            error_contains: view::filled(&self.error).map(str::to_owned),
             contains: None,
             limit: Some(PAGE),
-            cursor: text(&self.cursor).map(str::to_owned),
+            cursor: view::filled(&self.cursor).map(str::to_owned),
         })
     }
 

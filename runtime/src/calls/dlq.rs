@@ -210,27 +210,7 @@ impl QueueModule {
         operation: DlqOperation,
         progress: &DlqProgress<'_>,
     ) -> Result<u64, CallError> {
-        let parts: Vec<(TriggerName, DlqSelection)> = match selected {
-            Selected::Ids(trigger, ids) => ids
-                .chunks(chunk.max(1))
-                .map(|part| (trigger.clone(), DlqSelection::Ids(part.to_vec())))
-                .collect(),
-            Selected::Records(records) => records
-                .chunks(chunk.max(1))
-                .flat_map(|part| {
-                    let mut by_trigger: BTreeMap<TriggerName, Vec<DlqRecordRef>> = BTreeMap::new();
-                    for reference in part {
-                        by_trigger
-                            .entry(reference.trigger.clone())
-                            .or_default()
-                            .push(reference.clone());
-                    }
-                    by_trigger
-                        .into_iter()
-                        .map(|(trigger, refs)| (trigger, DlqSelection::Records(refs)))
-                })
-                .collect(),
-        };
+        let parts = selected.chunks_by_trigger(chunk);
         let total: usize = parts
             .iter()
             .map(|(_, selection)| selection_len(selection))
@@ -366,6 +346,31 @@ enum Selected {
 }
 
 impl Selected {
+    /// The selection in chunks of at most `chunk`, each split by the trigger it is for.
+    fn chunks_by_trigger(self, chunk: usize) -> Vec<(TriggerName, DlqSelection)> {
+        match self {
+            Selected::Ids(trigger, ids) => ids
+                .chunks(chunk.max(1))
+                .map(|part| (trigger.clone(), DlqSelection::Ids(part.to_vec())))
+                .collect(),
+            Selected::Records(records) => records
+                .chunks(chunk.max(1))
+                .flat_map(|part| {
+                    let mut by_trigger: BTreeMap<TriggerName, Vec<DlqRecordRef>> = BTreeMap::new();
+                    for reference in part {
+                        by_trigger
+                            .entry(reference.trigger.clone())
+                            .or_default()
+                            .push(reference.clone());
+                    }
+                    by_trigger
+                        .into_iter()
+                        .map(|(trigger, refs)| (trigger, DlqSelection::Records(refs)))
+                })
+                .collect(),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Selected::Ids(_, ids) => ids.len(),

@@ -219,14 +219,7 @@ fn validate(sections: Sections) -> Result<Config, ConfigError> {
         Some((file, functions)) => service::validate_functions(&file, functions)?,
         None => Vec::new(),
     };
-    let api = match sections.api {
-        Some((file, api)) => service::validate_api(&file, Some(api))?,
-        None => ApiSettings::default(),
-    };
-    let console = match sections.console {
-        Some((file, raw)) => service::validate_console(&file, raw, &api)?,
-        None => ConsoleSettings::default(),
-    };
+    let (api, console) = service::api_and_console(sections.api, sections.console)?;
     let telemetry = match sections.telemetry {
         Some((file, telemetry)) => telemetry::validate_telemetry(&file, telemetry)?,
         None => TelemetrySettings::default(),

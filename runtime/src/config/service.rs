@@ -110,8 +110,24 @@ pub struct ConsoleSettings {
     pub read_only: bool,
 }
 
+/// The `api:` and `console:` sections (each from the file it came from), or their defaults.
+pub(crate) fn api_and_console(
+    api: Option<(String, RawApi)>,
+    console: Option<(String, RawConsole)>,
+) -> Result<(ApiSettings, ConsoleSettings), ConfigError> {
+    let api = match api {
+        Some((file, api)) => validate_api(&file, Some(api))?,
+        None => ApiSettings::default(),
+    };
+    let console = match console {
+        Some((file, raw)) => validate_console(&file, raw, &api)?,
+        None => ConsoleSettings::default(),
+    };
+    Ok((api, console))
+}
+
 /// Checks `console:` against the API it is served beside.
-pub(crate) fn validate_console(
+fn validate_console(
     file: &str,
     raw: RawConsole,
     api: &ApiSettings,
