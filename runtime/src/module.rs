@@ -202,7 +202,7 @@ impl QueueModule {
             .contains_key(topic)
             .then(|| topiq_runs::Origin {
                 topic: topic.clone(),
-                data: Arc::new(message.data.clone()),
+                data: Arc::clone(&message.data),
                 enqueued_at: topiq_adapter::Timestamp::now(),
                 run_at: message.deliver_at,
                 replay_of: None,
@@ -222,6 +222,11 @@ impl QueueModule {
 
     pub(crate) fn topic(&self, name: &TopicName) -> Option<&TopicSpec> {
         self.inner.topics.get(name)
+    }
+
+    /// The declared topic called `name`, if any.
+    pub(crate) fn declared_topic(&self, name: &str) -> Option<&TopicName> {
+        self.inner.topics.get_key_value(name).map(|(name, _)| name)
     }
 
     /// `message` in its key's partition when `topic` is in per-key order (every publish

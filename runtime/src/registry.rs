@@ -108,19 +108,15 @@ impl AdapterClass {
         self,
         options: &serde_json::Value,
     ) -> Result<SharedAdapter, topiq_adapter::Error> {
-        // The in-memory adapter reads no options; without a broker feature nothing else does.
-        #[cfg_attr(
-            not(any(feature = "jetstream", feature = "rabbitmq")),
-            allow(unused_variables)
-        )]
         let invalid = |err: OptionsError| topiq_adapter::Error::InvalidArgument {
             argument: "adapter config",
             reason: err.to_string(),
         };
-        #[cfg(not(any(feature = "jetstream", feature = "rabbitmq")))]
-        let _ = options;
         match self {
-            AdapterClass::Builtin => Ok(Arc::new(BuiltinQueueAdapter::new())),
+            AdapterClass::Builtin => {
+                let config = topiq_memory::MemoryConfig::from_value(options).map_err(invalid)?;
+                Ok(Arc::new(BuiltinQueueAdapter::with_config(config)))
+            }
             #[cfg(feature = "jetstream")]
             AdapterClass::JetStream => {
                 let config =
@@ -143,7 +139,7 @@ impl AdapterClass {
     /// Checks the adapter's `config:` map; the error says which option is wrong.
     pub fn check_options(self, options: &serde_json::Value) -> Result<(), OptionsError> {
         match self {
-            AdapterClass::Builtin => builtin_options(options),
+            AdapterClass::Builtin => topiq_memory::MemoryConfig::from_value(options).map(|_| ()),
             #[cfg(feature = "jetstream")]
             AdapterClass::JetStream => {
                 topiq_jetstream::JetStreamConfig::from_value(options).map(|_| ())
@@ -165,25 +161,6 @@ impl AdapterClass {
             #[cfg(feature = "rabbitmq")]
             AdapterClass::RabbitMq => topiq_rabbitmq::CAPABILITIES,
         }
-    }
-}
-
-/// The in-memory adapter takes no options.
-fn builtin_options(options: &serde_json::Value) -> Result<(), OptionsError> {
-    match options {
-        serde_json::Value::Null => Ok(()),
-        serde_json::Value::Object(map) if map.is_empty() => Ok(()),
-        serde_json::Value::Object(map) => Err(OptionsError::Invalid(format!(
-            "{} takes no options, got {}; write `config: {{}}`",
-            topiq_memory::CLASS_NAME,
-            map.keys()
-                .map(|key| format!("`{key}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-        _ => Err(OptionsError::Invalid(
-            "must be a map of options, such as `config: {}`".into(),
-        )),
     }
 }
 

@@ -903,3 +903,37 @@ async fn absurd_delays_are_refused_or_capped_never_a_panic() {
     );
     workers.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_enqueue_to_a_full_in_memory_topic_waits_then_fails_as_broker_full() {
+    let text = "modules:
+  - class: modules::queue::QueueModule
+    config:
+      adapter:
+        class: modules::queue::BuiltinQueueAdapter
+        config: { max_messages: 2, publish_timeout: 2s }
+triggers:
+  slow:
+    type: queue
+    function: record
+    config: { topic: orders }
+";
+    let config = Config::from_yaml_with_variables(text, "test.yaml", &HashMap::new())
+        .unwrap_or_else(|err| panic!("{err}"));
+    let (events, _seen) = mpsc::unbounded_channel();
+    let mut functions = Functions::new();
+    recording(&mut functions, "record", events, |_| Ok(()));
+    // No workers: nothing takes the messages.
+    let module = QueueModule::new(config, functions).await.unwrap();
+    enqueue(&module, "orders", json!(1)).await;
+    enqueue(&module, "orders", json!(2)).await;
+    let started = Instant::now();
+    let refused = module
+        .call("queue.enqueue", json!({"topic": "orders", "data": 3}))
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(refused.code(), "broker_full", "{refused}");
+    assert!(refused.to_string().contains("max_messages"), "{refused}");
+    module.close().await;
+}

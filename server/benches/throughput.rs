@@ -140,6 +140,33 @@ async fn adapter_only(count: usize, template: &Value) -> Duration {
     elapsed
 }
 
+/// The peer: omniqueue's in-memory backend (0.3), the JSON sent from the template by
+/// reference, parsed back into a `Value` for a handler that does nothing, then acknowledged.
+async fn omniqueue(count: usize, template: &Value) -> Duration {
+    let (producer, mut consumer) = omniqueue::backends::InMemoryBackend::builder()
+        .build_pair()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let consumer = tokio::spawn(async move {
+        for _ in 0..count {
+            let delivery = consumer.receive().await.unwrap();
+            let data: Value = delivery.payload_serde_json().unwrap().unwrap();
+            std::hint::black_box(&data);
+            delivery.ack().await.map_err(|(err, _)| err).unwrap();
+        }
+    });
+    let template = template.clone();
+    let producer = tokio::spawn(async move {
+        for _ in 0..count {
+            producer.send_serde_json(&template).await.unwrap();
+        }
+    });
+    consumer.await.unwrap();
+    producer.await.unwrap();
+    started.elapsed()
+}
+
 async fn through_runtime(count: usize, template: &Value) -> Duration {
     through_levels(count, template, 1).await
 }
@@ -226,19 +253,23 @@ fn main() {
     println!(
         "topiq runtime throughput: {count} messages per round, {ROUNDS} rounds, 2 worker threads, concurrency {CONCURRENCY}, a handler that does nothing, mimalloc"
     );
-    // Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime.
-    let (mut bare, mut module) = (Vec::new(), Vec::new());
+    // Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime,
+    // and omniqueue's in-memory backend as the peer.
+    let (mut bare, mut module, mut peer) = (Vec::new(), Vec::new(), Vec::new());
     runtime.block_on(async {
         adapter_only(count / 10, &template).await;
         through_runtime(count / 10, &template).await;
+        omniqueue(count / 10, &template).await;
         for round in 1..=ROUNDS {
             let a = rate(count, adapter_only(count, &template).await);
             let m = rate(count, through_runtime(count, &template).await);
+            let p = rate(count, omniqueue(count, &template).await);
             println!(
-                "  round {round}/{ROUNDS}: adapter alone {a:>10.0} msg/s, through the runtime {m:>10.0} msg/s"
+                "  round {round}/{ROUNDS}: adapter alone {a:>10.0} msg/s, through the runtime {m:>10.0} msg/s, omniqueue {p:>10.0} msg/s"
             );
             bare.push(a);
             module.push(m);
+            peer.push(p);
         }
     });
     // Part 2: tracing off vs on, rounds alternating, both with two subscribers registered.
@@ -264,7 +295,7 @@ fn main() {
     let exported = EXPORTED.load(Ordering::Relaxed);
     println!("  spans recorded and exported with tracing on: {exported} of {expected}");
     assert_eq!(exported, expected, "the span processor dropped spans");
-    let (a, m) = (median(bare), median(module));
+    let (a, m, p) = (median(bare), median(module), median(peer));
     let (o, t) = (median(off), median(on));
     println!();
     println!("| pipeline (median of {ROUNDS}) | messages/s | ratio |");
@@ -274,6 +305,12 @@ fn main() {
         "| QueueModule: enqueue → trigger → handler → ack | {m:.0} | {:.2} |",
         m / a
     );
+    println!(
+        "| omniqueue in-memory: send JSON → receive → parse → ack (no lease, attempts or DLQ) | {p:.0} | {:.2} |",
+        p / a
+    );
+    println!();
+    println!("QueueModule / omniqueue: {:.2}", m / p);
     println!();
     println!("| QueueModule (median of {ROUNDS}, alternating) | messages/s | ratio |");
     println!("|---|---:|---:|");

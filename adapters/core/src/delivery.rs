@@ -1,6 +1,9 @@
 //! A delivered message and the one-time settlement of it.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -107,28 +110,60 @@ impl fmt::Display for FailureKind {
     }
 }
 
+/// What settling a delivery returns: a result already there (an adapter that settles in
+/// memory allocates nothing for it) or a settlement still talking to the broker.
+pub enum Settling<'a> {
+    /// Settled; the result is taken by the first poll.
+    Done(Option<Result<()>>),
+    /// Still going.
+    Pending(BoxFuture<'a, Result<()>>),
+}
+
+impl<'a> Settling<'a> {
+    /// Settled already, with `result`.
+    pub fn done(result: Result<()>) -> Self {
+        Self::Done(Some(result))
+    }
+
+    /// Settles by running `future`.
+    pub fn pending(future: impl Future<Output = Result<()>> + Send + 'a) -> Self {
+        Self::Pending(Box::pin(future))
+    }
+}
+
+impl Future for Settling<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match self.get_mut() {
+            Self::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            Self::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 /// The adapter's side of a [`Delivery`]: settles one delivery on its broker.
 ///
 /// Implemented by each adapter; the runtime only sees [`Delivery`]. The consuming methods take
 /// `Box<Self>` so a delivery is settled once and only once.
 pub trait Acker: Send + Sync + 'static {
     /// Removes the message for this trigger: the handler succeeded (or the condition was false).
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    fn ack(self: Box<Self>) -> Settling<'static>;
 
     /// Delivers the message again after `delay`, as the next attempt. On the last attempt the
     /// adapter dead-letters it instead, with [`FailureKind::RetriesExhausted`].
-    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>>;
+    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static>;
 
     /// Stores the message in the dead-letter queue of this trigger with `failure`, then removes
     /// it from the trigger's queue: a crash between the two duplicates, never loses.
-    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>>;
+    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static>;
 
     /// Gives the message back unhandled (at shutdown) so it is delivered again at once, without
     /// spending an attempt.
-    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    fn release(self: Box<Self>) -> Settling<'static>;
 
     /// Restarts the visibility timeout of this delivery.
-    fn extend_lease(&self) -> BoxFuture<'_, Result<()>>;
+    fn extend_lease(&self) -> Settling<'_>;
 }
 
 /// A message delivered to one trigger, owning the means to settle it.
@@ -157,28 +192,28 @@ impl Delivery {
     ///
     /// Fails with [`Error::LeaseExpired`](crate::Error::LeaseExpired) when the lease ran out
     /// first (the message was or will be delivered again).
-    pub async fn ack(self) -> Result<()> {
-        self.acker.ack().await
+    pub fn ack(self) -> Settling<'static> {
+        self.acker.ack()
     }
 
     /// Asks for another attempt after `delay`; on the last attempt the message is dead-lettered.
-    pub async fn nack(self, delay: Duration) -> Result<()> {
-        self.acker.nack(delay).await
+    pub fn nack(self, delay: Duration) -> Settling<'static> {
+        self.acker.nack(delay)
     }
 
     /// Moves the message to this trigger's dead-letter queue with `failure`.
-    pub async fn dead_letter(self, failure: Failure) -> Result<()> {
-        self.acker.dead_letter(failure).await
+    pub fn dead_letter(self, failure: Failure) -> Settling<'static> {
+        self.acker.dead_letter(failure)
     }
 
     /// Gives the message back without spending an attempt (graceful shutdown).
-    pub async fn release(self) -> Result<()> {
-        self.acker.release().await
+    pub fn release(self) -> Settling<'static> {
+        self.acker.release()
     }
 
     /// Restarts the visibility timeout, for handlers that run long.
-    pub async fn extend_lease(&self) -> Result<()> {
-        self.acker.extend_lease().await
+    pub fn extend_lease(&self) -> Settling<'_> {
+        self.acker.extend_lease()
     }
 }
 

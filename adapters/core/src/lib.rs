@@ -81,7 +81,7 @@ mod subscription;
 pub mod conformance;
 
 pub use adapter::{Adapter, DeadLetters, DynAdapter, SharedAdapter, SubscriptionStats};
-pub use delivery::{Acker, Delivery, Failure, FailureKind, MAX_FAILURE_MESSAGE};
+pub use delivery::{Acker, Delivery, Failure, FailureKind, MAX_FAILURE_MESSAGE, Settling};
 pub use dlq::{DeadLetter, DlqFilter, DlqPage, DlqQuery, DlqRecordRef, DlqSelection, MAX_DLQ_PAGE};
 pub use error::{BoxError, Error, Result};
 pub use message::{

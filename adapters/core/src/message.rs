@@ -20,8 +20,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// A message to publish: its data and the options of this one publish.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewMessage {
-    /// The payload: any JSON value.
-    pub data: Value,
+    /// The payload: any JSON value, shared (the module records it in a run without copying it,
+    /// and the in-memory adapter stores it as it is).
+    pub data: Arc<Value>,
     /// Publishes with the same key inside the topic's idempotency window return the first
     /// message's id and publish nothing.
     pub idempotency_key: Option<String>,
@@ -34,10 +35,11 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
-    /// A message carrying `data`, delivered at once, without idempotency key or trace.
-    pub fn new(data: Value) -> Self {
+    /// A message carrying `data` (a `Value`, or an `Arc<Value>` to share it), delivered at
+    /// once, without idempotency key or trace.
+    pub fn new(data: impl Into<Arc<Value>>) -> Self {
         Self {
-            data,
+            data: data.into(),
             idempotency_key: None,
             deliver_at: None,
             trace: TraceContext::default(),

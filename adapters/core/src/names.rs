@@ -7,6 +7,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arrayvec::ArrayString;
+
 use serde::{Deserialize, Serialize};
 
 /// The longest topic name accepted, in bytes (AMQP routing keys stop at 255; the rest is kept
@@ -71,28 +73,115 @@ impl fmt::Display for SubscriptionKey {
 
 /// A message's id, assigned by the adapter at publish time (a UUIDv7, so ids sort by time).
 ///
-/// The id stays the same across retries and redrives of the message.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct MessageId(Arc<str>);
+/// The id stays the same across retries and redrives of the message. Ids up to 36 bytes (a
+/// UUID's text) are kept inline, so making and copying one allocates nothing; longer ones
+/// (read back from a broker or given by a user) are shared.
+#[derive(Clone)]
+pub struct MessageId(IdText);
+
+/// The text of a [`MessageId`].
+#[derive(Clone)]
+enum IdText {
+    Inline(ArrayString<INLINE_ID_LEN>),
+    Shared(Arc<str>),
+}
+
+/// A hyphenated UUID's length, the longest id kept inline.
+const INLINE_ID_LEN: usize = 36;
 
 impl MessageId {
     /// A fresh, time-ordered id.
     pub fn generate() -> Self {
         let mut buffer = uuid::Uuid::encode_buffer();
-        Self(Arc::from(
-            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer),
-        ))
+        Self::from_string(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer))
     }
 
     /// Wraps an id read back from a broker or given by a user (for a redrive by id).
     pub fn from_string(id: impl AsRef<str>) -> Self {
-        Self(Arc::from(id.as_ref()))
+        let id = id.as_ref();
+        Self(match ArrayString::from(id) {
+            Ok(inline) => IdText::Inline(inline),
+            Err(_) => IdText::Shared(Arc::from(id)),
+        })
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            IdText::Inline(text) => text.as_str(),
+            IdText::Shared(text) => text,
+        }
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(IdVisitor)
+    }
+}
+
+/// Reads a [`MessageId`] from any string without an intermediate `String`.
+struct IdVisitor;
+
+impl serde::de::Visitor<'_> for IdVisitor {
+    type Value = MessageId;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a message id (a string)")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<MessageId, E> {
+        Ok(MessageId::from_string(id))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl AsRef<str> for MessageId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
     }
 }
 
@@ -118,7 +207,20 @@ macro_rules! name_impls {
     )*};
 }
 
-name_impls!(TopicName, TriggerName, MessageId);
+name_impls!(TopicName, TriggerName);
+
+// Their `Eq`, `Ord` and `Hash` are the text's, so maps keyed by them can be searched by `&str`.
+macro_rules! borrow_as_str {
+    ($($name:ident),*) => {$(
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    )*};
+}
+
+borrow_as_str!(TopicName, TriggerName);
 
 #[cfg(test)]
 mod tests {
@@ -130,5 +232,23 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let second = MessageId::generate();
         assert!(first < second);
+    }
+
+    #[test]
+    fn ids_of_any_length_compare_hash_and_serialize_as_their_text() {
+        use std::collections::HashSet;
+        let long = "a-message-id-given-by-another-publisher-longer-than-a-uuid";
+        for text in ["0193a4b2-7c1d-7e2f-8a9b-0c1d2e3f4a5b", long, ""] {
+            let id = MessageId::from_string(text);
+            assert_eq!(id.as_str(), text);
+            assert_eq!(id.to_string(), text);
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(json, serde_json::to_string(text).unwrap());
+            let back: MessageId = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, id);
+            assert_eq!(HashSet::from([id.clone()]).get(&back), Some(&id));
+        }
+        assert!(MessageId::from_string("b") > MessageId::from_string(long));
+        assert!(serde_json::from_str::<MessageId>("7").is_err());
     }
 }

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{StatusCode, Subject};
-use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
-    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Subscription, SubscriptionKey,
-    SubscriptionSpec, Timestamp,
+    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Settling, Subscription,
+    SubscriptionKey, SubscriptionSpec, Timestamp,
 };
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
@@ -946,9 +945,9 @@ enum Settlement {
 }
 
 impl Acker for JetStreamAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn ack(self: Box<Self>) -> Settling<'static> {
         // The hot path has a future of its own, a fraction of the size of `settle`'s.
-        Box::pin(async move {
+        Settling::pending(async move {
             self.received.held.claim()?;
             self.received
                 .message
@@ -961,20 +960,20 @@ impl Acker for JetStreamAcker {
         })
     }
 
-    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>> {
-        Box::pin(self.settle(Settlement::Nack(delay)))
+    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static> {
+        Settling::pending(self.settle(Settlement::Nack(delay)))
     }
 
-    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
-        Box::pin(self.settle(Settlement::DeadLetter(failure)))
+    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static> {
+        Settling::pending(self.settle(Settlement::DeadLetter(failure)))
     }
 
-    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(self.settle(Settlement::Release))
+    fn release(self: Box<Self>) -> Settling<'static> {
+        Settling::pending(self.settle(Settlement::Release))
     }
 
-    fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
+    fn extend_lease(&self) -> Settling<'_> {
+        Settling::pending(async move {
             self.received.shared.ensure_open()?;
             // The local deadline moves first, so the lease watcher cannot free the slot while
             // the server is being told.

@@ -22,15 +22,20 @@
 //! | redrive | the record goes back into the queue of the trigger it failed on, attempt 1 |
 //! | close | every consumer stream ends; later calls return [`Error::Closed`] |
 
+mod config;
 mod dedup;
 mod dlq_store;
 mod queue;
+mod room;
 mod shared;
 mod topic;
 
-use std::collections::HashMap;
+pub use config::{DEFAULT_MAX_MESSAGES, DEFAULT_PUBLISH_TIMEOUT, MemoryConfig};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+
+use rustc_hash::FxHashMap;
 
 use topiq_adapter::{
     Adapter, Capabilities, ConsumeOptions, DeadLetters, DlqPage, DlqQuery, DlqSelection, Error,
@@ -62,14 +67,23 @@ pub const CAPABILITIES: Capabilities = Capabilities {
 /// topiq's in-memory adapter. Cheap to clone: clones share the same topics and queues.
 #[derive(Clone, Default)]
 pub struct BuiltinQueueAdapter {
-    topics: Arc<RwLock<HashMap<TopicName, Arc<Topic>>>>,
+    topics: Arc<RwLock<FxHashMap<TopicName, Arc<Topic>>>>,
     closed: Arc<AtomicBool>,
+    config: MemoryConfig,
 }
 
 impl BuiltinQueueAdapter {
-    /// An empty adapter: no topics, no subscriptions.
+    /// An empty adapter with the default options: no topics, no subscriptions.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty adapter with `config`'s options (its bound on the messages a topic holds).
+    pub fn with_config(config: MemoryConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
     }
 
     fn ensure_open(&self) -> Result<()> {
@@ -122,7 +136,10 @@ impl Adapter for BuiltinQueueAdapter {
             Some(topic) => topic.update(spec),
             None => {
                 let name = spec.name.clone();
-                topics.insert(name, Arc::new(Topic::new(spec, Arc::clone(&self.closed))));
+                topics.insert(
+                    name,
+                    Arc::new(Topic::new(spec, Arc::clone(&self.closed), &self.config)),
+                );
             }
         }
         Ok(())
@@ -140,7 +157,7 @@ impl Adapter for BuiltinQueueAdapter {
     }
 
     async fn publish(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
-        self.topic(topic)?.publish(message)
+        self.topic(topic)?.publish_waiting(message).await
     }
 
     async fn publish_batch(
@@ -149,10 +166,11 @@ impl Adapter for BuiltinQueueAdapter {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<PublishReceipt>>> {
         let topic = self.topic(topic)?;
-        Ok(messages
-            .into_iter()
-            .map(|message| topic.publish(message))
-            .collect())
+        let mut receipts = Vec::with_capacity(messages.len());
+        for message in messages {
+            receipts.push(topic.publish_waiting(message).await);
+        }
+        Ok(receipts)
     }
 
     async fn publish_to(
@@ -160,7 +178,9 @@ impl Adapter for BuiltinQueueAdapter {
         key: &SubscriptionKey,
         message: NewMessage,
     ) -> Result<PublishReceipt> {
-        self.topic(&key.topic)?.publish_to(&key.trigger, message)
+        self.topic(&key.topic)?
+            .publish_to(&key.trigger, message)
+            .await
     }
 
     async fn consume(

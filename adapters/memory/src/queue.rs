@@ -11,16 +11,16 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use topiq_adapter::{
-    Acker, DeadLetter, Delivery, Envelope, Error, Failure, MessageId, Result, SubscriptionKey,
-    SubscriptionSpec, SubscriptionStats, Timestamp, TopicName, TriggerName,
+    Acker, DeadLetter, Delivery, Envelope, Error, Failure, MessageId, Result, Settling,
+    SubscriptionKey, SubscriptionSpec, SubscriptionStats, Timestamp, TopicName, TriggerName,
 };
 
+use crate::room::Place;
 use crate::shared::{DeadLetterTarget, TopicShared, lock, read};
 
 /// A published message, shared by every trigger queue it was fanned out to.
@@ -37,6 +37,8 @@ pub(crate) struct StoredMessage {
     pub(crate) idempotency_key: Option<String>,
     /// The topic's lane it is in.
     pub(crate) lane: u32,
+    /// Its place in the topic's bound, freed when the last queue holding it lets it go.
+    pub(crate) _place: Place,
 }
 
 /// A message waiting in one trigger's queue, with its attempt count there.
@@ -672,32 +674,29 @@ struct MemoryAcker {
 }
 
 impl MemoryAcker {
-    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
-        let result = self.queue.settle(self.token, &self.id, settlement);
-        Box::pin(std::future::ready(result))
+    fn settle(&self, settlement: Settlement) -> Settling<'static> {
+        Settling::done(self.queue.settle(self.token, &self.id, settlement))
     }
 }
 
 impl Acker for MemoryAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn ack(self: Box<Self>) -> Settling<'static> {
         self.settle(Settlement::Ack)
     }
 
-    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>> {
+    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static> {
         self.settle(Settlement::Nack(delay))
     }
 
-    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
+    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static> {
         self.settle(Settlement::DeadLetter(failure))
     }
 
-    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn release(self: Box<Self>) -> Settling<'static> {
         self.settle(Settlement::Release)
     }
 
-    fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(std::future::ready(
-            self.queue.extend_lease(self.token, &self.id),
-        ))
+    fn extend_lease(&self) -> Settling<'_> {
+        Settling::done(self.queue.extend_lease(self.token, &self.id))
     }
 }

@@ -10,9 +10,11 @@ use topiq_adapter::{
     SubscriptionSpec, Timestamp, TopicName, TopicSpec, TriggerName,
 };
 
+use crate::config::MemoryConfig;
 use crate::dedup::DedupWindow;
 use crate::dlq_store::DeadLetterStore;
 use crate::queue::{Pending, StoredMessage, TriggerQueue};
+use crate::room::{Place, Room};
 use crate::shared::{DeadLetterTarget, TopicShared, lock, read};
 
 /// A declared topic.
@@ -20,11 +22,19 @@ pub(crate) struct Topic {
     pub(crate) shared: Arc<TopicShared>,
     queues: RwLock<Vec<Arc<TriggerQueue>>>,
     dedup: Mutex<DedupWindow>,
+    /// The messages it holds against the adapter's `max_messages`.
+    room: Arc<Room>,
 }
 
 impl Topic {
-    pub(crate) fn new(spec: TopicSpec, closed: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(spec: TopicSpec, closed: Arc<AtomicBool>, config: &MemoryConfig) -> Self {
+        let room = Room::new(
+            spec.name.clone(),
+            config.max_messages,
+            config.publish_timeout,
+        );
         Self {
+            room,
             shared: Arc::new(TopicShared {
                 name: spec.name.clone(),
                 spec: RwLock::new(spec),
@@ -148,16 +158,28 @@ impl Topic {
         read(&self.queues).clone()
     }
 
-    /// Validates, deduplicates and fans one message out to every trigger queue.
-    pub(crate) fn publish(&self, message: NewMessage) -> Result<PublishReceipt> {
-        let (limit, window, lanes) = {
+    /// Validates the message, waits for room (up to the publish timeout) and publishes it.
+    pub(crate) async fn publish_waiting(&self, message: NewMessage) -> Result<PublishReceipt> {
+        self.check(&message)?;
+        let place = self.room.take().await?;
+        self.publish(message, place)
+    }
+
+    /// Validates the message against the topic's size limit and lanes.
+    fn check(&self, message: &NewMessage) -> Result<()> {
+        let (limit, lanes) = {
             let spec = read(&self.shared.spec);
-            (spec.max_message_bytes, spec.idempotency_window, spec.lanes)
+            (spec.max_message_bytes, spec.lanes)
         };
         message.validate(&self.shared.name, limit)?;
-        message.check_lane(&self.shared.name, lanes)?;
+        message.check_lane(&self.shared.name, lanes)
+    }
+
+    /// Deduplicates a checked message and fans it out to every trigger queue, in `place`.
+    fn publish(&self, message: NewMessage, place: Place) -> Result<PublishReceipt> {
+        let window = read(&self.shared.spec).idempotency_window;
         let Some(key) = message.idempotency_key.clone() else {
-            let id = self.fan_out(message);
+            let id = self.fan_out(message, place);
             return Ok(PublishReceipt {
                 message_id: id,
                 duplicate: false,
@@ -173,7 +195,7 @@ impl Topic {
                 duplicate: true,
             });
         }
-        let id = self.fan_out(message);
+        let id = self.fan_out(message, place);
         dedup.remember(key, id.clone(), now + window);
         Ok(PublishReceipt {
             message_id: id,
@@ -181,20 +203,21 @@ impl Topic {
         })
     }
 
-    fn fan_out(&self, message: NewMessage) -> MessageId {
+    fn fan_out(&self, message: NewMessage, place: Place) -> MessageId {
         let now = Timestamp::now();
         let id = MessageId::generate();
         let due = message.deliver_at.and_then(|at| due_instant(at, now));
         let stored = Arc::new(StoredMessage {
             id: id.clone(),
             topic: self.shared.name.clone(),
-            data: Arc::new(message.data),
+            data: message.data,
             enqueued_at: now,
             retention_from: message.deliver_at.map_or(now, |at| at.max(now)),
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
             idempotency_key: message.idempotency_key,
             lane: message.lane,
+            _place: place,
         });
         for queue in read(&self.queues).iter() {
             if queue.lane() == stored.lane {
@@ -204,8 +227,8 @@ impl Topic {
         id
     }
 
-    /// Puts a new message into the queue of `trigger` only.
-    pub(crate) fn publish_to(
+    /// Puts a new message into the queue of `trigger` only, waiting for room like a publish.
+    pub(crate) async fn publish_to(
         &self,
         trigger: &TriggerName,
         message: NewMessage,
@@ -214,18 +237,20 @@ impl Topic {
         let limit = read(&self.shared.spec).max_message_bytes;
         message.validate(&self.shared.name, limit)?;
         let queue = self.require_queue(trigger, message.lane)?;
+        let place = self.room.take().await?;
         let now = Timestamp::now();
         let id = MessageId::generate();
         let stored = Arc::new(StoredMessage {
             id: id.clone(),
             topic: self.shared.name.clone(),
-            data: Arc::new(message.data),
+            data: message.data,
             enqueued_at: now,
             retention_from: now,
             traceparent: message.trace.traceparent,
             baggage: message.trace.baggage,
             idempotency_key: None,
             lane: message.lane,
+            _place: place,
         });
         queue.enqueue(Pending::first(stored), None);
         Ok(PublishReceipt {
@@ -249,6 +274,8 @@ impl Topic {
             baggage: record.baggage.clone(),
             idempotency_key: record.idempotency_key.clone(),
             lane: queue.lane(),
+            // Counted once already: a redrive never fails for want of room.
+            _place: self.room.take_over_bound(),
         });
         queue.enqueue(Pending::redriven(stored, record.first_failed_at), None);
         Ok(())
@@ -266,7 +293,10 @@ impl DeadLetterTarget for Topic {
         &self.shared.name
     }
 
+    /// Never waits: a full topic refuses the notification (the record is in the DLQ).
     fn publish(&self, message: NewMessage) -> Result<PublishReceipt> {
-        Topic::publish(self, message)
+        self.check(&message)?;
+        let place = self.room.try_take().ok_or_else(|| self.room.full())?;
+        Topic::publish(self, message, place)
     }
 }

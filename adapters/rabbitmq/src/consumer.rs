@@ -4,14 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
-    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Subscription, SubscriptionSpec,
-    Timestamp,
+    Acker, ConsumeOptions, Delivery, Error, Failure, Result, Settling, Subscription,
+    SubscriptionSpec, Timestamp,
 };
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
@@ -612,19 +611,19 @@ impl RabbitAcker {
 }
 
 impl Acker for RabbitAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move {
+    fn ack(self: Box<Self>) -> Settling<'static> {
+        Settling::pending(async move {
             self.received.held.claim()?;
             self.received.ack_original("ack").await
         })
     }
 
-    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<()>> {
-        Box::pin(RabbitAcker::nack(*self, delay))
+    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static> {
+        Settling::pending(RabbitAcker::nack(*self, delay))
     }
 
-    fn dead_letter(self: Box<Self>, failure: Failure) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move {
+    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static> {
+        Settling::pending(async move {
             self.received.held.claim()?;
             let received = Arc::clone(&self.received);
             let attempts = received.held.attempt;
@@ -633,12 +632,12 @@ impl Acker for RabbitAcker {
         })
     }
 
-    fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(RabbitAcker::release(*self))
+    fn release(self: Box<Self>) -> Settling<'static> {
+        Settling::pending(RabbitAcker::release(*self))
     }
 
-    fn extend_lease(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
+    fn extend_lease(&self) -> Settling<'_> {
+        Settling::pending(async move {
             let received = &self.received;
             received.shared.ensure_open()?;
             received.held.extend()

@@ -99,7 +99,7 @@ async fn live_records(
             Entry::Removes(offset) => {
                 removed.insert(offset);
             }
-            Entry::Record(offset, record) => records.push((offset, record)),
+            Entry::Record(offset, record) => records.push((offset, *record)),
             Entry::Marker(..) | Entry::Other => {}
         }
     };
@@ -176,7 +176,7 @@ enum Entry {
     /// A tombstone removing the record at this offset.
     Removes(u64),
     /// A record at its offset.
-    Record(u64, DeadLetter),
+    Record(u64, Box<DeadLetter>),
     /// Anything else (logged, skipped).
     Other,
 }
@@ -199,7 +199,7 @@ fn read_entry(entry: &lapin::message::Delivery, stream: &str) -> Entry {
         return Entry::Other;
     };
     match serde_json::from_slice::<DeadLetter>(&entry.data) {
-        Ok(record) => Entry::Record(offset, record),
+        Ok(record) => Entry::Record(offset, Box::new(record)),
         Err(err) => {
             tracing::warn!(%offset, stream = %stream, error = %err, "skipping a DLQ entry that is not a record");
             Entry::Other

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use topiq_adapter::{MessageId, NewMessage, PublishReceipt, Timestamp, TopicName, TraceContext};
 use tracing::Instrument;
 
-use super::{CallError, MAX_BATCH, timestamp, topic};
+use super::{CallError, MAX_BATCH, timestamp};
 use crate::config::parse_duration;
 use crate::module::QueueModule;
 use crate::telemetry;
@@ -178,7 +178,7 @@ impl QueueModule {
 
     /// `queue.enqueue`.
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<EnqueueResult, CallError> {
-        let topic = topic(&request.topic)?;
+        let topic = self.topic_named(&request.topic)?;
         let message = self
             .new_message(
                 request.data,
@@ -200,7 +200,7 @@ impl QueueModule {
         topic_name: &str,
         items: Vec<BatchItem>,
     ) -> Result<Vec<Result<EnqueueResult, CallError>>, CallError> {
-        let topic = topic(topic_name)?;
+        let topic = self.topic_named(topic_name)?;
         if items.is_empty() || items.len() > MAX_BATCH {
             return Err(CallError::invalid(format!(
                 "messages: give 1 to {MAX_BATCH} messages, got {}",

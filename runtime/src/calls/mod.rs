@@ -206,6 +206,17 @@ pub(crate) fn topic(name: &str) -> Result<TopicName, CallError> {
     Ok(TopicName::new(name)?)
 }
 
+impl QueueModule {
+    /// The topic `name`: the configured one's name when it is declared (no check, no copy:
+    /// every enqueue comes here), otherwise `name` checked as a topic name.
+    pub(crate) fn topic_named(&self, name: &str) -> Result<TopicName, CallError> {
+        match self.declared_topic(name) {
+            Some(declared) => Ok(declared.clone()),
+            None => topic(name),
+        }
+    }
+}
+
 pub(crate) fn trigger(name: Option<&str>) -> Result<Option<TriggerName>, CallError> {
     name.map(TriggerName::new).transpose().map_err(Into::into)
 }

@@ -148,10 +148,13 @@ impl QueueModule {
                 ),
             });
         }
-        let data = request.data.clone().unwrap_or_else(|| (*run.data).clone());
+        let data = match &request.data {
+            Some(data) => std::sync::Arc::new(data.clone()),
+            None => std::sync::Arc::clone(&run.data),
+        };
         let origin = Origin {
             topic: run.topic.clone(),
-            data: std::sync::Arc::new(data.clone()),
+            data: std::sync::Arc::clone(&data),
             enqueued_at: Timestamp::now(),
             run_at: None,
             replay_of: Some(run.id.clone()),

@@ -325,8 +325,9 @@ fn adapter_options_the_adapter_does_not_take_are_refused() {
         "        class: modules::queue::BuiltinQueueAdapter\n",
         "        class: modules::queue::BuiltinQueueAdapter\n        config:\n          url: nats://x\n",
     );
-    let err = load(&text).expect_err("memory takes no options");
+    let err = load(&text).expect_err("memory takes no url");
     assert!(err.to_string().contains("`url`"), "{err}");
+    assert!(err.to_string().contains("max_messages"), "{err}");
 }
 
 #[test]

@@ -2,10 +2,10 @@
 //! instance), a run running here is stopped, and a cancelled run delivered here later is
 //! settled without its handler.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::Timestamp;
 use topiq_runs::{RunKey, SharedStore};
@@ -19,9 +19,9 @@ const CLOCK_SLACK: Duration = Duration::from_secs(5);
 /// The runs cancelled, and the runs running here with their cancel signals.
 #[derive(Default)]
 pub(crate) struct Cancels {
-    running: Mutex<HashMap<RunKey, CancellationToken>>,
+    running: Mutex<FxHashMap<RunKey, CancellationToken>>,
     /// Each cancelled run, with when its cancel was seen.
-    cancelled: Mutex<HashMap<RunKey, Timestamp>>,
+    cancelled: Mutex<FxHashMap<RunKey, Timestamp>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -13,13 +13,14 @@
 //! once instead of twice or three times. A flush (`run_get`, `run_list`) writes what is held
 //! at once, so one process still reads its own writes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,7 @@ const HOLD: Duration = Duration::from_millis(300);
 /// Events nobody waits for yet, held back per run.
 #[derive(Default)]
 struct Held {
-    by_run: HashMap<RunKey, HeldRun>,
+    by_run: FxHashMap<RunKey, HeldRun>,
     /// Each held run's key with the time it is due, oldest first (a key whose run was taken
     /// out and held again has a stale entry, skipped by its due time).
     due: VecDeque<(Instant, RunKey)>,

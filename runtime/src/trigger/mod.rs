@@ -11,7 +11,7 @@
 //! 5. timeout and panic capture: both become retryable failures;
 //! 6. settlement: see `Trigger::settle_failure`.
 //!
-//! One file per layer: the condition is [`Trigger::admit`] here, shutdown, lease, timeout and
+//! One file per layer: the condition is [`Trigger::admits`] here, shutdown, lease, timeout and
 //! panics are `supervise.rs`, settlement is `settle.rs`; what became of each delivery is an
 //! [`Outcome`] (`outcome.rs`, beside the trigger: its spans record it too).
 
@@ -176,7 +176,9 @@ impl Trigger {
                     Some(Ok(delivery)) if self.settings.batch_size > 1 => {
                         let batch = self.fill_batch(delivery, &mut subscription);
                         let slot = slots.take();
-                        running.push(Either::Right(self.handle_batch(batch, abort, slot)));
+                        // Boxed (once per batch), so single messages' futures stay small.
+                        let handled = Box::pin(self.handle_batch(batch, abort, slot));
+                        running.push(Either::Right(handled));
                     }
                     Some(Ok(delivery)) => {
                         let slot = slots.take();
@@ -283,13 +285,15 @@ impl Trigger {
         batch
     }
 
-    /// The condition layer: counts the delivery and lets it through when the condition
-    /// holds; a false or failing condition acknowledges it for this trigger.
-    async fn admit(&self, delivery: Delivery) -> Option<Delivery> {
+    /// The condition layer: counts the delivery and tells whether the condition lets it
+    /// through; one it does not is settled as filtered (`settle_filtered`).
+    fn admits(&self, delivery: &Delivery) -> bool {
         self.counters.delivered();
-        if self.passes_condition(&delivery) {
-            return Some(delivery);
-        }
+        self.passes_condition(delivery)
+    }
+
+    /// Acknowledges a delivery its condition filtered out, recorded as filtered.
+    async fn settle_filtered(&self, delivery: Delivery) {
         self.counters.filtered();
         if let Some(runs) = &self.runs {
             let envelope = delivery.envelope();
@@ -297,11 +301,10 @@ impl Trigger {
             let filtered = runs::event(&self.settings.name, envelope, change);
             if !runs.recorder().record_stored([filtered]).await {
                 // Not stored before shutdown: delivered again, filtered again.
-                return None;
+                return;
             }
         }
         self.ack(delivery).await;
-        None
     }
 
     /// An ordered trigger's key of `delivery`, checked again as it is taken: one whose key
@@ -337,69 +340,89 @@ impl Trigger {
 
     /// Handles one delivery in its process span (child of the publisher's), which records
     /// the outcome.
-    async fn handle(&self, delivery: Delivery, abort: &CancellationToken, slot: Slot<'_>) {
+    ///
+    /// This and the functions it awaits on every message are `fn`s returning an `async move`
+    /// block rather than `async fn`s: an `async fn` keeps its arguments in its future twice
+    /// (as passed, and moved into the body), and a message's future is allocated and moved
+    /// for every message.
+    fn handle<'a>(
+        &'a self,
+        delivery: Delivery,
+        abort: &'a CancellationToken,
+        slot: Slot<'a>,
+    ) -> impl Future<Output = ()> + Send + 'a {
         let span = telemetry::process_span(
             self.messaging_system,
             delivery.envelope(),
             &self.settings.name,
         );
-        let outcome = self
-            .handle_in_span(delivery, abort, slot)
-            .instrument(span.clone())
-            .await;
-        telemetry::record_outcome(&span, outcome);
+        let recorded = span.clone();
+        self.handle_in_span(delivery, abort, slot)
+            .map(move |outcome| telemetry::record_outcome(&recorded, outcome))
+            .instrument(span)
     }
 
-    async fn handle_in_span(
-        &self,
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    fn handle_in_span<'a>(
+        &'a self,
         delivery: Delivery,
-        abort: &CancellationToken,
-        slot: Slot<'_>,
-    ) -> Outcome {
-        let Some(delivery) = self.admit(delivery).await else {
-            return Outcome::Filtered;
-        };
-        if let Err(reason) = self.key_of(&delivery) {
-            // An attempt of its run, which the key ended before any call.
-            self.record_start(std::slice::from_ref(&delivery)).await;
-            return self
-                .settle_failure(delivery, CallFailure::OrderingKey(reason))
+        abort: &'a CancellationToken,
+        slot: Slot<'a>,
+    ) -> impl Future<Output = Outcome> + Send + 'a {
+        async move {
+            // The paths off the common one are boxed: a message's future (allocated and moved
+            // for each message) is only as large as the common path needs.
+            if !self.admits(&delivery) {
+                Box::pin(self.settle_filtered(delivery)).await;
+                return Outcome::Filtered;
+            }
+            if let Err(reason) = self.key_of(&delivery) {
+                // An attempt of its run, which the key ended before any call.
+                return Box::pin(async move {
+                    self.record_start(std::slice::from_ref(&delivery)).await;
+                    self.settle_failure(delivery, CallFailure::OrderingKey(reason))
+                        .await
+                })
                 .await;
-        }
-        let Function::Single(handler) = &self.function else {
-            return Outcome::Released;
-        };
-        let running = self
-            .runs
-            .as_ref()
-            .map(|runs| runs.cancels().start(self.run_key(&delivery)));
-        let cancel = running.as_ref().map(|running| running.token().clone());
-        if cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
-            drop(running);
-            self.settle_cancelled(delivery).await;
-            return Outcome::Cancelled;
-        }
-        self.record_start(std::slice::from_ref(&delivery)).await;
-        let message = Message::new(delivery.envelope().clone(), self.settings.name.clone())
-            .recorded(self.runs.clone(), cancel.clone());
-        let call = handler.call(message);
-        let deliveries = std::slice::from_ref(&delivery);
-        let result = self.call(call, deliveries, abort, cancel.as_ref()).await;
-        drop((running, slot));
-        match result {
-            None => {
-                self.release(delivery).await;
-                Outcome::Released
             }
-            Some(Err(CallFailure::Cancelled)) => {
-                self.settle_cancelled(delivery).await;
-                Outcome::Cancelled
+            let Function::Single(handler) = &self.function else {
+                return Outcome::Released;
+            };
+            let running = self
+                .runs
+                .as_ref()
+                .map(|runs| runs.cancels().start(self.run_key(&delivery)));
+            let cancel = running.as_ref().map(|running| running.token().clone());
+            if cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                drop(running);
+                Box::pin(self.settle_cancelled(delivery)).await;
+                return Outcome::Cancelled;
             }
-            Some(Ok(result)) => {
-                self.succeed(delivery, result).await;
-                Outcome::Succeeded
+            self.record_start(std::slice::from_ref(&delivery)).await;
+            let message = Message::new(delivery.envelope().clone(), self.settings.name.clone())
+                .recorded(self.runs.clone(), cancel.clone());
+            let call = handler.call(message);
+            let deliveries = std::slice::from_ref(&delivery);
+            let result = self.call(call, deliveries, abort, cancel.as_ref()).await;
+            drop((running, slot));
+            match result {
+                None => {
+                    Box::pin(self.release(delivery)).await;
+                    Outcome::Released
+                }
+                Some(Err(CallFailure::Cancelled)) => {
+                    Box::pin(self.settle_cancelled(delivery)).await;
+                    Outcome::Cancelled
+                }
+                Some(Ok(result)) => {
+                    self.succeed(delivery, result).await;
+                    Outcome::Succeeded
+                }
+                Some(Err(failure)) => Box::pin(self.settle_failure(delivery, failure)).await,
             }
-            Some(Err(failure)) => self.settle_failure(delivery, failure).await,
         }
     }
 
@@ -428,9 +451,10 @@ impl Trigger {
     ) -> Outcome {
         let mut passing = Vec::with_capacity(batch.len());
         for delivery in batch {
-            let Some(delivery) = self.admit(delivery).await else {
+            if !self.admits(&delivery) {
+                self.settle_filtered(delivery).await;
                 continue;
-            };
+            }
             if self.is_cancelled(&delivery) {
                 self.settle_cancelled(delivery).await;
             } else {

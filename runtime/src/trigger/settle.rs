@@ -12,15 +12,27 @@ use crate::runs;
 
 impl Trigger {
     /// A successful call: counted (with the message's time since enqueue) and acknowledged.
-    pub(super) async fn succeed(&self, delivery: Delivery, result: Option<serde_json::Value>) {
+    /// (Not an `async fn`: see `Trigger::handle`.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub(super) fn succeed(
+        &self,
+        delivery: Delivery,
+        result: Option<serde_json::Value>,
+    ) -> impl Future<Output = ()> + Send + '_ {
         self.counters
             .end_to_end(since(delivery.envelope().enqueued_at));
         self.counters.succeeded();
-        let next = Next::Succeeded { result };
-        if self
-            .record_end(&delivery, AttemptOutcome::Succeeded, None, next)
-            .await
-        {
+        async move {
+            if self.runs.is_some() {
+                let next = Next::Succeeded { result };
+                let outcome = AttemptOutcome::Succeeded;
+                if !self.record_end(&delivery, outcome, None, next).await {
+                    return;
+                }
+            }
             self.ack(delivery).await;
         }
     }
@@ -91,11 +103,15 @@ impl Trigger {
         }
     }
 
-    /// Acknowledges `delivery`; a refused ack means it is delivered again.
-    pub(super) async fn ack(&self, delivery: Delivery) {
+    /// Acknowledges `delivery`; a refused ack means it is delivered again. (Not an `async
+    /// fn`, which would keep the delivery in its future beside the ack's.)
+    pub(super) fn ack(&self, delivery: Delivery) -> impl Future<Output = ()> + Send + '_ {
         let id = delivery.envelope().id.clone();
-        if let Err(err) = delivery.ack().await {
-            tracing::warn!(trigger = %self.key, %id, error = %err, "the ack was not applied; the message will be delivered again");
+        let acking = delivery.ack();
+        async move {
+            if let Err(err) = acking.await {
+                tracing::warn!(trigger = %self.key, %id, error = %err, "the ack was not applied; the message will be delivered again");
+            }
         }
     }
 
