@@ -71,32 +71,43 @@ impl MemoryStore {
 
     /// Applies `events`; returns the keys they touched, in the order each first appears.
     fn apply_now(&self, events: &[RunEvent], kept: &mut Kept) -> Vec<RunKey> {
-        let mut seen = std::collections::HashSet::new();
         let mut touched: Vec<RunKey> = Vec::new();
-        let Kept { runs, finished } = kept;
         for event in events {
-            let run = match runs.get_mut(&event.key) {
-                Some(run) => run,
-                None => match Run::from_event(event) {
-                    Some(run) => runs.entry(event.key.clone()).or_insert(run),
-                    None => continue,
-                },
-            };
-            let was_finished = run.state.is_finished();
-            run.apply(event);
-            match (was_finished, run.state.is_finished()) {
-                (false, true) => *finished += 1,
-                (true, false) => *finished -= 1,
-                _ => {}
-            }
-            if seen.insert(&event.key) {
+            if self.apply_one(event, kept) && !touched.contains(&event.key) {
                 touched.push(event.key.clone());
             }
         }
+        self.evict(kept);
+        touched
+    }
+
+    /// Applies one event; false when it starts no run and finds none.
+    fn apply_one(&self, event: &RunEvent, kept: &mut Kept) -> bool {
+        let Kept { runs, finished } = kept;
+        let run = match runs.get_mut(&event.key) {
+            Some(run) => run,
+            None => match Run::from_event(event) {
+                Some(run) => runs.entry(event.key.clone()).or_insert(run),
+                None => return false,
+            },
+        };
+        let was_finished = run.state.is_finished();
+        run.apply(event);
+        match (was_finished, run.state.is_finished()) {
+            (false, true) => *finished += 1,
+            (true, false) => *finished -= 1,
+            _ => {}
+        }
+        true
+    }
+
+    /// Past its limit, drops the oldest finished runs (a tenth more, so it is not at the
+    /// limit again at once).
+    fn evict(&self, kept: &mut Kept) {
+        let Kept { runs, finished } = kept;
         if *finished > self.limit {
             *finished -= evict_finished(runs, *finished - self.limit + self.limit / 10);
         }
-        touched
     }
 
     fn list_now(&self, query: &RunQuery) -> Result<RunPage, StoreError> {
@@ -175,8 +186,21 @@ impl RunStore for MemoryStore {
     }
 
     fn write<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.apply_now(events, &mut self.kept());
+        let mut kept = self.kept();
+        for event in events {
+            self.apply_one(event, &mut kept);
+        }
+        self.evict(&mut kept);
         async { Ok(()) }.boxed()
+    }
+
+    fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> bool {
+        let mut kept = self.kept();
+        for event in events {
+            self.apply_one(&event, &mut kept);
+        }
+        self.evict(&mut kept);
+        true
     }
 
     fn get<'a>(

@@ -171,9 +171,18 @@ async fn through_runtime(count: usize, template: &Value) -> Duration {
     through_levels(count, template, 1).await
 }
 
-/// [`through_runtime`] on a topic with `levels` priority levels, the messages spread evenly
-/// over them.
+/// [`through_runtime`] with the trigger's runs not recorded (`runs: false`).
+async fn through_runtime_unrecorded(count: usize, template: &Value) -> Duration {
+    through_module(count, template, 1, false).await
+}
+
 async fn through_levels(count: usize, template: &Value, levels: u32) -> Duration {
+    through_module(count, template, levels, true).await
+}
+
+/// [`through_runtime`] on a topic with `levels` priority levels, the messages spread evenly
+/// over them, runs recorded in memory (the default) or not.
+async fn through_module(count: usize, template: &Value, levels: u32, runs: bool) -> Duration {
     let yaml = format!(
         "modules:
   - class: modules::queue::QueueModule
@@ -189,6 +198,7 @@ triggers:
     config:
       topic: bench
       concurrency: {CONCURRENCY}
+      runs: {runs}
 "
     );
     let config = Config::from_yaml_with_variables(&yaml, "bench.yaml", &HashMap::new()).unwrap();
@@ -255,7 +265,8 @@ fn main() {
     );
     // Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime,
     // and omniqueue's in-memory backend as the peer.
-    let (mut bare, mut module, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut module, mut unrecorded, mut peer) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     runtime.block_on(async {
         adapter_only(count / 10, &template).await;
         through_runtime(count / 10, &template).await;
@@ -263,12 +274,14 @@ fn main() {
         for round in 1..=ROUNDS {
             let a = rate(count, adapter_only(count, &template).await);
             let m = rate(count, through_runtime(count, &template).await);
+            let u = rate(count, through_runtime_unrecorded(count, &template).await);
             let p = rate(count, omniqueue(count, &template).await);
             println!(
-                "  round {round}/{ROUNDS}: adapter alone {a:>10.0} msg/s, through the runtime {m:>10.0} msg/s, omniqueue {p:>10.0} msg/s"
+                "  round {round}/{ROUNDS}: adapter alone {a:>10.0}, runtime {m:>10.0}, runtime without runs {u:>10.0}, omniqueue {p:>10.0} msg/s"
             );
             bare.push(a);
             module.push(m);
+            unrecorded.push(u);
             peer.push(p);
         }
     });
@@ -296,6 +309,7 @@ fn main() {
     println!("  spans recorded and exported with tracing on: {exported} of {expected}");
     assert_eq!(exported, expected, "the span processor dropped spans");
     let (a, m, p) = (median(bare), median(module), median(peer));
+    let u = median(unrecorded);
     let (o, t) = (median(off), median(on));
     println!();
     println!("| pipeline (median of {ROUNDS}) | messages/s | ratio |");
@@ -306,11 +320,19 @@ fn main() {
         m / a
     );
     println!(
+        "| QueueModule, runs not recorded (`runs: false`) | {u:.0} | {:.2} |",
+        u / a
+    );
+    println!(
         "| omniqueue in-memory: send JSON → receive → parse → ack (no lease, attempts or DLQ) | {p:.0} | {:.2} |",
         p / a
     );
     println!();
-    println!("QueueModule / omniqueue: {:.2}", m / p);
+    println!(
+        "QueueModule / omniqueue: {:.2} (runs recorded), {:.2} (runs not recorded)",
+        m / p,
+        u / p
+    );
     println!();
     println!("| QueueModule (median of {ROUNDS}, alternating) | messages/s | ratio |");
     println!("|---|---:|---:|");

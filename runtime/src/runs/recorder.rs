@@ -200,6 +200,12 @@ impl Recorder {
     /// without waiting for them to be stored (waits only while the queue is past its
     /// high-water mark).
     pub(crate) async fn record(&self, events: impl IntoIterator<Item = RunEvent>) {
+        let Some(events) = self.unless_written_in_process(events.into_iter()) else {
+            return;
+        };
+        // A plain list from here on: the caller's iterator (often borrowing its deliveries)
+        // must not live across the wait below.
+        let events: Vec<RunEvent> = events.collect();
         loop {
             let written = self.written.notified();
             {
@@ -226,6 +232,9 @@ impl Recorder {
     /// Queues `events` and waits until they (and every event queued before them) are stored;
     /// false when the writer stopped first (shutdown with the store down): they are not.
     pub(crate) async fn record_stored(&self, events: impl IntoIterator<Item = RunEvent>) -> bool {
+        let Some(events) = self.unless_written_in_process(events.into_iter()) else {
+            return true;
+        };
         let (done, stored) = oneshot::channel();
         {
             let mut queue = self.queue();
@@ -242,6 +251,19 @@ impl Recorder {
         self.queued.notify_one();
         // A dropped sender means the writer stopped without storing them.
         stored.await.is_ok()
+    }
+
+    /// Writes `events` at once into a store in this process's memory (`None`); gives them
+    /// back untouched for a store the writer writes in batches.
+    fn unless_written_in_process<I: Iterator<Item = RunEvent>>(&self, mut events: I) -> Option<I> {
+        let mut counted = (&mut events).inspect(|_| {
+            self.series.events.inc();
+        });
+        if self.store.write_in_process(&mut counted) {
+            self.series.writes.inc();
+            return None;
+        }
+        Some(events)
     }
 
     /// Waits until every event recorded so far is stored (read-your-writes).
