@@ -112,6 +112,10 @@ impl fmt::Display for FailureKind {
 
 /// What settling a delivery returns: a result already there (an adapter that settles in
 /// memory allocates nothing for it) or a settlement still talking to the broker.
+///
+/// Await it: an adapter may settle when the call is made (the in-memory one does) or only
+/// when it is polled (the brokers do).
+#[must_use = "a settlement may not happen until it is awaited"]
 pub enum Settling<'a> {
     /// Settled; the result is taken by the first poll.
     Done(Option<Result<()>>),

@@ -157,7 +157,10 @@ impl Adapter for BuiltinQueueAdapter {
     }
 
     async fn publish(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
-        self.topic(topic)?.publish_waiting(message).await
+        let topic = self.topic(topic)?;
+        topic
+            .publish_waiting(message, topic.publish_deadline())
+            .await
     }
 
     async fn publish_batch(
@@ -166,9 +169,11 @@ impl Adapter for BuiltinQueueAdapter {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<PublishReceipt>>> {
         let topic = self.topic(topic)?;
+        // One deadline for the batch: a full topic makes it wait one publish_timeout in all.
+        let deadline = topic.publish_deadline();
         let mut receipts = Vec::with_capacity(messages.len());
         for message in messages {
-            receipts.push(topic.publish_waiting(message).await);
+            receipts.push(topic.publish_waiting(message, deadline).await);
         }
         Ok(receipts)
     }
@@ -223,6 +228,7 @@ impl Adapter for BuiltinQueueAdapter {
         self.closed.store(true, Ordering::Release);
         let topics: Vec<Arc<Topic>> = read(&self.topics).values().cloned().collect();
         for topic in topics {
+            topic.wake_publishers();
             for queue in topic.queues() {
                 queue.wake_all();
             }

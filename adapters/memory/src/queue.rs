@@ -21,7 +21,7 @@ use topiq_adapter::{
 };
 
 use crate::room::Place;
-use crate::shared::{DeadLetterTarget, TopicShared, lock, read};
+use crate::shared::{Counted, DeadLetterTarget, TopicShared, lock, read};
 
 /// A published message, shared by every trigger queue it was fanned out to.
 pub(crate) struct StoredMessage {
@@ -511,7 +511,7 @@ impl TriggerQueue {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let _parked = Parked::new(&self.parked);
+            let _parked = Counted::new(&self.parked);
             if self.topic.is_closed() {
                 return None;
             }
@@ -648,22 +648,6 @@ pub(crate) fn instant_after(delay: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(delay)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
-/// Counts a consumer as parked for as long as it lives.
-struct Parked<'a>(&'a AtomicUsize);
-
-impl<'a> Parked<'a> {
-    fn new(parked: &'a AtomicUsize) -> Self {
-        parked.fetch_add(1, Ordering::SeqCst);
-        Self(parked)
-    }
-}
-
-impl Drop for Parked<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Settles one delivery of the in-memory adapter.

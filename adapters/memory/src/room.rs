@@ -1,11 +1,14 @@
 //! A topic's bound: how many messages it holds, and publishers waiting for room.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use topiq_adapter::{Error, Result, TopicName};
+
+use crate::shared::Counted;
 
 /// The messages one topic holds against its `max_messages`.
 pub(crate) struct Room {
@@ -16,6 +19,8 @@ pub(crate) struct Room {
     freed: Notify,
     /// Publishers parked on `freed`; a freed place notifies only when there are some.
     waiting: AtomicUsize,
+    /// The adapter's: once closed, nothing frees a place, and waiting publishers stop.
+    closed: Arc<AtomicBool>,
 }
 
 /// One message's place in its topic's room, freed when the message is dropped by the last
@@ -32,7 +37,11 @@ impl Drop for Place {
 }
 
 impl Room {
-    pub(crate) fn new(topic: TopicName, max: u64, wait: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        topic: TopicName,
+        (max, wait): (u64, Duration),
+        closed: Arc<AtomicBool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             topic,
             held: AtomicU64::new(0),
@@ -40,7 +49,13 @@ impl Room {
             wait,
             freed: Notify::new(),
             waiting: AtomicUsize::new(0),
+            closed,
         })
+    }
+
+    /// The deadline of a publish starting now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.wait
     }
 
     /// A place now, if the topic has room.
@@ -53,24 +68,20 @@ impl Room {
             .map(|_| Place(Arc::clone(self)))
     }
 
-    /// A place without looking at the bound: for messages already counted once (a redrive
-    /// of dead-lettered ones), which must not fail for want of room.
-    pub(crate) fn take_over_bound(self: &Arc<Self>) -> Place {
-        self.held.fetch_add(1, Ordering::SeqCst);
-        Place(Arc::clone(self))
-    }
-
-    /// A place, waiting up to the publish timeout for one to be freed; then `BrokerFull`.
-    pub(crate) async fn take(self: &Arc<Self>) -> Result<Place> {
+    /// A place, waiting until `deadline` for one to be freed; then `BrokerFull` (`Closed`
+    /// once the adapter is closed).
+    pub(crate) async fn take_before(self: &Arc<Self>, deadline: Instant) -> Result<Place> {
         if let Some(place) = self.try_take() {
             return Ok(place);
         }
-        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let _waiting = Waiting::new(&self.waiting);
+            let _waiting = Counted::new(&self.waiting);
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
             if let Some(place) = self.try_take() {
                 return Ok(place);
             }
@@ -80,30 +91,19 @@ impl Room {
         }
     }
 
+    /// Wakes every waiting publisher (the adapter closed).
+    pub(crate) fn wake_all(&self) {
+        self.freed.notify_waiters();
+    }
+
     /// The error a publish to the full topic gets.
     pub(crate) fn full(&self) -> Error {
         Error::BrokerFull {
             message: format!(
-                "topic {} holds {} messages, the in-memory adapter's max_messages, and none was freed within its publish_timeout ({:?}); nothing was published. It takes publishes again once its triggers settle messages; raise max_messages in the adapter's config to hold more",
+                "topic {} holds {} messages, the in-memory adapter's max_messages, and none was freed in time (a publish waits up to publish_timeout, {:?}); nothing was published. It takes messages again once its triggers settle some; raise max_messages in the adapter's config to hold more",
                 self.topic, self.max, self.wait
             ),
             source: None,
         }
-    }
-}
-
-/// Counts a publisher as waiting for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(waiting: &'a AtomicUsize) -> Self {
-        waiting.fetch_add(1, Ordering::SeqCst);
-        Self(waiting)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

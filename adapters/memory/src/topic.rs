@@ -28,11 +28,8 @@ pub(crate) struct Topic {
 
 impl Topic {
     pub(crate) fn new(spec: TopicSpec, closed: Arc<AtomicBool>, config: &MemoryConfig) -> Self {
-        let room = Room::new(
-            spec.name.clone(),
-            config.max_messages,
-            config.publish_timeout,
-        );
+        let bound = (config.max_messages, config.publish_timeout);
+        let room = Room::new(spec.name.clone(), bound, Arc::clone(&closed));
         Self {
             room,
             shared: Arc::new(TopicShared {
@@ -158,11 +155,38 @@ impl Topic {
         read(&self.queues).clone()
     }
 
-    /// Validates the message, waits for room (up to the publish timeout) and publishes it.
-    pub(crate) async fn publish_waiting(&self, message: NewMessage) -> Result<PublishReceipt> {
+    /// Validates the message, waits for room until `deadline` and publishes it; a duplicate
+    /// of a message in the idempotency window is answered without waiting.
+    pub(crate) async fn publish_waiting(
+        &self,
+        message: NewMessage,
+        deadline: Instant,
+    ) -> Result<PublishReceipt> {
         self.check(&message)?;
-        let place = self.room.take().await?;
+        if let Some(first) = self.first_of(&message) {
+            return Ok(PublishReceipt {
+                message_id: first,
+                duplicate: true,
+            });
+        }
+        let place = self.room.take_before(deadline).await?;
         self.publish(message, place)
+    }
+
+    /// When the message's idempotency key is in the window, the first message's id.
+    fn first_of(&self, message: &NewMessage) -> Option<MessageId> {
+        let key = message.idempotency_key.as_ref()?;
+        lock(&self.dedup).lookup(key, Instant::now())
+    }
+
+    /// The deadline of a publish (or of a batch) starting now.
+    pub(crate) fn publish_deadline(&self) -> Instant {
+        self.room.deadline()
+    }
+
+    /// Wakes publishers waiting for room (the adapter closed).
+    pub(crate) fn wake_publishers(&self) {
+        self.room.wake_all();
     }
 
     /// Validates the message against the topic's size limit and lanes.
@@ -237,7 +261,7 @@ impl Topic {
         let limit = read(&self.shared.spec).max_message_bytes;
         message.validate(&self.shared.name, limit)?;
         let queue = self.require_queue(trigger, message.lane)?;
-        let place = self.room.take().await?;
+        let place = self.room.take_before(self.room.deadline()).await?;
         let now = Timestamp::now();
         let id = MessageId::generate();
         let stored = Arc::new(StoredMessage {
@@ -260,10 +284,12 @@ impl Topic {
     }
 
     /// Puts redriven records back into the queue of the trigger each failed on, in the lane
-    /// it was in (lane 0 when the topic has no such lane any more).
+    /// it was in (lane 0 when the topic has no such lane any more); a full topic refuses
+    /// at once (the caller holds the DLQ's lock, so nothing may wait here).
     pub(crate) fn redrive(&self, record: &DeadLetter) -> Result<()> {
         let lane = read(&self.shared.spec).lane_or_first(record.lane);
         let queue = self.require_queue(&record.trigger, lane)?;
+        let place = self.room.try_take().ok_or_else(|| self.room.full())?;
         let stored = Arc::new(StoredMessage {
             id: record.id.clone(),
             topic: record.topic.clone(),
@@ -274,8 +300,7 @@ impl Topic {
             baggage: record.baggage.clone(),
             idempotency_key: record.idempotency_key.clone(),
             lane: queue.lane(),
-            // Counted once already: a redrive never fails for want of room.
-            _place: self.room.take_over_bound(),
+            _place: place,
         });
         queue.enqueue(Pending::redriven(stored, record.first_failed_at), None);
         Ok(())

@@ -112,7 +112,7 @@ async fn a_message_holds_its_place_until_every_trigger_settled_it() {
 }
 
 #[tokio::test]
-async fn dead_letters_free_their_place_and_a_redrive_is_never_refused() {
+async fn dead_letters_free_their_place_and_a_redrive_needs_room() {
     let (adapter, topic) = bounded(1, &["t"]).await;
     publish(&adapter, &topic, 0).await.unwrap();
     let mut subscription = consume(&adapter, &topic, "t").await;
@@ -122,34 +122,85 @@ async fn dead_letters_free_their_place_and_a_redrive_is_never_refused() {
         kind: FailureKind::NonRetryable,
     };
     delivery.dead_letter(failure).await.unwrap();
-    // The record is in the DLQ; the topic has room again.
+    // The record is in the DLQ; the topic has room again, which a new message takes.
     publish(&adapter, &topic, 1).await.unwrap();
+    let refused = adapter
+        .dlq_redrive(&topic, None, DlqSelection::All)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::BrokerFull { .. }), "{refused:?}");
+    assert_eq!(adapter.dlq_count(&topic, None).await.unwrap(), 1);
+    let second = subscription.next().await.unwrap().unwrap();
+    assert_eq!(*second.envelope().data, json!({ "n": 1 }));
+    second.ack().await.unwrap();
     let redriven = adapter
         .dlq_redrive(&topic, None, DlqSelection::All)
         .await
         .unwrap();
     assert_eq!(redriven, 1);
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        let delivery = subscription.next().await.unwrap().unwrap();
-        seen.push(delivery.envelope().data["n"].as_u64().unwrap());
-        delivery.ack().await.unwrap();
-    }
-    seen.sort_unstable();
-    assert_eq!(seen, [0, 1]);
-    // Both settled: room for one again, and no more.
+    let again = subscription.next().await.unwrap().unwrap();
+    assert_eq!(*again.envelope().data, json!({ "n": 0 }));
+    // The redriven message holds the place until it is settled.
+    assert!(publish(&adapter, &topic, 2).await.is_err());
+    again.ack().await.unwrap();
     publish(&adapter, &topic, 2).await.unwrap();
-    assert!(publish(&adapter, &topic, 3).await.is_err());
 }
 
 #[tokio::test]
-async fn a_batch_past_the_bound_is_refused_message_by_message() {
+async fn a_duplicate_is_answered_at_once_on_a_full_topic() {
+    let (adapter, topic) = bounded(1, &["t"]).await;
+    let keyed = || NewMessage::new(json!("once")).idempotency_key("order-7");
+    let first = adapter.publish(&topic, keyed()).await.unwrap();
+    let started = Instant::now();
+    let again = adapter.publish(&topic, keyed()).await.unwrap();
+    assert!(started.elapsed() < WAIT, "the duplicate waited for room");
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, first.message_id);
+}
+
+#[tokio::test]
+async fn closing_the_adapter_stops_a_waiting_publish() {
+    let adapter = BuiltinQueueAdapter::with_config(MemoryConfig {
+        max_messages: 1,
+        publish_timeout: Duration::from_secs(60),
+    });
+    let topic = TopicName::new("bounded").unwrap();
+    adapter
+        .declare_topic(TopicSpec::new(topic.clone()))
+        .await
+        .unwrap();
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").unwrap());
+    adapter
+        .declare_subscription(SubscriptionSpec::new(key))
+        .await
+        .unwrap();
+    publish(&adapter, &topic, 0).await.unwrap();
+    let waiting = tokio::spawn({
+        let (adapter, topic) = (adapter.clone(), topic.clone());
+        async move { publish(&adapter, &topic, 1).await }
+    });
+    tokio::time::sleep(WAIT / 3).await;
+    adapter.close().await.unwrap();
+    let stopped = tokio::time::timeout(WAIT, waiting).await;
+    let result = stopped
+        .expect("the publish still waits after close")
+        .unwrap();
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_batch_past_the_bound_waits_once_and_is_refused_message_by_message() {
     let (adapter, topic) = bounded(2, &["t"]).await;
-    let messages = (0..3).map(|n| NewMessage::new(json!({ "n": n }))).collect();
+    let messages = (0..5).map(|n| NewMessage::new(json!({ "n": n }))).collect();
+    let started = Instant::now();
     let results = adapter.publish_batch(&topic, messages).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= WAIT && waited < 2 * WAIT, "waited {waited:?}");
     assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
-    assert!(
-        matches!(results[2], Err(Error::BrokerFull { .. })),
-        "{results:?}"
-    );
+    for refused in &results[2..] {
+        assert!(
+            matches!(refused, Err(Error::BrokerFull { .. })),
+            "{results:?}"
+        );
+    }
 }
