@@ -81,6 +81,15 @@ impl MemoryStore {
         touched
     }
 
+    /// Applies `events` in order, without noting which runs they touched.
+    fn apply_each<E: std::borrow::Borrow<RunEvent>>(&self, events: impl IntoIterator<Item = E>) {
+        let mut kept = self.kept();
+        for event in events {
+            self.apply_one(event.borrow(), &mut kept);
+        }
+        self.evict(&mut kept);
+    }
+
     /// Applies one event; false when it starts no run and finds none.
     fn apply_one(&self, event: &RunEvent, kept: &mut Kept) -> bool {
         let Kept { runs, finished } = kept;
@@ -186,20 +195,12 @@ impl RunStore for MemoryStore {
     }
 
     fn write<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut kept = self.kept();
-        for event in events {
-            self.apply_one(event, &mut kept);
-        }
-        self.evict(&mut kept);
+        self.apply_each(events);
         async { Ok(()) }.boxed()
     }
 
     fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> bool {
-        let mut kept = self.kept();
-        for event in events {
-            self.apply_one(&event, &mut kept);
-        }
-        self.evict(&mut kept);
+        self.apply_each(events);
         true
     }
 

@@ -26,14 +26,13 @@ impl Trigger {
             .end_to_end(since(delivery.envelope().enqueued_at));
         self.counters.succeeded();
         async move {
-            if self.runs.is_some() {
-                let next = Next::Succeeded { result };
-                let outcome = AttemptOutcome::Succeeded;
-                if !self.record_end(&delivery, outcome, None, next).await {
-                    return;
-                }
+            let next = Next::Succeeded { result };
+            if self
+                .record_end(&delivery, AttemptOutcome::Succeeded, None, next)
+                .await
+            {
+                self.ack(delivery).await;
             }
-            self.ack(delivery).await;
         }
     }
 
