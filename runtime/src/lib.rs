@@ -56,6 +56,7 @@ pub use function::{
 pub use module::{QueueModule, ServiceError, StartError, Workers};
 pub use registry::{AdapterClass, RegistryError};
 pub use stats::{HandlerTimes, TriggerCounts};
+pub use telemetry::span_layer;
 pub use topiq_runs::{Attempt, AttemptOutcome, Run, RunPage, RunQuery, RunState};
 
 /// Completes on Ctrl-C or SIGTERM: pass it to [`QueueModule::run_until`].

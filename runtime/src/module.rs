@@ -13,7 +13,6 @@ use topiq_adapter::{
     NewMessage, PublishReceipt, SharedAdapter, SubscriptionKey, SubscriptionSpec, TopicName,
     TopicSpec, TriggerName,
 };
-use tracing::Instrument;
 
 use crate::config::{Config, ConfigError, ConfigLocation, TriggerSettings};
 use crate::function::{Function, Functions, check_trigger_function};
@@ -267,24 +266,12 @@ impl QueueModule {
         let origin = self.origin_of(topic, &message);
         let mut message = self.keyed(topic, message);
         message.trace = telemetry::publish_context(&span, std::mem::take(&mut message.trace));
-        let published = self
-            .inner
-            .adapter
-            .publish(topic, message)
-            .instrument(span.clone())
-            .await;
+        let publishing = self.inner.adapter.publish(topic, message);
+        let published = telemetry::in_span(span, publishing, telemetry::record_published).await;
         self.inner.metrics.published(topic, 1, published.is_ok());
-        match &published {
-            Ok(receipt) => {
-                span.record("messaging.message.id", receipt.message_id.as_str());
-                if let Some(origin) = &origin {
-                    let events = self.enqueued_events(topic, receipt, origin);
-                    self.inner.runs.recorder().record(events).await;
-                }
-            }
-            Err(_) => {
-                span.record("otel.status_code", "ERROR");
-            }
+        if let (Ok(receipt), Some(origin)) = (&published, &origin) {
+            let events = self.enqueued_events(topic, receipt, origin);
+            self.inner.runs.recorder().record(events).await;
         }
         published
     }

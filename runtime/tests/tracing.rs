@@ -18,19 +18,37 @@ use topiq::{Config, Functions, HandlerError, Message, QueueModule};
 use topiq_testkit::{NatsServer, RabbitVhost};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// What the handler saw on each call: attempt, the envelope's baggage, and the baggage of
 /// the OpenTelemetry context it runs in.
 type Seen = Arc<Mutex<Vec<(u32, Option<String>, Option<String>)>>>;
 
+/// Which layer turns the spans into OpenTelemetry spans.
+#[derive(Clone, Copy)]
+enum SpanLayer {
+    /// `topiq::span_layer`, what `topiq run` installs.
+    Topiq,
+    /// `tracing_opentelemetry::layer()` with its defaults, what an application may install.
+    Default,
+}
+
 async fn scenario(adapter: &str) {
+    scenario_with(adapter, SpanLayer::Topiq).await;
+}
+
+async fn scenario_with(adapter: &str, layer: SpanLayer) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-test")));
+    let tracer = provider.tracer("tracing-test");
+    let layer = match layer {
+        SpanLayer::Topiq => topiq::span_layer(tracer).boxed(),
+        SpanLayer::Default => tracing_opentelemetry::layer().with_tracer(tracer).boxed(),
+    };
+    let subscriber = tracing_subscriber::registry().with(layer);
     let _default = tracing::subscriber::set_default(subscriber);
 
     let config = Config::from_yaml(
@@ -283,6 +301,15 @@ triggers:
 #[tokio::test]
 async fn memory() {
     scenario("        class: modules::queue::BuiltinQueueAdapter").await;
+}
+
+#[tokio::test]
+async fn memory_with_tracing_opentelemetrys_default_layer() {
+    scenario_with(
+        "        class: modules::queue::BuiltinQueueAdapter",
+        SpanLayer::Default,
+    )
+    .await;
 }
 
 #[tokio::test]

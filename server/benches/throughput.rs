@@ -69,9 +69,9 @@ fn traced_runtime() -> (
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(
-        topiq_server::telemetry::span_layer(provider.tracer("bench")),
-    ));
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry().with(topiq::span_layer(provider.tracer("bench"))),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .on_thread_start(move || {

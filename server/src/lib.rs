@@ -22,7 +22,9 @@ use topiq::{Config, Functions, QueueModule, ServiceError, StartError};
 
 pub use api::{ApiError, ApiServer};
 pub use http_function::TRIGGER_HEADER;
-pub use telemetry::{Telemetry, TelemetryError, span_layer};
+pub use telemetry::{Telemetry, TelemetryError};
+/// The layer `topiq run` turns spans into OpenTelemetry spans with (the runtime's own).
+pub use topiq::span_layer;
 
 use http_function::HttpFunction;
 

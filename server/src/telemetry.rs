@@ -11,6 +11,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
+use topiq::span_layer;
+
 use topiq::config::{LogFormat, OtlpProtocol, OtlpSettings, TelemetrySettings};
 
 /// Why telemetry could not be installed.
@@ -157,22 +159,6 @@ fn meter_provider(
         )
         .with_resource(resource)
         .build())
-}
-
-/// The layer that turns `tracing` spans into OpenTelemetry spans, as `topiq run` installs it:
-/// without per-span busy/idle timing, thread and code-location attributes, which cost more
-/// than the messaging attributes themselves (see docs/benchmarks.md).
-pub fn span_layer<S>(
-    tracer: opentelemetry_sdk::trace::SdkTracer,
-) -> impl tracing_subscriber::Layer<S>
-where
-    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
-{
-    tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_tracked_inactivity(false)
-        .with_threads(false)
-        .with_location(false)
 }
 
 /// The exporter's own error can echo the whole endpoint (credentials included): this one

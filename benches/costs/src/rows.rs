@@ -29,6 +29,10 @@ pub(crate) const ROWS: &[(&str, &str)] = &[
         "module.runs_memory",
         "the same with runs recorded in the in-memory runs store (the module's default)",
     ),
+    (
+        "module.traced",
+        "module.runs_off with every publish and process span recorded by OpenTelemetry",
+    ),
 ];
 
 /// Why a row could not run.
@@ -67,6 +71,7 @@ pub(crate) fn run(name: &str, messages: u64) -> Result<(), RowError> {
         "memory.publish_ack" => runtime.block_on(publish_ack(messages)),
         "module.runs_off" => runtime.block_on(through_module(messages, false)),
         "module.runs_memory" => runtime.block_on(through_module(messages, true)),
+        "module.traced" => traced::run(&runtime, messages),
         other => Err(RowError::Unknown(other.to_owned())),
     }
 }
@@ -106,6 +111,66 @@ async fn publish_ack(messages: u64) -> Result<(), RowError> {
     }
     drop(deliveries);
     adapter.close().await.map_err(failed)
+}
+
+/// The module with OpenTelemetry recording every span.
+mod traced {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{
+        BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::{RowError, failed, through_module};
+
+    /// Spans the exporter got (and dropped).
+    static EXPORTED: AtomicU64 = AtomicU64::new(0);
+
+    /// An exporter that drops what it gets: what remains is the cost of recording spans.
+    #[derive(Debug)]
+    struct Discard;
+
+    impl SpanExporter for Discard {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            EXPORTED.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// `module.runs_off` inside a subscriber with `topiq run`'s span layer and a batch
+    /// processor; checks that every span (two a message) was exported.
+    pub(super) fn run(runtime: &tokio::runtime::Runtime, messages: u64) -> Result<(), RowError> {
+        // A queue no row fills: under callgrind the exporter's thread runs when valgrind
+        // lets it, and a full queue would drop spans (making tracing look cheaper).
+        let spans = usize::try_from(2 * messages).map_err(failed)?;
+        let processor = BatchSpanProcessor::builder(Discard)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(spans.max(2_048))
+                    .build(),
+            )
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let subscriber =
+            tracing_subscriber::registry().with(topiq::span_layer(provider.tracer("costs")));
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(through_module(messages, false))
+        })?;
+        provider.shutdown().map_err(failed)?;
+        let exported = EXPORTED.load(Ordering::Relaxed);
+        if exported != 2 * messages {
+            return Err(failed(format!(
+                "{exported} spans exported, {} expected",
+                2 * messages
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The queue module: enqueue every message through `queue.enqueue`, then let the trigger call

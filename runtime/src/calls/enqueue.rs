@@ -5,7 +5,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use topiq_adapter::{MessageId, NewMessage, PublishReceipt, Timestamp, TopicName, TraceContext};
-use tracing::Instrument;
 
 use super::{CallError, MAX_BATCH, timestamp};
 use crate::config::parse_duration;
@@ -276,12 +275,8 @@ impl QueueModule {
             })
             .collect();
         let count = messages.len() as u64;
-        let published = match self
-            .adapter()
-            .publish_batch(topic, messages)
-            .instrument(span)
-            .await
-        {
+        let publishing = self.adapter().publish_batch(topic, messages);
+        let published = match telemetry::in_span(span, publishing, |_, published| published).await {
             Ok(published) => published,
             Err(err) => {
                 self.metrics().published(topic, count, false);

@@ -36,7 +36,6 @@ use tokio_util::task::TaskTracker;
 use topiq_adapter::{
     ConsumeOptions, Delivery, Envelope, SharedAdapter, SubscriptionKey, TriggerName,
 };
-use tracing::Instrument;
 
 use crate::config::TriggerSettings;
 use crate::function::{Function, HandlerError, Message};
@@ -356,10 +355,11 @@ impl Trigger {
             delivery.envelope(),
             &self.settings.name,
         );
-        let recorded = span.clone();
-        self.handle_in_span(delivery, abort, slot)
-            .map(move |outcome| telemetry::record_outcome(&recorded, outcome))
-            .instrument(span)
+        telemetry::in_span(
+            span,
+            self.handle_in_span(delivery, abort, slot),
+            telemetry::record_outcome,
+        )
     }
 
     #[allow(
@@ -436,11 +436,8 @@ impl Trigger {
             &envelopes,
         );
         drop(envelopes);
-        let outcome = self
-            .handle_batch_in_span(batch, abort, slot)
-            .instrument(span.clone())
-            .await;
-        telemetry::record_outcome(&span, outcome);
+        let handled = self.handle_batch_in_span(batch, abort, slot);
+        telemetry::in_span(span, handled, telemetry::record_outcome).await;
     }
 
     async fn handle_batch_in_span(

@@ -6,11 +6,17 @@
 
 use std::collections::HashMap;
 
+mod in_span;
+mod traceparent;
+
+pub(crate) use in_span::in_span;
+
 use opentelemetry::Context;
+use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use topiq_adapter::{Envelope, TopicName, TraceContext, TriggerName};
+use opentelemetry_sdk::propagation::BaggagePropagator;
+use topiq_adapter::{Envelope, PublishReceipt, TopicName, TraceContext, TriggerName};
 
 use crate::outcome::Outcome;
 
@@ -18,32 +24,37 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The OpenTelemetry context `trace` carries (empty when it carries none).
-pub(crate) fn extract(trace: &TraceContext) -> Context {
-    let mut carrier = HashMap::new();
-    if let Some(traceparent) = &trace.traceparent {
-        carrier.insert("traceparent".to_owned(), traceparent.clone());
+/// The OpenTelemetry context `trace` carries (empty when it carries none). The
+/// `traceparent` is read directly; baggage, rarer, through OpenTelemetry's propagator.
+pub(crate) fn extract(traceparent: Option<&str>, baggage: Option<&str>) -> Context {
+    let cx = match traceparent.and_then(traceparent::parse) {
+        Some(parent) => Context::new().with_remote_span_context(parent),
+        None => Context::new(),
+    };
+    match baggage {
+        Some(baggage) => {
+            let carrier = HashMap::from([("baggage".to_owned(), baggage.to_owned())]);
+            BaggagePropagator::new().extract_with_context(&cx, &carrier)
+        }
+        None => cx,
     }
-    if let Some(baggage) = &trace.baggage {
-        carrier.insert("baggage".to_owned(), baggage.clone());
-    }
-    if carrier.is_empty() {
-        return Context::new();
-    }
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    BaggagePropagator::new().extract_with_context(&cx, &carrier)
 }
 
 /// `traceparent` and `baggage` of `cx` (each `None` when it has none).
 fn inject(cx: &Context) -> TraceContext {
-    let mut carrier: HashMap<String, String> = HashMap::new();
-    TraceContextPropagator::new().inject_context(cx, &mut carrier);
-    BaggagePropagator::new().inject_context(cx, &mut carrier);
+    let span = cx.span();
+    let context = span.span_context();
+    let baggage = (!cx.baggage().is_empty())
+        .then(|| {
+            let mut carrier: HashMap<String, String> = HashMap::new();
+            BaggagePropagator::new().inject_context(cx, &mut carrier);
+            carrier.remove("baggage")
+        })
+        .flatten()
+        .filter(|baggage| !baggage.is_empty());
     TraceContext {
-        traceparent: carrier.remove("traceparent"),
-        baggage: carrier
-            .remove("baggage")
-            .filter(|baggage| !baggage.is_empty()),
+        traceparent: context.is_valid().then(|| traceparent::format(context)),
+        baggage,
     }
 }
 
@@ -59,18 +70,28 @@ pub(crate) fn traceparent_of(span: &Span) -> Option<String> {
     inject(&cx).traceparent
 }
 
+/// `<operation> <topic>`, the span name OpenTelemetry's messaging conventions give (built
+/// without the formatting machinery: two spans a message).
+fn span_name(operation: &str, topic: &TopicName) -> String {
+    let mut name = String::with_capacity(operation.len() + 1 + topic.as_str().len());
+    name.push_str(operation);
+    name.push(' ');
+    name.push_str(topic.as_str());
+    name
+}
+
 /// The span an enqueue runs in (`publish <topic>`, kind producer).
 pub(crate) fn publish_span(system: &'static str, topic: &TopicName, count: usize) -> Span {
     tracing::info_span!(
         target: "topiq::messaging",
         "publish",
-        otel.name = format!("publish {topic}"),
+        otel.name = span_name("publish", topic),
         otel.kind = "producer",
         otel.status_code = Empty,
         messaging.system = system,
         messaging.operation.type = "send",
         messaging.operation.name = "publish",
-        messaging.destination.name = %topic,
+        messaging.destination.name = topic.as_str(),
         messaging.batch.message_count = (count > 1).then_some(count as i64),
         messaging.message.id = Empty,
     )
@@ -86,7 +107,7 @@ pub(crate) fn publish_context(span: &Span, given: TraceContext) -> TraceContext 
     if given.traceparent.is_some() {
         // Only a context with a span may become the parent: baggage alone would cut the
         // publish span off the caller's current span. Given baggage travels as given.
-        let parent = extract(&given);
+        let parent = extract(given.traceparent.as_deref(), given.baggage.as_deref());
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
@@ -112,24 +133,24 @@ pub(crate) fn process_span(
     let span = tracing::info_span!(
         target: "topiq::messaging",
         "process",
-        otel.name = format!("process {}", envelope.topic),
+        otel.name = span_name("process", &envelope.topic),
         otel.kind = "consumer",
         otel.status_code = Empty,
         messaging.system = system,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = %envelope.topic,
-        messaging.consumer.group.name = %trigger,
-        messaging.message.id = %envelope.id,
+        messaging.destination.name = envelope.topic.as_str(),
+        messaging.consumer.group.name = trigger.as_str(),
+        messaging.message.id = envelope.id.as_str(),
         topiq.attempt = i64::from(envelope.attempt),
         topiq.max_attempts = i64::from(envelope.max_attempts),
         topiq.outcome = Empty,
     );
     if !span.is_disabled() && (envelope.traceparent.is_some() || envelope.baggage.is_some()) {
-        let _ = span.set_parent(extract(&TraceContext {
-            traceparent: envelope.traceparent.clone(),
-            baggage: envelope.baggage.clone(),
-        }));
+        let _ = span.set_parent(extract(
+            envelope.traceparent.as_deref(),
+            envelope.baggage.as_deref(),
+        ));
     }
     span
 }
@@ -145,28 +166,56 @@ pub(crate) fn batch_process_span(
     let span = tracing::info_span!(
         target: "topiq::messaging",
         "process",
-        otel.name = format!("process {topic}"),
+        otel.name = span_name("process", topic),
         otel.kind = "consumer",
         otel.status_code = Empty,
         messaging.system = system,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = %topic,
-        messaging.consumer.group.name = %trigger,
+        messaging.destination.name = topic.as_str(),
+        messaging.consumer.group.name = trigger.as_str(),
         messaging.batch.message_count = envelopes.len() as i64,
         topiq.outcome = Empty,
     );
     for envelope in envelopes {
-        let cx = extract(&TraceContext {
-            traceparent: envelope.traceparent.clone(),
-            baggage: None,
-        });
-        let link = cx.span().span_context().clone();
-        if link.is_valid() {
+        if let Some(link) = envelope.traceparent.as_deref().and_then(traceparent::parse) {
             span.add_link(link);
         }
     }
     span
+}
+
+/// The layer that turns `tracing` spans into OpenTelemetry spans, as `topiq run` installs it:
+/// without per-span busy/idle timing, thread and code-location attributes, which cost more
+/// than the messaging attributes themselves, and without making an entered span
+/// OpenTelemetry's current context (`opentelemetry::Context::current()`), which costs a
+/// context attached and restored on every poll of a handler (see docs/benchmarks.md). A
+/// span's context is read with `tracing_opentelemetry::OpenTelemetrySpanExt::context`, and
+/// spans opened inside a handler's span are its children either way.
+pub fn span_layer<S>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_context_activation(false)
+}
+
+/// A publish's result, recorded on its span: the message id it got, or an error status.
+pub(crate) fn record_published(
+    span: &Span,
+    published: topiq_adapter::Result<PublishReceipt>,
+) -> topiq_adapter::Result<PublishReceipt> {
+    match &published {
+        Ok(receipt) => span.record("messaging.message.id", receipt.message_id.as_str()),
+        Err(_) => span.record("otel.status_code", "ERROR"),
+    };
+    published
 }
 
 /// What became of a processed message or batch, recorded on its span; failures mark the
@@ -190,10 +239,13 @@ mod tests {
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             baggage: Some("tenant=acme".into()),
         };
-        let again = inject(&extract(&given));
+        let again = inject(&extract(
+            given.traceparent.as_deref(),
+            given.baggage.as_deref(),
+        ));
         assert_eq!(again.traceparent, given.traceparent);
         assert_eq!(again.baggage, given.baggage);
-        assert_eq!(inject(&extract(&TraceContext::default())).traceparent, None);
+        assert_eq!(inject(&extract(None, None)).traceparent, None);
     }
 
     #[test]

@@ -1,0 +1,147 @@
+//! The W3C `traceparent` header (Trace Context level 1), read and written directly: every
+//! message carries one, and OpenTelemetry's propagators go through carrier maps of owned
+//! strings (a hash map, lower-cased names and formatted ids: about 5,000 instructions a
+//! message each way, see docs/benchmarks.md).
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+/// Its length in version `00`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+const LENGTH: usize = 55;
+
+/// The highest version a reader accepts (`ff` is invalid).
+const MAX_VERSION: u8 = 0xfe;
+
+/// The remote span context `header` names, or `None` when it names none: ids in lower-case
+/// hex of their full length, neither all zeros; version `00` exactly as long as it defines,
+/// a later version possibly followed by `-` and more. Of the flags only `sampled` is kept.
+pub(crate) fn parse(header: &str) -> Option<SpanContext> {
+    let bytes = header.trim().as_bytes();
+    if bytes.len() < LENGTH || [bytes[2], bytes[35], bytes[52]] != [b'-'; 3] {
+        return None;
+    }
+    let version = hex(&bytes[0..2])? as u8;
+    let fits = match version {
+        0 => bytes.len() == LENGTH,
+        _ => bytes.len() == LENGTH || bytes[LENGTH] == b'-',
+    };
+    if version > MAX_VERSION || !fits {
+        return None;
+    }
+    let trace_id = hex(&bytes[3..35])?;
+    let span_id = hex(&bytes[36..52])?;
+    let flags = hex(&bytes[53..55])? as u8;
+    let context = SpanContext::new(
+        TraceId::from(trace_id),
+        SpanId::from(span_id as u64),
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    context.is_valid().then_some(context)
+}
+
+/// The `traceparent` of `context` (version `00`, the `sampled` flag only).
+pub(crate) fn format(context: &SpanContext) -> String {
+    let mut header = [b'-'; LENGTH];
+    header[..2].copy_from_slice(b"00");
+    write_hex(&mut header[3..35], &context.trace_id().to_bytes());
+    write_hex(&mut header[36..52], &context.span_id().to_bytes());
+    write_hex(
+        &mut header[53..55],
+        &[(context.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
+    // Only ASCII was written: the conversion cannot fail.
+    std::str::from_utf8(&header)
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+/// The number lower-case hex `digits` spell (at most 32 of them), `None` for anything else.
+fn hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |number, digit| {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            _ => return None,
+        };
+        Some((number << 4) | u128::from(value))
+    })
+}
+
+/// `bytes` in lower-case hex into `into`, two digits a byte.
+fn write_hex(into: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in into.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    /// What OpenTelemetry's own propagator reads from `header`.
+    fn by_propagator(header: &str) -> Option<SpanContext> {
+        let carrier = HashMap::from([("traceparent".to_owned(), header.to_owned())]);
+        let cx = TraceContextPropagator::new().extract(&carrier);
+        let context = cx.span().span_context().clone();
+        context.is_valid().then_some(context)
+    }
+
+    #[test]
+    fn reads_what_the_propagator_reads_from_valid_headers() {
+        for header in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-later",
+        ] {
+            let ours = parse(header);
+            assert!(ours.is_some(), "{header}");
+            assert_eq!(ours, by_propagator(header), "{header}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_w3c_refuses() {
+        for header in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+        ] {
+            assert_eq!(parse(header), None, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn writes_what_the_propagator_writes() {
+        for header in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-0000000000000000000000000000000a-000000000000000b-00",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+        ] {
+            let context = parse(header).unwrap();
+            let cx = opentelemetry::Context::new().with_remote_span_context(context.clone());
+            let mut carrier: HashMap<String, String> = HashMap::new();
+            TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+            assert_eq!(Some(&format(&context)), carrier.get("traceparent"));
+        }
+    }
+}
