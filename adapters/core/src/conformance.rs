@@ -69,6 +69,7 @@ macro_rules! conformance_tests {
             a_listings_read_to_lists_only_what_was_dead_lettered_after_it,
             batch_publish_returns_a_receipt_per_message,
             oversized_payload_is_refused_and_nothing_is_sent,
+            data_too_deep_to_read_back_is_refused_and_the_deepest_readable_is_delivered,
             undeclared_topics_and_triggers_are_refused,
             consumer_holds_at_most_prefetch_unsettled,
             deliveries_waiting_behind_a_busy_consumer_keep_their_first_attempt,
@@ -1294,6 +1295,40 @@ pub async fn oversized_payload_is_refused_and_nothing_is_sent<A: Adapter>(adapte
         delivery.envelope().data.as_str().map(str::len),
         Some(crate::DEFAULT_MAX_MESSAGE_BYTES - 2)
     );
+    delivery.ack().await.expect("ack");
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 10: data nested deeper than a consumer can read back (`serde_json` reads 127
+/// levels) is refused at publish, instead of being stored and then never delivered; data as
+/// deep as that arrives whole.
+pub async fn data_too_deep_to_read_back_is_refused_and_the_deepest_readable_is_delivered<
+    A: Adapter,
+>(
+    adapter: A,
+) {
+    const READABLE: usize = 127;
+    let nested = |levels: usize| (0..levels).fold(json!("core"), |inner, _| json!([inner]));
+    let topic = setup(&adapter, "deep", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 1).await;
+    let err = adapter
+        .publish(&topic, NewMessage::new(nested(READABLE + 1)))
+        .await
+        .expect_err("data nested too deep to read back must be refused");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                argument: "data",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    publish(&adapter, &topic, nested(READABLE)).await;
+    let delivery = receive(&mut sub).await;
+    assert_eq!(*delivery.envelope().data, nested(READABLE));
     delivery.ack().await.expect("ack");
     expect_nothing(&mut sub, QUIET_PERIOD).await;
     adapter.close().await.expect("close");

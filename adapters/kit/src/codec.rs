@@ -3,12 +3,34 @@
 use serde_json::Value;
 use topiq_adapter::{Error, Result};
 
-/// `data` as JSON bytes; data that cannot be written is the caller's error.
+/// How deeply arrays and objects may nest in a message's data: `serde_json` refuses to read
+/// deeper JSON, so deeper data would be stored and then never be delivered.
+pub const MAX_DEPTH: usize = 127;
+
+/// `data` as JSON bytes; data that cannot be written, or nests deeper than [`MAX_DEPTH`]
+/// (it could not be read back), is the caller's error.
 pub fn encode(data: &Value) -> Result<Vec<u8>> {
+    if !nests_within(data, MAX_DEPTH) {
+        return Err(Error::InvalidArgument {
+            argument: "data",
+            reason: format!(
+                "nests arrays and objects more than {MAX_DEPTH} levels deep; flatten it"
+            ),
+        });
+    }
     serde_json::to_vec(data).map_err(|err| Error::InvalidArgument {
         argument: "data",
         reason: format!("cannot be serialized as JSON: {err}"),
     })
+}
+
+/// True when `value`'s arrays and objects nest at most `levels` deep (the walk stops there).
+fn nests_within(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Array(items) => levels > 0 && items.iter().all(|v| nests_within(v, levels - 1)),
+        Value::Object(map) => levels > 0 && map.values().all(|v| nests_within(v, levels - 1)),
+        _ => true,
+    }
 }
 
 /// The data of a stored message.
@@ -26,5 +48,39 @@ pub fn foreign(reason: &str) -> Error {
         operation: "decode",
         source: format!("a message where topiq keeps its own was not written by topiq: {reason}")
             .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// An array holding an array ... `levels` deep.
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(json!(1), |inner, _| json!([inner]))
+    }
+
+    #[test]
+    fn data_as_deep_as_serde_json_reads_is_accepted_and_read_back() {
+        let data = nested(MAX_DEPTH);
+        assert_eq!(decode(&encode(&data).unwrap()).unwrap(), data);
+        let object = (0..MAX_DEPTH).fold(json!(1), |inner, _| json!({ "a": inner }));
+        assert_eq!(decode(&encode(&object).unwrap()).unwrap(), object);
+    }
+
+    #[test]
+    fn deeper_data_is_refused_at_publish_because_it_could_not_be_read_back() {
+        let data = nested(MAX_DEPTH + 1);
+        let written = serde_json::to_vec(&data).unwrap();
+        assert!(
+            decode(&written).is_err(),
+            "serde_json reads deeper JSON now"
+        );
+        let err = encode(&data).unwrap_err();
+        assert!(err.to_string().contains("127 levels"), "{err}");
     }
 }
