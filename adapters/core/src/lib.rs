@@ -85,8 +85,8 @@ pub use delivery::{Acker, Delivery, Failure, FailureKind, MAX_FAILURE_MESSAGE, S
 pub use dlq::{DeadLetter, DlqFilter, DlqPage, DlqQuery, DlqRecordRef, DlqSelection, MAX_DLQ_PAGE};
 pub use error::{BoxError, Error, Result};
 pub use message::{
-    DEFAULT_MAX_MESSAGE_BYTES, Envelope, MAX_IDEMPOTENCY_KEY_LEN, NewMessage, PublishReceipt,
-    TraceContext, serialized_len,
+    DEFAULT_MAX_MESSAGE_BYTES, Envelope, MAX_DATA_DEPTH, MAX_IDEMPOTENCY_KEY_LEN, NewMessage,
+    PublishReceipt, TraceContext, check_depth, serialized_len,
 };
 pub use names::{
     MAX_TOPIC_LEN, MAX_TRIGGER_LEN, MessageId, SubscriptionKey, TopicName, TriggerName,

@@ -103,7 +103,8 @@ impl NewMessage {
     }
 
     /// Checks what an adapter must refuse before sending anything: data over `limit`
-    /// serialized bytes, an empty or oversized idempotency key.
+    /// serialized bytes or nested too deep to read back ([`check_depth`]), an empty or
+    /// oversized idempotency key.
     pub fn validate(&self, topic: &TopicName, limit: usize) -> Result<()> {
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
@@ -129,8 +130,12 @@ impl NewMessage {
             }
         }
         // Most messages are far below the limit: a cheap upper bound settles them without
-        // serializing; only those near or over it are measured exactly.
-        if serialized_len_upper_bound(&self.data) <= limit {
+        // serializing; only those near or over it are measured exactly. The same walk finds
+        // data nested too deep.
+        let Some(bound) = serialized_len_upper_bound(&self.data, MAX_DATA_DEPTH) else {
+            return check_depth(&self.data);
+        };
+        if bound <= limit {
             return Ok(());
         }
         let size = serialized_len(&self.data);
@@ -142,6 +147,33 @@ impl NewMessage {
             });
         }
         Ok(())
+    }
+}
+
+/// How deeply arrays and objects may nest in a message's data: `serde_json` refuses to read
+/// deeper JSON, so a broker would store such data and no consumer could ever read it.
+pub const MAX_DATA_DEPTH: usize = 127;
+
+/// Refuses data nested deeper than [`MAX_DATA_DEPTH`], on every adapter alike (the in-memory
+/// one could carry it, a broker could not deliver it).
+pub fn check_depth(data: &Value) -> Result<()> {
+    if nests_within(data, MAX_DATA_DEPTH) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        argument: "data",
+        reason: format!(
+            "nests arrays and objects more than {MAX_DATA_DEPTH} levels deep, more than a consumer can read; flatten it"
+        ),
+    })
+}
+
+/// True when `value`'s arrays and objects nest at most `levels` deep (the walk stops there).
+fn nests_within(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Array(items) => levels > 0 && items.iter().all(|v| nests_within(v, levels - 1)),
+        Value::Object(map) => levels > 0 && map.values().all(|v| nests_within(v, levels - 1)),
+        _ => true,
     }
 }
 
@@ -166,23 +198,25 @@ pub fn serialized_len(value: &Value) -> usize {
 }
 
 /// An upper bound of [`serialized_len`], computed without formatting anything: every string
-/// byte counted as its longest escape (`\u00XX`, 6 bytes), every number as 24 bytes.
-fn serialized_len_upper_bound(value: &Value) -> usize {
+/// byte counted as its longest escape (`\u00XX`, 6 bytes), every number as 24 bytes; `None`
+/// when arrays and objects nest more than `levels` deep (the walk stops there).
+fn serialized_len_upper_bound(value: &Value, levels: usize) -> Option<usize> {
+    let inner = levels.checked_sub(1);
     match value {
-        Value::Null | Value::Bool(_) => 5,
-        Value::Number(_) => 24,
-        Value::String(text) => 2 + 6 * text.len(),
+        Value::Null | Value::Bool(_) => Some(5),
+        Value::Number(_) => Some(24),
+        Value::String(text) => Some(2 + 6 * text.len()),
         Value::Array(items) => {
-            2 + items
-                .iter()
-                .map(|item| serialized_len_upper_bound(item) + 1)
-                .sum::<usize>()
+            let inner = inner?;
+            items.iter().try_fold(2, |sum, item| {
+                Some(sum + serialized_len_upper_bound(item, inner)? + 1)
+            })
         }
         Value::Object(fields) => {
-            2 + fields
-                .iter()
-                .map(|(key, item)| 2 + 6 * key.len() + 2 + serialized_len_upper_bound(item))
-                .sum::<usize>()
+            let inner = inner?;
+            fields.iter().try_fold(2, |sum, (key, item)| {
+                Some(sum + 2 + 6 * key.len() + 2 + serialized_len_upper_bound(item, inner)?)
+            })
         }
     }
 }
@@ -253,6 +287,29 @@ mod tests {
     }
 
     #[test]
+    fn validate_refuses_exactly_the_data_serde_json_cannot_read_back() {
+        let topic = TopicName::new("deep").expect("a valid name");
+        let nested = |levels: usize, innermost: Value| {
+            (0..levels).fold(innermost, |inner, _| json!({ "a": [inner] }))
+        };
+        // Two levels a step: 126 levels and an empty array or object inside make 127.
+        for innermost in [json!([]), json!({}), json!([[]]), json!(1)] {
+            for levels in [
+                MAX_DATA_DEPTH / 2 - 1,
+                MAX_DATA_DEPTH / 2,
+                MAX_DATA_DEPTH / 2 + 1,
+            ] {
+                let data = nested(levels, innermost.clone());
+                let written = serde_json::to_vec(&data).expect("serializes");
+                let readable = serde_json::from_slice::<Value>(&written).is_ok();
+                let message = NewMessage::new(data.clone());
+                assert_eq!(message.validate(&topic, usize::MAX).is_ok(), readable);
+                assert_eq!(check_depth(&data).is_ok(), readable);
+            }
+        }
+    }
+
+    #[test]
     fn the_upper_bound_is_never_below_the_size() {
         let values = [
             json!(null),
@@ -263,7 +320,8 @@ mod tests {
         ];
         for value in values {
             assert!(
-                serialized_len_upper_bound(&value) >= serialized_len(&value),
+                serialized_len_upper_bound(&value, MAX_DATA_DEPTH)
+                    .is_some_and(|bound| bound >= serialized_len(&value)),
                 "{value}"
             );
         }

@@ -1,36 +1,16 @@
 //! A message's data on the wire (JSON), the same on every broker.
 
 use serde_json::Value;
-use topiq_adapter::{Error, Result};
+use topiq_adapter::{Error, Result, check_depth};
 
-/// How deeply arrays and objects may nest in a message's data: `serde_json` refuses to read
-/// deeper JSON, so deeper data would be stored and then never be delivered.
-pub const MAX_DEPTH: usize = 127;
-
-/// `data` as JSON bytes; data that cannot be written, or nests deeper than [`MAX_DEPTH`]
-/// (it could not be read back), is the caller's error.
+/// `data` as JSON bytes; data that cannot be written, or nests deeper than a consumer can
+/// read back ([`check_depth`]), is the caller's error.
 pub fn encode(data: &Value) -> Result<Vec<u8>> {
-    if !nests_within(data, MAX_DEPTH) {
-        return Err(Error::InvalidArgument {
-            argument: "data",
-            reason: format!(
-                "nests arrays and objects more than {MAX_DEPTH} levels deep; flatten it"
-            ),
-        });
-    }
+    check_depth(data)?;
     serde_json::to_vec(data).map_err(|err| Error::InvalidArgument {
         argument: "data",
         reason: format!("cannot be serialized as JSON: {err}"),
     })
-}
-
-/// True when `value`'s arrays and objects nest at most `levels` deep (the walk stops there).
-fn nests_within(value: &Value, levels: usize) -> bool {
-    match value {
-        Value::Array(items) => levels > 0 && items.iter().all(|v| nests_within(v, levels - 1)),
-        Value::Object(map) => levels > 0 && map.values().all(|v| nests_within(v, levels - 1)),
-        _ => true,
-    }
 }
 
 /// The data of a stored message.
@@ -56,6 +36,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use serde_json::json;
+    use topiq_adapter::MAX_DATA_DEPTH;
 
     use super::*;
 
@@ -66,15 +47,15 @@ mod tests {
 
     #[test]
     fn data_as_deep_as_serde_json_reads_is_accepted_and_read_back() {
-        let data = nested(MAX_DEPTH);
+        let data = nested(MAX_DATA_DEPTH);
         assert_eq!(decode(&encode(&data).unwrap()).unwrap(), data);
-        let object = (0..MAX_DEPTH).fold(json!(1), |inner, _| json!({ "a": inner }));
+        let object = (0..MAX_DATA_DEPTH).fold(json!(1), |inner, _| json!({ "a": inner }));
         assert_eq!(decode(&encode(&object).unwrap()).unwrap(), object);
     }
 
     #[test]
     fn deeper_data_is_refused_at_publish_because_it_could_not_be_read_back() {
-        let data = nested(MAX_DEPTH + 1);
+        let data = nested(MAX_DATA_DEPTH + 1);
         let written = serde_json::to_vec(&data).unwrap();
         assert!(
             decode(&written).is_err(),
