@@ -77,8 +77,11 @@ pub(crate) fn over(measured: &Figure, recorded: Option<&Figure>) -> Option<Strin
             TOLERANCE * 100.0
         ));
     }
-    // Allocations are exact counts; half a one a message is rounding, more is a new one.
-    if measured.allocations > recorded.allocations + 0.5 {
+    // Allocations are exact counts; half a one a message is rounding, more is a new one. A
+    // broker client's buffers grow with how the broker's answers arrived (2% of ~100 a
+    // message moves between runs), so rows with many allocations get 2%.
+    let slack = (recorded.allocations * 0.02).max(0.5);
+    if measured.allocations > recorded.allocations + slack {
         return Some(format!(
             "{}: {:.1} allocations a message, {:.1} recorded",
             measured.row, measured.allocations, recorded.allocations
@@ -106,6 +109,9 @@ mod tests {
         assert!(over(&figure(11_001, 5.0), Some(&recorded)).is_some());
         assert_eq!(over(&figure(9_000, 5.4), Some(&recorded)), None);
         assert!(over(&figure(9_000, 6.0), Some(&recorded)).is_some());
+        let many = figure(100_000, 100.0);
+        assert_eq!(over(&figure(100_000, 101.9), Some(&many)), None);
+        assert!(over(&figure(100_000, 102.1), Some(&many)).is_some());
         assert_eq!(
             over(&figure(50_000, 9.0), None),
             None,

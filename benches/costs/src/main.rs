@@ -13,6 +13,7 @@
 //!
 //! `TOPIQ_COSTS_MESSAGES` sets N (default 2,000).
 
+mod brokers;
 mod budget;
 mod callgrind;
 mod rows;
@@ -126,5 +127,25 @@ fn print_table(figures: &[Figure], recorded: &[Figure]) {
     }
     for (row, what) in rows::ROWS {
         println!("- {row}: {what}");
+    }
+    print_against_raw(figures);
+}
+
+/// topiq's instructions a message over the raw client's, for each pair of rows.
+fn print_against_raw(figures: &[Figure]) {
+    let find = |row: &str| figures.iter().find(|figure| figure.row == row);
+    println!();
+    println!("| against the raw client | topiq | raw | topiq / raw |");
+    println!("|---|---:|---:|---:|");
+    for (topiq, raw) in rows::AGAINST_RAW {
+        if let (Some(topiq), Some(raw)) = (find(topiq), find(raw)) {
+            println!(
+                "| {} | {} | {} | {:.3} |",
+                topiq.row,
+                topiq.instructions,
+                raw.instructions,
+                topiq.instructions as f64 / raw.instructions.max(1) as f64
+            );
+        }
     }
 }

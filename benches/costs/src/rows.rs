@@ -15,6 +15,8 @@ use topiq_adapter::{
 };
 use topiq_memory::BuiltinQueueAdapter;
 
+use crate::brokers::{jetstream, rabbitmq};
+
 /// Every row: its name and what it measures.
 pub(crate) const ROWS: &[(&str, &str)] = &[
     (
@@ -33,6 +35,46 @@ pub(crate) const ROWS: &[(&str, &str)] = &[
         "module.traced",
         "module.runs_off with every publish and process span recorded by OpenTelemetry",
     ),
+    (
+        "jetstream.publish",
+        "JetStreamAdapter: publish, one at a time, each awaiting the stream's ack",
+    ),
+    (
+        "jetstream.publish_raw",
+        "raw async-nats: the same publishes (with a Nats-Msg-Id, as topiq's)",
+    ),
+    (
+        "jetstream.end_to_end",
+        "JetStreamAdapter: the publishes, then consume (prefetch 64), read, ack",
+    ),
+    (
+        "jetstream.end_to_end_raw",
+        "raw async-nats: the same (a pull consumer, 64 a batch)",
+    ),
+    (
+        "rabbitmq.publish",
+        "RabbitMqAdapter: publish to a quorum queue, one at a time, each awaiting its confirm",
+    ),
+    (
+        "rabbitmq.publish_raw",
+        "raw lapin: the same publishes (mandatory, persistent, topiq's properties)",
+    ),
+    (
+        "rabbitmq.end_to_end",
+        "RabbitMqAdapter: the publishes, then consume (prefetch 64), read, ack",
+    ),
+    (
+        "rabbitmq.end_to_end_raw",
+        "raw lapin: the same (basic.consume, qos 64)",
+    ),
+];
+
+/// Rows measured against the raw client: (topiq's row, raw's row).
+pub(crate) const AGAINST_RAW: &[(&str, &str)] = &[
+    ("jetstream.publish", "jetstream.publish_raw"),
+    ("jetstream.end_to_end", "jetstream.end_to_end_raw"),
+    ("rabbitmq.publish", "rabbitmq.publish_raw"),
+    ("rabbitmq.end_to_end", "rabbitmq.end_to_end_raw"),
 ];
 
 /// Why a row could not run.
@@ -46,12 +88,12 @@ pub(crate) enum RowError {
     Failed(String),
 }
 
-fn failed(err: impl std::fmt::Display) -> RowError {
+pub(crate) fn failed(err: impl std::fmt::Display) -> RowError {
     RowError::Failed(err.to_string())
 }
 
 /// The message every row sends: about 200 bytes of JSON.
-fn message() -> Value {
+pub(crate) fn message() -> Value {
     json!({
         "id": "9f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b",
         "to": "someone@example.com",
@@ -72,6 +114,14 @@ pub(crate) fn run(name: &str, messages: u64) -> Result<(), RowError> {
         "module.runs_off" => runtime.block_on(through_module(messages, false)),
         "module.runs_memory" => runtime.block_on(through_module(messages, true)),
         "module.traced" => traced::run(&runtime, messages),
+        "jetstream.publish" => runtime.block_on(jetstream::topiq(messages, false)),
+        "jetstream.publish_raw" => runtime.block_on(jetstream::raw(messages, false)),
+        "jetstream.end_to_end" => runtime.block_on(jetstream::topiq(messages, true)),
+        "jetstream.end_to_end_raw" => runtime.block_on(jetstream::raw(messages, true)),
+        "rabbitmq.publish" => runtime.block_on(rabbitmq::topiq(messages, false)),
+        "rabbitmq.publish_raw" => runtime.block_on(rabbitmq::raw(messages, false)),
+        "rabbitmq.end_to_end" => runtime.block_on(rabbitmq::topiq(messages, true)),
+        "rabbitmq.end_to_end_raw" => runtime.block_on(rabbitmq::raw(messages, true)),
         other => Err(RowError::Unknown(other.to_owned())),
     }
 }

@@ -1,0 +1,157 @@
+//! RabbitMQ rows: `RabbitMqAdapter` against raw lapin, each in a vhost of its own on the
+//! machine's node (deleted when the row ends).
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
+use topiq_testkit::RabbitVhost;
+
+use super::{PREFETCH, raw_payload, read_payload, topiq_side};
+use crate::rows::{RowError, failed, message};
+
+/// topiq: publish (and `consume`) through the adapter.
+pub(crate) async fn topiq(messages: u64, consume: bool) -> Result<(), RowError> {
+    let vhost = RabbitVhost::create();
+    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: vhost.url(),
+        connection: topiq_rabbitmq::ConnectionOptions {
+            prefix: "tq".to_owned(),
+            ..Default::default()
+        },
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .map_err(failed)?;
+    topiq_side(adapter, "costs", messages, consume).await
+}
+
+/// Raw lapin doing what the adapter does: a confirming channel, a durable topic exchange, a
+/// quorum queue bound to it; persistent `mandatory` publishes with a message id, a content
+/// type and an enqueue-time header, each awaiting its confirm; names as long as topiq's.
+pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
+    let vhost = RabbitVhost::create();
+    let connection = Connection::connect(&vhost.url(), ConnectionProperties::default())
+        .await
+        .map_err(failed)?;
+    let publisher = connection.create_channel().await.map_err(failed)?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(failed)?;
+    let queue = declare(&publisher).await?;
+    let template = message();
+    for _ in 0..messages {
+        let payload = raw_payload(&template)?;
+        let confirm = publisher
+            .basic_publish(
+                "rw".into(),
+                "costs".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &payload,
+                properties(),
+            )
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        if !confirm.is_ack() {
+            return Err(failed("the broker refused a publish"));
+        }
+    }
+    if consume {
+        let channel = connection.create_channel().await.map_err(failed)?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(failed)?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        for _ in 0..messages {
+            let delivery = consumer
+                .next()
+                .await
+                .ok_or_else(|| failed("the consumer ended"))?
+                .map_err(failed)?;
+            read_payload(&delivery.data)?;
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(failed)?;
+        }
+    }
+    connection.close(0, "done".into()).await.map_err(failed)
+}
+
+/// The exchange `rw` and the quorum queue `rw:t:costs:t` bound to it by `costs`.
+async fn declare(channel: &Channel) -> Result<String, RowError> {
+    channel
+        .exchange_declare(
+            "rw".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(failed)?;
+    let queue = "rw:t:costs:t".to_owned();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1000));
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map_err(failed)?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            "rw".into(),
+            "costs".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(failed)?;
+    Ok(queue)
+}
+
+/// The properties topiq sets: message id, JSON, persistent, an enqueue-time header.
+fn properties() -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "topiq-enqueued-at".into(),
+        AMQPValue::LongLongInt(topiq_adapter::Timestamp::now().as_millisecond()),
+    );
+    BasicProperties::default()
+        .with_message_id(topiq_adapter::MessageId::generate().as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
