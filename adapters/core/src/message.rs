@@ -102,10 +102,11 @@ impl NewMessage {
         })
     }
 
-    /// Checks what an adapter must refuse before sending anything: data over `limit`
-    /// serialized bytes or nested too deep to read back ([`check_depth`]), an empty or
-    /// oversized idempotency key.
-    pub fn validate(&self, topic: &TopicName, limit: usize) -> Result<()> {
+    /// Checks the fields beside the data: an empty or oversized idempotency key, control
+    /// characters in it or in the trace context. A broker adapter, which serializes the data
+    /// anyway, checks the rest from the bytes (`topiq_adapter_kit::codec::encode` and
+    /// [`check_size`](crate::check_size)); [`validate`](Self::validate) checks everything.
+    pub fn validate_fields(&self) -> Result<()> {
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
         {
@@ -129,6 +130,14 @@ impl NewMessage {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Checks what an adapter must refuse before sending anything: data over `limit`
+    /// serialized bytes or nested too deep to read back ([`check_depth`]), an empty or
+    /// oversized idempotency key.
+    pub fn validate(&self, topic: &TopicName, limit: usize) -> Result<()> {
+        self.validate_fields()?;
         // Most messages are far below the limit: a cheap upper bound settles them without
         // serializing; only those near or over it are measured exactly. The same walk finds
         // data nested too deep.
@@ -138,16 +147,20 @@ impl NewMessage {
         if bound <= limit {
             return Ok(());
         }
-        let size = serialized_len(&self.data);
-        if size > limit {
-            return Err(Error::PayloadTooLarge {
-                topic: topic.clone(),
-                size,
-                limit,
-            });
-        }
-        Ok(())
+        check_size(topic, serialized_len(&self.data), limit)
     }
+}
+
+/// Refuses data of `size` serialized bytes over `limit` (the topic's `max_message_bytes`).
+pub fn check_size(topic: &TopicName, size: usize, limit: usize) -> Result<()> {
+    if size > limit {
+        return Err(Error::PayloadTooLarge {
+            topic: topic.clone(),
+            size,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// How deeply arrays and objects may nest in a message's data: `serde_json` refuses to read

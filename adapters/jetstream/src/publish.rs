@@ -5,15 +5,28 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use std::future::IntoFuture;
+
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use topiq_adapter::{
-    Error, NewMessage, PublishReceipt, Result, SubscriptionKey, Timestamp, TopicName,
+    Error, NewMessage, PublishReceipt, Result, SubscriptionKey, Timestamp, TopicName, check_size,
 };
 
 use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::header;
 use crate::{Shared, idempotency};
+
+/// What a publish's acknowledgement future gives.
+type AckResult =
+    std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError>;
+
+/// Polls `future` once: its output when it is ready at once.
+async fn poll_once<F: std::future::Future>(
+    mut future: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx))).await
+}
 
 /// A publish is sent again (same id) until this many acknowledgement timeouts have passed.
 pub(crate) const PUBLISH_TRIES: u32 = 3;
@@ -59,21 +72,14 @@ impl Shared {
             }
             tries += 1;
             // Every try, its acknowledgement included, ends by the deadline.
-            let attempt = async {
-                let future = self
-                    .js
-                    .publish_with_headers(subject.clone(), headers(), payload.clone())
-                    .await
-                    .map_err(|err| Box::new(err) as topiq_adapter::BoxError)?;
-                Ok::<_, topiq_adapter::BoxError>(future.await)
-            };
-            let ack = match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => break,
-                Ok(Err(err)) => {
+            let attempt = self.try_publish(&subject, headers(), payload.clone(), deadline);
+            let ack = match attempt.await {
+                None => break,
+                Some(Err(err)) => {
                     last_error = Some(err);
                     continue;
                 }
-                Ok(Ok(ack)) => ack,
+                Some(Ok(ack)) => ack,
             };
             match ack {
                 Ok(ack) => return Ok(ack),
@@ -93,12 +99,48 @@ impl Shared {
         })
     }
 
+    /// One try: sends the message and waits for its acknowledgement, both by `deadline`
+    /// (`None` once it passed). The hot path arms no timer of its own: sending into the
+    /// client's buffer is ready at once unless the connection is backed up, and the wait for
+    /// the acknowledgement is bounded by the context's `ack_timeout` (`publish_timeout`), so
+    /// only a send that waits, or a try that could outlast the deadline, gets a timer.
+    async fn try_publish(
+        &self,
+        subject: &Subject,
+        headers: HeaderMap,
+        payload: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Option<std::result::Result<AckResult, topiq_adapter::BoxError>> {
+        let send = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload);
+        let mut send = std::pin::pin!(send);
+        let sent = match poll_once(send.as_mut()).await {
+            std::task::Poll::Ready(sent) => sent,
+            std::task::Poll::Pending => tokio::time::timeout_at(deadline, send).await.ok()?,
+        };
+        let acknowledgement = match sent {
+            Ok(acknowledgement) => acknowledgement,
+            Err(err) => return Some(Err(Box::new(err))),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left > self.config.publish_timeout {
+            return Some(Ok(acknowledgement.await));
+        }
+        tokio::time::timeout_at(deadline, acknowledgement.into_future())
+            .await
+            .ok()
+            .map(Ok)
+    }
+
     /// Everything a publish sends, built before anything is sent (so bad input fails alone).
     pub(crate) fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
         let declared = self.declared_topic(topic)?;
-        message.validate(topic, declared.spec.max_message_bytes)?;
+        // The data is checked as it is written (its depth) and by its bytes (its size).
+        message.validate_fields()?;
         message.check_lane(topic, declared.spec.lanes)?;
         let payload = codec::encode(&message.data)?;
+        check_size(topic, payload.len(), declared.spec.max_message_bytes)?;
         let now = Timestamp::now();
         let due = message.deliver_at.filter(|at| *at > now);
         let lane = message.lane;

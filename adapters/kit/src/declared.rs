@@ -1,15 +1,16 @@
 //! What this process declared on its broker: topics and trigger subscriptions.
 
-use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
+use rustc_hash::FxHashMap;
 use topiq_adapter::{Error, Result, SubscriptionKey, SubscriptionSpec, TopicName, TriggerName};
 
 /// The topics (each with what the adapter keeps of it, `T`) and subscriptions this process
 /// declared; calls on anything else fail with `UnknownTopic` or `UnknownSubscription`.
 pub struct Declared<T> {
-    topics: RwLock<HashMap<TopicName, T>>,
-    subscriptions: RwLock<HashMap<SubscriptionKey, SubscriptionSpec>>,
+    /// Looked up on every publish: a fast hash (names are the config's, not an attacker's).
+    topics: RwLock<FxHashMap<TopicName, T>>,
+    subscriptions: RwLock<FxHashMap<SubscriptionKey, SubscriptionSpec>>,
 }
 
 impl<T> Default for Declared<T> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lapin::BasicProperties;
 use topiq_adapter::{
     Error, NewMessage, PublishReceipt, Result, SubscriptionKey, Timestamp, TopicName, TopicSpec,
+    check_size,
 };
 
 use crate::codec::{self, Metadata, Properties};
@@ -94,8 +95,11 @@ impl Shared {
         message: NewMessage,
     ) -> Result<(Prepared, TopicSpec)> {
         let spec = self.topic(topic)?;
-        message.validate(topic, spec.max_message_bytes)?;
+        // The data is checked as it is written (its depth) and by its bytes (its size).
+        message.validate_fields()?;
         message.check_lane(topic, spec.lanes)?;
+        let payload = codec::encode(&message.data)?;
+        check_size(topic, payload.len(), spec.max_message_bytes)?;
         let now = Timestamp::now();
         let delay = match message.deliver_at {
             Some(at) if at > now => {
@@ -115,7 +119,7 @@ impl Shared {
         };
         let prepared = Prepared {
             topic: topic.clone(),
-            payload: codec::encode(&message.data)?,
+            payload,
             metadata: Metadata::enqueued(
                 now,
                 message.trace,
