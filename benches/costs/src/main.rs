@@ -131,9 +131,27 @@ fn print_table(figures: &[Figure], recorded: &[Figure]) {
     print_against_raw(figures);
 }
 
-/// topiq's instructions a message over the raw client's, for each pair of rows.
+/// topiq's instructions a message against omniqueue's and the raw clients', for each pair
+/// of rows (omniqueue / topiq, so 1.0 or more is topiq doing less work; topiq / raw, so
+/// 1.05 or less is the target).
 fn print_against_raw(figures: &[Figure]) {
     let find = |row: &str| figures.iter().find(|figure| figure.row == row);
+    println!();
+    println!(
+        "| against omniqueue (instructions a message) | topiq | omniqueue | omniqueue / topiq |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (topiq, peer) in rows::AGAINST_PEER {
+        if let (Some(topiq), Some(peer)) = (find(topiq), find(peer)) {
+            println!(
+                "| {} | {} | {} | {:.3} |",
+                topiq.row,
+                topiq.instructions,
+                peer.instructions,
+                peer.instructions as f64 / topiq.instructions.max(1) as f64
+            );
+        }
+    }
     println!();
     println!("| against the raw client | topiq | raw | topiq / raw |");
     println!("|---|---:|---:|---:|");

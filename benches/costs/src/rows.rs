@@ -24,6 +24,10 @@ pub(crate) const ROWS: &[(&str, &str)] = &[
         "in-memory adapter alone: publish, deliver, ack",
     ),
     (
+        "peer.omniqueue",
+        "omniqueue 0.3's in-memory backend: send the JSON, receive, read it into a Value, ack",
+    ),
+    (
         "module.runs_off",
         "queue module on the in-memory adapter: enqueue, trigger, handler, ack; runs not recorded",
     ),
@@ -69,6 +73,13 @@ pub(crate) const ROWS: &[(&str, &str)] = &[
     ),
 ];
 
+/// topiq's in-memory rows measured against omniqueue's: (topiq's row, the peer's row).
+pub(crate) const AGAINST_PEER: &[(&str, &str)] = &[
+    ("memory.publish_ack", "peer.omniqueue"),
+    ("module.runs_off", "peer.omniqueue"),
+    ("module.runs_memory", "peer.omniqueue"),
+];
+
 /// Rows measured against the raw client: (topiq's row, raw's row).
 pub(crate) const AGAINST_RAW: &[(&str, &str)] = &[
     ("jetstream.publish", "jetstream.publish_raw"),
@@ -111,6 +122,7 @@ pub(crate) fn run(name: &str, messages: u64) -> Result<(), RowError> {
         .map_err(failed)?;
     match name {
         "memory.publish_ack" => runtime.block_on(publish_ack(messages)),
+        "peer.omniqueue" => runtime.block_on(omniqueue(messages)),
         "module.runs_off" => runtime.block_on(through_module(messages, false)),
         "module.runs_memory" => runtime.block_on(through_module(messages, true)),
         "module.traced" => traced::run(&runtime, messages),
@@ -221,6 +233,31 @@ mod traced {
         }
         Ok(())
     }
+}
+
+/// omniqueue's in-memory backend as the adapter row uses topiq's: every message built (a
+/// clone of the template, as the adapter row publishes one) and sent, then each received,
+/// read into a `Value` (what a handler gets) and acknowledged.
+async fn omniqueue(messages: u64) -> Result<(), RowError> {
+    let (producer, mut consumer) = omniqueue::backends::InMemoryBackend::builder()
+        .build_pair()
+        .await
+        .map_err(failed)?;
+    let template = message();
+    for _ in 0..messages {
+        let message = template.clone();
+        producer.send_serde_json(&message).await.map_err(failed)?;
+    }
+    for _ in 0..messages {
+        let delivery = consumer.receive().await.map_err(failed)?;
+        let data: Value = delivery
+            .payload_serde_json()
+            .map_err(failed)?
+            .ok_or_else(|| failed("an empty payload"))?;
+        std::hint::black_box(&data);
+        delivery.ack().await.map_err(|(err, _)| failed(err))?;
+    }
+    Ok(())
 }
 
 /// The queue module: enqueue every message through `queue.enqueue`, then let the trigger call
