@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use futures::future::{BoxFuture, FutureExt};
+use rustc_hash::FxHashMap;
 use topiq_adapter::{MessageId, Timestamp, TriggerName};
 
 use crate::control::{ControlStore, PausedTrigger, Schedule, ScheduleSpec};
@@ -16,8 +17,8 @@ use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
 /// messages a second would otherwise hold a week of runs, some 600 million).
 pub const MEMORY_FINISHED_LIMIT: usize = 100_000;
 
-/// Runs in a map, oldest message first (message ids are time-ordered); one lock makes each
-/// `apply` atomic.
+/// Runs in a hash map (each message's events find its run in constant time, however many
+/// runs are kept); one lock makes each `apply` atomic.
 #[derive(Debug)]
 pub struct MemoryStore {
     kept: Mutex<Kept>,
@@ -29,7 +30,7 @@ pub struct MemoryStore {
 /// The runs, and how many of them are finished.
 #[derive(Debug, Default)]
 struct Kept {
-    runs: BTreeMap<RunKey, Run>,
+    runs: FxHashMap<RunKey, Run>,
     finished: usize,
 }
 
@@ -152,14 +153,23 @@ impl MemoryStore {
     }
 }
 
-/// Removes up to `count` finished runs, oldest message first; returns how many.
-fn evict_finished(runs: &mut BTreeMap<RunKey, Run>, count: usize) -> usize {
-    let oldest: Vec<RunKey> = runs
+/// Removes up to `count` finished runs, oldest message first (message ids are time-ordered);
+/// returns how many. The `count` smallest keys are selected, not sorted: linear in the runs
+/// kept, and it runs once every tenth of the limit.
+fn evict_finished(runs: &mut FxHashMap<RunKey, Run>, count: usize) -> usize {
+    let mut finished: Vec<&RunKey> = runs
         .iter()
         .filter(|(_, run)| run.state.is_finished())
-        .take(count)
-        .map(|(key, _)| key.clone())
+        .map(|(key, _)| key)
         .collect();
+    if count == 0 {
+        return 0;
+    }
+    if finished.len() > count {
+        finished.select_nth_unstable(count - 1);
+        finished.truncate(count);
+    }
+    let oldest: Vec<RunKey> = finished.into_iter().cloned().collect();
     for key in &oldest {
         runs.remove(key);
     }
@@ -167,7 +177,7 @@ fn evict_finished(runs: &mut BTreeMap<RunKey, Run>, count: usize) -> usize {
 }
 
 /// Removes the finished runs `retention` no longer keeps; returns how many (all finished).
-fn sweep_map(runs: &mut BTreeMap<RunKey, Run>, retention: Retention) -> usize {
+fn sweep_map(runs: &mut FxHashMap<RunKey, Run>, retention: Retention) -> usize {
     let before = runs.len();
     runs.retain(|_, run| match run.finished_at {
         Some(finished) if run.state.is_finished() => {
@@ -209,13 +219,23 @@ impl RunStore for MemoryStore {
         id: &'a MessageId,
         trigger: Option<&'a TriggerName>,
     ) -> BoxFuture<'a, Result<Vec<Run>, StoreError>> {
-        let found = self
-            .kept()
-            .runs
-            .values()
-            .filter(|run| &run.id == id && trigger.is_none_or(|trigger| &run.trigger == trigger))
-            .cloned()
-            .collect();
+        let kept = self.kept();
+        let mut found: Vec<Run> = match trigger {
+            Some(trigger) => kept
+                .runs
+                .get(&RunKey::new(id.clone(), trigger.clone()))
+                .cloned()
+                .into_iter()
+                .collect(),
+            None => kept
+                .runs
+                .values()
+                .filter(|run| &run.id == id)
+                .cloned()
+                .collect(),
+        };
+        drop(kept);
+        found.sort_by(|a, b| a.trigger.cmp(&b.trigger));
         async move { Ok(found) }.boxed()
     }
 
@@ -225,13 +245,14 @@ impl RunStore for MemoryStore {
     }
 
     fn cancels_since(&self, since: Timestamp) -> BoxFuture<'_, Result<Vec<RunKey>, StoreError>> {
-        let keys = self
+        let mut keys: Vec<RunKey> = self
             .kept()
             .runs
             .values()
             .filter(|run| run.cancel_requested_at.is_some_and(|at| at >= since))
             .map(Run::key)
             .collect();
+        keys.sort();
         async move { Ok(keys) }.boxed()
     }
 
