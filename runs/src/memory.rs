@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use futures::future::{BoxFuture, FutureExt};
-use rustc_hash::FxHashMap;
 use topiq_adapter::{MessageId, Timestamp, TriggerName};
 
 use crate::control::{ControlStore, PausedTrigger, Schedule, ScheduleSpec};
@@ -18,7 +17,8 @@ use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
 pub const MEMORY_FINISHED_LIMIT: usize = 100_000;
 
 /// Runs in a hash map (each message's events find its run in constant time, however many
-/// runs are kept); one lock makes each `apply` atomic.
+/// runs are kept; seeded per process, as message ids can come from any publisher); one lock
+/// makes each `apply` atomic.
 #[derive(Debug)]
 pub struct MemoryStore {
     kept: Mutex<Kept>,
@@ -30,7 +30,7 @@ pub struct MemoryStore {
 /// The runs, and how many of them are finished.
 #[derive(Debug, Default)]
 struct Kept {
-    runs: FxHashMap<RunKey, Run>,
+    runs: foldhash::HashMap<RunKey, Run>,
     finished: usize,
 }
 
@@ -156,15 +156,15 @@ impl MemoryStore {
 /// Removes up to `count` finished runs, oldest message first (message ids are time-ordered);
 /// returns how many. The `count` smallest keys are selected, not sorted: linear in the runs
 /// kept, and it runs once every tenth of the limit.
-fn evict_finished(runs: &mut FxHashMap<RunKey, Run>, count: usize) -> usize {
+fn evict_finished(runs: &mut foldhash::HashMap<RunKey, Run>, count: usize) -> usize {
+    if count == 0 {
+        return 0;
+    }
     let mut finished: Vec<&RunKey> = runs
         .iter()
         .filter(|(_, run)| run.state.is_finished())
         .map(|(key, _)| key)
         .collect();
-    if count == 0 {
-        return 0;
-    }
     if finished.len() > count {
         finished.select_nth_unstable(count - 1);
         finished.truncate(count);
@@ -177,7 +177,7 @@ fn evict_finished(runs: &mut FxHashMap<RunKey, Run>, count: usize) -> usize {
 }
 
 /// Removes the finished runs `retention` no longer keeps; returns how many (all finished).
-fn sweep_map(runs: &mut FxHashMap<RunKey, Run>, retention: Retention) -> usize {
+fn sweep_map(runs: &mut foldhash::HashMap<RunKey, Run>, retention: Retention) -> usize {
     let before = runs.len();
     runs.retain(|_, run| match run.finished_at {
         Some(finished) if run.state.is_finished() => {
@@ -409,5 +409,28 @@ mod tests {
         );
         let queued = store.get(&keys[0].message_id, None).await.unwrap();
         assert_eq!(queued[0].state, RunState::Queued);
+    }
+
+    #[tokio::test]
+    async fn eviction_of_many_at_once_keeps_the_newest_finished_runs() {
+        let store = MemoryStore::with_limit(10);
+        let topic = topic();
+        let keys: Vec<RunKey> = (0..45)
+            .map(|n| RunKey::new(MessageId::from_string(format!("m{n:02}")), trigger("t")))
+            .collect();
+        for key in &keys {
+            let succeeded = Next::Succeeded { result: None };
+            let events = [
+                started(key, &topic, 1, 1),
+                finished(key, 2, 1, AttemptOutcome::Succeeded, succeeded),
+            ];
+            store.write(&events).await.unwrap();
+        }
+        let page = store.list(&RunQuery::default()).await.unwrap();
+        let mut kept: Vec<RunKey> = page.runs.iter().map(|run| run.key()).collect();
+        kept.sort();
+        // Past 10 finished runs, two go at a time (one over the limit and a tenth of it).
+        assert!((9..=10).contains(&kept.len()), "{} kept", kept.len());
+        assert_eq!(kept, keys[keys.len() - kept.len()..].to_vec());
     }
 }

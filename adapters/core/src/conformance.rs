@@ -1300,20 +1300,21 @@ pub async fn oversized_payload_is_refused_and_nothing_is_sent<A: Adapter>(adapte
     adapter.close().await.expect("close");
 }
 
-/// Semantic 10: data nested deeper than a consumer can read back (`serde_json` reads 127
-/// levels) is refused at publish, instead of being stored and then never delivered; data as
-/// deep as that arrives whole.
+/// Semantic 10: data nested deeper than [`MAX_DATA_DEPTH`](crate::MAX_DATA_DEPTH) is refused
+/// at publish, instead of being stored and then never delivered; data as deep as that
+/// arrives whole, and a dead-letter record holding it (the data one level down) is listed
+/// whole.
 pub async fn data_too_deep_to_read_back_is_refused_and_the_deepest_readable_is_delivered<
     A: Adapter,
 >(
     adapter: A,
 ) {
-    const READABLE: usize = 127;
+    let deepest = crate::MAX_DATA_DEPTH;
     let nested = |levels: usize| (0..levels).fold(json!("core"), |inner, _| json!([inner]));
     let topic = setup(&adapter, "deep", &["t"], no_policy).await;
     let mut sub = consume(&adapter, &topic, "t", 1).await;
     let err = adapter
-        .publish(&topic, NewMessage::new(nested(READABLE + 1)))
+        .publish(&topic, NewMessage::new(nested(deepest + 1)))
         .await
         .expect_err("data nested too deep to read back must be refused");
     assert!(
@@ -1326,10 +1327,22 @@ pub async fn data_too_deep_to_read_back_is_refused_and_the_deepest_readable_is_d
         ),
         "{err:?}"
     );
-    publish(&adapter, &topic, nested(READABLE)).await;
+    publish(&adapter, &topic, nested(deepest)).await;
     let delivery = receive(&mut sub).await;
-    assert_eq!(*delivery.envelope().data, nested(READABLE));
-    delivery.ack().await.expect("ack");
+    assert_eq!(*delivery.envelope().data, nested(deepest));
+    delivery
+        .dead_letter(Failure::new(
+            FailureKind::NonRetryable,
+            "too deep to handle",
+        ))
+        .await
+        .expect("dead_letter");
+    wait_for_dlq_count(&adapter, &topic, "t", 1).await;
+    let page = adapter
+        .dlq_list(DlqQuery::new(topic.clone()))
+        .await
+        .expect("a record holding the deepest data is listed");
+    assert_eq!(*page.records[0].data, nested(deepest));
     expect_nothing(&mut sub, QUIET_PERIOD).await;
     adapter.close().await.expect("close");
 }

@@ -142,7 +142,8 @@ impl NewMessage {
         // serializing; only those near or over it are measured exactly. The same walk finds
         // data nested too deep.
         let Some(bound) = serialized_len_upper_bound(&self.data, MAX_DATA_DEPTH) else {
-            return check_depth(&self.data);
+            check_depth(&self.data)?;
+            return check_size(topic, serialized_len(&self.data), limit);
         };
         if bound <= limit {
             return Ok(());
@@ -163,9 +164,11 @@ pub fn check_size(topic: &TopicName, size: usize, limit: usize) -> Result<()> {
     Ok(())
 }
 
-/// How deeply arrays and objects may nest in a message's data: `serde_json` refuses to read
-/// deeper JSON, so a broker would store such data and no consumer could ever read it.
-pub const MAX_DATA_DEPTH: usize = 127;
+/// How deeply arrays and objects may nest in a message's data. `serde_json` reads 127 levels
+/// and no more, and topiq wraps data in records up to three levels deeper (a dead-letter
+/// record, a run record, an HTTP function's body, a page of the HTTP API): deeper data would
+/// be stored and then never be delivered, listed or recorded.
+pub const MAX_DATA_DEPTH: usize = 120;
 
 /// Refuses data nested deeper than [`MAX_DATA_DEPTH`], on every adapter alike (the in-memory
 /// one could carry it, a broker could not deliver it).
@@ -176,7 +179,7 @@ pub fn check_depth(data: &Value) -> Result<()> {
     Err(Error::InvalidArgument {
         argument: "data",
         reason: format!(
-            "nests arrays and objects more than {MAX_DATA_DEPTH} levels deep, more than a consumer can read; flatten it"
+            "nests arrays and objects more than {MAX_DATA_DEPTH} levels deep, more than topiq carries; flatten it"
         ),
     })
 }
@@ -300,24 +303,32 @@ mod tests {
     }
 
     #[test]
-    fn validate_refuses_exactly_the_data_serde_json_cannot_read_back() {
+    fn validate_refuses_data_deeper_than_the_limit_and_nothing_else() {
         let topic = TopicName::new("deep").expect("a valid name");
         let nested = |levels: usize, innermost: Value| {
             (0..levels).fold(innermost, |inner, _| json!({ "a": [inner] }))
         };
-        // Two levels a step: 126 levels and an empty array or object inside make 127.
-        for innermost in [json!([]), json!({}), json!([[]]), json!(1)] {
+        // Two levels a step, and the innermost value's own: 0, 1 or 2.
+        for (innermost, own) in [
+            (json!(1), 0),
+            (json!([]), 1),
+            (json!({}), 1),
+            (json!([[]]), 2),
+        ] {
             for levels in [
                 MAX_DATA_DEPTH / 2 - 1,
                 MAX_DATA_DEPTH / 2,
                 MAX_DATA_DEPTH / 2 + 1,
             ] {
                 let data = nested(levels, innermost.clone());
-                let written = serde_json::to_vec(&data).expect("serializes");
-                let readable = serde_json::from_slice::<Value>(&written).is_ok();
+                let fits = 2 * levels + own <= MAX_DATA_DEPTH;
                 let message = NewMessage::new(data.clone());
-                assert_eq!(message.validate(&topic, usize::MAX).is_ok(), readable);
-                assert_eq!(check_depth(&data).is_ok(), readable);
+                assert_eq!(
+                    message.validate(&topic, usize::MAX).is_ok(),
+                    fits,
+                    "{levels} {own}"
+                );
+                assert_eq!(check_depth(&data).is_ok(), fits, "{levels} {own}");
             }
         }
     }

@@ -34,6 +34,8 @@ impl JetStreamAdapter {
                     source: Some(Box::new(err)),
                 })?;
         let max_payload = client.server_info().max_payload;
+        // The context's `timeout` bounds every publish acknowledgement: `try_publish` relies
+        // on it and arms no timer of its own while the deadline is further away.
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             .ack_timeout(config.publish_timeout)

@@ -2,11 +2,10 @@
 //! the server's `PubAck`, sent again with the same `Nats-Msg-Id` when no answer came, and
 //! refused at once when the server says why (a full stream).
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
-use std::future::IntoFuture;
-
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use topiq_adapter::{
@@ -102,8 +101,9 @@ impl Shared {
     /// One try: sends the message and waits for its acknowledgement, both by `deadline`
     /// (`None` once it passed). The hot path arms no timer of its own: sending into the
     /// client's buffer is ready at once unless the connection is backed up, and the wait for
-    /// the acknowledgement is bounded by the context's `ack_timeout` (`publish_timeout`), so
-    /// only a send that waits, or a try that could outlast the deadline, gets a timer.
+    /// the acknowledgement is bounded by the client itself: a `PublishAckFuture` times out
+    /// after the context's `timeout`, which `connect` sets to `publish_timeout`. Only a send
+    /// that waits, or a try that could outlast the deadline, gets a timer.
     async fn try_publish(
         &self,
         subject: &Subject,
@@ -136,11 +136,12 @@ impl Shared {
     /// Everything a publish sends, built before anything is sent (so bad input fails alone).
     pub(crate) fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
         let declared = self.declared_topic(topic)?;
-        // The data is checked as it is written (its depth) and by its bytes (its size).
+        // What `NewMessage::validate` checks, in its order, the data's depth as it is written
+        // and its size from the bytes; then the lane (as on every adapter).
         message.validate_fields()?;
-        message.check_lane(topic, declared.spec.lanes)?;
         let payload = codec::encode(&message.data)?;
         check_size(topic, payload.len(), declared.spec.max_message_bytes)?;
+        message.check_lane(topic, declared.spec.lanes)?;
         let now = Timestamp::now();
         let due = message.deliver_at.filter(|at| *at > now);
         let lane = message.lane;

@@ -89,7 +89,7 @@ mod tests {
     }
 
     #[test]
-    fn data_as_deep_as_serde_json_reads_is_accepted_and_read_back() {
+    fn data_as_deep_as_the_limit_is_written_and_read_back() {
         let data = nested(MAX_DATA_DEPTH);
         assert_eq!(decode(&encode(&data).unwrap()).unwrap(), data);
         let object = (0..MAX_DATA_DEPTH).fold(json!(1), |inner, _| json!({ "a": inner }));
@@ -97,14 +97,35 @@ mod tests {
     }
 
     #[test]
-    fn deeper_data_is_refused_at_publish_because_it_could_not_be_read_back() {
-        let data = nested(MAX_DATA_DEPTH + 1);
-        let written = serde_json::to_vec(&data).unwrap();
+    fn deeper_data_is_refused_as_it_is_written() {
+        for data in [
+            nested(MAX_DATA_DEPTH + 1),
+            (0..MAX_DATA_DEPTH).fold(json!([]), |inner, _| json!({ "a": inner })),
+        ] {
+            let err = encode(&data).unwrap_err();
+            let expected = format!("more than {MAX_DATA_DEPTH} levels deep");
+            assert!(err.to_string().contains(&expected), "{err}");
+        }
+    }
+
+    /// The limit leaves room below serde_json's (128 levels: the 128th array or object is
+    /// refused) for the records topiq wraps data in: a dead-letter record, a run record, an
+    /// HTTP function's body, a page of the HTTP API (at most three levels more).
+    #[test]
+    fn the_limit_leaves_room_for_three_wrapping_levels_below_serde_json_s() {
+        let wrapped = (0..3).fold(nested(MAX_DATA_DEPTH), |inner, _| json!({ "page": inner }));
+        let written = serde_json::to_vec(&wrapped).unwrap();
+        assert!(decode(&written).is_ok());
+        assert!(decode(&serde_json::to_vec(&nested(127)).unwrap()).is_ok());
         assert!(
-            decode(&written).is_err(),
-            "serde_json reads deeper JSON now"
+            decode(&serde_json::to_vec(&nested(128)).unwrap()).is_err(),
+            "serde_json reads deeper JSON now: MAX_DATA_DEPTH may grow"
         );
-        let err = encode(&data).unwrap_err();
-        assert!(err.to_string().contains("127 levels"), "{err}");
+    }
+
+    #[test]
+    fn the_counted_writer_writes_what_serde_json_writes() {
+        let data = json!({"to": "a@example.com", "n": [1, 2.5, {"k": null}], "ü\n": "\"q\""});
+        assert_eq!(encode(&data).unwrap(), serde_json::to_vec(&data).unwrap());
     }
 }

@@ -95,11 +95,12 @@ impl Shared {
         message: NewMessage,
     ) -> Result<(Prepared, TopicSpec)> {
         let spec = self.topic(topic)?;
-        // The data is checked as it is written (its depth) and by its bytes (its size).
+        // What `NewMessage::validate` checks, in its order, the data's depth as it is written
+        // and its size from the bytes; then the lane (as on every adapter).
         message.validate_fields()?;
-        message.check_lane(topic, spec.lanes)?;
         let payload = codec::encode(&message.data)?;
         check_size(topic, payload.len(), spec.max_message_bytes)?;
+        message.check_lane(topic, spec.lanes)?;
         let now = Timestamp::now();
         let delay = match message.deliver_at {
             Some(at) if at > now => {

@@ -78,9 +78,13 @@ pub(crate) fn over(measured: &Figure, recorded: Option<&Figure>) -> Option<Strin
         ));
     }
     // Allocations are exact counts; half a one a message is rounding, more is a new one. A
-    // broker client's buffers grow with how the broker's answers arrived (2% of ~100 a
-    // message moves between runs), so rows with many allocations get 2%.
-    let slack = (recorded.allocations * 0.02).max(0.5);
+    // broker client's buffers grow with how the broker's answers arrived (RabbitMQ's
+    // end-to-end row moved 98.2 to 101.7 a message between runs), so the broker rows get 5%.
+    let slack = if is_broker_row(&measured.row) {
+        (recorded.allocations * 0.05).max(0.5)
+    } else {
+        0.5
+    };
     if measured.allocations > recorded.allocations + slack {
         return Some(format!(
             "{}: {:.1} allocations a message, {:.1} recorded",
@@ -88,6 +92,11 @@ pub(crate) fn over(measured: &Figure, recorded: Option<&Figure>) -> Option<Strin
         ));
     }
     None
+}
+
+/// A row that talks to a broker (its counts move with the broker's timing).
+fn is_broker_row(row: &str) -> bool {
+    row.starts_with("jetstream.") || row.starts_with("rabbitmq.")
 }
 
 #[cfg(test)]
@@ -109,9 +118,17 @@ mod tests {
         assert!(over(&figure(11_001, 5.0), Some(&recorded)).is_some());
         assert_eq!(over(&figure(9_000, 5.4), Some(&recorded)), None);
         assert!(over(&figure(9_000, 6.0), Some(&recorded)).is_some());
-        let many = figure(100_000, 100.0);
-        assert_eq!(over(&figure(100_000, 101.9), Some(&many)), None);
-        assert!(over(&figure(100_000, 102.1), Some(&many)).is_some());
+        let broker = |allocations| Figure {
+            row: "rabbitmq.end_to_end".into(),
+            instructions: 100_000,
+            allocations,
+        };
+        assert_eq!(over(&broker(104.9), Some(&broker(100.0))), None);
+        assert!(over(&broker(105.1), Some(&broker(100.0))).is_some());
+        assert!(
+            over(&figure(9_000, 100.6), Some(&figure(9_000, 100.0))).is_some(),
+            "an in-memory row gets no more than half an allocation"
+        );
         assert_eq!(
             over(&figure(50_000, 9.0), None),
             None,

@@ -5,7 +5,6 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::Timestamp;
 use topiq_runs::{RunKey, SharedStore};
@@ -19,9 +18,9 @@ const CLOCK_SLACK: Duration = Duration::from_secs(5);
 /// The runs cancelled, and the runs running here with their cancel signals.
 #[derive(Default)]
 pub(crate) struct Cancels {
-    running: Mutex<FxHashMap<RunKey, CancellationToken>>,
+    running: Mutex<foldhash::HashMap<RunKey, CancellationToken>>,
     /// Each cancelled run, with when its cancel was seen.
-    cancelled: Mutex<FxHashMap<RunKey, Timestamp>>,
+    cancelled: Mutex<foldhash::HashMap<RunKey, Timestamp>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

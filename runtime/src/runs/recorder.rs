@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +41,7 @@ const HOLD: Duration = Duration::from_millis(300);
 /// Events nobody waits for yet, held back per run.
 #[derive(Default)]
 struct Held {
-    by_run: FxHashMap<RunKey, HeldRun>,
+    by_run: foldhash::HashMap<RunKey, HeldRun>,
     /// Each held run's key with the time it is due, oldest first (a key whose run was taken
     /// out and held again has a stale entry, skipped by its due time).
     due: VecDeque<(Instant, RunKey)>,

@@ -67,3 +67,78 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use tracing::span::Id;
+
+    use super::*;
+
+    /// The span current where something happened, by what happened.
+    type Seen = Arc<Mutex<Vec<(&'static str, Option<Id>)>>>;
+
+    /// Notes the current span when dropped.
+    struct Noted(&'static str, Seen);
+
+    impl Drop for Noted {
+        fn drop(&mut self) {
+            self.1.lock().unwrap().push((self.0, Span::current().id()));
+        }
+    }
+
+    fn in_a_registry(test: impl FnOnce()) {
+        tracing::subscriber::with_default(tracing_subscriber::registry(), test);
+    }
+
+    #[test]
+    fn the_future_is_dropped_and_then_runs_inside_the_span_once_it_is_ready() {
+        in_a_registry(|| {
+            let seen = Seen::default();
+            let span = tracing::info_span!("process");
+            let id = span.id();
+            let noted = Noted("future dropped", Arc::clone(&seen));
+            let future = async move {
+                let _noted = noted;
+            };
+            let sink = Arc::clone(&seen);
+            let then = move |span: &Span, ()| {
+                sink.lock().unwrap().push(("then", Span::current().id()));
+                span.id()
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let returned = runtime.block_on(in_span(span, future, then));
+            assert_eq!(returned, id);
+            let seen = seen.lock().unwrap();
+            assert_eq!(
+                *seen,
+                vec![("future dropped", id.clone()), ("then", id.clone())]
+            );
+        });
+    }
+
+    #[test]
+    fn a_future_dropped_before_it_finished_is_dropped_inside_its_span() {
+        in_a_registry(|| {
+            let seen = Seen::default();
+            let span = tracing::info_span!("process");
+            let id = span.id();
+            let noted = Noted("future dropped", Arc::clone(&seen));
+            let never = async move {
+                let _noted = noted;
+                std::future::pending::<()>().await;
+            };
+            let mut running = Box::pin(in_span(span, never, |_: &Span, ()| ()));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(running.as_mut().poll(&mut cx).is_pending());
+            drop(running);
+            assert_eq!(*seen.lock().unwrap(), vec![("future dropped", id)]);
+            assert_eq!(Span::current().id(), None, "the span is left once dropped");
+        });
+    }
+}

@@ -24,12 +24,17 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The OpenTelemetry context `trace` carries (empty when it carries none). The
-/// `traceparent` is read directly; baggage, rarer, through OpenTelemetry's propagator.
+/// The OpenTelemetry context a message's `traceparent` and `baggage` carry, on top of the
+/// current one as OpenTelemetry's propagators extract (empty when the message carries
+/// neither). The `traceparent` is read directly; baggage, rarer, through the propagator.
 pub(crate) fn extract(traceparent: Option<&str>, baggage: Option<&str>) -> Context {
+    if traceparent.is_none() && baggage.is_none() {
+        return Context::new();
+    }
+    let current = Context::current();
     let cx = match traceparent.and_then(traceparent::parse) {
-        Some(parent) => Context::new().with_remote_span_context(parent),
-        None => Context::new(),
+        Some(parent) => current.with_remote_span_context(parent),
+        None => current,
     };
     match baggage {
         Some(baggage) => {

@@ -50,10 +50,8 @@ pub(crate) fn format(context: &SpanContext) -> String {
         &mut header[53..55],
         &[(context.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
-    // Only ASCII was written: the conversion cannot fail.
-    std::str::from_utf8(&header)
-        .map(str::to_owned)
-        .unwrap_or_default()
+    // Only ASCII was written, so this borrows and copies (never replaces anything).
+    String::from_utf8_lossy(&header).into_owned()
 }
 
 /// The number lower-case hex `digits` spell (at most 32 of them), `None` for anything else.
@@ -125,9 +123,22 @@ mod tests {
             "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
             "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            // Shorter ids than the standard's (OpenTelemetry's propagator reads these).
+            "00-4bf92f35-00f067aa-01",
+            // Version 00 with anything after the flags.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
         ] {
             assert_eq!(parse(header), None, "{header:?}");
         }
+    }
+
+    #[test]
+    fn keeps_only_the_sampled_flag() {
+        let sampled = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09").unwrap();
+        assert_eq!(sampled.trace_flags(), TraceFlags::SAMPLED);
+        let not = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-08").unwrap();
+        assert_eq!(not.trace_flags(), TraceFlags::default());
+        assert!(not.is_remote());
     }
 
     #[test]

@@ -44,6 +44,15 @@ pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
         .await
         .map_err(failed)?;
     let queue = declare(&publisher).await?;
+    publish_all(&publisher, messages).await?;
+    if consume {
+        consume_all(&connection, &queue, messages).await?;
+    }
+    connection.close(0, "done".into()).await.map_err(failed)
+}
+
+/// Publishes `messages` one at a time, each awaiting its confirm.
+async fn publish_all(publisher: &Channel, messages: u64) -> Result<(), RowError> {
     let template = message();
     for _ in 0..messages {
         let payload = raw_payload(&template)?;
@@ -66,35 +75,38 @@ pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
             return Err(failed("the broker refused a publish"));
         }
     }
-    if consume {
-        let channel = connection.create_channel().await.map_err(failed)?;
-        channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
+    Ok(())
+}
+
+/// Consumes `messages` from `queue` (qos `PREFETCH`), reading and acking each.
+async fn consume_all(connection: &Connection, queue: &str, messages: u64) -> Result<(), RowError> {
+    let channel = connection.create_channel().await.map_err(failed)?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .map_err(failed)?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(failed)?;
+    for _ in 0..messages {
+        let delivery = consumer
+            .next()
+            .await
+            .ok_or_else(|| failed("the consumer ended"))?
+            .map_err(failed)?;
+        read_payload(&delivery.data)?;
+        delivery
+            .ack(BasicAckOptions::default())
             .await
             .map_err(failed)?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed)?;
-        for _ in 0..messages {
-            let delivery = consumer
-                .next()
-                .await
-                .ok_or_else(|| failed("the consumer ended"))?
-                .map_err(failed)?;
-            read_payload(&delivery.data)?;
-            delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(failed)?;
-        }
     }
-    connection.close(0, "done".into()).await.map_err(failed)
+    Ok(())
 }
 
 /// The exchange `rw` and the quorum queue `rw:t:costs:t` bound to it by `costs`.
