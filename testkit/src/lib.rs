@@ -1,6 +1,7 @@
 //! What topiq's tests share: guards for real broker processes (a nats-server or a
 //! three-node cluster, a RabbitMQ vhost or node, either in a network namespace of the test's
-//! own), a PostgreSQL database of the test's own, a TCP fault proxy, the at-least-once
+//! own), a PostgreSQL database of the test's own, a TCP fault proxy, raw lapin doing what the
+//! RabbitMQ adapter does (`raw_rabbit`, for benchmark baselines), the at-least-once
 //! `Ledger`, and fault scenarios run the same way on every broker. A broker that cannot start fails the test: nothing here skips.
 
 // Test support: a broker that cannot start is a test failure, so it panics with the reason.
@@ -14,6 +15,7 @@ mod nats;
 mod netns;
 mod postgres;
 mod rabbit;
+pub mod raw_rabbit;
 mod scenarios;
 mod setup;
 

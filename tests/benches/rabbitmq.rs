@@ -30,14 +30,14 @@ use std::time::Instant;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use topiq_adapter::{Adapter, NewMessage, SubscriptionKey, TopicName};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
-use topiq_testkit::RabbitNode;
+use topiq_testkit::{RabbitNode, raw_rabbit};
 
 use support::{
     END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, SeparateCores,
@@ -68,45 +68,8 @@ async fn raw(url: &str, name: &str) -> Raw {
         .await
         .unwrap();
     // Names as long as topiq's (`tq`, `tq:t:<name>:t`).
-    let exchange = "rw";
-    publisher
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let queue = format!("rw:t:{name}:t");
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1000));
-    publisher
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
-    publisher
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.into(),
-            name.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    raw_rabbit::declare_like_topiq(&publisher, "rw", &queue, name)
         .await
         .unwrap();
     Raw {
@@ -118,20 +81,6 @@ async fn raw(url: &str, name: &str) -> Raw {
 }
 
 impl Raw {
-    /// The properties topiq sets too: message id, JSON, persistent, an enqueue-time header.
-    fn properties() -> BasicProperties {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "topiq-enqueued-at".into(),
-            AMQPValue::LongLongInt(topiq_adapter::Timestamp::now().as_millisecond()),
-        );
-        BasicProperties::default()
-            .with_message_id(topiq_adapter::MessageId::generate().as_str().into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers)
-    }
-
     /// Sends message `n`; the future it returns resolves with the confirm.
     async fn send(&self, n: usize) -> lapin::PublisherConfirm {
         self.publisher
@@ -143,7 +92,7 @@ impl Raw {
                     ..BasicPublishOptions::default()
                 },
                 &bytes(n),
-                Self::properties(),
+                raw_rabbit::properties_like_topiq(),
             )
             .await
             .unwrap()

@@ -131,38 +131,43 @@ fn print_table(figures: &[Figure], recorded: &[Figure]) {
     print_against_raw(figures);
 }
 
-/// topiq's instructions a message against omniqueue's and the raw clients', for each pair
-/// of rows (omniqueue / topiq, so 1.0 or more is topiq doing less work; topiq / raw, so
-/// 1.05 or less is the target).
+/// topiq's instructions a message against omniqueue's (omniqueue / topiq, so 1.0 or more is
+/// topiq doing no more work) and the raw clients' (topiq / raw, so 1.05 or less is the
+/// issue's target).
 fn print_against_raw(figures: &[Figure]) {
+    let peer = (
+        "against omniqueue (instructions a message)",
+        "omniqueue",
+        "omniqueue / topiq",
+    );
+    print_pairs(figures, peer, rows::AGAINST_PEER, |topiq, peer| {
+        peer / topiq
+    });
+    let raw = ("against the raw client", "raw", "topiq / raw");
+    print_pairs(figures, raw, rows::AGAINST_RAW, |topiq, raw| topiq / raw);
+}
+
+/// One table of `(topiq's row, the other's row)` pairs with `ratio(topiq, other)`, under
+/// the headings `title`, `other` and `ratio_name`.
+fn print_pairs(
+    figures: &[Figure],
+    (title, other, ratio_name): (&str, &str, &str),
+    pairs: &[(&str, &str)],
+    ratio: fn(f64, f64) -> f64,
+) {
     let find = |row: &str| figures.iter().find(|figure| figure.row == row);
     println!();
-    println!(
-        "| against omniqueue (instructions a message) | topiq | omniqueue | omniqueue / topiq |"
-    );
+    println!("| {title} | topiq | {other} | {ratio_name} |");
     println!("|---|---:|---:|---:|");
-    for (topiq, peer) in rows::AGAINST_PEER {
-        if let (Some(topiq), Some(peer)) = (find(topiq), find(peer)) {
+    for (topiq, theirs) in pairs {
+        if let (Some(topiq), Some(theirs)) = (find(topiq), find(theirs)) {
+            let (ours, others) = (topiq.instructions.max(1), theirs.instructions.max(1));
             println!(
                 "| {} | {} | {} | {:.3} |",
                 topiq.row,
                 topiq.instructions,
-                peer.instructions,
-                peer.instructions as f64 / topiq.instructions.max(1) as f64
-            );
-        }
-    }
-    println!();
-    println!("| against the raw client | topiq | raw | topiq / raw |");
-    println!("|---|---:|---:|---:|");
-    for (topiq, raw) in rows::AGAINST_RAW {
-        if let (Some(topiq), Some(raw)) = (find(topiq), find(raw)) {
-            println!(
-                "| {} | {} | {} | {:.3} |",
-                topiq.row,
-                topiq.instructions,
-                raw.instructions,
-                topiq.instructions as f64 / raw.instructions.max(1) as f64
+                theirs.instructions,
+                ratio(ours as f64, others as f64)
             );
         }
     }

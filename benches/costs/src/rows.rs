@@ -141,8 +141,25 @@ pub(crate) fn run(name: &str, messages: u64) -> Result<(), RowError> {
 /// The adapter alone: publish every message, then deliver and ack each.
 async fn publish_ack(messages: u64) -> Result<(), RowError> {
     let adapter = BuiltinQueueAdapter::new();
-    let topic = TopicName::new("costs").map_err(failed)?;
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("costs").map_err(failed)?);
+    let (topic, key) = declare(&adapter, "costs").await?;
+    let template = message();
+    for _ in 0..messages {
+        adapter
+            .publish(&topic, NewMessage::new(template.clone()))
+            .await
+            .map_err(failed)?;
+    }
+    take_and_ack(&adapter, &key, 64, messages).await?;
+    adapter.close().await.map_err(failed)
+}
+
+/// Declares topic `name` with one trigger, `t`.
+pub(crate) async fn declare<A: Adapter>(
+    adapter: &A,
+    name: &str,
+) -> Result<(TopicName, SubscriptionKey), RowError> {
+    let topic = TopicName::new(name).map_err(failed)?;
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").map_err(failed)?);
     adapter
         .declare_topic(TopicSpec::new(topic.clone()))
         .await
@@ -151,15 +168,19 @@ async fn publish_ack(messages: u64) -> Result<(), RowError> {
         .declare_subscription(SubscriptionSpec::new(key.clone()))
         .await
         .map_err(failed)?;
-    let template = message();
-    for _ in 0..messages {
-        adapter
-            .publish(&topic, NewMessage::new(template.clone()))
-            .await
-            .map_err(failed)?;
-    }
+    Ok((topic, key))
+}
+
+/// Consumes `key` (`prefetch` unsettled at most) and acks `messages` deliveries, reading each
+/// one's data as a handler would.
+pub(crate) async fn take_and_ack<A: Adapter>(
+    adapter: &A,
+    key: &SubscriptionKey,
+    prefetch: u32,
+    messages: u64,
+) -> Result<(), RowError> {
     let mut deliveries = adapter
-        .consume(&key, ConsumeOptions::with_prefetch(64))
+        .consume(key, ConsumeOptions::with_prefetch(prefetch))
         .await
         .map_err(failed)?;
     for _ in 0..messages {
@@ -171,8 +192,7 @@ async fn publish_ack(messages: u64) -> Result<(), RowError> {
         std::hint::black_box(&delivery.envelope().data);
         delivery.ack().await.map_err(failed)?;
     }
-    drop(deliveries);
-    adapter.close().await.map_err(failed)
+    Ok(())
 }
 
 /// The module with OpenTelemetry recording every span.

@@ -9,35 +9,13 @@
 pub(crate) mod jetstream;
 pub(crate) mod rabbitmq;
 
-use futures::StreamExt;
 use serde_json::Value;
-use topiq_adapter::{
-    Adapter, ConsumeOptions, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
-    TriggerName,
-};
+use topiq_adapter::{Adapter, NewMessage};
 
-use crate::rows::{RowError, failed, message};
+use crate::rows::{RowError, declare, failed, message, take_and_ack};
 
 /// Deliveries a consumer holds unsettled, on both sides.
 pub(crate) const PREFETCH: u16 = 64;
-
-/// Declares topic `name` with one trigger, `t`.
-pub(crate) async fn declare<A: Adapter>(
-    adapter: &A,
-    name: &str,
-) -> Result<(TopicName, SubscriptionKey), RowError> {
-    let topic = TopicName::new(name).map_err(failed)?;
-    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").map_err(failed)?);
-    adapter
-        .declare_topic(TopicSpec::new(topic.clone()))
-        .await
-        .map_err(failed)?;
-    adapter
-        .declare_subscription(SubscriptionSpec::new(key.clone()))
-        .await
-        .map_err(failed)?;
-    Ok((topic, key))
-}
 
 /// topiq's side: publishes `messages` one at a time, then (`consume`) takes and acks each.
 pub(crate) async fn topiq_side<A: Adapter>(
@@ -55,19 +33,7 @@ pub(crate) async fn topiq_side<A: Adapter>(
             .map_err(failed)?;
     }
     if consume {
-        let mut deliveries = adapter
-            .consume(&key, ConsumeOptions::with_prefetch(u32::from(PREFETCH)))
-            .await
-            .map_err(failed)?;
-        for _ in 0..messages {
-            let delivery = deliveries
-                .next()
-                .await
-                .ok_or_else(|| failed("the subscription ended"))?
-                .map_err(failed)?;
-            std::hint::black_box(&delivery.envelope().data);
-            delivery.ack().await.map_err(failed)?;
-        }
+        take_and_ack(&adapter, &key, u32::from(PREFETCH), messages).await?;
     }
     adapter.close().await.map_err(failed)
 }

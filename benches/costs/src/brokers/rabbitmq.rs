@@ -4,12 +4,12 @@
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
-use topiq_testkit::RabbitVhost;
+use topiq_testkit::{RabbitVhost, raw_rabbit};
 
 use super::{PREFETCH, raw_payload, read_payload, topiq_side};
 use crate::rows::{RowError, failed, message};
@@ -43,10 +43,13 @@ pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(failed)?;
-    let queue = declare(&publisher).await?;
+    let queue = "rw:t:costs:t";
+    raw_rabbit::declare_like_topiq(&publisher, "rw", queue, "costs")
+        .await
+        .map_err(failed)?;
     publish_all(&publisher, messages).await?;
     if consume {
-        consume_all(&connection, &queue, messages).await?;
+        consume_all(&connection, queue, messages).await?;
     }
     connection.close(0, "done".into()).await.map_err(failed)
 }
@@ -65,7 +68,7 @@ async fn publish_all(publisher: &Channel, messages: u64) -> Result<(), RowError>
                     ..BasicPublishOptions::default()
                 },
                 &payload,
-                properties(),
+                raw_rabbit::properties_like_topiq(),
             )
             .await
             .map_err(failed)?
@@ -107,63 +110,4 @@ async fn consume_all(connection: &Connection, queue: &str, messages: u64) -> Res
             .map_err(failed)?;
     }
     Ok(())
-}
-
-/// The exchange `rw` and the quorum queue `rw:t:costs:t` bound to it by `costs`.
-async fn declare(channel: &Channel) -> Result<String, RowError> {
-    channel
-        .exchange_declare(
-            "rw".into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(failed)?;
-    let queue = "rw:t:costs:t".to_owned();
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1000));
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .map_err(failed)?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            "rw".into(),
-            "costs".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(failed)?;
-    Ok(queue)
-}
-
-/// The properties topiq sets: message id, JSON, persistent, an enqueue-time header.
-fn properties() -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "topiq-enqueued-at".into(),
-        AMQPValue::LongLongInt(topiq_adapter::Timestamp::now().as_millisecond()),
-    );
-    BasicProperties::default()
-        .with_message_id(topiq_adapter::MessageId::generate().as_str().into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers)
 }
