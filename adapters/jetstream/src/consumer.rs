@@ -19,6 +19,7 @@ use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::Layout;
+use crate::reply::AckReply;
 use crate::{Shared, broker};
 
 /// The most messages one pull request asks for.
@@ -59,7 +60,9 @@ pub(crate) fn subscribe(
         (Layout::direct_consumer(trigger, lane), direct_slot, 1, 1),
     ]
     .map(|(consumer_name, slots, ahead, top_up_at)| {
-        let puller = Puller {
+        // Boxed: a puller is large (the consumer's cached info), and the stream moves its
+        // state in and out of each item's future.
+        let puller = Box::new(Puller {
             shared: Arc::clone(&shared),
             spec: spec.clone(),
             consumer_name,
@@ -78,7 +81,7 @@ pub(crate) fn subscribe(
             ack_floor: None,
             returned_at: None,
             backlog: VecDeque::new(),
-        };
+        });
         futures::stream::unfold(puller, |mut puller| async move {
             let delivery = puller.next_delivery().await?;
             Some((delivery, puller))
@@ -557,19 +560,15 @@ struct Decoded {
 /// Reads a received message; `None` for one topiq cannot read, which is terminated so it never
 /// comes back.
 async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option<Result<Decoded>> {
-    let (delivered, stream_sequence, stored_at) = match message.info() {
-        Ok(info) => (
-            u32::try_from(info.delivered).unwrap_or(u32::MAX),
-            info.stream_sequence,
-            codec::stored_at(&info.published),
-        ),
-        Err(err) => {
-            return Some(Err(broker("message info")(std::io::Error::other(
-                err.to_string(),
-            ))));
-        }
+    let Some(reply) = message.reply.as_deref().and_then(AckReply::parse) else {
+        return Some(Err(broker("message info")(std::io::Error::other(format!(
+            "a delivery's reply subject {:?} is not a JetStream ack subject",
+            message.reply
+        )))));
     };
-    let metadata = match Metadata::from_headers(message.headers.as_ref(), stored_at) {
+    let delivered = u32::try_from(reply.delivered).unwrap_or(u32::MAX);
+    let stream_sequence = reply.stream_sequence;
+    let metadata = match Metadata::from_headers(message.headers.as_ref(), reply.stored_at) {
         Ok(metadata) => metadata,
         Err(err) => {
             tracing::error!(trigger = %spec.key, error = %err, "terminating a message topiq cannot read");
@@ -850,10 +849,11 @@ async fn release_unhanded(shared: &Shared, spec: &SubscriptionSpec, message: asy
         }
         return;
     }
-    let Ok(info) = message.info() else { return };
-    let (delivered, sequence) = (info.delivered, info.stream_sequence);
-    let stored_at = codec::stored_at(&info.published);
-    let Ok(metadata) = Metadata::from_headers(message.headers.as_ref(), stored_at) else {
+    let Some(reply) = message.reply.as_deref().and_then(AckReply::parse) else {
+        return;
+    };
+    let (delivered, sequence) = (reply.delivered, reply.stream_sequence);
+    let Ok(metadata) = Metadata::from_headers(message.headers.as_ref(), reply.stored_at) else {
         return;
     };
     let attempt = metadata

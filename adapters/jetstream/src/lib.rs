@@ -21,6 +21,7 @@ mod dlq;
 mod idempotency;
 mod layout;
 mod publish;
+mod reply;
 mod scheduler;
 mod topology;
 

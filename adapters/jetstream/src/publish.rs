@@ -64,14 +64,16 @@ impl Shared {
         let mut backoff = Duration::from_millis(25);
         let mut last_error = None;
         let mut tries = 0;
-        while tokio::time::Instant::now() < deadline {
+        // The first try starts at once: only a try after it reads the clock first.
+        while tries == 0 || tokio::time::Instant::now() < deadline {
             if tries > 0 {
                 tokio::time::sleep(backoff.min(deadline - tokio::time::Instant::now())).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
             tries += 1;
             // Every try, its acknowledgement included, ends by the deadline.
-            let attempt = self.try_publish(&subject, headers(), payload.clone(), deadline);
+            let first = tries == 1;
+            let attempt = self.try_publish(&subject, headers(), payload.clone(), deadline, first);
             let ack = match attempt.await {
                 None => break,
                 Some(Err(err)) => {
@@ -103,28 +105,35 @@ impl Shared {
     /// client's buffer is ready at once unless the connection is backed up, and the wait for
     /// the acknowledgement is bounded by the client itself: a `PublishAckFuture` times out
     /// after the context's `timeout`, which `connect` sets to `publish_timeout`. Only a send
-    /// that waits, or a try that could outlast the deadline, gets a timer.
+    /// that waits, or a try that could outlast the deadline, gets a timer. The `first` try,
+    /// sent at once, started `PUBLISH_TRIES` client timeouts before the deadline: its
+    /// acknowledgement cannot outlast it, so it reads no clock.
     async fn try_publish(
         &self,
         subject: &Subject,
         headers: HeaderMap,
         payload: Bytes,
         deadline: tokio::time::Instant,
+        first: bool,
     ) -> Option<std::result::Result<AckResult, topiq_adapter::BoxError>> {
         let send = self
             .js
             .publish_with_headers(subject.clone(), headers, payload);
         let mut send = std::pin::pin!(send);
-        let sent = match poll_once(send.as_mut()).await {
-            std::task::Poll::Ready(sent) => sent,
-            std::task::Poll::Pending => tokio::time::timeout_at(deadline, send).await.ok()?,
+        let (sent, at_once) = match poll_once(send.as_mut()).await {
+            std::task::Poll::Ready(sent) => (sent, true),
+            std::task::Poll::Pending => {
+                (tokio::time::timeout_at(deadline, send).await.ok()?, false)
+            }
         };
         let acknowledgement = match sent {
             Ok(acknowledgement) => acknowledgement,
             Err(err) => return Some(Err(Box::new(err))),
         };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left > self.config.publish_timeout {
+        if (first && at_once)
+            || deadline.saturating_duration_since(tokio::time::Instant::now())
+                > self.config.publish_timeout
+        {
             return Some(Ok(acknowledgement.await));
         }
         tokio::time::timeout_at(deadline, acknowledgement.into_future())
