@@ -7,7 +7,8 @@
 //! Last, priority's overhead: a topic with three priority levels against one without.
 //!
 //! Run with `cargo bench -p topiq-server`; `TOPIQ_BENCH_MESSAGES` sets the messages per round
-//! (default 200,000).
+//! (default 200,000). To profile one pipeline, `TOPIQ_BENCH_ONLY` runs it alone for its rounds:
+//! `adapter`, `runtime`, `unrecorded` (the runtime with `runs: false`) or `omniqueue`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -240,6 +241,25 @@ triggers:
     elapsed
 }
 
+/// Runs `pipeline` alone for [`ROUNDS`] rounds, printing each round's rate (for a profiler).
+async fn only(pipeline: &str, count: usize, template: &Value) {
+    for round in 1..=ROUNDS {
+        let elapsed = match pipeline {
+            "adapter" => adapter_only(count, template).await,
+            "runtime" => through_runtime(count, template).await,
+            "unrecorded" => through_runtime_unrecorded(count, template).await,
+            "omniqueue" => omniqueue(count, template).await,
+            other => {
+                panic!("TOPIQ_BENCH_ONLY={other}: pick adapter, runtime, unrecorded or omniqueue")
+            }
+        };
+        println!(
+            "  round {round}/{ROUNDS}: {pipeline} {:>10.0} msg/s",
+            rate(count, elapsed)
+        );
+    }
+}
+
 fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
@@ -260,6 +280,10 @@ fn main() {
         .build()
         .unwrap();
     let template = message();
+    if let Ok(pipeline) = std::env::var("TOPIQ_BENCH_ONLY") {
+        runtime.block_on(only(&pipeline, count, &template));
+        return;
+    }
     println!(
         "topiq runtime throughput: {count} messages per round, {ROUNDS} rounds, 2 worker threads, concurrency {CONCURRENCY}, a handler that does nothing, mimalloc"
     );

@@ -158,9 +158,7 @@ impl Adapter for BuiltinQueueAdapter {
 
     async fn publish(&self, topic: &TopicName, message: NewMessage) -> Result<PublishReceipt> {
         let topic = self.topic(topic)?;
-        topic
-            .publish_waiting(message, topic.publish_deadline())
-            .await
+        topic.publish_waiting(message, None).await
     }
 
     async fn publish_batch(
@@ -173,7 +171,7 @@ impl Adapter for BuiltinQueueAdapter {
         let deadline = topic.publish_deadline();
         let mut receipts = Vec::with_capacity(messages.len());
         for message in messages {
-            receipts.push(topic.publish_waiting(message, deadline).await);
+            receipts.push(topic.publish_waiting(message, Some(deadline)).await);
         }
         Ok(receipts)
     }

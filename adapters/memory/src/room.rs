@@ -68,12 +68,14 @@ impl Room {
             .map(|_| Place(Arc::clone(self)))
     }
 
-    /// A place, waiting until `deadline` for one to be freed; then `BrokerFull` (`Closed`
-    /// once the adapter is closed).
-    pub(crate) async fn take_before(self: &Arc<Self>, deadline: Instant) -> Result<Place> {
+    /// A place, waiting until `deadline` for one to be freed (`None`: the publish timeout
+    /// from when it starts waiting, so a publish with room reads no clock); then `BrokerFull`
+    /// (`Closed` once the adapter is closed).
+    pub(crate) async fn take_before(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Place> {
         if let Some(place) = self.try_take() {
             return Ok(place);
         }
+        let deadline = deadline.unwrap_or_else(|| self.deadline());
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);

@@ -155,12 +155,13 @@ impl Topic {
         read(&self.queues).clone()
     }
 
-    /// Validates the message, waits for room until `deadline` and publishes it; a duplicate
+    /// Validates the message, waits for room until `deadline` (`None`: the publish timeout
+    /// from when it starts waiting) and publishes it; a duplicate
     /// of a message in the idempotency window is answered without waiting.
     pub(crate) async fn publish_waiting(
         &self,
         message: NewMessage,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<PublishReceipt> {
         self.check(&message)?;
         if let Some(first) = self.first_of(&message) {
@@ -261,7 +262,7 @@ impl Topic {
         let limit = read(&self.shared.spec).max_message_bytes;
         message.validate(&self.shared.name, limit)?;
         let queue = self.require_queue(trigger, message.lane)?;
-        let place = self.room.take_before(self.room.deadline()).await?;
+        let place = self.room.take_before(None).await?;
         let now = Timestamp::now();
         let id = MessageId::generate();
         let stored = Arc::new(StoredMessage {

@@ -98,13 +98,15 @@ impl Lanes {
         }
         let order = self.order();
         let next = poll_fn(|cx| {
+            // One clock read a poll: when what arrived now came, and how long the rest waited.
+            let now = Instant::now();
             for lane in 0..self.subscriptions.len() {
                 if self.waiting[lane].is_some() {
                     continue;
                 }
                 match self.subscriptions[lane].poll_next_unpin(cx) {
                     Poll::Ready(Some(Ok(delivery))) => {
-                        self.waiting[lane] = Some((delivery, Instant::now()));
+                        self.waiting[lane] = Some((delivery, now));
                     }
                     Poll::Ready(other) => {
                         return Poll::Ready(
@@ -114,7 +116,7 @@ impl Lanes {
                     Poll::Pending => {}
                 }
             }
-            let Some((lane, delivery, waited)) = self.pick(&order) else {
+            let Some((lane, delivery, waited)) = self.pick(&order, now) else {
                 return Poll::Pending;
             };
             // Asked again at once, so its subscription asks the broker for the next one
@@ -122,7 +124,7 @@ impl Lanes {
             // and a lower lane's delivery, ready by then, would go first). An end or an
             // error it gives now is the next pull's answer.
             match self.subscriptions[lane].poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(next))) => self.waiting[lane] = Some((next, Instant::now())),
+                Poll::Ready(Some(Ok(next))) => self.waiting[lane] = Some((next, now)),
                 Poll::Ready(other) => self.ended = Some(other),
                 Poll::Pending => {}
             }
@@ -150,12 +152,12 @@ impl Lanes {
     }
 
     /// The delivery this pull hands out, with its lane and how long it waited: one that
-    /// waited `max_wait`, else the first lane in `order` that has one.
-    fn pick(&mut self, order: &[usize]) -> Option<(usize, Delivery, Duration)> {
+    /// waited `max_wait` at `now`, else the first lane in `order` that has one.
+    fn pick(&mut self, order: &[usize], now: Instant) -> Option<(usize, Delivery, Duration)> {
         let overdue = (0..self.waiting.len()).find(|&lane| {
             self.waiting[lane]
                 .as_ref()
-                .is_some_and(|(_, since)| since.elapsed() >= self.max_wait)
+                .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= self.max_wait)
         });
         let lane = overdue.or_else(|| {
             order
@@ -165,7 +167,7 @@ impl Lanes {
         })?;
         self.waiting[lane]
             .take()
-            .map(|(delivery, since)| (lane, delivery, since.elapsed()))
+            .map(|(delivery, since)| (lane, delivery, now.saturating_duration_since(since)))
     }
 
     fn order(&mut self) -> Vec<usize> {
