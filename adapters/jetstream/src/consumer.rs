@@ -563,7 +563,7 @@ async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option
     let Some(reply) = message.reply.as_deref().and_then(AckReply::parse) else {
         return Some(Err(broker("message info")(std::io::Error::other(format!(
             "a delivery's reply subject {:?} is not a JetStream ack subject",
-            message.reply
+            message.reply.as_deref().unwrap_or("(none)")
         )))));
     };
     let delivered = u32::try_from(reply.delivered).unwrap_or(u32::MAX);
