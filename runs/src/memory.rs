@@ -30,7 +30,8 @@ pub struct MemoryStore {
 /// The runs, and how many of them are finished.
 #[derive(Debug, Default)]
 struct Kept {
-    runs: foldhash::HashMap<RunKey, Run>,
+    /// Boxed: a run is 408 bytes, and the map moves every entry each time it grows.
+    runs: foldhash::HashMap<RunKey, Box<Run>>,
     finished: usize,
 }
 
@@ -97,7 +98,7 @@ impl MemoryStore {
         let run = match runs.get_mut(&event.key) {
             Some(run) => run,
             None => match Run::from_event(event) {
-                Some(run) => runs.entry(event.key.clone()).or_insert(run),
+                Some(run) => runs.entry(event.key.clone()).or_insert(Box::new(run)),
                 None => return false,
             },
         };
@@ -126,6 +127,7 @@ impl MemoryStore {
         let mut selected: Vec<&Run> = kept
             .runs
             .values()
+            .map(|run| &**run)
             .filter(|run| query.matches(run))
             .filter(|run| cursor.as_ref().is_none_or(|cursor| cursor.precedes(run)))
             .collect();
@@ -156,7 +158,7 @@ impl MemoryStore {
 /// Removes up to `count` finished runs, oldest message first (message ids are time-ordered);
 /// returns how many. The `count` smallest keys are selected, not sorted: linear in the runs
 /// kept, and it runs once every tenth of the limit.
-fn evict_finished(runs: &mut foldhash::HashMap<RunKey, Run>, count: usize) -> usize {
+fn evict_finished(runs: &mut foldhash::HashMap<RunKey, Box<Run>>, count: usize) -> usize {
     if count == 0 {
         return 0;
     }
@@ -177,7 +179,7 @@ fn evict_finished(runs: &mut foldhash::HashMap<RunKey, Run>, count: usize) -> us
 }
 
 /// Removes the finished runs `retention` no longer keeps; returns how many (all finished).
-fn sweep_map(runs: &mut foldhash::HashMap<RunKey, Run>, retention: Retention) -> usize {
+fn sweep_map(runs: &mut foldhash::HashMap<RunKey, Box<Run>>, retention: Retention) -> usize {
     let before = runs.len();
     runs.retain(|_, run| match run.finished_at {
         Some(finished) if run.state.is_finished() => {
@@ -199,7 +201,7 @@ impl RunStore for MemoryStore {
         let touched = self.apply_now(events, &mut kept);
         let touched = touched
             .iter()
-            .filter_map(|key| kept.runs.get(key).cloned())
+            .filter_map(|key| kept.runs.get(key).map(|run| Run::clone(run)))
             .collect();
         async move { Ok(touched) }.boxed()
     }
@@ -224,14 +226,14 @@ impl RunStore for MemoryStore {
             Some(trigger) => kept
                 .runs
                 .get(&RunKey::new(id.clone(), trigger.clone()))
-                .cloned()
+                .map(|run| Run::clone(run))
                 .into_iter()
                 .collect(),
             None => kept
                 .runs
                 .values()
                 .filter(|run| &run.id == id)
-                .cloned()
+                .map(|run| Run::clone(run))
                 .collect(),
         };
         drop(kept);
@@ -250,7 +252,7 @@ impl RunStore for MemoryStore {
             .runs
             .values()
             .filter(|run| run.cancel_requested_at.is_some_and(|at| at >= since))
-            .map(Run::key)
+            .map(|run| run.key())
             .collect();
         keys.sort();
         async move { Ok(keys) }.boxed()

@@ -2,6 +2,7 @@
 //! instance), a run running here is stopped, and a cancelled run delivered here later is
 //! settled without its handler.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub(crate) struct Cancels {
     running: Mutex<foldhash::HashMap<RunKey, CancellationToken>>,
     /// Each cancelled run, with when its cancel was seen.
     cancelled: Mutex<foldhash::HashMap<RunKey, Timestamp>>,
+    /// How many runs `cancelled` holds: while none, a run's check takes no lock.
+    cancelled_count: AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -50,7 +53,7 @@ impl Drop for Running<'_> {
 impl Cancels {
     /// True when `key`'s run was cancelled.
     pub(crate) fn is_cancelled(&self, key: &RunKey) -> bool {
-        lock(&self.cancelled).contains_key(key)
+        self.cancelled_count.load(Ordering::Acquire) > 0 && lock(&self.cancelled).contains_key(key)
     }
 
     /// Registers `key` as running here until the guard drops; its token is cancelled already
@@ -70,7 +73,12 @@ impl Cancels {
 
     /// Marks `key` cancelled and stops it if it runs here.
     pub(crate) fn cancel(&self, key: &RunKey) {
-        lock(&self.cancelled).insert(key.clone(), Timestamp::now());
+        {
+            let mut cancelled = lock(&self.cancelled);
+            cancelled.insert(key.clone(), Timestamp::now());
+            self.cancelled_count
+                .store(cancelled.len(), Ordering::Release);
+        }
         if let Some(token) = lock(&self.running).get(key) {
             token.cancel();
         }
@@ -95,7 +103,12 @@ impl Cancels {
                 Err(err) => tracing::warn!(error = %err, "cannot read cancels from the runs store"),
             }
             let horizon = asked.checked_sub(keep).unwrap_or(Timestamp::MIN);
-            lock(&self.cancelled).retain(|_, seen| *seen >= horizon);
+            {
+                let mut cancelled = lock(&self.cancelled);
+                cancelled.retain(|_, seen| *seen >= horizon);
+                self.cancelled_count
+                    .store(cancelled.len(), Ordering::Release);
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(POLL_EVERY) => {}

@@ -23,6 +23,16 @@ use topiq_adapter::{Delivery, Subscription};
 /// Every this many pulls, the lane whose turn it is goes first.
 pub(crate) const SHARE_EVERY: u64 = 8;
 
+/// Lanes in the order a pull looks at them: on the stack, as a trigger has at most
+/// [`MAX_LANES`](topiq_adapter::MAX_LANES) of them (a pull allocates nothing).
+type LaneList = arrayvec::ArrayVec<usize, { topiq_adapter::MAX_LANES as usize }>;
+
+/// How many lanes a pull looks at: all of them (a topic's spec allows no more than fit in a
+/// [`LaneList`]).
+fn lane_count(subscriptions: usize) -> usize {
+    subscriptions.min(topiq_adapter::MAX_LANES as usize)
+}
+
 /// Which lane a pull asks first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LaneOrder {
@@ -170,8 +180,8 @@ impl Lanes {
             .map(|(delivery, since)| (lane, delivery, now.saturating_duration_since(since)))
     }
 
-    fn order(&mut self) -> Vec<usize> {
-        let count = self.subscriptions.len();
+    fn order(&mut self) -> LaneList {
+        let count = lane_count(self.subscriptions.len());
         match self.lane_order {
             LaneOrder::HighestFirst => pull_order(self.pulls, &mut self.turn, count),
             LaneOrder::InTurn => {
@@ -186,12 +196,12 @@ impl Lanes {
 /// The order of `count` lanes at pull number `pulls` (from 0): highest first, or (every
 /// [`SHARE_EVERY`]th pull) the lane whose `turn` it is, then the others highest first; moves
 /// the turn on when it was used.
-fn pull_order(pulls: u64, turn: &mut usize, count: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..count).rev().collect();
+fn pull_order(pulls: u64, turn: &mut usize, count: usize) -> LaneList {
+    let mut order: LaneList = (0..count).rev().collect();
     if count > 1 && (pulls + 1).is_multiple_of(SHARE_EVERY) {
         let first = *turn;
         *turn = (*turn + 1) % count;
-        order.retain(|&lane| lane != first);
+        order.retain(|lane| *lane != first);
         order.insert(0, first);
     }
     order
@@ -207,7 +217,7 @@ mod tests {
     fn the_highest_lane_goes_first_and_each_lane_gets_its_turn() {
         let mut turn = 0;
         let orders: Vec<Vec<usize>> = (0..SHARE_EVERY * 3)
-            .map(|pull| pull_order(pull, &mut turn, 3))
+            .map(|pull| pull_order(pull, &mut turn, 3).to_vec())
             .collect();
         let firsts: Vec<usize> = orders.iter().map(|order| order[0]).collect();
         let mut expected = vec![2; usize::try_from(SHARE_EVERY * 3).unwrap()];
@@ -221,7 +231,11 @@ mod tests {
             "the turn's lane, then the rest highest first"
         );
         assert_eq!(orders[15], [1, 2, 0]);
-        assert_eq!(pull_order(7, &mut 0, 1), [0], "one lane: nothing to rotate");
+        assert_eq!(
+            pull_order(7, &mut 0, 1).as_slice(),
+            [0],
+            "one lane: nothing to rotate"
+        );
     }
 }
 
