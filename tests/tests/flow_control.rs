@@ -315,8 +315,10 @@ const HEARTBEAT: &str = "schedules:
 async fn two_instances_fire_each_tick_once(broker: Broker, store: Store) {
     let work = Work::default();
     // The schedule is made with the first instance and fires from its next second on (ticks
-    // that fell before the workers start are still on time then).
-    let created = jiff::Timestamp::now();
+    // that fell before the workers start are still on time then). It starts when the first
+    // instance declares it, the schedule's first `last_tick`: reading the clock before the
+    // instance is made would count the seconds its set-up (broker, store) takes, and a set-up
+    // that crosses a whole second would expect a tick the schedule never had.
     let first = instance_of(
         &broker,
         config_with(&broker, &store, HEARTBEAT),
@@ -324,6 +326,12 @@ async fn two_instances_fire_each_tick_once(broker: Broker, store: Store) {
         None,
     )
     .await;
+    let declared = call(&first, "queue.schedule_list", json!({})).await;
+    let created: jiff::Timestamp = declared["schedules"][0]["last_tick"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let second_config = config_with(&broker, &store, HEARTBEAT);
     let second = instance_of(&broker, second_config, &work, Some(&first)).await;
     let workers = [first.start_workers(), second.start_workers()];
@@ -346,7 +354,7 @@ async fn two_instances_fire_each_tick_once(broker: Broker, store: Store) {
     let count = i64::try_from(ticks.len()).unwrap();
     assert!(
         count == seconds || count == seconds - 1,
-        "{count} ticks over {seconds}s: {ticks:?}"
+        "{count} ticks over {seconds}s (declared {created}, paused {paused}): {ticks:?}"
     );
     assert!(beats.iter().all(|(name, _)| name == "heartbeat"));
     assert!(
