@@ -81,9 +81,9 @@ impl TriggerCounters {
         self.metrics.end_to_end(latency);
     }
 
-    pub(crate) fn succeeded(&self) {
+    /// A message handled successfully at `second` (Unix seconds).
+    pub(crate) fn succeeded_at(&self, second: u64) {
         self.metrics.succeeded();
-        let second = now_second();
         let (slot_second, count) = &self.recent[(second % WINDOW_SECONDS as u64) as usize];
         if slot_second.swap(second, Ordering::AcqRel) != second {
             count.store(1, Ordering::Release);

@@ -254,7 +254,10 @@ impl Recorder {
 
     /// Writes `events` at once into a store in this process's memory (`None`); gives them
     /// back untouched for a store the writer writes in batches.
-    fn unless_written_in_process<I: Iterator<Item = RunEvent>>(&self, mut events: I) -> Option<I> {
+    pub(crate) fn unless_written_in_process<I: Iterator<Item = RunEvent>>(
+        &self,
+        mut events: I,
+    ) -> Option<I> {
         let mut count = 0;
         let mut counted = (&mut events).inspect(|_| count += 1);
         if self.store.write_in_process(&mut counted) {

@@ -8,7 +8,7 @@ use topiq_runs::{AttemptOutcome, Next, RunError, RunEvent};
 use super::Trigger;
 use super::supervise::CallFailure;
 use crate::outcome::Outcome;
-use crate::runs;
+use crate::runs::{self, Runs};
 
 impl Trigger {
     /// A successful call: counted (with the message's time since enqueue) and acknowledged.
@@ -22,9 +22,12 @@ impl Trigger {
         delivery: Delivery,
         result: Option<serde_json::Value>,
     ) -> impl Future<Output = ()> + Send + '_ {
+        // One clock read for both.
+        let now = Timestamp::now();
         self.counters
-            .end_to_end(since(delivery.envelope().enqueued_at));
-        self.counters.succeeded();
+            .end_to_end(since_at(delivery.envelope().enqueued_at, now));
+        self.counters
+            .succeeded_at(u64::try_from(now.as_second()).unwrap_or(0));
         async move {
             let next = Next::Succeeded { result };
             if self
@@ -56,12 +59,32 @@ impl Trigger {
             error,
             next,
         );
-        let stored = runs.recorder().record_stored([ended]);
+        // A store in this process's memory has it now: no wait, no timer.
+        let Some(ended) = runs
+            .recorder()
+            .unless_written_in_process(std::iter::once(ended))
+        else {
+            return true;
+        };
+        // Boxed: only a store written in batches waits, and every message's future stays as
+        // small as the in-process path needs.
+        Box::pin(self.wait_until_stored(delivery, runs, ended)).await
+    }
+
+    /// Queues `ended` for the runs writer and waits until it is stored, keeping the lease
+    /// while the store is slow or down (as while a handler runs).
+    async fn wait_until_stored(
+        &self,
+        delivery: &Delivery,
+        runs: &Runs,
+        ended: impl Iterator<Item = RunEvent> + Send,
+    ) -> bool {
+        let stored = runs.recorder().record_stored(ended);
         tokio::pin!(stored);
-        // The lease is kept while the store is slow or down, as while a handler runs.
         let every = self.settings.visibility_timeout / 2;
         loop {
             tokio::select! {
+                biased;
                 stored = &mut stored => {
                     if !stored {
                         tracing::warn!(trigger = %self.key, id = %delivery.envelope().id, "the run's record could not be stored before shutdown; the message is delivered again");
@@ -163,12 +186,9 @@ impl Trigger {
     }
 }
 
-/// The time since `at` (zero if it is in the future: clocks of two machines).
-fn since(at: Timestamp) -> Duration {
-    Timestamp::now()
-        .duration_since(at)
-        .try_into()
-        .unwrap_or(Duration::ZERO)
+/// The time from `at` to `now` (zero if `at` is later: clocks of two machines).
+fn since_at(at: Timestamp, now: Timestamp) -> Duration {
+    now.duration_since(at).try_into().unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, CatchUnwind};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::{Failure, FailureKind};
@@ -138,20 +138,36 @@ pub(crate) async fn supervise<T, F>(
     limits: Limits,
     abort: &CancellationToken,
     cancel: Option<&CancellationToken>,
-    mut extend: impl FnMut() -> F,
+    extend: impl FnMut() -> F,
 ) -> Option<Result<T, CallFailure>>
 where
     T: Send + 'static,
     F: Future<Output = ()>,
 {
-    let call = AssertUnwindSafe(call).catch_unwind();
-    tokio::pin!(call);
+    let mut call = AssertUnwindSafe(call).catch_unwind();
     // A call that finishes on its first poll needs no timer (the common fast handler).
     // Time spent inside that first poll is not counted against the timeout: a handler
     // blocking its thread cannot be interrupted anyway.
     if let Poll::Ready(result) = futures::poll!(&mut call) {
         return Some(call_result(result));
     }
+    // Boxed: the timers and waits of a call still running are not part of every message's
+    // future (which is allocated and moved for each message).
+    Box::pin(watch(call, limits, abort, cancel, extend)).await
+}
+
+/// [`supervise`] of a call that did not finish on its first poll.
+async fn watch<T, F>(
+    mut call: CatchUnwind<AssertUnwindSafe<BoxFuture<'static, Result<T, HandlerError>>>>,
+    limits: Limits,
+    abort: &CancellationToken,
+    cancel: Option<&CancellationToken>,
+    mut extend: impl FnMut() -> F,
+) -> Option<Result<T, CallFailure>>
+where
+    T: Send + 'static,
+    F: Future<Output = ()>,
+{
     let started = Instant::now();
     let deadline = started + limits.timeout;
     let timer = sleep_until(deadline.min(started + limits.extend_every));
