@@ -120,8 +120,12 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
                 // `wait_for_confirms` takes that lock when first polled: once it has, every
                 // confirm completed with `first` is ready (the call is polled once, never
                 // awaited). lapin marks a publish sent before it reads the broker's answer to
-                // it, on the same thread, so each of those publishes is ready too.
-                let _ = channel.wait_for_confirms().now_or_never();
+                // it, on the same thread, so each of those publishes is ready too. With no
+                // other publish in flight there is nothing else to wait for (one publish at a
+                // time, the common case, takes no lock).
+                if !in_flight.is_empty() {
+                    let _ = channel.wait_for_confirms().now_or_never();
+                }
                 let mut round = vec![first];
                 while let Some(Some(next)) = in_flight.next().now_or_never() {
                     round.push(next);
