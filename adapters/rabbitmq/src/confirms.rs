@@ -123,14 +123,16 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
                 // it, on the same thread, so each of those publishes is ready too. With no
                 // other publish in flight there is nothing else to wait for (one publish at a
                 // time, the common case, takes no lock).
-                if !in_flight.is_empty() {
+                if in_flight.is_empty() {
+                    returns.answer_one(first);
+                } else {
                     let _ = channel.wait_for_confirms().now_or_never();
+                    let mut round = vec![first];
+                    while let Some(Some(next)) = in_flight.next().now_or_never() {
+                        round.push(next);
+                    }
+                    returns.answer(round);
                 }
-                let mut round = vec![first];
-                while let Some(Some(next)) = in_flight.next().now_or_never() {
-                    round.push(next);
-                }
-                returns.answer(round);
                 if in_flight.is_empty() {
                     // A return always comes before the confirm of its own publish.
                     returns.clear();
@@ -190,30 +192,43 @@ impl Returns {
     fn answer(&mut self, round: Vec<Confirmed>) {
         let outcomes: Vec<_> = round
             .into_iter()
-            .map(|(waiting, result)| {
-                let outcome = match result {
-                    Ok(Confirmation::Ack(carried)) => {
-                        self.note(carried);
-                        Ok(Published::Stored)
-                    }
-                    Ok(Confirmation::Nack(carried)) => {
-                        self.note(carried);
-                        Ok(Published::Refused)
-                    }
-                    Ok(Confirmation::NotRequested) => Ok(Published::Stored),
-                    Err(err) => Err(unavailable("publish")(err)),
-                };
-                (waiting, outcome)
-            })
+            .map(|(waiting, result)| (waiting, self.read(result)))
             .collect();
         for (waiting, outcome) in outcomes {
-            let outcome = match (outcome, self.take(&waiting.id)) {
-                (Ok(Published::Stored), true) => Ok(Published::Returned),
-                (other, _) => other,
-            };
-            // The caller may have given up waiting: nobody to tell then.
-            let _ = waiting.answer.send(outcome);
+            self.reply(waiting, outcome);
         }
+    }
+
+    /// [`answer`](Self::answer) for a round of one publish (the only one in flight).
+    fn answer_one(&mut self, (waiting, result): Confirmed) {
+        let outcome = self.read(result);
+        self.reply(waiting, outcome);
+    }
+
+    /// What a confirm says, noting the return it carries.
+    fn read(&mut self, result: lapin::Result<Confirmation>) -> Result<Published> {
+        match result {
+            Ok(Confirmation::Ack(carried)) => {
+                self.note(carried);
+                Ok(Published::Stored)
+            }
+            Ok(Confirmation::Nack(carried)) => {
+                self.note(carried);
+                Ok(Published::Refused)
+            }
+            Ok(Confirmation::NotRequested) => Ok(Published::Stored),
+            Err(err) => Err(unavailable("publish")(err)),
+        }
+    }
+
+    /// Answers a publish: returned when a return of its message id was read.
+    fn reply(&mut self, waiting: Waiting, outcome: Result<Published>) {
+        let outcome = match (outcome, self.take(&waiting.id)) {
+            (Ok(Published::Stored), true) => Ok(Published::Returned),
+            (other, _) => other,
+        };
+        // The caller may have given up waiting: nobody to tell then.
+        let _ = waiting.answer.send(outcome);
     }
 
     /// Forgets every return: called when no publish is in flight, so none can match.
