@@ -256,6 +256,11 @@ impl AdapterOptions for JetStreamConfig {
             return Err("give either `url` or `urls`, not both".into());
         }
         self.connection.validate()?;
+        if self.publish_timeout.is_zero() {
+            // Zero would leave no time for the server's acknowledgement: every publish would
+            // fail (after being sent, so possibly stored).
+            return Err("publish_timeout must be longer than zero".into());
+        }
         let methods = [
             self.connection.user.is_some(),
             self.token.is_some(),
@@ -336,6 +341,9 @@ mod tests {
         let err =
             JetStreamConfig::from_value(&json!({"url": "nats://x", "prefix": "a.b"})).unwrap_err();
         assert!(err.to_string().contains("prefix"), "{err}");
+        let err = JetStreamConfig::from_value(&json!({"url": "nats://x", "publish_timeout": "0s"}))
+            .unwrap_err();
+        assert!(err.to_string().contains("publish_timeout"), "{err}");
     }
 
     #[test]
