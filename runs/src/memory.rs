@@ -369,7 +369,7 @@ impl ControlStore for MemoryStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use topiq_adapter::MessageId;
+    use topiq_adapter::{MessageId, TopicName};
 
     use super::MemoryStore;
     use crate::conformance::{event, finished, origin, started, topic, trigger};
@@ -388,17 +388,8 @@ mod tests {
         // The oldest run stays queued; the five after it succeed, one write each.
         let enqueued = event(&keys[0], 0, Change::Enqueued(origin(&topic, 0)));
         store.write(&[enqueued]).await.unwrap();
-        for key in &keys[1..] {
-            let succeeded = Next::Succeeded { result: None };
-            let events = [
-                started(key, &topic, 1, 1),
-                finished(key, 2, 1, AttemptOutcome::Succeeded, succeeded),
-            ];
-            store.write(&events).await.unwrap();
-        }
-        let page = store.list(&RunQuery::default()).await.unwrap();
-        let mut kept: Vec<RunKey> = page.runs.iter().map(|run| run.key()).collect();
-        kept.sort();
+        succeed_each(&store, &topic, &keys[1..]).await;
+        let kept = listed_keys(&store).await;
         let expected = vec![
             keys[0].clone(),
             keys[3].clone(),
@@ -413,6 +404,26 @@ mod tests {
         assert_eq!(queued[0].state, RunState::Queued);
     }
 
+    /// Writes each run of `keys` started and succeeded, one write a run.
+    async fn succeed_each(store: &MemoryStore, topic: &TopicName, keys: &[RunKey]) {
+        for key in keys {
+            let succeeded = Next::Succeeded { result: None };
+            let events = [
+                started(key, topic, 1, 1),
+                finished(key, 2, 1, AttemptOutcome::Succeeded, succeeded),
+            ];
+            store.write(&events).await.unwrap();
+        }
+    }
+
+    /// The keys of the runs the store lists, sorted.
+    async fn listed_keys(store: &MemoryStore) -> Vec<RunKey> {
+        let page = store.list(&RunQuery::default()).await.unwrap();
+        let mut kept: Vec<RunKey> = page.runs.iter().map(|run| run.key()).collect();
+        kept.sort();
+        kept
+    }
+
     #[tokio::test]
     async fn eviction_of_many_at_once_keeps_the_newest_finished_runs() {
         let store = MemoryStore::with_limit(10);
@@ -420,17 +431,8 @@ mod tests {
         let keys: Vec<RunKey> = (0..45)
             .map(|n| RunKey::new(MessageId::from_string(format!("m{n:02}")), trigger("t")))
             .collect();
-        for key in &keys {
-            let succeeded = Next::Succeeded { result: None };
-            let events = [
-                started(key, &topic, 1, 1),
-                finished(key, 2, 1, AttemptOutcome::Succeeded, succeeded),
-            ];
-            store.write(&events).await.unwrap();
-        }
-        let page = store.list(&RunQuery::default()).await.unwrap();
-        let mut kept: Vec<RunKey> = page.runs.iter().map(|run| run.key()).collect();
-        kept.sort();
+        succeed_each(&store, &topic, &keys).await;
+        let kept = listed_keys(&store).await;
         // Past 10 finished runs, two go at a time (one over the limit and a tenth of it).
         assert!((9..=10).contains(&kept.len()), "{} kept", kept.len());
         assert_eq!(kept, keys[keys.len() - kept.len()..].to_vec());

@@ -60,9 +60,7 @@ pub(crate) fn subscribe(
         (Layout::direct_consumer(trigger, lane), direct_slot, 1, 1),
     ]
     .map(|(consumer_name, slots, ahead, top_up_at)| {
-        // Boxed: a puller is large (the consumer's cached info), and the stream moves its
-        // state in and out of each item's future.
-        let puller = Box::new(Puller {
+        Puller {
             shared: Arc::clone(&shared),
             spec: spec.clone(),
             consumer_name,
@@ -81,12 +79,8 @@ pub(crate) fn subscribe(
             ack_floor: None,
             returned_at: None,
             backlog: VecDeque::new(),
-        });
-        futures::stream::unfold(puller, |mut puller| async move {
-            let delivery = puller.next_delivery().await?;
-            Some((delivery, puller))
-        })
-        .boxed()
+        }
+        .into_deliveries()
     });
     Subscription::new(
         spec.key.clone(),
@@ -148,6 +142,17 @@ struct Puller {
 }
 
 impl Puller {
+    /// The puller's deliveries as a stream, until the adapter is closed.
+    fn into_deliveries(self) -> futures::stream::BoxStream<'static, Result<Delivery>> {
+        // Boxed: a puller is large (the consumer's cached info), and the stream moves its
+        // state in and out of each item's future.
+        futures::stream::unfold(Box::new(self), |mut puller| async move {
+            let delivery = puller.next_delivery().await?;
+            Some((delivery, puller))
+        })
+        .boxed()
+    }
+
     /// The next delivery; `None` once the adapter is closed.
     async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
         self.take_backlog();

@@ -231,9 +231,15 @@ impl Recorder {
     /// Queues `events` and waits until they (and every event queued before them) are stored;
     /// false when the writer stopped first (shutdown with the store down): they are not.
     pub(crate) async fn record_stored(&self, events: impl IntoIterator<Item = RunEvent>) -> bool {
-        let Some(events) = self.unless_written_in_process(events.into_iter()) else {
-            return true;
-        };
+        match self.unless_written_in_process(events.into_iter()) {
+            None => true,
+            Some(events) => self.queue_stored(events).await,
+        }
+    }
+
+    /// [`record_stored`](Self::record_stored) for a store the writer writes in batches
+    /// (events [`unless_written_in_process`](Self::unless_written_in_process) gave back).
+    pub(crate) async fn queue_stored(&self, events: impl IntoIterator<Item = RunEvent>) -> bool {
         let (done, stored) = oneshot::channel();
         {
             let mut queue = self.queue();

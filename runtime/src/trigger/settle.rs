@@ -79,7 +79,7 @@ impl Trigger {
         runs: &Runs,
         ended: impl Iterator<Item = RunEvent> + Send,
     ) -> bool {
-        let stored = runs.recorder().record_stored(ended);
+        let stored = runs.recorder().queue_stored(ended);
         tokio::pin!(stored);
         let every = self.settings.visibility_timeout / 2;
         loop {
