@@ -219,7 +219,7 @@ struct Scheduler {
 
 /// A declared topic and the subject its publishes go to (built once, shared by every publish).
 #[derive(Clone)]
-struct DeclaredTopic {
+pub(crate) struct DeclaredTopic {
     spec: TopicSpec,
     subject: Subject,
 }
@@ -246,8 +246,7 @@ impl Adapter for JetStreamAdapter {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<PublishReceipt>>> {
-        self.shared.topic(topic)?;
-        Ok(self.shared.publish_many(topic, messages).await)
+        self.shared.publish_many(topic, messages).await
     }
 
     async fn publish_to(

@@ -14,7 +14,7 @@ use topiq_adapter::{
 
 use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::header;
-use crate::{Shared, idempotency};
+use crate::{DeclaredTopic, Shared, idempotency};
 
 /// What a publish's acknowledgement future gives.
 type AckResult =
@@ -144,7 +144,16 @@ impl Shared {
 
     /// Everything a publish sends, built before anything is sent (so bad input fails alone).
     pub(crate) fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
-        let declared = self.declared_topic(topic)?;
+        self.prepare_for(&self.declared_topic(topic)?, topic, message)
+    }
+
+    /// [`Shared::prepare`] for a topic already looked up (a batch looks it up once).
+    fn prepare_for(
+        &self,
+        declared: &DeclaredTopic,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<Prepared> {
         // What `NewMessage::validate` checks, in its order, the data's depth as it is written
         // and its size from the bytes; then the lane (as on every adapter).
         message.validate_fields()?;
@@ -185,7 +194,7 @@ impl Shared {
             },
             None => Prepared {
                 topic: topic.clone(),
-                subject: declared.subject,
+                subject: declared.subject.clone(),
                 dedup_id: String::new(),
                 metadata,
                 payload,
@@ -243,48 +252,38 @@ impl Shared {
 
     /// Sends every message, then awaits every acknowledgement: one round trip for the batch.
     /// A message whose send or acknowledgement failed is sent again alone (same dedup id).
+    /// Fails as a whole only when `topic` was not declared.
     pub(crate) async fn publish_many(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Vec<Result<PublishReceipt>> {
-        let mut prepared = Vec::with_capacity(messages.len());
+    ) -> Result<Vec<Result<PublishReceipt>>> {
+        let declared = self.declared_topic(topic)?;
+        // Each message with its acknowledgement's future (`None`: not sent yet).
         let mut sent = Vec::with_capacity(messages.len());
         for message in messages {
-            match self.prepare(topic, message) {
+            let future = match self.prepare_for(&declared, topic, message) {
                 // A keyed message claims its key first: published alone, below.
-                Ok(ready) if ready.metadata.idempotency_key.is_some() => {
-                    sent.push(None);
-                    prepared.push(Ok(ready));
-                }
+                Ok(ready) if ready.metadata.idempotency_key.is_some() => (Ok(ready), None),
                 Ok(ready) => {
-                    let future = self
-                        .js
-                        .publish_with_headers(
-                            ready.subject.clone(),
-                            ready.headers(),
-                            ready.payload.clone(),
-                        )
-                        .await
-                        .ok();
-                    sent.push(future);
-                    prepared.push(Ok(ready));
+                    let subject = ready.subject.clone();
+                    let (headers, payload) = (ready.headers(), ready.payload.clone());
+                    let send = self.js.publish_with_headers(subject, headers, payload);
+                    (Ok(ready), send.await.ok())
                 }
-                Err(err) => {
-                    sent.push(None);
-                    prepared.push(Err(err));
-                }
-            }
+                Err(err) => (Err(err), None),
+            };
+            sent.push(future);
         }
-        let acks = futures::future::join_all(sent.into_iter().map(|future| async move {
-            match future {
+        // Awaited in order, as they will come: by the time an earlier one is in, most later
+        // ones are too, and a future ready at its first poll arms no timer (polling them all
+        // at once arms one each).
+        let mut receipts = Vec::with_capacity(sent.len());
+        for (ready, future) in sent {
+            let ack = match future {
                 Some(future) => future.await.ok(),
                 None => None,
-            }
-        }))
-        .await;
-        let mut receipts = Vec::with_capacity(prepared.len());
-        for (ready, ack) in prepared.into_iter().zip(acks) {
+            };
             let receipt = match (ready, ack) {
                 (Err(err), _) => Err(err),
                 (Ok(ready), _) if ready.metadata.idempotency_key.is_some() => {
@@ -295,7 +294,7 @@ impl Shared {
             };
             receipts.push(receipt);
         }
-        receipts
+        Ok(receipts)
     }
 }
 

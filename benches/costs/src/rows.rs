@@ -15,7 +15,7 @@ use topiq_adapter::{
 };
 use topiq_memory::BuiltinQueueAdapter;
 
-use crate::brokers::{jetstream, rabbitmq};
+use crate::brokers::{Load, jetstream, rabbitmq};
 
 /// Every row: its name and what it measures.
 pub(crate) const ROWS: &[(&str, &str)] = &[
@@ -48,6 +48,14 @@ pub(crate) const ROWS: &[(&str, &str)] = &[
         "raw async-nats: the same publishes (with a Nats-Msg-Id, as topiq's)",
     ),
     (
+        "jetstream.publish_batch",
+        "JetStreamAdapter: publish_batch of 50 messages, all sent, then every ack awaited",
+    ),
+    (
+        "jetstream.publish_batch_raw",
+        "raw async-nats: the same batches (50 sent, then their acks awaited)",
+    ),
+    (
         "jetstream.end_to_end",
         "JetStreamAdapter: the publishes, then consume (prefetch 64), read, ack",
     ),
@@ -62,6 +70,14 @@ pub(crate) const ROWS: &[(&str, &str)] = &[
     (
         "rabbitmq.publish_raw",
         "raw lapin: the same publishes (mandatory, persistent, topiq's properties)",
+    ),
+    (
+        "rabbitmq.publish_batch",
+        "RabbitMqAdapter: publish_batch of 50 messages, all sent, then every confirm awaited",
+    ),
+    (
+        "rabbitmq.publish_batch_raw",
+        "raw lapin: the same batches (50 sent, then their confirms awaited)",
     ),
     (
         "rabbitmq.end_to_end",
@@ -83,8 +99,10 @@ pub(crate) const AGAINST_PEER: &[(&str, &str)] = &[
 /// Rows measured against the raw client: (topiq's row, raw's row).
 pub(crate) const AGAINST_RAW: &[(&str, &str)] = &[
     ("jetstream.publish", "jetstream.publish_raw"),
+    ("jetstream.publish_batch", "jetstream.publish_batch_raw"),
     ("jetstream.end_to_end", "jetstream.end_to_end_raw"),
     ("rabbitmq.publish", "rabbitmq.publish_raw"),
+    ("rabbitmq.publish_batch", "rabbitmq.publish_batch_raw"),
     ("rabbitmq.end_to_end", "rabbitmq.end_to_end_raw"),
 ];
 
@@ -126,14 +144,18 @@ pub(crate) fn run(name: &str, messages: u64) -> Result<(), RowError> {
         "module.runs_off" => runtime.block_on(through_module(messages, false)),
         "module.runs_memory" => runtime.block_on(through_module(messages, true)),
         "module.traced" => traced::run(&runtime, messages),
-        "jetstream.publish" => runtime.block_on(jetstream::topiq(messages, false)),
-        "jetstream.publish_raw" => runtime.block_on(jetstream::raw(messages, false)),
-        "jetstream.end_to_end" => runtime.block_on(jetstream::topiq(messages, true)),
-        "jetstream.end_to_end_raw" => runtime.block_on(jetstream::raw(messages, true)),
-        "rabbitmq.publish" => runtime.block_on(rabbitmq::topiq(messages, false)),
-        "rabbitmq.publish_raw" => runtime.block_on(rabbitmq::raw(messages, false)),
-        "rabbitmq.end_to_end" => runtime.block_on(rabbitmq::topiq(messages, true)),
-        "rabbitmq.end_to_end_raw" => runtime.block_on(rabbitmq::raw(messages, true)),
+        "jetstream.publish" => runtime.block_on(jetstream::topiq(messages, Load::Publish)),
+        "jetstream.publish_raw" => runtime.block_on(jetstream::raw(messages, Load::Publish)),
+        "jetstream.publish_batch" => runtime.block_on(jetstream::topiq(messages, Load::Batches)),
+        "jetstream.publish_batch_raw" => runtime.block_on(jetstream::raw(messages, Load::Batches)),
+        "jetstream.end_to_end" => runtime.block_on(jetstream::topiq(messages, Load::EndToEnd)),
+        "jetstream.end_to_end_raw" => runtime.block_on(jetstream::raw(messages, Load::EndToEnd)),
+        "rabbitmq.publish" => runtime.block_on(rabbitmq::topiq(messages, Load::Publish)),
+        "rabbitmq.publish_raw" => runtime.block_on(rabbitmq::raw(messages, Load::Publish)),
+        "rabbitmq.publish_batch" => runtime.block_on(rabbitmq::topiq(messages, Load::Batches)),
+        "rabbitmq.publish_batch_raw" => runtime.block_on(rabbitmq::raw(messages, Load::Batches)),
+        "rabbitmq.end_to_end" => runtime.block_on(rabbitmq::topiq(messages, Load::EndToEnd)),
+        "rabbitmq.end_to_end_raw" => runtime.block_on(rabbitmq::raw(messages, Load::EndToEnd)),
         other => Err(RowError::Unknown(other.to_owned())),
     }
 }

@@ -6,11 +6,11 @@ use futures::StreamExt;
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_testkit::NatsServer;
 
-use super::{PREFETCH, raw_payload, read_payload, topiq_side};
+use super::{Load, PREFETCH, batches, raw_payload, read_payload, topiq_side};
 use crate::rows::{RowError, failed, message};
 
-/// topiq: publish (and `consume`) through the adapter.
-pub(crate) async fn topiq(messages: u64, consume: bool) -> Result<(), RowError> {
+/// topiq: publish (and consume) through the adapter.
+pub(crate) async fn topiq(messages: u64, load: Load) -> Result<(), RowError> {
     let server = NatsServer::start();
     let adapter = JetStreamAdapter::connect(JetStreamConfig {
         url: Some(server.url()),
@@ -22,13 +22,13 @@ pub(crate) async fn topiq(messages: u64, consume: bool) -> Result<(), RowError> 
     })
     .await
     .map_err(failed)?;
-    topiq_side(adapter, "costs", messages, consume).await
+    topiq_side(adapter, "costs", messages, load).await
 }
 
 /// Raw async-nats doing what the adapter does: an interest stream with a durable pull
 /// consumer from the start, every publish with a `Nats-Msg-Id` (topiq's deduplication id),
 /// names as long as topiq's (`tq.t.costs`, `tq_costs`).
-pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
+pub(crate) async fn raw(messages: u64, load: Load) -> Result<(), RowError> {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.map_err(failed)?;
     let js = jetstream::new(client);
@@ -50,18 +50,12 @@ pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
         })
         .await
         .map_err(failed)?;
-    let template = message();
-    for _ in 0..messages {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", topiq_adapter::MessageId::generate().as_str());
-        let payload = raw_payload(&template)?;
-        js.publish_with_headers(subject, headers, payload.into())
-            .await
-            .map_err(failed)?
-            .await
-            .map_err(failed)?;
+    if load == Load::Batches {
+        publish_in_batches(&js, subject, messages).await?;
+    } else {
+        publish_one_at_a_time(&js, subject, messages).await?;
     }
-    if consume {
+    if load == Load::EndToEnd {
         let mut received = consumer
             .stream()
             .max_messages_per_batch(usize::from(PREFETCH))
@@ -76,6 +70,54 @@ pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
                 .map_err(failed)?;
             read_payload(&message.payload)?;
             message.ack().await.map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// A raw publish as topiq's: the message's JSON with a `Nats-Msg-Id`, sent; the
+/// acknowledgement's future returned.
+async fn send(
+    js: &jetstream::Context,
+    subject: &'static str,
+    template: &serde_json::Value,
+) -> Result<jetstream::context::PublishAckFuture, RowError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", topiq_adapter::MessageId::generate().as_str());
+    let payload = raw_payload(template)?;
+    js.publish_with_headers(subject, headers, payload.into())
+        .await
+        .map_err(failed)
+}
+
+/// Publishes `messages`, each awaiting its acknowledgement before the next.
+async fn publish_one_at_a_time(
+    js: &jetstream::Context,
+    subject: &'static str,
+    messages: u64,
+) -> Result<(), RowError> {
+    let template = message();
+    for _ in 0..messages {
+        send(js, subject, &template).await?.await.map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Publishes `messages` in batches: every message of a batch sent, then its acknowledgements
+/// awaited in order.
+async fn publish_in_batches(
+    js: &jetstream::Context,
+    subject: &'static str,
+    messages: u64,
+) -> Result<(), RowError> {
+    let template = message();
+    for size in batches(messages) {
+        let mut acks = Vec::with_capacity(size);
+        for _ in 0..size {
+            acks.push(send(js, subject, &template).await?);
+        }
+        for ack in acks {
+            ack.await.map_err(failed)?;
         }
     }
     Ok(())

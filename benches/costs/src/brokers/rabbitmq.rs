@@ -7,15 +7,15 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, PublisherConfirm};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 use topiq_testkit::{RabbitVhost, raw_rabbit};
 
-use super::{PREFETCH, raw_payload, read_payload, topiq_side};
+use super::{Load, PREFETCH, batches, raw_payload, read_payload, topiq_side};
 use crate::rows::{RowError, failed, message};
 
-/// topiq: publish (and `consume`) through the adapter.
-pub(crate) async fn topiq(messages: u64, consume: bool) -> Result<(), RowError> {
+/// topiq: publish (and consume) through the adapter.
+pub(crate) async fn topiq(messages: u64, load: Load) -> Result<(), RowError> {
     let vhost = RabbitVhost::create();
     let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
         url: vhost.url(),
@@ -27,13 +27,13 @@ pub(crate) async fn topiq(messages: u64, consume: bool) -> Result<(), RowError> 
     })
     .await
     .map_err(failed)?;
-    topiq_side(adapter, "costs", messages, consume).await
+    topiq_side(adapter, "costs", messages, load).await
 }
 
 /// Raw lapin doing what the adapter does: a confirming channel, a durable topic exchange, a
 /// quorum queue bound to it; persistent `mandatory` publishes with a message id, a content
 /// type and an enqueue-time header, each awaiting its confirm; names as long as topiq's.
-pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
+pub(crate) async fn raw(messages: u64, load: Load) -> Result<(), RowError> {
     let vhost = RabbitVhost::create();
     let connection = Connection::connect(&vhost.url(), ConnectionProperties::default())
         .await
@@ -47,35 +47,68 @@ pub(crate) async fn raw(messages: u64, consume: bool) -> Result<(), RowError> {
     raw_rabbit::declare_like_topiq(&publisher, "rw", queue, "costs")
         .await
         .map_err(failed)?;
-    publish_all(&publisher, messages).await?;
-    if consume {
+    if load == Load::Batches {
+        publish_in_batches(&publisher, messages).await?;
+    } else {
+        publish_all(&publisher, messages).await?;
+    }
+    if load == Load::EndToEnd {
         consume_all(&connection, queue, messages).await?;
     }
     connection.close(0, "done".into()).await.map_err(failed)
+}
+
+/// A raw publish as topiq's (`mandatory`, persistent, topiq's properties), sent; its
+/// confirm's future returned.
+async fn send(
+    publisher: &Channel,
+    template: &serde_json::Value,
+) -> Result<PublisherConfirm, RowError> {
+    let payload = raw_payload(template)?;
+    publisher
+        .basic_publish(
+            "rw".into(),
+            "costs".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &payload,
+            raw_rabbit::properties_like_topiq(),
+        )
+        .await
+        .map_err(failed)
+}
+
+/// Awaits a confirm: an error unless the broker took the message.
+async fn confirmed(confirm: PublisherConfirm) -> Result<(), RowError> {
+    if confirm.await.map_err(failed)?.is_ack() {
+        Ok(())
+    } else {
+        Err(failed("the broker refused a publish"))
+    }
 }
 
 /// Publishes `messages` one at a time, each awaiting its confirm.
 async fn publish_all(publisher: &Channel, messages: u64) -> Result<(), RowError> {
     let template = message();
     for _ in 0..messages {
-        let payload = raw_payload(&template)?;
-        let confirm = publisher
-            .basic_publish(
-                "rw".into(),
-                "costs".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &payload,
-                raw_rabbit::properties_like_topiq(),
-            )
-            .await
-            .map_err(failed)?
-            .await
-            .map_err(failed)?;
-        if !confirm.is_ack() {
-            return Err(failed("the broker refused a publish"));
+        confirmed(send(publisher, &template).await?).await?;
+    }
+    Ok(())
+}
+
+/// Publishes `messages` in batches: every message of a batch sent, then its confirms awaited
+/// in order.
+async fn publish_in_batches(publisher: &Channel, messages: u64) -> Result<(), RowError> {
+    let template = message();
+    for size in batches(messages) {
+        let mut confirms = Vec::with_capacity(size);
+        for _ in 0..size {
+            confirms.push(send(publisher, &template).await?);
+        }
+        for confirm in confirms {
+            confirmed(confirm).await?;
         }
     }
     Ok(())
