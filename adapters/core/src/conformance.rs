@@ -68,6 +68,7 @@ macro_rules! conformance_tests {
             dlq_list_pages_and_filters,
             a_listings_read_to_lists_only_what_was_dead_lettered_after_it,
             batch_publish_returns_a_receipt_per_message,
+            a_mixed_batch_keeps_each_messages_key_delay_and_order,
             oversized_payload_is_refused_and_nothing_is_sent,
             data_too_deep_to_read_back_is_refused_and_the_deepest_readable_is_delivered,
             undeclared_topics_and_triggers_are_refused,
@@ -1268,6 +1269,77 @@ pub async fn batch_publish_returns_a_receipt_per_message<A: Adapter>(adapter: A)
         );
     }
     expect_nothing(&mut sub, QUIET_PERIOD).await;
+    adapter.close().await.expect("close");
+}
+
+/// Semantic 9 with every kind of message in one batch: plain ones, a keyed one (and its
+/// key again, a duplicate), a delayed one and a bad one each get their own receipt, in order;
+/// each delivered once, the delayed one after its delay. A batch to a topic without triggers
+/// succeeds and delivers nothing.
+pub async fn a_mixed_batch_keeps_each_messages_key_delay_and_order<A: Adapter>(adapter: A) {
+    let topic = setup(&adapter, "mixed", &["t"], no_policy).await;
+    let mut sub = consume(&adapter, &topic, "t", 10).await;
+    let delay = Duration::from_millis(800);
+    let messages = vec![
+        NewMessage::new(json!("plain 0")),
+        NewMessage::new(json!("keyed")).idempotency_key("batch-key"),
+        NewMessage::new(json!("later")).delay(delay),
+        NewMessage::new(json!("x".repeat(crate::DEFAULT_MAX_MESSAGE_BYTES))),
+        NewMessage::new(json!("plain 4")),
+    ];
+    let published_at = Instant::now();
+    let results = adapter
+        .publish_batch(&topic, messages)
+        .await
+        .expect("publish_batch");
+    assert_eq!(results.len(), 5);
+    assert!(
+        matches!(results[3], Err(Error::PayloadTooLarge { .. })),
+        "the oversized message must fail alone: {:?}",
+        results[3]
+    );
+    let receipt = |index: usize| results[index].as_ref().expect("receipt").clone();
+    let again = adapter
+        .publish_batch(
+            &topic,
+            vec![NewMessage::new(json!("keyed again")).idempotency_key("batch-key")],
+        )
+        .await
+        .expect("publish_batch");
+    let again = again[0].as_ref().expect("receipt");
+    assert!(again.duplicate, "the key's second publish is a duplicate");
+    assert_eq!(again.message_id, receipt(1).message_id);
+    let mut delivered = HashMap::new();
+    for _ in 0..4 {
+        let delivery = receive(&mut sub).await;
+        let data = (*delivery.envelope().data).clone();
+        if data == json!("later") {
+            let waited = published_at.elapsed();
+            assert!(
+                waited >= delay - Duration::from_millis(10),
+                "delivered after {waited:?}"
+            );
+        }
+        delivered.insert(delivery.envelope().id.clone(), data);
+        delivery.ack().await.expect("ack");
+    }
+    for (index, data) in [(0, "plain 0"), (1, "keyed"), (2, "later"), (4, "plain 4")] {
+        assert_eq!(
+            delivered.get(&receipt(index).message_id),
+            Some(&json!(data)),
+            "message {index} of the batch"
+        );
+    }
+    expect_nothing(&mut sub, QUIET_PERIOD).await;
+    let unheard = setup(&adapter, "unheard", &[], no_policy).await;
+    let results = adapter
+        .publish_batch(
+            &unheard,
+            vec![NewMessage::new(json!(1)), NewMessage::new(json!(2))],
+        )
+        .await
+        .expect("publish_batch");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
     adapter.close().await.expect("close");
 }
 

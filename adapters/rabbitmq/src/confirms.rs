@@ -38,12 +38,20 @@ pub(crate) struct ConfirmingChannel {
     requests: mpsc::UnboundedSender<Request>,
 }
 
-/// A publish to send.
+/// A publish to send: where to, and what (published `mandatory`).
+pub(crate) struct Outgoing {
+    pub(crate) exchange: ShortString,
+    pub(crate) routing_key: ShortString,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+}
+
+/// The broker's answer to one publish handed to the channel's task, once it comes.
+pub(crate) type Answer = oneshot::Receiver<Result<Published>>;
+
+/// A publish to send, and where its answer goes.
 struct Request {
-    exchange: ShortString,
-    routing_key: ShortString,
-    payload: Vec<u8>,
-    properties: BasicProperties,
+    publish: Outgoing,
     answer: oneshot::Sender<Result<Published>>,
 }
 
@@ -77,18 +85,30 @@ impl ConfirmingChannel {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<Published> {
+        let answer = self.send(Outgoing {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            payload: payload.to_vec(),
+            properties,
+        })?;
+        answered(answer).await
+    }
+
+    /// Hands `publish` to the channel's task and returns where its answer will come: a
+    /// batch hands over every message before awaiting any answer. Not sent if the answer is
+    /// dropped before it is.
+    pub(crate) fn send(&self, publish: Outgoing) -> Result<Answer> {
         let (answer, answered) = oneshot::channel();
         self.requests
-            .send(Request {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
-                payload: payload.to_vec(),
-                properties,
-                answer,
-            })
+            .send(Request { publish, answer })
             .map_err(|_| publisher_gone())?;
-        answered.await.map_err(|_| publisher_gone())?
+        Ok(answered)
     }
+}
+
+/// The broker's answer to a publish handed over with [`ConfirmingChannel::send`].
+pub(crate) async fn answered(answer: Answer) -> Result<Published> {
+    answer.await.map_err(|_| publisher_gone())?
 }
 
 /// The publishing task stopped (the runtime is shutting down).
@@ -158,10 +178,13 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
 /// Sends `request` and waits for its confirm.
 async fn send_and_confirm(channel: &Channel, request: Request) -> Confirmed {
     let Request {
-        exchange,
-        routing_key,
-        payload,
-        properties,
+        publish:
+            Outgoing {
+                exchange,
+                routing_key,
+                payload,
+                properties,
+            },
         answer,
     } = request;
     let waiting = Waiting {

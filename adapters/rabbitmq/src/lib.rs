@@ -190,15 +190,7 @@ impl Adapter for RabbitMqAdapter {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<PublishReceipt>>> {
-        let shared = &self.shared;
-        shared.ensure_open()?;
-        shared.topic(topic)?;
-        // All sent, then all confirms awaited (each publish call awaits its own confirm, and
-        // they run concurrently on the one confirming channel).
-        let publishes = messages
-            .into_iter()
-            .map(|message| shared.publish_one(topic, message));
-        Ok(futures::future::join_all(publishes).await)
+        self.shared.publish_many(topic, messages).await
     }
 
     async fn publish_to(

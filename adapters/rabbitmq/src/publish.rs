@@ -1,16 +1,20 @@
 //! Publishing: a message prepared once (payload, properties, routing), published on a
 //! confirming channel and answered by the broker's confirm or return.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::BasicProperties;
+use lapin::types::ShortString;
 use topiq_adapter::{
     Error, NewMessage, PublishReceipt, Result, SubscriptionKey, Timestamp, TopicName, TopicSpec,
     check_size,
 };
 
 use crate::codec::{self, Metadata, Properties};
+use crate::confirms::{ConfirmingChannel, Outgoing, answered};
 use crate::layout::{self, Layout};
+use crate::session::Session;
 use crate::{Published, Shared, idempotency};
 
 impl Shared {
@@ -77,15 +81,144 @@ impl Shared {
                 Layout::lane_routing_key(topic, lane),
             ),
         };
-        match self
+        let published = self
             .publish_confirmed(&exchange, &routing_key, &prepared.payload, properties)
-            .await?
-        {
+            .await?;
+        self.to_topic(topic, &routing_key, published)
+    }
+
+    /// What the broker's answer to a publish to `topic` (routed by `routing_key`) means.
+    fn to_topic(&self, topic: &TopicName, routing_key: &str, published: Published) -> Result<()> {
+        match published {
             Published::Stored => Ok(()),
             // A topic without triggers accepts and drops, as on every adapter.
-            Published::Returned if !self.declared.has_triggers(&prepared.topic) => Ok(()),
-            Published::Returned => Err(missing_queue(&routing_key)),
-            Published::Refused => Err(refused(&routing_key)),
+            Published::Returned if !self.declared.has_triggers(topic) => Ok(()),
+            Published::Returned => Err(missing_queue(routing_key)),
+            Published::Refused => Err(refused(routing_key)),
+        }
+    }
+
+    /// Publishes a batch (`publish_batch`): one result per message, in order. The plain
+    /// messages (neither keyed nor delayed) are handed to the publishing channel all at once
+    /// and their confirms awaited by one deadline (`publish_timeout`), so a batch pays one
+    /// hand-over and no timer per message; keyed and delayed ones are published as a single
+    /// publish is, alongside.
+    pub(crate) async fn publish_many(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<PublishReceipt>>> {
+        self.ensure_open()?;
+        let spec = self.topic(topic)?;
+        let prepared: Vec<Result<Prepared>> = messages
+            .into_iter()
+            .map(|message| self.prepare_for(&spec, topic, message))
+            .collect();
+        let (plain, others): (Vec<&Prepared>, Vec<&Prepared>) = prepared
+            .iter()
+            .filter_map(|ready| ready.as_ref().ok())
+            .partition(|ready| ready.is_plain());
+        let window = spec.idempotency_window;
+        let (plain_outcomes, other_outcomes) = futures::join!(
+            self.publish_plain(topic, &plain),
+            futures::future::join_all(
+                others
+                    .iter()
+                    .map(|ready| self.publish_single(ready, window))
+            ),
+        );
+        let (mut plain_outcomes, mut other_outcomes) =
+            (plain_outcomes.into_iter(), other_outcomes.into_iter());
+        let mut next = |ready: &Prepared| {
+            let outcome = if ready.is_plain() {
+                plain_outcomes
+                    .next()
+                    .map(|outcome| outcome.map(|()| ready.receipt()))
+            } else {
+                other_outcomes.next()
+            };
+            outcome.unwrap_or_else(|| Err(unanswered()))
+        };
+        Ok(prepared
+            .into_iter()
+            .map(|ready| ready.and_then(|ready| next(&ready)))
+            .collect())
+    }
+
+    /// A keyed or delayed message of a batch, published as `publish` does.
+    async fn publish_single(
+        &self,
+        prepared: &Prepared,
+        window: Duration,
+    ) -> Result<PublishReceipt> {
+        if prepared.metadata.idempotency_key.is_some() {
+            return idempotency::publish_keyed(self, prepared, window).await;
+        }
+        self.publish_prepared(prepared).await?;
+        Ok(prepared.receipt())
+    }
+
+    /// Hands the plain messages of a batch to the publishing channel at once and awaits
+    /// each confirm by one deadline. When the session or the channel is not there, each is
+    /// published alone, so each says why.
+    async fn publish_plain(&self, topic: &TopicName, batch: &[&Prepared]) -> Vec<Result<()>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let (session, channel) = match self.publishing_channel().await {
+            Ok(both) => both,
+            Err(_) => {
+                let each = batch.iter().map(|ready| self.publish_prepared(ready));
+                return futures::future::join_all(each).await;
+            }
+        };
+        let exchange: ShortString = self.layout.exchange().into();
+        let answers: Vec<_> = batch
+            .iter()
+            .map(|ready| {
+                let routing_key = Layout::lane_routing_key(topic, ready.metadata.lane);
+                let answer = channel.send(Outgoing {
+                    exchange: exchange.clone(),
+                    routing_key: routing_key.as_str().into(),
+                    payload: ready.payload.clone(),
+                    properties: ready.metadata.properties(),
+                });
+                (routing_key, answer)
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for (routing_key, answer) in answers {
+            let published = match answer {
+                Ok(answer) => tokio::time::timeout_at(deadline, answered(answer))
+                    .await
+                    .unwrap_or_else(|_| Err(self.timed_out(&session))),
+                Err(err) => Err(err),
+            };
+            outcomes.push(published.and_then(|it| self.to_topic(topic, &routing_key, it)));
+        }
+        outcomes
+    }
+
+    /// The session and its publishing channel, unless the broker blocks publishing.
+    async fn publishing_channel(&self) -> Result<(Arc<Session>, Arc<ConfirmingChannel>)> {
+        let session = self.session().await?;
+        if session.connection.status().blocked() {
+            return Err(blocked());
+        }
+        let channel = session.publisher().await?;
+        Ok((session, channel))
+    }
+
+    /// A publish that had no confirm within `publish_timeout`: blocked, if the broker blocks
+    /// publishing now (say why, rather than that it timed out).
+    fn timed_out(&self, session: &Session) -> Error {
+        if session.connection.status().blocked() {
+            return blocked();
+        }
+        Error::Timeout {
+            operation: "publish (waiting for the broker's confirm)",
+            timeout: self.config.publish_timeout,
         }
     }
 
@@ -95,6 +228,17 @@ impl Shared {
         message: NewMessage,
     ) -> Result<(Prepared, TopicSpec)> {
         let spec = self.topic(topic)?;
+        let prepared = self.prepare_for(&spec, topic, message)?;
+        Ok((prepared, spec))
+    }
+
+    /// [`Shared::prepare`] for a topic already looked up (a batch looks it up once).
+    fn prepare_for(
+        &self,
+        spec: &TopicSpec,
+        topic: &TopicName,
+        message: NewMessage,
+    ) -> Result<Prepared> {
         // What `NewMessage::validate` checks, in its order, the data's depth as it is written
         // and its size from the bytes; then the lane (as on every adapter).
         message.validate_fields()?;
@@ -118,7 +262,7 @@ impl Shared {
             }
             _ => None,
         };
-        let prepared = Prepared {
+        Ok(Prepared {
             topic: topic.clone(),
             payload,
             metadata: Metadata::enqueued(
@@ -130,8 +274,7 @@ impl Shared {
             )
             .in_lane(message.lane),
             delay,
-        };
-        Ok((prepared, spec))
+        })
     }
 
     /// Publishes a new message to one trigger's queue only (a replay), confirmed.
@@ -146,10 +289,7 @@ impl Shared {
         let (prepared, _) = self.prepare(&key.topic, message)?;
         self.publish_to_trigger(key, &prepared.payload, &prepared.metadata)
             .await?;
-        Ok(PublishReceipt {
-            message_id: prepared.metadata.id.clone(),
-            duplicate: false,
-        })
+        Ok(prepared.receipt())
     }
 
     pub(crate) async fn publish_one(
@@ -163,10 +303,7 @@ impl Shared {
             return idempotency::publish_keyed(self, &prepared, spec.idempotency_window).await;
         }
         self.publish_prepared(&prepared).await?;
-        Ok(PublishReceipt {
-            message_id: prepared.metadata.id,
-            duplicate: false,
-        })
+        Ok(prepared.receipt())
     }
 }
 
@@ -201,6 +338,14 @@ pub(crate) fn refused(target: &str) -> Error {
     }
 }
 
+/// A message of a batch that got no outcome: cannot happen (each message is answered).
+fn unanswered() -> Error {
+    Error::Broker {
+        operation: "publish",
+        source: "a message of the batch got no answer".into(),
+    }
+}
+
 /// A message ready to publish.
 pub(crate) struct Prepared {
     pub(crate) topic: TopicName,
@@ -208,4 +353,19 @@ pub(crate) struct Prepared {
     pub(crate) metadata: Metadata,
     /// Not delivered before this delay has passed.
     pub(crate) delay: Option<Duration>,
+}
+
+impl Prepared {
+    /// Neither keyed nor delayed: published straight to its topic's exchange.
+    fn is_plain(&self) -> bool {
+        self.metadata.idempotency_key.is_none() && self.delay.is_none()
+    }
+
+    /// The receipt of this message, published.
+    fn receipt(&self) -> PublishReceipt {
+        PublishReceipt {
+            message_id: self.metadata.id.clone(),
+            duplicate: false,
+        }
+    }
 }
