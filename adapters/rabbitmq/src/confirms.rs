@@ -35,7 +35,9 @@ pub(crate) enum Published {
 /// A channel in confirm mode whose publishes one task of its own sends and answers.
 pub(crate) struct ConfirmingChannel {
     channel: Channel,
-    requests: mpsc::UnboundedSender<Request>,
+    /// Boxed: a request (its properties alone are some 300 bytes) moves through the channel
+    /// and into its send as a pointer.
+    requests: mpsc::UnboundedSender<Box<Request>>,
 }
 
 /// A publish to send: where to, and what (published `mandatory`).
@@ -100,7 +102,7 @@ impl ConfirmingChannel {
     pub(crate) fn send(&self, publish: Outgoing) -> Result<Answer> {
         let (answer, answered) = oneshot::channel();
         self.requests
-            .send(Request { publish, answer })
+            .send(Box::new(Request { publish, answer }))
             .map_err(|_| publisher_gone())?;
         Ok(answered)
     }
@@ -128,7 +130,7 @@ type Confirmed = (Waiting, lapin::Result<Confirmation>);
 ///
 /// The task sends the publishes itself so that it holds every confirm lapin registered: a
 /// publish whose confirm came in is one poll away from done.
-async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedReceiver<Request>) {
+async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedReceiver<Box<Request>>) {
     let mut in_flight = FuturesUnordered::new();
     let mut returns = Returns::default();
     let mut open = true;
@@ -176,31 +178,28 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
 }
 
 /// Sends `request` and waits for its confirm.
-async fn send_and_confirm(channel: &Channel, request: Request) -> Confirmed {
-    let Request {
-        publish:
-            Outgoing {
-                exchange,
-                routing_key,
-                payload,
-                properties,
-            },
-        answer,
-    } = request;
-    let waiting = Waiting {
-        id: properties.message_id().clone(),
-        answer,
-    };
+async fn send_and_confirm(channel: &Channel, mut request: Box<Request>) -> Confirmed {
+    let publish = &mut request.publish;
+    let id = publish.properties.message_id().clone();
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    let confirmation = match channel
-        .basic_publish(exchange, routing_key, options, &payload, properties)
-        .await
-    {
+    // Taken out of the box only as they are handed to lapin: each moves once.
+    let sending = channel.basic_publish(
+        std::mem::take(&mut publish.exchange),
+        std::mem::take(&mut publish.routing_key),
+        options,
+        &publish.payload,
+        std::mem::take(&mut publish.properties),
+    );
+    let confirmation = match sending.await {
         Ok(confirm) => confirm.await,
         Err(err) => Err(err),
+    };
+    let waiting = Waiting {
+        id,
+        answer: request.answer,
     };
     (waiting, confirmation)
 }
