@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{StatusCode, Subject};
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -17,6 +18,7 @@ use topiq_adapter::{
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
+use crate::ack::AckSubject;
 use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::Layout;
 use crate::reply::AckReply;
@@ -252,10 +254,6 @@ impl Puller {
                 let permit = match self.reserved.pop() {
                     Some(room) => room.slot,
                     None => self.acquire().await?.slot,
-                };
-                let message = jetstream::Message {
-                    message,
-                    context: self.shared.js.clone(),
                 };
                 let leases = &self.leases;
                 return Some(
@@ -513,12 +511,12 @@ async fn existing_consumer(
 async fn receive(
     shared: &Arc<Shared>,
     spec: &SubscriptionSpec,
-    message: jetstream::Message,
+    message: async_nats::Message,
     permit: OwnedSemaphorePermit,
     leases: &Arc<Leases<Received>>,
     waited: Duration,
 ) -> Option<Result<Delivery>> {
-    let decoded = match decode(spec, &message).await? {
+    let decoded = match decode(shared, spec, &message).await? {
         Ok(decoded) => decoded,
         Err(err) => return Some(Err(err)),
     };
@@ -538,7 +536,8 @@ async fn receive(
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
         held,
-        message,
+        ack: decoded.ack,
+        payload: message.payload,
         stream_sequence: decoded.stream_sequence,
         leases: Arc::clone(leases),
         lease_key,
@@ -555,6 +554,8 @@ async fn receive(
 
 /// What a received message carries, read once.
 struct Decoded {
+    /// Where its acknowledgements go.
+    ack: AckSubject,
     /// The server's delivery count.
     delivered: u32,
     stream_sequence: u64,
@@ -564,8 +565,15 @@ struct Decoded {
 
 /// Reads a received message; `None` for one topiq cannot read, which is terminated so it never
 /// comes back.
-async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option<Result<Decoded>> {
-    let Some(reply) = message.reply.as_deref().and_then(AckReply::parse) else {
+async fn decode(
+    shared: &Shared,
+    spec: &SubscriptionSpec,
+    message: &async_nats::Message,
+) -> Option<Result<Decoded>> {
+    let (Some(reply), Some(ack)) = (
+        message.reply.as_deref().and_then(AckReply::parse),
+        AckSubject::of(message),
+    ) else {
         return Some(Err(broker("message info")(std::io::Error::other(format!(
             "a delivery's reply subject {:?} is not a JetStream ack subject",
             message.reply.as_deref().unwrap_or("(none)")
@@ -577,12 +585,13 @@ async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option
         Ok(metadata) => metadata,
         Err(err) => {
             tracing::error!(trigger = %spec.key, error = %err, "terminating a message topiq cannot read");
-            let _ = message.ack_with(AckKind::Term).await;
+            let _ = ack.send(&shared.client, AckKind::Term).await;
             return None;
         }
     };
     match codec::decode(&message.payload) {
         Ok(data) => Some(Ok(Decoded {
+            ack,
             delivered,
             stream_sequence,
             metadata,
@@ -590,7 +599,7 @@ async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option
         })),
         Err(err) => {
             tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "terminating a message whose payload is not JSON");
-            let _ = message.ack_with(AckKind::Term).await;
+            let _ = ack.send(&shared.client, AckKind::Term).await;
             None
         }
     }
@@ -600,7 +609,10 @@ async fn decode(spec: &SubscriptionSpec, message: &jetstream::Message) -> Option
 struct Received {
     shared: Arc<Shared>,
     held: Held,
-    message: jetstream::Message,
+    /// Where its acknowledgements go.
+    ack: AckSubject,
+    /// Its data as stored, for a released copy.
+    payload: Bytes,
     stream_sequence: u64,
     /// The subscription's live leases, which this one leaves when dropped.
     leases: Arc<Leases<Received>>,
@@ -614,6 +626,17 @@ impl Drop for Received {
 }
 
 impl Received {
+    /// Sends `kind` for this delivery, without waiting for the server.
+    async fn send(&self, kind: AckKind) -> std::result::Result<(), async_nats::Error> {
+        self.ack.send(&self.shared.client, kind).await
+    }
+
+    /// Sends `kind` for this delivery and waits for the server to take it.
+    async fn confirm(&self, kind: AckKind) -> std::result::Result<(), async_nats::Error> {
+        let timeout = self.shared.config.publish_timeout;
+        self.ack.confirm(&self.shared.client, kind, timeout).await
+    }
+
     /// Settles a message that must not reach a handler, and says whether it was one: past
     /// its topic's retention (dead-lettered as `expired`), or past its last attempt (the
     /// lease ran out on the last attempt and the server delivered it again: the watcher of
@@ -649,7 +672,7 @@ impl Received {
     /// without asking for it). False when it was not handed out.
     async fn restart_server_lease(&self, waited: Duration) -> bool {
         if waited < self.held.visibility_timeout / 2 {
-            match self.message.ack_with(AckKind::Progress).await {
+            match self.send(AckKind::Progress).await {
                 Ok(()) => return true,
                 Err(err) => {
                     tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, error = %err, "cannot restart the server's lease of a message that waited; left for the server to deliver again");
@@ -662,7 +685,7 @@ impl Received {
         if self.held.ordered && waited < self.held.visibility_timeout {
             // One in flight per partition: nobody else can hold it before the server's
             // `ack_wait`, and waiting that out would stall its partition.
-            let _ = self.message.ack_with(AckKind::Nak(None)).await;
+            let _ = self.send(AckKind::Nak(None)).await;
             tracing::warn!(trigger = %self.held.key, id = %self.held.metadata.id, waited = ?waited, "a message of an ordered trigger waited in the consumer past half its lease while no handler asked; given back first");
             return false;
         }
@@ -677,8 +700,7 @@ impl Received {
     async fn release(&self) -> Result<()> {
         if self.held.ordered {
             return self
-                .message
-                .ack_with(AckKind::Nak(None))
+                .send(AckKind::Nak(None))
                 .await
                 .map_err(|err| Error::Broker {
                     operation: "nak (release on an ordered trigger)",
@@ -689,13 +711,12 @@ impl Received {
             &self.shared,
             &self.held.key,
             &self.held.metadata,
-            self.message.payload.clone(),
+            self.payload.clone(),
             self.stream_sequence,
             self.held.attempt,
         )
         .await?;
-        self.message
-            .double_ack()
+        self.confirm(AckKind::Ack)
             .await
             .map_err(|err| Error::Broker {
                 operation: "ack after release",
@@ -742,8 +763,7 @@ impl Received {
                 payload.into(),
             )
             .await?;
-        self.message
-            .double_ack_with(AckKind::Term)
+        self.confirm(AckKind::Term)
             .await
             .map_err(|err| Error::Broker {
                 operation: "terminate after dead-lettering",
@@ -795,14 +815,10 @@ impl JetStreamAcker {
                     // delays at 30 days, well inside it.
                     AckKind::Nak(Some(delay.min(Duration::from_secs(30 * 24 * 3600))))
                 };
-                received
-                    .message
-                    .ack_with(kind)
-                    .await
-                    .map_err(|err| Error::Broker {
-                        operation: "nak",
-                        source: err,
-                    })
+                received.send(kind).await.map_err(|err| Error::Broker {
+                    operation: "nak",
+                    source: err,
+                })
             }
             Settlement::DeadLetter(failure) => {
                 received.move_to_dlq(failure, received.held.attempt).await
@@ -844,12 +860,11 @@ async fn release_copy(
 /// so that it stays first.
 async fn release_unhanded(shared: &Shared, spec: &SubscriptionSpec, message: async_nats::Message) {
     let key = &spec.key;
-    let message = jetstream::Message {
-        message,
-        context: shared.js.clone(),
+    let Some(ack) = AckSubject::of(&message) else {
+        return;
     };
     if spec.ordered {
-        if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+        if let Err(err) = ack.send(&shared.client, AckKind::Nak(None)).await {
             tracing::warn!(trigger = %key, error = %err, "cannot give back a message that was never handed out; the server delivers it again");
         }
         return;
@@ -874,7 +889,12 @@ async fn release_unhanded(shared: &Shared, spec: &SubscriptionSpec, message: asy
     )
     .await;
     let acked = match released {
-        Ok(()) => message.double_ack().await.map_err(|err| err.to_string()),
+        Ok(()) => {
+            let timeout = shared.config.publish_timeout;
+            ack.confirm(&shared.client, AckKind::Ack, timeout)
+                .await
+                .map_err(|err| err.to_string())
+        }
         Err(err) => Err(err.to_string()),
     };
     if let Err(err) = acked {
@@ -954,9 +974,10 @@ impl Acker for JetStreamAcker {
         // The hot path has a future of its own, a fraction of the size of `settle`'s.
         Settling::pending(async move {
             self.received.held.claim()?;
-            self.received
-                .message
-                .ack()
+            let received = &self.received;
+            received
+                .ack
+                .ack(&received.shared.client)
                 .await
                 .map_err(|err| Error::Broker {
                     operation: "ack",
@@ -984,8 +1005,7 @@ impl Acker for JetStreamAcker {
             // the server is being told.
             self.received.held.extend()?;
             self.received
-                .message
-                .ack_with(AckKind::Progress)
+                .send(AckKind::Progress)
                 .await
                 .map_err(|err| Error::Broker {
                     operation: "extend lease",

@@ -13,6 +13,7 @@
 //! | release | a copy with the same attempt goes to the trigger's own subject (confirmed), then the original is acked |
 //! | redrive | a copy with attempts reset goes to the trigger's own subject with a new `Nats-Msg-Id` (confirmed), then the DLQ record is deleted |
 
+mod ack;
 mod codec;
 mod config;
 mod connect;
