@@ -383,6 +383,32 @@ async fn quick_adapter(server: &NatsServer) -> JetStreamAdapter {
     .expect("connect")
 }
 
+/// A batch published while the server is down fails, every message, within about one
+/// publish's bound (three `publish_timeout`s) of waiting for its acknowledgements: its waits
+/// share one deadline and what is sent again is sent concurrently, not one message's bound
+/// after another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_while_the_server_is_down_fails_within_one_publishs_bound() {
+    let mut server = NatsServer::start();
+    let adapter = quick_adapter(&server).await;
+    let (topic, _) = declared(&adapter, "faults.batch", |_| {}).await;
+    server.kill();
+    let started = Instant::now();
+    let batch = (0..20).map(|n| NewMessage::new(json!(n))).collect();
+    let results = adapter.publish_batch(&topic, batch).await.expect("batch");
+    let took = started.elapsed();
+    assert!(
+        results.iter().all(Result::is_err),
+        "a message was acknowledged by a server that is down: {results:?}"
+    );
+    // One publish gives up after 3 s here; 20 of them one after another would take 60 s.
+    assert!(
+        took < Duration::from_secs(15),
+        "a batch of 20 took {took:?} to fail"
+    );
+    adapter.close().await.ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_whose_key_cannot_be_recorded_fails_and_sends_nothing() {
     let server = NatsServer::start();

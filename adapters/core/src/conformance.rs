@@ -1280,6 +1280,8 @@ pub async fn a_mixed_batch_keeps_each_messages_key_delay_and_order<A: Adapter>(a
     let topic = setup(&adapter, "mixed", &["t"], no_policy).await;
     let mut sub = consume(&adapter, &topic, "t", 10).await;
     let delay = Duration::from_millis(800);
+    // Before the messages are built: `delay` counts from then.
+    let published_at = Instant::now();
     let messages = vec![
         NewMessage::new(json!("plain 0")),
         NewMessage::new(json!("keyed")).idempotency_key("batch-key"),
@@ -1287,7 +1289,6 @@ pub async fn a_mixed_batch_keeps_each_messages_key_delay_and_order<A: Adapter>(a
         NewMessage::new(json!("x".repeat(crate::DEFAULT_MAX_MESSAGE_BYTES))),
         NewMessage::new(json!("plain 4")),
     ];
-    let published_at = Instant::now();
     let results = adapter
         .publish_batch(&topic, messages)
         .await
@@ -1299,6 +1300,10 @@ pub async fn a_mixed_batch_keeps_each_messages_key_delay_and_order<A: Adapter>(a
         results[3]
     );
     let receipt = |index: usize| results[index].as_ref().expect("receipt").clone();
+    assert!(
+        [0, 1, 2, 4].iter().all(|index| !receipt(*index).duplicate),
+        "a first publish reported a duplicate: {results:?}"
+    );
     let again = adapter
         .publish_batch(
             &topic,

@@ -861,6 +861,7 @@ async fn release_copy(
 async fn release_unhanded(shared: &Shared, spec: &SubscriptionSpec, message: async_nats::Message) {
     let key = &spec.key;
     let Some(ack) = AckSubject::of(&message) else {
+        tracing::warn!(trigger = %key, "a message that was never handed out has no reply subject to give it back with; the server delivers it again");
         return;
     };
     if spec.ordered {

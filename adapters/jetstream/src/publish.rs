@@ -251,15 +251,18 @@ impl Shared {
     }
 
     /// Sends every message, then awaits every acknowledgement: one round trip for the batch.
-    /// A message whose send or acknowledgement failed is sent again alone (same dedup id).
-    /// Fails as a whole only when `topic` was not declared.
+    /// A send or an acknowledgement that has to wait does so by one deadline for the whole
+    /// batch (`publish_timeout` from the first wait); a message whose send or
+    /// acknowledgement failed is then sent again alone (same dedup id), and keyed messages
+    /// are published alone. Fails as a whole only when `topic` was not declared.
     pub(crate) async fn publish_many(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<Result<PublishReceipt>>> {
         let declared = self.declared_topic(topic)?;
-        // Each message with its acknowledgement's future (`None`: not sent yet).
+        let mut deadline = BatchDeadline::new(self.config.publish_timeout);
+        // Each message with its acknowledgement's future (`None`: not sent).
         let mut sent = Vec::with_capacity(messages.len());
         for message in messages {
             let future = match self.prepare_for(&declared, topic, message) {
@@ -269,32 +272,103 @@ impl Shared {
                     let subject = ready.subject.clone();
                     let (headers, payload) = (ready.headers(), ready.payload.clone());
                     let send = self.js.publish_with_headers(subject, headers, payload);
-                    (Ok(ready), send.await.ok())
+                    (
+                        Ok(ready),
+                        deadline.bound(send).await.and_then(|sent| sent.ok()),
+                    )
                 }
                 Err(err) => (Err(err), None),
             };
             sent.push(future);
         }
-        // Awaited in order, as they will come: by the time an earlier one is in, most later
-        // ones are too, and a future ready at its first poll arms no timer (polling them all
-        // at once arms one each).
-        let mut receipts = Vec::with_capacity(sent.len());
+        // Awaited in order, as they come: by the time an earlier one is in, most later ones
+        // are too, and one ready at its first poll arms no timer (polling them all at once
+        // arms one each).
+        let mut acknowledged = Vec::with_capacity(sent.len());
         for (ready, future) in sent {
-            let ack = match future {
-                Some(future) => future.await.ok(),
-                None => None,
+            let acked = match future {
+                Some(future) => deadline
+                    .bound(future.into_future())
+                    .await
+                    .is_some_and(|ack| ack.is_ok()),
+                None => false,
             };
-            let receipt = match (ready, ack) {
-                (Err(err), _) => Err(err),
-                (Ok(ready), _) if ready.metadata.idempotency_key.is_some() => {
-                    Box::pin(idempotency::publish_keyed(self, ready)).await
-                }
-                (Ok(ready), Some(_)) => Ok(ready.receipt()),
-                (Ok(ready), None) => self.publish_prepared(&ready).await.map(|_| ready.receipt()),
-            };
-            receipts.push(receipt);
+            acknowledged.push((ready, acked));
         }
-        Ok(receipts)
+        // What is left (keyed messages, and those without an acknowledgement) is published
+        // alone, concurrently: the batch ends within one publish's bound of this.
+        let mut alone = Vec::new();
+        let slots: Vec<Option<Result<PublishReceipt>>> = acknowledged
+            .into_iter()
+            .map(|(ready, acked)| match ready {
+                Err(err) => Some(Err(err)),
+                Ok(ready) if acked && ready.metadata.idempotency_key.is_none() => {
+                    Some(Ok(ready.receipt()))
+                }
+                Ok(ready) => {
+                    alone.push(ready);
+                    None
+                }
+            })
+            .collect();
+        let mut published = if alone.is_empty() {
+            Vec::new()
+        } else {
+            futures::future::join_all(alone.into_iter().map(|ready| self.publish_alone(ready)))
+                .await
+        }
+        .into_iter();
+        Ok(slots
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| published.next().unwrap_or_else(|| Err(unanswered())))
+            })
+            .collect())
+    }
+
+    /// A message of a batch published as a single publish is: a keyed one through its key's
+    /// ledger, any other sent again with its own tries (same dedup id).
+    async fn publish_alone(&self, ready: Prepared) -> Result<PublishReceipt> {
+        if ready.metadata.idempotency_key.is_some() {
+            return Box::pin(idempotency::publish_keyed(self, ready)).await;
+        }
+        self.publish_prepared(&ready).await?;
+        Ok(ready.receipt())
+    }
+}
+
+/// A message of a batch that got no outcome: cannot happen (each one is published alone or
+/// answered), said as an error rather than a panic.
+fn unanswered() -> Error {
+    Error::Broker {
+        operation: "publish",
+        source: "a message of the batch got no answer".into(),
+    }
+}
+
+/// One deadline for every wait of a batch: `timeout` from the first wait, the clock read
+/// only then (a batch whose sends and acknowledgements are all ready when asked reads none).
+struct BatchDeadline {
+    timeout: Duration,
+    at: Option<tokio::time::Instant>,
+}
+
+impl BatchDeadline {
+    fn new(timeout: Duration) -> Self {
+        Self { timeout, at: None }
+    }
+
+    /// `future`'s output, if it is ready now or by the deadline.
+    async fn bound<F: std::future::Future>(&mut self, future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        if let std::task::Poll::Ready(output) = poll_once(future.as_mut()).await {
+            return Some(output);
+        }
+        let timeout = self.timeout;
+        let at = *self
+            .at
+            .get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+        tokio::time::timeout_at(at, future).await.ok()
     }
 }
 

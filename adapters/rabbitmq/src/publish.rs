@@ -1,7 +1,6 @@
 //! Publishing: a message prepared once (payload, properties, routing), published on a
 //! confirming channel and answered by the broker's confirm or return.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -12,7 +11,7 @@ use topiq_adapter::{
 };
 
 use crate::codec::{self, Metadata, Properties};
-use crate::confirms::{ConfirmingChannel, Outgoing, answered};
+use crate::confirms::{Outgoing, answered};
 use crate::layout::{self, Layout};
 use crate::session::Session;
 use crate::{Published, Shared, idempotency};
@@ -159,17 +158,29 @@ impl Shared {
     }
 
     /// Hands the plain messages of a batch to the publishing channel at once and awaits
-    /// each confirm by one deadline. When the session or the channel is not there, each is
-    /// published alone, so each says why.
+    /// each confirm, bounded as a single publish is: the session first (within
+    /// `reconnect_wait`), then the channel and every confirm by one `publish_timeout`.
     async fn publish_plain(&self, topic: &TopicName, batch: &[&Prepared]) -> Vec<Result<()>> {
         if batch.is_empty() {
             return Vec::new();
         }
-        let (session, channel) = match self.publishing_channel().await {
-            Ok(both) => both,
+        let session = match self.session().await {
+            Ok(session) => session,
+            Err(err) => return each_fails(batch.len(), err),
+        };
+        if session.connection.status().blocked() {
+            // A memory or disk alarm: see `publish_confirmed`.
+            return batch.iter().map(|_| Err(blocked())).collect();
+        }
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let channel = match tokio::time::timeout_at(deadline, session.publisher()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(err)) => return each_fails(batch.len(), err),
             Err(_) => {
-                let each = batch.iter().map(|ready| self.publish_prepared(ready));
-                return futures::future::join_all(each).await;
+                return batch
+                    .iter()
+                    .map(|_| Err(self.timed_out(&session)))
+                    .collect();
             }
         };
         let exchange: ShortString = self.layout.exchange().into();
@@ -186,7 +197,6 @@ impl Shared {
                 (routing_key, answer)
             })
             .collect();
-        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let mut outcomes = Vec::with_capacity(answers.len());
         for (routing_key, answer) in answers {
             let published = match answer {
@@ -198,16 +208,6 @@ impl Shared {
             outcomes.push(published.and_then(|it| self.to_topic(topic, &routing_key, it)));
         }
         outcomes
-    }
-
-    /// The session and its publishing channel, unless the broker blocks publishing.
-    async fn publishing_channel(&self) -> Result<(Arc<Session>, Arc<ConfirmingChannel>)> {
-        let session = self.session().await?;
-        if session.connection.status().blocked() {
-            return Err(blocked());
-        }
-        let channel = session.publisher().await?;
-        Ok((session, channel))
     }
 
     /// A publish that had no confirm within `publish_timeout`: blocked, if the broker blocks
@@ -336,6 +336,27 @@ pub(crate) fn refused(target: &str) -> Error {
         )
         .into(),
     }
+}
+
+/// `err` for the first of `count` messages of a batch that could not be sent, and the same
+/// failure, said again, for each of the others.
+fn each_fails(count: usize, err: Error) -> Vec<Result<()>> {
+    let again = |err: &Error| match err {
+        Error::Closed => Error::Closed,
+        Error::Timeout { operation, timeout } => Error::Timeout {
+            operation,
+            timeout: *timeout,
+        },
+        Error::BrokerFull { .. } => blocked(),
+        other => Error::BrokerUnavailable {
+            message: other.to_string(),
+            source: None,
+        },
+    };
+    let mut outcomes = Vec::with_capacity(count);
+    outcomes.extend((1..count).map(|_| Err(again(&err))));
+    outcomes.insert(0, Err(err));
+    outcomes
 }
 
 /// A message of a batch that got no outcome: cannot happen (each message is answered).
