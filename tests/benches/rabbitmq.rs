@@ -36,12 +36,12 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use topiq_adapter::{Adapter, NewMessage, SubscriptionKey, TopicName};
-use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
+use topiq_rabbitmq::RabbitMqAdapter;
 use topiq_testkit::{RabbitNode, raw_rabbit};
 
 use support::{
     END_TO_END, LatencyRound, LatencySide, ONE_AT_A_TIME, PIPELINED, ROUNDS, Report, SeparateCores,
-    WINDOW, bytes, compare, declare, latency, payload, rate, topiq_batches, topiq_concurrent,
+    WINDOW, bytes, compare, latency, payload, rate, topiq_batches, topiq_concurrent,
     topiq_end_to_end, topiq_latency_side,
 };
 
@@ -123,18 +123,7 @@ impl Raw {
 }
 
 async fn topiq(url: &str, name: &str) -> (RabbitMqAdapter, TopicName, SubscriptionKey) {
-    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
-        url: url.to_owned(),
-        connection: topiq_rabbitmq::ConnectionOptions {
-            prefix: "tq".to_owned(),
-            ..Default::default()
-        },
-        ..RabbitMqConfig::default()
-    })
-    .await
-    .unwrap();
-    let (topic, key) = declare(&adapter, name).await;
-    (adapter, topic, key)
+    support::rabbitmq_topiq(url, name).await
 }
 
 /// Keeps `WINDOW` publishes in flight, each a publish awaiting its confirm.

@@ -30,10 +30,9 @@ use omniqueue::backends::rabbitmq::{
 };
 use serde_json::Value;
 use topiq_adapter::{Adapter, ConsumeOptions, NewMessage};
-use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 use topiq_testkit::{RabbitNode, raw_rabbit};
 
-use support::{declare, ms, payload, percentile, rate};
+use support::{ms, payload, percentile, rabbitmq_topiq, rate};
 
 /// The allocator the `topiq` binary ships with.
 #[global_allocator]
@@ -101,17 +100,7 @@ impl Clock {
 
 /// topiq: `window` publish calls in flight, a consumer acking each message.
 async fn topiq_round(url: &str, name: &str, window: usize) -> Round {
-    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
-        url: url.to_owned(),
-        connection: topiq_rabbitmq::ConnectionOptions {
-            prefix: "tq".to_owned(),
-            ..Default::default()
-        },
-        ..RabbitMqConfig::default()
-    })
-    .await
-    .unwrap();
-    let (topic, key) = declare(&adapter, name).await;
+    let (adapter, topic, key) = rabbitmq_topiq(url, name).await;
     let mut subscription = adapter
         .consume(&key, ConsumeOptions::with_prefetch(u32::from(PREFETCH)))
         .await

@@ -529,6 +529,25 @@ pub async fn declare<A: Adapter>(adapter: &A, name: &str) -> (TopicName, Subscri
     (topic, key)
 }
 
+/// topiq's RabbitMQ adapter on `url` (prefix `tq`), with topic `name` and its trigger `t`.
+pub async fn rabbitmq_topiq(
+    url: &str,
+    name: &str,
+) -> (topiq_rabbitmq::RabbitMqAdapter, TopicName, SubscriptionKey) {
+    let adapter = topiq_rabbitmq::RabbitMqAdapter::connect(topiq_rabbitmq::RabbitMqConfig {
+        url: url.to_owned(),
+        connection: topiq_rabbitmq::ConnectionOptions {
+            prefix: "tq".to_owned(),
+            ..Default::default()
+        },
+        ..topiq_rabbitmq::RabbitMqConfig::default()
+    })
+    .await
+    .unwrap();
+    let (topic, key) = declare(&adapter, name).await;
+    (adapter, topic, key)
+}
+
 /// The trigger's deliveries, `WINDOW` at most unsettled (as raw's consumer window).
 pub async fn consume<A: Adapter>(
     adapter: &A,
