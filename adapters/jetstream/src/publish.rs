@@ -281,20 +281,7 @@ impl Shared {
             };
             sent.push(future);
         }
-        // Awaited in order, as they come: by the time an earlier one is in, most later ones
-        // are too, and one ready at its first poll arms no timer (polling them all at once
-        // arms one each).
-        let mut acknowledged = Vec::with_capacity(sent.len());
-        for (ready, future) in sent {
-            let acked = match future {
-                Some(future) => deadline
-                    .bound(future.into_future())
-                    .await
-                    .is_some_and(|ack| ack.is_ok()),
-                None => false,
-            };
-            acknowledged.push((ready, acked));
-        }
+        let acknowledged = acknowledgements(sent, &mut deadline).await;
         // What is left (keyed messages, and those without an acknowledgement) is published
         // alone, concurrently: the batch ends within one publish's bound of this.
         let mut alone = Vec::new();
@@ -335,6 +322,30 @@ impl Shared {
         self.publish_prepared(&ready).await?;
         Ok(ready.receipt())
     }
+}
+
+/// A batch's messages, each with whether the server acknowledged it: awaited in order, as
+/// they come (by the time an earlier one is in, most later ones are too, and one ready at its
+/// first poll arms no timer; polling them all at once arms one each), by `deadline`.
+async fn acknowledgements(
+    sent: Vec<(
+        Result<Prepared>,
+        Option<jetstream::context::PublishAckFuture>,
+    )>,
+    deadline: &mut BatchDeadline,
+) -> Vec<(Result<Prepared>, bool)> {
+    let mut acknowledged = Vec::with_capacity(sent.len());
+    for (ready, future) in sent {
+        let acked = match future {
+            Some(future) => deadline
+                .bound(future.into_future())
+                .await
+                .is_some_and(|ack| ack.is_ok()),
+            None => false,
+        };
+        acknowledged.push((ready, acked));
+    }
+    acknowledged
 }
 
 /// A message of a batch that got no outcome: cannot happen (each one is published alone or
