@@ -64,8 +64,14 @@ pub(crate) fn write(figures: &[Figure]) -> Result<(), String> {
     std::fs::write(path(), text).map_err(|err| format!("cannot write {}: {err}", path().display()))
 }
 
-/// Why `measured` breaks its budget in `recorded`, if it does.
+/// Why `measured` breaks its budget in `recorded`, if it does. Only topiq's own rows are held
+/// to a budget: a raw client's or a peer's row measures code topiq does not change (the raw
+/// RabbitMQ batch row moved 27,757 to 33,194 instructions between runs of one build, with the
+/// broker's timing); they are recorded and printed, for the ratios.
 pub(crate) fn over(measured: &Figure, recorded: Option<&Figure>) -> Option<String> {
+    if !is_topiqs(&measured.row) {
+        return None;
+    }
     let recorded = recorded?;
     let limit = recorded.instructions as f64 * (1.0 + TOLERANCE);
     if measured.instructions as f64 > limit {
@@ -92,6 +98,11 @@ pub(crate) fn over(measured: &Figure, recorded: Option<&Figure>) -> Option<Strin
         ));
     }
     None
+}
+
+/// A row measuring topiq's code (not a raw client's or a peer's).
+fn is_topiqs(row: &str) -> bool {
+    !row.ends_with("_raw") && !row.starts_with("peer.")
 }
 
 /// A row that talks to a broker (its counts move with the broker's timing).
@@ -133,6 +144,16 @@ mod tests {
             over(&figure(50_000, 9.0), None),
             None,
             "a new row has no budget yet"
+        );
+        let raw = Figure {
+            row: "rabbitmq.publish_batch_raw".into(),
+            instructions: 33_194,
+            allocations: 31.0,
+        };
+        assert_eq!(
+            over(&raw, Some(&broker(100.0))),
+            None,
+            "a raw client's row is printed, not held to a budget"
         );
     }
 }
