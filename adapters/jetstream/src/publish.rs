@@ -308,7 +308,11 @@ impl Shared {
         Ok(slots
             .into_iter()
             .map(|slot| {
-                slot.unwrap_or_else(|| published.next().unwrap_or_else(|| Err(unanswered())))
+                slot.unwrap_or_else(|| {
+                    published
+                        .next()
+                        .unwrap_or_else(|| Err(topiq_adapter_kit::batch_unanswered()))
+                })
             })
             .collect())
     }
@@ -346,15 +350,6 @@ async fn acknowledgements(
         acknowledged.push((ready, acked));
     }
     acknowledged
-}
-
-/// A message of a batch that got no outcome: cannot happen (each one is published alone or
-/// answered), said as an error rather than a panic.
-fn unanswered() -> Error {
-    Error::Broker {
-        operation: "publish",
-        source: "a message of the batch got no answer".into(),
-    }
 }
 
 /// One deadline for every wait of a batch: `timeout` from the first wait, the clock read

@@ -9,7 +9,8 @@
 //! - [`ConnectionOptions`], [`AdapterOptions`] and [`read_options`]: the options every
 //!   adapter's `config:` map has, read beside its own; [`Secret`], [`TlsSettings`],
 //!   [`duration`] and [`redact_url`]: the pieces of one;
-//! - [`ensure_open`]: the closed-adapter check every call makes first.
+//! - [`ensure_open`]: the closed-adapter check every call makes first;
+//! - [`batch_unanswered`]: the error for a message of a batch that got no outcome.
 
 pub mod codec;
 mod connection;
@@ -31,3 +32,12 @@ pub use redact::redact_url;
 pub use secret::Secret;
 pub use stored::{Stored, retention_end};
 pub use tls::TlsSettings;
+
+/// The error for a message of a batch that got no outcome: cannot happen (an adapter answers
+/// each message of a batch), said as an error rather than a panic.
+pub fn batch_unanswered() -> topiq_adapter::Error {
+    topiq_adapter::Error::Broker {
+        operation: "publish",
+        source: "a message of the batch got no answer".into(),
+    }
+}

@@ -136,7 +136,7 @@ impl Shared {
             } else {
                 other_outcomes.next()
             };
-            outcome.unwrap_or_else(|| Err(unanswered()))
+            outcome.unwrap_or_else(|| Err(topiq_adapter_kit::batch_unanswered()))
         };
         Ok(prepared
             .into_iter()
@@ -357,14 +357,6 @@ fn each_fails(count: usize, err: Error) -> Vec<Result<()>> {
     outcomes.extend((1..count).map(|_| Err(again(&err))));
     outcomes.insert(0, Err(err));
     outcomes
-}
-
-/// A message of a batch that got no outcome: cannot happen (each message is answered).
-fn unanswered() -> Error {
-    Error::Broker {
-        operation: "publish",
-        source: "a message of the batch got no answer".into(),
-    }
 }
 
 /// A message ready to publish.
