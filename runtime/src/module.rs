@@ -262,7 +262,7 @@ impl QueueModule {
                 topic: topic.clone(),
             });
         }
-        let span = telemetry::publish_span(self.messaging_system(), topic, 1);
+        let span = telemetry::publish_span(self.messaging_system(), topic, 1, &message.trace);
         let origin = self.origin_of(topic, &message);
         let mut message = self.keyed(topic, message);
         message.trace = telemetry::publish_context(&span, std::mem::take(&mut message.trace));

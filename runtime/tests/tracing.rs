@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::trace::{SpanId, TracerProvider as _};
+use opentelemetry::trace::{SpanId, Status, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
@@ -21,9 +21,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
-/// What the handler saw on each call: attempt, the envelope's baggage, and the baggage of
-/// the OpenTelemetry context it runs in.
-type Seen = Arc<Mutex<Vec<(u32, Option<String>, Option<String>)>>>;
+/// What the handler saw on each call: attempt, the envelope's baggage, the baggage of the
+/// OpenTelemetry context it runs in (`Context::current()`), and the baggage of its `tracing`
+/// span's context (`Span::current().context()`, which `tracing-opentelemetry`'s own layer
+/// records).
+type Seen = Arc<Mutex<Vec<Call>>>;
+
+/// One handler call, as [`Seen`] says.
+type Call = (u32, Option<String>, Option<String>, Option<String>);
 
 /// Which layer turns the spans into OpenTelemetry spans.
 #[derive(Clone, Copy)]
@@ -44,11 +49,11 @@ async fn scenario_with(adapter: &str, layer: SpanLayer) {
         .with_simple_exporter(exporter.clone())
         .build();
     let tracer = provider.tracer("tracing-test");
-    let layer = match layer {
+    let spans_to_opentelemetry = match layer {
         SpanLayer::Topiq => topiq::span_layer(tracer).boxed(),
         SpanLayer::Default => tracing_opentelemetry::layer().with_tracer(tracer).boxed(),
     };
-    let subscriber = tracing_subscriber::registry().with(layer);
+    let subscriber = tracing_subscriber::registry().with(spans_to_opentelemetry);
     let _default = tracing::subscriber::set_default(subscriber);
 
     let config = Config::from_yaml(
@@ -88,14 +93,17 @@ triggers:
     functions.register("flaky", move |message: Message| {
         let sink = Arc::clone(&sink);
         async move {
-            let in_context = tracing::Span::current()
-                .context()
-                .baggage()
-                .get("tenant")
-                .map(|value| value.to_string());
-            sink.lock()
-                .unwrap()
-                .push((message.attempt, message.baggage.clone(), in_context));
+            let tenant = |cx: &Context| cx.baggage().get("tenant").map(|value| value.to_string());
+            let in_context = tenant(&Context::current());
+            let in_span = tenant(&tracing::Span::current().context());
+            // A span the handler opens is a child of its process span.
+            tracing::info_span!("work").in_scope(|| ());
+            sink.lock().unwrap().push((
+                message.attempt,
+                message.baggage.clone(),
+                in_context,
+                in_span,
+            ));
             if message.topic.as_str() == "orders" && message.attempt == 1 {
                 return Err(HandlerError::retryable("first attempt fails"));
             }
@@ -105,7 +113,7 @@ triggers:
                     .lock()
                     .unwrap()
                     .iter()
-                    .filter(|(_, baggage, _)| baggage.as_deref() == Some("doom=1"))
+                    .filter(|(_, baggage, _, _)| baggage.as_deref() == Some("doom=1"))
                     .count()
                     == 1;
             if first_doomed {
@@ -232,6 +240,20 @@ triggers:
         assert_eq!(span.parent_span_id, publish.span_context.span_id());
         assert_eq!(attribute(span, "topiq.attempt"), Some(Value::I64(attempt)));
         assert_eq!(attribute(span, "topiq.outcome").unwrap().as_str(), outcome);
+        // A retried attempt is an error; a success leaves the status unset.
+        assert_eq!(
+            matches!(span.status, Status::Error { .. }),
+            outcome == "retried",
+            "{span:#?}"
+        );
+        // The span the handler opened is its child.
+        let work = named("work");
+        assert!(
+            work.iter()
+                .any(|work| work.parent_span_id == span.span_context.span_id()
+                    && work.span_context.trace_id() == span.span_context.trace_id()),
+            "no child of {span:#?} in {work:#?}"
+        );
         assert_eq!(
             attribute(span, "messaging.consumer.group.name")
                 .unwrap()
@@ -245,12 +267,15 @@ triggers:
     let seen = seen.lock().unwrap().clone();
     let orders: Vec<_> = seen
         .iter()
-        .filter(|(_, baggage, _)| baggage.as_deref() == Some("tenant=acme"))
+        .filter(|(_, baggage, _, _)| baggage.as_deref() == Some("tenant=acme"))
         .collect();
     assert_eq!(orders.len(), 2, "{seen:?}");
-    for (_, envelope_baggage, context_baggage) in orders {
+    for (_, envelope_baggage, context_baggage, span_baggage) in orders {
         assert_eq!(envelope_baggage.as_deref(), Some("tenant=acme"));
         assert_eq!(context_baggage.as_deref(), Some("acme"));
+        if matches!(layer, SpanLayer::Default) {
+            assert_eq!(span_baggage.as_deref(), Some("acme"));
+        }
     }
 
     // A redriven message keeps its trace: both deliveries are children of its publish span.

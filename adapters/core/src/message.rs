@@ -123,7 +123,7 @@ impl NewMessage {
             ("traceparent", self.trace.traceparent.as_deref()),
             ("baggage", self.trace.baggage.as_deref()),
         ] {
-            if value.is_some_and(|value| value.chars().any(char::is_control)) {
+            if value.is_some_and(has_control_characters) {
                 return Err(Error::InvalidArgument {
                     argument,
                     reason: "must not contain control characters such as line breaks".into(),
@@ -237,6 +237,18 @@ fn serialized_len_upper_bound(value: &Value, levels: usize) -> Option<usize> {
     }
 }
 
+/// True when `text` holds a control character (C0, DEL or C1). ASCII text, what trace
+/// headers and most keys are, is checked byte by byte; other text character by character.
+fn has_control_characters(text: &str) -> bool {
+    if text.is_ascii() {
+        // Without an early exit, so the compiler checks many bytes at once.
+        return text
+            .bytes()
+            .fold(false, |found, byte| found | byte.is_ascii_control());
+    }
+    text.chars().any(char::is_control)
+}
+
 /// W3C trace context carried from the publisher to the handler.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceContext {
@@ -294,6 +306,29 @@ impl Envelope {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn control_characters_are_refused_in_ascii_and_other_text_alike() {
+        for (text, refused) in [
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                false,
+            ),
+            ("tenant=acme,user=ü", false),
+            ("line\nbreak", true),
+            ("tab\there", true),
+            ("delete\u{7f}", true),
+            ("ü and a C1 next line\u{85}", true),
+            ("ü and a nul\u{0}", true),
+        ] {
+            let message = NewMessage::new(json!({})).trace(TraceContext {
+                traceparent: None,
+                baggage: Some(text.to_owned()),
+            });
+            let result = message.validate_fields();
+            assert_eq!(result.is_err(), refused, "{text:?}: {result:?}");
+        }
+    }
 
     #[test]
     fn serialized_len_matches_serde_json() {

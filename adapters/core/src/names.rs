@@ -30,6 +30,11 @@ impl TopicName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as written, shared (a reference count, not a copy).
+    pub fn shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
+    }
 }
 
 /// A trigger: the name of one durable subscription to a topic, such as `send-email`.
@@ -44,6 +49,11 @@ impl TriggerName {
     /// The name as written.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name as written, shared (a reference count, not a copy).
+    pub fn shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
     }
 }
 

@@ -261,7 +261,13 @@ impl QueueModule {
         topic: &TopicName,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<topiq_adapter::Result<PublishReceipt>>, CallError> {
-        let span = telemetry::publish_span(self.messaging_system(), topic, messages.len());
+        let first = messages.first().map(|message| &message.trace);
+        let span = telemetry::publish_span(
+            self.messaging_system(),
+            topic,
+            messages.len(),
+            first.unwrap_or(&TraceContext::default()),
+        );
         let origins: Vec<_> = messages
             .iter()
             .map(|message| self.origin_of(topic, message))

@@ -1,20 +1,20 @@
-//! A future that runs inside a span, like `tracing`'s `Instrumented`, but drops what it ran
-//! inside the span's last entry: `Instrumented` enters its span once more to drop a future
-//! that has finished, and with OpenTelemetry recording every entry costs hundreds of
-//! instructions (two spans a message).
+//! A future that runs inside a messaging span, like `tracing`'s `Instrumented`, but drops
+//! what it ran inside the span's last entry (`Instrumented` enters its span once more to drop
+//! a future that has finished), and with the recorded span as OpenTelemetry's current
+//! context while it is polled.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use super::MessagingSpan;
 use pin_project_lite::pin_project;
-use tracing::Span;
 
 pin_project! {
     /// `future` polled inside `span`; once it is ready, `then` turns its output (with the
     /// span, to record on it) into this future's.
     pub(crate) struct InSpan<F, Then> {
-        span: Span,
+        span: MessagingSpan,
         #[pin]
         future: Option<F>,
         then: Option<Then>,
@@ -33,10 +33,10 @@ pin_project! {
 }
 
 /// Runs `future` inside `span`, then `then(&span, output)`.
-pub(crate) fn in_span<F, Then, T>(span: Span, future: F, then: Then) -> InSpan<F, Then>
+pub(crate) fn in_span<F, Then, T>(span: MessagingSpan, future: F, then: Then) -> InSpan<F, Then>
 where
     F: Future,
-    Then: FnOnce(&Span, F::Output) -> T,
+    Then: FnOnce(&MessagingSpan, F::Output) -> T,
 {
     InSpan {
         span,
@@ -48,7 +48,7 @@ where
 impl<F, Then, T> Future for InSpan<F, Then>
 where
     F: Future,
-    Then: FnOnce(&Span, F::Output) -> T,
+    Then: FnOnce(&MessagingSpan, F::Output) -> T,
 {
     type Output = T;
 
@@ -74,6 +74,7 @@ mod tests {
 
     use std::sync::{Arc, Mutex};
 
+    use tracing::Span;
     use tracing::span::Id;
 
     use super::*;
@@ -87,6 +88,14 @@ mod tests {
     impl Drop for Noted {
         fn drop(&mut self) {
             self.1.lock().unwrap().push((self.0, Span::current().id()));
+        }
+    }
+
+    /// A messaging span with no recorded span.
+    fn traced(span: Span) -> MessagingSpan {
+        MessagingSpan {
+            span,
+            recorded: None,
         }
     }
 
@@ -105,14 +114,14 @@ mod tests {
                 let _noted = noted;
             };
             let sink = Arc::clone(&seen);
-            let then = move |span: &Span, ()| {
+            let then = move |span: &MessagingSpan, ()| {
                 sink.lock().unwrap().push(("then", Span::current().id()));
-                span.id()
+                span.span.id()
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            let returned = runtime.block_on(in_span(span, future, then));
+            let returned = runtime.block_on(in_span(traced(span), future, then));
             assert_eq!(returned, id);
             let seen = seen.lock().unwrap();
             assert_eq!(
@@ -133,7 +142,7 @@ mod tests {
                 let _noted = noted;
                 std::future::pending::<()>().await;
             };
-            let mut running = Box::pin(in_span(span, never, |_: &Span, ()| ()));
+            let mut running = Box::pin(in_span(traced(span), never, |_: &MessagingSpan, ()| ()));
             let mut cx = Context::from_waker(std::task::Waker::noop());
             assert!(running.as_mut().poll(&mut cx).is_pending());
             drop(running);

@@ -1,78 +1,89 @@
 //! Tracing across the broker: the publish span `enqueue` runs in, whose W3C `traceparent` and
 //! `baggage` travel with the message, and the process span each handler call runs in, whose
-//! parent is the publisher's span. Spans follow OpenTelemetry's messaging conventions; they
-//! reach OpenTelemetry through `tracing-opentelemetry` when the application (or `topiq run`
-//! with `telemetry:` on) installs its layer, and cost a disabled span otherwise.
+//! parent is the publisher's span. Spans follow OpenTelemetry's messaging conventions.
+//!
+//! Each is a `tracing` span (target `topiq::messaging`) and, under [`span_layer`], an
+//! OpenTelemetry span topiq records itself (`recorded.rs`). Without that layer, an
+//! application's own `tracing-opentelemetry` layer records the `tracing` span instead; with
+//! neither, a span costs a disabled `tracing` span and a look for the layer.
 
-use std::collections::HashMap;
-
+mod context;
 mod in_span;
+mod layer;
+mod recorded;
 mod traceparent;
 
+pub(crate) use context::current_traceparent;
 pub(crate) use in_span::in_span;
+pub use layer::span_layer;
 
-use opentelemetry::Context;
-use opentelemetry::baggage::BaggageExt;
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::BaggagePropagator;
+use opentelemetry::trace::{Link, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 use topiq_adapter::{Envelope, PublishReceipt, TopicName, TraceContext, TriggerName};
-
-use crate::outcome::Outcome;
-
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The OpenTelemetry context a message's `traceparent` and `baggage` carry, on top of the
-/// current one as OpenTelemetry's propagators extract (empty when the message carries
-/// neither). The `traceparent` is read directly; baggage, rarer, through the propagator.
-pub(crate) fn extract(traceparent: Option<&str>, baggage: Option<&str>) -> Context {
-    if traceparent.is_none() && baggage.is_none() {
-        return Context::new();
-    }
-    let current = Context::current();
-    let cx = match traceparent.and_then(traceparent::parse) {
-        Some(parent) => current.with_remote_span_context(parent),
-        None => current,
-    };
-    match baggage {
-        Some(baggage) => {
-            let carrier = HashMap::from([("baggage".to_owned(), baggage.to_owned())]);
-            BaggagePropagator::new().extract_with_context(&cx, &carrier)
+use crate::outcome::Outcome;
+
+/// A publish or process span: the `tracing` span, and the OpenTelemetry span topiq records
+/// itself under [`span_layer`] (in its context, the parent's baggage kept), which ends when
+/// this is dropped.
+pub(crate) struct MessagingSpan {
+    span: Span,
+    recorded: Option<Context>,
+}
+
+/// A [`MessagingSpan`] entered: the `tracing` span entered and the recorded span
+/// OpenTelemetry's current context, until dropped.
+pub(crate) struct Entered<'a> {
+    // Dropped first: the context is restored before the `tracing` span is left.
+    _context: Option<opentelemetry::ContextGuard>,
+    _span: tracing::span::Entered<'a>,
+}
+
+impl MessagingSpan {
+    /// Enters the span (see [`Entered`]).
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        let span = self.span.enter();
+        Entered {
+            _context: self.recorded.as_ref().map(|cx| cx.clone().attach()),
+            _span: span,
         }
-        None => cx,
+    }
+
+    /// Sets `key` to `value` on the recorded span (a copy) and the `tracing` span.
+    fn record(&self, key: &'static str, value: &str) {
+        self.span.record(key, value);
+        if let Some(cx) = &self.recorded {
+            cx.span()
+                .set_attribute(KeyValue::new(key, value.to_owned()));
+        }
+    }
+
+    /// Sets `key` to `value` on the recorded span (no copy) and the `tracing` span.
+    fn record_static(&self, key: &'static str, value: &'static str) {
+        self.span.record(key, value);
+        if let Some(cx) = &self.recorded {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Marks the span as failed: `why` is the recorded span's status description.
+    fn fail(&self, why: &'static str) {
+        self.span.record("otel.status_code", "ERROR");
+        if let Some(cx) = &self.recorded {
+            cx.span().set_status(Status::error(why));
+        }
     }
 }
 
-/// `traceparent` and `baggage` of `cx` (each `None` when it has none).
-fn inject(cx: &Context) -> TraceContext {
-    let span = cx.span();
-    let context = span.span_context();
-    let baggage = (!cx.baggage().is_empty())
-        .then(|| {
-            let mut carrier: HashMap<String, String> = HashMap::new();
-            BaggagePropagator::new().inject_context(cx, &mut carrier);
-            carrier.remove("baggage")
-        })
-        .flatten()
-        .filter(|baggage| !baggage.is_empty());
-    TraceContext {
-        traceparent: context.is_valid().then(|| traceparent::format(context)),
-        baggage,
+impl Drop for MessagingSpan {
+    fn drop(&mut self) {
+        if let Some(cx) = &self.recorded {
+            cx.span().end();
+        }
     }
-}
-
-/// The W3C `traceparent` of `span`, when it is recorded.
-pub(crate) fn traceparent_of(span: &Span) -> Option<String> {
-    if span.is_disabled() {
-        return None;
-    }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    inject(&cx).traceparent
 }
 
 /// `<operation> <topic>`, the span name OpenTelemetry's messaging conventions give (built
@@ -85,9 +96,16 @@ fn span_name(operation: &str, topic: &TopicName) -> String {
     name
 }
 
-/// The span an enqueue runs in (`publish <topic>`, kind producer).
-pub(crate) fn publish_span(system: &'static str, topic: &TopicName, count: usize) -> Span {
-    tracing::info_span!(
+/// The span an enqueue of `count` messages runs in (`publish <topic>`, kind producer). Its
+/// parent is the first message's `given` `traceparent` when it has a valid one, the caller's
+/// current span otherwise.
+pub(crate) fn publish_span(
+    system: &'static str,
+    topic: &TopicName,
+    count: usize,
+    given: &TraceContext,
+) -> MessagingSpan {
+    let span = tracing::info_span!(
         target: "topiq::messaging",
         "publish",
         otel.name = span_name("publish", topic),
@@ -99,32 +117,54 @@ pub(crate) fn publish_span(system: &'static str, topic: &TopicName, count: usize
         messaging.destination.name = topic.as_str(),
         messaging.batch.message_count = (count > 1).then_some(count as i64),
         messaging.message.id = Empty,
-    )
+    );
+    let given_parent = given_parent(given);
+    if !span.is_disabled()
+        && let Some(parent) = &given_parent
+    {
+        let _ = span.set_parent(parent.clone());
+    }
+    let recorded = layer::tracer().map(|tracer| {
+        let parent = given_parent.unwrap_or_else(context::current);
+        recorded::publish(&tracer, system, topic, count, &parent)
+    });
+    MessagingSpan { span, recorded }
+}
+
+/// The context `given` names when its `traceparent` is valid: only a context with a span
+/// may become a parent, baggage alone would cut the publish span off the caller's span.
+fn given_parent(given: &TraceContext) -> Option<Context> {
+    given.traceparent.as_ref()?;
+    let parent = context::extract(given.traceparent.as_deref(), given.baggage.as_deref());
+    parent.span().span_context().is_valid().then_some(parent)
 }
 
 /// The trace context a message published in `span` carries: the span's own (so the handler's
-/// span is its child), with the caller's `given` context as the span's parent when there is
-/// one. Without an OpenTelemetry layer the span has no context, and `given` passes through.
-pub(crate) fn publish_context(span: &Span, given: TraceContext) -> TraceContext {
-    if span.is_disabled() {
-        return given;
-    }
-    if given.traceparent.is_some() {
-        // Only a context with a span may become the parent: baggage alone would cut the
-        // publish span off the caller's current span. Given baggage travels as given.
-        let parent = extract(given.traceparent.as_deref(), given.baggage.as_deref());
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
+/// span is its child), with the caller's `given` baggage, or the parent's. Without an
+/// OpenTelemetry layer the span has no context, and `given` passes through.
+pub(crate) fn publish_context(span: &MessagingSpan, given: TraceContext) -> TraceContext {
+    let injected = match &span.recorded {
+        Some(cx) => TraceContext {
+            traceparent: Some(traceparent::format(cx.span().span_context())),
+            baggage: None,
+        },
+        None if span.span.is_disabled() => return given,
+        None => {
+            let cx = span.span.context();
+            if !cx.span().span_context().is_valid() {
+                return given;
+            }
+            context::inject(&cx)
         }
-    }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return given;
-    }
-    let injected = inject(&cx);
+    };
+    let baggage = match (given.baggage, &span.recorded) {
+        (Some(given), _) => Some(given),
+        (None, Some(cx)) => context::baggage_of(cx),
+        (None, None) => injected.baggage,
+    };
     TraceContext {
         traceparent: injected.traceparent.or(given.traceparent),
-        baggage: given.baggage.or(injected.baggage),
+        baggage,
     }
 }
 
@@ -134,7 +174,7 @@ pub(crate) fn process_span(
     system: &'static str,
     envelope: &Envelope,
     trigger: &TriggerName,
-) -> Span {
+) -> MessagingSpan {
     let span = tracing::info_span!(
         target: "topiq::messaging",
         "process",
@@ -151,13 +191,13 @@ pub(crate) fn process_span(
         topiq.max_attempts = i64::from(envelope.max_attempts),
         topiq.outcome = Empty,
     );
+    let carried = || context::extract(envelope.traceparent.as_deref(), envelope.baggage.as_deref());
     if !span.is_disabled() && (envelope.traceparent.is_some() || envelope.baggage.is_some()) {
-        let _ = span.set_parent(extract(
-            envelope.traceparent.as_deref(),
-            envelope.baggage.as_deref(),
-        ));
+        let _ = span.set_parent(carried());
     }
-    span
+    let recorded = layer::tracer()
+        .map(|tracer| recorded::process(&tracer, system, envelope, trigger, &carried()));
+    MessagingSpan { span, recorded }
 }
 
 /// The span a batch call runs in: a new trace, linked to each message's publisher span
@@ -167,7 +207,7 @@ pub(crate) fn batch_process_span(
     topic: &TopicName,
     trigger: &TriggerName,
     envelopes: &[&Envelope],
-) -> Span {
+) -> MessagingSpan {
     let span = tracing::info_span!(
         target: "topiq::messaging",
         "process",
@@ -182,53 +222,41 @@ pub(crate) fn batch_process_span(
         messaging.batch.message_count = envelopes.len() as i64,
         topiq.outcome = Empty,
     );
-    for envelope in envelopes {
-        if let Some(link) = envelope.traceparent.as_deref().and_then(traceparent::parse) {
+    let links = || {
+        envelopes
+            .iter()
+            .filter_map(|envelope| envelope.traceparent.as_deref().and_then(traceparent::parse))
+    };
+    if !span.is_disabled() {
+        for link in links() {
             span.add_link(link);
         }
     }
-    span
-}
-
-/// The layer that turns `tracing` spans into OpenTelemetry spans, as `topiq run` installs it:
-/// without per-span busy/idle timing, thread and code-location attributes, which cost more
-/// than the messaging attributes themselves, and without making an entered span
-/// OpenTelemetry's current context (`opentelemetry::Context::current()`), which costs a
-/// context attached and restored on every poll of a handler (see docs/benchmarks.md). A
-/// span's context is read with `tracing_opentelemetry::OpenTelemetrySpanExt::context`, and
-/// spans opened inside a handler's span are its children either way.
-pub fn span_layer<S>(
-    tracer: opentelemetry_sdk::trace::SdkTracer,
-) -> impl tracing_subscriber::Layer<S>
-where
-    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
-{
-    tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_tracked_inactivity(false)
-        .with_threads(false)
-        .with_location(false)
-        .with_context_activation(false)
+    let recorded = layer::tracer().map(|tracer| {
+        let links = links().map(Link::with_context).collect();
+        recorded::batch_process(&tracer, system, topic, trigger, envelopes.len(), links)
+    });
+    MessagingSpan { span, recorded }
 }
 
 /// A publish's result, recorded on its span: the message id it got, or an error status.
 pub(crate) fn record_published(
-    span: &Span,
+    span: &MessagingSpan,
     published: topiq_adapter::Result<PublishReceipt>,
 ) -> topiq_adapter::Result<PublishReceipt> {
     match &published {
         Ok(receipt) => span.record("messaging.message.id", receipt.message_id.as_str()),
-        Err(_) => span.record("otel.status_code", "ERROR"),
+        Err(_) => span.fail("publish failed"),
     };
     published
 }
 
 /// What became of a processed message or batch, recorded on its span; failures mark the
 /// span as an error.
-pub(crate) fn record_outcome(span: &Span, outcome: Outcome) {
-    span.record("topiq.outcome", outcome.as_str());
+pub(crate) fn record_outcome(span: &MessagingSpan, outcome: Outcome) {
+    span.record_static("topiq.outcome", outcome.as_str());
     if outcome.is_error() {
-        span.record("otel.status_code", "ERROR");
+        span.fail(outcome.as_str());
     }
 }
 
@@ -244,13 +272,16 @@ mod tests {
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             baggage: Some("tenant=acme".into()),
         };
-        let again = inject(&extract(
+        let again = context::inject(&context::extract(
             given.traceparent.as_deref(),
             given.baggage.as_deref(),
         ));
         assert_eq!(again.traceparent, given.traceparent);
         assert_eq!(again.baggage, given.baggage);
-        assert_eq!(inject(&extract(None, None)).traceparent, None);
+        assert_eq!(
+            context::inject(&context::extract(None, None)).traceparent,
+            None
+        );
     }
 
     #[test]
@@ -259,7 +290,7 @@ mod tests {
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             baggage: None,
         };
-        let span = publish_span("topiq", &TopicName::new("a.b").unwrap(), 1);
+        let span = publish_span("topiq", &TopicName::new("a.b").unwrap(), 1, &given);
         let carried = publish_context(&span, given.clone());
         assert_eq!(carried.traceparent, given.traceparent);
     }

@@ -27,12 +27,12 @@ pub(crate) fn parse(header: &str) -> Option<SpanContext> {
     if version > MAX_VERSION || !fits {
         return None;
     }
-    let trace_id = hex(&bytes[3..35])?;
+    let trace_id = (u128::from(hex(&bytes[3..19])?) << 64) | u128::from(hex(&bytes[19..35])?);
     let span_id = hex(&bytes[36..52])?;
     let flags = hex(&bytes[53..55])? as u8;
     let context = SpanContext::new(
         TraceId::from(trace_id),
-        SpanId::from(span_id as u64),
+        SpanId::from(span_id),
         TraceFlags::new(flags) & TraceFlags::SAMPLED,
         true,
         TraceState::default(),
@@ -50,20 +50,37 @@ pub(crate) fn format(context: &SpanContext) -> String {
         &mut header[53..55],
         &[(context.trace_flags() & TraceFlags::SAMPLED).to_u8()],
     );
-    // Only ASCII was written, so this borrows and copies (never replaces anything).
-    String::from_utf8_lossy(&header).into_owned()
+    // Only ASCII was written: the check always passes.
+    std::str::from_utf8(&header)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
-/// The number lower-case hex `digits` spell (at most 32 of them), `None` for anything else.
-fn hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |number, digit| {
-        let value = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            _ => return None,
-        };
-        Some((number << 4) | u128::from(value))
-    })
+/// What a byte is worth as a lower-case hex digit; [`NOT_HEX`] for any other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut values = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        values[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    values
+};
+
+/// A byte that is no lower-case hex digit, in [`HEX_VALUES`].
+const NOT_HEX: u8 = 0xff;
+
+/// The number lower-case hex `digits` spell (at most 16 of them), `None` for anything else.
+fn hex(digits: &[u8]) -> Option<u64> {
+    let mut number = 0u64;
+    for &digit in digits {
+        let value = HEX_VALUES[usize::from(digit)];
+        if value == NOT_HEX {
+            return None;
+        }
+        number = (number << 4) | u64::from(value);
+    }
+    Some(number)
 }
 
 /// `bytes` in lower-case hex into `into`, two digits a byte.
@@ -100,6 +117,8 @@ mod tests {
         for header in [
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-00000000000000000000000000000001-0000000000000001-01",
+            "00-10000000000000000000000000000000-1000000000000000-01",
             " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09",
             "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-later",

@@ -565,7 +565,7 @@ impl Trigger {
         let Some(runs) = &self.runs else {
             return;
         };
-        let traceparent = telemetry::traceparent_of(&tracing::Span::current());
+        let traceparent = telemetry::current_traceparent();
         let started = deliveries.iter().map(|delivery| {
             runs.started(
                 &self.settings.name,

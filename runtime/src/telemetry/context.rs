@@ -1,0 +1,82 @@
+//! Trace context in and out of messages: the W3C `traceparent` and `baggage` a message
+//! carries, turned into OpenTelemetry's context and back.
+
+use std::collections::HashMap;
+
+use opentelemetry::Context;
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::BaggagePropagator;
+use topiq_adapter::TraceContext;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::traceparent;
+
+/// The OpenTelemetry context a message's `traceparent` and `baggage` carry, on top of the
+/// current one as OpenTelemetry's propagators extract (empty when the message carries
+/// neither). The `traceparent` is read directly; baggage, rarer, through the propagator.
+pub(super) fn extract(traceparent: Option<&str>, baggage: Option<&str>) -> Context {
+    if traceparent.is_none() && baggage.is_none() {
+        return Context::new();
+    }
+    let current = Context::current();
+    let cx = match traceparent.and_then(traceparent::parse) {
+        Some(parent) => current.with_remote_span_context(parent),
+        None => current,
+    };
+    match baggage {
+        Some(baggage) => {
+            let carrier = HashMap::from([("baggage".to_owned(), baggage.to_owned())]);
+            BaggagePropagator::new().extract_with_context(&cx, &carrier)
+        }
+        None => cx,
+    }
+}
+
+/// `traceparent` and `baggage` of `cx` (each `None` when it has none).
+pub(super) fn inject(cx: &Context) -> TraceContext {
+    let span = cx.span();
+    let context = span.span_context();
+    TraceContext {
+        traceparent: context.is_valid().then(|| traceparent::format(context)),
+        baggage: baggage_of(cx),
+    }
+}
+
+/// The W3C `baggage` of `cx`, when it has any.
+pub(super) fn baggage_of(cx: &Context) -> Option<String> {
+    if cx.baggage().is_empty() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    BaggagePropagator::new().inject_context(cx, &mut carrier);
+    carrier
+        .remove("baggage")
+        .filter(|baggage| !baggage.is_empty())
+}
+
+/// The context of the caller's current span: the span a `tracing-opentelemetry` layer
+/// records, or else OpenTelemetry's current context (a handler's process span under
+/// [`span_layer`](super::span_layer)). Empty when neither has a span.
+pub(super) fn current() -> Context {
+    let traced = Span::current().context();
+    if traced.span().span_context().is_valid() {
+        return traced;
+    }
+    Context::current()
+}
+
+/// The W3C `traceparent` of the caller's current span, when it is recorded.
+pub(crate) fn current_traceparent() -> Option<String> {
+    let span = Span::current();
+    let cx = if span.is_disabled() {
+        Context::current()
+    } else {
+        current()
+    };
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| traceparent::format(context))
+}
