@@ -237,16 +237,19 @@ fn serialized_len_upper_bound(value: &Value, levels: usize) -> Option<usize> {
     }
 }
 
-/// True when `text` holds a control character (C0, DEL or C1). ASCII text, what trace
-/// headers and most keys are, is checked byte by byte; other text character by character.
+/// True when `text` holds a control character (C0, DEL or C1). One pass over the bytes,
+/// without an early exit so the compiler checks many at once, settles ASCII text (what trace
+/// headers and most keys are); other text is then checked character by character.
 fn has_control_characters(text: &str) -> bool {
-    if text.is_ascii() {
-        // Without an early exit, so the compiler checks many bytes at once.
-        return text
-            .bytes()
-            .fold(false, |found, byte| found | byte.is_ascii_control());
-    }
-    text.chars().any(char::is_control)
+    let (ascii_control, non_ascii) =
+        text.bytes()
+            .fold((false, false), |(control, non_ascii), byte| {
+                (
+                    control | byte.is_ascii_control(),
+                    non_ascii | !byte.is_ascii(),
+                )
+            });
+    ascii_control || (non_ascii && text.chars().any(char::is_control))
 }
 
 /// W3C trace context carried from the publisher to the handler.

@@ -19,6 +19,7 @@ pub use layer::span_layer;
 
 use opentelemetry::trace::{Link, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
+use recorded::Recorded;
 use topiq_adapter::{Envelope, PublishReceipt, TopicName, TraceContext, TriggerName};
 use tracing::Span;
 use tracing::field::Empty;
@@ -27,14 +28,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::outcome::Outcome;
 
 /// A publish or process span: the `tracing` span, and the OpenTelemetry span topiq records
-/// itself under [`span_layer`] (in its context, the parent's baggage kept), which ends when
-/// this is dropped.
+/// itself under [`span_layer`], which ends when this is dropped.
 pub(crate) struct MessagingSpan {
     span: Span,
-    recorded: Option<Context>,
+    recorded: Option<Recorded>,
 }
 
-/// A [`MessagingSpan`] entered: the `tracing` span entered and the recorded span
+/// A [`MessagingSpan`] entered: the `tracing` span entered and a recorded process span
 /// OpenTelemetry's current context, until dropped.
 pub(crate) struct Entered<'a> {
     // Dropped first: the context is restored before the `tracing` span is left.
@@ -47,7 +47,7 @@ impl MessagingSpan {
     pub(crate) fn enter(&self) -> Entered<'_> {
         let span = self.span.enter();
         Entered {
-            _context: self.recorded.as_ref().map(|cx| cx.clone().attach()),
+            _context: self.recorded.as_ref().and_then(Recorded::attach),
             _span: span,
         }
     }
@@ -55,33 +55,24 @@ impl MessagingSpan {
     /// Sets `key` to `value` on the recorded span (a copy) and the `tracing` span.
     fn record(&self, key: &'static str, value: &str) {
         self.span.record(key, value);
-        if let Some(cx) = &self.recorded {
-            cx.span()
-                .set_attribute(KeyValue::new(key, value.to_owned()));
+        if let Some(recorded) = &self.recorded {
+            recorded.set_attribute(KeyValue::new(key, value.to_owned()));
         }
     }
 
     /// Sets `key` to `value` on the recorded span (no copy) and the `tracing` span.
     fn record_static(&self, key: &'static str, value: &'static str) {
         self.span.record(key, value);
-        if let Some(cx) = &self.recorded {
-            cx.span().set_attribute(KeyValue::new(key, value));
+        if let Some(recorded) = &self.recorded {
+            recorded.set_attribute(KeyValue::new(key, value));
         }
     }
 
     /// Marks the span as failed: `why` is the recorded span's status description.
     fn fail(&self, why: &'static str) {
         self.span.record("otel.status_code", "ERROR");
-        if let Some(cx) = &self.recorded {
-            cx.span().set_status(Status::error(why));
-        }
-    }
-}
-
-impl Drop for MessagingSpan {
-    fn drop(&mut self) {
-        if let Some(cx) = &self.recorded {
-            cx.span().end();
+        if let Some(recorded) = &self.recorded {
+            recorded.set_status(Status::error(why));
         }
     }
 }
@@ -126,7 +117,7 @@ pub(crate) fn publish_span(
     }
     let recorded = layer::tracer().map(|tracer| {
         let parent = given_parent.unwrap_or_else(context::current);
-        recorded::publish(&tracer, system, topic, count, &parent)
+        recorded::publish(&tracer, system, topic, count, parent)
     });
     MessagingSpan { span, recorded }
 }
@@ -144,8 +135,8 @@ fn given_parent(given: &TraceContext) -> Option<Context> {
 /// OpenTelemetry layer the span has no context, and `given` passes through.
 pub(crate) fn publish_context(span: &MessagingSpan, given: TraceContext) -> TraceContext {
     let injected = match &span.recorded {
-        Some(cx) => TraceContext {
-            traceparent: Some(traceparent::format(cx.span().span_context())),
+        Some(recorded) => TraceContext {
+            traceparent: Some(recorded.traceparent()),
             baggage: None,
         },
         None if span.span.is_disabled() => return given,
@@ -159,7 +150,7 @@ pub(crate) fn publish_context(span: &MessagingSpan, given: TraceContext) -> Trac
     };
     let baggage = match (given.baggage, &span.recorded) {
         (Some(given), _) => Some(given),
-        (None, Some(cx)) => context::baggage_of(cx),
+        (None, Some(recorded)) => recorded.baggage(),
         (None, None) => injected.baggage,
     };
     TraceContext {

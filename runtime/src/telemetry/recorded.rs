@@ -2,26 +2,98 @@
 //! built from the message's own fields (static keys and values, topic and trigger names
 //! shared, not copied), with no `tracing` fields to visit, format or copy on the way.
 
-use opentelemetry::trace::{Link, SpanKind, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::SdkTracer;
+use std::cell::RefCell;
+
+use opentelemetry::trace::{Link, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, ContextGuard, KeyValue};
+use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use topiq_adapter::{Envelope, TopicName, TriggerName};
 
-use super::span_name;
+use super::{context, span_name, traceparent};
 
 /// The attributes the span of a publish or process starts with, and how many more it may
 /// get (its message id, its outcome) without growing.
 const ROOM_FOR_LATER: usize = 2;
 
-/// Starts the publish span of `count` messages to `topic`, child of `parent`; returns its
-/// context (`parent`'s baggage kept).
+/// A span topiq records. It ends when dropped.
+pub(super) enum Recorded {
+    /// A publish span, held alone (nothing that runs inside it opens spans). Boxed: a
+    /// span's data is large, and a message's futures hold this.
+    Publish(Box<PublishSpan>),
+    /// A process span in its context, OpenTelemetry's current context while the handler's
+    /// future is polled.
+    Process(Context),
+}
+
+/// A publish span and the context it is the child of (whose baggage messages carry when
+/// given none).
+pub(super) struct PublishSpan {
+    /// The span (set while its messages are published, read for their `traceparent`).
+    span: RefCell<SdkSpan>,
+    /// Its parent's context.
+    parent: Context,
+}
+
+impl Recorded {
+    /// Makes a process span OpenTelemetry's current context until the guard is dropped.
+    pub(super) fn attach(&self) -> Option<ContextGuard> {
+        match self {
+            Recorded::Publish(_) => None,
+            Recorded::Process(cx) => Some(cx.clone().attach()),
+        }
+    }
+
+    /// Sets an attribute.
+    pub(super) fn set_attribute(&self, attribute: KeyValue) {
+        match self {
+            Recorded::Publish(publish) => publish.span.borrow_mut().set_attribute(attribute),
+            Recorded::Process(cx) => cx.span().set_attribute(attribute),
+        }
+    }
+
+    /// Sets the status.
+    pub(super) fn set_status(&self, status: Status) {
+        match self {
+            Recorded::Publish(publish) => publish.span.borrow_mut().set_status(status),
+            Recorded::Process(cx) => cx.span().set_status(status),
+        }
+    }
+
+    /// The span's W3C `traceparent`.
+    pub(super) fn traceparent(&self) -> String {
+        match self {
+            Recorded::Publish(publish) => traceparent::format(publish.span.borrow().span_context()),
+            Recorded::Process(cx) => traceparent::format(cx.span().span_context()),
+        }
+    }
+
+    /// The W3C `baggage` the span was started with, when any.
+    pub(super) fn baggage(&self) -> Option<String> {
+        match self {
+            Recorded::Publish(publish) => context::baggage_of(&publish.parent),
+            Recorded::Process(cx) => context::baggage_of(cx),
+        }
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        // A span held alone ends when dropped; one in a context ends now, whoever still
+        // holds a copy of the context.
+        if let Recorded::Process(cx) = self {
+            cx.span().end();
+        }
+    }
+}
+
+/// Starts the publish span of `count` messages to `topic`, child of `parent`.
 pub(super) fn publish(
     tracer: &SdkTracer,
     system: &'static str,
     topic: &TopicName,
     count: usize,
-    parent: &Context,
-) -> Context {
+    parent: Context,
+) -> Recorded {
     let mut attributes = Vec::with_capacity(5 + ROOM_FOR_LATER);
     attributes.extend([
         KeyValue::new("messaging.system", system),
@@ -33,14 +105,11 @@ pub(super) fn publish(
         attributes.push(KeyValue::new("messaging.batch.message_count", count as i64));
     }
     let name = span_name("publish", topic);
-    start(
-        tracer,
-        name,
-        SpanKind::Producer,
-        attributes,
-        Vec::new(),
+    let span = start(tracer, name, SpanKind::Producer, attributes, &parent);
+    Recorded::Publish(Box::new(PublishSpan {
+        span: RefCell::new(span),
         parent,
-    )
+    }))
 }
 
 /// Starts the process span of one delivery on `trigger`, child of `parent` (the publisher's
@@ -51,7 +120,7 @@ pub(super) fn process(
     envelope: &Envelope,
     trigger: &TriggerName,
     parent: &Context,
-) -> Context {
+) -> Recorded {
     let mut attributes = Vec::with_capacity(8 + ROOM_FOR_LATER);
     attributes.extend([
         KeyValue::new("messaging.system", system),
@@ -64,14 +133,8 @@ pub(super) fn process(
         KeyValue::new("topiq.max_attempts", i64::from(envelope.max_attempts)),
     ]);
     let name = span_name("process", &envelope.topic);
-    start(
-        tracer,
-        name,
-        SpanKind::Consumer,
-        attributes,
-        Vec::new(),
-        parent,
-    )
+    let span = start(tracer, name, SpanKind::Consumer, attributes, parent);
+    Recorded::Process(parent.with_span(span))
 }
 
 /// Starts the process span of a batch on `trigger`: a new trace, linked to `links` (each
@@ -83,7 +146,7 @@ pub(super) fn batch_process(
     trigger: &TriggerName,
     count: usize,
     links: Vec<Link>,
-) -> Context {
+) -> Recorded {
     let attributes = vec![
         KeyValue::new("messaging.system", system),
         KeyValue::new("messaging.operation.type", "process"),
@@ -92,28 +155,27 @@ pub(super) fn batch_process(
         KeyValue::new("messaging.consumer.group.name", trigger.shared()),
         KeyValue::new("messaging.batch.message_count", count as i64),
     ];
-    let name = span_name("process", topic);
     let root = Context::new();
-    start(tracer, name, SpanKind::Consumer, attributes, links, &root)
+    let span = tracer
+        .span_builder(span_name("process", topic))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes(attributes)
+        .with_links(links)
+        .start_with_context(tracer, &root);
+    Recorded::Process(root.with_span(span))
 }
 
-/// Starts a span (sampled or not, as the tracer's sampler decides) and returns `parent`
-/// with it as the active span.
+/// Starts a span, child of `parent`, sampled or not as the tracer's sampler decides.
 fn start(
     tracer: &SdkTracer,
     name: String,
     kind: SpanKind,
     attributes: Vec<KeyValue>,
-    links: Vec<Link>,
     parent: &Context,
-) -> Context {
-    let mut builder = tracer
+) -> SdkSpan {
+    tracer
         .span_builder(name)
         .with_kind(kind)
-        .with_attributes(attributes);
-    if !links.is_empty() {
-        builder = builder.with_links(links);
-    }
-    let span = builder.start_with_context(tracer, parent);
-    parent.with_span(span)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent)
 }
