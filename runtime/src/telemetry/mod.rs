@@ -10,6 +10,7 @@
 mod context;
 mod in_span;
 mod layer;
+mod names;
 mod recorded;
 mod traceparent;
 
@@ -77,16 +78,6 @@ impl MessagingSpan {
     }
 }
 
-/// `<operation> <topic>`, the span name OpenTelemetry's messaging conventions give (built
-/// without the formatting machinery: two spans a message).
-fn span_name(operation: &str, topic: &TopicName) -> String {
-    let mut name = String::with_capacity(operation.len() + 1 + topic.as_str().len());
-    name.push_str(operation);
-    name.push(' ');
-    name.push_str(topic.as_str());
-    name
-}
-
 /// The span an enqueue of `count` messages runs in (`publish <topic>`, kind producer). Its
 /// parent is the first message's `given` `traceparent` when it has a valid one, the caller's
 /// current span otherwise.
@@ -99,7 +90,7 @@ pub(crate) fn publish_span(
     let span = tracing::info_span!(
         target: "topiq::messaging",
         "publish",
-        otel.name = span_name("publish", topic),
+        otel.name = names::publish(topic),
         otel.kind = "producer",
         otel.status_code = Empty,
         messaging.system = system,
@@ -169,7 +160,7 @@ pub(crate) fn process_span(
     let span = tracing::info_span!(
         target: "topiq::messaging",
         "process",
-        otel.name = span_name("process", &envelope.topic),
+        otel.name = names::process(&envelope.topic),
         otel.kind = "consumer",
         otel.status_code = Empty,
         messaging.system = system,
@@ -202,7 +193,7 @@ pub(crate) fn batch_process_span(
     let span = tracing::info_span!(
         target: "topiq::messaging",
         "process",
-        otel.name = span_name("process", topic),
+        otel.name = names::process(topic),
         otel.kind = "consumer",
         otel.status_code = Empty,
         messaging.system = system,

@@ -9,7 +9,7 @@ use opentelemetry::{Context, ContextGuard, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use topiq_adapter::{Envelope, TopicName, TriggerName};
 
-use super::{context, span_name, traceparent};
+use super::{context, names, traceparent};
 
 /// The attributes the span of a publish or process starts with, and how many more it may
 /// get (its message id, its outcome) without growing.
@@ -104,7 +104,7 @@ pub(super) fn publish(
     if count > 1 {
         attributes.push(KeyValue::new("messaging.batch.message_count", count as i64));
     }
-    let name = span_name("publish", topic);
+    let name = names::publish(topic);
     let span = start(tracer, name, SpanKind::Producer, attributes, &parent);
     Recorded::Publish(Box::new(PublishSpan {
         span: RefCell::new(span),
@@ -132,7 +132,7 @@ pub(super) fn process(
         KeyValue::new("topiq.attempt", i64::from(envelope.attempt)),
         KeyValue::new("topiq.max_attempts", i64::from(envelope.max_attempts)),
     ]);
-    let name = span_name("process", &envelope.topic);
+    let name = names::process(&envelope.topic);
     let span = start(tracer, name, SpanKind::Consumer, attributes, parent);
     Recorded::Process(parent.with_span(span))
 }
@@ -157,7 +157,7 @@ pub(super) fn batch_process(
     ];
     let root = Context::new();
     let span = tracer
-        .span_builder(span_name("process", topic))
+        .span_builder(names::process(topic))
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes)
         .with_links(links)
@@ -168,7 +168,7 @@ pub(super) fn batch_process(
 /// Starts a span, child of `parent`, sampled or not as the tracer's sampler decides.
 fn start(
     tracer: &SdkTracer,
-    name: String,
+    name: &'static str,
     kind: SpanKind,
     attributes: Vec<KeyValue>,
     parent: &Context,
