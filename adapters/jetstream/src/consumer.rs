@@ -208,6 +208,12 @@ impl Puller {
             let Some((_, subscriber)) = self.inbox.as_mut() else {
                 return Some(None);
             };
+            // What already arrived is taken without a wait: no cancellation waiter is
+            // registered and dropped, no timer looked at (the caller checked for close).
+            if let Some(Some(message)) = subscriber.next().now_or_never() {
+                self.last_heard = Instant::now();
+                return Some(Some(message));
+            }
             // Biased: whatever already arrived is read before the silence timer is looked at.
             // When nobody polled this stream for a while (every handler busy), that timer has
             // run out while messages and heartbeats waited in the subscription; starting over
