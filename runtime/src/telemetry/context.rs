@@ -9,8 +9,11 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::BaggagePropagator;
 use topiq_adapter::TraceContext;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing::span::Id;
+use tracing::{Dispatch, Span};
+use tracing_opentelemetry::get_otel_context;
+use tracing_subscriber::Registry;
+use tracing_subscriber::registry::LookupSpan;
 
 use super::traceparent;
 
@@ -57,15 +60,26 @@ pub(super) fn baggage_of(cx: &Context) -> Option<String> {
         .filter(|baggage| !baggage.is_empty())
 }
 
-/// The context of the caller's current span: the span a `tracing-opentelemetry` layer
-/// records, or else OpenTelemetry's current context (a handler's process span under
-/// [`span_layer`](super::span_layer)). Empty when neither has a span.
+/// The context of the caller's current span: the nearest span, from the current one up,
+/// that a `tracing-opentelemetry` layer records, or else OpenTelemetry's current context (a
+/// handler's process span under [`span_layer`](super::span_layer)). Empty when neither has
+/// a span.
 pub(super) fn current() -> Context {
-    let traced = Span::current().context();
-    if traced.span().span_context().is_valid() {
-        return traced;
-    }
-    Context::current()
+    Span::current()
+        .with_subscriber(|(id, dispatch)| nearest_recorded(id, dispatch))
+        .flatten()
+        .unwrap_or_else(Context::current)
+}
+
+/// The context of the nearest span, `id` or one of its parents, that a
+/// `tracing-opentelemetry` layer records (a span a filter hides from it is skipped, as that
+/// layer skips it when it parents a span).
+fn nearest_recorded(id: &Id, dispatch: &Dispatch) -> Option<Context> {
+    let registry = dispatch.downcast_ref::<Registry>()?;
+    let span = registry.span(id)?;
+    span.scope().find_map(|span| {
+        get_otel_context(&span.id(), dispatch).filter(|cx| cx.span().span_context().is_valid())
+    })
 }
 
 /// The W3C `traceparent` of the caller's current span, when it is recorded.

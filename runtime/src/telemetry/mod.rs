@@ -116,9 +116,12 @@ pub(crate) fn publish_span(
 /// The context `given` names when its `traceparent` is valid: only a context with a span
 /// may become a parent, baggage alone would cut the publish span off the caller's span.
 fn given_parent(given: &TraceContext) -> Option<Context> {
-    given.traceparent.as_ref()?;
-    let parent = context::extract(given.traceparent.as_deref(), given.baggage.as_deref());
-    parent.span().span_context().is_valid().then_some(parent)
+    let traceparent = given.traceparent.as_deref()?;
+    traceparent::parse(traceparent)?;
+    Some(context::extract(
+        Some(traceparent),
+        given.baggage.as_deref(),
+    ))
 }
 
 /// The trace context a message published in `span` carries: the span's own (so the handler's
@@ -126,6 +129,8 @@ fn given_parent(given: &TraceContext) -> Option<Context> {
 /// OpenTelemetry layer the span has no context, and `given` passes through.
 pub(crate) fn publish_context(span: &MessagingSpan, given: TraceContext) -> TraceContext {
     let injected = match &span.recorded {
+        // A span the SDK did not start (its provider shut down): the caller's context goes on.
+        Some(recorded) if !recorded.is_valid() => return given,
         Some(recorded) => TraceContext {
             traceparent: Some(recorded.traceparent()),
             baggage: None,
@@ -264,6 +269,24 @@ mod tests {
             context::inject(&context::extract(None, None)).traceparent,
             None
         );
+    }
+
+    #[test]
+    fn a_given_traceparent_that_does_not_parse_is_no_parent_even_inside_a_span() {
+        // Inside a handler, a process span is OpenTelemetry's current context.
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let handler = Context::new().with_remote_span_context(traceparent::parse(valid).unwrap());
+        let _attached = handler.attach();
+        let given = TraceContext {
+            traceparent: Some("not-a-traceparent".into()),
+            baggage: None,
+        };
+        assert!(given_parent(&given).is_none());
+        let given = TraceContext {
+            traceparent: Some(valid.into()),
+            baggage: None,
+        };
+        assert!(given_parent(&given).is_some());
     }
 
     #[test]

@@ -59,6 +59,14 @@ impl Recorded {
         }
     }
 
+    /// True when the span has a trace and span id (a span of a shut-down provider has not).
+    pub(super) fn is_valid(&self) -> bool {
+        match self {
+            Recorded::Publish(publish) => publish.span.borrow().span_context().is_valid(),
+            Recorded::Process(cx) => cx.span().span_context().is_valid(),
+        }
+    }
+
     /// The span's W3C `traceparent`.
     pub(super) fn traceparent(&self) -> String {
         match self {
