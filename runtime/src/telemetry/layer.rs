@@ -110,25 +110,41 @@ where
         } else {
             event.parent().is_some()
         };
-        if in_own_span {
+        // OpenTelemetry's own logs (which it may write while the event is added, with the
+        // span locked) are not recorded, nor is anything logged while one is being added.
+        if in_own_span || event.metadata().target().starts_with("opentelemetry") {
             return;
         }
-        let cx = opentelemetry::Context::current();
-        if !cx.has_active_span() {
+        if ADDING_EVENT.with(|adding| adding.replace(true)) {
             return;
         }
-        let metadata = event.metadata();
-        let mut fields = EventFields {
-            message: None,
-            attributes: vec![
-                KeyValue::new("level", metadata.level().as_str()),
-                KeyValue::new("target", metadata.target()),
-            ],
-        };
-        event.record(&mut fields);
-        let name = fields.message.unwrap_or_else(|| metadata.name().to_owned());
-        cx.span().add_event(name, fields.attributes);
+        record_on_current_span(event);
+        ADDING_EVENT.with(|adding| adding.set(false));
     }
+}
+
+thread_local! {
+    /// True while this thread adds an event to a span.
+    static ADDING_EVENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Adds `event` to the span of OpenTelemetry's current context, if it has one.
+fn record_on_current_span(event: &Event<'_>) {
+    let cx = opentelemetry::Context::current();
+    if !cx.has_active_span() {
+        return;
+    }
+    let metadata = event.metadata();
+    let mut fields = EventFields {
+        message: None,
+        attributes: vec![
+            KeyValue::new("level", metadata.level().as_str()),
+            KeyValue::new("target", metadata.target()),
+        ],
+    };
+    event.record(&mut fields);
+    let name = fields.message.unwrap_or_else(|| metadata.name().to_owned());
+    cx.span().add_event(name, fields.attributes);
 }
 
 /// An event's fields as OpenTelemetry event attributes; its `message` is the event's name.
