@@ -97,24 +97,25 @@ impl Browser {
         self.client.goto(url).await.expect("goto");
     }
 
-    /// The element `css` matches, waiting up to 10 s for it.
+    /// The element `css` matches, waiting up to 10 s for it. A lookup made while the page
+    /// navigates (after a click that submits a form) fails with "aborted by navigation"
+    /// rather than "no such element"; both are waited out.
     pub async fn find(&self, css: &str) -> Element {
-        let wait = self
-            .client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css));
-        match wait.await {
-            Ok(element) => element,
-            Err(err) => panic!(
-                "no element {css} on {}: {err}\n{}",
-                self.client
-                    .current_url()
-                    .await
-                    .map(|u| u.to_string())
-                    .unwrap_or_default(),
-                self.client.source().await.unwrap_or_default()
-            ),
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(element) => return element,
+                Err(err) if Instant::now() >= deadline => panic!(
+                    "no element {css} on {}: {err}\n{}",
+                    self.client
+                        .current_url()
+                        .await
+                        .map(|u| u.to_string())
+                        .unwrap_or_default(),
+                    self.client.source().await.unwrap_or_default()
+                ),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     }
 
