@@ -89,13 +89,23 @@ fn recording() -> (InMemorySpanExporter, SdkTracerProvider) {
     (exporter, provider)
 }
 
-#[tokio::test]
-async fn an_event_a_handler_logs_is_an_event_of_its_process_span() {
+/// What a handler logs: `outside` in its body, `inside` in a span of its own, `hidden` in a
+/// DEBUG span (which an INFO filter hides from OpenTelemetry).
+async fn log_three_events() {
+    tracing::info!(order = 7, "outside");
+    tracing::info_span!("step").in_scope(|| tracing::info!("inside"));
+    tracing::debug_span!("quiet").in_scope(|| tracing::info!("hidden"));
+}
+
+/// Every event the handler logs is recorded once: on its own span when OpenTelemetry
+/// records that span, on its process span otherwise. `subscriber` installs the layer.
+async fn each_event_is_recorded_once_on_its_span(
+    subscriber: impl FnOnce(&SdkTracerProvider) -> tracing::Dispatch,
+    hidden_on: &str,
+) {
     let (exporter, provider) = recording();
-    let subscriber =
-        tracing_subscriber::registry().with(topiq::span_layer(provider.tracer("edges")));
-    let _default = tracing::subscriber::set_default(subscriber);
-    let module = module(|_| async { tracing::info!(order = 7, "packing the order") }).await;
+    let _default = tracing::dispatcher::set_default(&subscriber(&provider));
+    let module = module(|_| log_three_events()).await;
     let workers = module.start_workers();
     module
         .call("queue.enqueue", json!({"topic": "orders", "data": {}}))
@@ -107,19 +117,56 @@ async fn an_event_a_handler_logs_is_an_event_of_its_process_span() {
     .await;
     workers.shutdown().await;
     module.close().await;
+    let holders = |event: &str| -> Vec<String> {
+        spans
+            .iter()
+            .filter(|span| span.events.iter().any(|e| e.name == event))
+            .map(|span| span.name.to_string())
+            .collect()
+    };
+    assert_eq!(holders("outside"), ["process orders"], "{spans:#?}");
+    assert_eq!(holders("inside"), ["step"], "{spans:#?}");
+    assert_eq!(holders("hidden"), [hidden_on], "{spans:#?}");
     let process = named(&spans, "process orders")[0];
-    let event = process
-        .events
-        .iter()
-        .find(|event| event.name == "packing the order")
-        .unwrap_or_else(|| panic!("no event on {process:#?}"));
+    let outside = process.events.iter().find(|e| e.name == "outside").unwrap();
     assert!(
-        event
+        outside
             .attributes
             .iter()
             .any(|kv| kv.key.as_str() == "order" && kv.value == opentelemetry::Value::I64(7)),
-        "{event:#?}"
+        "{outside:#?}"
     );
+}
+
+#[tokio::test]
+async fn events_a_handler_logs_are_recorded_once_on_its_spans() {
+    // The layer alone records every span, the DEBUG one included.
+    each_event_is_recorded_once_on_its_span(
+        |provider| {
+            tracing_subscriber::registry()
+                .with(topiq::span_layer(provider.tracer("edges")))
+                .into()
+        },
+        "quiet",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn events_are_recorded_once_under_an_info_filter_beside_a_debug_log() {
+    // As `topiq run` installs it, beside logs at DEBUG: the process span and the DEBUG span
+    // exist, and the filter hides the DEBUG span from OpenTelemetry.
+    each_event_is_recorded_once_on_its_span(
+        |provider| {
+            let layer = topiq::span_layer(provider.tracer("edges")).with_filter(LevelFilter::INFO);
+            tracing_subscriber::registry()
+                .with(layer)
+                .with(EveryLevel)
+                .into()
+        },
+        "process orders",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -5,10 +5,16 @@
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::trace::SdkTracer;
+use std::sync::OnceLock;
 use tracing::field::{Field, Visit};
+
+use tracing::dispatcher::WeakDispatch;
+use tracing::span::Id;
 use tracing::subscriber::Interest;
-use tracing::{Event, Metadata, Subscriber};
+use tracing::{Dispatch, Event, Metadata, Subscriber};
+use tracing_opentelemetry::get_otel_context;
 use tracing_subscriber::Layer;
+use tracing_subscriber::Registry;
 use tracing_subscriber::layer::{Context, Filter};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -35,7 +41,7 @@ where
         .with_threads(false)
         .with_location(false)
         .with_context_activation(false);
-    ProcessSpanEvents
+    ProcessSpanEvents::default()
         .with_filter(EventsOnly)
         .and_then(others.with_filter(MessagingSpans { tracer }))
 }
@@ -93,32 +99,92 @@ impl<S> Filter<S> for EventsOnly {
     }
 }
 
-/// Records an event logged inside a handler, outside any span of the handler's own, on the
-/// handler's process span (`tracing-opentelemetry` records events only on the spans it
-/// records itself, and no longer sees topiq's).
-struct ProcessSpanEvents;
+/// Records an event that no span `tracing-opentelemetry` records holds on the span of
+/// OpenTelemetry's current context: inside a handler, an event logged outside spans of the
+/// handler's own goes to its process span (`tracing-opentelemetry` records events only on
+/// the spans it records itself, and no longer sees topiq's).
+#[derive(Default)]
+struct ProcessSpanEvents {
+    /// The subscriber this layer is part of, to look up the spans an event is inside.
+    dispatch: OnceLock<WeakDispatch>,
+}
 
 impl<S> Layer<S> for ProcessSpanEvents
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let in_own_span = if event.is_contextual() {
-            ctx.current_span()
-                .metadata()
-                .is_some_and(|span| span.target() != MESSAGING_TARGET)
+        // OpenTelemetry's own logs are not recorded: it may log while it holds its current
+        // context, which adding the event reads.
+        // A root event (`parent: None`) belongs to no span.
+        if event.metadata().target().starts_with("opentelemetry") || event.is_root() {
+            return;
+        }
+        let innermost = if event.is_contextual() {
+            ctx.current_span().id().cloned()
         } else {
-            event.parent().is_some()
+            event.parent().cloned()
         };
-        // OpenTelemetry's own logs (which it may write while the event is added, with the
-        // span locked) are not recorded, nor is anything logged while one is being added.
-        if in_own_span || event.metadata().target().starts_with("opentelemetry") {
+        if let Some(id) = innermost
+            && self.held_by_a_recorded_span(&id)
+        {
             return;
         }
-        if ADDING_EVENT.with(|adding| adding.replace(true)) {
+        let Some(_adding) = Adding::start() else {
             return;
-        }
+        };
         record_on_current_span(event);
+    }
+}
+
+impl ProcessSpanEvents {
+    /// True when `id`, or a span it is inside, below the nearest process span, is one that
+    /// `tracing-opentelemetry` records (and so records the event itself). Spans a filter
+    /// hides from it, and publish spans, are passed over, as it passes over them.
+    fn held_by_a_recorded_span(&self, id: &Id) -> bool {
+        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else {
+            return false;
+        };
+        let Some(span) = dispatch
+            .downcast_ref::<Registry>()
+            .and_then(|registry| registry.span(id))
+        else {
+            return false;
+        };
+        for span in span.scope() {
+            if span.metadata().target() == MESSAGING_TARGET {
+                if span.name() == "process" {
+                    return false;
+                }
+                continue;
+            }
+            let recorded = get_otel_context(&span.id(), &dispatch)
+                .is_some_and(|cx| cx.span().span_context().is_valid());
+            if recorded {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// This thread adding an event to a span, until dropped (also when what adds it panics).
+struct Adding;
+
+impl Adding {
+    /// `None` when this thread is adding one already (an event logged meanwhile).
+    fn start() -> Option<Self> {
+        let adding = ADDING_EVENT.with(|adding| adding.replace(true));
+        (!adding).then_some(Adding)
+    }
+}
+
+impl Drop for Adding {
+    fn drop(&mut self) {
         ADDING_EVENT.with(|adding| adding.set(false));
     }
 }
