@@ -88,7 +88,9 @@ pub(crate) struct Shared {
     pub(crate) layout: Layout,
     pub(crate) config: JetStreamConfig,
     /// The topics and triggers this process declared.
-    declared: Declared<DeclaredTopic>,
+    /// Declared topics, each shared: a publish looks its topic up and holds it, one
+    /// reference count instead of copies of the topic's name and subject.
+    declared: Declared<Arc<DeclaredTopic>>,
     /// Per topic: idempotency key → first message id, for as long as the window lasts (a
     /// stream keeping the last message per key subject; the KV API of current clients does
     /// not talk to nats-server 2.9).
@@ -173,10 +175,10 @@ impl Shared {
 
     pub(crate) fn topic(&self, name: &TopicName) -> Result<TopicSpec> {
         self.ensure_open()?;
-        self.declared_topic(name).map(|topic| topic.spec)
+        self.declared_topic(name).map(|topic| topic.spec.clone())
     }
 
-    fn declared_topic(&self, name: &TopicName) -> Result<DeclaredTopic> {
+    fn declared_topic(&self, name: &TopicName) -> Result<Arc<DeclaredTopic>> {
         self.ensure_open()?;
         self.declared.topic(name)
     }
@@ -219,7 +221,6 @@ struct Scheduler {
 }
 
 /// A declared topic and the subject its publishes go to (built once, shared by every publish).
-#[derive(Clone)]
 pub(crate) struct DeclaredTopic {
     spec: TopicSpec,
     subject: Subject,

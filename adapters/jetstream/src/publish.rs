@@ -144,7 +144,7 @@ impl Shared {
 
     /// Everything a publish sends, built before anything is sent (so bad input fails alone).
     pub(crate) fn prepare(&self, topic: &TopicName, message: NewMessage) -> Result<Prepared> {
-        self.prepare_for(&self.declared_topic(topic)?, topic, message)
+        self.prepare_for(&*self.declared_topic(topic)?, topic, message)
     }
 
     /// [`Shared::prepare`] for a topic already looked up (a batch looks it up once).

@@ -45,10 +45,10 @@ impl Shared {
         self.start_scheduler(spec.idempotency_window).await?;
         self.declared.add_topic(
             spec.name.clone(),
-            DeclaredTopic {
+            Arc::new(DeclaredTopic {
                 subject: self.layout.topic_subject(&spec.name).into(),
                 spec,
-            },
+            }),
         );
         Ok(())
     }
