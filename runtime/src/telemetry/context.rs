@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use opentelemetry::Context;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::BaggagePropagator;
 use topiq_adapter::TraceContext;
 use tracing::span::Id;
@@ -24,8 +24,14 @@ pub(super) fn extract(traceparent: Option<&str>, baggage: Option<&str>) -> Conte
     if traceparent.is_none() && baggage.is_none() {
         return Context::new();
     }
+    with_remote_parent(traceparent.and_then(traceparent::parse), baggage)
+}
+
+/// The current context with `parent` (a `traceparent` already read) as its remote span, when
+/// given, and the W3C `baggage`, when given.
+pub(super) fn with_remote_parent(parent: Option<SpanContext>, baggage: Option<&str>) -> Context {
     let current = Context::current();
-    let cx = match traceparent.and_then(traceparent::parse) {
+    let cx = match parent {
         Some(parent) => current.with_remote_span_context(parent),
         None => current,
     };
@@ -77,19 +83,17 @@ pub(super) fn current() -> Context {
 fn nearest_recorded(id: &Id, dispatch: &Dispatch) -> Option<Context> {
     let registry = dispatch.downcast_ref::<Registry>()?;
     let span = registry.span(id)?;
-    span.scope().find_map(|span| {
-        get_otel_context(&span.id(), dispatch).filter(|cx| cx.span().span_context().is_valid())
-    })
+    span.scope().find_map(|span| recorded(&span.id(), dispatch))
+}
+
+/// The context of span `id` when a `tracing-opentelemetry` layer records it.
+pub(super) fn recorded(id: &Id, dispatch: &Dispatch) -> Option<Context> {
+    get_otel_context(id, dispatch).filter(|cx| cx.span().span_context().is_valid())
 }
 
 /// The W3C `traceparent` of the caller's current span, when it is recorded.
 pub(crate) fn current_traceparent() -> Option<String> {
-    let span = Span::current();
-    let cx = if span.is_disabled() {
-        Context::current()
-    } else {
-        current()
-    };
+    let cx = current();
     let span = cx.span();
     let context = span.span_context();
     context.is_valid().then(|| traceparent::format(context))

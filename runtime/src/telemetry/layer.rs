@@ -12,7 +12,6 @@ use tracing::dispatcher::WeakDispatch;
 use tracing::span::Id;
 use tracing::subscriber::Interest;
 use tracing::{Dispatch, Event, Metadata, Subscriber};
-use tracing_opentelemetry::get_otel_context;
 use tracing_subscriber::Layer;
 use tracing_subscriber::Registry;
 use tracing_subscriber::layer::{Context, Filter};
@@ -20,6 +19,9 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// The `tracing` target of the publish and process spans.
 pub(crate) const MESSAGING_TARGET: &str = "topiq::messaging";
+
+/// The `tracing` name of a process span (a publish span's is `publish`).
+pub(crate) const PROCESS_SPAN: &str = "process";
 
 /// The layer that turns spans into OpenTelemetry spans, as `topiq run` installs it.
 ///
@@ -157,14 +159,12 @@ impl ProcessSpanEvents {
         };
         for span in span.scope() {
             if span.metadata().target() == MESSAGING_TARGET {
-                if span.name() == "process" {
+                if span.name() == PROCESS_SPAN {
                     return false;
                 }
                 continue;
             }
-            let recorded = get_otel_context(&span.id(), &dispatch)
-                .is_some_and(|cx| cx.span().span_context().is_valid());
-            if recorded {
+            if super::context::recorded(&span.id(), &dispatch).is_some() {
                 return true;
             }
         }

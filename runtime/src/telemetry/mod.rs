@@ -88,7 +88,7 @@ pub(crate) fn publish_span(
     given: &TraceContext,
 ) -> MessagingSpan {
     let span = tracing::info_span!(
-        target: "topiq::messaging",
+        target: layer::MESSAGING_TARGET,
         "publish",
         otel.name = names::publish(topic),
         otel.kind = "producer",
@@ -116,10 +116,9 @@ pub(crate) fn publish_span(
 /// The context `given` names when its `traceparent` is valid: only a context with a span
 /// may become a parent, baggage alone would cut the publish span off the caller's span.
 fn given_parent(given: &TraceContext) -> Option<Context> {
-    let traceparent = given.traceparent.as_deref()?;
-    traceparent::parse(traceparent)?;
-    Some(context::extract(
-        Some(traceparent),
+    let parent = traceparent::parse(given.traceparent.as_deref()?)?;
+    Some(context::with_remote_parent(
+        Some(parent),
         given.baggage.as_deref(),
     ))
 }
@@ -163,8 +162,8 @@ pub(crate) fn process_span(
     trigger: &TriggerName,
 ) -> MessagingSpan {
     let span = tracing::info_span!(
-        target: "topiq::messaging",
-        "process",
+        target: layer::MESSAGING_TARGET,
+        layer::PROCESS_SPAN,
         otel.name = names::process(&envelope.topic),
         otel.kind = "consumer",
         otel.status_code = Empty,
@@ -196,8 +195,8 @@ pub(crate) fn batch_process_span(
     envelopes: &[&Envelope],
 ) -> MessagingSpan {
     let span = tracing::info_span!(
-        target: "topiq::messaging",
-        "process",
+        target: layer::MESSAGING_TARGET,
+        layer::PROCESS_SPAN,
         otel.name = names::process(topic),
         otel.kind = "consumer",
         otel.status_code = Empty,

@@ -4,7 +4,9 @@
 
 use std::cell::RefCell;
 
-use opentelemetry::trace::{Link, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+};
 use opentelemetry::{Context, ContextGuard, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use topiq_adapter::{Envelope, TopicName, TriggerName};
@@ -59,20 +61,22 @@ impl Recorded {
         }
     }
 
+    /// `read(context)` of the span's context.
+    fn with_span_context<T>(&self, read: impl FnOnce(&SpanContext) -> T) -> T {
+        match self {
+            Recorded::Publish(publish) => read(publish.span.borrow().span_context()),
+            Recorded::Process(cx) => read(cx.span().span_context()),
+        }
+    }
+
     /// True when the span has a trace and span id (a span of a shut-down provider has not).
     pub(super) fn is_valid(&self) -> bool {
-        match self {
-            Recorded::Publish(publish) => publish.span.borrow().span_context().is_valid(),
-            Recorded::Process(cx) => cx.span().span_context().is_valid(),
-        }
+        self.with_span_context(SpanContext::is_valid)
     }
 
     /// The span's W3C `traceparent`.
     pub(super) fn traceparent(&self) -> String {
-        match self {
-            Recorded::Publish(publish) => traceparent::format(publish.span.borrow().span_context()),
-            Recorded::Process(cx) => traceparent::format(cx.span().span_context()),
-        }
+        self.with_span_context(traceparent::format)
     }
 
     /// The W3C `baggage` the span was started with, when any.
@@ -102,13 +106,7 @@ pub(super) fn publish(
     count: usize,
     parent: Context,
 ) -> Recorded {
-    let mut attributes = Vec::with_capacity(5 + ROOM_FOR_LATER);
-    attributes.extend([
-        KeyValue::new("messaging.system", system),
-        KeyValue::new("messaging.operation.type", "send"),
-        KeyValue::new("messaging.operation.name", "publish"),
-        KeyValue::new("messaging.destination.name", topic.shared()),
-    ]);
+    let mut attributes = messaging_attributes(system, ("send", "publish"), topic, 1);
     if count > 1 {
         attributes.push(KeyValue::new("messaging.batch.message_count", count as i64));
     }
@@ -129,12 +127,9 @@ pub(super) fn process(
     trigger: &TriggerName,
     parent: &Context,
 ) -> Recorded {
-    let mut attributes = Vec::with_capacity(8 + ROOM_FOR_LATER);
+    let operation = ("process", "process");
+    let mut attributes = messaging_attributes(system, operation, &envelope.topic, 4);
     attributes.extend([
-        KeyValue::new("messaging.system", system),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.destination.name", envelope.topic.shared()),
         KeyValue::new("messaging.consumer.group.name", trigger.shared()),
         KeyValue::new("messaging.message.id", envelope.id.as_str().to_owned()),
         KeyValue::new("topiq.attempt", i64::from(envelope.attempt)),
@@ -155,14 +150,11 @@ pub(super) fn batch_process(
     count: usize,
     links: Vec<Link>,
 ) -> Recorded {
-    let attributes = vec![
-        KeyValue::new("messaging.system", system),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.destination.name", topic.shared()),
+    let mut attributes = messaging_attributes(system, ("process", "process"), topic, 2);
+    attributes.extend([
         KeyValue::new("messaging.consumer.group.name", trigger.shared()),
         KeyValue::new("messaging.batch.message_count", count as i64),
-    ];
+    ]);
     let root = Context::new();
     let span = tracer
         .span_builder(names::process(topic))
@@ -171,6 +163,24 @@ pub(super) fn batch_process(
         .with_links(links)
         .start_with_context(tracer, &root);
     Recorded::Process(root.with_span(span))
+}
+
+/// The attributes every messaging span starts with: `system`, the operation's type and name,
+/// and the topic; with room for `more` of the span's own and [`ROOM_FOR_LATER`].
+fn messaging_attributes(
+    system: &'static str,
+    (operation_type, operation_name): (&'static str, &'static str),
+    topic: &TopicName,
+    more: usize,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(4 + more + ROOM_FOR_LATER);
+    attributes.extend([
+        KeyValue::new("messaging.system", system),
+        KeyValue::new("messaging.operation.type", operation_type),
+        KeyValue::new("messaging.operation.name", operation_name),
+        KeyValue::new("messaging.destination.name", topic.shared()),
+    ]);
+    attributes
 }
 
 /// Starts a span, child of `parent`, sampled or not as the tracer's sampler decides.
