@@ -59,7 +59,12 @@ pub fn properties_like_topiq() -> BasicProperties {
         AMQPValue::LongLongInt(topiq_adapter::Timestamp::now().as_millisecond()),
     );
     BasicProperties::default()
-        .with_message_id(topiq_adapter::MessageId::generate().as_str().into())
+        .with_message_id(
+            (&*uuid::Uuid::now_v7()
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer()))
+                .into(),
+        )
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_headers(headers)

@@ -107,6 +107,13 @@ impl NewMessage {
     /// anyway, checks the rest from the bytes (`topiq_adapter_kit::codec::encode` and
     /// [`check_size`](crate::check_size)); [`validate`](Self::validate) checks everything.
     pub fn validate_fields(&self) -> Result<()> {
+        if self.idempotency_key.is_none()
+            && self.trace.traceparent.is_none()
+            && self.trace.baggage.is_none()
+        {
+            // The common publish: nothing to check.
+            return Ok(());
+        }
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
         {

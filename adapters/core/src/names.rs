@@ -5,9 +5,10 @@
 //! (a NATS subject and stream name, an AMQP routing key and queue name) without escaping.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrayvec::ArrayString;
+use jiff::Timestamp;
 
 use serde::{Deserialize, Serialize};
 
@@ -102,8 +103,24 @@ const INLINE_ID_LEN: usize = 36;
 impl MessageId {
     /// A fresh, time-ordered id.
     pub fn generate() -> Self {
+        Self::generate_at(Timestamp::now())
+    }
+
+    /// A fresh, time-ordered id stamped `now`: a publish that has read the clock for its
+    /// enqueue time reads it once. Ids made within one millisecond still sort in the order
+    /// they were made (UUIDv7's counter, shared by every id of the process).
+    pub fn generate_at(now: Timestamp) -> Self {
+        /// The process's UUIDv7 counter (as `Uuid::now_v7` keeps its own).
+        static CONTEXT: Mutex<uuid::ContextV7> = Mutex::new(uuid::ContextV7::new());
+        let seconds = u64::try_from(now.as_second()).unwrap_or(0);
+        let nanos = u32::try_from(now.subsec_nanosecond()).unwrap_or(0);
+        let stamp = uuid::Timestamp::from_unix(&CONTEXT, seconds, nanos);
         let mut buffer = uuid::Uuid::encode_buffer();
-        Self::from_string(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer))
+        Self::from_string(
+            &*uuid::Uuid::new_v7(stamp)
+                .hyphenated()
+                .encode_lower(&mut buffer),
+        )
     }
 
     /// Wraps an id read back from a broker or given by a user (for a redrive by id).
@@ -242,6 +259,19 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let second = MessageId::generate();
         assert!(first < second);
+    }
+
+    #[test]
+    fn ids_stamped_with_one_time_carry_it_and_sort_in_the_order_made() {
+        let now: Timestamp = "2026-12-06T15:04:05.678Z".parse().unwrap();
+        let ids: Vec<MessageId> = (0..1_000).map(|_| MessageId::generate_at(now)).collect();
+        for id in &ids {
+            let uuid = uuid::Uuid::parse_str(id.as_str()).unwrap();
+            assert_eq!(uuid.get_version_num(), 7);
+            let (seconds, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            assert_eq!((seconds, nanos / 1_000_000), (1_796_569_445, 678));
+        }
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 
     #[test]

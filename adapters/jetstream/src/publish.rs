@@ -171,7 +171,6 @@ impl Shared {
             due.unwrap_or(now),
         )
         .in_lane(lane);
-        let id = metadata.id.clone();
         Ok(match due {
             // Forwarded later by the scheduler: the copy on the topic carries the enqueue time.
             Some(at) => Prepared {
@@ -179,7 +178,7 @@ impl Shared {
                 subject: self.layout.delay_subject(topic).into(),
                 // The message id, not the idempotency key: keys are decided by the ledger
                 // (`idempotency.rs`), and the delay stream's window is not the topic's.
-                dedup_id: format!("{topic}:{id}"),
+                dedup_id: format!("{topic}:{}", metadata.id),
                 metadata,
                 payload,
                 deliver_at: Some(at),
@@ -262,36 +261,36 @@ impl Shared {
     ) -> Result<Vec<Result<PublishReceipt>>> {
         let declared = self.declared_topic(topic)?;
         let mut deadline = BatchDeadline::new(self.config.publish_timeout);
-        // Each message with its acknowledgement's future (`None`: not sent).
-        let mut sent = Vec::with_capacity(messages.len());
+        // Each message prepared, and beside it its acknowledgement's future (`None`: not
+        // sent). Two vectors, so a prepared message is not moved with its future.
+        let mut prepared = Vec::with_capacity(messages.len());
+        let mut acks = Vec::with_capacity(messages.len());
         for message in messages {
-            let future = match self.prepare_for(&declared, topic, message) {
+            let ready = self.prepare_for(&declared, topic, message);
+            let ack = match &ready {
                 // A keyed message claims its key first: published alone, below.
-                Ok(ready) if ready.metadata.idempotency_key.is_some() => (Ok(ready), None),
-                Ok(ready) => {
+                Ok(ready) if ready.metadata.idempotency_key.is_none() => {
                     let subject = ready.subject.clone();
                     let (headers, payload) = (ready.headers(), ready.payload.clone());
                     let send = self.js.publish_with_headers(subject, headers, payload);
-                    (
-                        Ok(ready),
-                        deadline.bound(send).await.and_then(|sent| sent.ok()),
-                    )
+                    deadline.bound(send).await.and_then(|sent| sent.ok())
                 }
-                Err(err) => (Err(err), None),
+                _ => None,
             };
-            sent.push(future);
+            prepared.push(ready);
+            acks.push(ack);
         }
-        let acknowledged = acknowledgements(sent, &mut deadline).await;
+        let acknowledged = acknowledgements(acks, &mut deadline).await;
         // What is left (keyed messages, and those without an acknowledgement) is published
         // alone, concurrently: the batch ends within one publish's bound of this.
         let mut alone = Vec::new();
-        let slots: Vec<Option<Result<PublishReceipt>>> = acknowledged
+        let slots: Vec<Option<Result<PublishReceipt>>> = prepared
             .into_iter()
+            .zip(acknowledged)
             .map(|(ready, acked)| match ready {
                 Err(err) => Some(Err(err)),
-                Ok(ready) if acked && ready.metadata.idempotency_key.is_none() => {
-                    Some(Ok(ready.receipt()))
-                }
+                // Only an unkeyed message was sent, so only one can be acknowledged.
+                Ok(ready) if acked => Some(Ok(ready.receipt())),
                 Ok(ready) => {
                     alone.push(ready);
                     None
@@ -328,26 +327,24 @@ impl Shared {
     }
 }
 
-/// A batch's messages, each with whether the server acknowledged it: awaited in order, as
-/// they come (by the time an earlier one is in, most later ones are too, and one ready at its
-/// first poll arms no timer; polling them all at once arms one each), by `deadline`.
+/// Whether the server acknowledged each of a batch's messages (`None`: not sent): awaited in
+/// order, as they come (by the time an earlier one is in, most later ones are too, and one
+/// ready at its first poll arms no timer; polling them all at once arms one each), by
+/// `deadline`.
 async fn acknowledgements(
-    sent: Vec<(
-        Result<Prepared>,
-        Option<jetstream::context::PublishAckFuture>,
-    )>,
+    acks: Vec<Option<jetstream::context::PublishAckFuture>>,
     deadline: &mut BatchDeadline,
-) -> Vec<(Result<Prepared>, bool)> {
-    let mut acknowledged = Vec::with_capacity(sent.len());
-    for (ready, future) in sent {
-        let acked = match future {
+) -> Vec<bool> {
+    let mut acknowledged = Vec::with_capacity(acks.len());
+    for ack in acks {
+        let acked = match ack {
             Some(future) => deadline
                 .bound(future.into_future())
                 .await
                 .is_some_and(|ack| ack.is_ok()),
             None => false,
         };
-        acknowledged.push((ready, acked));
+        acknowledged.push(acked);
     }
     acknowledged
 }

@@ -45,7 +45,7 @@ impl Stored {
         retained_from: Timestamp,
     ) -> Self {
         Self {
-            id: MessageId::generate(),
+            id: MessageId::generate_at(now),
             enqueued_at: now,
             attempt_base: 0,
             first_failed_at: None,

@@ -230,7 +230,7 @@ impl Topic {
 
     fn fan_out(&self, message: NewMessage, place: Place) -> MessageId {
         let now = Timestamp::now();
-        let id = MessageId::generate();
+        let id = MessageId::generate_at(now);
         let due = message.deliver_at.and_then(|at| due_instant(at, now));
         let stored = Arc::new(StoredMessage {
             id: id.clone(),
@@ -264,7 +264,7 @@ impl Topic {
         let queue = self.require_queue(trigger, message.lane)?;
         let place = self.room.take_before(None).await?;
         let now = Timestamp::now();
-        let id = MessageId::generate();
+        let id = MessageId::generate_at(now);
         let stored = Arc::new(StoredMessage {
             id: id.clone(),
             topic: self.shared.name.clone(),

@@ -83,7 +83,10 @@ async fn send(
     template: &serde_json::Value,
 ) -> Result<jetstream::context::PublishAckFuture, RowError> {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", topiq_adapter::MessageId::generate().as_str());
+    // A UUIDv7, as topiq's ids, made by the uuid crate as a raw client's user would.
+    let mut id = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
+    headers.insert("Nats-Msg-Id", &*id);
     let payload = raw_payload(template)?;
     js.publish_with_headers(subject, headers, payload.into())
         .await
