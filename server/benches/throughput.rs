@@ -7,8 +7,10 @@
 //! Last, priority's overhead: a topic with three priority levels against one without.
 //!
 //! Run with `cargo bench -p topiq-server`; `TOPIQ_BENCH_MESSAGES` sets the messages per round
-//! (default 200,000). To profile one pipeline, `TOPIQ_BENCH_ONLY` runs it alone for its rounds:
-//! `adapter`, `runtime`, `unrecorded` (the runtime with `runs: false`) or `omniqueue`.
+//! (default 200,000). Every pipeline's producer waits while `TOPIQ_BENCH_WINDOW` messages
+//! (default 256, as issue 20 measured) are published and not yet handled; 0 lets it run free,
+//! building a backlog. To profile one pipeline, `TOPIQ_BENCH_ONLY` runs it alone for its
+//! rounds: `adapter`, `runtime`, `unrecorded` (the runtime with `runs: false`) or `omniqueue`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -90,6 +92,35 @@ fn traced_runtime() -> (
 }
 const CONCURRENCY: u32 = 100;
 
+/// The producer's window (`TOPIQ_BENCH_WINDOW`, 0 = none): how many messages it may have
+/// published that the consumer has not yet handled. 256 by default, as issue 20 measured.
+static WINDOW: AtomicUsize = AtomicUsize::new(256);
+
+/// Holds a producer back while [`WINDOW`] messages are unhandled (no limit when it is 0).
+#[derive(Clone)]
+struct Window(Option<Arc<tokio::sync::Semaphore>>);
+
+impl Window {
+    fn new() -> Self {
+        match WINDOW.load(Ordering::Relaxed) {
+            0 => Window(None),
+            size => Window(Some(Arc::new(tokio::sync::Semaphore::new(size)))),
+        }
+    }
+
+    async fn enter(&self) {
+        if let Some(room) = &self.0 {
+            room.acquire().await.unwrap().forget();
+        }
+    }
+
+    fn leave(&self) {
+        if let Some(room) = &self.0 {
+            room.add_permits(1);
+        }
+    }
+}
+
 fn message() -> Value {
     json!({
         "id": "9f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b",
@@ -117,16 +148,22 @@ async fn adapter_only(count: usize, template: &Value) -> Duration {
         .await
         .unwrap();
     let started = Instant::now();
-    let consumer = tokio::spawn(async move {
-        for _ in 0..count {
-            let delivery = subscription.next().await.unwrap().unwrap();
-            delivery.ack().await.unwrap();
-        }
-    });
+    let window = Window::new();
+    let consumer = {
+        let window = window.clone();
+        tokio::spawn(async move {
+            for _ in 0..count {
+                let delivery = subscription.next().await.unwrap().unwrap();
+                delivery.ack().await.unwrap();
+                window.leave();
+            }
+        })
+    };
     let producer = {
         let (adapter, template) = (adapter.clone(), template.clone());
         tokio::spawn(async move {
             for _ in 0..count {
+                window.enter().await;
                 adapter
                     .publish(&topic, NewMessage::new(template.clone()))
                     .await
@@ -149,17 +186,23 @@ async fn omniqueue(count: usize, template: &Value) -> Duration {
         .await
         .unwrap();
     let started = Instant::now();
-    let consumer = tokio::spawn(async move {
-        for _ in 0..count {
-            let delivery = consumer.receive().await.unwrap();
-            let data: Value = delivery.payload_serde_json().unwrap().unwrap();
-            std::hint::black_box(&data);
-            delivery.ack().await.map_err(|(err, _)| err).unwrap();
-        }
-    });
+    let window = Window::new();
+    let consumer = {
+        let window = window.clone();
+        tokio::spawn(async move {
+            for _ in 0..count {
+                let delivery = consumer.receive().await.unwrap();
+                let data: Value = delivery.payload_serde_json().unwrap().unwrap();
+                std::hint::black_box(&data);
+                delivery.ack().await.map_err(|(err, _)| err).unwrap();
+                window.leave();
+            }
+        })
+    };
     let template = template.clone();
     let producer = tokio::spawn(async move {
         for _ in 0..count {
+            window.enter().await;
             producer.send_serde_json(&template).await.unwrap();
         }
     });
@@ -205,11 +248,14 @@ triggers:
     let config = Config::from_yaml_with_variables(&yaml, "bench.yaml", &HashMap::new()).unwrap();
     let handled = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
+    let window = Window::new();
     let mut functions = Functions::new();
     {
-        let (handled, finished) = (Arc::clone(&handled), Arc::clone(&finished));
+        let (handled, finished, window) =
+            (Arc::clone(&handled), Arc::clone(&finished), window.clone());
         functions.register("bench.noop", move |message: Message| {
             std::hint::black_box(message.data());
+            window.leave();
             if handled.fetch_add(1, Ordering::Relaxed) + 1 == count {
                 finished.notify_one();
             }
@@ -225,6 +271,7 @@ triggers:
         let (module, template) = (module.clone(), template.clone());
         tokio::spawn(async move {
             for n in 0..count {
+                window.enter().await;
                 let lane = u32::try_from(n).unwrap() % levels;
                 module
                     .publish(&topic, NewMessage::new(template.clone()).lane(lane))
@@ -274,6 +321,12 @@ fn main() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(200_000);
+    if let Some(size) = std::env::var("TOPIQ_BENCH_WINDOW")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        WINDOW.store(size, Ordering::Relaxed);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -285,7 +338,11 @@ fn main() {
         return;
     }
     println!(
-        "topiq runtime throughput: {count} messages per round, {ROUNDS} rounds, 2 worker threads, concurrency {CONCURRENCY}, a handler that does nothing, mimalloc"
+        "topiq runtime throughput: {count} messages per round, {ROUNDS} rounds, 2 worker threads, concurrency {CONCURRENCY}, a handler that does nothing, mimalloc, {}",
+        match WINDOW.load(Ordering::Relaxed) {
+            0 => "no window (the producer runs free: a backlog)".to_owned(),
+            size => format!("a window of {size} (the producer waits while {size} are unhandled)"),
+        }
     );
     // Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime,
     // and omniqueue's in-memory backend as the peer.
