@@ -107,8 +107,9 @@ impl MessageId {
     }
 
     /// A fresh, time-ordered id stamped `now`: a publish that has read the clock for its
-    /// enqueue time reads it once. Ids made within one millisecond still sort in the order
-    /// they were made (UUIDv7's counter, shared by every id of the process).
+    /// enqueue time reads it once. Ids sort in the order they were made, within one
+    /// millisecond too (UUIDv7's counter, shared by every id of the process); a `now` earlier
+    /// than an id already made (a clock stepped back) is stamped with that id's time.
     pub fn generate_at(now: Timestamp) -> Self {
         /// The process's UUIDv7 counter (as `Uuid::now_v7` keeps its own).
         static CONTEXT: Mutex<uuid::ContextV7> = Mutex::new(uuid::ContextV7::new());
@@ -263,15 +264,22 @@ mod tests {
 
     #[test]
     fn ids_stamped_with_one_time_carry_it_and_sort_in_the_order_made() {
-        let now: Timestamp = "2026-12-06T15:04:05.678Z".parse().unwrap();
-        let ids: Vec<MessageId> = (0..1_000).map(|_| MessageId::generate_at(now)).collect();
-        for id in &ids {
+        // Far ahead of the clock: the process's counter never goes back to an earlier time
+        // (below), so ids other tests of this process made at the real time cannot be later.
+        let now: Timestamp = "2200-01-01T00:00:05.678Z".parse().unwrap();
+        let millisecond = |id: &MessageId| {
             let uuid = uuid::Uuid::parse_str(id.as_str()).unwrap();
             assert_eq!(uuid.get_version_num(), 7);
             let (seconds, nanos) = uuid.get_timestamp().unwrap().to_unix();
-            assert_eq!((seconds, nanos / 1_000_000), (1_796_569_445, 678));
-        }
+            (seconds, nanos / 1_000_000)
+        };
+        let ids: Vec<MessageId> = (0..1_000).map(|_| MessageId::generate_at(now)).collect();
+        assert!(ids.iter().all(|id| millisecond(id) == (7_258_118_405, 678)));
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        // A clock that steps back makes no id that sorts before one already made.
+        let earlier = MessageId::generate_at(now - std::time::Duration::from_secs(1));
+        assert!(earlier > ids[999]);
+        assert_eq!(millisecond(&earlier), (7_258_118_405, 678));
     }
 
     #[test]
