@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, Either};
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
@@ -82,6 +82,28 @@ async fn finish(subscribing: &mut Option<BoxFuture<'_, Option<Lanes>>>) -> Optio
         Some(subscribing) => subscribing.await,
         None => std::future::pending().await,
     }
+}
+
+/// A running call: one delivery's, or one batch's.
+type Call<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// What a trigger's loop starts calls with: its slots, its abort signal, its running calls
+/// and its concurrency.
+struct Calls<'a, 'r> {
+    slots: &'a Slots,
+    abort: &'a CancellationToken,
+    running: &'r mut FuturesUnordered<Call<'a>>,
+    limit: usize,
+}
+
+/// What became of a pull.
+enum Pulled {
+    /// Calls started (or none: every slot was busy).
+    Started,
+    /// The subscription ended.
+    Ended,
+    /// The subscription failed: pulling waits a second.
+    Failed,
 }
 
 /// How many deliveries of a recording trigger may wait for their run's record to be stored,
@@ -141,7 +163,7 @@ impl Trigger {
         let limit = self.settings.concurrency as usize;
         let abort = &lifecycle.abort;
         let slots = Slots::default();
-        let mut running = FuturesUnordered::new();
+        let mut running: FuturesUnordered<Call<'_>> = FuturesUnordered::new();
         let mut subscription: Option<Lanes> = None;
         let mut subscribing: Option<BoxFuture<'_, Option<Lanes>>> = None;
         // After a subscription error, pulling waits a second while running calls go on.
@@ -170,25 +192,17 @@ impl Trigger {
                 () = &mut resume, if waiting => waiting = false,
                 // A handler returned while its settlement goes on: its slot is free again.
                 () = slots.freed.notified(), if slots.busy() >= limit => {}
-                next = next_of(&mut subscription), if pulling => match next {
-                    None => break,
-                    Some(Ok(delivery)) if self.settings.batch_size > 1 => {
-                        let batch = self.fill_batch(delivery, &mut subscription);
-                        let slot = slots.take();
-                        // Boxed (once per batch), so single messages' futures stay small.
-                        let handled = Box::pin(self.handle_batch(batch, abort, slot));
-                        running.push(Either::Right(handled));
+                next = next_of(&mut subscription), if pulling => {
+                    let calls = Calls { slots: &slots, abort, running: &mut running, limit };
+                    match self.start_calls(next, &mut subscription, calls) {
+                        Pulled::Started => {}
+                        Pulled::Ended => break,
+                        Pulled::Failed => {
+                            waiting = true;
+                            resume.as_mut().reset(Instant::now() + Duration::from_secs(1));
+                        }
                     }
-                    Some(Ok(delivery)) => {
-                        let slot = slots.take();
-                        running.push(Either::Left(self.handle(delivery, abort, slot)));
-                    }
-                    Some(Err(err)) => {
-                        tracing::error!(trigger = %self.key, error = %err, "the subscription failed; pulling again in 1s");
-                        waiting = true;
-                        resume.as_mut().reset(Instant::now() + Duration::from_secs(1));
-                    }
-                },
+                }
             }
         }
         drop(subscribing);
@@ -197,6 +211,60 @@ impl Trigger {
             lanes.give_back().await;
         }
         while running.next().await.is_some() {}
+    }
+
+    /// Starts a call for `next`, then one for each delivery already waiting behind it, while
+    /// a handler slot is free (and at most `limit` in one pass of the loop): a trigger taking
+    /// a stream of messages makes one pass of its `select!` for many of them.
+    fn start_calls<'a>(
+        &'a self,
+        next: Option<topiq_adapter::Result<Delivery>>,
+        subscription: &mut Option<Lanes>,
+        calls: Calls<'a, '_>,
+    ) -> Pulled {
+        let mut next = next;
+        let mut started = 0;
+        loop {
+            match next {
+                None => return Pulled::Ended,
+                Some(Err(err)) => {
+                    tracing::error!(trigger = %self.key, error = %err, "the subscription failed; pulling again in 1s");
+                    return Pulled::Failed;
+                }
+                Some(Ok(delivery)) => self.start_call(delivery, subscription, &calls),
+            }
+            started += 1;
+            if started >= calls.limit || calls.slots.busy() >= calls.limit {
+                return Pulled::Started;
+            }
+            match next_of(subscription).now_or_never() {
+                Some(more) => next = more,
+                None => return Pulled::Started,
+            }
+        }
+    }
+
+    /// Starts the call of `delivery` (with the deliveries that fill its batch) in a slot.
+    ///
+    /// A call done at its first poll (a handler that does not wait, settled by an adapter at
+    /// once) ends here: no node in `running`, no wake-up, no pass of the loop. One that waits
+    /// goes into `running`, which polls it again at once with a waker of its own.
+    fn start_call<'a>(
+        &'a self,
+        delivery: Delivery,
+        subscription: &mut Option<Lanes>,
+        calls: &Calls<'a, '_>,
+    ) {
+        let slot = calls.slots.take();
+        let mut call: Call<'a> = if self.settings.batch_size > 1 {
+            let batch = self.fill_batch(delivery, subscription);
+            Box::pin(self.handle_batch(batch, calls.abort, slot))
+        } else {
+            Box::pin(self.handle(delivery, calls.abort, slot))
+        };
+        if call.as_mut().now_or_never().is_none() {
+            calls.running.push(call);
+        }
     }
 
     /// Lets go of the subscriptions of a trigger just paused.
