@@ -57,6 +57,10 @@ pub(crate) struct Lanes {
     /// What a subscription answered when it was asked again right after a pull, if that was
     /// its end or an error: the next pull returns it.
     ended: Option<Option<topiq_adapter::Result<Delivery>>>,
+    /// A delivery that waited here `max_wait` or more, kept while its lease is extended: a
+    /// pull dropped during the extension (the trigger's loop drops pulls that are not ready)
+    /// loses nothing, and the next pull finishes the extension.
+    extending: Option<Delivery>,
 }
 
 impl Lanes {
@@ -75,6 +79,7 @@ impl Lanes {
             turn: 0,
             lane_order,
             ended: None,
+            extending: None,
         }
     }
 
@@ -82,8 +87,24 @@ impl Lanes {
     /// that waited `max_wait`); `None` once any lane's subscription ended. A delivery that
     /// waited here `max_wait` or more has its lease extended first; one whose lease ran out
     /// meanwhile (the broker gives it to another consumer) is let go, never handed out.
+    ///
+    /// Safe to drop before it is ready: what it was pulling or extending stays here for the
+    /// next call.
     pub(crate) async fn next(&mut self) -> Option<topiq_adapter::Result<Delivery>> {
         loop {
+            if let Some(waiting) = &self.extending {
+                let extended = waiting.extend_lease().await;
+                if let Some(delivery) = self.extending.take() {
+                    match extended {
+                        Ok(()) => return Some(Ok(delivery)),
+                        Err(err) => {
+                            let id = &delivery.envelope().id;
+                            tracing::warn!(%id, error = %err, "a message that waited for its lane's turn lost its lease; let go (it is delivered again)");
+                        }
+                    }
+                }
+                continue;
+            }
             let (delivery, waited) = match self.pull().await {
                 Some(Ok(taken)) => taken,
                 other => return other.map(|result| result.map(|(delivery, _)| delivery)),
@@ -91,13 +112,7 @@ impl Lanes {
             if waited < self.max_wait {
                 return Some(Ok(delivery));
             }
-            match delivery.extend_lease().await {
-                Ok(()) => return Some(Ok(delivery)),
-                Err(err) => {
-                    let id = &delivery.envelope().id;
-                    tracing::warn!(%id, error = %err, "a message that waited for its lane's turn lost its lease; let go (it is delivered again)");
-                }
-            }
+            self.extending = Some(delivery);
         }
     }
 
@@ -151,6 +166,7 @@ impl Lanes {
             .waiting
             .iter_mut()
             .filter_map(|slot| slot.take().map(|(delivery, _)| delivery))
+            .chain(self.extending.take())
             .collect();
         drop(self);
         for delivery in waiting {
@@ -288,5 +304,97 @@ mod lease_tests {
         let next = lanes.next().await.unwrap().unwrap();
         assert_eq!(next.envelope().attempt, 2, "the stale copy was let go");
         next.ack().await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod cancel_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::{FutureExt, StreamExt};
+    use serde_json::json;
+    use topiq_adapter::{
+        Acker, Delivery, Envelope, Failure, MessageId, Settling, Subscription, SubscriptionKey,
+        Timestamp, TopicName, TriggerName,
+    };
+
+    use super::{LaneOrder, Lanes};
+
+    /// An acker whose lease extension is not done at its first poll (as JetStream's is not
+    /// while the client's command channel is full), counting the extensions asked for.
+    struct SlowExtension(Arc<AtomicUsize>);
+
+    impl Acker for SlowExtension {
+        fn ack(self: Box<Self>) -> Settling<'static> {
+            Settling::done(Ok(()))
+        }
+        fn nack(self: Box<Self>, _delay: Duration) -> Settling<'static> {
+            Settling::done(Ok(()))
+        }
+        fn dead_letter(self: Box<Self>, _failure: Failure) -> Settling<'static> {
+            Settling::done(Ok(()))
+        }
+        fn release(self: Box<Self>) -> Settling<'static> {
+            Settling::done(Ok(()))
+        }
+        fn extend_lease(&self) -> Settling<'_> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Settling::pending(async {
+                tokio::task::yield_now().await;
+                Ok(())
+            })
+        }
+    }
+
+    fn delivery(n: u32, extensions: &Arc<AtomicUsize>) -> topiq_adapter::Result<Delivery> {
+        let envelope = Envelope {
+            id: MessageId::generate(),
+            topic: TopicName::new("lanes").unwrap(),
+            data: Arc::new(json!(n)),
+            attempt: 1,
+            max_attempts: 3,
+            enqueued_at: Timestamp::now(),
+            traceparent: None,
+            baggage: None,
+            idempotency_key: None,
+        };
+        Ok(Delivery::new(
+            envelope,
+            Box::new(SlowExtension(Arc::clone(extensions))),
+        ))
+    }
+
+    /// The trigger's loop drops a pull that is not ready at once: a delivery whose lease was
+    /// being extended then is handed out by the next pull, not lost (it would come back only
+    /// after its lease, with an attempt spent).
+    #[tokio::test]
+    async fn a_pull_dropped_while_a_lease_is_extended_loses_no_delivery() {
+        let extensions = Arc::new(AtomicUsize::new(0));
+        let deliveries = vec![delivery(0, &extensions), delivery(1, &extensions)];
+        let key = SubscriptionKey::new(
+            TopicName::new("lanes").unwrap(),
+            TriggerName::new("t").unwrap(),
+        );
+        let subscription = Subscription::new(key, futures::stream::iter(deliveries).boxed());
+        // No wait allowed: every delivery has its lease extended before it is handed out.
+        let mut lanes = Lanes::new(vec![subscription], Duration::ZERO, LaneOrder::HighestFirst);
+        assert!(lanes.next().now_or_never().is_none(), "the extension waits");
+        let first = lanes.next().await.unwrap().unwrap();
+        assert_eq!(
+            *first.envelope().data,
+            json!(0),
+            "the first delivery, not lost"
+        );
+        assert_eq!(
+            extensions.load(Ordering::SeqCst),
+            2,
+            "its lease extended again"
+        );
+        let second = lanes.next().await.unwrap().unwrap();
+        assert_eq!(*second.envelope().data, json!(1));
     }
 }

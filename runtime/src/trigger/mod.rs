@@ -87,10 +87,12 @@ async fn finish(subscribing: &mut Option<BoxFuture<'_, Option<Lanes>>>) -> Optio
 /// A running call: one delivery's, or one batch's.
 type Call<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
-/// What a trigger's loop starts calls with: its slots, its abort signal, its running calls
-/// and its concurrency.
+/// What a trigger's loop starts calls with: its slots, its stop and abort signals, its
+/// running calls and its concurrency.
 struct Calls<'a, 'r> {
     slots: &'a Slots,
+    /// Once it fires, no more deliveries are pulled in the pass.
+    stop: &'r CancellationToken,
     abort: &'a CancellationToken,
     running: &'r mut FuturesUnordered<Call<'a>>,
     limit: usize,
@@ -193,7 +195,8 @@ impl Trigger {
                 // A handler returned while its settlement goes on: its slot is free again.
                 () = slots.freed.notified(), if slots.busy() >= limit => {}
                 next = next_of(&mut subscription), if pulling => {
-                    let calls = Calls { slots: &slots, abort, running: &mut running, limit };
+                    let stop = &lifecycle.stop;
+                    let calls = Calls { slots: &slots, stop, abort, running: &mut running, limit };
                     match self.start_calls(next, &mut subscription, calls) {
                         Pulled::Started => {}
                         Pulled::Ended => break,
@@ -234,7 +237,8 @@ impl Trigger {
                 Some(Ok(delivery)) => self.start_call(delivery, subscription, &calls),
             }
             started += 1;
-            if started >= calls.limit || calls.slots.busy() >= calls.limit {
+            let stopping = calls.stop.is_cancelled();
+            if started >= calls.limit || calls.slots.busy() >= calls.limit || stopping {
                 return Pulled::Started;
             }
             match next_of(subscription).now_or_never() {
