@@ -16,7 +16,7 @@ use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use topiq_adapter::{Delivery, Subscription};
 
@@ -61,6 +61,9 @@ pub(crate) struct Lanes {
     /// pull dropped during the extension (the trigger's loop drops pulls that are not ready)
     /// loses nothing, and the next pull finishes the extension.
     extending: Option<Delivery>,
+    /// A subscription ended: every pull answers `None`, and none is polled again (an
+    /// adapter's stream may not be polled after its end).
+    finished: bool,
 }
 
 impl Lanes {
@@ -80,6 +83,20 @@ impl Lanes {
             lane_order,
             ended: None,
             extending: None,
+            finished: false,
+        }
+    }
+
+    /// A delivery ready now, without waiting (`None` when there is none): what fills a batch
+    /// behind its first delivery. An end or an error ready instead is kept for the next pull,
+    /// which answers with it.
+    pub(crate) fn next_ready(&mut self) -> Option<Delivery> {
+        match self.next().now_or_never()? {
+            Some(Ok(delivery)) => Some(delivery),
+            other => {
+                self.ended = Some(other);
+                None
+            }
         }
     }
 
@@ -118,7 +135,11 @@ impl Lanes {
 
     /// One pull: the delivery and how long it waited here.
     async fn pull(&mut self) -> Option<topiq_adapter::Result<(Delivery, Duration)>> {
+        if self.finished {
+            return None;
+        }
         if let Some(ended) = self.ended.take() {
+            self.finished = ended.is_none();
             return ended.map(|result| result.map(|delivery| (delivery, Duration::ZERO)));
         }
         let order = self.order();
@@ -157,6 +178,7 @@ impl Lanes {
         })
         .await;
         self.pulls += 1;
+        self.finished = next.is_none();
         next
     }
 
@@ -396,5 +418,50 @@ mod cancel_tests {
         );
         let second = lanes.next().await.unwrap().unwrap();
         assert_eq!(*second.envelope().data, json!(1));
+    }
+
+    fn key() -> SubscriptionKey {
+        SubscriptionKey::new(
+            TopicName::new("lanes").unwrap(),
+            TriggerName::new("t").unwrap(),
+        )
+    }
+
+    /// An adapter's stream ends (its `unfold` panics if polled again): the trigger's loop
+    /// may ask again (a batch being filled asks for more), and gets the end again.
+    #[tokio::test]
+    async fn an_ended_subscription_keeps_answering_its_end() {
+        let extensions = Arc::new(AtomicUsize::new(0));
+        let stream = futures::stream::unfold(0, move |n| {
+            let delivery = (n < 1).then(|| (delivery(n, &extensions), n + 1));
+            async move { delivery }
+        });
+        let subscription = Subscription::new(key(), stream.boxed());
+        let wait = Duration::from_secs(60);
+        let mut lanes = Lanes::new(vec![subscription], wait, LaneOrder::HighestFirst);
+        assert!(lanes.next().await.unwrap().is_ok());
+        assert!(lanes.next().await.is_none());
+        assert!(lanes.next().await.is_none(), "asked again: ended still");
+        assert!(lanes.next_ready().is_none());
+    }
+
+    /// A batch fills with what is ready: an error ready in its place is not dropped, the
+    /// next pull answers with it (the trigger logs it and waits before pulling again).
+    #[tokio::test]
+    async fn an_error_met_while_filling_a_batch_is_the_next_pulls_answer() {
+        let extensions = Arc::new(AtomicUsize::new(0));
+        let failed = Err(topiq_adapter::Error::BrokerUnavailable {
+            message: "the broker went away".into(),
+            source: None,
+        });
+        let items = vec![delivery(0, &extensions), failed, delivery(1, &extensions)];
+        let subscription = Subscription::new(key(), futures::stream::iter(items).boxed());
+        let wait = Duration::from_secs(60);
+        let mut lanes = Lanes::new(vec![subscription], wait, LaneOrder::HighestFirst);
+        assert!(lanes.next().await.unwrap().is_ok());
+        assert!(lanes.next_ready().is_none(), "the error is not a delivery");
+        assert!(lanes.next().await.unwrap().is_err(), "the error, kept");
+        let last = lanes.next().await.unwrap().unwrap();
+        assert_eq!(*last.envelope().data, json!(1));
     }
 }

@@ -348,9 +348,9 @@ impl Trigger {
     fn fill_batch(&self, first: Delivery, subscription: &mut Option<Lanes>) -> Vec<Delivery> {
         let mut batch = vec![first];
         while batch.len() < self.settings.batch_size as usize {
-            match next_of(subscription).now_or_never() {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
-                _ => break,
+            match subscription.as_mut().and_then(Lanes::next_ready) {
+                Some(delivery) => batch.push(delivery),
+                None => break,
             }
         }
         batch
