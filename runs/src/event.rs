@@ -57,8 +57,8 @@ pub enum Change {
         origin: Origin,
         /// The attempt's number on the broker.
         attempt: u32,
-        /// The instance running it.
-        instance: String,
+        /// The instance running it (shared: the same for each of its attempts).
+        instance: Arc<str>,
         /// The handler span's `traceparent`.
         traceparent: Option<String>,
     },
@@ -230,7 +230,7 @@ impl Run {
     fn start(
         &mut self,
         number: u32,
-        instance: &str,
+        instance: &Arc<str>,
         traceparent: Option<String>,
         at: Timestamp,
     ) -> bool {
@@ -252,7 +252,7 @@ impl Run {
             duration_ms: None,
             outcome: None,
             error: None,
-            instance: instance.to_owned(),
+            instance: Arc::clone(instance),
             traceparent,
         });
         self.attempts

@@ -165,7 +165,7 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
     /// The instance that ran it (`host:pid`).
-    pub instance: String,
+    pub instance: Arc<str>,
     /// The W3C `traceparent` of the handler's span.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,

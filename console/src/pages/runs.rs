@@ -187,7 +187,7 @@ impl AttemptRow {
                 .as_ref()
                 .map(|error| format!("{}: {}", error.kind, error.message))
                 .unwrap_or_default(),
-            instance: attempt.instance.clone(),
+            instance: attempt.instance.to_string(),
             trace_id: view::trace_id(attempt.traceparent.as_deref()),
         }
     }

@@ -227,7 +227,7 @@ async fn attempts_record_errors_retries_and_the_result(stores: Stores) {
             .message
             .contains("SMTP timeout")
     );
-    assert_eq!(first.instance, "host:1");
+    assert_eq!(&*first.instance, "host:1");
     assert!(first.traceparent.is_some());
     assert_eq!(run.attempts[1].outcome, Some(AttemptOutcome::Succeeded));
     assert_eq!(

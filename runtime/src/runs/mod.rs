@@ -30,8 +30,8 @@ pub(crate) struct Runs {
     cancels: Cancels,
     pauses: Pauses,
     settings: RunsSettings,
-    /// `host:pid`, on every attempt this instance runs.
-    instance: String,
+    /// `host:pid`, on every attempt this instance runs (shared by their records).
+    instance: Arc<str>,
 }
 
 impl Runs {
@@ -45,7 +45,7 @@ impl Runs {
             cancels: Cancels::default(),
             pauses,
             settings,
-            instance: instance_name(),
+            instance: instance_name().into(),
         })
     }
 
