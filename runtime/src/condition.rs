@@ -135,20 +135,9 @@ pub(crate) fn json_to_cel(value: &Value) -> CelValue {
 mod tests {
     use super::*;
     use serde_json::json;
-    use topiq_adapter::{MessageId, Timestamp, TopicName};
 
     fn envelope(data: Value) -> Envelope {
-        Envelope {
-            id: MessageId::generate(),
-            topic: TopicName::new("emails.send").unwrap(),
-            data: Arc::new(data),
-            attempt: 1,
-            max_attempts: 3,
-            enqueued_at: Timestamp::now(),
-            traceparent: None,
-            baggage: None,
-            idempotency_key: None,
-        }
+        crate::testing::envelope("emails.send", data)
     }
 
     #[test]

@@ -43,6 +43,8 @@ mod runs;
 pub mod schedules;
 mod stats;
 mod telemetry;
+#[cfg(test)]
+mod testing;
 mod trigger;
 
 pub use calls::{

@@ -340,8 +340,7 @@ mod cancel_tests {
     use futures::{FutureExt, StreamExt};
     use serde_json::json;
     use topiq_adapter::{
-        Acker, Delivery, Envelope, Failure, MessageId, Settling, Subscription, SubscriptionKey,
-        Timestamp, TopicName, TriggerName,
+        Acker, Delivery, Failure, Settling, Subscription, SubscriptionKey, TopicName, TriggerName,
     };
 
     use super::{LaneOrder, Lanes};
@@ -373,17 +372,7 @@ mod cancel_tests {
     }
 
     fn delivery(n: u32, extensions: &Arc<AtomicUsize>) -> topiq_adapter::Result<Delivery> {
-        let envelope = Envelope {
-            id: MessageId::generate(),
-            topic: TopicName::new("lanes").unwrap(),
-            data: Arc::new(json!(n)),
-            attempt: 1,
-            max_attempts: 3,
-            enqueued_at: Timestamp::now(),
-            traceparent: None,
-            baggage: None,
-            idempotency_key: None,
-        };
+        let envelope = crate::testing::envelope("lanes", json!(n));
         Ok(Delivery::new(
             envelope,
             Box::new(SlowExtension(Arc::clone(extensions))),
