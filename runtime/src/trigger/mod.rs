@@ -94,7 +94,7 @@ struct Calls<'a, 'r> {
     /// Once it fires, no more deliveries are pulled in the pass.
     stop: &'r CancellationToken,
     abort: &'a CancellationToken,
-    running: &'r mut FuturesUnordered<Call<'a>>,
+    running: &'r FuturesUnordered<Call<'a>>,
     limit: usize,
 }
 
@@ -196,7 +196,7 @@ impl Trigger {
                 () = slots.freed.notified(), if slots.busy() >= limit => {}
                 next = next_of(&mut subscription), if pulling => {
                     let stop = &lifecycle.stop;
-                    let calls = Calls { slots: &slots, stop, abort, running: &mut running, limit };
+                    let calls = Calls { slots: &slots, stop, abort, running: &running, limit };
                     match self.start_calls(next, &mut subscription, calls) {
                         Pulled::Started => {}
                         Pulled::Ended => break,
