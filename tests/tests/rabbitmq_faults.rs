@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::json;
 use topiq_adapter::{
     Adapter, ConsumeOptions, DeadLetters, Error, NewMessage, SubscriptionKey, SubscriptionSpec,
@@ -575,6 +575,95 @@ async fn a_publish_to_a_topic_whose_trigger_queue_was_deleted_fails_while_others
         0,
         "a publish that a queue took was reported failed"
     );
+    adapter.close().await.ok();
+}
+
+/// A batch whose messages go to two lanes, one of which lost its trigger queue: each message
+/// is answered by its own fate (the confirms of a batch cover several messages at once, and a
+/// return reaches whichever confirm lapin completes next). Batches run one at a time (each
+/// holds the adapter's solo publishing lane) and four at once (the others go through the
+/// publishing channel's task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_message_by_its_own_fate_when_one_lane_lost_its_queue() {
+    let (adapter, vhost) = rabbitmq_adapter().await;
+    let topic = TopicName::new("faults.halfgone").expect("topic");
+    let mut spec = TopicSpec::new(topic.clone());
+    spec.lanes = 2;
+    adapter.declare_topic(spec).await.expect("declare topic");
+    let key = SubscriptionKey::new(topic.clone(), TriggerName::new("t").expect("trigger"));
+    adapter
+        .declare_subscription(SubscriptionSpec::new(key.clone()))
+        .await
+        .expect("declare trigger");
+    // Lane 1's queue is deleted under the adapter: its messages come back unroutable.
+    delete_queue(&vhost, "topiq:t:faults.halfgone:t:1").await;
+    let mut stored = publish_half_returned_batches(&adapter, &topic, 1).await;
+    stored += publish_half_returned_batches(&adapter, &topic, 4).await;
+    let stats = adapter.stats(&key).await.expect("stats");
+    assert_eq!(stats.waiting as usize, stored, "{stats:?}");
+    adapter.close().await.ok();
+}
+
+/// Publishes 10 batches of 20 from each of `publishers` tasks at once, odd messages to lane 1
+/// (whose queue is gone): checks each message's receipt and returns how many were stored.
+async fn publish_half_returned_batches(
+    adapter: &RabbitMqAdapter,
+    topic: &TopicName,
+    publishers: usize,
+) -> usize {
+    let tasks: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (adapter, topic) = (adapter.clone(), topic.clone());
+            tokio::spawn(async move {
+                let mut stored = 0;
+                for _ in 0..10 {
+                    let messages = (0..20).map(|n| NewMessage::new(json!(n)).lane(n % 2));
+                    let receipts = adapter
+                        .publish_batch(&topic, messages.collect())
+                        .await
+                        .expect("publish_batch");
+                    for (n, receipt) in receipts.iter().enumerate() {
+                        assert_eq!(receipt.is_ok(), n % 2 == 0, "message {n}: {receipt:?}");
+                    }
+                    stored += receipts.len() / 2;
+                }
+                stored
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        stored += task.await.expect("publisher");
+    }
+    stored
+}
+
+/// A publish given up on while its confirm is on the way (the caller's own timeout) leaves
+/// the next publishes answered by their own fates: its confirm, or a return meant for another,
+/// is not taken for theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_given_up_on_mid_flight_does_not_answer_the_next_ones() {
+    let (adapter, vhost) = rabbitmq_adapter().await;
+    let (stored, _) = declared(&adapter, "faults.kept", &["t"], |_| {}).await;
+    let (gone, _) = declared(&adapter, "faults.gone", &["t"], |_| {}).await;
+    delete_queue(&vhost, "topiq:t:faults.gone:t").await;
+    for n in 0..200 {
+        // Polled once (it is sent) and dropped, as a caller's timeout would.
+        let given_up = adapter
+            .publish(&stored, NewMessage::new(json!(n)))
+            .now_or_never();
+        assert!(
+            given_up.is_none(),
+            "answered before its confirm came: {given_up:?}"
+        );
+        let returned = adapter.publish(&gone, NewMessage::new(json!(n))).await;
+        assert!(
+            returned.is_err(),
+            "publish {n} to a topic no queue takes: {returned:?}"
+        );
+        let kept = adapter.publish(&stored, NewMessage::new(json!(n))).await;
+        assert!(kept.is_ok(), "publish {n}: {kept:?}");
+    }
     adapter.close().await.ok();
 }
 

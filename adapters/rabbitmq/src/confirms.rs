@@ -7,16 +7,24 @@
 //! publish sees a plain ack. Here one task owns every confirm of the channel. When one is
 //! ready, it first reads every other confirm the same ack completed, and only then answers
 //! each publish by the message id its return carries.
+//!
+//! A second channel, the solo lane, carries at most one publish at a time, sent and awaited
+//! by its caller with no hand-over: its return can only be its own. A publish takes the lane
+//! when it is free and goes to the task otherwise, so a caller publishing one message at a
+//! time pays what a raw lapin publish does, and concurrent callers still pipeline theirs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use topiq_adapter::{Error, Result};
 
 use crate::unavailable;
@@ -32,12 +40,22 @@ pub(crate) enum Published {
     Refused,
 }
 
-/// A channel in confirm mode whose publishes one task of its own sends and answers.
+/// A channel in confirm mode whose publishes one task of its own sends and answers, beside
+/// the solo lane.
 pub(crate) struct ConfirmingChannel {
     channel: Channel,
     /// Boxed: a request (its properties alone are some 300 bytes) moves through the channel
     /// and into its send as a pointer.
     requests: mpsc::UnboundedSender<Box<Request>>,
+    solo: Arc<SoloLane>,
+}
+
+/// A channel in confirm mode with at most one publish in flight.
+struct SoloLane {
+    channel: Channel,
+    /// Taken by the publish in flight, until its confirm is read (or, for a publish given up
+    /// on, until every confirm of the channel is in).
+    busy: AtomicBool,
 }
 
 /// A publish to send: where to, and what (published `mandatory`).
@@ -48,8 +66,20 @@ pub(crate) struct Outgoing {
     pub(crate) properties: BasicProperties,
 }
 
+/// One message of a batch: where to, and what (published `mandatory`).
+pub(crate) struct Batched<'a> {
+    pub(crate) exchange: ShortString,
+    pub(crate) routing_key: ShortString,
+    pub(crate) payload: &'a [u8],
+    pub(crate) properties: BasicProperties,
+}
+
 /// The broker's answer to one publish handed to the channel's task, once it comes.
-pub(crate) type Answer = oneshot::Receiver<Result<Published>>;
+type Answer = oneshot::Receiver<Result<Published>>;
+
+/// The broker's answer to each message of a batch, in order: `None` for one unanswered by
+/// the deadline.
+pub(crate) type BatchAnswers = Vec<Option<Result<Published>>>;
 
 /// A publish to send, and where its answer goes.
 struct Request {
@@ -65,21 +95,31 @@ struct Waiting {
 }
 
 impl ConfirmingChannel {
-    /// Takes `channel` (confirm mode already on) and starts the task that publishes on it;
-    /// the task ends once this is dropped and every publish sent on it is answered.
-    pub(crate) fn new(channel: Channel) -> Self {
+    /// Takes `channel` and `solo` (confirm mode already on) and starts the task that
+    /// publishes on `channel`; the task ends once this is dropped and every publish sent on
+    /// it is answered.
+    pub(crate) fn new(channel: Channel, solo: Channel) -> Self {
         let (requests, incoming) = mpsc::unbounded_channel();
         tokio::spawn(publish_and_answer(channel.clone(), incoming));
-        Self { channel, requests }
+        let solo = Arc::new(SoloLane {
+            channel: solo,
+            busy: AtomicBool::new(false),
+        });
+        Self {
+            channel,
+            requests,
+            solo,
+        }
     }
 
-    /// The channel, for its status.
-    pub(crate) fn channel(&self) -> &Channel {
-        &self.channel
+    /// Whether both channels are open (a channel-level error closes one).
+    pub(crate) fn is_open(&self) -> bool {
+        self.channel.status().connected() && self.solo.channel.status().connected()
     }
 
     /// Publishes `mandatory` and returns the broker's answer (unbounded: the caller bounds
-    /// it; a publish whose caller gave up before it was sent is not sent).
+    /// it; a publish whose caller gave up before it was sent is not sent). On the solo lane
+    /// when it is free, through the channel's task otherwise.
     pub(crate) async fn publish(
         &self,
         exchange: &str,
@@ -87,6 +127,11 @@ impl ConfirmingChannel {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<Published> {
+        if let Some(turn) = SoloTurn::take(&self.solo) {
+            return turn
+                .publish(exchange, routing_key, payload, properties)
+                .await;
+        }
         let answer = self.send(Outgoing {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
@@ -96,10 +141,43 @@ impl ConfirmingChannel {
         answered(answer).await
     }
 
-    /// Hands `publish` to the channel's task and returns where its answer will come: a
-    /// batch hands over every message before awaiting any answer. Not sent if the answer is
-    /// dropped before it is.
-    pub(crate) fn send(&self, publish: Outgoing) -> Result<Answer> {
+    /// Publishes a batch `mandatory`, every message sent before any confirm is awaited,
+    /// each answered by `deadline`. On the solo lane when it is free (held until every
+    /// confirm of the batch is read), through the channel's task otherwise.
+    pub(crate) async fn publish_batch(
+        &self,
+        batch: Vec<Batched<'_>>,
+        deadline: Instant,
+    ) -> BatchAnswers {
+        if let Some(turn) = SoloTurn::take(&self.solo) {
+            return turn.publish_batch(batch, deadline).await;
+        }
+        let answers: Vec<_> = batch
+            .into_iter()
+            .map(|publish| {
+                self.send(Outgoing {
+                    exchange: publish.exchange,
+                    routing_key: publish.routing_key,
+                    payload: publish.payload.to_vec(),
+                    properties: publish.properties,
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Ok(answer) => tokio::time::timeout_at(deadline, answered(answer))
+                    .await
+                    .ok(),
+                Err(err) => Some(Err(err)),
+            });
+        }
+        outcomes
+    }
+
+    /// Hands `publish` to the channel's task and returns where its answer will come. Not
+    /// sent if the answer is dropped before it is.
+    fn send(&self, publish: Outgoing) -> Result<Answer> {
         let (answer, answered) = oneshot::channel();
         self.requests
             .send(Box::new(Request { publish, answer }))
@@ -108,8 +186,145 @@ impl ConfirmingChannel {
     }
 }
 
+/// The solo lane, held by one publish.
+struct SoloTurn<'a> {
+    lane: &'a Arc<SoloLane>,
+    /// Set once the publish's confirm is read: the lane is free again.
+    answered: bool,
+}
+
+impl<'a> SoloTurn<'a> {
+    /// The lane, if no publish holds it.
+    fn take(lane: &'a Arc<SoloLane>) -> Option<Self> {
+        lane.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Self {
+                lane,
+                answered: false,
+            })
+    }
+
+    /// Sends the publish and reads its confirm: a return it carries is this publish's own,
+    /// the only one in flight on the lane.
+    async fn publish(
+        mut self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Published> {
+        let sending = self.lane.channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            mandatory(),
+            payload,
+            properties,
+        );
+        let confirmation = match sending.await {
+            Ok(confirm) => confirm.await,
+            Err(err) => Err(err),
+        };
+        self.answered = true;
+        match confirmation {
+            Ok(Confirmation::Ack(Some(_))) => Ok(Published::Returned),
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Published::Stored),
+            Ok(Confirmation::Nack(_)) => Ok(Published::Refused),
+            Err(err) => Err(unavailable("publish")(err)),
+        }
+    }
+}
+
+impl SoloTurn<'_> {
+    /// Sends every message of `batch`, then reads each confirm by `deadline` (and, once it
+    /// passed, those already in): a return any of them carries is one of the batch's, matched
+    /// by its message id once every confirm is read.
+    async fn publish_batch(mut self, batch: Vec<Batched<'_>>, deadline: Instant) -> BatchAnswers {
+        let sent = self.send_all(batch, deadline).await;
+        let mut returns = Returns::default();
+        let mut in_time = true;
+        let mut read = Vec::with_capacity(sent.len());
+        for (id, sent) in sent {
+            let confirmation = match sent {
+                Some(Ok(confirm)) if in_time => {
+                    let confirmation = tokio::time::timeout_at(deadline, confirm).await.ok();
+                    in_time = confirmation.is_some();
+                    confirmation
+                }
+                Some(Ok(confirm)) => confirm.now_or_never(),
+                Some(Err(err)) => Some(Err(err)),
+                None => None,
+            };
+            read.push((id, confirmation.map(|it| returns.read(it))));
+        }
+        // One unanswered may still be confirmed: the lane then waits for it (see `drop`).
+        self.answered = read.iter().all(|(_, outcome)| outcome.is_some());
+        read.into_iter()
+            .map(|(id, outcome)| outcome.map(|outcome| returns.matched(outcome, &id)))
+            .collect()
+    }
+
+    /// Sends each message of `batch` by `deadline`, with its message id: `None` for one not
+    /// sent by then.
+    async fn send_all(
+        &self,
+        batch: Vec<Batched<'_>>,
+        deadline: Instant,
+    ) -> Vec<(Option<ShortString>, Option<lapin::Result<PublisherConfirm>>)> {
+        let mut sent = Vec::with_capacity(batch.len());
+        let mut in_time = true;
+        for publish in batch {
+            let id = publish.properties.message_id().clone();
+            // Pinned where it is made: lapin's publish future is large.
+            let sending = std::pin::pin!(self.lane.channel.basic_publish(
+                publish.exchange,
+                publish.routing_key,
+                mandatory(),
+                publish.payload,
+                publish.properties,
+            ));
+            let confirm = if in_time {
+                tokio::time::timeout_at(deadline, sending).await.ok()
+            } else {
+                None
+            };
+            in_time = confirm.is_some();
+            sent.push((id, confirm));
+        }
+        sent
+    }
+}
+
+impl Drop for SoloTurn<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            self.lane.busy.store(false, Ordering::Release);
+            return;
+        }
+        // Given up on while in flight: its confirm (and any return with it) may still come,
+        // so the lane is freed only once every confirm of its channel is in, the return
+        // read and dropped with them. Without a runtime (shutting down) it stays taken and
+        // publishes go through the task.
+        let lane = Arc::clone(self.lane);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = lane.channel.wait_for_confirms().await;
+                lane.busy.store(false, Ordering::Release);
+            });
+        }
+    }
+}
+
+/// Every publish is `mandatory`: one routed to no queue comes back instead of vanishing.
+fn mandatory() -> BasicPublishOptions {
+    BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    }
+}
+
 /// The broker's answer to a publish handed over with [`ConfirmingChannel::send`].
-pub(crate) async fn answered(answer: Answer) -> Result<Published> {
+async fn answered(answer: Answer) -> Result<Published> {
     answer.await.map_err(|_| publisher_gone())?
 }
 
@@ -181,15 +396,11 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
 async fn send_and_confirm(channel: &Channel, mut request: Box<Request>) -> Confirmed {
     let publish = &mut request.publish;
     let id = publish.properties.message_id().clone();
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
-    };
     // Taken out of the box only as they are handed to lapin: each moves once.
     let sending = channel.basic_publish(
         std::mem::take(&mut publish.exchange),
         std::mem::take(&mut publish.routing_key),
-        options,
+        mandatory(),
         &publish.payload,
         std::mem::take(&mut publish.properties),
     );
@@ -245,12 +456,22 @@ impl Returns {
 
     /// Answers a publish: returned when a return of its message id was read.
     fn reply(&mut self, waiting: Waiting, outcome: Result<Published>) {
-        let outcome = match (outcome, self.take(&waiting.id)) {
-            (Ok(Published::Stored), true) => Ok(Published::Returned),
-            (other, _) => other,
-        };
+        let outcome = self.matched(outcome, &waiting.id);
         // The caller may have given up waiting: nobody to tell then.
         let _ = waiting.answer.send(outcome);
+    }
+
+    /// A publish of message `id`'s outcome: returned when a return of `id` was read (taking
+    /// it).
+    fn matched(
+        &mut self,
+        outcome: Result<Published>,
+        id: &Option<ShortString>,
+    ) -> Result<Published> {
+        match (outcome, self.take(id)) {
+            (Ok(Published::Stored), true) => Ok(Published::Returned),
+            (other, _) => other,
+        }
     }
 
     /// Forgets every return: called when no publish is in flight, so none can match.

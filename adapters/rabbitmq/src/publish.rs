@@ -11,13 +11,14 @@ use topiq_adapter::{
 };
 
 use crate::codec::{self, Metadata, Properties};
-use crate::confirms::{Outgoing, answered};
+use crate::confirms::Batched;
 use crate::layout::{self, Layout};
 use crate::session::Session;
 use crate::{Published, Shared, idempotency};
 
 impl Shared {
-    /// Publishes on the publishing channel and waits for the confirm (`publish_timeout`).
+    /// Publishes on the publishing channel and waits for the confirm: the channel (if it
+    /// must be opened again) and the confirm within one `publish_timeout`.
     pub(crate) async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -31,20 +32,17 @@ impl Shared {
             // publish sent now would only wait out its timeout.
             return Err(blocked());
         }
-        let publishing = async {
-            let channel = session.publisher().await?;
-            channel
-                .publish(exchange, routing_key, payload, properties)
-                .await
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let channel = match tokio::time::timeout_at(deadline, session.publisher()).await {
+            Ok(channel) => channel?,
+            Err(_) => return Err(self.timed_out(&session)),
         };
-        match self
-            .bounded("publish (waiting for the broker's confirm)", publishing)
+        // Pinned where it is made: lapin's publish future is large, and is not moved again.
+        let publishing =
+            std::pin::pin!(channel.publish(exchange, routing_key, payload, properties));
+        tokio::time::timeout_at(deadline, publishing)
             .await
-        {
-            // Blocked while it waited: say why, rather than that it timed out.
-            Err(Error::Timeout { .. }) if session.connection.status().blocked() => Err(blocked()),
-            other => other,
-        }
+            .unwrap_or_else(|_| Err(self.timed_out(&session)))
     }
 
     /// Publishes straight to one trigger's queue of the message's lane (release, retry
@@ -184,30 +182,29 @@ impl Shared {
             }
         };
         let exchange: ShortString = self.layout.exchange().into();
-        let answers: Vec<_> = batch
+        let outgoing = batch
             .iter()
-            .map(|ready| {
-                let routing_key = Layout::lane_routing_key(topic, ready.metadata.lane);
-                let answer = channel.send(Outgoing {
-                    exchange: exchange.clone(),
-                    routing_key: routing_key.as_str().into(),
-                    payload: ready.payload.clone(),
-                    properties: ready.metadata.properties(),
-                });
-                (routing_key, answer)
+            .map(|ready| Batched {
+                exchange: exchange.clone(),
+                routing_key: Layout::lane_routing_key(topic, ready.metadata.lane).into(),
+                payload: &ready.payload,
+                properties: ready.metadata.properties(),
             })
             .collect();
-        let mut outcomes = Vec::with_capacity(answers.len());
-        for (routing_key, answer) in answers {
-            let published = match answer {
-                Ok(answer) => tokio::time::timeout_at(deadline, answered(answer))
-                    .await
-                    .unwrap_or_else(|_| Err(self.timed_out(&session))),
-                Err(err) => Err(err),
-            };
-            outcomes.push(published.and_then(|it| self.to_topic(topic, &routing_key, it)));
-        }
-        outcomes
+        let answers = channel.publish_batch(outgoing, deadline).await;
+        answers
+            .into_iter()
+            .zip(batch)
+            .map(|(answer, ready)| match answer {
+                Some(Ok(Published::Stored)) => Ok(()),
+                Some(Ok(other)) => {
+                    let routing_key = Layout::lane_routing_key(topic, ready.metadata.lane);
+                    self.to_topic(topic, &routing_key, other)
+                }
+                Some(Err(err)) => Err(err),
+                None => Err(self.timed_out(&session)),
+            })
+            .collect()
     }
 
     /// A publish that had no confirm within `publish_timeout`: blocked, if the broker blocks

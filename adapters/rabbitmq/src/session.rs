@@ -44,12 +44,12 @@ impl Session {
     /// The publishing channel, opened again if a channel-level error closed it.
     pub(crate) async fn publisher(&self) -> Result<Arc<ConfirmingChannel>> {
         let channel = self.current_publisher();
-        if channel.channel().status().connected() {
+        if channel.is_open() {
             return Ok(channel);
         }
         let _reopening = self.reopening.lock().await;
         let channel = self.current_publisher();
-        if channel.channel().status().connected() {
+        if channel.is_open() {
             return Ok(channel);
         }
         let channel = Arc::new(
@@ -101,7 +101,18 @@ impl Drop for OpenChannel {
     }
 }
 
+/// The publishing channels: the task's and the solo lane's (a closed one of them makes
+/// [`Session::publisher`] open both again; the other closes when the last publish holding
+/// it is done).
 async fn confirming_channel(connection: &Connection) -> Result<ConfirmingChannel> {
+    Ok(ConfirmingChannel::new(
+        publishing_channel(connection).await?,
+        publishing_channel(connection).await?,
+    ))
+}
+
+/// A channel with publisher confirms on.
+async fn publishing_channel(connection: &Connection) -> Result<Channel> {
     let channel = connection
         .create_channel()
         .await
@@ -110,7 +121,7 @@ async fn confirming_channel(connection: &Connection) -> Result<ConfirmingChannel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(unavailable("enable publisher confirms"))?;
-    Ok(ConfirmingChannel::new(channel))
+    Ok(channel)
 }
 
 /// A login the broker refused (wrong credentials, or no access to the vhost): trying again
