@@ -580,9 +580,8 @@ async fn a_publish_to_a_topic_whose_trigger_queue_was_deleted_fails_while_others
 
 /// A batch whose messages go to two lanes, one of which lost its trigger queue: each message
 /// is answered by its own fate (the confirms of a batch cover several messages at once, and a
-/// return reaches whichever confirm lapin completes next). Batches run one at a time (each
-/// holds the adapter's solo publishing lane) and four at once (the others go through the
-/// publishing channel's task).
+/// return reaches whichever confirm lapin completes next), one batch at a time and four at
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answers_each_message_by_its_own_fate_when_one_lane_lost_its_queue() {
     let (adapter, vhost) = rabbitmq_adapter().await;

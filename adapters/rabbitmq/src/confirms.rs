@@ -22,7 +22,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, PublisherConfirm};
+use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use topiq_adapter::{Error, Result};
@@ -141,17 +141,15 @@ impl ConfirmingChannel {
         answered(answer).await
     }
 
-    /// Publishes a batch `mandatory`, every message sent before any confirm is awaited,
-    /// each answered by `deadline`. On the solo lane when it is free (held until every
-    /// confirm of the batch is read), through the channel's task otherwise.
+    /// Publishes a batch `mandatory` through the channel's task, every message handed over
+    /// before any answer is awaited, each answered by `deadline`. (Not on the solo lane: it
+    /// would send them one after another, each waiting for lapin to write the one before,
+    /// where the task sends them all at once.)
     pub(crate) async fn publish_batch(
         &self,
         batch: Vec<Batched<'_>>,
         deadline: Instant,
     ) -> BatchAnswers {
-        if let Some(turn) = SoloTurn::take(&self.solo) {
-            return turn.publish_batch(batch, deadline).await;
-        }
         let answers: Vec<_> = batch
             .into_iter()
             .map(|publish| {
@@ -232,66 +230,6 @@ impl<'a> SoloTurn<'a> {
             Ok(Confirmation::Nack(_)) => Ok(Published::Refused),
             Err(err) => Err(unavailable("publish")(err)),
         }
-    }
-}
-
-impl SoloTurn<'_> {
-    /// Sends every message of `batch`, then reads each confirm by `deadline` (and, once it
-    /// passed, those already in): a return any of them carries is one of the batch's, matched
-    /// by its message id once every confirm is read.
-    async fn publish_batch(mut self, batch: Vec<Batched<'_>>, deadline: Instant) -> BatchAnswers {
-        let sent = self.send_all(batch, deadline).await;
-        let mut returns = Returns::default();
-        let mut in_time = true;
-        let mut read = Vec::with_capacity(sent.len());
-        for (id, sent) in sent {
-            let confirmation = match sent {
-                Some(Ok(confirm)) if in_time => {
-                    let confirmation = tokio::time::timeout_at(deadline, confirm).await.ok();
-                    in_time = confirmation.is_some();
-                    confirmation
-                }
-                Some(Ok(confirm)) => confirm.now_or_never(),
-                Some(Err(err)) => Some(Err(err)),
-                None => None,
-            };
-            read.push((id, confirmation.map(|it| returns.read(it))));
-        }
-        // One unanswered may still be confirmed: the lane then waits for it (see `drop`).
-        self.answered = read.iter().all(|(_, outcome)| outcome.is_some());
-        read.into_iter()
-            .map(|(id, outcome)| outcome.map(|outcome| returns.matched(outcome, &id)))
-            .collect()
-    }
-
-    /// Sends each message of `batch` by `deadline`, with its message id: `None` for one not
-    /// sent by then.
-    async fn send_all(
-        &self,
-        batch: Vec<Batched<'_>>,
-        deadline: Instant,
-    ) -> Vec<(Option<ShortString>, Option<lapin::Result<PublisherConfirm>>)> {
-        let mut sent = Vec::with_capacity(batch.len());
-        let mut in_time = true;
-        for publish in batch {
-            let id = publish.properties.message_id().clone();
-            // Pinned where it is made: lapin's publish future is large.
-            let sending = std::pin::pin!(self.lane.channel.basic_publish(
-                publish.exchange,
-                publish.routing_key,
-                mandatory(),
-                publish.payload,
-                publish.properties,
-            ));
-            let confirm = if in_time {
-                tokio::time::timeout_at(deadline, sending).await.ok()
-            } else {
-                None
-            };
-            in_time = confirm.is_some();
-            sent.push((id, confirm));
-        }
-        sent
     }
 }
 
