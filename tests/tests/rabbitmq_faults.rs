@@ -647,7 +647,8 @@ async fn a_publish_given_up_on_mid_flight_does_not_answer_the_next_ones() {
     let (gone, _) = declared(&adapter, "faults.gone", &["t"], |_| {}).await;
     delete_queue(&vhost, "topiq:t:faults.gone:t").await;
     for n in 0..200 {
-        // Polled once (it is sent) and dropped, as a caller's timeout would.
+        // Polled once and dropped, as a caller's timeout would: sent, when it took the
+        // adapter's solo lane (free unless the last one given up on still holds it).
         let given_up = adapter
             .publish(&stored, NewMessage::new(json!(n)))
             .now_or_never();
@@ -662,6 +663,63 @@ async fn a_publish_given_up_on_mid_flight_does_not_answer_the_next_ones() {
         );
         let kept = adapter.publish(&stored, NewMessage::new(json!(n))).await;
         assert!(kept.is_ok(), "publish {n}: {kept:?}");
+    }
+    adapter.close().await.ok();
+}
+
+/// A publish the broker answers by closing its channel (topiq's exchange was deleted under it:
+/// 404) fails, and once the exchange is back the next publishes go out on channels opened
+/// again, whichever of the adapter's two publishing channels the broker closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_recover_after_the_broker_closes_a_publishing_channel() {
+    let (adapter, vhost) = rabbitmq_adapter().await;
+    let (topic, _) = declared(&adapter, "faults.reopen", &["t"], |_| {}).await;
+    let raw = lapin::Connection::connect(&vhost.url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let operator = raw.create_channel().await.expect("channel");
+    for round in 0..3 {
+        operator
+            .exchange_delete(
+                "topiq".into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the exchange");
+        let refused = adapter.publish(&topic, NewMessage::new(json!(round))).await;
+        assert!(
+            refused.is_err(),
+            "round {round}: a publish to a deleted exchange: {refused:?}"
+        );
+        operator
+            .exchange_declare(
+                "topiq".into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("declare the exchange again");
+        operator
+            .queue_bind(
+                "topiq:t:faults.reopen:t".into(),
+                "topiq".into(),
+                "faults.reopen".into(),
+                lapin::options::QueueBindOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("bind the trigger queue again");
+        for n in 0..5 {
+            let published = adapter.publish(&topic, NewMessage::new(json!(n))).await;
+            assert!(
+                published.is_ok(),
+                "round {round}, publish {n}: {published:?}"
+            );
+        }
     }
     adapter.close().await.ok();
 }

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -47,11 +48,13 @@ pub(crate) struct ConfirmingChannel {
     /// Boxed: a request (its properties alone are some 300 bytes) moves through the channel
     /// and into its send as a pointer.
     requests: mpsc::UnboundedSender<Box<Request>>,
+    /// The second channel, for a publish made while no other is in flight on it.
     solo: Arc<SoloLane>,
 }
 
 /// A channel in confirm mode with at most one publish in flight.
 struct SoloLane {
+    /// Its own channel: the task's publishes never share it.
     channel: Channel,
     /// Taken by the publish in flight, until its confirm is read (or, for a publish given up
     /// on, until every confirm of the channel is in).
@@ -63,14 +66,6 @@ pub(crate) struct Outgoing {
     pub(crate) exchange: ShortString,
     pub(crate) routing_key: ShortString,
     pub(crate) payload: Vec<u8>,
-    pub(crate) properties: BasicProperties,
-}
-
-/// One message of a batch: where to, and what (published `mandatory`).
-pub(crate) struct Batched<'a> {
-    pub(crate) exchange: ShortString,
-    pub(crate) routing_key: ShortString,
-    pub(crate) payload: &'a [u8],
     pub(crate) properties: BasicProperties,
 }
 
@@ -147,19 +142,12 @@ impl ConfirmingChannel {
     /// where the task sends them all at once.)
     pub(crate) async fn publish_batch(
         &self,
-        batch: Vec<Batched<'_>>,
+        batch: Vec<Outgoing>,
         deadline: Instant,
     ) -> BatchAnswers {
         let answers: Vec<_> = batch
             .into_iter()
-            .map(|publish| {
-                self.send(Outgoing {
-                    exchange: publish.exchange,
-                    routing_key: publish.routing_key,
-                    payload: publish.payload.to_vec(),
-                    properties: publish.properties,
-                })
-            })
+            .map(|publish| self.send(publish))
             .collect();
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -186,6 +174,7 @@ impl ConfirmingChannel {
 
 /// The solo lane, held by one publish.
 struct SoloTurn<'a> {
+    /// The lane held (its `busy` flag set by [`SoloTurn::take`]).
     lane: &'a Arc<SoloLane>,
     /// Set once the publish's confirm is read: the lane is free again.
     answered: bool,
@@ -245,13 +234,31 @@ impl Drop for SoloTurn<'_> {
         // publishes go through the task.
         let lane = Arc::clone(self.lane);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = lane.channel.wait_for_confirms().await;
-                lane.busy.store(false, Ordering::Release);
-            });
+            runtime.spawn(lane.free_when_confirmed());
         }
     }
 }
+
+impl SoloLane {
+    /// Frees the lane once every confirm of its channel is in (or the channel failed). A
+    /// confirm that never comes within [`GIVEN_UP_WAIT`] (lapin's confirms have hung) closes
+    /// the channel instead, which rejects it: the session then opens a new pair of channels,
+    /// and until then publishes go through the task.
+    async fn free_when_confirmed(self: Arc<Self>) {
+        match tokio::time::timeout(GIVEN_UP_WAIT, self.channel.wait_for_confirms()).await {
+            Ok(_) => self.busy.store(false, Ordering::Release),
+            Err(_) => {
+                let closing = self
+                    .channel
+                    .close(200, "a publish confirm never came".into());
+                let _ = tokio::time::timeout(GIVEN_UP_WAIT, closing).await;
+            }
+        }
+    }
+}
+
+/// How long a publish given up on may hold the solo lane waiting for its confirm.
+const GIVEN_UP_WAIT: Duration = Duration::from_secs(30);
 
 /// Every publish is `mandatory`: one routed to no queue comes back instead of vanishing.
 fn mandatory() -> BasicPublishOptions {
@@ -394,22 +401,12 @@ impl Returns {
 
     /// Answers a publish: returned when a return of its message id was read.
     fn reply(&mut self, waiting: Waiting, outcome: Result<Published>) {
-        let outcome = self.matched(outcome, &waiting.id);
-        // The caller may have given up waiting: nobody to tell then.
-        let _ = waiting.answer.send(outcome);
-    }
-
-    /// A publish of message `id`'s outcome: returned when a return of `id` was read (taking
-    /// it).
-    fn matched(
-        &mut self,
-        outcome: Result<Published>,
-        id: &Option<ShortString>,
-    ) -> Result<Published> {
-        match (outcome, self.take(id)) {
+        let outcome = match (outcome, self.take(&waiting.id)) {
             (Ok(Published::Stored), true) => Ok(Published::Returned),
             (other, _) => other,
-        }
+        };
+        // The caller may have given up waiting: nobody to tell then.
+        let _ = waiting.answer.send(outcome);
     }
 
     /// Forgets every return: called when no publish is in flight, so none can match.
@@ -437,5 +434,66 @@ impl Returns {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::{Connection, ConnectionProperties};
+
+    /// The machine's RabbitMQ (`deploy/local/ensure-brokers` starts it); the test's queue is
+    /// its own (server-named and exclusive: deleted with the connection).
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    async fn confirming(connection: &Connection) -> Channel {
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        channel
+    }
+
+    #[tokio::test]
+    async fn a_publish_given_up_on_holds_the_solo_lane_until_its_confirm_is_in() {
+        let connection = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .expect("the machine's RabbitMQ");
+        let publisher =
+            ConfirmingChannel::new(confirming(&connection).await, confirming(&connection).await);
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = publisher
+            .solo
+            .channel
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await
+            .expect("queue");
+        let publish =
+            || publisher.publish("", queue.name().as_str(), b"{}", BasicProperties::default());
+        // Polled once (it takes the lane and is sent) and dropped, as a caller's timeout would.
+        assert!(
+            publish().now_or_never().is_none(),
+            "answered before its confirm came"
+        );
+        assert!(
+            publisher.solo.busy.load(Ordering::Acquire),
+            "the lane was freed while the given-up publish's confirm was on the way"
+        );
+        let freed = async {
+            while publisher.solo.busy.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), freed)
+            .await
+            .expect("the lane is freed once the confirm is in");
+        assert_eq!(publish().await.expect("publish"), Published::Stored);
+        connection.close(200, "done".into()).await.expect("close");
     }
 }

@@ -11,7 +11,7 @@ use topiq_adapter::{
 };
 
 use crate::codec::{self, Metadata, Properties};
-use crate::confirms::Batched;
+use crate::confirms::Outgoing;
 use crate::layout::{self, Layout};
 use crate::session::Session;
 use crate::{Published, Shared, idempotency};
@@ -34,7 +34,12 @@ impl Shared {
         }
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let channel = match tokio::time::timeout_at(deadline, session.publisher()).await {
-            Ok(channel) => channel?,
+            Ok(Ok(channel)) => channel,
+            // Blocked while it waited: say why, rather than that it timed out.
+            Ok(Err(Error::Timeout { .. })) if session.connection.status().blocked() => {
+                return Err(blocked());
+            }
+            Ok(Err(err)) => return Err(err),
             Err(_) => return Err(self.timed_out(&session)),
         };
         // Pinned where it is made: lapin's publish future is large, and is not moved again.
@@ -184,10 +189,10 @@ impl Shared {
         let exchange: ShortString = self.layout.exchange().into();
         let outgoing = batch
             .iter()
-            .map(|ready| Batched {
+            .map(|ready| Outgoing {
                 exchange: exchange.clone(),
                 routing_key: Layout::lane_routing_key(topic, ready.metadata.lane).into(),
-                payload: &ready.payload,
+                payload: ready.payload.clone(),
                 properties: ready.metadata.properties(),
             })
             .collect();

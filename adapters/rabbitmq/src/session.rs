@@ -23,7 +23,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long reopening the publishing channel may take.
 const REOPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One open connection and its publishing channel (publisher confirms on).
+/// One open connection and its publishing channels (publisher confirms on).
 pub(crate) struct Session {
     pub(crate) connection: Connection,
     /// Read on every publish (one `Arc` clone); replaced under `reopening` when a
@@ -41,7 +41,7 @@ impl Session {
         Arc::clone(&self.publisher.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The publishing channel, opened again if a channel-level error closed it.
+    /// The publishing channels, both opened again if a channel-level error closed either.
     pub(crate) async fn publisher(&self) -> Result<Arc<ConfirmingChannel>> {
         let channel = self.current_publisher();
         if channel.is_open() {
