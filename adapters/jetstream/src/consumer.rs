@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
+use futures::stream::{BoxStream, PollNext};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -84,10 +85,29 @@ pub(crate) fn subscribe(
         }
         .into_deliveries()
     });
-    Subscription::new(
-        spec.key.clone(),
-        Box::pin(futures::stream::select_all(pullers)),
-    )
+    let [main, direct] = pullers;
+    Subscription::new(spec.key.clone(), Box::pin(merged(main, direct)))
+}
+
+/// How often the trigger's own copies are looked at first, in deliveries.
+const DIRECT_FIRST_EVERY: u8 = 16;
+
+/// The fan-out puller's deliveries and the trigger's own copies, as one stream: the fan-out
+/// is asked first, the direct puller first every [`DIRECT_FIRST_EVERY`]th time (its copies
+/// are never starved by a fan-out backlog), and each is asked whenever the other has nothing.
+/// (`select_all` would allocate a node for every delivery, to put the puller back.)
+fn merged(
+    main: BoxStream<'static, Result<Delivery>>,
+    direct: BoxStream<'static, Result<Delivery>>,
+) -> impl futures::Stream<Item = Result<Delivery>> + Send {
+    futures::stream::select_with_strategy(main, direct, |asked: &mut u8| {
+        *asked = asked.wrapping_add(1);
+        if asked.is_multiple_of(DIRECT_FIRST_EVERY) {
+            PollNext::Right
+        } else {
+            PollNext::Left
+        }
+    })
 }
 
 /// The first wait after a failed pull; it doubles up to [`MAX_BACKOFF`].
@@ -145,7 +165,7 @@ struct Puller {
 
 impl Puller {
     /// The puller's deliveries as a stream, until the adapter is closed.
-    fn into_deliveries(self) -> futures::stream::BoxStream<'static, Result<Delivery>> {
+    fn into_deliveries(self) -> BoxStream<'static, Result<Delivery>> {
         // Boxed: a puller is large (the consumer's cached info), and the stream moves its
         // state in and out of each item's future.
         futures::stream::unfold(Box::new(self), |mut puller| async move {
@@ -169,15 +189,21 @@ impl Puller {
             if !self.top_up().await? {
                 continue;
             }
-            let (message, waited) = match self.backlog.pop_front() {
-                Some((message, since)) => (message, since.elapsed()),
+            // When it was taken: the read's own clock reading, which also stamps the
+            // delivery's return to the consumer (decoding it takes microseconds; the backlog
+            // cares about seconds).
+            let (message, waited, taken_at) = match self.backlog.pop_front() {
+                Some((message, since)) => {
+                    let now = Instant::now();
+                    (message, now.saturating_duration_since(since), now)
+                }
                 None => match self.read().await? {
-                    Some(message) => (message, Duration::ZERO),
+                    Some(message) => (message, Duration::ZERO, self.last_heard),
                     None => continue,
                 },
             };
             if let Some(delivery) = self.take(message, waited).await? {
-                self.returned_at = Some(Instant::now());
+                self.returned_at = Some(taken_at);
                 return Some(delivery);
             }
         }
@@ -324,11 +350,14 @@ impl Puller {
     /// room for one at least. `Some(false)` when the pull failed (try again), `None` once the
     /// adapter is closed.
     async fn top_up(&mut self) -> Option<bool> {
-        let mut fresh = Vec::new();
+        let room = self.room();
+        if !self.reserved.is_empty() && room < self.top_up_at {
+            return Some(true);
+        }
+        // Sized for the room there is now, so filling it does not grow it step by step.
+        let mut fresh = Vec::with_capacity(room.clamp(1, MAX_PULL));
         if self.reserved.is_empty() {
             fresh.push(self.acquire().await?);
-        } else if self.room() < self.top_up_at {
-            return Some(true);
         }
         while fresh.len() < MAX_PULL {
             match self.try_acquire() {
