@@ -191,27 +191,29 @@ impl Consuming {
                 }
                 continue;
             };
-            let next = tokio::select! {
-                () = self.shared.closed.cancelled() => return None,
-                next = consumer.next() => next,
-                _ = self.check.tick() => {
-                    // lapin does not always end a consumer whose connection died: the
-                    // connection's own state is the one to trust.
-                    if !channel.status().connected() || !session.is_open() {
-                        tracing::warn!(trigger = %self.spec.key, "the consumer's channel or connection is gone; subscribing again");
-                        self.open = None;
+            // What already arrived is taken without a wait: no cancellation waiter is
+            // registered and dropped, no timer looked at (closing was checked above).
+            let next = match consumer.next().now_or_never() {
+                Some(next) => next,
+                None => tokio::select! {
+                    () = self.shared.closed.cancelled() => return None,
+                    next = consumer.next() => next,
+                    _ = self.check.tick() => {
+                        // lapin does not always end a consumer whose connection died: the
+                        // connection's own state is the one to trust.
+                        if !channel.status().connected() || !session.is_open() {
+                            tracing::warn!(trigger = %self.spec.key, "the consumer's channel or connection is gone; subscribing again");
+                            self.open = None;
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
             };
             match next {
                 Some(Ok(delivery)) => {
                     self.backoff = INITIAL_BACKOFF;
                     let channel = Arc::clone(channel);
-                    let permit = tokio::select! {
-                        () = self.shared.closed.cancelled() => return None,
-                        permit = Arc::clone(&self.slots).acquire_owned() => permit.ok()?,
-                    };
+                    let permit = self.slot().await?;
                     if let Some(delivery) = receive(
                         &self.shared,
                         &self.spec,
@@ -235,6 +237,18 @@ impl Consuming {
                     self.wait_backoff().await?;
                 }
             }
+        }
+    }
+
+    /// A slot for one more delivery handed out, taken at once when one is free; `None` once
+    /// the adapter is closed.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(permit);
+        }
+        tokio::select! {
+            () = self.shared.closed.cancelled() => None,
+            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
         }
     }
 
