@@ -442,6 +442,46 @@ async fn an_enqueue_whose_key_cannot_be_recorded_fails_and_sends_nothing() {
     adapter.close().await.ok();
 }
 
+/// A claim in the idempotency ledger that topiq did not write (its target is not a subject)
+/// is refused, not published: async-nats no longer checks what topiq publishes to, and a
+/// subject with a space in it would break the connection. Other publishes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_claim_whose_target_is_not_a_subject_is_refused_and_the_connection_lives() {
+    let server = NatsServer::start();
+    let adapter = quick_adapter(&server).await;
+    let (topic, _) = declared(&adapter, "faults.badclaim", |_| {}).await;
+    let client = async_nats::connect(server.url()).await.expect("raw client");
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("Topiq-Id", "0193a0c2-0000-7000-8000-00000000beef"),
+        ("Topiq-Key-State", "claimed"),
+        ("Topiq-Key-Target", "topiq.t.faults.badclaim reply.here"),
+        ("Topiq-Key-Msg-Id", "0193a0c2-0000-7000-8000-00000000beef"),
+    ] {
+        headers.insert(name, value);
+    }
+    // The ledger entry of key "k" (hex-encoded in the subject).
+    js.publish_with_headers("topiq.idem.faults.badclaim.6b", headers, "\"x\"".into())
+        .await
+        .expect("send")
+        .await
+        .expect("stored");
+    let keyed = adapter
+        .publish(&topic, NewMessage::new(json!(1)).idempotency_key("k"))
+        .await;
+    let refused = format!("{keyed:?}");
+    assert!(refused.contains("not a subject"), "{refused}");
+    for n in 0..3 {
+        let plain = adapter.publish(&topic, NewMessage::new(json!(n))).await;
+        assert!(
+            plain.is_ok(),
+            "publish {n} after the refused claim: {plain:?}"
+        );
+    }
+    adapter.close().await.ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_first_publisher_died_after_its_claim_still_gets_its_message_once() {
     let server = NatsServer::start();

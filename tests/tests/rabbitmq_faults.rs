@@ -669,7 +669,8 @@ async fn a_publish_given_up_on_mid_flight_does_not_answer_the_next_ones() {
 
 /// A publish the broker answers by closing its channel (topiq's exchange was deleted under it:
 /// 404) fails, and once the exchange is back the next publishes go out on channels opened
-/// again, whichever of the adapter's two publishing channels the broker closed.
+/// again: two publishes at a time, so the broker closes both of the adapter's publishing
+/// channels (the solo lane's and the task's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_recover_after_the_broker_closes_a_publishing_channel() {
     let (adapter, vhost) = rabbitmq_adapter().await;
@@ -686,11 +687,18 @@ async fn publishes_recover_after_the_broker_closes_a_publishing_channel() {
             )
             .await
             .expect("delete the exchange");
-        let refused = adapter.publish(&topic, NewMessage::new(json!(round))).await;
-        assert!(
-            refused.is_err(),
-            "round {round}: a publish to a deleted exchange: {refused:?}"
+        // Two at once: the first takes the solo lane, the second goes through the task, so
+        // the broker closes both publishing channels.
+        let (first, second) = tokio::join!(
+            adapter.publish(&topic, NewMessage::new(json!(round))),
+            adapter.publish(&topic, NewMessage::new(json!(round))),
         );
+        for refused in [first, second] {
+            assert!(
+                refused.is_err(),
+                "round {round}, deleted exchange: {refused:?}"
+            );
+        }
         operator
             .exchange_declare(
                 "topiq".into(),
@@ -714,11 +722,16 @@ async fn publishes_recover_after_the_broker_closes_a_publishing_channel() {
             .await
             .expect("bind the trigger queue again");
         for n in 0..5 {
-            let published = adapter.publish(&topic, NewMessage::new(json!(n))).await;
-            assert!(
-                published.is_ok(),
-                "round {round}, publish {n}: {published:?}"
+            let (first, second) = tokio::join!(
+                adapter.publish(&topic, NewMessage::new(json!(n))),
+                adapter.publish(&topic, NewMessage::new(json!(n))),
             );
+            for published in [first, second] {
+                assert!(
+                    published.is_ok(),
+                    "round {round}, publish {n}: {published:?}"
+                );
+            }
         }
     }
     adapter.close().await.ok();

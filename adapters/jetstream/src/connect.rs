@@ -69,8 +69,11 @@ async fn connect_options(
     // async-nats reconnects after two unanswered pings: pinging every half heartbeat
     // notices a connection that stopped answering within about two heartbeats.
     // Every subject topiq publishes to is made of names checked when they were configured
-    // (topic and trigger names, the prefix: ASCII letters, digits, `_`, `-`, `.`) or is a
-    // reply subject the server sent: async-nats need not scan each one for whitespace again.
+    // (topic names: ASCII letters, digits, `_`, `-` between dots; trigger names and the
+    // prefix: the same without dots; idempotency keys hex-encoded), is an inbox or reply
+    // subject async-nats or the server made, or is a claim's target read back from the
+    // ledger and checked there (idempotency.rs): async-nats need not scan each one for
+    // whitespace again.
     let mut options = ConnectOptions::new()
         .ping_interval((config.heartbeat / 2).max(Duration::from_millis(100)))
         .skip_subject_validation(true);

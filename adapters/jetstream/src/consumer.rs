@@ -89,7 +89,7 @@ pub(crate) fn subscribe(
     Subscription::new(spec.key.clone(), Box::pin(merged(main, direct)))
 }
 
-/// How often the trigger's own copies are looked at first, in deliveries.
+/// How often the trigger's own copies are looked at first, in polls of the merged stream.
 const DIRECT_FIRST_EVERY: u8 = 16;
 
 /// The fan-out puller's deliveries and the trigger's own copies, as one stream: the fan-out
@@ -155,8 +155,9 @@ struct Puller {
     /// The consumer's ack floor (stream sequence) when this puller last got it; `Some` once
     /// it had the consumer, so a consumer that is gone afterwards was deleted under topiq.
     ack_floor: Option<u64>,
-    /// When the last delivery was handed out: until the consumer asks again, what arrives
-    /// waits in the subscription while the server's lease on it runs.
+    /// When the last delivery was taken to be handed out (its read's clock reading): until
+    /// the consumer asks again, what arrives waits in the subscription while the server's
+    /// lease on it runs.
     returned_at: Option<Instant>,
     /// What was already waiting when the consumer asked again, with when nobody asked any
     /// more (it may have waited since then).
@@ -190,8 +191,9 @@ impl Puller {
                 continue;
             }
             // When it was taken: the read's own clock reading, which also stamps the
-            // delivery's return to the consumer (decoding it takes microseconds; the backlog
-            // cares about seconds).
+            // delivery's return to the consumer (earlier by what `take` waits, microseconds
+            // unless it waits for a slot or the client's command channel; an earlier stamp
+            // only makes the backlog count a lease as more spent, the safe side).
             let (message, waited, taken_at) = match self.backlog.pop_front() {
                 Some((message, since)) => {
                     let now = Instant::now();

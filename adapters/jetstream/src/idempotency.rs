@@ -191,11 +191,20 @@ async fn read_entry(shared: &Shared, prepared: &Prepared, subject: &str) -> Resu
         text(ledger_header::TARGET),
         text(ledger_header::MSG_ID),
     ) {
-        (Some(CLAIMED), Some(target), Some(msg_id)) => Some((
-            target,
-            claimed_headers(&message.headers, &msg_id),
-            message.payload.clone(),
-        )),
+        (Some(CLAIMED), Some(target), Some(msg_id)) => {
+            // Published again as it is (async-nats does not check the subjects topiq
+            // publishes to): one that is not a subject would break the connection's protocol.
+            if !is_subject(&target) {
+                return Err(topiq_adapter_kit::codec::foreign(
+                    "its idempotency claim names a target that is not a subject",
+                ));
+            }
+            Some((
+                target,
+                claimed_headers(&message.headers, &msg_id),
+                message.payload.clone(),
+            ))
+        }
         _ => None,
     };
     Ok(Some(Entry {
@@ -204,6 +213,14 @@ async fn read_entry(shared: &Shared, prepared: &Prepared, subject: &str) -> Resu
         claimed,
         written_at: codec::stored_at(&message.time),
     }))
+}
+
+/// Whether `text` can be published to: not empty, no whitespace or control characters.
+fn is_subject(text: &str) -> bool {
+    !text.is_empty()
+        && !text
+            .bytes()
+            .any(|byte| byte.is_ascii_whitespace() || byte.is_ascii_control())
 }
 
 /// The claimed message's own headers: the claim's control headers dropped (its dedup id,

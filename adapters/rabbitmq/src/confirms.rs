@@ -57,7 +57,8 @@ struct SoloLane {
     /// Its own channel: the task's publishes never share it.
     channel: Channel,
     /// Taken by the publish in flight, until its confirm is read (or, for a publish given up
-    /// on, until every confirm of the channel is in).
+    /// on, until every confirm of the channel is in; for good when that never came and the
+    /// channel was closed, until the session replaces the pair).
     busy: AtomicBool,
 }
 

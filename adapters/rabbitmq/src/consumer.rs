@@ -30,6 +30,14 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 const RETURN_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How often a dropped ordered consumer checks whether its delivery was settled.
 const ORDERED_SETTLE_CHECK: Duration = Duration::from_millis(20);
+/// The idle consumer's check of its channel: every [`CHANNEL_CHECK`], and after a busy
+/// stretch (deliveries waiting, the check not looked at) one check, not one per tick missed.
+fn channel_check() -> tokio::time::Interval {
+    let mut check = tokio::time::interval(CHANNEL_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check
+}
+
 /// The first wait after a failed subscribe; it doubles up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -59,7 +67,7 @@ pub(crate) fn subscribe(
         leases: Arc::clone(&leases),
         open: None,
         backoff: INITIAL_BACKOFF,
-        check: tokio::time::interval(CHANNEL_CHECK),
+        check: channel_check(),
     };
     let deliveries = futures::stream::unfold(state, |mut state| async move {
         let delivery = state.next_delivery().await?;

@@ -178,6 +178,10 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let channel = match tokio::time::timeout_at(deadline, session.publisher()).await {
             Ok(Ok(channel)) => channel,
+            // Blocked while it waited: as `publish_confirmed` says.
+            Ok(Err(Error::Timeout { .. })) if session.connection.status().blocked() => {
+                return batch.iter().map(|_| Err(blocked())).collect();
+            }
             Ok(Err(err)) => return each_fails(batch.len(), err),
             Err(_) => {
                 return batch

@@ -26,8 +26,9 @@ const REOPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// One open connection and its publishing channels (publisher confirms on).
 pub(crate) struct Session {
     pub(crate) connection: Connection,
-    /// Read on every publish (one `Arc` clone); replaced under `reopening` when a
-    /// channel-level error closed it.
+    /// Read on every publish (one `Arc` clone); replaced under `reopening` when either of
+    /// its channels was closed (a channel-level error, or a solo lane whose confirm never
+    /// came).
     publisher: RwLock<Arc<ConfirmingChannel>>,
     reopening: tokio::sync::Mutex<()>,
 }
