@@ -687,13 +687,8 @@ async fn publishes_recover_after_the_broker_closes_a_publishing_channel() {
             )
             .await
             .expect("delete the exchange");
-        // Two at once: the first takes the solo lane, the second goes through the task, so
-        // the broker closes both publishing channels.
-        let (first, second) = tokio::join!(
-            adapter.publish(&topic, NewMessage::new(json!(round))),
-            adapter.publish(&topic, NewMessage::new(json!(round))),
-        );
-        for refused in [first, second] {
+        // Two at once, so the broker closes both publishing channels.
+        for refused in two_at_once(&adapter, &topic, round).await {
             assert!(
                 refused.is_err(),
                 "round {round}, deleted exchange: {refused:?}"
@@ -722,11 +717,7 @@ async fn publishes_recover_after_the_broker_closes_a_publishing_channel() {
             .await
             .expect("bind the trigger queue again");
         for n in 0..5 {
-            let (first, second) = tokio::join!(
-                adapter.publish(&topic, NewMessage::new(json!(n))),
-                adapter.publish(&topic, NewMessage::new(json!(n))),
-            );
-            for published in [first, second] {
+            for published in two_at_once(&adapter, &topic, n).await {
                 assert!(
                     published.is_ok(),
                     "round {round}, publish {n}: {published:?}"
@@ -735,6 +726,20 @@ async fn publishes_recover_after_the_broker_closes_a_publishing_channel() {
         }
     }
     adapter.close().await.ok();
+}
+
+/// Two publishes of `n` started together: the first takes the adapter's solo publishing
+/// lane, the second goes through its publishing channel's task.
+async fn two_at_once(
+    adapter: &RabbitMqAdapter,
+    topic: &TopicName,
+    n: usize,
+) -> [Result<topiq_adapter::PublishReceipt, Error>; 2] {
+    let (first, second) = tokio::join!(
+        adapter.publish(topic, NewMessage::new(json!(n))),
+        adapter.publish(topic, NewMessage::new(json!(n))),
+    );
+    [first, second]
 }
 
 /// Deletes `queue` with a connection of the test's own, as an operator would.

@@ -1,6 +1,7 @@
 //! Publishing: a message prepared once (payload, properties, routing), published on a
 //! confirming channel and answered by the broker's confirm or return.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -11,7 +12,7 @@ use topiq_adapter::{
 };
 
 use crate::codec::{self, Metadata, Properties};
-use crate::confirms::Outgoing;
+use crate::confirms::{ConfirmingChannel, Outgoing};
 use crate::layout::{self, Layout};
 use crate::session::Session;
 use crate::{Published, Shared, idempotency};
@@ -27,21 +28,8 @@ impl Shared {
         properties: BasicProperties,
     ) -> Result<Published> {
         let session = self.session().await?;
-        if session.connection.status().blocked() {
-            // A memory or disk alarm: the broker takes no publish until it clears, and a
-            // publish sent now would only wait out its timeout.
-            return Err(blocked());
-        }
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
-        let channel = match tokio::time::timeout_at(deadline, session.publisher()).await {
-            Ok(Ok(channel)) => channel,
-            // Blocked while it waited: say why, rather than that it timed out.
-            Ok(Err(Error::Timeout { .. })) if session.connection.status().blocked() => {
-                return Err(blocked());
-            }
-            Ok(Err(err)) => return Err(err),
-            Err(_) => return Err(self.timed_out(&session)),
-        };
+        let channel = self.open_publisher(&session, deadline).await?;
         // Pinned where it is made: lapin's publish future is large, and is not moved again.
         let publishing =
             std::pin::pin!(channel.publish(exchange, routing_key, payload, properties));
@@ -171,24 +159,10 @@ impl Shared {
             Ok(session) => session,
             Err(err) => return each_fails(batch.len(), err),
         };
-        if session.connection.status().blocked() {
-            // A memory or disk alarm: see `publish_confirmed`.
-            return batch.iter().map(|_| Err(blocked())).collect();
-        }
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
-        let channel = match tokio::time::timeout_at(deadline, session.publisher()).await {
-            Ok(Ok(channel)) => channel,
-            // Blocked while it waited: as `publish_confirmed` says.
-            Ok(Err(Error::Timeout { .. })) if session.connection.status().blocked() => {
-                return batch.iter().map(|_| Err(blocked())).collect();
-            }
-            Ok(Err(err)) => return each_fails(batch.len(), err),
-            Err(_) => {
-                return batch
-                    .iter()
-                    .map(|_| Err(self.timed_out(&session)))
-                    .collect();
-            }
+        let channel = match self.open_publisher(&session, deadline).await {
+            Ok(channel) => channel,
+            Err(err) => return each_fails(batch.len(), err),
         };
         let exchange: ShortString = self.layout.exchange().into();
         let outgoing = batch
@@ -214,6 +188,29 @@ impl Shared {
                 None => Err(self.timed_out(&session)),
             })
             .collect()
+    }
+
+    /// The session's publishing channels, opened again by `deadline` if one was closed;
+    /// `BrokerFull` while the broker blocks publishing (a memory or disk alarm: it takes no
+    /// publish until it clears, and a publish sent now would only wait out its timeout),
+    /// whether that was so before or while it waited.
+    async fn open_publisher(
+        &self,
+        session: &Session,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<ConfirmingChannel>> {
+        if session.connection.status().blocked() {
+            return Err(blocked());
+        }
+        match tokio::time::timeout_at(deadline, session.publisher()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            // Blocked while it waited: say why, rather than that it timed out.
+            Ok(Err(Error::Timeout { .. })) if session.connection.status().blocked() => {
+                Err(blocked())
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(self.timed_out(session)),
+        }
     }
 
     /// A publish that had no confirm within `publish_timeout`: blocked, if the broker blocks

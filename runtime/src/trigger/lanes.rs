@@ -386,11 +386,7 @@ mod cancel_tests {
     async fn a_pull_dropped_while_a_lease_is_extended_loses_no_delivery() {
         let extensions = Arc::new(AtomicUsize::new(0));
         let deliveries = vec![delivery(0, &extensions), delivery(1, &extensions)];
-        let key = SubscriptionKey::new(
-            TopicName::new("lanes").unwrap(),
-            TriggerName::new("t").unwrap(),
-        );
-        let subscription = Subscription::new(key, futures::stream::iter(deliveries).boxed());
+        let subscription = Subscription::new(key(), futures::stream::iter(deliveries).boxed());
         // No wait allowed: every delivery has its lease extended before it is handed out.
         let mut lanes = Lanes::new(vec![subscription], Duration::ZERO, LaneOrder::HighestFirst);
         assert!(lanes.next().now_or_never().is_none(), "the extension waits");
