@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use topiq_adapter::{MessageId, Timestamp, TopicName};
 
+use crate::data::RunData;
 use crate::model::{Attempt, AttemptOutcome, Run, RunError, RunKey, RunState, Transition};
 
 /// One thing that happened to a run.
@@ -124,7 +125,7 @@ impl Run {
             trigger: key.trigger,
             topic: origin.topic,
             state,
-            data: origin.data,
+            data: RunData::of(&origin.data),
             enqueued_at: origin.enqueued_at,
             run_at: origin.run_at,
             retry_at: None,
@@ -244,6 +245,9 @@ impl Run {
             return false;
         }
         let current = self.is_current(number);
+        // Most runs have one attempt: room for exactly one more, not the four a first push
+        // makes room for (a run is kept long after its message, and an attempt is ~170 bytes).
+        self.attempts.reserve_exact(1);
         self.attempts.push(Attempt {
             number,
             lap,

@@ -1,7 +1,8 @@
 //! Run records: every message's life on every trigger.
 //!
 //! - [`Run`] (in [`model`]): one message on one trigger, its [`RunState`], its attempts
-//!   (with errors, durations, instance and trace), result and progress;
+//!   (with errors, durations, instance and trace), result and progress, and its data as
+//!   JSON text ([`RunData`]);
 //! - [`RunEvent`] (in [`event`]): what the runtime reports happened, and [`Run::apply`], which
 //!   turns events from any instance, in any order, into the same run;
 //! - [`RunStore`]: where runs are kept, [`MemoryStore`] or (features `sqlite`, `postgres`)
@@ -12,6 +13,7 @@
 
 pub mod conformance;
 mod control;
+mod data;
 pub mod event;
 mod memory;
 pub mod model;
@@ -22,6 +24,7 @@ mod store;
 use std::sync::Arc;
 
 pub use control::{CatchUp, ControlStore, PausedTrigger, Schedule, ScheduleSpec};
+pub use data::RunData;
 pub use event::{Change, Next, Origin, RunEvent};
 pub use memory::{MEMORY_FINISHED_LIMIT, MemoryStore};
 pub use model::{Attempt, AttemptOutcome, Run, RunError, RunKey, RunState, Transition};

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::data::RunData;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use topiq_adapter::{MessageId, Timestamp, TopicName, TriggerName};
@@ -195,8 +196,8 @@ pub struct Run {
     pub topic: TopicName,
     /// Where the run is.
     pub state: RunState,
-    /// The message's data (what a replay sends again).
-    pub data: Arc<Value>,
+    /// The message's data (what a replay sends again), as JSON text.
+    pub data: RunData,
     /// When the message was enqueued.
     pub enqueued_at: Timestamp,
     /// When a delayed message is due.

@@ -226,7 +226,10 @@ impl RunView {
         if run.laps > 0 {
             facts.push(("Redriven", format!("{} times", run.laps)));
         }
-        let data = view::pretty(&run.data);
+        let data = match run.data.value() {
+            Ok(data) => view::pretty(&data),
+            Err(err) => format!("(the stored data cannot be read: {err})"),
+        };
         Self {
             trigger: run.trigger.to_string(),
             topic: run.topic.to_string(),

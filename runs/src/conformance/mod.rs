@@ -164,7 +164,7 @@ async fn a_run_begins_when_enqueued(stores: Stores) {
     assert_eq!(applied.len(), 2);
     let run = one(&stores, &now).await;
     assert_eq!((run.state, &run.topic), (RunState::Queued, &topic));
-    assert_eq!(*run.data, json!({"n": 0}));
+    assert_eq!(run.data, json!({"n": 0}));
     assert_eq!(one(&stores, &later).await.state, RunState::Delayed);
     let both = stores[1].get(&id, None).await.expect("get both");
     assert_eq!(both.len(), 2, "a message on two triggers has two runs");

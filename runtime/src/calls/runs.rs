@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use topiq_adapter::{MessageId, NewMessage, SubscriptionKey, Timestamp};
-use topiq_runs::{Change, Origin, Run, RunEvent, RunKey, RunPage, RunQuery};
+use topiq_runs::{Change, Origin, Run, RunEvent, RunKey, RunPage, RunQuery, StoreError};
 
 use super::{CallError, parse_args, trigger};
 use crate::module::QueueModule;
@@ -150,7 +150,13 @@ impl QueueModule {
         }
         let data = match &request.data {
             Some(data) => std::sync::Arc::new(data.clone()),
-            None => std::sync::Arc::clone(&run.data),
+            None => {
+                let data = run.data.value().map_err(|source| StoreError::Corrupt {
+                    key: run.key().to_string(),
+                    source,
+                })?;
+                std::sync::Arc::new(data)
+            }
         };
         let origin = Origin {
             topic: run.topic.clone(),
