@@ -540,6 +540,9 @@ async fn declare_trigger(
     } else {
         LaneOrder::HighestFirst
     };
+    let settles_in_slot = lanes > 1
+        && lane_order == LaneOrder::HighestFirst
+        && adapter.capabilities().read_ahead_counts_settling;
     adapter
         .declare_subscription(spec)
         .await
@@ -560,6 +563,7 @@ async fn declare_trigger(
         pauses: runs.pauses().watch(),
         lanes,
         lane_order,
+        settles_in_slot,
     })
 }
 

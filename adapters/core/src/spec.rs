@@ -276,4 +276,9 @@ pub struct Capabilities {
     pub max_message_bytes: usize,
     /// The most [`lanes`](TopicSpec::lanes) a topic may have (1: none).
     pub max_lanes: u32,
+    /// A lane's [`read_ahead`](ConsumeOptions::read_ahead) bound counts the deliveries handed
+    /// out and not yet settled too (RabbitMQ's prefetch counts every unacknowledged one): a
+    /// delivery waiting for its settlement takes the room that would bring the lane's next
+    /// message, so the runtime holds a handler slot until a prioritized delivery is settled.
+    pub read_ahead_counts_settling: bool,
 }

@@ -65,6 +65,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     retention: true,
     max_message_bytes: DEFAULT_MAX_PAYLOAD - HEADER_ROOM,
     max_lanes: MAX_LANES,
+    read_ahead_counts_settling: false,
 };
 
 /// How long `health` waits for a flush of a connected client.

@@ -62,6 +62,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     retention: true,
     max_message_bytes: MAX_MESSAGE_BYTES,
     max_lanes: MAX_LANES,
+    read_ahead_counts_settling: false,
 };
 
 /// topiq's in-memory adapter. Cheap to clone: clones share the same topics and queues.

@@ -71,6 +71,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     retention: true,
     max_message_bytes: MAX_MESSAGE_BYTES,
     max_lanes: MAX_LANES,
+    read_ahead_counts_settling: true,
 };
 
 /// topiq's RabbitMQ adapter. Cheap to clone.

@@ -660,6 +660,7 @@ fn priority_levels_are_checked_against_the_adapter() {
 fn priority_levels_beyond_the_adapters_lanes_are_refused() {
     let capabilities = topiq_adapter::Capabilities {
         max_lanes: 1,
+        read_ahead_counts_settling: false,
         ..topiq_memory::CAPABILITIES
     };
     let unknown = serde_saphyr::Location::UNKNOWN;

@@ -66,6 +66,12 @@ pub(crate) struct Trigger {
     pub(crate) lanes: u32,
     /// Which lane it takes from first.
     pub(crate) lane_order: LaneOrder,
+    /// A handler slot is held until its delivery is settled, not only until the handler
+    /// returns: on a topic with priority levels, on an adapter whose read-ahead counts
+    /// unsettled deliveries (RabbitMQ). Otherwise, while a higher lane's deliveries wait for
+    /// their runs to be stored, its next messages cannot come, and the freed slots take a
+    /// lower lane's.
+    pub(crate) settles_in_slot: bool,
 }
 
 /// The next delivery of `lanes`; never, without them.
@@ -479,7 +485,8 @@ impl Trigger {
             let call = handler.call(message);
             let deliveries = std::slice::from_ref(&delivery);
             let result = self.call(call, deliveries, abort, cancel.as_ref()).await;
-            drop((running, slot));
+            drop(running);
+            let _slot = self.after_call(slot);
             match result {
                 None => {
                     Box::pin(self.release(delivery)).await;
@@ -496,6 +503,12 @@ impl Trigger {
                 Some(Err(failure)) => Box::pin(self.settle_failure(delivery, failure)).await,
             }
         }
+    }
+
+    /// A handler's slot once its call returned: held through the settlement that follows
+    /// when [`settles_in_slot`](Self::settles_in_slot), freed at once otherwise.
+    fn after_call<'a>(&self, slot: Slot<'a>) -> Option<Slot<'a>> {
+        self.settles_in_slot.then_some(slot)
     }
 
     /// Handles a batch in one process span linked to each message's publisher span.
@@ -543,7 +556,7 @@ impl Trigger {
             .collect();
         let call = handler.call(messages).map(Ok).boxed();
         let result = self.call(call, &passing, abort, None).await;
-        drop(slot);
+        let _slot = self.after_call(slot);
         match result {
             None => {
                 for delivery in passing {

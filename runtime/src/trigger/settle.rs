@@ -263,6 +263,7 @@ triggers:
             pauses: tokio::sync::watch::Sender::default().subscribe(),
             lanes: 1,
             lane_order: crate::trigger::LaneOrder::HighestFirst,
+            settles_in_slot: false,
         };
         (trigger, subscription)
     }
