@@ -281,6 +281,14 @@ impl Shared {
             acks.push(ack);
         }
         let acknowledged = acknowledgements(acks, &mut deadline).await;
+        let settled = |(ready, acked): (&Result<Prepared>, &bool)| ready.is_err() || *acked;
+        if prepared.iter().zip(&acknowledged).all(settled) {
+            // The common case: every message answered, in one pass.
+            return Ok(prepared
+                .into_iter()
+                .map(|ready| ready.map(Prepared::into_receipt))
+                .collect());
+        }
         // What is left (keyed messages, and those without an acknowledgement) is published
         // alone, concurrently: the batch ends within one publish's bound of this.
         let mut alone = Vec::new();
@@ -290,7 +298,7 @@ impl Shared {
             .map(|(ready, acked)| match ready {
                 Err(err) => Some(Err(err)),
                 // Only an unkeyed message was sent, so only one can be acknowledged.
-                Ok(ready) if acked => Some(Ok(ready.receipt())),
+                Ok(ready) if acked => Some(Ok(ready.into_receipt())),
                 Ok(ready) => {
                     alone.push(ready);
                     None
@@ -387,6 +395,14 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// The receipt of this message, published, taken from it.
+    pub(crate) fn into_receipt(self) -> PublishReceipt {
+        PublishReceipt {
+            message_id: self.metadata.id,
+            duplicate: false,
+        }
+    }
+
     /// The receipt of this message, published.
     pub(crate) fn receipt(&self) -> PublishReceipt {
         PublishReceipt {
