@@ -119,7 +119,8 @@ enum Pulled {
 const SETTLING_AHEAD: u32 = 4_096;
 
 /// The trigger's handler slots: `concurrency` of them, each held from a pull until the
-/// handler returns (the settlement that follows holds none).
+/// handler returns (the settlement that follows holds none, unless
+/// [`Trigger::settles_in_slot`]).
 #[derive(Default)]
 struct Slots {
     busy: AtomicUsize,
@@ -198,7 +199,8 @@ impl Trigger {
                     self.subscribed.store(true, Ordering::Relaxed);
                 }
                 () = &mut resume, if waiting => waiting = false,
-                // A handler returned while its settlement goes on: its slot is free again.
+                // A handler returned (or, when settlements hold slots, a settlement ended):
+                // its slot is free again.
                 () = slots.freed.notified(), if slots.busy() >= limit => {}
                 next = next_of(&mut subscription), if pulling => {
                     let stop = &lifecycle.stop;
