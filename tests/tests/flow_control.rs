@@ -400,9 +400,17 @@ async fn after_downtime_catch_up_decides_the_missed_ticks(broker: Broker, store:
             .unwrap();
     }
     let work = Work::default();
+    let started = Instant::now();
     let [(first, first_workers), (second, second_workers)] =
         two_instances(&broker, &store, &work).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Watched for at least 3 s, and 1 s past the first beat (a second firing would come
+    // within 250 ms): a loaded machine may take longer than 3 s to start both instances.
+    let first_beat = Instant::now() + Duration::from_secs(15);
+    while work.beats().is_empty() && Instant::now() < first_beat {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let watched = (started + Duration::from_secs(3)).max(Instant::now() + Duration::from_secs(1));
+    tokio::time::sleep_until(watched.into()).await;
     let hour = jiff::Timestamp::from_second(now.as_second() / 3600 * 3600).unwrap();
     assert_eq!(
         work.beats(),
