@@ -12,16 +12,16 @@ use serde_json::value::RawValue;
 /// A finished run outlives its message by up to the store's retention, so it does not hold the
 /// message's `Value` (a tree of an allocation per string, map and array, kept alive as long as
 /// the run): its text is one allocation, a few times smaller, written once when the run begins
-/// (shared by the runs of a message on several triggers, [`SharedData`]) and copied as is into
-/// every JSON document the run is serialized into. It is parsed when a run is read as a value
-/// (a replay, the console, the HTTP API's answers).
+/// (by each of a message's runs on several triggers: a serialization each, where they shared
+/// one `Value`) and copied as is into every JSON document the run is serialized into. It is
+/// parsed when a run is read as a value (a replay, the console, the HTTP API's answers).
 #[derive(Clone)]
 pub struct RunData(Kept);
 
 #[derive(Clone)]
 enum Kept {
     /// The value's JSON text (always, in practice).
-    Text(Arc<RawValue>),
+    Text(Box<RawValue>),
     /// The value itself, had writing its text failed (a `Value`'s never does).
     Value(Arc<Value>),
 }
@@ -30,7 +30,7 @@ impl RunData {
     /// The data of a message whose value is `value`.
     pub fn of(value: &Arc<Value>) -> Self {
         Self(match serde_json::value::to_raw_value(&**value) {
-            Ok(text) => Kept::Text(Arc::from(text)),
+            Ok(text) => Kept::Text(text),
             Err(_) => Kept::Value(Arc::clone(value)),
         })
     }
@@ -87,27 +87,7 @@ impl Serialize for RunData {
 
 impl<'de> Deserialize<'de> for RunData {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(deserializer).map(|text| Self(Kept::Text(Arc::from(text))))
-    }
-}
-
-/// The data of the last message whose runs began in one pass over events: a message enqueued
-/// for several triggers begins a run on each, and those share one text, written once.
-#[derive(Default)]
-pub struct SharedData(Option<(Arc<Value>, RunData)>);
-
-impl SharedData {
-    /// The data of `value`: the last one's when it is the same message's (held here, so its
-    /// address cannot be taken by another value meanwhile).
-    pub fn of(&mut self, value: &Arc<Value>) -> RunData {
-        if let Some((last, data)) = &self.0
-            && Arc::ptr_eq(last, value)
-        {
-            return data.clone();
-        }
-        let data = RunData::of(value);
-        self.0 = Some((Arc::clone(value), data.clone()));
-        data
+        Box::<RawValue>::deserialize(deserializer).map(|text| Self(Kept::Text(text)))
     }
 }
 
@@ -123,18 +103,6 @@ mod tests {
         let data = RunData::from(value.clone());
         assert_eq!(data.value().unwrap(), value);
         assert_eq!(data, value);
-    }
-
-    #[test]
-    fn the_runs_of_one_message_share_its_text_and_another_message_gets_its_own() {
-        let mut shared = SharedData::default();
-        let (first, second) = (Arc::new(json!({"n": 1})), Arc::new(json!({"n": 2})));
-        let (a, b, c) = (shared.of(&first), shared.of(&first), shared.of(&second));
-        let (Kept::Text(a), Kept::Text(b), Kept::Text(c)) = (a.0, b.0, c.0) else {
-            panic!("kept as text");
-        };
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!((a.get(), c.get()), (r#"{"n":1}"#, r#"{"n":2}"#));
     }
 
     #[test]

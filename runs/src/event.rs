@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use topiq_adapter::{MessageId, Timestamp, TopicName};
 
-use crate::data::{RunData, SharedData};
+use crate::data::RunData;
 use crate::model::{Attempt, AttemptOutcome, Run, RunError, RunKey, RunState, Transition};
 
 /// One thing that happened to a run.
@@ -116,12 +116,6 @@ pub enum Next {
 impl Run {
     /// A run that starts with `origin`.
     pub fn begin(key: RunKey, origin: Origin, at: Timestamp) -> Self {
-        let data = RunData::of(&origin.data);
-        Self::begin_with(key, origin, data, at)
-    }
-
-    /// [`Run::begin`] with its data already written.
-    fn begin_with(key: RunKey, origin: Origin, data: RunData, at: Timestamp) -> Self {
         let state = match origin.run_at {
             Some(due) if due > at => RunState::Delayed,
             _ => RunState::Queued,
@@ -131,7 +125,7 @@ impl Run {
             trigger: key.trigger,
             topic: origin.topic,
             state,
-            data,
+            data: RunData::of(&origin.data),
             enqueued_at: origin.enqueued_at,
             run_at: origin.run_at,
             retry_at: None,
@@ -151,12 +145,6 @@ impl Run {
     /// The run an event makes first, when the store has none yet: `None` for an event that
     /// needs a run to change (progress, a cancel, a settlement of an unknown run).
     pub fn from_event(event: &RunEvent) -> Option<Self> {
-        Self::from_event_sharing(event, &mut SharedData::default())
-    }
-
-    /// [`Run::from_event`], the data shared with the run of the same message begun last in
-    /// `shared` (a message enqueued for several triggers).
-    pub fn from_event_sharing(event: &RunEvent, shared: &mut SharedData) -> Option<Self> {
         let origin = match &event.change {
             Change::Enqueued(origin)
             | Change::Started { origin, .. }
@@ -164,13 +152,7 @@ impl Run {
             | Change::DeadLettered { origin, .. } => origin,
             _ => return None,
         };
-        let data = shared.of(&origin.data);
-        Some(Self::begin_with(
-            event.key.clone(),
-            origin.clone(),
-            data,
-            event.at,
-        ))
+        Some(Self::begin(event.key.clone(), origin.clone(), event.at))
     }
 
     /// Applies `event`; returns whether the run changed.

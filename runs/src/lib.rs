@@ -24,7 +24,7 @@ mod store;
 use std::sync::Arc;
 
 pub use control::{CatchUp, ControlStore, PausedTrigger, Schedule, ScheduleSpec};
-pub use data::{RunData, SharedData};
+pub use data::RunData;
 pub use event::{Change, Next, Origin, RunEvent};
 pub use memory::{MEMORY_FINISHED_LIMIT, MemoryStore};
 pub use model::{Attempt, AttemptOutcome, Run, RunError, RunKey, RunState, Transition};

@@ -7,7 +7,6 @@ use futures::future::{BoxFuture, FutureExt};
 use topiq_adapter::{MessageId, Timestamp, TriggerName};
 
 use crate::control::{ControlStore, PausedTrigger, Schedule, ScheduleSpec};
-use crate::data::SharedData;
 use crate::event::RunEvent;
 use crate::model::{Run, RunKey};
 use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
@@ -75,9 +74,8 @@ impl MemoryStore {
     /// Applies `events`; returns the keys they touched, in the order each first appears.
     fn apply_now(&self, events: &[RunEvent], kept: &mut Kept) -> Vec<RunKey> {
         let mut touched: Vec<RunKey> = Vec::new();
-        let mut shared = SharedData::default();
         for event in events {
-            if self.apply_one(event, kept, &mut shared) && !touched.contains(&event.key) {
+            if self.apply_one(event, kept) && !touched.contains(&event.key) {
                 touched.push(event.key.clone());
             }
         }
@@ -88,20 +86,18 @@ impl MemoryStore {
     /// Applies `events` in order, without noting which runs they touched.
     fn apply_each<E: std::borrow::Borrow<RunEvent>>(&self, events: impl IntoIterator<Item = E>) {
         let mut kept = self.kept();
-        let mut shared = SharedData::default();
         for event in events {
-            self.apply_one(event.borrow(), &mut kept, &mut shared);
+            self.apply_one(event.borrow(), &mut kept);
         }
         self.evict(&mut kept);
     }
 
-    /// Applies one event; false when it starts no run and finds none. A run begun shares its
-    /// data with the run `shared` began last when they are one message's.
-    fn apply_one(&self, event: &RunEvent, kept: &mut Kept, shared: &mut SharedData) -> bool {
+    /// Applies one event; false when it starts no run and finds none.
+    fn apply_one(&self, event: &RunEvent, kept: &mut Kept) -> bool {
         let Kept { runs, finished } = kept;
         let run = match runs.get_mut(&event.key) {
             Some(run) => run,
-            None => match Run::from_event_sharing(event, shared) {
+            None => match Run::from_event(event) {
                 Some(run) => runs.entry(event.key.clone()).or_insert(Box::new(run)),
                 None => return false,
             },

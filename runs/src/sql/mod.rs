@@ -13,7 +13,6 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
 use topiq_adapter::{MessageId, Timestamp, TriggerName};
 
-use crate::data::SharedData;
 use crate::event::RunEvent;
 use crate::model::{Run, RunKey};
 use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
@@ -169,11 +168,10 @@ impl SqlStore {
         let mut tx = self.pool.begin().await?;
         let keys = touched_keys(events);
         let mut runs = read_for_update(&mut tx, &keys, self.dialect).await?;
-        let mut shared = SharedData::default();
         for event in events {
             let stored = match runs.entry(event.key.clone()) {
                 Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => match Run::from_event_sharing(event, &mut shared) {
+                Entry::Vacant(entry) => match Run::from_event(event) {
                     Some(run) => entry.insert(Stored {
                         run,
                         version: None,
