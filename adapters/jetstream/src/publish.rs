@@ -289,8 +289,17 @@ impl Shared {
                 .map(|ready| ready.map(Prepared::into_receipt))
                 .collect());
         }
-        // What is left (keyed messages, and those without an acknowledgement) is published
-        // alone, concurrently: the batch ends within one publish's bound of this.
+        Ok(self.publish_rest(prepared, acknowledged).await)
+    }
+
+    /// The receipts of a batch some of whose messages are not answered yet: those (keyed
+    /// messages, and those without an acknowledgement) are published alone, concurrently, so
+    /// the batch ends within one publish's bound of this.
+    async fn publish_rest(
+        &self,
+        prepared: Vec<Result<Prepared>>,
+        acknowledged: Vec<bool>,
+    ) -> Vec<Result<PublishReceipt>> {
         let mut alone = Vec::new();
         let slots: Vec<Option<Result<PublishReceipt>>> = prepared
             .into_iter()
@@ -305,14 +314,11 @@ impl Shared {
                 }
             })
             .collect();
-        let mut published = if alone.is_empty() {
-            Vec::new()
-        } else {
+        let mut published =
             futures::future::join_all(alone.into_iter().map(|ready| self.publish_alone(ready)))
                 .await
-        }
-        .into_iter();
-        Ok(slots
+                .into_iter();
+        slots
             .into_iter()
             .map(|slot| {
                 slot.unwrap_or_else(|| {
@@ -321,7 +327,7 @@ impl Shared {
                         .unwrap_or_else(|| Err(topiq_adapter_kit::batch_unanswered()))
                 })
             })
-            .collect())
+            .collect()
     }
 
     /// A message of a batch published as a single publish is: a keyed one through its key's
