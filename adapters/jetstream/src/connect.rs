@@ -50,7 +50,7 @@ impl JetStreamAdapter {
                 config,
                 ledgers: RwLock::new(HashMap::new()),
                 declared: Declared::default(),
-                closed: tokio_util::sync::CancellationToken::new(),
+                closed: topiq_adapter_kit::CloseSignal::new(),
                 scheduler: Mutex::new(Scheduler::default()),
                 lost_consumers: RwLock::new(Vec::new()),
                 releases: tokio_util::task::TaskTracker::new(),

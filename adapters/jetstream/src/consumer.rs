@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use topiq_adapter::{
     Acker, ConsumeOptions, Delivery, Error, Failure, Result, Settling, Subscription,
-    SubscriptionKey, SubscriptionSpec, Timestamp,
+    SubscriptionKey, SubscriptionSpec,
 };
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
@@ -69,7 +69,7 @@ pub(crate) fn subscribe(
             consumer_name,
             lane,
             slots,
-            ahead: Arc::new(Semaphore::new(ahead as usize)),
+            ahead: ahead as usize,
             leases: Arc::clone(&leases),
             consumer: None,
             inbox: None,
@@ -133,14 +133,15 @@ struct Puller {
     lane: u32,
     /// One permit per delivery unsettled or on its way.
     slots: Arc<Semaphore>,
-    /// One permit per delivery on its way or received and not yet handed out.
-    ahead: Arc<Semaphore>,
+    /// How many deliveries may be on their way or received and not yet handed out: the
+    /// slots in `reserved` (a count, not a semaphore: only this puller takes and frees them).
+    ahead: usize,
     leases: Arc<Leases<Received>>,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
     /// The reply subject of every pull request, and its subscription.
     inbox: Option<(Subject, async_nats::Subscriber)>,
-    /// The room of each message the outstanding requests may still deliver.
-    reserved: Vec<Room>,
+    /// The slot of each message the outstanding requests may still deliver.
+    reserved: Vec<OwnedSemaphorePermit>,
     /// With requests outstanding, ask for more once this many slots are free (half of them).
     top_up_at: usize,
     /// Runs out [`SILENCE`] after `last_heard` (checked when it fires, so a message costs no
@@ -286,10 +287,10 @@ impl Puller {
     ) -> Option<Option<Result<Delivery>>> {
         match message.status {
             None | Some(StatusCode::OK) => {
-                // Handed out now: the read-ahead permit goes, the slot stays until settled.
+                // Handed out now: it leaves the read-ahead, its slot stays until settled.
                 let permit = match self.reserved.pop() {
-                    Some(room) => room.slot,
-                    None => self.acquire().await?.slot,
+                    Some(slot) => slot,
+                    None => self.acquire().await?,
                 };
                 let leases = &self.leases;
                 return Some(
@@ -363,10 +364,11 @@ impl Puller {
         if self.reserved.is_empty() {
             fresh.push(self.acquire().await?);
         }
-        while fresh.len() < MAX_PULL {
-            match self.try_acquire() {
-                Some(room) => fresh.push(room),
-                None => break,
+        let ahead_left = self.ahead.saturating_sub(self.reserved.len());
+        while fresh.len() < ahead_left.min(MAX_PULL) {
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(slot) => fresh.push(slot),
+                Err(_) => break,
             }
         }
         if fresh.is_empty() {
@@ -397,37 +399,20 @@ impl Puller {
         }
     }
 
-    /// How many more messages there is room for.
+    /// How many more messages there is room for: free slots, within the read-ahead.
     fn room(&self) -> usize {
         self.slots
             .available_permits()
-            .min(self.ahead.available_permits())
+            .min(self.ahead.saturating_sub(self.reserved.len()))
     }
 
-    /// Room for one message, waiting for it; `None` once the adapter is closed.
-    async fn acquire(&self) -> Option<Room> {
-        let both = async {
-            let ahead = Arc::clone(&self.ahead).acquire_owned().await.ok()?;
-            let slot = Arc::clone(&self.slots).acquire_owned().await.ok()?;
-            Some(Room {
-                slot,
-                _ahead: ahead,
-            })
-        };
+    /// A slot for one message, waiting for it; `None` once the adapter is closed. Called with
+    /// nothing reserved, so the read-ahead has room (it is at least one).
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         tokio::select! {
             () = self.shared.closed.cancelled() => None,
-            room = both => room,
+            slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
         }
-    }
-
-    /// Room for one message if there is some now.
-    fn try_acquire(&self) -> Option<Room> {
-        let ahead = Arc::clone(&self.ahead).try_acquire_owned().ok()?;
-        let slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
-        Some(Room {
-            slot,
-            _ahead: ahead,
-        })
     }
 
     /// Forgets the outstanding pulls (their slots are freed) and their reply subject, so a
@@ -449,13 +434,6 @@ impl Puller {
             () = tokio::time::sleep(period) => Some(()),
         }
     }
-}
-
-/// The room one message takes in a puller: a slot until it is settled, and a read-ahead
-/// permit until it is handed out.
-struct Room {
-    slot: OwnedSemaphorePermit,
-    _ahead: OwnedSemaphorePermit,
 }
 
 /// The unfilled part of an expired pull request, from its `Nats-Pending-Messages` header.
@@ -682,7 +660,7 @@ impl Received {
     /// the process that held it did not dead-letter it, because it was dropped or the
     /// process died).
     async fn settled_on_receipt(&self) -> bool {
-        if self.held.metadata.is_expired(Timestamp::now()) {
+        if self.held.metadata.is_expired() {
             self.dead_letter_past_retention(self.held.attempt - 1).await;
             return true;
         }

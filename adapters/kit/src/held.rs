@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use topiq_adapter::{
     DeadLetter, Envelope, Error, Failure, Result, SubscriptionKey, SubscriptionSpec, TopicName,
 };
 
-use crate::Stored;
 use crate::lease::{self, Lease};
+use crate::{CloseSignal, Stored};
 
 /// A received message held by this process: its subscription, metadata, data, attempt and
 /// lease.
@@ -36,7 +35,7 @@ pub struct Held {
     /// The lease, holding one of the subscription's prefetch slots.
     pub lease: Mutex<Lease>,
     /// Cancelled when the adapter closes: no settlement is taken after that.
-    closed: CancellationToken,
+    closed: CloseSignal,
 }
 
 impl Held {
@@ -49,7 +48,7 @@ impl Held {
         data: Arc<Value>,
         attempt: u32,
         permit: OwnedSemaphorePermit,
-        closed: &CancellationToken,
+        closed: &CloseSignal,
     ) -> Self {
         Self {
             key: spec.key.clone(),
@@ -102,7 +101,7 @@ impl Held {
 }
 
 /// `Closed` once `closed` is cancelled: the check every adapter call makes first.
-pub fn ensure_open(closed: &CancellationToken) -> Result<()> {
+pub fn ensure_open(closed: &CloseSignal) -> Result<()> {
     if closed.is_cancelled() {
         Err(Error::Closed)
     } else {

@@ -9,9 +9,11 @@
 //! - [`ConnectionOptions`], [`AdapterOptions`] and [`read_options`]: the options every
 //!   adapter's `config:` map has, read beside its own; [`Secret`], [`TlsSettings`],
 //!   [`duration`] and [`redact_url`]: the pieces of one;
-//! - [`ensure_open`]: the closed-adapter check every call makes first;
+//! - [`CloseSignal`] and [`ensure_open`]: an adapter's close, and the check every call makes
+//!   first;
 //! - [`batch_unanswered`]: the error for a message of a batch that got no outcome.
 
+mod close;
 pub mod codec;
 mod connection;
 mod declared;
@@ -24,6 +26,7 @@ mod secret;
 mod stored;
 mod tls;
 
+pub use close::CloseSignal;
 pub use connection::{AdapterOptions, ConnectionOptions, deserialize_options, read_options};
 pub use declared::Declared;
 pub use held::{Held, ensure_open};

@@ -78,9 +78,10 @@ impl Stored {
         }
     }
 
-    /// True when the topic's retention ran out for this message.
-    pub fn is_expired(&self, now: Timestamp) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
+    /// True when the topic's retention ran out for this message (the clock is read only
+    /// for a message that has an end).
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| at <= Timestamp::now())
     }
 
     /// What the handler sees of this message on `topic` at `attempt` of `max_attempts`.

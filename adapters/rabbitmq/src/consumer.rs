@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use topiq_adapter::{
     Acker, ConsumeOptions, Delivery, Error, Failure, Result, Settling, Subscription,
-    SubscriptionSpec, Timestamp,
+    SubscriptionSpec,
 };
 use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
@@ -222,10 +222,12 @@ impl Consuming {
                     self.backoff = INITIAL_BACKOFF;
                     let channel = Arc::clone(channel);
                     let permit = self.slot().await?;
+                    // Lent, not moved: a lapin delivery is some 400 bytes, copied into each
+                    // nested future it would move into.
                     if let Some(delivery) = receive(
                         &self.shared,
                         &self.spec,
-                        (delivery, channel),
+                        (&delivery, channel),
                         permit,
                         &self.leases,
                     )
@@ -310,13 +312,13 @@ impl Consuming {
 async fn receive(
     shared: &Arc<Shared>,
     spec: &SubscriptionSpec,
-    (delivery, channel): (lapin::message::Delivery, Arc<OpenChannel>),
+    (delivery, channel): (&lapin::message::Delivery, Arc<OpenChannel>),
     permit: OwnedSemaphorePermit,
     leases: &Arc<Leases<Received>>,
 ) -> Option<Result<Delivery>> {
-    let (metadata, data) = decode(shared, spec, &delivery).await?;
+    let (metadata, data) = decode(shared, spec, delivery).await?;
     let redelivered = delivery.redelivered;
-    let earlier = earlier_deliveries(shared, &delivery);
+    let earlier = earlier_deliveries(shared, delivery);
     let attempt = metadata
         .attempt_base
         .saturating_add(earlier)
@@ -326,7 +328,7 @@ async fn receive(
     let received = leases.insert(|lease_key| Received {
         shared: Arc::clone(shared),
         held,
-        acker: delivery.acker,
+        acker: delivery.acker.clone(),
         leases: Arc::clone(leases),
         lease_key,
         _channel: channel,
@@ -481,7 +483,7 @@ impl Received {
     /// only says "delivered before", not how often (replaced by a copy carrying its attempt,
     /// so a message that kills its consumer does not come back forever).
     async fn settled_on_receipt(&self, redelivered: bool) -> bool {
-        let expired = self.held.metadata.is_expired(Timestamp::now());
+        let expired = self.held.metadata.is_expired();
         let past_limit = self.held.attempt > self.held.max_attempts;
         let uncounted = redelivered && self.shared.config.queue_type == QueueType::Classic;
         if !(expired || past_limit || uncounted) {

@@ -34,7 +34,6 @@ mod topology;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
-use tokio_util::sync::CancellationToken;
 use topiq_adapter::{
     Adapter, Capabilities, ConsumeOptions, DeadLetters, Error, MAX_LANES, NewMessage,
     PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
@@ -93,7 +92,7 @@ pub(crate) struct Shared {
     queues: Mutex<Vec<QueueDecl>>,
     /// This process's consumers of each subscription, for `stats`' in-flight count.
     consumers: Mutex<HashMap<SubscriptionKey, Vec<Weak<Leases<consumer::Received>>>>>,
-    pub(crate) closed: CancellationToken,
+    pub(crate) closed: topiq_adapter_kit::CloseSignal,
     /// Releases of messages dropped subscriptions received but never handed out; `close`
     /// waits for them.
     pub(crate) releases: tokio_util::task::TaskTracker,
@@ -161,7 +160,7 @@ impl RabbitMqAdapter {
             declared: Declared::default(),
             queues: Mutex::default(),
             consumers: Mutex::default(),
-            closed: CancellationToken::new(),
+            closed: topiq_adapter_kit::CloseSignal::new(),
             releases: tokio_util::task::TaskTracker::new(),
         });
         shared.session().await?;
