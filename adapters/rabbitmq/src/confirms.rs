@@ -8,26 +8,26 @@
 //! ready, it first reads every other confirm the same ack completed, and only then answers
 //! each publish by the message id its return carries.
 //!
-//! A second channel, the solo lane, carries at most one publish at a time, sent and awaited
-//! by its caller with no hand-over: its return can only be its own. A publish takes the lane
-//! when it is free and goes to the task otherwise, so a caller publishing one message at a
-//! time pays what a raw lapin publish does, and concurrent callers still pipeline theirs.
+//! A second channel, the solo lane (`solo.rs`), carries at most one publish at a time, sent
+//! and awaited by its caller with no hand-over: its return can only be its own. A publish
+//! takes the lane when it is free and goes to the task otherwise, so a caller publishing one
+//! message at a time pays what a raw lapin publish does, and concurrent callers still
+//! pipeline theirs.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use lapin::Confirmation;
-use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use topiq_adapter::{Error, Result};
 
+use crate::solo::{SoloLane, SoloTurn, mandatory};
 use crate::unavailable;
 
 /// What the broker did with a confirmed publish.
@@ -50,16 +50,6 @@ pub(crate) struct ConfirmingChannel {
     requests: mpsc::UnboundedSender<Box<Request>>,
     /// The second channel, for a publish made while no other is in flight on it.
     solo: Arc<SoloLane>,
-}
-
-/// A channel in confirm mode with at most one publish in flight.
-struct SoloLane {
-    /// Its own channel: the task's publishes never share it.
-    channel: Channel,
-    /// Taken by the publish in flight, until its confirm is read (or, for a publish given up
-    /// on, until every confirm of the channel is in; for good when that never came and the
-    /// channel was closed, until the session replaces the pair).
-    busy: AtomicBool,
 }
 
 /// A publish to send: where to, and what (published `mandatory`).
@@ -97,10 +87,7 @@ impl ConfirmingChannel {
     pub(crate) fn new(channel: Channel, solo: Channel) -> Self {
         let (requests, incoming) = mpsc::unbounded_channel();
         tokio::spawn(publish_and_answer(channel.clone(), incoming));
-        let solo = Arc::new(SoloLane {
-            channel: solo,
-            busy: AtomicBool::new(false),
-        });
+        let solo = Arc::new(SoloLane::new(solo));
         Self {
             channel,
             requests,
@@ -113,28 +100,33 @@ impl ConfirmingChannel {
         self.channel.status().connected() && self.solo.channel.status().connected()
     }
 
-    /// Publishes `mandatory` and returns the broker's answer (unbounded: the caller bounds
-    /// it; a publish whose caller gave up before it was sent is not sent). On the solo lane
-    /// when it is free, through the channel's task otherwise.
+    /// Publishes `mandatory` and returns the broker's answer, `None` when none came by
+    /// `deadline` (a publish whose caller gave up before it was sent is not sent). On the
+    /// solo lane when it is free, through the channel's task otherwise.
     pub(crate) async fn publish(
         &self,
-        exchange: &str,
-        routing_key: &str,
+        (exchange, routing_key): (&str, &str),
         payload: &[u8],
         properties: BasicProperties,
-    ) -> Result<Published> {
+        deadline: Instant,
+    ) -> Option<Result<Published>> {
         if let Some(turn) = SoloTurn::take(&self.solo) {
-            return turn
-                .publish(exchange, routing_key, payload, properties)
-                .await;
+            // Pinned where it is made: lapin's publish future inside it is large.
+            let publishing = pin!(turn.publish((exchange, routing_key), payload, properties));
+            return self.solo.bound(publishing, deadline).await;
         }
-        let answer = self.send(Outgoing {
+        let sent = self.send(Outgoing {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
             payload: payload.to_vec(),
             properties,
-        })?;
-        answered(answer).await
+        });
+        match sent {
+            Ok(answer) => tokio::time::timeout_at(deadline, answered(answer))
+                .await
+                .ok(),
+            Err(err) => Some(Err(err)),
+        }
     }
 
     /// Publishes a batch `mandatory` through the channel's task, every message handed over
@@ -170,102 +162,6 @@ impl ConfirmingChannel {
             .send(Box::new(Request { publish, answer }))
             .map_err(|_| publisher_gone())?;
         Ok(answered)
-    }
-}
-
-/// The solo lane, held by one publish.
-struct SoloTurn<'a> {
-    /// The lane held (its `busy` flag set by [`SoloTurn::take`]).
-    lane: &'a Arc<SoloLane>,
-    /// Set once the publish's confirm is read: the lane is free again.
-    answered: bool,
-}
-
-impl<'a> SoloTurn<'a> {
-    /// The lane, if no publish holds it.
-    fn take(lane: &'a Arc<SoloLane>) -> Option<Self> {
-        lane.busy
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| Self {
-                lane,
-                answered: false,
-            })
-    }
-
-    /// Sends the publish and reads its confirm: a return it carries is this publish's own,
-    /// the only one in flight on the lane.
-    async fn publish(
-        mut self,
-        exchange: &str,
-        routing_key: &str,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> Result<Published> {
-        let sending = self.lane.channel.basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            mandatory(),
-            payload,
-            properties,
-        );
-        let confirmation = match sending.await {
-            Ok(confirm) => confirm.await,
-            Err(err) => Err(err),
-        };
-        self.answered = true;
-        match confirmation {
-            Ok(Confirmation::Ack(Some(_))) => Ok(Published::Returned),
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Published::Stored),
-            Ok(Confirmation::Nack(_)) => Ok(Published::Refused),
-            Err(err) => Err(unavailable("publish")(err)),
-        }
-    }
-}
-
-impl Drop for SoloTurn<'_> {
-    fn drop(&mut self) {
-        if self.answered {
-            self.lane.busy.store(false, Ordering::Release);
-            return;
-        }
-        // Given up on while in flight: its confirm (and any return with it) may still come,
-        // so the lane is freed only once every confirm of its channel is in, the return
-        // read and dropped with them. Without a runtime (shutting down) it stays taken and
-        // publishes go through the task.
-        let lane = Arc::clone(self.lane);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(lane.free_when_confirmed());
-        }
-    }
-}
-
-impl SoloLane {
-    /// Frees the lane once every confirm of its channel is in (or the channel failed). A
-    /// confirm that never comes within [`GIVEN_UP_WAIT`] (lapin's confirms have hung) closes
-    /// the channel instead, which rejects it: the session then opens a new pair of channels,
-    /// and until then publishes go through the task.
-    async fn free_when_confirmed(self: Arc<Self>) {
-        match tokio::time::timeout(GIVEN_UP_WAIT, self.channel.wait_for_confirms()).await {
-            Ok(_) => self.busy.store(false, Ordering::Release),
-            Err(_) => {
-                let closing = self
-                    .channel
-                    .close(200, "a publish confirm never came".into());
-                let _ = tokio::time::timeout(GIVEN_UP_WAIT, closing).await;
-            }
-        }
-    }
-}
-
-/// How long a publish given up on may hold the solo lane waiting for its confirm.
-const GIVEN_UP_WAIT: Duration = Duration::from_secs(30);
-
-/// Every publish is `mandatory`: one routed to no queue comes back instead of vanishing.
-fn mandatory() -> BasicPublishOptions {
-    BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
     }
 }
 
@@ -441,6 +337,9 @@ impl Returns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
     use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
     use lapin::{Connection, ConnectionProperties};
@@ -475,8 +374,9 @@ mod tests {
             .queue_declare("".into(), exclusive, FieldTable::default())
             .await
             .expect("queue");
-        let publish =
-            || publisher.publish("", queue.name().as_str(), b"{}", BasicProperties::default());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let target = ("", queue.name().as_str());
+        let publish = || publisher.publish(target, b"{}", BasicProperties::default(), deadline);
         // Polled once (it takes the lane and is sent) and dropped, as a caller's timeout would.
         assert!(
             publish().now_or_never().is_none(),
@@ -494,7 +394,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), freed)
             .await
             .expect("the lane is freed once the confirm is in");
-        assert_eq!(publish().await.expect("publish"), Published::Stored);
+        let answer = publish().await.expect("answered by the deadline");
+        assert_eq!(answer.expect("publish"), Published::Stored);
         connection.close(200, "done".into()).await.expect("close");
     }
 }

@@ -29,6 +29,7 @@ mod layout;
 mod publish;
 mod session;
 mod settle;
+mod solo;
 mod topology;
 
 use std::collections::HashMap;

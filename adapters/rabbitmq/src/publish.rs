@@ -31,11 +31,11 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let channel = self.open_publisher(&session, deadline).await?;
         // Pinned where it is made: lapin's publish future is large, and is not moved again.
-        let publishing =
-            std::pin::pin!(channel.publish(exchange, routing_key, payload, properties));
-        tokio::time::timeout_at(deadline, publishing)
+        let target = (exchange, routing_key);
+        let publishing = std::pin::pin!(channel.publish(target, payload, properties, deadline));
+        publishing
             .await
-            .unwrap_or_else(|_| Err(self.timed_out(&session)))
+            .unwrap_or_else(|| Err(self.timed_out(&session)))
     }
 
     /// Publishes straight to one trigger's queue of the message's lane (release, retry
