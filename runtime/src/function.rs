@@ -10,11 +10,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use topiq_adapter::{Envelope, TriggerName};
 
 use crate::config::{ConfigError, TriggerSettings};
-use crate::runs::Runs;
+use crate::runs::{RunCancel, Runs};
 
 /// A message as a handler receives it: the [`Envelope`] (`id`, `topic`, `data`, `attempt`,
 /// `max_attempts`, `enqueued_at`, trace context, idempotency key) and the trigger that runs.
@@ -22,7 +21,7 @@ use crate::runs::Runs;
 pub struct Message {
     envelope: Envelope,
     trigger: TriggerName,
-    cancel: Option<CancellationToken>,
+    cancel: Option<RunCancel>,
     runs: Option<Arc<Runs>>,
 }
 
@@ -37,11 +36,7 @@ impl Message {
     }
 
     /// The message of a run that is recorded in `runs` and cancelled through `cancel`.
-    pub(crate) fn recorded(
-        mut self,
-        runs: Option<Arc<Runs>>,
-        cancel: Option<CancellationToken>,
-    ) -> Self {
+    pub(crate) fn recorded(mut self, runs: Option<Arc<Runs>>, cancel: Option<RunCancel>) -> Self {
         self.runs = runs;
         self.cancel = cancel;
         self
@@ -63,9 +58,7 @@ impl Message {
     /// handler then; work the handler spawned can watch this, or [`cancelled`](Self::cancelled),
     /// to stop too.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel
-            .as_ref()
-            .is_some_and(CancellationToken::is_cancelled)
+        self.cancel.as_ref().is_some_and(RunCancel::is_cancelled)
     }
 
     /// Completes when the run is cancelled (never, for a trigger that records no runs).

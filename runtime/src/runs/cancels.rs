@@ -2,10 +2,12 @@
 //! instance), a run running here is stopped, and a cancelled run delivered here later is
 //! settled without its handler.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::Timestamp;
 use topiq_runs::{RunKey, SharedStore};
@@ -19,7 +21,7 @@ const CLOCK_SLACK: Duration = Duration::from_secs(5);
 /// The runs cancelled, and the runs running here with their cancel signals.
 #[derive(Default)]
 pub(crate) struct Cancels {
-    running: Mutex<foldhash::HashMap<RunKey, CancellationToken>>,
+    running: Mutex<foldhash::HashMap<RunKey, RunCancel>>,
     /// Each cancelled run, with when its cancel was seen.
     cancelled: Mutex<foldhash::HashMap<RunKey, Timestamp>>,
     /// How many runs `cancelled` holds: while none, a run's check takes no lock.
@@ -30,17 +32,55 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// While alive, a running run can be cancelled through its token.
+/// While alive, a running run can be cancelled through its signal.
 pub(crate) struct Running<'a> {
     cancels: &'a Cancels,
     key: RunKey,
-    token: CancellationToken,
+    signal: RunCancel,
 }
 
 impl Running<'_> {
-    /// Fires when the run is cancelled.
-    pub(crate) fn token(&self) -> &CancellationToken {
-        &self.token
+    /// Given when the run is cancelled.
+    pub(crate) fn signal(&self) -> &RunCancel {
+        &self.signal
+    }
+}
+
+/// A run's cancel signal: given once, checked with a load, awaited through a `Notify`. Every
+/// run makes one and clones it (for the map of running runs and for the handler's message):
+/// a `CancellationToken` takes its lock on each clone, drop and check.
+#[derive(Clone, Default)]
+pub(crate) struct RunCancel(Arc<Signal>);
+
+#[derive(Default)]
+struct Signal {
+    given: AtomicBool,
+    woken: Notify,
+}
+
+impl RunCancel {
+    /// Gives the signal: every check after it answers true, every wait ends.
+    pub(crate) fn cancel(&self) {
+        self.0.given.store(true, Ordering::Release);
+        self.0.woken.notify_waiters();
+    }
+
+    /// Whether the run was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.0.given.load(Ordering::Acquire)
+    }
+
+    /// Completes once the run is cancelled (at once if it was).
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            // Registered before the check: a signal given after it wakes this wait.
+            let mut woken = pin!(self.0.woken.notified());
+            woken.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            woken.await;
+        }
     }
 }
 
@@ -56,18 +96,18 @@ impl Cancels {
         self.cancelled_count.load(Ordering::Acquire) > 0 && lock(&self.cancelled).contains_key(key)
     }
 
-    /// Registers `key` as running here until the guard drops; its token is cancelled already
-    /// when the run was.
+    /// Registers `key` as running here until the guard drops; its signal is given already
+    /// when the run was cancelled.
     pub(crate) fn start(&self, key: RunKey) -> Running<'_> {
-        let token = CancellationToken::new();
-        lock(&self.running).insert(key.clone(), token.clone());
+        let signal = RunCancel::default();
+        lock(&self.running).insert(key.clone(), signal.clone());
         if self.is_cancelled(&key) {
-            token.cancel();
+            signal.cancel();
         }
         Running {
             cancels: self,
             key,
-            token,
+            signal,
         }
     }
 
@@ -79,8 +119,8 @@ impl Cancels {
             self.cancelled_count
                 .store(cancelled.len(), Ordering::Release);
         }
-        if let Some(token) = lock(&self.running).get(key) {
-            token.cancel();
+        if let Some(signal) = lock(&self.running).get(key) {
+            signal.cancel();
         }
     }
 

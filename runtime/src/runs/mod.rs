@@ -17,7 +17,7 @@ use topiq_runs::{
 
 use crate::config::RunsSettings;
 use crate::control::Pauses;
-pub(crate) use cancels::Cancels;
+pub(crate) use cancels::{Cancels, RunCancel};
 pub(crate) use recorder::{Recorder, RecorderSeries};
 
 /// How often finished runs past their keep time are swept, at most (more often when a keep

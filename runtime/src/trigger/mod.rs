@@ -39,7 +39,7 @@ use topiq_adapter::{
 
 use crate::config::TriggerSettings;
 use crate::function::{Function, HandlerError, Message};
-use crate::runs::{self, Runs};
+use crate::runs::{self, RunCancel, Runs};
 use crate::stats::TriggerCounters;
 use crate::telemetry;
 pub(crate) use lanes::LaneOrder;
@@ -475,8 +475,8 @@ impl Trigger {
                 .runs
                 .as_ref()
                 .map(|runs| runs.cancels().start(self.run_key(&delivery)));
-            let cancel = running.as_ref().map(|running| running.token().clone());
-            if cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            let cancel = running.as_ref().map(|running| running.signal().clone());
+            if cancel.as_ref().is_some_and(RunCancel::is_cancelled) {
                 drop(running);
                 Box::pin(self.settle_cancelled(delivery)).await;
                 return Outcome::Cancelled;
@@ -618,7 +618,7 @@ impl Trigger {
         call: BoxFuture<'static, Result<T, HandlerError>>,
         deliveries: &[Delivery],
         abort: &CancellationToken,
-        cancel: Option<&CancellationToken>,
+        cancel: Option<&RunCancel>,
     ) -> Option<Result<T, CallFailure>> {
         let limits = Limits {
             timeout: self.settings.timeout,

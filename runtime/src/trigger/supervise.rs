@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use topiq_adapter::{Failure, FailureKind};
 
 use crate::function::HandlerError;
+use crate::runs::RunCancel;
 
 /// Why a call did not produce a result.
 #[derive(Debug)]
@@ -137,7 +138,7 @@ pub(crate) async fn supervise<T, F>(
     call: BoxFuture<'static, Result<T, HandlerError>>,
     limits: Limits,
     abort: &CancellationToken,
-    cancel: Option<&CancellationToken>,
+    cancel: Option<&RunCancel>,
     extend: impl FnMut() -> F,
 ) -> Option<Result<T, CallFailure>>
 where
@@ -161,7 +162,7 @@ async fn watch<T, F>(
     mut call: CatchUnwind<AssertUnwindSafe<BoxFuture<'static, Result<T, HandlerError>>>>,
     limits: Limits,
     abort: &CancellationToken,
-    cancel: Option<&CancellationToken>,
+    cancel: Option<&RunCancel>,
     mut extend: impl FnMut() -> F,
 ) -> Option<Result<T, CallFailure>>
 where
