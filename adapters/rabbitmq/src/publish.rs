@@ -100,17 +100,17 @@ impl Shared {
     ) -> Result<Vec<Result<PublishReceipt>>> {
         self.ensure_open()?;
         let spec = self.topic(topic)?;
-        let prepared: Vec<Result<Prepared>> = messages
+        let mut prepared: Vec<Result<Prepared>> = messages
             .into_iter()
             .map(|message| self.prepare_for(&spec, topic, message))
             .collect();
-        let (plain, others): (Vec<&Prepared>, Vec<&Prepared>) = prepared
-            .iter()
-            .filter_map(|ready| ready.as_ref().ok())
+        let (mut plain, others): (Vec<&mut Prepared>, Vec<&mut Prepared>) = prepared
+            .iter_mut()
+            .filter_map(|ready| ready.as_mut().ok())
             .partition(|ready| ready.is_plain());
         let window = spec.idempotency_window;
         let (plain_outcomes, other_outcomes) = futures::join!(
-            self.publish_plain(topic, &plain),
+            self.publish_plain(topic, &mut plain),
             futures::future::join_all(
                 others
                     .iter()
@@ -148,10 +148,15 @@ impl Shared {
         Ok(prepared.receipt())
     }
 
-    /// Hands the plain messages of a batch to the publishing channel at once and awaits
-    /// each confirm, bounded as a single publish is: the session first (within
-    /// `reconnect_wait`), then the channel and every confirm by one `publish_timeout`.
-    async fn publish_plain(&self, topic: &TopicName, batch: &[&Prepared]) -> Vec<Result<()>> {
+    /// Hands the plain messages of a batch to the publishing channel at once (their payloads
+    /// moved, not copied) and awaits each confirm, bounded as a single publish is: the
+    /// session first (within `reconnect_wait`), then the channel and every confirm by one
+    /// `publish_timeout`.
+    async fn publish_plain(
+        &self,
+        topic: &TopicName,
+        batch: &mut [&mut Prepared],
+    ) -> Vec<Result<()>> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -166,11 +171,11 @@ impl Shared {
         };
         let exchange: ShortString = self.layout.exchange().into();
         let outgoing = batch
-            .iter()
+            .iter_mut()
             .map(|ready| Outgoing {
                 exchange: exchange.clone(),
                 routing_key: Layout::lane_routing_key(topic, ready.metadata.lane).into(),
-                payload: ready.payload.clone(),
+                payload: std::mem::take(&mut ready.payload),
                 properties: ready.metadata.properties(),
             })
             .collect();
