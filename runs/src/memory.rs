@@ -7,7 +7,7 @@ use futures::future::{BoxFuture, FutureExt};
 use topiq_adapter::{MessageId, Timestamp, TriggerName};
 
 use crate::control::{ControlStore, PausedTrigger, Schedule, ScheduleSpec};
-use crate::event::RunEvent;
+use crate::event::{Change, RunEvent};
 use crate::model::{Run, RunKey};
 use crate::store::{Cursor, Retention, RunPage, RunQuery, RunStore, StoreError};
 
@@ -75,7 +75,7 @@ impl MemoryStore {
     fn apply_now(&self, events: &[RunEvent], kept: &mut Kept) -> Vec<RunKey> {
         let mut touched: Vec<RunKey> = Vec::new();
         for event in events {
-            if self.apply_one(event, kept) && !touched.contains(&event.key) {
+            if self.apply_one(event, None, kept) && !touched.contains(&event.key) {
                 touched.push(event.key.clone());
             }
         }
@@ -87,18 +87,19 @@ impl MemoryStore {
     fn apply_each<E: std::borrow::Borrow<RunEvent>>(&self, events: impl IntoIterator<Item = E>) {
         let mut kept = self.kept();
         for event in events {
-            self.apply_one(event.borrow(), &mut kept);
+            self.apply_one(event.borrow(), None, &mut kept);
         }
         self.evict(&mut kept);
     }
 
-    /// Applies one event; false when it starts no run and finds none.
-    fn apply_one(&self, event: &RunEvent, kept: &mut Kept) -> bool {
+    /// Applies one event (beginning its run with `begun` when the store has none, if it was
+    /// made already); false when it starts no run and finds none.
+    fn apply_one(&self, event: &RunEvent, begun: Option<Box<Run>>, kept: &mut Kept) -> bool {
         let Kept { runs, finished } = kept;
         let run = match runs.get_mut(&event.key) {
             Some(run) => run,
-            None => match Run::from_event(event) {
-                Some(run) => runs.entry(event.key.clone()).or_insert(Box::new(run)),
+            None => match begun.or_else(|| Run::from_event(event).map(Box::new)) {
+                Some(run) => runs.entry(event.key.clone()).or_insert(run),
                 None => return false,
             },
         };
@@ -211,8 +212,24 @@ impl RunStore for MemoryStore {
         async { Ok(()) }.boxed()
     }
 
+    /// Applies `events` in order. The run an enqueue begins is made before the lock is
+    /// taken: making it writes its data's text (a few thousand instructions), which the
+    /// writers of other runs (the handlers' starts and ends, on other threads) need not wait
+    /// for. The events after it that begin no run are applied under the same lock.
     fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> bool {
-        self.apply_each(events);
+        let begins = |event: &RunEvent| matches!(event.change, Change::Enqueued(_));
+        let mut events = events.peekable();
+        while let Some(event) = events.next() {
+            let begun = begins(&event)
+                .then(|| Run::from_event(&event).map(Box::new))
+                .flatten();
+            let mut kept = self.kept();
+            self.apply_one(&event, begun, &mut kept);
+            while let Some(next) = events.next_if(|next| !begins(next)) {
+                self.apply_one(&next, None, &mut kept);
+            }
+            self.evict(&mut kept);
+        }
         true
     }
 

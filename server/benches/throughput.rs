@@ -178,9 +178,21 @@ async fn adapter_only(count: usize, template: &Value) -> Duration {
     elapsed
 }
 
-/// The peer: omniqueue's in-memory backend (0.3), the JSON sent from the template by
-/// reference, parsed back into a `Value` for a handler that does nothing, then acknowledged.
-async fn omniqueue(count: usize, template: &Value) -> Duration {
+/// How the peer's producer gets each message it sends.
+#[derive(Clone, Copy)]
+enum Sent {
+    /// Built for each send (a clone of the template), as topiq's producer builds each message
+    /// it enqueues: the work an application does for a message it sends.
+    Built,
+    /// The template itself, serialized by reference: no message built (the row this
+    /// benchmark printed before 2026-12-07).
+    ByReference,
+}
+
+/// The peer: omniqueue's in-memory backend (0.3), each message sent as JSON (built, or the
+/// template by reference: `sent`), parsed back into a `Value` for a handler that does nothing,
+/// then acknowledged.
+async fn omniqueue(count: usize, template: &Value, sent: Sent) -> Duration {
     let (producer, mut consumer) = omniqueue::backends::InMemoryBackend::builder()
         .build_pair()
         .await
@@ -203,7 +215,13 @@ async fn omniqueue(count: usize, template: &Value) -> Duration {
     let producer = tokio::spawn(async move {
         for _ in 0..count {
             window.enter().await;
-            producer.send_serde_json(&template).await.unwrap();
+            match sent {
+                Sent::Built => {
+                    let message = template.clone();
+                    producer.send_serde_json(&message).await.unwrap();
+                }
+                Sent::ByReference => producer.send_serde_json(&template).await.unwrap(),
+            }
         }
     });
     consumer.await.unwrap();
@@ -295,9 +313,12 @@ async fn only(pipeline: &str, count: usize, template: &Value) {
             "adapter" => adapter_only(count, template).await,
             "runtime" => through_runtime(count, template).await,
             "unrecorded" => through_runtime_unrecorded(count, template).await,
-            "omniqueue" => omniqueue(count, template).await,
+            "omniqueue" => omniqueue(count, template, Sent::Built).await,
+            "omniqueue-by-reference" => omniqueue(count, template, Sent::ByReference).await,
             other => {
-                panic!("TOPIQ_BENCH_ONLY={other}: pick adapter, runtime, unrecorded or omniqueue")
+                panic!(
+                    "TOPIQ_BENCH_ONLY={other}: pick adapter, runtime, unrecorded, omniqueue or omniqueue-by-reference"
+                )
             }
         };
         println!(
@@ -346,24 +367,26 @@ fn main() {
     );
     // Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime,
     // and omniqueue's in-memory backend as the peer.
-    let (mut bare, mut module, mut unrecorded, mut peer) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut module, mut unrecorded) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut peer, mut peer_by_reference) = (Vec::new(), Vec::new());
     runtime.block_on(async {
         adapter_only(count / 10, &template).await;
         through_runtime(count / 10, &template).await;
-        omniqueue(count / 10, &template).await;
+        omniqueue(count / 10, &template, Sent::Built).await;
         for round in 1..=ROUNDS {
             let a = rate(count, adapter_only(count, &template).await);
             let m = rate(count, through_runtime(count, &template).await);
             let u = rate(count, through_runtime_unrecorded(count, &template).await);
-            let p = rate(count, omniqueue(count, &template).await);
+            let p = rate(count, omniqueue(count, &template, Sent::Built).await);
+            let r = rate(count, omniqueue(count, &template, Sent::ByReference).await);
             println!(
-                "  round {round}/{ROUNDS}: adapter alone {a:>10.0}, runtime {m:>10.0}, runtime without runs {u:>10.0}, omniqueue {p:>10.0} msg/s"
+                "  round {round}/{ROUNDS}: adapter alone {a:>10.0}, runtime {m:>10.0}, runtime without runs {u:>10.0}, omniqueue {p:>10.0} (by reference {r:>10.0}) msg/s"
             );
             bare.push(a);
             module.push(m);
             unrecorded.push(u);
             peer.push(p);
+            peer_by_reference.push(r);
         }
     });
     // Part 2: tracing off vs on, rounds alternating, both with two subscribers registered.
@@ -392,6 +415,7 @@ fn main() {
     println!("  spans recorded and exported with tracing on: {exported} of {expected}");
     assert_eq!(exported, expected, "the span processor dropped spans");
     let (a, m, p) = (median(bare), median(module), median(peer));
+    let r = median(peer_by_reference);
     let u = median(unrecorded);
     let (o, t) = (median(off), median(on));
     println!();
@@ -407,14 +431,20 @@ fn main() {
         u / a
     );
     println!(
-        "| omniqueue in-memory: send JSON → receive → parse → ack (no lease, attempts or DLQ) | {p:.0} | {:.2} |",
+        "| omniqueue in-memory: each message built, sent as JSON → receive → parse → ack (no lease, attempts or DLQ) | {p:.0} | {:.2} |",
         p / a
+    );
+    println!(
+        "| omniqueue in-memory, the template sent by reference (no message built) | {r:.0} | {:.2} |",
+        r / a
     );
     println!();
     println!(
-        "QueueModule / omniqueue: {:.2} (runs recorded), {:.2} (runs not recorded)",
+        "QueueModule / omniqueue: {:.2} (runs recorded), {:.2} (runs not recorded); against the template sent by reference {:.2} and {:.2}",
         m / p,
-        u / p
+        u / p,
+        m / r,
+        u / r
     );
     println!();
     println!("| QueueModule (median of {ROUNDS}, alternating) | messages/s | ratio |");
