@@ -217,17 +217,20 @@ impl RunStore for MemoryStore {
     /// writers of other runs (the handlers' starts and ends, on other threads) need not wait
     /// for. The events after it that begin no run are applied under the same lock.
     fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> bool {
-        let begins = |event: &RunEvent| matches!(event.change, Change::Enqueued(_));
-        let mut events = events.peekable();
-        while let Some(event) = events.next() {
-            let begun = begins(&event)
-                .then(|| Run::from_event(&event).map(Box::new))
-                .flatten();
-            let mut kept = self.kept();
-            self.apply_one(&event, begun, &mut kept);
-            while let Some(next) = events.next_if(|next| !begins(next)) {
-                self.apply_one(&next, None, &mut kept);
-            }
+        let mut held: Option<MutexGuard<'_, Kept>> = None;
+        for event in events {
+            let begun = if matches!(event.change, Change::Enqueued(_)) {
+                if let Some(mut kept) = held.take() {
+                    self.evict(&mut kept);
+                }
+                Run::from_event(&event).map(Box::new)
+            } else {
+                None
+            };
+            let kept = held.get_or_insert_with(|| self.kept());
+            self.apply_one(&event, begun, kept);
+        }
+        if let Some(mut kept) = held {
             self.evict(&mut kept);
         }
         true
