@@ -10,7 +10,9 @@
 //! (default 200,000). Every pipeline's producer waits while `TOPIQ_BENCH_WINDOW` messages
 //! (default 256, as issue 20 measured) are published and not yet handled; 0 lets it run free,
 //! building a backlog. To profile one pipeline, `TOPIQ_BENCH_ONLY` runs it alone for its
-//! rounds: `adapter`, `runtime`, `unrecorded` (the runtime with `runs: false`) or `omniqueue`.
+//! rounds: `adapter`, `runtime`, `unrecorded` (the runtime with `runs: false`), `omniqueue`
+//! (each message built, as topiq's producer builds each) or `omniqueue-by-reference` (the
+//! template serialized by reference, no message built).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
