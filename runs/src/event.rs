@@ -135,7 +135,7 @@ impl Run {
             replay_of: origin.replay_of,
             idempotency_key: origin.idempotency_key,
             cancel_requested_at: None,
-            transitions: vec![Transition { state, at }],
+            transitions: first_transitions(Transition { state, at }),
             updated_at: at,
             finished_at: None,
             laps: 0,
@@ -385,4 +385,12 @@ impl Run {
             self.enter(RunState::Queued, at);
         }
     }
+}
+
+/// A run's transitions, `first` in room for the three of a run handled at its first attempt
+/// (queued, running, done), so the usual run grows its list in no reallocation.
+fn first_transitions(first: Transition) -> Vec<Transition> {
+    let mut transitions = Vec::with_capacity(3);
+    transitions.push(first);
+    transitions
 }
