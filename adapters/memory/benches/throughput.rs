@@ -5,7 +5,9 @@
 //!
 //! - **bare tokio mpsc**: send a clone of the value → receive → ack on a second channel (the
 //!   floor: no queue semantics at all);
-//! - **omniqueue in-memory** (0.3): `send_serde_json(&value)` → `receive` →
+//! - **omniqueue in-memory** (0.3): a clone of the value (the message built, as the other
+//!   pipelines build theirs; before 2026-12-07 the template was sent by reference)
+//!   `send_serde_json(&message)` → `receive` →
 //!   `payload_serde_json::<Value>()` → `ack` (an unbounded channel of bytes: no lease, no
 //!   attempts, no DLQ);
 //! - **BuiltinQueueAdapter**: `publish` of a clone of the value → a delivery from `consume`
@@ -163,7 +165,8 @@ async fn omniqueue(count: usize, template: &Value, load: Load) -> Duration {
     let producer = tokio::spawn(async move {
         for _ in 0..count {
             take_permit(&permits).await;
-            producer.send_serde_json(&template).await.unwrap();
+            let message = template.clone();
+            producer.send_serde_json(&message).await.unwrap();
         }
     });
     consumer.await.unwrap();
