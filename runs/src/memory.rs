@@ -213,24 +213,26 @@ impl RunStore for MemoryStore {
     }
 
     /// Applies `events` in order. The run an enqueue begins is made before the lock is
-    /// taken: making it writes its data's text (a few thousand instructions), which the
-    /// writers of other runs (the handlers' starts and ends, on other threads) need not wait
-    /// for. The events after it that begin no run are applied under the same lock.
+    /// taken (the lock is let go for it): making it writes its data's text (a few thousand
+    /// instructions), which the writers of other runs (the handlers' starts and ends, on
+    /// other threads) need not wait for. Every other event is applied under the lock taken
+    /// last (a run another event begins is made there: those usually find theirs). So one
+    /// call is not applied at once: a reader may see part of its runs, each run whole.
     fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> bool {
-        let mut held: Option<MutexGuard<'_, Kept>> = None;
+        let mut locked: Option<MutexGuard<'_, Kept>> = None;
         for event in events {
             let begun = if matches!(event.change, Change::Enqueued(_)) {
-                if let Some(mut kept) = held.take() {
+                if let Some(mut kept) = locked.take() {
                     self.evict(&mut kept);
                 }
                 Run::from_event(&event).map(Box::new)
             } else {
                 None
             };
-            let kept = held.get_or_insert_with(|| self.kept());
+            let kept = locked.get_or_insert_with(|| self.kept());
             self.apply_one(&event, begun, kept);
         }
-        if let Some(mut kept) = held {
+        if let Some(mut kept) = locked {
             self.evict(&mut kept);
         }
         true

@@ -4,8 +4,9 @@
 //!
 //! A publish on the lane is bounded by its deadline through the lane's watchdog, a task that
 //! sleeps until the deadline of the publish in flight and times it out if it is still
-//! there: a timer armed and cleared for every publish costs about a thousand instructions
-//! (the timer wheel's insert and removal), the watchdog's bookkeeping a lock and a waker.
+//! there: a timer armed and cleared for every publish costs some 560 instructions in the
+//! timer's own functions (the wheel's insert, re-registration and removal), the watchdog's
+//! bookkeeping a lock and a waker.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -178,7 +179,7 @@ struct Watchdog {
 #[derive(Default)]
 struct Watch {
     /// The number of the last publish started (from 1).
-    publish: u64,
+    started: u64,
     /// Its deadline, until the watchdog has looked at it after it passed.
     deadline: Option<Instant>,
     /// When the watchdog wakes next, while it sleeps.
@@ -216,10 +217,10 @@ impl Watchdog {
     /// Watches a publish due by `deadline`; its number.
     fn start(&self, deadline: Instant) -> u64 {
         let mut watch = self.lock();
-        watch.publish += 1;
+        watch.started += 1;
         watch.deadline = Some(deadline);
         let sooner = watch.wakes_at.is_some_and(|wakes| deadline < wakes);
-        let number = watch.publish;
+        let number = watch.started;
         drop(watch);
         if sooner {
             self.nudge.notify_one();
@@ -258,7 +259,7 @@ impl Watchdog {
         let wakes_at = match watch.deadline {
             Some(deadline) if deadline <= now => {
                 watch.deadline = None;
-                self.expired.store(watch.publish, Ordering::Release);
+                self.expired.store(watch.started, Ordering::Release);
                 self.waker.wake();
                 now + IDLE_LOOK
             }
