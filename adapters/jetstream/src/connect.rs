@@ -50,7 +50,7 @@ impl JetStreamAdapter {
                 config,
                 ledgers: RwLock::new(HashMap::new()),
                 declared: Declared::default(),
-                closed: topiq_adapter_kit::CloseSignal::new(),
+                closed: topiq_adapter_kit::Signal::new(),
                 scheduler: Mutex::new(Scheduler::default()),
                 lost_consumers: RwLock::new(Vec::new()),
                 releases: tokio_util::task::TaskTracker::new(),

@@ -96,7 +96,7 @@ pub(crate) struct Shared {
     /// stream keeping the last message per key subject; the KV API of current clients does
     /// not talk to nats-server 2.9).
     ledgers: RwLock<HashMap<TopicName, jetstream::stream::Stream<()>>>,
-    pub(crate) closed: topiq_adapter_kit::CloseSignal,
+    pub(crate) closed: topiq_adapter_kit::Signal,
     scheduler: Mutex<Scheduler>,
     /// Releases of messages dropped subscriptions received but never handed out; `close`
     /// waits for them.

@@ -11,7 +11,7 @@ use topiq_adapter::{
 };
 
 use crate::lease::{self, Lease};
-use crate::{CloseSignal, Stored};
+use crate::{Signal, Stored};
 
 /// A received message held by this process: its subscription, metadata, data, attempt and
 /// lease.
@@ -35,7 +35,7 @@ pub struct Held {
     /// The lease, holding one of the subscription's prefetch slots.
     pub lease: Mutex<Lease>,
     /// Cancelled when the adapter closes: no settlement is taken after that.
-    closed: CloseSignal,
+    closed: Signal,
 }
 
 impl Held {
@@ -48,7 +48,7 @@ impl Held {
         data: Arc<Value>,
         attempt: u32,
         permit: OwnedSemaphorePermit,
-        closed: &CloseSignal,
+        closed: &Signal,
     ) -> Self {
         Self {
             key: spec.key.clone(),
@@ -101,7 +101,7 @@ impl Held {
 }
 
 /// `Closed` once `closed` is cancelled: the check every adapter call makes first.
-pub fn ensure_open(closed: &CloseSignal) -> Result<()> {
+pub fn ensure_open(closed: &Signal) -> Result<()> {
     if closed.is_cancelled() {
         Err(Error::Closed)
     } else {

@@ -9,11 +9,10 @@
 //! - [`ConnectionOptions`], [`AdapterOptions`] and [`read_options`]: the options every
 //!   adapter's `config:` map has, read beside its own; [`Secret`], [`TlsSettings`],
 //!   [`duration`] and [`redact_url`]: the pieces of one;
-//! - [`CloseSignal`] and [`ensure_open`]: an adapter's close, and the check every call makes
-//!   first;
+//! - [`Signal`]: a signal given once (an adapter's close, a run's cancel), and [`ensure_open`]:
+//!   the closed-adapter check every call makes first;
 //! - [`batch_unanswered`]: the error for a message of a batch that got no outcome.
 
-mod close;
 pub mod codec;
 mod connection;
 mod declared;
@@ -23,16 +22,17 @@ pub mod lease;
 mod options;
 mod redact;
 mod secret;
+mod signal;
 mod stored;
 mod tls;
 
-pub use close::CloseSignal;
 pub use connection::{AdapterOptions, ConnectionOptions, deserialize_options, read_options};
 pub use declared::Declared;
 pub use held::{Held, ensure_open};
 pub use options::OptionsError;
 pub use redact::redact_url;
 pub use secret::Secret;
+pub use signal::Signal;
 pub use stored::{Stored, retention_end};
 pub use tls::TlsSettings;
 

@@ -221,18 +221,7 @@ impl Consuming {
                 Some(Ok(delivery)) => {
                     self.backoff = INITIAL_BACKOFF;
                     let channel = Arc::clone(channel);
-                    let permit = self.slot().await?;
-                    // Lent, not moved: a lapin delivery is some 400 bytes, copied into each
-                    // nested future it would move into.
-                    if let Some(delivery) = receive(
-                        &self.shared,
-                        &self.spec,
-                        (&delivery, channel),
-                        permit,
-                        &self.leases,
-                    )
-                    .await
-                    {
+                    if let Some(delivery) = self.hand_out(&delivery, channel).await? {
                         return Some(delivery);
                     }
                 }
@@ -248,6 +237,29 @@ impl Consuming {
                 }
             }
         }
+    }
+
+    /// Turns `delivery` (received on `channel`) into a delivery to hand out once a slot is
+    /// free: `Some(None)` for one settled on receipt, `None` once the adapter is closed. Lent,
+    /// not moved: a lapin delivery is some 400 bytes, copied into each nested future it would
+    /// move into.
+    async fn hand_out(
+        &self,
+        delivery: &lapin::message::Delivery,
+        channel: Arc<OpenChannel>,
+    ) -> Option<Option<Result<Delivery>>> {
+        let permit = self.slot().await?;
+        let leases = &self.leases;
+        Some(
+            receive(
+                &self.shared,
+                &self.spec,
+                (delivery, channel),
+                permit,
+                leases,
+            )
+            .await,
+        )
     }
 
     /// A slot for one more delivery handed out, taken at once when one is free; `None` once

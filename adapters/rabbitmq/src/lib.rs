@@ -93,7 +93,7 @@ pub(crate) struct Shared {
     queues: Mutex<Vec<QueueDecl>>,
     /// This process's consumers of each subscription, for `stats`' in-flight count.
     consumers: Mutex<HashMap<SubscriptionKey, Vec<Weak<Leases<consumer::Received>>>>>,
-    pub(crate) closed: topiq_adapter_kit::CloseSignal,
+    pub(crate) closed: topiq_adapter_kit::Signal,
     /// Releases of messages dropped subscriptions received but never handed out; `close`
     /// waits for them.
     pub(crate) releases: tokio_util::task::TaskTracker,
@@ -161,7 +161,7 @@ impl RabbitMqAdapter {
             declared: Declared::default(),
             queues: Mutex::default(),
             consumers: Mutex::default(),
-            closed: topiq_adapter_kit::CloseSignal::new(),
+            closed: topiq_adapter_kit::Signal::new(),
             releases: tokio_util::task::TaskTracker::new(),
         });
         shared.session().await?;

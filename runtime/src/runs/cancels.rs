@@ -2,12 +2,10 @@
 //! instance), a run running here is stopped, and a cancelled run delivered here later is
 //! settled without its handler.
 
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use topiq_adapter::Timestamp;
 use topiq_runs::{RunKey, SharedStore};
@@ -32,6 +30,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A run's cancel signal: given once, checked with a load (every run makes one and clones it,
+/// for the map of running runs and for the handler's message).
+pub(crate) type RunCancel = topiq_adapter_kit::Signal;
+
 /// While alive, a running run can be cancelled through its signal.
 pub(crate) struct Running<'a> {
     cancels: &'a Cancels,
@@ -43,44 +45,6 @@ impl Running<'_> {
     /// Given when the run is cancelled.
     pub(crate) fn signal(&self) -> &RunCancel {
         &self.signal
-    }
-}
-
-/// A run's cancel signal: given once, checked with a load, awaited through a `Notify`. Every
-/// run makes one and clones it (for the map of running runs and for the handler's message):
-/// a `CancellationToken` takes its lock on each clone, drop and check.
-#[derive(Clone, Default)]
-pub(crate) struct RunCancel(Arc<Signal>);
-
-#[derive(Default)]
-struct Signal {
-    given: AtomicBool,
-    woken: Notify,
-}
-
-impl RunCancel {
-    /// Gives the signal: every check after it answers true, every wait ends.
-    pub(crate) fn cancel(&self) {
-        self.0.given.store(true, Ordering::Release);
-        self.0.woken.notify_waiters();
-    }
-
-    /// Whether the run was cancelled.
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.0.given.load(Ordering::Acquire)
-    }
-
-    /// Completes once the run is cancelled (at once if it was).
-    pub(crate) async fn cancelled(&self) {
-        loop {
-            // Registered before the check: a signal given after it wakes this wait.
-            let mut woken = pin!(self.0.woken.notified());
-            woken.as_mut().enable();
-            if self.is_cancelled() {
-                return;
-            }
-            woken.await;
-        }
     }
 }
 
