@@ -1,59 +1,26 @@
 //! A message's data on the wire (JSON), the same on every broker.
 
-use serde::ser::{Error as _, Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 use topiq_adapter::{Error, MAX_DATA_DEPTH, Result, check_depth};
 
-/// `data` as JSON bytes. Data nested deeper than a consumer can read back
-/// ([`MAX_DATA_DEPTH`]) is refused as it is written (no walk of its own), as is data that
-/// cannot be written: both are the caller's error.
+use crate::json_writer::write_value;
+
+/// Room for a message of the usual size, so most are written without growing the buffer.
+const USUAL_SIZE: usize = 256;
+
+/// `data` as JSON bytes (what `serde_json::to_vec` writes). Data nested deeper than a consumer
+/// can read back ([`MAX_DATA_DEPTH`]) is refused as it is written (no walk of its own): the
+/// caller's error.
 pub fn encode(data: &Value) -> Result<Vec<u8>> {
-    let counted = Nested {
-        value: data,
-        levels: MAX_DATA_DEPTH,
-    };
-    serde_json::to_vec(&counted).map_err(|err| {
-        check_depth(data)
+    let mut out = Vec::with_capacity(USUAL_SIZE);
+    match write_value(&mut out, data, MAX_DATA_DEPTH) {
+        Ok(()) => Ok(out),
+        Err(_) => Err(check_depth(data)
             .err()
             .unwrap_or_else(|| Error::InvalidArgument {
                 argument: "data",
-                reason: format!("cannot be serialized as JSON: {err}"),
-            })
-    })
-}
-
-/// A value written with its arrays and objects counted: deeper than `levels` is an error.
-struct Nested<'a> {
-    value: &'a Value,
-    levels: usize,
-}
-
-impl Serialize for Nested<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let inner = || {
-            self.levels
-                .checked_sub(1)
-                .ok_or_else(|| S::Error::custom("nested too deep"))
-        };
-        match self.value {
-            Value::Array(items) => {
-                let levels = inner()?;
-                let mut seq = serializer.serialize_seq(Some(items.len()))?;
-                for value in items {
-                    seq.serialize_element(&Nested { value, levels })?;
-                }
-                seq.end()
-            }
-            Value::Object(fields) => {
-                let levels = inner()?;
-                let mut map = serializer.serialize_map(Some(fields.len()))?;
-                for (key, value) in fields {
-                    map.serialize_entry(key, &Nested { value, levels })?;
-                }
-                map.end()
-            }
-            other => other.serialize(serializer),
-        }
+                reason: format!("nested more than {MAX_DATA_DEPTH} levels deep"),
+            })),
     }
 }
 

@@ -18,6 +18,7 @@ mod connection;
 mod declared;
 pub mod duration;
 mod held;
+mod json_writer;
 pub mod lease;
 mod options;
 mod redact;
