@@ -77,19 +77,25 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
 
 /// Whether any byte of `bytes` must be escaped, eight at a time.
 fn any_to_escape(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        if word_to_escape(u64::from_le_bytes(word)) {
-            return true;
-        }
+    if bytes.len() < 8 {
+        return bytes
+            .iter()
+            .any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\');
     }
-    // The last few bytes, padded with a byte that needs no escape.
-    let rest = chunks.remainder();
-    let mut word = [b' '; 8];
-    word[..rest.len()].copy_from_slice(rest);
-    word_to_escape(u64::from_le_bytes(word))
+    let mut chunks = bytes.chunks_exact(8);
+    if chunks.by_ref().any(|chunk| word_to_escape(word_of(chunk))) {
+        return true;
+    }
+    // The last few bytes: the string's last eight, overlapping the chunks before them (a
+    // copy of the few into a padded word would be a call to `memcpy`).
+    !chunks.remainder().is_empty() && word_to_escape(word_of(&bytes[bytes.len() - 8..]))
+}
+
+/// Eight bytes as a word.
+fn word_of(chunk: &[u8]) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(chunk);
+    u64::from_le_bytes(word)
 }
 
 /// Whether any of the eight bytes of `word` is below 0x20, `"` or `\` (bytes of 0x80 and
