@@ -4,6 +4,8 @@
 //! of them collide. A name over AMQP's 255 bytes keeps its prefix and kind and replaces the
 //! rest by a 128-bit FNV-1a hash.
 
+use std::borrow::Cow;
+
 use std::time::Duration;
 
 use topiq_adapter::{SubscriptionKey, TopicName};
@@ -32,8 +34,8 @@ impl Layout {
     }
 
     /// The durable topic exchange every topic is published to (routing key = topic).
-    pub(crate) fn exchange(&self) -> String {
-        self.prefix.clone()
+    pub(crate) fn exchange(&self) -> &str {
+        &self.prefix
     }
 
     /// One trigger's queue, bound to the exchange with its topic.
@@ -53,11 +55,11 @@ impl Layout {
 
     /// The routing key of `lane` of `topic` on the exchange: the topic for lane 0,
     /// `<topic>:lane:<n>` for the others (`:` is in no topic name, so no topic has it).
-    pub(crate) fn lane_routing_key(topic: &TopicName, lane: u32) -> String {
+    pub(crate) fn lane_routing_key(topic: &TopicName, lane: u32) -> Cow<'_, str> {
         if lane == 0 {
-            topic.as_str().to_owned()
+            Cow::Borrowed(topic.as_str())
         } else {
-            format!("{topic}:lane:{lane}")
+            Cow::Owned(format!("{topic}:lane:{lane}"))
         }
     }
 

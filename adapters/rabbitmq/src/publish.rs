@@ -1,6 +1,7 @@
 //! Publishing: a message prepared once (payload, properties, routing), published on a
 //! confirming channel and answered by the broker's confirm or return.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,14 +66,14 @@ impl Shared {
         let properties = prepared.metadata.properties();
         let (topic, lane) = (&prepared.topic, prepared.metadata.lane);
         let (exchange, routing_key) = match prepared.delay {
-            Some(delay) => (String::new(), self.delay_queue(topic, lane, delay).await?),
+            Some(delay) => ("", Cow::Owned(self.delay_queue(topic, lane, delay).await?)),
             None => (
                 self.layout.exchange(),
                 Layout::lane_routing_key(topic, lane),
             ),
         };
         let published = self
-            .publish_confirmed(&exchange, &routing_key, &prepared.payload, properties)
+            .publish_confirmed(exchange, &routing_key, &prepared.payload, properties)
             .await?;
         self.to_topic(topic, &routing_key, published)
     }
@@ -174,7 +175,9 @@ impl Shared {
             .iter_mut()
             .map(|ready| Outgoing {
                 exchange: exchange.clone(),
-                routing_key: Layout::lane_routing_key(topic, ready.metadata.lane).into(),
+                routing_key: Layout::lane_routing_key(topic, ready.metadata.lane)
+                    .into_owned()
+                    .into(),
                 payload: std::mem::take(&mut ready.payload),
                 properties: ready.metadata.properties(),
             })
@@ -206,6 +209,11 @@ impl Shared {
     ) -> Result<Arc<ConfirmingChannel>> {
         if session.connection.status().blocked() {
             return Err(blocked());
+        }
+        // Open, as nearly always: no timer armed for a wait that does not happen.
+        let channel = session.current_publisher();
+        if channel.is_open() {
+            return Ok(channel);
         }
         match tokio::time::timeout_at(deadline, session.publisher()).await {
             Ok(Ok(channel)) => Ok(channel),

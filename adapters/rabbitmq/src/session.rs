@@ -38,7 +38,8 @@ impl Session {
         self.connection.status().connected()
     }
 
-    fn current_publisher(&self) -> Arc<ConfirmingChannel> {
+    /// The publishing channels as they are now, open or not.
+    pub(crate) fn current_publisher(&self) -> Arc<ConfirmingChannel> {
         Arc::clone(&self.publisher.read().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -385,7 +386,7 @@ impl Shared {
                 FieldTable::default(),
             )
             .await
-            .map_err(crate::topology::declare_error(&self.layout.exchange()))?;
+            .map_err(crate::topology::declare_error(self.layout.exchange()))?;
         let queues = self.declared_queues();
         for queue in queues {
             queue.declare(&channel).await?;

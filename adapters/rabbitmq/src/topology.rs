@@ -154,8 +154,8 @@ impl Shared {
                     name: shared.layout.lane_queue(&spec.key, lane),
                     arguments: codec::arguments(&arguments),
                     binding: Some((
-                        shared.layout.exchange(),
-                        Layout::lane_routing_key(&spec.key.topic, lane),
+                        shared.layout.exchange().to_owned(),
+                        Layout::lane_routing_key(&spec.key.topic, lane).into_owned(),
                     )),
                     holds_delayed_of: None,
                 })
@@ -255,7 +255,7 @@ impl Shared {
                 name.clone(),
                 bucket,
                 (
-                    &self.layout.exchange(),
+                    self.layout.exchange(),
                     &Layout::lane_routing_key(topic, lane),
                 ),
                 (topic.clone(), None),
