@@ -96,11 +96,15 @@ impl MemoryStore {
     /// made already); false when it starts no run and finds none.
     fn apply_one(&self, event: &RunEvent, begun: Option<Box<Run>>, kept: &mut Kept) -> bool {
         let Kept { runs, finished } = kept;
-        let run = match runs.get_mut(&event.key) {
-            Some(run) => run,
-            None => match begun.or_else(|| Run::from_event(event).map(Box::new)) {
-                Some(run) => runs.entry(event.key.clone()).or_insert(run),
-                None => return false,
+        let run = match begun {
+            // An enqueue's run, made already: nearly always new, so the key is looked up once.
+            Some(begun) => runs.entry(event.key.clone()).or_insert(begun),
+            None => match runs.get_mut(&event.key) {
+                Some(run) => run,
+                None => match Run::from_event(event) {
+                    Some(run) => runs.entry(event.key.clone()).or_insert(Box::new(run)),
+                    None => return false,
+                },
             },
         };
         let was_finished = run.state.is_finished();
