@@ -3,7 +3,7 @@
 use serde_json::Value;
 use topiq_adapter::{Error, MAX_DATA_DEPTH, Result, check_depth};
 
-use crate::json_writer::write_value;
+use crate::json_writer::{Unwritten, write_value};
 
 /// Room for a message of the usual size, so most are written without growing the buffer.
 const USUAL_SIZE: usize = 256;
@@ -15,12 +15,18 @@ pub fn encode(data: &Value) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(USUAL_SIZE);
     match write_value(&mut out, data, MAX_DATA_DEPTH) {
         Ok(()) => Ok(out),
-        Err(_) => Err(check_depth(data)
-            .err()
-            .unwrap_or_else(|| Error::InvalidArgument {
-                argument: "data",
-                reason: format!("nested more than {MAX_DATA_DEPTH} levels deep"),
-            })),
+        Err(Unwritten::TooDeep) => {
+            Err(check_depth(data)
+                .err()
+                .unwrap_or_else(|| Error::InvalidArgument {
+                    argument: "data",
+                    reason: format!("nested more than {MAX_DATA_DEPTH} levels deep; flatten it"),
+                }))
+        }
+        Err(Unwritten::Number(err)) => Err(Error::InvalidArgument {
+            argument: "data",
+            reason: format!("cannot be serialized as JSON: {err}"),
+        }),
     }
 }
 

@@ -12,21 +12,32 @@
 
 use serde_json::Value;
 
-/// Data nested deeper than the writer was allowed to go.
+/// Why a value was not written.
 #[derive(Debug)]
-pub(crate) struct TooDeep;
+pub(crate) enum Unwritten {
+    /// Its arrays and objects nest deeper than the writer was allowed to go.
+    TooDeep,
+    /// `serde_json` did not write one of its numbers (it writes every finite one).
+    Number(serde_json::Error),
+}
 
 /// Appends `value` to `out` as JSON; arrays and objects nested deeper than `levels` are
 /// refused (what was written of them stays in `out`).
-pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value, levels: usize) -> Result<(), TooDeep> {
+pub(crate) fn write_value(
+    out: &mut Vec<u8>,
+    value: &Value,
+    levels: usize,
+) -> Result<(), Unwritten> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => write_number(out, number),
+        Value::Number(number) => {
+            serde_json::to_writer(&mut *out, number).map_err(Unwritten::Number)?
+        }
         Value::String(text) => write_str(out, text),
         Value::Array(items) => {
-            let inner = levels.checked_sub(1).ok_or(TooDeep)?;
+            let inner = levels.checked_sub(1).ok_or(Unwritten::TooDeep)?;
             out.push(b'[');
             for (index, item) in items.iter().enumerate() {
                 if index > 0 {
@@ -37,7 +48,7 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value, levels: usize) -> Re
             out.push(b']');
         }
         Value::Object(fields) => {
-            let inner = levels.checked_sub(1).ok_or(TooDeep)?;
+            let inner = levels.checked_sub(1).ok_or(Unwritten::TooDeep)?;
             out.push(b'{');
             for (index, (key, item)) in fields.iter().enumerate() {
                 if index > 0 {
@@ -51,14 +62,6 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value, levels: usize) -> Re
         }
     }
     Ok(())
-}
-
-/// A number as `serde_json` writes it (integers by `itoa`, floats shortest round-trip).
-fn write_number(out: &mut Vec<u8>, number: &serde_json::Number) {
-    // Writing to a `Vec` cannot fail, and a `Number` is always finite.
-    if serde_json::to_writer(&mut *out, number).is_err() {
-        out.extend_from_slice(b"null");
-    }
 }
 
 /// A string, quoted and escaped as `serde_json` escapes it: `"` and `\`, and every control
@@ -103,7 +106,7 @@ fn word_of(chunk: &[u8]) -> u64 {
 fn word_to_escape(word: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // The high bit of each byte below `n` (n ≤ 0x80), for bytes below 0x80.
+    // Non-zero when some byte is below `n` (n ≤ 0x80; bytes of 0x80 and above never count).
     let below = |word: u64, n: u64| word.wrapping_sub(n * ONES) & !word & HIGHS;
     let control = below(word, 0x20);
     let quote = below(word ^ (u64::from(b'"') * ONES), 1);
@@ -170,6 +173,24 @@ mod tests {
                         "{text:?}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn strings_with_several_bytes_to_escape_are_written_as_serde_json_writes_them() {
+        for repeat in 1..6 {
+            let text = "a\"b\\c\u{1}ü\n\u{1f}".repeat(repeat);
+            for cut in 0..text.len() {
+                let Some(prefix) = text.get(..cut) else {
+                    continue;
+                };
+                let value = Value::String(prefix.to_owned());
+                assert_eq!(
+                    written(&value),
+                    serde_json::to_vec(&value).unwrap(),
+                    "{prefix:?}"
+                );
             }
         }
     }

@@ -5,7 +5,6 @@
 //! rest by a 128-bit FNV-1a hash.
 
 use std::borrow::Cow;
-
 use std::time::Duration;
 
 use topiq_adapter::{SubscriptionKey, TopicName};
