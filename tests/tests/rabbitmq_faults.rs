@@ -646,16 +646,19 @@ async fn a_publish_given_up_on_mid_flight_does_not_answer_the_next_ones() {
     let (stored, _) = declared(&adapter, "faults.kept", &["t"], |_| {}).await;
     let (gone, _) = declared(&adapter, "faults.gone", &["t"], |_| {}).await;
     delete_queue(&vhost, "topiq:t:faults.gone:t").await;
+    let mut given_up_mid_flight = 0;
     for n in 0..200 {
         // Polled once and dropped, as a caller's timeout would: sent, when it took the
-        // adapter's solo lane (free unless the last one given up on still holds it).
+        // adapter's solo lane (free unless the last one given up on still holds it). A poll
+        // slowed down long enough (a busy machine) may see its own confirm already: then it
+        // is answered by its fate, stored, and was not given up on.
         let given_up = adapter
             .publish(&stored, NewMessage::new(json!(n)))
             .now_or_never();
-        assert!(
-            given_up.is_none(),
-            "answered before its confirm came: {given_up:?}"
-        );
+        match given_up {
+            None => given_up_mid_flight += 1,
+            Some(answer) => assert!(answer.is_ok(), "publish {n} to a kept topic: {answer:?}"),
+        }
         let returned = adapter.publish(&gone, NewMessage::new(json!(n))).await;
         assert!(
             returned.is_err(),
@@ -664,6 +667,10 @@ async fn a_publish_given_up_on_mid_flight_does_not_answer_the_next_ones() {
         let kept = adapter.publish(&stored, NewMessage::new(json!(n))).await;
         assert!(kept.is_ok(), "publish {n}: {kept:?}");
     }
+    assert!(
+        given_up_mid_flight >= 100,
+        "only {given_up_mid_flight} of 200 publishes were given up on before their confirm"
+    );
     adapter.close().await.ok();
 }
 
