@@ -86,7 +86,7 @@ pub use dlq::{DeadLetter, DlqFilter, DlqPage, DlqQuery, DlqRecordRef, DlqSelecti
 pub use error::{BoxError, Error, Result};
 pub use message::{
     DEFAULT_MAX_MESSAGE_BYTES, Envelope, MAX_DATA_DEPTH, MAX_IDEMPOTENCY_KEY_LEN, NewMessage,
-    PublishReceipt, TraceContext, check_depth, check_size, serialized_len,
+    PublishReceipt, TraceContext, check_depth, check_size, data_too_deep, serialized_len,
 };
 pub use names::{
     MAX_TOPIC_LEN, MAX_TRIGGER_LEN, MessageId, SubscriptionKey, TopicName, TriggerName,

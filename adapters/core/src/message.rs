@@ -183,12 +183,18 @@ pub fn check_depth(data: &Value) -> Result<()> {
     if nests_within(data, MAX_DATA_DEPTH) {
         return Ok(());
     }
-    Err(Error::InvalidArgument {
+    Err(data_too_deep())
+}
+
+/// The error for data nested deeper than [`MAX_DATA_DEPTH`] (what [`check_depth`] answers, and
+/// what a writer that counts the depth as it goes says when it finds it).
+pub fn data_too_deep() -> Error {
+    Error::InvalidArgument {
         argument: "data",
         reason: format!(
             "nests arrays and objects more than {MAX_DATA_DEPTH} levels deep, more than topiq carries; flatten it"
         ),
-    })
+    }
 }
 
 /// True when `value`'s arrays and objects nest at most `levels` deep (the walk stops there).

@@ -1,7 +1,7 @@
 //! A message's data on the wire (JSON), the same on every broker.
 
 use serde_json::Value;
-use topiq_adapter::{Error, MAX_DATA_DEPTH, Result, check_depth};
+use topiq_adapter::{Error, MAX_DATA_DEPTH, Result, data_too_deep};
 
 use crate::json_writer::{Unwritten, write_value};
 
@@ -15,14 +15,7 @@ pub fn encode(data: &Value) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(USUAL_SIZE);
     match write_value(&mut out, data, MAX_DATA_DEPTH) {
         Ok(()) => Ok(out),
-        Err(Unwritten::TooDeep) => {
-            Err(check_depth(data)
-                .err()
-                .unwrap_or_else(|| Error::InvalidArgument {
-                    argument: "data",
-                    reason: format!("nested more than {MAX_DATA_DEPTH} levels deep; flatten it"),
-                }))
-        }
+        Err(Unwritten::TooDeep) => Err(data_too_deep()),
         Err(Unwritten::Number(err)) => Err(Error::InvalidArgument {
             argument: "data",
             reason: format!("cannot be serialized as JSON: {err}"),

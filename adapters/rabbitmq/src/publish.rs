@@ -211,8 +211,7 @@ impl Shared {
             return Err(blocked());
         }
         // Open, as nearly always: no timer armed for a wait that does not happen.
-        let channel = session.current_publisher();
-        if channel.is_open() {
+        if let Some(channel) = session.open_publisher_now() {
             return Ok(channel);
         }
         match tokio::time::timeout_at(deadline, session.publisher()).await {

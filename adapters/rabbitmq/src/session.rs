@@ -38,20 +38,19 @@ impl Session {
         self.connection.status().connected()
     }
 
-    /// The publishing channels as they are now, open or not.
-    pub(crate) fn current_publisher(&self) -> Arc<ConfirmingChannel> {
-        Arc::clone(&self.publisher.read().unwrap_or_else(|e| e.into_inner()))
+    /// The publishing channels, if they are open now (nearly always): taken without a wait.
+    pub(crate) fn open_publisher_now(&self) -> Option<Arc<ConfirmingChannel>> {
+        let channel = Arc::clone(&self.publisher.read().unwrap_or_else(|e| e.into_inner()));
+        channel.is_open().then_some(channel)
     }
 
     /// The publishing channels, both opened again if a channel-level error closed either.
     pub(crate) async fn publisher(&self) -> Result<Arc<ConfirmingChannel>> {
-        let channel = self.current_publisher();
-        if channel.is_open() {
+        if let Some(channel) = self.open_publisher_now() {
             return Ok(channel);
         }
         let _reopening = self.reopening.lock().await;
-        let channel = self.current_publisher();
-        if channel.is_open() {
+        if let Some(channel) = self.open_publisher_now() {
             return Ok(channel);
         }
         let channel = Arc::new(
