@@ -1,7 +1,6 @@
 //! Consuming a trigger: a puller per consumer (the fan-out one and the trigger's own), the
 //! lease watcher, and the acker of each delivery.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 use crate::ack::AckSubject;
 use crate::codec::{self, Headers, Metadata, Stamp};
 use crate::layout::Layout;
+use crate::read_ahead::{ReadAhead, is_delivery};
 use crate::reply::AckReply;
 use crate::{Shared, broker};
 
@@ -68,12 +68,10 @@ pub(crate) fn subscribe(
             spec: spec.clone(),
             consumer_name,
             lane,
-            slots,
-            ahead: ahead as usize,
             leases: Arc::clone(&leases),
             consumer: None,
             inbox: None,
-            reserved: Vec::new(),
+            read_ahead: ReadAhead::new(slots, ahead as usize),
             top_up_at,
             silence: Box::pin(tokio::time::sleep(SILENCE)),
             last_heard: Instant::now(),
@@ -81,7 +79,6 @@ pub(crate) fn subscribe(
             backoff: INITIAL_BACKOFF,
             ack_floor: None,
             returned_at: None,
-            backlog: VecDeque::new(),
         }
         .into_deliveries()
     });
@@ -131,17 +128,13 @@ struct Puller {
     consumer_name: String,
     /// The topic's lane the consumer takes from.
     lane: u32,
-    /// One permit per delivery unsettled or on its way.
-    slots: Arc<Semaphore>,
-    /// How many deliveries may be on their way or received and not yet handed out: the
-    /// slots in `reserved` (a count, not a semaphore: only this puller takes and frees them).
-    ahead: usize,
     leases: Arc<Leases<Received>>,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
     /// The reply subject of every pull request, and its subscription.
     inbox: Option<(Subject, async_nats::Subscriber)>,
-    /// The slot of each message the outstanding requests may still deliver.
-    reserved: Vec<OwnedSemaphorePermit>,
+    /// The slots reserved for what the requests may still deliver or delivered, and what
+    /// waited while nobody asked.
+    read_ahead: ReadAhead,
     /// With requests outstanding, ask for more once this many slots are free (half of them).
     top_up_at: usize,
     /// Runs out [`SILENCE`] after `last_heard` (checked when it fires, so a message costs no
@@ -160,9 +153,6 @@ struct Puller {
     /// the consumer asks again, what arrives waits in the subscription while the server's
     /// lease on it runs.
     returned_at: Option<Instant>,
-    /// What was already waiting when the consumer asked again, with when nobody asked any
-    /// more (it may have waited since then).
-    backlog: VecDeque<(async_nats::Message, Instant)>,
 }
 
 impl Puller {
@@ -197,7 +187,7 @@ impl Puller {
             // only makes the backlog count a lease as more spent, the safe side).
             // Lent, not moved, to what reads it: a message is some 200 bytes, and each move
             // into a nested future copies it.
-            let (mut message, waited, taken_at) = match self.backlog.pop_front() {
+            let (mut message, waited, taken_at) = match self.read_ahead.next_waiting() {
                 Some((message, since)) => {
                     let now = Instant::now();
                     (message, now.saturating_duration_since(since), now)
@@ -228,7 +218,7 @@ impl Puller {
             return;
         }
         while let Some(Some(message)) = subscriber.next().now_or_never() {
-            self.backlog.push_back((message, returned_at));
+            self.read_ahead.wait(message, returned_at);
         }
     }
 
@@ -288,7 +278,7 @@ impl Puller {
         match message.status {
             None | Some(StatusCode::OK) => {
                 // Handed out now: it leaves the read-ahead, its slot stays until settled.
-                let permit = match self.reserved.pop() {
+                let permit = match self.read_ahead.take_slot() {
                     Some(slot) => slot,
                     None => self.acquire().await?,
                 };
@@ -301,10 +291,7 @@ impl Puller {
             Some(StatusCode::IDLE_HEARTBEAT) => {}
             Some(StatusCode::TIMEOUT) => match unfilled(message) {
                 // A request expired: its unfilled part frees its slots.
-                Some(unfilled) => {
-                    let keep = self.reserved.len().saturating_sub(unfilled);
-                    self.reserved.truncate(keep);
-                }
+                Some(unfilled) => self.read_ahead.expired(unfilled),
                 None => self.start_over(),
             },
             Some(status) => {
@@ -355,18 +342,19 @@ impl Puller {
     /// room for one at least. `Some(false)` when the pull failed (try again), `None` once the
     /// adapter is closed.
     async fn top_up(&mut self) -> Option<bool> {
-        let room = self.room();
-        if !self.reserved.is_empty() && room < self.top_up_at {
+        let room = self.read_ahead.room();
+        let reserved = self.read_ahead.reserved();
+        if reserved > 0 && room < self.top_up_at {
             return Some(true);
         }
         // Sized for the room there is now, so filling it does not grow it step by step.
         let mut fresh = Vec::with_capacity(room.clamp(1, MAX_PULL));
-        if self.reserved.is_empty() {
+        if reserved == 0 {
             fresh.push(self.acquire().await?);
         }
-        let ahead_left = self.ahead.saturating_sub(self.reserved.len());
+        let ahead_left = self.read_ahead.left();
         while fresh.len() < ahead_left.min(MAX_PULL) {
-            match Arc::clone(&self.slots).try_acquire_owned() {
+            match Arc::clone(self.read_ahead.slots()).try_acquire_owned() {
                 Ok(slot) => fresh.push(slot),
                 Err(_) => break,
             }
@@ -385,7 +373,7 @@ impl Puller {
         };
         match consumer.request_batch(request, subject.clone()).await {
             Ok(()) => {
-                self.reserved.extend(fresh);
+                self.read_ahead.reserve(fresh);
                 self.last_heard = Instant::now();
                 self.pulled_at = self.last_heard;
                 Some(true)
@@ -399,27 +387,21 @@ impl Puller {
         }
     }
 
-    /// How many more messages there is room for: free slots, within the read-ahead.
-    fn room(&self) -> usize {
-        self.slots
-            .available_permits()
-            .min(self.ahead.saturating_sub(self.reserved.len()))
-    }
-
     /// A slot for one message, waiting for it; `None` once the adapter is closed. Called with
     /// nothing reserved, so the read-ahead has room (it is at least one).
     async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         tokio::select! {
             () = self.shared.closed.cancelled() => None,
-            slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
+            slot = Arc::clone(self.read_ahead.slots()).acquire_owned() => slot.ok(),
         }
     }
 
     /// Forgets the outstanding pulls (their slots are freed) and their reply subject, so a
-    /// late message of theirs cannot arrive; the next call pulls again.
+    /// late message of theirs cannot arrive; the next call pulls again. What already waits in
+    /// the backlog is still handed out, with its slot.
     fn start_over(&mut self) {
         self.inbox = None;
-        self.reserved.clear();
+        self.read_ahead.start_over();
     }
 
     /// After a failure: forgets the pulls and the consumer, then waits the backoff (doubling
@@ -928,10 +910,9 @@ impl Drop for Puller {
     /// reply subscription is kept that long and what arrives is released too, unless the
     /// adapter closes first (then the server delivers it again after `ack_wait`).
     fn drop(&mut self) {
-        let buffered: Vec<async_nats::Message> =
-            self.backlog.drain(..).map(|(message, _)| message).collect();
+        let buffered = self.read_ahead.take_waiting();
         let inbox = self.inbox.take().map(|(_, subscriber)| subscriber);
-        let open_until = (!self.reserved.is_empty())
+        let open_until = (self.read_ahead.reserved() > 0)
             .then(|| self.pulled_at + PULL_EXPIRES + Duration::from_millis(500));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -974,7 +955,7 @@ async fn drain_open_pulls(
             }
         };
         let Some(message) = next else { return };
-        if matches!(message.status, None | Some(StatusCode::OK)) {
+        if is_delivery(&message) {
             release_unhanded(shared, spec, message).await;
         }
     }

@@ -22,6 +22,7 @@ mod dlq;
 mod idempotency;
 mod layout;
 mod publish;
+mod read_ahead;
 mod reply;
 mod scheduler;
 mod topology;
