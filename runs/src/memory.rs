@@ -222,9 +222,11 @@ impl RunStore for MemoryStore {
     /// other threads) need not wait for. Every other event is applied under the lock taken
     /// last (a run another event begins is made there: those usually find theirs). So one
     /// call is not applied at once: a reader may see part of its runs, each run whole.
-    fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> bool {
+    fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> Option<u64> {
         let mut locked: Option<MutexGuard<'_, Kept>> = None;
+        let mut applied = 0;
         for event in events {
+            applied += 1;
             let begun = if matches!(event.change, Change::Enqueued(_)) {
                 if let Some(mut kept) = locked.take() {
                     self.evict(&mut kept);
@@ -239,7 +241,7 @@ impl RunStore for MemoryStore {
         if let Some(mut kept) = locked {
             self.evict(&mut kept);
         }
-        true
+        Some(applied)
     }
 
     fn get<'a>(

@@ -207,13 +207,14 @@ pub trait RunStore: ControlStore {
     /// them would copy each run for nothing).
     fn write<'a>(&'a self, events: &'a [RunEvent]) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// A store in this process's memory applies `events` here and now and returns true: the
-    /// recorder then writes each event as it comes, since there is no round trip to batch
-    /// and nothing to wait for. A store behind a connection returns false, taking nothing
-    /// from `events` (the default), and is written through [`write`](Self::write).
-    fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> bool {
+    /// A store in this process's memory applies `events` here and now and returns how many
+    /// it applied: the recorder then writes each event as it comes, since there is no round
+    /// trip to batch and nothing to wait for. A store behind a connection returns `None`,
+    /// taking nothing from `events` (the default), and is written through
+    /// [`write`](Self::write).
+    fn write_in_process(&self, events: &mut dyn Iterator<Item = RunEvent>) -> Option<u64> {
         let _ = events;
-        false
+        None
     }
 
     /// The runs of message `id`: on `trigger`, or on every trigger.

@@ -69,7 +69,9 @@ pub(crate) fn subscribe(
         backoff: INITIAL_BACKOFF,
         check: channel_check(),
     };
-    let deliveries = futures::stream::unfold(state, |mut state| async move {
+    // Boxed: the stream moves its state in and out of each item's future, and the state
+    // holds the consumer, its channel and its timer (a pointer moves instead).
+    let deliveries = futures::stream::unfold(Box::new(state), |mut state| async move {
         let delivery = state.next_delivery().await?;
         Some((delivery, state))
     });

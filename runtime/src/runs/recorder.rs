@@ -264,16 +264,14 @@ impl Recorder {
         &self,
         mut events: I,
     ) -> Option<I> {
-        let mut count = 0;
-        let mut counted = (&mut events).inspect(|_| count += 1);
-        if self.store.write_in_process(&mut counted) {
-            if count > 0 {
-                self.series.writes.inc();
-                self.series.events.inc_by(count);
-            }
-            return None;
+        let Some(count) = self.store.write_in_process(&mut events) else {
+            return Some(events);
+        };
+        if count > 0 {
+            self.series.writes.inc();
+            self.series.events.inc_by(count);
         }
-        Some(events)
+        None
     }
 
     /// Waits until every event recorded so far is stored (read-your-writes).
