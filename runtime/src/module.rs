@@ -166,27 +166,24 @@ impl QueueModule {
 
     /// The `Enqueued` events of a message just published on `topic`: one per trigger of the
     /// topic that records runs.
-    pub(crate) fn enqueued_events(
-        &self,
+    /// (An iterator, not a list: the in-memory store takes them as they come, with no list
+    /// allocated for each publish.)
+    pub(crate) fn enqueued_events<'a>(
+        &'a self,
         topic: &TopicName,
-        receipt: &PublishReceipt,
-        origin: &topiq_runs::Origin,
-    ) -> Vec<topiq_runs::RunEvent> {
-        if receipt.duplicate {
-            return Vec::new();
-        }
-        let Some(triggers) = self.inner.recording.get(topic) else {
-            return Vec::new();
+        receipt: &'a PublishReceipt,
+        origin: &'a topiq_runs::Origin,
+    ) -> impl Iterator<Item = topiq_runs::RunEvent> + Send + 'a {
+        let triggers = match self.inner.recording.get(topic) {
+            Some(triggers) if !receipt.duplicate => triggers.as_slice(),
+            _ => &[],
         };
         let at = origin.enqueued_at;
-        triggers
-            .iter()
-            .map(|trigger| topiq_runs::RunEvent {
-                key: topiq_runs::RunKey::new(receipt.message_id.clone(), trigger.clone()),
-                at,
-                change: topiq_runs::Change::Enqueued(origin.clone()),
-            })
-            .collect()
+        triggers.iter().map(move |trigger| topiq_runs::RunEvent {
+            key: topiq_runs::RunKey::new(receipt.message_id.clone(), trigger.clone()),
+            at,
+            change: topiq_runs::Change::Enqueued(origin.clone()),
+        })
     }
 
     /// What a message about to be published on `topic` tells of its runs' beginning; `None`

@@ -294,7 +294,6 @@ impl QueueModule {
             .zip(&origins)
             .filter_map(|(result, origin)| Some((result.as_ref().ok()?, origin.as_ref()?)))
             .flat_map(|(receipt, origin)| self.enqueued_events(topic, receipt, origin));
-        let enqueued: Vec<_> = enqueued.collect();
         self.runs().recorder().record(enqueued).await;
         let accepted = published.iter().filter(|result| result.is_ok()).count() as u64;
         self.metrics().published(topic, accepted, true);
