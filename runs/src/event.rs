@@ -144,15 +144,19 @@ impl Run {
 
     /// The run an event makes first, when the store has none yet: `None` for an event that
     /// needs a run to change (progress, a cancel, a settlement of an unknown run).
+    ///
+    /// A run begun by a later event than its enqueue (the consumer's reached the store
+    /// first) was queued when its message was enqueued: its first transition is stamped then
+    /// (or at the event, on a clock behind the enqueuer's), as the enqueue would have.
     pub fn from_event(event: &RunEvent) -> Option<Self> {
-        let origin = match &event.change {
-            Change::Enqueued(origin)
-            | Change::Started { origin, .. }
+        let (origin, queued_at) = match &event.change {
+            Change::Enqueued(origin) => (origin, event.at),
+            Change::Started { origin, .. }
             | Change::Filtered(origin)
-            | Change::DeadLettered { origin, .. } => origin,
+            | Change::DeadLettered { origin, .. } => (origin, origin.enqueued_at.min(event.at)),
             _ => return None,
         };
-        Some(Self::begin(event.key.clone(), origin.clone(), event.at))
+        Some(Self::begin(event.key.clone(), origin.clone(), queued_at))
     }
 
     /// Applies `event`; returns whether the run changed.

@@ -274,6 +274,12 @@ async fn events_in_any_order_end_in_the_same_run(stores: Stores) {
     assert_eq!(run.attempts.len(), 2);
     assert_eq!(run.attempts[0].outcome, Some(AttemptOutcome::LeaseExpired));
     assert_eq!(run.replay_of, Some(MessageId::from_string("earlier")));
+    let first = &run.transitions[0];
+    assert_eq!(
+        (first.state, first.at),
+        (RunState::Queued, at(0)),
+        "queued when its message was enqueued, not when the first event reached the store"
+    );
     // The same events again change nothing (a redelivered batch).
     let again = stores[0]
         .apply(&[started(&key, &topic, 9, 2)])
