@@ -154,21 +154,23 @@ pub(crate) fn event(trigger: &TriggerName, envelope: &Envelope, change: Change) 
     }
 }
 
-/// The event of `envelope`'s attempt ending with `outcome` and going `next`.
+/// The event of `envelope`'s attempt ending at `at` with `outcome` and going `next`.
 pub(crate) fn finished(
     trigger: &TriggerName,
     envelope: &Envelope,
-    outcome: AttemptOutcome,
-    error: Option<RunError>,
-    next: Next,
+    (outcome, error, next): (AttemptOutcome, Option<RunError>, Next),
+    at: Timestamp,
 ) -> RunEvent {
-    let change = Change::Finished {
-        attempt: envelope.attempt,
-        outcome,
-        error,
-        next,
-    };
-    event(trigger, envelope, change)
+    RunEvent {
+        key: RunKey::new(envelope.id.clone(), trigger.clone()),
+        at,
+        change: Change::Finished {
+            attempt: envelope.attempt,
+            outcome,
+            error,
+            next,
+        },
+    }
 }
 
 /// `host:pid` of this process.

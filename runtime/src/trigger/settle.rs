@@ -29,36 +29,27 @@ impl Trigger {
         self.counters
             .succeeded_at(u64::try_from(now.as_second()).unwrap_or(0));
         async move {
-            let next = Next::Succeeded { result };
-            if self
-                .record_end(&delivery, AttemptOutcome::Succeeded, None, next)
-                .await
-            {
+            let ending = (AttemptOutcome::Succeeded, None, Next::Succeeded { result });
+            if self.record_end(&delivery, ending, now).await {
                 self.ack(delivery).await;
             }
         }
     }
 
-    /// Records how `delivery`'s attempt ended and waits until it is stored, so the settlement
-    /// that follows never outlives its record. False when it could not be stored (shutdown
-    /// with the store down): the delivery is then left unsettled, to be delivered again.
+    /// Records how `delivery`'s attempt ended (at `at`) and waits until it is stored, so the
+    /// settlement that follows never outlives its record. False when it could not be stored
+    /// (shutdown with the store down): the delivery is then left unsettled, to be delivered
+    /// again.
     async fn record_end(
         &self,
         delivery: &Delivery,
-        outcome: AttemptOutcome,
-        error: Option<RunError>,
-        next: Next,
+        ending: (AttemptOutcome, Option<RunError>, Next),
+        at: Timestamp,
     ) -> bool {
         let Some(runs) = &self.runs else {
             return true;
         };
-        let ended: RunEvent = runs::finished(
-            &self.settings.name,
-            delivery.envelope(),
-            outcome,
-            error,
-            next,
-        );
+        let ended: RunEvent = runs::finished(&self.settings.name, delivery.envelope(), ending, at);
         // A store in this process's memory has it now: no wait, no timer.
         let Some(ended) = runs
             .recorder()
@@ -105,10 +96,8 @@ impl Trigger {
     pub(super) async fn settle_cancelled(&self, delivery: Delivery) {
         self.counters.cancelled();
         let outcome = AttemptOutcome::Cancelled;
-        if self
-            .record_end(&delivery, outcome, None, Next::Cancelled)
-            .await
-        {
+        let ending = (outcome, None, Next::Cancelled);
+        if self.record_end(&delivery, ending, Timestamp::now()).await {
             self.ack(delivery).await;
         }
     }
@@ -116,9 +105,8 @@ impl Trigger {
     /// Gives `delivery` back without spending an attempt (a call abandoned at shutdown),
     /// recorded or not: a release loses nothing either way.
     pub(super) async fn release(&self, delivery: Delivery) {
-        let _ = self
-            .record_end(&delivery, AttemptOutcome::Released, None, Next::Queued)
-            .await;
+        let ending = (AttemptOutcome::Released, None, Next::Queued);
+        let _ = self.record_end(&delivery, ending, Timestamp::now()).await;
         let id = delivery.envelope().id.clone();
         if let Err(err) = delivery.release().await {
             tracing::warn!(%id, error = %err, "cannot release the message; it is delivered again after its lease");
@@ -153,11 +141,10 @@ impl Trigger {
         if failure.retryable() && !last_attempt {
             tracing::debug!(trigger = %self.key, id = %envelope.id, attempt = envelope.attempt, delay = ?retry_delay, "retrying");
             self.counters.retried();
-            let due = Timestamp::now()
-                .checked_add(retry_delay)
-                .unwrap_or(Timestamp::MAX);
-            let next = Next::Retry { at: due };
-            if self.record_end(&delivery, outcome, Some(error), next).await {
+            let now = Timestamp::now();
+            let due = now.checked_add(retry_delay).unwrap_or(Timestamp::MAX);
+            let ending = (outcome, Some(error), Next::Retry { at: due });
+            if self.record_end(&delivery, ending, now).await {
                 self.settled(delivery.nack(retry_delay).await, "nack");
             }
             return Outcome::Retried;
@@ -167,10 +154,8 @@ impl Trigger {
             kind: failure.kind.to_string(),
             message: failure.message.clone(),
         };
-        if !self
-            .record_end(&delivery, outcome, Some(error), Next::DeadLettered)
-            .await
-        {
+        let ending = (outcome, Some(error), Next::DeadLettered);
+        if !self.record_end(&delivery, ending, Timestamp::now()).await {
             return Outcome::DeadLettered;
         }
         tracing::warn!(trigger = %self.key, id = %envelope.id, attempts = envelope.attempt, kind = %failure.kind, error = %failure.message, "dead-lettered");
