@@ -190,6 +190,9 @@ type Confirmed = (Waiting, lapin::Result<Confirmation>);
 async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedReceiver<Box<Request>>) {
     let mut in_flight = FuturesUnordered::new();
     let mut returns = Returns::default();
+    // Kept from round to round: a round of a batch's confirms is read into it without
+    // growing a new list each time.
+    let mut round = Vec::new();
     let mut open = true;
     loop {
         tokio::select! {
@@ -206,11 +209,11 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
                     returns.answer_one(first);
                 } else {
                     let _ = channel.wait_for_confirms().now_or_never();
-                    let mut round = vec![first];
+                    round.push(returns.read(first));
                     while let Some(Some(next)) = in_flight.next().now_or_never() {
-                        round.push(next);
+                        round.push(returns.read(next));
                     }
-                    returns.answer(round);
+                    returns.answer(&mut round);
                 }
                 if in_flight.is_empty() {
                     // A return always comes before the confirm of its own publish.
@@ -263,25 +266,28 @@ async fn send_and_confirm(channel: &Channel, mut request: Box<Request>) -> Confi
 struct Returns(HashMap<Option<ShortString>, usize>);
 
 impl Returns {
-    /// Reads the returns `round` carries, then answers each of its publishes.
-    fn answer(&mut self, round: Vec<Confirmed>) {
-        let outcomes: Vec<_> = round
-            .into_iter()
-            .map(|(waiting, result)| (waiting, self.read(result)))
-            .collect();
-        for (waiting, outcome) in outcomes {
+    /// Answers each publish of a round whose confirms were all [`read`](Self::read) (so
+    /// every return the round carried is noted), emptying it.
+    fn answer(&mut self, round: &mut Vec<(Waiting, Result<Published>)>) {
+        for (waiting, outcome) in round.drain(..) {
             self.reply(waiting, outcome);
         }
     }
 
     /// [`answer`](Self::answer) for a round of one publish (the only one in flight).
-    fn answer_one(&mut self, (waiting, result): Confirmed) {
-        let outcome = self.read(result);
+    fn answer_one(&mut self, confirmed: Confirmed) {
+        let (waiting, outcome) = self.read(confirmed);
         self.reply(waiting, outcome);
     }
 
+    /// What a publish's confirm says, noting the return it carries. (A confirm is some 400
+    /// bytes, with room for a returned message: a round keeps what it says, not it.)
+    fn read(&mut self, (waiting, result): Confirmed) -> (Waiting, Result<Published>) {
+        (waiting, self.outcome(result))
+    }
+
     /// What a confirm says, noting the return it carries.
-    fn read(&mut self, result: lapin::Result<Confirmation>) -> Result<Published> {
+    fn outcome(&mut self, result: lapin::Result<Confirmation>) -> Result<Published> {
         match result {
             Ok(Confirmation::Ack(carried)) => {
                 self.note(carried);
