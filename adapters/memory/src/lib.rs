@@ -24,6 +24,7 @@
 
 mod config;
 mod dedup;
+mod deliveries;
 mod dlq_store;
 mod queue;
 mod room;
@@ -197,10 +198,7 @@ impl Adapter for BuiltinQueueAdapter {
             .topic(&key.topic)?
             .require_queue(&key.trigger, options.lane)?;
         let slot = Arc::new(ConsumerSlot::new(options.prefetch));
-        let deliveries = futures::stream::unfold((queue, slot), move |(queue, slot)| async move {
-            let delivery = queue.next_delivery(&slot).await?;
-            Some((Ok(delivery), (queue, slot)))
-        });
+        let deliveries = deliveries::Deliveries::new(queue, slot);
         Ok(Subscription::new(key.clone(), Box::pin(deliveries)))
     }
 

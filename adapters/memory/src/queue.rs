@@ -9,6 +9,7 @@ use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -495,17 +496,29 @@ impl TriggerQueue {
         }
     }
 
+    /// The next delivery this consumer may take if one is ready now (`Ready(None)` once the
+    /// adapter is closed); `Pending` when it must wait for one.
+    pub(crate) fn ready_delivery(
+        self: &Arc<Self>,
+        slot: &Arc<ConsumerSlot>,
+    ) -> Poll<Option<Delivery>> {
+        if self.topic.is_closed() {
+            return Poll::Ready(None);
+        }
+        match self.take(slot) {
+            Taken::Delivery(delivery) => Poll::Ready(Some(delivery)),
+            Taken::Wait(_) => Poll::Pending,
+        }
+    }
+
     /// Waits for the next delivery this consumer may take; `None` once the adapter is closed.
     pub(crate) async fn next_delivery(
         self: &Arc<Self>,
         slot: &Arc<ConsumerSlot>,
     ) -> Option<Delivery> {
         // Fast path: something is ready and this consumer has room.
-        if self.topic.is_closed() {
-            return None;
-        }
-        if let Taken::Delivery(delivery) = self.take(slot) {
-            return Some(delivery);
+        if let Poll::Ready(next) = self.ready_delivery(slot) {
+            return next;
         }
         loop {
             let notified = self.wake.notified();
