@@ -147,7 +147,8 @@ impl Run {
     ///
     /// A run begun by a later event than its enqueue (the consumer's reached the store
     /// first) was queued when its message was enqueued: its first transition is stamped then
-    /// (or at the event, on a clock behind the enqueuer's), as the enqueue would have.
+    /// (or at the event, on a clock behind the enqueuer's). (A delivery's origin has no
+    /// `run_at`, so a delayed message's run begun so is `queued`, not `delayed`.)
     pub fn from_event(event: &RunEvent) -> Option<Self> {
         let (origin, queued_at) = match &event.change {
             Change::Enqueued(origin) => (origin, event.at),
