@@ -44,7 +44,7 @@ impl Stream for Deliveries {
             }
             let (queue, slot) = (Arc::clone(&this.queue), Arc::clone(&this.slot));
             this.wait
-                .set(async move { queue.next_delivery(&slot).await });
+                .set(async move { queue.wait_for_delivery(&slot).await });
             this.waiting = true;
         }
         let next = std::task::ready!(this.wait.poll(cx));

@@ -512,14 +512,12 @@ impl TriggerQueue {
     }
 
     /// Waits for the next delivery this consumer may take; `None` once the adapter is closed.
-    pub(crate) async fn next_delivery(
+    /// Called when [`ready_delivery`](Self::ready_delivery) found none: it looks again only
+    /// once its wake-up is registered, so a delivery arriving in between is not missed.
+    pub(crate) async fn wait_for_delivery(
         self: &Arc<Self>,
         slot: &Arc<ConsumerSlot>,
     ) -> Option<Delivery> {
-        // Fast path: something is ready and this consumer has room.
-        if let Poll::Ready(next) = self.ready_delivery(slot) {
-            return next;
-        }
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
