@@ -2,6 +2,7 @@
 //! again whenever it closes; client-side leases; the acker of each delivery.
 
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -16,6 +17,7 @@ use topiq_adapter_kit::Held;
 use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 
 use crate::codec::{self, Metadata, Properties, header};
+use crate::deliveries::Deliveries;
 use crate::session::{OpenChannel, Session};
 use crate::settle::{Settle, settle};
 use crate::{QueueType, Shared};
@@ -69,16 +71,11 @@ pub(crate) fn subscribe(
         backoff: INITIAL_BACKOFF,
         check: channel_check(),
     };
-    // Boxed: the stream moves its state in and out of each item's future, and the state
-    // holds the consumer, its channel and its timer (a pointer moves instead).
-    let deliveries = futures::stream::unfold(Box::new(state), |mut state| async move {
-        let delivery = state.next_delivery().await?;
-        Some((delivery, state))
-    });
+    let deliveries = Deliveries::new(Box::new(state));
     (Subscription::new(spec.key, deliveries.boxed()), leases)
 }
 
-struct Consuming {
+pub(crate) struct Consuming {
     shared: Arc<Shared>,
     spec: SubscriptionSpec,
     /// The topic's lane it takes from.
@@ -188,43 +185,74 @@ fn earlier_deliveries(shared: &Shared, delivery: &lapin::message::Delivery) -> u
 }
 
 impl Consuming {
-    /// The next delivery; `None` once the adapter is closed.
-    async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
-        loop {
-            if self.shared.closed.is_cancelled() {
-                return None;
+    /// A delivery the consumer has already received, handed out with no wait; else a wait,
+    /// with what was taken from the consumer for [`Consuming::wait_next`] to finish. The consumer is polled with the
+    /// stream's context, so its waker is the stream's.
+    pub(crate) fn take_ready(&mut self, cx: &mut Context<'_>) -> Ready {
+        if self.shared.closed.is_cancelled() {
+            return Ready::Wait(None);
+        }
+        let Some((channel, consumer, _)) = self.open.as_mut() else {
+            return Ready::Wait(None);
+        };
+        let delivery = match consumer.poll_next_unpin(cx) {
+            Poll::Pending => return Ready::Wait(None),
+            Poll::Ready(Some(Ok(delivery))) => delivery,
+            Poll::Ready(other) => {
+                return Ready::Wait(Some(Taken::Item(Box::new(other), Arc::clone(channel))));
             }
-            let Some((channel, consumer, session)) = self.open.as_mut() else {
-                if let Err(err) = self.open_consumer().await {
-                    tracing::warn!(trigger = %self.spec.key, error = %err, "cannot consume; trying again");
-                    self.wait_backoff().await?;
+        };
+        self.backoff = INITIAL_BACKOFF;
+        let channel = Arc::clone(channel);
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            return Ready::Wait(Some(Taken::Item(Box::new(Some(Ok(delivery))), channel)));
+        };
+        match receive(
+            &self.shared,
+            &self.spec,
+            (&delivery, channel),
+            permit,
+            &self.leases,
+        ) {
+            Receipt::Handed(delivery) => Ready::Delivery(delivery),
+            receipt => Ready::Wait(Some(Taken::Receipt(receipt))),
+        }
+    }
+
+    /// The next delivery, after `taken` (what [`Consuming::take_ready`] left) is dealt with,
+    /// and the state back; `None` once the adapter is closed.
+    pub(crate) async fn wait_next(
+        mut self: Box<Self>,
+        taken: Option<Taken>,
+    ) -> (Option<Result<Delivery>>, Box<Self>) {
+        let next = self.next_delivery(taken).await;
+        (next, self)
+    }
+
+    async fn next_delivery(&mut self, mut taken: Option<Taken>) -> Option<Result<Delivery>> {
+        loop {
+            let (item, channel) = match taken.take() {
+                Some(Taken::Receipt(receipt)) => {
+                    settle_on_receipt(&self.shared, receipt).await;
+                    continue;
                 }
-                continue;
+                Some(Taken::Item(item, channel)) => (*item, channel),
+                None => self.next_item().await?,
             };
-            // What already arrived is taken without a wait: no cancellation waiter is
-            // registered and dropped, no timer looked at (closing was checked above).
-            let next = match consumer.next().now_or_never() {
-                Some(next) => next,
-                None => tokio::select! {
-                    () = self.shared.closed.cancelled() => return None,
-                    next = consumer.next() => next,
-                    _ = self.check.tick() => {
-                        // lapin does not always end a consumer whose connection died: the
-                        // connection's own state is the one to trust.
-                        if !channel.status().connected() || !session.is_open() {
-                            tracing::warn!(trigger = %self.spec.key, "the consumer's channel or connection is gone; subscribing again");
-                            self.open = None;
-                        }
-                        continue;
-                    }
-                },
-            };
-            match next {
+            match item {
                 Some(Ok(delivery)) => {
                     self.backoff = INITIAL_BACKOFF;
-                    let channel = Arc::clone(channel);
-                    if let Some(delivery) = self.hand_out(&delivery, channel).await? {
-                        return Some(delivery);
+                    let permit = self.slot().await?;
+                    let receipt = receive(
+                        &self.shared,
+                        &self.spec,
+                        (&delivery, channel),
+                        permit,
+                        &self.leases,
+                    );
+                    match receipt {
+                        Receipt::Handed(delivery) => return Some(Ok(delivery)),
+                        receipt => settle_on_receipt(&self.shared, receipt).await,
                     }
                 }
                 Some(Err(err)) => {
@@ -241,27 +269,38 @@ impl Consuming {
         }
     }
 
-    /// Turns `delivery` (received on `channel`) into a delivery to hand out once a slot is
-    /// free: `Some(None)` for one settled on receipt, `None` once the adapter is closed. Lent,
-    /// not moved: a lapin delivery is some 400 bytes, copied into each nested future it would
-    /// move into.
-    async fn hand_out(
-        &self,
-        delivery: &lapin::message::Delivery,
-        channel: Arc<OpenChannel>,
-    ) -> Option<Option<Result<Delivery>>> {
-        let permit = self.slot().await?;
-        let leases = &self.leases;
-        Some(
-            receive(
-                &self.shared,
-                &self.spec,
-                (delivery, channel),
-                permit,
-                leases,
-            )
-            .await,
-        )
+    /// The consumer's next item and the channel it came on, opening the consumer first when
+    /// it is not open; `None` once the adapter is closed.
+    async fn next_item(&mut self) -> Option<(ConsumerItem, Arc<OpenChannel>)> {
+        loop {
+            if self.shared.closed.is_cancelled() {
+                return None;
+            }
+            let Some((channel, consumer, session)) = self.open.as_mut() else {
+                if let Err(err) = self.open_consumer().await {
+                    tracing::warn!(trigger = %self.spec.key, error = %err, "cannot consume; trying again");
+                    self.wait_backoff().await?;
+                }
+                continue;
+            };
+            // What already arrived is taken without a wait: no cancellation waiter is
+            // registered and dropped, no timer looked at (closing was checked above).
+            if let Some(item) = consumer.next().now_or_never() {
+                return Some((item, Arc::clone(channel)));
+            }
+            tokio::select! {
+                () = self.shared.closed.cancelled() => return None,
+                item = consumer.next() => return Some((item, Arc::clone(channel))),
+                _ = self.check.tick() => {
+                    // lapin does not always end a consumer whose connection died: the
+                    // connection's own state is the one to trust.
+                    if !channel.status().connected() || !session.is_open() {
+                        tracing::warn!(trigger = %self.spec.key, "the consumer's channel or connection is gone; subscribing again");
+                        self.open = None;
+                    }
+                }
+            }
+        }
     }
 
     /// A slot for one more delivery handed out, taken at once when one is free; `None` once
@@ -323,15 +362,48 @@ impl Consuming {
     }
 }
 
-async fn receive(
+/// An item of a lapin consumer.
+type ConsumerItem = Option<lapin::Result<lapin::message::Delivery>>;
+
+/// What [`Consuming::take_ready`] found.
+pub(crate) enum Ready {
+    /// A delivery handed out at once.
+    Delivery(Delivery),
+    /// None at once: a wait, which first finishes what was taken, if anything.
+    Wait(Option<Taken>),
+}
+
+/// What [`Consuming::take_ready`] took from the consumer and could not hand out at once.
+pub(crate) enum Taken {
+    /// An item to finish with: a delivery with no slot free, an error, the consumer's end.
+    /// Boxed: a lapin delivery is some 400 bytes, and this is rare.
+    Item(Box<ConsumerItem>, Arc<OpenChannel>),
+    /// A delivery received that is settled instead of handed out.
+    Receipt(Receipt),
+}
+
+/// What a delivery received becomes.
+pub(crate) enum Receipt {
+    /// A delivery for a handler.
+    Handed(Delivery),
+    /// One topiq cannot read: rejected without requeue, so it never comes back.
+    Unreadable(Box<lapin::Acker>),
+    /// One that must not reach a handler (see [`OnReceipt`]).
+    Settled(Arc<Received>, OnReceipt),
+}
+
+/// Turns `delivery` (received on `channel`, `permit` its slot) into what it becomes, with
+/// no wait: only a delivery settled instead of handed out needs one, in [`settle_on_receipt`].
+fn receive(
     shared: &Arc<Shared>,
     spec: &SubscriptionSpec,
     (delivery, channel): (&lapin::message::Delivery, Arc<OpenChannel>),
     permit: OwnedSemaphorePermit,
     leases: &Arc<Leases<Received>>,
-) -> Option<Result<Delivery>> {
-    let (metadata, data) = decode(shared, spec, delivery).await?;
-    let redelivered = delivery.redelivered;
+) -> Receipt {
+    let Some((metadata, data)) = decode(spec, delivery) else {
+        return Receipt::Unreadable(Box::new(delivery.acker.clone()));
+    };
     let earlier = earlier_deliveries(shared, delivery);
     let attempt = metadata
         .attempt_base
@@ -347,28 +419,33 @@ async fn receive(
         lease_key,
         _channel: channel,
     });
-    if received.settled_on_receipt(redelivered).await {
-        return None;
+    match received.on_receipt(delivery.redelivered) {
+        Some(why) => Receipt::Settled(received, why),
+        None => Receipt::Handed(Delivery::new(envelope, Box::new(RabbitAcker { received }))),
     }
-    Some(Ok(Delivery::new(
-        envelope,
-        Box::new(RabbitAcker { received }),
-    )))
 }
 
-/// Reads a delivery's metadata and data; `None` for one topiq cannot read, which is dropped
-/// (rejected without requeue) so it never comes back.
-async fn decode(
-    shared: &Shared,
+/// Settles a delivery received that is not handed out.
+async fn settle_on_receipt(shared: &Shared, receipt: Receipt) {
+    match receipt {
+        Receipt::Handed(_) => {}
+        Receipt::Unreadable(acker) => {
+            let timeout = shared.config.publish_timeout;
+            let _ = settle(&acker, Settle::Discard, "reject", timeout).await;
+        }
+        Receipt::Settled(received, why) => received.settle_on_receipt(why).await,
+    }
+}
+
+/// Reads a delivery's metadata and data; `None` for one topiq cannot read (logged).
+fn decode(
     spec: &SubscriptionSpec,
     delivery: &lapin::message::Delivery,
 ) -> Option<(Metadata, Arc<serde_json::Value>)> {
-    let timeout = shared.config.publish_timeout;
     let metadata = match Metadata::from_properties(&delivery.properties) {
         Ok(metadata) => metadata,
         Err(err) => {
             tracing::error!(trigger = %spec.key, error = %err, "dropping a message topiq cannot read");
-            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
             return None;
         }
     };
@@ -376,7 +453,6 @@ async fn decode(
         Ok(data) => Some((metadata, Arc::new(data))),
         Err(err) => {
             tracing::error!(trigger = %spec.key, id = %metadata.id, error = %err, "dropping a message whose payload is not JSON");
-            let _ = settle(&delivery.acker, Settle::Discard, "reject", timeout).await;
             None
         }
     }
@@ -491,28 +567,35 @@ impl Received {
         .await
     }
 
-    /// Settles a message that must not reach a handler, and says whether it was one: past
-    /// its topic's retention (dead-lettered as `expired`), past its last attempt (the process
+    /// Why a message just received must not reach a handler, if it must not: past its
+    /// topic's retention (dead-lettered as `expired`), past its last attempt (the process
     /// that held it died before dead-lettering it), or redelivered by a classic queue, which
     /// only says "delivered before", not how often (replaced by a copy carrying its attempt,
     /// so a message that kills its consumer does not come back forever).
-    async fn settled_on_receipt(&self, redelivered: bool) -> bool {
-        let expired = self.held.metadata.is_expired();
-        let past_limit = self.held.attempt > self.held.max_attempts;
-        let uncounted = redelivered && self.shared.config.queue_type == QueueType::Classic;
-        if !(expired || past_limit || uncounted) {
-            return false;
+    fn on_receipt(&self, redelivered: bool) -> Option<OnReceipt> {
+        if self.held.metadata.is_expired() {
+            Some(OnReceipt::PastRetention)
+        } else if self.held.attempt > self.held.max_attempts {
+            Some(OnReceipt::PastLastAttempt)
+        } else if redelivered && self.shared.config.queue_type == QueueType::Classic {
+            Some(OnReceipt::Uncounted)
+        } else {
+            None
         }
-        if lease::lock(&self.held.lease).claim() {
-            if expired {
-                self.dead_letter_past_retention(self.held.attempt - 1).await;
-            } else if past_limit {
-                self.dead_letter_expired(self.held.attempt - 1).await;
-            } else {
-                self.count_redelivery().await;
+    }
+
+    /// Settles a message that must not reach a handler, for `why`.
+    async fn settle_on_receipt(&self, why: OnReceipt) {
+        if !lease::lock(&self.held.lease).claim() {
+            return;
+        }
+        match why {
+            OnReceipt::PastRetention => {
+                self.dead_letter_past_retention(self.held.attempt - 1).await
             }
+            OnReceipt::PastLastAttempt => self.dead_letter_expired(self.held.attempt - 1).await,
+            OnReceipt::Uncounted => self.count_redelivery().await,
         }
-        true
     }
 
     /// Replaces a redelivered message of a classic queue with a copy (confirmed, to the back
@@ -550,6 +633,17 @@ impl Received {
         let payload = codec::encode(&self.held.data)?;
         Ok((payload, metadata))
     }
+}
+
+/// Why a message just received is settled instead of handed out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OnReceipt {
+    /// Past its topic's retention: dead-lettered as `expired`.
+    PastRetention,
+    /// Past its last attempt: dead-lettered.
+    PastLastAttempt,
+    /// Redelivered by a classic queue: replaced by a copy that counts the attempt.
+    Uncounted,
 }
 
 /// Settles one RabbitMQ delivery.

@@ -23,6 +23,7 @@ mod codec;
 mod config;
 mod confirms;
 mod consumer;
+mod deliveries;
 mod dlq;
 mod idempotency;
 mod layout;
