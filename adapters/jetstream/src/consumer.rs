@@ -47,7 +47,7 @@ pub(crate) fn subscribe(
     // `prefetch`. The trigger's own copies (redrives, releases) are rare and have one slot of
     // their own, so they never wait behind an idle fan-out pull (and it never waits for them).
     let direct_slot = Arc::new(Semaphore::new(1));
-    let leases = Leases::<Received>::new();
+    let leases = Leases::<Received>::new(spec.visibility_timeout);
     // One puller per consumer, run inside the subscription's stream: a delivery reaches the
     // consumer without a hop through another task, and new pulls go out only when the
     // consumer asks for more, never beyond its free slots. A lease that runs out on the last

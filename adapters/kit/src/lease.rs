@@ -9,9 +9,11 @@
 //! [`Leases`] is the registry of one subscription's live deliveries. A delivery enters it at
 //! receipt and leaves when it is dropped, so the registry never holds more than the
 //! subscription's slots; its watcher task sleeps until the earliest deadline (a new lease's
-//! is never earlier, an extension only moves one later) and, with nothing to watch, until a
-//! delivery arrives. A busy subscription costs the watcher a wake-up per visibility timeout,
-//! not one per delivery, and keeps no memory of settled deliveries.
+//! is never earlier, an extension only moves one later). With nothing to watch, it sleeps one
+//! visibility timeout if leases came since it last looked (one made meanwhile cannot run out
+//! before it wakes), and only then until a delivery arrives. A busy subscription costs the
+//! watcher a wake-up per visibility timeout, not one per delivery (nor one per delivery
+//! handled one at a time), and keeps no memory of settled deliveries.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -134,22 +136,35 @@ struct Live<T> {
     registered: u64,
     /// The watcher waits for the next lease (it had no deadline to sleep until).
     idle: bool,
+    /// Sweeps made (for tests of how often the watcher wakes).
+    sweeps: u64,
+}
+
+/// What a sweep found.
+struct Swept {
+    /// The earliest deadline still to watch.
+    earliest: Option<Instant>,
+    /// How many leases had been registered when it looked.
+    registered: u64,
+    /// When it looked (read before it did).
+    at: Instant,
 }
 
 impl<T: Leased> Leases<T> {
-    /// An empty registry with its watcher running (on the current tokio runtime); the
-    /// watcher ends when the registry is dropped.
-    pub fn new() -> Arc<Self> {
+    /// An empty registry of leases of `visibility_timeout` with its watcher running (on the
+    /// current tokio runtime); the watcher ends when the registry is dropped.
+    pub fn new(visibility_timeout: Duration) -> Arc<Self> {
         let wake = Arc::new(Notify::new());
         let leases = Arc::new(Self {
             live: Mutex::new(Live {
                 leases: slab::Slab::new(),
                 registered: 0,
                 idle: false,
+                sweeps: 0,
             }),
             wake: Arc::clone(&wake),
         });
-        tokio::spawn(watch(Arc::downgrade(&leases), wake));
+        tokio::spawn(watch(Arc::downgrade(&leases), wake, visibility_timeout));
         leases
     }
 
@@ -188,13 +203,14 @@ impl<T: Leased> Leases<T> {
         self.len() == 0
     }
 
-    /// Expires every lease whose deadline passed unsettled. Returns the earliest deadline
-    /// still to watch and how many leases had been registered when it looked.
-    fn sweep(&self) -> (Option<Instant>, u64) {
+    /// Expires every lease whose deadline passed unsettled.
+    fn sweep(&self) -> Swept {
+        let at = Instant::now();
         // Upgraded under the lock, looked at after it: dropping the last reference to a
         // delivery takes the lock again.
         let (deliveries, registered) = {
-            let live = self.live();
+            let mut live = self.live();
+            live.sweeps += 1;
             let deliveries: Vec<Arc<T>> = live
                 .leases
                 .iter()
@@ -202,7 +218,6 @@ impl<T: Leased> Leases<T> {
                 .collect();
             (deliveries, live.registered)
         };
-        let now = Instant::now();
         let mut earliest: Option<Instant> = None;
         for delivery in deliveries {
             let mut lease = lock(delivery.lease());
@@ -210,7 +225,7 @@ impl<T: Leased> Leases<T> {
             if lease.settled || lease.permit.is_none() {
                 continue;
             }
-            if lease.deadline > now {
+            if lease.deadline > at {
                 earliest = Some(earliest.map_or(lease.deadline, |at| at.min(lease.deadline)));
                 continue;
             }
@@ -218,7 +233,11 @@ impl<T: Leased> Leases<T> {
             drop(lease);
             delivery.expired();
         }
-        (earliest, registered)
+        Swept {
+            earliest,
+            registered,
+            at,
+        }
     }
 
     /// Marks the watcher idle, unless a lease arrived since its sweep saw `registered`.
@@ -235,15 +254,29 @@ impl<T> Drop for Leases<T> {
     }
 }
 
-async fn watch<T: Leased>(leases: Weak<Leases<T>>, wake: Arc<Notify>) {
+/// Expires `leases` (of `visibility_timeout`) as their deadlines pass, until the registry is
+/// dropped.
+async fn watch<T: Leased>(
+    leases: Weak<Leases<T>>,
+    wake: Arc<Notify>,
+    visibility_timeout: Duration,
+) {
+    let mut seen = 0;
     loop {
         let Some(leases) = leases.upgrade() else {
             return; // the subscription and all its deliveries are gone
         };
-        let (next, registered) = leases.sweep();
-        if next.is_none() && !leases.go_idle(registered) {
-            continue; // a lease arrived meanwhile: look again
-        }
+        let swept = leases.sweep();
+        let next = match swept.earliest {
+            Some(deadline) => Some(deadline),
+            // Nothing to watch, but leases came since the last look: more are likely, and
+            // none made from now on runs out within a visibility timeout, so a sleep that
+            // long stands in for a wake-up per delivery.
+            None if swept.registered != seen => Some(swept.at + visibility_timeout),
+            None if !leases.go_idle(swept.registered) => continue, // one arrived meanwhile
+            None => None,
+        };
+        seen = swept.registered;
         drop(leases);
         match next {
             Some(deadline) => {
@@ -289,6 +322,9 @@ mod tests {
         }
     }
 
+    /// The tests' visibility timeout.
+    const LEASE: Duration = Duration::from_secs(5);
+
     fn hold(
         leases: &Arc<Leases<Held>>,
         slots: &Arc<Semaphore>,
@@ -306,9 +342,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lease_that_runs_out_frees_its_slot_once_and_refuses_settlement() {
-        let (leases, slots) = (Leases::new(), Arc::new(Semaphore::new(1)));
+        let (leases, slots) = (Leases::new(LEASE), Arc::new(Semaphore::new(1)));
         let expired = Arc::new(AtomicUsize::new(0));
-        let held = hold(&leases, &slots, Duration::from_secs(5), &expired);
+        let held = hold(&leases, &slots, LEASE, &expired);
         assert_eq!(slots.available_permits(), 0);
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(
@@ -324,9 +360,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_extended_lease_runs_out_only_after_its_new_deadline() {
-        let (leases, slots) = (Leases::new(), Arc::new(Semaphore::new(1)));
+        let (leases, slots) = (Leases::new(LEASE), Arc::new(Semaphore::new(1)));
         let expired = Arc::new(AtomicUsize::new(0));
-        let held = hold(&leases, &slots, Duration::from_secs(5), &expired);
+        let held = hold(&leases, &slots, LEASE, &expired);
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(lock(held.lease()).extend(Duration::from_secs(5)));
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -341,10 +377,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn settled_and_dropped_deliveries_leave_the_registry_and_never_expire() {
-        let (leases, slots) = (Leases::new(), Arc::new(Semaphore::new(2)));
+        let (leases, slots) = (Leases::new(LEASE), Arc::new(Semaphore::new(2)));
         let expired = Arc::new(AtomicUsize::new(0));
-        let settled = hold(&leases, &slots, Duration::from_secs(5), &expired);
-        let dropped = hold(&leases, &slots, Duration::from_secs(5), &expired);
+        let settled = hold(&leases, &slots, LEASE, &expired);
+        let dropped = hold(&leases, &slots, LEASE, &expired);
         assert!(lock(settled.lease()).claim());
         drop((settled, dropped));
         assert!(leases.is_empty());
@@ -352,8 +388,48 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(expired.load(Ordering::SeqCst), 0);
         // After an idle spell, a new lease is watched again.
-        let _late = hold(&leases, &slots, Duration::from_secs(5), &expired);
+        let _late = hold(&leases, &slots, LEASE, &expired);
         tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(expired.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deliveries_handled_one_at_a_time_do_not_wake_the_watcher_each() {
+        let (leases, slots) = (Leases::new(LEASE), Arc::new(Semaphore::new(1)));
+        let expired = Arc::new(AtomicUsize::new(0));
+        for _ in 0..100 {
+            let held = hold(&leases, &slots, LEASE, &expired);
+            assert!(lock(held.lease()).claim());
+            drop(held);
+            // The watcher runs between deliveries (a consumer awaits the next), each time
+            // finding nothing to watch.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let sweeps = leases.live().sweeps;
+        assert!(
+            sweeps <= 3,
+            "the watcher swept {sweeps} times for 100 deliveries"
+        );
+        // Quiet for a visibility timeout, it goes idle; a lease after that is still watched.
+        tokio::time::sleep(LEASE * 3).await;
+        let late = hold(&leases, &slots, LEASE, &expired);
+        tokio::time::sleep(LEASE + Duration::from_secs(1)).await;
+        assert_eq!(expired.load(Ordering::SeqCst), 1, "the late lease ran out");
+        assert!(!lock(late.lease()).claim());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_made_while_the_watcher_sleeps_out_a_quiet_spell_runs_out_on_time() {
+        let (leases, slots) = (Leases::new(LEASE), Arc::new(Semaphore::new(1)));
+        let expired = Arc::new(AtomicUsize::new(0));
+        drop(hold(&leases, &slots, LEASE, &expired));
+        // The watcher now sleeps out a visibility timeout; a lease made within it ...
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _held = hold(&leases, &slots, LEASE, &expired);
+        // ... runs out at its own deadline, not a visibility timeout after the watcher wakes.
+        tokio::time::sleep(LEASE - Duration::from_millis(10)).await;
+        assert_eq!(expired.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(expired.load(Ordering::SeqCst), 1);
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn subscribe(
     spec: SubscriptionSpec,
     options: ConsumeOptions,
 ) -> (Subscription, Arc<Leases<Received>>) {
-    let leases = Leases::<Received>::new();
+    let leases = Leases::<Received>::new(spec.visibility_timeout);
     let unacked = match options.read_ahead {
         // An ordered lane queue hands out one message at a time.
         _ if spec.ordered => 1,
