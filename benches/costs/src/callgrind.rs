@@ -54,12 +54,33 @@ const ALLOCATORS: &[&str] = &[
     "memalign",
 ];
 
-/// Runs `row` of this binary for `messages` under callgrind, its output in `folder`.
-pub(crate) fn count(row: &str, messages: u64, folder: &Path) -> Result<Counts, CountError> {
+/// How a row's threads are scheduled under callgrind.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Turns {
+    /// Valgrind's default: a thread runs until it blocks or its slice ends.
+    Default,
+    /// Threads take turns in a fixed order (`--fair-sched=yes`): steadier counts for a row
+    /// whose threads meet often (lapin's I/O thread and the row's), but a thread that batches
+    /// work (OpenTelemetry's span exporter) is woken more often than on two real cores.
+    Fair,
+}
+
+/// Runs `row` of this binary for `messages` under callgrind, its threads scheduled by
+/// `turns`, its output in `folder`.
+pub(crate) fn count(
+    row: &str,
+    messages: u64,
+    turns: Turns,
+    folder: &Path,
+) -> Result<Counts, CountError> {
     let output = folder.join(format!("{row}-{messages}.callgrind"));
     let binary = std::env::current_exe().map_err(CountError::Start)?;
     let run = Command::new("valgrind")
         .arg("--tool=callgrind")
+        .arg(match turns {
+            Turns::Default => "--fair-sched=no",
+            Turns::Fair => "--fair-sched=yes",
+        })
         .arg(format!("--callgrind-out-file={}", output.display()))
         .arg(binary)
         .args(["row", row, &messages.to_string()])

@@ -3,8 +3,9 @@
 //!
 //! Each row runs in a process of its own under `valgrind --tool=callgrind`, once with N
 //! messages and once with 2N; the difference, divided by N, is what one message costs, the
-//! start and the shutdown cancelled out. RabbitMQ's rows are counted three times and their
-//! median kept.
+//! start and the shutdown cancelled out. RabbitMQ's rows are counted five times, their
+//! threads taking turns in a fixed order (valgrind's `--fair-sched=yes`), and their median
+//! kept.
 //!
 //! ```text
 //! cargo run -p topiq-costs --profile costs              # measure and print the table
@@ -22,6 +23,7 @@ mod rows;
 use std::process::ExitCode;
 
 use budget::Figure;
+use callgrind::Turns;
 
 /// N, when `TOPIQ_COSTS_MESSAGES` does not set it.
 const DEFAULT_MESSAGES: u64 = 2_000;
@@ -75,8 +77,9 @@ fn measure_all() -> Result<Vec<Figure>, String> {
             rows::ROWS.len(),
             2 * messages
         );
-        let mut measured = (0..repeats(row))
-            .map(|_| per_message(row, messages, &folder))
+        let (repeats, turns) = counting(row);
+        let mut measured = (0..repeats)
+            .map(|_| per_message(row, messages, turns, &folder))
             .collect::<Result<Vec<_>, _>>()?;
         // The median: a RabbitMQ row's count moves with how the row's thread and lapin's I/O
         // thread met in that run (a contended lock spins, an idle executor parks).
@@ -88,16 +91,31 @@ fn measure_all() -> Result<Vec<Figure>, String> {
     Ok(figures)
 }
 
-/// How many times `row` is counted (its median kept): three for RabbitMQ's rows, whose
-/// counts move by up to 10% between runs, once for the others (within 0.5%).
-fn repeats(row: &str) -> usize {
-    if row.starts_with("rabbitmq.") { 3 } else { 1 }
+/// How `row` is counted: how many times (its median kept) and how its threads take turns.
+/// RabbitMQ's rows move with how lapin's I/O thread and the row's meet and with how many
+/// confirms the broker sends in one frame (by 2-4% between runs with fair turns, up to 10%
+/// for the raw batch row): five times, fair turns. The others move by less than 0.5%: once,
+/// valgrind's default turns (fair turns would wake OpenTelemetry's exporter thread for
+/// fewer spans at a time than two real cores do: `module.traced` +13%).
+fn counting(row: &str) -> (usize, Turns) {
+    if row.starts_with("rabbitmq.") {
+        (5, Turns::Fair)
+    } else {
+        (1, Turns::Default)
+    }
 }
 
-/// `row`'s cost per message: counted with `messages` and with twice as many.
-fn per_message(row: &str, messages: u64, folder: &std::path::Path) -> Result<Figure, String> {
-    let once = callgrind::count(row, messages, folder).map_err(|err| err.to_string())?;
-    let twice = callgrind::count(row, 2 * messages, folder).map_err(|err| err.to_string())?;
+/// `row`'s cost per message: counted with `messages` and with twice as many, its threads
+/// taking `turns`.
+fn per_message(
+    row: &str,
+    messages: u64,
+    turns: Turns,
+    folder: &std::path::Path,
+) -> Result<Figure, String> {
+    let count = |messages| callgrind::count(row, messages, turns, folder);
+    let once = count(messages).map_err(|err| err.to_string())?;
+    let twice = count(2 * messages).map_err(|err| err.to_string())?;
     Ok(Figure {
         row: row.to_owned(),
         instructions: twice.instructions.saturating_sub(once.instructions) / messages,
