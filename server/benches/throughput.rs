@@ -367,38 +367,119 @@ fn main() {
             size => format!("a window of {size} (the producer waits while {size} are unhandled)"),
         }
     );
-    // Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime,
-    // and omniqueue's in-memory backend as the peer.
-    let (mut bare, mut module, mut unrecorded) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut peer, mut peer_by_reference) = (Vec::new(), Vec::new());
-    runtime.block_on(async {
-        adapter_only(count / 10, &template).await;
-        through_runtime(count / 10, &template).await;
-        omniqueue(count / 10, &template, Sent::Built).await;
-        for round in 1..=ROUNDS {
-            let a = rate(count, adapter_only(count, &template).await);
-            let m = rate(count, through_runtime(count, &template).await);
-            let u = rate(count, through_runtime_unrecorded(count, &template).await);
-            let p = rate(count, omniqueue(count, &template, Sent::Built).await);
-            let r = rate(count, omniqueue(count, &template, Sent::ByReference).await);
-            println!(
-                "  round {round}/{ROUNDS}: adapter alone {a:>10.0}, runtime {m:>10.0}, runtime without runs {u:>10.0}, omniqueue {p:>10.0} (by reference {r:>10.0}) msg/s"
-            );
-            bare.push(a);
-            module.push(m);
-            unrecorded.push(u);
-            peer.push(p);
-            peer_by_reference.push(r);
+    let pipelines = runtime.block_on(pipelines(count, &template));
+    let tracing = tracing_off_and_on(&runtime, count, &template);
+    pipelines.print();
+    tracing.print();
+    println!(
+        "target: ≥ 500,000 msg/s through the runtime → {}",
+        if pipelines.module >= 500_000.0 {
+            "met"
+        } else {
+            "NOT met"
         }
-    });
-    // Part 2: tracing off vs on, rounds alternating, both with two subscribers registered.
+    );
+    priority_overhead(&runtime, count, &template);
+}
+
+/// Part 1's medians, msg/s.
+struct Pipelines {
+    adapter: f64,
+    module: f64,
+    unrecorded: f64,
+    peer: f64,
+    peer_by_reference: f64,
+}
+
+/// Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime,
+/// and omniqueue's in-memory backend as the peer, rounds alternating.
+async fn pipelines(count: usize, template: &Value) -> Pipelines {
+    adapter_only(count / 10, template).await;
+    through_runtime(count / 10, template).await;
+    omniqueue(count / 10, template, Sent::Built).await;
+    let mut rates: [Vec<f64>; 5] = Default::default();
+    for round in 1..=ROUNDS {
+        let a = rate(count, adapter_only(count, template).await);
+        let m = rate(count, through_runtime(count, template).await);
+        let u = rate(count, through_runtime_unrecorded(count, template).await);
+        let p = rate(count, omniqueue(count, template, Sent::Built).await);
+        let r = rate(count, omniqueue(count, template, Sent::ByReference).await);
+        println!(
+            "  round {round}/{ROUNDS}: adapter alone {a:>10.0}, runtime {m:>10.0}, runtime without runs {u:>10.0}, omniqueue {p:>10.0} (by reference {r:>10.0}) msg/s"
+        );
+        for (all, one) in rates.iter_mut().zip([a, m, u, p, r]) {
+            all.push(one);
+        }
+    }
+    let [adapter, module, unrecorded, peer, peer_by_reference] = rates.map(median);
+    Pipelines {
+        adapter,
+        module,
+        unrecorded,
+        peer,
+        peer_by_reference,
+    }
+}
+
+impl Pipelines {
+    fn print(&self) {
+        let Pipelines {
+            adapter: a,
+            module: m,
+            unrecorded: u,
+            peer: p,
+            peer_by_reference: r,
+        } = *self;
+        println!();
+        println!("| pipeline (median of {ROUNDS}) | messages/s | ratio |");
+        println!("|---|---:|---:|");
+        println!("| BuiltinQueueAdapter alone: publish → deliver → ack | {a:.0} | 1.00 |");
+        println!(
+            "| QueueModule: enqueue → trigger → handler → ack | {m:.0} | {:.2} |",
+            m / a
+        );
+        println!(
+            "| QueueModule, runs not recorded (`runs: false`) | {u:.0} | {:.2} |",
+            u / a
+        );
+        println!(
+            "| omniqueue in-memory: each message built, sent as JSON → receive → parse → ack (no lease, attempts or DLQ) | {p:.0} | {:.2} |",
+            p / a
+        );
+        println!(
+            "| omniqueue in-memory, the template sent by reference (no message built; not comparable with topiq's rows, which build each) | {r:.0} | {:.2} |",
+            r / a
+        );
+        println!();
+        println!(
+            "QueueModule / omniqueue (each side building each message): {:.2} (runs recorded), {:.2} (runs not recorded)",
+            m / p,
+            u / p
+        );
+    }
+}
+
+/// Part 2's medians: msg/s with tracing off and on, and the rounds' own differences (µs).
+struct Tracing {
+    off: f64,
+    on: f64,
+    paired: f64,
+}
+
+/// Part 2: tracing off vs on, rounds alternating, both with two subscribers registered;
+/// checks that every span reached the exporter.
+fn tracing_off_and_on(
+    runtime: &tokio::runtime::Runtime,
+    count: usize,
+    template: &Value,
+) -> Tracing {
     let (traced, provider, _second) = traced_runtime();
     let (mut off, mut on, mut paired) = (Vec::new(), Vec::new(), Vec::new());
-    traced.block_on(through_runtime(count / 10, &template));
+    traced.block_on(through_runtime(count / 10, template));
     provider.force_flush().ok();
     for round in 1..=ROUNDS {
-        let o = rate(count, runtime.block_on(through_runtime(count, &template)));
-        let t = rate(count, traced.block_on(through_runtime(count, &template)));
+        let o = rate(count, runtime.block_on(through_runtime(count, template)));
+        let t = rate(count, traced.block_on(through_runtime(count, template)));
         // The exporter's thread drains its queue now, not during the next round.
         provider.force_flush().ok();
         println!(
@@ -416,56 +497,35 @@ fn main() {
     let exported = EXPORTED.load(Ordering::Relaxed);
     println!("  spans recorded and exported with tracing on: {exported} of {expected}");
     assert_eq!(exported, expected, "the span processor dropped spans");
-    let (a, m, p) = (median(bare), median(module), median(peer));
-    let r = median(peer_by_reference);
-    let u = median(unrecorded);
-    let (o, t) = (median(off), median(on));
-    println!();
-    println!("| pipeline (median of {ROUNDS}) | messages/s | ratio |");
-    println!("|---|---:|---:|");
-    println!("| BuiltinQueueAdapter alone: publish → deliver → ack | {a:.0} | 1.00 |");
-    println!(
-        "| QueueModule: enqueue → trigger → handler → ack | {m:.0} | {:.2} |",
-        m / a
-    );
-    println!(
-        "| QueueModule, runs not recorded (`runs: false`) | {u:.0} | {:.2} |",
-        u / a
-    );
-    println!(
-        "| omniqueue in-memory: each message built, sent as JSON → receive → parse → ack (no lease, attempts or DLQ) | {p:.0} | {:.2} |",
-        p / a
-    );
-    println!(
-        "| omniqueue in-memory, the template sent by reference (no message built; not comparable with topiq's rows, which build each) | {r:.0} | {:.2} |",
-        r / a
-    );
-    println!();
-    println!(
-        "QueueModule / omniqueue (each side building each message): {:.2} (runs recorded), {:.2} (runs not recorded)",
-        m / p,
-        u / p
-    );
-    println!();
-    println!("| QueueModule (median of {ROUNDS}, alternating) | messages/s | ratio |");
-    println!("|---|---:|---:|");
-    println!("| tracing off | {o:.0} | 1.00 |");
-    println!(
-        "| tracing on: every publish and process span recorded by OpenTelemetry | {t:.0} | {:.2} |",
-        t / o
-    );
-    println!();
-    println!(
-        "tracing costs {:.1}% of the runtime's throughput ({:.2} µs per message; median of the rounds' own differences {:.2} µs)",
-        (1.0 - t / o) * 100.0,
-        (1.0 / t - 1.0 / o) * 1e6,
-        median(paired)
-    );
-    println!(
-        "target: ≥ 500,000 msg/s through the runtime → {}",
-        if m >= 500_000.0 { "met" } else { "NOT met" }
-    );
-    priority_overhead(&runtime, count, &template);
+    Tracing {
+        off: median(off),
+        on: median(on),
+        paired: median(paired),
+    }
+}
+
+impl Tracing {
+    fn print(&self) {
+        let Tracing {
+            off: o,
+            on: t,
+            paired,
+        } = *self;
+        println!();
+        println!("| QueueModule (median of {ROUNDS}, alternating) | messages/s | ratio |");
+        println!("|---|---:|---:|");
+        println!("| tracing off | {o:.0} | 1.00 |");
+        println!(
+            "| tracing on: every publish and process span recorded by OpenTelemetry | {t:.0} | {:.2} |",
+            t / o
+        );
+        println!();
+        println!(
+            "tracing costs {:.1}% of the runtime's throughput ({:.2} µs per message; median of the rounds' own differences {paired:.2} µs)",
+            (1.0 - t / o) * 100.0,
+            (1.0 / t - 1.0 / o) * 1e6,
+        );
+    }
 }
 
 /// Part 3: a topic without priority levels against one with three, rounds alternating.
