@@ -136,7 +136,12 @@ struct Live<T> {
     registered: u64,
     /// The watcher waits for the next lease (it had no deadline to sleep until).
     idle: bool,
+    /// Until when the watcher sleeps out a quiet spell (nothing to watch): a lease due before
+    /// then (its deadline stamped before it was registered, and the watcher looked in
+    /// between) wakes it.
+    quiet_until: Option<Instant>,
     /// Sweeps made (for tests of how often the watcher wakes).
+    #[cfg(test)]
     sweeps: u64,
 }
 
@@ -160,6 +165,8 @@ impl<T: Leased> Leases<T> {
                 leases: slab::Slab::new(),
                 registered: 0,
                 idle: false,
+                quiet_until: None,
+                #[cfg(test)]
                 sweeps: 0,
             }),
             wake: Arc::clone(&wake),
@@ -173,14 +180,20 @@ impl<T: Leased> Leases<T> {
     }
 
     /// Registers the delivery `make` builds from its key; wakes the watcher only if it had
-    /// nothing to watch.
+    /// nothing to watch, or sleeps out a quiet spell past the delivery's deadline.
     pub fn insert(&self, make: impl FnOnce(LeaseKey) -> T) -> Arc<T> {
         let mut live = self.live();
         let entry = live.leases.vacant_entry();
         let delivery = Arc::new(make(LeaseKey(entry.key())));
         entry.insert(Arc::downgrade(&delivery));
         live.registered += 1;
-        let wake = std::mem::take(&mut live.idle);
+        let due_first = live
+            .quiet_until
+            .is_some_and(|until| lock(delivery.lease()).deadline < until);
+        if due_first {
+            live.quiet_until = None;
+        }
+        let wake = std::mem::take(&mut live.idle) || due_first;
         drop(live);
         if wake {
             self.wake.notify_one();
@@ -210,7 +223,11 @@ impl<T: Leased> Leases<T> {
         // delivery takes the lock again.
         let (deliveries, registered) = {
             let mut live = self.live();
-            live.sweeps += 1;
+            live.quiet_until = None;
+            #[cfg(test)]
+            {
+                live.sweeps += 1;
+            }
             let deliveries: Vec<Arc<T>> = live
                 .leases
                 .iter()
@@ -246,6 +263,17 @@ impl<T: Leased> Leases<T> {
         live.idle = live.registered == registered;
         live.idle
     }
+
+    /// Marks the watcher asleep until `until` with nothing to watch, unless a lease arrived
+    /// since its sweep saw `registered`.
+    fn go_quiet(&self, registered: u64, until: Instant) -> bool {
+        let mut live = self.live();
+        let quiet = live.registered == registered;
+        if quiet {
+            live.quiet_until = Some(until);
+        }
+        quiet
+    }
 }
 
 impl<T> Drop for Leases<T> {
@@ -271,8 +299,15 @@ async fn watch<T: Leased>(
             Some(deadline) => Some(deadline),
             // Nothing to watch, but leases came since the last look: more are likely, and
             // none made from now on runs out within a visibility timeout, so a sleep that
-            // long stands in for a wake-up per delivery.
-            None if swept.registered != seen => Some(swept.at + visibility_timeout),
+            // long stands in for a wake-up per delivery (one made before, registered during
+            // the sleep, wakes it: `insert`).
+            None if swept.registered != seen => {
+                let until = swept.at + visibility_timeout;
+                if !leases.go_quiet(swept.registered, until) {
+                    continue; // one arrived meanwhile
+                }
+                Some(until)
+            }
             None if !leases.go_idle(swept.registered) => continue, // one arrived meanwhile
             None => None,
         };
@@ -430,6 +465,27 @@ mod tests {
         tokio::time::sleep(LEASE - Duration::from_millis(10)).await;
         assert_eq!(expired.load(Ordering::SeqCst), 0);
         tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(expired.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_made_before_a_quiet_spell_and_registered_during_it_runs_out_on_time() {
+        let (leases, slots) = (Leases::new(LEASE), Arc::new(Semaphore::new(2)));
+        let expired = Arc::new(AtomicUsize::new(0));
+        // A delivery's lease is stamped when it is read, before it is registered ...
+        let made_early = Lease::new(LEASE, Arc::clone(&slots).try_acquire_owned().unwrap());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // ... while another comes and goes, so the watcher sleeps out a quiet spell from now.
+        drop(hold(&leases, &slots, LEASE, &expired));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _late = leases.insert(|key| Held {
+            lease: Mutex::new(made_early),
+            leases: Arc::clone(&leases),
+            key,
+            expired: Arc::clone(&expired),
+        });
+        // Due at 5 s, not when the quiet spell ends (7 s).
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert_eq!(expired.load(Ordering::SeqCst), 1);
     }
 }

@@ -186,8 +186,8 @@ fn earlier_deliveries(shared: &Shared, delivery: &lapin::message::Delivery) -> u
 
 impl Consuming {
     /// A delivery the consumer has already received, handed out with no wait; else a wait,
-    /// with what was taken from the consumer for [`Consuming::wait_next`] to finish. The consumer is polled with the
-    /// stream's context, so its waker is the stream's.
+    /// with what was taken from the consumer for [`Consuming::wait_next`] to finish. The
+    /// consumer is polled with the stream's context, so its waker is the stream's.
     pub(crate) fn take_ready(&mut self, cx: &mut Context<'_>) -> Ready {
         if self.shared.closed.is_cancelled() {
             return Ready::Wait(None);
@@ -214,8 +214,8 @@ impl Consuming {
             permit,
             &self.leases,
         ) {
-            Receipt::Handed(delivery) => Ready::Delivery(delivery),
-            receipt => Ready::Wait(Some(Taken::Receipt(receipt))),
+            Ok(delivery) => Ready::Delivery(delivery),
+            Err(unhanded) => Ready::Wait(Some(Taken::Unhanded(unhanded))),
         }
     }
 
@@ -232,8 +232,8 @@ impl Consuming {
     async fn next_delivery(&mut self, mut taken: Option<Taken>) -> Option<Result<Delivery>> {
         loop {
             let (item, channel) = match taken.take() {
-                Some(Taken::Receipt(receipt)) => {
-                    settle_on_receipt(&self.shared, receipt).await;
+                Some(Taken::Unhanded(unhanded)) => {
+                    unhanded.settle(&self.shared).await;
                     continue;
                 }
                 Some(Taken::Item(item, channel)) => (*item, channel),
@@ -243,16 +243,16 @@ impl Consuming {
                 Some(Ok(delivery)) => {
                     self.backoff = INITIAL_BACKOFF;
                     let permit = self.slot().await?;
-                    let receipt = receive(
+                    let received = receive(
                         &self.shared,
                         &self.spec,
                         (&delivery, channel),
                         permit,
                         &self.leases,
                     );
-                    match receipt {
-                        Receipt::Handed(delivery) => return Some(Ok(delivery)),
-                        receipt => settle_on_receipt(&self.shared, receipt).await,
+                    match received {
+                        Ok(delivery) => return Some(Ok(delivery)),
+                        Err(unhanded) => unhanded.settle(&self.shared).await,
                     }
                 }
                 Some(Err(err)) => {
@@ -379,30 +379,28 @@ pub(crate) enum Taken {
     /// Boxed: a lapin delivery is some 400 bytes, and this is rare.
     Item(Box<ConsumerItem>, Arc<OpenChannel>),
     /// A delivery received that is settled instead of handed out.
-    Receipt(Receipt),
+    Unhanded(Unhanded),
 }
 
-/// What a delivery received becomes.
-pub(crate) enum Receipt {
-    /// A delivery for a handler.
-    Handed(Delivery),
+/// A delivery received that is settled instead of handed out.
+pub(crate) enum Unhanded {
     /// One topiq cannot read: rejected without requeue, so it never comes back.
     Unreadable(Box<lapin::Acker>),
     /// One that must not reach a handler (see [`OnReceipt`]).
     Settled(Arc<Received>, OnReceipt),
 }
 
-/// Turns `delivery` (received on `channel`, `permit` its slot) into what it becomes, with
-/// no wait: only a delivery settled instead of handed out needs one, in [`settle_on_receipt`].
+/// Turns `delivery` (received on `channel`, `permit` its slot) into a delivery for a
+/// handler, with no wait; or into one to settle instead ([`Unhanded::settle`] waits).
 fn receive(
     shared: &Arc<Shared>,
     spec: &SubscriptionSpec,
     (delivery, channel): (&lapin::message::Delivery, Arc<OpenChannel>),
     permit: OwnedSemaphorePermit,
     leases: &Arc<Leases<Received>>,
-) -> Receipt {
+) -> std::result::Result<Delivery, Unhanded> {
     let Some((metadata, data)) = decode(spec, delivery) else {
-        return Receipt::Unreadable(Box::new(delivery.acker.clone()));
+        return Err(Unhanded::Unreadable(Box::new(delivery.acker.clone())));
     };
     let earlier = earlier_deliveries(shared, delivery);
     let attempt = metadata
@@ -420,20 +418,21 @@ fn receive(
         _channel: channel,
     });
     match received.on_receipt(delivery.redelivered) {
-        Some(why) => Receipt::Settled(received, why),
-        None => Receipt::Handed(Delivery::new(envelope, Box::new(RabbitAcker { received }))),
+        Some(why) => Err(Unhanded::Settled(received, why)),
+        None => Ok(Delivery::new(envelope, Box::new(RabbitAcker { received }))),
     }
 }
 
-/// Settles a delivery received that is not handed out.
-async fn settle_on_receipt(shared: &Shared, receipt: Receipt) {
-    match receipt {
-        Receipt::Handed(_) => {}
-        Receipt::Unreadable(acker) => {
-            let timeout = shared.config.publish_timeout;
-            let _ = settle(&acker, Settle::Discard, "reject", timeout).await;
+impl Unhanded {
+    /// Settles it.
+    async fn settle(self, shared: &Shared) {
+        match self {
+            Unhanded::Unreadable(acker) => {
+                let timeout = shared.config.publish_timeout;
+                let _ = settle(&acker, Settle::Discard, "reject", timeout).await;
+            }
+            Unhanded::Settled(received, why) => received.settle_on_receipt(why).await,
         }
-        Receipt::Settled(received, why) => received.settle_on_receipt(why).await,
     }
 }
 

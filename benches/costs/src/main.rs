@@ -93,8 +93,8 @@ fn measure_all() -> Result<Vec<Figure>, String> {
 
 /// How `row` is counted: how many times (its median kept) and how its threads take turns.
 /// RabbitMQ's rows move with how lapin's I/O thread and the row's meet and with how many
-/// confirms the broker sends in one frame (by 2-4% between runs with fair turns, up to 10%
-/// for the raw batch row): five times, fair turns. The others move by less than 0.5%: once,
+/// confirms the broker sends in one frame (by 0.5-4% between runs with fair turns, the raw
+/// batch row by 12%): five times, fair turns. The others move by less than 0.5%: once,
 /// valgrind's default turns (fair turns would wake OpenTelemetry's exporter thread for
 /// fewer spans at a time than two real cores do: `module.traced` +13%).
 fn counting(row: &str) -> (usize, Turns) {

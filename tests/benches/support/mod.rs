@@ -392,6 +392,13 @@ impl Report {
     /// Prints the table with topiq/raw ratios, the CPU table, and whether the targets are met
     /// (throughput ≥ 0.9× raw; p99 side by side ≤ raw + 0.3 ms in the median round).
     pub fn print(&self) {
+        self.print_rates_and_latencies();
+        self.print_cpu();
+        self.print_targets();
+    }
+
+    /// The throughput rows, then the latency rows and their per-round and control figures.
+    fn print_rates_and_latencies(&self) {
         println!();
         println!("| measure | {} | topiq | topiq/raw |", self.raw_name);
         println!("|---|---:|---:|---:|");
@@ -418,6 +425,14 @@ impl Report {
             self.end_to_end.0.rate,
             self.end_to_end.1.rate,
         );
+        self.print_latencies();
+        if let Some((label, rate)) = self.for_scale {
+            println!("| for scale: {label} (msg/s) | {rate:.0} | | |");
+        }
+    }
+
+    /// p50 and p99 side by side and in turn, each round's p99 difference, and the control.
+    fn print_latencies(&self) {
         let latency_rows = |how: &str, raw: &[Duration], topiq: &[Duration]| {
             for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
                 let (raw, topiq) = (ms(percentile(raw, p)), ms(percentile(topiq, p)));
@@ -457,6 +472,11 @@ impl Report {
                 at(0.99)
             );
         }
+        self.print_control();
+    }
+
+    /// Raw against raw side by side: the comparison's noise floor.
+    fn print_control(&self) {
         let control = &self.control;
         if !control.raw.is_empty() {
             let (first, second) = (
@@ -477,9 +497,10 @@ impl Report {
                 );
             }
         }
-        if let Some((label, rate)) = self.for_scale {
-            println!("| for scale: {label} (msg/s) | {rate:.0} | | |");
-        }
+    }
+
+    /// Client and broker CPU a message, raw and topiq.
+    fn print_cpu(&self) {
         println!();
         println!("CPU per message (µs), benchmark process / broker:");
         println!();
@@ -494,6 +515,10 @@ impl Report {
         cpu("publish, 256 concurrent calls", &self.concurrent);
         cpu("publish, batches of 256", &self.batches);
         cpu("end to end", &self.end_to_end);
+    }
+
+    /// Whether the targets are met.
+    fn print_targets(&self) {
         println!();
         let throughput_met = [
             self.concurrent.1.rate / self.concurrent.0.rate,
