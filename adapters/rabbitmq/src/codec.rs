@@ -87,29 +87,45 @@ impl Properties for Metadata {
         let Some(id) = properties.message_id() else {
             return Err(foreign("it has no message id"));
         };
-        let headers = properties.headers().as_ref();
-        let get = |name: &str| headers.and_then(|headers| headers.inner().get(name));
-        let enqueued_at = get(header::ENQUEUED_AT)
-            .and_then(as_timestamp)
-            .ok_or_else(|| foreign("it has no topiq-enqueued-at header"))?;
-        Ok(Self {
+        let mut enqueued_at = None;
+        let mut metadata = Self {
             id: MessageId::from_string(id.as_str()),
-            enqueued_at,
-            attempt_base: get(header::ATTEMPT_BASE)
-                .and_then(as_i64)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
-            first_failed_at: get(header::FIRST_FAILED_AT).and_then(as_timestamp),
-            traceparent: get(header::TRACEPARENT).and_then(as_text),
-            baggage: get(header::BAGGAGE).and_then(as_text),
-            idempotency_key: get(header::IDEMPOTENCY_KEY).and_then(as_text),
-            expires_at: get(header::EXPIRES_AT).and_then(as_timestamp),
-            lane: get(header::LANE)
-                .and_then(as_i64)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
-        })
+            enqueued_at: Timestamp::UNIX_EPOCH,
+            attempt_base: 0,
+            first_failed_at: None,
+            traceparent: None,
+            baggage: None,
+            idempotency_key: None,
+            expires_at: None,
+            lane: 0,
+        };
+        // One pass over the headers (a message has one to a few), not a lookup for each.
+        for (name, value) in properties
+            .headers()
+            .iter()
+            .flat_map(|headers| headers.inner())
+        {
+            match name.as_str() {
+                header::ENQUEUED_AT => enqueued_at = as_timestamp(value),
+                header::ATTEMPT_BASE => metadata.attempt_base = as_u32(value).unwrap_or(0),
+                header::FIRST_FAILED_AT => metadata.first_failed_at = as_timestamp(value),
+                header::TRACEPARENT => metadata.traceparent = as_text(value),
+                header::BAGGAGE => metadata.baggage = as_text(value),
+                header::IDEMPOTENCY_KEY => metadata.idempotency_key = as_text(value),
+                header::EXPIRES_AT => metadata.expires_at = as_timestamp(value),
+                header::LANE => metadata.lane = as_u32(value).unwrap_or(0),
+                _ => {}
+            }
+        }
+        metadata.enqueued_at =
+            enqueued_at.ok_or_else(|| foreign("it has no topiq-enqueued-at header"))?;
+        Ok(metadata)
     }
+}
+
+/// A header's value as a `u32`, if it is an integer in range.
+fn as_u32(value: &AMQPValue) -> Option<u32> {
+    as_i64(value).and_then(|n| u32::try_from(n).ok())
 }
 
 /// A header's integer value, whatever integer type the broker used.
@@ -178,5 +194,31 @@ mod tests {
         };
         let back = Metadata::from_properties(&metadata.properties()).unwrap();
         assert_eq!(back, metadata);
+    }
+
+    #[test]
+    fn absent_headers_take_their_defaults_and_a_missing_enqueue_time_is_refused() {
+        let mut headers = FieldTable::default();
+        headers.insert(header::ENQUEUED_AT.into(), millis(Timestamp::UNIX_EPOCH));
+        headers.insert(header::DELIVERY_COUNT.into(), AMQPValue::LongLongInt(4));
+        let properties = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_headers(headers);
+        let read = Metadata::from_properties(&properties).unwrap();
+        assert_eq!(read.id.as_str(), "m-1");
+        assert_eq!((read.attempt_base, read.lane), (0, 0));
+        assert!(read.first_failed_at.is_none() && read.expires_at.is_none());
+        assert!(read.traceparent.is_none() && read.idempotency_key.is_none());
+        let mut other = FieldTable::default();
+        other.insert(header::LANE.into(), AMQPValue::LongLongInt(2));
+        let without = BasicProperties::default()
+            .with_message_id("m-2".into())
+            .with_headers(other);
+        let refused = Metadata::from_properties(&without).unwrap_err();
+        let reason = std::error::Error::source(&refused).map(ToString::to_string);
+        assert!(
+            reason.is_some_and(|reason| reason.contains("topiq-enqueued-at")),
+            "{refused:?}"
+        );
     }
 }
