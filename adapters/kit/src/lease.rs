@@ -8,8 +8,8 @@
 //!
 //! [`Leases`] is the registry of one subscription's live deliveries. A delivery enters it at
 //! receipt and leaves when it is dropped, so the registry never holds more than the
-//! subscription's slots; its watcher task sleeps until the earliest deadline (a new lease's
-//! is never earlier, an extension only moves one later). With nothing to watch, it sleeps one
+//! subscription's slots; its watcher task sleeps until the earliest deadline (a new lease due
+//! earlier wakes it, an extension only moves one later). With nothing to watch, it sleeps one
 //! visibility timeout if leases came since it last looked (one made meanwhile cannot run out
 //! before it wakes), and only then until a delivery arrives. A busy subscription costs the
 //! watcher a wake-up per visibility timeout, not one per delivery (nor one per delivery
@@ -134,15 +134,24 @@ struct Live<T> {
     leases: slab::Slab<Weak<T>>,
     /// Leases registered so far: tells the watcher whether one arrived since it looked.
     registered: u64,
-    /// The watcher waits for the next lease (it had no deadline to sleep until).
-    idle: bool,
-    /// Until when the watcher sleeps out a quiet spell (nothing to watch): a lease due before
-    /// then (its deadline stamped before it was registered, and the watcher looked in
-    /// between) wakes it.
-    quiet_until: Option<Instant>,
+    /// What the watcher does between sweeps.
+    rest: Rest,
     /// Sweeps made (for tests of how often the watcher wakes).
     #[cfg(test)]
     sweeps: u64,
+}
+
+/// What the watcher does between sweeps.
+#[derive(Clone, Copy, Debug)]
+enum Rest {
+    /// Sweeping, or about to.
+    Awake,
+    /// Asleep until then (the earliest deadline, or the end of a quiet spell): a lease due
+    /// before (its deadline stamped before it was registered, the watcher looking in between)
+    /// wakes it.
+    Until(Instant),
+    /// Asleep until a lease arrives (it had no deadline to sleep until).
+    Idle,
 }
 
 /// What a sweep found.
@@ -164,8 +173,7 @@ impl<T: Leased> Leases<T> {
             live: Mutex::new(Live {
                 leases: slab::Slab::new(),
                 registered: 0,
-                idle: false,
-                quiet_until: None,
+                rest: Rest::Awake,
                 #[cfg(test)]
                 sweeps: 0,
             }),
@@ -180,20 +188,21 @@ impl<T: Leased> Leases<T> {
     }
 
     /// Registers the delivery `make` builds from its key; wakes the watcher only if it had
-    /// nothing to watch, or sleeps out a quiet spell past the delivery's deadline.
+    /// nothing to watch, or sleeps past the delivery's deadline.
     pub fn insert(&self, make: impl FnOnce(LeaseKey) -> T) -> Arc<T> {
         let mut live = self.live();
         let entry = live.leases.vacant_entry();
         let delivery = Arc::new(make(LeaseKey(entry.key())));
         entry.insert(Arc::downgrade(&delivery));
         live.registered += 1;
-        let due_first = live
-            .quiet_until
-            .is_some_and(|until| lock(delivery.lease()).deadline < until);
-        if due_first {
-            live.quiet_until = None;
+        let wake = match live.rest {
+            Rest::Awake => false,
+            Rest::Idle => true,
+            Rest::Until(until) => lock(delivery.lease()).deadline < until,
+        };
+        if wake {
+            live.rest = Rest::Awake;
         }
-        let wake = std::mem::take(&mut live.idle) || due_first;
         drop(live);
         if wake {
             self.wake.notify_one();
@@ -223,7 +232,7 @@ impl<T: Leased> Leases<T> {
         // delivery takes the lock again.
         let (deliveries, registered) = {
             let mut live = self.live();
-            live.quiet_until = None;
+            live.rest = Rest::Awake;
             #[cfg(test)]
             {
                 live.sweeps += 1;
@@ -257,22 +266,15 @@ impl<T: Leased> Leases<T> {
         }
     }
 
-    /// Marks the watcher idle, unless a lease arrived since its sweep saw `registered`.
-    fn go_idle(&self, registered: u64) -> bool {
+    /// Marks the watcher asleep until `until` (`None`: until a lease arrives), unless a lease
+    /// arrived since its sweep saw `registered` (false: it looks again).
+    fn rest(&self, registered: u64, until: Option<Instant>) -> bool {
         let mut live = self.live();
-        live.idle = live.registered == registered;
-        live.idle
-    }
-
-    /// Marks the watcher asleep until `until` with nothing to watch, unless a lease arrived
-    /// since its sweep saw `registered`.
-    fn go_quiet(&self, registered: u64, until: Instant) -> bool {
-        let mut live = self.live();
-        let quiet = live.registered == registered;
-        if quiet {
-            live.quiet_until = Some(until);
+        if live.registered != registered {
+            return false;
         }
-        quiet
+        live.rest = until.map_or(Rest::Idle, Rest::Until);
+        true
     }
 }
 
@@ -301,16 +303,12 @@ async fn watch<T: Leased>(
             // none made from now on runs out within a visibility timeout, so a sleep that
             // long stands in for a wake-up per delivery (one made before, registered during
             // the sleep, wakes it: `insert`).
-            None if swept.registered != seen => {
-                let until = swept.at + visibility_timeout;
-                if !leases.go_quiet(swept.registered, until) {
-                    continue; // one arrived meanwhile
-                }
-                Some(until)
-            }
-            None if !leases.go_idle(swept.registered) => continue, // one arrived meanwhile
+            None if swept.registered != seen => Some(swept.at + visibility_timeout),
             None => None,
         };
+        if !leases.rest(swept.registered, next) {
+            continue; // a lease arrived since the sweep: look again
+        }
         seen = swept.registered;
         drop(leases);
         match next {
@@ -486,6 +484,26 @@ mod tests {
         });
         // Due at 5 s, not when the quiet spell ends (7 s).
         tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert_eq!(expired.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_due_before_the_one_the_watcher_sleeps_for_runs_out_on_time() {
+        let (leases, slots) = (Leases::new(LEASE), Arc::new(Semaphore::new(2)));
+        let expired = Arc::new(AtomicUsize::new(0));
+        // Stamped first, registered after another lease the watcher then sleeps for.
+        let made_early = Lease::new(LEASE, Arc::clone(&slots).try_acquire_owned().unwrap());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _watched = hold(&leases, &slots, LEASE, &expired);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _late = leases.insert(|key| Held {
+            lease: Mutex::new(made_early),
+            leases: Arc::clone(&leases),
+            key,
+            expired: Arc::clone(&expired),
+        });
+        // Due at 5 s, not when the watched one is (6 s).
+        tokio::time::sleep(Duration::from_millis(3_600)).await;
         assert_eq!(expired.load(Ordering::SeqCst), 1);
     }
 }
