@@ -39,7 +39,8 @@ pub fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The value at fraction `p` (0 to 1) of `sorted`.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
@@ -463,9 +464,7 @@ impl Report {
         }
         let differences = &self.side_by_side.pair_differences;
         if !differences.is_empty() {
-            let at = |p: f64| {
-                differences[((differences.len() as f64 * p) as usize).min(differences.len() - 1)]
-            };
+            let at = |p: f64| percentile(differences, p);
             println!(
                 "| topiq − raw per pair of messages sent together, side by side: p50 / p99 (ms) | | | {:+.3} / {:+.3} ms |",
                 at(0.5),
@@ -489,7 +488,7 @@ impl Report {
             );
             let d = &control.pair_differences;
             if !d.is_empty() {
-                let at = |p: f64| d[((d.len() as f64 * p) as usize).min(d.len() - 1)];
+                let at = |p: f64| percentile(d, p);
                 println!(
                     "| control: raw − raw per pair of messages sent together: p50 / p99 (ms) | | | {:+.3} / {:+.3} ms |",
                     at(0.5),
