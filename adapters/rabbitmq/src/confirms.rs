@@ -16,16 +16,16 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use lapin::Confirmation;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
-use topiq_adapter::{Error, Result};
+use topiq_adapter::{Error, MessageId, Result};
 
 use crate::solo::{SoloLane, SoloTurn, mandatory};
 use crate::unavailable;
@@ -45,9 +45,7 @@ pub(crate) enum Published {
 /// the solo lane.
 pub(crate) struct ConfirmingChannel {
     channel: Channel,
-    /// Boxed: a request (its properties alone are some 300 bytes) moves through the channel
-    /// and into its send as a pointer.
-    requests: mpsc::UnboundedSender<Box<Request>>,
+    requests: mpsc::UnboundedSender<Request>,
     /// The second channel, for a publish made while no other is in flight on it.
     solo: Arc<SoloLane>,
 }
@@ -67,17 +65,115 @@ type Answer = oneshot::Receiver<Result<Published>>;
 /// the deadline.
 pub(crate) type BatchAnswers = Vec<Option<Result<Published>>>;
 
-/// A publish to send, and where its answer goes.
-struct Request {
-    publish: Outgoing,
-    answer: oneshot::Sender<Result<Published>>,
+/// What a caller hands the channel's task.
+enum Request {
+    /// One publish, and where its answer goes. Boxed: a publish (its properties alone are
+    /// some 300 bytes) moves through the channel as a pointer.
+    One(Box<Outgoing>, oneshot::Sender<Result<Published>>),
+    /// A batch's publishes, answered into one list its caller reads.
+    Batch(Vec<Outgoing>, Arc<BatchReply>),
 }
 
 /// A publish sent and not yet answered.
 struct Waiting {
     /// Its message id: the key its returned message is matched by.
-    id: Option<ShortString>,
-    answer: oneshot::Sender<Result<Published>>,
+    id: Option<MessageId>,
+    reply: Reply,
+}
+
+/// Where one publish's answer goes.
+enum Reply {
+    /// To its caller alone.
+    One(oneshot::Sender<Result<Published>>),
+    /// Into its batch's list.
+    InBatch(BatchPart),
+}
+
+impl Reply {
+    /// Answers the publish; its caller may have given up waiting: nobody to tell then.
+    fn send(self, outcome: Result<Published>) {
+        match self {
+            Reply::One(answer) => {
+                let _ = answer.send(outcome);
+            }
+            Reply::InBatch(part) => part.answer(outcome),
+        }
+    }
+}
+
+/// The answers to a batch: each publish's, filled in as its confirm is read, and read by the
+/// batch's caller once every one is in (or at its deadline). One list and one wake-up for the
+/// batch, where each publish had a channel of its own and a timer.
+struct BatchReply {
+    answered: Mutex<Answered>,
+    /// Told once every publish is answered.
+    done: Notify,
+}
+
+/// A batch's answers so far.
+struct Answered {
+    answers: BatchAnswers,
+    /// How many publishes are still unanswered.
+    left: usize,
+}
+
+impl BatchReply {
+    /// The reply to a batch of `count` publishes, none answered yet.
+    fn new(count: usize) -> Self {
+        Self {
+            answered: Mutex::new(Answered {
+                answers: (0..count).map(|_| None).collect(),
+                left: count,
+            }),
+            done: Notify::new(),
+        }
+    }
+
+    fn answered(&self) -> MutexGuard<'_, Answered> {
+        self.answered.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes the `index`th publish's answer.
+    fn note(&self, index: usize, outcome: Result<Published>) {
+        let mut answered = self.answered();
+        // Taken already when its caller's deadline passed: nobody to tell.
+        if let Some(answer) = answered.answers.get_mut(index) {
+            *answer = Some(outcome);
+        }
+        answered.left = answered.left.saturating_sub(1);
+        if answered.left == 0 {
+            self.done.notify_one();
+        }
+    }
+
+    /// Every answer in so far, in order (`None` for a publish not answered yet).
+    fn take(&self) -> BatchAnswers {
+        std::mem::take(&mut self.answered().answers)
+    }
+}
+
+/// One publish of a batch, until it is answered: answered that the task stopped if it is
+/// dropped unanswered (as a dropped channel tells a single publish), so its caller does not
+/// wait out the deadline for it.
+struct BatchPart {
+    reply: Option<Arc<BatchReply>>,
+    index: usize,
+}
+
+impl BatchPart {
+    fn answer(mut self, outcome: Result<Published>) {
+        if let Some(reply) = self.reply.take() {
+            reply.note(self.index, outcome);
+        }
+    }
+}
+
+impl Drop for BatchPart {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            reply.note(self.index, Err(publisher_gone()));
+        }
+    }
 }
 
 impl ConfirmingChannel {
@@ -129,29 +225,27 @@ impl ConfirmingChannel {
         }
     }
 
-    /// Publishes a batch `mandatory` through the channel's task, every message handed over
-    /// before any answer is awaited, each answered by `deadline`. (Not on the solo lane: it
-    /// would send them one after another, each waiting for lapin to write the one before,
-    /// where the task sends them all at once.)
+    /// Publishes a batch `mandatory` through the channel's task, handed over at once, each
+    /// answered by `deadline`. (Not on the solo lane: it would send them one after another,
+    /// each waiting for lapin to write the one before, where the task sends them all at
+    /// once.) Not sent if this is dropped before the task takes it.
     pub(crate) async fn publish_batch(
         &self,
         batch: Vec<Outgoing>,
         deadline: Instant,
     ) -> BatchAnswers {
-        let answers: Vec<_> = batch
-            .into_iter()
-            .map(|publish| self.send(publish))
-            .collect();
-        let mut outcomes = Vec::with_capacity(answers.len());
-        for answer in answers {
-            outcomes.push(match answer {
-                Ok(answer) => tokio::time::timeout_at(deadline, answered(answer))
-                    .await
-                    .ok(),
-                Err(err) => Some(Err(err)),
-            });
+        let count = batch.len();
+        if count == 0 {
+            return Vec::new();
         }
-        outcomes
+        let reply = Arc::new(BatchReply::new(count));
+        let request = Request::Batch(batch, Arc::clone(&reply));
+        if self.requests.send(request).is_err() {
+            return (0..count).map(|_| Some(Err(publisher_gone()))).collect();
+        }
+        // Told once every answer is in; what is in by the deadline otherwise.
+        let _ = tokio::time::timeout_at(deadline, reply.done.notified()).await;
+        reply.take()
     }
 
     /// Hands `publish` to the channel's task and returns where its answer will come. Not
@@ -159,7 +253,7 @@ impl ConfirmingChannel {
     fn send(&self, publish: Outgoing) -> Result<Answer> {
         let (answer, answered) = oneshot::channel();
         self.requests
-            .send(Box::new(Request { publish, answer }))
+            .send(Request::One(Box::new(publish), answer))
             .map_err(|_| publisher_gone())?;
         Ok(answered)
     }
@@ -187,7 +281,7 @@ type Confirmed = (Waiting, lapin::Result<Confirmation>);
 ///
 /// The task sends the publishes itself so that it holds every confirm lapin registered: a
 /// publish whose confirm came in is one poll away from done.
-async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedReceiver<Box<Request>>) {
+async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedReceiver<Request>) {
     let mut in_flight = FuturesUnordered::new();
     let mut returns = Returns::default();
     // Kept from round to round: a round of a batch's confirms is read into it without
@@ -222,13 +316,13 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
             }
             request = incoming.recv(), if open => match request {
                 Some(request) => {
-                    in_flight.extend(
-                        std::iter::once(request)
-                            .chain(std::iter::from_fn(|| incoming.try_recv().ok()))
-                            // Not sent for a caller who gave up before it was.
-                            .filter(|request| !request.answer.is_closed())
-                            .map(|request| send_and_confirm(&channel, request)),
-                    );
+                    let requests =
+                        std::iter::once(request).chain(std::iter::from_fn(|| incoming.try_recv().ok()));
+                    for request in requests {
+                        take_request(request, &mut |publish, reply| {
+                            in_flight.push(send_and_confirm(&channel, publish, reply));
+                        });
+                    }
                 }
                 None => open = false,
             },
@@ -237,33 +331,54 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
     }
 }
 
-/// Sends `request` and waits for its confirm.
-async fn send_and_confirm(channel: &Channel, mut request: Box<Request>) -> Confirmed {
-    let publish = &mut request.publish;
-    let id = publish.properties.message_id().clone();
-    // Taken out of the box only as they are handed to lapin: each moves once.
-    let sending = channel.basic_publish(
-        std::mem::take(&mut publish.exchange),
-        std::mem::take(&mut publish.routing_key),
-        mandatory(),
-        &publish.payload,
-        std::mem::take(&mut publish.properties),
-    );
+/// Hands each publish of `request` to `send` with where its answer goes; none when its
+/// caller gave up before the task took it.
+fn take_request(request: Request, send: &mut impl FnMut(Outgoing, Reply)) {
+    match request {
+        Request::One(publish, answer) => {
+            if !answer.is_closed() {
+                send(*publish, Reply::One(answer));
+            }
+        }
+        // Its caller holds the other reference while it waits.
+        Request::Batch(publishes, reply) if Arc::strong_count(&reply) > 1 => {
+            for (index, publish) in publishes.into_iter().enumerate() {
+                let part = BatchPart {
+                    reply: Some(Arc::clone(&reply)),
+                    index,
+                };
+                send(publish, Reply::InBatch(part));
+            }
+        }
+        Request::Batch(..) => {}
+    }
+}
+
+/// Sends `publish` and waits for its confirm.
+async fn send_and_confirm(channel: &Channel, publish: Outgoing, reply: Reply) -> Confirmed {
+    let Outgoing {
+        exchange,
+        routing_key,
+        payload,
+        properties,
+    } = publish;
+    // Read without allocating: an id topiq made is kept inline.
+    let id = properties
+        .message_id()
+        .as_ref()
+        .map(|id| MessageId::from_string(id.as_str()));
+    let sending = channel.basic_publish(exchange, routing_key, mandatory(), &payload, properties);
     let confirmation = match sending.await {
         Ok(confirm) => confirm.await,
         Err(err) => Err(err),
     };
-    let waiting = Waiting {
-        id,
-        answer: request.answer,
-    };
-    (waiting, confirmation)
+    (Waiting { id, reply }, confirmation)
 }
 
 /// Returned messages read and not yet matched with their publish, by message id, with how
 /// many (one id may be published twice at once).
 #[derive(Default)]
-struct Returns(HashMap<Option<ShortString>, usize>);
+struct Returns(HashMap<Option<MessageId>, usize>);
 
 impl Returns {
     /// Answers each publish of a round whose confirms were all [`read`](Self::read) (so
@@ -308,8 +423,7 @@ impl Returns {
             (Ok(Published::Stored), true) => Ok(Published::Returned),
             (other, _) => other,
         };
-        // The caller may have given up waiting: nobody to tell then.
-        let _ = waiting.answer.send(outcome);
+        waiting.reply.send(outcome);
     }
 
     /// Forgets every return: called when no publish is in flight, so none can match.
@@ -319,13 +433,14 @@ impl Returns {
 
     fn note(&mut self, carried: Option<lapin::message::BasicReturnMessage>) {
         if let Some(returned) = carried {
-            let id = returned.delivery.properties.message_id().clone();
+            let id = returned.delivery.properties.message_id().as_ref();
+            let id = id.map(|id| MessageId::from_string(id.as_str()));
             *self.0.entry(id).or_default() += 1;
         }
     }
 
     /// Whether a return of `id` was read (taking it).
-    fn take(&mut self, id: &Option<ShortString>) -> bool {
+    fn take(&mut self, id: &Option<MessageId>) -> bool {
         match self.0.get_mut(id) {
             Some(count) if *count > 1 => {
                 *count -= 1;
@@ -361,6 +476,68 @@ mod tests {
             .await
             .expect("confirm mode");
         channel
+    }
+
+    /// A publish of `body` to `queue` on the default exchange.
+    fn outgoing(queue: &str, body: &[u8]) -> Outgoing {
+        Outgoing {
+            exchange: "".into(),
+            routing_key: queue.into(),
+            payload: body.to_vec(),
+            properties: BasicProperties::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_given_up_on_is_not_sent_and_a_late_one_answers_no_other() {
+        let connection = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .expect("the machine's RabbitMQ");
+        let publisher =
+            ConfirmingChannel::new(confirming(&connection).await, confirming(&connection).await);
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = publisher
+            .solo
+            .channel
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await
+            .expect("queue");
+        let name = queue.name().as_str();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Polled once (handed over) and dropped, as a caller's timeout would, before this
+        // single-threaded runtime ran the publishing task.
+        let batch = (0..5).map(|_| outgoing(name, b"{}")).collect();
+        let given_up = publisher.publish_batch(batch, deadline).now_or_never();
+        assert!(given_up.is_none(), "answered before the task ran");
+        // Due at once: the task takes it (its caller waits for the timer), and its confirms
+        // come after its answers were read; they answer nothing else.
+        let batch = (0..4).map(|_| outgoing(name, b"{}")).collect();
+        let late = publisher.publish_batch(batch, Instant::now()).await;
+        assert_eq!(late.len(), 4);
+        let batch = (0..3).map(|_| outgoing(name, b"{}")).collect();
+        let answers = publisher.publish_batch(batch, deadline).await;
+        let stored: Vec<_> = answers
+            .into_iter()
+            .map(|answer| answer.expect("answered by the deadline").expect("published"))
+            .collect();
+        assert_eq!(stored, vec![Published::Stored; 3]);
+        // The task takes requests in order: the given-up batch, had it been sent, would be
+        // in the queue before the answered one.
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let counted = publisher
+            .solo
+            .channel
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await
+            .expect("the queue's count");
+        assert_eq!(counted.message_count(), 4 + 3, "the given-up batch was sent");
+        connection.close(200, "done".into()).await.expect("close");
     }
 
     #[tokio::test]
