@@ -71,7 +71,24 @@ enum Request {
     /// some 300 bytes) moves through the channel as a pointer.
     One(Box<Outgoing>, oneshot::Sender<Result<Published>>),
     /// A batch's publishes, answered into one list its caller reads.
-    Batch(Vec<Outgoing>, Arc<BatchReply>),
+    Batch(BatchRequest),
+}
+
+/// A batch's publishes on their way to the task: answered that the task stopped if they are
+/// dropped before it takes them (as a dropped channel tells a single publish), so their
+/// caller does not wait out its deadline for them.
+struct BatchRequest {
+    publishes: Vec<Outgoing>,
+    reply: Arc<BatchReply>,
+}
+
+impl Drop for BatchRequest {
+    fn drop(&mut self) {
+        // Empty once the task took them.
+        for index in 0..self.publishes.len() {
+            self.reply.note(index, Err(publisher_gone()));
+        }
+    }
 }
 
 /// A publish sent and not yet answered.
@@ -135,13 +152,16 @@ impl BatchReply {
 
     /// Notes the `index`th publish's answer.
     fn note(&self, index: usize, outcome: Result<Published>) {
-        let mut answered = self.answered();
-        // Taken already when its caller's deadline passed: nobody to tell.
-        if let Some(answer) = answered.answers.get_mut(index) {
-            *answer = Some(outcome);
-        }
-        answered.left = answered.left.saturating_sub(1);
-        if answered.left == 0 {
+        let all_in = {
+            let mut answered = self.answered();
+            // Taken already when its caller's deadline passed: nobody to tell.
+            if let Some(answer) = answered.answers.get_mut(index) {
+                *answer = Some(outcome);
+            }
+            answered.left = answered.left.saturating_sub(1);
+            answered.left == 0
+        };
+        if all_in {
             self.done.notify_one();
         }
     }
@@ -239,10 +259,12 @@ impl ConfirmingChannel {
             return Vec::new();
         }
         let reply = Arc::new(BatchReply::new(count));
-        let request = Request::Batch(batch, Arc::clone(&reply));
-        if self.requests.send(request).is_err() {
-            return (0..count).map(|_| Some(Err(publisher_gone()))).collect();
-        }
+        let request = Request::Batch(BatchRequest {
+            publishes: batch,
+            reply: Arc::clone(&reply),
+        });
+        // Refused, the request is dropped, answering each publish that the task stopped.
+        let _ = self.requests.send(request);
         // Told once every answer is in; what is in by the deadline otherwise.
         let _ = tokio::time::timeout_at(deadline, reply.done.notified()).await;
         reply.take()
@@ -316,9 +338,8 @@ async fn publish_and_answer(channel: Channel, mut incoming: mpsc::UnboundedRecei
             }
             request = incoming.recv(), if open => match request {
                 Some(request) => {
-                    let requests =
-                        std::iter::once(request).chain(std::iter::from_fn(|| incoming.try_recv().ok()));
-                    for request in requests {
+                    let more = std::iter::from_fn(|| incoming.try_recv().ok());
+                    for request in std::iter::once(request).chain(more) {
                         take_request(request, &mut |publish, reply| {
                             in_flight.push(send_and_confirm(&channel, publish, reply));
                         });
@@ -341,16 +362,16 @@ fn take_request(request: Request, send: &mut impl FnMut(Outgoing, Reply)) {
             }
         }
         // Its caller holds the other reference while it waits.
-        Request::Batch(publishes, reply) if Arc::strong_count(&reply) > 1 => {
-            for (index, publish) in publishes.into_iter().enumerate() {
+        Request::Batch(mut batch) if Arc::strong_count(&batch.reply) > 1 => {
+            for (index, publish) in std::mem::take(&mut batch.publishes).into_iter().enumerate() {
                 let part = BatchPart {
-                    reply: Some(Arc::clone(&reply)),
+                    reply: Some(Arc::clone(&batch.reply)),
                     index,
                 };
                 send(publish, Reply::InBatch(part));
             }
         }
-        Request::Batch(..) => {}
+        Request::Batch(_) => {}
     }
 }
 
@@ -488,6 +509,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_batch_dropped_before_the_task_took_it_is_answered_that_the_task_stopped() {
+        let reply = Arc::new(BatchReply::new(3));
+        let request = Request::Batch(BatchRequest {
+            publishes: (0..3).map(|_| outgoing("q", b"{}")).collect(),
+            reply: Arc::clone(&reply),
+        });
+        // As the channel drops what it holds when the task stops.
+        drop(request);
+        assert!(
+            reply.done.notified().now_or_never().is_some(),
+            "its caller would wait out its deadline"
+        );
+        let answers = reply.take();
+        assert_eq!(answers.len(), 3);
+        for answer in answers {
+            assert!(
+                matches!(answer, Some(Err(Error::BrokerUnavailable { .. }))),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_is_done_once_every_part_is_answered_and_a_part_answered_late_lands_nowhere() {
+        let reply = Arc::new(BatchReply::new(2));
+        let part = |index| BatchPart {
+            reply: Some(Arc::clone(&reply)),
+            index,
+        };
+        let (first, second) = (part(0), part(1));
+        first.answer(Ok(Published::Returned));
+        assert!(
+            reply.done.notified().now_or_never().is_none(),
+            "done at one of two"
+        );
+        // The caller's deadline passes: it reads what is in.
+        let answers = reply.take();
+        assert!(matches!(answers[..], [Some(Ok(Published::Returned)), None]));
+        // Dropped unanswered after that (the task stopped): noted nowhere, and done.
+        drop(second);
+        assert!(reply.done.notified().now_or_never().is_some());
+        assert!(reply.take().is_empty());
+    }
+
     #[tokio::test]
     async fn a_batch_given_up_on_is_not_sent_and_a_late_one_answers_no_other() {
         let connection = Connection::connect(URL, ConnectionProperties::default())
@@ -512,16 +578,26 @@ mod tests {
         let batch = (0..5).map(|_| outgoing(name, b"{}")).collect();
         let given_up = publisher.publish_batch(batch, deadline).now_or_never();
         assert!(given_up.is_none(), "answered before the task ran");
-        // Due at once: the task takes it (its caller waits for the timer), and its confirms
-        // come after its answers were read; they answer nothing else.
+        // Due at once: the task takes it (its caller waits for the timer's next tick), and
+        // its caller reads what is in by then; the rest of its confirms are noted nowhere.
         let batch = (0..4).map(|_| outgoing(name, b"{}")).collect();
         let late = publisher.publish_batch(batch, Instant::now()).await;
         assert_eq!(late.len(), 4);
+        for answer in &late {
+            assert!(
+                matches!(answer, None | Some(Ok(Published::Stored))),
+                "{answer:?}"
+            );
+        }
         let batch = (0..3).map(|_| outgoing(name, b"{}")).collect();
         let answers = publisher.publish_batch(batch, deadline).await;
         let stored: Vec<_> = answers
             .into_iter()
-            .map(|answer| answer.expect("answered by the deadline").expect("published"))
+            .map(|answer| {
+                answer
+                    .expect("answered by the deadline")
+                    .expect("published")
+            })
             .collect();
         assert_eq!(stored, vec![Published::Stored; 3]);
         // The task takes requests in order: the given-up batch, had it been sent, would be
@@ -536,7 +612,11 @@ mod tests {
             .queue_declare(name.into(), passive, FieldTable::default())
             .await
             .expect("the queue's count");
-        assert_eq!(counted.message_count(), 4 + 3, "the given-up batch was sent");
+        assert_eq!(
+            counted.message_count(),
+            4 + 3,
+            "the given-up batch was sent, or the late one was not"
+        );
         connection.close(200, "done".into()).await.expect("close");
     }
 
