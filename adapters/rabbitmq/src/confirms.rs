@@ -499,6 +499,27 @@ mod tests {
         channel
     }
 
+    /// A connection to the machine's RabbitMQ, a publishing channel on it, and a queue of the
+    /// test's own (server-named and exclusive: deleted with the connection).
+    async fn publisher_with_queue() -> (Connection, ConfirmingChannel, lapin::Queue) {
+        let connection = Connection::connect(URL, ConnectionProperties::default())
+            .await
+            .expect("the machine's RabbitMQ");
+        let publisher =
+            ConfirmingChannel::new(confirming(&connection).await, confirming(&connection).await);
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = publisher
+            .solo
+            .channel
+            .queue_declare("".into(), exclusive, FieldTable::default())
+            .await
+            .expect("queue");
+        (connection, publisher, queue)
+    }
+
     /// A publish of `body` to `queue` on the default exchange.
     fn outgoing(queue: &str, body: &[u8]) -> Outgoing {
         Outgoing {
@@ -556,21 +577,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_given_up_on_is_not_sent_and_a_late_one_answers_no_other() {
-        let connection = Connection::connect(URL, ConnectionProperties::default())
-            .await
-            .expect("the machine's RabbitMQ");
-        let publisher =
-            ConfirmingChannel::new(confirming(&connection).await, confirming(&connection).await);
-        let exclusive = QueueDeclareOptions {
-            exclusive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = publisher
-            .solo
-            .channel
-            .queue_declare("".into(), exclusive, FieldTable::default())
-            .await
-            .expect("queue");
+        let (connection, publisher, queue) = publisher_with_queue().await;
         let name = queue.name().as_str();
         let deadline = Instant::now() + Duration::from_secs(10);
         // Polled once (handed over) and dropped, as a caller's timeout would, before this
@@ -622,21 +629,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_publish_given_up_on_holds_the_solo_lane_until_its_confirm_is_in() {
-        let connection = Connection::connect(URL, ConnectionProperties::default())
-            .await
-            .expect("the machine's RabbitMQ");
-        let publisher =
-            ConfirmingChannel::new(confirming(&connection).await, confirming(&connection).await);
-        let exclusive = QueueDeclareOptions {
-            exclusive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = publisher
-            .solo
-            .channel
-            .queue_declare("".into(), exclusive, FieldTable::default())
-            .await
-            .expect("queue");
+        let (connection, publisher, queue) = publisher_with_queue().await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let target = ("", queue.name().as_str());
         let publish = || publisher.publish(target, b"{}", BasicProperties::default(), deadline);
