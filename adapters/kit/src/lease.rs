@@ -365,8 +365,13 @@ mod tests {
         expired: &Arc<AtomicUsize>,
     ) -> Arc<Held> {
         let permit = Arc::clone(slots).try_acquire_owned().unwrap();
+        register(leases, Lease::new(timeout, permit), expired)
+    }
+
+    /// Registers `lease`, made already, in `leases`.
+    fn register(leases: &Arc<Leases<Held>>, lease: Lease, expired: &Arc<AtomicUsize>) -> Arc<Held> {
         leases.insert(|key| Held {
-            lease: Mutex::new(Lease::new(timeout, permit)),
+            lease: Mutex::new(lease),
             leases: Arc::clone(leases),
             key,
             expired: Arc::clone(expired),
@@ -476,12 +481,7 @@ mod tests {
         // ... while another comes and goes, so the watcher sleeps out a quiet spell from now.
         drop(hold(&leases, &slots, LEASE, &expired));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let _late = leases.insert(|key| Held {
-            lease: Mutex::new(made_early),
-            leases: Arc::clone(&leases),
-            key,
-            expired: Arc::clone(&expired),
-        });
+        let _late = register(&leases, made_early, &expired);
         // Due at 5 s, not when the quiet spell ends (7 s).
         tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert_eq!(expired.load(Ordering::SeqCst), 1);
@@ -496,12 +496,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let _watched = hold(&leases, &slots, LEASE, &expired);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let _late = leases.insert(|key| Held {
-            lease: Mutex::new(made_early),
-            leases: Arc::clone(&leases),
-            key,
-            expired: Arc::clone(&expired),
-        });
+        let _late = register(&leases, made_early, &expired);
         // Due at 5 s, not when the watched one is (6 s).
         tokio::time::sleep(Duration::from_millis(3_600)).await;
         assert_eq!(expired.load(Ordering::SeqCst), 1);
