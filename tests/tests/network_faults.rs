@@ -15,7 +15,8 @@
 use std::time::{Duration, Instant};
 
 use topiq_adapter::{
-    Adapter, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec, TriggerName,
+    Adapter, Error, NewMessage, SubscriptionKey, SubscriptionSpec, TopicName, TopicSpec,
+    TriggerName,
 };
 use topiq_jetstream::{JetStreamAdapter, JetStreamConfig};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
@@ -186,6 +187,48 @@ on_both_brokers!(
     a_silent_link_is_noticed_and_replaced,
     latency_loses_nothing,
 );
+
+/// Publishes whose confirms never come (the broker's bytes swallowed, the heartbeat too slow
+/// to notice first) fail with `Timeout` once `publish_timeout` has passed, not before and not
+/// much after (the adapter's deadlines tick every tenth of it): three at once, so one takes
+/// the solo lane and two go through the publishing channel's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_publishes_without_a_confirm_time_out_at_publish_timeout() {
+    const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+    let vhost = RabbitVhost::create();
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let adapter = RabbitMqAdapter::connect(RabbitMqConfig {
+        url: vhost
+            .url()
+            .replace("127.0.0.1:5672", &proxy.address().to_string()),
+        publish_timeout: PUBLISH_TIMEOUT,
+        heartbeat: Duration::from_secs(60),
+        ..RabbitMqConfig::default()
+    })
+    .await
+    .expect("connect through the proxy");
+    let (topic, _) = declared(&adapter, "net.unconfirmed").await;
+    proxy.swallow_broker_to_client(true);
+    let started = Instant::now();
+    let publish = |n: u64| adapter.publish(&topic, NewMessage::new(serde_json::json!(n)));
+    let outcomes = futures::future::join_all((0..3).map(publish)).await;
+    let waited = started.elapsed();
+    for outcome in outcomes {
+        assert!(
+            matches!(outcome, Err(Error::Timeout { .. })),
+            "a publish with no confirm: {outcome:?}"
+        );
+    }
+    // A tick (a tenth of the timeout) late at most, and slack for this shared machine.
+    assert!(
+        waited >= PUBLISH_TIMEOUT && waited < PUBLISH_TIMEOUT * 2,
+        "the publishes failed after {waited:?}, against a publish_timeout of {PUBLISH_TIMEOUT:?}"
+    );
+    // The link is broken for good (bytes lost mid-frame): cut it rather than wait out the
+    // close's own timeouts.
+    proxy.reset_all();
+    adapter.close().await.ok();
+}
 
 /// A real network cut to a server in a namespace of the test's own (`cut` makes it, `heal`
 /// undoes it) while messages flow: the client notices within two heartbeats (its health says

@@ -9,12 +9,14 @@
 //! - [`ConnectionOptions`], [`AdapterOptions`] and [`read_options`]: the options every
 //!   adapter's `config:` map has, read beside its own; [`Secret`], [`TlsSettings`],
 //!   [`duration`] and [`redact_url`]: the pieces of one;
+//! - [`Deadlines`]: many waits bounded by their deadlines with one timer;
 //! - [`Signal`]: a signal given once (an adapter's close, a run's cancel), and [`ensure_open`]:
 //!   the closed-adapter check every call makes first;
 //! - [`batch_unanswered`]: the error for a message of a batch that got no outcome.
 
 pub mod codec;
 mod connection;
+mod deadlines;
 mod declared;
 pub mod duration;
 mod held;
@@ -28,6 +30,7 @@ mod stored;
 mod tls;
 
 pub use connection::{AdapterOptions, ConnectionOptions, deserialize_options, read_options};
+pub use deadlines::{Bounded, Deadlines};
 pub use declared::Declared;
 pub use held::{Held, ensure_open};
 pub use options::OptionsError;

@@ -26,6 +26,7 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use topiq_adapter::{Error, MessageId, Result};
+use topiq_adapter_kit::Deadlines;
 
 use crate::solo::{SoloLane, SoloTurn, mandatory};
 use crate::unavailable;
@@ -218,13 +219,14 @@ impl ConfirmingChannel {
 
     /// Publishes `mandatory` and returns the broker's answer, `None` when none came by
     /// `deadline` (a publish whose caller gave up before it was sent is not sent). On the
-    /// solo lane when it is free, through the channel's task otherwise.
+    /// solo lane when it is free (held to the deadline by the lane's watchdog), through the
+    /// channel's task otherwise (by `deadlines`).
     pub(crate) async fn publish(
         &self,
         (exchange, routing_key): (&str, &str),
         payload: &[u8],
         properties: BasicProperties,
-        deadline: Instant,
+        (deadlines, deadline): (&Deadlines, Instant),
     ) -> Option<Result<Published>> {
         if let Some(turn) = SoloTurn::take(&self.solo) {
             // Pinned where it is made: lapin's publish future inside it is large.
@@ -238,9 +240,7 @@ impl ConfirmingChannel {
             properties,
         });
         match sent {
-            Ok(answer) => tokio::time::timeout_at(deadline, answered(answer))
-                .await
-                .ok(),
+            Ok(answer) => deadlines.bound(deadline, answered(answer)).await,
             Err(err) => Some(Err(err)),
         }
     }
@@ -630,9 +630,12 @@ mod tests {
     #[tokio::test]
     async fn a_publish_given_up_on_holds_the_solo_lane_until_its_confirm_is_in() {
         let (connection, publisher, queue) = publisher_with_queue().await;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let bound = (
+            &Deadlines::new(Duration::from_secs(1)),
+            Instant::now() + Duration::from_secs(10),
+        );
         let target = ("", queue.name().as_str());
-        let publish = || publisher.publish(target, b"{}", BasicProperties::default(), deadline);
+        let publish = || publisher.publish(target, b"{}", BasicProperties::default(), bound);
         // Polled once (it takes the lane and is sent) and dropped, as a caller's timeout would.
         assert!(
             publish().now_or_never().is_none(),

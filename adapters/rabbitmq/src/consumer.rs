@@ -19,7 +19,7 @@ use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 use crate::codec::{self, Metadata, Properties, header};
 use crate::deliveries::Deliveries;
 use crate::session::{OpenChannel, Session};
-use crate::settle::{Settle, settle};
+use crate::settle::Settle;
 use crate::{QueueType, Shared};
 
 /// How often an idle consumer checks that its channel is still open: a consumer registered
@@ -145,8 +145,9 @@ async fn release_unhanded(
 ) {
     let key = &spec.key;
     if spec.ordered {
-        let timeout = shared.config.publish_timeout;
-        let _ = settle(&delivery.acker, Settle::Requeue, "return", timeout).await;
+        let _ = shared
+            .settle_delivery(&delivery.acker, Settle::Requeue, "return")
+            .await;
         return;
     }
     let Ok(mut metadata) = Metadata::from_properties(&delivery.properties) else {
@@ -162,8 +163,10 @@ async fn release_unhanded(
         .await
     {
         Ok(()) => {
-            let timeout = shared.config.publish_timeout;
-            settle(&delivery.acker, Settle::Ack, "ack after release", timeout).await
+            let acker = &delivery.acker;
+            shared
+                .settle_delivery(acker, Settle::Ack, "ack after release")
+                .await
         }
         Err(err) => Err(err),
     };
@@ -428,8 +431,9 @@ impl Unhanded {
     async fn settle(self, shared: &Shared) {
         match self {
             Unhanded::Unreadable(acker) => {
-                let timeout = shared.config.publish_timeout;
-                let _ = settle(&acker, Settle::Discard, "reject", timeout).await;
+                let _ = shared
+                    .settle_delivery(&acker, Settle::Discard, "reject")
+                    .await;
             }
             Unhanded::Settled(received, why) => received.settle_on_receipt(why).await,
         }
@@ -480,11 +484,13 @@ impl Drop for Received {
         if lease.claim_expired()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let (acker, timeout) = (self.acker.clone(), self.shared.config.publish_timeout);
+            let (acker, shared) = (self.acker.clone(), Arc::clone(&self.shared));
             runtime.spawn(async move {
                 tokio::time::sleep_until(deadline).await;
                 // Fails harmlessly if the channel closed meanwhile (which returned it).
-                let _ = settle(&acker, Settle::Requeue, "return", timeout).await;
+                let _ = shared
+                    .settle_delivery(&acker, Settle::Requeue, "return")
+                    .await;
             });
         }
     }
@@ -557,13 +563,9 @@ impl Received {
     }
 
     async fn settle(&self, how: Settle, operation: &'static str) -> Result<()> {
-        settle(
-            &self.acker,
-            how,
-            operation,
-            self.shared.config.publish_timeout,
-        )
-        .await
+        self.shared
+            .settle_delivery(&self.acker, how, operation)
+            .await
     }
 
     /// Why a message just received must not reach a handler, if it must not: past its

@@ -21,7 +21,7 @@ use topiq_adapter::{
 
 use crate::codec::{self, Metadata, header};
 use crate::session::OpenChannel;
-use crate::settle::{Settle, settle};
+use crate::settle::Settle;
 use crate::{Published, RabbitMqAdapter, Shared};
 
 /// How many stream entries a reader takes unacknowledged.
@@ -91,7 +91,9 @@ async fn live_records(
     let timeout = shared.config.publish_timeout;
     let end = loop {
         let entry = next_entry(&mut entries, timeout).await?;
-        settle(&entry.acker, Settle::Ack, "read DLQ", timeout).await?;
+        shared
+            .settle_delivery(&entry.acker, Settle::Ack, "read DLQ")
+            .await?;
         match read_entry(&entry, &stream) {
             Entry::Marker(seen, offset) if seen == marker.as_str() => {
                 break offset.map_or(from, |offset| offset + 1);

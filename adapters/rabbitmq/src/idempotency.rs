@@ -19,7 +19,7 @@ use topiq_adapter::{Error, MessageId, PublishReceipt, Result, Timestamp};
 
 use crate::codec::{self, Metadata, Properties};
 use crate::publish::Prepared;
-use crate::settle::{Settle, settle};
+use crate::settle::Settle;
 use crate::topology::QueueDecl;
 use crate::{Published, Shared};
 
@@ -121,7 +121,6 @@ async fn mark_done(shared: &Shared, done: &QueueDecl, id: &MessageId) -> Result<
 /// The id of the message in `queue` (returned to it at once), if there is one.
 async fn peek(shared: &Shared, queue: &QueueDecl) -> Result<Option<lapin::message::Delivery>> {
     let session = shared.session().await?;
-    let timeout = shared.config.publish_timeout;
     shared
         .bounded("read an idempotency key", async {
             let channel = session.owned_channel().await?;
@@ -134,13 +133,10 @@ async fn peek(shared: &Shared, queue: &QueueDecl) -> Result<Option<lapin::messag
                 })?;
             let delivery = got.map(|got| got.delivery);
             if let Some(delivery) = &delivery {
-                settle(
-                    &delivery.acker,
-                    Settle::Requeue,
-                    "read idempotency key",
-                    timeout,
-                )
-                .await?;
+                let acker = &delivery.acker;
+                shared
+                    .settle_delivery(acker, Settle::Requeue, "read idempotency key")
+                    .await?;
             }
             drop(channel);
             Ok(delivery)

@@ -41,8 +41,8 @@ use topiq_adapter::{
     PublishReceipt, Result, Subscription, SubscriptionKey, SubscriptionSpec, SubscriptionStats,
     TopicName, TopicSpec, TriggerName,
 };
-use topiq_adapter_kit::Declared;
 use topiq_adapter_kit::lease::Leases;
+use topiq_adapter_kit::{Deadlines, Declared};
 
 pub use config::{QueueType, RabbitMqConfig};
 pub use topiq_adapter_kit::{AdapterOptions, ConnectionOptions, TlsSettings as TlsConfig};
@@ -95,6 +95,9 @@ pub(crate) struct Shared {
     /// This process's consumers of each subscription, for `stats`' in-flight count.
     consumers: Mutex<HashMap<SubscriptionKey, Vec<Weak<Leases<consumer::Received>>>>>,
     pub(crate) closed: topiq_adapter_kit::Signal,
+    /// Bounds each publish's confirm and each settlement by `publish_timeout`, all with one
+    /// timer (a tokio timer a call would cost some 600 instructions).
+    pub(crate) deadlines: Deadlines,
     /// Releases of messages dropped subscriptions received but never handed out; `close`
     /// waits for them.
     pub(crate) releases: tokio_util::task::TaskTracker,
@@ -151,7 +154,9 @@ impl RabbitMqAdapter {
             argument: "url",
             reason,
         })?;
+        let deadlines = Deadlines::new(Deadlines::tick_for(config.publish_timeout));
         let shared = Arc::new(Shared {
+            deadlines,
             layout: Layout {
                 prefix: config.connection.prefix.clone(),
             },

@@ -31,10 +31,9 @@ impl Shared {
         let session = self.session().await?;
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let channel = self.open_publisher(&session, deadline).await?;
-        // Pinned where it is made: lapin's publish future is large, and is not moved again.
-        let target = (exchange, routing_key);
-        let publishing = std::pin::pin!(channel.publish(target, payload, properties, deadline));
-        publishing
+        let (target, bound) = ((exchange, routing_key), (&self.deadlines, deadline));
+        channel
+            .publish(target, payload, properties, bound)
             .await
             .unwrap_or_else(|| Err(self.timed_out(&session)))
     }
@@ -66,7 +65,11 @@ impl Shared {
         let properties = prepared.metadata.properties();
         let (topic, lane) = (&prepared.topic, prepared.metadata.lane);
         let (exchange, routing_key) = match prepared.delay {
-            Some(delay) => ("", Cow::Owned(self.delay_queue(topic, lane, delay).await?)),
+            // Boxed, as the keyed path is: declaring a delay queue is rare and large inline.
+            Some(delay) => {
+                let declaring = Box::pin(self.delay_queue(topic, lane, delay));
+                ("", Cow::Owned(declaring.await?))
+            }
             None => (
                 self.layout.exchange(),
                 Layout::lane_routing_key(topic, lane),
@@ -143,7 +146,7 @@ impl Shared {
         window: Duration,
     ) -> Result<PublishReceipt> {
         if prepared.metadata.idempotency_key.is_some() {
-            return idempotency::publish_keyed(self, prepared, window).await;
+            return Box::pin(idempotency::publish_keyed(self, prepared, window)).await;
         }
         self.publish_prepared(prepared).await?;
         Ok(prepared.receipt())
@@ -214,7 +217,8 @@ impl Shared {
         if let Some(channel) = session.open_publisher_now() {
             return Ok(channel);
         }
-        match tokio::time::timeout_at(deadline, session.publisher()).await {
+        // Boxed, as `session`'s slow path is: rarely run, and large inline.
+        match tokio::time::timeout_at(deadline, Box::pin(session.publisher())).await {
             Ok(Ok(channel)) => Ok(channel),
             // Blocked while it waited: say why, rather than that it timed out.
             Ok(Err(Error::Timeout { .. })) if session.connection.status().blocked() => {
@@ -315,7 +319,10 @@ impl Shared {
         self.ensure_open()?;
         let (prepared, spec) = self.prepare(topic, message)?;
         if prepared.metadata.idempotency_key.is_some() {
-            return idempotency::publish_keyed(self, &prepared, spec.idempotency_window).await;
+            // Boxed: a keyed publish's future is large, and inline it would double the size
+            // of every plain publish's future (moved whole when a caller spawns or collects it).
+            let keyed = idempotency::publish_keyed(self, &prepared, spec.idempotency_window);
+            return Box::pin(keyed).await;
         }
         self.publish_prepared(&prepared).await?;
         Ok(prepared.receipt())

@@ -259,6 +259,14 @@ impl Shared {
         if let Some(session) = self.current_session() {
             return Ok(session);
         }
+        // Boxed: its future is large, and inline it would make every caller's (a publish's
+        // among them) that much larger to move, though it is rarely run.
+        Box::pin(self.connect_session()).await
+    }
+
+    /// [`Shared::session`] when there is no open session: waits for the connecting lock and
+    /// connects, trying for up to `reconnect_wait`.
+    async fn connect_session(&self) -> Result<Arc<Session>> {
         let deadline = Instant::now() + self.config.reconnect_wait;
         let Ok(_connecting) = tokio::time::timeout_at(deadline, self.connecting.lock()).await
         else {

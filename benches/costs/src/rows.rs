@@ -80,6 +80,14 @@ pub(crate) const ROWS: &[(&str, &str)] = &[
         "raw lapin: the same batches (50 sent, then their confirms awaited)",
     ),
     (
+        "rabbitmq.publish_concurrent",
+        "RabbitMqAdapter: publish, 50 calls in flight, each awaiting its confirm",
+    ),
+    (
+        "rabbitmq.publish_concurrent_raw",
+        "raw lapin: the same (50 publishes in flight on the one channel)",
+    ),
+    (
         "rabbitmq.end_to_end",
         "RabbitMqAdapter: the publishes, then consume (prefetch 64), read, ack",
     ),
@@ -103,6 +111,10 @@ pub(crate) const AGAINST_RAW: &[(&str, &str)] = &[
     ("jetstream.end_to_end", "jetstream.end_to_end_raw"),
     ("rabbitmq.publish", "rabbitmq.publish_raw"),
     ("rabbitmq.publish_batch", "rabbitmq.publish_batch_raw"),
+    (
+        "rabbitmq.publish_concurrent",
+        "rabbitmq.publish_concurrent_raw",
+    ),
     ("rabbitmq.end_to_end", "rabbitmq.end_to_end_raw"),
 ];
 
@@ -154,6 +166,12 @@ pub(crate) fn run(name: &str, messages: u64) -> Result<(), RowError> {
         "rabbitmq.publish_raw" => runtime.block_on(rabbitmq::raw(messages, Load::Publish)),
         "rabbitmq.publish_batch" => runtime.block_on(rabbitmq::topiq(messages, Load::Batches)),
         "rabbitmq.publish_batch_raw" => runtime.block_on(rabbitmq::raw(messages, Load::Batches)),
+        "rabbitmq.publish_concurrent" => {
+            runtime.block_on(rabbitmq::topiq(messages, Load::Concurrent))
+        }
+        "rabbitmq.publish_concurrent_raw" => {
+            runtime.block_on(rabbitmq::raw(messages, Load::Concurrent))
+        }
         "rabbitmq.end_to_end" => runtime.block_on(rabbitmq::topiq(messages, Load::EndToEnd)),
         "rabbitmq.end_to_end_raw" => runtime.block_on(rabbitmq::raw(messages, Load::EndToEnd)),
         other => Err(RowError::Unknown(other.to_owned())),

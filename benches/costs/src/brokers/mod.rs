@@ -3,13 +3,20 @@
 //! machine's noise (the broker runs in a process of its own, which callgrind does not count).
 //!
 //! Each side publishes its messages one at a time (a publish awaits its acknowledgement or
-//! publisher confirm before the next) or in batches of `BATCH` (every message of a batch
-//! sent, then every acknowledgement awaited), and the end-to-end rows then consume them
+//! publisher confirm before the next), in batches of `BATCH` (every message of a batch
+//! sent, then every acknowledgement awaited) or `BATCH` calls at a time (a new publish
+//! started as each one is confirmed, as concurrent application tasks publish), and the
+//! end-to-end rows then consume them
 //! (prefetch `PREFETCH`), read each payload as JSON and acknowledge it.
 
 pub(crate) mod jetstream;
 pub(crate) mod rabbitmq;
 
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use topiq_adapter::{Adapter, NewMessage};
 
@@ -30,6 +37,8 @@ pub(crate) enum Load {
     Batches,
     /// Publishes one at a time, then consumes, reads and acks each.
     EndToEnd,
+    /// Keeps [`BATCH`] publish calls in flight, each awaiting its own acknowledgement.
+    Concurrent,
 }
 
 /// The sizes of the batches `messages` make: [`BATCH`] each, the rest in the last.
@@ -51,21 +60,24 @@ pub(crate) async fn topiq_side<A: Adapter>(
     load: Load,
 ) -> Result<(), RowError> {
     let (topic, key) = declare(&adapter, name).await?;
-    let template = std::sync::Arc::new(message());
+    let template = Arc::new(message());
     if load == Load::Batches {
         for size in batches(messages) {
             let batch = (0..size)
-                .map(|_| NewMessage::new(std::sync::Arc::clone(&template)))
+                .map(|_| NewMessage::new(Arc::clone(&template)))
                 .collect();
             let receipts = adapter.publish_batch(&topic, batch).await.map_err(failed)?;
             for receipt in receipts {
                 receipt.map_err(failed)?;
             }
         }
+    } else if load == Load::Concurrent {
+        let publish = || adapter.publish(&topic, NewMessage::new(Arc::clone(&template)));
+        in_flight(messages, publish).await?;
     } else {
         for _ in 0..messages {
             adapter
-                .publish(&topic, NewMessage::new(std::sync::Arc::clone(&template)))
+                .publish(&topic, NewMessage::new(Arc::clone(&template)))
                 .await
                 .map_err(failed)?;
         }
@@ -74,6 +86,31 @@ pub(crate) async fn topiq_side<A: Adapter>(
         take_and_ack(&adapter, &key, u32::from(PREFETCH), messages).await?;
     }
     adapter.close().await.map_err(failed)
+}
+
+/// Runs `messages` calls of `publish`, [`BATCH`] in flight at once: a new one started as
+/// each one ends, the first failure returned.
+pub(crate) async fn in_flight<F, T, E>(
+    messages: u64,
+    mut publish: impl FnMut() -> F,
+) -> Result<(), RowError>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut running: FuturesUnordered<F> = FuturesUnordered::new();
+    for _ in 0..messages {
+        if running.len() as u64 >= BATCH
+            && let Some(done) = running.next().await
+        {
+            done.map_err(failed)?;
+        }
+        running.push(publish());
+    }
+    while let Some(done) = running.next().await {
+        done.map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// The payload a raw side sends: the rows' message as JSON, written per message as topiq

@@ -11,7 +11,7 @@ use lapin::{Channel, Connection, ConnectionProperties, PublisherConfirm};
 use topiq_rabbitmq::{RabbitMqAdapter, RabbitMqConfig};
 use topiq_testkit::{RabbitVhost, raw_rabbit};
 
-use super::{Load, PREFETCH, batches, raw_payload, read_payload, topiq_side};
+use super::{Load, PREFETCH, batches, in_flight, raw_payload, read_payload, topiq_side};
 use crate::rows::{RowError, failed, message};
 
 /// topiq: publish (and consume) through the adapter.
@@ -49,6 +49,10 @@ pub(crate) async fn raw(messages: u64, load: Load) -> Result<(), RowError> {
         .map_err(failed)?;
     if load == Load::Batches {
         publish_in_batches(&publisher, messages).await?;
+    } else if load == Load::Concurrent {
+        let template = message();
+        let publish = || async { confirmed(send(&publisher, &template).await?).await };
+        in_flight(messages, publish).await?;
     } else {
         publish_all(&publisher, messages).await?;
     }
