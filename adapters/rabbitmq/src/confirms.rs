@@ -225,7 +225,7 @@ impl ConfirmingChannel {
         &self,
         (exchange, routing_key): (&str, &str),
         payload: &[u8],
-        properties: BasicProperties,
+        properties: impl FnOnce() -> BasicProperties,
         (deadlines, deadline): (&Deadlines, Instant),
     ) -> Option<Result<Published>> {
         if let Some(turn) = SoloTurn::take(&self.solo) {
@@ -237,7 +237,7 @@ impl ConfirmingChannel {
             exchange: exchange.into(),
             routing_key: routing_key.into(),
             payload: payload.to_vec(),
-            properties,
+            properties: properties(),
         });
         match sent {
             Ok(answer) => deadlines.bound(deadline, answered(answer)).await,
@@ -635,7 +635,7 @@ mod tests {
             Instant::now() + Duration::from_secs(10),
         );
         let target = ("", queue.name().as_str());
-        let publish = || publisher.publish(target, b"{}", BasicProperties::default(), bound);
+        let publish = || publisher.publish(target, b"{}", BasicProperties::default, bound);
         // Polled once (it takes the lane and is sent) and dropped, as a caller's timeout would.
         assert!(
             publish().now_or_never().is_none(),

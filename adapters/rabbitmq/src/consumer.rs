@@ -710,7 +710,7 @@ impl RabbitAcker {
                 .retry_queue(&received.held.key, metadata.lane, delay)
                 .await?;
             match shared
-                .publish_confirmed("", &queue, &payload, metadata.properties())
+                .publish_confirmed("", &queue, &payload, || metadata.properties())
                 .await?
             {
                 crate::Published::Stored => {}

@@ -35,7 +35,7 @@ async fn append_entry(
 ) -> Result<()> {
     let stream = shared.layout.dlq_stream(topic);
     match shared
-        .publish_confirmed("", &stream, payload, properties)
+        .publish_confirmed("", &stream, payload, || properties)
         .await?
     {
         Published::Stored => Ok(()),

@@ -81,7 +81,7 @@ pub(crate) async fn publish_keyed(
         properties = properties.with_headers(headers);
     }
     match shared
-        .publish_confirmed("", &claim.name, &prepared.payload, properties)
+        .publish_confirmed("", &claim.name, &prepared.payload, || properties)
         .await?
     {
         Published::Stored => {
@@ -113,7 +113,7 @@ async fn mark_done(shared: &Shared, done: &QueueDecl, id: &MessageId) -> Result<
         .with_delivery_mode(2);
     // Refused means a done entry is there already (a takeover's, with the same id).
     shared
-        .publish_confirmed("", &done.name, b"", properties)
+        .publish_confirmed("", &done.name, b"", || properties)
         .await
         .map(|_| ())
 }

@@ -20,13 +20,15 @@ use crate::{Published, Shared, idempotency};
 
 impl Shared {
     /// Publishes on the publishing channel and waits for the confirm: the channel (if it
-    /// must be opened again) and the confirm within one `publish_timeout`.
+    /// must be opened again) and the confirm within one `publish_timeout`. The message's
+    /// properties are made (`properties`) where the publish is sent: passed down by value,
+    /// every layer's future would keep a copy of them (some 300 bytes each).
     pub(crate) async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,
         payload: &[u8],
-        properties: BasicProperties,
+        properties: impl FnOnce() -> BasicProperties,
     ) -> Result<Published> {
         let session = self.session().await?;
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
@@ -49,7 +51,7 @@ impl Shared {
     ) -> Result<()> {
         let lane = self.topic(&key.topic)?.lane_or_first(metadata.lane);
         let queue = self.layout.lane_queue(key, lane);
-        let properties = metadata.clone().in_lane(lane).properties();
+        let properties = || metadata.clone().in_lane(lane).properties();
         match self
             .publish_confirmed("", &queue, payload, properties)
             .await?
@@ -62,7 +64,7 @@ impl Shared {
 
     /// Publishes a prepared message to its topic (or its delay queue), confirmed.
     pub(crate) async fn publish_prepared(&self, prepared: &Prepared) -> Result<()> {
-        let properties = prepared.metadata.properties();
+        let properties = || prepared.metadata.properties();
         let (topic, lane) = (&prepared.topic, prepared.metadata.lane);
         let (exchange, routing_key) = match prepared.delay {
             // Boxed, as the keyed path is: declaring a delay queue is rare and large inline.

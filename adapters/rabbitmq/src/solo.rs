@@ -106,20 +106,20 @@ impl<'a> SoloTurn<'a> {
             })
     }
 
-    /// Sends the publish and reads its confirm: a return it carries is this publish's own,
-    /// the only one in flight on the lane.
+    /// Sends the publish (its properties made here) and reads its confirm: a return it
+    /// carries is this publish's own, the only one in flight on the lane.
     pub(crate) async fn publish(
         mut self,
         (exchange, routing_key): (&str, &str),
         payload: &[u8],
-        properties: BasicProperties,
+        properties: impl FnOnce() -> BasicProperties,
     ) -> Result<Published> {
         let sending = self.lane.channel.basic_publish(
             exchange.into(),
             routing_key.into(),
             mandatory(),
             payload,
-            properties,
+            properties(),
         );
         let confirmation = match sending.await {
             Ok(confirm) => confirm.await,

@@ -13,7 +13,9 @@
 //! cargo run -p topiq-costs --profile costs -- --write   # record the figures (budget.tsv)
 //! ```
 //!
-//! `TOPIQ_COSTS_MESSAGES` sets N (default 2,000).
+//! `TOPIQ_COSTS_MESSAGES` sets N (default 2,000); `TOPIQ_COSTS_ONLY=rabbitmq.` counts only
+//! the rows whose names start with it (for a change to one path; the check then holds only
+//! those rows to their figures).
 
 mod brokers;
 mod budget;
@@ -69,12 +71,18 @@ fn measure_all() -> Result<Vec<Figure>, String> {
         .unwrap_or(DEFAULT_MESSAGES);
     let folder = std::env::temp_dir().join(format!("topiq-costs-{}", std::process::id()));
     std::fs::create_dir_all(&folder).map_err(|err| format!("cannot make {folder:?}: {err}"))?;
+    let only = std::env::var("TOPIQ_COSTS_ONLY").unwrap_or_default();
+    let chosen: Vec<&str> = rows::ROWS
+        .iter()
+        .map(|(row, _)| *row)
+        .filter(|row| row.starts_with(only.as_str()))
+        .collect();
     let mut figures = Vec::new();
-    for (index, (row, _)) in rows::ROWS.iter().enumerate() {
+    for (index, row) in chosen.iter().enumerate() {
         eprintln!(
             "[{}/{}] {row}: {messages} and {} messages under callgrind",
             index + 1,
-            rows::ROWS.len(),
+            chosen.len(),
             2 * messages
         );
         let (repeats, turns) = counting(row);
