@@ -1,6 +1,6 @@
 //! Many waits bounded by their deadlines with one timer.
 //!
-//! A tokio timer armed and cleared for every publish or settlement costs some 600
+//! A tokio timer armed and cleared for every publish or settlement costs some 700
 //! instructions a wait (the wheel's insert and removal under the driver's lock, and the
 //! timer's own polls): as much as a tenth of what the broker's client spends on a message.
 //! [`Deadlines`] bounds any number of waits with one task instead, which wakes every `tick`,
@@ -9,7 +9,8 @@
 //! pays a registration with a `Notify` (a lock and a list push) and its removal.
 //!
 //! A wait therefore ends at the first tick at or after its deadline: up to one tick late,
-//! never early.
+//! never early (unless the ticking task is gone, its runtime shut down: then every wait ends
+//! at once, as timed out, rather than never).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,21 +53,19 @@ impl Deadlines {
             ticked: AtomicU64::new(0),
             tick: Notify::new(),
         });
-        tokio::spawn(keep_time(
-            Arc::downgrade(&clock),
-            tick.max(Duration::from_millis(1)),
-        ));
+        let stopped = Stopped(Arc::downgrade(&clock));
+        tokio::spawn(keep_time(stopped, tick.max(Duration::from_millis(1))));
         Self(clock)
     }
 
-    /// The tick for waits bounded by `timeout`: a tenth of it, between 1 ms and 1 s, so a
+    /// The tick for waits bounded by `timeout`: a tenth of it, between 10 ms and 1 s, so a
     /// wait ends at most a tenth (or a second) past its timeout.
     pub fn tick_for(timeout: Duration) -> Duration {
-        (timeout / 10).clamp(Duration::from_millis(1), Duration::from_secs(1))
+        (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     /// Runs `work` until it is done (`Some`), or until a tick finds `deadline` passed
-    /// (`None`: `work` is dropped unfinished).
+    /// (`None`: `work` is left unfinished, and dropped with the returned future).
     pub fn bound<F: Future>(&self, deadline: Instant, work: F) -> Bounded<'_, F> {
         Bounded {
             work,
@@ -121,18 +120,34 @@ impl Clock {
     }
 }
 
-/// Every `tick`, until the deadlines are dropped: notes the time, wakes every wait.
-async fn keep_time(clock: Weak<Clock>, tick: Duration) {
+/// Every `tick`, until the deadlines are dropped: notes the time, wakes every wait. (The
+/// clock comes as a [`Stopped`], so that it is told even if the task is dropped before its
+/// first poll.)
+async fn keep_time(clock: Stopped, tick: Duration) {
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let now = ticks.tick().await;
-        let Some(clock) = clock.upgrade() else {
+        let Some(clock) = clock.0.upgrade() else {
             return;
         };
         let since_start = nanos(now.saturating_duration_since(clock.start));
         clock.ticked.fetch_max(since_start, Ordering::AcqRel);
         clock.tick.notify_waiters();
+    }
+}
+
+/// Dropped with the ticking task. Should the task stop while the deadlines are still in use
+/// (its runtime shut down, the adapter used from another one), every wait, now and later,
+/// ends at once as timed out: with no tick to come, it would otherwise wait forever.
+struct Stopped(Weak<Clock>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(clock) = self.0.upgrade() {
+            clock.ticked.store(u64::MAX, Ordering::Release);
+            clock.tick.notify_waiters();
+        }
     }
 }
 
@@ -188,6 +203,38 @@ mod tests {
         let (short, long) = (short.await.unwrap(), long.await.unwrap());
         assert!(short >= Duration::from_millis(300) && short <= Duration::from_millis(400));
         assert!(long >= Duration::from_millis(2_000) && long <= Duration::from_millis(2_100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_first_polled_after_its_deadline_passed_ends_at_once() {
+        let deadlines = Deadlines::new(TICK);
+        let started = Instant::now();
+        let wait = deadlines.bound(started + TICK, std::future::pending::<()>());
+        // Ticks come and go before the wait is first polled.
+        tokio::time::sleep(TICK * 3).await;
+        let polled = Instant::now();
+        assert_eq!(wait.await, None);
+        assert_eq!(polled.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn waits_end_as_timed_out_once_the_ticking_task_is_gone() {
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadlines = first.block_on(async { Deadlines::new(TICK) });
+        drop(first);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let far = second.block_on(async { Instant::now() + Duration::from_secs(3_600) });
+        let never = std::future::pending::<()>();
+        let waited = second.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), deadlines.bound(far, never)).await
+        });
+        assert_eq!(waited, Ok(None), "a wait with no ticking task hung");
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,7 +39,8 @@ pub struct RabbitMqConfig {
     /// The trigger queues' type.
     #[serde(default)]
     pub queue_type: QueueType,
-    /// How long a publish waits for the broker's confirm before it fails.
+    /// How long a publish waits for the broker's confirm (and a settlement for lapin) before
+    /// it fails with `Timeout`: noticed within a tenth of it (at most a second) after.
     #[serde(
         default = "default_publish_timeout",
         deserialize_with = "duration::deserialize"

@@ -19,7 +19,7 @@ use topiq_adapter_kit::lease::{self, Lease, LeaseKey, Leased, Leases};
 use crate::codec::{self, Metadata, Properties, header};
 use crate::deliveries::Deliveries;
 use crate::session::{OpenChannel, Session};
-use crate::settle::Settle;
+use crate::settle::{Settle, settle};
 use crate::{QueueType, Shared};
 
 /// How often an idle consumer checks that its channel is still open: a consumer registered
@@ -484,13 +484,16 @@ impl Drop for Received {
         if lease.claim_expired()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let (acker, shared) = (self.acker.clone(), Arc::clone(&self.shared));
+            // Not the adapter (`Shared`): a dropped adapter must not live on in this task.
+            let acker = self.acker.clone();
+            let bound = (
+                self.shared.deadlines.clone(),
+                self.shared.config.publish_timeout,
+            );
             runtime.spawn(async move {
                 tokio::time::sleep_until(deadline).await;
                 // Fails harmlessly if the channel closed meanwhile (which returned it).
-                let _ = shared
-                    .settle_delivery(&acker, Settle::Requeue, "return")
-                    .await;
+                let _ = settle(&acker, Settle::Requeue, "return", (&bound.0, bound.1)).await;
             });
         }
     }

@@ -95,8 +95,9 @@ pub(crate) struct Shared {
     /// This process's consumers of each subscription, for `stats`' in-flight count.
     consumers: Mutex<HashMap<SubscriptionKey, Vec<Weak<Leases<consumer::Received>>>>>,
     pub(crate) closed: topiq_adapter_kit::Signal,
-    /// Bounds each publish's confirm and each settlement by `publish_timeout`, all with one
-    /// timer (a tokio timer a call would cost some 600 instructions).
+    /// Bounds the confirms of the publishes the publishing task sends (the solo lane has its
+    /// watchdog) and every settlement by `publish_timeout`, all with one ticking task (a tokio
+    /// timer a call would cost some 700 instructions).
     pub(crate) deadlines: Deadlines,
     /// Releases of messages dropped subscriptions received but never handed out; `close`
     /// waits for them.
@@ -276,10 +277,12 @@ impl Adapter for RabbitMqAdapter {
 
     async fn close(&self) -> Result<()> {
         let shared = &self.shared;
-        // What dropped subscriptions had not handed out goes back first (bounded).
+        // What dropped subscriptions had not handed out goes back first (bounded: a release
+        // is a publish and a settlement, each noticed timing out up to a tick late).
         shared.releases.close();
-        let _ =
-            tokio::time::timeout(shared.config.publish_timeout * 2, shared.releases.wait()).await;
+        let timeout = shared.config.publish_timeout;
+        let releasing = (timeout + Deadlines::tick_for(timeout)) * 2;
+        let _ = tokio::time::timeout(releasing, shared.releases.wait()).await;
         shared.closed.cancel();
         let session = shared
             .current

@@ -77,6 +77,9 @@ fn measure_all() -> Result<Vec<Figure>, String> {
         .map(|(row, _)| *row)
         .filter(|row| row.starts_with(only.as_str()))
         .collect();
+    if chosen.is_empty() {
+        return Err(format!("TOPIQ_COSTS_ONLY={only:?} names no row"));
+    }
     let mut figures = Vec::new();
     for (index, row) in chosen.iter().enumerate() {
         eprintln!(
