@@ -290,10 +290,9 @@ impl Adapter for RabbitMqAdapter {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(session) = session {
-            let _ = session
-                .connection
-                .close(200, "topiq adapter closed".into())
-                .await;
+            // Bounded: on a connection that died under it, lapin's close can wait forever.
+            let closing = session.connection.close(200, "topiq adapter closed".into());
+            let _ = tokio::time::timeout(timeout, closing).await;
         }
         Ok(())
     }
