@@ -486,14 +486,12 @@ impl Drop for Received {
         {
             // Not the adapter (`Shared`): a dropped adapter must not live on in this task.
             let acker = self.acker.clone();
-            let bound = (
-                self.shared.deadlines.clone(),
-                self.shared.config.publish_timeout,
-            );
+            let deadlines = self.shared.deadlines.clone();
+            let timeout = self.shared.config.publish_timeout;
             runtime.spawn(async move {
                 tokio::time::sleep_until(deadline).await;
                 // Fails harmlessly if the channel closed meanwhile (which returned it).
-                let _ = settle(&acker, Settle::Requeue, "return", (&bound.0, bound.1)).await;
+                let _ = settle(&acker, Settle::Requeue, "return", (&deadlines, timeout)).await;
             });
         }
     }
