@@ -7,8 +7,9 @@
 //! This writer checks eight bytes at a time (a string without anything to escape is copied
 //! whole) and walks the value itself: 4,118 → 3,450 instructions for the benchmarks'
 //! 200-byte message written alone, and fewer still against the counted serializer it
-//! replaces. Numbers are still written by `serde_json`, so they read exactly as it writes
-//! them.
+//! replaces. A string shorter than eight bytes (most keys) is checked as one word too:
+//! 1,604 → 1,415 instructions a message for its fifteen strings. Numbers are still written
+//! by `serde_json`, so they read exactly as it writes them.
 
 use serde_json::Value;
 
@@ -81,9 +82,7 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
 /// Whether any byte of `bytes` must be escaped, eight at a time.
 fn any_to_escape(bytes: &[u8]) -> bool {
     if bytes.len() < 8 {
-        return bytes
-            .iter()
-            .any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\');
+        return word_to_escape(short_word(bytes));
     }
     let mut chunks = bytes.chunks_exact(8);
     if chunks.by_ref().any(|chunk| word_to_escape(word_of(chunk))) {
@@ -92,6 +91,31 @@ fn any_to_escape(bytes: &[u8]) -> bool {
     // The last few bytes: the string's last eight, overlapping the chunks before them (a
     // copy of the few into a padded word would be a call to `memcpy`).
     !chunks.remainder().is_empty() && word_to_escape(word_of(&bytes[bytes.len() - 8..]))
+}
+
+/// Every byte of `bytes` (fewer than eight) in one word, some more than once, the rest of
+/// the word filled with a byte that needs no escaping: one check for a short string (most
+/// keys are), where a loop took three instructions a byte.
+fn short_word(bytes: &[u8]) -> u64 {
+    const FILL: u64 = u64::from_le_bytes([b'a'; 8]);
+    let len = bytes.len();
+    match len {
+        // Its first four and its last four, overlapping.
+        4.. => u64::from(half_word_of(bytes)) | u64::from(half_word_of(&bytes[len - 4..])) << 32,
+        // Its first, middle and last (the same byte more than once when shorter than three).
+        1.. => {
+            let [first, middle, last] = [bytes[0], bytes[len / 2], bytes[len - 1]].map(u64::from);
+            first | middle << 8 | last << 16 | FILL << 24
+        }
+        0 => FILL,
+    }
+}
+
+/// The first four bytes of `bytes` as a half word.
+fn half_word_of(bytes: &[u8]) -> u32 {
+    let mut half = [0; 4];
+    half.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(half)
 }
 
 /// Eight bytes as a word.
@@ -163,8 +187,9 @@ mod tests {
             .chain(['"', '\\', '\u{7f}', 'ü', '€', '😀', '/'])
             .collect();
         for special in &specials {
+            // Every position of a string up to 27 bytes long (the short ones checked at once).
             for before in 0..18 {
-                for after in [0, 1, 7, 8, 9] {
+                for after in 0..10 {
                     let text = format!("{}{special}{}", "a".repeat(before), "b".repeat(after));
                     let value = Value::String(text.clone());
                     assert_eq!(
