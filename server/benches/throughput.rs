@@ -11,8 +11,9 @@
 //! (default 256, as issue 20 measured) are published and not yet handled; 0 lets it run free,
 //! building a backlog. To profile one pipeline, `TOPIQ_BENCH_ONLY` runs it alone for its
 //! rounds: `adapter`, `runtime`, `unrecorded` (the runtime with `runs: false`), `omniqueue`
-//! (each message built, as topiq's producer builds each) or `omniqueue-by-reference` (the
-//! template serialized by reference, no message built).
+//! (each message built, as topiq's producer builds each), `omniqueue-by-reference` (the
+//! template serialized by reference, no message built) or `apalis` (apalis's in-memory
+//! storage and a worker).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -231,6 +232,65 @@ async fn omniqueue(count: usize, template: &Value, sent: Sent) -> Duration {
     started.elapsed()
 }
 
+/// The second peer: apalis (1.0)'s in-memory storage and a worker, each message built and
+/// pushed as a task (the `Value` itself, as topiq's in-memory adapter hands it over: no JSON),
+/// run by a handler that does nothing. A worker holds apalis's storage, so the producer
+/// pushes through a sink of its own into the storage's channel (`new_with`), as an
+/// application that publishes while its worker runs does. (A clone of the storage's own sink
+/// would share its lock, which the worker takes on another thread to check the channel, and
+/// apalis's `start_send` panics when it finds that lock taken.)
+async fn apalis(count: usize, template: &Value) -> Duration {
+    use apalis_core::backend::memory::{MemorySink, MemoryStorage, MemoryStorageError};
+    use apalis_core::task::Task;
+    use apalis_core::worker::builder::WorkerBuilder;
+    use futures::SinkExt;
+
+    type Sender = futures::channel::mpsc::UnboundedSender<Task<Value>>;
+    let sink_of = |sender: Sender| {
+        let sink = Box::new(sender.sink_map_err(MemoryStorageError::from))
+            as Box<
+                dyn futures::Sink<Task<Value>, Error = MemoryStorageError> + Send + Sync + Unpin,
+            >;
+        MemorySink::new(Arc::new(futures::lock::Mutex::new(sink)))
+    };
+    let (sender, receiver) = futures::channel::mpsc::unbounded::<Task<Value>>();
+    let storage = MemoryStorage::new_with(sink_of(sender.clone()), receiver.boxed());
+    let sink = sink_of(sender);
+    let handled = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(Notify::new());
+    let window = Window::new();
+    let worker = {
+        let (handled, finished, window) =
+            (Arc::clone(&handled), Arc::clone(&finished), window.clone());
+        WorkerBuilder::new("bench")
+            .backend(storage)
+            .build(move |task: Value| {
+                std::hint::black_box(&task);
+                window.leave();
+                if handled.fetch_add(1, Ordering::Relaxed) + 1 == count {
+                    finished.notify_one();
+                }
+                async { Ok::<(), std::io::Error>(()) }
+            })
+    };
+    let worker = tokio::spawn(worker.run());
+    let started = Instant::now();
+    let done = finished.notified();
+    let template = template.clone();
+    let producer = tokio::spawn(async move {
+        let mut sink = sink;
+        for _ in 0..count {
+            window.enter().await;
+            sink.send(Task::new(template.clone())).await.unwrap();
+        }
+    });
+    done.await;
+    producer.await.unwrap();
+    let elapsed = started.elapsed();
+    worker.abort();
+    elapsed
+}
+
 async fn through_runtime(count: usize, template: &Value) -> Duration {
     through_levels(count, template, 1).await
 }
@@ -317,9 +377,10 @@ async fn only(pipeline: &str, count: usize, template: &Value) {
             "unrecorded" => through_runtime_unrecorded(count, template).await,
             "omniqueue" => omniqueue(count, template, Sent::Built).await,
             "omniqueue-by-reference" => omniqueue(count, template, Sent::ByReference).await,
+            "apalis" => apalis(count, template).await,
             other => {
                 panic!(
-                    "TOPIQ_BENCH_ONLY={other}: pick adapter, runtime, unrecorded, omniqueue or omniqueue-by-reference"
+                    "TOPIQ_BENCH_ONLY={other}: pick adapter, runtime, unrecorded, omniqueue, omniqueue-by-reference or apalis"
                 )
             }
         };
@@ -389,35 +450,39 @@ struct Pipelines {
     unrecorded: f64,
     peer: f64,
     peer_by_reference: f64,
+    apalis: f64,
 }
 
 /// Part 1, with no subscriber at all (how the target is judged): adapter alone vs runtime,
-/// and omniqueue's in-memory backend as the peer, rounds alternating.
+/// and omniqueue's in-memory backend and apalis's as the peers, rounds alternating.
 async fn pipelines(count: usize, template: &Value) -> Pipelines {
     adapter_only(count / 10, template).await;
     through_runtime(count / 10, template).await;
     omniqueue(count / 10, template, Sent::Built).await;
-    let mut rates: [Vec<f64>; 5] = Default::default();
+    apalis(count / 10, template).await;
+    let mut rates: [Vec<f64>; 6] = Default::default();
     for round in 1..=ROUNDS {
         let a = rate(count, adapter_only(count, template).await);
         let m = rate(count, through_runtime(count, template).await);
         let u = rate(count, through_runtime_unrecorded(count, template).await);
         let p = rate(count, omniqueue(count, template, Sent::Built).await);
         let r = rate(count, omniqueue(count, template, Sent::ByReference).await);
+        let z = rate(count, apalis(count, template).await);
         println!(
-            "  round {round}/{ROUNDS}: adapter alone {a:>10.0}, runtime {m:>10.0}, runtime without runs {u:>10.0}, omniqueue {p:>10.0} (by reference {r:>10.0}) msg/s"
+            "  round {round}/{ROUNDS}: adapter alone {a:>10.0}, runtime {m:>10.0}, runtime without runs {u:>10.0}, omniqueue {p:>10.0} (by reference {r:>10.0}), apalis {z:>10.0} msg/s"
         );
-        for (all, one) in rates.iter_mut().zip([a, m, u, p, r]) {
+        for (all, one) in rates.iter_mut().zip([a, m, u, p, r, z]) {
             all.push(one);
         }
     }
-    let [adapter, module, unrecorded, peer, peer_by_reference] = rates.map(median);
+    let [adapter, module, unrecorded, peer, peer_by_reference, apalis] = rates.map(median);
     Pipelines {
         adapter,
         module,
         unrecorded,
         peer,
         peer_by_reference,
+        apalis,
     }
 }
 
@@ -429,6 +494,7 @@ impl Pipelines {
             unrecorded: u,
             peer: p,
             peer_by_reference: r,
+            apalis: z,
         } = *self;
         println!();
         println!("| pipeline (median of {ROUNDS}) | messages/s | ratio |");
@@ -450,11 +516,20 @@ impl Pipelines {
             "| omniqueue in-memory, the template sent by reference (no message built; not comparable with topiq's rows, which build each) | {r:.0} | {:.2} |",
             r / a
         );
+        println!(
+            "| apalis 1.0 in-memory storage and worker: each message built, pushed as a task (the `Value`, no JSON) → handler (no lease, ack, attempts or DLQ) | {z:.0} | {:.2} |",
+            z / a
+        );
         println!();
         println!(
             "QueueModule / omniqueue (each side building each message): {:.2} (runs recorded), {:.2} (runs not recorded)",
             m / p,
             u / p
+        );
+        println!(
+            "QueueModule / apalis: {:.2} (runs recorded), {:.2} (runs not recorded)",
+            m / z,
+            u / z
         );
     }
 }
