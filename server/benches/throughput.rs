@@ -22,7 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use apalis_core::backend::memory::{MemorySink, MemoryStorage, MemoryStorageError};
+use apalis_core::task::Task;
+use apalis_core::worker::builder::WorkerBuilder;
+use futures::{SinkExt, StreamExt};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -240,11 +243,6 @@ async fn omniqueue(count: usize, template: &Value, sent: Sent) -> Duration {
 /// would share its lock, which the worker takes on another thread to check the channel, and
 /// apalis's `start_send` panics when it finds that lock taken.)
 async fn apalis(count: usize, template: &Value) -> Duration {
-    use apalis_core::backend::memory::{MemorySink, MemoryStorage, MemoryStorageError};
-    use apalis_core::task::Task;
-    use apalis_core::worker::builder::WorkerBuilder;
-    use futures::SinkExt;
-
     type Sender = futures::channel::mpsc::UnboundedSender<Task<Value>>;
     let sink_of = |sender: Sender| {
         let sink = Box::new(sender.sink_map_err(MemoryStorageError::from))
