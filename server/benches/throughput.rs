@@ -127,6 +127,36 @@ impl Window {
     }
 }
 
+/// Counts the messages a pipeline's handler took, and tells when the last of `count` came.
+#[derive(Clone)]
+struct Tally {
+    count: usize,
+    handled: Arc<AtomicUsize>,
+    finished: Arc<Notify>,
+}
+
+impl Tally {
+    fn new(count: usize) -> Self {
+        Tally {
+            count,
+            handled: Arc::new(AtomicUsize::new(0)),
+            finished: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notes one message handled.
+    fn one(&self) {
+        if self.handled.fetch_add(1, Ordering::Relaxed) + 1 == self.count {
+            self.finished.notify_one();
+        }
+    }
+
+    /// Done once all `count` messages are handled.
+    async fn all(&self) {
+        self.finished.notified().await;
+    }
+}
+
 fn message() -> Value {
     json!({
         "id": "9f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b",
@@ -254,26 +284,22 @@ async fn apalis(count: usize, template: &Value) -> Duration {
     let (sender, receiver) = futures::channel::mpsc::unbounded::<Task<Value>>();
     let storage = MemoryStorage::new_with(sink_of(sender.clone()), receiver.boxed());
     let sink = sink_of(sender);
-    let handled = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(Notify::new());
+    let tally = Tally::new(count);
     let window = Window::new();
     let worker = {
-        let (handled, finished, window) =
-            (Arc::clone(&handled), Arc::clone(&finished), window.clone());
+        let (tally, window) = (tally.clone(), window.clone());
         WorkerBuilder::new("bench")
             .backend(storage)
             .build(move |task: Value| {
                 std::hint::black_box(&task);
                 window.leave();
-                if handled.fetch_add(1, Ordering::Relaxed) + 1 == count {
-                    finished.notify_one();
-                }
+                tally.one();
                 async { Ok::<(), std::io::Error>(()) }
             })
     };
     let worker = tokio::spawn(worker.run());
     let started = Instant::now();
-    let done = finished.notified();
+    let done = tally.all();
     let template = template.clone();
     let producer = tokio::spawn(async move {
         let mut sink = sink;
@@ -324,19 +350,15 @@ triggers:
 "
     );
     let config = Config::from_yaml_with_variables(&yaml, "bench.yaml", &HashMap::new()).unwrap();
-    let handled = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(Notify::new());
+    let tally = Tally::new(count);
     let window = Window::new();
     let mut functions = Functions::new();
     {
-        let (handled, finished, window) =
-            (Arc::clone(&handled), Arc::clone(&finished), window.clone());
+        let (tally, window) = (tally.clone(), window.clone());
         functions.register("bench.noop", move |message: Message| {
             std::hint::black_box(message.data());
             window.leave();
-            if handled.fetch_add(1, Ordering::Relaxed) + 1 == count {
-                finished.notify_one();
-            }
+            tally.one();
             async { Ok(()) }
         });
     }
@@ -344,7 +366,7 @@ triggers:
     let topic = TopicName::new("bench").unwrap();
     let workers = module.start_workers();
     let started = Instant::now();
-    let done = finished.notified();
+    let done = tally.all();
     let producer = {
         let (module, template) = (module.clone(), template.clone());
         tokio::spawn(async move {
