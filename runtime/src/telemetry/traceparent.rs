@@ -27,8 +27,8 @@ pub(crate) fn parse(header: &str) -> Option<SpanContext> {
     if version > MAX_VERSION || !fits {
         return None;
     }
-    let trace_id = (u128::from(hex(&bytes[3..19])?) << 64) | u128::from(hex(&bytes[19..35])?);
-    let span_id = hex(&bytes[36..52])?;
+    let trace_id = (u128::from(hex16(&bytes[3..19])?) << 64) | u128::from(hex16(&bytes[19..35])?);
+    let span_id = hex16(&bytes[36..52])?;
     let flags = hex(&bytes[53..55])? as u8;
     let context = SpanContext::new(
         TraceId::from(trace_id),
@@ -81,6 +81,43 @@ fn hex(digits: &[u8]) -> Option<u64> {
         number = (number << 4) | u64::from(value);
     }
     Some(number)
+}
+
+/// The number sixteen lower-case hex `digits` spell, `None` for anything else: eight digits
+/// at a time, as one word (an id's 16 or 32 digits cost a few instructions a digit less than
+/// [`hex`]'s table, on every traced message's delivery).
+fn hex16(digits: &[u8]) -> Option<u64> {
+    let (high, low) = digits.split_at_checked(8)?;
+    if low.len() != 8 {
+        return None;
+    }
+    Some((u64::from(hex8(high)?) << 32) | u64::from(hex8(low)?))
+}
+
+/// Eight lower-case hex digits' number, `None` for anything else.
+fn hex8(digits: &[u8]) -> Option<u32> {
+    const fn each(byte: u8) -> u64 {
+        u64::from_ne_bytes([byte; 8])
+    }
+    let word = u64::from_be_bytes(digits.try_into().ok()?);
+    // Every byte below 0x80, so adding to a byte never carries into the next.
+    if word & each(0x80) != 0 {
+        return None;
+    }
+    // A byte's high bit: set when the byte is at least `low`; set when above `high`.
+    let at_least = |low: u8| (word + each(0x80 - low)) & each(0x80);
+    let above = |high: u8| (word + each(0x7f - high)) & each(0x80);
+    let digit = at_least(b'0') & !above(b'9');
+    let letter = at_least(b'a') & !above(b'f');
+    if digit | letter != each(0x80) {
+        return None;
+    }
+    // Each byte's value: its low four bits, plus nine for a letter (`a` is 0x61).
+    let nibbles = (word & each(0x0f)) + (letter >> 7) * 9;
+    // Pairs of nibbles into bytes, pairs of bytes into halves, then the two halves.
+    let bytes = (nibbles | (nibbles >> 4)) & 0x00ff_00ff_00ff_00ff;
+    let halves = (bytes | (bytes >> 8)) & 0x0000_ffff_0000_ffff;
+    u32::try_from((halves | (halves >> 16)) & 0xffff_ffff).ok()
 }
 
 /// Each byte's two lower-case hex digits.
@@ -158,6 +195,38 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
         ] {
             assert_eq!(parse(header), None, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn reads_sixteen_digits_as_one_at_a_time_does_with_any_byte_in_any_place() {
+        // (OpenTelemetry's propagator is no oracle here: it reads `+` as a sign.)
+        let valid = *b"4bf92f3577b34da6";
+        for place in 0..valid.len() {
+            for byte in 0..=u8::MAX {
+                let mut digits = valid;
+                digits[place] = byte;
+                assert_eq!(hex16(&digits), hex(&digits), "{byte:#x} at {place}");
+            }
+        }
+        assert_eq!(hex16(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(hex16(b"0123456789abcdef"), Some(0x0123_4567_89ab_cdef));
+        assert_eq!(hex16(b"0123456789abcde"), None);
+    }
+
+    #[test]
+    fn reads_every_hex_digit_in_every_place_of_the_ids() {
+        for digit in "0123456789abcdef".chars() {
+            for place in 0..32 {
+                let mut trace_id = vec!['1'; 32];
+                trace_id[place] = digit;
+                let trace_id: String = trace_id.into_iter().collect();
+                let span_id: String = trace_id[..16].to_owned();
+                let header = format!("00-{trace_id}-{span_id}-01");
+                let context = parse(&header).unwrap();
+                assert_eq!(context.trace_id().to_string(), trace_id);
+                assert_eq!(context.span_id().to_string(), span_id);
+            }
         }
     }
 
