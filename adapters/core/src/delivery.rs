@@ -149,22 +149,22 @@ impl Future for Settling<'_> {
 /// The adapter's side of a [`Delivery`]: settles one delivery on its broker.
 ///
 /// Implemented by each adapter; the runtime only sees [`Delivery`]. The consuming methods take
-/// `Box<Self>` so a delivery is settled once and only once.
+/// the acker by value, so a delivery is settled once and only once.
 pub trait Acker: Send + Sync + 'static {
     /// Removes the message for this trigger: the handler succeeded (or the condition was false).
-    fn ack(self: Box<Self>) -> Settling<'static>;
+    fn ack(self) -> Settling<'static>;
 
     /// Delivers the message again after `delay`, as the next attempt. On the last attempt the
     /// adapter dead-letters it instead, with [`FailureKind::RetriesExhausted`].
-    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static>;
+    fn nack(self, delay: Duration) -> Settling<'static>;
 
     /// Stores the message in the dead-letter queue of this trigger with `failure`, then removes
     /// it from the trigger's queue: a crash between the two duplicates, never loses.
-    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static>;
+    fn dead_letter(self, failure: Failure) -> Settling<'static>;
 
     /// Gives the message back unhandled (at shutdown) so it is delivered again at once, without
     /// spending an attempt.
-    fn release(self: Box<Self>) -> Settling<'static>;
+    fn release(self) -> Settling<'static>;
 
     /// Restarts the visibility timeout of this delivery.
     fn extend_lease(&self) -> Settling<'_>;
@@ -176,20 +176,72 @@ pub trait Acker: Send + Sync + 'static {
 /// [`dead_letter`](Self::dead_letter), [`release`](Self::release)), so a message cannot be
 /// settled twice. A delivery dropped unsettled stays leased until its visibility timeout runs
 /// out and is then delivered again, as after a crash.
+///
+/// The envelope and the acker share one allocation, so a delivery moves as a pointer on its
+/// way from the adapter's stream through the trigger's lanes to the handler's call.
 pub struct Delivery {
+    held: Box<Held<dyn Settle>>,
+}
+
+/// A delivery's envelope and its acker (`None` once settled).
+struct Held<A: ?Sized> {
     envelope: Envelope,
-    acker: Box<dyn Acker>,
+    acker: A,
+}
+
+/// How a delivery is settled.
+enum Settlement {
+    Ack,
+    Nack(Duration),
+    DeadLetter(Failure),
+    Release,
+}
+
+/// An [`Acker`] behind a delivery's pointer: settles once, taking it out.
+trait Settle: Send + Sync {
+    /// Settles, taking the acker out; a second call (never made: settling consumes the
+    /// delivery) finds none and does nothing.
+    fn settle(&mut self, settlement: Settlement) -> Settling<'static>;
+
+    /// [`Acker::extend_lease`].
+    fn extend_lease(&self) -> Settling<'_>;
+}
+
+impl<A: Acker> Settle for Option<A> {
+    fn settle(&mut self, settlement: Settlement) -> Settling<'static> {
+        let Some(acker) = self.take() else {
+            return Settling::done(Ok(()));
+        };
+        match settlement {
+            Settlement::Ack => acker.ack(),
+            Settlement::Nack(delay) => acker.nack(delay),
+            Settlement::DeadLetter(failure) => acker.dead_letter(failure),
+            Settlement::Release => acker.release(),
+        }
+    }
+
+    fn extend_lease(&self) -> Settling<'_> {
+        match self {
+            Some(acker) => acker.extend_lease(),
+            None => Settling::done(Ok(())),
+        }
+    }
 }
 
 impl Delivery {
     /// Pairs an envelope with the adapter's acker for it.
-    pub fn new(envelope: Envelope, acker: Box<dyn Acker>) -> Self {
-        Self { envelope, acker }
+    pub fn new(envelope: Envelope, acker: impl Acker) -> Self {
+        Self {
+            held: Box::new(Held {
+                envelope,
+                acker: Some(acker),
+            }),
+        }
     }
 
     /// The message as the handler sees it.
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        &self.held.envelope
     }
 
     /// Acknowledges: the message is done for this trigger.
@@ -197,34 +249,38 @@ impl Delivery {
     /// Fails with [`Error::LeaseExpired`](crate::Error::LeaseExpired) when the lease ran out
     /// first (the message was or will be delivered again).
     pub fn ack(self) -> Settling<'static> {
-        self.acker.ack()
+        self.settle(Settlement::Ack)
     }
 
     /// Asks for another attempt after `delay`; on the last attempt the message is dead-lettered.
     pub fn nack(self, delay: Duration) -> Settling<'static> {
-        self.acker.nack(delay)
+        self.settle(Settlement::Nack(delay))
     }
 
     /// Moves the message to this trigger's dead-letter queue with `failure`.
     pub fn dead_letter(self, failure: Failure) -> Settling<'static> {
-        self.acker.dead_letter(failure)
+        self.settle(Settlement::DeadLetter(failure))
     }
 
     /// Gives the message back without spending an attempt (graceful shutdown).
     pub fn release(self) -> Settling<'static> {
-        self.acker.release()
+        self.settle(Settlement::Release)
     }
 
     /// Restarts the visibility timeout, for handlers that run long.
     pub fn extend_lease(&self) -> Settling<'_> {
-        self.acker.extend_lease()
+        self.held.acker.extend_lease()
+    }
+
+    fn settle(mut self, settlement: Settlement) -> Settling<'static> {
+        self.held.acker.settle(settlement)
     }
 }
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
-            .field("envelope", &self.envelope)
+            .field("envelope", self.envelope())
             .finish_non_exhaustive()
     }
 }
@@ -232,6 +288,72 @@ impl fmt::Debug for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Settles by counting, on a shared counter, the settlements it was asked for.
+    struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Counted {
+        fn count(self) -> Settling<'static> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Settling::done(Ok(()))
+        }
+    }
+
+    impl Acker for Counted {
+        fn ack(self) -> Settling<'static> {
+            self.count()
+        }
+        fn nack(self, _delay: Duration) -> Settling<'static> {
+            self.count()
+        }
+        fn dead_letter(self, _failure: Failure) -> Settling<'static> {
+            self.count()
+        }
+        fn release(self) -> Settling<'static> {
+            self.count()
+        }
+        fn extend_lease(&self) -> Settling<'_> {
+            Settling::done(Ok(()))
+        }
+    }
+
+    /// The result of a settlement done at once.
+    fn settled(mut settling: Settling<'_>) -> Result<()> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut settling).poll(&mut cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => panic!("the settlement was not done at once"),
+        }
+    }
+
+    #[test]
+    fn a_delivery_moves_as_a_pointer_and_hands_its_acker_each_settlement() {
+        assert_eq!(
+            std::mem::size_of::<Delivery>(),
+            2 * std::mem::size_of::<usize>()
+        );
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let envelope = Envelope {
+            id: crate::MessageId::from_string("m-1"),
+            topic: crate::TopicName::new("orders").unwrap(),
+            data: std::sync::Arc::new(serde_json::json!({"n": 1})),
+            attempt: 1,
+            max_attempts: 3,
+            enqueued_at: crate::Timestamp::now(),
+            traceparent: None,
+            baggage: None,
+            idempotency_key: None,
+        };
+        let delivery = || Delivery::new(envelope.clone(), Counted(counted.clone()));
+        assert_eq!(delivery().envelope(), &envelope);
+        settled(delivery().ack()).unwrap();
+        settled(delivery().nack(Duration::ZERO)).unwrap();
+        let failure = Failure::new(FailureKind::NonRetryable, "no");
+        settled(delivery().dead_letter(failure)).unwrap();
+        settled(delivery().release()).unwrap();
+        settled(delivery().extend_lease()).unwrap();
+        assert_eq!(counted.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
 
     #[test]
     fn long_error_messages_are_cut_at_a_char_boundary() {

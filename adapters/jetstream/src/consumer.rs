@@ -548,7 +548,7 @@ async fn receive(
         return None;
     }
     let acker = JetStreamAcker { received };
-    Some(Ok(Delivery::new(envelope, Box::new(acker))))
+    Some(Ok(Delivery::new(envelope, acker)))
 }
 
 /// What a received message carries, read once.
@@ -969,7 +969,7 @@ enum Settlement {
 }
 
 impl Acker for JetStreamAcker {
-    fn ack(self: Box<Self>) -> Settling<'static> {
+    fn ack(self) -> Settling<'static> {
         // The hot path has a future of its own, a fraction of the size of `settle`'s.
         Settling::pending(async move {
             self.received.held.claim()?;
@@ -985,15 +985,15 @@ impl Acker for JetStreamAcker {
         })
     }
 
-    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static> {
+    fn nack(self, delay: Duration) -> Settling<'static> {
         Settling::pending(self.settle(Settlement::Nack(delay)))
     }
 
-    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static> {
+    fn dead_letter(self, failure: Failure) -> Settling<'static> {
         Settling::pending(self.settle(Settlement::DeadLetter(failure)))
     }
 
-    fn release(self: Box<Self>) -> Settling<'static> {
+    fn release(self) -> Settling<'static> {
         Settling::pending(self.settle(Settlement::Release))
     }
 

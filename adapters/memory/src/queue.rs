@@ -492,7 +492,7 @@ impl TriggerQueue {
                 },
             );
             state.leases.push_back((deadline, token));
-            return Some(Delivery::new(envelope, Box::new(acker)));
+            return Some(Delivery::new(envelope, acker));
         }
     }
 
@@ -675,19 +675,19 @@ impl MemoryAcker {
 }
 
 impl Acker for MemoryAcker {
-    fn ack(self: Box<Self>) -> Settling<'static> {
+    fn ack(self) -> Settling<'static> {
         self.settle(Settlement::Ack)
     }
 
-    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static> {
+    fn nack(self, delay: Duration) -> Settling<'static> {
         self.settle(Settlement::Nack(delay))
     }
 
-    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static> {
+    fn dead_letter(self, failure: Failure) -> Settling<'static> {
         self.settle(Settlement::DeadLetter(failure))
     }
 
-    fn release(self: Box<Self>) -> Settling<'static> {
+    fn release(self) -> Settling<'static> {
         self.settle(Settlement::Release)
     }
 

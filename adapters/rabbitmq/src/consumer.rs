@@ -422,7 +422,7 @@ fn receive(
     });
     match received.on_receipt(delivery.redelivered) {
         Some(why) => Err(Unhanded::Settled(received, why)),
-        None => Ok(Delivery::new(envelope, Box::new(RabbitAcker { received }))),
+        None => Ok(Delivery::new(envelope, RabbitAcker { received })),
     }
 }
 
@@ -745,18 +745,18 @@ impl RabbitAcker {
 }
 
 impl Acker for RabbitAcker {
-    fn ack(self: Box<Self>) -> Settling<'static> {
+    fn ack(self) -> Settling<'static> {
         Settling::pending(async move {
             self.received.held.claim()?;
             self.received.ack_original("ack").await
         })
     }
 
-    fn nack(self: Box<Self>, delay: Duration) -> Settling<'static> {
-        Settling::pending(RabbitAcker::nack(*self, delay))
+    fn nack(self, delay: Duration) -> Settling<'static> {
+        Settling::pending(RabbitAcker::nack(self, delay))
     }
 
-    fn dead_letter(self: Box<Self>, failure: Failure) -> Settling<'static> {
+    fn dead_letter(self, failure: Failure) -> Settling<'static> {
         Settling::pending(async move {
             self.received.held.claim()?;
             let received = Arc::clone(&self.received);
@@ -766,8 +766,8 @@ impl Acker for RabbitAcker {
         })
     }
 
-    fn release(self: Box<Self>) -> Settling<'static> {
-        Settling::pending(RabbitAcker::release(*self))
+    fn release(self) -> Settling<'static> {
+        Settling::pending(RabbitAcker::release(self))
     }
 
     fn extend_lease(&self) -> Settling<'_> {

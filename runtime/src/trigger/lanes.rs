@@ -350,16 +350,16 @@ mod cancel_tests {
     struct SlowExtension(Arc<AtomicUsize>);
 
     impl Acker for SlowExtension {
-        fn ack(self: Box<Self>) -> Settling<'static> {
+        fn ack(self) -> Settling<'static> {
             Settling::done(Ok(()))
         }
-        fn nack(self: Box<Self>, _delay: Duration) -> Settling<'static> {
+        fn nack(self, _delay: Duration) -> Settling<'static> {
             Settling::done(Ok(()))
         }
-        fn dead_letter(self: Box<Self>, _failure: Failure) -> Settling<'static> {
+        fn dead_letter(self, _failure: Failure) -> Settling<'static> {
             Settling::done(Ok(()))
         }
-        fn release(self: Box<Self>) -> Settling<'static> {
+        fn release(self) -> Settling<'static> {
             Settling::done(Ok(()))
         }
         fn extend_lease(&self) -> Settling<'_> {
@@ -375,7 +375,7 @@ mod cancel_tests {
         let envelope = crate::testing::envelope("lanes", json!(n));
         Ok(Delivery::new(
             envelope,
-            Box::new(SlowExtension(Arc::clone(extensions))),
+            SlowExtension(Arc::clone(extensions)),
         ))
     }
 
