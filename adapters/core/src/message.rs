@@ -254,11 +254,10 @@ fn serialized_len_upper_bound(value: &Value, levels: usize) -> Option<usize> {
 /// headers and most keys are) is settled eight bytes at a time; other text is then checked
 /// character by character.
 fn has_control_characters(text: &str) -> bool {
-    let chunks = text.as_bytes().chunks_exact(8);
-    let tail = chunks.remainder();
-    let printable = chunks
-        .map(|chunk| u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8])))
-        .all(printable_ascii_word)
+    let (words, tail) = text.as_bytes().as_chunks::<8>();
+    let printable = words
+        .iter()
+        .all(|word| printable_ascii_word(u64::from_ne_bytes(*word)))
         && tail.iter().all(|byte| (b' '..=b'~').contains(byte));
     !printable && text.chars().any(char::is_control)
 }

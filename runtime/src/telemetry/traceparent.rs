@@ -87,19 +87,18 @@ fn hex(digits: &[u8]) -> Option<u64> {
 /// at a time, as one word (an id's 16 or 32 digits cost a few instructions a digit less than
 /// [`hex`]'s table, on every traced message's delivery).
 fn hex16(digits: &[u8]) -> Option<u64> {
-    let (high, low) = digits.split_at_checked(8)?;
-    if low.len() != 8 {
+    let ([high, low], []) = digits.as_chunks::<8>() else {
         return None;
-    }
+    };
     Some((u64::from(hex8(high)?) << 32) | u64::from(hex8(low)?))
 }
 
 /// Eight lower-case hex digits' number, `None` for anything else.
-fn hex8(digits: &[u8]) -> Option<u32> {
+fn hex8(digits: &[u8; 8]) -> Option<u32> {
     const fn each(byte: u8) -> u64 {
         u64::from_ne_bytes([byte; 8])
     }
-    let word = u64::from_be_bytes(digits.try_into().ok()?);
+    let word = u64::from_be_bytes(*digits);
     // Every byte below 0x80, so adding to a byte never carries into the next.
     if word & each(0x80) != 0 {
         return None;
